@@ -1,0 +1,109 @@
+import { IntegrityError } from '../errors.js';
+import { isTier, type Tier, BACKUP_ID_RE } from './layout.js';
+
+export const MANIFEST_FORMAT = 'coffer-backup-manifest';
+export const MANIFEST_VERSION = 1;
+
+/** How the dump object was compressed before encryption. */
+export type Compression =
+  | { kind: 'zstd'; level: number } // pg_dump -Z0, compressed outside with zstd
+  | { kind: 'pgdump-gzip'; level: number } // compressed by pg_dump itself (custom format)
+  | { kind: 'none' };
+
+export interface StoredObject {
+  key: string;
+  /** Bytes stored (ciphertext). */
+  size: number;
+  /** sha256 of the stored bytes, hex. */
+  sha256: string;
+  /** Bytes produced by pg_dump (before compression and encryption). */
+  dumpBytes: number;
+}
+
+/** The commit marker of a backup: written last; holds no secrets and no row data. */
+export interface BackupManifest {
+  format: typeof MANIFEST_FORMAT;
+  formatVersion: typeof MANIFEST_VERSION;
+  id: string;
+  database: string;
+  tier: Tier;
+  label: string | null;
+  /** `custom` = pg_dump -Fc archive; `schema-only` / `data-only` = plain SQL. */
+  kind: 'custom' | 'schema-only' | 'data-only';
+  cofferVersion: string;
+  host: string;
+  postgres: {
+    serverVersion: string;
+    serverVersionNum: number;
+    pgDumpVersion: string;
+    /** The pg_dump command prefix (binary or wrapper), without arguments or secrets. */
+    pgDumpCommand: string[];
+    databaseSizeBytes: number;
+  };
+  compression: Compression;
+  encryption: { format: 'age-v1'; recipients: string[] };
+  dump: StoredObject;
+  globals: StoredObject | null;
+  startedAt: string;
+  finishedAt: string;
+  durationMs: number;
+  /** The standard tools that read this backup by hand. */
+  manualRestore: string;
+}
+
+/** Serializes a manifest (stable, human-readable). */
+export function encodeManifest(m: BackupManifest): Buffer {
+  return Buffer.from(`${JSON.stringify(m, null, 2)}\n`, 'utf8');
+}
+
+/**
+ * Parses and validates a manifest. Throws IntegrityError naming the key and the first problem:
+ * not JSON, another format, a newer format version, a missing or mistyped field.
+ */
+export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new IntegrityError(`manifest ${key} is not valid JSON`, { hint: 'the object is corrupt or was not written by coffer' });
+  }
+  const bad = (what: string): never => {
+    throw new IntegrityError(`manifest ${key}: ${what}`);
+  };
+  if (!isObj(v)) return bad('not a JSON object');
+  if (v.format !== MANIFEST_FORMAT) return bad(`unknown format ${JSON.stringify(v.format)}`);
+  if (v.formatVersion !== MANIFEST_VERSION) {
+    return bad(`format version ${JSON.stringify(v.formatVersion)} is not supported by this coffer (supports ${MANIFEST_VERSION}); upgrade coffer`);
+  }
+  str(v, 'id', bad);
+  if (!BACKUP_ID_RE.test(v.id as string)) bad(`invalid id ${JSON.stringify(v.id)}`);
+  str(v, 'database', bad);
+  str(v, 'tier', bad);
+  if (!isTier(v.tier as string)) bad(`invalid tier ${JSON.stringify(v.tier)}`);
+  if (v.label !== null && typeof v.label !== 'string') bad('label must be a string or null');
+  if (!['custom', 'schema-only', 'data-only'].includes(v.kind as string)) bad(`invalid kind ${JSON.stringify(v.kind)}`);
+  str(v, 'startedAt', bad);
+  str(v, 'finishedAt', bad);
+  if (!isObj(v.postgres)) bad('missing postgres');
+  if (!isObj(v.compression) || !['zstd', 'pgdump-gzip', 'none'].includes((v.compression as Record<string, unknown>).kind as string)) bad('missing or invalid compression');
+  if (!isObj(v.encryption) || !Array.isArray((v.encryption as Record<string, unknown>).recipients)) bad('missing encryption.recipients');
+  checkObject(v.dump, 'dump', bad);
+  if (v.globals !== null && v.globals !== undefined) checkObject(v.globals, 'globals', bad);
+  return { ...(v as unknown as BackupManifest), globals: (v.globals as StoredObject | undefined) ?? null };
+}
+
+function checkObject(o: unknown, name: string, bad: (w: string) => never): void {
+  if (!isObj(o)) bad(`missing ${name}`);
+  const r = o as Record<string, unknown>;
+  if (typeof r.key !== 'string' || r.key === '') bad(`${name}.key missing`);
+  if (typeof r.size !== 'number' || !Number.isSafeInteger(r.size) || r.size < 0) bad(`${name}.size invalid`);
+  if (typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256)) bad(`${name}.sha256 invalid`);
+}
+
+function isObj(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function str(v: Record<string, unknown>, k: string, bad: (w: string) => never): void {
+  if (typeof v[k] !== 'string' || v[k] === '') bad(`missing ${k}`);
+}

@@ -1,0 +1,231 @@
+#!/usr/bin/env node
+// The AWS SDK warns on every start under Node 20 about its future Node 22 requirement: not
+// something a cron job's mail should carry. Set before the SDK is (lazily) loaded.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
+import { Command, Option, CommanderError } from 'commander';
+import { ExitCode, InterruptedError, UsageError, exitCodeOf, formatErrorLine } from '../errors.js';
+import { createLogger, newRunId, type Logger } from '../observe/log.js';
+import { parseDuration, resolveLogFormat } from '../config/settings.js';
+import { COFFER_VERSION } from '../version.js';
+import type { CliContext } from './context.js';
+
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+
+interface GlobalFlags {
+  logFormat?: string;
+  timeout?: string;
+  quiet?: boolean;
+}
+
+/**
+ * The coffer binary. Parses argv, builds the context (logger, signals, timeout), runs one
+ * command, and maps errors to the documented exit codes. The only place that exits.
+ */
+export async function main(argv: string[]): Promise<number> {
+  const env = process.env;
+  const runId = newRunId();
+  let log: Logger = createLogger({ format: resolveLogFormatSafe(env), runId });
+  const ac = new AbortController();
+  let exitCode: number = ExitCode.ok;
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      process.stderr.write(`coffer: second ${sig}, exiting now\n`);
+      process.exit(sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
+    }
+    log.warn(`received ${sig}: stopping (children killed, upload aborted)`);
+    ac.abort(new InterruptedError(`stopped by ${sig}`, { exitCode: sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated }));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const program = new Command('coffer')
+    .description('Encrypted, streaming PostgreSQL backups to S3-compatible storage or a local directory')
+    .version(COFFER_VERSION)
+    .addOption(new Option('--log-format <format>', 'text, json or auto (json when stderr is not a terminal)'))
+    .option('--timeout <duration>', 'abort the whole run after this long (e.g. 2h)')
+    .showHelpAfterError('(run coffer --help for usage)')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
+
+  let timer: NodeJS.Timeout | undefined;
+  const context = (): CliContext => {
+    const g = program.opts<GlobalFlags>();
+    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId });
+    if (g.timeout !== undefined) {
+      const ms = parseDuration(g.timeout, '--timeout');
+      timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${g.timeout}`, { exitCode: ExitCode.timeout })), ms);
+      timer.unref();
+    }
+    return {
+      env,
+      stdout: (t) => process.stdout.write(t),
+      stderrIsTty: !!process.stderr.isTTY,
+      stdoutIsTty: !!process.stdout.isTTY,
+      log,
+      signal: ac.signal,
+      cwd: process.cwd(),
+    };
+  };
+
+  const s3Options = (c: Command): Command =>
+    c
+      .option('--s3-endpoint <url>', 'S3 endpoint for MinIO/Ceph/… (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)')
+      .option('--s3-region <region>', 'S3 region (default: AWS_REGION, else us-east-1)');
+
+  s3Options(
+    program
+      .command('backup')
+      .description('dump one or more databases, compress, encrypt and store them')
+      .option('--to <repository>', 's3://bucket/prefix, file:///path or a directory', undefined)
+      .option('--db <name>', 'database to back up (repeatable; default PGDATABASE)', collect)
+      .option('--dbname <conninfo>', 'libpq connection string or URI (password is never put on a command line)')
+      .option('--recipient <age1…>', 'age recipient (public key); repeatable', collect)
+      .option('--recipients-file <file>', 'file of age recipients, one per line; repeatable', collect)
+      .option('--label <text>', 'label recorded in the manifest (implies --tier manual)')
+      .option('--tier <tier>', 'daily, weekly, monthly or manual (default: decided from what exists)')
+      .option('--compress <method>', 'zstd[:level] (default zstd:1), gzip[:level] or none')
+      .option('--part-size <size>', 'multipart part size (default: from the database size)')
+      .option('--max-parts <n>', 'provider limit on multipart parts (default 10000)')
+      .option('--schema-only', 'plain SQL, schema only')
+      .option('--data-only', 'plain SQL, data only')
+      .option('--exclude-table-data <pattern>', 'pg_dump --exclude-table-data (repeatable)', collect)
+      .option('--globals', 'also store pg_dumpall --globals-only (roles, tablespaces)')
+      .option('--pg-bin <dir>', 'directory of pg_dump/psql')
+      .option('--pg-dump-command <command>', 'command prefix to run pg_dump (no shell), e.g. "docker compose exec -T db pg_dump"')
+      .option('--pg-dumpall-command <command>', 'command prefix to run pg_dumpall')
+      .option('--psql-command <command>', 'command prefix to run psql')
+      .option('--json', 'print the manifests as JSON on stdout'),
+  ).action(async (flags) => {
+    const { runBackupCommand } = await import('./commands/backup.js');
+    await runBackupCommand(flags, context());
+  });
+
+  s3Options(
+    program
+      .command('list')
+      .description('list completed backups, newest first')
+      .option('--from <repository>', 's3://bucket/prefix, file:///path or a directory')
+      .option('--db <name>', 'only this database')
+      .option('--json', 'print a JSON array on stdout'),
+  ).action(async (flags) => {
+    const { runListCommand } = await import('./commands/list.js');
+    await runListCommand(flags, context());
+  });
+
+  const sourceOptions = (c: Command): Command =>
+    s3Options(
+      c
+        .option('--from <repository>', 's3://bucket/prefix, file:///path or a directory')
+        .option('--db <name>', 'database whose backups to use (needed when the repository holds several)')
+        .option('--backup <id>', 'backup id, or latest', undefined)
+        .option('--file <path>', 'a local copy of a backup object (.age), instead of a repository')
+        .option('--identity <file>', 'age identity file (private key); repeatable', collect),
+    );
+  const serverOptions = (c: Command): Command =>
+    c
+      .option('--dbname <conninfo>', 'target server (libpq conninfo or URI; default: PG* environment)')
+      .option('--maintenance-db <name>', 'database to connect to for CREATE/DROP/RENAME', 'postgres')
+      .option('--pg-bin <dir>', 'directory of pg_restore/psql')
+      .option('--pg-restore-command <command>', 'command prefix to run pg_restore (no shell)')
+      .option('--psql-command <command>', 'command prefix to run psql (no shell)');
+
+  serverOptions(
+    sourceOptions(
+      program
+        .command('restore')
+        .description('restore a backup into a fresh database (atomically), then run smoke checks'),
+    ),
+  )
+    .option('--target-db <name>', 'the database to create')
+    .option('--replace', 'if the target exists, keep it aside as <name>__before_<time> and put the restore in its place')
+    .option('--smoke <sql>', 'query to run on the restored database; a failure fails the restore (repeatable)', collect)
+    .option('--no-owner', 'pg_restore --no-owner')
+    .option('--no-privileges', 'pg_restore --no-privileges')
+    .option('--jobs <n>', 'parallel pg_restore jobs (spools the archive to a private temp file)')
+    .option('--spool-dir <dir>', 'where to spool for --jobs (default: TMPDIR)')
+    .option('--with-globals', "apply the backup's roles first (backups taken with --globals)")
+    .option('--output <file>', 'write the decrypted archive to a file instead of restoring')
+    .option('--json', 'print the summary as JSON on stdout')
+    .action(async (flags) => {
+      const { runRestoreCommand } = await import('./commands/restore.js');
+      await runRestoreCommand(flags, context());
+    });
+
+  sourceOptions(program.command('verify').description('download, check sha256, decrypt to the last byte and read the archive TOC'))
+    .option('--pg-bin <dir>', 'directory of pg_restore')
+    .option('--pg-restore-command <command>', 'command prefix to run pg_restore')
+    .option('--json', 'print results as JSON on stdout')
+    .action(async (flags) => {
+      const { runVerifyCommand } = await import('./commands/restore.js');
+      await runVerifyCommand(flags, context());
+    });
+
+  serverOptions(sourceOptions(program.command('drill').description('restore drill: restore into a scratch database, check, record, drop')))
+    .option('--smoke <sql>', 'query to run on the restored database (repeatable)', collect)
+    .option('--jobs <n>', 'parallel pg_restore jobs')
+    .option('--result-file <file>', 'also write the JSON result here')
+    .action(async (flags) => {
+      const { runDrillCommand } = await import('./commands/restore.js');
+      await runDrillCommand(flags, context());
+    });
+
+  program
+    .command('keygen')
+    .description('create an age X25519 identity (private key); prints its recipient')
+    .option('--out <file>', 'write the identity here (mode 0600, never overwritten)')
+    .action(async (flags) => {
+      const { runKeygenCommand } = await import('./commands/keygen.js');
+      await runKeygenCommand(flags, context());
+    });
+
+  program
+    .command('demo')
+    .description('try coffer: a throwaway PostgreSQL with a sample "vault" database, backed up into ./backups')
+    .option('--dir <directory>', 'repository directory', './backups')
+    .option('--pg-bin <dir>', 'PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)')
+    .action(async (flags) => {
+      const { runDemoCommand } = await import('./commands/demo.js');
+      await runDemoCommand(flags, context());
+    });
+
+  try {
+    await program.parseAsync(argv, { from: 'node' });
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    } else {
+      exitCode = exitCodeOf(err);
+      log.error(formatErrorLine(err), { exit: exitCode });
+      if (env.COFFER_DEBUG && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`);
+    }
+  } finally {
+    if (timer) clearTimeout(timer);
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  return exitCode;
+}
+
+function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {
+  try {
+    return resolveLogFormat(undefined, env, !!process.stderr.isTTY);
+  } catch (err) {
+    if (err instanceof UsageError) return 'text';
+    throw err;
+  }
+}
+
+main(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+    // Everything is closed by now; a stray keep-alive socket must not hold a cron job open.
+    setTimeout(() => process.exit(code), 2000).unref();
+  },
+  (err: unknown) => {
+    process.stderr.write(`coffer: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = ExitCode.unexpected;
+  },
+);

@@ -1,0 +1,248 @@
+/**
+ * age keys: recipients (public, `age1…`), identities (secret, `AGE-SECRET-KEY-1…`), their files,
+ * and key generation. Parsing and X25519/ML-KEM math are delegated to the `age-encryption`
+ * library; this module adds strict validation and user-facing error messages.
+ *
+ * Secret key material never appears in an error message or an error's `cause`: the library's
+ * own errors can quote the key (bech32 "Invalid checksum in AGE-SECRET-KEY-1…"), so they are
+ * dropped, not wrapped.
+ */
+import { open } from 'node:fs/promises';
+import { Encrypter, generateX25519Identity, identityToRecipient } from 'age-encryption';
+import { UsageError } from '../errors.js';
+
+/** Files larger than this are not key files (same limit as the age CLI). */
+const KEY_FILE_LIMIT = 16 * 1024 * 1024;
+
+const X25519_IDENTITY_PREFIX = 'AGE-SECRET-KEY-1';
+const HYBRID_IDENTITY_PREFIX = 'AGE-SECRET-KEY-PQ-1';
+const ENCRYPTED_PREFIXES = ['age-encryption.org/v1', '-----BEGIN AGE ENCRYPTED FILE-----'];
+
+/** A recipient is public: show it, but keep messages one readable line. */
+function shown(value: string): string {
+  const oneLine = value.replace(/[^\x20-\x7e]/g, '?');
+  return oneLine.length > 24 ? `"${oneLine.slice(0, 20)}…"` : `"${oneLine}"`;
+}
+
+/** Why `s` is not a usable recipient, or `undefined` if it is one. */
+function recipientProblem(s: string): string | undefined {
+  if (s.length === 0) return 'empty recipient';
+  if (/^(ssh-(ed25519|rsa)|ecdsa-sha2-|sk-ssh-|sk-ecdsa-)/.test(s)) {
+    return `ssh public keys are not supported as recipients (${shown(s)}); use an age recipient (age1…) from age-keygen or coffer keygen`;
+  }
+  if (/^age-(secret-key|plugin)-/i.test(s)) {
+    return 'this is a secret key (identity), not a recipient; never hand out identities, use its public key (age1…) instead';
+  }
+  // X25519 is hrp "age" + "1" + data (the bech32 alphabet has no "1"); anything else with a
+  // further "1" is another type: plugin (age1yubikey1…), tag (age1tag1…) or hybrid (age1pq1…).
+  if (s.startsWith('age1') && !s.startsWith('age1pq1') && s.slice(4).includes('1')) {
+    return `unsupported recipient type ${shown(s)}; only X25519 (age1…) and hybrid post-quantum (age1pq1…) recipients are supported`;
+  }
+  if (!s.startsWith('age1')) return `${shown(s)} is not an age recipient (they start with age1)`;
+  try {
+    new Encrypter().addRecipient(s);
+  } catch {
+    return `${shown(s)} is not a valid age recipient (bad checksum, truncated or mistyped)`;
+  }
+  return undefined;
+}
+
+/**
+ * Validate one recipient string: an X25519 recipient (`age1…`) or a hybrid post-quantum one
+ * (`age1pq1…`, which the age 1.1 CLI cannot decrypt). Surrounding whitespace is ignored.
+ *
+ * @returns the recipient, trimmed.
+ * @throws {UsageError} if it is not a valid supported recipient; the message shows the value
+ *   (recipients are public) shortened to a safe length, unless it looks like a secret key.
+ */
+export function parseRecipient(s: string): string {
+  const value = s.trim();
+  const problem = recipientProblem(value);
+  if (problem !== undefined) throw new UsageError(problem);
+  return value;
+}
+
+/** Read a small text file, with user-facing errors. */
+async function readKeyFile(path: string, what: string): Promise<{ text: string; mode: number; binary: boolean }> {
+  let handle;
+  try {
+    handle = await open(path, 'r');
+  } catch (err) {
+    throw new UsageError(`cannot read ${what} ${path}: ${describeFsError(err)}`);
+  }
+  try {
+    const st = await handle.stat();
+    if (!st.isFile()) throw new UsageError(`${what} ${path} is not a regular file`);
+    if (st.size > KEY_FILE_LIMIT) throw new UsageError(`${what} ${path} is too large to be a key file`);
+    const bytes = await handle.readFile();
+    // Keys are ASCII; latin1 keeps any other byte visible as one character. A UTF-8 BOM is skipped.
+    const bom = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+    return { text: bytes.toString('latin1', bom), mode: st.mode, binary: bytes.includes(0) };
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    throw new UsageError(`cannot read ${what} ${path}: ${describeFsError(err)}`);
+  } finally {
+    await handle.close();
+  }
+}
+
+function describeFsError(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  switch (code) {
+    case 'ENOENT':
+      return 'no such file';
+    case 'EACCES':
+    case 'EPERM':
+      return 'permission denied';
+    case 'EISDIR':
+      return 'is a directory';
+    default:
+      return code ?? (err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** Lines with CR/whitespace trimmed, numbered from 1, without blanks and `#` comments. */
+function contentLines(text: string): Array<{ n: number; line: string }> {
+  const out: Array<{ n: number; line: string }> = [];
+  text.split('\n').forEach((raw, i) => {
+    const line = raw.trim();
+    if (line === '' || line.startsWith('#')) return;
+    out.push({ n: i + 1, line });
+  });
+  return out;
+}
+
+/**
+ * Read an age recipients file: one recipient per line, `#` comments and blank lines ignored,
+ * CRLF line ends tolerated (the format `age -R` reads).
+ *
+ * @returns the recipients in file order, duplicates removed.
+ * @throws {UsageError} if the file is missing or unreadable, a line is not a supported
+ *   recipient ("recipients file <path> line N: …"), or the file holds no recipient.
+ */
+export async function readRecipientsFile(path: string): Promise<string[]> {
+  const { text, binary } = await readKeyFile(path, 'recipients file');
+  if (binary) throw new UsageError(`recipients file ${path} is not a text file`);
+  const recipients: string[] = [];
+  for (const { n, line } of contentLines(text)) {
+    const problem = recipientProblem(line);
+    if (problem !== undefined) throw new UsageError(`recipients file ${path} line ${n}: ${problem}`);
+    if (!recipients.includes(line)) recipients.push(line);
+  }
+  if (recipients.length === 0) {
+    throw new UsageError(`recipients file ${path} contains no recipients; add one age1… public key per line`);
+  }
+  return recipients;
+}
+
+/** Why `line` is not a usable identity, or `undefined` if it is one. Never quotes `line`. */
+async function identityProblem(line: string): Promise<string | undefined> {
+  if (line.startsWith(HYBRID_IDENTITY_PREFIX) || line.startsWith(X25519_IDENTITY_PREFIX)) {
+    try {
+      await identityToRecipient(line);
+      return undefined;
+    } catch {
+      return 'invalid age secret key (bad checksum, truncated or mistyped)';
+    }
+  }
+  if (/^age-secret-key-/i.test(line)) {
+    return 'invalid age secret key (must be upper case and start with AGE-SECRET-KEY-1)';
+  }
+  if (line.startsWith('AGE-PLUGIN-')) return 'age plugin identities are not supported; use an X25519 identity';
+  if (line.startsWith('age1')) {
+    return 'this is a public key (recipient), not a secret key; pass the identity file made by coffer keygen or age-keygen';
+  }
+  if (/^-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(line) || /^(ssh-(ed25519|rsa)|ecdsa-sha2-|sk-)/.test(line)) {
+    return 'ssh keys are not supported; use an age identity made by coffer keygen or age-keygen';
+  }
+  return 'not an age identity (expected AGE-SECRET-KEY-1…)';
+}
+
+/**
+ * Read an age identity file in age-keygen format: `#` comments, blank lines, one
+ * `AGE-SECRET-KEY-1…` (or hybrid `AGE-SECRET-KEY-PQ-1…`) per line; CRLF tolerated.
+ *
+ * @returns the identities in file order.
+ * @throws {UsageError} if the file is missing or unreadable; empty; encrypted with a passphrase
+ *   (binary or armored age file: decrypt it first with `age -d`); holds a recipient (public key),
+ *   an SSH key, a plugin identity, garbage or a corrupt/truncated key ("… line N: …"); or holds
+ *   valid identities but is readable or writable by group or others (`chmod 600 <path>`).
+ *   Messages never contain key material.
+ */
+export async function readIdentityFile(path: string): Promise<string[]> {
+  const { text, mode, binary } = await readKeyFile(path, 'identity file');
+  const head = text.trimStart();
+  if (ENCRYPTED_PREFIXES.some((p) => head.startsWith(p))) {
+    throw new UsageError(
+      `identity file ${path} is itself encrypted with age; decrypt it first (age -d -o <new file> ${path}) and pass the decrypted file`,
+    );
+  }
+  if (binary) throw new UsageError(`identity file ${path} is not a text file`);
+  if (/^-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(head)) {
+    throw new UsageError(`identity file ${path} is an ssh or pem private key; ssh keys are not supported, use an age identity made by coffer keygen or age-keygen`);
+  }
+  const identities: string[] = [];
+  for (const { n, line } of contentLines(text)) {
+    const problem = await identityProblem(line);
+    if (problem !== undefined) throw new UsageError(`identity file ${path} line ${n}: ${problem}`);
+    if (!identities.includes(line)) identities.push(line);
+  }
+  if (identities.length === 0) {
+    throw new UsageError(`identity file ${path} contains no identities; pass the file made by coffer keygen or age-keygen`);
+  }
+  if ((mode & 0o077) !== 0) {
+    throw new UsageError(
+      `identity file ${path} is accessible by other users (mode ${(mode & 0o777).toString(8).padStart(4, '0')}); run chmod 600 ${path}`,
+    );
+  }
+  return identities;
+}
+
+/**
+ * Check one identity string.
+ *
+ * @returns the identity, trimmed.
+ * @throws {UsageError} if it is not a valid X25519 or hybrid age identity (message without key material).
+ */
+export async function parseIdentity(identity: string): Promise<string> {
+  const value = identity.trim();
+  const problem = await identityProblem(value);
+  if (problem !== undefined) throw new UsageError(problem);
+  return value;
+}
+
+/**
+ * The public key (recipient) of an identity: `age1…` for X25519, `age1pq1…` for hybrid.
+ *
+ * @throws {UsageError} if `identity` is not a valid identity (message without key material).
+ */
+export async function recipientOf(identity: string): Promise<string> {
+  const value = await parseIdentity(identity);
+  return identityToRecipient(value);
+}
+
+/** RFC 3339 local time with numeric offset, `Z` for UTC: Go's `time.RFC3339`, as age-keygen prints. */
+function rfc3339Local(d: Date): string {
+  const pad = (n: number) => String(n).padStart(2, '0');
+  const offsetMin = -d.getTimezoneOffset();
+  const zone =
+    offsetMin === 0 ? 'Z' : `${offsetMin > 0 ? '+' : '-'}${pad(Math.floor(Math.abs(offsetMin) / 60))}:${pad(Math.abs(offsetMin) % 60)}`;
+  return (
+    `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}` +
+    `T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}${zone}`
+  );
+}
+
+/**
+ * Generate a new X25519 identity.
+ *
+ * @param now - creation time written to the file's comment (default: now).
+ * @returns the identity, its recipient, and `fileText` in exactly age-keygen's format:
+ *   `# created: <RFC 3339 local time>\n# public key: age1…\nAGE-SECRET-KEY-1…\n`.
+ */
+export async function generateIdentity(now: Date = new Date()): Promise<{ identity: string; recipient: string; fileText: string }> {
+  const identity = await generateX25519Identity();
+  const recipient = await identityToRecipient(identity);
+  const fileText = `# created: ${rfc3339Local(now)}\n# public key: ${recipient}\n${identity}\n`;
+  return { identity, recipient, fileText };
+}

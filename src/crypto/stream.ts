@@ -1,0 +1,249 @@
+/**
+ * The age v1 payload (STREAM, https://c2sp.org/age#payload) over node:crypto ChaCha20-Poly1305,
+ * about ten times faster than the pure-JS implementation in `age-encryption`.
+ *
+ * The payload is a 16-byte nonce followed by chunks of 64 KiB plaintext, each sealed with
+ * ChaCha20-Poly1305 under the stream key HKDF-SHA256(file key, nonce, "payload") with the
+ * 12-byte nonce `11-byte big-endian chunk counter || last-chunk flag`. Every chunk but the last
+ * holds exactly 64 KiB; the last is flagged and is empty only if the whole plaintext is empty.
+ */
+import { createCipheriv, createDecipheriv, createSecretKey, hkdfSync, type KeyObject } from 'node:crypto';
+import { Transform, type TransformCallback } from 'node:stream';
+import { IntegrityError } from '../errors.js';
+
+/** Plaintext bytes per STREAM chunk. */
+export const CHUNK_SIZE = 64 * 1024;
+/** Poly1305 tag bytes per chunk. */
+export const TAG_SIZE = 16;
+/** Size of the payload nonce that precedes the chunks. */
+export const PAYLOAD_NONCE_SIZE = 16;
+const SEALED_SIZE = CHUNK_SIZE + TAG_SIZE;
+const ALGORITHM = 'chacha20-poly1305';
+/** Stream buffers: a few chunks, so memory stays flat whatever the input size. */
+const HIGH_WATER_MARK = 4 * SEALED_SIZE;
+
+/**
+ * Derive the payload key from the file key and the 16-byte payload nonce.
+ *
+ * @throws {RangeError} if the nonce is not 16 bytes.
+ */
+export function payloadKey(fileKey: Uint8Array, nonce: Uint8Array): KeyObject {
+  if (nonce.length !== PAYLOAD_NONCE_SIZE) throw new RangeError('payload nonce must be 16 bytes');
+  return createSecretKey(Buffer.from(hkdfSync('sha256', fileKey, nonce, 'payload', 32)));
+}
+
+/**
+ * Ciphertext bytes of the payload (nonce + sealed chunks) for `plaintextBytes` of plaintext.
+ * Add the header length for the whole file.
+ */
+export function payloadSize(plaintextBytes: number): number {
+  const chunks = Math.max(1, Math.ceil(plaintextBytes / CHUNK_SIZE));
+  return PAYLOAD_NONCE_SIZE + plaintextBytes + chunks * TAG_SIZE;
+}
+
+/** The 12-byte chunk nonce: 11-byte big-endian counter, then the last-chunk flag. */
+class ChunkNonce {
+  readonly bytes = Buffer.alloc(12);
+  /** Advance the counter (the flag byte is untouched). */
+  increment(): void {
+    for (let i = 10; i >= 0; i--) {
+      const v = (this.bytes[i]! + 1) & 0xff;
+      this.bytes[i] = v;
+      if (v !== 0) return;
+    }
+    throw new RangeError('age STREAM chunk counter overflow');
+  }
+  setLast(last: boolean): void {
+    this.bytes[11] = last ? 1 : 0;
+  }
+}
+
+/**
+ * Plaintext in, age payload out (`prefix`, normally header + payload nonce, first). Arbitrary
+ * write sizes; whole chunks are sealed straight from the written buffer, partial ones are
+ * collected in one reusable 64 KiB buffer. The last full chunk is held back until more input or
+ * the end of input tells whether it is the final one.
+ */
+export class PayloadEncrypter extends Transform {
+  readonly #key: KeyObject;
+  readonly #nonce = new ChunkNonce();
+  readonly #buf = Buffer.allocUnsafe(CHUNK_SIZE);
+  #len = 0;
+
+  /** @param key - from {@link payloadKey}. @param prefix - bytes emitted before the payload. */
+  constructor(key: KeyObject, prefix: Uint8Array) {
+    super({ readableHighWaterMark: HIGH_WATER_MARK, writableHighWaterMark: HIGH_WATER_MARK });
+    this.#key = key;
+    if (prefix.length > 0) this.push(Buffer.from(prefix));
+  }
+
+  #seal(plaintext: Buffer, last: boolean): void {
+    this.#nonce.setLast(last);
+    const cipher = createCipheriv(ALGORITHM, this.#key, this.#nonce.bytes, { authTagLength: TAG_SIZE });
+    const sealed = cipher.update(plaintext);
+    cipher.final();
+    // Two pushes (data, tag) are cheaper than copying both into one buffer.
+    if (sealed.length > 0) this.push(sealed);
+    this.push(cipher.getAuthTag());
+    this.#nonce.increment();
+  }
+
+  override _transform(data: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    try {
+      let off = 0;
+      while (off < data.length) {
+        if (this.#len === CHUNK_SIZE) {
+          // More input exists, so the held-back chunk is not the last one.
+          this.#seal(this.#buf, false);
+          this.#len = 0;
+        }
+        if (this.#len === 0 && data.length - off > CHUNK_SIZE) {
+          this.#seal(data.subarray(off, off + CHUNK_SIZE), false);
+          off += CHUNK_SIZE;
+          continue;
+        }
+        const n = Math.min(CHUNK_SIZE - this.#len, data.length - off);
+        data.copy(this.#buf, this.#len, off, off + n);
+        this.#len += n;
+        off += n;
+      }
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      // Empty only when the whole plaintext was empty.
+      this.#seal(this.#buf.subarray(0, this.#len), true);
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+}
+
+/**
+ * Age payload chunks in (the 16-byte payload nonce already consumed), plaintext out. Each
+ * chunk's plaintext is emitted as soon as it is authenticated; a chunk is opened only once the
+ * next byte (or the end of input) shows whether it must be the last one. Errors with
+ * {@link IntegrityError} on truncation, tampering or trailing data.
+ */
+export class PayloadDecrypter extends Transform {
+  readonly #key: KeyObject;
+  readonly #nonce = new ChunkNonce();
+  readonly #buf = Buffer.allocUnsafe(SEALED_SIZE);
+  #len = 0;
+  #chunks = 0;
+  readonly #payloadOffset: number;
+
+  /**
+   * @param key - from {@link payloadKey}.
+   * @param payloadOffset - file offset of the first chunk (header length + 16), for messages.
+   */
+  constructor(key: KeyObject, payloadOffset: number) {
+    super({ readableHighWaterMark: HIGH_WATER_MARK, writableHighWaterMark: HIGH_WATER_MARK });
+    this.#key = key;
+    this.#payloadOffset = payloadOffset;
+  }
+
+  /** Authenticate and decrypt one sealed chunk; `null` if it does not authenticate. */
+  #tryOpen(sealed: Buffer, last: boolean): Buffer | null {
+    this.#nonce.setLast(last);
+    const decipher = createDecipheriv(ALGORITHM, this.#key, this.#nonce.bytes, { authTagLength: TAG_SIZE });
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
+    const plaintext = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
+    try {
+      decipher.final();
+    } catch {
+      return null;
+    }
+    return plaintext;
+  }
+
+  #offset(): number {
+    return this.#payloadOffset + this.#chunks * SEALED_SIZE;
+  }
+
+  /** A full chunk followed by more input. */
+  #openMiddle(sealed: Buffer): void {
+    const plaintext = this.#tryOpen(sealed, false);
+    if (plaintext === null) {
+      const final = this.#tryOpen(sealed, true);
+      if (final !== null) {
+        // An authentic final chunk: release it like any authenticated chunk, then fail on what follows.
+        this.#chunks++;
+        this.push(final);
+        throw new IntegrityError(
+          `unexpected data after the end of the backup at byte offset ${this.#offset()}: the backup was modified or corrupted`,
+        );
+      }
+      throw new IntegrityError(`authentication failed at byte offset ${this.#offset()}: the backup was modified or corrupted`);
+    }
+    this.#nonce.increment();
+    this.#chunks++;
+    this.push(plaintext);
+  }
+
+  override _transform(data: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    try {
+      let off = 0;
+      while (off < data.length) {
+        if (this.#len === SEALED_SIZE) {
+          this.#openMiddle(this.#buf);
+          this.#len = 0;
+        }
+        if (this.#len === 0 && data.length - off > SEALED_SIZE) {
+          this.#openMiddle(data.subarray(off, off + SEALED_SIZE));
+          off += SEALED_SIZE;
+          continue;
+        }
+        const n = Math.min(SEALED_SIZE - this.#len, data.length - off);
+        data.copy(this.#buf, this.#len, off, off + n);
+        this.#len += n;
+        off += n;
+      }
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      if (this.#len === 0) {
+        throw new IntegrityError('backup is truncated: the encrypted data ends right after the header', {
+          hint: 'the upload or download was probably interrupted; use another backup',
+        });
+      }
+      if (this.#len < TAG_SIZE) {
+        throw new IntegrityError(`backup is truncated or corrupted: incomplete chunk at byte offset ${this.#offset()}`);
+      }
+      const sealed = this.#buf.subarray(0, this.#len);
+      const plaintext = this.#tryOpen(sealed, true);
+      if (plaintext === null) {
+        const middle = this.#len === SEALED_SIZE ? this.#tryOpen(sealed, false) : null;
+        if (middle !== null) {
+          // An authentic non-final chunk: release it like any other, then report the missing end.
+          this.#chunks++;
+          this.push(middle);
+          throw new IntegrityError(`backup is truncated: it ends at byte offset ${this.#offset()} without its final chunk`, {
+            hint: 'the upload or download was probably interrupted; use another backup',
+          });
+        }
+        throw new IntegrityError(
+          `authentication failed at byte offset ${this.#offset()}: the backup is truncated, modified or corrupted`,
+        );
+      }
+      if (plaintext.length === 0 && this.#chunks > 0) {
+        throw new IntegrityError(`invalid empty final chunk at byte offset ${this.#offset()}: the backup was modified or corrupted`);
+      }
+      this.#chunks++;
+      if (plaintext.length > 0) this.push(plaintext);
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * Typed errors. Every error a user can hit is a {@link CofferError}: one line
+ * saying what went wrong (and, where there is one, what to do), mapped to one
+ * documented exit code. Only `src/cli/main.ts` turns them into an exit.
+ *
+ * Messages never contain secrets: callers must not interpolate passwords,
+ * secret keys or identities into them.
+ */
+
+/** Documented process exit codes (README "Exit codes"). */
+export const ExitCode = {
+  ok: 0,
+  unexpected: 1,
+  usage: 2,
+  database: 3,
+  storage: 4,
+  integrity: 5,
+  busy: 6,
+  stale: 7,
+  /** `--timeout` expired (as coreutils `timeout`). */
+  timeout: 124,
+  /** Stopped by SIGINT (128 + 2); SIGTERM gives 143 (128 + 15). */
+  interrupted: 130,
+  terminated: 143,
+} as const;
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'interrupted';
+
+/** Base class: `kind` selects the exit code; `hint` is the "what to do" part. */
+export class CofferError extends Error {
+  readonly kind: ErrorKind;
+  readonly hint: string | undefined;
+  constructor(kind: ErrorKind, message: string, options?: { cause?: unknown; hint?: string }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.kind = kind;
+    this.hint = options?.hint;
+    this.name = new.target.name;
+  }
+  get exitCode(): ExitCodeValue {
+    return ExitCode[this.kind];
+  }
+}
+
+/** Bad flags, configuration, names, keys supplied by the user (exit 2). */
+export class UsageError extends CofferError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super('usage', message, options);
+  }
+}
+
+/** Connecting to PostgreSQL, pg_dump, pg_restore, psql (exit 3). */
+export class DatabaseError extends CofferError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super('database', message, options);
+  }
+}
+
+/** Repository errors: S3 or local directory (exit 4). */
+export class StorageError extends CofferError {
+  /** Machine-readable reason, e.g. `NotFound`, `AccessDenied`, `NoSuchBucket`, `Exists`. */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown; hint?: string }) {
+    super('storage', message, options);
+    this.code = code;
+  }
+}
+
+/** Checksums, decryption, authentication, corrupt or inconsistent backups (exit 5). */
+export class IntegrityError extends CofferError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super('integrity', message, options);
+  }
+}
+
+/** Another run holds the lock (exit 6). */
+export class BusyError extends CofferError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super('busy', message, options);
+  }
+}
+
+/** `status`: a backup is older than allowed (exit 7). */
+export class StaleError extends CofferError {
+  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+    super('stale', message, options);
+  }
+}
+
+/** The run was stopped by a signal or its `--timeout`; everything was aborted cleanly. */
+export class InterruptedError extends CofferError {
+  readonly code: ExitCodeValue;
+  constructor(message: string, options?: { cause?: unknown; hint?: string; exitCode?: ExitCodeValue }) {
+    super('interrupted', message, options);
+    this.code = options?.exitCode ?? ExitCode.interrupted;
+  }
+  override get exitCode(): ExitCodeValue {
+    return this.code;
+  }
+}
+
+/** Prefix an error's message with a short lowercase context, keeping its type and cause. */
+export function wrapError(context: string, err: unknown): Error {
+  if (err instanceof CofferError) {
+    const copy = Object.create(Object.getPrototypeOf(err)) as CofferError;
+    Object.assign(copy, err);
+    Object.defineProperty(copy, 'message', { value: `${context}: ${err.message}`, enumerable: false, writable: true });
+    Object.defineProperty(copy, 'stack', { value: err.stack, enumerable: false, writable: true });
+    return copy;
+  }
+  if (err instanceof Error) {
+    const e = new Error(`${context}: ${err.message}`, { cause: err });
+    return e;
+  }
+  return new Error(`${context}: ${String(err)}`);
+}
+
+/** One line for a human: message plus hint, newlines folded. */
+export function formatErrorLine(err: unknown): string {
+  let text: string;
+  if (err instanceof CofferError) {
+    text = err.hint ? `${err.message} (${err.hint})` : err.message;
+  } else if (err instanceof Error) {
+    text = `unexpected error: ${err.message}`;
+  } else {
+    text = `unexpected error: ${String(err)}`;
+  }
+  return text.replace(/\s*\n\s*/g, ' | ').trim();
+}
+
+/** Exit code for any thrown value. */
+export function exitCodeOf(err: unknown): ExitCodeValue {
+  return err instanceof CofferError ? err.exitCode : ExitCode.unexpected;
+}

@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto';
+import type { ConnectionSpec } from './connection.js';
+import { psqlQuery } from './server.js';
+import type { PgTools } from './tools.js';
+
+/** Quotes an SQL identifier: always, so case, spaces, quotes and unicode survive. */
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Quotes an SQL string literal (standard_conforming_strings on, as since PostgreSQL 9.1). */
+export function quoteLiteral(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}
+
+/** Cuts a name to at most `maxBytes` UTF-8 bytes without splitting a character. */
+export function truncateUtf8(s: string, maxBytes: number): string {
+  let out = '';
+  let bytes = 0;
+  for (const ch of s) {
+    const n = Buffer.byteLength(ch, 'utf8');
+    if (bytes + n > maxBytes) break;
+    out += ch;
+    bytes += n;
+  }
+  return out;
+}
+
+/** A database name made of `base` plus `suffix`, within PostgreSQL's 63-byte limit. */
+export function derivedName(base: string, suffix: string): string {
+  return truncateUtf8(base, 63 - Buffer.byteLength(suffix, 'utf8')) + suffix;
+}
+
+export function scratchName(target: string): string {
+  return derivedName(target, `__restoring_${randomBytes(4).toString('hex')}`);
+}
+
+/** Administrative SQL runs in the maintenance database. */
+export class PgAdmin {
+  constructor(
+    readonly tools: PgTools,
+    readonly conn: ConnectionSpec,
+    readonly maintenanceDb: string,
+    readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  query(sql: string, what: string, database = this.maintenanceDb, signal?: AbortSignal): Promise<string> {
+    return psqlQuery(this.tools, this.conn, database, sql, { env: this.env, what, signal });
+  }
+
+  async exists(db: string): Promise<boolean> {
+    const out = await this.query(`SELECT count(*) FROM pg_database WHERE datname = ${quoteLiteral(db)};`, 'look up database');
+    return out.trim() === '1';
+  }
+
+  async create(db: string): Promise<void> {
+    await this.query(`CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`);
+  }
+
+  /** DROP … WITH (FORCE): also ends sessions still connected (PostgreSQL 13+). */
+  async drop(db: string): Promise<void> {
+    await this.query(`DROP DATABASE IF EXISTS ${quoteIdent(db)} WITH (FORCE);`, `drop database ${JSON.stringify(db)}`);
+  }
+
+  /**
+   * Puts `scratch` in place of `target` in one transaction. With `asideName`, an existing
+   * target is renamed aside first (its sessions are ended: a rename needs it idle).
+   */
+  async swapIn(scratch: string, target: string, asideName?: string): Promise<void> {
+    if (asideName) {
+      const t = quoteLiteral(target);
+      const others = `SELECT 1 FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid()`;
+      await this.query(
+        `DO $coffer$ BEGIN
+           PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid();
+           FOR i IN 1..100 LOOP
+             PERFORM pg_stat_clear_snapshot();
+             EXIT WHEN NOT EXISTS (${others});
+             PERFORM pg_sleep(0.1);
+           END LOOP;
+         END $coffer$;`,
+        `end the sessions of ${JSON.stringify(target)}`,
+      );
+    }
+    const lines = ['BEGIN;'];
+    if (asideName) lines.push(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(asideName)};`);
+    lines.push(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)};`, 'COMMIT;');
+    await this.query(lines.join('\n'), `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`);
+  }
+}

@@ -1,0 +1,112 @@
+import { UsageError } from '../errors.js';
+
+/**
+ * Where the database is. Everything except the password ends up in a libpq conninfo string
+ * passed as `-d` to pg_dump/psql; the password only ever travels in the child's environment
+ * (PGPASSWORD), never on a command line.
+ */
+export interface ConnectionSpec {
+  /** libpq keywords from `--dbname` (conninfo or URI), without `password`. */
+  params: Record<string, string>;
+  /** A password found in `--dbname` (or configuration), if any. */
+  password?: string;
+}
+
+/** Parses `--dbname` in either libpq form: `key=value …` or `postgresql://…`. */
+export function parseConnectionString(input: string | undefined): ConnectionSpec {
+  if (input === undefined || input.trim() === '') return { params: {} };
+  const text = input.trim();
+  const params = /^postgres(ql)?:\/\//i.test(text) ? parseUri(text) : /=/.test(text) ? parseConninfo(text) : { dbname: text };
+  const { password, ...rest } = params;
+  return password === undefined ? { params: rest } : { params: rest, password };
+}
+
+function parseUri(text: string): Record<string, string> {
+  let url: URL;
+  try {
+    // WHATWG URL does not know postgres://; parse it as http:// with the same authority rules.
+    url = new URL(text.replace(/^postgres(ql)?:/i, 'http:'));
+  } catch {
+    throw new UsageError('invalid PostgreSQL connection URI in --dbname', { hint: 'expected postgresql://user@host:port/dbname' });
+  }
+  const out: Record<string, string> = {};
+  if (url.username) out.user = decodeURIComponent(url.username);
+  if (url.password) out.password = decodeURIComponent(url.password);
+  if (url.hostname) out.host = decodeURIComponent(url.hostname.replace(/^\[|\]$/g, ''));
+  if (url.port) out.port = url.port;
+  const db = decodeURIComponent(url.pathname.replace(/^\//, ''));
+  if (db) out.dbname = db;
+  for (const [k, v] of url.searchParams) out[k] = v;
+  return out;
+}
+
+function parseConninfo(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  let i = 0;
+  const n = text.length;
+  const fail = (): never => {
+    throw new UsageError('invalid PostgreSQL connection string in --dbname', { hint: "expected key=value pairs, e.g. \"host=db port=5432 dbname=vault\"" });
+  };
+  while (i < n) {
+    while (i < n && /\s/.test(text[i]!)) i++;
+    if (i >= n) break;
+    const ks = i;
+    while (i < n && /[A-Za-z0-9_]/.test(text[i]!)) i++;
+    const key = text.slice(ks, i);
+    while (i < n && /\s/.test(text[i]!)) i++;
+    if (!key || text[i] !== '=') fail();
+    i++;
+    while (i < n && /\s/.test(text[i]!)) i++;
+    let value = '';
+    if (text[i] === "'") {
+      i++;
+      let closed = false;
+      while (i < n) {
+        const c = text[i]!;
+        if (c === '\\' && i + 1 < n) {
+          value += text[i + 1];
+          i += 2;
+        } else if (c === "'") {
+          i++;
+          closed = true;
+          break;
+        } else {
+          value += c;
+          i++;
+        }
+      }
+      if (!closed) fail();
+    } else {
+      while (i < n && !/\s/.test(text[i]!)) {
+        if (text[i] === '\\' && i + 1 < n) {
+          value += text[i + 1];
+          i += 2;
+        } else value += text[i++];
+      }
+    }
+    out[key] = value;
+  }
+  return out;
+}
+
+function quoteConninfoValue(v: string): string {
+  return `'${v.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`;
+}
+
+/** conninfo string for `-d` (no password), with `dbname` set to `database` when given. */
+export function conninfoFor(spec: ConnectionSpec, database?: string): string {
+  const params = { ...spec.params, ...(database !== undefined ? { dbname: database } : {}) };
+  return Object.entries(params)
+    .map(([k, v]) => `${k}=${quoteConninfoValue(v)}`)
+    .join(' ');
+}
+
+/** Extra environment for a libpq child: the password, if we hold one. */
+export function childEnv(spec: ConnectionSpec): Record<string, string> {
+  return spec.password !== undefined ? { PGPASSWORD: spec.password } : {};
+}
+
+/** The database a connection names (from `--db`, `--dbname`, or PGDATABASE). */
+export function databaseOf(spec: ConnectionSpec, explicit: string | undefined, env: NodeJS.ProcessEnv): string | undefined {
+  return explicit ?? spec.params.dbname ?? env.PGDATABASE ?? undefined;
+}

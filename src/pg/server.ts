@@ -1,0 +1,82 @@
+import { DatabaseError } from '../errors.js';
+import { childEnv, conninfoFor, type ConnectionSpec } from './connection.js';
+import { runChild, type PgTools } from './tools.js';
+
+export interface ServerInfo {
+  serverVersion: string;
+  serverVersionNum: number;
+  databaseSizeBytes: number;
+  isSuperuser: boolean;
+}
+
+/** Environment for a libpq child: ours, plus the password when we hold one. */
+export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  return { ...env, ...childEnv(conn) };
+}
+
+/** Adds the fix to the usual libpq failures (message is psql's own first error line). */
+export function explainLibpqError(what: string, err: unknown): DatabaseError {
+  const msg = err instanceof Error ? err.message : String(err);
+  let hint: string | undefined;
+  if (/password authentication failed|no password supplied|authentication failed/i.test(msg)) {
+    hint = 'check PGPASSWORD / PGPASSFILE or the password in --dbname';
+  } else if (/database ".*" does not exist/i.test(msg)) {
+    hint = 'check --db / PGDATABASE; `psql -l` lists the databases';
+  } else if (/role ".*" does not exist/i.test(msg)) {
+    hint = 'check PGUSER or the user in --dbname';
+  } else if (/could not connect|Connection refused|No such file or directory|could not translate host name|timeout expired/i.test(msg)) {
+    hint = 'check PGHOST / PGPORT (or --dbname) and that the server is running';
+  }
+  return new DatabaseError(msg.startsWith(what) ? msg : `${what}: ${msg}`, { cause: err, ...(hint ? { hint } : {}) });
+}
+
+/** Runs one query with psql and returns its unaligned, tuples-only output. */
+export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string } = {}): Promise<string> {
+  const argv = [...tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', conninfoFor(conn, database), '-f', '-'];
+  try {
+    return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what: opts.what ?? 'psql', input: sql });
+  } catch (err) {
+    throw explainLibpqError(opts.what ?? 'psql', err);
+  }
+}
+
+/** Server version, database size and whether we are superuser: one round trip. */
+export async function probeServer(tools: PgTools, conn: ConnectionSpec, database: string | undefined, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<ServerInfo> {
+  const out = await psqlQuery(
+    tools,
+    conn,
+    database,
+    "SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);",
+    { ...opts, what: `connect to database ${JSON.stringify(database ?? '')}` },
+  );
+  const [num, ver, size, superuser] = out.trim().split('|');
+  const n = Number(num);
+  if (!Number.isInteger(n)) throw new DatabaseError(`could not read the server version (got ${JSON.stringify(out.trim().slice(0, 80))})`);
+  return { serverVersionNum: n, serverVersion: ver ?? String(n), databaseSizeBytes: Number(size) || 0, isSuperuser: superuser === 't' };
+}
+
+/** `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → { text, major: 15 }. */
+export async function clientVersion(argv: string[], what: string, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<{ text: string; major: number }> {
+  const out = (await runChild([...argv, '--version'], { env: opts.env, signal: opts.signal, what: `${what} --version` })).trim();
+  const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(out) ?? /(\d+)\.(\d+)/.exec(out);
+  if (!m) throw new DatabaseError(`${what} --version printed something unexpected: ${JSON.stringify(out.slice(0, 80))}`);
+  return { text: out.split('\n')[0]!, major: Number(m[1]) };
+}
+
+/** Major version of a server_version_num (150018 → 15, 90624 → 9). */
+export function serverMajor(num: number): number {
+  return num >= 100000 ? Math.floor(num / 10000) : Math.floor(num / 100) / 100;
+}
+
+/**
+ * pg_dump refuses a newer server ("aborting because of server version mismatch"); say so before
+ * we start, naming both versions and the fix.
+ */
+export function checkDumpVersion(pgDumpMajor: number, pgDumpText: string, server: ServerInfo): void {
+  const sMajor = serverMajor(server.serverVersionNum);
+  if (pgDumpMajor < sMajor) {
+    throw new DatabaseError(`pg_dump ${pgDumpMajor} is older than the server (PostgreSQL ${server.serverVersion}); pg_dump must be at least as new as the server [${pgDumpText}]`, {
+      hint: `install postgresql-client-${Math.floor(sMajor)} and use --pg-bin /usr/lib/postgresql/${Math.floor(sMajor)}/bin, or run pg_dump inside the database container with --pg-dump-command`,
+    });
+  }
+}

@@ -1,0 +1,414 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { tmpdir } from 'node:os';
+import type { Readable } from 'node:stream';
+import type { BackupEntry } from '../catalog/catalog.js';
+import { DatabaseError, IntegrityError, InterruptedError, CofferError, StorageError, UsageError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
+import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
+import { libpqEnv, psqlQuery } from '../pg/server.js';
+import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
+import { compactTimestamp } from '../catalog/layout.js';
+import { resumableGet } from '../store/resumable.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { openArchive, type OpenedArchive } from './archive.js';
+import { FanOut, type FanOutTarget } from './fanout.js';
+
+/** Where the encrypted backup comes from. */
+export type RestoreSource =
+  | { kind: 'repository'; store: ObjectStore; entry: BackupEntry }
+  | { kind: 'file'; path: string };
+
+export interface RestoreChecks {
+  /** Tables named in the archive's table of contents (custom archives). */
+  tocTables: number;
+  /** All of them exist in the restored database. */
+  tocTablesPresent: boolean;
+  smoke: Array<{ sql: string; output: string }>;
+}
+
+export interface RestoreSummary {
+  target: string;
+  backupId: string | null;
+  replacedAside: string | null;
+  storedBytes: number;
+  archiveBytes: number;
+  durationMs: number;
+  tables: number;
+  largestTables: Array<{ table: string; rows: number }>;
+  checks: RestoreChecks;
+}
+
+export interface RestoreRequest {
+  source: RestoreSource;
+  identities: string[];
+  tools: PgTools;
+  conn: ConnectionSpec;
+  /** Database used for CREATE/DROP/RENAME (default `postgres`). */
+  maintenanceDb: string;
+  target: string;
+  replace: boolean;
+  smoke: string[];
+  noOwner: boolean;
+  noPrivileges: boolean;
+  /** >1: spool to a private file and run `pg_restore -j`. */
+  jobs: number;
+  spoolDir?: string;
+  /** Apply the backup's globals (roles) before restoring. */
+  withGlobals?: boolean;
+  zstdCommand?: string[];
+  env?: NodeJS.ProcessEnv;
+  signal: AbortSignal;
+  log: Logger;
+  onProgress?: (storedBytes: number) => void;
+}
+
+/**
+ * Restores a backup into a fresh database, atomically:
+ *
+ *   store.get ─▶ sha256 ─▶ age decrypt ─▶ zstd -d ─▶ pg_restore ─▶ checks ─▶ rename
+ *   (header checked first)                          (into <target>__restoring_<rand>)
+ *
+ * The target name appears only after everything succeeded. On any failure the scratch
+ * database is dropped and the target (if it existed) is untouched.
+ */
+export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
+  const started = Date.now();
+  const env = req.env ?? process.env;
+  const admin = new PgAdmin(req.tools, req.conn, req.maintenanceDb, env);
+  const ac = linkedController(req.signal);
+  let scratch: string | undefined;
+  let spool: string | undefined;
+  try {
+    // 1. Refuse an existing target before anything else, unless asked to replace it.
+    const targetExists = await admin.exists(req.target);
+    if (targetExists && !req.replace) {
+      throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
+        hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
+      });
+    }
+    // 2. Open the backup: the age header is authenticated here, before any database exists.
+    const opened = await openSource(req, ac.signal);
+    req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
+    if (req.jobs > 1) spool = await prepareSpool(req, opened);
+
+    // 3. Globals first (roles the dump refers to), then a scratch database.
+    if (req.withGlobals) await applyGlobals(req, admin, env, ac.signal);
+    scratch = scratchName(req.target);
+    await admin.create(scratch);
+    req.log.info('restoring into a scratch database', { scratch });
+
+    // 4. The data.
+    const tocText = await restoreInto(req, opened, scratch, spool, env, ac);
+    const archiveStats = opened.stats();
+
+    // 5. Checks on the scratch database, then the swap.
+    const checks = await runChecks(req, scratch, tocText, env, ac.signal);
+    const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
+    if (ac.signal.aborted) throw ac.signal.reason;
+    await admin.swapIn(scratch, req.target, aside ?? undefined);
+    scratch = undefined;
+    if (aside) req.log.warn('the previous database was kept aside', { database: aside });
+    const stats = await tableStats(req, req.target, env);
+    return {
+      target: req.target,
+      backupId: req.source.kind === 'repository' ? req.source.entry.id : null,
+      replacedAside: aside,
+      storedBytes: archiveStats.storedBytes,
+      archiveBytes: archiveStats.archiveBytes,
+      durationMs: Date.now() - started,
+      tables: stats.tables,
+      largestTables: stats.largest,
+      checks,
+    };
+  } catch (err) {
+    ac.abort(err);
+    if (req.signal.aborted) throw interruptedFrom(req.signal, err);
+    throw err;
+  } finally {
+    ac.dispose();
+    if (scratch !== undefined) {
+      try {
+        await admin.drop(scratch);
+        req.log.info('scratch database dropped', { scratch });
+      } catch (e) {
+        req.log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand`, { error: (e as Error).message });
+      }
+    }
+    if (spool) await fsp.rm(path.dirname(spool), { recursive: true, force: true });
+  }
+}
+
+/** Opens the encrypted source (repository object or local file) as a checked archive stream. */
+export async function openSource(req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress'>, signal: AbortSignal): Promise<OpenedArchive> {
+  let ciphertext: Readable;
+  let expected: { sha256: string; size: number } | undefined;
+  if (req.source.kind === 'repository') {
+    const m = req.source.entry.manifest;
+    expected = { sha256: m.dump.sha256, size: m.dump.size };
+    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress });
+  } else {
+    try {
+      await fsp.access(req.source.path);
+    } catch {
+      throw new UsageError(`--file ${req.source.path}: no such file or not readable`);
+    }
+    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal });
+    let n = 0;
+    if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
+  }
+  return openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, signal });
+}
+
+/** Spool for `pg_restore -j`: a private directory, free space checked against the manifest. */
+async function prepareSpool(req: RestoreRequest, opened: OpenedArchive): Promise<string> {
+  if (opened.format !== 'custom') throw new UsageError('--jobs works with custom-format backups only (this one is plain SQL)');
+  const base = req.spoolDir ?? tmpdir();
+  await fsp.mkdir(base, { recursive: true });
+  const dir = await fsp.mkdtemp(path.join(base, 'coffer-spool-'));
+  await fsp.chmod(dir, 0o700);
+  const need = req.source.kind === 'repository' ? req.source.entry.manifest.dump.dumpBytes : 0;
+  const st = await fsp.statfs(dir);
+  const free = Number(st.bavail) * Number(st.bsize);
+  if (need > 0 && free < need * 1.05) {
+    await fsp.rm(dir, { recursive: true, force: true });
+    throw new StorageError('Failed', `not enough free space in ${base} to spool the archive: ${free} bytes free, ${need} needed`, {
+      hint: 'use --spool-dir on a larger filesystem, or restore without --jobs (streams, no spool)',
+    });
+  }
+  return path.join(dir, 'archive.dump');
+}
+
+/**
+ * Feeds the archive to pg_restore (streamed) or to a spool file then `pg_restore -j`; a side
+ * branch gives the table of contents to `pg_restore --list`. Returns the TOC text ('' for SQL).
+ */
+async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: string, spool: string | undefined, env: NodeJS.ProcessEnv, ac: AbortController): Promise<string> {
+  const pgEnv = libpqEnv(req.conn, env);
+  const children: RunningChild[] = [...opened.children];
+  const targets: FanOutTarget[] = [];
+  let restore: RunningChild | undefined;
+  let list: RunningChild | undefined;
+  const listOut: Buffer[] = [];
+
+  if (opened.format === 'custom') {
+    list = spawnChild([...req.tools.pgRestore, '--list'], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore --list' });
+    list.child.stdout!.on('data', (b: Buffer) => listOut.push(b));
+    children.push(list);
+    targets.push({ name: 'toc', stream: list.child.stdin!, kind: 'child' });
+  }
+  if (spool) {
+    targets.push({ name: 'spool', stream: createWriteStream(spool, { flags: 'wx', mode: 0o600 }), kind: 'file' });
+  } else if (opened.format === 'custom') {
+    restore = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore' });
+  } else {
+    restore = spawnChild([...req.tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(req.conn, scratch), '-f', '-'], {
+      stdin: 'pipe',
+      stdout: 'ignore',
+      env: pgEnv,
+      signal: ac.signal,
+      what: 'psql (restore)',
+    });
+  }
+  if (restore) {
+    children.push(restore);
+    targets.push({ name: 'restore', stream: restore.child.stdin!, kind: 'child' });
+  }
+  for (const c of children) c.done.catch((err) => ac.abort(err));
+
+  const fan = new FanOut(targets);
+  let streamErr: unknown;
+  await new Promise<void>((resolve) => {
+    opened.archive.pipe(fan);
+    opened.archive.once('error', (err) => {
+      streamErr = err;
+      fan.destroy(err);
+      resolve();
+    });
+    fan.once('finish', resolve);
+    fan.once('error', (err) => {
+      streamErr ??= err;
+      resolve();
+    });
+    fan.once('close', resolve);
+  });
+  if (streamErr !== undefined) {
+    ac.abort(streamErr);
+    for (const c of children) c.kill();
+    await Promise.allSettled(children.map((c) => c.done));
+    throw explainRestoreError(streamErr);
+  }
+  const results = await Promise.allSettled(children.map((c) => c.done));
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw explainRestoreError(failed.reason);
+
+  if (spool) {
+    const r = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), `--jobs=${req.jobs}`, '-d', conninfoFor(req.conn, scratch), spool], { env: pgEnv, signal: ac.signal, what: `pg_restore --jobs=${req.jobs}` });
+    try {
+      await r.done;
+    } catch (err) {
+      throw explainRestoreError(err);
+    }
+  }
+  return Buffer.concat(listOut).toString('utf8');
+}
+
+function restoreFlags(req: RestoreRequest): string[] {
+  return ['--exit-on-error', '--no-password', ...(req.noOwner ? ['--no-owner'] : []), ...(req.noPrivileges ? ['--no-privileges'] : [])];
+}
+
+/** Adds the usual fixes to pg_restore failures. */
+function explainRestoreError(err: unknown): unknown {
+  if (!(err instanceof DatabaseError)) return err;
+  const m = /role "([^"]+)" does not exist/.exec(err.message);
+  if (m) {
+    return new DatabaseError(`the backup refers to role ${JSON.stringify(m[1])}, which does not exist on this server`, {
+      cause: err,
+      hint: 'restore the roles first (--with-globals, from a backup taken with --globals), create the role, or pass --no-owner --no-privileges',
+    });
+  }
+  return err;
+}
+
+/**
+ * TABLE entries of a `pg_restore --list` output, as "schema name owner" strings (other entry
+ * types that start with TABLE — TABLE DATA, TABLE ATTACH — are not tables).
+ */
+export function tocTables(toc: string): string[] {
+  const out: string[] = [];
+  for (const line of toc.split('\n')) {
+    const m = /^\d+; \d+ \d+ TABLE (?!DATA |ATTACH )(.+)$/.exec(line);
+    if (m) out.push(m[1]!);
+  }
+  return out;
+}
+
+async function runChecks(req: RestoreRequest, db: string, toc: string, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<RestoreChecks> {
+  const entries = tocTables(toc);
+  if (entries.length > 0) {
+    const rows = await psqlQuery(
+      req.tools,
+      req.conn,
+      db,
+      "SELECT n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema');",
+      { env, signal, what: 'check restored tables' },
+    );
+    const have = rows.split('\n').filter(Boolean).map((r) => r.replace('\t', ' '));
+    const missing = entries.filter((e) => !have.some((h) => e === h || e.startsWith(`${h} `)));
+    if (missing.length > 0) {
+      throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(missing[0])}`);
+    }
+  }
+  const smoke: RestoreChecks['smoke'] = [];
+  for (const sql of req.smoke) {
+    let output: string;
+    try {
+      output = (await psqlQuery(req.tools, req.conn, db, sql.trim().endsWith(';') ? sql : `${sql};`, { env, signal, what: 'smoke check' })).trim();
+    } catch (err) {
+      throw new DatabaseError(`smoke check failed: ${sql}: ${(err as Error).message.replace(/^smoke check: /, '')}`, { cause: err });
+    }
+    req.log.info('smoke check passed', { sql, output });
+    smoke.push({ sql, output });
+  }
+  return { tocTables: entries.length, tocTablesPresent: true, smoke };
+}
+
+async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEnv): Promise<{ tables: number; largest: Array<{ table: string; rows: number }> }> {
+  const list = await psqlQuery(
+    req.tools,
+    req.conn,
+    db,
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY pg_total_relation_size(c.oid) DESC;",
+    { env, what: 'summarize restored tables' },
+  );
+  const names = list.split('\n').filter(Boolean);
+  const top = names.slice(0, 5);
+  const largest: Array<{ table: string; rows: number }> = [];
+  if (top.length > 0) {
+    const counts = await psqlQuery(req.tools, req.conn, db, top.map((t) => `SELECT count(*) FROM ${t};`).join('\n'), { env, what: 'count rows' });
+    const ns = counts.split('\n').filter(Boolean).map(Number);
+    top.forEach((t, i) => largest.push({ table: t, rows: ns[i] ?? 0 }));
+  }
+  return { tables: names.length, largest };
+}
+
+/** Applies the globals object of the backup (roles) to the server; existing roles are kept. */
+async function applyGlobals(req: RestoreRequest, admin: PgAdmin, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<void> {
+  if (req.source.kind !== 'repository' || !req.source.entry.manifest.globals) {
+    throw new UsageError('--with-globals: this backup has no globals', { hint: 'take backups with --globals to include roles' });
+  }
+  const g = req.source.entry.manifest.globals;
+  const opened = await openArchive({
+    ciphertext: resumableGet(req.source.store, g.key, g.size, { signal, log: req.log }),
+    expected: { sha256: g.sha256, size: g.size },
+    identities: req.identities,
+    zstdCommand: req.zstdCommand,
+    signal,
+  });
+  const chunks: Buffer[] = [];
+  for await (const c of opened.archive) chunks.push(c as Buffer);
+  await Promise.all(opened.children.map((c) => c.done));
+  // Roles that already exist (the superuser, at least) make CREATE ROLE fail: run each
+  // statement on its own, keep going, and report what was skipped.
+  const sql = Buffer.concat(chunks).toString('utf8');
+  const out = spawnChild([...req.tools.psql, '-X', '-q', '--no-password', '-d', conninfoFor(req.conn, admin.maintenanceDb), '-f', '-'], {
+    stdin: 'pipe',
+    stdout: 'ignore',
+    env: libpqEnv(req.conn, env),
+    signal,
+    what: 'psql (globals)',
+  });
+  out.child.stdin!.end(sql);
+  await out.done;
+  const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
+  for (const e of errors) req.log.warn('globals: statement skipped', { error: e.replace(/^.*ERROR:\s*/, '') });
+  req.log.info('globals applied', { skipped: errors.length });
+}
+
+function linkedController(outer: AbortSignal): AbortController & { dispose(): void } {
+  const ac = new AbortController() as AbortController & { dispose(): void };
+  const on = (): void => ac.abort(outer.reason);
+  if (outer.aborted) ac.abort(outer.reason);
+  else outer.addEventListener('abort', on, { once: true });
+  ac.dispose = () => outer.removeEventListener('abort', on);
+  return ac;
+}
+
+function interruptedFrom(signal: AbortSignal, cause: unknown): CofferError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof CofferError) return reason;
+  return new InterruptedError('interrupted', { cause });
+}
+
+/** Writes the decrypted, decompressed archive to a file instead of a database. */
+export async function restoreToFile(
+  req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress' | 'signal'>,
+  output: string,
+): Promise<{ bytes: number; format: 'custom' | 'sql' }> {
+  const opened = await openSource(req, req.signal);
+  const file = path.resolve(output);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.coffer-tmp-${process.pid}`);
+  try {
+    await fsp.access(file);
+    opened.archive.destroy();
+    throw new UsageError(`--output ${output} already exists; refusing to overwrite`);
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+  }
+  const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      opened.archive.once('error', reject);
+      fan.once('error', reject);
+      fan.once('finish', resolve);
+      opened.archive.pipe(fan);
+    });
+    await Promise.all(opened.children.map((c) => c.done));
+    await fsp.link(tmp, file);
+  } finally {
+    await fsp.rm(tmp, { force: true });
+  }
+  return { bytes: opened.stats().archiveBytes, format: opened.format };
+}

@@ -1,0 +1,310 @@
+import {
+  AbortMultipartUploadCommand,
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type PutObjectCommandInput,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { Readable, Transform } from 'node:stream';
+import { StorageError } from '../errors.js';
+import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from './object-store.js';
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix without leading or trailing slash ('' for the bucket root). */
+  prefix: string;
+  /** Custom endpoint (MinIO, Ceph, …); enables path-style addressing. */
+  endpoint?: string;
+  region: string;
+  /** Explicit credentials; otherwise the AWS SDK's default chain (env, profile, instance role…). */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Attempts per request, including the first (SDK retry strategy). */
+  maxAttempts?: number;
+  /** Milliseconds without socket activity before a request fails. */
+  requestTimeoutMs?: number;
+  connectTimeoutMs?: number;
+}
+
+/**
+ * A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…).
+ *
+ * Streams go up as multipart uploads (lib-storage) that become visible only on
+ * CompleteMultipartUpload; a failed or aborted put aborts the multipart upload. Checksums
+ * are sent only when required (`WHEN_REQUIRED`): several S3-compatible servers reject the SDK's
+ * default aws-chunked trailers, and coffer keeps its own sha256 anyway.
+ */
+export class S3Store implements ObjectStore {
+  readonly location: string;
+  readonly client: S3Client;
+  readonly bucket: string;
+  readonly prefix: string;
+
+  constructor(readonly options: S3StoreOptions) {
+    this.bucket = options.bucket;
+    this.prefix = options.prefix.replace(/^\/+|\/+$/g, '');
+    this.location = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
+    const agentOptions = { keepAlive: true, maxSockets: 32 };
+    this.client = new S3Client({
+      region: options.region,
+      ...(options.endpoint ? { endpoint: options.endpoint, forcePathStyle: true } : {}),
+      ...(options.credentials ? { credentials: options.credentials } : {}),
+      maxAttempts: options.maxAttempts ?? 5,
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: new NodeHttpHandler({
+        connectionTimeout: options.connectTimeoutMs ?? 10_000,
+        requestTimeout: options.requestTimeoutMs ?? 120_000,
+        httpAgent: new HttpAgent(agentOptions),
+        httpsAgent: new HttpsAgent(agentOptions),
+      }),
+    });
+  }
+
+  /** Full S3 key for a repository key. */
+  fullKey(key: string): string {
+    return this.prefix ? `${this.prefix}/${key}` : key;
+  }
+
+  private fullName(key: string): string {
+    return `s3://${this.bucket}/${this.fullKey(key)}`;
+  }
+
+  async putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }> {
+    const Key = this.fullKey(key);
+    let size = 0;
+    const counter = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        size += chunk.length;
+        cb(null, chunk);
+      },
+    });
+    body.on('error', (err) => counter.destroy(err));
+    body.pipe(counter);
+
+    // Every request of this upload carries our signal, so an abort also cancels parts in flight.
+    // The UploadId is captured so that the multipart upload can be aborted whatever happens.
+    let uploadId: string | undefined;
+    const real = this.client;
+    const client = new Proxy(real, {
+      get(target, prop, receiver) {
+        if (prop === 'send') {
+          return async (command: { constructor: { name: string } }, opts?: object) => {
+            const out = await (target.send as (c: unknown, o?: object) => Promise<Record<string, unknown>>)(command, {
+              ...opts,
+              abortSignal: options.signal,
+            });
+            if (command.constructor.name === 'CreateMultipartUploadCommand' && typeof out.UploadId === 'string') {
+              uploadId = out.UploadId;
+            }
+            return out;
+          };
+        }
+        return Reflect.get(target, prop, receiver) as unknown;
+      },
+    });
+
+    const upload = new Upload({
+      client,
+      params: { Bucket: this.bucket, Key, Body: counter, ContentType: options.contentType ?? 'application/octet-stream', ...lockParams(options.retention), ...tagging(options.tags) },
+      partSize: options.partSize,
+      queueSize: options.queueSize ?? 4,
+      leavePartsOnError: false,
+    });
+    upload.on('httpUploadProgress', (p) => {
+      if (typeof p.loaded === 'number') options.onProgress?.(p.loaded);
+    });
+    const onAbort = (): void => {
+      counter.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`));
+    };
+    options.signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      await upload.done();
+      if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`);
+      return { size };
+    } catch (err) {
+      if (!counter.destroyed) counter.destroy();
+      await this.abortMultipart(Key, () => uploadId);
+      // An error of the body (the producer: pg_dump, encryption…) is the real cause.
+      const bodyErr = (counter as unknown as { errored?: unknown }).errored ?? (body as unknown as { errored?: unknown }).errored;
+      if (bodyErr && !(bodyErr instanceof StorageError && bodyErr.code === 'Aborted')) throw bodyErr;
+      if (err instanceof StorageError) throw err;
+      if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
+      throw s3Error(err, `upload ${this.fullName(key)}`);
+    } finally {
+      options.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Aborts the multipart upload of a failed put. lib-storage also tries, but only after the
+   * parts in flight settle and not at all when its own promise lost the abort race; so we do
+   * it ourselves, with a fresh signal, retried a few times. A failure here is reported but does
+   * not replace the original error (the bucket's AbortIncompleteMultipartUpload rule is the
+   * last line of defence).
+   */
+  private async abortMultipart(Key: string, id: () => string | undefined): Promise<void> {
+    // Give lib-storage's CreateMultipartUpload a moment to land if it was in flight.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const uploadId = id();
+      if (uploadId) {
+        try {
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId: uploadId }), {
+            abortSignal: AbortSignal.timeout(30_000),
+          });
+          return;
+        } catch (err) {
+          const name = (err as { name?: string }).name;
+          if (name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+        }
+      }
+      await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
+    }
+  }
+
+  async putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void> {
+    const input: PutObjectCommandInput = {
+      Bucket: this.bucket,
+      Key: this.fullKey(key),
+      Body: data,
+      ContentLength: data.length,
+      ContentType: options?.contentType ?? 'application/octet-stream',
+      // Write-once: never replace an existing object (412 if the key exists).
+      IfNoneMatch: '*',
+      ...lockParams(options?.retention),
+      ...tagging(options?.tags),
+    };
+    try {
+      await this.client.send(new PutObjectCommand(input), { abortSignal: options?.signal });
+    } catch (err) {
+      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 412) throw new StorageError('Exists', `${this.fullName(key)} already exists; refusing to overwrite`);
+      throw s3Error(err, `upload ${this.fullName(key)}`);
+    }
+  }
+
+  async get(key: string, options?: GetOptions): Promise<{ body: Readable; size: number }> {
+    try {
+      const out = await this.client.send(
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), ...(options?.start ? { Range: `bytes=${options.start}-` } : {}) }),
+        { abortSignal: options?.signal },
+      );
+      const body = out.Body as Readable | undefined;
+      if (!body) throw new StorageError('Failed', `download ${this.fullName(key)}: empty response body`);
+      return { body, size: Number(out.ContentLength ?? 0) };
+    } catch (err) {
+      if (err instanceof StorageError) throw err;
+      throw s3Error(err, `download ${this.fullName(key)}`);
+    }
+  }
+
+  async getBytes(key: string, options?: { signal?: AbortSignal }): Promise<Buffer> {
+    const { body } = await this.get(key, options);
+    const chunks: Buffer[] = [];
+    try {
+      for await (const c of body) chunks.push(c as Buffer);
+    } catch (err) {
+      throw s3Error(err, `download ${this.fullName(key)}`);
+    }
+    return Buffer.concat(chunks);
+  }
+
+  async head(key: string, options?: { signal?: AbortSignal }): Promise<{ size: number } | undefined> {
+    try {
+      const out = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }), { abortSignal: options?.signal });
+      return { size: Number(out.ContentLength ?? 0) };
+    } catch (err) {
+      const e = s3Error(err, `head ${this.fullName(key)}`);
+      if (e.code === 'NotFound') return undefined;
+      throw e;
+    }
+  }
+
+  async *list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo> {
+    const full = this.fullKey(prefix);
+    const strip = this.prefix ? this.prefix.length + 1 : 0;
+    let token: string | undefined;
+    do {
+      let out;
+      try {
+        out = await this.client.send(
+          new ListObjectsV2Command({ Bucket: this.bucket, Prefix: full, ContinuationToken: token }),
+          { abortSignal: options?.signal },
+        );
+      } catch (err) {
+        throw s3Error(err, `list ${this.location}`);
+      }
+      for (const o of out.Contents ?? []) {
+        if (!o.Key) continue;
+        yield { key: o.Key.slice(strip), size: Number(o.Size ?? 0), lastModified: o.LastModified ?? new Date(0) };
+      }
+      token = out.IsTruncated ? out.NextContinuationToken : undefined;
+    } while (token);
+  }
+
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key) }));
+    } catch (err) {
+      throw s3Error(err, `delete ${this.fullName(key)}`);
+    }
+  }
+
+  close(): void {
+    this.client.destroy();
+  }
+}
+
+function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInput> {
+  return r ? { ObjectLockMode: r.mode, ObjectLockRetainUntilDate: r.retainUntil } : {};
+}
+
+function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
+  if (!tags || Object.keys(tags).length === 0) return {};
+  return { Tagging: new URLSearchParams(tags).toString() };
+}
+
+/** Maps an AWS SDK / network error to the store contract's StorageError. */
+export function s3Error(err: unknown, what: string): StorageError {
+  if (err instanceof StorageError) return err;
+  const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
+  const status = e?.$metadata?.httpStatusCode;
+  const name = e?.name ?? '';
+  const code = e?.code ?? '';
+  const net = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'];
+  if (net.includes(code) || net.includes(name) || name === 'TimeoutError' || name === 'RequestTimeout') {
+    return new StorageError('Unavailable', `${what}: cannot reach the S3 endpoint (${code || name})`, {
+      cause: err,
+      hint: 'check --s3-endpoint / AWS_ENDPOINT_URL and the network',
+    });
+  }
+  if (name === 'AbortError') return new StorageError('Aborted', `${what}: aborted`, { cause: err });
+  if (name === 'NoSuchBucket') {
+    return new StorageError('NoSuchBucket', `${what}: the bucket does not exist`, { cause: err, hint: 'create it, e.g. with `coffer init --create-bucket`' });
+  }
+  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) {
+    return new StorageError('NotFound', `${what}: no such object`, { cause: err });
+  }
+  if (name === 'AccessDenied' || name === 'Forbidden' || status === 403) {
+    return new StorageError('AccessDenied', `${what}: access denied`, { cause: err, hint: 'check the credentials and the bucket policy' });
+  }
+  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch') {
+    return new StorageError('AccessDenied', `${what}: the S3 credentials were rejected (${name})`, { cause: err, hint: 'check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY' });
+  }
+  if (name === 'CredentialsProviderError') {
+    return new StorageError('AccessDenied', `${what}: no S3 credentials found`, { cause: err, hint: 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE' });
+  }
+  const brief = (e?.message ?? String(err)).split('\n')[0];
+  return new StorageError('Failed', `${what}: ${name && name !== 'Error' ? `${name}: ` : ''}${brief}${status ? ` (HTTP ${status})` : ''}`, { cause: err });
+}
+
+/** Opens a readable stream of a whole S3 object body into a Node Readable (SDK bodies already are). */
+export function asReadable(body: unknown): Readable {
+  return body instanceof Readable ? body : Readable.from(body as AsyncIterable<Uint8Array>);
+}

@@ -1,0 +1,311 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execa } from 'execa';
+import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { pgFromInject, createDatabase, dropDatabase, fillLargeTable } from '../harness/pg.js';
+import { s3ClientFor, createTestBucket, listAllKeys, listMultipartUploads } from '../harness/rgw.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, startCoffer } from '../harness/cli.js';
+import { generateIdentity } from '../../src/crypto/age.js';
+import { encodeManifest, decodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
+import { backupKeys, compactTimestamp } from '../../src/catalog/layout.js';
+
+const rgwInfo = inject('rgw')!;
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let identityFile: string;
+let recipient: string;
+let s3: S3Client;
+let bucket: string;
+let variedDb: string;
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-backup-test-'));
+  const id = await generateIdentity();
+  identityFile = path.join(tmp, 'identity.txt');
+  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
+  recipient = id.recipient;
+  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
+  bucket = await createTestBucket(s3);
+  variedDb = await createDatabase(pg, undefined, 'varied');
+});
+
+afterAll(async () => {
+  s3?.destroy();
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+function env(extra: Record<string, string> = {}): Record<string, string> {
+  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo), ...extra });
+}
+
+async function s3Bytes(key: string): Promise<Buffer> {
+  const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  return Buffer.from(await out.Body!.transformToByteArray());
+}
+
+/** age CLI → zstd → file, then pg_restore --list: the standard tools read the stored object. */
+async function restoreListWithStandardTools(file: string, compressed: boolean): Promise<string> {
+  const script = `set -o pipefail; age -d -i "$1" "$2" ${compressed ? '| zstd -d -q' : ''} > "$2.archive" && "$3/pg_restore" --list "$2.archive"`;
+  const r = await execa('bash', ['-c', script, 'x', identityFile, file, pgInfo.binDir], { reject: false });
+  expect(r.exitCode, String(r.stderr)).toBe(0);
+  return String(r.stdout);
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+describe('backup of a varied database', () => {
+  it('to RGW: a standard age file, readable by pg_restore, with a matching manifest', async () => {
+    const prefix = 'varied';
+    const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient, '--json'], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    const [m] = JSON.parse(r.stdout) as BackupManifest[];
+    expect(m!.database).toBe(variedDb);
+    const keys = await listAllKeys(s3, bucket, `${prefix}/`);
+    expect(keys.sort()).toEqual([`${prefix}/${m!.dump.key}`, `${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`].sort());
+
+    const stored = decodeManifest(await s3Bytes(`${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`), 'manifest');
+    expect(stored).toEqual(m);
+    const obj = await s3Bytes(`${prefix}/${m!.dump.key}`);
+    expect(obj.length).toBe(m!.dump.size);
+    expect(sha256(obj)).toBe(m!.dump.sha256);
+    expect(obj.subarray(0, 22).toString()).toBe('age-encryption.org/v1\n');
+
+    const file = path.join(tmp, 'varied.dump.zst.age');
+    await fsp.writeFile(file, obj);
+    const toc = await restoreListWithStandardTools(file, true);
+    expect(toc).toContain('TABLE DATA');
+    expect(toc).toContain('MATERIALIZED VIEW');
+    expect(toc).toContain('BLOB');
+    expect(m!.dump.dumpBytes).toBeGreaterThan(m!.dump.size / 20);
+    expect(m!.encryption.recipients).toEqual([recipient]);
+    expect(m!.postgres.serverVersionNum).toBeGreaterThanOrEqual(150000);
+    expect(m!.manualRestore).toContain('zstd -d');
+  });
+
+  it('to a local repository: files 0600 in 0700 directories, no temp files left', async () => {
+    const repo = path.join(tmp, 'repo-local');
+    for (const compress of ['zstd:3', 'gzip:1', 'none']) {
+      const r = await runCoffer(['backup', '--to', `file://${repo}`, '--db', variedDb, '--recipient', recipient, '--compress', compress, '--json'], { env: env() });
+      expect(r.code, r.stderr).toBe(0);
+      const [m] = JSON.parse(r.stdout) as BackupManifest[];
+      const file = path.join(repo, m!.dump.key);
+      const bytes = await fsp.readFile(file);
+      expect(sha256(bytes)).toBe(m!.dump.sha256);
+      expect(bytes.length).toBe(m!.dump.size);
+      expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+      expect(fs.statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
+      const toc = await restoreListWithStandardTools(file, compress.startsWith('zstd'));
+      expect(toc).toContain('TABLE DATA');
+      expect(m!.compression.kind).toBe(compress === 'none' ? 'none' : compress.startsWith('gzip') ? 'pgdump-gzip' : 'zstd');
+    }
+    const all = execaSyncFind(repo);
+    expect(all.filter((f) => f.includes('.coffer-tmp-'))).toEqual([]);
+    const list = await runCoffer(['list', '--from', repo, '--json'], { env: env() });
+    expect(list.code, list.stderr).toBe(0);
+    expect((JSON.parse(list.stdout) as unknown[]).length).toBe(3);
+  });
+});
+
+function execaSyncFind(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) walk(p);
+      else out.push(p);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+describe('list', () => {
+  it('shows every completed backup across more than 1,000 keys, newest first', async () => {
+    const prefix = 'many';
+    const db = await createDatabase(pg, undefined, 'vault');
+    // 1,100 synthetic manifests (older than the real backup), uploaded in parallel.
+    const base = Date.UTC(2025, 0, 1);
+    const synthetic: string[] = [];
+    const jobs: Array<() => Promise<unknown>> = [];
+    for (let i = 0; i < 1100; i++) {
+      const started = new Date(base + i * 3_600_000);
+      const id = `${compactTimestamp(started)}-${i.toString(16).padStart(8, '0')}`;
+      const keys = backupKeys(db, 'daily', id, 'custom+zstd');
+      const m: BackupManifest = syntheticManifest(id, db, keys.dump, started);
+      synthetic.push(id);
+      jobs.push(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/${keys.manifest}`, Body: encodeManifest(m) })));
+    }
+    await runPool(jobs, 24);
+    const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', db, '--recipient', recipient, '--label', 'pre-extend-expiry', '--json'], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    const [real] = JSON.parse(r.stdout) as BackupManifest[];
+    expect(real!.tier).toBe('manual');
+    expect(real!.label).toBe('pre-extend-expiry');
+
+    const list = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`, '--db', db, '--json'], { env: env() });
+    expect(list.code, list.stderr).toBe(0);
+    const rows = JSON.parse(list.stdout) as Array<{ id: string; label: string | null }>;
+    expect(rows.length).toBe(1101);
+    expect(rows[0]!.id).toBe(real!.id);
+    expect(rows[0]!.label).toBe('pre-extend-expiry');
+    expect(new Set(rows.map((x) => x.id))).toEqual(new Set([...synthetic, real!.id]));
+    const ids = rows.map((x) => x.id);
+    expect(ids).toEqual([...ids].sort().reverse());
+
+    const text = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`], { env: env() });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout.split('\n')[1]).toContain(real!.id);
+    expect(text.stdout).toContain('pre-extend-expiry');
+    await dropDatabase(pg, db);
+  });
+});
+
+function syntheticManifest(id: string, db: string, dumpKey: string, started: Date): BackupManifest {
+  return {
+    format: 'coffer-backup-manifest',
+    formatVersion: 1,
+    id,
+    database: db,
+    tier: 'daily',
+    label: null,
+    kind: 'custom',
+    cofferVersion: '0.0.0',
+    host: 'synthetic',
+    postgres: { serverVersion: '15', serverVersionNum: 150000, pgDumpVersion: 'pg_dump 15', pgDumpCommand: ['pg_dump'], databaseSizeBytes: 1 },
+    compression: { kind: 'zstd', level: 1 },
+    encryption: { format: 'age-v1', recipients: [recipient] },
+    dump: { key: dumpKey, size: 1, sha256: '0'.repeat(64), dumpBytes: 1 },
+    globals: null,
+    startedAt: started.toISOString(),
+    finishedAt: started.toISOString(),
+    durationMs: 0,
+    manualRestore: '',
+  };
+}
+
+async function runPool(jobs: Array<() => Promise<unknown>>, n: number): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: n }, async () => {
+      while (next < jobs.length) await jobs[next++]!();
+    }),
+  );
+}
+
+describe('a failed backup leaves nothing that looks like a backup', () => {
+  it('pg_dump killed mid-stream: non-zero exit, no manifest, no multipart upload left', async () => {
+    const db = await createDatabase(pg, undefined, 'empty');
+    await fillLargeTable(pg, db, 160);
+    const prefix = 'killed';
+    const child = startCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', db, '--recipient', recipient, '--compress', 'none', '--part-size', '5MiB'], { env: env() });
+    // Wait until parts are being uploaded, then kill pg_dump by PID.
+    const deadline = Date.now() + 60_000;
+    let uploads: Array<{ key: string; uploadId: string }> = [];
+    while (Date.now() < deadline) {
+      uploads = await listMultipartUploads(s3, bucket, `${prefix}/`);
+      if (uploads.length > 0) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(uploads.length).toBe(1);
+    const pids = await pgDumpPids(db);
+    expect(pids.length).toBe(1);
+    process.kill(pids[0]!, 'SIGKILL');
+    const r = await child;
+    expect(r.exitCode).toBe(3);
+    expect(errorLine(String(r.stderr))).toMatch(/pg_dump was killed by SIGKILL/);
+    expect(await listAllKeys(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+    const list = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`, '--json'], { env: env() });
+    expect(JSON.parse(list.stdout)).toEqual([]);
+    await dropDatabase(pg, db);
+  });
+});
+
+/** PIDs of pg_dump processes dumping `db` (from /proc, matching the conninfo argument). */
+async function pgDumpPids(db: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const name of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = (await fsp.readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0');
+      if (argv[0]?.endsWith('pg_dump') && argv.some((a) => a.includes(db))) pids.push(Number(name));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+describe('clear one-line errors, non-zero exits, nothing left behind', () => {
+  it('wrong password, unknown database, unreachable endpoint, missing bucket, bad recipient', async () => {
+    const role = `pwtest_${Date.now()}`;
+    await pg.psql(`CREATE ROLE ${role} LOGIN PASSWORD 'right-secret'`);
+    const prefix = 'errors';
+    const cases: Array<{ name: string; args: string[]; env: Record<string, string>; code: number; msg: RegExp }> = [
+      {
+        name: 'wrong password',
+        args: ['--db', variedDb],
+        env: env({ PGHOST: '127.0.0.1', PGUSER: role, PGPASSWORD: 'wrong-secret' }),
+        code: 3,
+        msg: /password authentication failed.*check PGPASSWORD/,
+      },
+      { name: 'unknown database', args: ['--db', 'no_such_db_here'], env: env(), code: 3, msg: /database "no_such_db_here" does not exist/ },
+      {
+        name: 'unreachable S3 endpoint',
+        args: ['--db', variedDb],
+        env: env({ AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' }),
+        code: 4,
+        msg: /cannot reach the S3 endpoint/,
+      },
+      { name: 'missing bucket', args: ['--db', variedDb, '--to', `s3://no-such-bucket-${Date.now()}/x`], env: env(), code: 4, msg: /bucket does not exist/ },
+      { name: 'malformed recipient', args: ['--db', variedDb, '--recipient', 'age1notarecipient'], env: env(), code: 2, msg: /recipient/ },
+    ];
+    for (const c of cases) {
+      const key = c.args.includes('--recipient') ? [] : ['--recipient', recipient];
+      const args = ['backup', '--to', `s3://${bucket}/${prefix}`, ...key, ...c.args];
+      const r = await runCoffer(args, { env: c.env, timeoutMs: 90_000 });
+      expect(r.code, `${c.name}: ${r.stderr}`).toBe(c.code);
+      const line = errorLine(r.stderr);
+      expect(line, c.name).toMatch(c.msg);
+      expect(line.includes('\n'), c.name).toBe(false);
+      expect(r.stderr).not.toContain('right-secret');
+      expect(r.stderr).not.toContain('wrong-secret');
+    }
+    expect(await listAllKeys(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+    await pg.psql(`DROP ROLE ${role}`);
+  });
+});
+
+describe('keygen', () => {
+  it('writes a 0600 identity usable by age -d, prints a recipient usable by age -r, never overwrites', async () => {
+    const out = path.join(tmp, 'keys', 'new-identity.txt');
+    const r = await runCoffer(['keygen', '--out', out], { env: baseEnv() });
+    expect(r.code, r.stderr).toBe(0);
+    const rcpt = r.stdout.trim();
+    expect(rcpt).toMatch(/^age1[02-9ac-hj-np-z]{58}$/);
+    expect(fs.statSync(out).mode & 0o777).toBe(0o600);
+    const text = await fsp.readFile(out, 'utf8');
+    expect(text).toMatch(/^# created: \d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z\n# public key: age1\w+\nAGE-SECRET-KEY-1[0-9A-Z]+\n$/);
+    expect(text).toContain(`# public key: ${rcpt}\n`);
+    const enc = await execa('age', ['-r', rcpt], { input: 'hello coffer', encoding: 'buffer' });
+    const dec = await execa('age', ['-d', '-i', out], { input: enc.stdout as Uint8Array });
+    expect(String(dec.stdout)).toBe('hello coffer');
+    const again = await runCoffer(['keygen', '--out', out], { env: baseEnv() });
+    expect(again.code).toBe(2);
+    expect(errorLine(again.stderr)).toMatch(/already exists/);
+    expect(await fsp.readFile(out, 'utf8')).toBe(text);
+    // Without --out, stdout that is not a terminal gets the identity.
+    const piped = await runCoffer(['keygen'], { env: baseEnv() });
+    expect(piped.code).toBe(0);
+    expect(piped.stdout).toMatch(/^# created: .*\n# public key: age1.*\nAGE-SECRET-KEY-1/);
+  });
+});

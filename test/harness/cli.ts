@@ -1,0 +1,79 @@
+import { execa, type ResultPromise } from 'execa';
+import { fileURLToPath } from 'node:url';
+import type { RgwInfo, PgInfo } from './global-setup.js';
+
+/** The built CLI (npm test builds it first). */
+export const COFFER_BIN = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+
+export interface CofferRun {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Environment with nothing inherited that could change coffer's behaviour. */
+export function baseEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
+  const env: Record<string, string> = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: process.env.HOME ?? '/root',
+    LANG: 'C.UTF-8',
+    COFFER_LOG_FORMAT: 'json',
+  };
+  for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v;
+  return env;
+}
+
+/** libpq variables for the test cluster, with pg_dump/psql from the same major version. */
+export function pgEnv(pg: PgInfo): Record<string, string> {
+  return { PGHOST: pg.host, PGPORT: String(pg.port), PGUSER: pg.user, COFFER_PG_BIN: pg.binDir };
+}
+
+/** AWS SDK variables for a RGW user. */
+export function s3Env(rgw: RgwInfo, user?: string): Record<string, string> {
+  const keys = user ? rgw.users[user]! : rgw.admin;
+  return {
+    AWS_ACCESS_KEY_ID: keys.accessKeyId,
+    AWS_SECRET_ACCESS_KEY: keys.secretAccessKey,
+    AWS_ENDPOINT_URL_S3: rgw.endpoint,
+    AWS_REGION: rgw.region,
+  };
+}
+
+/** Starts coffer without waiting (for tests that kill or signal it). */
+export function startCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number }): ResultPromise<{ reject: false; all: false }> {
+  return execa(process.execPath, [COFFER_BIN, ...args], {
+    env: opts.env,
+    extendEnv: false,
+    cwd: opts.cwd,
+    reject: false,
+    stdin: 'ignore',
+    timeout: opts.timeoutMs ?? 120_000,
+  }) as unknown as ResultPromise<{ reject: false; all: false }>;
+}
+
+/** Runs coffer to completion. */
+export async function runCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number; input?: string }): Promise<CofferRun> {
+  const r = await execa(process.execPath, [COFFER_BIN, ...args], {
+    env: opts.env,
+    extendEnv: false,
+    cwd: opts.cwd,
+    reject: false,
+    timeout: opts.timeoutMs ?? 120_000,
+    ...(opts.input !== undefined ? { input: opts.input } : { stdin: 'ignore' as const }),
+  });
+  return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+/** The `msg` of coffer's last JSON log line at level error (the one-line cause). */
+export function errorLine(stderr: string): string {
+  const lines = stderr.trim().split('\n').filter(Boolean);
+  for (let i = lines.length - 1; i >= 0; i--) {
+    try {
+      const rec = JSON.parse(lines[i]!) as { level?: string; msg?: string };
+      if (rec.level === 'error') return rec.msg ?? '';
+    } catch {
+      // not JSON: ignore
+    }
+  }
+  return '';
+}

@@ -1,0 +1,255 @@
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execa } from 'execa';
+import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { pgFromInject, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
+import { s3ClientFor, createTestBucket } from '../harness/rgw.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
+import { generateIdentity } from '../../src/crypto/age.js';
+import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { startThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
+
+const rgwInfo = inject('rgw')!;
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let identityFile: string;
+let recipient: string;
+let s3: S3Client;
+let bucket: string;
+let source: string;
+let manifest: BackupManifest;
+const repoUrl = (): string => `s3://${bucket}/r`;
+
+function env(extra: Record<string, string> = {}): Record<string, string> {
+  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo), ...extra });
+}
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-restore-test-'));
+  const id = await generateIdentity();
+  identityFile = path.join(tmp, 'identity.txt');
+  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
+  recipient = id.recipient;
+  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
+  bucket = await createTestBucket(s3);
+  source = await createDatabase(pg, undefined, 'varied');
+  const r = await runCoffer(['backup', '--to', repoUrl(), '--db', source, '--recipient', recipient, '--json'], { env: env() });
+  expect(r.code, r.stderr).toBe(0);
+  manifest = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+});
+
+afterAll(async () => {
+  s3?.destroy();
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+async function scratchLeft(): Promise<string[]> {
+  return (await listDatabases(pg)).filter((d) => d.includes('__restoring_'));
+}
+
+async function expectSameDatabase(a: string, b: string): Promise<void> {
+  expect(await schemaDump(pg, b)).toEqual(await schemaDump(pg, a));
+  expect(await dataFingerprint(pg, b)).toEqual(await dataFingerprint(pg, a));
+}
+
+describe('restore round trip', () => {
+  it('streamed restore equals the source: schema and per-table data', async () => {
+    const target = `${source}_restored`;
+    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT count(*) FROM pg_class', '--json'], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    const summary = JSON.parse(r.stdout) as { target: string; checks: { tocTables: number; smoke: Array<{ output: string }> }; tables: number };
+    expect(summary.target).toBe(target);
+    expect(summary.checks.tocTables).toBeGreaterThan(5);
+    expect(Number(summary.checks.smoke[0]!.output)).toBeGreaterThan(100);
+    await expectSameDatabase(source, target);
+    expect(await scratchLeft()).toEqual([]);
+    await dropDatabase(pg, target);
+  });
+
+  it('--jobs 2 restores the same content and removes its spool', async () => {
+    const target = `${source}_jobs`;
+    const spoolDir = path.join(tmp, 'spool');
+    await fsp.mkdir(spoolDir);
+    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', spoolDir], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    await expectSameDatabase(source, target);
+    expect(await fsp.readdir(spoolDir)).toEqual([]);
+    // A failing --jobs restore (bad key) removes its spool too.
+    const other = await generateIdentity();
+    const otherFile = path.join(tmp, 'other.txt');
+    await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
+    const bad = await runCoffer(['restore', '--from', repoUrl(), '--identity', otherFile, '--target-db', `${target}_2`, '--jobs', '2', '--spool-dir', spoolDir], { env: env() });
+    expect(bad.code).toBe(5);
+    expect(await fsp.readdir(spoolDir)).toEqual([]);
+    await dropDatabase(pg, target);
+  });
+
+  it('a file encrypted by the age CLI (pg_dump -Fc | age -r) restores with --file', async () => {
+    const file = path.join(tmp, 'by-age-cli.dump.age');
+    await execa('bash', ['-c', 'set -o pipefail; "$1/pg_dump" -Fc "$2" | age -r "$3" > "$4"', 'x', pgInfo.binDir, source, recipient, file], { env: { ...process.env, ...pg.env() } });
+    const target = `${source}_agecli`;
+    const r = await runCoffer(['restore', '--file', file, '--identity', identityFile, '--target-db', target], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    await expectSameDatabase(source, target);
+    await dropDatabase(pg, target);
+  });
+
+  it('--output writes the decrypted archive, which pg_restore reads', async () => {
+    const out = path.join(tmp, 'archive.dump');
+    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--output', out], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    expect(fs.statSync(out).mode & 0o777).toBe(0o600);
+    const list = await execa(path.join(pgInfo.binDir, 'pg_restore'), ['--list', out]);
+    expect(String(list.stdout)).toContain('TABLE DATA');
+  });
+});
+
+describe('a failed restore changes nothing', () => {
+  it('wrong identity: clear error, exit 5, no database created', async () => {
+    const other = await generateIdentity();
+    const otherFile = path.join(tmp, 'wrong.txt');
+    await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
+    const before = await listDatabases(pg);
+    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', otherFile, '--target-db', 'never_created'], { env: env() });
+    expect(r.code).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(/no identity matches/);
+    expect(await listDatabases(pg)).toEqual(before);
+  });
+
+  it('one flipped byte in the middle, and a truncated object: failure, nothing under the target, scratch dropped', async () => {
+    // A backup large enough to span many age chunks, so pg_restore is already running when the bad byte arrives.
+    const big = await createDatabase(pg, undefined, 'varied');
+    await fillLargeTable(pg, big, 24);
+    const r = await runCoffer(['backup', '--to', `s3://${bucket}/tamper`, '--db', big, '--recipient', recipient, '--compress', 'none', '--json'], { env: env() });
+    expect(r.code, r.stderr).toBe(0);
+    const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+    const original = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}` }))).Body!.transformToByteArray());
+    for (const variant of ['flip', 'truncate'] as const) {
+      const bytes = Buffer.from(original);
+      let data: Buffer;
+      if (variant === 'flip') {
+        bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
+        data = bytes;
+      } else data = bytes.subarray(0, Math.floor(bytes.length * 0.7));
+      const file = path.join(tmp, `${variant}.age`);
+      await fsp.writeFile(file, data);
+      const target = `${big}_${variant}`;
+      const res = await runCoffer(['restore', '--file', file, '--identity', identityFile, '--target-db', target], { env: env() });
+      expect(res.code, `${variant}: ${res.stderr}`).toBe(5);
+      expect(errorLine(res.stderr)).toMatch(/authentication failed|truncated/);
+      expect(res.stderr).toContain('scratch database dropped');
+      expect(await databaseExists(pg, target)).toBe(false);
+      expect(await scratchLeft()).toEqual([]);
+      // In the repository: the object replaced in place (as an attacker or bit rot would).
+      await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}`, Body: data }));
+      const viaRepo = await runCoffer(['restore', '--from', `s3://${bucket}/tamper`, '--identity', identityFile, '--target-db', target], { env: env() });
+      expect(viaRepo.code, viaRepo.stderr).toBe(5);
+      expect(await databaseExists(pg, target)).toBe(false);
+      expect(await scratchLeft()).toEqual([]);
+      const verify = await runCoffer(['verify', '--from', `s3://${bucket}/tamper`, '--identity', identityFile], { env: env() });
+      expect(verify.code).toBe(5);
+    }
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}`, Body: original }));
+    const good = await runCoffer(['verify', '--from', `s3://${bucket}/tamper`, '--identity', identityFile], { env: env() });
+    expect(good.code, good.stderr).toBe(0);
+    await dropDatabase(pg, big);
+  });
+
+  it('an existing target is refused without --replace; with --replace it is kept aside', async () => {
+    const target = await createDatabase(pg, undefined, 'vault');
+    const fpBefore = await dataFingerprint(pg, target);
+    const refused = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target], { env: env() });
+    expect(refused.code).toBe(2);
+    expect(errorLine(refused.stderr)).toMatch(/already exists.*--replace/);
+    expect(await dataFingerprint(pg, target)).toEqual(fpBefore);
+
+    const replaced = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--replace', '--json'], { env: env() });
+    expect(replaced.code, replaced.stderr).toBe(0);
+    const aside = (JSON.parse(replaced.stdout) as { replacedAside: string }).replacedAside;
+    expect(aside).toMatch(new RegExp(`^${target}__before_\\d{8}T\\d{6}Z$`));
+    expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
+    await expectSameDatabase(source, target);
+    await dropDatabase(pg, aside);
+    await dropDatabase(pg, target);
+  });
+
+  it('a failing smoke check fails the restore and leaves nothing', async () => {
+    const target = `${source}_smoke`;
+    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM no_such_table'], { env: env() });
+    expect(r.code).toBe(3);
+    expect(errorLine(r.stderr)).toMatch(/smoke check failed.*no_such_table/);
+    expect(await databaseExists(pg, target)).toBe(false);
+    expect(await scratchLeft()).toEqual([]);
+  });
+});
+
+describe('verify and drill', () => {
+  it('verify passes on a good backup; drill restores, checks, records and drops', async () => {
+    const v = await runCoffer(['verify', '--from', repoUrl(), '--identity', identityFile, '--backup', 'all', '--json'], { env: env() });
+    expect(v.code, v.stderr).toBe(0);
+    const results = JSON.parse(v.stdout) as Array<{ tocEntries: number; tables: number }>;
+    expect(results.length).toBe(1);
+    expect(results[0]!.tables).toBeGreaterThan(5);
+
+    const resultFile = path.join(tmp, 'drill.json');
+    const before = await listDatabases(pg);
+    const d = await runCoffer(['drill', '--from', repoUrl(), '--identity', identityFile, '--smoke', 'SELECT 1', '--result-file', resultFile], { env: env() });
+    expect(d.code, d.stderr).toBe(0);
+    const rec = JSON.parse(await fsp.readFile(resultFile, 'utf8')) as { ok: boolean; tables: number; rows: unknown[]; backupId: string };
+    expect(rec.ok).toBe(true);
+    expect(rec.backupId).toBe(manifest.id);
+    expect(rec.tables).toBeGreaterThan(5);
+    expect(rec.rows.length).toBeGreaterThan(0);
+    expect(await listDatabases(pg)).toEqual(before);
+
+    const bad = await runCoffer(['drill', '--from', repoUrl(), '--identity', identityFile, '--smoke', 'SELECT * FROM missing_table'], { env: env() });
+    expect(bad.code).toBe(3);
+    expect((JSON.parse(bad.stdout) as { ok: boolean }).ok).toBe(false);
+    expect(await listDatabases(pg)).toEqual(before);
+  });
+});
+
+describe('disaster recovery on a fresh host', () => {
+  it('a second cluster, only the identity and a read-only S3 user: restore latest + smoke query', async () => {
+    const vault = await createDatabase(pg, undefined, 'vault');
+    const drBucket = await createTestBucket(s3);
+    const b = await runCoffer(['backup', '--to', `s3://${drBucket}/prod`, '--db', vault, '--recipient', recipient], { env: env() });
+    expect(b.code, b.stderr).toBe(0);
+    // The reader may only list and get: a bucket policy for RGW user "reader".
+    await s3.send(
+      new PutBucketPolicyCommand({
+        Bucket: drBucket,
+        Policy: JSON.stringify({
+          Version: '2012-10-17',
+          Statement: [
+            { Effect: 'Allow', Principal: { AWS: ['arn:aws:iam:::user/reader'] }, Action: ['s3:ListBucket'], Resource: [`arn:aws:s3:::${drBucket}`] },
+            { Effect: 'Allow', Principal: { AWS: ['arn:aws:iam:::user/reader'] }, Action: ['s3:GetObject'], Resource: [`arn:aws:s3:::${drBucket}/*`] },
+          ],
+        }),
+      }),
+    );
+    const fresh = await startThrowawayCluster({});
+    try {
+      const drEnv = baseEnv({ ...fresh.env(), COFFER_PG_BIN: fresh.binDir, ...s3Env(rgwInfo, 'reader') });
+      const r = await runCoffer(
+        ['restore', '--from', `s3://${drBucket}/prod`, '--backup', 'latest', '--identity', identityFile, '--target-db', 'vault', '--smoke', 'SELECT COUNT(*) FROM vault_status;', '--json'],
+        { env: drEnv },
+      );
+      expect(r.code, r.stderr).toBe(0);
+      const s = JSON.parse(r.stdout) as { checks: { smoke: Array<{ output: string }> } };
+      expect(Number(s.checks.smoke[0]!.output)).toBeGreaterThan(0);
+      expect((await fresh.psql('SELECT COUNT(*) FROM vault_status;', 'vault')).trim()).toBe(s.checks.smoke[0]!.output);
+      // The reader cannot write into the repository.
+      const w = await runCoffer(['backup', '--to', `s3://${drBucket}/prod`, '--db', 'vault', '--recipient', recipient], { env: drEnv });
+      expect(w.code).toBe(4);
+    } finally {
+      await fresh.stop();
+      await dropDatabase(pg, vault);
+    }
+  });
+});
