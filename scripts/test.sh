@@ -17,4 +17,18 @@ npx tsc -p tsconfig.json
 npx tsc -p test/tsconfig.json --noEmit
 
 echo "test: running the suite" >&2
-exec npx vitest run "$@"
+report="$(mktemp -d)/vitest.json"
+set +e
+npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@"
+status=$?
+set -e
+# One plain closing line that any CI can read: "N passed, N failed, N skipped".
+if [ -s "$report" ]; then
+  node -e '
+    const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    const skipped = (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+    console.log(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+  ' "$report"
+fi
+rm -rf "$(dirname "$report")"
+exit $status
