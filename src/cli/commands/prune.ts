@@ -1,0 +1,73 @@
+import { UsageError } from '../../errors.js';
+import { parsePositiveInt, resolveRepository } from '../../config/settings.js';
+import { decodeManifest } from '../../catalog/manifest.js';
+import { openStore } from '../../store/open.js';
+import { groupRuns, planPrune, type PrunePlan } from '../../retention/prune.js';
+import { parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
+import type { CliContext } from '../context.js';
+
+/** Flags of the command (camelCase names are also the config-file keys). */
+export interface PruneFlags extends RetentionFlags {
+  from?: string;
+  dryRun?: boolean;
+  minKeep?: string;
+  json?: boolean;
+}
+
+/**
+ * `coffer prune --from DIR`: applies the retention policy to a local repository (S3 buckets
+ * expire by their lifecycle rules, set by `coffer init`). Only keys in coffer's layout are
+ * considered; the newest `--min-keep` good backups per database are always kept. Prints one
+ * line per deleted key (`delete <key>`; with `--dry-run` the same lines, nothing deleted).
+ */
+export async function runPruneCommand(flags: PruneFlags, ctx: CliContext): Promise<PrunePlan> {
+  const repo = resolveRepository(flags.from, ctx.env, undefined);
+  if (repo.kind !== 'file') {
+    throw new UsageError('coffer prune works on local repositories; S3 buckets expire backups with lifecycle rules', {
+      hint: 'run `coffer init --to s3://…` once to set them, and `coffer retention check` to monitor them',
+    });
+  }
+  const policy = parseRetentionPolicy(flags);
+  const minKeep = parsePositiveInt(flags.minKeep, '--min-keep', 3);
+  const store = await openStore(repo);
+  try {
+    const keys: string[] = [];
+    for await (const o of store.list('', { signal: ctx.signal })) keys.push(o.key);
+    const present = new Set(keys);
+    // A backup is good when its manifest reads, names this run, and its dump is there.
+    const good = new Map<string, boolean>();
+    for (const k of keys) {
+      if (!k.endsWith('.manifest.json')) continue;
+      try {
+        const m = decodeManifest(await store.getBytes(k, { signal: ctx.signal }), k);
+        good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
+      } catch {
+        good.set(k, false);
+      }
+    }
+    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true), policy, minKeep, new Date());
+    const dry = flags.dryRun === true;
+    for (const d of plan.decisions) {
+      ctx.log.info(`${d.action === 'delete' ? (dry ? 'would delete' : 'deleting') : 'keeping'} ${d.database} ${d.tier} ${d.id}: ${d.reason}`, {
+        database: d.database,
+        tier: d.tier,
+        id: d.id,
+      });
+    }
+    const done: string[] = [];
+    for (const key of plan.deleteKeys) {
+      if (!dry) await store.delete(key);
+      done.push(key);
+      if (!flags.json) ctx.stdout(`delete ${key}\n`);
+    }
+    if (flags.json) ctx.stdout(`${JSON.stringify({ dryRun: dry, deleted: done, decisions: plan.decisions }, null, 2)}\n`);
+    ctx.log.info(dry ? 'prune planned (dry run: nothing deleted)' : 'prune done', {
+      backups: plan.decisions.length,
+      deleteBackups: plan.decisions.filter((d) => d.action === 'delete').length,
+      deleteKeys: plan.deleteKeys.length,
+    });
+    return plan;
+  } finally {
+    store.close();
+  }
+}

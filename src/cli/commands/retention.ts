@@ -1,0 +1,74 @@
+import { StaleError, UsageError } from '../../errors.js';
+import { resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { openStore } from '../../store/open.js';
+import { S3Store } from '../../store/s3.js';
+import { bucketExists, getLifecycleRules, getObjectLock } from '../../retention/bucket-config.js';
+import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
+import { parseObjectLockMode, parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
+import type { CliContext } from '../context.js';
+
+/** Flags of the command (camelCase names are also the config-file keys). */
+export interface RetentionCheckFlags extends RetentionFlags {
+  from?: string;
+  objectLockMode?: string;
+  json?: boolean;
+  s3Endpoint?: string;
+  s3Region?: string;
+}
+
+/** The outcome of `coffer retention check`. */
+export interface RetentionCheckResult {
+  bucket: string;
+  prefix: string;
+  /** One line per difference; empty when the bucket matches the policy. */
+  drift: string[];
+  objectLock: { enabled: boolean; defaultMode?: string; defaultDays?: number };
+}
+
+/**
+ * `coffer retention check --from s3://bucket/prefix`: reads the bucket's lifecycle and
+ * object-lock configuration and compares them with the policy (keep flags, and
+ * `--object-lock-mode` when backups are to be locked). Drift is printed one line each and
+ * exits 7, so monitoring can alert on it.
+ */
+export async function runRetentionCheckCommand(flags: RetentionCheckFlags, ctx: CliContext): Promise<RetentionCheckResult> {
+  const repo = resolveRepository(flags.from, ctx.env, undefined);
+  if (repo.kind !== 's3') {
+    throw new UsageError('coffer retention check reads S3 bucket configuration; a local repository has no lifecycle', { hint: 'use `coffer prune --dry-run` on local repositories' });
+  }
+  const policy = parseRetentionPolicy(flags);
+  const mode = parseObjectLockMode(flags.objectLockMode, '--object-lock-mode');
+  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
+  if (!(store instanceof S3Store)) throw new Error('internal: an s3:// repository did not open an S3 store');
+  const { client, bucket, prefix } = store;
+  try {
+    if (!(await bucketExists(client, bucket, ctx.signal))) {
+      throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'create it with `coffer init --create-bucket`' });
+    }
+    const rules = await getLifecycleRules(client, bucket, ctx.signal);
+    const plan = planLifecycle(rules, policy, prefix);
+    const drift: string[] = [];
+    for (const c of plan.changes) {
+      if (c.action === 'add') drift.push(`lifecycle rule ${c.id} is missing (wanted: ${c.description})`);
+      if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
+      if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
+    }
+    for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
+    const lock = await getObjectLock(client, bucket, ctx.signal);
+    if (mode) drift.push(...objectLockDrift(lock, policy, mode).map((d) => `object lock: ${d}`));
+    const result: RetentionCheckResult = { bucket, prefix, drift, objectLock: lock };
+    if (flags.json) ctx.stdout(`${JSON.stringify(result, null, 2)}\n`);
+    else {
+      for (const d of drift) ctx.stdout(`drift: ${d}\n`);
+      if (drift.length === 0) ctx.stdout(`ok: s3://${bucket}${prefix ? `/${prefix}` : ''} matches the retention policy\n`);
+    }
+    if (drift.length > 0) {
+      throw new StaleError(`retention drift on s3://${bucket}${prefix ? `/${prefix}` : ''}: ${drift.length} difference${drift.length === 1 ? '' : 's'} (${drift[0]})`, {
+        hint: 'run `coffer init` with the same policy to fix it',
+      });
+    }
+    return result;
+  } finally {
+    store.close();
+  }
+}

@@ -1,0 +1,217 @@
+import type { LifecycleRule } from '@aws-sdk/client-s3';
+import { TIERS, type Tier } from '../catalog/layout.js';
+import type { ObjectLockMode, RetentionPolicy } from './policy.js';
+
+/**
+ * Pure planning of a bucket's lifecycle rules for one coffer repository (bucket + prefix).
+ *
+ * Design: the tier is a key segment (`<prefix>/<db>/<tier>/…`), but the database segment comes
+ * first, so one prefix rule per tier cannot cover every database. Backups are therefore also
+ * tagged `coffer-tier=<tier>` when written, and each tier's rule filters on
+ * *prefix `<prefix>/` AND tag `coffer-tier=<tier>`* (AWS S3, MinIO and Ceph RGW support tag
+ * filters). One rule per tier then covers every database, including ones added later.
+ * A fifth, prefix-only rule (`cleanup`) aborts incomplete multipart uploads after 1 day and, on
+ * versioned / object-locked buckets, removes noncurrent versions 7 days after they became
+ * noncurrent (a grace period for mistakes) and expired delete markers.
+ *
+ * coffer's rules are recognised by their ID: `coffer-<name>@<prefix>` (`coffer-daily@prod`).
+ * Every other rule — another tool's, or another coffer repository's in the same bucket — is kept
+ * untouched by {@link planLifecycle}.
+ */
+
+/** Tag key set on every object coffer writes; the value is the tier. */
+export const TIER_TAG = 'coffer-tier';
+/** Days after which an incomplete multipart upload is aborted. */
+export const ABORT_INCOMPLETE_DAYS = 1;
+/** Days a noncurrent version is kept before the cleanup rule removes it. */
+export const NONCURRENT_DAYS = 7;
+
+const CLEANUP = 'cleanup';
+
+/** The rule ID coffer uses for `name` (`daily`…, `cleanup`) in the repository at `prefix`. */
+export function ruleId(name: Tier | typeof CLEANUP, prefix: string): string {
+  return `coffer-${name}@${normalizePrefix(prefix)}`;
+}
+
+/** Whether a rule ID is one of coffer's for the repository at `prefix`. */
+export function isCofferRuleFor(id: string | undefined, prefix: string): boolean {
+  if (id === undefined) return false;
+  const p = normalizePrefix(prefix);
+  return id.startsWith('coffer-') && id.endsWith(`@${p}`) && !id.slice(7, id.length - p.length - 1).includes('@');
+}
+
+/** `/a/b/` → `a/b`. */
+function normalizePrefix(prefix: string): string {
+  return prefix.replace(/^\/+|\/+$/g, '');
+}
+
+/** The S3 key prefix of the repository's objects: `prod/` (or `''` for the bucket root). */
+export function keyPrefix(prefix: string): string {
+  const p = normalizePrefix(prefix);
+  return p === '' ? '' : `${p}/`;
+}
+
+/** The rules coffer wants for a repository, in a fixed order (tiers, then cleanup). */
+export function desiredRules(policy: RetentionPolicy, prefix: string): LifecycleRule[] {
+  const kp = keyPrefix(prefix);
+  const rules: LifecycleRule[] = TIERS.map((tier) => ({
+    ID: ruleId(tier, prefix),
+    Status: 'Enabled',
+    Filter: kp === '' ? { Tag: { Key: TIER_TAG, Value: tier } } : { And: { Prefix: kp, Tags: [{ Key: TIER_TAG, Value: tier }] } },
+    Expiration: { Days: policy.days[tier] },
+  }));
+  rules.push({
+    ID: ruleId(CLEANUP, prefix),
+    Status: 'Enabled',
+    Filter: { Prefix: kp },
+    AbortIncompleteMultipartUpload: { DaysAfterInitiation: ABORT_INCOMPLETE_DAYS },
+    NoncurrentVersionExpiration: { NoncurrentDays: NONCURRENT_DAYS },
+    Expiration: { ExpiredObjectDeleteMarker: true },
+  });
+  return rules;
+}
+
+/** What a rule does, reduced to the fields coffer sets: equal canonical forms = same rule. */
+export interface CanonicalRule {
+  id: string;
+  enabled: boolean;
+  prefix: string;
+  /** `key=value`, sorted. */
+  tags: string[];
+  expirationDays?: number;
+  expiredObjectDeleteMarker?: boolean;
+  noncurrentDays?: number;
+  abortIncompleteDays?: number;
+  /** Anything else set on the rule (transitions, size filters, dates…), as JSON. */
+  other?: string;
+}
+
+/** Reduces a rule (as written, or as a provider returns it) to its {@link CanonicalRule}. */
+export function canonicalRule(rule: LifecycleRule): CanonicalRule {
+  const f = rule.Filter;
+  const prefix = f?.And?.Prefix ?? f?.Prefix ?? rule.Prefix ?? '';
+  const tagList = [...(f?.And?.Tags ?? []), ...(f?.Tag ? [f.Tag] : [])];
+  const tags = tagList.map((t) => `${t.Key ?? ''}=${t.Value ?? ''}`).sort();
+  const out: CanonicalRule = { id: rule.ID ?? '', enabled: rule.Status === 'Enabled', prefix, tags };
+  if (rule.Expiration?.Days !== undefined) out.expirationDays = rule.Expiration.Days;
+  if (rule.Expiration?.ExpiredObjectDeleteMarker) out.expiredObjectDeleteMarker = true;
+  if (rule.NoncurrentVersionExpiration?.NoncurrentDays !== undefined) out.noncurrentDays = rule.NoncurrentVersionExpiration.NoncurrentDays;
+  if (rule.AbortIncompleteMultipartUpload?.DaysAfterInitiation !== undefined) out.abortIncompleteDays = rule.AbortIncompleteMultipartUpload.DaysAfterInitiation;
+  const other: Record<string, unknown> = {};
+  if (rule.Expiration?.Date !== undefined) other.expirationDate = rule.Expiration.Date;
+  if (rule.Transitions?.length) other.transitions = rule.Transitions;
+  if (rule.NoncurrentVersionTransitions?.length) other.noncurrentTransitions = rule.NoncurrentVersionTransitions;
+  if (rule.NoncurrentVersionExpiration?.NewerNoncurrentVersions !== undefined) other.newerNoncurrent = rule.NoncurrentVersionExpiration.NewerNoncurrentVersions;
+  const sizes = { gt: f?.ObjectSizeGreaterThan ?? f?.And?.ObjectSizeGreaterThan, lt: f?.ObjectSizeLessThan ?? f?.And?.ObjectSizeLessThan };
+  if (sizes.gt !== undefined || sizes.lt !== undefined) other.sizes = sizes;
+  if (Object.keys(other).length > 0) out.other = JSON.stringify(other);
+  return out;
+}
+
+function sameRule(a: LifecycleRule, b: LifecycleRule): boolean {
+  return JSON.stringify(canonicalRule(a)) === JSON.stringify(canonicalRule(b));
+}
+
+/** One line of a plan. */
+export interface RuleChange {
+  action: 'add' | 'update' | 'remove' | 'keep';
+  id: string;
+  /** Human description of the rule coffer wants (add/update/keep) or had (remove). */
+  description: string;
+}
+
+export interface LifecyclePlan {
+  /** The complete rule set to write: every foreign rule unchanged, then coffer's rules. */
+  rules: LifecycleRule[];
+  /** coffer's rules and what happens to each. */
+  changes: RuleChange[];
+  /** Rules of others that are kept as they are (IDs; rules without an ID are shown as `(no id)`). */
+  foreign: string[];
+  /** Whether anything must be written. */
+  changed: boolean;
+}
+
+/** A short description of a rule, e.g. `prefix "prod/" tag coffer-tier=daily: expire after 14 days`. */
+export function describeRule(rule: LifecycleRule): string {
+  const c = canonicalRule(rule);
+  const what: string[] = [];
+  if (c.expirationDays !== undefined) what.push(`expire after ${c.expirationDays} days`);
+  if (c.abortIncompleteDays !== undefined) what.push(`abort incomplete uploads after ${c.abortIncompleteDays} day${c.abortIncompleteDays === 1 ? '' : 's'}`);
+  if (c.noncurrentDays !== undefined) what.push(`remove noncurrent versions after ${c.noncurrentDays} days`);
+  if (c.expiredObjectDeleteMarker) what.push('remove expired delete markers');
+  if (c.other) what.push(`other settings ${c.other}`);
+  const filter = [`prefix ${JSON.stringify(c.prefix)}`, ...c.tags.map((t) => `tag ${t}`)].join(' ');
+  return `${filter}: ${what.join(', ') || 'no action'}${c.enabled ? '' : ' (disabled)'}`;
+}
+
+/**
+ * Merges coffer's desired rules for `prefix` into the bucket's `existing` rules. Foreign rules
+ * are kept exactly as they are, in their order; coffer's rules for this prefix are replaced by
+ * the desired ones (an obsolete coffer rule for this prefix is removed). `changed` is false when
+ * the existing configuration already equals the plan (a second run writes nothing).
+ */
+export function planLifecycle(existing: readonly LifecycleRule[], policy: RetentionPolicy, prefix: string): LifecyclePlan {
+  const desired = desiredRules(policy, prefix);
+  const foreignRules = existing.filter((r) => !isCofferRuleFor(r.ID, prefix));
+  const mine = new Map(existing.filter((r) => isCofferRuleFor(r.ID, prefix)).map((r) => [r.ID!, r]));
+  const changes: RuleChange[] = [];
+  for (const rule of desired) {
+    const have = mine.get(rule.ID!);
+    const action = have === undefined ? 'add' : sameRule(have, rule) ? 'keep' : 'update';
+    changes.push({ action, id: rule.ID!, description: describeRule(rule) });
+    mine.delete(rule.ID!);
+  }
+  for (const [id, rule] of mine) changes.push({ action: 'remove', id, description: describeRule(rule) });
+  return {
+    rules: [...foreignRules, ...desired],
+    changes,
+    foreign: foreignRules.map((r) => r.ID ?? '(no id)'),
+    changed: changes.some((c) => c.action !== 'keep'),
+  };
+}
+
+/**
+ * Foreign enabled rules that could expire objects of the repository earlier than the policy:
+ * their prefix filter covers (or lies inside) the repository prefix, they carry no tag filter
+ * other than coffer's own, and they expire current versions after fewer days than the shortest tier.
+ */
+export function conflictingRules(existing: readonly LifecycleRule[], policy: RetentionPolicy, prefix: string): string[] {
+  const kp = keyPrefix(prefix);
+  const shortest = Math.min(...TIERS.map((t) => policy.days[t]));
+  const out: string[] = [];
+  for (const r of existing) {
+    if (isCofferRuleFor(r.ID, prefix)) continue;
+    const c = canonicalRule(r);
+    if (!c.enabled || c.expirationDays === undefined || c.expirationDays >= shortest) continue;
+    const overlaps = kp.startsWith(c.prefix) || c.prefix.startsWith(kp);
+    const foreignTags = c.tags.filter((t) => !t.startsWith(`${TIER_TAG}=`));
+    if (overlaps && foreignTags.length === 0) out.push(`${r.ID ?? '(no id)'} (${describeRule(r)})`);
+  }
+  return out;
+}
+
+/** A bucket's object-lock configuration as coffer sees it. */
+export interface ObjectLockState {
+  enabled: boolean;
+  defaultMode?: ObjectLockMode;
+  defaultDays?: number;
+}
+
+/**
+ * The bucket default retention coffer wants with object lock: the configured mode for the
+ * shortest tier's days, so every object is locked at least that long even when a writer forgets
+ * (or is made to skip) the per-object retention.
+ */
+export function desiredObjectLock(policy: RetentionPolicy, mode: ObjectLockMode): Required<ObjectLockState> {
+  return { enabled: true, defaultMode: mode, defaultDays: Math.min(...TIERS.map((t) => policy.days[t])) };
+}
+
+/** Differences between the object-lock state and what the policy wants (empty = no drift). */
+export function objectLockDrift(state: ObjectLockState, policy: RetentionPolicy, mode: ObjectLockMode): string[] {
+  const want = desiredObjectLock(policy, mode);
+  if (!state.enabled) return ['object lock is not enabled on the bucket (it can only be enabled when the bucket is created: coffer init --create-bucket --object-lock …)'];
+  const out: string[] = [];
+  if (state.defaultMode !== want.defaultMode) out.push(`default retention mode is ${state.defaultMode ?? 'unset'}, expected ${want.defaultMode}`);
+  if (state.defaultDays !== want.defaultDays) out.push(`default retention is ${state.defaultDays ?? 'unset'} days, expected ${want.defaultDays}`);
+  return out;
+}

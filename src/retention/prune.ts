@@ -1,0 +1,90 @@
+import { backupIdTime, MANIFEST_SUFFIX, parseKey, type Tier } from '../catalog/layout.js';
+import type { RetentionPolicy } from './policy.js';
+
+/**
+ * Pure planning of `coffer prune` for repositories without lifecycle rules (local directories).
+ *
+ * Only keys in coffer's layout (`<db>/<tier>/<id>.<suffix>`) are considered; anything else is
+ * never touched. The files of one run (same database, tier and id) form one backup. A backup
+ * expires when its age (from the start time in its id) is more than its tier's retention. The
+ * newest `minKeep` *good* backups of each database (manifest present and readable, dump present)
+ * are kept whatever their age. Files of a run that never completed (no manifest) expire by the
+ * same rule. Pure: `now` is passed in.
+ */
+
+/** One backup (or the leftovers of an incomplete run) found in the repository. */
+export interface PruneCandidate {
+  database: string;
+  tier: Tier;
+  id: string;
+  /** Every key of this run, manifest first (deleting it first makes the backup disappear at once). */
+  keys: string[];
+  complete: boolean;
+  good: boolean;
+}
+
+export interface PruneDecision extends PruneCandidate {
+  action: 'delete' | 'keep';
+  reason: string;
+}
+
+export interface PrunePlan {
+  /** Every backup, newest first per database, with its decision. */
+  decisions: PruneDecision[];
+  /** The keys to delete, in order. */
+  deleteKeys: string[];
+}
+
+/**
+ * Groups listed keys into runs. `isGood(manifestKey)` says whether a complete run's manifest
+ * could be read and its dump exists (decided by the caller, which reads the manifests).
+ */
+export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) => boolean): PruneCandidate[] {
+  const runs = new Map<string, { database: string; tier: Tier; id: string; keys: string[] }>();
+  for (const key of keys) {
+    const k = parseKey(key);
+    if (!k) continue;
+    const runKey = `${k.database}\0${k.tier}\0${k.id}`;
+    let run = runs.get(runKey);
+    if (!run) runs.set(runKey, (run = { database: k.database, tier: k.tier, id: k.id, keys: [] }));
+    run.keys.push(key);
+  }
+  return [...runs.values()].map((r) => {
+    const manifest = r.keys.find((k) => k.endsWith(MANIFEST_SUFFIX));
+    const keys = [...(manifest ? [manifest] : []), ...r.keys.filter((k) => k !== manifest).sort()];
+    return { ...r, keys, complete: manifest !== undefined, good: manifest !== undefined && isGood(manifest) };
+  });
+}
+
+/** Decides what to delete. `minKeep` (≥ 1) good backups per database always stay. */
+export function planPrune(candidates: readonly PruneCandidate[], policy: RetentionPolicy, minKeep: number, now: Date): PrunePlan {
+  if (!Number.isInteger(minKeep) || minKeep < 1) throw new RangeError(`minKeep must be a whole number ≥ 1 (got ${minKeep})`);
+  const byDb = new Map<string, PruneCandidate[]>();
+  for (const c of candidates) {
+    const list = byDb.get(c.database) ?? [];
+    list.push(c);
+    byDb.set(c.database, list);
+  }
+  const decisions: PruneDecision[] = [];
+  for (const db of [...byDb.keys()].sort()) {
+    const list = byDb.get(db)!.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+    let goodSeen = 0;
+    for (const c of list) {
+      const ageDays = (now.getTime() - backupIdTime(c.id).getTime()) / 86_400_000;
+      const limit = policy.days[c.tier];
+      if (c.good && goodSeen < minKeep) {
+        goodSeen++;
+        decisions.push({ ...c, action: 'keep', reason: ageDays > limit ? `one of the newest ${minKeep} good backups (min-keep)` : 'within retention' });
+        continue;
+      }
+      if (c.good) goodSeen++;
+      if (ageDays > limit) {
+        const what = c.complete ? (c.good ? 'backup' : 'backup with an unreadable manifest or missing dump') : 'incomplete run (no manifest)';
+        decisions.push({ ...c, action: 'delete', reason: `${what} older than ${limit} days (${c.tier})` });
+      } else {
+        decisions.push({ ...c, action: 'keep', reason: c.complete ? 'within retention' : 'incomplete run, within retention' });
+      }
+    }
+  }
+  return { decisions, deleteKeys: decisions.filter((d) => d.action === 'delete').flatMap((d) => d.keys) };
+}

@@ -1,0 +1,174 @@
+/**
+ * `coffer init` and `coffer retention check` against a real S3 server (Ceph RGW), and lifecycle
+ * rules that really expire backups (RGW runs with `rgw lc debug interval = 10`: a 1-day rule acts
+ * within ~13-27 s).
+ */
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { GetBucketLifecycleConfigurationCommand, PutBucketLifecycleConfigurationCommand, PutObjectCommand, type LifecycleRule, type S3Client } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { createDatabase, dropDatabase, pgFromInject } from '../harness/pg.js';
+import { createTestBucket, listAllKeys, putBucketPolicy, s3ClientFor } from '../harness/rgw.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
+import { generateIdentity } from '../../src/crypto/age.js';
+import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { canonicalRule, desiredRules } from '../../src/retention/lifecycle.js';
+import { parseRetentionPolicy } from '../../src/retention/policy.js';
+
+const rgwInfo = inject('rgw')!;
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let recipient: string;
+let s3: S3Client;
+let db: string;
+
+/** A rule of another tool, already in the bucket: init must keep it exactly. */
+const FOREIGN: LifecycleRule = { ID: 'other-tool-logs', Status: 'Enabled', Filter: { Prefix: 'logs/' }, Expiration: { Days: 3 } };
+
+function env(): Record<string, string> {
+  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo) });
+}
+
+async function rulesOf(bucket: string): Promise<LifecycleRule[]> {
+  try {
+    return (await s3.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }))).Rules ?? [];
+  } catch (err) {
+    if ((err as { name?: string }).name === 'NoSuchLifecycleConfiguration') return [];
+    throw err;
+  }
+}
+
+function canonicalSet(rules: LifecycleRule[]): string[] {
+  return rules.map((r) => JSON.stringify(canonicalRule(r))).sort();
+}
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-lifecycle-test-'));
+  recipient = (await generateIdentity()).recipient;
+  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
+  db = await createDatabase(pg);
+});
+
+afterAll(async () => {
+  s3?.destroy();
+  await dropDatabase(pg, db).catch(() => undefined);
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+describe('coffer init', () => {
+  it('creates the rules, keeps an unrelated rule, and a second run changes nothing; retention check sees drift', async () => {
+    const bucket = await createTestBucket(s3);
+    await s3.send(new PutBucketLifecycleConfigurationCommand({ Bucket: bucket, LifecycleConfiguration: { Rules: [FOREIGN] } }));
+    const repo = `s3://${bucket}/prod`;
+
+    const dry = await runCoffer(['init', '--to', repo, '--dry-run'], { env: env() });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(/\[dry-run\] add\s+lifecycle rule coffer-daily@prod: prefix "prod\/" tag coffer-tier=daily: expire after 14 days/);
+    expect(dry.stdout).toContain('other   lifecycle rule other-tool-logs');
+    expect(canonicalSet(await rulesOf(bucket))).toEqual(canonicalSet([FOREIGN])); // nothing written
+
+    const first = await runCoffer(['init', '--to', repo], { env: env() });
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.stdout).toContain('changes applied');
+    const after = await rulesOf(bucket);
+    const wanted = desiredRules(parseRetentionPolicy({}), 'prod');
+    expect(canonicalSet(after)).toEqual(canonicalSet([FOREIGN, ...wanted]));
+    // Read back, coffer's rules say what the policy says (12mo = 372 days, rounded up).
+    const byId = new Map(after.map((r) => [r.ID, canonicalRule(r)]));
+    expect(byId.get('coffer-daily@prod')).toMatchObject({ prefix: 'prod/', tags: ['coffer-tier=daily'], expirationDays: 14 });
+    expect(byId.get('coffer-weekly@prod')).toMatchObject({ expirationDays: 56 });
+    expect(byId.get('coffer-monthly@prod')).toMatchObject({ expirationDays: 372 });
+    expect(byId.get('coffer-manual@prod')).toMatchObject({ expirationDays: 90 });
+    expect(byId.get('coffer-cleanup@prod')).toMatchObject({ prefix: 'prod/', abortIncompleteDays: 1, noncurrentDays: 7, expiredObjectDeleteMarker: true });
+
+    const second = await runCoffer(['init', '--to', repo], { env: env() });
+    expect(second.code, second.stderr).toBe(0);
+    expect(second.stdout).toContain('no changes');
+    expect(second.stdout).not.toMatch(/^(add|update|remove) /m);
+    expect(canonicalSet(await rulesOf(bucket))).toEqual(canonicalSet(after));
+
+    const ok = await runCoffer(['retention', 'check', '--from', repo], { env: env() });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toContain('matches the retention policy');
+
+    // A different policy is drift: exit 7, one line per difference.
+    const drift = await runCoffer(['retention', 'check', '--from', repo, '--keep-daily', '7d', '--json'], { env: env() });
+    expect(drift.code, drift.stderr).toBe(7);
+    expect((JSON.parse(drift.stdout) as { drift: string[] }).drift).toEqual([expect.stringContaining('lifecycle rule coffer-daily@prod differs (wanted: prefix "prod/" tag coffer-tier=daily: expire after 7 days)')]);
+    expect(errorLine(drift.stderr)).toMatch(/retention drift on s3:\/\/.*\/prod: 1 difference/);
+    // Asking for object lock on a bucket without it is drift too.
+    const lock = await runCoffer(['retention', 'check', '--from', repo, '--object-lock-mode', 'governance'], { env: env() });
+    expect(lock.code, lock.stderr).toBe(7);
+    expect(lock.stdout).toContain('object lock is not enabled');
+    // Updating the policy: only the daily rule changes, the foreign rule stays.
+    const upd = await runCoffer(['init', '--to', repo, '--keep-daily', '7d'], { env: env() });
+    expect(upd.code, upd.stderr).toBe(0);
+    expect(upd.stdout).toMatch(/^update\s+lifecycle rule coffer-daily@prod/m);
+    expect(upd.stdout.match(/^update /gm)).toHaveLength(1);
+    expect(canonicalSet((await rulesOf(bucket)).filter((r) => r.ID === FOREIGN.ID))).toEqual(canonicalSet([FOREIGN]));
+  });
+
+  it('refuses a missing bucket without --create-bucket, and local repositories', async () => {
+    const missing = await runCoffer(['init', '--to', 's3://coffer-no-such-bucket-x1/prod'], { env: env() });
+    expect(missing.code).toBe(2);
+    expect(errorLine(missing.stderr)).toMatch(/does not exist.*--create-bucket/);
+    const local = await runCoffer(['init', '--to', tmp], { env: env() });
+    expect(local.code).toBe(2);
+    expect(errorLine(local.stderr)).toMatch(/coffer prune/);
+    const badLock = await runCoffer(['init', '--to', 's3://coffer-no-such-bucket-x1/prod', '--object-lock', 'strict'], { env: env() });
+    expect(badLock.code).toBe(2);
+  });
+});
+
+describe('admin role (minio/coffer-admin.json)', () => {
+  it('is enough for init with object lock and retention check, and reads no backups', async () => {
+    const bucket = await createTestBucket(s3, undefined, { objectLock: true });
+    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: 'backups/x/daily/20260101T000000Z-00000000.manifest.json', Body: '{}' }));
+    const policy = JSON.parse((await fsp.readFile(new URL('../../minio/coffer-admin.json', import.meta.url), 'utf8')).replaceAll('arn:aws:s3:::coffer', `arn:aws:s3:::${bucket}`)) as { Statement: object[] };
+    await putBucketPolicy(s3, bucket, {
+      Version: '2012-10-17',
+      Statement: policy.Statement.map((st) => ({ ...st, Principal: { AWS: ['arn:aws:iam:::user/other'] } })),
+    });
+    const asOther = baseEnv({ ...s3Env(rgwInfo, 'other') });
+    const repo = `s3://${bucket}/backups`;
+    const init = await runCoffer(['init', '--to', repo, '--object-lock', 'compliance'], { env: asOther });
+    expect(init.code, init.stderr).toBe(0);
+    expect(init.stdout).toMatch(/^set\s+object lock default retention: COMPLIANCE 14 days/m);
+    const check = await runCoffer(['retention', 'check', '--from', repo, '--object-lock-mode', 'compliance'], { env: asOther });
+    expect(check.code, check.stderr).toBe(0);
+    const again = await runCoffer(['init', '--to', repo, '--object-lock', 'compliance'], { env: asOther });
+    expect(again.stdout).toContain('no changes');
+    const verify = await runCoffer(['list', '--from', repo], { env: asOther });
+    expect(verify.code, verify.stderr).toBe(4); // listing works, reading a manifest is denied
+  });
+});
+
+describe('lifecycle expiry', () => {
+  it('a daily backup under a 1-day policy disappears while a monthly one stays', async () => {
+    const bucket = await createTestBucket(s3);
+    const repo = `s3://${bucket}/lc`;
+    const init = await runCoffer(['init', '--to', repo, '--keep-daily', '1d'], { env: env() });
+    expect(init.code, init.stderr).toBe(0);
+    const keysOf = async (tier: string): Promise<string[]> => {
+      const r = await runCoffer(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--tier', tier, '--json'], { env: env() });
+      expect(r.code, r.stderr).toBe(0);
+      const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+      return [`lc/${m.dump.key}`, `lc/${m.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`];
+    };
+    const daily = await keysOf('daily');
+    const monthly = await keysOf('monthly');
+    expect(await listAllKeys(s3, bucket, 'lc/')).toEqual(expect.arrayContaining([...daily, ...monthly]));
+
+    // Bounded wait: RGW's lifecycle thread counts 10 s as a day; poll for up to ~2.5 minutes.
+    let left = await listAllKeys(s3, bucket, 'lc/');
+    for (let i = 0; i < 75 && daily.some((k) => left.includes(k)); i++) {
+      await new Promise((r) => setTimeout(r, 2000));
+      left = await listAllKeys(s3, bucket, 'lc/');
+    }
+    expect(left.filter((k) => daily.includes(k))).toEqual([]);
+    expect(left.sort()).toEqual([...monthly].sort());
+  }, 240_000);
+});

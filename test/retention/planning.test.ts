@@ -1,0 +1,166 @@
+/** Pure planning: retention periods, lifecycle merge, tier promotion and prune decisions (`now` passed in). */
+import type { LifecycleRule } from '@aws-sdk/client-s3';
+import { describe, expect, it } from 'vitest';
+import { UsageError } from '../../src/errors.js';
+import { chooseTier } from '../../src/retention/tiers.js';
+import { parseRetentionPeriod, parseRetentionPolicy, retainUntil } from '../../src/retention/policy.js';
+import { canonicalRule, conflictingRules, desiredRules, isCofferRuleFor, objectLockDrift, planLifecycle } from '../../src/retention/lifecycle.js';
+import { groupRuns, planPrune } from '../../src/retention/prune.js';
+import { compactTimestamp, type Tier } from '../../src/catalog/layout.js';
+
+const DEFAULT = parseRetentionPolicy({});
+
+describe('retention policy', () => {
+  it('defaults follow the procedure: 14 days, 8 weeks, 12 months (372 days), 90 days', () => {
+    expect(DEFAULT.days).toEqual({ daily: 14, weekly: 56, monthly: 372, manual: 90 });
+  });
+
+  it('converts units to whole days, rounding up so nothing expires early', () => {
+    expect(parseRetentionPeriod('1d', 'x')).toBe(1);
+    expect(parseRetentionPeriod('1.5w', 'x')).toBe(11);
+    expect(parseRetentionPeriod('0.1d', 'x')).toBe(1);
+    expect(parseRetentionPeriod('1mo', 'x')).toBe(31);
+    expect(parseRetentionPeriod('2y', 'x')).toBe(732);
+    expect(parseRetentionPolicy({ keepDaily: '7d', keepManual: '1y' }).days).toEqual({ daily: 7, weekly: 56, monthly: 372, manual: 366 });
+  });
+
+  it('rejects periods without a unit, zero, or unknown units with a usage error naming the flag', () => {
+    for (const bad of ['14', '0d', '3m', '-1d', 'd', '1e3d', '200y']) {
+      expect(() => parseRetentionPolicy({ keepDaily: bad }), bad).toThrow(UsageError);
+    }
+    expect(() => parseRetentionPolicy({ keepWeekly: '8' })).toThrow(/--keep-weekly: invalid retention period "8"/);
+  });
+
+  it('retains an object until now + its tier', () => {
+    const now = new Date('2026-11-26T03:00:00Z');
+    expect(retainUntil(DEFAULT, 'weekly', now).toISOString()).toBe('2027-01-21T03:00:00.000Z');
+  });
+});
+
+describe('lifecycle planning', () => {
+  const foreign: LifecycleRule = { ID: 'logs', Status: 'Enabled', Filter: { Prefix: 'logs/' }, Expiration: { Days: 3 } };
+  const otherRepo = desiredRules(DEFAULT, 'staging');
+
+  it('on an empty bucket adds one rule per tier and the cleanup rule', () => {
+    const plan = planLifecycle([], DEFAULT, 'prod');
+    expect(plan.changes.map((c) => `${c.action} ${c.id}`)).toEqual([
+      'add coffer-daily@prod',
+      'add coffer-weekly@prod',
+      'add coffer-monthly@prod',
+      'add coffer-manual@prod',
+      'add coffer-cleanup@prod',
+    ]);
+    expect(plan.changed).toBe(true);
+  });
+
+  it("keeps foreign rules and another repository's coffer rules exactly; a second run changes nothing", () => {
+    const plan = planLifecycle([foreign, ...otherRepo], DEFAULT, 'prod');
+    expect(plan.rules.slice(0, 1 + otherRepo.length)).toEqual([foreign, ...otherRepo]);
+    expect(plan.foreign).toEqual(['logs', ...otherRepo.map((r) => r.ID)]);
+    const again = planLifecycle(plan.rules, DEFAULT, 'prod');
+    expect(again.changed).toBe(false);
+    expect(again.rules).toEqual(plan.rules);
+  });
+
+  it('compares rules by what they do, whatever shape the provider returns them in', () => {
+    const written = desiredRules(DEFAULT, 'prod');
+    // e.g. a provider that returns the tag filter with Prefix inside And and adds empty fields.
+    const readBack = written.map((r) => ({ ...r, Filter: r.Filter?.Prefix !== undefined ? { Prefix: r.Filter.Prefix } : { And: { ...r.Filter!.And, ObjectSizeGreaterThan: undefined } } }));
+    expect(planLifecycle(readBack, DEFAULT, 'prod').changed).toBe(false);
+  });
+
+  it('updates only what the policy changed, and removes an obsolete coffer rule of this repository', () => {
+    const current = [...desiredRules(DEFAULT, 'prod'), { ID: 'coffer-hourly@prod', Status: 'Enabled', Filter: { Prefix: 'prod/' }, Expiration: { Days: 1 } } as LifecycleRule];
+    const plan = planLifecycle(current, parseRetentionPolicy({ keepDaily: '7d' }), 'prod');
+    expect(plan.changes.filter((c) => c.action !== 'keep').map((c) => `${c.action} ${c.id}`)).toEqual(['update coffer-daily@prod', 'remove coffer-hourly@prod']);
+    expect(plan.rules.find((r) => r.ID === 'coffer-daily@prod')?.Expiration?.Days).toBe(7);
+  });
+
+  it('recognises only its own rule ids', () => {
+    expect(isCofferRuleFor('coffer-daily@prod', 'prod')).toBe(true);
+    expect(isCofferRuleFor('coffer-daily@', '')).toBe(true);
+    expect(isCofferRuleFor('coffer-daily@prod', 'pro')).toBe(false);
+    expect(isCofferRuleFor('coffer-daily@a@prod', 'prod')).toBe(false);
+    expect(isCofferRuleFor('mine-daily@prod', 'prod')).toBe(false);
+    expect(isCofferRuleFor(undefined, 'prod')).toBe(false);
+  });
+
+  it('uses a tag-only filter at the bucket root', () => {
+    expect(canonicalRule(desiredRules(DEFAULT, '')[0]!)).toMatchObject({ prefix: '', tags: ['coffer-tier=daily'], expirationDays: 14 });
+  });
+
+  it('flags foreign rules that would expire the repository early', () => {
+    const early: LifecycleRule = { ID: 'wipe', Status: 'Enabled', Filter: { Prefix: '' }, Expiration: { Days: 2 } };
+    expect(conflictingRules([foreign, early], DEFAULT, 'prod')).toEqual([expect.stringContaining('wipe')]);
+  });
+
+  it('reports object-lock drift', () => {
+    expect(objectLockDrift({ enabled: false }, DEFAULT, 'GOVERNANCE')[0]).toMatch(/not enabled/);
+    expect(objectLockDrift({ enabled: true, defaultMode: 'GOVERNANCE', defaultDays: 14 }, DEFAULT, 'GOVERNANCE')).toEqual([]);
+    expect(objectLockDrift({ enabled: true, defaultMode: 'GOVERNANCE', defaultDays: 14 }, DEFAULT, 'COMPLIANCE')).toHaveLength(1);
+  });
+});
+
+describe('tier promotion (by listing)', () => {
+  const id = (iso: string): string => `${compactTimestamp(new Date(iso))}-0000abcd`;
+  it('first of a month is monthly, first of a week weekly, the next daily', () => {
+    // 2026-11-02 is a Monday.
+    expect(chooseTier([], new Date('2026-11-02T01:00:00Z'))).toBe('monthly');
+    const existing: Array<{ id: string; tier: Tier }> = [{ id: id('2026-11-02T01:00:00Z'), tier: 'monthly' }];
+    expect(chooseTier(existing, new Date('2026-11-03T01:00:00Z'))).toBe('daily'); // same ISO week
+    expect(chooseTier(existing, new Date('2026-11-09T01:00:00Z'))).toBe('weekly'); // next Monday
+    existing.push({ id: id('2026-11-09T01:00:00Z'), tier: 'weekly' });
+    expect(chooseTier(existing, new Date('2026-11-10T01:00:00Z'))).toBe('daily');
+    expect(chooseTier(existing, new Date('2026-12-01T01:00:00Z'))).toBe('monthly'); // a Tuesday, new month
+  });
+
+  it('a failed first day does not lose the week: the next successful backup is promoted', () => {
+    const existing: Array<{ id: string; tier: Tier }> = [
+      { id: id('2026-11-02T01:00:00Z'), tier: 'monthly' },
+      { id: id('2026-11-08T01:00:00Z'), tier: 'daily' }, // Sunday of the same week
+    ];
+    // Monday's backup failed (nothing written); Tuesday's becomes the weekly.
+    expect(chooseTier(existing, new Date('2026-11-10T01:00:00Z'))).toBe('weekly');
+    // Manual backups do not count as weekly ones.
+    expect(chooseTier([...existing, { id: id('2026-11-09T05:00:00Z'), tier: 'manual' }], new Date('2026-11-10T01:00:00Z'))).toBe('weekly');
+  });
+});
+
+describe('prune planning', () => {
+  const now = new Date('2026-11-26T12:00:00Z');
+  const daysAgo = (n: number): string => `${compactTimestamp(new Date(now.getTime() - n * 86_400_000))}-${(1000 + n).toString(16).padStart(8, '0')}`;
+  const run = (db: string, tier: Tier, id: string, complete = true): string[] => [
+    `${db}/${tier}/${id}.dump.zst.age`,
+    ...(complete ? [`${db}/${tier}/${id}.manifest.json`] : []),
+  ];
+
+  it('deletes expired backups whole, manifest first; keeps what is within retention', () => {
+    const keys = [...run('vault', 'daily', daysAgo(20)), ...run('vault', 'daily', daysAgo(1)), ...run('vault', 'monthly', daysAgo(20)), ...run('vault', 'daily', daysAgo(2)), ...run('vault', 'daily', daysAgo(3))];
+    const plan = planPrune(groupRuns(keys, () => true), DEFAULT, 3, now);
+    expect(plan.deleteKeys).toEqual([`vault/daily/${daysAgo(20)}.manifest.json`, `vault/daily/${daysAgo(20)}.dump.zst.age`]);
+  });
+
+  it('keeps the newest minKeep good backups per database even when all are older than the policy', () => {
+    const keys = [20, 30, 40, 50, 60].flatMap((n) => run('vault', 'daily', daysAgo(n))).concat(run('other', 'daily', daysAgo(100)));
+    const plan = planPrune(groupRuns(keys, () => true), DEFAULT, 3, now);
+    const kept = plan.decisions.filter((d) => d.action === 'keep').map((d) => `${d.database} ${d.id}`);
+    expect(kept).toEqual(['other ' + daysAgo(100), `vault ${daysAgo(20)}`, `vault ${daysAgo(30)}`, `vault ${daysAgo(40)}`]);
+    expect(plan.deleteKeys.filter((k) => k.endsWith('.manifest.json'))).toEqual([`vault/daily/${daysAgo(50)}.manifest.json`, `vault/daily/${daysAgo(60)}.manifest.json`]);
+  });
+
+  it('does not count incomplete or unreadable backups toward minKeep', () => {
+    const bad = daysAgo(30);
+    const keys = [...run('vault', 'daily', daysAgo(20), false), ...run('vault', 'daily', bad), ...run('vault', 'daily', daysAgo(40))];
+    const plan = planPrune(groupRuns(keys, (k) => !k.includes(bad)), DEFAULT, 1, now);
+    expect(plan.decisions.map((d) => `${d.id} ${d.action}`)).toEqual([`${daysAgo(20)} delete`, `${bad} delete`, `${daysAgo(40)} keep`]);
+  });
+
+  it('never considers keys outside the layout', () => {
+    const keys = ['notes.txt', 'vault/daily/readme.md', 'vault/yearly/20200101T000000Z-00000000.dump.age', 'x/y/z/20200101T000000Z-00000000.manifest.json'];
+    expect(groupRuns(keys, () => true)).toEqual([]);
+  });
+
+  it('refuses minKeep below 1', () => {
+    expect(() => planPrune([], DEFAULT, 0, now)).toThrow(RangeError);
+  });
+});
