@@ -6,14 +6,19 @@ import { parseByteSize } from '../pipeline/part-size.js';
 import type { LogFormat } from '../observe/log.js';
 
 /**
- * The configuration layer: flags > environment (`COFFER_…`, plus the standard libpq and AWS
- * variables) > defaults. This module is the only reader of `process.env`; everything below it
- * receives plain values.
+ * The configuration layer: flags > environment (`COFFER_…`) > configuration file > defaults.
+ * Precedence itself is applied once, generically, by `layers.ts` (from main.ts's
+ * preAction hook): commands receive their option values already filled in. This module holds
+ * the parsers and the resolution of the standard libpq/AWS variables. src/config/ is the only
+ * reader of the environment; everything below it receives plain values.
  */
 
 export type Env = NodeJS.ProcessEnv;
 
-/** Reads an environment variable; the `_FILE` convention of container images is honoured. */
+/**
+ * Reads an environment variable; the `_FILE` convention of container images is honoured.
+ * @deprecated secrets are resolved by the config layer (`findSecret` in layers.ts).
+ */
 export function envValue(env: Env, name: string, readFile: (p: string) => string): string | undefined {
   const direct = env[name];
   if (direct !== undefined && direct !== '') return direct;
@@ -35,15 +40,27 @@ export function resolveLogFormat(flag: string | undefined, env: Env, isTty: bool
   throw new UsageError(`--log-format must be text, json or auto (got ${JSON.stringify(v)})`);
 }
 
-export function resolveRepository(flag: string | undefined, env: Env, fallback: string | undefined): RepositoryRef {
-  const v = flag ?? env.COFFER_REPOSITORY ?? fallback;
-  if (v === undefined) throw new UsageError('no repository given', { hint: 'use --from s3://bucket/prefix or a directory, or set COFFER_REPOSITORY' });
+/**
+ * The repository of a command. `flag` already holds COFFER_REPOSITORY or the file's
+ * `repository:` when no flag was given (the config layer, src/config/layers.ts, fills it).
+ */
+export function resolveRepository(flag: string | undefined, _env: Env, fallback: string | undefined): RepositoryRef {
+  const v = flag ?? fallback;
+  if (v === undefined) throw new UsageError('no repository given', { hint: 'use --from s3://bucket/prefix or a directory, `repository:` in coffer.yaml, or COFFER_REPOSITORY' });
   return parseRepository(v);
 }
 
-/** S3 settings: endpoint from the flag or the SDK's standard variables; region likewise. */
-export function resolveS3Settings(flags: { s3Endpoint?: string; s3Region?: string }, env: Env): S3Settings {
-  const endpoint = flags.s3Endpoint ?? env.COFFER_S3_ENDPOINT ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
+/**
+ * S3 settings: endpoint from the flag (or COFFER_S3_ENDPOINT / the file, via the config layer)
+ * or the SDK's standard variables; region likewise. Credentials only when the configuration
+ * names them (`s3AccessKeyId` + `s3SecretAccessKey`, attached by the config layer); otherwise
+ * the AWS SDK's own chain (AWS_ACCESS_KEY_ID…, profile, instance role) is used.
+ */
+export function resolveS3Settings(
+  flags: { s3Endpoint?: string; s3Region?: string; s3Timeout?: string; s3AccessKeyId?: string; s3SecretAccessKey?: string },
+  env: Env,
+): S3Settings {
+  const endpoint = flags.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
   if (endpoint !== undefined) {
     let u: URL;
     try {
@@ -55,7 +72,12 @@ export function resolveS3Settings(flags: { s3Endpoint?: string; s3Region?: strin
     if (u.username || u.password) throw new UsageError('the S3 endpoint URL must not contain credentials', { hint: 'use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY' });
   }
   const region = flags.s3Region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
-  return { ...(endpoint ? { endpoint } : {}), region };
+  // Idle timeout of every S3 request (a silent socket fails the attempt; the SDK retries it).
+  const timeout = flags.s3Timeout ?? env.COFFER_S3_TIMEOUT;
+  const requestTimeoutMs = timeout === undefined ? undefined : parseDuration(timeout, '--s3-timeout');
+  const credentials =
+    flags.s3AccessKeyId !== undefined && flags.s3SecretAccessKey !== undefined ? { credentials: { accessKeyId: flags.s3AccessKeyId, secretAccessKey: flags.s3SecretAccessKey } } : {};
+  return { ...(endpoint ? { endpoint } : {}), region, ...(requestTimeoutMs ? { requestTimeoutMs } : {}), ...credentials };
 }
 
 /** `zstd:1` (default), `zstd`, `gzip:6` (pg_dump's own), `none`. */
@@ -120,7 +142,10 @@ export function checkDatabaseName(name: string, what = '--db'): string {
   return name;
 }
 
-/** Recipients from the flag (repeatable), COFFER_RECIPIENTS (comma or space separated). */
+/**
+ * Recipients from COFFER_RECIPIENTS (comma or space separated).
+ * @deprecated the config layer maps COFFER_RECIPIENTS (and COFFER_RECIPIENT) onto `--recipient`.
+ */
 export function recipientsFromEnv(env: Env): string[] {
   return (env.COFFER_RECIPIENTS ?? '').split(/[\s,]+/).filter(Boolean);
 }

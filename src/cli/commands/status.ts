@@ -1,0 +1,103 @@
+import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
+import { backupIdTime } from '../../catalog/layout.js';
+import { decodeManifest } from '../../catalog/manifest.js';
+import { checkDatabaseName, parseDuration, resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { IntegrityError, StaleError } from '../../errors.js';
+import { formatBytes } from '../../observe/log.js';
+import { openStore } from '../../store/open.js';
+import type { ObjectStore } from '../../store/object-store.js';
+import type { CliContext } from '../context.js';
+
+/** Flags of `coffer status` (see main.ts). */
+export interface StatusFlags {
+  from?: string;
+  db?: string[];
+  maxAge?: string;
+  json?: boolean;
+  s3Endpoint?: string;
+  s3Region?: string;
+}
+
+/** One row of `coffer status --json`. */
+export interface StatusRow {
+  database: string;
+  /** Newest completed backup, or null when the database has none. */
+  id: string | null;
+  tier: string | null;
+  /** When that backup finished (from its manifest). */
+  finishedAt: string | null;
+  ageSeconds: number | null;
+  size: number | null;
+  fresh: boolean;
+}
+
+/**
+ * `coffer status`: the newest completed backup (one with a manifest) per database, and whether
+ * it is younger than `--max-age` (default 26h: a daily job plus slack). Exits 7 (StaleError)
+ * naming every database whose newest backup is too old or that has none.
+ */
+export async function runStatusCommand(flags: StatusFlags, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[]> {
+  const repo = resolveRepository(flags.from, ctx.env, './backups');
+  const maxAgeText = flags.maxAge ?? '26h';
+  const maxAgeMs = parseDuration(maxAgeText, '--max-age');
+  const wanted = (flags.db ?? []).map((d) => checkDatabaseName(d));
+  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
+  let rows: StatusRow[];
+  try {
+    const keys = await listBackupKeys(store, { signal: ctx.signal, ...(wanted.length === 1 ? { database: wanted[0] } : {}) });
+    const newest = new Map<string, BackupKeyEntry>();
+    for (const k of [...keys].sort(newestFirst)) if (!newest.has(k.database)) newest.set(k.database, k);
+    const dbs = wanted.length > 0 ? wanted : [...newest.keys()].sort();
+    rows = await Promise.all(dbs.map((d) => statusOf(store, d, newest.get(d), maxAgeMs, now(), ctx.signal)));
+  } finally {
+    store.close();
+  }
+
+  if (flags.json) ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
+  else {
+    for (const r of rows) {
+      ctx.stdout(
+        r.id === null
+          ? `STALE  ${r.database}  no completed backup\n`
+          : `${r.fresh ? 'OK   ' : 'STALE'}  ${r.database}  ${r.id}  ${r.tier}  ${formatAge(r.ageSeconds!)} old  ${formatBytes(r.size!)}\n`,
+      );
+    }
+  }
+  if (rows.length === 0) {
+    throw new StaleError(`no completed backup in ${store.location}`, { hint: 'run `coffer backup`, or check --from' });
+  }
+  const stale = rows.filter((r) => !r.fresh);
+  if (stale.length > 0) {
+    const what = stale.map((r) => (r.id === null ? `${r.database} (none)` : `${r.database} (${formatAge(r.ageSeconds!)} old)`)).join(', ');
+    throw new StaleError(`${stale.length} of ${rows.length} database(s) have no backup newer than ${maxAgeText}: ${what}`, {
+      hint: 'check the backup job (its log, cron mail or metrics)',
+    });
+  }
+  return rows;
+}
+
+async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry | undefined, maxAgeMs: number, now: Date, signal: AbortSignal): Promise<StatusRow> {
+  if (!k) return { database, id: null, tier: null, finishedAt: null, ageSeconds: null, size: null, fresh: false };
+  const m = decodeManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);
+  if (m.id !== k.id || m.database !== k.database) {
+    throw new IntegrityError(`manifest ${k.manifestKey} describes another backup (${m.database}/${m.id})`, { hint: 'the manifest was moved or swapped; do not trust this backup' });
+  }
+  const finished = Number.isNaN(Date.parse(m.finishedAt)) ? backupIdTime(m.id) : new Date(m.finishedAt);
+  const ageMs = Math.max(0, now.getTime() - finished.getTime());
+  return {
+    database,
+    id: m.id,
+    tier: m.tier,
+    finishedAt: finished.toISOString(),
+    ageSeconds: Math.round(ageMs / 1000),
+    size: m.dump.size,
+    fresh: ageMs <= maxAgeMs,
+  };
+}
+
+function formatAge(s: number): string {
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.round(s / 60)}m`;
+  if (s < 172_800) return `${(s / 3600).toFixed(1)}h`;
+  return `${(s / 86400).toFixed(1)}d`;
+}

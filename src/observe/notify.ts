@@ -1,0 +1,129 @@
+/**
+ * Notifications of a backup run:
+ *
+ * - `--notify URL`: healthchecks.io-style pings. `URL/start` when the run starts, `URL` when it
+ *   succeeded, `URL/fail` with a short plain-text reason when it failed (POST).
+ * - `--webhook URL`: a JSON POST per database when its backup succeeded or failed.
+ *
+ * Each request has a 10 s timeout and is tried up to 3 times. A notifier that fails never fails
+ * the backup: it is logged as a warning. URLs are logged by origin only (ping URLs often embed
+ * a token), and no request carries a password, key or connection string.
+ */
+import { UsageError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+
+/** What a webhook receives for one database. */
+export interface WebhookEvent {
+  event: 'backup.success' | 'backup.failure';
+  database: string;
+  repository: string;
+  host: string;
+  runId: string;
+  /** Backup id (success only). */
+  id: string | null;
+  tier: string | null;
+  bytes: number | null;
+  durationSeconds: number;
+  /** One-line error (failure only). */
+  error: string | null;
+}
+
+export interface NotifierOptions {
+  notifyUrl?: string;
+  webhookUrl?: string;
+  log: Logger;
+  timeoutMs?: number;
+  attempts?: number;
+  /** Pause before retry n (1-based), default 500 ms × n. */
+  backoffMs?: (n: number) => number;
+}
+
+/** Checks a notification URL up front (exit 2 on a bad one). */
+export function parseNotifyUrl(value: string, flag: string): URL {
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    throw new UsageError(`${flag}: invalid URL ${JSON.stringify(value.slice(0, 200))}`, { hint: 'expected e.g. https://hc-ping.com/<uuid>' });
+  }
+  if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`${flag} must be an http:// or https:// URL`);
+  return u;
+}
+
+/** Sends the pings and webhooks of one run. All methods resolve; failures are logged. */
+export class Notifier {
+  private readonly notifyUrl: URL | undefined;
+  private readonly webhookUrl: URL | undefined;
+  private readonly log: Logger;
+  private readonly timeoutMs: number;
+  private readonly attempts: number;
+  private readonly backoffMs: (n: number) => number;
+  private started: Promise<void> = Promise.resolve();
+
+  constructor(opts: NotifierOptions) {
+    this.notifyUrl = opts.notifyUrl === undefined ? undefined : parseNotifyUrl(opts.notifyUrl, '--notify');
+    this.webhookUrl = opts.webhookUrl === undefined ? undefined : parseNotifyUrl(opts.webhookUrl, '--webhook');
+    this.log = opts.log;
+    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    this.attempts = opts.attempts ?? 3;
+    this.backoffMs = opts.backoffMs ?? ((n) => 500 * n);
+  }
+
+  /** `URL/start`; not awaited by the caller's backup, but always sent before the final ping. */
+  start(): void {
+    if (!this.notifyUrl) return;
+    this.started = this.send('--notify', pingUrl(this.notifyUrl, '/start'), { method: 'POST', body: '' });
+  }
+
+  /** `URL` (success). */
+  async success(): Promise<void> {
+    await this.started;
+    if (this.notifyUrl) await this.send('--notify', pingUrl(this.notifyUrl, ''), { method: 'POST', body: '' });
+  }
+
+  /** `URL/fail` with a short reason (the body is plain text, at most 1000 characters). */
+  async failure(reason: string): Promise<void> {
+    await this.started;
+    if (this.notifyUrl) {
+      await this.send('--notify', pingUrl(this.notifyUrl, '/fail'), {
+        method: 'POST',
+        body: reason.slice(0, 1000),
+        headers: { 'content-type': 'text/plain; charset=utf-8' },
+      });
+    }
+  }
+
+  /** A JSON POST to the webhook. */
+  async webhook(event: WebhookEvent): Promise<void> {
+    if (!this.webhookUrl) return;
+    await this.send('--webhook', this.webhookUrl, {
+      method: 'POST',
+      body: JSON.stringify(event),
+      headers: { 'content-type': 'application/json' },
+    });
+  }
+
+  private async send(flag: string, url: URL, init: { method: string; body: string; headers?: Record<string, string> }): Promise<void> {
+    let last = '';
+    for (let n = 1; n <= this.attempts; n++) {
+      try {
+        const res = await fetch(url, { ...init, signal: AbortSignal.timeout(this.timeoutMs), redirect: 'follow' });
+        await res.arrayBuffer().catch(() => undefined);
+        if (res.ok) return;
+        last = `HTTP ${res.status}`;
+        if (res.status >= 400 && res.status < 500 && res.status !== 429) break;
+      } catch (err) {
+        const e = err as Error & { cause?: { code?: string } };
+        last = e.name === 'TimeoutError' ? `no answer within ${this.timeoutMs / 1000} s` : (e.cause?.code ?? e.message);
+      }
+      if (n < this.attempts) await new Promise((r) => setTimeout(r, this.backoffMs(n)));
+    }
+    this.log.warn(`notification failed (the backup itself is not affected): ${last}`, { notifier: flag, to: url.origin });
+  }
+}
+
+function pingUrl(base: URL, suffix: string): URL {
+  const u = new URL(base.href);
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}${suffix}`;
+  return u;
+}

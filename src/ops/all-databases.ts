@@ -1,0 +1,34 @@
+import type { ConnectionSpec } from '../pg/connection.js';
+import { psqlQuery } from '../pg/server.js';
+import type { PgTools } from '../pg/tools.js';
+
+/**
+ * The databases `backup --all-databases` covers: every database that accepts connections, is
+ * not a template and that the backup role may connect to. `postgres` (the maintenance database
+ * every cluster has) is included only when it holds user objects (a table, view, sequence… in a
+ * schema other than pg_catalog and information_schema): an empty `postgres` is not worth a
+ * backup, but one someone put tables in must not be skipped silently.
+ */
+export async function listAllDatabases(
+  tools: PgTools,
+  conn: ConnectionSpec,
+  opts: { maintenanceDb?: string; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
+): Promise<string[]> {
+  const out = await psqlQuery(
+    tools,
+    conn,
+    opts.maintenanceDb ?? conn.params.dbname ?? 'postgres',
+    "SELECT coalesce(json_agg(datname ORDER BY datname), '[]') FROM pg_database WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT');",
+    { env: opts.env, signal: opts.signal, what: 'list databases (--all-databases)' },
+  );
+  const names = JSON.parse(out.trim()) as string[];
+  if (!names.includes('postgres')) return names;
+  const used = await psqlQuery(
+    tools,
+    conn,
+    'postgres',
+    "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%');",
+    { env: opts.env, signal: opts.signal, what: 'look for user objects in database "postgres"' },
+  );
+  return used.trim() === 't' ? names : names.filter((n) => n !== 'postgres');
+}

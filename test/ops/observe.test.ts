@@ -1,0 +1,261 @@
+/**
+ * Issue 5, items 7 and 8: `coffer status` (exit 0 fresh, 7 stale), the Prometheus metrics file,
+ * healthchecks.io-style pings and the JSON webhook.
+ */
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { generateIdentity } from '../../src/crypto/age.js';
+import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { baseEnv, errorLine, pgEnv, runCoffer } from '../harness/cli.js';
+import { createDatabase, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { logRecords } from './helpers.js';
+
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let recipient: string;
+let dbA: string;
+let dbB: string;
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-observe-test-'));
+  recipient = (await generateIdentity()).recipient;
+  [dbA, dbB] = await Promise.all([createDatabase(pg, undefined, 'vault'), createDatabase(pg, undefined, 'vault')]);
+});
+
+afterAll(async () => {
+  await Promise.all([dbA, dbB].map((d) => dropDatabase(pg, d).catch(() => undefined)));
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+function env(): Record<string, string> {
+  return baseEnv(pgEnv(pgInfo));
+}
+
+async function backup(repo: string, db: string, ...more: string[]): Promise<{ code: number; stdout: string; stderr: string; manifest?: BackupManifest }> {
+  const r = await runCoffer(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--lock-dir', path.join(tmp, 'locks'), '--json', ...more], { env: env() });
+  return r.code === 0 ? { ...r, manifest: (JSON.parse(r.stdout) as BackupManifest[])[0]! } : r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small strict parser of the Prometheus text exposition format (0.0.4).
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+function parsePrometheusText(text: string): { samples: Sample[]; types: Map<string, string>; helps: Map<string, string> } {
+  const types = new Map<string, string>();
+  const helps = new Map<string, string>();
+  const samples: Sample[] = [];
+  const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+  expect(text.endsWith('\n'), 'ends with a newline').toBe(true);
+  for (const line of text.slice(0, -1).split('\n')) {
+    if (line.startsWith('#')) {
+      const m = /^# (HELP|TYPE) (\S+) (.*)$/.exec(line);
+      expect(m, `comment line: ${line}`).not.toBeNull();
+      expect(m![2]).toMatch(NAME);
+      if (m![1] === 'TYPE') {
+        expect(['counter', 'gauge', 'histogram', 'summary', 'untyped']).toContain(m![3]);
+        expect(types.has(m![2]!), `one TYPE per metric: ${m![2]}`).toBe(false);
+        expect(samples.some((s) => s.name === m![2]), `TYPE before samples: ${m![2]}`).toBe(false);
+        types.set(m![2]!, m![3]!);
+      } else {
+        expect(m![3]!.length).toBeGreaterThan(0);
+        helps.set(m![2]!, m![3]!);
+      }
+      continue;
+    }
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?$/.exec(line);
+    expect(m, `sample line: ${line}`).not.toBeNull();
+    const labels: Record<string, string> = {};
+    let rest = m![2] ?? '';
+    while (rest.length > 0) {
+      const lm = /^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/.exec(rest);
+      expect(lm, `labels: ${m![2]}`).not.toBeNull();
+      expect(labels[lm![1]!], `duplicate label ${lm![1]}`).toBeUndefined();
+      labels[lm![1]!] = lm![2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+      rest = rest.slice(lm![0].length);
+    }
+    const value = m![3] === 'NaN' ? NaN : m![3] === '+Inf' ? Infinity : m![3] === '-Inf' ? -Infinity : Number(m![3]);
+    expect(m![3] === 'NaN' || !Number.isNaN(value), `value: ${m![3]}`).toBe(true);
+    expect(types.has(m![1]!), `sample of a metric with a TYPE line: ${m![1]}`).toBe(true);
+    samples.push({ name: m![1]!, labels, value });
+  }
+  return { samples, types, helps };
+}
+
+function valueOf(samples: Sample[], name: string, database: string): number | undefined {
+  return samples.find((s) => s.name === name && s.labels.database === database)?.value;
+}
+
+describe('metrics file', () => {
+  it('is valid Prometheus text, holds the last run per database, and keeps other databases', async () => {
+    const repo = path.join(tmp, 'repo-metrics');
+    const metrics = path.join(tmp, 'metrics', 'coffer.prom');
+    await fsp.mkdir(path.dirname(metrics));
+    const a = await backup(repo, dbA, '--metrics-file', metrics);
+    expect(a.code, a.stderr).toBe(0);
+    const b = await backup(repo, dbB, '--metrics-file', metrics);
+    expect(b.code, b.stderr).toBe(0);
+
+    let text = await fsp.readFile(metrics, 'utf8');
+    let { samples, types } = parsePrometheusText(text);
+    expect(fs.statSync(metrics).mode & 0o777).toBe(0o644);
+    for (const n of ['coffer_backup_last_success_timestamp_seconds', 'coffer_backup_last_result', 'coffer_backup_last_duration_seconds', 'coffer_backup_last_size_bytes']) {
+      expect(types.get(n)).toBe('gauge');
+    }
+    for (const [db, m] of [
+      [dbA, a.manifest!],
+      [dbB, b.manifest!],
+    ] as const) {
+      expect(valueOf(samples, 'coffer_backup_last_result', db)).toBe(1);
+      expect(valueOf(samples, 'coffer_backup_last_size_bytes', db)).toBe(m.dump.size);
+      expect(valueOf(samples, 'coffer_backup_last_success_timestamp_seconds', db)).toBeCloseTo(Date.parse(m.finishedAt) / 1000, 2);
+      expect(valueOf(samples, 'coffer_backup_last_duration_seconds', db)).toBeGreaterThan(0);
+      expect(samples.find((s) => s.labels.database === db)!.labels.repository).toBe(`file://${repo}`);
+    }
+
+    // A failed run of A: result 0, its last success kept, B untouched.
+    const failing = path.join(tmp, 'false-pg_dump.sh');
+    await fsp.writeFile(failing, '#!/bin/sh\necho "pg_dump: error: simulated failure" >&2\nexit 1\n', { mode: 0o755 });
+    const before = text;
+    const f = await backup(repo, dbA, '--metrics-file', metrics, '--pg-dump-command', failing);
+    expect(f.code, f.stderr).toBe(3);
+    text = await fsp.readFile(metrics, 'utf8');
+    ({ samples } = parsePrometheusText(text));
+    const old = parsePrometheusText(before).samples;
+    expect(valueOf(samples, 'coffer_backup_last_result', dbA)).toBe(0);
+    expect(valueOf(samples, 'coffer_backup_last_success_timestamp_seconds', dbA)).toBe(valueOf(old, 'coffer_backup_last_success_timestamp_seconds', dbA));
+    expect(valueOf(samples, 'coffer_backup_last_run_timestamp_seconds', dbA)).toBeGreaterThan(valueOf(old, 'coffer_backup_last_run_timestamp_seconds', dbA)!);
+    for (const n of ['coffer_backup_last_result', 'coffer_backup_last_size_bytes', 'coffer_backup_last_success_timestamp_seconds', 'coffer_backup_last_duration_seconds']) {
+      expect(valueOf(samples, n, dbB)).toBe(valueOf(old, n, dbB));
+    }
+    expect(fs.readdirSync(path.dirname(metrics))).toEqual(['coffer.prom']);
+  });
+
+  it('a missing metrics directory is a usage error before anything runs', async () => {
+    const repo = path.join(tmp, 'repo-metrics-bad');
+    const r = await backup(repo, dbA, '--metrics-file', path.join(tmp, 'no-such-dir', 'coffer.prom'));
+    expect(r.code).toBe(2);
+    expect(errorLine(r.stderr)).toContain('its directory does not exist or is not writable');
+    expect(fs.existsSync(repo)).toBe(false);
+  });
+});
+
+describe('coffer status', () => {
+  it('exits 0 when every database is fresh, 7 when one is stale or has no backup (naming it)', async () => {
+    const repo = path.join(tmp, 'repo-status');
+    for (const db of [dbA, dbB]) expect((await backup(repo, db)).code).toBe(0);
+
+    const fresh = await runCoffer(['status', '--from', repo, '--json'], { env: env() });
+    expect(fresh.code, fresh.stderr).toBe(0);
+    const rows = JSON.parse(fresh.stdout) as Array<{ database: string; fresh: boolean; id: string | null }>;
+    expect(rows.map((r) => r.database).sort()).toEqual([dbA, dbB].sort());
+    expect(rows.every((r) => r.fresh && r.id !== null)).toBe(true);
+
+    const text = await runCoffer(['status', '--from', repo, '--db', dbA], { env: env() });
+    expect(text.code, text.stderr).toBe(0);
+    expect(text.stdout).toMatch(new RegExp(`^OK +${dbA} +\\d{8}T\\d{6}Z-[0-9a-f]{8}`));
+
+    const missing = uniqueDbName('never_backed_up');
+    const none = await runCoffer(['status', '--from', repo, '--db', dbA, '--db', missing], { env: env() });
+    expect(none.code).toBe(7);
+    expect(errorLine(none.stderr)).toContain(`1 of 2 database(s) have no backup newer than 26h: ${missing} (none)`);
+
+    await new Promise((r) => setTimeout(r, 2100));
+    const stale = await runCoffer(['status', '--from', repo, '--max-age', '1s', '--json'], { env: env() });
+    expect(stale.code).toBe(7);
+    expect(errorLine(stale.stderr)).toMatch(/^2 of 2 database\(s\) have no backup newer than 1s: /);
+    expect(errorLine(stale.stderr)).toContain(dbA);
+    expect((JSON.parse(stale.stdout) as Array<{ fresh: boolean }>).every((r) => !r.fresh)).toBe(true);
+
+    const empty = await runCoffer(['status', '--from', path.join(tmp, 'repo-empty')], { env: env() });
+    expect(empty.code).toBe(7);
+    expect(errorLine(empty.stderr)).toContain('no completed backup in');
+
+    const bad = await runCoffer(['status', '--from', repo, '--max-age', 'soon'], { env: env() });
+    expect(bad.code).toBe(2);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+interface Received {
+  method: string;
+  url: string;
+  body: string;
+}
+
+async function startReceiver(): Promise<{ server: Server; base: string; got: Received[] }> {
+  const got: Received[] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      got.push({ method: req.method ?? '', url: req.url ?? '', body: Buffer.concat(chunks).toString('utf8') });
+      res.writeHead(200, { 'content-type': 'text/plain' }).end('OK');
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, got };
+}
+
+describe('notifications', () => {
+  let rx: Awaited<ReturnType<typeof startReceiver>>;
+  beforeAll(async () => {
+    rx = await startReceiver();
+  });
+  afterAll(async () => {
+    await new Promise((r) => rx.server.close(r));
+  });
+
+  it('success: /start then the ping; the webhook gets the backup as JSON', async () => {
+    rx.got.length = 0;
+    const repo = path.join(tmp, 'repo-notify');
+    const r = await backup(repo, dbA, '--notify', `${rx.base}/ping/check-ok`, '--webhook', `${rx.base}/hook`);
+    expect(r.code, r.stderr).toBe(0);
+    const pings = rx.got.filter((g) => g.url.startsWith('/ping/'));
+    expect(pings.map((g) => g.url)).toEqual(['/ping/check-ok/start', '/ping/check-ok']);
+    const hooks = rx.got.filter((g) => g.url === '/hook');
+    expect(hooks).toHaveLength(1);
+    expect(hooks[0]!.method).toBe('POST');
+    const ev = JSON.parse(hooks[0]!.body) as Record<string, unknown>;
+    expect(ev).toMatchObject({ event: 'backup.success', database: dbA, id: r.manifest!.id, bytes: r.manifest!.dump.size, error: null });
+    expect(ev.durationSeconds as number).toBeGreaterThan(0);
+  });
+
+  it('failure: /start then /fail with a short reason; the webhook gets the error', async () => {
+    rx.got.length = 0;
+    const missing = uniqueDbName('no_such_db');
+    const r = await backup(path.join(tmp, 'repo-notify'), missing, '--notify', `${rx.base}/ping/check-fail`, '--webhook', `${rx.base}/hook`);
+    expect(r.code).toBe(3);
+    const pings = rx.got.filter((g) => g.url.startsWith('/ping/'));
+    expect(pings.map((g) => g.url)).toEqual(['/ping/check-fail/start', '/ping/check-fail/fail']);
+    expect(pings[1]!.body).toContain(`database "${missing}" does not exist`);
+    expect(pings[1]!.body.length).toBeLessThanOrEqual(1000);
+    const ev = JSON.parse(rx.got.find((g) => g.url === '/hook')!.body) as Record<string, unknown>;
+    expect(ev).toMatchObject({ event: 'backup.failure', database: missing, id: null, bytes: null });
+    expect(String(ev.error)).toContain('does not exist');
+  });
+
+  it('a dead endpoint does not fail the backup; it is logged as a warning', async () => {
+    const dead = createServer();
+    await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
+    const port = (dead.address() as AddressInfo).port;
+    await new Promise((r) => dead.close(r));
+    const r = await backup(path.join(tmp, 'repo-notify-dead'), dbB, '--notify', `http://127.0.0.1:${port}/ping/x`, '--webhook', `http://127.0.0.1:${port}/hook`);
+    expect(r.code, r.stderr).toBe(0);
+    const warnings = logRecords(r.stderr).filter((l) => l.level === 'warn' && String(l.msg).startsWith('notification failed'));
+    expect(warnings.map((w) => w.notifier).sort()).toEqual(['--notify', '--notify', '--webhook']);
+    expect(warnings.every((w) => w.to === `http://127.0.0.1:${port}`)).toBe(true);
+  });
+});
