@@ -1,0 +1,263 @@
+/**
+ * Interruptions: pg_dump killed at five points and its backend terminated mid-dump; coffer
+ * itself stopped by SIGTERM at random points of a backup and of a restore, and by SIGKILL.
+ * Each time: nothing visible that looks like a backup / the target untouched, the scratch
+ * database gone, and the next run succeeds.
+ */
+import * as fsp from 'node:fs/promises';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
+import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
+import { createDatabase, dataFingerprint, databaseExists, dropDatabase, fillLargeTable, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { backupOk, bucketState, listedIds, scratchDatabases, seededRandom, setupFixture, sleep, waitFor, type Fixture } from './common.js';
+import { record, writeResults } from './matrix.js';
+
+const rgwInfo = inject('rgw')!;
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let f: Fixture;
+/** ~30 MB of incompressible rows (a ~60 MB uncompressed dump): long enough to be interrupted. */
+let big: string;
+/** ~10 MB (a ~20 MB dump, 4-5 parts): for stopping coffer itself. */
+let mid: string;
+const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
+const ARGS = ['--compress', 'none', '--part-size', '5MiB'];
+const proxies: FaultProxy[] = [];
+const rnd = seededRandom('interrupt');
+
+beforeAll(async () => {
+  f = await setupFixture(rgwInfo, pgInfo, 'int');
+  big = await createDatabase(pg, uniqueDbName('int_big'), 'vault');
+  await fillLargeTable(pg, big, 30);
+  mid = await createDatabase(pg, uniqueDbName('int_mid'), 'vault');
+  await fillLargeTable(pg, mid, 10);
+});
+
+afterAll(async () => {
+  await Promise.all(proxies.map((p) => p.stop()));
+  await dropDatabase(pg, big);
+  await dropDatabase(pg, mid);
+  f?.s3.destroy();
+  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
+  writeResults('interrupt');
+});
+
+/** A copy of the big database (CREATE DATABASE … TEMPLATE), so parallel runs can tell their pg_dump apart. */
+async function copyOfBig(prefix: string): Promise<string> {
+  const name = uniqueDbName(prefix);
+  await pg.psql(`CREATE DATABASE ${quoteIdent(name)} TEMPLATE ${quoteIdent(big)};`);
+  return name;
+}
+
+/** A proxy adding latency to every upload part: the upload, not pg_dump, sets the pace. */
+async function slowProxy(ms: number): Promise<FaultProxy> {
+  const p = await startFaultProxy(rgwInfo.endpoint);
+  proxies.push(p);
+  p.script([{ op: 'UploadPart', times: Infinity, fault: { kind: 'latency', ms } }]);
+  return p;
+}
+
+/** The pg_dump child of the coffer process `parent` (by /proc PPID: the database is not always on its command line). */
+async function pgDumpPid(parent: number | undefined): Promise<number | undefined> {
+  for (const name of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = (await fsp.readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0');
+      if (!argv[0]?.endsWith('pg_dump') || argv.includes('--version')) continue;
+      const stat = await fsp.readFile(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === parent) return Number(name);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+/** Bytes a process has written so far (/proc/PID/io wchar). */
+async function bytesWritten(pid: number): Promise<number> {
+  try {
+    const io = await fsp.readFile(`/proc/${pid}/io`, 'utf8');
+    return Number(/wchar: (\d+)/.exec(io)?.[1] ?? 0);
+  } catch {
+    return -1;
+  }
+}
+
+describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
+  const points: Array<{ at: number; signal: NodeJS.Signals }> = [
+    { at: 0, signal: 'SIGKILL' },
+    { at: 1 << 20, signal: 'SIGTERM' },
+    { at: 4 << 20, signal: 'SIGKILL' },
+    { at: 8 << 20, signal: 'SIGINT' },
+    { at: 12 << 20, signal: 'SIGKILL' },
+  ];
+  for (const [i, point] of points.entries()) {
+    it(`${point.signal} after ${point.at >> 20} MiB of dump output`, async () => {
+      const db = await copyOfBig(`int_kill${i}`);
+      const p = await slowProxy(400);
+      const prefix = `kill-${i}`;
+      const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+      let pid: number | undefined;
+      if (!(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined))) {
+        child.kill('SIGKILL');
+        expect.fail(`pg_dump never started; coffer: ${String((await child).stderr).slice(-600)}`);
+      }
+      let seen = 0;
+      const reached = await waitFor(async () => (seen = await bytesWritten(pid!)) >= point.at);
+      if (!reached) {
+        child.kill('SIGKILL');
+        expect.fail(`pg_dump never wrote ${point.at} bytes (last seen ${seen}); coffer: ${String((await child).stderr).slice(-600)}`);
+      }
+      process.kill(pid!, point.signal);
+      const r = await child;
+      expect(r.exitCode, String(r.stderr)).toBe(3);
+      expect(errorLine(String(r.stderr))).toMatch(/pg_dump/);
+      expect(await bucketState(f, prefix)).toEqual({ keys: [], uploads: 0 });
+      expect(await listedIds(f, repo(prefix))).toEqual([]);
+      await dropDatabase(pg, db);
+      record({
+        id: `int-0${i + 1}`,
+        area: 'interruption',
+        fault: `pg_dump killed (${point.signal}) after ${point.at >> 20} MiB of output`,
+        injected: `${point.signal} to the pg_dump process once /proc/PID/io showed ${point.at >> 20} MiB written (uploads slowed by the proxy)`,
+        outcome: 'exit 3 naming pg_dump; multipart upload aborted; no object, no manifest, nothing listed',
+        dataLost: 'none',
+      });
+    });
+  }
+
+  it('the dump session is terminated with pg_terminate_backend mid-dump', async () => {
+    const db = await copyOfBig('int_term');
+    const p = await slowProxy(400);
+    const prefix = 'terminated';
+    const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+    let pid: number | undefined;
+    expect(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined)).toBe(true);
+    expect(await waitFor(async () => (await bytesWritten(pid!)) >= 4 << 20)).toBe(true);
+    const killed = await pg.psql(`SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = ${quoteLiteral(db)} AND pid <> pg_backend_pid();`);
+    expect(Number(killed)).toBeGreaterThanOrEqual(1);
+    const r = await child;
+    expect(r.exitCode, String(r.stderr)).toBe(3);
+    expect(errorLine(String(r.stderr))).toMatch(/pg_dump/);
+    expect(await bucketState(f, prefix)).toEqual({ keys: [], uploads: 0 });
+    await dropDatabase(pg, db);
+    record({
+      id: 'int-06',
+      area: 'interruption',
+      fault: "the dump's database session terminated mid-dump",
+      injected: 'pg_terminate_backend() on the database\'s sessions after 4 MiB of pg_dump output',
+      outcome: 'exit 3 naming pg_dump; upload aborted; no object, no manifest',
+      dataLost: 'none',
+    });
+  });
+});
+
+describe('coffer itself is stopped', () => {
+  it('SIGTERM at 5 random points of a backup: exit 143 and nothing visible (or a complete backup); the next run succeeds', async () => {
+    const runs = Array.from({ length: 5 }, (_, i) => ({ i, afterParts: Math.floor(rnd.next() * 4), extraMs: Math.floor(rnd.next() * 400) }));
+    const results = await Promise.all(
+      runs.map(async ({ i, afterParts, extraMs }) => {
+        const prefix = `sigterm-backup-${i}`;
+        const p = await slowProxy(300);
+        const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+        expect(await waitFor(() => p.requests(afterParts === 0 ? 'CreateMultipartUpload' : 'UploadPart').length >= Math.max(1, afterParts))).toBe(true);
+        await sleep(extraMs);
+        child.kill('SIGTERM');
+        const r = await child;
+        const state = await bucketState(f, prefix);
+        const listed = await listedIds(f, repo(prefix));
+        if (r.exitCode === 0) {
+          // The signal came after the commit: a complete backup, listed.
+          expect(listed.length).toBe(1);
+        } else {
+          expect(r.exitCode, String(r.stderr)).toBe(143);
+          expect(errorLine(String(r.stderr))).toMatch(/stopped by SIGTERM/);
+          expect(listed).toEqual([]);
+          expect(state).toEqual({ keys: [], uploads: 0 });
+        }
+        // The next run (no lock left behind, nothing in the way) succeeds.
+        const next = await backupOk(f, repo(prefix), mid, ARGS);
+        expect(await listedIds(f, repo(prefix))).toEqual([...listed, next.id].sort());
+        return r.exitCode;
+      }),
+    );
+    expect(results.filter((c) => c === 143).length).toBeGreaterThanOrEqual(1);
+    record({
+      id: 'int-07',
+      area: 'interruption',
+      fault: 'SIGTERM to coffer at 5 random points of a backup',
+      injected: 'kill -TERM after a seeded random number (0-3) of upload parts plus 0-400 ms; uploads slowed by the proxy; seed logged',
+      outcome: 'exit 143 "stopped by SIGTERM"; pg_dump killed, multipart upload aborted, nothing listed, no object; the next backup succeeded',
+      dataLost: 'none',
+    });
+  });
+
+  it('SIGTERM at 5 random points of a restore: exit 143, target untouched, scratch dropped; the next run succeeds', async () => {
+    const source = await createDatabase(pg, uniqueDbName('int_rsrc'), 'varied');
+    await fillLargeTable(pg, source, 6);
+    const fp = await dataFingerprint(pg, source);
+    await backupOk(f, repo('restore-src'), source, ARGS);
+    const marks = ['backup selected', 'backup opened', 'restoring into a scratch database'];
+    const runs = Array.from({ length: 5 }, (_, i) => ({ i, mark: marks[Math.floor(rnd.next() * marks.length)]!, extraMs: Math.floor(rnd.next() * 1500) }));
+    const outcomes = await Promise.all(
+      runs.map(async ({ i, mark, extraMs }) => {
+        const target = uniqueDbName(`int_rt${i}`);
+        const args = ['restore', '--from', repo('restore-src'), '--db', source, '--identity', f.identityFile, '--target-db', target];
+        const child = startCoffer(args, { env: f.env() });
+        let err = '';
+        child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+        expect(await waitFor(() => err.includes(mark))).toBe(true);
+        await sleep(extraMs);
+        child.kill('SIGTERM');
+        const r = await child;
+        expect((await scratchDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+        if (r.exitCode === 0) {
+          expect(await dataFingerprint(pg, target)).toEqual(fp);
+        } else {
+          expect(r.exitCode, String(r.stderr)).toBe(143);
+          expect(await databaseExists(pg, target)).toBe(false);
+          const again = await runCoffer(args, { env: f.env() });
+          expect(again.code, again.stderr).toBe(0);
+          expect(await dataFingerprint(pg, target)).toEqual(fp);
+        }
+        await dropDatabase(pg, target);
+        return r.exitCode;
+      }),
+    );
+    expect(outcomes.filter((c) => c === 143).length).toBeGreaterThanOrEqual(1);
+    await dropDatabase(pg, source);
+    record({
+      id: 'int-08',
+      area: 'interruption',
+      fault: 'SIGTERM to coffer at 5 random points of a restore',
+      injected: 'kill -TERM a seeded random 0-1.5 s after a random phase (backup selected / opened / scratch created); seed logged',
+      outcome: 'exit 143; the target never created; the scratch database dropped; the next restore into the same name succeeded with identical data',
+      dataLost: 'none',
+    });
+  });
+
+  it('SIGKILL mid-upload: nothing incomplete is listed, and the next backup succeeds', async () => {
+    const prefix = 'sigkill';
+    const p = await slowProxy(300);
+    const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+    expect(await waitFor(() => p.requests('UploadPart').length >= 2)).toBe(true);
+    child.kill('SIGKILL');
+    await child;
+    // pg_dump, orphaned, dies on its broken pipe; the multipart upload stays for the bucket's
+    // AbortIncompleteMultipartUpload rule. No object, nothing listed.
+    expect((await bucketState(f, prefix)).keys).toEqual([]);
+    expect(await listedIds(f, repo(prefix))).toEqual([]);
+    const next = await backupOk(f, repo(prefix), mid, ARGS);
+    expect(await listedIds(f, repo(prefix))).toEqual([next.id]);
+    record({
+      id: 'int-09',
+      area: 'interruption',
+      fault: 'SIGKILL to coffer mid-upload',
+      injected: 'kill -KILL after 2 upload parts',
+      outcome: 'no object and nothing listed (an orphan multipart upload is left for the AbortIncompleteMultipartUpload lifecycle rule); the next backup succeeded and is the only one listed',
+      dataLost: 'none',
+    });
+  });
+});
