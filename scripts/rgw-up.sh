@@ -216,12 +216,12 @@ ceph-authtool --create-keyring "$OSD_DIR/keyring" -n osd.0 --add-key "$OSD_KEY" 
 log "mon on v2:127.0.0.1:$MON_PORT, rgw on 127.0.0.1:$RGW_PORT, dir $DIR"
 FAIL_LOG="$DIR/log/mon.out $DIR/log/mon.a.log"
 monmaptool --create --fsid "$FSID" --addv a "[v2:127.0.0.1:$MON_PORT]" "$DIR/monmap" >/dev/null
-ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$KEYRING" >>"$DIR/log/mon.out" 2>&1 \
+timeout 30 ceph-mon -c "$CONF" --mkfs -i a --monmap "$DIR/monmap" --keyring "$KEYRING" >>"$DIR/log/mon.out" 2>&1 \
   || die "ceph-mon --mkfs failed"
 start_daemon mon ceph-mon -c "$CONF" -i a
 
 # OSD mkfs (BlueStore creates its sparse block file) does not need the mon: overlap it.
-( ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$OSD_UUID" --no-mon-config \
+( timeout 60 ceph-osd -c "$CONF" -i 0 --mkfs --osd-uuid "$OSD_UUID" --no-mon-config \
     >>"$DIR/log/osd-mkfs.out" 2>&1 || { echo "ceph-osd --mkfs failed" >>"$DIR/log/osd-mkfs.out"; exit 1; } ) &
 MKFS_PID=$!
 

@@ -9,8 +9,9 @@ import { createLogger, newRunId, type Logger } from '../observe/log.js';
 import { parseDuration, resolveLogFormat } from '../config/settings.js';
 import { COFFER_VERSION } from '../version.js';
 import type { CliContext } from './context.js';
-
-const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+import { loadConfigFile, type ConfigFile } from '../config/config-file.js';
+import { applyConfig, childSafeEnv, validateConfigFile, withOrigin } from '../config/layers.js';
+import { collect } from '../config/option-specs.js';
 
 interface GlobalFlags {
   logFormat?: string;
@@ -44,23 +45,36 @@ export async function main(argv: string[]): Promise<number> {
   const program = new Command('coffer')
     .description('Encrypted, streaming PostgreSQL backups to S3-compatible storage or a local directory')
     .version(COFFER_VERSION)
-    .addOption(new Option('--log-format <format>', 'text, json or auto (json when stderr is not a terminal)'))
+    .addOption(new Option('--log-format <format>', 'text, json or auto (json when stderr is not a terminal)').choices(['text', 'json', 'auto']))
     .option('--timeout <duration>', 'abort the whole run after this long (e.g. 2h)')
+    .option('--config <file>', 'YAML configuration file (default ./coffer.yaml if present; COFFER_CONFIG)')
     .showHelpAfterError('(run coffer --help for usage)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
 
+  // Configuration: flags > env (COFFER_…) > file > defaults, for every option of every command
+  // (src/config/layers.ts). Runs after parsing, before the action; a bad file or value exits 2.
+  let configFile: ConfigFile | undefined;
+  let secrets: string[] = [];
+  let origins = new Map<string, string>();
+  program.hook('preAction', (_root, action) => {
+    configFile = loadConfigFile(program.opts<{ config?: string }>().config ?? (env.COFFER_CONFIG || undefined), process.cwd());
+    if (configFile) validateConfigFile(program, configFile);
+    ({ secrets, origins } = applyConfig(program, action, env, configFile, process.cwd()));
+  });
+
   let timer: NodeJS.Timeout | undefined;
   const context = (): CliContext => {
     const g = program.opts<GlobalFlags>();
-    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId });
+    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId, secrets });
     if (g.timeout !== undefined) {
       const ms = parseDuration(g.timeout, '--timeout');
       timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${g.timeout}`, { exitCode: ExitCode.timeout })), ms);
       timer.unref();
     }
     return {
-      env,
+      // Children (pg_dump, psql…) get the environment without coffer's and the SDK's secrets.
+      env: childSafeEnv(env),
       stdout: (t) => process.stdout.write(t),
       stderrIsTty: !!process.stderr.isTTY,
       stdoutIsTty: !!process.stdout.isTTY,
@@ -73,7 +87,8 @@ export async function main(argv: string[]): Promise<number> {
   const s3Options = (c: Command): Command =>
     c
       .option('--s3-endpoint <url>', 'S3 endpoint for MinIO/Ceph/… (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)')
-      .option('--s3-region <region>', 'S3 region (default: AWS_REGION, else us-east-1)');
+      .option('--s3-region <region>', 'S3 region (default: AWS_REGION, else us-east-1)')
+      .option('--s3-timeout <duration>', 'fail an S3 request whose connection is silent this long; it is retried (default 2m)');
 
   s3Options(
     program
@@ -97,7 +112,18 @@ export async function main(argv: string[]): Promise<number> {
       .option('--pg-dump-command <command>', 'command prefix to run pg_dump (no shell), e.g. "docker compose exec -T db pg_dump"')
       .option('--pg-dumpall-command <command>', 'command prefix to run pg_dumpall')
       .option('--psql-command <command>', 'command prefix to run psql')
-      .option('--json', 'print the manifests as JSON on stdout'),
+      .option('--json', 'print the manifests as JSON on stdout')
+      .option('--object-lock-mode <mode>', 'write each object with S3 object-lock retention (governance or compliance) for its tier\'s keep period')
+      .option('--keep-daily <period>', 'retention of daily backups (object lock), e.g. 14d')
+      .option('--keep-weekly <period>', 'retention of weekly backups (object lock), e.g. 8w')
+      .option('--keep-monthly <period>', 'retention of monthly backups (object lock), e.g. 12mo')
+      .option('--keep-manual <period>', 'retention of manual backups (object lock), e.g. 90d')
+      .option('--all-databases', 'back up every connectable non-template database (postgres only if it holds user objects)')
+      .option('--wait <duration>', 'if another run holds the lock, wait up to this long (default: exit 6 at once)')
+      .option('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer or TMPDIR/coffer-locks-<uid>)')
+      .option('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run')
+      .option('--notify <url>', 'healthchecks.io-style ping URL: URL/start, URL on success, URL/fail on failure')
+      .option('--webhook <url>', 'POST a JSON summary here per database, on success and on failure'),
   ).action(async (flags) => {
     const { runBackupCommand } = await import('./commands/backup.js');
     await runBackupCommand(flags, context());
@@ -113,6 +139,19 @@ export async function main(argv: string[]): Promise<number> {
   ).action(async (flags) => {
     const { runListCommand } = await import('./commands/list.js');
     await runListCommand(flags, context());
+  });
+
+  s3Options(
+    program
+      .command('status')
+      .description('newest completed backup per database; exits 7 when one is older than --max-age or missing')
+      .option('--from <repository>', 's3://bucket/prefix, file:///path or a directory')
+      .option('--db <name>', 'database that must have a fresh backup (repeatable; default: every database in the repository)', collect)
+      .option('--max-age <duration>', 'oldest acceptable newest backup (default 26h)')
+      .option('--json', 'print a JSON array on stdout'),
+  ).action(async (flags) => {
+    const { runStatusCommand } = await import('./commands/status.js');
+    await runStatusCommand(flags, context());
   });
 
   const sourceOptions = (c: Command): Command =>
@@ -172,6 +211,57 @@ export async function main(argv: string[]): Promise<number> {
       await runDrillCommand(flags, context());
     });
 
+  // Retention: the keep periods (units d, w, mo = 31 d, y = 366 d; whole days rounded up).
+  const keepOptions = (c: Command): Command =>
+    c
+      .option('--keep-daily <period>', 'keep daily backups this long (default 14d)')
+      .option('--keep-weekly <period>', 'keep weekly backups this long (default 8w)')
+      .option('--keep-monthly <period>', 'keep monthly backups this long (default 12mo = 372 days)')
+      .option('--keep-manual <period>', 'keep manual backups this long (default 90d)');
+
+  keepOptions(
+    s3Options(
+      program
+        .command('init')
+        .description('set up an S3 bucket for coffer (admin, once, idempotent): bucket, object lock, lifecycle rules')
+        .option('--to <repository>', 's3://bucket/prefix')
+        .option('--create-bucket', 'create the bucket if it does not exist')
+        .option('--object-lock <mode>', 'governance or compliance: create the bucket with object lock and set its default retention')
+        .option('--dry-run', 'print the plan, change nothing'),
+    ),
+  ).action(async (flags) => {
+    const { runInitCommand } = await import('./commands/init.js');
+    await runInitCommand(flags, context());
+  });
+
+  const retention = program.command('retention').description('retention policy of a repository');
+  keepOptions(
+    s3Options(
+      retention
+        .command('check')
+        .description("compare the bucket's lifecycle and object-lock configuration with the policy; drift exits 7")
+        .option('--from <repository>', 's3://bucket/prefix')
+        .option('--object-lock-mode <mode>', 'also require object lock with this mode (governance or compliance)')
+        .option('--json', 'print the result as JSON on stdout'),
+    ),
+  ).action(async (flags) => {
+    const { runRetentionCheckCommand } = await import('./commands/retention.js');
+    await runRetentionCheckCommand(flags, context());
+  });
+
+  keepOptions(
+    program
+      .command('prune')
+      .description('delete expired backups from a local repository (never the newest --min-keep per database, never foreign files)')
+      .option('--from <repository>', 'the repository directory')
+      .option('--dry-run', 'print what would be deleted, delete nothing')
+      .option('--min-keep <n>', 'always keep this many newest good backups per database (default 3)')
+      .option('--json', 'print the plan as JSON on stdout'),
+  ).action(async (flags) => {
+    const { runPruneCommand } = await import('./commands/prune.js');
+    await runPruneCommand(flags, context());
+  });
+
   program
     .command('keygen')
     .description('create an age X25519 identity (private key); prints its recipient')
@@ -179,6 +269,17 @@ export async function main(argv: string[]): Promise<number> {
     .action(async (flags) => {
       const { runKeygenCommand } = await import('./commands/keygen.js');
       await runKeygenCommand(flags, context());
+    });
+
+  program
+    .command('config')
+    .description('configuration')
+    .command('show')
+    .description('print the effective configuration of every command (file, environment, defaults), secrets redacted')
+    .option('--json', 'print it as JSON on stdout')
+    .action(async (flags) => {
+      const { runConfigShowCommand } = await import('./commands/config.js');
+      runConfigShowCommand(flags, context(), program, configFile, env);
     });
 
   program
@@ -198,7 +299,7 @@ export async function main(argv: string[]): Promise<number> {
       exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
     } else {
       exitCode = exitCodeOf(err);
-      log.error(formatErrorLine(err), { exit: exitCode });
+      log.error(err instanceof UsageError ? withOrigin(formatErrorLine(err), origins) : formatErrorLine(err), { exit: exitCode });
       if (env.COFFER_DEBUG && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`);
     }
   } finally {

@@ -162,6 +162,8 @@ export function spawnChild(
   };
   const onAbort = (): void => kill();
   opts.signal?.addEventListener('abort', onAbort, { once: true });
+  // A run aborted while this child was being set up: its listener would never fire.
+  if (opts.signal?.aborted) kill();
   const done = new Promise<void>((resolve, reject) => {
     child.once('error', (err: NodeJS.ErrnoException) => {
       opts.signal?.removeEventListener('abort', onAbort);
@@ -169,9 +171,20 @@ export function spawnChild(
         reject(new DatabaseError(`${opts.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }));
       } else reject(new DatabaseError(`${opts.what}: cannot start ${cmd}: ${err.message}`, { cause: err }));
     });
+    // 'close' waits for the child's pipes to be drained as well as for its exit. A pipe that
+    // nobody reads any more (its consumer failed) would hold that forever, so once the process
+    // has exited, its pipes get a short grace period and are then destroyed.
+    let drainTimer: NodeJS.Timeout | undefined;
+    child.once('exit', () => {
+      drainTimer = setTimeout(() => {
+        for (const s of [child.stdin, child.stdout, child.stderr]) s?.destroy();
+      }, 2000);
+      drainTimer.unref();
+    });
     child.once('close', (code, sig) => {
       opts.signal?.removeEventListener('abort', onAbort);
       if (killTimer) clearTimeout(killTimer);
+      if (drainTimer) clearTimeout(drainTimer);
       if (code === 0) return resolve();
       const tail = stderr.lastLines();
       const how = sig ? `was killed by ${sig}` : `exited with code ${code}`;

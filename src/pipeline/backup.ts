@@ -12,6 +12,7 @@ import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo
 import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
 import type { Logger } from '../observe/log.js';
 import { chooseTier } from '../retention/tiers.js';
+import { TIER_TAG } from '../retention/lifecycle.js';
 import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
@@ -83,17 +84,19 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     const content: DumpContent = `${req.kind === 'custom' ? 'custom' : 'sql'}${req.compression.kind === 'zstd' ? '+zstd' : ''}` as DumpContent;
     const keys = backupKeys(req.database, tier, id, content);
     const retention = req.retentionFor?.(tier, startedAt);
+    // Every object carries its tier as a tag: the bucket's lifecycle rules (coffer init) filter on it.
+    const tags = { [TIER_TAG]: tier };
     const partSize = choosePartSize(server.databaseSizeBytes, req.maxParts, req.partSize);
     req.log.info('backup started', { database: req.database, id, tier, key: keys.dump, server: server.serverVersion, pg_dump: dumpVersion.major, partSize });
 
     // 3. Globals first (small), then the dump; the manifest last.
     let globals: StoredObject | null = null;
     if (req.globals) {
-      globals = await streamObject(req, ac, keys.globals, 'globals', partSize, retention, (signal) =>
+      globals = await streamObject(req, ac, keys.globals, 'globals', partSize, retention, tags, (signal) =>
         startGlobalsDump(req, server, env, signal),
       );
     }
-    const dump = await streamObject(req, ac, keys.dump, 'dump', partSize, retention, (signal) => startDump(req, env, signal));
+    const dump = await streamObject(req, ac, keys.dump, 'dump', partSize, retention, tags, (signal) => startDump(req, env, signal));
 
     if (ac.signal.aborted) throw interrupted(ac.signal);
     const finishedAt = now();
@@ -124,7 +127,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       manualRestore: manualRestoreHint(keys.dump, req.kind, req.compression),
     };
     try {
-      await req.store.putBytes(keys.manifest, encodeManifest(manifest), { signal: ac.signal, retention, contentType: 'application/json' });
+      await req.store.putBytes(keys.manifest, encodeManifest(manifest), { signal: ac.signal, retention, tags, contentType: 'application/json' });
     } catch (err) {
       await removeOrphans(req, [keys.dump, ...(globals ? [keys.globals] : [])]);
       throw err;
@@ -212,6 +215,7 @@ async function streamObject(
   what: string,
   partSize: number,
   retention: ObjectRetention | undefined,
+  tags: Record<string, string>,
   start: (signal: AbortSignal) => Producer,
 ): Promise<StoredObject> {
   let firstError: unknown;
@@ -261,6 +265,7 @@ async function streamObject(
       partSize,
       queueSize: chooseQueueSize(partSize),
       retention,
+      tags,
       onProgress: req.onProgress,
     });
     await childrenDone;
@@ -268,6 +273,9 @@ async function streamObject(
     return { key, size, sha256: hash.digest('hex'), dumpBytes: producer.producedBytes() };
   } catch (err) {
     fail(err);
+    // Tear the stream down too: nobody reads it any more, and its pipes must close.
+    body.destroy();
+    producer.stdout.destroy();
     for (const c of producer.children) c.kill();
     await Promise.allSettled(producer.children.map((c) => c.done));
     throw pickCause(firstError, err);

@@ -82,6 +82,13 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   let scratch: string | undefined;
   let spool: string | undefined;
   try {
+    // 0. A data-only backup has rows but no tables: it cannot make a database on its own. It is
+    //    loaded into a database that already has the schema: `--output FILE`, then psql.
+    if (req.source.kind === 'repository' && req.source.entry.manifest.kind === 'data-only') {
+      throw new UsageError(`backup ${req.source.entry.id} is data-only: it holds rows but no tables, so it cannot be restored into a new database`, {
+        hint: 'restore a schema first (a --schema-only or full backup), then write this one with --output FILE and load it with `psql -v ON_ERROR_STOP=1 -1 -d DB -f FILE`',
+      });
+    }
     // 1. Refuse an existing target before anything else, unless asked to replace it.
     const targetExists = await admin.exists(req.target);
     if (targetExists && !req.replace) {
@@ -96,8 +103,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
 
     // 3. Globals first (roles the dump refers to), then a scratch database.
     if (req.withGlobals) await applyGlobals(req, admin, env, ac.signal);
+    if (ac.signal.aborted) throw ac.signal.reason;
     scratch = scratchName(req.target);
     await admin.create(scratch);
+    if (ac.signal.aborted) throw ac.signal.reason;
     req.log.info('restoring into a scratch database', { scratch });
 
     // 4. The data.
@@ -199,8 +208,11 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     children.push(list);
     targets.push({ name: 'toc', stream: list.child.stdin!, kind: 'child' });
   }
+  let spoolErr: NodeJS.ErrnoException | undefined;
   if (spool) {
-    targets.push({ name: 'spool', stream: createWriteStream(spool, { flags: 'wx', mode: 0o600 }), kind: 'file' });
+    const file = createWriteStream(spool, { flags: 'wx', mode: 0o600 });
+    file.on('error', (err) => (spoolErr ??= err));
+    targets.push({ name: 'spool', stream: file, kind: 'file' });
   } else if (opened.format === 'custom') {
     restore = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore' });
   } else {
@@ -235,10 +247,14 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     fan.once('close', resolve);
   });
   if (streamErr !== undefined) {
-    ac.abort(streamErr);
+    // A failed spool write (disk full) is the cause; what the other stages report is its echo.
+    // Taken once, here: the stages torn down below report echoes ("aborted") that must not
+    // replace it (the archive's error listener would overwrite streamErr).
+    const cause = spool && spoolErr ? spoolError(spool, spoolErr) : streamErr;
+    ac.abort(cause);
     for (const c of children) c.kill();
     await Promise.allSettled(children.map((c) => c.done));
-    throw explainRestoreError(streamErr);
+    throw explainRestoreError(cause);
   }
   const results = await Promise.allSettled(children.map((c) => c.done));
   const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -253,6 +269,16 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     }
   }
   return Buffer.concat(listOut).toString('utf8');
+}
+
+/** A write error of the spool file, as a one-line StorageError saying what to do. */
+function spoolError(spool: string, err: NodeJS.ErrnoException): StorageError {
+  const dir = path.dirname(path.dirname(spool));
+  const hint = 'use --spool-dir on a filesystem with more free space, or restore without --jobs (streams, no spool)';
+  if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
+    return new StorageError('Failed', `no space left on the spool directory ${dir} while spooling the archive for --jobs`, { cause: err, hint });
+  }
+  return new StorageError('Failed', `cannot write the spool file in ${dir}: ${err.code ?? err.message}`, { cause: err, hint });
 }
 
 function restoreFlags(req: RestoreRequest): string[] {

@@ -12,6 +12,7 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
+import { createHash } from 'node:crypto';
 import { Readable, Transform } from 'node:stream';
 import { StorageError } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from './object-store.js';
@@ -60,7 +61,11 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: new NodeHttpHandler({
         connectionTimeout: options.connectTimeoutMs ?? 10_000,
-        requestTimeout: options.requestTimeoutMs ?? 120_000,
+        // The idle timeout: a request (upload or download, headers or body) whose socket is
+        // silent this long fails with TimeoutError and is retried or resumed. (`requestTimeout`
+        // of this handler only logs a warning unless throwOnRequestTimeout is set, and a
+        // whole-request limit would fail slow but healthy multi-GB downloads.)
+        socketTimeout: options.requestTimeoutMs ?? 120_000,
         httpAgent: new HttpAgent(agentOptions),
         httpsAgent: new HttpsAgent(agentOptions),
       }),
@@ -91,19 +96,31 @@ export class S3Store implements ObjectStore {
     // Every request of this upload carries our signal, so an abort also cancels parts in flight.
     // The UploadId is captured so that the multipart upload can be aborted whatever happens.
     let uploadId: string | undefined;
+    let creating: Promise<unknown> | undefined;
     const real = this.client;
     const client = new Proxy(real, {
       get(target, prop, receiver) {
         if (prop === 'send') {
-          return async (command: { constructor: { name: string } }, opts?: object) => {
-            const out = await (target.send as (c: unknown, o?: object) => Promise<Record<string, unknown>>)(command, {
-              ...opts,
-              abortSignal: options.signal,
-            });
-            if (command.constructor.name === 'CreateMultipartUploadCommand' && typeof out.UploadId === 'string') {
-              uploadId = out.UploadId;
+          return async (command: { constructor: { name: string }; input?: { Body?: unknown; ContentMD5?: string } }, opts?: object) => {
+            // Object lock: AWS S3 requires Content-MD5 (or a checksum) on every upload request
+            // carrying retention. lib-storage hands parts over as buffers, so it is cheap to add
+            // (and RGW/MinIO verify it too).
+            const name = command.constructor.name;
+            if (options.retention && (name === 'UploadPartCommand' || name === 'PutObjectCommand') && command.input?.Body instanceof Uint8Array) {
+              command.input.ContentMD5 = contentMd5(command.input.Body);
             }
-            return out;
+            const send = (target.send as (c: unknown, o?: object) => Promise<Record<string, unknown>>).bind(target);
+            if (name === 'CreateMultipartUploadCommand') {
+              // Not cancelled by our signal: a CreateMultipartUpload that reached the server but
+              // whose answer was dropped would leave an upload we cannot abort (no UploadId). It
+              // is short and bounded by the socket timeout; the parts after it see the abort.
+              const pending = send(command, opts);
+              creating = pending.catch(() => undefined);
+              const created = await pending;
+              if (typeof created.UploadId === 'string') uploadId = created.UploadId;
+              return created;
+            }
+            return send(command, { ...opts, abortSignal: options.signal });
           };
         }
         return Reflect.get(target, prop, receiver) as unknown;
@@ -130,10 +147,11 @@ export class S3Store implements ObjectStore {
       return { size };
     } catch (err) {
       if (!counter.destroyed) counter.destroy();
+      await creating;
       await this.abortMultipart(Key, () => uploadId);
       // An error of the body (the producer: pg_dump, encryption…) is the real cause.
       const bodyErr = (counter as unknown as { errored?: unknown }).errored ?? (body as unknown as { errored?: unknown }).errored;
-      if (bodyErr && !(bodyErr instanceof StorageError && bodyErr.code === 'Aborted')) throw bodyErr;
+      if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
       if (err instanceof StorageError) throw err;
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
       throw s3Error(err, `upload ${this.fullName(key)}`);
@@ -177,6 +195,8 @@ export class S3Store implements ObjectStore {
       ContentType: options?.contentType ?? 'application/octet-stream',
       // Write-once: never replace an existing object (412 if the key exists).
       IfNoneMatch: '*',
+      // Verified by the server; also what AWS S3 requires for uploads with object-lock retention.
+      ContentMD5: contentMd5(data),
       ...lockParams(options?.retention),
       ...tagging(options?.tags),
     };
@@ -261,6 +281,11 @@ export class S3Store implements ObjectStore {
   }
 }
 
+/** Base64 MD5 of a body, for the Content-MD5 header. */
+function contentMd5(data: Uint8Array): string {
+  return createHash('md5').update(data).digest('base64');
+}
+
 function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInput> {
   return r ? { ObjectLockMode: r.mode, ObjectLockRetainUntilDate: r.retainUntil } : {};
 }
@@ -268,6 +293,22 @@ function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInp
 function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
   if (!tags || Object.keys(tags).length === 0) return {};
   return { Tagging: new URLSearchParams(tags).toString() };
+}
+
+/**
+ * Errors a stream reports only because it was torn down (our own abort, a destroyed pipe), not a
+ * cause: when the upload fails, the body sees these, and the upload's error is the one to report.
+ */
+function isAbortEcho(err: unknown): boolean {
+  const e = err as { name?: string; code?: string };
+  return (
+    (err instanceof StorageError && err.code === 'Aborted') ||
+    e?.name === 'AbortError' ||
+    e?.code === 'ABORT_ERR' ||
+    e?.code === 'ERR_STREAM_PREMATURE_CLOSE' ||
+    e?.code === 'ERR_STREAM_DESTROYED' ||
+    e?.code === 'EPIPE'
+  );
 }
 
 /** Maps an AWS SDK / network error to the store contract's StorageError. */

@@ -6,7 +6,7 @@
  * Several servers can run side by side (own dirs and ports). See
  * /work/shared/notes/s3-test-server.md for what RGW 16 supports and its quirks.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -60,17 +60,34 @@ function installExitHook(): void {
     live.clear();
   });
   // A signal's default action skips 'exit' handlers. Only take over signals nobody else
-  // handles (a test runner may have its own); clean up, then die of the same signal.
+  // handles (a test runner may have its own); clean up, then, if still nobody else handles the
+  // signal, die of it as the default action would have.
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     if (process.listenerCount(sig) > 0) continue;
     const onSignal = (): void => {
       for (const dir of live) stopSync(dir);
       live.clear();
       process.removeListener(sig, onSignal);
-      process.kill(process.pid, sig);
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
     };
     process.on(sig, onSignal);
   }
+}
+
+/**
+ * A detached shell that stops the cluster if this process dies without cleaning up (SIGKILL,
+ * crash); it exits by itself once dir is gone (normal stop()).
+ */
+function startWatchdog(dir: string): void {
+  const script =
+    'P=$1; D=$2; DOWN=$3; while kill -0 "$P" 2>/dev/null; do [ -d "$D" ] || exit 0; sleep 1; done; ' +
+    '[ -d "$D" ] && exec bash "$DOWN" "$D"';
+  const child = spawn('bash', ['-c', script, 'coffer-rgw-watchdog', String(process.pid), dir, DOWN], {
+    detached: true,
+    stdio: 'ignore',
+  });
+  child.on('error', () => {});
+  child.unref();
 }
 
 function envName(user: string): string {
@@ -83,7 +100,8 @@ function tail(text: string, lines: number): string {
 
 /**
  * Starts a throwaway RGW via scripts/rgw-up.sh in a fresh temp dir (mkdtemp under os.tmpdir());
- * stop() runs rgw-down.sh. Also registers process exit cleanup best-effort.
+ * stop() runs rgw-down.sh. Also registers process exit cleanup best-effort (an 'exit' hook, and a
+ * detached watchdog that stops the cluster if this process is killed outright).
  * Users get random keys; the S3 user `coffer-admin` always exists (keys in `admin`).
  * Env: RGW_OSD_SIZE_GB (sparse OSD file size, default 10), COFFER_RGW_VERBOSE=1 (echo the
  * bring-up log to stderr).
@@ -104,6 +122,7 @@ async function startOnce(users: string[]): Promise<RgwServer> {
   const dir = await mkdtemp(join(base, 'coffer-rgw-'));
   installExitHook();
   live.add(dir);
+  startWatchdog(dir);
   const res = await execa('bash', [UP, dir], {
     env: { RGW_USERS: users.join(' ') },
     reject: false,

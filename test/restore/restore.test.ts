@@ -48,8 +48,9 @@ afterAll(async () => {
   await fsp.rm(tmp, { recursive: true, force: true });
 });
 
-async function scratchLeft(): Promise<string[]> {
-  return (await listDatabases(pg)).filter((d) => d.includes('__restoring_'));
+/** Scratch databases of restores into targets starting with `prefix` (other test files run restores concurrently). */
+async function scratchLeft(prefix: string): Promise<string[]> {
+  return (await listDatabases(pg)).filter((d) => d.startsWith(prefix) && d.includes('__restoring_'));
 }
 
 async function expectSameDatabase(a: string, b: string): Promise<void> {
@@ -67,7 +68,7 @@ describe('restore round trip', () => {
     expect(summary.checks.tocTables).toBeGreaterThan(5);
     expect(Number(summary.checks.smoke[0]!.output)).toBeGreaterThan(100);
     await expectSameDatabase(source, target);
-    expect(await scratchLeft()).toEqual([]);
+    expect(await scratchLeft(source)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
@@ -143,13 +144,13 @@ describe('a failed restore changes nothing', () => {
       expect(errorLine(res.stderr)).toMatch(/authentication failed|truncated/);
       expect(res.stderr).toContain('scratch database dropped');
       expect(await databaseExists(pg, target)).toBe(false);
-      expect(await scratchLeft()).toEqual([]);
+      expect(await scratchLeft(big)).toEqual([]);
       // In the repository: the object replaced in place (as an attacker or bit rot would).
       await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}`, Body: data }));
       const viaRepo = await runCoffer(['restore', '--from', `s3://${bucket}/tamper`, '--identity', identityFile, '--target-db', target], { env: env() });
       expect(viaRepo.code, viaRepo.stderr).toBe(5);
       expect(await databaseExists(pg, target)).toBe(false);
-      expect(await scratchLeft()).toEqual([]);
+      expect(await scratchLeft(big)).toEqual([]);
       const verify = await runCoffer(['verify', '--from', `s3://${bucket}/tamper`, '--identity', identityFile], { env: env() });
       expect(verify.code).toBe(5);
     }
@@ -183,7 +184,7 @@ describe('a failed restore changes nothing', () => {
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/smoke check failed.*no_such_table/);
     expect(await databaseExists(pg, target)).toBe(false);
-    expect(await scratchLeft()).toEqual([]);
+    expect(await scratchLeft(source)).toEqual([]);
   });
 });
 
@@ -197,7 +198,7 @@ describe('verify and drill', () => {
 
     const resultFile = path.join(tmp, 'drill.json');
     // Other test files share the cluster: look only at what a drill creates.
-    const drillLeft = async (): Promise<string[]> => (await listDatabases(pg)).filter((d) => d.startsWith('coffer_drill_') || d.includes('__restoring_'));
+    const drillLeft = async (): Promise<string[]> => (await listDatabases(pg)).filter((d) => d.startsWith('coffer_drill_'));
     const d = await runCoffer(['drill', '--from', repoUrl(), '--identity', identityFile, '--smoke', 'SELECT 1', '--result-file', resultFile], { env: env() });
     expect(d.code, d.stderr).toBe(0);
     const rec = JSON.parse(await fsp.readFile(resultFile, 'utf8')) as { ok: boolean; tables: number; rows: unknown[]; backupId: string };

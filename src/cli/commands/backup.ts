@@ -1,5 +1,11 @@
-import { readFileSync } from 'node:fs';
-import { UsageError } from '../../errors.js';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import * as path from 'node:path';
+import { hostname } from 'node:os';
+import { CofferError, InterruptedError, UsageError, formatErrorLine } from '../../errors.js';
+import { acquireBackupLock, defaultLockDir, type HeldLock } from '../../ops/lock.js';
+import { listAllDatabases } from '../../ops/all-databases.js';
+import { writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
+import { Notifier } from '../../observe/notify.js';
 import { parseRecipient, readRecipientsFile } from '../../crypto/age.js';
 import { runBackup, type BackupResult, type DumpKind } from '../../pipeline/backup.js';
 import { parseConnectionString, databaseOf } from '../../pg/connection.js';
@@ -9,16 +15,17 @@ import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
 import {
   checkDatabaseName,
-  envValue,
   parseCompression,
+  parseDuration,
   parseOptionalSize,
   parsePositiveInt,
   parseTier,
-  recipientsFromEnv,
   resolveRepository,
   resolveS3Settings,
 } from '../../config/settings.js';
 import type { CliContext } from '../context.js';
+import type { Tier } from '../../catalog/layout.js';
+import { parseObjectLockMode, parseRetentionPolicy, retainUntil } from '../../retention/policy.js';
 
 export interface BackupFlags {
   to?: string;
@@ -42,48 +49,114 @@ export interface BackupFlags {
   pgDumpallCommand?: string;
   psqlCommand?: string;
   json?: boolean;
+  objectLockMode?: string;
+  keepDaily?: string;
+  keepWeekly?: string;
+  keepMonthly?: string;
+  keepManual?: string;
+  /** Every connectable non-template database (`postgres` only when it holds user objects). */
+  allDatabases?: boolean;
+  /** Poll this long for a held lock before exiting 6 (default: do not wait). */
+  wait?: string;
+  lockDir?: string;
+  metricsFile?: string;
+  notify?: string;
+  webhook?: string;
+  /** Secret settings attached by the config layer (never flags). */
+  pgPassword?: string;
+  s3AccessKeyId?: string;
+  s3SecretAccessKey?: string;
 }
 
-/** `coffer backup`: one backup per database named; stops at the first failure. */
+/** What happened to one database of the run. */
+interface Outcome {
+  database: string;
+  result?: BackupResult;
+  error?: unknown;
+  durationMs: number;
+}
+
+/**
+ * `coffer backup`: one backup per database, each under its own lock (host lock file plus a
+ * PostgreSQL advisory lock). A database that fails does not stop the others; the run then exits
+ * with the first failure's code. Metrics, pings and webhooks report every run, success or not.
+ */
 export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Promise<BackupResult[]> {
   const env = ctx.env;
   // Validate everything before touching the database or the repository.
   const repo = resolveRepository(flags.to, env, './backups');
   const s3 = resolveS3Settings(flags, env);
-  const recipients = [...(flags.recipient ?? []), ...recipientsFromEnv(env)].map(parseRecipient);
-  for (const f of [...(flags.recipientsFile ?? []), ...(env.COFFER_RECIPIENTS_FILE ? [env.COFFER_RECIPIENTS_FILE] : [])]) {
+  const recipients = (flags.recipient ?? []).map(parseRecipient);
+  for (const f of flags.recipientsFile ?? []) {
     recipients.push(...(await readRecipientsFile(f)));
   }
   if (recipients.length === 0) {
-    throw new UsageError('no recipients: backups are always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE (create a key with `coffer keygen`)' });
+    throw new UsageError('no recipients: backups are always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE, or set recipients/recipientsFile in coffer.yaml (create a key with `coffer keygen`)' });
   }
   if (flags.schemaOnly && flags.dataOnly) throw new UsageError('--schema-only and --data-only cannot be combined');
   const kind: DumpKind = flags.schemaOnly ? 'schema-only' : flags.dataOnly ? 'data-only' : 'custom';
-  const compression = parseCompression(flags.compress ?? env.COFFER_COMPRESS);
+  const compression = parseCompression(flags.compress);
   if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
     throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
   }
+  // Object lock: each object is retained for its tier's keep period (policy.ts rounds up).
+  const lockMode = parseObjectLockMode(flags.objectLockMode, '--object-lock-mode');
+  const keepPolicy = parseRetentionPolicy(flags);
+  const retentionFor = lockMode ? (t: Tier, now: Date) => ({ mode: lockMode, retainUntil: retainUntil(keepPolicy, t, now) }) : undefined;
   const tier = parseTier(flags.tier ?? (flags.label !== undefined ? 'manual' : undefined));
   const partSize = parseOptionalSize(flags.partSize, '--part-size');
   const maxParts = parsePositiveInt(flags.maxParts, '--max-parts', 10_000, 10_000);
-  const password = envValue(env, 'COFFER_PGPASSWORD', (p) => readFileSync(p, 'utf8'));
-  const conn = parseConnectionString(flags.dbname ?? env.COFFER_DBNAME);
-  if (password !== undefined && conn.password === undefined) conn.password = password;
-  const dbs = flags.db && flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];
-  for (const d of dbs) checkDatabaseName(d);
+  const conn = parseConnectionString(flags.dbname);
+  // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
+  if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
+  if (flags.allDatabases && flags.db && flags.db.length > 0) throw new UsageError('--all-databases and --db cannot be combined');
+  const explicitDbs = flags.db && flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];
+  if (!flags.allDatabases) for (const d of explicitDbs) checkDatabaseName(d);
   const tools = resolvePgTools({
-    binDir: flags.pgBin ?? env.COFFER_PG_BIN,
-    pgDumpCommand: flags.pgDumpCommand ?? env.COFFER_PG_DUMP_COMMAND,
-    pgDumpallCommand: flags.pgDumpallCommand ?? env.COFFER_PG_DUMPALL_COMMAND,
-    psqlCommand: flags.psqlCommand ?? env.COFFER_PSQL_COMMAND,
+    binDir: flags.pgBin,
+    pgDumpCommand: flags.pgDumpCommand,
+    pgDumpallCommand: flags.pgDumpallCommand,
+    psqlCommand: flags.psqlCommand,
   });
+  const waitMs = flags.wait === undefined ? 0 : parseDuration(flags.wait, '--wait');
+  const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env));
+  const metricsFile = flags.metricsFile === undefined ? undefined : path.resolve(ctx.cwd, flags.metricsFile);
+  if (metricsFile !== undefined) {
+    try {
+      accessSync(path.dirname(metricsFile), fsConstants.W_OK);
+    } catch {
+      throw new UsageError(`--metrics-file ${flags.metricsFile}: its directory does not exist or is not writable`, {
+        hint: 'point it into the node_exporter textfile directory, e.g. /var/lib/prometheus/node-exporter/coffer.prom',
+      });
+    }
+  }
+  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
 
   const store = await openStore(repo, s3);
+  notifier.start();
   const results: BackupResult[] = [];
+  const outcomes: Outcome[] = [];
+  let fatal: unknown;
   try {
+    const dbs = flags.allDatabases ? await listAllDatabases(tools, conn, { env, signal: ctx.signal }) : explicitDbs;
+    if (flags.allDatabases) ctx.log.info('databases to back up', { databases: dbs.join(',') });
     for (const database of dbs) {
+      const started = Date.now();
       const progress = new Progress(`backup ${database}`, ctx.stderrIsTty);
+      let lock: HeldLock | undefined;
       try {
+        lock = await acquireBackupLock({
+          repository: store.location,
+          database,
+          lockDir,
+          runId: ctx.log.runId,
+          tools,
+          conn,
+          env,
+          waitMs,
+          signal: ctx.signal,
+          log: ctx.log,
+        });
         const r = await runBackup({
           store,
           tools,
@@ -93,6 +166,7 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
           compression,
           kind,
           tier,
+          retentionFor,
           label: flags.label,
           partSize,
           maxParts,
@@ -104,16 +178,79 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
           onProgress: (b) => progress.update(b),
         });
         results.push(r);
+        outcomes.push({ database, result: r, durationMs: Date.now() - started });
+      } catch (err) {
+        outcomes.push({ database, error: err, durationMs: Date.now() - started });
+        if (dbs.length > 1) ctx.log.error(`backup of ${JSON.stringify(database)} failed: ${formatErrorLine(err)}`, { database });
+        if (err instanceof InterruptedError || ctx.signal.aborted) {
+          fatal = err;
+          break;
+        }
       } finally {
         progress.stop();
+        await lock?.release();
       }
     }
+  } catch (err) {
+    fatal = err;
   } finally {
     store.close();
   }
-  if (flags.json) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
-  else if (ctx.stdoutIsTty) {
+
+  await report(ctx, store.location, outcomes, notifier, metricsFile);
+  const failed = outcomes.filter((o) => o.error !== undefined);
+  const error = fatal ?? (failed.length === 0 ? undefined : failed.length === 1 && outcomes.length === 1 ? failed[0]!.error : summaryError(failed, outcomes.length));
+  // The backups that were made are reported even when others of the run failed.
+  if (flags.json && (results.length > 0 || error === undefined)) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
+  else if (!flags.json && ctx.stdoutIsTty) {
     for (const r of results) ctx.stdout(`${r.manifest.id}  ${r.manifest.database}  ${r.manifest.tier}  ${formatBytes(r.manifest.dump.size)}\n`);
   }
+  if (error !== undefined) {
+    await notifier.failure(formatErrorLine(error));
+    throw error;
+  }
+  await notifier.success();
   return results;
+}
+
+/** One error for a run where some of several databases failed: the first failure's kind. */
+function summaryError(failed: Outcome[], total: number): Error {
+  const first = failed[0]!.error;
+  const names = failed.map((o) => JSON.stringify(o.database)).join(', ');
+  const msg = `${failed.length} of ${total} database backups failed: ${names} (each is logged above; the others succeeded)`;
+  if (first instanceof CofferError) return new CofferError(first.kind, msg, { hint: formatErrorLine(first) });
+  return new Error(msg, { cause: first });
+}
+
+/** Metrics file and webhooks for every database of the run; never throws. */
+async function report(ctx: CliContext, repository: string, outcomes: Outcome[], notifier: Notifier, metricsFile: string | undefined): Promise<void> {
+  const now = Date.now() / 1000;
+  for (const o of outcomes) {
+    await notifier.webhook({
+      event: o.error === undefined ? 'backup.success' : 'backup.failure',
+      database: o.database,
+      repository,
+      host: hostname(),
+      runId: ctx.log.runId,
+      id: o.result?.manifest.id ?? null,
+      tier: o.result?.manifest.tier ?? null,
+      bytes: o.result?.manifest.dump.size ?? null,
+      durationSeconds: o.durationMs / 1000,
+      error: o.error === undefined ? null : formatErrorLine(o.error),
+    });
+  }
+  if (metricsFile === undefined || outcomes.length === 0) return;
+  const rows: BackupRunMetrics[] = outcomes.map((o) => ({
+    repository,
+    database: o.database,
+    success: o.error === undefined,
+    finishedAt: o.result ? Date.parse(o.result.manifest.finishedAt) / 1000 : now,
+    durationSeconds: o.durationMs / 1000,
+    bytes: o.result?.manifest.dump.size ?? 0,
+  }));
+  try {
+    await writeBackupMetrics(metricsFile, rows);
+  } catch (err) {
+    ctx.log.warn(`could not write the metrics file: ${formatErrorLine(err)}`);
+  }
 }

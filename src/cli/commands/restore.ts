@@ -6,7 +6,7 @@ import { UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry } from '../../catalog/catalog.js';
 import { parseBackupSelector } from '../../catalog/layout.js';
 import { checkDatabaseName, parsePositiveInt, resolveRepository, resolveS3Settings } from '../../config/settings.js';
-import { parseConnectionString } from '../../pg/connection.js';
+import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
 import { resolvePgTools, type PgTools } from '../../pg/tools.js';
 import { PgAdmin } from '../../pg/admin.js';
 import { runRestore, restoreToFile, type RestoreSource, type RestoreSummary } from '../../pipeline/restore.js';
@@ -29,6 +29,8 @@ interface SourceFlags {
 
 interface ServerFlags {
   dbname?: string;
+  /** From COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File), attached by the config layer. */
+  pgPassword?: string;
   maintenanceDb?: string;
   pgBin?: string;
   pgRestoreCommand?: string;
@@ -49,9 +51,9 @@ export interface RestoreFlags extends SourceFlags, ServerFlags {
 }
 
 async function loadIdentities(flags: SourceFlags, ctx: CliContext): Promise<string[]> {
-  const files = [...(flags.identity ?? []), ...(ctx.env.COFFER_IDENTITY_FILE ? [ctx.env.COFFER_IDENTITY_FILE] : [])];
+  const files = flags.identity ?? [];
   if (files.length === 0) {
-    throw new UsageError('no identity: restoring needs the age identity (private key) file', { hint: 'pass --identity FILE or set COFFER_IDENTITY_FILE' });
+    throw new UsageError('no identity: restoring needs the age identity (private key) file', { hint: 'pass --identity FILE, set identity: in coffer.yaml, or COFFER_IDENTITY (or COFFER_IDENTITY_FILE)' });
   }
   const ids: string[] = [];
   for (const f of files) ids.push(...(await readIdentityFile(f)));
@@ -60,10 +62,17 @@ async function loadIdentities(flags: SourceFlags, ctx: CliContext): Promise<stri
 
 function tools(flags: ServerFlags, ctx: CliContext): PgTools {
   return resolvePgTools({
-    binDir: flags.pgBin ?? ctx.env.COFFER_PG_BIN,
-    pgRestoreCommand: flags.pgRestoreCommand ?? ctx.env.COFFER_PG_RESTORE_COMMAND,
-    psqlCommand: flags.psqlCommand ?? ctx.env.COFFER_PSQL_COMMAND,
+    binDir: flags.pgBin,
+    pgRestoreCommand: flags.pgRestoreCommand,
+    psqlCommand: flags.psqlCommand,
   });
+}
+
+/** The target server: `--dbname` (COFFER_RESTORE_DBNAME, `restore: dbname:`), plus pgPassword. */
+function serverConnection(flags: ServerFlags): ConnectionSpec {
+  const conn = parseConnectionString(flags.dbname);
+  if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
+  return conn;
 }
 
 /** Opens the repository (unless --file) and finds the backup. */
@@ -105,7 +114,7 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
   if (flags.targetDb === undefined) throw new UsageError('--target-db is required (the new database to restore into)', { hint: 'or --output FILE to write the archive to a file' });
   const target = checkDatabaseName(flags.targetDb, '--target-db');
   const jobs = parsePositiveInt(flags.jobs, '--jobs', 1, 64);
-  const conn = parseConnectionString(flags.dbname ?? ctx.env.COFFER_RESTORE_DBNAME);
+  const conn = serverConnection(flags);
   const t = tools(flags, ctx);
   const smoke = [...(flags.smoke ?? [])];
   const summary = await withSource(flags, ctx, async (source) => {
@@ -213,7 +222,7 @@ export interface DrillResult {
 export async function runDrillCommand(flags: DrillFlags, ctx: CliContext): Promise<DrillResult> {
   const started = new Date();
   const identities = await loadIdentities(flags, ctx);
-  const conn = parseConnectionString(flags.dbname ?? ctx.env.COFFER_RESTORE_DBNAME);
+  const conn = serverConnection(flags);
   const t = tools(flags, ctx);
   const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
   const admin = new PgAdmin(t, conn, flags.maintenanceDb ?? 'postgres', ctx.env);
