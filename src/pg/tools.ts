@@ -171,18 +171,24 @@ export function spawnChild(
         reject(new DatabaseError(`${opts.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }));
       } else reject(new DatabaseError(`${opts.what}: cannot start ${cmd}: ${err.message}`, { cause: err }));
     });
-    // 'close' waits for the child's pipes to be drained as well as for its exit. A pipe that
-    // nobody reads any more (its consumer failed) would hold that forever, so once the process
-    // has exited, its pipes get a short grace period and are then destroyed.
+    // 'close' waits for the child's pipes to be drained as well as for its exit. In a run that
+    // was aborted, a pipe that nobody reads any more would hold that forever; so once the run is
+    // aborted AND the process has exited, its pipes get a short grace period and are then
+    // destroyed. Never in a healthy run: there, unread output is data, and must not be lost.
     let drainTimer: NodeJS.Timeout | undefined;
-    child.once('exit', () => {
+    const destroyPipesLater = (): void => {
+      if (drainTimer || (child.exitCode === null && child.signalCode === null)) return;
+      if (!opts.signal?.aborted) return;
       drainTimer = setTimeout(() => {
         for (const s of [child.stdin, child.stdout, child.stderr]) s?.destroy();
       }, 2000);
       drainTimer.unref();
-    });
+    };
+    child.once('exit', destroyPipesLater);
+    opts.signal?.addEventListener('abort', destroyPipesLater, { once: true });
     child.once('close', (code, sig) => {
       opts.signal?.removeEventListener('abort', onAbort);
+      opts.signal?.removeEventListener('abort', destroyPipesLater);
       if (killTimer) clearTimeout(killTimer);
       if (drainTimer) clearTimeout(drainTimer);
       if (code === 0) return resolve();
