@@ -60,7 +60,15 @@ async function slowProxy(ms: number): Promise<FaultProxy> {
 
 /** The pg_dump child of the coffer process `parent` (by /proc PPID: the database is not always on its command line). */
 async function pgDumpPid(parent: number | undefined): Promise<number | undefined> {
-  for (const name of await fsp.readdir('/proc')) {
+  // The kernel's list of the parent's children is quick to read, so a short dump is not missed
+  // while a full /proc scan is still running (a full scan is the fallback).
+  let candidates: string[];
+  try {
+    candidates = (await fsp.readFile(`/proc/${parent}/task/${parent}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean);
+  } catch {
+    candidates = await fsp.readdir('/proc');
+  }
+  for (const name of candidates) {
     if (!/^\d+$/.test(name)) continue;
     try {
       const argv = (await fsp.readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0');
