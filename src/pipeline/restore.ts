@@ -14,7 +14,7 @@ import { compactTimestamp } from '../catalog/layout.js';
 import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { openArchive, type OpenedArchive } from './archive.js';
-import { FanOut, type FanOutTarget } from './fanout.js';
+import { FanOut, drainInto, type FanOutTarget } from './fanout.js';
 
 /** Where the encrypted backup comes from. */
 export type RestoreSource =
@@ -425,12 +425,7 @@ export async function restoreToFile(
   }
   const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
   try {
-    await new Promise<void>((resolve, reject) => {
-      opened.archive.once('error', reject);
-      fan.once('error', reject);
-      fan.once('finish', resolve);
-      opened.archive.pipe(fan);
-    });
+    await drainInto(opened.archive, fan);
     await Promise.all(opened.children.map((c) => c.done));
     await fsp.link(tmp, file);
   } finally {

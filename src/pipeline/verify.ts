@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { IntegrityError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { spawnChild, type PgTools } from '../pg/tools.js';
-import { FanOut, type FanOutTarget } from './fanout.js';
+import { FanOut, drainInto, type FanOutTarget } from './fanout.js';
 import { openSource, tocTables, type RestoreSource } from './restore.js';
 
 export interface VerifyResult {
@@ -50,12 +50,7 @@ export async function runVerify(req: {
   }
   const fan = new FanOut(targets);
   try {
-    await new Promise<void>((resolve, reject) => {
-      opened.archive.once('error', reject);
-      fan.once('error', reject);
-      fan.once('finish', resolve);
-      opened.archive.pipe(fan);
-    });
+    await drainInto(opened.archive, fan);
   } catch (err) {
     for (const c of children) c.kill();
     await Promise.allSettled(children.map((c) => c.done));
