@@ -8,8 +8,7 @@ import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/clie
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { pgFromInject, createDatabase, dropDatabase, fillLargeTable } from '../harness/pg.js';
 import { s3ClientFor, createTestBucket, listAllKeys, listMultipartUploads } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, startCoffer } from '../harness/cli.js';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, startCoffer, writeIdentityFile } from '../harness/cli.js';
 import { encodeManifest, decodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
 import { backupKeys, compactTimestamp } from '../../src/catalog/layout.js';
 
@@ -26,10 +25,7 @@ let variedDb: string;
 
 beforeAll(async () => {
   tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-backup-test-'));
-  const id = await generateIdentity();
-  identityFile = path.join(tmp, 'identity.txt');
-  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
-  recipient = id.recipient;
+  ({ identityFile, recipient } = await writeIdentityFile(tmp));
   s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
   bucket = await createTestBucket(s3);
   variedDb = await createDatabase(pg, undefined, 'varied');

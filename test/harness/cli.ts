@@ -1,5 +1,8 @@
 import { execa, type ResultPromise } from 'execa';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { generateIdentity } from '../../src/crypto/age.js';
 import type { RgwInfo, PgInfo } from './global-setup.js';
 
 /** The built CLI (npm test builds it first). */
@@ -76,4 +79,12 @@ export function errorLine(stderr: string): string {
     }
   }
   return '';
+}
+
+/** A fresh age identity written 0600 into `dir`: the file and its recipient. */
+export async function writeIdentityFile(dir: string, name = 'identity.txt'): Promise<{ identityFile: string; recipient: string }> {
+  const id = await generateIdentity();
+  const identityFile = path.join(dir, name);
+  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
+  return { identityFile, recipient: id.recipient };
 }

@@ -7,7 +7,7 @@ import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand, type S3Clie
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { pgFromInject, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
 import { s3ClientFor, createTestBucket } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, writeIdentityFile } from '../harness/cli.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
@@ -31,10 +31,7 @@ function env(extra: Record<string, string> = {}): Record<string, string> {
 
 beforeAll(async () => {
   tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-restore-test-'));
-  const id = await generateIdentity();
-  identityFile = path.join(tmp, 'identity.txt');
-  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
-  recipient = id.recipient;
+  ({ identityFile, recipient } = await writeIdentityFile(tmp));
   s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
   bucket = await createTestBucket(s3);
   source = await createDatabase(pg, undefined, 'varied');

@@ -18,8 +18,7 @@ import {
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createDatabase, dataFingerprint, dropDatabase, pgFromInject } from '../harness/pg.js';
 import { putBucketPolicy, s3ClientFor, uniqueBucketName } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, writeIdentityFile } from '../harness/cli.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { S3Store } from '../../src/store/s3.js';
 import { createHash } from 'node:crypto';
@@ -68,10 +67,7 @@ async function statusOf(request: () => Promise<unknown>): Promise<number | undef
 
 beforeAll(async () => {
   tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-access-test-'));
-  const id = await generateIdentity();
-  identityFile = path.join(tmp, 'identity.txt');
-  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
-  recipient = id.recipient;
+  ({ identityFile, recipient } = await writeIdentityFile(tmp));
   admin = s3ClientFor(rgwInfo, rgwInfo.admin);
   writer = s3ClientFor(rgwInfo, rgwInfo.users.writer!);
   reader = s3ClientFor(rgwInfo, rgwInfo.users.reader!);
