@@ -41,6 +41,16 @@ export async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // The event loop drained while the command is still waiting for something that can no longer
+  // happen (a bug). Node would then exit 0: a false success for cron. Fail instead, and say so.
+  const onDrained = (): void => {
+    const reason: unknown = ac.signal.reason;
+    const code = ac.signal.aborted ? exitCodeOf(reason) : ExitCode.unexpected;
+    const what = ac.signal.aborted ? `${formatErrorLine(reason)}; its cleanup did not finish` : 'internal error: the command stopped with nothing left to wait for';
+    log.error(`${what} (a bug: please report it with this log; nothing this run did counts as a backup or restore unless \`coffer list\` shows it)`, { exit: code });
+    process.exit(code);
+  };
+  process.once('beforeExit', onDrained);
 
   const program = new Command('coffer')
     .description('Encrypted, streaming PostgreSQL backups to S3-compatible storage or a local directory')
@@ -304,6 +314,7 @@ export async function main(argv: string[]): Promise<number> {
     }
   } finally {
     if (timer) clearTimeout(timer);
+    process.off('beforeExit', onDrained);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

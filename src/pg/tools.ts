@@ -179,10 +179,11 @@ export function spawnChild(
     const destroyPipesLater = (): void => {
       if (drainTimer || (child.exitCode === null && child.signalCode === null)) return;
       if (!opts.signal?.aborted) return;
+      // Not unref'd: a paused pipe keeps nothing alive, so an unref'd timer would let the event
+      // loop drain with this run still waiting for 'close' (node then exits 0: a false success).
       drainTimer = setTimeout(() => {
         for (const s of [child.stdin, child.stdout, child.stderr]) s?.destroy();
       }, 2000);
-      drainTimer.unref();
     };
     child.once('exit', destroyPipesLater);
     opts.signal?.addEventListener('abort', destroyPipesLater, { once: true });

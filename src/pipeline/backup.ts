@@ -6,7 +6,7 @@ import { createEncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
 import { listBackupKeys } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
-import { CofferError, DatabaseError, InterruptedError, IntegrityError, StorageError } from '../errors.js';
+import { CofferError, DatabaseError, formatErrorLine, InterruptedError, IntegrityError, StorageError } from '../errors.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo } from '../pg/server.js';
 import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
@@ -126,12 +126,25 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       durationMs: finishedAt.getTime() - startedAt.getTime(),
       manualRestore: manualRestoreHint(keys.dump, req.kind, req.compression),
     };
+    // 4. The commit: the manifest. Once sent, it is not cancelled by a stop signal: its outcome
+    // must be known, because a manifest that reached the store is a backup (a stop now would
+    // report a failure for a backup that exists, and remove its dump). It is one small request,
+    // bounded by the S3 socket timeout and the SDK's retries.
     try {
-      await req.store.putBytes(keys.manifest, encodeManifest(manifest), { signal: ac.signal, retention, tags, contentType: 'application/json' });
+      await req.store.putBytes(keys.manifest, encodeManifest(manifest), { retention, tags, contentType: 'application/json' });
     } catch (err) {
-      await removeOrphans(req, [keys.dump, ...(globals ? [keys.globals] : [])]);
-      throw err;
+      // A lost answer (or a retry answered 412 because the first attempt landed) leaves the
+      // outcome open: the listing decides. Ids are unique, so a manifest there is this one.
+      const stored = await isListed(req.store, keys.manifest);
+      if (stored === true) {
+        req.log.warn('the manifest upload reported an error, but the manifest is stored: the backup is complete', { key: keys.manifest, error: formatErrorLine(err) });
+      } else {
+        if (stored === false) await removeOrphans(req, [keys.dump, ...(globals ? [keys.globals] : [])]);
+        else req.log.warn('could not tell whether the manifest was stored; the dump is left in place (without a manifest it is not a backup; lifecycle rules expire it)', { key: keys.dump });
+        throw err;
+      }
     }
+    if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
     req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000 });
     return { manifest, manifestKey: keys.manifest };
   } catch (err) {
@@ -293,6 +306,16 @@ function pickCause(first: unknown, last: unknown): unknown {
   if (first !== undefined && !isEcho(first)) return first;
   if (!isEcho(last)) return last;
   return first ?? last;
+}
+
+/** Whether `key` is in the store's listing (ListBucket only); `undefined` when the listing fails. */
+async function isListed(store: ObjectStore, key: string): Promise<boolean | undefined> {
+  try {
+    for await (const o of store.list(key, { signal: AbortSignal.timeout(60_000) })) if (o.key === key) return true;
+    return false;
+  } catch {
+    return undefined;
+  }
 }
 
 async function removeOrphans(req: BackupRequest, keys: string[]): Promise<void> {

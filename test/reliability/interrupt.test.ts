@@ -163,12 +163,10 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
 });
 
 describe('coffer itself is stopped', () => {
-  // SKIPPED, UNDER INVESTIGATION: in full-suite runs (never alone, even under CPU load) one of the
-  // five runs sometimes exits 0 while `list` shows nothing (seeds 1179582492, 4022476858,
-  // 289422685). That would be a "success but not visible" bug, or a test artefact; the message
-  // below now carries coffer's log and the bucket state. Tracked in issue 7; SIGTERM during a
-  // restore, SIGKILL, and pg_dump being killed are covered by the tests around this one.
-  it.skip('SIGTERM at 5 random points of a backup: exit 143 and nothing visible (or a complete backup); the next run succeeds', async () => {
+  // Once flaky in full-suite runs: one run in ~60 exited 0 with nothing stored. The cleanup's wait
+  // for a killed pg_dump hung on an unread pipe whose only way out was an unref'd timer, so the
+  // event loop drained and node exited 0 (fixed in spawnChild; test/ops/children.test.ts).
+  it('SIGTERM at 5 random points of a backup: exit 143 and nothing visible (or a complete backup); the next run succeeds', async () => {
     const runs = Array.from({ length: 5 }, (_, i) => ({ i, afterParts: Math.floor(rnd.next() * 4), extraMs: Math.floor(rnd.next() * 400) }));
     const results = await Promise.all(
       runs.map(async ({ i, afterParts, extraMs }) => {
@@ -182,8 +180,7 @@ describe('coffer itself is stopped', () => {
         const state = await bucketState(f, prefix);
         const listed = await listedIds(f, repo(prefix));
         if (r.exitCode === 0) {
-          // The signal came after the commit: a complete backup, listed. (Once seen failing,
-          // not reproduced: coffer's log and the bucket state are in the message.)
+          // The signal came after the commit: a complete backup, listed.
           expect(listed.length, `${String(r.stderr)}\n${JSON.stringify(state)}`).toBe(1);
         } else {
           expect(r.exitCode, String(r.stderr)).toBe(143);

@@ -91,6 +91,32 @@ describe.concurrent('backup through a faulty network', () => {
     });
   });
 
+  // Before: the retry's 412 (write-once manifests) was taken for a failure, and the dump was
+  // deleted under a manifest that was listed: a visible backup that could not be restored.
+  it("the manifest is stored but the answer is lost: the retry's 412 is checked against the listing, and the backup stands", async () => {
+    const p = await proxy([{ op: 'PutObject', fault: { kind: 'stall-response', afterBytes: 0 } }]);
+    const r = await runCoffer(['backup', '--to', repo('lost-answer'), '--db', source, '--recipient', f.recipient, '--json', '--s3-timeout', '2s', ...BACKUP_ARGS], {
+      env: f.env({}, p.endpoint),
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(p.fired(0)).toBe(1);
+    expect(p.requests('PutObject').length).toBe(2);
+    expect(r.stderr).toMatch(/the manifest is stored: the backup is complete/);
+    const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+    expect(await listedIds(f, repo('lost-answer'))).toEqual([m.id]);
+    expect((await bucketState(f, 'lost-answer')).keys).toContain(`lost-answer/${m.dump.key}`);
+    const restored = await restoreMatches('lost-answer');
+    expect(restored.code, restored.stderr).toBe(0);
+    record({
+      id: 'net-08',
+      area: 'network',
+      fault: 'the manifest PUT reaches the server, its answer is lost',
+      injected: 'proxy: forwards the first PutObject, then never sends the answer; coffer --s3-timeout 2s (the SDK retries; the retry gets 412, manifests being write-once)',
+      outcome: 'coffer finds its manifest in the listing and reports the backup complete (exit 0); the dump is kept; restore data fingerprint identical',
+      dataLost: 'none',
+    });
+  });
+
   // This once hung: after the upload failed, nobody read zstd's stdout any more, so the child's
   // 'close' never came (fixed in spawnChild and streamObject).
   it('a permanent error (403 AccessDenied) is not retried: exit 4 after one request, nothing left', async () => {
