@@ -8,13 +8,14 @@ import {
   S3Client,
   type PutObjectCommandInput,
 } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { createHash } from 'node:crypto';
-import { Readable, Transform } from 'node:stream';
+import { Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { StorageError } from '../errors.js';
+import { MultipartWriter } from './multipart.js';
 import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from './object-store.js';
 
 export interface S3StoreOptions {
@@ -36,7 +37,7 @@ export interface S3StoreOptions {
 /**
  * A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…).
  *
- * Streams go up as multipart uploads (lib-storage) that become visible only on
+ * Streams go up as multipart uploads (MultipartWriter, bounded memory) that become visible only on
  * CompleteMultipartUpload; a failed or aborted put aborts the multipart upload. Checksums
  * are sent only when required (`WHEN_REQUIRED`): several S3-compatible servers reject the SDK's
  * default aws-chunked trailers, and coffer keeps its own sha256 anyway.
@@ -83,92 +84,57 @@ export class S3Store implements ObjectStore {
 
   async putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }> {
     const Key = this.fullKey(key);
-    let size = 0;
-    const counter = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        size += chunk.length;
-        cb(null, chunk);
-      },
-    });
-    body.on('error', (err) => counter.destroy(err));
-    body.pipe(counter);
-
-    // Every request of this upload carries our signal, so an abort also cancels parts in flight.
-    // The UploadId is captured so that the multipart upload can be aborted whatever happens.
-    let uploadId: string | undefined;
-    let creating: Promise<unknown> | undefined;
-    const real = this.client;
-    const client = new Proxy(real, {
-      get(target, prop, receiver) {
-        if (prop === 'send') {
-          return async (command: { constructor: { name: string }; input?: { Body?: unknown; ContentMD5?: string } }, opts?: object) => {
-            // Object lock: AWS S3 requires Content-MD5 (or a checksum) on every upload request
-            // carrying retention. lib-storage hands parts over as buffers, so it is cheap to add
-            // (and RGW/MinIO verify it too).
-            const name = command.constructor.name;
-            if (options.retention && (name === 'UploadPartCommand' || name === 'PutObjectCommand') && command.input?.Body instanceof Uint8Array) {
-              command.input.ContentMD5 = contentMd5(command.input.Body);
-            }
-            const send = (target.send as (c: unknown, o?: object) => Promise<Record<string, unknown>>).bind(target);
-            if (name === 'CreateMultipartUploadCommand') {
-              // Not cancelled by our signal: a CreateMultipartUpload that reached the server but
-              // whose answer was dropped would leave an upload we cannot abort (no UploadId). It
-              // is short and bounded by the socket timeout; the parts after it see the abort.
-              const pending = send(command, opts);
-              creating = pending.catch(() => undefined);
-              const created = await pending;
-              if (typeof created.UploadId === 'string') uploadId = created.UploadId;
-              return created;
-            }
-            return send(command, { ...opts, abortSignal: options.signal });
-          };
-        }
-        return Reflect.get(target, prop, receiver) as unknown;
-      },
-    });
-
-    const upload = new Upload({
-      client,
-      params: { Bucket: this.bucket, Key, Body: counter, ContentType: options.contentType ?? 'application/octet-stream', ...lockParams(options.retention), ...tagging(options.tags) },
+    // Every request of this upload carries our signal, so an abort also cancels parts in flight
+    // (CreateMultipartUpload excepted, see MultipartWriter); its UploadId is kept so that the
+    // multipart upload can be aborted whatever happens. Object lock: AWS S3 requires Content-MD5
+    // (or a checksum) on every upload request carrying retention (RGW/MinIO verify it too).
+    const writer = new MultipartWriter({
+      client: this.client,
+      Bucket: this.bucket,
+      Key,
+      objectParams: { ContentType: options.contentType ?? 'application/octet-stream', ...lockParams(options.retention), ...tagging(options.tags) },
       partSize: options.partSize,
       queueSize: options.queueSize ?? 4,
-      leavePartsOnError: false,
+      signal: options.signal,
+      ...(options.retention ? { contentMd5 } : {}),
+      onProgress: options.onProgress,
     });
-    upload.on('httpUploadProgress', (p) => {
-      if (typeof p.loaded === 'number') options.onProgress?.(p.loaded);
-    });
+    body.on('error', (err) => writer.destroy(err));
+    body.pipe(writer);
     const onAbort = (): void => {
-      counter.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`));
+      writer.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`));
     };
     options.signal.addEventListener('abort', onAbort, { once: true });
+    if (options.signal.aborted) onAbort();
     try {
-      await upload.done();
+      await finished(writer);
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`);
-      return { size };
+      return { size: writer.size };
     } catch (err) {
-      if (!counter.destroyed) counter.destroy();
-      await creating;
-      await this.abortMultipart(Key, () => uploadId);
+      // Destroying settles the requests in flight (cancelled) before 'close'.
+      if (!writer.destroyed) writer.destroy();
+      if (!writer.closed) await new Promise((r) => writer.once('close', r));
+      // Once CreateMultipartUpload has answered, an upload without an id cannot be aborted.
+      await writer.creating;
+      if (writer.uploadId !== undefined) await this.abortMultipart(Key, () => writer.uploadId);
       // An error of the body (the producer: pg_dump, encryption…) is the real cause.
-      const bodyErr = (counter as unknown as { errored?: unknown }).errored ?? (body as unknown as { errored?: unknown }).errored;
+      const bodyErr = (body as unknown as { errored?: unknown }).errored ?? (writer.failure === undefined ? writer.errored : undefined);
       if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
       if (err instanceof StorageError) throw err;
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
-      throw s3Error(err, `upload ${this.fullName(key)}`);
+      throw s3Error(writer.failure ?? err, `upload ${this.fullName(key)}`);
     } finally {
       options.signal.removeEventListener('abort', onAbort);
     }
   }
 
   /**
-   * Aborts the multipart upload of a failed put. lib-storage also tries, but only after the
-   * parts in flight settle and not at all when its own promise lost the abort race; so we do
-   * it ourselves, with a fresh signal, retried a few times. A failure here is reported but does
+   * Aborts the multipart upload of a failed put (after its parts in flight were cancelled and
+   * settled), with a fresh signal, retried a few times. A failure here is reported but does
    * not replace the original error (the bucket's AbortIncompleteMultipartUpload rule is the
    * last line of defence).
    */
   private async abortMultipart(Key: string, id: () => string | undefined): Promise<void> {
-    // Give lib-storage's CreateMultipartUpload a moment to land if it was in flight.
     for (let attempt = 0; attempt < 5; attempt++) {
       const uploadId = id();
       if (uploadId) {
