@@ -7,6 +7,7 @@ import type { BackupEntry } from '../catalog/catalog.js';
 import { DatabaseError, IntegrityError, InterruptedError, CofferError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
+import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { libpqEnv, psqlQuery } from '../pg/server.js';
 import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
@@ -209,10 +210,15 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     targets.push({ name: 'toc', stream: list.child.stdin!, kind: 'child' });
   }
   let spoolErr: NodeJS.ErrnoException | undefined;
+  let offsets: ArchiveOffsetScanner | undefined;
+  const spoolStarted = Date.now();
   if (spool) {
     const file = createWriteStream(spool, { flags: 'wx', mode: 0o600 });
     file.on('error', (err) => (spoolErr ??= err));
     targets.push({ name: 'spool', stream: file, kind: 'file' });
+    // Sees the same bytes as the spool file, to add the data offsets pg_dump could not write.
+    offsets = new ArchiveOffsetScanner();
+    targets.push({ name: 'offsets', stream: offsets.sink(), kind: 'file' });
   } else if (opened.format === 'custom') {
     restore = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore' });
   } else {
@@ -261,14 +267,35 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
   if (failed) throw explainRestoreError(failed.reason);
 
   if (spool) {
+    const dataOffsets = offsets ? addDataOffsets(spool, offsets, req.log) : 0;
+    req.log.info('archive spooled', { bytes: opened.stats().archiveBytes, seconds: (Date.now() - spoolStarted) / 1000, dataOffsets });
+    const restoreStarted = Date.now();
     const r = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), `--jobs=${req.jobs}`, '-d', conninfoFor(req.conn, scratch), spool], { env: pgEnv, signal: ac.signal, what: `pg_restore --jobs=${req.jobs}` });
     try {
       await r.done;
     } catch (err) {
       throw explainRestoreError(err);
     }
+    req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
   return Buffer.concat(listOut).toString('utf8');
+}
+
+/**
+ * Writes each data block's offset into the spooled archive's TOC, as pg_dump does when its
+ * output is a file: without them every `pg_restore -j` worker scans the archive for its
+ * blocks, chunk by chunk. Best effort: the restore goes on (slower) without them. Returns
+ * the number of offsets written.
+ */
+function addDataOffsets(spool: string, offsets: ArchiveOffsetScanner, log: Logger): number {
+  try {
+    const r = patchArchiveOffsets(spool, offsets.end());
+    if ('patched' in r) return r.patched;
+    log.info('spooled archive left without data offsets (pg_restore --jobs works, more slowly)', { reason: r.skipped });
+  } catch (err) {
+    log.info('spooled archive left without data offsets (pg_restore --jobs works, more slowly)', { reason: (err as Error).message });
+  }
+  return 0;
 }
 
 /** A write error of the spool file, as a one-line StorageError saying what to do. */

@@ -1,0 +1,441 @@
+/**
+ * Data offsets for custom-format archives that pg_dump wrote to a pipe.
+ *
+ * pg_dump writes the table of contents (TOC) before the data. When its output is a seekable
+ * file it goes back at the end and rewrites the TOC with each data block's file offset; when
+ * the output is a pipe (coffer's case: pg_dump | zstd | age) it cannot, and every entry says
+ * "offset not set". `pg_restore -j` on such a file makes each worker search for its block from
+ * the start of the data, skipping every chunk (one per COPY row with -Z0) with a seek: millions
+ * of syscalls per worker, and no size estimates to schedule the largest tables first.
+ *
+ * {@link ArchiveOffsetScanner} follows the archive as it streams by (constant memory besides one
+ * small record per TOC entry and data block; chunk payloads are skipped by arithmetic) and
+ * notes where each data block starts. {@link patchArchiveOffsets} then writes those offsets
+ * into the finished file, exactly what pg_dump does for a seekable output. Anything unexpected
+ * leaves the file untouched: pg_restore still works without offsets, only slower.
+ *
+ * Format (src/bin/pg_dump/pg_backup_archiver.c, pg_backup_custom.c; archive versions 1.14 =
+ * pg_dump 12–15, 1.15 = 16, 1.16 = 17/18):
+ *   header  "PGDMP", vmaj, vmin, vrev, intSize, offSize, format (1 = custom),
+ *           compression (1.15+: one byte; before: int), 7 ints (creation time),
+ *           str dbname, str server version, str pg_dump version
+ *   TOC     int count; per entry: int dumpId, int hadDumper, str tableoid, str oid, str tag,
+ *           str desc, int section, str defn, str dropStmt, str copyStmt, str namespace,
+ *           str tablespace, str tableam, [1.16: int relkind], str owner, str "false",
+ *           str dependency… then a NULL str, then the offset: one flag byte
+ *           (1 not set, 2 set, 3 no data) and offSize bytes, least significant first
+ *   data    blocks: byte type (1 data, 3 large objects), int dumpId, then
+ *           data: chunks (int len, len bytes) until len 0;
+ *           large objects: (int oid, chunks until len 0) until oid 0
+ *   int     a sign byte (0/1) then intSize bytes, least significant first;
+ *   str     int length (-1 = NULL) then the bytes.
+ * The recorded offset of a block is the position of its type byte.
+ */
+import { closeSync, fstatSync, openSync, readSync, writeSync } from 'node:fs';
+import { Writable } from 'node:stream';
+
+const BLK_DATA = 1;
+const BLK_BLOBS = 3;
+const K_OFFSET_POS_NOT_SET = 1;
+const K_OFFSET_POS_SET = 2;
+const K_OFFSET_NO_DATA = 3;
+const FORMAT_CUSTOM = 1;
+const MIN_MINOR = 14;
+const MAX_MINOR = 16;
+/** Both are what every pg_dump 12–18 build writes (4-byte int, 64-bit pgoff_t). */
+const INT_SIZE = 4;
+const OFF_SIZE = 8;
+const INT_LEN = 1 + INT_SIZE;
+const OFFSET_FIELD_LEN = 1 + OFF_SIZE;
+const MAX_STR = 0x7fffffff;
+
+// Parser states: each consumes one fixed-size field (`need` bytes).
+const S_MAGIC = 0;
+const S_VERSION = 1;
+const S_SIZES = 2; // intSize, offSize, format
+const S_COMPRESSION = 3;
+const S_HEAD_INT = 4; // the 7 creation-time ints
+const S_HEAD_STR = 5; // dbname, server version, pg_dump version
+const S_TOC_COUNT = 6;
+const S_E_DUMPID = 7;
+const S_E_HADDUMPER = 8;
+const S_E_STR_A = 9; // tableoid, oid, tag, desc
+const S_E_SECTION = 10;
+const S_E_STR_B = 11; // defn, dropStmt, copyStmt, namespace, tablespace, tableam
+const S_E_RELKIND = 12;
+const S_E_STR_C = 13; // owner, with-oids
+const S_E_DEP = 14;
+const S_E_OFFSET = 15;
+const S_BLOCK_TYPE = 16;
+const S_BLOCK_ID = 17;
+const S_CHUNK_LEN = 18;
+const S_LO_OID = 19;
+
+/** One TOC entry's offset field. */
+export interface TocOffset {
+  dumpId: number;
+  /** File position of the entry's offset flag byte. */
+  field: number;
+  /** 1 not set, 2 set, 3 no data. */
+  state: number;
+  /** The stored offset (meaningful when state is 2). */
+  offset: number;
+}
+
+export interface ArchiveLayout {
+  /** e.g. "1.14" */
+  version: string;
+  /** Total bytes seen. */
+  size: number;
+  toc: TocOffset[];
+  /** Start (type byte) of each data block, by dumpId, in file order. */
+  blocks: Map<number, number>;
+}
+
+export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reason: string };
+
+/**
+ * Follows a custom-format archive fed in order with {@link push} (chunks of any size, even one
+ * byte); {@link end} tells where each data block starts. Never throws on bad input: the result
+ * says why it could not follow it.
+ */
+export class ArchiveOffsetScanner {
+  private state = S_MAGIC;
+  private need = 5;
+  /** Bytes of the current field gathered across chunks. */
+  private readonly pend = new Uint8Array(16);
+  private pendLen = 0;
+  /** Payload bytes still to skip. */
+  private skip = 0;
+  /** Absolute position of the next byte. */
+  private pos = 0;
+  private failure: string | undefined;
+  private minor = 0;
+  private version = '';
+  private count = 0;
+  private entriesLeft = 0;
+  private dumpId = 0;
+  private blockStart = 0;
+  private inLo = false;
+  private readonly toc: TocOffset[] = [];
+  private readonly blocks = new Map<number, number>();
+
+  /** A Writable that feeds this scanner (for a fan-out); it never errors and never waits. */
+  sink(): Writable {
+    return new Writable({
+      highWaterMark: 1024 * 1024,
+      write: (chunk: Buffer, _enc, cb) => {
+        this.push(chunk);
+        cb();
+      },
+    });
+  }
+
+  push(chunk: Uint8Array): void {
+    if (this.failure !== undefined) return;
+    const n = chunk.length;
+    let i = 0;
+    while (i < n) {
+      if (this.skip > 0) {
+        const k = Math.min(this.skip, n - i);
+        i += k;
+        this.skip -= k;
+        this.pos += k;
+        continue;
+      }
+      if (this.state === S_CHUNK_LEN && this.pendLen === 0) {
+        // Hot path: a data block is a long run of (len, payload) chunks.
+        while (i + INT_LEN <= n) {
+          if (chunk[i] !== 0) break; // let the general path report it
+          const len = chunk[i + 1]! + chunk[i + 2]! * 0x100 + chunk[i + 3]! * 0x10000 + chunk[i + 4]! * 0x1000000;
+          if (len === 0 || len > MAX_STR) break;
+          i += INT_LEN;
+          const avail = n - i;
+          if (len <= avail) {
+            i += len;
+            this.pos += INT_LEN + len;
+          } else {
+            this.skip = len - avail;
+            this.pos += INT_LEN + avail;
+            i = n;
+          }
+        }
+        if (i >= n || this.skip > 0) continue;
+      }
+      const need = this.need;
+      if (this.pendLen === 0 && n - i >= need) {
+        const at = this.pos;
+        this.pos += need;
+        this.field(chunk, i, at);
+        i += need;
+      } else {
+        const k = Math.min(need - this.pendLen, n - i);
+        for (let j = 0; j < k; j++) this.pend[this.pendLen + j] = chunk[i + j]!;
+        this.pendLen += k;
+        i += k;
+        this.pos += k;
+        if (this.pendLen === need) {
+          this.pendLen = 0;
+          this.field(this.pend, 0, this.pos - need);
+        }
+      }
+      if (this.failure !== undefined) return;
+    }
+  }
+
+  /** After the last byte. */
+  end(): ScanResult {
+    if (this.failure !== undefined) return { ok: false, reason: this.failure };
+    if (this.state !== S_BLOCK_TYPE || this.pendLen !== 0 || this.skip !== 0) {
+      const where = this.state < S_TOC_COUNT ? 'the header' : this.state < S_BLOCK_TYPE ? 'the table of contents' : 'a data block';
+      return { ok: false, reason: `archive ends inside ${where} (${this.pos} bytes)` };
+    }
+    return { ok: true, layout: { version: this.version, size: this.pos, toc: this.toc, blocks: this.blocks } };
+  }
+
+  private fail(reason: string): void {
+    this.failure ??= `${reason} at byte ${this.pos}`;
+  }
+
+  /** Reads an int at b[o]; NaN when the sign byte is neither 0 nor 1. */
+  private int(b: Uint8Array, o: number): number {
+    const v = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
+    const sign = b[o]!;
+    return sign === 0 ? v : sign === 1 ? -v : Number.NaN;
+  }
+
+  /** A string's length int: skip its bytes (NULL = -1 has none). Returns false for NULL. */
+  private str(b: Uint8Array, o: number): boolean {
+    const len = this.int(b, o);
+    if (len === -1) return false;
+    if (!(len >= 0 && len <= MAX_STR)) {
+      this.fail('bad string length');
+      return false;
+    }
+    this.skip = len;
+    return true;
+  }
+
+  private go(state: number, need: number = INT_LEN): void {
+    this.state = state;
+    this.need = need;
+  }
+
+  private startEntry(): void {
+    if (this.entriesLeft === 0) this.go(S_BLOCK_TYPE, 1);
+    else {
+      this.entriesLeft--;
+      this.go(S_E_DUMPID);
+    }
+  }
+
+  private field(b: Uint8Array, o: number, at: number): void {
+    switch (this.state) {
+      case S_MAGIC:
+        if (b[o] !== 0x50 || b[o + 1] !== 0x47 || b[o + 2] !== 0x44 || b[o + 3] !== 0x4d || b[o + 4] !== 0x50) return this.fail('not a custom-format archive (no PGDMP magic)');
+        return this.go(S_VERSION, 3);
+      case S_VERSION:
+        if (b[o] !== 1 || b[o + 1]! < MIN_MINOR || b[o + 1]! > MAX_MINOR) return this.fail(`unsupported archive version ${b[o]}.${b[o + 1]}`);
+        this.minor = b[o + 1]!;
+        this.version = `1.${this.minor}`;
+        return this.go(S_SIZES, 3);
+      case S_SIZES:
+        if (b[o] !== INT_SIZE || b[o + 1] !== OFF_SIZE) return this.fail(`unsupported integer/offset size ${b[o]}/${b[o + 1]}`);
+        if (b[o + 2] !== FORMAT_CUSTOM) return this.fail(`not a custom-format archive (format ${b[o + 2]})`);
+        return this.go(S_COMPRESSION, this.minor >= 15 ? 1 : INT_LEN);
+      case S_COMPRESSION:
+        this.count = 7;
+        return this.go(S_HEAD_INT);
+      case S_HEAD_INT:
+        if (--this.count === 0) {
+          this.count = 3;
+          this.go(S_HEAD_STR);
+        }
+        return;
+      case S_HEAD_STR:
+        this.str(b, o);
+        if (--this.count === 0) this.go(S_TOC_COUNT);
+        return;
+      case S_TOC_COUNT: {
+        const n = this.int(b, o);
+        if (!(n >= 0)) return this.fail('bad TOC entry count');
+        this.entriesLeft = n;
+        return this.startEntry();
+      }
+      case S_E_DUMPID: {
+        const id = this.int(b, o);
+        if (!(id > 0)) return this.fail('bad TOC entry id');
+        this.dumpId = id;
+        return this.go(S_E_HADDUMPER);
+      }
+      case S_E_HADDUMPER:
+        this.count = 4;
+        return this.go(S_E_STR_A);
+      case S_E_STR_A:
+        this.str(b, o);
+        if (--this.count === 0) this.go(S_E_SECTION);
+        return;
+      case S_E_SECTION:
+        this.count = 6; // defn, dropStmt, copyStmt, namespace, tablespace, tableam (1.14+)
+        return this.go(S_E_STR_B);
+      case S_E_STR_B:
+        this.str(b, o);
+        if (--this.count === 0) {
+          if (this.minor >= 16) this.go(S_E_RELKIND);
+          else {
+            this.count = 2;
+            this.go(S_E_STR_C);
+          }
+        }
+        return;
+      case S_E_RELKIND:
+        this.count = 2;
+        return this.go(S_E_STR_C);
+      case S_E_STR_C:
+        this.str(b, o);
+        if (--this.count === 0) this.go(S_E_DEP);
+        return;
+      case S_E_DEP:
+        if (!this.str(b, o) && this.failure === undefined) this.go(S_E_OFFSET, OFFSET_FIELD_LEN);
+        return;
+      case S_E_OFFSET: {
+        const state = b[o]!;
+        if (state !== K_OFFSET_POS_NOT_SET && state !== K_OFFSET_POS_SET && state !== K_OFFSET_NO_DATA) return this.fail(`bad data offset flag ${state}`);
+        const lo = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
+        const hi = b[o + 5]! + b[o + 6]! * 0x100 + b[o + 7]! * 0x10000 + b[o + 8]! * 0x1000000;
+        if (hi >= 0x200000) return this.fail('data offset beyond 2^53');
+        this.toc.push({ dumpId: this.dumpId, field: at, state, offset: hi * 0x100000000 + lo });
+        return this.startEntry();
+      }
+      case S_BLOCK_TYPE: {
+        const t = b[o];
+        if (t !== BLK_DATA && t !== BLK_BLOBS) return this.fail(`unknown data block type ${t}`);
+        this.inLo = t === BLK_BLOBS;
+        this.blockStart = at;
+        return this.go(S_BLOCK_ID);
+      }
+      case S_BLOCK_ID: {
+        const id = this.int(b, o);
+        if (!(id > 0)) return this.fail('bad data block id');
+        if (this.blocks.has(id)) return this.fail(`second data block for entry ${id}`);
+        this.blocks.set(id, this.blockStart);
+        return this.go(this.inLo ? S_LO_OID : S_CHUNK_LEN);
+      }
+      case S_CHUNK_LEN: {
+        const len = this.int(b, o);
+        if (len === 0) return this.go(this.inLo ? S_LO_OID : S_BLOCK_TYPE, this.inLo ? INT_LEN : 1);
+        if (!(len > 0 && len <= MAX_STR)) return this.fail('bad chunk length');
+        this.skip = len;
+        return;
+      }
+      case S_LO_OID: {
+        const oid = this.int(b, o);
+        if (Number.isNaN(oid)) return this.fail('bad large object oid');
+        if (oid === 0) return this.go(S_BLOCK_TYPE, 1);
+        return this.go(S_CHUNK_LEN);
+      }
+      default:
+        return this.fail(`internal: state ${this.state}`);
+    }
+  }
+}
+
+export type PatchOutcome =
+  | { patched: number }
+  /** Nothing was written: why. */
+  | { skipped: string };
+
+/** What {@link patchArchiveOffsets} would write: one (field, offset) per data block. */
+export function offsetPlan(layout: ArchiveLayout): { plan: Array<{ dumpId: number; field: number; offset: number }> } | { skipped: string } {
+  const byId = new Map<number, TocOffset>();
+  for (const e of layout.toc) {
+    if (byId.has(e.dumpId)) return { skipped: `TOC entry ${e.dumpId} appears twice` };
+    byId.set(e.dumpId, e);
+  }
+  if (layout.toc.some((e) => e.state === K_OFFSET_POS_SET)) return { skipped: 'the archive already has data offsets' };
+  const plan: Array<{ dumpId: number; field: number; offset: number }> = [];
+  for (const [dumpId, offset] of layout.blocks) {
+    const e = byId.get(dumpId);
+    if (!e) return { skipped: `data block for entry ${dumpId}, which is not in the TOC` };
+    if (e.state !== K_OFFSET_POS_NOT_SET) return { skipped: `data block for entry ${dumpId}, whose TOC entry has no data` };
+    plan.push({ dumpId, field: e.field, offset });
+  }
+  plan.sort((a, b) => a.field - b.field);
+  return { plan };
+}
+
+/**
+ * Writes the data offsets found by the scanner into the archive file (which must be exactly
+ * what was scanned). Every field and every block header is checked in the file before
+ * anything is written; on any mismatch nothing is written. Never throws for an unexpected
+ * archive (I/O errors do throw).
+ */
+export function patchArchiveOffsets(file: string, scan: ScanResult): PatchOutcome {
+  if (!scan.ok) return { skipped: scan.reason };
+  const p = offsetPlan(scan.layout);
+  if ('skipped' in p) return p;
+  if (p.plan.length === 0) return { skipped: 'no data blocks' };
+  const fd = openSync(file, 'r+');
+  try {
+    const size = fstatSync(fd).size;
+    if (size !== scan.layout.size) return { skipped: `the file has ${size} bytes, ${scan.layout.size} were scanned` };
+    // 1. Each block starts where the scan saw it.
+    const head = Buffer.alloc(1 + INT_LEN);
+    for (const { dumpId, offset } of [...p.plan].sort((a, b) => a.offset - b.offset)) {
+      if (readSync(fd, head, 0, head.length, offset) !== head.length || (head[0] !== BLK_DATA && head[0] !== BLK_BLOBS) || head[1] !== 0 || head.readUInt32LE(2) !== dumpId) {
+        return { skipped: `no block header for entry ${dumpId} at ${offset}` };
+      }
+    }
+    // 2. The TOC fields, in windows (the TOC is in one piece, fields in file order): all
+    //    checked first, then patched; nothing is written unless every one checked out.
+    const WINDOW = 1024 * 1024;
+    const windows: Array<{ from: number; to: number; start: number; len: number }> = [];
+    for (let k = 0; k < p.plan.length; ) {
+      const start = p.plan[k]!.field;
+      let last = k;
+      while (last + 1 < p.plan.length && p.plan[last + 1]!.field + OFFSET_FIELD_LEN - start <= WINDOW) last++;
+      windows.push({ from: k, to: last, start, len: p.plan[last]!.field + OFFSET_FIELD_LEN - start });
+      k = last + 1;
+    }
+    const buf = Buffer.alloc(Math.max(...windows.map((w) => w.len)));
+    for (const pass of ['check', 'write'] as const) {
+      for (const w of windows) {
+        if (readSync(fd, buf, 0, w.len, w.start) !== w.len) return { skipped: 'short read of the TOC' };
+        for (let j = w.from; j <= w.to; j++) {
+          const { dumpId, field, offset } = p.plan[j]!;
+          const at = field - w.start;
+          if (pass === 'check') {
+            if (buf[at] !== K_OFFSET_POS_NOT_SET) return { skipped: `TOC entry ${dumpId}: offset flag ${buf[at]} in the file` };
+            continue;
+          }
+          buf[at] = K_OFFSET_POS_SET;
+          buf.writeUInt32LE(offset % 0x100000000, at + 1);
+          buf.writeUInt32LE(Math.floor(offset / 0x100000000), at + 5);
+        }
+        if (pass === 'write') {
+          for (let done = 0; done < w.len; ) done += writeSync(fd, buf, done, w.len - done, w.start + done);
+        }
+      }
+    }
+    return { patched: p.plan.length };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Scans a whole archive file (tests, diagnostics). */
+export function scanArchiveFile(file: string): ScanResult {
+  const s = new ArchiveOffsetScanner();
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(1024 * 1024);
+    for (;;) {
+      const n = readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      s.push(buf.subarray(0, n));
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return s.end();
+}
