@@ -151,9 +151,12 @@ async function main() {
   if (opts.target !== 'fs') {
     const dir = join(work, 'rgw');
     cleanups.push(async () => spawnSync('bash', [join(ROOT, 'scripts/rgw-down.sh'), dir], { stdio: 'ignore', timeout: 60_000 }));
-    const maxGiB = Math.max(...opts.sizes);
+    // Deleted objects free their space only at RGW's garbage collection (hours later), so the
+    // OSD must hold every run's object (a full OSD stalls uploads instead of failing them).
+    // The BlueStore file is sparse: unused size costs nothing.
+    const totalGiB = opts.sizes.reduce((a, b) => a + b, 0) * (opts.repeat ?? 1);
     const r = spawnSync('bash', [join(ROOT, 'scripts/rgw-up.sh'), dir], {
-      env: { ...process.env, RGW_OSD_SIZE_GB: String(Math.max(10, Math.ceil(maxGiB * 2.5))) },
+      env: { ...process.env, RGW_OSD_SIZE_GB: String(Math.max(10, Math.ceil(totalGiB * 1.5) + 5)) },
       encoding: 'utf8',
       timeout: 180_000,
     });
