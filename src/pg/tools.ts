@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import { existsSync } from 'node:fs';
-import { DatabaseError, UsageError } from '../errors.js';
+import { DatabaseError, UsageError, type CofferError } from '../errors.js';
 
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
 export interface PgTools {
@@ -143,7 +143,15 @@ export interface RunningChild {
  */
 export function spawnChild(
   argv: string[],
-  opts: { env?: NodeJS.ProcessEnv; stdin?: 'pipe' | 'ignore' | import('node:stream').Readable | number; stdout?: 'pipe' | 'ignore' | number; signal?: AbortSignal; what: string },
+  opts: {
+    env?: NodeJS.ProcessEnv;
+    stdin?: 'pipe' | 'ignore' | import('node:stream').Readable | number;
+    stdout?: 'pipe' | 'ignore' | number;
+    signal?: AbortSignal;
+    what: string;
+    /** The error when the program is not installed (default: the PostgreSQL client is missing). */
+    missing?: (cmd: string) => CofferError;
+  },
 ): RunningChild {
   const [cmd, ...args] = argv as [string, ...string[]];
   const child = spawn(cmd, args, {
@@ -168,7 +176,10 @@ export function spawnChild(
     child.once('error', (err: NodeJS.ErrnoException) => {
       opts.signal?.removeEventListener('abort', onAbort);
       if (err.code === 'ENOENT') {
-        reject(new DatabaseError(`${opts.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }));
+        reject(
+          opts.missing?.(cmd) ??
+            new DatabaseError(`${opts.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }),
+        );
       } else reject(new DatabaseError(`${opts.what}: cannot start ${cmd}: ${err.message}`, { cause: err }));
     });
     // 'close' waits for the child's pipes to be drained as well as for its exit. In a run that
@@ -200,6 +211,11 @@ export function spawnChild(
   });
   done.catch(() => undefined);
   return { child, stderr, done, kill };
+}
+
+/** The error for a missing system tool that is not part of PostgreSQL (zstd, dd). */
+export function missingTool(what: string, hint: string): (cmd: string) => CofferError {
+  return (cmd) => new UsageError(`${what}: ${cmd} not found on PATH`, { hint });
 }
 
 /** Runs a child to completion and returns its stdout (small outputs only). */

@@ -3,7 +3,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { spawnChild, type RunningChild } from '../pg/tools.js';
+import { missingTool, spawnChild, type RunningChild } from '../pg/tools.js';
 
 export interface ArchiveInput {
   /** The stored (encrypted) bytes. */
@@ -77,7 +77,12 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   const children: RunningChild[] = [];
   let archive: Readable = plaintext;
   if (compressed) {
-    const zstd = spawnChild([...(input.zstdCommand ?? ['zstd']), '-d', '-q', '-c'], { stdin: 'pipe', signal: input.signal, what: 'zstd -d' });
+    const zstd = spawnChild([...(input.zstdCommand ?? ['zstd']), '-d', '-q', '-c'], {
+      stdin: 'pipe',
+      signal: input.signal,
+      what: 'zstd -d',
+      missing: missingTool('zstd -d', 'this backup is zstd-compressed: install zstd (apt-get install zstd)'),
+    });
     zstd.done.catch(() => undefined);
     children.push(zstd);
     const upstream = new Promise<void>((resolve, reject) => {

@@ -9,7 +9,7 @@ import { encodeManifest, type BackupManifest, type Compression, type StoredObjec
 import { CofferError, DatabaseError, formatErrorLine, InterruptedError, IntegrityError, StorageError } from '../errors.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo } from '../pg/server.js';
-import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
+import { missingTool, spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
 import type { Logger } from '../observe/log.js';
 import { chooseTier } from '../retention/tiers.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
@@ -202,13 +202,20 @@ function withCompression(req: BackupRequest, first: RunningChild, signal: AbortS
     first.child.stdout!.pipe(counter);
     return { stdout: counter, children: [first], producedBytes: () => n };
   }
-  const dd = spawnChild(['dd', 'bs=1M'], { stdin: first.child.stdout!, env: { ...process.env, LC_ALL: 'C' }, signal, what: 'dd (counting the dump)' });
+  const dd = spawnChild(['dd', 'bs=1M'], {
+    stdin: first.child.stdout!,
+    env: { ...process.env, LC_ALL: 'C' },
+    signal,
+    what: 'dd (counting the dump)',
+    missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
+  });
   // The pipe now lives on in dd; node's end of it must not be read (nor hold 'close' open).
   first.child.stdout!.destroy();
   const zstd = spawnChild([...(req.zstdCommand ?? ['zstd']), `-${req.compression.level}`, '-T0', '-q', '-c', '-'], {
     stdin: dd.child.stdout!,
     signal,
     what: 'zstd',
+    missing: missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none'),
   });
   dd.child.stdout!.destroy();
   const producedBytes = (): number => {

@@ -281,7 +281,38 @@ describe('clear one-line errors, non-zero exits, nothing left behind', () => {
     expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
     await pg.psql(`DROP ROLE ${role}`);
   });
+
+  it('zstd or dd not installed: exit 2 naming the tool and what to do, nothing stored', async () => {
+    // PATH without zstd (only dd), and PATH with neither; pg_dump and psql come from COFFER_PG_BIN.
+    const onlyDd = path.join(tmp, 'path-only-dd');
+    await fsp.mkdir(onlyDd, { recursive: true });
+    await fsp.symlink(execaSyncWhich('dd'), path.join(onlyDd, 'dd'));
+    const empty = path.join(tmp, 'path-empty');
+    await fsp.mkdir(empty, { recursive: true });
+    const prefix = 'missing-tools';
+    for (const [dir, tool] of [
+      [onlyDd, /^zstd: zstd not found on PATH.*install zstd/],
+      [empty, /^dd \(counting the dump\): dd not found on PATH.*install coreutils/],
+    ] as const) {
+      const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient], { env: env({ PATH: dir }) });
+      expect(r.code, r.stderr).toBe(2);
+      expect(errorLine(r.stderr)).toMatch(tool);
+    }
+    // Without zstd, --compress none still works.
+    const ok = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient, '--compress', 'none'], { env: env({ PATH: empty }) });
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((await listAllKeys(s3, bucket, `${prefix}/`)).filter((k) => k.endsWith('.manifest.json'))).toHaveLength(1);
+    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+  });
 });
+
+function execaSyncWhich(cmd: string): string {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
+    const p = path.join(dir, cmd);
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error(`${cmd} not found on PATH`);
+}
 
 describe('keygen', () => {
   it('writes a 0600 identity usable by age -d, prints a recipient usable by age -r, never overwrites', async () => {
