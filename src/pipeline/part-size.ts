@@ -1,8 +1,11 @@
+import { constants as bufferConstants } from 'node:buffer';
 import { UsageError } from '../errors.js';
 
 const MiB = 1024 * 1024;
 export const MIN_PART_SIZE = 5 * MiB; // S3's minimum for every part but the last
-export const MAX_PART_SIZE = 5 * 1024 * MiB; // S3's maximum part size
+/** S3 allows 5 GiB, but a part is one Buffer in memory, and node's largest is 4 GiB (Node 20). */
+export const MAX_PART_SIZE = Math.min(5 * 1024 * MiB, bufferConstants.MAX_LENGTH);
+const MAX_TEXT = MAX_PART_SIZE % (1024 * MiB) === 0 ? `${MAX_PART_SIZE / (1024 * MiB)}GiB` : `${Math.floor(MAX_PART_SIZE / MiB)}MiB`;
 export const DEFAULT_MIN_PART_SIZE = 8 * MiB;
 /** Planned headroom: the stream may be this many times the database's on-disk size. */
 export const SIZE_HEADROOM = 4;
@@ -18,14 +21,14 @@ export function choosePartSize(expectedBytes: number, maxParts: number, explicit
   }
   if (explicit !== undefined) {
     if (!Number.isFinite(explicit) || explicit < MIN_PART_SIZE || explicit > MAX_PART_SIZE) {
-      throw new UsageError(`--part-size must be between 5MiB and 5GiB (got ${explicit} bytes)`);
+      throw new UsageError(`--part-size must be between 5MiB and ${MAX_TEXT} (got ${explicit} bytes)`);
     }
     return Math.floor(explicit);
   }
   const needed = Math.ceil((Math.max(0, expectedBytes) * SIZE_HEADROOM) / maxParts);
   const size = Math.max(DEFAULT_MIN_PART_SIZE, Math.ceil(needed / MiB) * MiB);
   if (size > MAX_PART_SIZE) {
-    throw new UsageError(`the database is too large for ${maxParts} parts of at most 5GiB`, { hint: 'raise --max-parts' });
+    throw new UsageError(`the database is too large for ${maxParts} parts of at most ${MAX_TEXT}`, { hint: 'raise --max-parts (at most 10000)' });
   }
   return size;
 }

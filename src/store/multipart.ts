@@ -16,7 +16,7 @@ export interface MultipartOptions {
   /** Object-level parameters (content type, object lock, tagging), sent with PutObject or CreateMultipartUpload. */
   objectParams: Partial<PutObjectCommandInput>;
   partSize: number;
-  /** Parts uploaded in parallel. */
+  /** Part buffers besides the one being filled: up to queueSize + 1 parts are in flight when the producer is faster than the upload. */
   queueSize: number;
   /** Cancels every request but CreateMultipartUpload (see `creating`). */
   signal: AbortSignal;

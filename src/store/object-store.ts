@@ -19,7 +19,7 @@ export interface PutStreamOptions {
   signal: AbortSignal;
   /** Multipart part size in bytes (S3). */
   partSize: number;
-  /** Parallel parts in flight (S3). Memory is about partSize × (queueSize + 1). */
+  /** Parallel part uploads (S3): up to queueSize + 1 while the producer waits for a free buffer. Memory is partSize × (queueSize + 1). */
   queueSize?: number;
   retention?: ObjectRetention;
   tags?: Record<string, string>;
