@@ -454,3 +454,28 @@ describe('image references in the repository', () => {
     }
   });
 });
+
+describe('README "Local testing with docker compose"', () => {
+  const readme = read('README.md');
+  const section = readme.slice(readme.indexOf('### Local testing with docker compose'), readme.indexOf('### Faults, retries, timeouts and signals'));
+  const compose = parse(read('docker-compose.yml')) as Compose;
+
+  it('names every service, image (tag and digest prefix), host port, the bucket, the users and their default secrets', () => {
+    expect(section.length).toBeGreaterThan(1000);
+    for (const [name, svc] of Object.entries(compose.services)) {
+      expect(section, name).toContain(`\`${name}\``);
+      const [ref, digest] = svc.image!.split('@sha256:');
+      expect(section, name).toContain(ref);
+      if (digest) expect(section, name).toContain(`sha256:${digest.slice(0, 8)}`);
+      for (const p of svc.ports ?? []) expect(section, `${name} ${p}`).toContain(p.split(':').slice(0, 2).join(':'));
+    }
+    const init = compose.services['minio-init']!.environment!;
+    expect(section).toContain(`bucket \`${init.COFFER_BUCKET}\``);
+    for (const role of ['writer', 'reader', 'admin']) {
+      const secret = /:-([^}]+)\}/.exec(init[`COFFER_${role.toUpperCase()}_SECRET`]!)![1]!;
+      expect(section, role).toContain(`AWS_ACCESS_KEY_ID=coffer-${role} AWS_SECRET_ACCESS_KEY=${secret}`);
+    }
+    expect(section).toContain(`PGPASSWORD=${/:-([^}]+)\}/.exec(compose.services.db!.environment!.POSTGRES_PASSWORD!)![1]}`);
+    expect(section).toContain('docker compose --profile seaweedfs up -d db seaweedfs seaweedfs-init');
+  });
+});
