@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checks (and, as root on Debian, installs) the system programs coffer's tests need:
-# PostgreSQL 15 server + client, age, zstd, and a single-node Ceph (mon, osd, radosgw).
+# PostgreSQL 15 server + client, age, zstd, a single-node Ceph (mon, osd, radosgw), and
+# systemd-analyze (package systemd: test/config/deploy.test.ts verifies the example units).
 set -euo pipefail
 
-PACKAGES="postgresql-15 postgresql-client-15 age zstd ceph-mon ceph-osd radosgw ceph-common uuid-runtime util-linux procps"
+PACKAGES="postgresql-15 postgresql-client-15 age zstd ceph-mon ceph-osd radosgw ceph-common uuid-runtime util-linux procps systemd"
 
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -18,6 +19,7 @@ have radosgw || missing+=(radosgw)
 have ceph || missing+=(ceph-common)
 have uuidgen || missing+=(uuid-runtime)
 have runuser || missing+=(util-linux)
+have systemd-analyze || missing+=(systemd)
 id postgres >/dev/null 2>&1 || missing+=(postgresql-15)
 
 if [ ${#missing[@]} -eq 0 ]; then
