@@ -164,6 +164,13 @@ describe('the npm package', () => {
     }
     expect([...imported]).toEqual(expect.arrayContaining(['commander', 'age-encryption', '@aws-sdk/client-s3']));
     for (const name of imported) expect(Object.keys(pkg.dependencies), `dist imports ${name}`).toContain(name);
+    // Every module loads from the installed tree (main.js runs the CLI: the next test runs it).
+    const modules = (await listFiles(path.join(root, 'dist'))).filter((f) => f.endsWith('.js') && f !== 'cli/main.js');
+    const load = await execa(process.execPath, ['--input-type=module', '-e', 'for (const m of JSON.parse(process.argv[1])) await import(m);', JSON.stringify(modules.map((f) => path.join(root, 'dist', f)))], {
+      cwd: path.join(tmp, 'work'),
+      reject: false,
+    });
+    expect(load.exitCode, String(load.stderr)).toBe(0);
     // …and the build and test tools were not installed with it.
     for (const dev of ['typescript', 'vitest']) {
       await expect(fsp.access(path.join(root, 'node_modules', dev)), dev).rejects.toThrow();
