@@ -39,6 +39,8 @@ export interface BackupManifest {
     /** The pg_dump command prefix (binary or wrapper), without arguments or secrets. */
     pgDumpCommand: string[];
     databaseSizeBytes: number;
+    /** Tables of the database when the backup started (absent in manifests of coffer < 0.2). */
+    tables?: number;
   };
   compression: Compression;
   encryption: { format: 'age-v1'; recipients: string[] };

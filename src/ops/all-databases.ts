@@ -12,7 +12,7 @@ import type { PgTools } from '../pg/tools.js';
 export async function listAllDatabases(
   tools: PgTools,
   conn: ConnectionSpec,
-  opts: { maintenanceDb?: string; env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {},
+  opts: { maintenanceDb?: string; env: NodeJS.ProcessEnv; signal?: AbortSignal },
 ): Promise<string[]> {
   const out = await psqlQuery(
     tools,

@@ -19,7 +19,8 @@ import { BusyError, CofferError, DatabaseError, InterruptedError, UsageError } f
 import type { Logger } from '../observe/log.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { explainLibpqError, libpqEnv } from '../pg/server.js';
-import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
+import type { PgTools } from '../pg/tools.js';
+import { Supervisor, type Child } from '../run/supervisor.js';
 
 /** What a lock file holds. */
 export interface LockOwner {
@@ -216,11 +217,12 @@ class AdvisorySession {
   private out = '';
   private waiters: Array<() => void> = [];
   private constructor(
-    private readonly child: RunningChild,
+    private readonly sup: Supervisor,
+    private readonly child: Child,
     private readonly what: string,
   ) {
-    child.child.stdout!.setEncoding('utf8');
-    child.child.stdout!.on('data', (s: string) => {
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (s: string) => {
       this.out += s;
       for (const w of this.waiters.splice(0)) w();
     });
@@ -237,25 +239,26 @@ class AdvisorySession {
   static open(req: LockRequest): AdvisorySession {
     const conn: ConnectionSpec = { ...req.conn, params: { ...req.conn.params, application_name: `coffer backup ${req.runId}` } };
     const what = `connect to database ${JSON.stringify(req.database)} (advisory lock)`;
-    const child = spawnChild([...req.tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(conn, req.database), '-f', '-'], {
+    // The session owns its psql: a supervisor of one child, torn down by close().
+    const sup = new Supervisor(req.signal);
+    const child = sup.spawn({
+      argv: [...req.tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(conn, req.database), '-f', '-'],
       stdin: 'pipe',
       env: libpqEnv(req.conn, req.env),
-      signal: req.signal,
       what,
     });
-    child.child.stdin!.on('error', () => undefined);
-    return new AdvisorySession(child, what);
+    return new AdvisorySession(sup, child, what);
   }
 
   /** Sends one statement that prints one line; returns the line. */
   async ask(sql: string, marker: string): Promise<string> {
     const start = this.out.length;
-    this.child.child.stdin!.write(`${sql}\n\\echo ${marker}\n`);
+    this.child.stdin!.write(`${sql}\n\\echo ${marker}\n`);
     for (;;) {
       const seen = this.out.slice(start);
       const at = seen.indexOf(`${marker}\n`);
       if (at >= 0) return seen.slice(0, at).trim();
-      if (this.child.child.exitCode !== null || this.child.child.signalCode !== null) {
+      if (this.child.exited) {
         await this.child.done.catch((e: unknown) => {
           throw explainLibpqError(this.what, e);
         });
@@ -266,14 +269,11 @@ class AdvisorySession {
   }
 
   async close(): Promise<void> {
-    try {
-      this.child.child.stdin!.end();
-    } catch {
-      // already gone
-    }
-    const t = setTimeout(() => this.child.kill(), 10_000);
-    await this.child.done.catch(() => undefined);
+    this.child.stdin!.end();
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([this.child.done.catch(() => undefined), new Promise((r) => (t = setTimeout(r, 10_000)))]);
     clearTimeout(t);
+    await this.sup.teardown();
   }
 }
 

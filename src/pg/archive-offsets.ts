@@ -340,6 +340,15 @@ export class ArchiveOffsetScanner {
   }
 }
 
+/**
+ * TOC entries that announce data (their offset field says "not set" or "set", not "no data")
+ * but have no data block in the archive: a truncated archive, cut at a block boundary. pg_dump
+ * writes a block for every such entry.
+ */
+export function missingDataBlocks(layout: ArchiveLayout): number[] {
+  return layout.toc.filter((e) => e.state !== K_OFFSET_NO_DATA && !layout.blocks.has(e.dumpId)).map((e) => e.dumpId);
+}
+
 export type PatchOutcome =
   | { patched: number }
   /** Nothing was written: why. */

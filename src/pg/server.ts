@@ -7,10 +7,17 @@ export interface ServerInfo {
   serverVersionNum: number;
   databaseSizeBytes: number;
   isSuperuser: boolean;
+  /** Tables (plain and partitioned) outside the system schemas and extensions: what pg_dump archives as TABLE entries. */
+  tables: number;
 }
 
+/** The tables `pg_dump` writes TABLE entries for: ordinary and partitioned, not system, not extension members. */
+const USER_TABLES_SQL = `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
+
 /** Environment for a libpq child: ours, plus the password when we hold one. */
-export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return { ...env, ...childEnv(conn) };
 }
 
@@ -31,7 +38,7 @@ export function explainLibpqError(what: string, err: unknown): DatabaseError {
 }
 
 /** Runs one query with psql and returns its unaligned, tuples-only output. */
-export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string } = {}): Promise<string> {
+export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string }): Promise<string> {
   const argv = [...tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', conninfoFor(conn, database), '-f', '-'];
   try {
     return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what: opts.what ?? 'psql', input: sql });
@@ -41,22 +48,23 @@ export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: 
 }
 
 /** Server version, database size and whether we are superuser: one round trip. */
-export async function probeServer(tools: PgTools, conn: ConnectionSpec, database: string | undefined, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<ServerInfo> {
+export async function probeServer(tools: PgTools, conn: ConnectionSpec, database: string | undefined, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<ServerInfo> {
   const out = await psqlQuery(
     tools,
     conn,
     database,
-    "SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);",
+    // rolsuper as text is 'true'/'false' (a boolean cast), not psql's 't'/'f'.
+    `SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT CASE WHEN rolsuper THEN 't' ELSE 'f' END FROM pg_roles WHERE rolname = current_user) || '|' || (${USER_TABLES_SQL});`,
     { ...opts, what: `connect to database ${JSON.stringify(database ?? '')}` },
   );
-  const [num, ver, size, superuser] = out.trim().split('|');
+  const [num, ver, size, superuser, tables] = out.trim().split('|');
   const n = Number(num);
   if (!Number.isInteger(n)) throw new DatabaseError(`could not read the server version (got ${JSON.stringify(out.trim().slice(0, 80))})`);
-  return { serverVersionNum: n, serverVersion: ver ?? String(n), databaseSizeBytes: Number(size) || 0, isSuperuser: superuser === 't' };
+  return { serverVersionNum: n, serverVersion: ver ?? String(n), databaseSizeBytes: Number(size) || 0, isSuperuser: superuser === 't', tables: Number(tables) || 0 };
 }
 
 /** `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → { text, major: 15 }. */
-export async function clientVersion(argv: string[], what: string, opts: { env?: NodeJS.ProcessEnv; signal?: AbortSignal } = {}): Promise<{ text: string; major: number }> {
+export async function clientVersion(argv: string[], what: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<{ text: string; major: number }> {
   const out = (await runChild([...argv, '--version'], { env: opts.env, signal: opts.signal, what: `${what} --version` })).trim();
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(out) ?? /(\d+)\.(\d+)/.exec(out);
   if (!m) throw new DatabaseError(`${what} --version printed something unexpected: ${JSON.stringify(out.slice(0, 80))}`);

@@ -1,48 +1,71 @@
 import { createHash } from 'node:crypto';
-import { PassThrough, Transform, type Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { missingTool, spawnChild, type RunningChild } from '../pg/tools.js';
+import { ArchiveOffsetScanner, missingDataBlocks } from '../pg/archive-offsets.js';
+import { missingTool } from '../pg/tools.js';
+import { isEcho, toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
+
+/** What the manifest says the object holds: checked over the whole stream, before the archive ends. */
+export interface ExpectedArchive {
+  sha256: string;
+  size: number;
+  /** Bytes pg_dump produced (0: unknown, not checked). */
+  dumpBytes?: number;
+  /** `custom`: a pg_dump custom archive; `sql`: plain SQL (schema-only, data-only, globals). */
+  format?: 'custom' | 'sql';
+}
 
 export interface ArchiveInput {
   /** The stored (encrypted) bytes. */
   ciphertext: Readable;
-  /** From the manifest: checked over the whole stream, before the archive ends. */
-  expected?: { sha256: string; size: number };
+  expected?: ExpectedArchive;
   identities: string[];
   zstdCommand?: string[];
-  signal: AbortSignal;
+  /** Owns the decompressor and hears every failure of the stages. */
+  sup: Supervisor;
+  /** The environment children may see (dd, zstd get only the locale and the path of it). */
+  env: NodeJS.ProcessEnv;
 }
 
 export interface OpenedArchive {
   /**
    * The decrypted, decompressed archive: a pg_dump custom archive or plain SQL. It ends only
    * after the whole object was read, authenticated to its last byte, matched the manifest's
-   * sha256 and size, and the decompressor exited 0; otherwise it errors.
+   * sha256 and size, the decompressor exited 0, and the archive itself was whole: a custom
+   * archive walked from its header through every data block its table of contents announces,
+   * plain SQL non-empty (and, for a backup with a manifest, with pg_dump's closing line), its
+   * size equal to the manifest's `dumpBytes`. Otherwise it errors (IntegrityError), and the
+   * failure is recorded with the supervisor.
    */
   archive: Readable;
   format: 'custom' | 'sql';
   compressed: boolean;
-  children: RunningChild[];
+  children: Child[];
   /** Bytes of ciphertext read and of archive produced so far. */
   stats(): { storedBytes: number; archiveBytes: number };
 }
 
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 const PGDMP_MAGIC = Buffer.from('PGDMP');
+/** pg_dump's and pg_dumpall's last comment line in plain format. */
+const SQL_TRAILER = /-- PostgreSQL database (cluster )?dump complete\n/;
+/** How far from the end pg_dump's closing line may stand (pg_dump 15.14+ adds `\unrestrict <key>` after it). */
+const SQL_TRAILER_WINDOW = 4096;
 
 /**
- * ciphertext ─▶ sha256/size check ─▶ age decrypt ─▶ (zstd -d, detected by its magic) ─▶ archive
+ * ciphertext ─▶ sha256/size check ─▶ age decrypt ─▶ (zstd -d, detected by its magic) ─▶ whole-archive check ─▶ archive
  *
- * The age header is read and authenticated before this resolves: a wrong identity or a
- * foreign file fails here, before any database is touched.
+ * The age header is read and authenticated before this resolves, and the first bytes of the
+ * archive are known: a wrong identity, a foreign file, an empty plaintext or an archive of
+ * another kind than the manifest says fails here, before any database is touched.
  */
 export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
+  const { sup, expected } = input;
   let storedBytes = 0;
   let archiveBytes = 0;
   const hash = createHash('sha256');
-  const expected = input.expected;
   const tap = new Transform({
     highWaterMark: 1024 * 1024,
     transform(chunk: Buffer, _e, cb) {
@@ -60,60 +83,132 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
           cb(new IntegrityError(`the backup object is truncated: ${storedBytes} of ${expected.size} bytes`, { hint: 'use another backup' }));
           return;
         }
-        const got = hash.digest('hex');
-        if (got !== expected.sha256) {
-          cb(new IntegrityError('sha256 of the backup object does not match its manifest', { hint: 'the object was modified or swapped; do not trust this backup' }));
+        if (hash.digest('hex') !== expected.sha256) {
+          cb(new IntegrityError('sha256 of the backup object does not match its manifest: it was modified or corrupted', { hint: 'the object was modified or swapped; do not trust this backup' }));
           return;
         }
       }
       cb();
     },
   });
+  const failStage = (err: Error): void => {
+    if (!isEcho(err)) sup.fail(err);
+  };
+  tap.on('error', failStage);
+  input.ciphertext.on('error', failStage);
   pipeline(input.ciphertext, tap, () => undefined);
   const { plaintext } = await openDecryptStream(tap, input.identities);
+  plaintext.on('error', failStage);
 
   const first = await peek(plaintext);
+  if (first.length === 0) {
+    throw new IntegrityError('the backup holds no data: its encrypted content is empty', { hint: 'this backup stored nothing; use another backup' });
+  }
   const compressed = first.subarray(0, 4).equals(ZSTD_MAGIC);
-  const children: RunningChild[] = [];
-  let archive: Readable = plaintext;
+  const children: Child[] = [];
+  let source: Readable = plaintext;
+  /** Settles when everything upstream of the check ended cleanly. */
+  let upstreamDone: Promise<unknown>;
   if (compressed) {
-    const zstd = spawnChild([...(input.zstdCommand ?? ['zstd']), '-d', '-q', '-c'], {
+    const zstd = sup.spawn({
+      argv: [...(input.zstdCommand ?? ['zstd']), '-d', '-q', '-c'],
+      env: toolEnv(input.env),
       stdin: 'pipe',
-      signal: input.signal,
       what: 'zstd -d',
       missing: missingTool('zstd -d', 'this backup is zstd-compressed: install zstd (apt-get install zstd)'),
+      // Its input was authenticated (or the age error came first, and wins): what it rejects is the archive itself.
+      explain: (f) => new IntegrityError(`the compressed archive is damaged or truncated (zstd: ${f.stderr.lastLines(1, 200) || `exit ${f.code ?? f.signal}`})`, { hint: 'use another backup' }),
     });
-    zstd.done.catch(() => undefined);
     children.push(zstd);
-    const upstream = new Promise<void>((resolve, reject) => {
+    const fed = new Promise<void>((resolve, reject) => pipeline(plaintext, zstd.stdin!, (err) => (err ? reject(err) : resolve())));
+    fed.catch(() => undefined);
+    upstreamDone = Promise.all([fed, zstd.done]);
+    source = zstd.stdout!;
+  } else {
+    upstreamDone = new Promise<void>((resolve, reject) => {
       plaintext.once('end', resolve);
       plaintext.once('error', reject);
     });
-    upstream.catch(() => undefined);
-    pipeline(plaintext, zstd.child.stdin!, () => undefined);
-    // The archive ends only when the decrypted input ended cleanly and zstd exited 0.
-    const gate = new Transform({
-      highWaterMark: 1024 * 1024,
-      transform(chunk, _e, cb) {
-        cb(null, chunk);
-      },
-      flush(cb) {
-        Promise.all([upstream, zstd.done]).then(() => cb(), (err: Error) => cb(err));
-      },
-    });
-    plaintext.once('error', (err) => gate.destroy(err));
-    pipeline(zstd.child.stdout!, gate, () => undefined);
-    archive = gate;
   }
-  const counted = new PassThrough({ highWaterMark: 1024 * 1024 });
-  archive.on('data', (c: Buffer) => (archiveBytes += c.length));
-  pipeline(archive, counted, () => undefined);
-  const head = await peek(counted);
-  const format = head.subarray(0, 5).equals(PGDMP_MAGIC) ? 'custom' : 'sql';
+  upstreamDone.catch(() => undefined);
+
+  const check = new ArchiveCheck(expected);
+  const checked = new Transform({
+    highWaterMark: 1024 * 1024,
+    transform(chunk: Buffer, _e, cb) {
+      archiveBytes += chunk.length;
+      check.push(chunk);
+      cb(null, chunk);
+    },
+    flush(cb) {
+      upstreamDone.then(
+        () => {
+          const problem = check.end(archiveBytes);
+          cb(problem);
+        },
+        (err: Error) => cb(err),
+      );
+    },
+  });
+  checked.on('error', failStage);
+  pipeline(source, checked, () => undefined);
+  const head = await peek(checked);
   if (head.length === 0) {
-    counted.destroy(new IntegrityError('the backup holds no data (empty archive)'));
+    await upstreamDone.catch((err: unknown) => {
+      throw err;
+    });
+    throw new IntegrityError('the backup holds no data: the decompressed archive is empty', { hint: 'this backup stored nothing; use another backup' });
   }
-  return { archive: counted, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }) };
+  const format = head.subarray(0, 5).equals(PGDMP_MAGIC) ? 'custom' : 'sql';
+  if (expected?.format && expected.format !== format) {
+    const what = (f: string): string => (f === 'custom' ? 'a pg_dump custom archive' : 'plain SQL');
+    throw new IntegrityError(`the backup holds ${what(format)}, but its manifest says ${what(expected.format)}`, { hint: 'the object or the manifest was replaced; do not trust this backup' });
+  }
+  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }) };
+}
+
+/**
+ * Proves an archive is whole as it streams by: a custom archive is walked from its header
+ * through its table of contents and every data block (payloads skipped by arithmetic), and
+ * every entry that announces data must have its block; plain SQL must be non-empty and, when
+ * a manifest says it is a pg_dump output, end with pg_dump's closing line. The size must be
+ * the manifest's `dumpBytes` when that is known.
+ */
+class ArchiveCheck {
+  private scanner: ArchiveOffsetScanner | undefined;
+  private format: 'custom' | 'sql' | undefined;
+  private tail = Buffer.alloc(0);
+
+  constructor(private readonly expected: ExpectedArchive | undefined) {}
+
+  push(chunk: Buffer): void {
+    if (this.format === undefined) {
+      this.format = chunk.subarray(0, 5).equals(PGDMP_MAGIC) ? 'custom' : 'sql';
+      if (this.format === 'custom') this.scanner = new ArchiveOffsetScanner();
+    }
+    if (this.scanner) this.scanner.push(chunk);
+    else {
+      this.tail = Buffer.concat([this.tail, chunk.subarray(Math.max(0, chunk.length - SQL_TRAILER_WINDOW))]);
+      if (this.tail.length > SQL_TRAILER_WINDOW) this.tail = this.tail.subarray(this.tail.length - SQL_TRAILER_WINDOW);
+    }
+  }
+
+  /** `null` when whole; otherwise the IntegrityError to fail with. */
+  end(archiveBytes: number): IntegrityError | null {
+    const damaged = (what: string): IntegrityError => new IntegrityError(`the backup is truncated or damaged: ${what}`, { hint: 'use another backup' });
+    if (archiveBytes === 0) return new IntegrityError('the backup holds no data: the archive is empty', { hint: 'this backup stored nothing; use another backup' });
+    if (this.scanner) {
+      const scan = this.scanner.end();
+      if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
+      const missing = missingDataBlocks(scan.layout);
+      if (missing.length > 0) return damaged(`the custom archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`);
+    } else if (this.expected?.format === 'sql' && !SQL_TRAILER.test(this.tail.toString('latin1'))) {
+      return damaged("the SQL dump does not end with pg_dump's closing line");
+    }
+    const want = this.expected?.dumpBytes ?? 0;
+    if (want > 0 && archiveBytes !== want) return damaged(`the archive has ${archiveBytes} bytes, its manifest says pg_dump wrote ${want}`);
+    return null;
+  }
 }
 
 /** The first bytes of a stream, left in it (unshifted). Empty at end of stream. */

@@ -6,10 +6,12 @@ import { createEncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
 import { listBackupKeys } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
-import { CofferError, DatabaseError, formatErrorLine, InterruptedError, IntegrityError, StorageError } from '../errors.js';
+import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo } from '../pg/server.js';
-import { missingTool, spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
+import { missingTool, type PgTools } from '../pg/tools.js';
+import { faultNumber } from '../run/faults.js';
+import { interruptedBy, Supervisor, toolEnv, type Child } from '../run/supervisor.js';
 import type { Logger } from '../observe/log.js';
 import { chooseTier } from '../retention/tiers.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
@@ -39,7 +41,8 @@ export interface BackupRequest {
   retentionFor?: (tier: Tier, now: Date) => ObjectRetention | undefined;
   /** The `zstd` program (default: `zstd` from PATH). */
   zstdCommand?: string[];
-  env?: NodeJS.ProcessEnv;
+  /** The environment children start from (the config layer's, without coffer's secrets); each child gets only its part. */
+  env: NodeJS.ProcessEnv;
   signal: AbortSignal;
   log: Logger;
   onProgress?: (storedBytes: number) => void;
@@ -64,22 +67,20 @@ export interface BackupResult {
  */
 export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   const now = req.now ?? (() => new Date());
-  const env = req.env ?? process.env;
+  const env = req.env;
   const startedAt = now();
-  const ac = new AbortController();
-  const onOuterAbort = (): void => ac.abort(req.signal.reason);
-  if (req.signal.aborted) throw interrupted(req.signal);
-  req.signal.addEventListener('abort', onOuterAbort, { once: true });
+  if (req.signal.aborted) throw interruptedBy(req.signal);
+  const sup = new Supervisor(req.signal);
   try {
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
-      probeServer(req.tools, req.conn, req.database, { env, signal: ac.signal }),
-      clientVersion(req.tools.pgDump, 'pg_dump', { env, signal: ac.signal }),
+      probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal }),
+      clientVersion(req.tools.pgDump, 'pg_dump', { env: libpqEnv(req.conn, env), signal: sup.signal }),
     ]);
     checkDumpVersion(dumpVersion.major, dumpVersion.text, server);
 
     // 2. Where it goes: the tier from what is already there (listing only), a fresh id.
-    const tier = req.tier ?? chooseTier(await listBackupKeys(req.store, { database: req.database, signal: ac.signal }), startedAt);
+    const tier = req.tier ?? chooseTier(await listBackupKeys(req.store, { database: req.database, signal: sup.signal }), startedAt);
     const id = newBackupId(startedAt);
     const content: DumpContent = `${req.kind === 'custom' ? 'custom' : 'sql'}${req.compression.kind === 'zstd' ? '+zstd' : ''}` as DumpContent;
     const keys = backupKeys(req.database, tier, id, content);
@@ -90,15 +91,12 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     req.log.info('backup started', { database: req.database, id, tier, key: keys.dump, server: server.serverVersion, pg_dump: dumpVersion.major, partSize });
 
     // 3. Globals first (small), then the dump; the manifest last.
+    const target: ObjectTarget = { req, sup, partSize, retention, tags };
     let globals: StoredObject | null = null;
-    if (req.globals) {
-      globals = await streamObject(req, ac, keys.globals, 'globals', partSize, retention, tags, (signal) =>
-        startGlobalsDump(req, server, env, signal),
-      );
-    }
-    const dump = await streamObject(req, ac, keys.dump, 'dump', partSize, retention, tags, (signal) => startDump(req, env, signal));
+    if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup));
+    const dump = await streamObject(target, keys.dump, 'dump', () => startDump(req, env, sup));
 
-    if (ac.signal.aborted) throw interrupted(ac.signal);
+    if (sup.failed) throw sup.cause();
     const finishedAt = now();
     const manifest: BackupManifest = {
       format: 'coffer-backup-manifest',
@@ -116,6 +114,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
         pgDumpVersion: dumpVersion.text,
         pgDumpCommand: req.tools.pgDump,
         databaseSizeBytes: server.databaseSizeBytes,
+        tables: server.tables,
       },
       compression: req.compression,
       encryption: { format: 'age-v1', recipients: [...req.recipients] },
@@ -148,132 +147,203 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000 });
     return { manifest, manifestKey: keys.manifest };
   } catch (err) {
-    ac.abort(err);
-    if (req.signal.aborted) throw interrupted(req.signal, err);
-    throw err;
+    sup.fail(err);
+    await sup.teardown();
+    throw sup.cause();
   } finally {
-    req.signal.removeEventListener('abort', onOuterAbort);
+    await sup.teardown();
   }
 }
 
 /** Producer of plaintext for one object: its stdout plus the children that must all exit 0. */
 interface Producer {
   stdout: Readable;
-  children: RunningChild[];
-  /** Bytes read from the first child (pg_dump's own output), for the manifest. */
-  producedBytes: () => number;
+  children: Child[];
+  /** Sees the bytes node receives (compressed, when a compressor runs), before encryption. */
+  observe(chunk: Buffer): void;
+  /** After the stream ended and every child exited 0: the bytes pg_dump wrote, or why the output cannot be trusted. */
+  settle(): Promise<{ dumpBytes: number } | { problem: string }>;
 }
 
-function startDump(req: BackupRequest, env: NodeJS.ProcessEnv, signal: AbortSignal): Producer {
+function startDump(req: BackupRequest, env: NodeJS.ProcessEnv, sup: Supervisor): Producer {
   const args = [...req.tools.pgDump];
   if (req.kind === 'custom') args.push('--format=custom');
   else args.push('--format=plain', req.kind === 'schema-only' ? '--schema-only' : '--data-only');
   if (req.kind === 'custom') args.push(`--compress=${req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0}`);
   for (const p of req.excludeTableData ?? []) args.push(`--exclude-table-data=${p}`);
   args.push('--no-password', '-d', conninfoFor(req.conn, req.database));
-  const pgDump = spawnChild(args, { env: libpqEnv(req.conn, env), signal, what: 'pg_dump' });
-  return withCompression(req, pgDump, signal);
+  const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
+  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump' }), expectHead);
+  return compressedDump(req, req.compression.level, args, env, sup, expectHead);
 }
 
-function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, signal: AbortSignal): Producer {
+function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor): Producer {
   const args = [...req.tools.pgDumpall, '--globals-only', '--no-password'];
   if (!server.isSuperuser) args.push('--no-role-passwords');
   args.push('-d', conninfoFor(req.conn, req.database));
-  const child = spawnChild(args, { env: libpqEnv(req.conn, env), signal, what: 'pg_dumpall --globals-only' });
+  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only' }), '');
+}
+
+/** A child's output as it is (no compressor, or pg_dump's own gzip): node counts it and sees its first bytes. */
+function countedOutput(child: Child, expectHead: string): Producer {
   let n = 0;
-  const counter = countingTransform((c) => (n += c));
-  child.child.stdout!.on('error', (e) => counter.destroy(e));
-  child.child.stdout!.pipe(counter);
-  return { stdout: counter, children: [child], producedBytes: () => n };
+  let head = Buffer.alloc(0);
+  return {
+    stdout: child.stdout!,
+    children: [child],
+    observe(chunk) {
+      n += chunk.length;
+      if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
+    },
+    settle: () => {
+      const problem = headProblem(child.what, head, n, expectHead);
+      return Promise.resolve(problem ? { problem } : { dumpBytes: n });
+    },
+  };
+}
+
+/** Why a dump's first bytes (and size) cannot be what pg_dump writes; `undefined` when they can. */
+function headProblem(what: string, head: Buffer, bytes: number, expectHead: string): string | undefined {
+  if (bytes === 0) return `${what} wrote nothing`;
+  if (expectHead && !head.subarray(0, expectHead.length).equals(Buffer.from(expectHead))) {
+    return `${what} did not write a custom-format archive (its output starts with ${JSON.stringify(head.subarray(0, 8).toString('latin1'))}, not "PGDMP"); a command wrapper must pass pg_dump's output through unchanged (docker compose exec needs -T)`;
+  }
+  return undefined;
 }
 
 /**
- * pg_dump's output, counted, through `zstd -T0` when asked (multi-threaded, outside Node).
+ * pg_dump → dd → zstd, joined fd to fd (`zstd -T0`, multi-threaded, outside node): the
+ * uncompressed dump never passes through node. A JS hop there cost more CPU than everything
+ * else node does in a backup (bench: compression).
  *
- * With zstd the uncompressed dump never passes through node: pg_dump → dd → zstd are joined fd
- * to fd, and dd counts the bytes exactly (its closing "N bytes … copied" line) for the manifest.
- * A JS hop there cost more CPU than everything else node does in a backup (bench: compression).
+ * The accounting is exact all the same, end to end: dd counts what pg_dump wrote (its closing
+ * "N bytes copied" line); zstd reports what it read and what it wrote (`-vv`: "(N B => M B"),
+ * which must be dd's count and the bytes node received; and a second `zstd -d` reads the first
+ * compressed bytes to see the archive's header. Any mismatch fails the run before the manifest.
  */
-function withCompression(req: BackupRequest, first: RunningChild, signal: AbortSignal): Producer {
-  if (req.compression.kind !== 'zstd') {
-    let n = 0;
-    const counter = countingTransform((c) => (n += c));
-    first.child.stdout!.on('error', (e) => counter.destroy(e));
-    first.child.stdout!.pipe(counter);
-    return { stdout: counter, children: [first], producedBytes: () => n };
-  }
-  const dd = spawnChild(['dd', 'bs=1M'], {
-    stdin: first.child.stdout!,
-    env: { ...process.env, LC_ALL: 'C' },
-    signal,
+function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string): Producer {
+  const zstdArgv = req.zstdCommand ?? ['zstd'];
+  const missingZstd = missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none');
+  const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: 'child', what: 'pg_dump' });
+  const dd = sup.spawn({
+    argv: ['dd', 'bs=1M'],
+    env: toolEnv(env),
+    stdin: pgDump,
+    stdout: 'child',
     what: 'dd (counting the dump)',
     missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
   });
-  // The pipe now lives on in dd; node's end of it must not be read (nor hold 'close' open).
-  first.child.stdout!.destroy();
-  const zstd = spawnChild([...(req.zstdCommand ?? ['zstd']), `-${req.compression.level}`, '-T0', '-q', '-c', '-'], {
-    stdin: dd.child.stdout!,
-    signal,
+  const zstd = sup.spawn({
+    argv: [...zstdArgv, `-${level}`, '-T0', '-vv', '--no-progress', '-c', '-'],
+    env: toolEnv(env),
+    stdin: dd,
     what: 'zstd',
-    missing: missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none'),
+    missing: missingZstd,
   });
-  dd.child.stdout!.destroy();
-  const producedBytes = (): number => {
-    const m = /^(\d+) bytes? /m.exec(dd.stderr.text());
-    if (m) return Number(m[1]);
-    req.log.warn('could not read the dump size from dd; the manifest records 0 (restore --jobs then skips its free-space check)', { dd: dd.stderr.lastLines() });
-    return 0;
+  const probe = new HeadProbe(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd);
+  let received = 0;
+  return {
+    stdout: zstd.stdout!,
+    children: [pgDump, dd, zstd],
+    observe(chunk) {
+      received += chunk.length;
+      probe.feed(chunk);
+    },
+    settle: async () => {
+      const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
+      const dumpBytes = ddCount ? Number(ddCount[1]) : undefined;
+      if (received === 0) return { problem: 'zstd wrote nothing' };
+      const acct = /\(\s*(\d+)\s*B?\s*=>\s*(\d+)\s*(?:B|bytes)\b/.exec(zstd.stderr.text());
+      if (acct) {
+        const [zIn, zOut] = [Number(acct[1]), Number(acct[2])];
+        if (zOut !== received) return { problem: `zstd wrote ${zOut} bytes but ${received} reached coffer` };
+        if (dumpBytes !== undefined && zIn !== dumpBytes) return { problem: `pg_dump wrote ${dumpBytes} bytes but zstd read ${zIn}` };
+      } else {
+        req.log.warn("could not read zstd's byte counts; the compressed stream was checked by its header only", { zstd: zstd.stderr.lastLines(2) });
+      }
+      if (dumpBytes === undefined) req.log.warn('could not read the dump size from dd; the manifest records 0 (restore --jobs then skips its free-space check)', { dd: dd.stderr.lastLines() });
+      const head = await probe.result();
+      const problem = headProblem('pg_dump', head, dumpBytes ?? head.length, expectHead);
+      return problem ? { problem } : { dumpBytes: dumpBytes ?? 0 };
+    },
   };
-  return { stdout: zstd.child.stdout!, children: [first, dd, zstd], producedBytes };
 }
 
-function countingTransform(add: (n: number) => void): Transform {
-  return new Transform({
-    highWaterMark: 1024 * 1024,
-    transform(chunk: Buffer, _e, cb) {
-      add(chunk.length);
-      cb(null, chunk);
-    },
-  });
+/**
+ * The first bytes that a compressed stream decompresses to: a `zstd -d` fed the first
+ * compressed chunks (at most {@link HeadProbe.MAX_FEED} bytes) until it wrote 16 bytes. It is
+ * expected to be cut short, so its exit status is not the run's.
+ */
+class HeadProbe {
+  static readonly MAX_FEED = 8 * 1024 * 1024;
+  private child: Child | undefined;
+  private fed = 0;
+  private head = Buffer.alloc(0);
+  private closed = false;
+  private output: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly sup: Supervisor,
+    private readonly argv: string[],
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly missing: (cmd: string) => CofferError,
+  ) {}
+
+  feed(chunk: Buffer): void {
+    if (this.closed) return;
+    if (!this.child) {
+      const child = this.sup.spawn({ argv: this.argv, env: this.env, stdin: 'pipe', what: 'zstd -d (archive header)', expendable: true, missing: this.missing });
+      this.child = child;
+      this.output = new Promise<void>((resolve) => {
+        child.stdout!.on('data', (b: Buffer) => {
+          if (this.head.length < 16) this.head = Buffer.concat([this.head, b]).subarray(0, 16);
+          if (this.head.length >= 16) this.end();
+        });
+        child.stdout!.once('end', () => resolve());
+        child.stdout!.once('close', () => resolve());
+      });
+    }
+    const part = chunk.subarray(0, HeadProbe.MAX_FEED - this.fed);
+    this.fed += part.length;
+    this.child.stdin!.write(part);
+    if (this.fed >= HeadProbe.MAX_FEED) this.end();
+  }
+
+  /** No more input: what it decompressed from what it got is the head. */
+  end(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.child?.stdin!.end();
+  }
+
+  async result(): Promise<Buffer> {
+    this.end();
+    await this.output;
+    this.child?.kill();
+    return this.head;
+  }
+}
+
+/** Where one object goes: the run, its part size, retention and tags. */
+interface ObjectTarget {
+  req: BackupRequest;
+  sup: Supervisor;
+  partSize: number;
+  retention: ObjectRetention | undefined;
+  tags: Record<string, string>;
 }
 
 /**
  * Streams one producer through gate → encrypt → hash into the store. Resolves with what was
- * stored once the object is complete and visible; on any failure everything is torn down and
- * the first cause is thrown.
+ * stored once the object is complete and visible and its accounting checked out. Any failure
+ * is recorded with the run's supervisor (whose teardown kills the children, and whose cause is
+ * reported) and aborts the upload.
+ *
+ * The whole stream graph is built before any child exists: nothing is awaited between spawning
+ * a producer and reading its output.
  */
-async function streamObject(
-  req: BackupRequest,
-  ac: AbortController,
-  key: string,
-  what: string,
-  partSize: number,
-  retention: ObjectRetention | undefined,
-  tags: Record<string, string>,
-  start: (signal: AbortSignal) => Producer,
-): Promise<StoredObject> {
-  let firstError: unknown;
-  const fail = (err: unknown): void => {
-    firstError ??= err;
-    ac.abort(err);
-  };
-  const producer = start(ac.signal);
-  for (const c of producer.children) c.done.catch(fail);
-  const childrenDone = Promise.all(producer.children.map((c) => c.done));
-  childrenDone.catch(() => undefined); // observed through `fail` and the gate
-
-  // The gate: passes data through; ends only after every child exited 0.
-  const gate = new Transform({
-    transform(chunk, _e, cb) {
-      cb(null, chunk);
-    },
-    flush(cb) {
-      childrenDone.then(
-        () => cb(),
-        (err: Error) => cb(err),
-      );
-    },
-  });
+async function streamObject(t: ObjectTarget, key: string, what: string, start: () => Producer): Promise<StoredObject> {
+  const { req, sup, partSize } = t;
   const encrypt = await createEncryptStream(req.recipients);
   const hash = createHash('sha256');
   let stored = 0;
@@ -289,44 +359,53 @@ async function streamObject(
       cb(null, chunk);
     },
   });
-  const body = pipeline(producer.stdout, gate, encrypt, hasher, (err) => {
-    if (err) fail(err);
+  if (sup.failed) throw sup.cause();
+  const producer = start();
+  const childrenDone = Promise.all(producer.children.map((c) => c.done));
+  childrenDone.catch(() => undefined); // recorded by the supervisor
+  // The gate: passes data through; ends only after every child exited 0 and the output's
+  // accounting checked out, so the encryptor cannot emit its final chunk, and the upload
+  // cannot complete, for a dump that failed or did not arrive whole.
+  let dumpBytes = 0;
+  const gate = new Transform({
+    transform(chunk: Buffer, _e, cb) {
+      producer.observe(chunk);
+      cb(null, chunk);
+    },
+    flush(cb) {
+      childrenDone
+        .then(() => producer.settle())
+        .then(
+          (r) => {
+            if ('problem' in r) return cb(new IntegrityError(`${what}: ${r.problem}; nothing was stored`, { hint: 'check the pg_dump command (--pg-dump-command) and the tools on this host' }));
+            dumpBytes = r.dumpBytes;
+            cb();
+          },
+          (err: Error) => cb(err),
+        );
+    },
   });
-
+  for (const s of [gate, encrypt, hasher]) s.on('error', (err) => sup.fail(err));
+  const delay = faultNumber('delay-reader-ms');
+  if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+  const body = pipeline(producer.stdout, gate, encrypt, hasher, () => undefined);
   try {
     const { size } = await req.store.putStream(key, body, {
-      signal: ac.signal,
+      signal: sup.signal,
       partSize,
       queueSize: chooseQueueSize(partSize),
-      retention,
-      tags,
+      retention: t.retention,
+      tags: t.tags,
       onProgress: req.onProgress,
     });
     await childrenDone;
     if (size !== stored) throw new IntegrityError(`${what}: the store reports ${size} bytes but ${stored} were sent`);
-    return { key, size, sha256: hash.digest('hex'), dumpBytes: producer.producedBytes() };
+    return { key, size, sha256: hash.digest('hex'), dumpBytes };
   } catch (err) {
-    fail(err);
-    // Tear the stream down too: nobody reads it any more, and its pipes must close.
+    sup.fail(err);
     body.destroy();
-    producer.stdout.destroy();
-    for (const c of producer.children) c.kill();
-    await Promise.allSettled(producer.children.map((c) => c.done));
-    throw pickCause(firstError, err);
+    throw err;
   }
-}
-
-/** The error to report: the first stage that failed, unless that was only our own abort. */
-function pickCause(first: unknown, last: unknown): unknown {
-  const isEcho = (e: unknown): boolean =>
-    (e instanceof StorageError && e.code === 'Aborted') ||
-    (e instanceof DatabaseError && /killed by SIG(TERM|KILL)/.test(e.message)) ||
-    (e as { code?: string })?.code === 'ERR_STREAM_PREMATURE_CLOSE' ||
-    (e as { code?: string })?.code === 'EPIPE' ||
-    (e as { name?: string })?.name === 'AbortError';
-  if (first !== undefined && !isEcho(first)) return first;
-  if (!isEcho(last)) return last;
-  return first ?? last;
 }
 
 /** Whether `key` is in the store's listing (ListBucket only); `undefined` when the listing fails. */
@@ -347,12 +426,6 @@ async function removeOrphans(req: BackupRequest, keys: string[]): Promise<void> 
       req.log.warn('could not remove an object of the failed run (it has no manifest, so it is not a backup; lifecycle rules expire it)', { key: k });
     }
   }
-}
-
-function interrupted(signal: AbortSignal, cause?: unknown): CofferError {
-  const reason: unknown = signal.reason;
-  if (reason instanceof CofferError) return reason;
-  return new InterruptedError(typeof reason === 'string' ? reason : 'interrupted', { cause: cause ?? reason });
 }
 
 /** The exact pipeline of standard tools that reads this object without coffer. */

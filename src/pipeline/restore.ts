@@ -3,19 +3,22 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
+import { finished as streamFinished, pipeline as streamPipeline } from 'node:stream/promises';
 import type { BackupEntry } from '../catalog/catalog.js';
-import { DatabaseError, IntegrityError, InterruptedError, CofferError, StorageError, UsageError } from '../errors.js';
+import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { libpqEnv, psqlQuery } from '../pg/server.js';
-import { spawnChild, type PgTools, type RunningChild } from '../pg/tools.js';
+import type { PgTools } from '../pg/tools.js';
+import { Supervisor, toolEnv } from '../run/supervisor.js';
+import type { BackupManifest } from '../catalog/manifest.js';
 import { compactTimestamp } from '../catalog/layout.js';
 import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { openArchive, type OpenedArchive } from './archive.js';
-import { FanOut, drainInto, type FanOutTarget } from './fanout.js';
+import { openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
+import { FanOut, type FanOutTarget } from './fanout.js';
 
 /** Where the encrypted backup comes from. */
 export type RestoreSource =
@@ -60,7 +63,8 @@ export interface RestoreRequest {
   /** Apply the backup's globals (roles) before restoring. */
   withGlobals?: boolean;
   zstdCommand?: string[];
-  env?: NodeJS.ProcessEnv;
+  /** The environment children start from (the config layer's, without coffer's secrets); each child gets only its part. */
+  env: NodeJS.ProcessEnv;
   signal: AbortSignal;
   log: Logger;
   onProgress?: (storedBytes: number) => void;
@@ -69,17 +73,19 @@ export interface RestoreRequest {
 /**
  * Restores a backup into a fresh database, atomically:
  *
- *   store.get ─▶ sha256 ─▶ age decrypt ─▶ zstd -d ─▶ pg_restore ─▶ checks ─▶ rename
- *   (header checked first)                          (into <target>__restoring_<rand>)
+ *   store.get ─▶ sha256 ─▶ age decrypt ─▶ zstd -d ─▶ whole-archive check ─▶ pg_restore ─▶ checks ─▶ rename
+ *   (header checked first)                                                 (into <target>__restoring_<rand>)
  *
- * The target name appears only after everything succeeded. On any failure the scratch
- * database is dropped and the target (if it existed) is untouched.
+ * The target name appears only after everything succeeded. On any failure the run's
+ * supervisor tears every child down (awaited), then the scratch database is dropped and the
+ * spool removed; the target (if it existed) is untouched. The error reported is the cause
+ * (a stop signal, then damage, then storage, …), not what it provoked downstream.
  */
 export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   const started = Date.now();
-  const env = req.env ?? process.env;
+  const env = req.env;
   const admin = new PgAdmin(req.tools, req.conn, req.maintenanceDb, env);
-  const ac = linkedController(req.signal);
+  const sup = new Supervisor(req.signal);
   let scratch: string | undefined;
   let spool: string | undefined;
   try {
@@ -98,26 +104,26 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       });
     }
     // 2. Open the backup: the age header is authenticated here, before any database exists.
-    const opened = await openSource(req, ac.signal);
+    const opened = await openSource(req, sup, env);
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
     if (req.jobs > 1) spool = await prepareSpool(req, opened);
 
     // 3. Globals first (roles the dump refers to), then a scratch database.
-    if (req.withGlobals) await applyGlobals(req, admin, env, ac.signal);
-    if (ac.signal.aborted) throw ac.signal.reason;
+    if (req.withGlobals) await applyGlobals(req, admin, env, sup);
+    throwIfFailed(sup);
     scratch = scratchName(req.target);
     await admin.create(scratch);
-    if (ac.signal.aborted) throw ac.signal.reason;
+    throwIfFailed(sup);
     req.log.info('restoring into a scratch database', { scratch });
 
     // 4. The data.
-    const tocText = await restoreInto(req, opened, scratch, spool, env, ac);
+    const tocText = await restoreInto(req, opened, scratch, spool, env, sup);
     const archiveStats = opened.stats();
 
     // 5. Checks on the scratch database, then the swap.
-    const checks = await runChecks(req, scratch, tocText, env, ac.signal);
+    const checks = await runChecks(req, scratch, tocText, env, sup.signal);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
-    if (ac.signal.aborted) throw ac.signal.reason;
+    throwIfFailed(sup);
     await admin.swapIn(scratch, req.target, aside ?? undefined);
     scratch = undefined;
     if (aside) req.log.warn('the previous database was kept aside', { database: aside });
@@ -134,11 +140,11 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       checks,
     };
   } catch (err) {
-    ac.abort(err);
-    if (req.signal.aborted) throw interruptedFrom(req.signal, err);
-    throw err;
+    sup.fail(err);
+    await sup.teardown();
+    throw explainRestoreError(sup.cause());
   } finally {
-    ac.dispose();
+    await sup.teardown();
     if (scratch !== undefined) {
       try {
         await admin.drop(scratch);
@@ -151,25 +157,35 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   }
 }
 
+/** Stops a run whose supervisor has recorded a failure (a stage, or the stop signal). */
+function throwIfFailed(sup: Supervisor): void {
+  if (sup.failed) throw sup.cause();
+}
+
+/** What the manifest promises about a backup's content, for the whole-archive check. */
+export function expectedArchive(m: BackupManifest): ExpectedArchive {
+  return { sha256: m.dump.sha256, size: m.dump.size, dumpBytes: m.dump.dumpBytes, format: m.kind === 'custom' ? 'custom' : 'sql' };
+}
+
 /** Opens the encrypted source (repository object or local file) as a checked archive stream. */
-export async function openSource(req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress'>, signal: AbortSignal): Promise<OpenedArchive> {
+export async function openSource(req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress'>, sup: Supervisor, env: NodeJS.ProcessEnv): Promise<OpenedArchive> {
   let ciphertext: Readable;
-  let expected: { sha256: string; size: number } | undefined;
+  let expected: ExpectedArchive | undefined;
   if (req.source.kind === 'repository') {
     const m = req.source.entry.manifest;
-    expected = { sha256: m.dump.sha256, size: m.dump.size };
-    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress });
+    expected = expectedArchive(m);
+    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, onProgress: req.onProgress });
   } else {
     try {
       await fsp.access(req.source.path);
     } catch {
       throw new UsageError(`--file ${req.source.path}: no such file or not readable`);
     }
-    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal });
+    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal: sup.signal });
     let n = 0;
     if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
   }
-  return openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, signal });
+  return openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, sup, env });
 }
 
 /** Spool for `pg_restore -j`: a private directory, free space checked against the manifest. */
@@ -191,23 +207,34 @@ async function prepareSpool(req: RestoreRequest, opened: OpenedArchive): Promise
   return path.join(dir, 'archive.dump');
 }
 
+/** Everything a readable yields, as text (a child's small stdout). */
+function collectText(s: Readable): Promise<string> {
+  const out: Buffer[] = [];
+  s.on('data', (b: Buffer) => out.push(b));
+  return new Promise((resolve) => {
+    s.once('end', () => resolve(Buffer.concat(out).toString('utf8')));
+    s.once('close', () => resolve(Buffer.concat(out).toString('utf8')));
+  });
+}
+
 /**
  * Feeds the archive to pg_restore (streamed) or to a spool file then `pg_restore -j`; a side
  * branch gives the table of contents to `pg_restore --list`. Returns the TOC text ('' for SQL).
+ * pg_restore's input ends only when the whole archive checked out: damage found at the last
+ * byte still fails the run, with pg_restore torn down by the supervisor.
  */
-async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: string, spool: string | undefined, env: NodeJS.ProcessEnv, ac: AbortController): Promise<string> {
+async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: string, spool: string | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
   const pgEnv = libpqEnv(req.conn, env);
-  const children: RunningChild[] = [...opened.children];
   const targets: FanOutTarget[] = [];
-  let restore: RunningChild | undefined;
-  let list: RunningChild | undefined;
-  const listOut: Buffer[] = [];
+  const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
+  let toc: Promise<string> = Promise.resolve('');
 
   if (opened.format === 'custom') {
-    list = spawnChild([...req.tools.pgRestore, '--list'], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore --list' });
-    list.child.stdout!.on('data', (b: Buffer) => listOut.push(b));
-    children.push(list);
-    targets.push({ name: 'toc', stream: list.child.stdin!, kind: 'child' });
+    // It reads the archive only: no connection, no credentials.
+    const list = sup.spawn({ argv: [...req.tools.pgRestore, '--list'], stdin: 'pipe', env: toolEnv(env), what: 'pg_restore --list' });
+    toc = collectText(list.stdout!);
+    waits.push(list.done);
+    targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
   }
   let spoolErr: NodeJS.ErrnoException | undefined;
   let offsets: ArchiveOffsetScanner | undefined;
@@ -219,66 +246,43 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     // Sees the same bytes as the spool file, to add the data offsets pg_dump could not write.
     offsets = new ArchiveOffsetScanner();
     targets.push({ name: 'offsets', stream: offsets.sink(), kind: 'file' });
-  } else if (opened.format === 'custom') {
-    restore = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], { stdin: 'pipe', env: pgEnv, signal: ac.signal, what: 'pg_restore' });
   } else {
-    restore = spawnChild([...req.tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(req.conn, scratch), '-f', '-'], {
-      stdin: 'pipe',
-      stdout: 'ignore',
-      env: pgEnv,
-      signal: ac.signal,
-      what: 'psql (restore)',
-    });
+    const restore =
+      opened.format === 'custom'
+        ? sup.spawn({ argv: [...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], stdin: 'pipe', stdout: 'ignore', env: pgEnv, what: 'pg_restore' })
+        : sup.spawn({
+            argv: [...req.tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(req.conn, scratch), '-f', '-'],
+            stdin: 'pipe',
+            stdout: 'ignore',
+            env: pgEnv,
+            what: 'psql (restore)',
+          });
+    waits.push(restore.done);
+    targets.push({ name: 'restore', stream: restore.stdin!, kind: 'child' });
   }
-  if (restore) {
-    children.push(restore);
-    targets.push({ name: 'restore', stream: restore.child.stdin!, kind: 'child' });
-  }
-  for (const c of children) c.done.catch((err) => ac.abort(err));
 
-  const fan = new FanOut(targets);
-  let streamErr: unknown;
-  await new Promise<void>((resolve) => {
-    opened.archive.pipe(fan);
-    opened.archive.once('error', (err) => {
-      streamErr = err;
-      fan.destroy(err);
-      resolve();
-    });
-    fan.once('finish', resolve);
-    fan.once('error', (err) => {
-      streamErr ??= err;
-      resolve();
-    });
-    fan.once('close', resolve);
-  });
-  if (streamErr !== undefined) {
+  try {
+    await Promise.all([streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }), ...waits]);
+  } catch (err) {
     // A failed spool write (disk full) is the cause; what the other stages report is its echo.
-    // Taken once, here: the stages torn down below report echoes ("aborted") that must not
-    // replace it (the archive's error listener would overwrite streamErr).
-    const cause = spool && spoolErr ? spoolError(spool, spoolErr) : streamErr;
-    ac.abort(cause);
-    for (const c of children) c.kill();
-    await Promise.allSettled(children.map((c) => c.done));
-    throw explainRestoreError(cause);
+    throw spool && spoolErr ? spoolError(spool, spoolErr) : err;
   }
-  const results = await Promise.allSettled(children.map((c) => c.done));
-  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw explainRestoreError(failed.reason);
+  const tocText = await toc;
 
   if (spool) {
     const dataOffsets = offsets ? addDataOffsets(spool, offsets, req.log) : 0;
     req.log.info('archive spooled', { bytes: opened.stats().archiveBytes, seconds: (Date.now() - spoolStarted) / 1000, dataOffsets });
     const restoreStarted = Date.now();
-    const r = spawnChild([...req.tools.pgRestore, ...restoreFlags(req), `--jobs=${req.jobs}`, '-d', conninfoFor(req.conn, scratch), spool], { env: pgEnv, signal: ac.signal, what: `pg_restore --jobs=${req.jobs}` });
-    try {
-      await r.done;
-    } catch (err) {
-      throw explainRestoreError(err);
-    }
+    const r = sup.spawn({
+      argv: [...req.tools.pgRestore, ...restoreFlags(req), `--jobs=${req.jobs}`, '-d', conninfoFor(req.conn, scratch), spool],
+      stdout: 'ignore',
+      env: pgEnv,
+      what: `pg_restore --jobs=${req.jobs}`,
+    });
+    await r.done;
     req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
-  return Buffer.concat(listOut).toString('utf8');
+  return tocText;
 }
 
 /**
@@ -338,8 +342,27 @@ export function tocTables(toc: string): string[] {
   return out;
 }
 
+/**
+ * The archive's tables against the manifest's count of the database's tables when the backup
+ * started: an archive without tables from a database that had some is not a backup of it.
+ * Returns a note when the counts differ otherwise (a table created or dropped during the
+ * backup explains that).
+ */
+export function checkTableCount(source: RestoreSource, archiveTables: number, format: 'custom' | 'sql'): string | undefined {
+  if (source.kind !== 'repository' || format !== 'custom') return undefined;
+  const m = source.entry.manifest;
+  const want = m.postgres.tables;
+  if (m.kind !== 'custom' || want === undefined) return undefined;
+  if (want > 0 && archiveTables === 0) {
+    throw new IntegrityError(`the backup's archive holds no tables, but database ${JSON.stringify(m.database)} had ${want} when it was taken`, { hint: 'this backup is not a copy of the database; use another backup' });
+  }
+  return archiveTables === want ? undefined : `the archive has ${archiveTables} tables; the database had ${want} when the backup started`;
+}
+
 async function runChecks(req: RestoreRequest, db: string, toc: string, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<RestoreChecks> {
   const entries = tocTables(toc);
+  const note = checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
+  if (note) req.log.warn(note);
   if (entries.length > 0) {
     const rows = await psqlQuery(
       req.tools,
@@ -388,75 +411,62 @@ async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEn
 }
 
 /** Applies the globals object of the backup (roles) to the server; existing roles are kept. */
-async function applyGlobals(req: RestoreRequest, admin: PgAdmin, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<void> {
+async function applyGlobals(req: RestoreRequest, admin: PgAdmin, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<void> {
   if (req.source.kind !== 'repository' || !req.source.entry.manifest.globals) {
     throw new UsageError('--with-globals: this backup has no globals', { hint: 'take backups with --globals to include roles' });
   }
   const g = req.source.entry.manifest.globals;
   const opened = await openArchive({
-    ciphertext: resumableGet(req.source.store, g.key, g.size, { signal, log: req.log }),
-    expected: { sha256: g.sha256, size: g.size },
+    ciphertext: resumableGet(req.source.store, g.key, g.size, { signal: sup.signal, log: req.log }),
+    expected: { sha256: g.sha256, size: g.size, dumpBytes: g.dumpBytes, format: 'sql' },
     identities: req.identities,
     zstdCommand: req.zstdCommand,
-    signal,
+    sup,
+    env,
   });
-  const chunks: Buffer[] = [];
-  for await (const c of opened.archive) chunks.push(c as Buffer);
-  await Promise.all(opened.children.map((c) => c.done));
+  const [sql] = await Promise.all([collectText(opened.archive), streamFinished(opened.archive), ...opened.children.map((c) => c.done)]);
   // Roles that already exist (the superuser, at least) make CREATE ROLE fail: run each
   // statement on its own, keep going, and report what was skipped.
-  const sql = Buffer.concat(chunks).toString('utf8');
-  const out = spawnChild([...req.tools.psql, '-X', '-q', '--no-password', '-d', conninfoFor(req.conn, admin.maintenanceDb), '-f', '-'], {
+  const out = sup.spawn({
+    argv: [...req.tools.psql, '-X', '-q', '--no-password', '-d', conninfoFor(req.conn, admin.maintenanceDb), '-f', '-'],
     stdin: 'pipe',
     stdout: 'ignore',
     env: libpqEnv(req.conn, env),
-    signal,
     what: 'psql (globals)',
   });
-  out.child.stdin!.end(sql);
+  out.stdin!.end(sql);
   await out.done;
   const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
   for (const e of errors) req.log.warn('globals: statement skipped', { error: e.replace(/^.*ERROR:\s*/, '') });
   req.log.info('globals applied', { skipped: errors.length });
 }
 
-function linkedController(outer: AbortSignal): AbortController & { dispose(): void } {
-  const ac = new AbortController() as AbortController & { dispose(): void };
-  const on = (): void => ac.abort(outer.reason);
-  if (outer.aborted) ac.abort(outer.reason);
-  else outer.addEventListener('abort', on, { once: true });
-  ac.dispose = () => outer.removeEventListener('abort', on);
-  return ac;
-}
-
-function interruptedFrom(signal: AbortSignal, cause: unknown): CofferError {
-  const reason: unknown = signal.reason;
-  if (reason instanceof CofferError) return reason;
-  return new InterruptedError('interrupted', { cause });
-}
-
 /** Writes the decrypted, decompressed archive to a file instead of a database. */
 export async function restoreToFile(
-  req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress' | 'signal'>,
+  req: Pick<RestoreRequest, 'source' | 'identities' | 'zstdCommand' | 'log' | 'onProgress' | 'signal' | 'env'>,
   output: string,
 ): Promise<{ bytes: number; format: 'custom' | 'sql' }> {
-  const opened = await openSource(req, req.signal);
   const file = path.resolve(output);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.coffer-tmp-${process.pid}`);
   try {
     await fsp.access(file);
-    opened.archive.destroy();
     throw new UsageError(`--output ${output} already exists; refusing to overwrite`);
   } catch (err) {
     if (err instanceof UsageError) throw err;
   }
-  const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
+  const sup = new Supervisor(req.signal);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.coffer-tmp-${process.pid}`);
   try {
-    await drainInto(opened.archive, fan);
-    await Promise.all(opened.children.map((c) => c.done));
+    const opened = await openSource(req, sup, req.env);
+    const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
+    await Promise.all([streamPipeline(opened.archive, fan, { signal: sup.signal }), ...opened.children.map((c) => c.done)]);
     await fsp.link(tmp, file);
+    return { bytes: opened.stats().archiveBytes, format: opened.format };
+  } catch (err) {
+    sup.fail(err);
+    await sup.teardown();
+    throw sup.cause();
   } finally {
+    await sup.teardown();
     await fsp.rm(tmp, { force: true });
   }
-  return { bytes: opened.stats().archiveBytes, format: opened.format };
 }

@@ -76,7 +76,7 @@ export async function runDemoCommand(flags: DemoFlags, ctx: CliContext): Promise
     say('');
     say(`$ coffer verify --from ${flags.dir} --identity ${path.relative(ctx.cwd, keyFile)}`);
     const source = { kind: 'repository' as const, store, entry: { id: manifest.id, database: 'vault', tier: manifest.tier, manifestKey: '', manifest } };
-    const v = await runVerify({ source, identities: [identity], tools, signal: ctx.signal, log: ctx.log });
+    const v = await runVerify({ source, identities: [identity], tools, env, signal: ctx.signal, log: ctx.log });
     say(`ok: sha256 matches, decrypted and authenticated ${formatBytes(v.storedBytes)}, archive of ${formatBytes(v.archiveBytes)} with ${v.tocEntries} TOC entries`);
     say('');
     const smokeSql = 'SELECT COUNT(*) FROM vault_status;';

@@ -103,7 +103,7 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
     return withSource(flags, ctx, async (source) => {
       const progress = new Progress('restore', ctx.stderrIsTty);
       try {
-        const r = await restoreToFile({ source, identities, signal: ctx.signal, log: ctx.log, onProgress: (n) => progress.update(n) }, out);
+        const r = await restoreToFile({ source, identities, env: ctx.env, signal: ctx.signal, log: ctx.log, onProgress: (n) => progress.update(n) }, out);
         ctx.log.info('archive written', { file: out, bytes: r.bytes, format: r.format });
         return { output: out, bytes: r.bytes };
       } finally {
@@ -172,7 +172,7 @@ export async function runVerifyCommand(flags: VerifyFlags, ctx: CliContext): Pro
   const t = tools(flags, ctx);
   const results: Array<VerifyResult & { id: string | null }> = [];
   const verifyOne = async (source: RestoreSource, id: string | null): Promise<void> => {
-    const r = await runVerify({ source, identities, tools: t, signal: ctx.signal, log: ctx.log });
+    const r = await runVerify({ source, identities, tools: t, env: ctx.env, signal: ctx.signal, log: ctx.log });
     ctx.log.info('backup verified', { id: id ?? undefined, bytes: r.storedBytes, archive: r.archiveBytes, toc: r.tocEntries });
     results.push({ ...r, id });
   };

@@ -1,0 +1,22 @@
+/**
+ * Fault points for the test suite: `COFFER_TEST_FAULTS="name=value,…"` in coffer's environment.
+ * Nothing sets it in normal use; each point is named in docs/reliability.md with the test that
+ * uses it. A fault point only delays or breaks what a real failure could: it never makes a run
+ * look better than it is.
+ *
+ * - `delay-reader-ms=N`: after a backup's children are spawned, wait N ms before the stream
+ *   graph reads their output (every child has exited by then for a small database: the
+ *   supervisor must have kept their output).
+ */
+const raw = process.env.COFFER_TEST_FAULTS ?? '';
+const points = new Map<string, string>();
+for (const part of raw.split(',')) {
+  const [k, v] = part.split('=');
+  if (k) points.set(k.trim(), (v ?? '').trim());
+}
+
+/** The number set for a fault point, or 0. */
+export function faultNumber(name: string): number {
+  const n = Number(points.get(name) ?? 0);
+  return Number.isFinite(n) && n > 0 ? n : 0;
+}

@@ -1,0 +1,363 @@
+/**
+ * The owner of every child process of a run (pg_dump, dd, zstd, pg_restore, psql, pg_dumpall),
+ * and the judge of which failure of the run is its cause.
+ *
+ * Rules it enforces, so that no stage can break them:
+ * - **Every pipe has a reader from the moment the child exists.** `spawn` attaches stdout to a
+ *   buffer stream in the same tick (or hands the pipe to the next child, fd to fd). Node resumes
+ *   and discards an exited child's unread stdout; a reader attached after an `await` can find
+ *   nothing there (a backup of zero bytes that exits 0).
+ * - **A child is done when it exits**, not when somebody drained its pipes: `done` settles on
+ *   exit (stderr is read for a short bound afterwards, for the message). A stalled consumer can
+ *   no longer keep a run waiting for a `close` that never comes.
+ * - **One teardown.** {@link Supervisor.teardown} kills every live child (SIGTERM, SIGKILL after
+ *   a bound), destroys every pipe, awaits every exit with a bound, and keeps the event loop alive
+ *   while it does: node cannot drain its loop (and exit 0 or 1) with the run half torn down.
+ * - **The cause wins.** {@link Supervisor.fail} records every failure in arrival order;
+ *   {@link Supervisor.cause} returns the first in causal order: a stop signal, then an integrity
+ *   failure, then a storage failure, then usage, then the rest; echoes of our own teardown
+ *   (killed by our SIGTERM, aborted, premature close, EPIPE) come last. The others are kept as
+ *   the cause's `consequences` for debug output.
+ * - **Children get only the environment they are given** (`env` is required).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { PassThrough, type Readable, type Writable } from 'node:stream';
+import { CofferError, DatabaseError, IntegrityError, InterruptedError, StorageError, UsageError } from '../errors.js';
+
+/** How long a child gets between SIGTERM and SIGKILL in a teardown. */
+const KILL_GRACE_MS = 5_000;
+/** How long a teardown waits for exits after SIGKILL before it reports a child as stuck. */
+const EXIT_BOUND_MS = 5_000;
+/** After a child exits, how long its stderr may stay open (a grandchild holding it) before the message is taken as it is. */
+const STDERR_BOUND_MS = 2_000;
+
+/** Keeps the last `max` bytes written to it (a child's stderr, for error messages). */
+export class TailBuffer {
+  private chunks: Buffer[] = [];
+  private size = 0;
+  constructor(private readonly max = 8192) {}
+  push(b: Buffer): void {
+    this.chunks.push(b);
+    this.size += b.length;
+    while (this.size - this.chunks[0]!.length >= this.max) this.size -= this.chunks.shift()!.length;
+  }
+  text(): string {
+    const all = Buffer.concat(this.chunks);
+    return all.subarray(Math.max(0, all.length - this.max)).toString('utf8');
+  }
+  /** The last meaningful lines, joined into one line, at most ~`chars` characters. */
+  lastLines(n = 3, chars = 400): string {
+    const lines = this.text()
+      .split('\n')
+      .map((l) => l.trim())
+      .filter(Boolean);
+    const s = lines.slice(-n).join(' | ');
+    return s.length > chars ? `…${s.slice(-chars)}` : s;
+  }
+}
+
+export interface SpawnSpec {
+  argv: string[];
+  /** The child's whole environment (nothing is inherited). */
+  env: NodeJS.ProcessEnv;
+  /** Short name for messages: `pg_dump`, `zstd -d`, `pg_restore --list`. */
+  what: string;
+  /** `pipe`: we write it; a {@link Child}: that child's stdout, fd to fd (it must be spawned with `stdout: 'child'`). */
+  stdin?: 'pipe' | 'ignore' | Child;
+  /** `pipe`: read through {@link Child.stdout}; `child`: handed to the next spawn's stdin, in the same tick. */
+  stdout?: 'pipe' | 'ignore' | 'child';
+  /** The error when the program is not installed (default: the PostgreSQL client is missing). */
+  missing?: (cmd: string) => CofferError;
+  /** Turns a failed exit into the error to report (default: DatabaseError with the stderr tail). */
+  explain?: (failure: ChildFailure) => CofferError;
+  /** Its failure is not the run's failure (a probe that is expected to be cut short). */
+  expendable?: boolean;
+}
+
+/** How a child ended, when it did not exit 0. */
+export interface ChildFailure {
+  what: string;
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: TailBuffer;
+  /** The supervisor killed it (teardown): its end is an echo, not a cause. */
+  killedByUs: boolean;
+  /** The run had already failed when it ended. */
+  afterFailure: boolean;
+}
+
+/** One supervised child process. */
+export class Child {
+  readonly what: string;
+  readonly proc: ChildProcess;
+  /** Its stdin, when spawned with `stdin: 'pipe'`. */
+  readonly stdin: Writable | null;
+  /** Its stdout (a buffer attached at spawn), when spawned with `stdout: 'pipe'`. */
+  readonly stdout: Readable | null;
+  readonly stderr = new TailBuffer();
+  /** Settles when the child has exited: resolves on exit 0, rejects otherwise (or if it cannot start). */
+  readonly done: Promise<void>;
+  /** Resolves once the process is gone (whatever the outcome). */
+  readonly gone: Promise<void>;
+  /** @internal set by the supervisor's teardown */
+  killedByUs = false;
+  private exitedFlag = false;
+  private killTimer: NodeJS.Timeout | undefined;
+
+  /** @internal use {@link Supervisor.spawn} */
+  constructor(spec: SpawnSpec, runFailed: () => boolean) {
+    this.what = spec.what;
+    const [cmd, ...args] = spec.argv as [string, ...string[]];
+    let stdin: 'pipe' | 'ignore' | Readable = 'ignore';
+    if (spec.stdin instanceof Child) {
+      const upstream = spec.stdin.handoff;
+      if (!upstream) throw new Error(`internal: ${spec.stdin.what} has no stdout to hand to ${spec.what}`);
+      stdin = upstream;
+    } else if (spec.stdin) stdin = spec.stdin;
+    this.proc = spawn(cmd, args, { env: spec.env, stdio: [stdin, spec.stdout === 'ignore' ? 'ignore' : 'pipe', 'pipe'] });
+    // The same tick: every pipe gets its reader before any await can let the child exit unread.
+    if (spec.stdin instanceof Child) spec.stdin.releaseHandoff();
+    this.proc.stderr!.on('data', (b: Buffer) => this.stderr.push(b));
+    this.proc.stderr!.on('error', () => undefined);
+    this.stdin = this.proc.stdin ?? null;
+    this.stdin?.on('error', () => undefined); // EPIPE when the child stops reading: its exit status says why
+    if (spec.stdout === 'child') {
+      this.handoff = this.proc.stdout!;
+      this.stdout = null;
+    } else if (spec.stdout === 'ignore') {
+      this.stdout = null;
+    } else {
+      const buffer = new PassThrough({ highWaterMark: 1024 * 1024 });
+      this.proc.stdout!.on('error', (err) => buffer.destroy(err));
+      this.proc.stdout!.pipe(buffer);
+      this.stdout = buffer;
+    }
+    let resolveGone!: () => void;
+    this.gone = new Promise((r) => (resolveGone = r));
+    this.done = new Promise<void>((resolve, reject) => {
+      this.proc.once('error', (err: NodeJS.ErrnoException) => {
+        this.exitedFlag = true;
+        resolveGone();
+        if (err.code === 'ENOENT') {
+          reject(
+            spec.missing?.(cmd) ??
+              new DatabaseError(`${spec.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }),
+          );
+        } else reject(new DatabaseError(`${spec.what}: cannot start ${cmd}: ${err.message}`, { cause: err }));
+      });
+      this.proc.once('exit', (code, signal) => {
+        this.exitedFlag = true;
+        if (this.killTimer) clearTimeout(this.killTimer);
+        const afterFailure = runFailed();
+        // stderr usually closes with the process; a grandchild may hold it: take what is there.
+        const stderrClosed = new Promise<void>((r) => {
+          if (this.proc.stderr!.closed) return r();
+          this.proc.stderr!.once('close', () => r());
+        });
+        let bound: NodeJS.Timeout | undefined;
+        void Promise.race([stderrClosed, new Promise<void>((r) => (bound = setTimeout(r, STDERR_BOUND_MS)))]).then(() => {
+          if (bound) clearTimeout(bound);
+          resolveGone();
+          if (code === 0) return resolve();
+          const failure: ChildFailure = { what: spec.what, code, signal, stderr: this.stderr, killedByUs: this.killedByUs, afterFailure };
+          reject(childError(failure, spec.explain));
+        });
+      });
+    });
+    this.done.catch(() => undefined);
+  }
+
+  /** @internal the raw stdout pipe while it waits to be handed to the next child */
+  handoff: Readable | undefined;
+  /** @internal node's end of a handed-off pipe: the next child owns it now */
+  releaseHandoff(): void {
+    this.handoff?.destroy();
+    this.handoff = undefined;
+  }
+
+  get exited(): boolean {
+    return this.exitedFlag;
+  }
+
+  get pid(): number | undefined {
+    return this.proc.pid;
+  }
+
+  /** SIGTERM now, SIGKILL after a grace period. */
+  kill(): void {
+    if (this.exitedFlag) return;
+    this.killedByUs = true;
+    this.proc.kill('SIGTERM');
+    this.killTimer ??= setTimeout(() => {
+      if (!this.exitedFlag) this.proc.kill('SIGKILL');
+    }, KILL_GRACE_MS);
+  }
+
+  /** Destroys every pipe between us and the child. */
+  destroyPipes(): void {
+    this.handoff?.destroy();
+    this.proc.stdin?.destroy();
+    this.proc.stdout?.destroy();
+    this.stdout?.destroy();
+  }
+}
+
+/** The error for a child that did not exit 0. */
+function childError(f: ChildFailure, explain: SpawnSpec['explain']): CofferError {
+  const err = explain?.(f) ?? defaultChildError(f);
+  if (f.killedByUs || f.afterFailure) (err as CofferError & { echo?: boolean }).echo = true;
+  return err;
+}
+
+function defaultChildError(f: ChildFailure): DatabaseError {
+  const tail = f.stderr.lastLines();
+  const how = f.signal ? `was killed by ${f.signal}` : `exited with code ${f.code}`;
+  return new DatabaseError(`${f.what} ${how}${tail ? `: ${tail}` : ''}`);
+}
+
+/** What a teardown did. */
+export interface TeardownReport {
+  killed: string[];
+  /** Children still there after SIGKILL and the bound (should never happen). */
+  stuck: string[];
+}
+
+/**
+ * One per run. Create it with the run's stop signal; spawn every child through it; call
+ * {@link fail} with every failure you observe; always await {@link teardown} before the run's
+ * side effects are cleaned up (the scratch database, the spool, the multipart upload).
+ */
+export class Supervisor {
+  readonly #ac = new AbortController();
+  readonly #children = new Set<Child>();
+  readonly #failures: unknown[] = [];
+  #teardown: Promise<TeardownReport> | undefined;
+  readonly #outer: AbortSignal | undefined;
+  readonly #onOuter = (): void => this.fail(interruptedBy(this.#outer!));
+
+  constructor(outer?: AbortSignal) {
+    this.#outer = outer;
+    if (outer?.aborted) this.#onOuter();
+    else outer?.addEventListener('abort', this.#onOuter, { once: true });
+  }
+
+  /** Aborted at the first failure (or the outer stop signal). */
+  get signal(): AbortSignal {
+    return this.#ac.signal;
+  }
+
+  get failed(): boolean {
+    return this.#failures.length > 0;
+  }
+
+  /** Spawns a child owned by this run. Throws (synchronously) only for a bug in the spec. */
+  spawn(spec: SpawnSpec): Child {
+    if (this.#teardown) throw new Error(`internal: ${spec.what} spawned after the teardown began`);
+    const child = new Child(spec, () => this.failed);
+    this.#children.add(child);
+    if (!spec.expendable) child.done.catch((err: unknown) => this.fail(err));
+    // A run aborted while this child was being set up: it must not live on.
+    if (this.#ac.signal.aborted) child.kill();
+    return child;
+  }
+
+  /** Records a failure and aborts the run (idempotent; every failure is kept for {@link cause}). */
+  fail(err: unknown): void {
+    this.#failures.push(err);
+    if (!this.#ac.signal.aborted) this.#ac.abort(err);
+  }
+
+  /** Awaits `p`; a rejection is recorded with {@link fail} before it is rethrown. */
+  async watch<T>(p: Promise<T>): Promise<T> {
+    try {
+      return await p;
+    } catch (err) {
+      this.fail(err);
+      throw err;
+    }
+  }
+
+  /**
+   * The failure to report: the first in causal order (see the module doc), with the others
+   * attached as `consequences`. `fallback` when nothing was recorded.
+   */
+  cause(fallback?: unknown): unknown {
+    const all = fallback === undefined ? this.#failures : [...this.#failures, fallback];
+    if (all.length === 0) return fallback;
+    let best = all[0];
+    for (const e of all) if (causeRank(e) < causeRank(best)) best = e;
+    const rest = all.filter((e) => e !== best && !isEcho(e));
+    if (rest.length > 0 && best instanceof Error && !('consequences' in best)) {
+      Object.defineProperty(best, 'consequences', { value: rest, enumerable: false });
+    }
+    return best;
+  }
+
+  /**
+   * Kills every live child, destroys every pipe and awaits every exit (bounded), keeping the
+   * event loop alive meanwhile. Idempotent: later calls await the same teardown. Does not
+   * throw.
+   */
+  teardown(): Promise<TeardownReport> {
+    this.#teardown ??= this.#runTeardown();
+    return this.#teardown;
+  }
+
+  async #runTeardown(): Promise<TeardownReport> {
+    this.#outer?.removeEventListener('abort', this.#onOuter);
+    const keepAlive = setInterval(() => undefined, 1000);
+    try {
+      const live = [...this.#children].filter((c) => !c.exited);
+      for (const c of live) c.kill();
+      for (const c of this.#children) c.destroyPipes();
+      let bound: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<'timeout'>((r) => (bound = setTimeout(() => r('timeout'), KILL_GRACE_MS + EXIT_BOUND_MS)));
+      await Promise.race([Promise.all([...this.#children].map((c) => c.gone)), timedOut]);
+      if (bound) clearTimeout(bound);
+      return { killed: live.map((c) => c.what), stuck: [...this.#children].filter((c) => !c.exited).map((c) => `${c.what} (pid ${c.pid})`) };
+    } finally {
+      clearInterval(keepAlive);
+    }
+  }
+}
+
+/** The error for a stop signal: its reason when that is one of ours. */
+export function interruptedBy(signal: AbortSignal, cause?: unknown): CofferError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof CofferError) return reason;
+  return new InterruptedError(typeof reason === 'string' ? reason : 'interrupted', { cause: cause ?? reason });
+}
+
+/** A failure that only reports our own teardown (or the abort) rather than a problem. */
+export function isEcho(e: unknown): boolean {
+  if ((e as { echo?: boolean } | undefined)?.echo === true) return true;
+  const code = (e as { code?: unknown } | undefined)?.code;
+  return (
+    (e instanceof StorageError && e.code === 'Aborted') ||
+    code === 'ERR_STREAM_PREMATURE_CLOSE' ||
+    code === 'ERR_STREAM_DESTROYED' ||
+    code === 'EPIPE' ||
+    code === 'ABORT_ERR' ||
+    (e as { name?: string } | undefined)?.name === 'AbortError'
+  );
+}
+
+/** Lower is more fundamental: a stop, then damage, then storage, then usage, then the rest, echoes last. */
+function causeRank(e: unknown): number {
+  if (e instanceof InterruptedError) return 0;
+  if (isEcho(e)) return 9;
+  if (e instanceof IntegrityError) return 1;
+  if (e instanceof StorageError) return 2;
+  if (e instanceof UsageError) return 3;
+  return 4;
+}
+
+/**
+ * The environment of a program that needs no credentials (dd, zstd): the path, the home and
+ * the locale, nothing else.
+ */
+export function toolEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = { LC_ALL: 'C' };
+  for (const k of ['PATH', 'HOME', 'TMPDIR', 'TZ']) if (env[k] !== undefined) out[k] = env[k];
+  return out;
+}

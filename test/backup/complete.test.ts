@@ -1,0 +1,318 @@
+/**
+ * Issue 20: a backup that stored nothing must never succeed, and verify/restore/drill must
+ * prove a backup is whole.
+ *
+ * - Quick producers (a wrapper that prints a ready dump at once, a tiny database with 101
+ *   recipients, children that all exit before coffer reads them): every backup either holds
+ *   the whole dump (restored: every table and row) or fails with nothing listed.
+ * - Producers whose output is not a dump (nothing, or not a custom archive) fail before the
+ *   manifest, exit non-zero, nothing listed.
+ * - Empty plaintexts, custom archives truncated anywhere (inside the header, the TOC, a data
+ *   block, exactly at a block boundary) and manifests that disagree with their object: verify,
+ *   restore and drill exit 5 and restore nothing.
+ */
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { generateIdentity } from '../../src/crypto/age.js';
+import { scanArchiveFile } from '../../src/pg/archive-offsets.js';
+import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
+import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, pgFromInject, uniqueDbName } from '../harness/pg.js';
+
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let identityFile: string;
+let recipient: string;
+/** The procedure's reference database: vault_status and friends (small: a quick pg_dump). */
+let vault: string;
+let readyDump: string;
+let fastWrapper: string;
+
+const env = (extra: Record<string, string> = {}): Record<string, string> => baseEnv({ ...pgEnv(pgInfo), ...extra });
+const run = (args: string[], extra: Record<string, string> = {}) => runCoffer(args, { env: env(extra) });
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-complete-'));
+  ({ identityFile, recipient } = await writeIdentityFile(tmp));
+  vault = await createDatabase(pg, uniqueDbName('vault_c'), 'vault');
+  // A wrapper like `docker compose exec -T db pg_dump` for a small database: the dump is
+  // ready at once (here: printed from a file), and pg_dump's exit follows immediately.
+  readyDump = path.join(tmp, 'ready.dump');
+  const d = await execa(path.join(pgInfo.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', readyDump, '-d', vault], { env: env(), extendEnv: false });
+  expect(d.exitCode).toBe(0);
+  fastWrapper = await script('fast-pg_dump.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec cat '${readyDump}'\n`);
+});
+
+afterAll(async () => {
+  await dropDatabase(pg, vault);
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+async function script(name: string, body: string): Promise<string> {
+  const file = path.join(tmp, name);
+  await fsp.writeFile(file, `#!/bin/sh\n${body}`, { mode: 0o755 });
+  return file;
+}
+
+async function listed(repo: string): Promise<string[]> {
+  const r = await run(['list', '--from', repo, '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  return (JSON.parse(r.stdout) as Array<{ id: string }>).map((x) => x.id);
+}
+
+/** Restores the repository's latest backup into a new database and compares it with `vault`. */
+async function expectRestoresWhole(repo: string): Promise<void> {
+  const target = uniqueDbName('vault_c_r');
+  const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
+  expect(r.code, r.stderr).toBe(0);
+  try {
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, vault));
+  } finally {
+    await dropDatabase(pg, target);
+  }
+  const v = await run(['verify', '--from', repo, '--identity', identityFile, '--json']);
+  expect(v.code, v.stderr).toBe(0);
+  const [res] = JSON.parse(v.stdout) as Array<{ tables: number; archiveBytes: number }>;
+  expect(res!.tables).toBeGreaterThan(0);
+}
+
+describe('quick producers store the whole dump, or fail', () => {
+  it('a wrapper that prints a ready dump at once (5 runs, zstd)', async () => {
+    for (let i = 0; i < 5; i++) {
+      const repo = path.join(tmp, `fast-${i}`);
+      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', fastWrapper, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const [m] = JSON.parse(r.stdout) as BackupManifest[];
+      const size = (await fsp.stat(readyDump)).size;
+      expect(m!.dump.dumpBytes).toBe(size);
+      expect(m!.postgres.tables).toBeGreaterThan(0);
+      await expectRestoresWhole(repo);
+    }
+  });
+
+  it('101 recipients with the real pg_dump of a small database (more awaits before the stream is read)', async () => {
+    const recipients = [recipient];
+    for (let i = 0; i < 100; i++) recipients.push((await generateIdentity()).recipient);
+    const file = path.join(tmp, 'r101.txt');
+    await fsp.writeFile(file, `${recipients.join('\n')}\n`);
+    for (const compress of ['zstd:3', 'gzip:1', 'none']) {
+      const repo = path.join(tmp, `r101-${compress.replace(':', '')}`);
+      const r = await run(['backup', '--to', repo, '--db', vault, '--recipients-file', file, '--compress', compress]);
+      expect(r.code, r.stderr).toBe(0);
+      await expectRestoresWhole(repo);
+      // The Debian age CLI reads it too (the last of the 101 stanzas is ours).
+      const obj = (await fsp.readdir(path.join(repo, vault), { recursive: true })).find((n) => String(n).endsWith('.age'))!;
+      const out = await execa('age', ['-d', '-i', identityFile, path.join(repo, vault, String(obj))], { encoding: 'buffer', stripFinalNewline: false });
+      expect(out.stdout.length).toBeGreaterThan(1000);
+    }
+  });
+
+  it('every child exits before its output is read (a delayed reader): the output is kept', async () => {
+    for (const [pgDump, compress] of [
+      [fastWrapper, 'zstd:1'],
+      [path.join(pgInfo.binDir, 'pg_dump'), 'zstd:1'],
+      [fastWrapper, 'none'],
+    ] as const) {
+      const repo = path.join(tmp, `delayed-${path.basename(pgDump)}-${compress.replace(':', '')}`);
+      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', pgDump, '--compress', compress], { COFFER_TEST_FAULTS: 'delay-reader-ms=1500' });
+      expect(r.code, r.stderr).toBe(0);
+      await expectRestoresWhole(repo);
+    }
+  });
+
+  it('a zstd that finishes at once (a wrapper on PATH that compresses all before writing)', async () => {
+    const bin = path.join(tmp, 'instant-zstd-bin');
+    await fsp.mkdir(bin, { recursive: true });
+    const real = (await execa('sh', ['-c', 'command -v zstd'])).stdout.trim();
+    // Reads all input, compresses it into memory, then writes it in one go and exits.
+    await fsp.writeFile(path.join(bin, 'zstd'), `#!/bin/bash\nout=$(mktemp)\n'${real}' "$@" > "$out"\nrc=$?\ncat "$out"\nrm -f "$out"\nexit $rc\n`, { mode: 0o755 });
+    const repo = path.join(tmp, 'instant-zstd');
+    const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', fastWrapper], { PATH: `${bin}:${process.env.PATH}` });
+    expect(r.code, r.stderr).toBe(0);
+    await expectRestoresWhole(repo);
+  });
+});
+
+describe('a producer whose output is not a dump fails before the manifest', () => {
+  const cases: Array<[string, string, string[], RegExp]> = [
+    ['prints nothing and exits 0', 'exit 0', [], /pg_dump wrote nothing|zstd wrote nothing/],
+    ['prints nothing and exits 0 (no compression)', 'exit 0', ['--compress', 'none'], /pg_dump wrote nothing/],
+    ['prints text instead of a custom archive', 'echo "Error: No such container: db"; exit 0', [], /not "PGDMP"/],
+    ['prints text instead of a custom archive (gzip)', 'echo "the input device is not a TTY"; exit 0', ['--compress', 'gzip:1'], /not "PGDMP"/],
+  ];
+  it.each(cases)('a wrapper that %s: exit 5, nothing listed', async (name, body, extra, cause) => {
+    const wrapper = await script(`bad-${name.replace(/\W+/g, '-')}.sh`, `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\n${body}\n`);
+    const repo = path.join(tmp, `bad-${name.replace(/\W+/g, '-')}`);
+    const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrapper, ...extra]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(cause);
+    expect(errorLine(r.stderr)).toMatch(/nothing was stored/);
+    expect(await listed(repo)).toEqual([]);
+    // Nothing that looks like a backup either: no manifest, no dump object.
+    const files = await fsp.readdir(repo, { recursive: true }).catch(() => []);
+    expect(files.filter((f) => /\.(age|json)$/.test(String(f)))).toEqual([]);
+  });
+});
+
+describe('verify, restore and drill prove the archive is whole', () => {
+  let archive: Buffer;
+  let blockStarts: number[];
+  let tocEnd: number;
+
+  beforeAll(async () => {
+    archive = await fsp.readFile(readyDump);
+    const scan = scanArchiveFile(readyDump);
+    if (!scan.ok) throw new Error(scan.reason);
+    blockStarts = [...scan.layout.blocks.values()].sort((a, b) => a - b);
+    tocEnd = blockStarts[0]!;
+    expect(blockStarts.length).toBeGreaterThan(2);
+  });
+
+  async function encrypted(name: string, plaintext: Buffer): Promise<string> {
+    const plain = path.join(tmp, `${name}.plain`);
+    await fsp.writeFile(plain, plaintext);
+    const out = path.join(tmp, `${name}.age`);
+    await execa('age', ['-r', recipient, '-o', out, plain]);
+    return out;
+  }
+
+  /** restore --file and verify --file both exit 5 with `cause`, and nothing is restored. */
+  async function expectRejected(file: string, cause: RegExp): Promise<void> {
+    const v = await run(['verify', '--file', file, '--identity', identityFile]);
+    expect(v.code, v.stderr).toBe(5);
+    expect(errorLine(v.stderr)).toMatch(cause);
+    const target = uniqueDbName('whole_r');
+    const r = await run(['restore', '--file', file, '--identity', identityFile, '--target-db', target]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(cause);
+    expect(await databaseExists(pg, target)).toBe(false);
+    expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+  }
+
+  it('an empty plaintext', async () => {
+    await expectRejected(await encrypted('empty', Buffer.alloc(0)), /holds no data/);
+  });
+
+  it('zstd of an empty plaintext', async () => {
+    const z = await execa('zstd', ['-c', '-q'], { input: '', encoding: 'buffer' });
+    await expectRejected(await encrypted('empty-zst', Buffer.from(z.stdout)), /holds no data/);
+  });
+
+  it('a custom archive cut anywhere: header, TOC, inside data, at every block boundary', async () => {
+    const cuts = new Set<number>([5, 20, Math.floor(tocEnd / 2), tocEnd, tocEnd + 1, archive.length - 1, archive.length - 5]);
+    for (const b of blockStarts) {
+      cuts.add(b); // exactly at a block boundary: the TOC announces data that never comes
+      cuts.add(b + 3);
+    }
+    for (let k = 1; k < 10; k++) cuts.add(tocEnd + Math.floor(((archive.length - tocEnd) * k) / 10));
+    cuts.delete(archive.length);
+    for (const cut of [...cuts].filter((c) => c > 0 && c < archive.length).sort((a, b) => a - b)) {
+      const file = await encrypted(`cut-${cut}`, archive.subarray(0, cut));
+      const v = await run(['verify', '--file', file, '--identity', identityFile]);
+      expect(v.code, `cut at ${cut} of ${archive.length}: ${v.stderr}`).toBe(5);
+      expect(errorLine(v.stderr), `cut at ${cut}`).toMatch(/truncated or damaged|holds no data/);
+    }
+    // And restore, at a few of them (each is a whole restore attempt).
+    for (const cut of [tocEnd, blockStarts[blockStarts.length - 1]!, archive.length - 1]) {
+      await expectRejected(await encrypted(`cut-${cut}`, archive.subarray(0, cut)), /truncated or damaged/);
+    }
+  });
+
+  it('the whole archive, as a control, verifies and restores', async () => {
+    const file = await encrypted('whole', archive);
+    const v = await run(['verify', '--file', file, '--identity', identityFile]);
+    expect(v.code, v.stderr).toBe(0);
+    const target = uniqueDbName('whole_ok');
+    const r = await run(['restore', '--file', file, '--identity', identityFile, '--target-db', target]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, vault));
+    await dropDatabase(pg, target);
+  });
+
+  describe('a manifest that disagrees with its object', () => {
+    let repo: string;
+    let manifestFile: string;
+    let original: BackupManifest;
+
+    beforeAll(async () => {
+      repo = path.join(tmp, 'disagree');
+      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      original = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+      manifestFile = path.join(repo, original.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json'));
+    });
+
+    const edits: Array<[string, (m: BackupManifest) => void, RegExp]> = [
+      ['dumpBytes one more', (m) => (m.dump.dumpBytes += 1), /manifest says pg_dump wrote/],
+      ['dumpBytes one less', (m) => (m.dump.dumpBytes -= 1), /manifest says pg_dump wrote/],
+      ['kind schema-only (plain SQL) for a custom archive', (m) => (m.kind = 'schema-only'), /manifest says plain SQL/],
+    ];
+    it.each(edits)('%s: verify, restore and drill exit 5, nothing restored', async (_name, edit, cause) => {
+      const m = structuredClone(original);
+      edit(m);
+      await fsp.writeFile(manifestFile, `${JSON.stringify(m, null, 2)}\n`);
+      try {
+        const v = await run(['verify', '--from', repo, '--identity', identityFile]);
+        expect(v.code, v.stderr).toBe(5);
+        expect(errorLine(v.stderr)).toMatch(cause);
+        const target = uniqueDbName('disagree_r');
+        const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+        expect(r.code, r.stderr).toBe(5);
+        expect(errorLine(r.stderr)).toMatch(cause);
+        expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+        const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+        expect(d.code, d.stderr).toBe(5);
+        expect((JSON.parse(d.stdout) as { ok: boolean }).ok).toBe(false);
+      } finally {
+        await fsp.writeFile(manifestFile, `${JSON.stringify(original, null, 2)}\n`);
+      }
+    });
+
+    it('a table count that differs from the archive\'s (a table created during the backup) is a note, not a failure', async () => {
+      const m = structuredClone(original);
+      m.postgres.tables = 7;
+      await fsp.writeFile(manifestFile, `${JSON.stringify(m, null, 2)}\n`);
+      try {
+        const v = await run(['verify', '--from', repo, '--identity', identityFile, '--json']);
+        expect(v.code, v.stderr).toBe(0);
+        expect(JSON.parse(v.stdout)).toMatchObject([{ note: expect.stringMatching(/the database had 7 when the backup started/) }]);
+      } finally {
+        await fsp.writeFile(manifestFile, `${JSON.stringify(original, null, 2)}\n`);
+      }
+    });
+
+    it('a backup of a database with tables whose archive has none: verify and drill say so (exit 5)', async () => {
+      const emptyRepo = path.join(tmp, 'no-tables');
+      const emptyDump = path.join(tmp, 'no-tables.dump');
+      const empty = await createDatabase(pg, uniqueDbName('vault_c_empty'), 'empty');
+      try {
+        await execa(path.join(pgInfo.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', emptyDump, '-d', empty], { env: env(), extendEnv: false });
+        // A wrapper that dumps another (empty) database: a complete archive, with no tables.
+        const wrong = await script('wrong-db.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec cat '${emptyDump}'\n`);
+        const b = await run(['backup', '--to', emptyRepo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrong]);
+        expect(b.code, b.stderr).toBe(0);
+        const v = await run(['verify', '--from', emptyRepo, '--identity', identityFile]);
+        expect(v.code, v.stderr).toBe(5);
+        expect(errorLine(v.stderr)).toMatch(/holds no tables, but database .* had \d+ when it was taken/);
+        const d = await run(['drill', '--from', emptyRepo, '--identity', identityFile]);
+        expect(d.code, d.stderr).toBe(5);
+        expect(JSON.parse(d.stdout)).toMatchObject({ ok: false, tables: 0 });
+        // The control: a backup of the empty database itself is whole, verifies and drills.
+        const ctl = path.join(tmp, 'empty-db');
+        expect((await run(['backup', '--to', ctl, '--db', empty, '--recipient', recipient])).code).toBe(0);
+        const cv = await run(['verify', '--from', ctl, '--identity', identityFile, '--json']);
+        expect(cv.code, cv.stderr).toBe(0);
+        expect(JSON.parse(cv.stdout)).toMatchObject([{ tables: 0, note: null }]);
+        const cd = await run(['drill', '--from', ctl, '--identity', identityFile]);
+        expect(cd.code, cd.stderr).toBe(0);
+      } finally {
+        await dropDatabase(pg, empty);
+      }
+    });
+  });
+});
