@@ -36,7 +36,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`coffer: second ${sig}, exiting now\n`);
       process.exit(sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
     }
-    log.warn(`received ${sig}: stopping (children killed, upload aborted)`);
+    log.warn(`received ${sig}: stopping (work not yet committed is torn down and not stored; a backup already committed stays complete)`);
     ac.abort(new InterruptedError(`stopped by ${sig}`, { exitCode: sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated }));
   };
   process.on('SIGINT', onSignal);

@@ -7,10 +7,18 @@
  *
  * Each request has a 10 s timeout and is tried up to 3 times. A notifier that fails never fails
  * the backup: it is logged as a warning. URLs are logged by origin only (ping URLs often embed
- * a token), and no request carries a password, key or connection string.
+ * a token), URLs with a `user:password@` part are refused, and no request carries a password,
+ * key or connection string.
+ *
+ * After a stop signal ({@link Notifier.stopping}) a run must end within seconds (a Kubernetes
+ * pod gets 30 s before SIGKILL): requests in flight are abandoned, and what is left gets one
+ * try each, all within {@link STOP_BUDGET_MS}, the failure ping first.
  */
 import { UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
+
+/** After a stop signal: the time all remaining notifications share. */
+export const STOP_BUDGET_MS = 3_000;
 
 /** What a webhook receives for one database. */
 export interface WebhookEvent {
@@ -47,6 +55,12 @@ export function parseNotifyUrl(value: string, flag: string): URL {
     throw new UsageError(`${flag}: invalid URL ${JSON.stringify(value.slice(0, 200))}`, { hint: 'expected e.g. https://hc-ping.com/<uuid>' });
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') throw new UsageError(`${flag} must be an http:// or https:// URL`);
+  if (u.username !== '' || u.password !== '') {
+    // Never echo the value: it holds a password.
+    throw new UsageError(`${flag}: the URL contains a user name or password (user:password@host), which coffer does not send or log`, {
+      hint: `use a URL with the token in its path (e.g. https://hc-ping.com/<uuid>), without user:password@; origin ${u.protocol}//${u.host}`,
+    });
+  }
   return u;
 }
 
@@ -59,6 +73,10 @@ export class Notifier {
   private readonly attempts: number;
   private readonly backoffMs: (n: number) => number;
   private started: Promise<void> = Promise.resolve();
+  /** Aborts every request in flight (a stop signal). */
+  private readonly inFlight = new AbortController();
+  /** Set by {@link stopping}: the time by which every notification must be done. */
+  private deadline: number | undefined;
 
   constructor(opts: NotifierOptions) {
     this.notifyUrl = opts.notifyUrl === undefined ? undefined : parseNotifyUrl(opts.notifyUrl, '--notify');
@@ -67,6 +85,16 @@ export class Notifier {
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.attempts = opts.attempts ?? 3;
     this.backoffMs = opts.backoffMs ?? ((n) => 500 * n);
+  }
+
+  /**
+   * The run was stopped: abandon requests in flight, and from now on give each notification one
+   * short try within a shared budget of {@link STOP_BUDGET_MS}.
+   */
+  stopping(): void {
+    if (this.deadline !== undefined) return;
+    this.deadline = Date.now() + STOP_BUDGET_MS;
+    this.inFlight.abort();
   }
 
   /** `URL/start`; not awaited by the caller's backup, but always sent before the final ping. */
@@ -106,16 +134,26 @@ export class Notifier {
   private async send(flag: string, url: URL, init: { method: string; body: string; headers?: Record<string, string> }): Promise<void> {
     let last = '';
     for (let n = 1; n <= this.attempts; n++) {
+      const timeoutMs = this.deadline === undefined ? this.timeoutMs : this.deadline - Date.now();
+      if (timeoutMs <= 0) {
+        last = last || 'not sent: the run was stopped and its notification time ran out';
+        break;
+      }
       try {
-        const res = await fetch(url, { ...init, signal: AbortSignal.timeout(this.timeoutMs), redirect: 'follow' });
+        const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(this.deadline === undefined ? [this.inFlight.signal] : [])]);
+        const res = await fetch(url, { ...init, signal, redirect: 'follow' });
         await res.arrayBuffer().catch(() => undefined);
         if (res.ok) return;
         last = `HTTP ${res.status}`;
         if (res.status >= 400 && res.status < 500 && res.status !== 429) break;
       } catch (err) {
         const e = err as Error & { cause?: { code?: string } };
-        last = e.name === 'TimeoutError' ? `no answer within ${this.timeoutMs / 1000} s` : (e.cause?.code ?? e.message);
+        // Never e.message: fetch's messages can quote the whole URL (a token in its path).
+        if (e.name === 'TimeoutError') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
+        else if (e.name === 'AbortError') last = 'abandoned: the run was stopped';
+        else last = e.cause?.code ?? e.name;
       }
+      if (this.deadline !== undefined) break; // stopped: one try
       if (n < this.attempts) await new Promise((r) => setTimeout(r, this.backoffMs(n)));
     }
     this.log.warn(`notification failed (the backup itself is not affected): ${last}`, { notifier: flag, to: url.origin });

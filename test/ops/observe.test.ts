@@ -258,4 +258,53 @@ describe('notifications', () => {
     expect(warnings.map((w) => w.notifier).sort()).toEqual(['--notify', '--notify', '--webhook']);
     expect(warnings.every((w) => w.to === `http://127.0.0.1:${port}`)).toBe(true);
   });
+
+  it.each(['--notify', '--webhook'])('%s with user:password@ is refused (exit 2) and the password is never printed', async (flag) => {
+    const secret = 'hunter2-not-logged';
+    const r = await backup(path.join(tmp, 'repo-notify-creds'), dbB, flag, `https://ops:${secret}@hc.example.invalid/ping/tok3n`);
+    expect(r.code).toBe(2);
+    expect(errorLine(r.stderr)).toMatch(new RegExp(`^${flag}: the URL contains a user name or password`));
+    expect(r.stderr + r.stdout).not.toContain(secret);
+    expect(r.stderr + r.stdout).not.toContain('tok3n');
+    expect(fs.existsSync(path.join(tmp, 'repo-notify-creds'))).toBe(false);
+  });
+
+  it('a stop signal with an endpoint that never answers: one short failure ping, exit within seconds', async () => {
+    // Accepts connections, reads requests, never answers.
+    const seen: string[] = [];
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createServer((req) => {
+      seen.push(req.url ?? '');
+      req.resume();
+    });
+    hang.on('connection', (s) => sockets.add(s));
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(hang.address() as AddressInfo).port}`;
+    const big = await createDatabase(pg, uniqueDbName('notify_stop'), 'empty');
+    try {
+      const { fillLargeTable } = await import('../harness/pg.js');
+      await fillLargeTable(pg, big, 40);
+      const { startCoffer } = await import('../harness/cli.js');
+      const child = startCoffer(['backup', '--to', path.join(tmp, 'repo-notify-stop'), '--db', big, '--recipient', recipient, '--lock-dir', path.join(tmp, 'locks'), '--compress', 'zstd:19', '--notify', `${base}/ping/s`, '--webhook', `${base}/hook`], { env: env() });
+      // Stop it once the start ping hangs and the dump is under way.
+      const until = Date.now() + 30_000;
+      while (!seen.includes('/ping/s/start') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 500));
+      const stoppedAt = Date.now();
+      child.kill('SIGTERM');
+      const res = await child;
+      const took = Date.now() - stoppedAt;
+      expect(res.exitCode, String(res.stderr)).toBe(143);
+      // Before: 3 tries × 10 s plus backoff per notification (~65 s). Now: within a few seconds.
+      expect(took).toBeLessThan(15_000);
+      expect(seen.filter((u) => u === '/ping/s/fail').length).toBeLessThanOrEqual(1);
+      expect(seen.filter((u) => u === '/hook').length).toBeLessThanOrEqual(1);
+      expect(String(res.stderr)).not.toMatch(/upload aborted/);
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => hang.close(r));
+      await dropDatabase(pg, big);
+    }
+  });
 });
+

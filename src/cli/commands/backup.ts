@@ -197,16 +197,21 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
     store.close();
   }
 
-  await report(ctx, store.location, outcomes, notifier, metricsFile);
   const failed = outcomes.filter((o) => o.error !== undefined);
   const error = fatal ?? (failed.length === 0 ? undefined : failed.length === 1 && outcomes.length === 1 ? failed[0]!.error : summaryError(failed, outcomes.length));
+  if (ctx.signal.aborted) {
+    // Stopped: exit within seconds. The failure ping first (it is what alerts), then the rest.
+    notifier.stopping();
+    if (error !== undefined) await notifier.failure(formatErrorLine(error));
+  }
+  await report(ctx, store.location, outcomes, notifier, metricsFile);
   // The backups that were made are reported even when others of the run failed.
   if (flags.json && (results.length > 0 || error === undefined)) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
   else if (!flags.json && ctx.stdoutIsTty) {
     for (const r of results) ctx.stdout(`${r.manifest.id}  ${r.manifest.database}  ${r.manifest.tier}  ${formatBytes(r.manifest.dump.size)}\n`);
   }
   if (error !== undefined) {
-    await notifier.failure(formatErrorLine(error));
+    if (!ctx.signal.aborted) await notifier.failure(formatErrorLine(error));
     throw error;
   }
   await notifier.success();
