@@ -175,6 +175,46 @@ export class FsStore implements ObjectStore {
     }
   }
 
+  /**
+   * Temporaries (`.coffer-tmp-*`) that no live run can own: left by a run that was killed
+   * (SIGKILL, out of memory, power loss) and not modified for `minAgeMs`. A live run writes its
+   * temporary continuously, so its modification time stays recent. Paths are relative to the
+   * repository.
+   */
+  async staleTemporaries(minAgeMs: number, now = Date.now()): Promise<Array<{ path: string; size: number; modified: Date }>> {
+    const out: Array<{ path: string; size: number; modified: Date }> = [];
+    const stack = [''];
+    while (stack.length > 0) {
+      const rel = stack.pop()!;
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await fsp.readdir(path.join(this.root, rel), { withFileTypes: true });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw fsError(err, `list ${path.join(this.root, rel)}`);
+      }
+      for (const e of entries) {
+        const childRel = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) stack.push(childRel);
+        else if (e.isFile() && e.name.startsWith(TEMP_PREFIX)) {
+          const st = await fsp.stat(path.join(this.root, childRel)).catch(() => undefined);
+          if (st && now - st.mtimeMs >= minAgeMs) out.push({ path: childRel, size: st.size, modified: st.mtime });
+        }
+      }
+    }
+    return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+  }
+
+  /** Removes one temporary found by {@link staleTemporaries}. */
+  async removeTemporary(rel: string): Promise<void> {
+    if (!path.basename(rel).startsWith(TEMP_PREFIX)) throw new Error(`internal: ${rel} is not a temporary`);
+    try {
+      await fsp.rm(path.join(this.root, ...rel.split('/')), { force: true });
+    } catch (err) {
+      throw fsError(err, `delete ${rel}`);
+    }
+  }
+
   close(): void {}
 }
 

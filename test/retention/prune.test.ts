@@ -145,6 +145,33 @@ describe('coffer prune', () => {
     expect(leftIds).toEqual([real[0]!.id, real[1]!.id, a1].sort());
   });
 
+  it('removes temporaries left by killed runs (untouched for a day) and reports them; a fresh one is a live run\'s', async () => {
+    const seg = encodeDbSegment(db);
+    const stale = [`${seg}/daily/.coffer-tmp-0123456789ab`, '.coffer-tmp-a1b2c3d4e5f6'];
+    const fresh = `${seg}/daily/.coffer-tmp-fedcba987654`;
+    for (const f of [...stale, fresh]) await fsp.writeFile(path.join(repo, f), Buffer.alloc(16 * 1024, 1), { mode: 0o600 });
+    const old = new Date(Date.now() - 25 * 3600 * 1000);
+    for (const f of stale) await fsp.utimes(path.join(repo, f), old, old);
+    // Just under the bound: still possibly a live run's.
+    const recent = new Date(Date.now() - 23 * 3600 * 1000);
+    await fsp.utimes(path.join(repo, fresh), recent, recent);
+    const before = await allFiles(repo);
+
+    const dry = await runCoffer(['prune', '--from', repo, '--dry-run'], { env: env() });
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout.split('\n').filter((l) => l.startsWith('delete-temporary ')).sort()).toEqual(stale.map((f) => `delete-temporary ${f}`).sort());
+    expect(await allFiles(repo)).toEqual(before);
+
+    const run = await runCoffer(['prune', '--from', repo, '--json'], { env: env() });
+    expect(run.code, run.stderr).toBe(0);
+    expect((JSON.parse(run.stdout) as { temporaries: string[] }).temporaries.sort()).toEqual([...stale].sort());
+    expect(run.stderr).toMatch(/removing a temporary left by a run that was killed/);
+    const after = await allFiles(repo);
+    expect(before.filter((f) => !after.includes(f)).sort()).toEqual([...stale].sort());
+    expect(after).toContain(fresh);
+    await fsp.rm(path.join(repo, fresh));
+  });
+
   it('refuses S3 repositories and bad --min-keep with usage errors', async () => {
     const s3 = await runCoffer(['prune', '--from', 's3://some-bucket/prod'], { env: env() });
     expect(s3.code).toBe(2);

@@ -1,7 +1,8 @@
 import { UsageError } from '../../errors.js';
 import { parsePositiveInt, resolveRepository } from '../../config/settings.js';
 import { decodeManifest } from '../../catalog/manifest.js';
-import { openStore } from '../../store/open.js';
+import { FsStore } from '../../store/fs.js';
+import type { ObjectStore } from '../../store/object-store.js';
 import { groupRuns, planPrune, type PrunePlan } from '../../retention/prune.js';
 import { parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
@@ -15,10 +16,18 @@ export interface PruneFlags extends RetentionFlags {
 }
 
 /**
+ * A temporary untouched for this long belongs to no live run (a live run writes its
+ * temporary continuously; even a pg_dump waiting a whole night for a lock is far shorter).
+ */
+export const STALE_TEMP_AGE_MS = 24 * 3600 * 1000;
+
+/**
  * `coffer prune --from DIR`: applies the retention policy to a local repository (S3 buckets
  * expire by their lifecycle rules, set by `coffer init`). Only keys in coffer's layout are
  * considered; the newest `--min-keep` good backups per database are always kept. Prints one
  * line per deleted key (`delete <key>`; with `--dry-run` the same lines, nothing deleted).
+ * Temporaries left by killed runs (`.coffer-tmp-*`, untouched for a day) are removed too and
+ * reported (`delete-temporary <path>`): no other command would ever see them.
  */
 export async function runPruneCommand(flags: PruneFlags, ctx: CliContext): Promise<PrunePlan> {
   const repo = resolveRepository(flags.from, ctx.env, undefined);
@@ -29,7 +38,8 @@ export async function runPruneCommand(flags: PruneFlags, ctx: CliContext): Promi
   }
   const policy = parseRetentionPolicy(flags);
   const minKeep = parsePositiveInt(flags.minKeep, '--min-keep', 3);
-  const store = await openStore(repo);
+  const fsStore = new FsStore(repo.root);
+  const store: ObjectStore = fsStore;
   try {
     const keys: string[] = [];
     for await (const o of store.list('', { signal: ctx.signal })) keys.push(o.key);
@@ -60,11 +70,18 @@ export async function runPruneCommand(flags: PruneFlags, ctx: CliContext): Promi
       done.push(key);
       if (!flags.json) ctx.stdout(`delete ${key}\n`);
     }
-    if (flags.json) ctx.stdout(`${JSON.stringify({ dryRun: dry, deleted: done, decisions: plan.decisions }, null, 2)}\n`);
+    const temporaries = await fsStore.staleTemporaries(STALE_TEMP_AGE_MS);
+    for (const t of temporaries) {
+      ctx.log.warn(`${dry ? 'would remove' : 'removing'} a temporary left by a run that was killed`, { path: t.path, bytes: t.size, modified: t.modified.toISOString() });
+      if (!dry) await fsStore.removeTemporary(t.path);
+      if (!flags.json) ctx.stdout(`delete-temporary ${t.path}\n`);
+    }
+    if (flags.json) ctx.stdout(`${JSON.stringify({ dryRun: dry, deleted: done, temporaries: temporaries.map((t) => t.path), decisions: plan.decisions }, null, 2)}\n`);
     ctx.log.info(dry ? 'prune planned (dry run: nothing deleted)' : 'prune done', {
       backups: plan.decisions.length,
       deleteBackups: plan.decisions.filter((d) => d.action === 'delete').length,
       deleteKeys: plan.deleteKeys.length,
+      temporaries: temporaries.length,
     });
     return plan;
   } finally {
