@@ -15,5 +15,13 @@ export default defineConfig({
     reporters: ['default'],
     // The SDK's Node 22 notice would be printed by every test process.
     env: { AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true' },
+    // Off unless asked (`--coverage.enabled`): scripts/test.sh turns it on and merges this
+    // in-process report with the CLI subprocesses' raw V8 coverage (scripts/coverage.mjs).
+    coverage: {
+      provider: 'v8',
+      include: ['src/**/*.ts'],
+      reporter: ['json'],
+      reportOnFailure: true,
+    },
   },
 });

@@ -14,6 +14,17 @@ export interface CofferRun {
   stderr: string;
 }
 
+/**
+ * `NODE_V8_COVERAGE` for a node child of a test, when the suite runs with coverage
+ * (scripts/test.sh sets `COFFER_TEST_V8_COVERAGE` to a directory; scripts/coverage.mjs merges the
+ * raw files written there with vitest's in-process coverage). Empty otherwise. The variable is
+ * not set on the vitest processes themselves: their coverage is vitest's.
+ */
+export function coverageEnv(): Record<string, string> {
+  const dir = process.env.COFFER_TEST_V8_COVERAGE;
+  return dir ? { NODE_V8_COVERAGE: dir } : {};
+}
+
 /** Environment with nothing inherited that could change coffer's behaviour. */
 export function baseEnv(extra: Record<string, string | undefined> = {}): Record<string, string> {
   const env: Record<string, string> = {
@@ -21,6 +32,7 @@ export function baseEnv(extra: Record<string, string | undefined> = {}): Record<
     HOME: process.env.HOME ?? '/root',
     LANG: 'C.UTF-8',
     COFFER_LOG_FORMAT: 'json',
+    ...coverageEnv(),
   };
   for (const [k, v] of Object.entries(extra)) if (v !== undefined) env[k] = v;
   return env;
@@ -45,7 +57,7 @@ export function s3Env(rgw: RgwInfo, user?: string): Record<string, string> {
 /** Starts coffer without waiting (for tests that kill or signal it). */
 export function startCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number }): ResultPromise<{ reject: false; all: false }> {
   return execa(process.execPath, [COFFER_BIN, ...args], {
-    env: opts.env,
+    env: { ...coverageEnv(), ...opts.env },
     extendEnv: false,
     cwd: opts.cwd,
     reject: false,
@@ -57,7 +69,7 @@ export function startCoffer(args: string[], opts: { env: Record<string, string>;
 /** Runs coffer to completion. */
 export async function runCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number; input?: string }): Promise<CofferRun> {
   const r = await execa(process.execPath, [COFFER_BIN, ...args], {
-    env: opts.env,
+    env: { ...coverageEnv(), ...opts.env },
     extendEnv: false,
     cwd: opts.cwd,
     reject: false,

@@ -10,6 +10,7 @@
 import { execa } from 'execa';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { coverageEnv } from '../harness/cli.js';
 
 const SUPERVISOR = fileURLToPath(new URL('../../dist/run/supervisor.js', import.meta.url));
 
@@ -32,7 +33,7 @@ sup.signal.addEventListener('abort', async () => {
 
 describe('a supervised child in an aborted run', () => {
   it('its teardown settles the wait for a killed child whose output was left unread, before the process may exit', async () => {
-    const r = await execa(process.execPath, ['--input-type=module', '-e', SCRIPT, SUPERVISOR], { reject: false, timeout: 30_000 });
+    const r = await execa(process.execPath, ['--input-type=module', '-e', SCRIPT, SUPERVISOR], { env: coverageEnv(), reject: false, timeout: 30_000 });
     expect(r.exitCode, String(r.stderr)).toBe(0);
     expect(String(r.stdout).trim().split('\n').sort()).toEqual(['settled: producer was killed by SIGTERM', 'teardown: killed producer; stuck 0']);
   });
