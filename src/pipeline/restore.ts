@@ -145,15 +145,35 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     throw explainRestoreError(sup.cause());
   } finally {
     await sup.teardown();
-    if (scratch !== undefined) {
-      try {
-        await admin.drop(scratch);
-        req.log.info('scratch database dropped', { scratch });
-      } catch (e) {
-        req.log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand`, { error: (e as Error).message });
-      }
-    }
+    if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await fsp.rm(path.dirname(spool), { recursive: true, force: true });
+  }
+}
+
+/** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */
+const DROP_RETRY_MS = 30_000;
+
+/**
+ * Drops the scratch database, retrying while the server cannot be reached (it may be
+ * restarting: the restore failed because it went away). Logs what it could not do.
+ */
+async function dropScratch(admin: PgAdmin, scratch: string, log: Logger): Promise<void> {
+  const until = Date.now() + DROP_RETRY_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await admin.drop(scratch);
+      log.info('scratch database dropped', { scratch });
+      return;
+    } catch (e) {
+      const msg = (e as Error).message;
+      const unreachable = /could not connect|connection refused|No such file or directory|server closed the connection|the database system is (starting up|shutting down|in recovery)|terminating connection/i.test(msg);
+      if (!unreachable || Date.now() >= until) {
+        log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand: DROP DATABASE ${JSON.stringify(scratch)} WITH (FORCE);`, { error: msg });
+        return;
+      }
+      if (attempt === 1) log.warn('the server cannot be reached to drop the scratch database; retrying', { scratch, error: msg });
+      await new Promise((r) => setTimeout(r, 500));
+    }
   }
 }
 
