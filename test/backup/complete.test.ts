@@ -273,6 +273,45 @@ describe('verify, restore and drill prove the archive is whole', () => {
       }
     });
 
+    // The object itself replaced by a valid age file of a bad archive, and the manifest's size
+    // and sha256 made to match it: only the archive check can tell.
+    const bodies: Array<[string, () => Promise<Buffer>, RegExp]> = [
+      ['an empty plaintext', async () => Buffer.alloc(0), /holds no data/],
+      ['a custom archive truncated inside its data', async () => (await fsp.readFile(readyDump)).subarray(0, Math.floor((await fsp.stat(readyDump)).size * 0.7)), /truncated or damaged/],
+    ];
+    it.each(bodies)('%s, with a manifest that matches the object: verify, restore and drill exit 5', async (name, body, cause) => {
+      const dumpFile = path.join(repo, original.dump.key);
+      const saved = await fsp.readFile(dumpFile);
+      const plain = path.join(tmp, `body-${name.length}.plain`);
+      await fsp.writeFile(plain, await body());
+      const zst = await execa('zstd', ['-q', '-c', plain], { encoding: 'buffer' });
+      await fsp.writeFile(`${plain}.zst`, zst.stdout);
+      await execa('age', ['-r', recipient, '-o', dumpFile, `${plain}.zst`]);
+      const obj = await fsp.readFile(dumpFile);
+      const m = structuredClone(original);
+      m.dump.size = obj.length;
+      m.dump.sha256 = (await import('node:crypto')).createHash('sha256').update(obj).digest('hex');
+      m.dump.dumpBytes = 0; // unknown: the size check must not be what fires
+      await fsp.writeFile(manifestFile, `${JSON.stringify(m, null, 2)}\n`);
+      try {
+        const v = await run(['verify', '--from', repo, '--identity', identityFile]);
+        expect(v.code, v.stderr).toBe(5);
+        expect(errorLine(v.stderr)).toMatch(cause);
+        const target = uniqueDbName('body_r');
+        const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+        expect(r.code, r.stderr).toBe(5);
+        expect(errorLine(r.stderr)).toMatch(cause);
+        expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+        const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+        expect(d.code, d.stderr).toBe(5);
+        expect(JSON.parse(d.stdout)).toMatchObject({ ok: false });
+        expect((await listDatabases(pg)).filter((x) => x.startsWith('coffer_drill_'))).toEqual([]);
+      } finally {
+        await fsp.writeFile(dumpFile, saved);
+        await fsp.writeFile(manifestFile, `${JSON.stringify(original, null, 2)}\n`);
+      }
+    });
+
     it('a table count that differs from the archive\'s (a table created during the backup) is a note, not a failure', async () => {
       const m = structuredClone(original);
       m.postgres.tables = 7;
