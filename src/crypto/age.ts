@@ -90,7 +90,7 @@ interface Prefix {
 }
 
 function corruptHeader(detail?: string): IntegrityError {
-  return new IntegrityError(`not an age file or corrupt header${detail ? ` (${detail})` : ''}`, {
+  return new IntegrityError(`not an age file, or its header was modified or corrupted${detail ? ` (${detail})` : ''}`, {
     hint: 'check that this is a coffer backup and that it was stored and fetched completely',
   });
 }
@@ -256,8 +256,8 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
  * @param identities - `AGE-SECRET-KEY-1…` / `AGE-SECRET-KEY-PQ-1…` strings; all are tried.
  * @returns the plaintext and the number of recipient stanzas in the header.
  * @throws {UsageError} if `identities` is empty or one is invalid (message without key material).
- * @throws {IntegrityError} "no identity matches this backup's recipients"; "not an age file or
- *   corrupt header"; "header authentication failed…"; "backup is truncated…" when the input
+ * @throws {IntegrityError} "no identity matches this backup's recipients"; "not an age file, or
+ *   its header was modified or corrupted"; "header authentication failed…"; "backup is truncated…" when the input
  *   ends inside the payload nonce; ascii-armored input.
  * @throws the source's own error if it fails while the header is read.
  */
