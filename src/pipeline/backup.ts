@@ -4,7 +4,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { createEncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
-import { listBackupKeys } from '../catalog/catalog.js';
+import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
@@ -71,6 +71,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   const startedAt = now();
   if (req.signal.aborted) throw interruptedBy(req.signal);
   const sup = new Supervisor(req.signal);
+  let earlier: BackupKeyEntry[] = [];
   try {
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
@@ -80,7 +81,8 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     checkDumpVersion(dumpVersion.major, dumpVersion.text, server);
 
     // 2. Where it goes: the tier from what is already there (listing only), a fresh id.
-    const tier = req.tier ?? chooseTier(await listBackupKeys(req.store, { database: req.database, signal: sup.signal }), startedAt);
+    if (req.tier === undefined) earlier = await listBackupKeys(req.store, { database: req.database, signal: sup.signal });
+    const tier = req.tier ?? chooseTier(earlier, startedAt);
     const id = newBackupId(startedAt);
     const content: DumpContent = `${req.kind === 'custom' ? 'custom' : 'sql'}${req.compression.kind === 'zstd' ? '+zstd' : ''}` as DumpContent;
     const keys = backupKeys(req.database, tier, id, content);
@@ -149,6 +151,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
+    if (faultNumber('delete-earlier-backup') > 0 && earlier[0]) await req.store.delete(earlier[0].manifestKey).catch(() => undefined);
     throw sup.cause();
   } finally {
     await sup.teardown();

@@ -7,6 +7,10 @@
  * - `delay-reader-ms=N`: after a backup's children are spawned, wait N ms before the stream
  *   graph reads their output (every child has exited by then for a small database: the
  *   supervisor must have kept their output).
+ * - `delete-earlier-backup=1`: a DELIBERATELY BROKEN cleanup, to prove that the reliability
+ *   suite's data-loss check can fail: a backup run that fails deletes the manifest of the newest
+ *   earlier backup of its database (from the tier-choice listing) in its cleanup path.
+ *   test/reliability/network.test.ts ("the data-loss check detects a broken cleanup") uses it.
  */
 const raw = process.env.COFFER_TEST_FAULTS ?? '';
 const points = new Map<string, string>();
