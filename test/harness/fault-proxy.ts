@@ -11,7 +11,9 @@
  *   connection after N response-body bytes (a dropped or truncated download);
  * - `stall-response`: forward, then stop sending (socket left open) after N response-body bytes;
  * - `latency`: wait before forwarding;
- * - `stall`: read the request and never answer (the socket stays open until the client gives up).
+ * - `stall`: read the request and never answer (the socket stays open until the client gives up);
+ * - `lost-answer`: forward the whole request (the server acts on it), then drop the server's
+ *   answer: stay silent (`how: 'stall'`, the default) or reset the client connection (`'reset'`).
  *
  * Every request is recorded (S3 operation, method, path, fault applied) so a test can prove that
  * a fault really fired and count retries.
@@ -40,13 +42,16 @@ export type Fault =
   | { kind: 'truncate-response'; afterBytes: number }
   | { kind: 'stall-response'; afterBytes: number }
   | { kind: 'latency'; ms: number }
-  | { kind: 'stall' };
+  | { kind: 'stall' }
+  | { kind: 'lost-answer'; how?: 'stall' | 'reset' };
 
 export interface FaultRule {
   /** Which requests: an S3 operation, optionally also a method and a path pattern. */
   op?: S3Op;
   method?: string;
   path?: RegExp;
+  /** Only once a request of this operation was seen (e.g. ListObjects after the manifest PutObject). */
+  afterOp?: S3Op;
   /** Apply from the nth matching request on (1-based; default 1). */
   nth?: number;
   /** How many matching requests get the fault (default 1; Infinity = persistent). */
@@ -143,6 +148,7 @@ export class FaultProxy {
     for (let i = 0; i < this.rules.length; i++) {
       const r = this.rules[i]!;
       if (r.op !== undefined && r.op !== op) continue;
+      if (r.afterOp !== undefined && !this.events.some((e) => e.op === r.afterOp)) continue;
       if (r.method !== undefined && r.method !== method) continue;
       if (r.path !== undefined && !r.path.test(path)) continue;
       r.seen++;
@@ -191,13 +197,15 @@ export class FaultProxy {
         return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'close' });
       case 'stall-response':
         return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'stall' });
+      case 'lost-answer':
+        return this.forward(req, res, { dropResponse: fault.how ?? 'stall' });
     }
   }
 
   private forward(
     req: http.IncomingMessage,
     res: http.ServerResponse,
-    cut: { requestBytes?: number; responseBytes?: number; how?: 'reset' | 'close' | 'stall' } = {},
+    cut: { requestBytes?: number; responseBytes?: number; how?: 'reset' | 'close' | 'stall'; dropResponse?: 'stall' | 'reset' } = {},
   ): void {
     const headers: Record<string, string | string[]> = {};
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -229,6 +237,13 @@ export class FaultProxy {
       else res.destroy();
     });
     up.on('response', (ur) => {
+      if (cut.dropResponse) {
+        // The server has answered (it acted on the request): the answer never reaches the client.
+        ur.resume();
+        cutting = true;
+        if (cut.dropResponse === 'reset') req.socket.resetAndDestroy();
+        return;
+      }
       res.writeHead(ur.statusCode ?? 502, ur.statusMessage, ur.rawHeaders);
       let sent = 0;
       ur.on('data', (chunk: Buffer) => {
