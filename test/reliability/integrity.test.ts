@@ -4,6 +4,7 @@
  * fails clearly with the target untouched and the spool removed.
  */
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -14,8 +15,21 @@ import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { createDatabase, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, uniqueDbName } from '../harness/pg.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { backupOk, listedIds, setupFixture, waitFor, type Fixture } from './common.js';
-import { record, writeResults } from './matrix.js';
+import {
+  backupOk,
+  dataLoss,
+  existingTarget,
+  listedIds,
+  makeGolden,
+  seedRepository,
+  setupFixture,
+  waitFor,
+  type Fixture,
+  type GoldenBackup,
+  type RepoBaseline,
+  type TargetBaseline,
+} from './common.js';
+import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const rgwInfo = inject('rgw')!;
 const pgInfo = inject('pg')!;
@@ -23,6 +37,8 @@ const pg = pgFromInject(pgInfo);
 
 let f: Fixture;
 let source: string;
+/** A good backup of `source`, copied into every test's repository before the damage. */
+let golden: GoldenBackup;
 const proxies: FaultProxy[] = [];
 const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
 
@@ -30,7 +46,16 @@ beforeAll(async () => {
   f = await setupFixture(rgwInfo, pgInfo, 'integ');
   source = await createDatabase(pg, uniqueDbName('integ'), 'varied');
   await fillLargeTable(pg, source, 3);
+  golden = await makeGolden(f, pg, 'golden', source);
 });
+
+/** Records the row with the measured data loss, then requires it to be none. */
+async function recordMeasured(row: Omit<MatrixRow, 'dataLost'>, measure: { repo?: RepoBaseline; targets?: TargetBaseline[] }): Promise<void> {
+  const lost = await dataLoss(f, pg, measure);
+  record({ ...row, dataLost: lost });
+  expect(lost).toBe('none');
+  for (const t of measure.targets ?? []) await dropDatabase(pg, t.db);
+}
 
 afterAll(async () => {
   await Promise.all(proxies.map((p) => p.stop()));
@@ -45,62 +70,122 @@ async function objectBytes(key: string): Promise<Buffer> {
   return Buffer.from(await out.Body!.transformToByteArray());
 }
 
-/** Restores `selector` of `prefix` into a fresh name; asserts exit 5 and that nothing was restored. */
-async function expectRejected(prefix: string, selector: string, identityFile = f.identityFile): Promise<string> {
-  const target = uniqueDbName('integ_never');
-  const r = await runCoffer(['restore', '--from', repo(prefix), '--db', source, '--backup', selector, '--identity', identityFile, '--target-db', target], { env: f.env() });
+/**
+ * Restores `selector` of `prefix` with --replace onto an existing database with known content;
+ * asserts exit 5 and that nothing was restored, renamed aside or left behind.
+ */
+async function expectRejected(prefix: string, selector: string, identityFile = f.identityFile): Promise<{ error: string; existing: TargetBaseline }> {
+  const existing = await existingTarget(pg, 'integ_existing');
+  const r = await runCoffer(['restore', '--from', repo(prefix), '--db', source, '--backup', selector, '--identity', identityFile, '--target-db', existing.db, '--replace'], { env: f.env() });
   expect(r.code, r.stderr).toBe(5);
-  // Neither the target nor a scratch database of it exists (other tests run concurrently).
-  expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
-  return errorLine(r.stderr);
+  // No scratch database, nothing renamed aside (other tests run concurrently).
+  expect((await listDatabases(pg)).filter((d) => d.startsWith(existing.db))).toEqual([existing.db]);
+  return { error: errorLine(r.stderr), existing };
 }
 
 describe.concurrent('damaged or mismatched backups: detected, nothing restored, exit 5', () => {
-  it('one flipped byte in the stored object', async () => {
+  it('one flipped byte in the stored object: age authentication fires first (at that chunk, before the whole-object sha256)', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'flip');
     const m = await backupOk(f, repo('flip'), source, ['--compress', 'none']);
     const key = `flip/${m.dump.key}`;
     const bytes = await objectBytes(key);
     bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes }));
-    expect(await expectRejected('flip', m.id)).toMatch(/sha256|authentication failed/);
-    record({ id: 'itg-01', area: 'integrity', fault: 'one flipped bit in the middle of the stored object', injected: 'object rewritten in the bucket with one bit flipped', outcome: 'detected (sha256 / age authentication); exit 5; no database created, scratch dropped', dataLost: 'none' });
+    const { error, existing } = await expectRejected('flip', m.id);
+    expect(error).toMatch(/^authentication failed at byte offset \d+/);
+    await recordMeasured(
+      { id: 'itg-01', area: 'integrity', fault: 'one flipped bit in the middle of the stored object', injected: 'object rewritten in the bucket with one bit flipped', outcome: 'detected by age authentication at the damaged 64 KiB chunk ("authentication failed at byte offset N"); exit 5; restore --replace: the existing target untouched, scratch dropped' },
+      { repo: baseline, targets: [existing] },
+    );
   });
 
-  it('a truncated object', async () => {
+  it('another valid object of the same size swapped in: only the manifest sha256 can tell, and it fires', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'same-size');
+    const a = await backupOk(f, repo('same-size'), source, ['--compress', 'none']);
+    const b = await backupOk(f, repo('same-size'), source, ['--compress', 'none']);
+    // Same database, same recipient, no compression: two valid age files of the same length.
+    expect(b.dump.size).toBe(a.dump.size);
+    expect(b.dump.sha256).not.toBe(a.dump.sha256);
+    await f.s3.send(new CopyObjectCommand({ Bucket: f.bucket, Key: `same-size/${a.dump.key}`, CopySource: `${f.bucket}/same-size/${b.dump.key}` }));
+    const { error, existing } = await expectRejected('same-size', a.id);
+    expect(error).toMatch(/^sha256 of the backup object does not match its manifest/);
+    // The baseline holds the golden backup only (b is intact, a damaged on purpose).
+    await recordMeasured(
+      { id: 'itg-05', area: 'integrity', fault: 'another valid backup object of the same size swapped in', injected: "backup B's object (same size, decrypts and authenticates with the same key) copied over backup A's object", outcome: 'age decrypts it without complaint; the manifest sha256 check fires at the end of the object ("sha256 of the backup object does not match its manifest"), before pg_restore\'s input ends; exit 5; the existing target untouched' },
+      { repo: baseline, targets: [existing] },
+    );
+  });
+
+  it('a flipped byte with the manifest sha256 rewritten to match: age authentication alone catches it', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'flip-resha');
+    const m = await backupOk(f, repo('flip-resha'), source, ['--compress', 'none']);
+    const key = `flip-resha/${m.dump.key}`;
+    const bytes = await objectBytes(key);
+    bytes[bytes.length - 100]! ^= 0x01; // in the final chunk
+    await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes }));
+    const manifestKey = key.replace(/\.dump\.age$/, '.manifest.json');
+    const manifest = JSON.parse((await objectBytes(manifestKey)).toString('utf8')) as BackupManifest;
+    manifest.dump.sha256 = createHash('sha256').update(bytes).digest('hex');
+    await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: manifestKey, Body: JSON.stringify(manifest, null, 2) }));
+    const { error, existing } = await expectRejected('flip-resha', m.id);
+    expect(error).toMatch(/^authentication failed at byte offset \d+/);
+    await recordMeasured(
+      { id: 'itg-06', area: 'integrity', fault: 'a flipped bit in the final chunk, the manifest sha256 rewritten to match the damaged object', injected: 'object rewritten with one bit flipped 100 bytes before its end; manifest rewritten with that object\'s sha256', outcome: 'the size and sha256 checks pass; age authentication of the final chunk fires ("authentication failed at byte offset N"); exit 5; the existing target untouched' },
+      { repo: baseline, targets: [existing] },
+    );
+  });
+
+  it('a truncated object', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'trunc');
     const m = await backupOk(f, repo('trunc'), source, ['--compress', 'none']);
     const key = `trunc/${m.dump.key}`;
     const bytes = await objectBytes(key);
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes.subarray(0, Math.floor(bytes.length * 0.6)) }));
-    expect(await expectRejected('trunc', m.id)).toMatch(/has \d+ bytes but its manifest says \d+/);
-    record({ id: 'itg-02', area: 'integrity', fault: 'truncated object', injected: 'object rewritten in the bucket with its first 60 %', outcome: 'detected before any database is created (size differs from the manifest); exit 5', dataLost: 'none' });
+    const { error, existing } = await expectRejected('trunc', m.id);
+    expect(error).toMatch(/has \d+ bytes but its manifest says \d+/);
+    await recordMeasured(
+      { id: 'itg-02', area: 'integrity', fault: 'truncated object', injected: 'object rewritten in the bucket with its first 60 %', outcome: 'detected before any database is created (size differs from the manifest); exit 5; the existing target untouched' },
+      { repo: baseline, targets: [existing] },
+    );
   });
 
-  it('a swapped manifest (the manifest of another backup under this id) is refused by restore and skipped by list', async () => {
+  it('a swapped manifest (the manifest of another backup under this id) is refused by restore and skipped by list', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'swap');
     const a = await backupOk(f, repo('swap'), source);
     const b = await backupOk(f, repo('swap'), source);
     const aKey = `swap/${a.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`;
     const bKey = `swap/${b.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`;
     await f.s3.send(new CopyObjectCommand({ Bucket: f.bucket, Key: aKey, CopySource: `${f.bucket}/${bKey}` }));
-    expect(await expectRejected('swap', a.id)).toMatch(/describes another backup/);
+    const { error, existing } = await expectRejected('swap', a.id);
+    expect(error).toMatch(/describes another backup/);
     const list = await runCoffer(['list', '--from', repo('swap'), '--json'], { env: f.env() });
     expect(list.code, list.stderr).toBe(0);
-    expect((JSON.parse(list.stdout) as Array<{ id: string }>).map((x) => x.id)).toEqual([b.id]);
+    expect((JSON.parse(list.stdout) as Array<{ id: string }>).map((x) => x.id).sort()).toEqual([b.id, ...baseline.backups.map((x) => x.id)].sort());
     expect(list.stderr).toMatch(/skipping an unreadable manifest/);
-    record({ id: 'itg-03', area: 'integrity', fault: 'swapped manifest', injected: "manifest of backup B copied over backup A's manifest key", outcome: 'restore of A: exit 5 "describes another backup"; list skips A with a warning and shows B', dataLost: 'none' });
+    await recordMeasured(
+      { id: 'itg-03', area: 'integrity', fault: 'swapped manifest', injected: "manifest of backup B copied over backup A's manifest key", outcome: 'restore of A: exit 5 "describes another backup"; list skips A with a warning and shows B; the existing target untouched' },
+      { repo: baseline, targets: [existing] },
+    );
   });
 
-  it('a wrong identity', async () => {
+  it('a wrong identity', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'wrongkey');
     const m = await backupOk(f, repo('wrongkey'), source);
     const other = await generateIdentity();
     const otherFile = path.join(f.tmp, 'other-identity.txt');
     await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
-    expect(await expectRejected('wrongkey', m.id, otherFile)).toMatch(/no identity matches/);
-    record({ id: 'itg-04', area: 'integrity', fault: 'wrong key', injected: 'restore with an identity that is not a recipient of the backup', outcome: 'refused at the age header, before any database is created; exit 5', dataLost: 'none' });
+    const { error, existing } = await expectRejected('wrongkey', m.id, otherFile);
+    expect(error).toMatch(/no identity matches/);
+    await recordMeasured(
+      { id: 'itg-04', area: 'integrity', fault: 'wrong key', injected: 'restore with an identity that is not a recipient of the backup', outcome: 'refused at the age header, before any database is created; exit 5; the existing target untouched' },
+      { repo: baseline, targets: [existing] },
+    );
   });
 });
 
 describe('disk full', () => {
-  it('the spool of a --jobs restore runs out of space: clear error, target untouched, spool removed', async () => {
+  it('the spool of a --jobs restore runs out of space: clear error, target untouched, spool removed', { timeout: 480_000 }, async () => {
+    const baseline = await seedRepository(f, golden, 'spool');
     const m = await backupOk(f, repo('spool'), source, ['--compress', 'none']);
     const mnt = await fsp.mkdtemp(path.join(f.tmp, 'tmpfs-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.ceil((m.dump.dumpBytes * 1.5) / 1024)}k`, 'tmpfs', mnt]);
@@ -110,33 +195,35 @@ describe('disk full', () => {
     // meanwhile another writer fills the filesystem, as a neighbour on a shared /tmp would.
     p.script([{ op: 'GetObject', path: /\.dump\.age$/, fault: { kind: 'stall-response', afterBytes: 1 << 20 } }]);
     try {
-      const target = uniqueDbName('integ_spool');
+      const existing = await existingTarget(pg, 'integ_spool');
+      const target = existing.db;
       const child = startCoffer(
-        ['restore', '--from', repo('spool'), '--db', source, '--identity', f.identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', mnt, '--s3-timeout', '2s'],
+        ['restore', '--from', repo('spool'), '--db', source, '--backup', m.id, '--identity', f.identityFile, '--target-db', target, '--replace', '--jobs', '2', '--spool-dir', mnt, '--s3-timeout', '2s'],
         { env: f.env({}, p.endpoint) },
       );
       const spoolFile = async (): Promise<string | undefined> => {
         for (const d of await fsp.readdir(mnt)) if (d.startsWith('coffer-spool-')) return path.join(mnt, d, 'archive.dump');
         return undefined;
       };
-      expect(await waitFor(async () => p.fired(0) === 1 && (await spoolFile()) !== undefined)).toBe(true);
+      expect(await waitFor(async () => p.fired(0) === 1 && (await spoolFile()) !== undefined, 180_000)).toBe(true);
       const st = await fsp.statfs(mnt);
       await fsp.writeFile(path.join(mnt, 'filler'), Buffer.alloc(Number(st.bavail) * Number(st.bsize)).fill(1)).catch(() => undefined);
       const r = await child;
       expect(r.exitCode, String(r.stderr)).toBe(4);
       expect(errorLine(String(r.stderr))).toMatch(/no space left.*--spool-dir/i);
-      expect(await databaseExists(pg, target)).toBe(false);
-      expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+      expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([target]);
       expect(fs.readdirSync(mnt)).toEqual(['filler']);
-      expect(await listedIds(f, repo('spool'))).toEqual([m.id]);
-      record({
-        id: 'dsk-01',
-        area: 'disk',
-        fault: 'disk full while spooling a --jobs restore',
-        injected: 'spool on a small tmpfs; once spooling began (download held by the proxy) another file filled the filesystem',
-        outcome: 'exit 4 "no space left on the spool directory" with a hint; the target never created; the spool directory removed; the backup untouched',
-        dataLost: 'none',
-      });
+      expect(await listedIds(f, repo('spool'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+      await recordMeasured(
+        {
+          id: 'dsk-01',
+          area: 'disk',
+          fault: 'disk full while spooling a --jobs restore (--replace onto an existing database)',
+          injected: 'spool on a small tmpfs; once spooling began (download held by the proxy) another file filled the filesystem',
+          outcome: 'exit 4 "no space left on the spool directory" with a hint; the existing target untouched, nothing renamed aside; the spool directory removed; the backups untouched',
+        },
+        { repo: baseline, targets: [existing] },
+      );
     } finally {
       execFileSync('umount', ['-l', mnt]);
       await fsp.rm(mnt, { recursive: true, force: true });
