@@ -27,6 +27,8 @@ const opt = (name) => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 const vitestJson = opt('--vitest');
+// More istanbul JSON reports of the same vitest transform (e.g. a second, partial run) to add.
+const more = args.flatMap((a, i) => (a === '--add' ? [args[i + 1]] : []));
 const v8Dir = opt('--v8');
 const out = opt('--out');
 const uncovered = opt('--uncovered');
@@ -86,6 +88,7 @@ function addFile(file, other) {
 
 // 1. In-process tests (vitest).
 if (vitestJson && fs.existsSync(vitestJson)) Object.assign(files, JSON.parse(fs.readFileSync(vitestJson, 'utf8')));
+for (const f of more) for (const [file, fc] of Object.entries(JSON.parse(fs.readFileSync(f, 'utf8')))) addFile(file, fc);
 
 // 2. CLI subprocesses: keep only the scripts of dist/, merge the processes (a few at a time, to
 //    keep memory flat), then convert each script once.
@@ -142,7 +145,7 @@ for (const f of map.files()) {
   folders.get(key).merge(s);
   total.merge(s);
 }
-const cell = (m) => `${(typeof m.pct === "number" ? m.pct : 100).toFixed(1).padStart(5)} % ${`(${m.covered}/${m.total})`.padEnd(12)}`;
+const cell = (m) => `${(Math.floor((typeof m.pct === "number" ? m.pct : 100) * 10) / 10).toFixed(1).padStart(5)} % ${`(${m.covered}/${m.total})`.padEnd(12)}`;
 const rows = [...folders.keys()].sort().map((k) => [k, folders.get(k)]);
 rows.push(['src (all)', total]);
 const w = Math.max(...rows.map(([k]) => k.length));
@@ -172,7 +175,7 @@ if (uncovered) {
         const br = fc.branchMap[id];
         counts.forEach((n, i) => {
           if (n !== 0) return;
-          const loc = br.locations[i] ?? br.loc;
+          const loc = br.locations[i]?.start?.line !== undefined ? br.locations[i] : br.loc;
           console.log(`  ${rel}:${loc.start.line} ${br.type} branch ${i + 1}/${counts.length}`);
         });
       }

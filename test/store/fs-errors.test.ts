@@ -1,0 +1,113 @@
+/**
+ * The file repository's refusals and clean-ups (src/store/fs.ts) that the CLI tests do not reach:
+ * invalid keys, a repository path that is not a directory, missing objects, and a write whose
+ * producer fails or is aborted (its temporary is removed, the target never appears).
+ * Permission errors are not tested here: the suite runs as root, which ignores file modes.
+ */
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StorageError } from '../../src/errors.js';
+import { FsStore, TEMP_PREFIX } from '../../src/store/fs.js';
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-fs-errors-'));
+});
+afterAll(async () => {
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+async function caught(p: Promise<unknown>): Promise<StorageError> {
+  try {
+    await p;
+  } catch (e) {
+    expect(e).toBeInstanceOf(StorageError);
+    return e as StorageError;
+  }
+  throw new Error('expected a StorageError');
+}
+
+const names = async (dir: string): Promise<string[]> => (await fsp.readdir(dir, { recursive: true })).map(String).sort();
+
+describe('FsStore', () => {
+  it('refuses keys that are empty or leave their directory, before touching the disk', async () => {
+    const root = path.join(tmp, 'keys');
+    const store = new FsStore(root);
+    for (const key of ['', 'a//b', '../outside', 'a/./b', 'a/../../b', 'a/']) {
+      const e = await caught(store.putBytes(key, Buffer.from('x')));
+      expect(e.message).toBe(`invalid object key ${JSON.stringify(key)}`);
+      expect((await caught(store.getBytes(key))).message).toBe(`invalid object key ${JSON.stringify(key)}`);
+    }
+    await expect(fsp.stat(root)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('a missing object is NotFound ("no such file"); a key under a file is absent for head', async () => {
+    const root = path.join(tmp, 'missing');
+    const store = new FsStore(root);
+    await store.putBytes('db/a', Buffer.from('a'));
+    const e = await caught(store.getBytes('db/b'));
+    expect(e.code).toBe('NotFound');
+    expect(e.message).toBe(`read ${path.join(root, 'db', 'b')}: no such file`);
+    expect((await caught(store.get('db/b'))).code).toBe('NotFound');
+    expect(await store.head('db/a/under-a-file')).toBeUndefined();
+    expect(await store.head('db/b')).toBeUndefined();
+  });
+
+  it('a repository path that is a file: writes fail with the path and the reason, listing finds nothing', async () => {
+    const root = path.join(tmp, 'a-file');
+    await fsp.writeFile(root, 'not a directory');
+    const store = new FsStore(root);
+    const e = await caught(store.putBytes('db/x', Buffer.from('x')));
+    expect(e.code).toBe('Failed');
+    expect(e.message).toMatch(new RegExp(`^create directory ${root}/db: .*(ENOTDIR|EEXIST)`));
+    const listed = [];
+    for await (const o of store.list('')) listed.push(o);
+    expect(listed).toEqual([]);
+    expect(await fsp.readFile(root, 'utf8')).toBe('not a directory');
+  });
+
+  it('a write whose producer fails keeps the producer\'s error and leaves neither the temporary nor the object', async () => {
+    const root = path.join(tmp, 'producer');
+    const store = new FsStore(root);
+    const boom = new Error('pg_dump exited with status 1');
+    const body = Readable.from(
+      (async function* () {
+        yield Buffer.alloc(64 * 1024, 1);
+        throw boom;
+      })(),
+    );
+    await expect(store.putStream('db/x.dump.age', body, { signal: new AbortController().signal })).rejects.toBe(boom);
+    expect(await names(root)).toEqual(['db']);
+  });
+
+  it('an aborted write is StorageError Aborted and leaves neither the temporary nor the object', async () => {
+    const root = path.join(tmp, 'aborted');
+    const store = new FsStore(root);
+    const ac = new AbortController();
+    let sent = 0;
+    const body = new Readable({
+      read() {
+        sent += 1;
+        if (sent === 3) ac.abort(new Error('stop'));
+        setTimeout(() => this.push(Buffer.alloc(64 * 1024, 2)), 5);
+      },
+    });
+    const e = await caught(store.putStream('db/x.dump.age', body, { signal: ac.signal }));
+    expect(e.code).toBe('Aborted');
+    expect(e.message).toBe('write db/x.dump.age: aborted');
+    expect(await names(root)).toEqual(['db']);
+  });
+
+  it('removeTemporary refuses anything that is not a coffer temporary', async () => {
+    const root = path.join(tmp, 'temps');
+    const store = new FsStore(root);
+    await store.putBytes('db/keep', Buffer.from('k'));
+    await expect(store.removeTemporary('db/keep')).rejects.toThrow('internal: db/keep is not a temporary');
+    await fsp.writeFile(path.join(root, 'db', `${TEMP_PREFIX}abc`), 'partial');
+    await store.removeTemporary(`db/${TEMP_PREFIX}abc`);
+    expect(await names(root)).toEqual(['db', 'db/keep']);
+  });
+});
