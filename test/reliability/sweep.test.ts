@@ -182,7 +182,7 @@ describe('damage anywhere in the stored object: exit 5, the cause named, nothing
       id: rid('swp-01'),
       area: 'integrity',
       fault: `damaged stored object, ${fixed.length} named positions (header MAC, nonce, first chunk, 10-90 %, each of the last three chunks, last byte, cuts by 1 byte / one chunk / to half / after the header) plus seeded ones`,
-      injected: `${cases.length} cases over ${MODES.length} ways of reading (restore from S3, file repository, --file, --jobs 2; verify S3/file; drill), flipped byte or truncation`,
+      injected: `${cases.length} cases over ${MODES.length} ways of reading (restore from S3, file repository, --file, --jobs 2; verify S3/file; drill), flipped byte or truncation${FULL ? ` (soak: COFFER_FAULT_SWEEP=full on a developer machine, seed ${rnd.seed})` : ' (the CI set)'}`,
       outcome: 'every case: exit 5, cause named (age header / chunk authentication / truncated / sha256 ≠ manifest), no target or __restoring_ database, no spool file, no event-loop drain',
       dataLost: 'none',
     });
@@ -284,6 +284,33 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       await dropDatabase(pg, target);
     }
     record({ id: rid('swp-03'), area: 'network', fault: 'download connection reset at seeded offsets', injected: `proxy: GetObject of the dump reset once after N bytes, N at ${offsets.length} seeded offsets`, outcome: 'resumed with a ranged GET; exit 0; restored content identical to the source', dataLost: 'none' });
+  });
+
+  it('backup: the upload reset at seeded offsets of a part: a complete backup (the part is resent) or exit 4 with nothing stored; the locks are free after', async () => {
+    const offsets = Array.from({ length: FULL ? 8 : 3 }, () => 1 + Math.floor(rnd.next() * 2_000_000));
+    const locks = path.join(f.tmp, 'sweep-locks');
+    for (const [i, at] of offsets.entries()) {
+      const p = await startFaultProxy(rgwInfo.endpoint);
+      proxies.push(p);
+      p.script([{ op: 'UploadPart', times: 1, fault: { kind: 'reset-request', afterBytes: at } }]);
+      const prefix = `up-reset-${i}`;
+      const r = await runCoffer(['backup', '--to', `s3://${f.bucket}/${prefix}`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks, '--json'], { env: f.env({}, p.endpoint) });
+      const what = `reset at ${at}: ${r.stderr.slice(-1200)}`;
+      const listed = await runCoffer(['list', '--from', `s3://${f.bucket}/${prefix}`, '--json'], { env: f.env() });
+      const ids = (JSON.parse(listed.stdout) as Array<{ id: string }>).map((x) => x.id);
+      if (r.code === 0) {
+        expect(ids, what).toHaveLength(1);
+        const v = await runCoffer(['verify', '--from', `s3://${f.bucket}/${prefix}`, '--identity', f.identityFile], { env: f.env() });
+        expect(v.code, v.stderr).toBe(0);
+      } else {
+        expect(r.code, what).toBe(4);
+        expect(ids, what).toEqual([]);
+      }
+      // The locks were released: the next run takes them without waiting.
+      const again = await runCoffer(['backup', '--to', `s3://${f.bucket}/${prefix}-next`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks], { env: f.env() });
+      expect(again.code, again.stderr).toBe(0);
+    }
+    record({ id: rid('swp-06'), area: 'network', fault: 'upload connection reset inside a part at seeded offsets', injected: `proxy: one UploadPart reset after N request bytes, N at ${offsets.length} seeded offsets`, outcome: 'the part is resent: a complete backup that verifies (or exit 4 with nothing listed); the locks are free for the next run', dataLost: 'none' });
   });
 
   describe('the target server restarted mid-restore', () => {
