@@ -1,0 +1,315 @@
+/**
+ * `restore --replace` under faults: the one destructive step of a restore. The target exists
+ * with known content; the restore fails (damaged object, pg_restore, smoke query) or coffer is
+ * stopped (SIGTERM) or killed (SIGKILL) before the swap, while the first rename waits, between
+ * the two renames and after them. Every time the existing database is either untouched (same
+ * schema dump and content fingerprint under its name) or fully replaced, the old one kept as
+ * `<target>__before_<time>` with the same content as before; never gone.
+ *
+ * The swap (pg/admin.ts swapIn) is one transaction: RENAME target → aside, RENAME scratch →
+ * target, COMMIT. To stop coffer at a precise step, a test session holds a lock on one of the
+ * two databases (COMMENT ON DATABASE in an open transaction): the RENAME of that database waits
+ * for it (pg_stat_activity shows the wait), the signal is sent, then the lock is released.
+ */
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { execa, type ResultPromise } from 'execa';
+import { PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
+import { childEnv, createDatabase, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import {
+  backupOk,
+  databaseDiff,
+  dataLoss,
+  existingTarget,
+  makeGolden,
+  repoBaseline,
+  setupFixture,
+  sleep,
+  waitFor,
+  type Fixture,
+  type GoldenBackup,
+  type RepoBaseline,
+  type TargetBaseline,
+} from './common.js';
+import { record, writeResults } from './matrix.js';
+
+const rgwInfo = inject('rgw')!;
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let f: Fixture;
+let source: string;
+let golden: GoldenBackup;
+let baseline: RepoBaseline;
+const repo = (): string => `s3://${f.bucket}/replace`;
+/** Generous bound for every wait on a moment of the restore. */
+const MOMENT_MS = 180_000;
+
+beforeAll(async () => {
+  f = await setupFixture(rgwInfo, pgInfo, 'rpl');
+  source = await createDatabase(pg, uniqueDbName('rpl_src'), 'vault');
+  await fillLargeTable(pg, source, 2);
+  golden = await makeGolden(f, pg, 'replace', source);
+  baseline = await repoBaseline(f, 'replace', golden);
+});
+
+afterAll(async () => {
+  await dropDatabase(pg, source);
+  f?.s3.destroy();
+  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
+  writeResults('replace');
+});
+
+function restoreArgs(target: string, extra: string[] = []): string[] {
+  return ['restore', '--from', repo(), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace', ...extra];
+}
+
+/** The state of an existing target after a run: untouched, or replaced with the old one aside. */
+async function swapState(existing: TargetBaseline): Promise<{ state: 'untouched' | 'replaced'; scratch: string[]; aside?: string }> {
+  const dbs = (await listDatabases(pg)).filter((d) => d.startsWith(existing.db));
+  const scratch = dbs.filter((d) => d.includes('__restoring_'));
+  const asides = dbs.filter((d) => d.includes('__before_'));
+  expect(await databaseExists(pg, existing.db), 'the target name must never be gone').toBe(true);
+  if (asides.length === 0) {
+    expect(await databaseDiff(pg, existing.db, existing)).toBe('');
+    return { state: 'untouched', scratch };
+  }
+  expect(asides).toHaveLength(1);
+  // The old database, whole, under the aside name; the backup's content under the target name.
+  expect(await databaseDiff(pg, asides[0]!, existing)).toBe('');
+  expect(await databaseDiff(pg, existing.db, golden)).toBe('');
+  return { state: 'replaced', scratch, aside: asides[0]! };
+}
+
+/** Measured data loss: the old content must exist under the target or the aside name. */
+async function measuredLoss(existing: TargetBaseline, aside: string | undefined): Promise<string> {
+  return dataLoss(f, pg, { repo: baseline, targets: [aside ? { ...existing, db: aside } : existing] });
+}
+
+async function cleanup(existing: TargetBaseline): Promise<void> {
+  for (const d of (await listDatabases(pg)).filter((x) => x.startsWith(existing.db))) await dropDatabase(pg, d);
+}
+
+/** A psql session that holds a lock on database `db` (COMMENT ON DATABASE in an open transaction) until released. */
+async function holdLock(db: string): Promise<{ release(): Promise<void> }> {
+  const child = execa(path.join(pgInfo.binDir, 'psql'), ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres'], {
+    env: childEnv(pg),
+    extendEnv: false,
+    stdin: 'pipe',
+    reject: false,
+  });
+  let out = '';
+  child.stdout!.on('data', (b: Buffer) => (out += b.toString()));
+  child.stdin!.write(`BEGIN;\nCOMMENT ON DATABASE ${quoteIdent(db)} IS 'held by a test';\nSELECT 'locked';\n`);
+  if (!(await waitFor(() => out.includes('locked'), MOMENT_MS))) throw new Error(`could not lock ${db}: ${String((await child).stderr)}`);
+  return {
+    release: async () => {
+      child.stdin!.end('ROLLBACK;\n');
+      await child;
+    },
+  };
+}
+
+/** Whether a session waits for a lock while running a statement matching `like`. */
+async function waitingOn(like: string): Promise<boolean> {
+  const n = await pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE ${quoteLiteral(like)};`);
+  return Number(n) > 0;
+}
+
+/** Whether a statement matching `like` runs in database `dbLike`. */
+async function running(dbLike: string, like: string): Promise<boolean> {
+  const n = await pg.psql(`SELECT count(*) FROM pg_stat_activity WHERE datname LIKE ${quoteLiteral(dbLike)} AND query LIKE ${quoteLiteral(like)} AND pid <> pg_backend_pid();`);
+  return Number(n) > 0;
+}
+
+type Coffer = ResultPromise<{ reject: false; all: false }>;
+
+function startRestore(target: string, extra: string[] = []): { child: Coffer; stderr: () => string } {
+  const child = startCoffer(restoreArgs(target, extra), { env: f.env(), timeoutMs: 540_000 });
+  let err = '';
+  child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
+  return { child, stderr: () => err };
+}
+
+const likeEscape = (s: string): string => s.replace(/[\\%_]/g, (c) => `\\${c}`);
+
+describe.concurrent('restore --replace fails: the existing database is untouched, no scratch left', () => {
+  it('a damaged object (integrity failure)', { timeout: 600_000 }, async () => {
+    const existing = await existingTarget(pg, 'rpl_dmg');
+    const m = await backupOk(f, 's3://' + f.bucket + '/replace-damaged', source, ['--compress', 'none']);
+    const key = `replace-damaged/${m.dump.key}`;
+    const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
+    const bytes = Buffer.from(await out.Body!.transformToByteArray());
+    bytes[Math.floor(bytes.length / 2)]! ^= 0x40;
+    await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes }));
+    const r = await runCoffer(['restore', '--from', `s3://${f.bucket}/replace-damaged`, '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], { env: f.env() });
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(/authentication failed/);
+    const s = await swapState(existing);
+    expect(s).toEqual({ state: 'untouched', scratch: [] });
+    const lost = await measuredLoss(existing, undefined);
+    record({
+      id: 'rpl-01',
+      area: 'replace',
+      fault: 'restore --replace of a damaged object (a bit flipped in the middle)',
+      injected: 'object rewritten in the bucket; the target exists with known content',
+      outcome: 'exit 5 "authentication failed…" after the data went into the scratch database; scratch dropped; the existing target untouched, nothing renamed aside',
+      dataLost: lost,
+    });
+    expect(lost).toBe('none');
+    await cleanup(existing);
+  });
+
+  it('pg_restore fails (after loading everything into the scratch database)', { timeout: 600_000 }, async () => {
+    const existing = await existingTarget(pg, 'rpl_pgr');
+    const wrapper = path.join(f.tmp, 'failing-pg-restore.sh');
+    await fsp.writeFile(
+      wrapper,
+      `#!/bin/sh\nfor a in "$@"; do [ "$a" = "--list" ] && exec '${pgInfo.binDir}/pg_restore' "$@"; done\n'${pgInfo.binDir}/pg_restore' "$@" || exit $?\necho 'pg_restore: error: injected failure after the restore' >&2\nexit 1\n`,
+      { mode: 0o755 },
+    );
+    const r = await runCoffer(restoreArgs(existing.db, ['--pg-restore-command', wrapper]), { env: f.env() });
+    expect(r.code, r.stderr).toBe(3);
+    expect(errorLine(r.stderr)).toMatch(/pg_restore.*injected failure/);
+    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
+    const lost = await measuredLoss(existing, undefined);
+    record({
+      id: 'rpl-02',
+      area: 'replace',
+      fault: 'restore --replace: pg_restore fails',
+      injected: '--pg-restore-command: a wrapper that runs the real pg_restore, then exits 1 with an error line',
+      outcome: 'exit 3 naming pg_restore and its error; scratch dropped; the existing target untouched, nothing renamed aside',
+      dataLost: lost,
+    });
+    expect(lost).toBe('none');
+    await cleanup(existing);
+  });
+
+  it('a failing --smoke query', { timeout: 600_000 }, async () => {
+    const existing = await existingTarget(pg, 'rpl_smk');
+    const r = await runCoffer(restoreArgs(existing.db, ['--smoke', 'SELECT count(*) FROM vault_status', '--smoke', 'SELECT 1/0']), { env: f.env() });
+    expect(r.code, r.stderr).toBe(3);
+    expect(errorLine(r.stderr)).toMatch(/^smoke check failed: SELECT 1\/0: .*division by zero/);
+    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
+    const lost = await measuredLoss(existing, undefined);
+    record({
+      id: 'rpl-03',
+      area: 'replace',
+      fault: 'restore --replace: a --smoke query fails',
+      injected: "--smoke 'SELECT 1/0' after a passing one",
+      outcome: 'exit 3 "smoke check failed: SELECT 1/0: … division by zero"; scratch dropped; the existing target untouched, nothing renamed aside',
+      dataLost: lost,
+    });
+    expect(lost).toBe('none');
+    await cleanup(existing);
+  });
+});
+
+/**
+ * The moments of the swap, and how a test reaches each:
+ * - `before`: a --smoke query sleeps in the scratch database (the swap has not begun);
+ * - `first-rename`: the test holds a lock on the target: RENAME target → aside waits;
+ * - `second-rename`: the test holds a lock on the scratch database: RENAME target → aside is
+ *   done (uncommitted), RENAME scratch → target waits;
+ * - `after`: the log line "the previous database was kept aside" (the swap is committed).
+ */
+type Moment = 'before' | 'first-rename' | 'second-rename' | 'after';
+
+async function signalAt(moment: Moment, signal: 'SIGTERM' | 'SIGKILL'): Promise<{ code: number | undefined; stderr: string; state: Awaited<ReturnType<typeof swapState>>; existing: TargetBaseline }> {
+  const existing = await existingTarget(pg, `rpl_${moment.replace('-', '')}_${signal === 'SIGTERM' ? 't' : 'k'}`);
+  const scratchLike = `${likeEscape(existing.db)}\\_\\_restoring\\_%`;
+  let lock: { release(): Promise<void> } | undefined;
+  const smoke = moment === 'before' ? ['--smoke', 'SELECT pg_sleep(20)'] : moment === 'second-rename' ? ['--smoke', 'SELECT pg_sleep(2)'] : [];
+  if (moment === 'first-rename') lock = await holdLock(existing.db);
+  const run = startRestore(existing.db, smoke);
+  try {
+    if (moment === 'before') {
+      expect(await waitFor(() => running(scratchLike, '%pg_sleep(20)%'), MOMENT_MS), run.stderr()).toBe(true);
+    } else if (moment === 'first-rename') {
+      expect(await waitFor(() => waitingOn(`ALTER DATABASE ${quoteIdent(existing.db)} RENAME TO%`), MOMENT_MS), run.stderr()).toBe(true);
+    } else if (moment === 'second-rename') {
+      // Lock the scratch database while the smoke query sleeps in it (before the swap begins).
+      let scratch: string | undefined;
+      expect(await waitFor(async () => (scratch = (await listDatabases(pg)).find((d) => d.startsWith(`${existing.db}__restoring_`))) !== undefined, MOMENT_MS)).toBe(true);
+      expect(await waitFor(() => running(scratchLike, '%pg_sleep(2)%'), MOMENT_MS), run.stderr()).toBe(true);
+      lock = await holdLock(scratch!);
+      expect(await waitFor(() => waitingOn(`ALTER DATABASE ${quoteIdent(scratch!)} RENAME TO%`), MOMENT_MS), run.stderr()).toBe(true);
+    } else {
+      expect(await waitFor(() => run.stderr().includes('the previous database was kept aside'), MOMENT_MS), run.stderr()).toBe(true);
+    }
+    // process.kill, not child.kill: execa's kill adds a SIGKILL 5 s later, which would cut a
+    // SIGTERM's cleanup short on a loaded machine.
+    process.kill(run.child.pid!, signal);
+    // The signal is in; let coffer act on it before the lock goes away.
+    await sleep(1500);
+  } finally {
+    await lock?.release();
+  }
+  const r = await run.child;
+  // Whatever was still running on the server for the killed run (an orphaned psql) finishes.
+  await waitFor(async () => !(await running(scratchLike, '%')) && !(await waitingOn(`%${likeEscape(existing.db)}%`)), MOMENT_MS);
+  const state = await swapState(existing);
+  return { code: r.exitCode, stderr: String(r.stderr), state, existing };
+}
+
+// One at a time: each waits for a precise moment of its own run.
+describe('restore --replace stopped at each step of the swap', () => {
+  const cases: Array<{ moment: Moment; signal: 'SIGTERM' | 'SIGKILL'; id: string }> = [
+    { moment: 'before', signal: 'SIGTERM', id: 'rpl-04' },
+    { moment: 'first-rename', signal: 'SIGTERM', id: 'rpl-05' },
+    { moment: 'second-rename', signal: 'SIGTERM', id: 'rpl-06' },
+    { moment: 'after', signal: 'SIGTERM', id: 'rpl-07' },
+    { moment: 'before', signal: 'SIGKILL', id: 'rpl-08' },
+    { moment: 'first-rename', signal: 'SIGKILL', id: 'rpl-09' },
+    { moment: 'second-rename', signal: 'SIGKILL', id: 'rpl-10' },
+    { moment: 'after', signal: 'SIGKILL', id: 'rpl-11' },
+  ];
+  for (const c of cases) {
+    it(`${c.signal} ${c.moment === 'before' ? 'before the swap' : c.moment === 'after' ? 'after the swap' : `while the ${c.moment.replace('-', ' ')} waits`}`, { timeout: 600_000 }, async () => {
+      const { code, stderr, state, existing } = await signalAt(c.moment, c.signal);
+      const exit = code === undefined ? `killed (${c.signal})` : `exit ${code}`;
+      if (c.signal === 'SIGTERM') {
+        // Stopped cleanly: nothing of the run is left, whatever the outcome.
+        expect(state.scratch, stderr).toEqual([]);
+        if (state.state === 'untouched') expect(code, stderr).toBe(143);
+      } else if (state.scratch.length > 0) {
+        // SIGKILL before the swap: the scratch database is left; nothing else changed.
+        expect(state.state).toBe('untouched');
+      }
+      if (c.moment === 'before') expect(state.state).toBe('untouched');
+      if (c.moment === 'after') expect(state.state).toBe('replaced');
+      const lost = await measuredLoss(existing, state.aside);
+      const what =
+        state.state === 'untouched'
+          ? 'the existing target untouched, nothing renamed aside'
+          : 'the target fully replaced (the backup\'s content), the old database whole under <target>__before_<time>';
+      const leftover =
+        state.scratch.length > 0
+          ? `; the scratch database <target>__restoring_<hex> is left (nothing of a killed run can drop it): the operator sees it in \\l and drops it (DROP DATABASE … WITH (FORCE))`
+          : '; no scratch database left';
+      const note =
+        c.signal === 'SIGKILL' && state.state === 'replaced' && c.moment !== 'after'
+          ? ' (the swap\'s psql, orphaned, still held the whole transaction and committed it once the lock was released: the swap is atomic whoever dies)'
+          : c.signal === 'SIGTERM' && state.state === 'replaced' && c.moment !== 'after'
+            ? ' (the swap, once sent, is not cancelled by the stop signal: the transaction committed)'
+            : '';
+      record({
+        id: c.id,
+        area: 'replace',
+        fault: `${c.signal} to coffer ${c.moment === 'before' ? 'before the swap (a smoke query running)' : c.moment === 'after' ? 'after the swap committed' : c.moment === 'first-rename' ? 'while RENAME target → aside waits (first rename)' : 'between the two renames (RENAME scratch → target waits, target → aside done uncommitted)'}`,
+        injected:
+          c.moment === 'before'
+            ? "--smoke 'SELECT pg_sleep(20)'; the signal once pg_stat_activity shows it in the scratch database"
+            : c.moment === 'after'
+              ? 'the signal on the log line "the previous database was kept aside"'
+              : `a test session holds a lock on the ${c.moment === 'first-rename' ? 'target' : 'scratch'} database (COMMENT ON DATABASE in an open transaction); the signal once pg_stat_activity shows the RENAME waiting; the lock released 1.5 s later`,
+        outcome: `${exit}; ${what}${note}${leftover}`,
+        dataLost: lost,
+      });
+      expect(lost).toBe('none');
+      await cleanup(existing);
+    });
+  }
+});
