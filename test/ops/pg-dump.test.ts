@@ -71,6 +71,8 @@ describe('pg_dump wrappers', () => {
     expect(line).toContain('--pg-dump-command');
     expect(fs.existsSync(w.calls)).toBe(false);
     expect(fs.existsSync(repo) ? await listed(repo) : []).toEqual([]);
+    // Nothing stored at all, not only no manifest: no object, no temporary file.
+    expect(fs.existsSync(repo) ? (await fsp.readdir(repo, { recursive: true })).filter((f) => fs.statSync(path.join(repo, String(f))).isFile()) : []).toEqual([]);
   });
 
   it('--pg-dump-command runs the dump through the wrapper and is recorded in the manifest', async () => {

@@ -77,13 +77,17 @@ describe('restore round trip', () => {
     expect(r.code, r.stderr).toBe(0);
     await expectSameDatabase(source, target);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
-    // A failing --jobs restore (bad key) removes its spool too.
-    const other = await generateIdentity();
-    const otherFile = path.join(tmp, 'other.txt');
-    await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
-    const bad = await runCoffer(['restore', '--from', repoUrl(), '--identity', otherFile, '--target-db', `${target}_2`, '--jobs', '2', '--spool-dir', spoolDir], { env: env() });
-    expect(bad.code).toBe(5);
+    // A --jobs restore that fails AFTER its spool was written (and restored from) removes the
+    // spool too: the failure is a smoke query, after pg_restore --jobs read the spooled archive.
+    const bad = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', `${target}_2`, '--jobs', '2', '--spool-dir', spoolDir, '--smoke', 'SELECT 1/0'], {
+      env: env(),
+    });
+    expect(bad.code, bad.stderr).toBe(3);
+    expect(bad.stderr).toMatch(/archive spooled/);
+    expect(bad.stderr).toMatch(/pg_restore --jobs=2 finished/);
+    expect(errorLine(bad.stderr)).toMatch(/^smoke check failed: SELECT 1\/0/);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
+    expect(await scratchLeft(source)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
