@@ -79,7 +79,7 @@ describe('FsStore', () => {
         throw boom;
       })(),
     );
-    await expect(store.putStream('db/x.dump.age', body, { signal: new AbortController().signal })).rejects.toBe(boom);
+    await expect(store.putStream('db/x.dump.age', body, { signal: new AbortController().signal, partSize: 8 * 1024 * 1024 })).rejects.toBe(boom);
     expect(await names(root)).toEqual(['db']);
   });
 
@@ -95,7 +95,7 @@ describe('FsStore', () => {
         setTimeout(() => this.push(Buffer.alloc(64 * 1024, 2)), 5);
       },
     });
-    const e = await caught(store.putStream('db/x.dump.age', body, { signal: ac.signal }));
+    const e = await caught(store.putStream('db/x.dump.age', body, { signal: ac.signal, partSize: 8 * 1024 * 1024 }));
     expect(e.code).toBe('Aborted');
     expect(e.message).toBe('write db/x.dump.age: aborted');
     expect(await names(root)).toEqual(['db']);
