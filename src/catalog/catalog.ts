@@ -12,13 +12,24 @@ export interface BackupEntry {
   manifest: BackupManifest;
 }
 
+/**
+ * What a backup holds, as far as its keys tell: `full` (a pg_dump custom archive: `.dump…`),
+ * `partial` (plain SQL: a schema-only or data-only dump, `.sql…`), or `unknown` (its dump object
+ * is not in the listing).
+ */
+export type KeyContent = 'full' | 'partial' | 'unknown';
+
 /** A key-level view of a completed backup (no GetObject needed: listing only). */
 export interface BackupKeyEntry {
   id: string;
   database: string;
   tier: ParsedKey['tier'];
   manifestKey: string;
+  content: KeyContent;
 }
+
+/** The kinds a restore can ask for; `latest` means the newest backup of the kind (default: full). */
+export type BackupKind = 'custom' | 'schema-only' | 'data-only';
 
 /** Newest first: by id (UTC start time, then random suffix, so the order is total). */
 export function newestFirst<T extends { id: string }>(a: T, b: T): number {
@@ -31,12 +42,17 @@ export function newestFirst<T extends { id: string }>(a: T, b: T): number {
  */
 export async function listBackupKeys(store: ObjectStore, opts: { database?: string; signal?: AbortSignal } = {}): Promise<BackupKeyEntry[]> {
   const out: BackupKeyEntry[] = [];
+  /** Dump objects seen, by `<database>/<tier>/<id>`. */
+  const dumps = new Map<string, KeyContent>();
   for await (const o of store.list(databasePrefix(opts.database), { signal: opts.signal })) {
     const k = parseKey(o.key);
-    if (!k || k.rest !== MANIFEST_SUFFIX) continue;
+    if (!k) continue;
     if (opts.database !== undefined && k.database !== opts.database) continue;
-    out.push({ id: k.id, database: k.database, tier: k.tier, manifestKey: o.key });
+    if (k.rest === MANIFEST_SUFFIX) out.push({ id: k.id, database: k.database, tier: k.tier, manifestKey: o.key, content: 'unknown' });
+    else if (/^\.dump(\.zst)?\.age$/.test(k.rest)) dumps.set(`${k.database}/${k.tier}/${k.id}`, 'full');
+    else if (/^\.sql(\.zst)?\.age$/.test(k.rest)) dumps.set(`${k.database}/${k.tier}/${k.id}`, 'partial');
   }
+  for (const e of out) e.content = dumps.get(`${e.database}/${e.tier}/${e.id}`) ?? 'unknown';
   return out.sort(newestFirst);
 }
 
@@ -86,31 +102,40 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
 }
 
 /**
- * Finds one completed backup: `latest` (newest of `database`, or of the only database in the
- * repository) or an id. Throws UsageError when nothing matches or the choice is ambiguous.
+ * Finds one completed backup: `latest` or an id. `latest` is the newest backup of `kind`
+ * (default `custom`, a full backup: a schema-only or data-only backup is never taken for the
+ * latest copy of a database unless asked for) of `database`, or of the only database in the
+ * repository. Throws UsageError when the choice is ambiguous, StorageError NotFound when
+ * nothing matches.
  */
 export async function findBackup(
   store: ObjectStore,
-  opts: { database?: string; selector: string; signal?: AbortSignal },
+  opts: { database?: string; selector: string; kind?: BackupKind; signal?: AbortSignal },
 ): Promise<BackupEntry> {
   const keys = await listBackupKeys(store, { database: opts.database, signal: opts.signal });
-  let chosen: BackupKeyEntry | undefined;
-  if (opts.selector === 'latest') {
-    const dbs = new Set(keys.map((k) => k.database));
-    if (opts.database === undefined && dbs.size > 1) {
-      throw new UsageError(`the repository holds backups of ${dbs.size} databases; say which with --db`, {
-        hint: `databases: ${[...dbs].sort().slice(0, 10).join(', ')}`,
-      });
-    }
-    chosen = keys[0];
-  } else {
-    chosen = keys.find((k) => k.id === opts.selector);
+  const kind = opts.kind ?? 'custom';
+  const of = opts.database !== undefined ? ` of database ${JSON.stringify(opts.database)}` : '';
+  if (opts.selector !== 'latest') {
+    const chosen = keys.find((k) => k.id === opts.selector);
+    if (!chosen) throw new StorageError('NotFound', `no completed backup with id ${opts.selector}${of} in ${store.location}`, { hint: 'run `coffer list` to see what is there' });
+    return loadEntry(store, chosen, opts.signal);
   }
-  if (!chosen) {
-    const what = opts.selector === 'latest' ? 'no completed backup' : `no completed backup with id ${opts.selector}`;
-    throw new StorageError('NotFound', `${what}${opts.database !== undefined ? ` of database ${JSON.stringify(opts.database)}` : ''} in ${store.location}`, {
-      hint: 'run `coffer list` to see what is there',
+  const dbs = new Set(keys.map((k) => k.database));
+  if (opts.database === undefined && dbs.size > 1) {
+    throw new UsageError(`the repository holds backups of ${dbs.size} databases; say which with --db`, {
+      hint: `databases: ${[...dbs].sort().join(', ')}`,
     });
   }
-  return loadEntry(store, chosen, opts.signal);
+  // Newest first; the keys tell full from partial, the manifest tells schema-only from data-only.
+  const wantContent: KeyContent = kind === 'custom' ? 'full' : 'partial';
+  for (const k of keys) {
+    if (k.content !== wantContent && k.content !== 'unknown') continue;
+    const entry = await loadEntry(store, k, opts.signal);
+    if (entry.manifest.kind === kind) return entry;
+  }
+  const others = keys.length;
+  const what = kind === 'custom' ? 'full backup' : `${kind} backup`;
+  throw new StorageError('NotFound', `no completed ${what}${of} in ${store.location}`, {
+    hint: others > 0 ? `there are ${others} backup(s) of other kinds: choose one with --backup ID, or --kind schema-only|data-only` : 'run `coffer list` to see what is there',
+  });
 }

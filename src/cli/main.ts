@@ -170,6 +170,7 @@ export async function main(argv: string[]): Promise<number> {
         .option('--from <repository>', 's3://bucket/prefix, file:///path or a directory')
         .option('--db <name>', 'database whose backups to use (needed when the repository holds several)')
         .option('--backup <id>', 'backup id, or latest', undefined)
+        .option('--kind <kind>', 'with latest: full (default), schema-only or data-only')
         .option('--file <path>', 'a local copy of a backup object (.age), instead of a repository')
         .option('--identity <file>', 'age identity file (private key); repeatable', collect),
     );

@@ -82,7 +82,9 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
 
     // 2. Where it goes: the tier from what is already there (listing only), a fresh id.
     if (req.tier === undefined) earlier = await listBackupKeys(req.store, { database: req.database, signal: sup.signal });
-    const tier = req.tier ?? chooseTier(earlier, startedAt);
+    // Tiers among backups of the same kind: a schema-only backup never takes a full one's monthly slot.
+    const sameKind = earlier.filter((k) => (req.kind === 'custom' ? k.content !== 'partial' : k.content === 'partial'));
+    const tier = req.tier ?? chooseTier(sameKind, startedAt);
     const id = newBackupId(startedAt);
     const content: DumpContent = `${req.kind === 'custom' ? 'custom' : 'sql'}${req.compression.kind === 'zstd' ? '+zstd' : ''}` as DumpContent;
     const keys = backupKeys(req.database, tier, id, content);

@@ -253,7 +253,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
     const n = FULL ? 6 : 2;
     for (let i = 0; i < n; i++) {
       const target = uniqueDbName('swp_psql');
-      const child = startCoffer(['restore', '--from', sqlRepo, '--identity', f.identityFile, '--target-db', target, '--psql-command', wrapper], { env: f.env() });
+      const child = startCoffer(['restore', '--from', sqlRepo, '--kind', 'schema-only', '--identity', f.identityFile, '--target-db', target, '--psql-command', wrapper], { env: f.env() });
       const pid = await childWith(child.pid!, (_name, cmd) => cmd.includes('__restoring_') && cmd.includes('ON_ERROR_STOP'), 20_000);
       const delay = Math.floor(rnd.next() * 800);
       await sleep(delay);

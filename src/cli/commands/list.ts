@@ -68,8 +68,8 @@ export async function runListCommand(flags: ListFlags, ctx: CliContext): Promise
     ctx.stdout(`no backups in ${store.location}${database !== undefined ? ` for database ${database}` : ''}\n`);
     return rows;
   }
-  const table = [['ID', 'TIME (UTC)', 'DATABASE', 'TIER', 'SIZE', 'LABEL']].concat(
-    rows.map((r) => [r.id, r.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), r.database, r.tier, formatBytes(r.size), r.label ?? '']),
+  const table = [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
+    rows.map((r) => [r.id, r.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
   );
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) ctx.stdout(`${row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);

@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { readIdentityFile } from '../../crypto/age.js';
 import { UsageError } from '../../errors.js';
-import { findBackup, listBackups, type BackupEntry } from '../../catalog/catalog.js';
+import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
 import { parseBackupSelector } from '../../catalog/layout.js';
 import { checkDatabaseName, parsePositiveInt, resolveRepository, resolveS3Settings } from '../../config/settings.js';
 import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
@@ -21,6 +21,7 @@ interface SourceFlags {
   from?: string;
   db?: string;
   backup?: string;
+  kind?: string;
   file?: string;
   identity?: string[];
   s3Endpoint?: string;
@@ -75,6 +76,14 @@ function serverConnection(flags: ServerFlags): ConnectionSpec {
   return conn;
 }
 
+/** `--kind`: `full` (a custom archive: the default for latest), `schema-only` or `data-only`. */
+function parseKind(value: string | undefined): BackupKind | undefined {
+  if (value === undefined) return undefined;
+  if (value === 'full' || value === 'custom') return 'custom';
+  if (value === 'schema-only' || value === 'data-only') return value;
+  throw new UsageError(`--kind ${JSON.stringify(value)}: expected full, schema-only or data-only`);
+}
+
 /** Opens the repository (unless --file) and finds the backup. */
 async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>): Promise<T> {
   if (flags.file !== undefined) {
@@ -83,11 +92,13 @@ async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: R
   }
   const repo = resolveRepository(flags.from, ctx.env, './backups');
   const selector = parseBackupSelector(flags.backup ?? 'latest');
+  const kind = parseKind(flags.kind);
+  if (kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
   const database = flags.db === undefined ? undefined : checkDatabaseName(flags.db);
   const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
   try {
-    const entry = await findBackup(store, { database, selector, signal: ctx.signal });
-    ctx.log.info('backup selected', { id: entry.id, database: entry.database, tier: entry.tier, size: entry.manifest.dump.size, label: entry.manifest.label ?? undefined });
+    const entry = await findBackup(store, { database, selector, kind, signal: ctx.signal });
+    ctx.log.info('backup selected', { id: entry.id, database: entry.database, kind: entry.manifest.kind === 'custom' ? 'full' : entry.manifest.kind, tier: entry.tier, size: entry.manifest.dump.size, label: entry.manifest.label ?? undefined });
     return await fn({ kind: 'repository', store, entry });
   } finally {
     store.close();

@@ -32,7 +32,8 @@ export interface StatusRow {
 }
 
 /**
- * `coffer status`: the newest completed backup (one with a manifest) per database, and whether
+ * `coffer status`: the newest completed full backup (one with a manifest; schema-only and
+ * data-only backups do not count) per database, and whether
  * it is younger than `--max-age` (default 26h: a daily job plus slack). Exits 7 (StaleError)
  * naming every database whose newest backup is too old or that has none.
  */
@@ -44,7 +45,8 @@ export async function runStatusCommand(flags: StatusFlags, ctx: CliContext, now:
   const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
   let rows: StatusRow[];
   try {
-    const keys = await listBackupKeys(store, { signal: ctx.signal, ...(wanted.length === 1 ? { database: wanted[0] } : {}) });
+    // Full backups only: a schema-only or data-only backup is no copy of the database.
+    const keys = (await listBackupKeys(store, { signal: ctx.signal, ...(wanted.length === 1 ? { database: wanted[0] } : {}) })).filter((k) => k.content !== 'partial');
     const newest = new Map<string, BackupKeyEntry>();
     for (const k of [...keys].sort(newestFirst)) if (!newest.has(k.database)) newest.set(k.database, k);
     const dbs = wanted.length > 0 ? wanted : [...newest.keys()].sort();

@@ -1,0 +1,117 @@
+/**
+ * Issue 12, point 4 and 5: the kind of a backup in the catalog. `latest` means the newest FULL
+ * backup unless `--kind` says otherwise; `drill` and `status` consider full backups only; tiers
+ * are chosen among backups of the same kind; `list` shows the kind.
+ */
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
+import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+
+const pgInfo = inject('pg')!;
+const pg = pgFromInject(pgInfo);
+
+let tmp: string;
+let identityFile: string;
+let recipient: string;
+let db: string;
+
+const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
+
+beforeAll(async () => {
+  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-kinds-'));
+  ({ identityFile, recipient } = await writeIdentityFile(tmp));
+  db = await createDatabase(pg, uniqueDbName('kinds'), 'vault');
+});
+
+afterAll(async () => {
+  await dropDatabase(pg, db);
+  await fsp.rm(tmp, { recursive: true, force: true });
+});
+
+async function backup(repo: string, ...extra: string[]): Promise<BackupManifest> {
+  const r = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', ...extra]);
+  expect(r.code, r.stderr).toBe(0);
+  return (JSON.parse(r.stdout) as BackupManifest[])[0]!;
+}
+
+describe('kinds of backup in the catalog', () => {
+  it('tiers are chosen among backups of the same kind', async () => {
+    const repo = path.join(tmp, 'tiers');
+    expect((await backup(repo, '--schema-only')).tier).toBe('monthly');
+    // The first full backup of the month is monthly, though a schema-only one came first.
+    expect((await backup(repo)).tier).toBe('monthly');
+    expect((await backup(repo)).tier).toBe('daily');
+    expect((await backup(repo, '--data-only')).tier).toBe('daily');
+  });
+
+  it('latest is the newest full backup: restore and drill after a newer schema-only backup restore the data; --kind picks another kind', async () => {
+    const repo = path.join(tmp, 'latest');
+    const full = await backup(repo);
+    const schemaOnly = await backup(repo, '--schema-only');
+    await backup(repo, '--data-only');
+
+    const target = uniqueDbName('kinds_r');
+    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(full.id);
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, db));
+    await dropDatabase(pg, target);
+
+    const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+    expect(d.code, d.stderr).toBe(0);
+    const drill = JSON.parse(d.stdout) as { ok: boolean; backupId: string; rows: Array<{ rows: number }> };
+    expect(drill.backupId).toBe(full.id);
+    expect(drill.rows.some((x) => x.rows > 0)).toBe(true);
+
+    const s = await run(['restore', '--from', repo, '--kind', 'schema-only', '--identity', identityFile, '--target-db', `${target}_s`]);
+    expect(s.code, s.stderr).toBe(0);
+    expect(s.stderr).toContain(schemaOnly.id);
+    expect((await pg.psql('SELECT count(*) FROM vault_status', `${target}_s`)).trim()).toBe('0');
+    await dropDatabase(pg, `${target}_s`);
+
+    const dataOnly = await run(['restore', '--from', repo, '--kind', 'data-only', '--identity', identityFile, '--target-db', `${target}_d`]);
+    expect(dataOnly.code).toBe(2);
+    expect(errorLine(dataOnly.stderr)).toMatch(/is data-only/);
+
+    const bad = await run(['restore', '--from', repo, '--kind', 'everything', '--identity', identityFile, '--target-db', `${target}_x`]);
+    expect(bad.code).toBe(2);
+    expect(errorLine(bad.stderr)).toMatch(/--kind "everything": expected full, schema-only or data-only/);
+  });
+
+  it('with only schema-only backups, latest finds no full backup and says how to choose one', async () => {
+    const repo = path.join(tmp, 'schema-only');
+    await backup(repo, '--schema-only');
+    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', uniqueDbName('kinds_none')]);
+    expect(r.code).toBe(4);
+    expect(errorLine(r.stderr)).toMatch(/^no completed full backup in /);
+    expect(r.stderr).toMatch(/there are 1 backup\(s\) of other kinds: choose one with --backup ID, or --kind schema-only\|data-only/);
+    const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+    expect(d.code).toBe(4);
+    expect(JSON.parse(d.stdout)).toMatchObject({ ok: false });
+  });
+
+  it('list shows the kind; status counts full backups only', async () => {
+    const repo = path.join(tmp, 'status');
+    await backup(repo);
+    await new Promise((r) => setTimeout(r, 2500));
+    await backup(repo, '--schema-only');
+    const l = await run(['list', '--from', repo]);
+    expect(l.code, l.stderr).toBe(0);
+    const lines = l.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^ID\s+TIME \(UTC\)\s+DATABASE\s+KIND\s+TIER/);
+    expect(lines[1]).toMatch(/\sschema-only\s/);
+    expect(lines[2]).toMatch(/\sfull\s/);
+    // The schema-only backup is fresh, the full one is not: stale.
+    const st = await run(['status', '--from', repo, '--max-age', '2s', '--json']);
+    expect(st.code, st.stderr).toBe(7);
+    const fresh = await run(['status', '--from', repo, '--max-age', '1h', '--json']);
+    expect(fresh.code, fresh.stderr).toBe(0);
+    const [row] = JSON.parse(fresh.stdout) as Array<{ id: string }>;
+    const full = (JSON.parse((await run(['list', '--from', repo, '--json'])).stdout) as Array<{ id: string; kind: string }>).find((x) => x.kind === 'custom')!;
+    expect(row!.id).toBe(full.id);
+  });
+});
