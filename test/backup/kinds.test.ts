@@ -115,3 +115,24 @@ describe('kinds of backup in the catalog', () => {
     expect(row!.id).toBe(full.id);
   });
 });
+
+describe('globals as superuser (issue 12, point 3)', () => {
+  it('role passwords are stored and come back with --with-globals', async () => {
+    const role = uniqueDbName('pw_role');
+    await pg.psql(`CREATE ROLE ${role} LOGIN PASSWORD 'correct horse battery';`);
+    const before = (await pg.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${role}'`)).trim();
+    expect(before).toMatch(/^SCRAM-SHA-256\$/);
+    const repo = path.join(tmp, 'globals');
+    await backup(repo, '--globals');
+    await pg.psql(`DROP ROLE ${role};`);
+    const target = uniqueDbName('globals_r');
+    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--with-globals']);
+    expect(r.code, r.stderr).toBe(0);
+    try {
+      expect((await pg.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${role}'`)).trim()).toBe(before);
+    } finally {
+      await dropDatabase(pg, target);
+      await pg.psql(`DROP ROLE IF EXISTS ${role};`);
+    }
+  });
+});
