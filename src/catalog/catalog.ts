@@ -131,6 +131,12 @@ export async function findBackup(
   for (const k of keys) {
     if (k.content !== wantContent && k.content !== 'unknown') continue;
     const entry = await loadEntry(store, k, opts.signal);
+    const says: KeyContent = entry.manifest.kind === 'custom' ? 'full' : 'partial';
+    if (k.content !== 'unknown' && k.content !== says) {
+      throw new IntegrityError(`manifest ${k.manifestKey} says the backup is ${entry.manifest.kind}, but its dump object is ${k.content === 'full' ? 'a custom archive' : 'plain SQL'}`, {
+        hint: 'the manifest or the object was replaced; do not trust this backup',
+      });
+    }
     if (entry.manifest.kind === kind) return entry;
   }
   const others = keys.length;

@@ -115,7 +115,7 @@ export function missingTool(what: string, hint: string): (cmd: string) => Coffer
  */
 export async function runChild(argv: string[], opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string; input?: string }): Promise<string> {
   const sup = new Supervisor(opts.signal);
-  try {
+  return sup.run(async () => {
     const child = sup.spawn({ argv, env: opts.env, stdin: opts.input !== undefined ? 'pipe' : 'ignore', what: opts.what });
     const out: Buffer[] = [];
     child.stdout!.on('data', (b: Buffer) => out.push(b));
@@ -123,11 +123,5 @@ export async function runChild(argv: string[], opts: { env: NodeJS.ProcessEnv; s
     if (opts.input !== undefined) child.stdin!.end(opts.input);
     await Promise.all([child.done, drained]);
     return Buffer.concat(out).toString('utf8');
-  } catch (err) {
-    sup.fail(err);
-    await sup.teardown();
-    throw sup.cause();
-  } finally {
-    await sup.teardown();
-  }
+  });
 }

@@ -476,17 +476,14 @@ export async function restoreToFile(
   const sup = new Supervisor(req.signal);
   const tmp = path.join(path.dirname(file), `.${path.basename(file)}.coffer-tmp-${process.pid}`);
   try {
-    const opened = await openSource(req, sup, req.env);
-    const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
-    await Promise.all([streamPipeline(opened.archive, fan, { signal: sup.signal }), ...opened.children.map((c) => c.done)]);
-    await fsp.link(tmp, file);
-    return { bytes: opened.stats().archiveBytes, format: opened.format };
-  } catch (err) {
-    sup.fail(err);
-    await sup.teardown();
-    throw sup.cause();
+    return await sup.run(async () => {
+      const opened = await openSource(req, sup, req.env);
+      const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
+      await Promise.all([streamPipeline(opened.archive, fan, { signal: sup.signal }), ...opened.children.map((c) => c.done)]);
+      await fsp.link(tmp, file);
+      return { bytes: opened.stats().archiveBytes, format: opened.format };
+    });
   } finally {
-    await sup.teardown();
     await fsp.rm(tmp, { force: true });
   }
 }

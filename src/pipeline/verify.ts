@@ -37,7 +37,7 @@ export async function runVerify(req: {
 }): Promise<VerifyResult> {
   const env = req.env;
   const sup = new Supervisor(req.signal);
-  try {
+  return sup.run(async () => {
     const opened = await openSource(req, sup, env);
     const discard = new Writable({
       highWaterMark: 1024 * 1024,
@@ -64,11 +64,5 @@ export async function runVerify(req: {
     if (note) req.log.warn(note);
     const s = opened.stats();
     return { storedBytes: s.storedBytes, archiveBytes: s.archiveBytes, format: opened.format, tocEntries, tables, note };
-  } catch (err) {
-    sup.fail(err);
-    await sup.teardown();
-    throw sup.cause();
-  } finally {
-    await sup.teardown();
-  }
+  });
 }

@@ -267,6 +267,22 @@ export class Supervisor {
     if (!this.#ac.signal.aborted) this.#ac.abort(err);
   }
 
+  /**
+   * Runs `body` as this run: a failure is recorded, every child is torn down (awaited), and the
+   * cause is thrown; on success too, nothing the run spawned outlives it.
+   */
+  async run<T>(body: () => Promise<T>): Promise<T> {
+    try {
+      return await body();
+    } catch (err) {
+      this.fail(err);
+      await this.teardown();
+      throw this.cause();
+    } finally {
+      await this.teardown();
+    }
+  }
+
   /** Awaits `p`; a rejection is recorded with {@link fail} before it is rethrown. */
   async watch<T>(p: Promise<T>): Promise<T> {
     try {
