@@ -8,9 +8,27 @@ import * as fsp from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
-import { createDatabase, dataFingerprint, databaseExists, dropDatabase, fillLargeTable, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
-import { backupOk, bucketState, listedIds, scratchDatabases, seededRandom, setupFixture, sleep, waitFor, type Fixture } from './common.js';
-import { record, writeResults } from './matrix.js';
+import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import {
+  backupOk,
+  bucketState,
+  databaseDiff,
+  dataLoss,
+  existingTarget,
+  listedIds,
+  makeGolden,
+  scratchDatabases,
+  seededRandom,
+  seedRepository,
+  setupFixture,
+  sleep,
+  waitFor,
+  type Fixture,
+  type GoldenBackup,
+  type RepoBaseline,
+  type TargetBaseline,
+} from './common.js';
+import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const rgwInfo = inject('rgw')!;
 const pgInfo = inject('pg')!;
@@ -21,6 +39,8 @@ let f: Fixture;
 let big: string;
 /** ~10 MB (a ~20 MB dump, 4-5 parts): for stopping coffer itself. */
 let mid: string;
+/** A good backup of `mid`, copied into every backup test's repository before the fault. */
+let golden: GoldenBackup;
 const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
 const ARGS = ['--compress', 'none', '--part-size', '5MiB'];
 const proxies: FaultProxy[] = [];
@@ -32,7 +52,21 @@ beforeAll(async () => {
   await fillLargeTable(pg, big, 30);
   mid = await createDatabase(pg, uniqueDbName('int_mid'), 'vault');
   await fillLargeTable(pg, mid, 10);
+  golden = await makeGolden(f, pg, 'golden', mid);
 });
+
+/** The measured data loss of one or more baselines ('none', or what was lost, joined). */
+async function measure(repos: RepoBaseline[], targets: TargetBaseline[] = []): Promise<string> {
+  const all = await Promise.all([...repos.map((r) => dataLoss(f, pg, { repo: r })), ...(targets.length ? [dataLoss(f, pg, { targets })] : [])]);
+  const lost = all.filter((x) => x !== 'none');
+  return lost.length ? lost.join('; ') : 'none';
+}
+
+/** Records the row with the measured data loss, then requires it to be none. */
+function recordMeasured(row: Omit<MatrixRow, 'dataLost'>, lost: string): void {
+  record({ ...row, dataLost: lost });
+  expect(lost).toBe('none');
+}
 
 afterAll(async () => {
   await Promise.all(proxies.map((p) => p.stop()));
@@ -102,10 +136,11 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
     { at: 12 << 20, signal: 'SIGKILL' },
   ];
   for (const [i, point] of points.entries()) {
-    it(`${point.signal} after ${point.at >> 20} MiB of dump output`, async () => {
+    it(`${point.signal} after ${point.at >> 20} MiB of dump output`, { timeout: 480_000 }, async () => {
       const db = await copyOfBig(`int_kill${i}`);
       const p = await slowProxy(400);
       const prefix = `kill-${i}`;
+      const baseline = await seedRepository(f, golden, prefix);
       const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
       let pid: number | undefined;
       if (!(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined))) {
@@ -122,24 +157,27 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
       const r = await child;
       expect(r.exitCode, String(r.stderr)).toBe(3);
       expect(errorLine(String(r.stderr))).toMatch(/pg_dump/);
-      expect(await bucketState(f, prefix)).toEqual({ keys: [], uploads: 0 });
-      expect(await listedIds(f, repo(prefix))).toEqual([]);
+      expect(await bucketState(f, prefix)).toEqual({ keys: baseline.keys, uploads: 0 });
+      expect(await listedIds(f, repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
       await dropDatabase(pg, db);
-      record({
-        id: `int-0${i + 1}`,
-        area: 'interruption',
-        fault: `pg_dump killed (${point.signal}) after ${point.at >> 20} MiB of output`,
-        injected: `${point.signal} to the pg_dump process once /proc/PID/io showed ${point.at >> 20} MiB written (uploads slowed by the proxy)`,
-        outcome: 'exit 3 naming pg_dump; multipart upload aborted; no object, no manifest, nothing listed',
-        dataLost: 'none',
-      });
+      recordMeasured(
+        {
+          id: `int-0${i + 1}`,
+          area: 'interruption',
+          fault: `pg_dump killed (${point.signal}) after ${point.at >> 20} MiB of output`,
+          injected: `${point.signal} to the pg_dump process once /proc/PID/io showed ${point.at >> 20} MiB written (uploads slowed by the proxy); the repository held a good backup of another database`,
+          outcome: 'exit 3 naming pg_dump; multipart upload aborted; no new object, no manifest, nothing new listed',
+        },
+        await measure([baseline]),
+      );
     });
   }
 
-  it('the dump session is terminated with pg_terminate_backend mid-dump', async () => {
+  it('the dump session is terminated with pg_terminate_backend mid-dump', { timeout: 480_000 }, async () => {
     const db = await copyOfBig('int_term');
     const p = await slowProxy(400);
     const prefix = 'terminated';
+    const baseline = await seedRepository(f, golden, prefix);
     const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
     let pid: number | undefined;
     expect(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined)).toBe(true);
@@ -149,16 +187,18 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
     const r = await child;
     expect(r.exitCode, String(r.stderr)).toBe(3);
     expect(errorLine(String(r.stderr))).toMatch(/pg_dump/);
-    expect(await bucketState(f, prefix)).toEqual({ keys: [], uploads: 0 });
+    expect(await bucketState(f, prefix)).toEqual({ keys: baseline.keys, uploads: 0 });
     await dropDatabase(pg, db);
-    record({
-      id: 'int-06',
-      area: 'interruption',
-      fault: "the dump's database session terminated mid-dump",
-      injected: 'pg_terminate_backend() on the database\'s sessions after 4 MiB of pg_dump output',
-      outcome: 'exit 3 naming pg_dump; upload aborted; no object, no manifest',
-      dataLost: 'none',
-    });
+    recordMeasured(
+      {
+        id: 'int-06',
+        area: 'interruption',
+        fault: "the dump's database session terminated mid-dump",
+        injected: 'pg_terminate_backend() on the database\'s sessions after 4 MiB of pg_dump output; the repository held a good backup of another database',
+        outcome: 'exit 3 naming pg_dump; upload aborted; no new object, no manifest',
+      },
+      await measure([baseline]),
+    );
   });
 });
 
@@ -166,27 +206,30 @@ describe('coffer itself is stopped', () => {
   // Once flaky in full-suite runs: one run in ~60 exited 0 with nothing stored. The cleanup's wait
   // for a killed pg_dump hung on an unread pipe whose only way out was an unref'd timer, so the
   // event loop drained and node exited 0 (fixed in spawnChild; test/ops/children.test.ts).
-  it('SIGTERM at 5 random points of a backup: exit 143 and nothing visible (or a complete backup); the next run succeeds', async () => {
+  it('SIGTERM at 5 random points of a backup: exit 143 and nothing visible (or a complete backup); the next run succeeds', { timeout: 480_000 }, async () => {
     const runs = Array.from({ length: 5 }, (_, i) => ({ i, afterParts: Math.floor(rnd.next() * 4), extraMs: Math.floor(rnd.next() * 400) }));
+    const baselines: RepoBaseline[] = [];
     const results = await Promise.all(
       runs.map(async ({ i, afterParts, extraMs }) => {
         const prefix = `sigterm-backup-${i}`;
+        const baseline = await seedRepository(f, golden, prefix);
+        baselines.push(baseline);
         const p = await slowProxy(300);
         const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
         expect(await waitFor(() => p.requests(afterParts === 0 ? 'CreateMultipartUpload' : 'UploadPart').length >= Math.max(1, afterParts))).toBe(true);
         await sleep(extraMs);
-        child.kill('SIGTERM');
+        process.kill(child.pid!, 'SIGTERM'); // not child.kill: execa adds a SIGKILL 5 s later
         const r = await child;
         const state = await bucketState(f, prefix);
         const listed = await listedIds(f, repo(prefix));
         if (r.exitCode === 0) {
           // The signal came after the commit: a complete backup, listed.
-          expect(listed.length, `${String(r.stderr)}\n${JSON.stringify(state)}`).toBe(1);
+          expect(listed.length, `${String(r.stderr)}\n${JSON.stringify(state)}`).toBe(baseline.backups.length + 1);
         } else {
           expect(r.exitCode, String(r.stderr)).toBe(143);
           expect(errorLine(String(r.stderr))).toMatch(/stopped by SIGTERM/);
-          expect(listed).toEqual([]);
-          expect(state).toEqual({ keys: [], uploads: 0 });
+          expect(listed).toEqual(baseline.backups.map((b) => b.id));
+          expect(state).toEqual({ keys: baseline.keys, uploads: 0 });
         }
         // The next run (no lock left behind, nothing in the way) succeeds.
         const next = await backupOk(f, repo(prefix), mid, ARGS);
@@ -195,17 +238,19 @@ describe('coffer itself is stopped', () => {
       }),
     );
     expect(results.filter((c) => c === 143).length).toBeGreaterThanOrEqual(1);
-    record({
-      id: 'int-07',
-      area: 'interruption',
-      fault: 'SIGTERM to coffer at 5 random points of a backup',
-      injected: 'kill -TERM after a seeded random number (0-3) of upload parts plus 0-400 ms; uploads slowed by the proxy; seed logged',
-      outcome: 'exit 143 "stopped by SIGTERM"; pg_dump killed, multipart upload aborted, nothing listed, no object; the next backup succeeded',
-      dataLost: 'none',
-    });
+    recordMeasured(
+      {
+        id: 'int-07',
+        area: 'interruption',
+        fault: 'SIGTERM to coffer at 5 random points of a backup',
+        injected: 'kill -TERM after a seeded random number (0-3) of upload parts plus 0-400 ms; uploads slowed by the proxy; seed logged; each repository held a good backup of the same database',
+        outcome: 'exit 143 "stopped by SIGTERM"; pg_dump killed, multipart upload aborted, nothing new listed, no new object; the next backup succeeded',
+      },
+      await measure(baselines),
+    );
   });
 
-  it('SIGTERM at 5 random points of a restore: exit 143, target untouched, scratch dropped; the next run succeeds', async () => {
+  it('SIGTERM at 5 random points of a restore --replace onto an existing database: exit 143 and the target untouched (or fully replaced, the old one aside); the next run succeeds', { timeout: 480_000 }, async () => {
     const source = await createDatabase(pg, uniqueDbName('int_rsrc'), 'varied');
     await fillLargeTable(pg, source, 6);
     const fp = await dataFingerprint(pg, source);
@@ -214,43 +259,57 @@ describe('coffer itself is stopped', () => {
     const runs = Array.from({ length: 5 }, (_, i) => ({ i, mark: marks[Math.floor(rnd.next() * marks.length)]!, extraMs: Math.floor(rnd.next() * 1500) }));
     const outcomes = await Promise.all(
       runs.map(async ({ i, mark, extraMs }) => {
-        const target = uniqueDbName(`int_rt${i}`);
-        const args = ['restore', '--from', repo('restore-src'), '--db', source, '--identity', f.identityFile, '--target-db', target];
+        const existing = await existingTarget(pg, `int_rt${i}`);
+        const target = existing.db;
+        const args = ['restore', '--from', repo('restore-src'), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace'];
         const child = startCoffer(args, { env: f.env() });
         let err = '';
         child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-        expect(await waitFor(() => err.includes(mark))).toBe(true);
+        expect(await waitFor(() => err.includes(mark), 60_000)).toBe(true);
         await sleep(extraMs);
-        child.kill('SIGTERM');
+        process.kill(child.pid!, 'SIGTERM'); // not child.kill: execa adds a SIGKILL 5 s later
         const r = await child;
         expect((await scratchDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+        const asides = (await listDatabases(pg)).filter((d) => d.startsWith(`${target}__before_`));
+        let lost: string;
         if (r.exitCode === 0) {
+          // The signal came after the swap: replaced, the old database whole under its aside name.
           expect(await dataFingerprint(pg, target)).toEqual(fp);
+          expect(asides).toHaveLength(1);
+          lost = await measure([], [{ ...existing, db: asides[0]! }]);
         } else {
           expect(r.exitCode, String(r.stderr)).toBe(143);
-          expect(await databaseExists(pg, target)).toBe(false);
+          expect(asides).toEqual([]);
+          lost = await measure([], [existing]);
           const again = await runCoffer(args, { env: f.env() });
           expect(again.code, again.stderr).toBe(0);
           expect(await dataFingerprint(pg, target)).toEqual(fp);
+          const aside = (await listDatabases(pg)).filter((d) => d.startsWith(`${target}__before_`));
+          expect(aside).toHaveLength(1);
+          expect(await databaseDiff(pg, aside[0]!, existing)).toBe('');
         }
-        await dropDatabase(pg, target);
-        return r.exitCode;
+        for (const d of (await listDatabases(pg)).filter((x) => x.startsWith(target))) await dropDatabase(pg, d);
+        return { code: r.exitCode, lost };
       }),
     );
-    expect(outcomes.filter((c) => c === 143).length).toBeGreaterThanOrEqual(1);
+    expect(outcomes.filter((c) => c.code === 143).length).toBeGreaterThanOrEqual(1);
     await dropDatabase(pg, source);
-    record({
-      id: 'int-08',
-      area: 'interruption',
-      fault: 'SIGTERM to coffer at 5 random points of a restore',
-      injected: 'kill -TERM a seeded random 0-1.5 s after a random phase (backup selected / opened / scratch created); seed logged',
-      outcome: 'exit 143; the target never created; the scratch database dropped; the next restore into the same name succeeded with identical data',
-      dataLost: 'none',
-    });
+    const lost = outcomes.map((o) => o.lost).filter((x) => x !== 'none');
+    recordMeasured(
+      {
+        id: 'int-08',
+        area: 'interruption',
+        fault: 'SIGTERM to coffer at 5 random points of a restore --replace onto an existing database',
+        injected: 'kill -TERM a seeded random 0-1.5 s after a random phase (backup selected / opened / scratch created); seed logged; the target existed with known content',
+        outcome: 'exit 143; the existing target untouched (schema dump and content fingerprint), nothing renamed aside; the scratch database dropped; the next restore --replace succeeded with identical data and kept the old database whole as <target>__before_<time>',
+      },
+      lost.length ? lost.join('; ') : 'none',
+    );
   });
 
-  it('SIGKILL mid-upload: nothing incomplete is listed, and the next backup succeeds', async () => {
+  it('SIGKILL mid-upload: nothing incomplete is listed, and the next backup succeeds', { timeout: 480_000 }, async () => {
     const prefix = 'sigkill';
+    const baseline = await seedRepository(f, golden, prefix);
     const p = await slowProxy(300);
     const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
     expect(await waitFor(() => p.requests('UploadPart').length >= 2)).toBe(true);
@@ -258,17 +317,19 @@ describe('coffer itself is stopped', () => {
     await child;
     // pg_dump, orphaned, dies on its broken pipe; the multipart upload stays for the bucket's
     // AbortIncompleteMultipartUpload rule. No object, nothing listed.
-    expect((await bucketState(f, prefix)).keys).toEqual([]);
-    expect(await listedIds(f, repo(prefix))).toEqual([]);
+    expect((await bucketState(f, prefix)).keys).toEqual(baseline.keys);
+    expect(await listedIds(f, repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
     const next = await backupOk(f, repo(prefix), mid, ARGS);
-    expect(await listedIds(f, repo(prefix))).toEqual([next.id]);
-    record({
-      id: 'int-09',
-      area: 'interruption',
-      fault: 'SIGKILL to coffer mid-upload',
-      injected: 'kill -KILL after 2 upload parts',
-      outcome: 'no object and nothing listed (an orphan multipart upload is left for the AbortIncompleteMultipartUpload lifecycle rule); the next backup succeeded and is the only one listed',
-      dataLost: 'none',
-    });
+    expect(await listedIds(f, repo(prefix))).toEqual([...baseline.backups.map((b) => b.id), next.id].sort());
+    recordMeasured(
+      {
+        id: 'int-09',
+        area: 'interruption',
+        fault: 'SIGKILL to coffer mid-upload',
+        injected: 'kill -KILL after 2 upload parts; the repository held a good backup of the same database',
+        outcome: 'no new object and nothing new listed (an orphan multipart upload is left for the AbortIncompleteMultipartUpload lifecycle rule); the next backup succeeded and is listed beside the earlier one',
+      },
+      await measure([baseline]),
+    );
   });
 });
