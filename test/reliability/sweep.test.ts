@@ -21,8 +21,8 @@ import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster, type ThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
 import { baseEnv, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
-import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, uniqueDbName } from '../harness/pg.js';
-import { backupOk, seededRandom, setupFixture, sleep, waitFor, type Fixture } from './common.js';
+import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
+import { backupOk, dataLoss, databaseDiff, existingTarget, repoBaseline, seededRandom, setupFixture, sleep, waitFor, type Fixture, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults } from './matrix.js';
 
 const rgwInfo = inject('rgw')!;
@@ -41,6 +41,10 @@ let fileManifest: BackupManifest;
 let good: Buffer;
 let payloadStart: number;
 let fileRepo: string;
+/** An existing database with known content: half the damaged restores go `--replace` onto a copy of it. */
+let existing: TargetBaseline;
+/** The S3 repository's good backup before any fault: the data-loss check of every row. */
+let baseRepo: RepoBaseline;
 const proxies: FaultProxy[] = [];
 
 beforeAll(async () => {
@@ -48,6 +52,8 @@ beforeAll(async () => {
   source = await createDatabase(pg, uniqueDbName('sweep'), 'vault');
   await fillLargeTable(pg, source, 2); // ~2 MB stored: 30-odd sealed chunks
   s3Manifest = await backupOk(f, `s3://${f.bucket}/base`, source);
+  baseRepo = await repoBaseline(f, 'base', { database: source, schema: await schemaDump(pg, source), fingerprint: await dataFingerprint(pg, source) });
+  existing = await existingTarget(pg, 'swp_existing');
   fileRepo = path.join(f.tmp, 'base-repo');
   fileManifest = await backupOk(f, fileRepo, source);
   good = await fsp.readFile(path.join(fileRepo, fileManifest.dump.key));
@@ -59,6 +65,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all(proxies.map((p) => p.stop()));
   await dropDatabase(pg, source);
+  if (existing) await dropDatabase(pg, existing.db);
   f?.s3.destroy();
   if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
   // The soak's rows are kept in a results file of their own: a normal run does not erase them.
@@ -106,10 +113,17 @@ function damaged(d: Damage): Buffer {
 
 let caseNo = 0;
 
+/** The measured data loss after a family of faults: the earlier backup and the existing database. */
+const lossNow = (): Promise<string> => dataLoss(f, pg, { repo: baseRepo, targets: [existing] });
+
 /** Presents `bytes` as the stored backup in `mode`, runs coffer, and checks the outcome. */
 async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string> {
   const n = ++caseNo;
   const target = uniqueDbName(`swp${n}`);
+  // Every other restore replaces an existing database (a copy of `existing`), which must survive untouched.
+  const replace = mode.startsWith('restore') && n % 2 === 0;
+  if (replace) await pg.psql(`CREATE DATABASE ${quoteIdent(target)} TEMPLATE ${quoteIdent(existing.db)};`);
+  const onto = replace ? ['--replace'] : [];
   const spool = path.join(f.tmp, `spool-${n}`);
   await fsp.mkdir(spool, { recursive: true });
   const ids = ['--identity', f.identityFile];
@@ -120,11 +134,11 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${s3Manifest.dump.key}`, Body: bytes }));
     const mKey = s3Manifest.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json');
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${mKey}`, Body: `${JSON.stringify(s3Manifest, null, 2)}\n` }));
-    args = mode === 'verify-s3' ? ['verify', '--from', `s3://${f.bucket}/${prefix}`, ...ids] : ['restore', '--from', `s3://${f.bucket}/${prefix}`, ...ids, '--target-db', target];
+    args = mode === 'verify-s3' ? ['verify', '--from', `s3://${f.bucket}/${prefix}`, ...ids] : ['restore', '--from', `s3://${f.bucket}/${prefix}`, ...ids, '--target-db', target, ...onto];
   } else if (mode === 'restore-file') {
     const file = path.join(f.tmp, `case-${n}.age`);
     await fsp.writeFile(file, bytes);
-    args = ['restore', '--file', file, ...ids, '--target-db', target];
+    args = ['restore', '--file', file, ...ids, '--target-db', target, ...onto];
   } else {
     const repo = path.join(f.tmp, `case-${n}`);
     const dump = path.join(repo, fileManifest.dump.key);
@@ -136,7 +150,7 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
         ? ['verify', '--from', repo, ...ids]
         : mode === 'drill'
           ? ['drill', '--from', repo, ...ids]
-          : ['restore', '--from', repo, ...ids, '--target-db', target, ...(mode === 'restore-jobs2' ? ['--jobs', '2', '--spool-dir', spool] : [])];
+          : ['restore', '--from', repo, ...ids, '--target-db', target, ...onto, ...(mode === 'restore-jobs2' ? ['--jobs', '2', '--spool-dir', spool] : [])];
   }
   const r = await runCoffer(args, { env: f.env() });
   const what = `${mode}, ${d.label} (${d.kind} at ${d.at} of ${good.length}): ${r.stderr.slice(-1500)}`;
@@ -144,7 +158,11 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
   const line = errorLine(r.stderr);
   expect(line, what).toMatch(/modified or corrupted|truncated/);
   expect(r.stderr, what).not.toMatch(/nothing left to wait for|cleanup did not finish|could not drop/);
-  expect((await listDatabases(pg)).filter((db) => db.startsWith(target) || db.startsWith('coffer_drill_') && mode === 'drill'), what).toEqual([]);
+  expect((await listDatabases(pg)).filter((db) => db.startsWith(target) || db.startsWith('coffer_drill_') && mode === 'drill'), what).toEqual(replace ? [target] : []);
+  if (replace) {
+    expect(await databaseDiff(pg, target, existing), what).toBe('');
+    await dropDatabase(pg, target);
+  }
   expect(await fsp.readdir(spool), what).toEqual([]);
   if (mode === 'drill') expect((JSON.parse(r.stdout) as { ok: boolean }).ok, what).toBe(false);
   return line;
@@ -183,8 +201,8 @@ describe('damage anywhere in the stored object: exit 5, the cause named, nothing
       area: 'integrity',
       fault: `damaged stored object, ${fixed.length} named positions (header MAC, nonce, first chunk, 10-90 %, each of the last three chunks, last byte, cuts by 1 byte / one chunk / to half / after the header) plus seeded ones`,
       injected: `${cases.length} cases over ${MODES.length} ways of reading (restore from S3, file repository, --file, --jobs 2; verify S3/file; drill), flipped byte or truncation${FULL ? ` (soak: COFFER_FAULT_SWEEP=full on a developer machine, seed ${rnd.seed})` : ' (the CI set)'}`,
-      outcome: 'every case: exit 5, cause named (age header / chunk authentication / truncated / sha256 ≠ manifest), no target or __restoring_ database, no spool file, no event-loop drain',
-      dataLost: 'none',
+      outcome: 'every case: exit 5, cause named (age header / chunk authentication / truncated / sha256 ≠ manifest), no new or __restoring_ database, no spool file, no event-loop drain; every other restore ran with --replace onto an existing database, which stayed byte-for-byte the same',
+      dataLost: await lossNow(),
     });
   }, FULL ? 3_600_000 : 300_000);
 });
@@ -240,7 +258,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       expect(errorLine(String(r.stderr)), what).toMatch(/pg_restore was killed by SIGKILL/);
       expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
     }
-    record({ id: rid('swp-02'), area: 'interruption', fault: 'pg_restore killed (SIGKILL) mid-restore', injected: `${n} restores, pg_restore killed 0-400 ms after it started (seeded)`, outcome: 'exit 3 "pg_restore was killed by SIGKILL" (or the restore had completed: exit 0); no target, scratch dropped', dataLost: 'none' });
+    record({ id: rid('swp-02'), area: 'interruption', fault: 'pg_restore killed (SIGKILL) mid-restore', injected: `${n} restores, pg_restore killed 0-400 ms after it started (seeded)`, outcome: 'exit 3 "pg_restore was killed by SIGKILL" (or the restore had completed: exit 0); no target, scratch dropped', dataLost: await lossNow() });
   });
 
   it('psql killed while loading a plain-SQL backup: exit 3 naming it, nothing left', async () => {
@@ -268,7 +286,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       expect(errorLine(String(r.stderr)), what).toMatch(/psql \(restore\) was killed by SIGKILL/);
       expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
     }
-    record({ id: rid('swp-05'), area: 'interruption', fault: 'psql killed (SIGKILL) while loading a plain-SQL backup', injected: `${n} restores of a schema-only backup, the loading psql killed 0-800 ms in (seeded)`, outcome: 'exit 3 "psql (restore) was killed by SIGKILL" (or complete: exit 0); no target, scratch dropped', dataLost: 'none' });
+    record({ id: rid('swp-05'), area: 'interruption', fault: 'psql killed (SIGKILL) while loading a plain-SQL backup', injected: `${n} restores of a schema-only backup, the loading psql killed 0-800 ms in (seeded)`, outcome: 'exit 3 "psql (restore) was killed by SIGKILL" (or complete: exit 0); no target, scratch dropped', dataLost: await lossNow() });
   });
 
   it('S3 download reset at seeded offsets: resumed, the restore is identical', async () => {
@@ -283,7 +301,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, source));
       await dropDatabase(pg, target);
     }
-    record({ id: rid('swp-03'), area: 'network', fault: 'download connection reset at seeded offsets', injected: `proxy: GetObject of the dump reset once after N bytes, N at ${offsets.length} seeded offsets`, outcome: 'resumed with a ranged GET; exit 0; restored content identical to the source', dataLost: 'none' });
+    record({ id: rid('swp-03'), area: 'network', fault: 'download connection reset at seeded offsets', injected: `proxy: GetObject of the dump reset once after N bytes, N at ${offsets.length} seeded offsets`, outcome: 'resumed with a ranged GET; exit 0; restored content identical to the source', dataLost: await lossNow() });
   });
 
   it('backup: the upload reset at seeded offsets of a part: a complete backup (the part is resent) or exit 4 with nothing stored; the locks are free after', async () => {
@@ -310,7 +328,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       const again = await runCoffer(['backup', '--to', `s3://${f.bucket}/${prefix}-next`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks], { env: f.env() });
       expect(again.code, again.stderr).toBe(0);
     }
-    record({ id: rid('swp-06'), area: 'network', fault: 'upload connection reset inside a part at seeded offsets', injected: `proxy: one UploadPart reset after N request bytes, N at ${offsets.length} seeded offsets`, outcome: 'the part is resent: a complete backup that verifies (or exit 4 with nothing listed); the locks are free for the next run', dataLost: 'none' });
+    record({ id: rid('swp-06'), area: 'network', fault: 'upload connection reset inside a part at seeded offsets', injected: `proxy: one UploadPart reset after N request bytes, N at ${offsets.length} seeded offsets`, outcome: 'the part is resent: a complete backup that verifies (or exit 4 with nothing listed); the locks are free for the next run', dataLost: await lossNow() });
   });
 
   describe('the target server restarted mid-restore', () => {
@@ -347,7 +365,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
       expect(stderr).not.toMatch(/nothing left to wait for|could not drop/);
       const dbs = (await other.psql("SELECT datname FROM pg_database WHERE datname LIKE 'restart%'")).split('\n').filter(Boolean);
       expect(dbs, stderr).toEqual([]);
-      record({ id: rid('swp-04'), area: 'interruption', fault: 'target server restarted (immediate) mid-restore', injected: 'pg_ctl restart -m immediate of the restore target while pg_restore is connected and loading', outcome: 'exit 3 (pg_restore failed: the server went away); the scratch database is dropped once the server answers again (retried up to 30 s); the target name never created', dataLost: 'none' });
+      record({ id: rid('swp-04'), area: 'interruption', fault: 'target server restarted (immediate) mid-restore', injected: 'pg_ctl restart -m immediate of the restore target while pg_restore is connected and loading', outcome: 'exit 3 (pg_restore failed: the server went away); the scratch database is dropped once the server answers again (retried up to 30 s); the target name never created', dataLost: await lossNow() });
     }, 180_000);
   });
 });
