@@ -48,7 +48,7 @@ describe('coffer demo', () => {
     expect(stored, out).not.toBeNull();
     const [, id, key] = stored!;
     // the listing, under the command it stands for
-    expect(out).toMatch(new RegExp(`\\$ coffer list --from ./backups\\nID .*\\n${id}  .* vault +monthly `));
+    expect(out).toMatch(new RegExp(`\\$ coffer list --from ./backups\\nID .*\\n${id}  .* vault +full +monthly `));
     expect(out).toMatch(/ok: sha256 matches, decrypted and authenticated .* with \d+ TOC entries/);
     expect(out).toMatch(/restored into "vault_restored" in [\d.]+s: 4 tables, all 4 tables of the archive present/);
     expect(out).toContain(`  public.vault_status: ${count} rows`);
