@@ -283,16 +283,6 @@ export class Supervisor {
     }
   }
 
-  /** Awaits `p`; a rejection is recorded with {@link fail} before it is rethrown. */
-  async watch<T>(p: Promise<T>): Promise<T> {
-    try {
-      return await p;
-    } catch (err) {
-      this.fail(err);
-      throw err;
-    }
-  }
-
   /**
    * The failure to report: the first in causal order (see the module doc), with the others
    * attached as `consequences`. `fallback` when nothing was recorded.

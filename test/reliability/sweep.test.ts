@@ -237,27 +237,35 @@ function killQuietly(pid: number): void {
   }
 }
 
+/**
+ * `n` restores, each with the child that `match` picks (the restoring pg_restore, the loading
+ * psql) SIGKILLed a seeded 0-`maxDelayMs` after it appeared: exit 3 naming it (`cause`), or the
+ * restore had completed (exit 0); no target and no scratch database left.
+ */
+async function killDuringRestores(n: number, prefix: string, source: string[], match: (name: string, cmdline: string) => boolean, maxDelayMs: number, cause: RegExp): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const target = uniqueDbName(prefix);
+    const child = startCoffer(['restore', ...source, '--identity', f.identityFile, '--target-db', target], { env: f.env() });
+    const pid = await childWith(child.pid!, match, 20_000);
+    const delay = Math.floor(rnd.next() * maxDelayMs);
+    await sleep(delay);
+    if (pid) killQuietly(pid);
+    const r = await child;
+    const what = `kill after ${delay} ms: ${String(r.stderr).slice(-1200)}`;
+    if (r.exitCode === 0) {
+      await dropDatabase(pg, target);
+      continue;
+    }
+    expect(r.exitCode, what).toBe(3);
+    expect(errorLine(String(r.stderr)), what).toMatch(cause);
+    expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
+  }
+}
+
 describe('children killed mid-restore, downloads reset, the server restarted', () => {
   it('pg_restore killed at seeded moments: exit 3 naming it (or a complete restore), nothing left', async () => {
     const n = FULL ? 12 : 3;
-    for (let i = 0; i < n; i++) {
-      const target = uniqueDbName('swp_kill');
-      const child = startCoffer(['restore', '--from', fileRepo, '--identity', f.identityFile, '--target-db', target], { env: f.env() });
-      // The restoring pg_restore (not the --list branch that reads the table of contents).
-      const pid = await childWith(child.pid!, (name, cmd) => name === 'pg_restore' && !cmd.includes('--list'));
-      const delay = Math.floor(rnd.next() * 400);
-      await sleep(delay);
-      if (pid) killQuietly(pid);
-      const r = await child;
-      const what = `kill after ${delay} ms: ${String(r.stderr).slice(-1200)}`;
-      if (r.exitCode === 0) {
-        await dropDatabase(pg, target);
-        continue;
-      }
-      expect(r.exitCode, what).toBe(3);
-      expect(errorLine(String(r.stderr)), what).toMatch(/pg_restore was killed by SIGKILL/);
-      expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
-    }
+    await killDuringRestores(n, 'swp_kill', ['--from', fileRepo], (name, cmd) => name === 'pg_restore' && !cmd.includes('--list'), 400, /pg_restore was killed by SIGKILL/);
     record({ id: rid('swp-02'), area: 'interruption', fault: 'pg_restore killed (SIGKILL) mid-restore', injected: `${n} restores, pg_restore killed 0-400 ms after it started (seeded)`, outcome: 'exit 3 "pg_restore was killed by SIGKILL" (or the restore had completed: exit 0); no target, scratch dropped', dataLost: await lossNow() });
   });
 
@@ -269,23 +277,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
     const wrapper = path.join(f.tmp, 'slow-psql.sh');
     await fsp.writeFile(wrapper, `#!/bin/sh\ncase "$*" in *__restoring_*ON_ERROR_STOP*) sleep 1 ;; esac\nexec '${pgInfo.binDir}/psql' "$@"\n`, { mode: 0o755 });
     const n = FULL ? 6 : 2;
-    for (let i = 0; i < n; i++) {
-      const target = uniqueDbName('swp_psql');
-      const child = startCoffer(['restore', '--from', sqlRepo, '--kind', 'schema-only', '--identity', f.identityFile, '--target-db', target, '--psql-command', wrapper], { env: f.env() });
-      const pid = await childWith(child.pid!, (_name, cmd) => cmd.includes('__restoring_') && cmd.includes('ON_ERROR_STOP'), 20_000);
-      const delay = Math.floor(rnd.next() * 800);
-      await sleep(delay);
-      if (pid) killQuietly(pid);
-      const r = await child;
-      const what = `kill after ${delay} ms: ${String(r.stderr).slice(-1200)}`;
-      if (r.exitCode === 0) {
-        await dropDatabase(pg, target);
-        continue;
-      }
-      expect(r.exitCode, what).toBe(3);
-      expect(errorLine(String(r.stderr)), what).toMatch(/psql \(restore\) was killed by SIGKILL/);
-      expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
-    }
+    await killDuringRestores(n, 'swp_psql', ['--from', sqlRepo, '--kind', 'schema-only', '--psql-command', wrapper], (_name, cmd) => cmd.includes('__restoring_') && cmd.includes('ON_ERROR_STOP'), 800, /psql \(restore\) was killed by SIGKILL/);
     record({ id: rid('swp-05'), area: 'interruption', fault: 'psql killed (SIGKILL) while loading a plain-SQL backup', injected: `${n} restores of a schema-only backup, the loading psql killed 0-800 ms in (seeded)`, outcome: 'exit 3 "psql (restore) was killed by SIGKILL" (or complete: exit 0); no target, scratch dropped', dataLost: await lossNow() });
   });
 
