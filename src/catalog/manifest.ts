@@ -1,5 +1,6 @@
 import { IntegrityError } from '../errors.js';
 import { isTier, type Tier, BACKUP_ID_RE } from './layout.js';
+import type { DatabaseLocale } from '../pg/database-props.js';
 
 export const MANIFEST_FORMAT = 'coffer-backup-manifest';
 export const MANIFEST_VERSION = 1;
@@ -41,6 +42,8 @@ export interface BackupManifest {
     databaseSizeBytes: number;
     /** Tables of the database when the backup started (absent in manifests of coffer < 0.2). */
     tables?: number;
+    /** The database's encoding and locale (absent in manifests of coffer < 0.2); restores of plain-SQL backups use them. */
+    locale?: DatabaseLocale;
   };
   compression: Compression;
   encryption: { format: 'age-v1'; recipients: string[] };

@@ -53,8 +53,15 @@ export class PgAdmin {
     return out.trim() === '1';
   }
 
-  async create(db: string): Promise<void> {
-    await this.query(`CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`);
+  /** Creates `db` from template0, or with the given CREATE DATABASE statement. */
+  async create(db: string, statement?: string): Promise<void> {
+    await this.query(statement ?? `CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`);
+  }
+
+  /** The names of the server's roles. */
+  async roles(): Promise<Set<string>> {
+    const out = await this.query("SELECT rolname FROM pg_roles;", 'list roles');
+    return new Set(out.split('\n').filter(Boolean));
   }
 
   /** DROP … WITH (FORCE): also ends sessions still connected (PostgreSQL 13+). */

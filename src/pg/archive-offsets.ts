@@ -95,6 +95,29 @@ export interface ArchiveLayout {
 export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reason: string };
 
 /**
+ * A TOC entry about the database itself: `DATABASE` (its CREATE DATABASE statement, with
+ * encoding and locale), `DATABASE PROPERTIES` (connection limit, ALTER DATABASE … SET, ALTER
+ * ROLE … IN DATABASE … SET), and the database's `COMMENT`, `ACL` and `SECURITY LABEL` (tag
+ * `DATABASE <name>`). pg_restore applies these only with --create, under the archive's name.
+ */
+export interface DatabaseTocEntry {
+  dumpId: number;
+  desc: string;
+  tag: string;
+  defn: string;
+  owner: string;
+}
+
+/** Longest tag/desc/owner/defn string kept for a database entry; longer ones are not captured. */
+const MAX_CAPTURE = 4 * 1024 * 1024;
+
+/** Whether an entry with this desc and tag is about the database itself. */
+export function isDatabaseEntry(desc: string, tag: string): boolean {
+  if (desc === 'DATABASE' || desc === 'DATABASE PROPERTIES') return true;
+  return (desc === 'COMMENT' || desc === 'ACL' || desc === 'SECURITY LABEL') && tag.startsWith('DATABASE ');
+}
+
+/**
  * Follows a custom-format archive fed in order with {@link push} (chunks of any size, even one
  * byte); {@link end} tells where each data block starts. Never throws on bad input: the result
  * says why it could not follow it.
@@ -119,6 +142,27 @@ export class ArchiveOffsetScanner {
   private inLo = false;
   private readonly toc: TocOffset[] = [];
   private readonly blocks = new Map<number, number>();
+  /** The string field being captured (instead of skipped), and its bytes so far. */
+  private capField: 'tag' | 'desc' | 'defn' | 'owner' | undefined;
+  private capBuf: Buffer[] = [];
+  private entry: { tag: string; desc: string; defn: string; owner: string } = { tag: '', desc: '', defn: '', owner: '' };
+  private readonly dbEntries: DatabaseTocEntry[] = [];
+  private tocEnd = -1;
+
+  /** The entries about the database itself, in TOC order (complete once {@link tocComplete}). */
+  databaseEntries(): DatabaseTocEntry[] {
+    return this.dbEntries;
+  }
+
+  /** The whole table of contents has been read (the data blocks start here). */
+  get tocComplete(): boolean {
+    return this.tocEnd >= 0;
+  }
+
+  /** Parsing stopped on bad input. */
+  get failed(): boolean {
+    return this.failure !== undefined;
+  }
 
   /** A Writable that feeds this scanner (for a fan-out); it never errors and never waits. */
   sink(): Writable {
@@ -138,9 +182,11 @@ export class ArchiveOffsetScanner {
     while (i < n) {
       if (this.skip > 0) {
         const k = Math.min(this.skip, n - i);
+        if (this.capField !== undefined) this.capBuf.push(Buffer.from(chunk.subarray(i, i + k)));
         i += k;
         this.skip -= k;
         this.pos += k;
+        if (this.skip === 0 && this.capField !== undefined) this.captured();
         continue;
       }
       if (this.state === S_CHUNK_LEN && this.pendLen === 0) {
@@ -204,16 +250,35 @@ export class ArchiveOffsetScanner {
     return sign === 0 ? v : sign === 1 ? -v : Number.NaN;
   }
 
-  /** A string's length int: skip its bytes (NULL = -1 has none). Returns false for NULL. */
-  private str(b: Uint8Array, o: number): boolean {
+  /**
+   * A string's length int: skip its bytes (NULL = -1 has none), or keep them as the current
+   * entry's `capture` field. Returns false for NULL.
+   */
+  private str(b: Uint8Array, o: number, capture?: 'tag' | 'desc' | 'defn' | 'owner'): boolean {
     const len = this.int(b, o);
+    if (capture) this.entry[capture] = '';
     if (len === -1) return false;
     if (!(len >= 0 && len <= MAX_STR)) {
       this.fail('bad string length');
       return false;
     }
     this.skip = len;
+    if (capture && len > 0 && len <= MAX_CAPTURE) {
+      this.capField = capture;
+      this.capBuf = [];
+    }
     return true;
+  }
+
+  private captured(): void {
+    this.entry[this.capField!] = Buffer.concat(this.capBuf).toString('utf8');
+    this.capField = undefined;
+    this.capBuf = [];
+  }
+
+  /** Whether the entry being read is about the database (its desc and tag are known). */
+  private databaseEntry(): boolean {
+    return isDatabaseEntry(this.entry.desc, this.entry.tag);
   }
 
   private go(state: number, need: number = INT_LEN): void {
@@ -222,8 +287,10 @@ export class ArchiveOffsetScanner {
   }
 
   private startEntry(): void {
-    if (this.entriesLeft === 0) this.go(S_BLOCK_TYPE, 1);
-    else {
+    if (this.entriesLeft === 0) {
+      this.tocEnd = this.pos;
+      this.go(S_BLOCK_TYPE, 1);
+    } else {
       this.entriesLeft--;
       this.go(S_E_DUMPID);
     }
@@ -270,16 +337,19 @@ export class ArchiveOffsetScanner {
       }
       case S_E_HADDUMPER:
         this.count = 4;
+        this.entry = { tag: '', desc: '', defn: '', owner: '' };
         return this.go(S_E_STR_A);
       case S_E_STR_A:
-        this.str(b, o);
+        // tableoid, oid, tag, desc
+        this.str(b, o, this.count === 2 ? 'tag' : this.count === 1 ? 'desc' : undefined);
         if (--this.count === 0) this.go(S_E_SECTION);
         return;
       case S_E_SECTION:
         this.count = 6; // defn, dropStmt, copyStmt, namespace, tablespace, tableam (1.14+)
         return this.go(S_E_STR_B);
       case S_E_STR_B:
-        this.str(b, o);
+        // defn, dropStmt, copyStmt, namespace, tablespace, tableam
+        this.str(b, o, this.count === 6 && this.databaseEntry() ? 'defn' : undefined);
         if (--this.count === 0) {
           if (this.minor >= 16) this.go(S_E_RELKIND);
           else {
@@ -292,7 +362,8 @@ export class ArchiveOffsetScanner {
         this.count = 2;
         return this.go(S_E_STR_C);
       case S_E_STR_C:
-        this.str(b, o);
+        // owner, with-oids
+        this.str(b, o, this.count === 2 && this.databaseEntry() ? 'owner' : undefined);
         if (--this.count === 0) this.go(S_E_DEP);
         return;
       case S_E_DEP:
@@ -305,6 +376,7 @@ export class ArchiveOffsetScanner {
         const hi = b[o + 5]! + b[o + 6]! * 0x100 + b[o + 7]! * 0x10000 + b[o + 8]! * 0x1000000;
         if (hi >= 0x200000) return this.fail('data offset beyond 2^53');
         this.toc.push({ dumpId: this.dumpId, field: at, state, offset: hi * 0x100000000 + lo });
+        if (this.databaseEntry()) this.dbEntries.push({ dumpId: this.dumpId, ...this.entry });
         return this.startEntry();
       }
       case S_BLOCK_TYPE: {

@@ -1,6 +1,7 @@
 import { DatabaseError } from '../errors.js';
 import { childEnv, conninfoFor, type ConnectionSpec } from './connection.js';
 import { runChild, type PgTools } from './tools.js';
+import type { DatabaseLocale } from './database-props.js';
 
 export interface ServerInfo {
   serverVersion: string;
@@ -9,6 +10,30 @@ export interface ServerInfo {
   isSuperuser: boolean;
   /** Tables (plain and partitioned) outside the system schemas and extensions: what pg_dump archives as TABLE entries. */
   tables: number;
+  /** The database's encoding and locale (recorded in the manifest: plain-SQL backups carry neither). */
+  locale: DatabaseLocale | undefined;
+}
+
+/** The database's pg_database row as JSON (every server version's columns), with its encoding's name. */
+const DATABASE_ROW_SQL = `SELECT (jsonb_build_object('encoding_name', pg_encoding_to_char(d.encoding)) || (to_jsonb(d) - 'datacl'))::text FROM pg_database d WHERE d.datname = current_database()`;
+
+/** Reads {@link DatabaseLocale} from a pg_database row (PostgreSQL 12–18 column names). */
+export function localeFromRow(json: string | undefined): DatabaseLocale | undefined {
+  if (!json) return undefined;
+  let row: Record<string, unknown>;
+  try {
+    row = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  const str = (k: string): string | null => (typeof row[k] === 'string' ? (row[k] as string) : null);
+  const encoding = str('encoding_name');
+  const collate = str('datcollate');
+  const ctype = str('datctype');
+  if (!encoding || collate === null || ctype === null) return undefined;
+  const provider = ({ c: 'libc', i: 'icu', b: 'builtin' } as Record<string, string>)[str('datlocprovider') ?? 'c'] ?? 'libc';
+  const locale = str('datlocale') ?? str('daticulocale');
+  return { encoding, collate, ctype, localeProvider: provider, locale, icuRules: str('daticurules') };
 }
 
 /** The tables `pg_dump` writes TABLE entries for: ordinary and partitioned, not system, not extension members. */
@@ -54,13 +79,13 @@ export async function probeServer(tools: PgTools, conn: ConnectionSpec, database
     conn,
     database,
     // rolsuper as text is 'true'/'false' (a boolean cast), not psql's 't'/'f'.
-    `SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT CASE WHEN rolsuper THEN 't' ELSE 'f' END FROM pg_roles WHERE rolname = current_user) || '|' || (${USER_TABLES_SQL});`,
+    `SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT CASE WHEN rolsuper THEN 't' ELSE 'f' END FROM pg_roles WHERE rolname = current_user) || '|' || (${USER_TABLES_SQL}) || '|' || (${DATABASE_ROW_SQL});`,
     { ...opts, what: `connect to database ${JSON.stringify(database ?? '')}` },
   );
-  const [num, ver, size, superuser, tables] = out.trim().split('|');
+  const [num, ver, size, superuser, tables, ...row] = out.trim().split('|');
   const n = Number(num);
   if (!Number.isInteger(n)) throw new DatabaseError(`could not read the server version (got ${JSON.stringify(out.trim().slice(0, 80))})`);
-  return { serverVersionNum: n, serverVersion: ver ?? String(n), databaseSizeBytes: Number(size) || 0, isSuperuser: superuser === 't', tables: Number(tables) || 0 };
+  return { serverVersionNum: n, serverVersion: ver ?? String(n), databaseSizeBytes: Number(size) || 0, isSuperuser: superuser === 't', tables: Number(tables) || 0, locale: localeFromRow(row.join('|')) };
 }
 
 /** `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → { text, major: 15 }. */

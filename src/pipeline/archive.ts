@@ -3,7 +3,7 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { ArchiveOffsetScanner, missingDataBlocks } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, missingDataBlocks, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { missingTool } from '../pg/tools.js';
 import { isEcho, toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
 
@@ -45,6 +45,12 @@ export interface OpenedArchive {
   children: Child[];
   /** Bytes of ciphertext read and of archive produced so far. */
   stats(): { storedBytes: number; archiveBytes: number };
+  /**
+   * A custom archive's entries about the database itself (its CREATE DATABASE, properties,
+   * comment, ACL): reads the archive up to the end of its table of contents, keeping what it
+   * read in the stream. `undefined` for plain SQL.
+   */
+  databaseEntries(): Promise<DatabaseTocEntry[] | undefined>;
 }
 
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
@@ -164,7 +170,55 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     const what = (f: string): string => (f === 'custom' ? 'a pg_dump custom archive' : 'plain SQL');
     throw new IntegrityError(`the backup holds ${what(format)}, but its manifest says ${what(expected.format)}`, { hint: 'the object or the manifest was replaced; do not trust this backup' });
   }
-  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }) };
+  const databaseEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
+    if (format !== 'custom') return undefined;
+    await readUntil(checked, () => check.tocRead);
+    return check.databaseEntries();
+  };
+  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries };
+}
+
+/**
+ * Reads `s` until `done()` (or its end), then puts back what it read: the consumer sees every
+ * byte. What is held is the part before `done()` turned true (a table of contents).
+ */
+function readUntil(s: Readable, done: () => boolean): Promise<void> {
+  const held: Buffer[] = [];
+  const putBack = (): void => {
+    if (held.length === 0) return;
+    try {
+      s.unshift(Buffer.concat(held));
+    } catch {
+      // The stream failed meanwhile: its error is what the run reports.
+    }
+  };
+  return new Promise<void>((resolve, reject) => {
+    const cleanup = (): void => {
+      s.off('readable', onReadable);
+      s.off('end', onEnd);
+      s.off('error', onError);
+    };
+    const onReadable = (): void => {
+      let c: Buffer | null;
+      while (!done() && (c = s.read() as Buffer | null) !== null) held.push(c);
+      if (done()) {
+        cleanup();
+        putBack();
+        resolve();
+      }
+    };
+    const onEnd = (): void => {
+      cleanup();
+      resolve();
+    };
+    const onError = (err: Error): void => {
+      cleanup();
+      reject(err);
+    };
+    s.on('readable', onReadable);
+    s.once('end', onEnd);
+    s.once('error', onError);
+  });
 }
 
 /**
@@ -180,6 +234,15 @@ class ArchiveCheck {
   private tail = Buffer.alloc(0);
 
   constructor(private readonly expected: ExpectedArchive | undefined) {}
+
+  /** A custom archive's table of contents has been read whole (or cannot be: bad input). */
+  get tocRead(): boolean {
+    return this.scanner === undefined ? this.format !== undefined : this.scanner.tocComplete || this.scanner.failed;
+  }
+
+  databaseEntries(): DatabaseTocEntry[] {
+    return this.scanner?.databaseEntries() ?? [];
+  }
 
   push(chunk: Buffer): void {
     if (this.format === undefined) {

@@ -119,6 +119,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
         pgDumpCommand: req.tools.pgDump,
         databaseSizeBytes: server.databaseSizeBytes,
         tables: server.tables,
+        ...(server.locale ? { locale: server.locale } : {}),
       },
       compression: req.compression,
       encryption: { format: 'age-v1', recipients: [...req.recipients] },

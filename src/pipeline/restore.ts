@@ -10,6 +10,7 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
+import { createStatement, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, type DatabaseDefinition } from '../pg/database-props.js';
 import { libpqEnv, psqlQuery } from '../pg/server.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor, toolEnv } from '../run/supervisor.js';
@@ -108,13 +109,16 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
     if (req.jobs > 1) spool = await prepareSpool(req, opened);
 
+    // The database as it was: encoding and locale now, owner, ACL and settings before the swap.
+    const definition = await databaseDefinition(req, opened);
+
     // 3. Globals first (roles the dump refers to), then a scratch database.
     if (req.withGlobals) await applyGlobals(req, admin, env, sup);
     throwIfFailed(sup);
     scratch = scratchName(req.target);
-    await admin.create(scratch);
+    await createScratch(admin, scratch, definition, req.log);
     throwIfFailed(sup);
-    req.log.info('restoring into a scratch database', { scratch });
+    req.log.info('restoring into a scratch database', { scratch, database: describeLocale(definition) });
 
     // 4. The data.
     const tocText = await restoreInto(req, opened, scratch, spool, env, sup);
@@ -122,6 +126,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
 
     // 5. Checks on the scratch database, then the swap.
     const checks = await runChecks(req, scratch, tocText, env, sup.signal);
+    if (definition) await applyDatabaseProperties(req, admin, scratch, definition);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
     await admin.swapIn(scratch, req.target, aside ?? undefined);
@@ -148,6 +153,70 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await fsp.rm(path.dirname(spool), { recursive: true, force: true });
   }
+}
+
+/**
+ * What the backup says of the database itself: a custom archive's DATABASE entries (read from
+ * its table of contents, before any database exists), else the manifest's encoding and locale.
+ */
+async function databaseDefinition(req: RestoreRequest, opened: OpenedArchive): Promise<DatabaseDefinition | undefined> {
+  const entries = await opened.databaseEntries();
+  const name = req.source.kind === 'repository' ? req.source.entry.manifest.database : '';
+  const fromArchive = entries ? definitionFromArchive(entries) : undefined;
+  if (fromArchive) return fromArchive;
+  const locale = req.source.kind === 'repository' ? req.source.entry.manifest.postgres.locale : undefined;
+  if (locale) return definitionFromManifest(name, locale);
+  req.log.warn("the backup does not say how its database was created (encoding, locale): the restored database gets the server's defaults");
+  return undefined;
+}
+
+/** Creates the scratch database with the backup's encoding and locale, or says why the server cannot. */
+async function createScratch(admin: PgAdmin, scratch: string, def: DatabaseDefinition | undefined, log: Logger): Promise<void> {
+  const { sql, dropped } = createStatement(scratch, def);
+  for (const d of dropped) log.warn(`the backup's database had ${d}; the restored one uses the server's default tablespace`);
+  try {
+    await admin.create(scratch, sql);
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (def && /locale|encoding|collation|LC_COLLATE|LC_CTYPE|ICU/i.test(msg)) {
+      throw new DatabaseError(`this server cannot create the backup's database as it was (${describeLocale(def)}): ${msg.replace(/^create database "[^"]*": /, '')}`, {
+        cause: err,
+        hint: 'install that locale on the database server (locale-gen or localedef, then restart PostgreSQL) and run the restore again',
+      });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Gives the scratch database the backup's owner, ACL, settings, role-in-database settings,
+ * connection limit and comment (after the data and the checks: a setting such as
+ * default_transaction_read_only must not apply to the restore itself). Settings of roles
+ * this server lacks are left out, with a warning: nobody can use them.
+ */
+async function applyDatabaseProperties(req: RestoreRequest, admin: PgAdmin, scratch: string, def: DatabaseDefinition): Promise<void> {
+  let script = propertiesScript(def, scratch, { noOwner: req.noOwner, noPrivileges: req.noPrivileges });
+  if (script === '') return;
+  const roleLines = script.split('\n').filter((l) => /^ALTER ROLE /.test(l));
+  if (roleLines.length > 0) {
+    const roles = await admin.roles();
+    const missing = roleLines.filter((l) => {
+      const role = roleOfAlterRole(l);
+      return role !== undefined && !roles.has(role);
+    });
+    for (const l of missing) req.log.warn('a setting of a role this server does not have was not applied', { role: roleOfAlterRole(l) });
+    if (missing.length > 0) script = script.split('\n').filter((l) => !missing.includes(l)).join('\n');
+  }
+  await admin.query(`BEGIN;\n${script}\nCOMMIT;`, "apply the backup's database properties (owner, privileges, settings, comment)");
+  req.log.info("the backup's database properties applied", { owner: req.noOwner ? null : def.owner, privileges: !req.noPrivileges && def.acl !== null, settings: def.properties !== null, comment: def.comment !== null });
+}
+
+/** The role of pg_dump's `ALTER ROLE <role> IN DATABASE … SET …;` line (quoted or bare). */
+export function roleOfAlterRole(line: string): string | undefined {
+  const q = /^ALTER ROLE "((?:[^"]|"")*)" IN DATABASE /.exec(line);
+  if (q) return q[1]!.replace(/""/g, '"');
+  const b = /^ALTER ROLE ([a-z_][a-z0-9_$]*) IN DATABASE /.exec(line);
+  return b?.[1];
 }
 
 /** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */

@@ -1,0 +1,234 @@
+/**
+ * The database around the data: how a restore recreates it as it was.
+ *
+ * A custom archive carries the database's own definition in TOC entries that pg_restore applies
+ * only with `--create`, under the archive's name (see {@link DatabaseTocEntry}). coffer restores
+ * into a scratch database and renames it, so it applies them itself:
+ *  - the CREATE DATABASE options (encoding, locale, locale provider, ICU locale) become the
+ *    scratch database's options: a LATIN1 or SQL_ASCII database comes back LATIN1 or SQL_ASCII,
+ *    a `C`-collated one sorts as before;
+ *  - the owner, the ACL (`REVOKE CONNECT … FROM PUBLIC`), `ALTER DATABASE … SET`, `ALTER ROLE …
+ *    IN DATABASE … SET`, the connection limit, the comment and security labels are applied to
+ *    the scratch database (retargeted from the archive's name) before the rename.
+ * Plain-SQL backups carry none of this (pg_dump writes it only with --create); their manifest
+ * records the encoding and locale, which the scratch database gets.
+ */
+import { DatabaseError } from '../errors.js';
+import type { DatabaseTocEntry } from './archive-offsets.js';
+import { quoteIdent, quoteLiteral } from './admin.js';
+
+/** The encoding and locale of a database, as its manifest records them. */
+export interface DatabaseLocale {
+  encoding: string;
+  collate: string;
+  ctype: string;
+  /** `libc`, `icu` (PostgreSQL 15+) or `builtin` (17+). */
+  localeProvider?: string;
+  /** The ICU (or builtin) locale, when the provider is not libc. */
+  locale?: string | null;
+  icuRules?: string | null;
+}
+
+/** What a restore recreates of the database itself. */
+export interface DatabaseDefinition {
+  /** The database's name in the backup. */
+  name: string;
+  /** CREATE DATABASE options other than the name and template, in pg_dump's order. */
+  options: Array<{ key: string; value: string }>;
+  owner: string | null;
+  /** The DATABASE PROPERTIES statements: connection limit, IS_TEMPLATE, SET, ROLE … IN DATABASE … SET. */
+  properties: string | null;
+  acl: string | null;
+  comment: string | null;
+  securityLabels: string[];
+  /** Where it came from: the archive's table of contents, or the manifest (encoding and locale only). */
+  from: 'archive' | 'manifest';
+}
+
+/** Options of CREATE DATABASE that a new server may lack or that only pg_upgrade uses. */
+const DROPPED_OPTIONS = new Set(['TEMPLATE', 'OID', 'COLLATION_VERSION', 'TABLESPACE']);
+
+/**
+ * The database's definition from a custom archive's database entries; `undefined` when the
+ * archive has no DATABASE entry (pg_dump writes none with --table / --schema selections).
+ */
+export function definitionFromArchive(entries: DatabaseTocEntry[]): DatabaseDefinition | undefined {
+  const db = entries.find((e) => e.desc === 'DATABASE');
+  if (!db) return undefined;
+  const def: DatabaseDefinition = {
+    name: db.tag,
+    options: parseCreateOptions(db.defn, db.tag),
+    owner: db.owner || null,
+    properties: null,
+    acl: null,
+    comment: null,
+    securityLabels: [],
+    from: 'archive',
+  };
+  for (const e of entries) {
+    if (e.defn.trim() === '') continue;
+    if (e.desc === 'DATABASE PROPERTIES') def.properties = (def.properties ?? '') + e.defn;
+    else if (e.desc === 'ACL') def.acl = (def.acl ?? '') + e.defn;
+    else if (e.desc === 'COMMENT') def.comment = (def.comment ?? '') + e.defn;
+    else if (e.desc === 'SECURITY LABEL') def.securityLabels.push(e.defn);
+  }
+  return def;
+}
+
+/** The definition a plain-SQL backup's manifest allows: encoding and locale only. */
+export function definitionFromManifest(name: string, l: DatabaseLocale): DatabaseDefinition {
+  const options: Array<{ key: string; value: string }> = [{ key: 'ENCODING', value: quoteLiteral(l.encoding) }];
+  if (l.localeProvider && l.localeProvider !== 'libc') options.push({ key: 'LOCALE_PROVIDER', value: l.localeProvider });
+  if (l.collate === l.ctype) options.push({ key: 'LOCALE', value: quoteLiteral(l.collate) });
+  else options.push({ key: 'LC_COLLATE', value: quoteLiteral(l.collate) }, { key: 'LC_CTYPE', value: quoteLiteral(l.ctype) });
+  if (l.locale && l.localeProvider === 'icu') options.push({ key: 'ICU_LOCALE', value: quoteLiteral(l.locale) });
+  if (l.locale && l.localeProvider === 'builtin') options.push({ key: 'BUILTIN_LOCALE', value: quoteLiteral(l.locale) });
+  if (l.icuRules) options.push({ key: 'ICU_RULES', value: quoteLiteral(l.icuRules) });
+  return { name, options, owner: null, properties: null, acl: null, comment: null, securityLabels: [], from: 'manifest' };
+}
+
+/**
+ * The `KEY = value` options of pg_dump's `CREATE DATABASE <name> WITH …;` (values are quoted
+ * literals or bare words). Throws when the statement is not in pg_dump's form.
+ */
+export function parseCreateOptions(defn: string, name: string): Array<{ key: string; value: string }> {
+  const text = defn.trim();
+  const heads = [`CREATE DATABASE ${quoteIdent(name)} WITH `, `CREATE DATABASE ${name} WITH `];
+  const head = heads.find((h) => text.startsWith(h));
+  if (!head) throw new DatabaseError(`the backup's CREATE DATABASE statement is not in the form pg_dump writes: ${JSON.stringify(text.slice(0, 120))}`);
+  let rest = text.slice(head.length).replace(/;\s*$/, '');
+  const out: Array<{ key: string; value: string }> = [];
+  const re = /^\s*([A-Z_]+)\s*=\s*('(?:[^']|'')*'|[A-Za-z0-9_.-]+)/;
+  while (rest.trim() !== '') {
+    const m = re.exec(rest);
+    if (!m) throw new DatabaseError(`cannot read the backup's CREATE DATABASE options at ${JSON.stringify(rest.trim().slice(0, 60))}`);
+    out.push({ key: m[1]!, value: m[2]! });
+    rest = rest.slice(m[0].length);
+  }
+  return out;
+}
+
+/** `CREATE DATABASE` for the scratch database, with the backup's encoding and locale. */
+export function createStatement(scratch: string, def: DatabaseDefinition | undefined): { sql: string; dropped: string[] } {
+  const kept = (def?.options ?? []).filter((o) => !DROPPED_OPTIONS.has(o.key));
+  const dropped = (def?.options ?? []).filter((o) => DROPPED_OPTIONS.has(o.key) && o.key === 'TABLESPACE').map((o) => `${o.key} = ${o.value}`);
+  const opts = ['TEMPLATE = template0', ...kept.map((o) => `${o.key} = ${o.value}`)];
+  return { sql: `CREATE DATABASE ${quoteIdent(scratch)} WITH ${opts.join(' ')};`, dropped };
+}
+
+/** The encoding and locale a definition asks for, for messages. */
+export function describeLocale(def: DatabaseDefinition | undefined): string {
+  if (!def) return 'the server defaults';
+  const v = (k: string): string | undefined => def.options.find((o) => o.key === k)?.value.replace(/^'|'$/g, '').replace(/''/g, "'");
+  const parts = [`encoding ${v('ENCODING') ?? '(default)'}`];
+  const locale = v('LOCALE');
+  if (locale !== undefined) parts.push(`locale ${locale}`);
+  else if (v('LC_COLLATE') !== undefined) parts.push(`LC_COLLATE ${v('LC_COLLATE')}, LC_CTYPE ${v('LC_CTYPE')}`);
+  const provider = v('LOCALE_PROVIDER');
+  if (provider && provider !== 'libc') parts.push(`${provider} locale ${v('ICU_LOCALE') ?? v('BUILTIN_LOCALE') ?? '?'}`);
+  return parts.join(', ');
+}
+
+/**
+ * The statements that give the scratch database the backup's owner, ACL, settings, connection
+ * limit, comment and security labels, in the order pg_restore --create applies them, rewritten
+ * from the backup's database name to `scratch`. `noOwner` leaves the owner as is (the restoring
+ * user); `noPrivileges` leaves the ACL as is, as pg_restore's flags do.
+ */
+export function propertiesScript(def: DatabaseDefinition, scratch: string, opts: { noOwner: boolean; noPrivileges: boolean }): string {
+  const parts: string[] = [];
+  if (def.owner && !opts.noOwner) parts.push(`ALTER DATABASE ${quoteIdent(scratch)} OWNER TO ${quoteIdent(def.owner)};\n`);
+  if (def.properties) parts.push(retargetDatabase(def.properties, def.name, scratch));
+  if (def.comment) parts.push(retargetDatabase(def.comment, def.name, scratch));
+  for (const l of def.securityLabels) parts.push(retargetDatabase(l, def.name, scratch));
+  if (def.acl && !opts.noPrivileges) parts.push(retargetDatabase(def.acl, def.name, scratch));
+  return parts.join('');
+}
+
+/**
+ * Replaces the database name after the keyword DATABASE (`ALTER DATABASE x`, `ON DATABASE x`,
+ * `IN DATABASE x`, `COMMENT ON DATABASE x`) with `to`, outside string literals, quoted
+ * identifiers, dollar-quoted text and comments. The name is matched as pg_dump writes it:
+ * quoted, or bare when it needs no quotes.
+ */
+export function retargetDatabase(sql: string, from: string, to: string): string {
+  const forms = [quoteIdent(from)];
+  if (/^[a-z_][a-z0-9_$]*$/.test(from)) forms.push(from);
+  const replacement = quoteIdent(to);
+  let out = '';
+  let i = 0;
+  const n = sql.length;
+  while (i < n) {
+    const c = sql[i]!;
+    // Literals, quoted identifiers, dollar quotes and comments are copied as they are.
+    if (c === "'") {
+      const escapes = i > 0 && /[eE]/.test(sql[i - 1]!) && (i < 2 || !/[A-Za-z0-9_]/.test(sql[i - 2]!));
+      let j = i + 1;
+      while (j < n) {
+        if (escapes && sql[j] === '\\') j += 2;
+        else if (sql[j] === "'" && sql[j + 1] === "'") j += 2;
+        else if (sql[j] === "'") break;
+        else j++;
+      }
+      out += sql.slice(i, j + 1);
+      i = j + 1;
+      continue;
+    }
+    if (c === '"') {
+      let j = i + 1;
+      while (j < n && !(sql[j] === '"' && sql[j + 1] !== '"')) j += sql[j] === '"' ? 2 : 1;
+      out += sql.slice(i, j + 1);
+      i = j + 1;
+      continue;
+    }
+    if (c === '$') {
+      const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(sql.slice(i));
+      if (m && (i === 0 || !/[A-Za-z0-9_]/.test(sql[i - 1]!))) {
+        const end = sql.indexOf(m[0], i + m[0].length);
+        const stop = end < 0 ? n : end + m[0].length;
+        out += sql.slice(i, stop);
+        i = stop;
+        continue;
+      }
+    }
+    if (c === '-' && sql[i + 1] === '-') {
+      const end = sql.indexOf('\n', i);
+      const stop = end < 0 ? n : end;
+      out += sql.slice(i, stop);
+      i = stop;
+      continue;
+    }
+    if (c === '/' && sql[i + 1] === '*') {
+      let depth = 0;
+      let j = i;
+      do {
+        if (sql.startsWith('/*', j)) {
+          depth++;
+          j += 2;
+        } else if (sql.startsWith('*/', j)) {
+          depth--;
+          j += 2;
+        } else j++;
+      } while (depth > 0 && j < n);
+      out += sql.slice(i, j);
+      i = j;
+      continue;
+    }
+    // The keyword DATABASE (a whole word), whitespace, then the name as a whole token.
+    if ((c === 'D' || c === 'd') && (i === 0 || !/[A-Za-z0-9_$"]/.test(sql[i - 1]!)) && sql.slice(i, i + 8).toUpperCase() === 'DATABASE') {
+      const ws = /^\s+/.exec(sql.slice(i + 8));
+      if (ws) {
+        const at = i + 8 + ws[0].length;
+        const form = forms.find((f) => sql.startsWith(f, at) && !/[A-Za-z0-9_$]/.test(sql[at + f.length] ?? ''));
+        if (form) {
+          out += sql.slice(i, at) + replacement;
+          i = at + form.length;
+          continue;
+        }
+      }
+    }
+    out += c;
+    i++;
+  }
+  return out;
+}
