@@ -6,6 +6,8 @@ import { Supervisor } from '../run/supervisor.js';
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
 export interface PgTools {
   pgDump: string[];
+  /** pg_dump runs through a command wrapper (`--pg-dump-command`): its output is read back whole. */
+  pgDumpWrapped?: boolean;
   pgDumpall: string[];
   pgRestore: string[];
   psql: string[];
@@ -98,6 +100,7 @@ export function resolvePgTools(opts: PgToolsOptions = {}): PgTools {
   };
   return {
     pgDump: opts.pgDumpCommand ? splitCommand(opts.pgDumpCommand) : bin('pg_dump'),
+    pgDumpWrapped: opts.pgDumpCommand !== undefined && opts.pgDumpCommand !== '',
     pgDumpall: opts.pgDumpallCommand ? splitCommand(opts.pgDumpallCommand) : bin('pg_dumpall'),
     pgRestore: opts.pgRestoreCommand ? splitCommand(opts.pgRestoreCommand) : bin('pg_restore'),
     psql: opts.psqlCommand ? splitCommand(opts.psqlCommand) : bin('psql'),

@@ -228,12 +228,12 @@ function readUntil(s: Readable, done: () => boolean): Promise<void> {
  * a manifest says it is a pg_dump output, end with pg_dump's closing line. The size must be
  * the manifest's `dumpBytes` when that is known.
  */
-class ArchiveCheck {
+export class ArchiveCheck {
   private scanner: ArchiveOffsetScanner | undefined;
   private format: 'custom' | 'sql' | undefined;
   private tail = Buffer.alloc(0);
 
-  constructor(private readonly expected: ExpectedArchive | undefined) {}
+  constructor(private readonly expected: Pick<ExpectedArchive, 'format' | 'dumpBytes'> | undefined) {}
 
   /** A custom archive's table of contents has been read whole (or cannot be: bad input). */
   get tocRead(): boolean {

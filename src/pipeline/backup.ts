@@ -18,6 +18,7 @@ import { TIER_TAG } from '../retention/lifecycle.js';
 import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
+import { ArchiveCheck } from './archive.js';
 
 export type DumpKind = 'custom' | 'schema-only' | 'data-only';
 
@@ -165,8 +166,11 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
 interface Producer {
   stdout: Readable;
   children: Child[];
-  /** Sees the bytes node receives (compressed, when a compressor runs), before encryption. */
-  observe(chunk: Buffer): void;
+  /**
+   * Sees the bytes node receives (compressed, when a compressor runs), before encryption. A
+   * promise asks the stream to wait (the archive check's decompressor is behind).
+   */
+  observe(chunk: Buffer): void | Promise<void>;
   /** After the stream ended and every child exited 0: the bytes pg_dump wrote, or why the output cannot be trusted. */
   settle(): Promise<{ dumpBytes: number } | { problem: string }>;
 }
@@ -179,7 +183,7 @@ function startDump(req: BackupRequest, env: NodeJS.ProcessEnv, sup: Supervisor):
   for (const p of req.excludeTableData ?? []) args.push(`--exclude-table-data=${p}`);
   args.push('--no-password', '-d', conninfoFor(req.conn, req.database));
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
-  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump' }), expectHead);
+  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump' }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
   return compressedDump(req, req.compression.level, args, env, sup, expectHead);
 }
 
@@ -187,25 +191,37 @@ function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.Pr
   const args = [...req.tools.pgDumpall, '--globals-only', '--no-password'];
   if (!server.isSuperuser) args.push('--no-role-passwords');
   args.push('-d', conninfoFor(req.conn, req.database));
-  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only' }), '');
+  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only' }), '', 'sql');
 }
 
-/** A child's output as it is (no compressor, or pg_dump's own gzip): node counts it and sees its first bytes. */
-function countedOutput(child: Child, expectHead: string): Producer {
+/**
+ * A child's output as it is (no compressor, or pg_dump's own gzip): node counts it, sees its
+ * first bytes, and walks it whole (a custom archive through every data block its table of
+ * contents announces; plain SQL to pg_dump's closing line).
+ */
+function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql'): Producer {
   let n = 0;
   let head = Buffer.alloc(0);
+  const check = new ArchiveCheck({ format });
   return {
     stdout: child.stdout!,
     children: [child],
     observe(chunk) {
       n += chunk.length;
       if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
+      check.push(chunk);
     },
     settle: () => {
-      const problem = headProblem(child.what, head, n, expectHead);
+      const problem = headProblem(child.what, head, n, expectHead) ?? wholeProblem(child.what, check, n);
       return Promise.resolve(problem ? { problem } : { dumpBytes: n });
     },
   };
+}
+
+/** Why a dump that started well is not whole (cut short by a wrapper that still exited 0). */
+function wholeProblem(what: string, check: ArchiveCheck, bytes: number): string | undefined {
+  const err = check.end(bytes);
+  return err ? `${what}'s output is not a whole dump: ${err.message.replace(/^the backup is truncated or damaged: /, '')}` : undefined;
 }
 
 /** Why a dump's first bytes (and size) cannot be what pg_dump writes; `undefined` when they can. */
@@ -225,7 +241,9 @@ function headProblem(what: string, head: Buffer, bytes: number, expectHead: stri
  * The accounting is exact all the same, end to end: dd counts what pg_dump wrote (its closing
  * "N bytes copied" line); zstd reports what it read and what it wrote (`-vv`: "(N B => M B"),
  * which must be dd's count and the bytes node received; and a second `zstd -d` reads the first
- * compressed bytes to see the archive's header. Any mismatch fails the run before the manifest.
+ * compressed bytes to see the archive's header — or, when pg_dump runs through a wrapper, the
+ * whole compressed stream ({@link ReadBack}), which must decompress to dd's count of bytes
+ * forming a whole dump. Any mismatch fails the run before the manifest.
  */
 function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string): Producer {
   const zstdArgv = req.zstdCommand ?? ['zstd'];
@@ -246,14 +264,20 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
     what: 'zstd',
     missing: missingZstd,
   });
-  const probe = new HeadProbe(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd);
+  // Through a wrapper (docker compose exec, ssh), the whole stream is read back: a wrapper can
+  // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
+  // and dd's count must match what zstd read: its head is enough (a second full decompression
+  // costs about a third more CPU).
+  const readBack = req.tools.pgDumpWrapped ? new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, expectHead ? 'custom' : 'sql') : undefined;
+  const probe = readBack ? undefined : new HeadProbe(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd);
   let received = 0;
   return {
     stdout: zstd.stdout!,
     children: [pgDump, dd, zstd],
     observe(chunk) {
       received += chunk.length;
-      probe.feed(chunk);
+      if (readBack) return readBack.feed(chunk);
+      probe!.feed(chunk);
     },
     settle: async () => {
       const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
@@ -268,9 +292,15 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
         req.log.warn("could not read zstd's byte counts; the compressed stream was checked by its header only", { zstd: zstd.stderr.lastLines(2) });
       }
       if (dumpBytes === undefined) req.log.warn('could not read the dump size from dd; the manifest records 0 (restore --jobs then skips its free-space check)', { dd: dd.stderr.lastLines() });
-      const head = await probe.result();
-      const problem = headProblem('pg_dump', head, dumpBytes ?? head.length, expectHead);
-      return problem ? { problem } : { dumpBytes: dumpBytes ?? 0 };
+      if (!readBack) {
+        const head = await probe!.result();
+        const problem = headProblem('pg_dump', head, dumpBytes ?? head.length, expectHead);
+        return problem ? { problem } : { dumpBytes: dumpBytes ?? 0 };
+      }
+      const back = await readBack.result();
+      if (dumpBytes !== undefined && back.bytes !== dumpBytes) return { problem: `the compressed stream decompresses to ${back.bytes} bytes, pg_dump wrote ${dumpBytes}` };
+      const problem = headProblem('pg_dump', back.head, back.bytes, expectHead) ?? wholeProblem('pg_dump', back.whole, back.bytes);
+      return problem ? { problem } : { dumpBytes: dumpBytes ?? back.bytes };
     },
   };
 }
@@ -330,6 +360,67 @@ class HeadProbe {
   }
 }
 
+/**
+ * The compressed stream read back as it is made: a second `zstd -d` decompresses everything
+ * node receives, and the result is walked whole ({@link ArchiveCheck}: a custom archive from its
+ * header through every data block its table of contents announces, plain SQL to pg_dump's
+ * closing line). It proves that what is stored decompresses to a whole dump, also when a
+ * wrapper (docker compose exec) cut pg_dump's output short and still exited 0. Node copies the
+ * compressed bytes to it and skips the archive's payloads by arithmetic; the stream waits for
+ * it when it falls behind.
+ */
+class ReadBack {
+  private child: Child | undefined;
+  private head = Buffer.alloc(0);
+  private bytes = 0;
+  private readonly check: ArchiveCheck;
+  private output: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly sup: Supervisor,
+    private readonly argv: string[],
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly missing: (cmd: string) => CofferError,
+    format: 'custom' | 'sql',
+  ) {
+    this.check = new ArchiveCheck({ format });
+  }
+
+  feed(chunk: Buffer): void | Promise<void> {
+    if (!this.child) {
+      const child = this.sup.spawn({ argv: this.argv, env: this.env, stdin: 'pipe', what: 'zstd -d (reading the archive back)', missing: this.missing });
+      this.child = child;
+      this.output = new Promise<void>((resolve) => {
+        child.stdout!.on('data', (b: Buffer) => {
+          if (this.head.length < 16) this.head = Buffer.concat([this.head, b.subarray(0, 16)]).subarray(0, 16);
+          this.bytes += b.length;
+          this.check.push(b);
+        });
+        child.stdout!.once('end', () => resolve());
+        child.stdout!.once('close', () => resolve());
+      });
+    }
+    const stdin = this.child.stdin!;
+    if (stdin.write(chunk)) return;
+    return new Promise<void>((resolve) => {
+      const done = (): void => {
+        stdin.off('drain', done);
+        stdin.off('close', done);
+        resolve();
+      };
+      stdin.on('drain', done);
+      stdin.on('close', done);
+    });
+  }
+
+  /** After the last chunk: the decompressed head, its size, and whether it was a whole dump. */
+  async result(): Promise<{ head: Buffer; bytes: number; whole: ArchiveCheck }> {
+    this.child?.stdin!.end();
+    await Promise.all([this.output, this.child?.done]);
+    return { head: this.head, bytes: this.bytes, whole: this.check };
+  }
+}
+
 /** Where one object goes: the run, its part size, retention and tags. */
 interface ObjectTarget {
   req: BackupRequest;
@@ -375,8 +466,9 @@ async function streamObject(t: ObjectTarget, key: string, what: string, start: (
   let dumpBytes = 0;
   const gate = new Transform({
     transform(chunk: Buffer, _e, cb) {
-      producer.observe(chunk);
-      cb(null, chunk);
+      const wait = producer.observe(chunk);
+      if (wait) wait.then(() => cb(null, chunk), (err: Error) => cb(err));
+      else cb(null, chunk);
     },
     flush(cb) {
       childrenDone

@@ -159,6 +159,56 @@ describe('a producer whose output is not a dump fails before the manifest', () =
   });
 });
 
+describe('a wrapper that cuts the dump short and still exits 0: the backup fails, nothing listed', () => {
+  // `docker compose exec -T` has been known to lose the end of a command's output. The dump
+  // then starts well (PGDMP, a table of contents) and the wrapper exits 0: only reading the
+  // whole archive back tells. Cut points: inside the TOC, at its end, at block boundaries (the
+  // TOC announces data that never comes), inside data, one byte short.
+  it('custom archives cut anywhere, with zstd, gzip and no compression', async () => {
+    const archive = await fsp.readFile(readyDump);
+    const scan = scanArchiveFile(readyDump);
+    if (!scan.ok) throw new Error(scan.reason);
+    const blocks = [...scan.layout.blocks.values()].sort((a, b) => a - b);
+    const tocEnd = blocks[0]!;
+    const cuts = [Math.floor(tocEnd / 2), tocEnd, blocks[1]!, blocks[blocks.length - 1]!, blocks[blocks.length - 1]! + 7, Math.floor((tocEnd + archive.length) / 2), archive.length - 1];
+    const modes: string[][] = [[], ['--compress', 'none'], ['--compress', 'gzip:1']];
+    for (const cut of cuts) {
+      // zstd (the default) at every cut; the other two where the TOC ends and at the last block.
+      for (const extra of cut === tocEnd || cut === blocks[blocks.length - 1] ? modes : [modes[0]!]) {
+        const wrapper = await script(`cut-${cut}.sh`, `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${readyDump}'\n`);
+        const repo = path.join(tmp, `cut-${cut}-${extra.join('')}`);
+        const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrapper, ...extra]);
+        const what = `cut at ${cut} of ${archive.length} ${extra.join(' ')}: ${r.stderr.slice(-600)}`;
+        expect(r.code, what).toBe(5);
+        expect(errorLine(r.stderr), what).toMatch(/not a whole dump.*nothing was stored/);
+        expect(await listed(repo), what).toEqual([]);
+      }
+    }
+    // Control: the whole archive through the same wrapper is stored, and restores.
+    const whole = await script('cut-none.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${archive.length} '${readyDump}'\n`);
+    const repo = path.join(tmp, 'cut-whole');
+    const ok = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', whole]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((await listed(repo)).length).toBe(1);
+  });
+
+  it('plain SQL (schema-only) without pg_dump\'s closing line', async () => {
+    const sql = path.join(tmp, 'schema.sql');
+    await execa(path.join(pgInfo.binDir, 'pg_dump'), ['--schema-only', '-f', sql, '-d', vault], { env: env(), extendEnv: false });
+    const text = await fsp.readFile(sql);
+    const cut = text.indexOf(Buffer.from('-- PostgreSQL database dump complete')) - 5;
+    expect(cut).toBeGreaterThan(0);
+    for (const extra of [[], ['--compress', 'none']]) {
+      const wrapper = await script('cut-sql.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${sql}'\n`);
+      const repo = path.join(tmp, `cut-sql${extra.join('')}`);
+      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--schema-only', '--pg-dump-command', wrapper, ...extra]);
+      expect(r.code, r.stderr).toBe(5);
+      expect(errorLine(r.stderr)).toMatch(/closing line.*nothing was stored/);
+      expect(await listed(repo)).toEqual([]);
+    }
+  });
+});
+
 describe('verify, restore and drill prove the archive is whole', () => {
   let archive: Buffer;
   let blockStarts: number[];
