@@ -120,8 +120,10 @@ export async function ensureCorpusFiles(): Promise<CorpusFiles> {
         await fsp.rm(path.join(work, deb));
       }
       await fsp.writeFile(path.join(work, 'versions.txt'), `${versions.join('\n')}\n`);
-      await fsp.rm(dir, { recursive: true, force: true });
-      await fsp.rename(work, dir);
+      // Another run may have unpacked the same packages meanwhile: keep the first complete copy.
+      await fsp.rename(work, dir).catch((err: unknown) => {
+        if (!fs.existsSync(stamp)) throw err;
+      });
     } finally {
       await fsp.rm(work, { recursive: true, force: true });
     }

@@ -30,8 +30,9 @@ const pg = pgFromInject(pgInfo);
 
 /**
  * Differences that are pg_dump's own limitations, not coffer's, per schema and aspect, each with
- * its reason. They are documented in README as pg_dump's. Empty: every aspect compared here is
- * carried by a pg_dump archive.
+ * its reason; README documents them as pg_dump's. Empty: every aspect compared here is carried
+ * by a pg_dump archive. (Checked: replaying `pg_dump --create` of each source under the target's
+ * name gives no difference at all for this corpus.)
  */
 const PG_DUMP_OWN: Record<string, Partial<Differences>> = {};
 
