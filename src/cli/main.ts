@@ -116,6 +116,7 @@ export async function main(argv: string[]): Promise<number> {
       .option('--max-parts <n>', 'provider limit on multipart parts (default 10000)')
       .option('--schema-only', 'plain SQL, schema only')
       .option('--data-only', 'plain SQL, data only')
+      .option('--disable-triggers', 'with --data-only: pg_dump --disable-triggers, so the data loads despite foreign-key cycles (loaded by a superuser)')
       .option('--exclude-table-data <pattern>', 'pg_dump --exclude-table-data (repeatable)', collect)
       .option('--globals', 'also store pg_dumpall --globals-only (roles, tablespaces)')
       .option('--pg-bin <dir>', 'directory of pg_dump/psql')
