@@ -199,6 +199,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--spool-dir <dir>', 'where to spool for --jobs (default: TMPDIR)')
     .option('--with-globals', "apply the backup's roles first (backups taken with --globals)")
     .option('--output <file>', 'write the decrypted archive to a file instead of restoring')
+    .option('--into-existing <db>', 'load a data-only backup (latest: the newest data-only one) into this existing database, which holds the schema: one transaction, materialized views refreshed')
     .option('--json', 'print the summary as JSON on stdout')
     .action(async (flags) => {
       const { runRestoreCommand } = await import('./commands/restore.js');
