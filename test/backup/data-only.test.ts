@@ -148,6 +148,30 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
     expect(await contents(target)).toBe('0/0/0');
   });
 
+  it('a backup found damaged at its last bytes, after rows went to psql, loads nothing', async () => {
+    const db = await createDatabase(pg, uniqueDbName('dataonly_big'));
+    dropLater.push(db);
+    // Several age chunks (64 KiB) of incompressible rows, so that rows reach psql before the end.
+    await pg.psql("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, 20000) g;", db);
+    const repo = path.join(tmp, 'damaged');
+    const r1 = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--schema-only']);
+    expect(r1.code, r1.stderr).toBe(0);
+    const r2 = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--data-only']);
+    expect(r2.code, r2.stderr).toBe(0);
+    const schema = (JSON.parse(r1.stdout) as BackupManifest[])[0]!;
+    const data = (JSON.parse(r2.stdout) as BackupManifest[])[0]!;
+    expect(data.dump.size).toBeGreaterThan(4 * 65536);
+    const target = await restoreSchema(repo, schema.id);
+    // One byte of the last age chunk: only the end of the stream can tell.
+    const file = path.join(repo, data.dump.key);
+    const bytes = await fsp.readFile(file);
+    bytes[bytes.length - 40]! ^= 0x01;
+    await fsp.writeFile(file, bytes);
+    const r = await run(['restore', '--from', repo, '--backup', data.id, '--identity', identityFile, '--into-existing', target]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(await pg.psql('SELECT count(*) FROM big;', target)).toBe('0');
+  });
+
   it('usage: a data-only backup is refused by --target-db with the way to load it; --into-existing needs an existing database and a data-only backup; --disable-triggers needs --data-only', async () => {
     const repo = path.join(tmp, 'usage');
     const full = await backup(repo);
