@@ -49,6 +49,19 @@ export interface BackupManifest {
   encryption: { format: 'age-v1'; recipients: string[] };
   dump: StoredObject;
   globals: StoredObject | null;
+  /** What shaped the content beyond the kind (absent in manifests of earlier coffer versions). */
+  dumpOptions?: {
+    /** pg_dump --disable-triggers (data-only backups): loading disables all triggers, foreign keys included. */
+    disableTriggers: boolean;
+    /** The --exclude-table-data patterns given to pg_dump: the user's, then one per partition of a partitioned table they match. */
+    excludeTableData: string[];
+  };
+  /**
+   * Warnings of the run, one line each: pg_dump's own (`pg_dump: …`, e.g. circular foreign keys
+   * in a data-only backup) and coffer's (an excluded table that a foreign key references).
+   * Absent in manifests of earlier coffer versions.
+   */
+  warnings?: string[];
   startedAt: string;
   finishedAt: string;
   durationMs: number;
@@ -94,6 +107,11 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   if (!isObj(v.encryption) || !Array.isArray((v.encryption as Record<string, unknown>).recipients)) bad('missing encryption.recipients');
   checkObject(v.dump, 'dump', bad);
   if (v.globals !== null && v.globals !== undefined) checkObject(v.globals, 'globals', bad);
+  if (v.warnings !== undefined && (!Array.isArray(v.warnings) || v.warnings.some((w) => typeof w !== 'string'))) bad('warnings must be a list of strings');
+  if (v.dumpOptions !== undefined) {
+    const o = v.dumpOptions as Record<string, unknown>;
+    if (!isObj(o) || typeof o.disableTriggers !== 'boolean' || !Array.isArray(o.excludeTableData)) bad('invalid dumpOptions');
+  }
   return { ...(v as unknown as BackupManifest), globals: (v.globals as StoredObject | undefined) ?? null };
 }
 

@@ -116,6 +116,7 @@ export async function main(argv: string[]): Promise<number> {
       .option('--max-parts <n>', 'provider limit on multipart parts (default 10000)')
       .option('--schema-only', 'plain SQL, schema only')
       .option('--data-only', 'plain SQL, data only')
+      .option('--disable-triggers', 'with --data-only: pg_dump --disable-triggers, so the data loads despite foreign-key cycles (loaded by a superuser)')
       .option('--exclude-table-data <pattern>', 'pg_dump --exclude-table-data (repeatable)', collect)
       .option('--globals', 'also store pg_dumpall --globals-only (roles, tablespaces)')
       .option('--pg-bin <dir>', 'directory of pg_dump/psql')
@@ -198,6 +199,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--spool-dir <dir>', 'where to spool for --jobs (default: TMPDIR)')
     .option('--with-globals', "apply the backup's roles first (backups taken with --globals)")
     .option('--output <file>', 'write the decrypted archive to a file instead of restoring')
+    .option('--into-existing <db>', 'load a data-only backup (latest: the newest data-only one) into this existing database, which holds the schema: one transaction, materialized views refreshed')
     .option('--json', 'print the summary as JSON on stdout')
     .action(async (flags) => {
       const { runRestoreCommand } = await import('./commands/restore.js');

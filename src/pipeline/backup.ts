@@ -9,6 +9,8 @@ import { encodeManifest, type BackupManifest, type Compression, type StoredObjec
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo } from '../pg/server.js';
+import { DumpWarnings } from '../pg/dump-warnings.js';
+import { resolveExclusions } from '../pg/exclusions.js';
 import { missingTool, type PgTools } from '../pg/tools.js';
 import { faultNumber } from '../run/faults.js';
 import { interruptedBy, Supervisor, toolEnv, type Child } from '../run/supervisor.js';
@@ -36,6 +38,8 @@ export interface BackupRequest {
   partSize?: number;
   maxParts: number;
   excludeTableData?: string[];
+  /** pg_dump --disable-triggers (data-only): the load disables every trigger, foreign keys included, so FK cycles load (as a superuser). */
+  disableTriggers?: boolean;
   /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
   globals?: boolean;
   /** Object-lock retention for a tier, when configured. */
@@ -80,6 +84,9 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       clientVersion(req.tools.pgDump, 'pg_dump', { env: libpqEnv(req.conn, env), signal: sup.signal }),
     ]);
     checkDumpVersion(dumpVersion.major, dumpVersion.text, server);
+    // Warnings of the run (the manifest records them): coffer's own, then pg_dump's as it prints them.
+    const warnings: string[] = [];
+    const excludeTableData = await expandExclusions(req, server, warnings, sup.signal);
 
     // 2. Where it goes: the tier from what is already there (listing only), a fresh id.
     if (req.tier === undefined) earlier = await listBackupKeys(req.store, { database: req.database, signal: sup.signal });
@@ -98,8 +105,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // 3. Globals first (small), then the dump; the manifest last.
     const target: ObjectTarget = { req, sup, partSize, retention, tags };
     let globals: StoredObject | null = null;
-    if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup));
-    const dump = await streamObject(target, keys.dump, 'dump', () => startDump(req, env, sup));
+    const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
+    if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
+    const dump = await streamObject(target, keys.dump, 'dump', () => startDump(req, excludeTableData, env, sup, dumpWarnings));
+    warnings.push(...dumpWarnings.end());
 
     if (sup.failed) throw sup.cause();
     const finishedAt = now();
@@ -126,6 +135,8 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       encryption: { format: 'age-v1', recipients: [...req.recipients] },
       dump,
       globals,
+      dumpOptions: { disableTriggers: !!req.disableTriggers, excludeTableData },
+      warnings,
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
       durationMs: finishedAt.getTime() - startedAt.getTime(),
@@ -150,7 +161,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       }
     }
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
-    req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000 });
+    req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}) });
     return { manifest, manifestKey: keys.manifest };
   } catch (err) {
     sup.fail(err);
@@ -175,23 +186,54 @@ interface Producer {
   settle(): Promise<{ dumpBytes: number } | { problem: string }>;
 }
 
-function startDump(req: BackupRequest, env: NodeJS.ProcessEnv, sup: Supervisor): Producer {
+/**
+ * The `--exclude-table-data` patterns to give pg_dump: the user's, plus an exact pattern for
+ * every partition of a partitioned table they match (pg_dump matches the parent only). A
+ * foreign key from a table whose data is included to one whose data is excluded is a warning:
+ * such a backup cannot be restored (the constraint fails on the referencing rows).
+ */
+async function expandExclusions(req: BackupRequest, server: ServerInfo, warnings: string[], signal: AbortSignal): Promise<string[]> {
+  const patterns = [...(req.excludeTableData ?? [])];
+  if (patterns.length === 0 || req.kind === 'schema-only') return patterns;
+  const r = await resolveExclusions(req.tools, req.conn, req.database, patterns, server.serverVersionNum, { env: req.env, signal });
+  const byParent = new Map<string, { pattern: string; parent: string; partitions: string[] }>();
+  for (const p of r.partitions) {
+    if (!patterns.includes(p.exact)) patterns.push(p.exact);
+    const k = `${p.pattern}\0${p.parent}`;
+    const e = byParent.get(k) ?? { pattern: p.pattern, parent: p.parent, partitions: [] };
+    e.partitions.push(p.partition);
+    byParent.set(k, e);
+  }
+  for (const e of byParent.values()) {
+    req.log.info(`--exclude-table-data ${e.pattern} matches the partitioned table ${e.parent}: the data of its ${e.partitions.length} partition(s) is excluded too`, { partitions: e.partitions.join(',') });
+  }
+  for (const ref of r.references) {
+    const w = `--exclude-table-data: the data of ${ref.references} is excluded, but foreign key ${ref.constraint} of ${ref.table} (whose data is included) references it: a restore of this backup fails when it adds that constraint if ${ref.table} has rows that reference ${ref.references}; exclude the data of ${ref.table} too, or keep the data of ${ref.references}`;
+    req.log.warn(w, { database: req.database, constraint: ref.constraint, table: ref.table, references: ref.references });
+    warnings.push(w);
+  }
+  return patterns;
+}
+
+function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
   const args = [...req.tools.pgDump];
   if (req.kind === 'custom') args.push('--format=custom');
   else args.push('--format=plain', req.kind === 'schema-only' ? '--schema-only' : '--data-only');
   if (req.kind === 'custom') args.push(`--compress=${req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0}`);
-  for (const p of req.excludeTableData ?? []) args.push(`--exclude-table-data=${p}`);
+  if (req.disableTriggers) args.push('--disable-triggers');
+  for (const p of excludeTableData) args.push(`--exclude-table-data=${p}`);
   args.push('--no-password', '-d', conninfoFor(req.conn, req.database));
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
-  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump' }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
-  return compressedDump(req, req.compression.level, args, env, sup, expectHead);
+  const onStderr = (b: Buffer): void => warnings.push(b);
+  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
+  return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
 }
 
-function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor): Producer {
+function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
   const args = [...req.tools.pgDumpall, '--globals-only', '--no-password'];
   if (!server.isSuperuser) args.push('--no-role-passwords');
   args.push('-d', conninfoFor(req.conn, req.database));
-  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only' }), '', 'sql');
+  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql');
 }
 
 /**
@@ -245,10 +287,10 @@ function headProblem(what: string, head: Buffer, bytes: number, expectHead: stri
  * whole compressed stream ({@link ReadBack}), which must decompress to dd's count of bytes
  * forming a whole dump. Any mismatch fails the run before the manifest.
  */
-function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string): Producer {
+function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void): Producer {
   const zstdArgv = req.zstdCommand ?? ['zstd'];
   const missingZstd = missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none');
-  const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: 'child', what: 'pg_dump' });
+  const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: 'child', what: 'pg_dump', onStderr });
   const dd = sup.spawn({
     argv: ['dd', 'bs=1M'],
     env: toolEnv(env),

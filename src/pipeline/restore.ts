@@ -91,11 +91,14 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   let spool: string | undefined;
   try {
     // 0. A data-only backup has rows but no tables: it cannot make a database on its own. It is
-    //    loaded into a database that already has the schema: `--output FILE`, then psql.
+    //    loaded into a database that already has the schema (--into-existing, ./load-data.ts).
     if (req.source.kind === 'repository' && req.source.entry.manifest.kind === 'data-only') {
       throw new UsageError(`backup ${req.source.entry.id} is data-only: it holds rows but no tables, so it cannot be restored into a new database`, {
-        hint: 'restore a schema first (a --schema-only or full backup), then write this one with --output FILE and load it with `psql -v ON_ERROR_STOP=1 -1 -d DB -f FILE`',
+        hint: `restore the schema first (coffer restore --kind schema-only --target-db DB), then load this backup into it with coffer restore --backup ${req.source.entry.id} --into-existing DB`,
       });
+    }
+    if (req.source.kind === 'repository') {
+      for (const w of req.source.entry.manifest.warnings ?? []) req.log.warn(`the backup was taken with a warning: ${w}`, { backup: req.source.entry.id });
     }
     // 1. Refuse an existing target before anything else, unless asked to replace it.
     const targetExists = await admin.exists(req.target);
@@ -147,7 +150,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
-    throw explainRestoreError(sup.cause());
+    throw explainExcludedData(req.source, explainRestoreError(sup.cause()));
   } finally {
     await sup.teardown();
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
@@ -416,6 +419,20 @@ function explainRestoreError(err: unknown): unknown {
     });
   }
   return err;
+}
+
+/**
+ * A foreign key that fails on a backup taken with --exclude-table-data of the table it
+ * references (the manifest's warning named it): say so, and what to do.
+ */
+function explainExcludedData(source: RestoreSource, err: unknown): unknown {
+  if (!(err instanceof DatabaseError) || source.kind !== 'repository' || !/violates foreign key constraint|is not present in table/.test(err.message)) return err;
+  const w = (source.entry.manifest.warnings ?? []).find((x) => x.startsWith('--exclude-table-data:'));
+  if (!w) return err;
+  return new DatabaseError(err.message, {
+    cause: err,
+    hint: `this backup was taken with --exclude-table-data of a table that a foreign key references, and cannot be restored as it is (${w.replace(/^--exclude-table-data: /, '')})`,
+  });
 }
 
 /**

@@ -72,6 +72,8 @@ export interface SpawnSpec {
   explain?: (failure: ChildFailure) => CofferError;
   /** Its failure is not the run's failure (a probe that is expected to be cut short). */
   expendable?: boolean;
+  /** Sees every chunk of its stderr as it arrives (the tail is kept in {@link Child.stderr} either way). */
+  onStderr?: (chunk: Buffer) => void;
 }
 
 /** How a child ended, when it did not exit 0. */
@@ -117,7 +119,11 @@ export class Child {
     this.proc = spawn(cmd, args, { env: spec.env, stdio: [stdin, spec.stdout === 'ignore' ? 'ignore' : 'pipe', 'pipe'] });
     // The same tick: every pipe gets its reader before any await can let the child exit unread.
     if (spec.stdin instanceof Child) spec.stdin.releaseHandoff();
-    this.proc.stderr!.on('data', (b: Buffer) => this.stderr.push(b));
+    const onStderr = spec.onStderr;
+    this.proc.stderr!.on('data', (b: Buffer) => {
+      this.stderr.push(b);
+      onStderr?.(b);
+    });
     this.proc.stderr!.on('error', () => undefined);
     this.stdin = this.proc.stdin ?? null;
     this.stdin?.on('error', () => undefined); // EPIPE when the child stops reading: its exit status says why

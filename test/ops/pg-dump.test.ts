@@ -114,7 +114,7 @@ describe('dump variants round trip through restore', () => {
     const refused = await runCoffer(['restore', '--from', repo, '--db', vault, '--backup', dataM!.id, '--identity', identityFile, '--target-db', other], { env: env() });
     expect(refused.code).toBe(2);
     expect(errorLine(refused.stderr)).toContain('is data-only');
-    expect(errorLine(refused.stderr)).toContain('--output FILE');
+    expect(errorLine(refused.stderr)).toContain('--into-existing DB');
 
     const sqlFile = path.join(tmp, 'data.sql');
     const out = await runCoffer(['restore', '--from', repo, '--db', vault, '--backup', dataM!.id, '--identity', identityFile, '--output', sqlFile], { env: env() });

@@ -42,6 +42,8 @@ export interface BackupFlags {
   s3Region?: string;
   schemaOnly?: boolean;
   dataOnly?: boolean;
+  /** With --data-only: pg_dump --disable-triggers. */
+  disableTriggers?: boolean;
   excludeTableData?: string[];
   globals?: boolean;
   pgBin?: string;
@@ -95,6 +97,9 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
   }
   if (flags.schemaOnly && flags.dataOnly) throw new UsageError('--schema-only and --data-only cannot be combined');
   const kind: DumpKind = flags.schemaOnly ? 'schema-only' : flags.dataOnly ? 'data-only' : 'custom';
+  if (flags.disableTriggers && kind !== 'data-only') {
+    throw new UsageError('--disable-triggers applies to --data-only backups only', { hint: 'a full backup restores its tables, data and constraints in order; add --data-only, or drop --disable-triggers' });
+  }
   const compression = parseCompression(flags.compress);
   if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
     throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
@@ -171,6 +176,7 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
           partSize,
           maxParts,
           excludeTableData: flags.excludeTableData,
+          disableTriggers: flags.disableTriggers,
           globals: flags.globals,
           env,
           signal: ctx.signal,
@@ -208,7 +214,10 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
   // The backups that were made are reported even when others of the run failed.
   if (flags.json && (results.length > 0 || error === undefined)) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
   else if (!flags.json && ctx.stdoutIsTty) {
-    for (const r of results) ctx.stdout(`${r.manifest.id}  ${r.manifest.database}  ${r.manifest.tier}  ${formatBytes(r.manifest.dump.size)}\n`);
+    for (const r of results) {
+      const w = r.manifest.warnings?.length ?? 0;
+      ctx.stdout(`${r.manifest.id}  ${r.manifest.database}  ${r.manifest.tier}  ${formatBytes(r.manifest.dump.size)}${w > 0 ? `  ${w} warning(s): see the log and the manifest` : ''}\n`);
+    }
   }
   if (error !== undefined) {
     if (!ctx.signal.aborted) await notifier.failure(formatErrorLine(error));

@@ -10,6 +10,7 @@ import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.
 import { resolvePgTools, type PgTools } from '../../pg/tools.js';
 import { PgAdmin } from '../../pg/admin.js';
 import { runRestore, restoreToFile, type RestoreSource, type RestoreSummary } from '../../pipeline/restore.js';
+import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
 import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
@@ -47,6 +48,8 @@ export interface RestoreFlags extends SourceFlags, ServerFlags {
   jobs?: string;
   spoolDir?: string;
   output?: string;
+  /** Load a data-only backup into this existing database (which holds the schema). */
+  intoExisting?: string;
   withGlobals?: boolean;
   json?: boolean;
 }
@@ -85,15 +88,15 @@ function parseKind(value: string | undefined): BackupKind | undefined {
 }
 
 /** Opens the repository (unless --file) and finds the backup. */
-async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>): Promise<T> {
+async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
   if (flags.file !== undefined) {
     if (flags.from !== undefined || flags.backup !== undefined) throw new UsageError('--file cannot be combined with --from or --backup');
     return fn({ kind: 'file', path: path.resolve(ctx.cwd, flags.file) });
   }
   const repo = resolveRepository(flags.from, ctx.env, './backups');
   const selector = parseBackupSelector(flags.backup ?? 'latest');
-  const kind = parseKind(flags.kind);
-  if (kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
+  const kind = parseKind(flags.kind) ?? (selector === 'latest' ? defaultKind : undefined);
+  if (flags.kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
   const database = flags.db === undefined ? undefined : checkDatabaseName(flags.db);
   const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
   try {
@@ -106,7 +109,8 @@ async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: R
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
-export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): Promise<RestoreSummary | { output: string; bytes: number }> {
+export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): Promise<RestoreSummary | LoadSummary | { output: string; bytes: number }> {
+  if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
   const identities = await loadIdentities(flags, ctx);
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
@@ -155,6 +159,66 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
     }
   });
   report(summary, flags.json, ctx);
+  return summary;
+}
+
+/**
+ * `coffer restore --into-existing DB`: a data-only backup (latest: the newest data-only one)
+ * loaded into an existing database that holds the schema, in one transaction, materialized
+ * views refreshed.
+ */
+async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<LoadSummary> {
+  const database = checkDatabaseName(flags.intoExisting!, '--into-existing');
+  const clash = (
+    [
+      ['--target-db', flags.targetDb !== undefined],
+      ['--output', flags.output !== undefined],
+      ['--replace', !!flags.replace],
+      ['--jobs', flags.jobs !== undefined],
+      ['--with-globals', !!flags.withGlobals],
+      ['--smoke', (flags.smoke ?? []).length > 0],
+    ] as const
+  ).find(([, given]) => given);
+  if (clash) {
+    throw new UsageError(`--into-existing cannot be combined with ${clash[0]}`, { hint: '--into-existing loads a data-only backup into an existing database, in one transaction' });
+  }
+  const identities = await loadIdentities(flags, ctx);
+  const conn = serverConnection(flags);
+  const t = tools(flags, ctx);
+  const summary = await withSource(
+    flags,
+    ctx,
+    async (source) => {
+      const progress = new Progress('load', ctx.stderrIsTty);
+      try {
+        return await runLoadDataOnly({
+          source,
+          identities,
+          tools: t,
+          conn,
+          maintenanceDb: flags.maintenanceDb ?? 'postgres',
+          database,
+          noOwner: flags.owner === false,
+          noPrivileges: flags.privileges === false,
+          env: ctx.env,
+          signal: ctx.signal,
+          log: ctx.log,
+          onProgress: (n) => progress.update(n),
+        });
+      } finally {
+        progress.stop();
+      }
+    },
+    'data-only',
+  );
+  if (flags.json) ctx.stdout(`${JSON.stringify(summary, null, 2)}\n`);
+  else {
+    const views = summary.materializedViews;
+    ctx.stdout(
+      `loaded ${summary.backupId ?? 'file'} into ${JSON.stringify(summary.database)} in ${(summary.durationMs / 1000).toFixed(1)}s (${formatBytes(summary.storedBytes)} stored, ${formatBytes(summary.archiveBytes)} SQL), in one transaction\n` +
+        `materialized views refreshed: ${views.length}${views.length > 0 ? ` (${views.join(', ')})` : ''}\n`,
+    );
+  }
   return summary;
 }
 
