@@ -98,7 +98,9 @@ export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reas
  * A TOC entry about the database itself: `DATABASE` (its CREATE DATABASE statement, with
  * encoding and locale), `DATABASE PROPERTIES` (connection limit, ALTER DATABASE … SET, ALTER
  * ROLE … IN DATABASE … SET), and the database's `COMMENT`, `ACL` and `SECURITY LABEL` (tag
- * `DATABASE <name>`). pg_restore applies these only with --create, under the archive's name.
+ * `DATABASE <name>`); pg_restore applies these only with --create, under the archive's name.
+ * Also `ENCODING` (the client encoding the archive's text is in). Strings hold the archive's
+ * bytes one per character (latin1 decoding): they are in that encoding, not necessarily UTF-8.
  */
 export interface DatabaseTocEntry {
   dumpId: number;
@@ -113,7 +115,7 @@ const MAX_CAPTURE = 4 * 1024 * 1024;
 
 /** Whether an entry with this desc and tag is about the database itself. */
 export function isDatabaseEntry(desc: string, tag: string): boolean {
-  if (desc === 'DATABASE' || desc === 'DATABASE PROPERTIES') return true;
+  if (desc === 'DATABASE' || desc === 'DATABASE PROPERTIES' || desc === 'ENCODING') return true;
   return (desc === 'COMMENT' || desc === 'ACL' || desc === 'SECURITY LABEL') && tag.startsWith('DATABASE ');
 }
 
@@ -271,7 +273,8 @@ export class ArchiveOffsetScanner {
   }
 
   private captured(): void {
-    this.entry[this.capField!] = Buffer.concat(this.capBuf).toString('utf8');
+    // latin1 keeps every byte as one character: the text is in the archive's client encoding.
+    this.entry[this.capField!] = Buffer.concat(this.capBuf).toString('latin1');
     this.capField = undefined;
     this.capBuf = [];
   }

@@ -43,6 +43,20 @@ export interface DatabaseDefinition {
   securityLabels: string[];
   /** Where it came from: the archive's table of contents, or the manifest (encoding and locale only). */
   from: 'archive' | 'manifest';
+  /**
+   * The encoding the archive's text is in (its ENCODING entry: pg_dump's client encoding). The
+   * strings above hold those bytes one per character (latin1 decoding); they are sent back as
+   * the same bytes under this client encoding, so non-UTF8 text comes back byte for byte.
+   */
+  clientEncoding: string;
+}
+
+/** The variable psql sets to the quoted name of the database it is connected to. */
+export const TARGET_DB_VAR = 'coffer_target_db';
+
+/** Archive text (bytes as latin1 characters) as a JS string, for messages and UTF-8 statements. */
+export function archiveText(raw: string, clientEncoding: string): string {
+  return /^utf-?8$/i.test(clientEncoding) ? Buffer.from(raw, 'latin1').toString('utf8') : raw;
 }
 
 /** Options of CREATE DATABASE that a new server may lack or that only pg_upgrade uses. */
@@ -55,15 +69,20 @@ const DROPPED_OPTIONS = new Set(['TEMPLATE', 'OID', 'COLLATION_VERSION', 'TABLES
 export function definitionFromArchive(entries: DatabaseTocEntry[]): DatabaseDefinition | undefined {
   const db = entries.find((e) => e.desc === 'DATABASE');
   if (!db) return undefined;
+  const options = parseCreateOptions(db.defn, db.tag);
+  const encodingEntry = entries.find((e) => e.desc === 'ENCODING');
+  const fromEntry = encodingEntry ? /client_encoding\s*=\s*'([^']+)'/.exec(encodingEntry.defn)?.[1] : undefined;
+  const fromOption = options.find((o) => o.key === 'ENCODING')?.value.replace(/^'|'$/g, '');
   const def: DatabaseDefinition = {
     name: db.tag,
-    options: parseCreateOptions(db.defn, db.tag),
+    options,
     owner: db.owner || null,
     properties: null,
     acl: null,
     comment: null,
     securityLabels: [],
     from: 'archive',
+    clientEncoding: fromEntry ?? fromOption ?? 'UTF8',
   };
   for (const e of entries) {
     if (e.defn.trim() === '') continue;
@@ -84,7 +103,7 @@ export function definitionFromManifest(name: string, l: DatabaseLocale): Databas
   if (l.locale && l.localeProvider === 'icu') options.push({ key: 'ICU_LOCALE', value: quoteLiteral(l.locale) });
   if (l.locale && l.localeProvider === 'builtin') options.push({ key: 'BUILTIN_LOCALE', value: quoteLiteral(l.locale) });
   if (l.icuRules) options.push({ key: 'ICU_RULES', value: quoteLiteral(l.icuRules) });
-  return { name, options, owner: null, properties: null, acl: null, comment: null, securityLabels: [], from: 'manifest' };
+  return { name, options, owner: null, properties: null, acl: null, comment: null, securityLabels: [], from: 'manifest', clientEncoding: 'UTF8' };
 }
 
 /**
@@ -108,18 +127,22 @@ export function parseCreateOptions(defn: string, name: string): Array<{ key: str
   return out;
 }
 
-/** `CREATE DATABASE` for the scratch database, with the backup's encoding and locale. */
+/** `CREATE DATABASE` for the scratch database, with the backup's encoding and locale (UTF-8 text). */
 export function createStatement(scratch: string, def: DatabaseDefinition | undefined): { sql: string; dropped: string[] } {
+  const text = (o: { key: string; value: string }): string => `${o.key} = ${def ? archiveText(o.value, def.clientEncoding) : o.value}`;
   const kept = (def?.options ?? []).filter((o) => !DROPPED_OPTIONS.has(o.key));
-  const dropped = (def?.options ?? []).filter((o) => DROPPED_OPTIONS.has(o.key) && o.key === 'TABLESPACE').map((o) => `${o.key} = ${o.value}`);
-  const opts = ['TEMPLATE = template0', ...kept.map((o) => `${o.key} = ${o.value}`)];
+  const dropped = (def?.options ?? []).filter((o) => o.key === 'TABLESPACE').map(text);
+  const opts = ['TEMPLATE = template0', ...kept.map(text)];
   return { sql: `CREATE DATABASE ${quoteIdent(scratch)} WITH ${opts.join(' ')};`, dropped };
 }
 
 /** The encoding and locale a definition asks for, for messages. */
 export function describeLocale(def: DatabaseDefinition | undefined): string {
   if (!def) return 'the server defaults';
-  const v = (k: string): string | undefined => def.options.find((o) => o.key === k)?.value.replace(/^'|'$/g, '').replace(/''/g, "'");
+  const v = (k: string): string | undefined => {
+    const raw = def.options.find((o) => o.key === k)?.value;
+    return raw === undefined ? undefined : archiveText(raw, def.clientEncoding).replace(/^'|'$/g, '').replace(/''/g, "'");
+  };
   const parts = [`encoding ${v('ENCODING') ?? '(default)'}`];
   const locale = v('LOCALE');
   if (locale !== undefined) parts.push(`locale ${locale}`);
@@ -130,31 +153,33 @@ export function describeLocale(def: DatabaseDefinition | undefined): string {
 }
 
 /**
- * The statements that give the scratch database the backup's owner, ACL, settings, connection
- * limit, comment and security labels, in the order pg_restore --create applies them, rewritten
- * from the backup's database name to `scratch`. `noOwner` leaves the owner as is (the restoring
- * user); `noPrivileges` leaves the ACL as is, as pg_restore's flags do.
+ * The statements that give a database the backup's owner, ACL, settings, connection limit,
+ * comment and security labels, in the order pg_restore --create applies them, rewritten from
+ * the backup's database name to psql's `:coffer_target_db` (the database psql is connected
+ * to), in the archive's bytes (latin1 characters: send with `Buffer.from(…, 'latin1')` under
+ * `def.clientEncoding`). `noOwner` leaves the owner as is (the restoring user); `noPrivileges`
+ * leaves the ACL as is, as pg_restore's flags do.
  */
-export function propertiesScript(def: DatabaseDefinition, scratch: string, opts: { noOwner: boolean; noPrivileges: boolean }): string {
+export function propertiesScript(def: DatabaseDefinition, opts: { noOwner: boolean; noPrivileges: boolean }): string {
+  const to = `:${TARGET_DB_VAR}`;
   const parts: string[] = [];
-  if (def.owner && !opts.noOwner) parts.push(`ALTER DATABASE ${quoteIdent(scratch)} OWNER TO ${quoteIdent(def.owner)};\n`);
-  if (def.properties) parts.push(retargetDatabase(def.properties, def.name, scratch));
-  if (def.comment) parts.push(retargetDatabase(def.comment, def.name, scratch));
-  for (const l of def.securityLabels) parts.push(retargetDatabase(l, def.name, scratch));
-  if (def.acl && !opts.noPrivileges) parts.push(retargetDatabase(def.acl, def.name, scratch));
+  if (def.owner && !opts.noOwner) parts.push(`ALTER DATABASE ${to} OWNER TO ${quoteIdent(def.owner)};\n`);
+  if (def.properties) parts.push(retargetDatabase(def.properties, def.name, to));
+  if (def.comment) parts.push(retargetDatabase(def.comment, def.name, to));
+  for (const l of def.securityLabels) parts.push(retargetDatabase(l, def.name, to));
+  if (def.acl && !opts.noPrivileges) parts.push(retargetDatabase(def.acl, def.name, to));
   return parts.join('');
 }
 
 /**
  * Replaces the database name after the keyword DATABASE (`ALTER DATABASE x`, `ON DATABASE x`,
- * `IN DATABASE x`, `COMMENT ON DATABASE x`) with `to`, outside string literals, quoted
- * identifiers, dollar-quoted text and comments. The name is matched as pg_dump writes it:
- * quoted, or bare when it needs no quotes.
+ * `IN DATABASE x`, `COMMENT ON DATABASE x`) with `replacement` (SQL text: a quoted name, or a
+ * psql variable), outside string literals, quoted identifiers, dollar-quoted text and comments.
+ * The name is matched as pg_dump writes it: quoted, or bare when it needs no quotes.
  */
-export function retargetDatabase(sql: string, from: string, to: string): string {
+export function retargetDatabase(sql: string, from: string, replacement: string): string {
   const forms = [quoteIdent(from)];
   if (/^[a-z_][a-z0-9_$]*$/.test(from)) forms.push(from);
-  const replacement = quoteIdent(to);
   let out = '';
   let i = 0;
   const n = sql.length;

@@ -63,7 +63,7 @@ export function explainLibpqError(what: string, err: unknown): DatabaseError {
 }
 
 /** Runs one query with psql and returns its unaligned, tuples-only output. */
-export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string }): Promise<string> {
+export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string | Buffer, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string }): Promise<string> {
   const argv = [...tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', conninfoFor(conn, database), '-f', '-'];
   try {
     return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what: opts.what ?? 'psql', input: sql });

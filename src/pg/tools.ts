@@ -116,7 +116,7 @@ export function missingTool(what: string, hint: string): (cmd: string) => Coffer
  * Runs one short child to completion (its own supervisor: attached at spawn, killed on abort,
  * awaited) and returns its stdout (small outputs only).
  */
-export async function runChild(argv: string[], opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string; input?: string }): Promise<string> {
+export async function runChild(argv: string[], opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string; input?: string | Buffer }): Promise<string> {
   const sup = new Supervisor(opts.signal);
   return sup.run(async () => {
     const child = sup.spawn({ argv, env: opts.env, stdin: opts.input !== undefined ? 'pipe' : 'ignore', what: opts.what });

@@ -7,10 +7,10 @@ import { finished as streamFinished, pipeline as streamPipeline } from 'node:str
 import type { BackupEntry } from '../catalog/catalog.js';
 import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
+import { PgAdmin, derivedName, quoteLiteral, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
-import { createStatement, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, type DatabaseDefinition } from '../pg/database-props.js';
+import { archiveText, createStatement, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
 import { libpqEnv, psqlQuery } from '../pg/server.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor, toolEnv } from '../run/supervisor.js';
@@ -198,19 +198,35 @@ async function createScratch(admin: PgAdmin, scratch: string, def: DatabaseDefin
  * this server lacks are left out, with a warning: nobody can use them.
  */
 async function applyDatabaseProperties(req: RestoreRequest, admin: PgAdmin, scratch: string, def: DatabaseDefinition): Promise<void> {
-  let script = propertiesScript(def, scratch, { noOwner: req.noOwner, noPrivileges: req.noPrivileges });
+  let script = propertiesScript(def, { noOwner: req.noOwner, noPrivileges: req.noPrivileges });
   if (script === '') return;
   const roleLines = script.split('\n').filter((l) => /^ALTER ROLE /.test(l));
   if (roleLines.length > 0) {
     const roles = await admin.roles();
+    // Names in the archive's encoding; a non-ASCII name of a non-UTF8 archive is left to the server.
+    const lacks = (raw: string): boolean => {
+      const name = archiveText(raw, def.clientEncoding);
+      return (/^[\x00-\x7f]*$/.test(raw) || /^utf-?8$/i.test(def.clientEncoding)) && !roles.has(name);
+    };
     const missing = roleLines.filter((l) => {
       const role = roleOfAlterRole(l);
-      return role !== undefined && !roles.has(role);
+      return role !== undefined && lacks(role);
     });
-    for (const l of missing) req.log.warn('a setting of a role this server does not have was not applied', { role: roleOfAlterRole(l) });
+    for (const l of missing) req.log.warn('a setting of a role this server does not have was not applied', { role: archiveText(roleOfAlterRole(l)!, def.clientEncoding) });
     if (missing.length > 0) script = script.split('\n').filter((l) => !missing.includes(l)).join('\n');
   }
-  await admin.query(`BEGIN;\n${script}\nCOMMIT;`, "apply the backup's database properties (owner, privileges, settings, comment)");
+  // Sent to the scratch database itself, in the archive's own bytes and client encoding: text
+  // in shared catalogs (the comment) is stored as the database's encoding has it, and a
+  // SQL_ASCII or LATIN1 comment comes back byte for byte. psql names the database.
+  const sql = [
+    `SET client_encoding = ${quoteLiteral(def.clientEncoding)};`,
+    `SELECT quote_ident(current_database()) AS ${TARGET_DB_VAR} \\gset`,
+    'BEGIN;',
+    script,
+    'COMMIT;',
+    '',
+  ].join('\n');
+  await psqlQuery(req.tools, req.conn, scratch, Buffer.from(sql, 'latin1'), { env: req.env, what: "apply the backup's database properties (owner, privileges, settings, comment)" });
   req.log.info("the backup's database properties applied", { owner: req.noOwner ? null : def.owner, privileges: !req.noPrivileges && def.acl !== null, settings: def.properties !== null, comment: def.comment !== null });
 }
 
