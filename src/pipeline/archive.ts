@@ -172,53 +172,10 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   }
   const databaseEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
     if (format !== 'custom') return undefined;
-    await readUntil(checked, () => check.tocRead);
+    await readAhead(checked, () => check.tocRead);
     return check.databaseEntries();
   };
   return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries };
-}
-
-/**
- * Reads `s` until `done()` (or its end), then puts back what it read: the consumer sees every
- * byte. What is held is the part before `done()` turned true (a table of contents).
- */
-function readUntil(s: Readable, done: () => boolean): Promise<void> {
-  const held: Buffer[] = [];
-  const putBack = (): void => {
-    if (held.length === 0) return;
-    try {
-      s.unshift(Buffer.concat(held));
-    } catch {
-      // The stream failed meanwhile: its error is what the run reports.
-    }
-  };
-  return new Promise<void>((resolve, reject) => {
-    const cleanup = (): void => {
-      s.off('readable', onReadable);
-      s.off('end', onEnd);
-      s.off('error', onError);
-    };
-    const onReadable = (): void => {
-      let c: Buffer | null;
-      while (!done() && (c = s.read() as Buffer | null) !== null) held.push(c);
-      if (done()) {
-        cleanup();
-        putBack();
-        resolve();
-      }
-    };
-    const onEnd = (): void => {
-      cleanup();
-      resolve();
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(err);
-    };
-    s.on('readable', onReadable);
-    s.once('end', onEnd);
-    s.once('error', onError);
-  });
 }
 
 /**
@@ -276,22 +233,38 @@ export class ArchiveCheck {
 
 /** The first bytes of a stream, left in it (unshifted). Empty at end of stream. */
 export function peek(s: Readable): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+  return readAhead(s, (held) => held.length > 0);
+}
+
+/**
+ * Reads `s` until `enough(held)` (or its end), then puts back what it read: the consumer sees
+ * every byte. Returns what was read. At the end of the stream nothing can be put back (and
+ * nothing is left for a consumer).
+ */
+export function readAhead(s: Readable, enough: (held: Buffer[]) => boolean): Promise<Buffer> {
+  const held: Buffer[] = [];
+  return new Promise<Buffer>((resolve, reject) => {
     const cleanup = (): void => {
       s.off('readable', onReadable);
       s.off('end', onEnd);
       s.off('error', onError);
     };
     const onReadable = (): void => {
-      const chunk = s.read() as Buffer | null;
-      if (chunk === null) return;
+      let c: Buffer | null;
+      while (!enough(held) && (c = s.read() as Buffer | null) !== null) held.push(c);
+      if (!enough(held)) return;
       cleanup();
-      s.unshift(chunk);
-      resolve(chunk);
+      const all = Buffer.concat(held);
+      try {
+        if (all.length > 0) s.unshift(all);
+      } catch {
+        // The stream failed meanwhile: its error is what the run reports.
+      }
+      resolve(all);
     };
     const onEnd = (): void => {
       cleanup();
-      resolve(Buffer.alloc(0));
+      resolve(Buffer.concat(held));
     };
     const onError = (err: Error): void => {
       cleanup();

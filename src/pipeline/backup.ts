@@ -310,16 +310,14 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
   // costs about a third more CPU).
-  const readBack = req.tools.pgDumpWrapped ? new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, expectHead ? 'custom' : 'sql') : undefined;
-  const probe = readBack ? undefined : new HeadProbe(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd);
+  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, req.tools.pgDumpWrapped ? (expectHead ? 'custom' : 'sql') : undefined);
   let received = 0;
   return {
     stdout: zstd.stdout!,
     children: [pgDump, dd, zstd],
     observe(chunk) {
       received += chunk.length;
-      if (readBack) return readBack.feed(chunk);
-      probe!.feed(chunk);
+      return readBack.feed(chunk);
     },
     settle: async () => {
       const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
@@ -334,12 +332,11 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
         req.log.warn("could not read zstd's byte counts; the compressed stream was checked by its header only", { zstd: zstd.stderr.lastLines(2) });
       }
       if (dumpBytes === undefined) req.log.warn('could not read the dump size from dd; the manifest records 0 (restore --jobs then skips its free-space check)', { dd: dd.stderr.lastLines() });
-      if (!readBack) {
-        const head = await probe!.result();
-        const problem = headProblem('pg_dump', head, dumpBytes ?? head.length, expectHead);
+      const back = await readBack.result();
+      if (!back.whole) {
+        const problem = headProblem('pg_dump', back.head, dumpBytes ?? back.head.length, expectHead);
         return problem ? { problem } : { dumpBytes: dumpBytes ?? 0 };
       }
-      const back = await readBack.result();
       if (dumpBytes !== undefined && back.bytes !== dumpBytes) return { problem: `the compressed stream decompresses to ${back.bytes} bytes, pg_dump wrote ${dumpBytes}` };
       const problem = headProblem('pg_dump', back.head, back.bytes, expectHead) ?? wholeProblem('pg_dump', back.whole, back.bytes);
       return problem ? { problem } : { dumpBytes: dumpBytes ?? back.bytes };
@@ -348,74 +345,26 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
 }
 
 /**
- * The first bytes that a compressed stream decompresses to: a `zstd -d` fed the first
- * compressed chunks (at most {@link HeadProbe.MAX_FEED} bytes) until it wrote 16 bytes. It is
- * expected to be cut short, so its exit status is not the run's.
+ * What the compressed stream decompresses to, read back by a second `zstd -d` as it is made.
+ *
+ * - `head` mode: fed the first compressed chunks (at most {@link ReadBack.MAX_HEAD_FEED} bytes)
+ *   until it wrote 16 bytes: the archive's header. It is expected to be cut short, so its exit
+ *   status is not the run's.
+ * - `whole` mode (a `format` is given): fed everything node receives, and the result is walked
+ *   whole ({@link ArchiveCheck}: a custom archive from its header through every data block its
+ *   table of contents announces, plain SQL to pg_dump's closing line). It proves that what is
+ *   stored decompresses to a whole dump, also when a wrapper (docker compose exec) cut pg_dump's
+ *   output short and still exited 0. Node copies the compressed bytes to it and skips the
+ *   archive's payloads by arithmetic; the stream waits for it when it falls behind.
  */
-class HeadProbe {
-  static readonly MAX_FEED = 8 * 1024 * 1024;
+class ReadBack {
+  static readonly MAX_HEAD_FEED = 8 * 1024 * 1024;
   private child: Child | undefined;
   private fed = 0;
   private head = Buffer.alloc(0);
-  private closed = false;
-  private output: Promise<void> = Promise.resolve();
-
-  constructor(
-    private readonly sup: Supervisor,
-    private readonly argv: string[],
-    private readonly env: NodeJS.ProcessEnv,
-    private readonly missing: (cmd: string) => CofferError,
-  ) {}
-
-  feed(chunk: Buffer): void {
-    if (this.closed) return;
-    if (!this.child) {
-      const child = this.sup.spawn({ argv: this.argv, env: this.env, stdin: 'pipe', what: 'zstd -d (archive header)', expendable: true, missing: this.missing });
-      this.child = child;
-      this.output = new Promise<void>((resolve) => {
-        child.stdout!.on('data', (b: Buffer) => {
-          if (this.head.length < 16) this.head = Buffer.concat([this.head, b]).subarray(0, 16);
-          if (this.head.length >= 16) this.end();
-        });
-        child.stdout!.once('end', () => resolve());
-        child.stdout!.once('close', () => resolve());
-      });
-    }
-    const part = chunk.subarray(0, HeadProbe.MAX_FEED - this.fed);
-    this.fed += part.length;
-    this.child.stdin!.write(part);
-    if (this.fed >= HeadProbe.MAX_FEED) this.end();
-  }
-
-  /** No more input: what it decompressed from what it got is the head. */
-  end(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.child?.stdin!.end();
-  }
-
-  async result(): Promise<Buffer> {
-    this.end();
-    await this.output;
-    this.child?.kill();
-    return this.head;
-  }
-}
-
-/**
- * The compressed stream read back as it is made: a second `zstd -d` decompresses everything
- * node receives, and the result is walked whole ({@link ArchiveCheck}: a custom archive from its
- * header through every data block its table of contents announces, plain SQL to pg_dump's
- * closing line). It proves that what is stored decompresses to a whole dump, also when a
- * wrapper (docker compose exec) cut pg_dump's output short and still exited 0. Node copies the
- * compressed bytes to it and skips the archive's payloads by arithmetic; the stream waits for
- * it when it falls behind.
- */
-class ReadBack {
-  private child: Child | undefined;
-  private head = Buffer.alloc(0);
   private bytes = 0;
-  private readonly check: ArchiveCheck;
+  private closed = false;
+  private readonly check: ArchiveCheck | undefined;
   private output: Promise<void> = Promise.resolve();
 
   constructor(
@@ -423,26 +372,36 @@ class ReadBack {
     private readonly argv: string[],
     private readonly env: NodeJS.ProcessEnv,
     private readonly missing: (cmd: string) => CofferError,
-    format: 'custom' | 'sql',
+    format?: 'custom' | 'sql',
   ) {
-    this.check = new ArchiveCheck({ format });
+    this.check = format ? new ArchiveCheck({ format }) : undefined;
   }
 
   feed(chunk: Buffer): void | Promise<void> {
+    if (this.closed) return;
     if (!this.child) {
-      const child = this.sup.spawn({ argv: this.argv, env: this.env, stdin: 'pipe', what: 'zstd -d (reading the archive back)', missing: this.missing });
+      const whole = this.check !== undefined;
+      const child = this.sup.spawn({ argv: this.argv, env: this.env, stdin: 'pipe', what: whole ? 'zstd -d (reading the archive back)' : 'zstd -d (archive header)', expendable: !whole, missing: this.missing });
       this.child = child;
       this.output = new Promise<void>((resolve) => {
         child.stdout!.on('data', (b: Buffer) => {
           if (this.head.length < 16) this.head = Buffer.concat([this.head, b.subarray(0, 16)]).subarray(0, 16);
           this.bytes += b.length;
-          this.check.push(b);
+          if (this.check) this.check.push(b);
+          else if (this.head.length >= 16) this.end();
         });
         child.stdout!.once('end', () => resolve());
         child.stdout!.once('close', () => resolve());
       });
     }
     const stdin = this.child.stdin!;
+    if (!this.check) {
+      const part = chunk.subarray(0, ReadBack.MAX_HEAD_FEED - this.fed);
+      this.fed += part.length;
+      stdin.write(part);
+      if (this.fed >= ReadBack.MAX_HEAD_FEED) this.end();
+      return;
+    }
     if (stdin.write(chunk)) return;
     return new Promise<void>((resolve) => {
       const done = (): void => {
@@ -455,10 +414,24 @@ class ReadBack {
     });
   }
 
-  /** After the last chunk: the decompressed head, its size, and whether it was a whole dump. */
-  async result(): Promise<{ head: Buffer; bytes: number; whole: ArchiveCheck }> {
+  /** No more input. */
+  private end(): void {
+    if (this.closed) return;
+    this.closed = true;
     this.child?.stdin!.end();
-    await Promise.all([this.output, this.child?.done]);
+  }
+
+  /**
+   * After the last chunk: the decompressed head; in whole mode also the decompressed size and
+   * the walk's verdict (the decompressor must have exited 0).
+   */
+  async result(): Promise<{ head: Buffer; bytes: number; whole: ArchiveCheck | undefined }> {
+    this.end();
+    if (this.check) await Promise.all([this.output, this.child?.done]);
+    else {
+      await this.output;
+      this.child?.kill();
+    }
     return { head: this.head, bytes: this.bytes, whole: this.check };
   }
 }
