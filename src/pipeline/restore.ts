@@ -2,7 +2,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { tmpdir } from 'node:os';
-import type { Readable } from 'node:stream';
+import { pipeline as streamPipelineCb, type Readable } from 'node:stream';
 import { finished as streamFinished, pipeline as streamPipeline } from 'node:stream/promises';
 import type { BackupEntry } from '../catalog/catalog.js';
 import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
@@ -19,6 +19,7 @@ import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
+import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 
 /** Where the encrypted backup comes from. */
 export type RestoreSource =
@@ -142,7 +143,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
-    throw explainRestoreError(sup.cause());
+    throw explainRestoreError(sup.cause(), req);
   } finally {
     await sup.teardown();
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
@@ -256,6 +257,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     waits.push(list.done);
     targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
   }
+  let sqlFilter: PlainSqlFilter | undefined;
   let spoolErr: NodeJS.ErrnoException | undefined;
   let offsets: ArchiveOffsetScanner | undefined;
   const spoolStarted = Date.now();
@@ -278,7 +280,14 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
             what: 'psql (restore)',
           });
     waits.push(restore.done);
-    targets.push({ name: 'restore', stream: restore.stdin!, kind: 'child' });
+    // Plain SQL goes to psql, which has no --no-owner/--no-privileges: the filter removes what
+    // pg_restore would skip. It ends (and the fan-out stops feeding it) when psql stops reading.
+    const filter = opened.format === 'sql' ? plainSqlFilter({ noOwner: req.noOwner, noPrivileges: req.noPrivileges }) : undefined;
+    if (filter) {
+      streamPipelineCb(filter, restore.stdin!, () => undefined);
+      sqlFilter = filter;
+    }
+    targets.push({ name: 'restore', stream: filter ?? restore.stdin!, kind: 'child' });
   }
 
   try {
@@ -288,6 +297,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     throw spool && spoolErr ? spoolError(spool, spoolErr) : err;
   }
   const tocText = await toc;
+  if (sqlFilter) req.log.info('plain SQL filtered for --no-owner/--no-privileges (as pg_restore would)', { ownerStatements: sqlFilter.counts.ownership, privilegeStatements: sqlFilter.counts.privileges });
 
   if (spool) {
     const dataOffsets = offsets ? addDataOffsets(spool, offsets, req.log) : 0;
@@ -336,15 +346,27 @@ function restoreFlags(req: RestoreRequest): string[] {
   return ['--exit-on-error', '--no-password', ...(req.noOwner ? ['--no-owner'] : []), ...(req.noPrivileges ? ['--no-privileges'] : [])];
 }
 
-/** Adds the usual fixes to pg_restore failures. */
-function explainRestoreError(err: unknown): unknown {
+/**
+ * Adds the usual fixes to pg_restore and psql failures. A missing role: restore the roles, create
+ * it, or pass the flags that skip ownership and grants (only those not given already; with both
+ * given, the reference is one they do not remove, e.g. a policy or a user mapping).
+ */
+export function explainRestoreError(err: unknown, flags: { noOwner: boolean; noPrivileges: boolean }): unknown {
   if (!(err instanceof DatabaseError)) return err;
   const m = /role "([^"]+)" does not exist/.exec(err.message);
   if (m) {
-    return new DatabaseError(`the backup refers to role ${JSON.stringify(m[1])}, which does not exist on this server`, {
-      cause: err,
-      hint: 'restore the roles first (--with-globals, from a backup taken with --globals), create the role, or pass --no-owner --no-privileges',
-    });
+    const missing = [...(flags.noOwner ? [] : ['--no-owner']), ...(flags.noPrivileges ? [] : ['--no-privileges'])];
+    const role = JSON.stringify(m[1]);
+    const roles = 'restore the roles first (--with-globals, from a backup taken with --globals) or create the role';
+    return new DatabaseError(
+      missing.length > 0
+        ? `the backup refers to role ${role}, which does not exist on this server`
+        : `the backup refers to role ${role}, which does not exist on this server, in a statement that --no-owner and --no-privileges do not remove (such as a policy or a user mapping)`,
+      { cause: err, detail: err.detail, hint: missing.length > 0 ? `${roles}, or pass ${missing.join(' ')}` : roles },
+    );
+  }
+  if (err.hint === undefined && /^(?:pg_restore|psql \(restore\)) .*\b(?:ERROR|FATAL):/.test(err.message)) {
+    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: 'nothing was restored; fix the cause on this server (the failed statement is logged as detail) and restore again' });
   }
   return err;
 }
