@@ -27,10 +27,13 @@ export type RestoreSource =
   | { kind: 'file'; path: string };
 
 export interface RestoreChecks {
-  /** Tables named in the archive's table of contents (custom archives). */
-  tocTables: number;
-  /** All of them exist in the restored database. */
-  tocTablesPresent: boolean;
+  /**
+   * Tables named in the archive's table of contents (TABLE entries: ordinary and partitioned
+   * tables); null for a plain-SQL archive, which has no table of contents.
+   */
+  tocTables: number | null;
+  /** All of them exist in the restored database (null: nothing to check, plain SQL). */
+  tocTablesPresent: boolean | null;
   smoke: Array<{ sql: string; output: string }>;
 }
 
@@ -41,7 +44,12 @@ export interface RestoreSummary {
   storedBytes: number;
   archiveBytes: number;
   durationMs: number;
+  /**
+   * Tables of the restored database as the archive's table of contents (and the manifest) count
+   * them: ordinary and partitioned tables outside the system schemas, not those an extension creates.
+   */
   tables: number;
+  /** The largest ordinary tables (partitions included, not their partitioned parents), by size. */
   largestTables: Array<{ table: string; rows: number }>;
   checks: RestoreChecks;
 }
@@ -430,7 +438,7 @@ async function runChecks(req: RestoreRequest, db: string, toc: string, env: Node
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
-  return { tocTables: entries.length, tocTablesPresent: true, smoke };
+  return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke } : { tocTables: entries.length, tocTablesPresent: true, smoke };
 }
 
 async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEnv): Promise<{ tables: number; largest: Array<{ table: string; rows: number }> }> {
@@ -438,11 +446,21 @@ async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEn
     req.tools,
     req.conn,
     db,
-    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY pg_total_relation_size(c.oid) DESC;",
+    // What pg_dump writes a TABLE entry for (relkind r and p; a foreign table is a FOREIGN TABLE
+    // entry), and what the manifest counts: not an extension's own tables.
+    "SELECT c.relkind::text || E'\\t' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_total_relation_size(c.oid) DESC;",
     { env, what: 'summarize restored tables' },
   );
-  const names = list.split('\n').filter(Boolean);
-  const top = names.slice(0, 5);
+  const rows = list
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => ({ kind: l.slice(0, 1), name: l.slice(2) }));
+  const names = rows.map((r) => r.name);
+  // Row counts of ordinary tables only: a partitioned parent would count its partitions' rows again.
+  const top = rows
+    .filter((r) => r.kind === 'r')
+    .slice(0, 5)
+    .map((r) => r.name);
   const largest: Array<{ table: string; rows: number }> = [];
   if (top.length > 0) {
     const counts = await psqlQuery(req.tools, req.conn, db, top.map((t) => `SELECT count(*) FROM ${t};`).join('\n'), { env, what: 'count rows' });
