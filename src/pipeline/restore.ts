@@ -374,7 +374,8 @@ export function explainRestoreError(err: unknown, flags: { noOwner: boolean; noP
     );
   }
   if (err.hint === undefined && /^(?:pg_restore|psql \(restore\)) .*\b(?:ERROR|FATAL):/.test(err.message)) {
-    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: 'nothing was restored; fix the cause on this server (the failed statement is logged as detail) and restore again' });
+    const statement = err.detail?.startsWith('Command was: ') ? ' (the failed statement is logged as detail)' : '';
+    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: `nothing was restored; fix the cause on this server${statement} and restore again` });
   }
   return err;
 }

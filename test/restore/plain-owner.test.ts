@@ -148,5 +148,11 @@ describe('the missing-role hint', () => {
     expect(both.hint).toBe('restore the roles first (--with-globals, from a backup taken with --globals) or create the role');
     expect(both.message).toMatch(/in a statement that --no-owner and --no-privileges do not remove/);
     expect(both.detail).toBe('x');
+    // Any other statement that failed: nothing was restored, what to do, and where the statement is.
+    const other = (e: DatabaseError): string | undefined => (explainRestoreError(e, { noOwner: false, noPrivileges: false }) as DatabaseError).hint;
+    expect(other(new DatabaseError('pg_restore exited with code 1: pg_restore: error: could not execute query: ERROR:  x', { detail: 'Command was: CREATE x' }))).toBe(
+      'nothing was restored; fix the cause on this server (the failed statement is logged as detail) and restore again',
+    );
+    expect(other(new DatabaseError('pg_restore exited with code 1: pg_restore: error: connection to server failed: FATAL:  x'))).toBe('nothing was restored; fix the cause on this server and restore again');
   });
 });
