@@ -27,14 +27,25 @@ export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
 export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'interrupted';
 
+/** What an error carries besides its message. */
+export interface CofferErrorOptions {
+  cause?: unknown;
+  /** What to do. */
+  hint?: string;
+  /** Supporting facts, logged as a field of the error line, not in it (e.g. the statement that failed). Short; no secrets. */
+  detail?: string;
+}
+
 /** Base class: `kind` selects the exit code; `hint` is the "what to do" part. */
 export class CofferError extends Error {
   readonly kind: ErrorKind;
   readonly hint: string | undefined;
-  constructor(kind: ErrorKind, message: string, options?: { cause?: unknown; hint?: string }) {
+  readonly detail: string | undefined;
+  constructor(kind: ErrorKind, message: string, options?: CofferErrorOptions) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.kind = kind;
     this.hint = options?.hint;
+    this.detail = options?.detail;
     this.name = new.target.name;
   }
   get exitCode(): ExitCodeValue {
@@ -44,14 +55,14 @@ export class CofferError extends Error {
 
 /** Bad flags, configuration, names, keys supplied by the user (exit 2). */
 export class UsageError extends CofferError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(message: string, options?: CofferErrorOptions) {
     super('usage', message, options);
   }
 }
 
 /** Connecting to PostgreSQL, pg_dump, pg_restore, psql (exit 3). */
 export class DatabaseError extends CofferError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(message: string, options?: CofferErrorOptions) {
     super('database', message, options);
   }
 }
@@ -60,7 +71,7 @@ export class DatabaseError extends CofferError {
 export class StorageError extends CofferError {
   /** Machine-readable reason, e.g. `NotFound`, `AccessDenied`, `NoSuchBucket`, `Exists`. */
   readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(code: string, message: string, options?: CofferErrorOptions) {
     super('storage', message, options);
     this.code = code;
   }
@@ -68,21 +79,21 @@ export class StorageError extends CofferError {
 
 /** Checksums, decryption, authentication, corrupt or inconsistent backups (exit 5). */
 export class IntegrityError extends CofferError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(message: string, options?: CofferErrorOptions) {
     super('integrity', message, options);
   }
 }
 
 /** Another run holds the lock (exit 6). */
 export class BusyError extends CofferError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(message: string, options?: CofferErrorOptions) {
     super('busy', message, options);
   }
 }
 
 /** `status`: a backup is older than allowed (exit 7). */
 export class StaleError extends CofferError {
-  constructor(message: string, options?: { cause?: unknown; hint?: string }) {
+  constructor(message: string, options?: CofferErrorOptions) {
     super('stale', message, options);
   }
 }
@@ -90,7 +101,7 @@ export class StaleError extends CofferError {
 /** The run was stopped by a signal or its `--timeout`; everything was aborted cleanly. */
 export class InterruptedError extends CofferError {
   readonly code: ExitCodeValue;
-  constructor(message: string, options?: { cause?: unknown; hint?: string; exitCode?: ExitCodeValue }) {
+  constructor(message: string, options?: CofferErrorOptions & { exitCode?: ExitCodeValue }) {
     super('interrupted', message, options);
     this.code = options?.exitCode ?? ExitCode.interrupted;
   }

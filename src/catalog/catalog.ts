@@ -122,8 +122,12 @@ export async function findBackup(
   }
   const dbs = new Set(keys.map((k) => k.database));
   if (opts.database === undefined && dbs.size > 1) {
+    // Quoted: a name with a comma, a space or nothing visible in it still reads as one name.
     throw new UsageError(`the repository holds backups of ${dbs.size} databases; say which with --db`, {
-      hint: `databases: ${[...dbs].sort().join(', ')}`,
+      hint: `databases: ${[...dbs]
+        .sort()
+        .map((d) => JSON.stringify(d))
+        .join(', ')}`,
     });
   }
   // Newest first; the keys tell full from partial, the manifest tells schema-only from data-only.

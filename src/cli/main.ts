@@ -4,7 +4,7 @@
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 import { Command, Option, CommanderError } from 'commander';
-import { ExitCode, InterruptedError, UsageError, exitCodeOf, formatErrorLine } from '../errors.js';
+import { CofferError, ExitCode, InterruptedError, UsageError, exitCodeOf, formatErrorLine } from '../errors.js';
 import { createLogger, newRunId, type Logger } from '../observe/log.js';
 import { parseDuration, resolveLogFormat } from '../config/settings.js';
 import { COFFER_VERSION } from '../version.js';
@@ -312,7 +312,7 @@ export async function main(argv: string[]): Promise<number> {
       exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
     } else {
       exitCode = exitCodeOf(err);
-      log.error(err instanceof UsageError ? withOrigin(formatErrorLine(err), origins) : formatErrorLine(err), { exit: exitCode });
+      log.error(err instanceof UsageError ? withOrigin(formatErrorLine(err), origins) : formatErrorLine(err), { exit: exitCode, detail: err instanceof CofferError ? err.detail : undefined });
       if (env.COFFER_DEBUG && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`);
     }
   } finally {

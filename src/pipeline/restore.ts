@@ -2,7 +2,7 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { tmpdir } from 'node:os';
-import type { Readable } from 'node:stream';
+import { pipeline as streamPipelineCb, type Readable } from 'node:stream';
 import { finished as streamFinished, pipeline as streamPipeline } from 'node:stream/promises';
 import type { BackupEntry } from '../catalog/catalog.js';
 import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
@@ -20,6 +20,7 @@ import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
+import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 
 /** Where the encrypted backup comes from. */
 export type RestoreSource =
@@ -27,10 +28,13 @@ export type RestoreSource =
   | { kind: 'file'; path: string };
 
 export interface RestoreChecks {
-  /** Tables named in the archive's table of contents (custom archives). */
-  tocTables: number;
-  /** All of them exist in the restored database. */
-  tocTablesPresent: boolean;
+  /**
+   * Tables named in the archive's table of contents (TABLE entries: ordinary and partitioned
+   * tables); null for a plain-SQL archive, which has no table of contents.
+   */
+  tocTables: number | null;
+  /** All of them exist in the restored database (null: nothing to check, plain SQL). */
+  tocTablesPresent: boolean | null;
   smoke: Array<{ sql: string; output: string }>;
 }
 
@@ -41,7 +45,12 @@ export interface RestoreSummary {
   storedBytes: number;
   archiveBytes: number;
   durationMs: number;
+  /**
+   * Tables of the restored database as the archive's table of contents (and the manifest) count
+   * them: ordinary and partitioned tables outside the system schemas, not those an extension creates.
+   */
   tables: number;
+  /** The largest ordinary tables (partitions included, not their partitioned parents), by size. */
   largestTables: Array<{ table: string; rows: number }>;
   checks: RestoreChecks;
 }
@@ -150,7 +159,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
-    throw explainExcludedData(req.source, explainRestoreError(sup.cause()));
+    throw explainExcludedData(req.source, explainRestoreError(sup.cause(), req));
   } finally {
     await sup.teardown();
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
@@ -344,6 +353,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     waits.push(list.done);
     targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
   }
+  let sqlFilter: PlainSqlFilter | undefined;
   let spoolErr: NodeJS.ErrnoException | undefined;
   let offsets: ArchiveOffsetScanner | undefined;
   const spoolStarted = Date.now();
@@ -366,7 +376,14 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
             what: 'psql (restore)',
           });
     waits.push(restore.done);
-    targets.push({ name: 'restore', stream: restore.stdin!, kind: 'child' });
+    // Plain SQL goes to psql, which has no --no-owner/--no-privileges: the filter removes what
+    // pg_restore would skip. It ends (and the fan-out stops feeding it) when psql stops reading.
+    const filter = opened.format === 'sql' ? plainSqlFilter({ noOwner: req.noOwner, noPrivileges: req.noPrivileges }) : undefined;
+    if (filter) {
+      streamPipelineCb(filter, restore.stdin!, () => undefined);
+      sqlFilter = filter;
+    }
+    targets.push({ name: 'restore', stream: filter ?? restore.stdin!, kind: 'child' });
   }
 
   try {
@@ -376,6 +393,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     throw spool && spoolErr ? spoolError(spool, spoolErr) : err;
   }
   const tocText = await toc;
+  if (sqlFilter) req.log.info('plain SQL filtered for --no-owner/--no-privileges (as pg_restore would)', { ownerStatements: sqlFilter.counts.ownership, privilegeStatements: sqlFilter.counts.privileges });
 
   if (spool) {
     const dataOffsets = offsets ? addDataOffsets(spool, offsets, req.log) : 0;
@@ -424,15 +442,28 @@ function restoreFlags(req: RestoreRequest): string[] {
   return ['--exit-on-error', '--no-password', ...(req.noOwner ? ['--no-owner'] : []), ...(req.noPrivileges ? ['--no-privileges'] : [])];
 }
 
-/** Adds the usual fixes to pg_restore failures. */
-function explainRestoreError(err: unknown): unknown {
+/**
+ * Adds the usual fixes to pg_restore and psql failures. A missing role: restore the roles, create
+ * it, or pass the flags that skip ownership and grants (only those not given already; with both
+ * given, the reference is one they do not remove, e.g. a policy or a user mapping).
+ */
+export function explainRestoreError(err: unknown, flags: { noOwner: boolean; noPrivileges: boolean }): unknown {
   if (!(err instanceof DatabaseError)) return err;
   const m = /role "([^"]+)" does not exist/.exec(err.message);
   if (m) {
-    return new DatabaseError(`the backup refers to role ${JSON.stringify(m[1])}, which does not exist on this server`, {
-      cause: err,
-      hint: 'restore the roles first (--with-globals, from a backup taken with --globals), create the role, or pass --no-owner --no-privileges',
-    });
+    const missing = [...(flags.noOwner ? [] : ['--no-owner']), ...(flags.noPrivileges ? [] : ['--no-privileges'])];
+    const role = JSON.stringify(m[1]);
+    const roles = 'restore the roles first (--with-globals, from a backup taken with --globals) or create the role';
+    return new DatabaseError(
+      missing.length > 0
+        ? `the backup refers to role ${role}, which does not exist on this server`
+        : `the backup refers to role ${role}, which does not exist on this server, in a statement that --no-owner and --no-privileges do not remove (such as a policy or a user mapping)`,
+      { cause: err, detail: err.detail, hint: missing.length > 0 ? `${roles}, or pass ${missing.join(' ')}` : roles },
+    );
+  }
+  if (err.hint === undefined && /^(?:pg_restore|psql \(restore\)) .*\b(?:ERROR|FATAL):/.test(err.message)) {
+    const statement = err.detail?.startsWith('Command was: ') ? ' (the failed statement is logged as detail)' : '';
+    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: `nothing was restored; fix the cause on this server${statement} and restore again` });
   }
   return err;
 }
@@ -510,7 +541,7 @@ async function runChecks(req: RestoreRequest, db: string, toc: string, env: Node
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
-  return { tocTables: entries.length, tocTablesPresent: true, smoke };
+  return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke } : { tocTables: entries.length, tocTablesPresent: true, smoke };
 }
 
 async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEnv): Promise<{ tables: number; largest: Array<{ table: string; rows: number }> }> {
@@ -518,11 +549,21 @@ async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEn
     req.tools,
     req.conn,
     db,
-    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' ORDER BY pg_total_relation_size(c.oid) DESC;",
+    // What pg_dump writes a TABLE entry for (relkind r and p; a foreign table is a FOREIGN TABLE
+    // entry), and what the manifest counts: not an extension's own tables.
+    "SELECT c.relkind::text || E'\\t' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_total_relation_size(c.oid) DESC;",
     { env, what: 'summarize restored tables' },
   );
-  const names = list.split('\n').filter(Boolean);
-  const top = names.slice(0, 5);
+  const rows = list
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => ({ kind: l.slice(0, 1), name: l.slice(2) }));
+  const names = rows.map((r) => r.name);
+  // Row counts of ordinary tables only: a partitioned parent would count its partitions' rows again.
+  const top = rows
+    .filter((r) => r.kind === 'r')
+    .slice(0, 5)
+    .map((r) => r.name);
   const largest: Array<{ table: string; rows: number }> = [];
   if (top.length > 0) {
     const counts = await psqlQuery(req.tools, req.conn, db, top.map((t) => `SELECT count(*) FROM ${t};`).join('\n'), { env, what: 'count rows' });

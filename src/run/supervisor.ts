@@ -31,15 +31,83 @@ const EXIT_BOUND_MS = 5_000;
 /** After a child exits, how long its stderr may stay open (a grandchild holding it) before the message is taken as it is. */
 const STDERR_BOUND_MS = 2_000;
 
-/** Keeps the last `max` bytes written to it (a child's stderr, for error messages). */
+/** A line PostgreSQL's tools print for the server's (or libpq's) error: `…ERROR:  relation "x" already exists`. */
+const PG_ERROR_LINE = /\b(?:ERROR|FATAL|PANIC):\s/;
+/** Longest line kept while looking for the first error line. */
+const LINE_MAX = 2048;
+/** Lines kept after the first error line (the statement pg_restore prints follows it). */
+const FOLLOWING_MAX = 12;
+
+/**
+ * Keeps the last `max` bytes written to it (a child's stderr, for error messages), and the first
+ * PostgreSQL error line with a few lines after it, however much follows (a long `Command was:`
+ * statement pushes pg_restore's `ERROR:` line out of the tail).
+ */
 export class TailBuffer {
   private chunks: Buffer[] = [];
   private size = 0;
+  private partial: Buffer[] = [];
+  private partialLen = 0;
+  private first: string | undefined;
+  private following: string[] = [];
   constructor(private readonly max = 8192) {}
   push(b: Buffer): void {
     this.chunks.push(b);
     this.size += b.length;
     while (this.size - this.chunks[0]!.length >= this.max) this.size -= this.chunks.shift()!.length;
+    this.scanLines(b);
+  }
+  private scanLines(b: Buffer): void {
+    let start = 0;
+    while (start < b.length && this.following.length < FOLLOWING_MAX) {
+      const nl = b.indexOf(0x0a, start);
+      this.keepPartial(b.subarray(start, nl < 0 ? b.length : nl));
+      if (nl < 0) return;
+      this.line(Buffer.concat(this.partial).toString('utf8'));
+      this.partial = [];
+      this.partialLen = 0;
+      start = nl + 1;
+    }
+  }
+  private keepPartial(part: Buffer): void {
+    if (this.partialLen >= LINE_MAX || part.length === 0) return;
+    const kept = Buffer.from(part.subarray(0, LINE_MAX - this.partialLen));
+    this.partial.push(kept);
+    this.partialLen += kept.length;
+  }
+  private line(text: string): void {
+    const l = text.trim();
+    if (this.first === undefined) {
+      if (PG_ERROR_LINE.test(l)) this.first = l;
+    } else if (this.following.length < FOLLOWING_MAX) this.following.push(l);
+  }
+  /**
+   * The first PostgreSQL error line (`pg_restore: error: could not execute query: ERROR:  …`,
+   * `psql:<stdin>:12: ERROR:  …`), and as detail the statement pg_restore says failed (`Command
+   * was: …`) and the server's HINT, each shortened, passwords hidden. Undefined when no line
+   * says ERROR:, FATAL: or PANIC:.
+   */
+  firstError(): { line: string; detail: string | undefined } | undefined {
+    let first = this.first;
+    let following = this.following;
+    if (this.partialLen > 0) {
+      // The last line, without its newline.
+      const last = Buffer.concat(this.partial).toString('utf8').trim();
+      if (first === undefined && PG_ERROR_LINE.test(last)) first = last;
+      else if (first !== undefined) following = [...following, last];
+    }
+    if (first === undefined) return undefined;
+    const parts: string[] = [];
+    const cmd = following.findIndex((l) => l.startsWith('Command was: '));
+    if (cmd >= 0) {
+      // The statement runs on until a blank line or pg_restore's next message.
+      const end = following.findIndex((l, i) => i > cmd && (l === '' || /^pg_restore: /.test(l)));
+      parts.push(shorten(following.slice(cmd, end < 0 ? undefined : end).join(' '), 240));
+    }
+    const hint = following.find((l) => /^HINT:\s/.test(l));
+    if (hint) parts.push(shorten(hint, 240));
+    const line = hidePasswords(first);
+    return { line: line.length > 400 ? `${line.slice(0, 399)}…` : line, detail: parts.length > 0 ? hidePasswords(parts.join(' | ')) : undefined };
   }
   text(): string {
     const all = Buffer.concat(this.chunks);
@@ -215,10 +283,30 @@ function childError(f: ChildFailure, explain: SpawnSpec['explain']): CofferError
   return err;
 }
 
+/**
+ * `<what> exited with code N: <why>`: the first ERROR/FATAL line PostgreSQL's tools printed (the
+ * cause; what follows it is context), with the statement as detail; else the last lines of stderr.
+ */
 function defaultChildError(f: ChildFailure): DatabaseError {
-  const tail = f.stderr.lastLines();
   const how = f.signal ? `was killed by ${f.signal}` : `exited with code ${f.code}`;
+  const first = f.stderr.firstError();
+  if (first) return new DatabaseError(`${f.what} ${how}: ${first.line}`, { detail: first.detail });
+  const tail = f.stderr.lastLines();
   return new DatabaseError(`${f.what} ${how}${tail ? `: ${tail}` : ''}`);
+}
+
+/** Whitespace folded, at most `max` characters. */
+function shorten(s: string, max: number): string {
+  const t = s.replace(/\s+/g, ' ').trim();
+  return t.length > max ? `${t.slice(0, max - 1)}…` : t;
+}
+
+/** Passwords in a statement or connection string (`PASSWORD 'x'`, `password=x`, `://u:x@`) replaced by `***`. */
+export function hidePasswords(s: string): string {
+  return s
+    .replace(/(\bpassword\s*=\s*)('(?:[^']|'')*'?|[^\s,)']+)/gi, '$1***')
+    .replace(/(\bpassword\s+)'(?:[^']|'')*'?/gi, "$1'***'")
+    .replace(/(:\/\/[^/@:\s]*:)[^@/\s]*@/g, '$1***@');
 }
 
 /** What a teardown did. */

@@ -229,7 +229,10 @@ function report(s: RestoreSummary, json: boolean | undefined, ctx: CliContext): 
   }
   const lines = [
     `restored ${s.backupId ?? 'file'} into ${JSON.stringify(s.target)} in ${(s.durationMs / 1000).toFixed(1)}s (${formatBytes(s.storedBytes)} stored, ${formatBytes(s.archiveBytes)} archive)`,
-    `tables: ${s.tables}; archive tables present: ${s.checks.tocTables}/${s.checks.tocTables}`,
+    // Both counts are of ordinary and partitioned tables (TABLE entries of the archive).
+    s.checks.tocTables === null
+      ? `tables: ${s.tables} (ordinary and partitioned); plain-SQL archive: no table of contents to check them against`
+      : `tables: ${s.tables} (ordinary and partitioned); all ${s.checks.tocTables} tables of the archive present`,
     ...s.largestTables.map((t) => `  ${t.table}: ${t.rows} rows`),
     ...s.checks.smoke.map((c) => `smoke: ${c.sql} → ${c.output.replace(/\n/g, ' | ')}`),
   ];

@@ -57,13 +57,13 @@ export async function runStatusCommand(flags: StatusFlags, ctx: CliContext, now:
 
   if (flags.json) ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
   else {
-    for (const r of rows) {
-      ctx.stdout(
-        r.id === null
-          ? `STALE  ${r.database}  no completed backup\n`
-          : `${r.fresh ? 'OK   ' : 'STALE'}  ${r.database}  ${r.id}  ${r.tier}  ${formatAge(r.ageSeconds!)} old  ${formatBytes(r.size!)}\n`,
-      );
-    }
+    // Columns padded to their widest cell, as `list` does.
+    const table = rows.map((r) =>
+      r.id === null ? ['STALE', r.database, 'no completed backup'] : [r.fresh ? 'OK' : 'STALE', r.database, r.id, r.tier!, `${formatAge(r.ageSeconds!)} old`, formatBytes(r.size!)],
+    );
+    const widths: number[] = [];
+    for (const row of table) row.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+    for (const row of table) ctx.stdout(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
   }
   if (rows.length === 0) {
     throw new StaleError(`no completed backup in ${store.location}`, { hint: 'run `coffer backup`, or check --from' });
