@@ -35,6 +35,32 @@ export interface S3StoreOptions {
 }
 
 /**
+ * The S3 client of a repository (its store and its bucket administration): path-style addressing
+ * with a custom endpoint, checksums only when required, keep-alive sockets, idle timeouts.
+ */
+export function createS3Client(options: S3StoreOptions): S3Client {
+  const agentOptions = { keepAlive: true, maxSockets: 32 };
+  return new S3Client({
+    region: options.region,
+    ...(options.endpoint ? { endpoint: options.endpoint, forcePathStyle: true } : {}),
+    ...(options.credentials ? { credentials: options.credentials } : {}),
+    maxAttempts: options.maxAttempts ?? 5,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    requestHandler: new NodeHttpHandler({
+      connectionTimeout: options.connectTimeoutMs ?? 10_000,
+      // The idle timeout: a request (upload or download, headers or body) whose socket is
+      // silent this long fails with TimeoutError and is retried or resumed. (`requestTimeout`
+      // of this handler only logs a warning unless throwOnRequestTimeout is set, and a
+      // whole-request limit would fail slow but healthy multi-GB downloads.)
+      socketTimeout: options.requestTimeoutMs ?? 120_000,
+      httpAgent: new HttpAgent(agentOptions),
+      httpsAgent: new HttpsAgent(agentOptions),
+    }),
+  });
+}
+
+/**
  * A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…).
  *
  * Streams go up as multipart uploads (MultipartWriter, bounded memory) that become visible only on
@@ -52,25 +78,7 @@ export class S3Store implements ObjectStore {
     this.bucket = options.bucket;
     this.prefix = options.prefix.replace(/^\/+|\/+$/g, '');
     this.location = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
-    const agentOptions = { keepAlive: true, maxSockets: 32 };
-    this.client = new S3Client({
-      region: options.region,
-      ...(options.endpoint ? { endpoint: options.endpoint, forcePathStyle: true } : {}),
-      ...(options.credentials ? { credentials: options.credentials } : {}),
-      maxAttempts: options.maxAttempts ?? 5,
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: options.connectTimeoutMs ?? 10_000,
-        // The idle timeout: a request (upload or download, headers or body) whose socket is
-        // silent this long fails with TimeoutError and is retried or resumed. (`requestTimeout`
-        // of this handler only logs a warning unless throwOnRequestTimeout is set, and a
-        // whole-request limit would fail slow but healthy multi-GB downloads.)
-        socketTimeout: options.requestTimeoutMs ?? 120_000,
-        httpAgent: new HttpAgent(agentOptions),
-        httpsAgent: new HttpsAgent(agentOptions),
-      }),
-    });
+    this.client = createS3Client(options);
   }
 
   /** Full S3 key for a repository key. */
