@@ -4,7 +4,7 @@ import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
 import type { BucketAdmin } from './bucket-admin.js';
 import type { ObjectStore } from './object-store.js';
-import type { S3StoreOptions } from './s3.js';
+import type { S3StoreOptions } from './s3/client.js';
 
 export type RepositoryRef =
   | { kind: 'file'; root: string }
@@ -70,7 +70,7 @@ export function parseRepository(input: string, cwd = process.cwd()): RepositoryR
 export async function openStore(input: string | RepositoryRef, s3: S3Settings = {}): Promise<ObjectStore> {
   const ref = typeof input === 'string' ? parseRepository(input) : input;
   if (ref.kind === 'file') return new FsStore(ref.root);
-  const { S3Store } = await import('./s3.js');
+  const { S3Store } = await import('./s3/store.js');
   return new S3Store(s3StoreOptions(ref, s3));
 }
 
@@ -79,7 +79,7 @@ export async function openStore(input: string | RepositoryRef, s3: S3Settings = 
  * the same connection settings as its store. The S3 SDK is loaded only when needed.
  */
 export async function openBucketAdmin(ref: S3RepositoryRef, s3: S3Settings = {}): Promise<BucketAdmin> {
-  const { S3BucketAdmin } = await import('./s3-bucket-admin.js');
+  const { S3BucketAdmin } = await import('./s3/bucket-admin.js');
   return new S3BucketAdmin(s3StoreOptions(ref, s3));
 }
 

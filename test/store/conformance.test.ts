@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { FsStore, TEMP_PREFIX } from '../../src/store/fs.js';
-import { S3Store } from '../../src/store/s3.js';
+import { S3Store } from '../../src/store/s3/store.js';
 import { createTestBucket, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
 import { objectStoreConformance } from './conformance.js';
 

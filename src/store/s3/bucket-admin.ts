@@ -8,10 +8,11 @@ import {
   type LifecycleRule,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { StorageError } from '../errors.js';
-import type { BucketAdmin, BucketObjectLock } from './bucket-admin.js';
-import type { ObjectRetention } from './object-store.js';
-import { createS3Client, s3Error, type S3StoreOptions } from './s3.js';
+import { StorageError } from '../../errors.js';
+import type { BucketAdmin, BucketObjectLock } from '../bucket-admin.js';
+import type { ObjectRetention } from '../object-store.js';
+import { createS3Client, type S3StoreOptions } from './client.js';
+import { s3Error } from './errors.js';
 
 type ObjectLockMode = ObjectRetention['mode'];
 
