@@ -67,11 +67,25 @@ export class DatabaseError extends CofferError {
   }
 }
 
+/**
+ * Why a repository operation failed (the `ObjectStore` contract in src/store/object-store.ts):
+ * - `NotFound`: no such key (or, for the file store, no such file or directory);
+ * - `NoSuchBucket`: the S3 bucket does not exist;
+ * - `AccessDenied`: refused by the server or the file system (credentials, policy, mode, read-only);
+ * - `Exists`: a write-once put found the key taken (or, for `init`, a bucket name owned by someone else);
+ * - `Aborted`: cancelled through the caller's signal;
+ * - `Unavailable`: the S3 endpoint cannot be reached (network, DNS, timeouts);
+ * - `Truncated`: a download ended before the object's known size (the connection closed early);
+ *   worth resuming with a ranged read, like `Unavailable` and `Failed`;
+ * - `Failed`: anything else (invalid key, no space left, an unexpected S3 answer…).
+ */
+export type StorageErrorCode = 'NotFound' | 'NoSuchBucket' | 'AccessDenied' | 'Exists' | 'Aborted' | 'Unavailable' | 'Truncated' | 'Failed';
+
 /** Repository errors: S3 or local directory (exit 4). */
 export class StorageError extends CofferError {
-  /** Machine-readable reason, e.g. `NotFound`, `AccessDenied`, `NoSuchBucket`, `Exists`. */
-  readonly code: string;
-  constructor(code: string, message: string, options?: CofferErrorOptions) {
+  /** Machine-readable reason: see {@link StorageErrorCode}. */
+  readonly code: StorageErrorCode;
+  constructor(code: StorageErrorCode, message: string, options?: CofferErrorOptions) {
     super('storage', message, options);
     this.code = code;
   }

@@ -37,29 +37,52 @@ export interface PutBytesOptions {
 
 export interface GetOptions {
   signal?: AbortSignal;
-  /** First byte to return (ranged read). */
+  /**
+   * First byte to return (ranged read): the body runs from there to the end, and `size` counts
+   * those bytes. It must lie inside the object (`start < size`), which is all coffer asks for
+   * (a resumed download starts at its first missing byte). At or past the end the stores differ:
+   * S3 fails (`StorageError('Failed')`, HTTP 416 InvalidRange), the file store returns an empty body.
+   */
   start?: number;
 }
 
 /**
  * A repository backend: a flat key space under a root (an S3 bucket + prefix, or a directory).
  *
- * Contract, shared by every implementation and checked by one conformance suite:
+ * Contract, shared by every implementation and checked by one conformance suite
+ * (test/store/conformance.ts, run against the file store and against a real Ceph RGW):
  * - Keys are `/`-separated relative paths made of the characters coffer's layout uses.
- * - **Atomic, write-once puts.** An object becomes visible under its key only when it is
- *   complete. A put to a key that already exists fails with `StorageError('Exists')` and leaves
- *   the existing object untouched. A failed or aborted put leaves nothing under the key.
- * - **Errors** are always {@link StorageError}s with a `code`: `NotFound` (no such key),
- *   `NoSuchBucket`, `AccessDenied`, `Exists`, `Aborted`, `Unavailable` (network/endpoint), or
+ * - **Atomic puts.** An object becomes visible under its key only when it is complete. A failed
+ *   or aborted put leaves nothing under the key: no object, no temporary file, no multipart
+ *   upload.
+ * - **Write-once small puts.** `putBytes` to a key that already exists fails with
+ *   `StorageError('Exists')` and leaves the existing object untouched, on every store (S3:
+ *   `If-None-Match: *`, 412). This is what coffer relies on: a backup is committed by its manifest,
+ *   which is written with `putBytes`.
+ * - **Streamed puts are write-once on the file store only** (an exclusive hard link). On S3 a
+ *   `putStream` to an existing key replaces the object (readers see one whole version, never a
+ *   mix): the multipart upload is committed by CompleteMultipartUpload, and Ceph RGW 16 (Debian
+ *   12's Ceph, the S3 server the tests run against) ignores `If-None-Match: *` there — measured:
+ *   200 and the object replaced (AWS S3 honours it only since August 2024). A conditional
+ *   PutObject for the streams that fit in one part alone would make the promise depend on the
+ *   stream's length, so no stream upload is conditional. coffer never streams twice to one key:
+ *   dump keys carry the backup's unique id.
+ * - **Errors** are always {@link StorageError}s with a `code` (`StorageErrorCode`, src/errors.ts):
+ *   `NotFound` (no such key), `NoSuchBucket`, `AccessDenied`, `Exists`, `Aborted`, `Unavailable`
+ *   (network/endpoint), `Truncated` (a download closed before the object's end; resumable) or
  *   `Failed` (anything else), and a one-line message saying what to check.
- * - `list` returns every key under the prefix (all pages), in no particular order.
+ * - `list` returns every key under the prefix (all pages: S3 answers 1,000 keys a page), in no
+ *   particular order; the prefix need not end at a `/`.
  */
 export interface ObjectStore {
   /** Human-readable location without credentials, e.g. `s3://bucket/prefix` or `file:///srv/backups`. */
   readonly location: string;
-  /** Streams `body` to `key`. Resolves with the number of bytes stored once the object is visible. */
+  /**
+   * Streams `body` to `key`. Resolves with the number of bytes stored once the object is visible.
+   * Write-once on the file store only (see above); an aborted or failed put leaves nothing.
+   */
   putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }>;
-  /** Stores a small object (manifests) in one request. */
+  /** Stores a small object (manifests) in one request. Write-once on every store: `Exists` if the key is taken. */
   putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void>;
   /** Opens an object for reading. Throws `NotFound` before returning if it does not exist. */
   get(key: string, options?: GetOptions): Promise<{ body: Readable; size: number }>;

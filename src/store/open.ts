@@ -2,12 +2,16 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
+import type { BucketAdmin } from './bucket-admin.js';
 import type { ObjectStore } from './object-store.js';
-import type { S3StoreOptions } from './s3.js';
+import type { S3StoreOptions } from './s3/client.js';
 
 export type RepositoryRef =
   | { kind: 'file'; root: string }
   | { kind: 's3'; bucket: string; prefix: string };
+
+/** A repository in an S3 bucket: the only kind with a {@link BucketAdmin}. */
+export type S3RepositoryRef = Extract<RepositoryRef, { kind: 's3' }>;
 
 /** S3 connection settings that do not live in the repository URL. */
 export interface S3Settings {
@@ -66,8 +70,21 @@ export function parseRepository(input: string, cwd = process.cwd()): RepositoryR
 export async function openStore(input: string | RepositoryRef, s3: S3Settings = {}): Promise<ObjectStore> {
   const ref = typeof input === 'string' ? parseRepository(input) : input;
   if (ref.kind === 'file') return new FsStore(ref.root);
-  const { S3Store } = await import('./s3.js');
-  return new S3Store({
+  const { S3Store } = await import('./s3/store.js');
+  return new S3Store(s3StoreOptions(ref, s3));
+}
+
+/**
+ * Opens the bucket administration (existence, lifecycle, object lock) of an S3 repository, with
+ * the same connection settings as its store. The S3 SDK is loaded only when needed.
+ */
+export async function openBucketAdmin(ref: S3RepositoryRef, s3: S3Settings = {}): Promise<BucketAdmin> {
+  const { S3BucketAdmin } = await import('./s3/bucket-admin.js');
+  return new S3BucketAdmin(s3StoreOptions(ref, s3));
+}
+
+function s3StoreOptions(ref: S3RepositoryRef, s3: S3Settings): S3StoreOptions {
+  return {
     bucket: ref.bucket,
     prefix: ref.prefix,
     region: s3.region ?? 'us-east-1',
@@ -75,5 +92,5 @@ export async function openStore(input: string | RepositoryRef, s3: S3Settings = 
     ...(s3.credentials ? { credentials: s3.credentials } : {}),
     ...(s3.maxAttempts ? { maxAttempts: s3.maxAttempts } : {}),
     ...(s3.requestTimeoutMs ? { requestTimeoutMs: s3.requestTimeoutMs } : {}),
-  });
+  };
 }

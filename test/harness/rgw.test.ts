@@ -3,6 +3,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import {
+  CompleteMultipartUploadCommand,
+  CreateMultipartUploadCommand,
   GetBucketLifecycleConfigurationCommand,
   GetObjectCommand,
   HeadObjectCommand,
@@ -10,6 +12,7 @@ import {
   PutBucketLifecycleConfigurationCommand,
   PutObjectCommand,
   S3Client,
+  UploadPartCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -173,6 +176,24 @@ describe('throwaway RGW (harness self-test)', () => {
     expect(await statusOf(admin.send(new PutObjectCommand({ Bucket: bucket, Key, Body: 'second', IfNoneMatch: '*' })))).toBe(412);
     const got = await admin.send(new GetObjectCommand({ Bucket: bucket, Key }));
     expect(await got.Body!.transformToString()).toBe('first');
+  });
+
+  // Why S3Store.putStream is not write-once (src/store/object-store.ts): RGW 16 accepts the
+  // header on CompleteMultipartUpload but does not check it. If this starts to fail (412), the
+  // server enforces it and the contract can be widened.
+  it('ignores If-None-Match: * on CompleteMultipartUpload: an existing key is replaced (200)', async () => {
+    const Key = 'once-multipart.txt';
+    await admin.send(new PutObjectCommand({ Bucket: bucket, Key, Body: 'first', IfNoneMatch: '*' }));
+    const { UploadId } = await admin.send(new CreateMultipartUploadCommand({ Bucket: bucket, Key }));
+    const part = await admin.send(new UploadPartCommand({ Bucket: bucket, Key, UploadId, PartNumber: 1, Body: Buffer.from('second'), ContentLength: 6 }));
+    expect(
+      await statusOf(
+        admin.send(new CompleteMultipartUploadCommand({ Bucket: bucket, Key, UploadId, IfNoneMatch: '*', MultipartUpload: { Parts: [{ PartNumber: 1, ETag: part.ETag! }] } })),
+      ),
+    ).toBeUndefined();
+    const got = await admin.send(new GetObjectCommand({ Bucket: bucket, Key }));
+    expect(await got.Body!.transformToString()).toBe('second');
+    expect(await listMultipartUploads(admin, bucket, Key)).toEqual([]);
   });
 
   it('enforces a bucket policy denying s3:GetObject to user writer', async () => {

@@ -20,7 +20,7 @@ import { createDatabase, dataFingerprint, dropDatabase, pgFromInject } from '../
 import { putBucketPolicy, s3ClientFor, uniqueBucketName } from '../harness/rgw.js';
 import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, writeIdentityFile } from '../harness/cli.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { S3Store } from '../../src/store/s3.js';
+import { S3Store } from '../../src/store/s3/store.js';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 

@@ -1,5 +1,5 @@
 /**
- * S3Store.putStream through MultipartWriter (src/store/multipart.ts), against the throwaway RGW:
+ * S3Store.putStream through MultipartWriter (src/store/s3/multipart.ts), against the throwaway RGW:
  * sizes around the part boundaries, uneven chunking, a single buffer pool (queue 1), the bytes
  * read back identical, the part count S3 reports, and no upload left behind.
  */
@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { S3Store } from '../../src/store/s3.js';
+import { S3Store } from '../../src/store/s3/store.js';
 import { createTestBucket, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
 
 const MiB = 1024 * 1024;

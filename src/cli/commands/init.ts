@@ -1,8 +1,6 @@
 import { UsageError } from '../../errors.js';
 import { resolveRepository, resolveS3Settings } from '../../config/settings.js';
-import { openStore } from '../../store/open.js';
-import { S3Store } from '../../store/s3.js';
-import { bucketExists, createBucket, getLifecycleRules, getObjectLock, putLifecycleRules, putObjectLockDefault } from '../../retention/bucket-config.js';
+import { openBucketAdmin } from '../../store/open.js';
 import { desiredObjectLock, planLifecycle, type LifecyclePlan } from '../../retention/lifecycle.js';
 import { parseObjectLockMode, parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
@@ -41,21 +39,20 @@ export async function runInitCommand(flags: InitFlags, ctx: CliContext): Promise
   const policy = parseRetentionPolicy(flags);
   const mode = parseObjectLockMode(flags.objectLock, '--object-lock');
   const s3 = resolveS3Settings(flags, ctx.env);
-  const store = await openStore(repo, s3);
-  if (!(store instanceof S3Store)) throw new Error('internal: an s3:// repository did not open an S3 store');
-  const { client, bucket, prefix } = store;
+  const admin = await openBucketAdmin(repo, s3);
+  const { bucket, prefix } = admin;
   const dry = flags.dryRun === true;
   const say = (line: string): void => ctx.stdout(`${dry ? '[dry-run] ' : ''}${line}\n`);
   const signal = ctx.signal;
   try {
     let createdBucket = false;
-    const exists = await bucketExists(client, bucket, signal);
+    const exists = await admin.exists(signal);
     if (!exists) {
       if (!flags.createBucket) {
         throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'add --create-bucket (and --object-lock governance|compliance to create it with object lock)' });
       }
       say(`create bucket s3://${bucket}${mode ? ` with object lock (${mode.toLowerCase()})` : ''}`);
-      if (!dry) await createBucket(client, bucket, mode !== undefined, s3.region ?? 'us-east-1', signal);
+      if (!dry) await admin.create(mode !== undefined, signal);
       createdBucket = true;
     } else {
       say(`bucket s3://${bucket} exists`);
@@ -64,7 +61,7 @@ export async function runInitCommand(flags: InitFlags, ctx: CliContext): Promise
     let objectLock: InitResult['objectLock'] = 'none';
     if (mode) {
       const want = desiredObjectLock(policy, mode);
-      const have = createdBucket && dry ? { enabled: true } : await getObjectLock(client, bucket, signal);
+      const have = createdBucket && dry ? { enabled: true } : await admin.objectLock(signal);
       if (!have.enabled) {
         throw new UsageError(`bucket s3://${bucket} was created without object lock; it cannot be added to an existing bucket here`, {
           hint: 'create a new bucket with `coffer init --create-bucket --object-lock …`, or run init without --object-lock',
@@ -75,21 +72,21 @@ export async function runInitCommand(flags: InitFlags, ctx: CliContext): Promise
         objectLock = 'unchanged';
       } else {
         say(`set     object lock default retention: ${want.defaultMode} ${want.defaultDays} days (was ${have.defaultMode ?? 'none'}${have.defaultDays !== undefined ? ` ${have.defaultDays} days` : ''})`);
-        if (!dry) await putObjectLockDefault(client, bucket, want.defaultMode, want.defaultDays, signal);
+        if (!dry) await admin.putObjectLockDefault(want.defaultMode, want.defaultDays, signal);
         objectLock = 'set';
       }
     }
 
-    const existing = createdBucket && dry ? [] : await getLifecycleRules(client, bucket, signal);
+    const existing = createdBucket && dry ? [] : await admin.lifecycleRules(signal);
     const plan = planLifecycle(existing, policy, prefix);
     for (const c of plan.changes) say(`${c.action.padEnd(7)} lifecycle rule ${c.id}: ${c.description}`);
     for (const id of plan.foreign) say(`other   lifecycle rule ${id}: not coffer's, kept as it is`);
-    if (plan.changed && !dry) await putLifecycleRules(client, bucket, plan.rules, signal);
+    if (plan.changed && !dry) await admin.putLifecycleRules(plan.rules, signal);
     const changed = createdBucket || objectLock === 'set' || plan.changed;
     say(changed ? (dry ? 'changes planned (run without --dry-run to apply)' : 'changes applied') : 'no changes: the bucket already matches the policy');
     ctx.log.info(dry ? 'init planned' : 'init done', { bucket, prefix, changed, createdBucket, objectLock, rulesChanged: plan.changes.filter((c) => c.action !== 'keep').length });
     return { bucket, prefix, createdBucket, objectLock, lifecycle: plan, dryRun: dry };
   } finally {
-    store.close();
+    admin.close();
   }
 }

@@ -1,8 +1,6 @@
 import { StaleError, UsageError } from '../../errors.js';
 import { resolveRepository, resolveS3Settings } from '../../config/settings.js';
-import { openStore } from '../../store/open.js';
-import { S3Store } from '../../store/s3.js';
-import { bucketExists, getLifecycleRules, getObjectLock } from '../../retention/bucket-config.js';
+import { openBucketAdmin } from '../../store/open.js';
 import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
 import { parseObjectLockMode, parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
@@ -38,14 +36,13 @@ export async function runRetentionCheckCommand(flags: RetentionCheckFlags, ctx: 
   }
   const policy = parseRetentionPolicy(flags);
   const mode = parseObjectLockMode(flags.objectLockMode, '--object-lock-mode');
-  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
-  if (!(store instanceof S3Store)) throw new Error('internal: an s3:// repository did not open an S3 store');
-  const { client, bucket, prefix } = store;
+  const admin = await openBucketAdmin(repo, resolveS3Settings(flags, ctx.env));
+  const { bucket, prefix } = admin;
   try {
-    if (!(await bucketExists(client, bucket, ctx.signal))) {
+    if (!(await admin.exists(ctx.signal))) {
       throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'create it with `coffer init --create-bucket`' });
     }
-    const rules = await getLifecycleRules(client, bucket, ctx.signal);
+    const rules = await admin.lifecycleRules(ctx.signal);
     const plan = planLifecycle(rules, policy, prefix);
     const drift: string[] = [];
     for (const c of plan.changes) {
@@ -54,7 +51,7 @@ export async function runRetentionCheckCommand(flags: RetentionCheckFlags, ctx: 
       if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
     }
     for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
-    const lock = await getObjectLock(client, bucket, ctx.signal);
+    const lock = await admin.objectLock(ctx.signal);
     if (mode) drift.push(...objectLockDrift(lock, policy, mode).map((d) => `object lock: ${d}`));
     const result: RetentionCheckResult = { bucket, prefix, drift, objectLock: lock };
     if (flags.json) ctx.stdout(`${JSON.stringify(result, null, 2)}\n`);
@@ -69,6 +66,6 @@ export async function runRetentionCheckCommand(flags: RetentionCheckFlags, ctx: 
     }
     return result;
   } finally {
-    store.close();
+    admin.close();
   }
 }

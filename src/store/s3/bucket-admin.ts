@@ -8,15 +8,54 @@ import {
   type LifecycleRule,
   type S3Client,
 } from '@aws-sdk/client-s3';
-import { StorageError } from '../errors.js';
-import { s3Error } from '../store/s3.js';
-import type { ObjectLockState } from './lifecycle.js';
-import type { ObjectLockMode } from './policy.js';
+import { StorageError } from '../../errors.js';
+import type { BucketAdmin, BucketObjectLock } from '../bucket-admin.js';
+import type { ObjectRetention } from '../object-store.js';
+import { createS3Client, type S3StoreOptions } from './client.js';
+import { s3Error } from './errors.js';
+
+type ObjectLockMode = ObjectRetention['mode'];
 
 /**
- * Reading and writing a bucket's configuration (existence, lifecycle, object lock) for
- * `coffer init` and `coffer retention check`. Every failure is a StorageError with one line.
+ * {@link BucketAdmin} of an S3 bucket: reading and writing its configuration (existence,
+ * lifecycle, object lock) for `coffer init` and `coffer retention check`, with a client
+ * configured as the repository's store would be. Every failure is a StorageError with one line.
  */
+export class S3BucketAdmin implements BucketAdmin {
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly #client: S3Client;
+  readonly #region: string;
+
+  constructor(options: S3StoreOptions) {
+    this.bucket = options.bucket;
+    this.prefix = options.prefix.replace(/^\/+|\/+$/g, '');
+    this.#region = options.region;
+    this.#client = createS3Client(options);
+  }
+
+  exists(signal?: AbortSignal): Promise<boolean> {
+    return bucketExists(this.#client, this.bucket, signal);
+  }
+  create(objectLock: boolean, signal?: AbortSignal): Promise<void> {
+    return createBucket(this.#client, this.bucket, objectLock, this.#region, signal);
+  }
+  lifecycleRules(signal?: AbortSignal): Promise<LifecycleRule[]> {
+    return getLifecycleRules(this.#client, this.bucket, signal);
+  }
+  putLifecycleRules(rules: LifecycleRule[], signal?: AbortSignal): Promise<void> {
+    return putLifecycleRules(this.#client, this.bucket, rules, signal);
+  }
+  objectLock(signal?: AbortSignal): Promise<BucketObjectLock> {
+    return getObjectLock(this.#client, this.bucket, signal);
+  }
+  putObjectLockDefault(mode: ObjectLockMode, days: number, signal?: AbortSignal): Promise<void> {
+    return putObjectLockDefault(this.#client, this.bucket, mode, days, signal);
+  }
+  close(): void {
+    this.#client.destroy();
+  }
+}
 
 function status(err: unknown): number | undefined {
   return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
@@ -26,7 +65,7 @@ function errName(err: unknown): string {
 }
 
 /** Whether the bucket exists (and is reachable with these credentials). */
-export async function bucketExists(client: S3Client, bucket: string, signal?: AbortSignal): Promise<boolean> {
+async function bucketExists(client: S3Client, bucket: string, signal?: AbortSignal): Promise<boolean> {
   try {
     await client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: signal });
     return true;
@@ -37,7 +76,7 @@ export async function bucketExists(client: S3Client, bucket: string, signal?: Ab
 }
 
 /** Creates the bucket, with object lock enabled when asked (which also enables versioning). */
-export async function createBucket(client: S3Client, bucket: string, objectLock: boolean, region: string, signal?: AbortSignal): Promise<void> {
+async function createBucket(client: S3Client, bucket: string, objectLock: boolean, region: string, signal?: AbortSignal): Promise<void> {
   try {
     await client.send(
       new CreateBucketCommand({
@@ -57,7 +96,7 @@ export async function createBucket(client: S3Client, bucket: string, objectLock:
 }
 
 /** The bucket's lifecycle rules (`[]` when it has none). */
-export async function getLifecycleRules(client: S3Client, bucket: string, signal?: AbortSignal): Promise<LifecycleRule[]> {
+async function getLifecycleRules(client: S3Client, bucket: string, signal?: AbortSignal): Promise<LifecycleRule[]> {
   try {
     const out = await client.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }), { abortSignal: signal });
     return out.Rules ?? [];
@@ -68,7 +107,7 @@ export async function getLifecycleRules(client: S3Client, bucket: string, signal
 }
 
 /** Replaces the bucket's lifecycle configuration with `rules` (the complete, merged set). */
-export async function putLifecycleRules(client: S3Client, bucket: string, rules: LifecycleRule[], signal?: AbortSignal): Promise<void> {
+async function putLifecycleRules(client: S3Client, bucket: string, rules: LifecycleRule[], signal?: AbortSignal): Promise<void> {
   try {
     await client.send(new PutBucketLifecycleConfigurationCommand({ Bucket: bucket, LifecycleConfiguration: { Rules: rules } }), { abortSignal: signal });
   } catch (err) {
@@ -77,12 +116,12 @@ export async function putLifecycleRules(client: S3Client, bucket: string, rules:
 }
 
 /** The bucket's object-lock state (`enabled: false` when it has no object lock). */
-export async function getObjectLock(client: S3Client, bucket: string, signal?: AbortSignal): Promise<ObjectLockState> {
+async function getObjectLock(client: S3Client, bucket: string, signal?: AbortSignal): Promise<BucketObjectLock> {
   try {
     const out = await client.send(new GetObjectLockConfigurationCommand({ Bucket: bucket }), { abortSignal: signal });
     const c = out.ObjectLockConfiguration;
     const r = c?.Rule?.DefaultRetention;
-    const state: ObjectLockState = { enabled: c?.ObjectLockEnabled === 'Enabled' };
+    const state: BucketObjectLock = { enabled: c?.ObjectLockEnabled === 'Enabled' };
     if (r?.Mode) state.defaultMode = r.Mode as ObjectLockMode;
     if (r?.Days !== undefined) state.defaultDays = r.Days;
     else if (r?.Years !== undefined) state.defaultDays = r.Years * 365;
@@ -96,7 +135,7 @@ export async function getObjectLock(client: S3Client, bucket: string, signal?: A
 }
 
 /** Sets the bucket's default retention (object lock must already be enabled). */
-export async function putObjectLockDefault(client: S3Client, bucket: string, mode: ObjectLockMode, days: number, signal?: AbortSignal): Promise<void> {
+async function putObjectLockDefault(client: S3Client, bucket: string, mode: ObjectLockMode, days: number, signal?: AbortSignal): Promise<void> {
   try {
     await client.send(
       new PutObjectLockConfigurationCommand({

@@ -5,34 +5,17 @@ import {
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
-  S3Client,
   type PutObjectCommandInput,
+  type S3Client,
 } from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
-import { Agent as HttpAgent } from 'node:http';
-import { Agent as HttpsAgent } from 'node:https';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import { StorageError } from '../errors.js';
+import { StorageError } from '../../errors.js';
+import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
+import { createS3Client, type S3StoreOptions } from './client.js';
+import { s3Error } from './errors.js';
 import { MultipartWriter } from './multipart.js';
-import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from './object-store.js';
-
-export interface S3StoreOptions {
-  bucket: string;
-  /** Key prefix without leading or trailing slash ('' for the bucket root). */
-  prefix: string;
-  /** Custom endpoint (MinIO, Ceph, …); enables path-style addressing. */
-  endpoint?: string;
-  region: string;
-  /** Explicit credentials; otherwise the AWS SDK's default chain (env, profile, instance role…). */
-  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  /** Attempts per request, including the first (SDK retry strategy). */
-  maxAttempts?: number;
-  /** Milliseconds without socket activity before a request fails. */
-  requestTimeoutMs?: number;
-  connectTimeoutMs?: number;
-}
 
 /**
  * A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…).
@@ -52,25 +35,7 @@ export class S3Store implements ObjectStore {
     this.bucket = options.bucket;
     this.prefix = options.prefix.replace(/^\/+|\/+$/g, '');
     this.location = `s3://${this.bucket}${this.prefix ? `/${this.prefix}` : ''}`;
-    const agentOptions = { keepAlive: true, maxSockets: 32 };
-    this.client = new S3Client({
-      region: options.region,
-      ...(options.endpoint ? { endpoint: options.endpoint, forcePathStyle: true } : {}),
-      ...(options.credentials ? { credentials: options.credentials } : {}),
-      maxAttempts: options.maxAttempts ?? 5,
-      requestChecksumCalculation: 'WHEN_REQUIRED',
-      responseChecksumValidation: 'WHEN_REQUIRED',
-      requestHandler: new NodeHttpHandler({
-        connectionTimeout: options.connectTimeoutMs ?? 10_000,
-        // The idle timeout: a request (upload or download, headers or body) whose socket is
-        // silent this long fails with TimeoutError and is retried or resumed. (`requestTimeout`
-        // of this handler only logs a warning unless throwOnRequestTimeout is set, and a
-        // whole-request limit would fail slow but healthy multi-GB downloads.)
-        socketTimeout: options.requestTimeoutMs ?? 120_000,
-        httpAgent: new HttpAgent(agentOptions),
-        httpsAgent: new HttpsAgent(agentOptions),
-      }),
-    });
+    this.client = createS3Client(options);
   }
 
   /** Full S3 key for a repository key. */
@@ -275,40 +240,6 @@ function isAbortEcho(err: unknown): boolean {
     e?.code === 'ERR_STREAM_DESTROYED' ||
     e?.code === 'EPIPE'
   );
-}
-
-/** Maps an AWS SDK / network error to the store contract's StorageError. */
-export function s3Error(err: unknown, what: string): StorageError {
-  if (err instanceof StorageError) return err;
-  const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
-  const status = e?.$metadata?.httpStatusCode;
-  const name = e?.name ?? '';
-  const code = e?.code ?? '';
-  const net = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'];
-  if (net.includes(code) || net.includes(name) || name === 'TimeoutError' || name === 'RequestTimeout') {
-    return new StorageError('Unavailable', `${what}: cannot reach the S3 endpoint (${code || name})`, {
-      cause: err,
-      hint: 'check --s3-endpoint / AWS_ENDPOINT_URL and the network',
-    });
-  }
-  if (name === 'AbortError') return new StorageError('Aborted', `${what}: aborted`, { cause: err });
-  if (name === 'NoSuchBucket') {
-    return new StorageError('NoSuchBucket', `${what}: the bucket does not exist`, { cause: err, hint: 'create it, e.g. with `coffer init --create-bucket`' });
-  }
-  if (name === 'NoSuchKey' || name === 'NotFound' || status === 404) {
-    return new StorageError('NotFound', `${what}: no such object`, { cause: err });
-  }
-  if (name === 'AccessDenied' || name === 'Forbidden' || status === 403) {
-    return new StorageError('AccessDenied', `${what}: access denied`, { cause: err, hint: 'check the credentials and the bucket policy' });
-  }
-  if (name === 'InvalidAccessKeyId' || name === 'SignatureDoesNotMatch') {
-    return new StorageError('AccessDenied', `${what}: the S3 credentials were rejected (${name})`, { cause: err, hint: 'check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY' });
-  }
-  if (name === 'CredentialsProviderError') {
-    return new StorageError('AccessDenied', `${what}: no S3 credentials found`, { cause: err, hint: 'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE' });
-  }
-  const brief = (e?.message ?? String(err)).split('\n')[0];
-  return new StorageError('Failed', `${what}: ${name && name !== 'Error' ? `${name}: ` : ''}${brief}${status ? ` (HTTP ${status})` : ''}`, { cause: err });
 }
 
 /** Opens a readable stream of a whole S3 object body into a Node Readable (SDK bodies already are). */
