@@ -66,12 +66,14 @@ describe('splitCommand', () => {
 
 describe('resolvePgTools', () => {
   it('takes the programs from PATH by default, from --pg-bin when given, and command prefixes over both', async () => {
-    expect(resolvePgTools()).toEqual({ pgDump: ['pg_dump'], pgDumpall: ['pg_dumpall'], pgRestore: ['pg_restore'], psql: ['psql'] });
+    expect(resolvePgTools()).toEqual({ pgDump: ['pg_dump'], pgDumpWrapped: false, pgDumpall: ['pg_dumpall'], pgRestore: ['pg_restore'], psql: ['psql'] });
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-pgbin-'));
     try {
       for (const n of ['pg_dump', 'pg_dumpall', 'pg_restore', 'psql']) await fsp.writeFile(path.join(dir, n), '');
       const tools = resolvePgTools({ binDir: dir, pgDumpCommand: "docker exec -i 'db 1' pg_dump" });
       expect(tools.pgDump).toEqual(['docker', 'exec', '-i', 'db 1', 'pg_dump']);
+      // Through a wrapper, the backup reads the whole compressed stream back.
+      expect(tools.pgDumpWrapped).toBe(true);
       expect(tools.pgRestore).toEqual([path.join(dir, 'pg_restore')]);
       await fsp.rm(path.join(dir, 'psql'));
       expect(() => resolvePgTools({ binDir: dir })).toThrow(`--pg-bin ${dir}: psql not found there`);
