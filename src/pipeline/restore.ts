@@ -7,7 +7,7 @@ import { finished as streamFinished, pipeline as streamPipeline } from 'node:str
 import type { BackupEntry } from '../catalog/catalog.js';
 import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { PgAdmin, derivedName, quoteLiteral, scratchName } from '../pg/admin.js';
+import { PgAdmin, derivedName, quoteIdent, quoteLiteral, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { archiveText, createStatement, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
@@ -116,6 +116,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
         hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
       });
     }
+    await reportLeftovers(admin, req.target, req.log);
     // 2. Open the backup: the age header is authenticated here, before any database exists.
     const opened = await openSource(req, sup, env);
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
@@ -245,6 +246,22 @@ export function roleOfAlterRole(line: string): string | undefined {
   if (q) return q[1]!.replace(/""/g, '"');
   const b = /^ALTER ROLE ([a-z_][a-z0-9_$]*) IN DATABASE /.exec(line);
   return b?.[1];
+}
+
+/**
+ * Scratch databases of earlier restores of the same target that are still there: a restore
+ * killed with SIGKILL (or whose server went away for longer than the cleanup waits) cannot drop
+ * its own. They are named, not dropped: another restore of the same target may be running.
+ */
+async function reportLeftovers(admin: PgAdmin, target: string, log: Logger): Promise<void> {
+  const prefix = derivedName(target, `__restoring_${'0'.repeat(8)}`).slice(0, -8);
+  const out = await admin.query(
+    `SELECT datname FROM pg_database WHERE left(datname, ${[...prefix].length}) = ${quoteLiteral(prefix)} AND datname ~ '__restoring_[0-9a-f]{8}$';`,
+    'look for scratch databases of earlier restores',
+  );
+  for (const name of out.split('\n').filter((n) => n === `${prefix}${n.slice(-8)}`)) {
+    log.warn(`a scratch database of an earlier restore of ${JSON.stringify(target)} is still there (that restore was killed before it could drop it); once no restore of it runs, drop it: DROP DATABASE ${quoteIdent(name)} WITH (FORCE);`, { database: name });
+  }
 }
 
 /** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */
