@@ -54,9 +54,14 @@ export interface DatabaseDefinition {
 /** The variable psql sets to the quoted name of the database it is connected to. */
 export const TARGET_DB_VAR = 'coffer_target_db';
 
+/** Whether a PostgreSQL encoding name is UTF-8. */
+export function isUtf8(encoding: string): boolean {
+  return /^utf-?8$/i.test(encoding);
+}
+
 /** Archive text (bytes as latin1 characters) as a JS string, for messages and UTF-8 statements. */
 export function archiveText(raw: string, clientEncoding: string): string {
-  return /^utf-?8$/i.test(clientEncoding) ? Buffer.from(raw, 'latin1').toString('utf8') : raw;
+  return isUtf8(clientEncoding) ? Buffer.from(raw, 'latin1').toString('utf8') : raw;
 }
 
 /** Options of CREATE DATABASE that a new server may lack or that only pg_upgrade uses. */

@@ -10,7 +10,7 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
-import { archiveText, createStatement, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
+import { archiveText, createStatement, isUtf8, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
 import { libpqEnv, psqlQuery } from '../pg/server.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor, toolEnv } from '../run/supervisor.js';
@@ -216,7 +216,7 @@ async function applyDatabaseProperties(req: RestoreRequest, admin: PgAdmin, scra
     // Names in the archive's encoding; a non-ASCII name of a non-UTF8 archive is left to the server.
     const lacks = (raw: string): boolean => {
       const name = archiveText(raw, def.clientEncoding);
-      return (/^[\x00-\x7f]*$/.test(raw) || /^utf-?8$/i.test(def.clientEncoding)) && !roles.has(name);
+      return (/^[\x00-\x7f]*$/.test(raw) || isUtf8(def.clientEncoding)) && !roles.has(name);
     };
     const missing = roleLines.filter((l) => {
       const role = roleOfAlterRole(l);

@@ -108,6 +108,16 @@ async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: R
   }
 }
 
+/** Runs `fn` with a progress line on a terminal, stopped in every case. */
+async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
+  const progress = new Progress(label, ctx.stderrIsTty);
+  try {
+    return await fn((n) => progress.update(n));
+  } finally {
+    progress.stop();
+  }
+}
+
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
 export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): Promise<RestoreSummary | LoadSummary | { output: string; bytes: number }> {
   if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
@@ -115,16 +125,13 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
     const out = path.resolve(ctx.cwd, flags.output);
-    return withSource(flags, ctx, async (source) => {
-      const progress = new Progress('restore', ctx.stderrIsTty);
-      try {
-        const r = await restoreToFile({ source, identities, env: ctx.env, signal: ctx.signal, log: ctx.log, onProgress: (n) => progress.update(n) }, out);
+    return withSource(flags, ctx, (source) =>
+      withProgress('restore', ctx, async (onProgress) => {
+        const r = await restoreToFile({ source, identities, env: ctx.env, signal: ctx.signal, log: ctx.log, onProgress }, out);
         ctx.log.info('archive written', { file: out, bytes: r.bytes, format: r.format });
         return { output: out, bytes: r.bytes };
-      } finally {
-        progress.stop();
-      }
-    });
+      }),
+    );
   }
   if (flags.targetDb === undefined) throw new UsageError('--target-db is required (the new database to restore into)', { hint: 'or --output FILE to write the archive to a file' });
   const target = checkDatabaseName(flags.targetDb, '--target-db');
@@ -132,10 +139,9 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
   const conn = serverConnection(flags);
   const t = tools(flags, ctx);
   const smoke = [...(flags.smoke ?? [])];
-  const summary = await withSource(flags, ctx, async (source) => {
-    const progress = new Progress('restore', ctx.stderrIsTty);
-    try {
-      return await runRestore({
+  const summary = await withSource(flags, ctx, (source) =>
+    withProgress('restore', ctx, (onProgress) =>
+      runRestore({
         source,
         identities,
         tools: t,
@@ -152,12 +158,10 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
         env: ctx.env,
         signal: ctx.signal,
         log: ctx.log,
-        onProgress: (n) => progress.update(n),
-      });
-    } finally {
-      progress.stop();
-    }
-  });
+        onProgress,
+      }),
+    ),
+  );
   report(summary, flags.json, ctx);
   return summary;
 }
@@ -188,10 +192,9 @@ async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<Loa
   const summary = await withSource(
     flags,
     ctx,
-    async (source) => {
-      const progress = new Progress('load', ctx.stderrIsTty);
-      try {
-        return await runLoadDataOnly({
+    (source) =>
+      withProgress('load', ctx, (onProgress) =>
+        runLoadDataOnly({
           source,
           identities,
           tools: t,
@@ -203,12 +206,9 @@ async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<Loa
           env: ctx.env,
           signal: ctx.signal,
           log: ctx.log,
-          onProgress: (n) => progress.update(n),
-        });
-      } finally {
-        progress.stop();
-      }
-    },
+          onProgress,
+        }),
+      ),
     'data-only',
   );
   if (flags.json) ctx.stdout(`${JSON.stringify(summary, null, 2)}\n`);
