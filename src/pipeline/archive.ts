@@ -242,12 +242,18 @@ export function peek(s: Readable): Promise<Buffer> {
  * nothing is left for a consumer).
  */
 export function readAhead(s: Readable, enough: (held: Buffer[]) => boolean): Promise<Buffer> {
+  // A stream that already failed, ended or closed emits nothing more: waiting for an event
+  // would leave the run with nothing to wait for (it failed while the caller was busy elsewhere).
+  if (s.errored) return Promise.reject(s.errored);
+  if (s.readableEnded) return Promise.resolve(Buffer.alloc(0));
+  if (s.destroyed) return Promise.reject(new Error('the archive stream was closed before it was read'));
   const held: Buffer[] = [];
   return new Promise<Buffer>((resolve, reject) => {
     const cleanup = (): void => {
       s.off('readable', onReadable);
       s.off('end', onEnd);
       s.off('error', onError);
+      s.off('close', onClose);
     };
     const onReadable = (): void => {
       let c: Buffer | null;
@@ -270,8 +276,14 @@ export function readAhead(s: Readable, enough: (held: Buffer[]) => boolean): Pro
       cleanup();
       reject(err);
     };
+    // Destroyed without an error (by a teardown): nothing more will come.
+    const onClose = (): void => {
+      cleanup();
+      reject(s.errored ?? new Error('the archive stream was closed before it was read'));
+    };
     s.on('readable', onReadable);
     s.once('end', onEnd);
     s.once('error', onError);
+    s.once('close', onClose);
   });
 }

@@ -180,6 +180,13 @@ describe('damage anywhere in the stored object: exit 5, the cause named, nothing
       // seeded mode. The soak (COFFER_FAULT_SWEEP=full) runs every position in every mode.
       fixed.forEach((d, i) => cases.push({ mode: MODES[i % MODES.length]!, d }));
       for (const d of randomDamage(good.length, 8)) cases.push({ mode: MODES[Math.floor(rnd.next() * MODES.length)]!, d });
+      // And every mode once with a seeded flip in the object's middle half: damage the pipeline
+      // finds while the run is still busy elsewhere (--jobs prepares its spool first; that race
+      // once ended in "nothing left to wait for", exit 1).
+      for (const mode of MODES) {
+        const at = Math.floor(good.length * (0.25 + rnd.next() / 2));
+        cases.push({ mode, d: { kind: 'flip', at, label: `seeded mid-object flip @${at}` } });
+      }
     }
     const causes = new Map<string, number>();
     // Two at a time: each case is a whole coffer run.
