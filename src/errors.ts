@@ -124,6 +124,27 @@ export class InterruptedError extends CofferError {
   }
 }
 
+/** What a file-system error code means, in the words of coffer's messages. */
+const ERRNO_WORDS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a parent is not a directory',
+  ENOSPC: 'no space left on device',
+  EROFS: 'read-only file system',
+};
+
+/**
+ * A file-system error in a few words for a message ("no such file", "permission denied", …);
+ * for another code, the code itself (or the message of an error without one).
+ */
+export function errnoWords(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== undefined && Object.hasOwn(ERRNO_WORDS, code)) return ERRNO_WORDS[code]!;
+  return code ?? (err instanceof Error ? err.message : String(err));
+}
+
 /** Prefix an error's message with a short lowercase context, keeping its type and cause. */
 export function wrapError(context: string, err: unknown): Error {
   if (err instanceof CofferError) {

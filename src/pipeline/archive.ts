@@ -5,7 +5,8 @@ import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
 import { ArchiveOffsetScanner, missingDataBlocks, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { missingTool } from '../pg/tools.js';
-import { isEcho, toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
+import { isAbortEcho } from '../run/abort.js';
+import { toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
 
 /** What the manifest says the object holds: checked over the whole stream, before the archive ends. */
 export interface ExpectedArchive {
@@ -98,7 +99,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     },
   });
   const failStage = (err: Error): void => {
-    if (!isEcho(err)) sup.fail(err);
+    if (!isAbortEcho(err)) sup.fail(err);
   };
   tap.on('error', failStage);
   input.ciphertext.on('error', failStage);

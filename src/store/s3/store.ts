@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { StorageError } from '../../errors.js';
+import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
 import { s3Error } from './errors.js';
@@ -66,11 +67,7 @@ export class S3Store implements ObjectStore {
     });
     body.on('error', (err) => writer.destroy(err));
     body.pipe(writer);
-    const onAbort = (): void => {
-      writer.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`));
-    };
-    options.signal.addEventListener('abort', onAbort, { once: true });
-    if (options.signal.aborted) onAbort();
+    const unfollow = followAbort(options.signal, () => writer.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`)));
     try {
       await finished(writer);
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`);
@@ -89,7 +86,7 @@ export class S3Store implements ObjectStore {
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
       throw s3Error(writer.failure ?? err, `upload ${this.fullName(key)}`);
     } finally {
-      options.signal.removeEventListener('abort', onAbort);
+      unfollow();
     }
   }
 
@@ -224,22 +221,6 @@ function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInp
 function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
   if (!tags || Object.keys(tags).length === 0) return {};
   return { Tagging: new URLSearchParams(tags).toString() };
-}
-
-/**
- * Errors a stream reports only because it was torn down (our own abort, a destroyed pipe), not a
- * cause: when the upload fails, the body sees these, and the upload's error is the one to report.
- */
-function isAbortEcho(err: unknown): boolean {
-  const e = err as { name?: string; code?: string };
-  return (
-    (err instanceof StorageError && err.code === 'Aborted') ||
-    e?.name === 'AbortError' ||
-    e?.code === 'ABORT_ERR' ||
-    e?.code === 'ERR_STREAM_PREMATURE_CLOSE' ||
-    e?.code === 'ERR_STREAM_DESTROYED' ||
-    e?.code === 'EPIPE'
-  );
 }
 
 /** Opens a readable stream of a whole S3 object body into a Node Readable (SDK bodies already are). */
