@@ -11,6 +11,7 @@ import {
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
 import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
@@ -78,7 +79,7 @@ export class S3Store implements ObjectStore {
       if (!writer.closed) await new Promise((r) => writer.once('close', r));
       // Once CreateMultipartUpload has answered, an upload without an id cannot be aborted.
       await writer.creating;
-      if (writer.uploadId !== undefined) await this.abortMultipart(Key, () => writer.uploadId);
+      if (writer.uploadId !== undefined) await this.abortMultipart(Key, writer.uploadId);
       // An error of the body (the producer: pg_dump, encryption…) is the real cause.
       const bodyErr = (body as unknown as { errored?: unknown }).errored ?? (writer.failure === undefined ? writer.errored : undefined);
       if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
@@ -92,26 +93,23 @@ export class S3Store implements ObjectStore {
 
   /**
    * Aborts the multipart upload of a failed put (after its parts in flight were cancelled and
-   * settled), with a fresh signal, retried a few times. A failure here is reported but does
-   * not replace the original error (the bucket's AbortIncompleteMultipartUpload rule is the
-   * last line of defence).
+   * settled), with a fresh signal, tried up to 5 times (200 ms, then doubling, between tries). A
+   * failure here is dropped: it must not replace the original error, and the bucket's
+   * AbortIncompleteMultipartUpload rule is the last line of defence.
    */
-  private async abortMultipart(Key: string, id: () => string | undefined): Promise<void> {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const uploadId = id();
-      if (uploadId) {
+  private async abortMultipart(Key: string, UploadId: string): Promise<void> {
+    await pRetry(
+      async () => {
         try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId: uploadId }), {
-            abortSignal: AbortSignal.timeout(30_000),
-          });
-          return;
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), { abortSignal: AbortSignal.timeout(30_000) });
         } catch (err) {
-          const name = (err as { name?: string }).name;
-          if (name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+          // Already gone: done.
+          if ((err as { name?: string }).name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+          throw err;
         }
-      }
-      await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
-    }
+      },
+      { retries: 4, minTimeout: 200, factor: 2 },
+    ).catch(() => undefined);
   }
 
   async putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void> {
