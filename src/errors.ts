@@ -145,22 +145,6 @@ export function errnoWords(err: unknown): string {
   return code ?? (err instanceof Error ? err.message : String(err));
 }
 
-/** Prefix an error's message with a short lowercase context, keeping its type and cause. */
-export function wrapError(context: string, err: unknown): Error {
-  if (err instanceof CofferError) {
-    const copy = Object.create(Object.getPrototypeOf(err)) as CofferError;
-    Object.assign(copy, err);
-    Object.defineProperty(copy, 'message', { value: `${context}: ${err.message}`, enumerable: false, writable: true });
-    Object.defineProperty(copy, 'stack', { value: err.stack, enumerable: false, writable: true });
-    return copy;
-  }
-  if (err instanceof Error) {
-    const e = new Error(`${context}: ${err.message}`, { cause: err });
-    return e;
-  }
-  return new Error(`${context}: ${String(err)}`);
-}
-
 /** One line for a human: message plus hint, newlines folded. */
 export function formatErrorLine(err: unknown): string {
   let text: string;

@@ -14,7 +14,7 @@ import { IntegrityError } from '../errors.js';
 /** Plaintext bytes per STREAM chunk. */
 export const CHUNK_SIZE = 64 * 1024;
 /** Poly1305 tag bytes per chunk. */
-export const TAG_SIZE = 16;
+const TAG_SIZE = 16;
 /** Size of the payload nonce that precedes the chunks. */
 export const PAYLOAD_NONCE_SIZE = 16;
 const SEALED_SIZE = CHUNK_SIZE + TAG_SIZE;

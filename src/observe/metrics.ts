@@ -28,7 +28,7 @@ interface MetricDef {
 }
 
 /** The metric families coffer writes, in file order. */
-export const METRICS = {
+const METRICS = {
   lastSuccess: { name: 'coffer_backup_last_success_timestamp_seconds', help: 'Unix time of the last successful backup of the database.' },
   lastRun: { name: 'coffer_backup_last_run_timestamp_seconds', help: 'Unix time the last backup run of the database ended (success or failure).' },
   lastResult: { name: 'coffer_backup_last_result', help: 'Result of the last backup run of the database: 1 success, 0 failure.' },
@@ -70,7 +70,7 @@ function formatValue(v: number): string {
 }
 
 /** Renders the whole file (sorted, so unchanged series stay in place). */
-export function renderMetrics(series: Series): string {
+function renderMetrics(series: Series): string {
   const lines: string[] = [];
   for (const fam of Object.keys(METRICS) as Family[]) {
     const s = series.get(fam);

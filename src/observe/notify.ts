@@ -19,7 +19,7 @@ import { UsageError } from '../errors.js';
 import type { Logger } from './log.js';
 
 /** After a stop signal: the time all remaining notifications share. */
-export const STOP_BUDGET_MS = 3_000;
+const STOP_BUDGET_MS = 3_000;
 
 /** What a webhook receives for one database. */
 export interface WebhookEvent {
@@ -47,7 +47,7 @@ export interface NotifierOptions {
 }
 
 /** Checks a notification URL up front (exit 2 on a bad one). */
-export function parseNotifyUrl(value: string, flag: string): URL {
+function parseNotifyUrl(value: string, flag: string): URL {
   let u: URL;
   try {
     u = new URL(value);

@@ -75,7 +75,7 @@ export function defaultLockDir(env: NodeJS.ProcessEnv): string {
 }
 
 /** Two signed 32-bit integers from sha256(repository NUL database): the advisory lock key. */
-export function advisoryKey(repository: string, database: string): [number, number] {
+function advisoryKey(repository: string, database: string): [number, number] {
   const h = createHash('sha256').update(`coffer\0${repository}\0${database}`).digest();
   return [h.readInt32BE(0), h.readInt32BE(4)];
 }
@@ -107,7 +107,7 @@ function processAlive(pid: number): boolean {
 }
 
 /** Creates the lock directory (0700) or checks that an existing one is ours and private. */
-export async function ensureLockDir(dir: string): Promise<void> {
+async function ensureLockDir(dir: string): Promise<void> {
   try {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   } catch (err) {

@@ -543,7 +543,7 @@ async function removeOrphans(req: BackupRequest, keys: string[]): Promise<void> 
 }
 
 /** The exact pipeline of standard tools that reads this object without coffer. */
-export function manualRestoreHint(key: string, kind: DumpKind, compression: Compression): string {
+function manualRestoreHint(key: string, kind: DumpKind, compression: Compression): string {
   const file = key.split('/').pop()!;
   const unzip = compression.kind === 'zstd' ? ' | zstd -d' : '';
   const sink = kind === 'custom' ? 'pg_restore -d NEWDB' : 'psql -v ON_ERROR_STOP=1 -d NEWDB';

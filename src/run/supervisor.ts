@@ -303,7 +303,7 @@ function shorten(s: string, max: number): string {
 }
 
 /** Passwords in a statement or connection string (`PASSWORD 'x'`, `password=x`, `://u:x@`) replaced by `***`. */
-export function hidePasswords(s: string): string {
+function hidePasswords(s: string): string {
   return s
     .replace(/(\bpassword\s*=\s*)('(?:[^']|'')*'?|[^\s,)']+)/gi, '$1***')
     .replace(/(\bpassword\s+)'(?:[^']|'')*'?/gi, "$1'***'")

@@ -9,7 +9,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
@@ -219,9 +219,4 @@ function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInp
 function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
   if (!tags || Object.keys(tags).length === 0) return {};
   return { Tagging: new URLSearchParams(tags).toString() };
-}
-
-/** Opens a readable stream of a whole S3 object body into a Node Readable (SDK bodies already are). */
-export function asReadable(body: unknown): Readable {
-  return body instanceof Readable ? body : Readable.from(body as AsyncIterable<Uint8Array>);
 }
