@@ -53,19 +53,20 @@ export class CofferError extends Error {
   }
 }
 
-/** Bad flags, configuration, names, keys supplied by the user (exit 2). */
-export class UsageError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('usage', message, options);
-  }
+/** The base of an error class that adds nothing but its kind (and so its exit code). */
+function ofKind(kind: ErrorKind) {
+  return class extends CofferError {
+    constructor(message: string, options?: CofferErrorOptions) {
+      super(kind, message, options);
+    }
+  };
 }
 
+/** Bad flags, configuration, names, keys supplied by the user (exit 2). */
+export class UsageError extends ofKind('usage') {}
+
 /** Connecting to PostgreSQL, pg_dump, pg_restore, psql (exit 3). */
-export class DatabaseError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('database', message, options);
-  }
-}
+export class DatabaseError extends ofKind('database') {}
 
 /**
  * Why a repository operation failed (the `ObjectStore` contract in src/store/object-store.ts):
@@ -92,25 +93,13 @@ export class StorageError extends CofferError {
 }
 
 /** Checksums, decryption, authentication, corrupt or inconsistent backups (exit 5). */
-export class IntegrityError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('integrity', message, options);
-  }
-}
+export class IntegrityError extends ofKind('integrity') {}
 
 /** Another run holds the lock (exit 6). */
-export class BusyError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('busy', message, options);
-  }
-}
+export class BusyError extends ofKind('busy') {}
 
 /** `status`: a backup is older than allowed (exit 7). */
-export class StaleError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('stale', message, options);
-  }
-}
+export class StaleError extends ofKind('stale') {}
 
 /** The run was stopped by a signal or its `--timeout`; everything was aborted cleanly. */
 export class InterruptedError extends CofferError {
