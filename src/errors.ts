@@ -53,19 +53,20 @@ export class CofferError extends Error {
   }
 }
 
-/** Bad flags, configuration, names, keys supplied by the user (exit 2). */
-export class UsageError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('usage', message, options);
-  }
+/** The base of an error class that adds nothing but its kind (and so its exit code). */
+function ofKind(kind: ErrorKind) {
+  return class extends CofferError {
+    constructor(message: string, options?: CofferErrorOptions) {
+      super(kind, message, options);
+    }
+  };
 }
 
+/** Bad flags, configuration, names, keys supplied by the user (exit 2). */
+export class UsageError extends ofKind('usage') {}
+
 /** Connecting to PostgreSQL, pg_dump, pg_restore, psql (exit 3). */
-export class DatabaseError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('database', message, options);
-  }
-}
+export class DatabaseError extends ofKind('database') {}
 
 /**
  * Why a repository operation failed (the `ObjectStore` contract in src/store/object-store.ts):
@@ -92,25 +93,13 @@ export class StorageError extends CofferError {
 }
 
 /** Checksums, decryption, authentication, corrupt or inconsistent backups (exit 5). */
-export class IntegrityError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('integrity', message, options);
-  }
-}
+export class IntegrityError extends ofKind('integrity') {}
 
 /** Another run holds the lock (exit 6). */
-export class BusyError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('busy', message, options);
-  }
-}
+export class BusyError extends ofKind('busy') {}
 
 /** `status`: a backup is older than allowed (exit 7). */
-export class StaleError extends CofferError {
-  constructor(message: string, options?: CofferErrorOptions) {
-    super('stale', message, options);
-  }
-}
+export class StaleError extends ofKind('stale') {}
 
 /** The run was stopped by a signal or its `--timeout`; everything was aborted cleanly. */
 export class InterruptedError extends CofferError {
@@ -124,20 +113,25 @@ export class InterruptedError extends CofferError {
   }
 }
 
-/** Prefix an error's message with a short lowercase context, keeping its type and cause. */
-export function wrapError(context: string, err: unknown): Error {
-  if (err instanceof CofferError) {
-    const copy = Object.create(Object.getPrototypeOf(err)) as CofferError;
-    Object.assign(copy, err);
-    Object.defineProperty(copy, 'message', { value: `${context}: ${err.message}`, enumerable: false, writable: true });
-    Object.defineProperty(copy, 'stack', { value: err.stack, enumerable: false, writable: true });
-    return copy;
-  }
-  if (err instanceof Error) {
-    const e = new Error(`${context}: ${err.message}`, { cause: err });
-    return e;
-  }
-  return new Error(`${context}: ${String(err)}`);
+/** What a file-system error code means, in the words of coffer's messages. */
+const ERRNO_WORDS: Readonly<Record<string, string>> = {
+  ENOENT: 'no such file',
+  EACCES: 'permission denied',
+  EPERM: 'permission denied',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a parent is not a directory',
+  ENOSPC: 'no space left on device',
+  EROFS: 'read-only file system',
+};
+
+/**
+ * A file-system error in a few words for a message ("no such file", "permission denied", …);
+ * for another code, the code itself (or the message of an error without one).
+ */
+export function errnoWords(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code !== undefined && Object.hasOwn(ERRNO_WORDS, code)) return ERRNO_WORDS[code]!;
+  return code ?? (err instanceof Error ? err.message : String(err));
 }
 
 /** One line for a human: message plus hint, newlines folded. */

@@ -59,7 +59,7 @@ export function encodeDbSegment(db: string): string {
   return out;
 }
 
-export function decodeDbSegment(seg: string): string {
+function decodeDbSegment(seg: string): string {
   return decodeURIComponent(seg);
 }
 

@@ -2,8 +2,8 @@ import { IntegrityError } from '../errors.js';
 import { isTier, type Tier, BACKUP_ID_RE } from './layout.js';
 import type { DatabaseLocale } from '../pg/database-props.js';
 
-export const MANIFEST_FORMAT = 'coffer-backup-manifest';
-export const MANIFEST_VERSION = 1;
+const MANIFEST_FORMAT = 'coffer-backup-manifest';
+const MANIFEST_VERSION = 1;
 
 /** How the dump object was compressed before encryption. */
 export type Compression =

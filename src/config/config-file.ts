@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseDocument } from 'yaml';
-import { UsageError } from '../errors.js';
+import { errnoWords, UsageError } from '../errors.js';
 
 /** The file looked for in the working directory when `--config` is not given. */
 export const DEFAULT_CONFIG_FILE = 'coffer.yaml';
@@ -30,8 +30,7 @@ export function loadConfigFile(explicit: string | undefined, cwd: string): Confi
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (explicit === undefined && code === 'ENOENT') return undefined;
-    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : (code ?? 'read error');
-    throw new UsageError(`config file ${name}: cannot read it (${why})`, {
+    throw new UsageError(`config file ${name}: cannot read it (${errnoWords(err)})`, {
       hint: explicit === undefined ? `fix or remove ./${DEFAULT_CONFIG_FILE}` : 'check the --config path (or COFFER_CONFIG)',
     });
   }

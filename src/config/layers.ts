@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Command } from 'commander';
-import { UsageError } from '../errors.js';
+import { errnoWords, UsageError } from '../errors.js';
 import type { ConfigFile } from './config-file.js';
 import { allCommands, commandPath, optionSpecs, upperSnake, type OptionSpec } from './option-specs.js';
 import { passwordInConnectionString, redactConnectionString, REDACTED } from './redact.js';
@@ -168,8 +168,7 @@ function readSecretFile(file: string, label: string, baseDir: string): string {
   try {
     text = readFileSync(path.resolve(baseDir, file), 'utf8');
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new UsageError(`${label}: cannot read ${file} (${code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (code ?? 'read error')})`);
+    throw new UsageError(`${label}: cannot read ${file} (${errnoWords(err)})`);
   }
   const v = text.replace(/\r?\n$/, '');
   if (v === '') throw new UsageError(`${label}: ${file} is empty`);

@@ -12,6 +12,7 @@ import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { Decrypter, Encrypter, type Identity, type Recipient, type Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
+import { readHead } from '../stream-head.js';
 import { parseIdentity, parseRecipient } from './keys.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
@@ -135,59 +136,31 @@ function scanHeader(buf: Buffer, from: number): number {
  * afterwards. Rejects with the source's error, or IntegrityError for input that is no age file.
  */
 function readPrefix(source: Readable): Promise<Prefix> {
-  return new Promise<Prefix>((resolve, reject) => {
-    let buf: Buffer = Buffer.alloc(0);
-    let headerEnd = -1;
-    const cleanup = (): void => {
-      source.off('data', onData);
-      source.off('end', onEnd);
-      source.off('error', onError);
-      source.off('close', onClose);
-      source.pause();
-    };
-    const split = (): Prefix => {
-      const header = buf.subarray(0, headerEnd);
-      const after = buf.subarray(headerEnd);
-      if (after.length < PAYLOAD_NONCE_SIZE) return { header, nonce: null, rest: after };
-      return { header, nonce: after.subarray(0, PAYLOAD_NONCE_SIZE), rest: after.subarray(PAYLOAD_NONCE_SIZE) };
-    };
-    const onData = (chunk: Buffer | string): void => {
-      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+  if (source.destroyed || source.readableEnded) {
+    return Promise.reject(source.errored ?? new Error('openDecryptStream: the source stream was already ended or destroyed'));
+  }
+  let buf: Buffer = Buffer.alloc(0);
+  let headerEnd = -1;
+  const split = (): Prefix => {
+    const header = buf.subarray(0, headerEnd);
+    const after = buf.subarray(headerEnd);
+    if (after.length < PAYLOAD_NONCE_SIZE) return { header, nonce: null, rest: after };
+    return { header, nonce: after.subarray(0, PAYLOAD_NONCE_SIZE), rest: after.subarray(PAYLOAD_NONCE_SIZE) };
+  };
+  return readHead(source, {
+    event: 'data',
+    step: (chunk) => {
+      const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk!;
       const scannedTo = buf.length;
       buf = buf.length === 0 ? bytes : Buffer.concat([buf, bytes]);
-      try {
-        if (headerEnd < 0) headerEnd = scanHeader(buf, scannedTo);
-      } catch (err) {
-        cleanup();
-        reject(err);
-        return;
-      }
-      if (headerEnd >= 0 && buf.length >= headerEnd + PAYLOAD_NONCE_SIZE) {
-        cleanup();
-        resolve(split());
-      }
-    };
-    const onEnd = (): void => {
-      cleanup();
-      if (headerEnd >= 0) resolve(split());
-      else reject(buf.length === 0 ? corruptHeader('the file is empty') : corruptHeader('the header is incomplete'));
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(err);
-    };
-    const onClose = (): void => {
-      cleanup();
-      reject(source.errored ?? new Error('the encrypted input was closed before its header was read'));
-    };
-    if (source.destroyed || source.readableEnded) {
-      reject(source.errored ?? new Error('openDecryptStream: the source stream was already ended or destroyed'));
-      return;
-    }
-    source.on('data', onData);
-    source.on('end', onEnd);
-    source.on('error', onError);
-    source.on('close', onClose);
+      if (headerEnd < 0) headerEnd = scanHeader(buf, scannedTo);
+      return headerEnd >= 0 && buf.length >= headerEnd + PAYLOAD_NONCE_SIZE ? split() : undefined;
+    },
+    atEnd: () => {
+      if (headerEnd >= 0) return split();
+      throw buf.length === 0 ? corruptHeader('the file is empty') : corruptHeader('the header is incomplete');
+    },
+    closed: 'the encrypted input was closed before its header was read',
   });
 }
 

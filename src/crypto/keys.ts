@@ -9,7 +9,7 @@
  */
 import { open } from 'node:fs/promises';
 import { Encrypter, generateX25519Identity, identityToRecipient } from 'age-encryption';
-import { UsageError } from '../errors.js';
+import { errnoWords, UsageError } from '../errors.js';
 
 /** Files larger than this are not key files (same limit as the age CLI). */
 const KEY_FILE_LIMIT = 16 * 1024 * 1024;
@@ -68,7 +68,7 @@ async function readKeyFile(path: string, what: string): Promise<{ text: string; 
   try {
     handle = await open(path, 'r');
   } catch (err) {
-    throw new UsageError(`cannot read ${what} ${path}: ${describeFsError(err)}`);
+    throw new UsageError(`cannot read ${what} ${path}: ${errnoWords(err)}`);
   }
   try {
     const st = await handle.stat();
@@ -80,24 +80,9 @@ async function readKeyFile(path: string, what: string): Promise<{ text: string; 
     return { text: bytes.toString('latin1', bom), mode: st.mode, binary: bytes.includes(0) };
   } catch (err) {
     if (err instanceof UsageError) throw err;
-    throw new UsageError(`cannot read ${what} ${path}: ${describeFsError(err)}`);
+    throw new UsageError(`cannot read ${what} ${path}: ${errnoWords(err)}`);
   } finally {
     await handle.close();
-  }
-}
-
-function describeFsError(err: unknown): string {
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  switch (code) {
-    case 'ENOENT':
-      return 'no such file';
-    case 'EACCES':
-    case 'EPERM':
-      return 'permission denied';
-    case 'EISDIR':
-      return 'is a directory';
-    default:
-      return code ?? (err instanceof Error ? err.message : String(err));
   }
 }
 

@@ -14,7 +14,7 @@ import { IntegrityError } from '../errors.js';
 /** Plaintext bytes per STREAM chunk. */
 export const CHUNK_SIZE = 64 * 1024;
 /** Poly1305 tag bytes per chunk. */
-export const TAG_SIZE = 16;
+const TAG_SIZE = 16;
 /** Size of the payload nonce that precedes the chunks. */
 export const PAYLOAD_NONCE_SIZE = 16;
 const SEALED_SIZE = CHUNK_SIZE + TAG_SIZE;
@@ -59,6 +59,53 @@ class ChunkNonce {
 }
 
 /**
+ * Cuts a stream into chunks of a fixed size, holding the last full chunk back until more input
+ * shows that it is not the last one (age marks the last chunk). Partial chunks are collected in
+ * one reusable buffer; chunks that lie whole in a write are passed on straight from it.
+ */
+class HoldLastChunker {
+  readonly #buf: Buffer;
+  /** Bytes collected in the buffer. */
+  fill = 0;
+
+  constructor(size: number) {
+    this.#buf = Buffer.allocUnsafe(size);
+  }
+
+  /** What is collected: at the end of input, the last chunk (possibly empty or partial). */
+  get rest(): Buffer {
+    return this.#buf.subarray(0, this.fill);
+  }
+
+  /** Passes every chunk known not to be the last to `middle`; then `callback` (with `middle`'s error, if it threw). */
+  feed(data: Buffer, middle: (chunk: Buffer) => void, callback: TransformCallback): void {
+    const size = this.#buf.length;
+    let off = 0;
+    try {
+      while (off < data.length) {
+        if (this.fill === size) {
+          middle(this.#buf);
+          this.fill = 0;
+        }
+        if (this.fill === 0 && data.length - off > size) {
+          middle(data.subarray(off, off + size));
+          off += size;
+          continue;
+        }
+        const n = Math.min(size - this.fill, data.length - off);
+        data.copy(this.#buf, this.fill, off, off + n);
+        this.fill += n;
+        off += n;
+      }
+    } catch (err) {
+      callback(err as Error);
+      return;
+    }
+    callback();
+  }
+}
+
+/**
  * Plaintext in, age payload out (`prefix`, normally header + payload nonce, first). Arbitrary
  * write sizes; whole chunks are sealed straight from the written buffer, partial ones are
  * collected in one reusable 64 KiB buffer. The last full chunk is held back until more input or
@@ -67,8 +114,7 @@ class ChunkNonce {
 export class PayloadEncrypter extends Transform {
   readonly #key: KeyObject;
   readonly #nonce = new ChunkNonce();
-  readonly #buf = Buffer.allocUnsafe(CHUNK_SIZE);
-  #len = 0;
+  readonly #held = new HoldLastChunker(CHUNK_SIZE);
 
   /** @param key - from {@link payloadKey}. @param prefix - bytes emitted before the payload. */
   constructor(key: KeyObject, prefix: Uint8Array) {
@@ -89,34 +135,14 @@ export class PayloadEncrypter extends Transform {
   }
 
   override _transform(data: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    try {
-      let off = 0;
-      while (off < data.length) {
-        if (this.#len === CHUNK_SIZE) {
-          // More input exists, so the held-back chunk is not the last one.
-          this.#seal(this.#buf, false);
-          this.#len = 0;
-        }
-        if (this.#len === 0 && data.length - off > CHUNK_SIZE) {
-          this.#seal(data.subarray(off, off + CHUNK_SIZE), false);
-          off += CHUNK_SIZE;
-          continue;
-        }
-        const n = Math.min(CHUNK_SIZE - this.#len, data.length - off);
-        data.copy(this.#buf, this.#len, off, off + n);
-        this.#len += n;
-        off += n;
-      }
-      callback();
-    } catch (err) {
-      callback(err as Error);
-    }
+    // A full chunk followed by more input is not the last one.
+    this.#held.feed(data, (chunk) => this.#seal(chunk, false), callback);
   }
 
   override _flush(callback: TransformCallback): void {
     try {
       // Empty only when the whole plaintext was empty.
-      this.#seal(this.#buf.subarray(0, this.#len), true);
+      this.#seal(this.#held.rest, true);
       callback();
     } catch (err) {
       callback(err as Error);
@@ -133,8 +159,7 @@ export class PayloadEncrypter extends Transform {
 export class PayloadDecrypter extends Transform {
   readonly #key: KeyObject;
   readonly #nonce = new ChunkNonce();
-  readonly #buf = Buffer.allocUnsafe(SEALED_SIZE);
-  #len = 0;
+  readonly #held = new HoldLastChunker(SEALED_SIZE);
   #chunks = 0;
   readonly #payloadOffset: number;
 
@@ -187,43 +212,23 @@ export class PayloadDecrypter extends Transform {
   }
 
   override _transform(data: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    try {
-      let off = 0;
-      while (off < data.length) {
-        if (this.#len === SEALED_SIZE) {
-          this.#openMiddle(this.#buf);
-          this.#len = 0;
-        }
-        if (this.#len === 0 && data.length - off > SEALED_SIZE) {
-          this.#openMiddle(data.subarray(off, off + SEALED_SIZE));
-          off += SEALED_SIZE;
-          continue;
-        }
-        const n = Math.min(SEALED_SIZE - this.#len, data.length - off);
-        data.copy(this.#buf, this.#len, off, off + n);
-        this.#len += n;
-        off += n;
-      }
-      callback();
-    } catch (err) {
-      callback(err as Error);
-    }
+    this.#held.feed(data, (sealed) => this.#openMiddle(sealed), callback);
   }
 
   override _flush(callback: TransformCallback): void {
     try {
-      if (this.#len === 0) {
+      if (this.#held.fill === 0) {
         throw new IntegrityError('backup is truncated: the encrypted data ends right after the header', {
           hint: 'the upload or download was probably interrupted; use another backup',
         });
       }
-      if (this.#len < TAG_SIZE) {
+      if (this.#held.fill < TAG_SIZE) {
         throw new IntegrityError(`backup is truncated or corrupted: incomplete chunk at byte offset ${this.#offset()}`);
       }
-      const sealed = this.#buf.subarray(0, this.#len);
+      const sealed = this.#held.rest;
       const plaintext = this.#tryOpen(sealed, true);
       if (plaintext === null) {
-        const middle = this.#len === SEALED_SIZE ? this.#tryOpen(sealed, false) : null;
+        const middle = this.#held.fill === SEALED_SIZE ? this.#tryOpen(sealed, false) : null;
         if (middle !== null) {
           // An authentic non-final chunk: release it like any other, then report the missing end.
           this.#chunks++;

@@ -66,9 +66,6 @@ export function createLogger(opts: LoggerOptions): Logger {
   };
 }
 
-/** A logger that drops everything (library use, tests). */
-export const silentLogger: Logger = createLogger({ format: 'json', level: 'error', write: () => undefined });
-
 /** `1536` → `1.5 KiB`. */
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

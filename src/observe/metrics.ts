@@ -1,14 +1,14 @@
 /**
  * Prometheus textfile-collector output (node_exporter `--collector.textfile.directory`).
  *
- * After every backup run the file is rewritten atomically (temporary file in the same
- * directory, fsync, rename; mode 0644) with one series per (repository, database). Series of
- * databases the run did not cover are kept (read, merge, write), and the last success time of a
- * database whose run failed keeps its previous value.
+ * After every backup run the file is rewritten atomically (src/atomic-write.ts; mode 0644) with
+ * one series per (repository, database). Series of databases the run did not cover are kept
+ * (read, merge, write), and the last success time of a database whose run failed keeps its
+ * previous value.
  */
 import * as fsp from 'node:fs/promises';
-import * as path from 'node:path';
-import { UsageError } from '../errors.js';
+import { writeFileAtomic } from '../atomic-write.js';
+import { errnoWords, UsageError } from '../errors.js';
 
 /** The outcome of one database's backup in a run. */
 export interface BackupRunMetrics {
@@ -28,7 +28,7 @@ interface MetricDef {
 }
 
 /** The metric families coffer writes, in file order. */
-export const METRICS = {
+const METRICS = {
   lastSuccess: { name: 'coffer_backup_last_success_timestamp_seconds', help: 'Unix time of the last successful backup of the database.' },
   lastRun: { name: 'coffer_backup_last_run_timestamp_seconds', help: 'Unix time the last backup run of the database ended (success or failure).' },
   lastResult: { name: 'coffer_backup_last_result', help: 'Result of the last backup run of the database: 1 success, 0 failure.' },
@@ -70,7 +70,7 @@ function formatValue(v: number): string {
 }
 
 /** Renders the whole file (sorted, so unchanged series stay in place). */
-export function renderMetrics(series: Series): string {
+function renderMetrics(series: Series): string {
   const lines: string[] = [];
   for (const fam of Object.keys(METRICS) as Family[]) {
     const s = series.get(fam);
@@ -92,7 +92,7 @@ export async function writeBackupMetrics(file: string, results: BackupRunMetrics
     existing = await fsp.readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new UsageError(`--metrics-file ${file}: cannot read it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      throw new UsageError(`--metrics-file ${file}: cannot read it: ${errnoWords(err)}`);
     }
   }
   const series = parseExisting(existing);
@@ -110,21 +110,10 @@ export async function writeBackupMetrics(file: string, results: BackupRunMetrics
       set('lastBytes', key, r.bytes);
     }
   }
-  const dir = path.dirname(path.resolve(file));
-  const tmp = path.join(dir, `.${path.basename(file)}.coffer-tmp-${process.pid}`);
   try {
-    const fh = await fsp.open(tmp, 'w', 0o644);
-    try {
-      await fh.writeFile(renderMetrics(series));
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.chmod(tmp, 0o644);
-    await fsp.rename(tmp, file);
+    await writeFileAtomic(file, renderMetrics(series), { mode: 0o644 });
   } catch (err) {
-    await fsp.rm(tmp, { force: true }).catch(() => undefined);
-    throw new UsageError(`--metrics-file ${file}: cannot write it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+    throw new UsageError(`--metrics-file ${file}: cannot write it: ${errnoWords(err)}`, {
       hint: 'point --metrics-file into an existing writable directory (e.g. node_exporter textfile directory)',
     });
   }

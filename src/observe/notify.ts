@@ -14,11 +14,12 @@
  * pod gets 30 s before SIGKILL): requests in flight are abandoned, and what is left gets one
  * try each, all within {@link STOP_BUDGET_MS}, the failure ping first.
  */
+import pRetry, { AbortError } from 'p-retry';
 import { UsageError } from '../errors.js';
-import type { Logger } from '../observe/log.js';
+import type { Logger } from './log.js';
 
 /** After a stop signal: the time all remaining notifications share. */
-export const STOP_BUDGET_MS = 3_000;
+const STOP_BUDGET_MS = 3_000;
 
 /** What a webhook receives for one database. */
 export interface WebhookEvent {
@@ -41,13 +42,12 @@ export interface NotifierOptions {
   webhookUrl?: string;
   log: Logger;
   timeoutMs?: number;
+  /** Tries per notification (default 3), with pauses of 500 ms, 1 s, 2 s… between them. */
   attempts?: number;
-  /** Pause before retry n (1-based), default 500 ms × n. */
-  backoffMs?: (n: number) => number;
 }
 
 /** Checks a notification URL up front (exit 2 on a bad one). */
-export function parseNotifyUrl(value: string, flag: string): URL {
+function parseNotifyUrl(value: string, flag: string): URL {
   let u: URL;
   try {
     u = new URL(value);
@@ -71,7 +71,6 @@ export class Notifier {
   private readonly log: Logger;
   private readonly timeoutMs: number;
   private readonly attempts: number;
-  private readonly backoffMs: (n: number) => number;
   private started: Promise<void> = Promise.resolve();
   /** Aborts every request in flight (a stop signal). */
   private readonly inFlight = new AbortController();
@@ -84,7 +83,6 @@ export class Notifier {
     this.log = opts.log;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.attempts = opts.attempts ?? 3;
-    this.backoffMs = opts.backoffMs ?? ((n) => 500 * n);
   }
 
   /**
@@ -133,30 +131,39 @@ export class Notifier {
 
   private async send(flag: string, url: URL, init: { method: string; body: string; headers?: Record<string, string> }): Promise<void> {
     let last = '';
-    for (let n = 1; n <= this.attempts; n++) {
-      const timeoutMs = this.deadline === undefined ? this.timeoutMs : this.deadline - Date.now();
-      if (timeoutMs <= 0) {
-        last = last || 'not sent: the run was stopped and its notification time ran out';
-        break;
-      }
-      try {
-        const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(this.deadline === undefined ? [this.inFlight.signal] : [])]);
-        const res = await fetch(url, { ...init, signal, redirect: 'follow' });
-        await res.arrayBuffer().catch(() => undefined);
-        if (res.ok) return;
-        last = `HTTP ${res.status}`;
-        if (res.status >= 400 && res.status < 500 && res.status !== 429) break;
-      } catch (err) {
-        const e = err as Error & { cause?: { code?: string } };
-        // Never e.message: fetch's messages can quote the whole URL (a token in its path).
-        if (e.name === 'TimeoutError') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
-        else if (e.name === 'AbortError') last = 'abandoned: the run was stopped';
-        else last = e.cause?.code ?? e.name;
-      }
-      if (this.deadline !== undefined) break; // stopped: one try
-      if (n < this.attempts) await new Promise((r) => setTimeout(r, this.backoffMs(n)));
+    try {
+      await pRetry(
+        async () => {
+          const timeoutMs = this.deadline === undefined ? this.timeoutMs : this.deadline - Date.now();
+          if (timeoutMs <= 0) {
+            last ||= 'not sent: the run was stopped and its notification time ran out';
+            throw new AbortError(last);
+          }
+          let res: Response;
+          try {
+            const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(this.deadline === undefined ? [this.inFlight.signal] : [])]);
+            res = await fetch(url, { ...init, signal, redirect: 'follow' });
+          } catch (err) {
+            const e = err as Error & { cause?: { code?: string } };
+            // Never e.message: fetch's messages can quote the whole URL (a token in its path).
+            if (e.name === 'TimeoutError') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
+            else if (e.name === 'AbortError') last = 'abandoned: the run was stopped';
+            else last = e.cause?.code ?? e.name;
+            throw new Error(last);
+          }
+          await res.arrayBuffer().catch(() => undefined);
+          if (res.ok) return;
+          last = `HTTP ${res.status}`;
+          // A client error other than 429 will not get better.
+          if (res.status >= 400 && res.status < 500 && res.status !== 429) throw new AbortError(last);
+          throw new Error(last);
+        },
+        // Stopped: one try. Pauses of 500 ms, 1 s, 2 s…
+        { retries: this.attempts - 1, minTimeout: 500, factor: 2, shouldRetry: () => this.deadline === undefined },
+      );
+    } catch {
+      this.log.warn(`notification failed (the backup itself is not affected): ${last}`, { notifier: flag, to: url.origin });
     }
-    this.log.warn(`notification failed (the backup itself is not affected): ${last}`, { notifier: flag, to: url.origin });
   }
 }
 

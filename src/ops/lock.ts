@@ -1,8 +1,8 @@
 /**
  * One backup per (repository, database) at a time, on this host and across hosts:
  *
- * 1. a lock file in the lock directory (created with O_EXCL, mode 0600, in a 0700 directory we
- *    own) holding pid, start time, host, boot id and run id. A lock file whose process is gone
+ * 1. a lock file in the lock directory (an exclusive atomic write, mode 0600, in a 0700 directory
+ *    we own) holding pid, start time, host, boot id and run id. A lock file whose process is gone
  *    (or that was written before the last reboot) is stale: it is taken over with a warning;
  * 2. a PostgreSQL advisory lock (`pg_try_advisory_lock`) on a key derived from the repository
  *    and the database, held by a psql session kept open for the whole run (psql reads its SQL
@@ -15,11 +15,14 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import * as path from 'node:path';
-import { BusyError, CofferError, DatabaseError, InterruptedError, UsageError } from '../errors.js';
+import { setTimeout as delay } from 'node:timers/promises';
+import { writeFileAtomic } from '../atomic-write.js';
+import { BusyError, CofferError, DatabaseError, errnoWords, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
 import { explainLibpqError, libpqEnv } from '../pg/server.js';
 import type { PgTools } from '../pg/tools.js';
+import { interruptedBy } from '../run/abort.js';
 import { Supervisor, type Child } from '../run/supervisor.js';
 
 /** What a lock file holds. */
@@ -72,7 +75,7 @@ export function defaultLockDir(env: NodeJS.ProcessEnv): string {
 }
 
 /** Two signed 32-bit integers from sha256(repository NUL database): the advisory lock key. */
-export function advisoryKey(repository: string, database: string): [number, number] {
+function advisoryKey(repository: string, database: string): [number, number] {
   const h = createHash('sha256').update(`coffer\0${repository}\0${database}`).digest();
   return [h.readInt32BE(0), h.readInt32BE(4)];
 }
@@ -104,11 +107,11 @@ function processAlive(pid: number): boolean {
 }
 
 /** Creates the lock directory (0700) or checks that an existing one is ours and private. */
-export async function ensureLockDir(dir: string): Promise<void> {
+async function ensureLockDir(dir: string): Promise<void> {
   try {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   } catch (err) {
-    throw new UsageError(`--lock-dir ${dir}: cannot create it: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+    throw new UsageError(`--lock-dir ${dir}: cannot create it: ${errnoWords(err)}`, {
       hint: 'choose a writable directory with --lock-dir',
     });
   }
@@ -172,17 +175,11 @@ async function tryLockFile(file: string, owner: LockOwner, log: Logger): Promise
   const content = `${JSON.stringify(owner)}\n`;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      const fh = await fsp.open(file, 'wx', 0o600);
-      try {
-        await fh.writeFile(content);
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+      await writeFileAtomic(file, content, { mode: 0o600, exclusive: true });
       return { ok: true };
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-        throw new UsageError(`cannot create the lock file ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, {
+        throw new UsageError(`cannot create the lock file ${file}: ${errnoWords(err)}`, {
           hint: 'check --lock-dir',
         });
       }
@@ -314,7 +311,7 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
   };
   try {
     for (;;) {
-      if (req.signal.aborted) throw abortError(req.signal);
+      if (req.signal.aborted) throw interruptedBy(req.signal);
       let holder: string | undefined;
       if (!haveFile) {
         const r = await tryLockFile(file, owner, req.log);
@@ -345,28 +342,11 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         req.log.info('waiting for the lock', { database: req.database, holder });
         logged = true;
       }
-      await sleep(poll, req.signal);
+      await delay(poll, undefined, { signal: req.signal }).catch(() => undefined); // ends early on a stop
     }
   } catch (err) {
     await releaseAll();
-    if (req.signal.aborted && !(err instanceof CofferError && err.kind !== 'database')) throw abortError(req.signal);
+    if (req.signal.aborted && !(err instanceof CofferError && err.kind !== 'database')) throw interruptedBy(req.signal);
     throw err;
   }
-}
-
-function abortError(signal: AbortSignal): CofferError {
-  const r: unknown = signal.reason;
-  return r instanceof CofferError ? r : new InterruptedError('interrupted');
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const t = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(t);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

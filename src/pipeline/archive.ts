@@ -5,7 +5,9 @@ import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
 import { ArchiveOffsetScanner, missingDataBlocks, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { missingTool } from '../pg/tools.js';
-import { isEcho, toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
+import { isAbortEcho } from '../run/abort.js';
+import { toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
+import { readHead } from '../stream-head.js';
 
 /** What the manifest says the object holds: checked over the whole stream, before the archive ends. */
 export interface ExpectedArchive {
@@ -98,7 +100,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     },
   });
   const failStage = (err: Error): void => {
-    if (!isEcho(err)) sup.fail(err);
+    if (!isAbortEcho(err)) sup.fail(err);
   };
   tap.on('error', failStage);
   input.ciphertext.on('error', failStage);
@@ -248,42 +250,22 @@ export function readAhead(s: Readable, enough: (held: Buffer[]) => boolean): Pro
   if (s.readableEnded) return Promise.resolve(Buffer.alloc(0));
   if (s.destroyed) return Promise.reject(new Error('the archive stream was closed before it was read'));
   const held: Buffer[] = [];
-  return new Promise<Buffer>((resolve, reject) => {
-    const cleanup = (): void => {
-      s.off('readable', onReadable);
-      s.off('end', onEnd);
-      s.off('error', onError);
-      s.off('close', onClose);
-    };
-    const onReadable = (): void => {
+  return readHead(s, {
+    event: 'readable',
+    step: () => {
       let c: Buffer | null;
       while (!enough(held) && (c = s.read() as Buffer | null) !== null) held.push(c);
-      if (!enough(held)) return;
-      cleanup();
-      const all = Buffer.concat(held);
+      return enough(held) ? Buffer.concat(held) : undefined;
+    },
+    done: (all) => {
       try {
         if (all.length > 0) s.unshift(all);
       } catch {
         // The stream failed meanwhile: its error is what the run reports.
       }
-      resolve(all);
-    };
-    const onEnd = (): void => {
-      cleanup();
-      resolve(Buffer.concat(held));
-    };
-    const onError = (err: Error): void => {
-      cleanup();
-      reject(err);
-    };
+    },
+    atEnd: () => Buffer.concat(held),
     // Destroyed without an error (by a teardown): nothing more will come.
-    const onClose = (): void => {
-      cleanup();
-      reject(s.errored ?? new Error('the archive stream was closed before it was read'));
-    };
-    s.on('readable', onReadable);
-    s.once('end', onEnd);
-    s.once('error', onError);
-    s.once('close', onClose);
+    closed: 'the archive stream was closed before it was read',
   });
 }

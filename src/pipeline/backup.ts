@@ -13,7 +13,8 @@ import { DumpWarnings } from '../pg/dump-warnings.js';
 import { resolveExclusions } from '../pg/exclusions.js';
 import { missingTool, type PgTools } from '../pg/tools.js';
 import { faultNumber } from '../run/faults.js';
-import { interruptedBy, Supervisor, toolEnv, type Child } from '../run/supervisor.js';
+import { interruptedBy } from '../run/abort.js';
+import { Supervisor, toolEnv, type Child } from '../run/supervisor.js';
 import type { Logger } from '../observe/log.js';
 import { chooseTier } from '../retention/tiers.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
@@ -542,7 +543,7 @@ async function removeOrphans(req: BackupRequest, keys: string[]): Promise<void> 
 }
 
 /** The exact pipeline of standard tools that reads this object without coffer. */
-export function manualRestoreHint(key: string, kind: DumpKind, compression: Compression): string {
+function manualRestoreHint(key: string, kind: DumpKind, compression: Compression): string {
   const file = key.split('/').pop()!;
   const unzip = compression.kind === 'zstd' ? ' | zstd -d' : '';
   const sink = kind === 'custom' ? 'pg_restore -d NEWDB' : 'psql -v ON_ERROR_STOP=1 -d NEWDB';

@@ -63,16 +63,6 @@ export class FanOut extends Writable {
   }
 }
 
-/** Pipes `source` into `fan`; resolves when every live destination has finished, rejects on either side's error. */
-export function drainInto(source: import('node:stream').Readable, fan: FanOut): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    source.once('error', reject);
-    fan.once('error', reject);
-    fan.once('finish', resolve);
-    source.pipe(fan);
-  });
-}
-
 function waitDrain(s: Writable, gone: () => boolean): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {

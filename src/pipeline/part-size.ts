@@ -2,13 +2,13 @@ import { constants as bufferConstants } from 'node:buffer';
 import { UsageError } from '../errors.js';
 
 const MiB = 1024 * 1024;
-export const MIN_PART_SIZE = 5 * MiB; // S3's minimum for every part but the last
+const MIN_PART_SIZE = 5 * MiB; // S3's minimum for every part but the last
 /** S3 allows 5 GiB, but a part is one Buffer in memory, and node's largest is 4 GiB (Node 20). */
 export const MAX_PART_SIZE = Math.min(5 * 1024 * MiB, bufferConstants.MAX_LENGTH);
 const MAX_TEXT = MAX_PART_SIZE % (1024 * MiB) === 0 ? `${MAX_PART_SIZE / (1024 * MiB)}GiB` : `${Math.floor(MAX_PART_SIZE / MiB)}MiB`;
-export const DEFAULT_MIN_PART_SIZE = 8 * MiB;
+const DEFAULT_MIN_PART_SIZE = 8 * MiB;
 /** Planned headroom: the stream may be this many times the database's on-disk size. */
-export const SIZE_HEADROOM = 4;
+const SIZE_HEADROOM = 4;
 
 /**
  * Multipart part size for a stream expected to be at most `expectedBytes × SIZE_HEADROOM`,

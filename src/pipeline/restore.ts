@@ -4,8 +4,9 @@ import * as path from 'node:path';
 import { tmpdir } from 'node:os';
 import { pipeline as streamPipelineCb, type Readable } from 'node:stream';
 import { finished as streamFinished, pipeline as streamPipeline } from 'node:stream/promises';
+import { commitFile } from '../atomic-write.js';
 import type { BackupEntry } from '../catalog/catalog.js';
-import { DatabaseError, IntegrityError, StorageError, UsageError } from '../errors.js';
+import { DatabaseError, errnoWords, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
@@ -452,7 +453,7 @@ function spoolError(spool: string, err: NodeJS.ErrnoException): StorageError {
   if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
     return new StorageError('Failed', `no space left on the spool directory ${dir} while spooling the archive for --jobs`, { cause: err, hint });
   }
-  return new StorageError('Failed', `cannot write the spool file in ${dir}: ${err.code ?? err.message}`, { cause: err, hint });
+  return new StorageError('Failed', `cannot write the spool file in ${dir}: ${errnoWords(err)}`, { cause: err, hint });
 }
 
 function restoreFlags(req: RestoreRequest): string[] {
@@ -640,7 +641,7 @@ export async function restoreToFile(
       const opened = await openSource(req, sup, req.env);
       const fan = new FanOut([{ name: 'file', stream: createWriteStream(tmp, { flags: 'wx', mode: 0o600 }), kind: 'file' }]);
       await Promise.all([streamPipeline(opened.archive, fan, { signal: sup.signal }), ...opened.children.map((c) => c.done)]);
-      await fsp.link(tmp, file);
+      await commitFile(tmp, file, { exclusive: true });
       return { bytes: opened.stats().archiveBytes, format: opened.format };
     });
   } finally {

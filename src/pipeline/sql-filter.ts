@@ -181,14 +181,18 @@ export class PlainSqlFilter extends Transform {
       case Mode.Copy:
         return this.#stepCopy(b);
       case Mode.Meta:
-        this.#consume();
-        if (b === NL) this.#mode = Mode.Between;
-        return;
+        return this.#stepMeta(b);
       case Mode.Between:
         return this.#stepBetween(b);
       case Mode.Statement:
         return this.#stepStatement(b);
     }
+  }
+
+  /** A psql meta-command line (`\connect …`): passed through to its end. */
+  #stepMeta(b: number): void {
+    this.#consume();
+    if (b === NL) this.#mode = Mode.Between;
   }
 
   /** COPY data: passed through up to and including the `\.` line. */

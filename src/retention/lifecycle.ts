@@ -22,14 +22,14 @@ import type { ObjectLockMode, RetentionPolicy } from './policy.js';
 /** Tag key set on every object coffer writes; the value is the tier. */
 export const TIER_TAG = 'coffer-tier';
 /** Days after which an incomplete multipart upload is aborted. */
-export const ABORT_INCOMPLETE_DAYS = 1;
+const ABORT_INCOMPLETE_DAYS = 1;
 /** Days a noncurrent version is kept before the cleanup rule removes it. */
-export const NONCURRENT_DAYS = 7;
+const NONCURRENT_DAYS = 7;
 
 const CLEANUP = 'cleanup';
 
 /** The rule ID coffer uses for `name` (`daily`…, `cleanup`) in the repository at `prefix`. */
-export function ruleId(name: Tier | typeof CLEANUP, prefix: string): string {
+function ruleId(name: Tier | typeof CLEANUP, prefix: string): string {
   return `coffer-${name}@${normalizePrefix(prefix)}`;
 }
 
@@ -46,7 +46,7 @@ function normalizePrefix(prefix: string): string {
 }
 
 /** The S3 key prefix of the repository's objects: `prod/` (or `''` for the bucket root). */
-export function keyPrefix(prefix: string): string {
+function keyPrefix(prefix: string): string {
   const p = normalizePrefix(prefix);
   return p === '' ? '' : `${p}/`;
 }
@@ -132,7 +132,7 @@ export interface LifecyclePlan {
 }
 
 /** A short description of a rule, e.g. `prefix "prod/" tag coffer-tier=daily: expire after 14 days`. */
-export function describeRule(rule: LifecycleRule): string {
+function describeRule(rule: LifecycleRule): string {
   const c = canonicalRule(rule);
   const what: string[] = [];
   if (c.expirationDays !== undefined) what.push(`expire after ${c.expirationDays} days`);

@@ -23,7 +23,7 @@ export interface RetentionFlags {
 }
 
 /** Defaults, as periods (also shown in help texts). */
-export const DEFAULT_KEEP: Readonly<Record<Tier, string>> = {
+const DEFAULT_KEEP: Readonly<Record<Tier, string>> = {
   daily: '14d',
   weekly: '8w',
   monthly: '12mo',

@@ -2,7 +2,7 @@ import type { Tier } from '../catalog/layout.js';
 import { backupIdTime } from '../catalog/layout.js';
 
 /** ISO 8601 week of a date, in UTC: e.g. `2026-W48`. */
-export function isoWeek(d: Date): string {
+function isoWeek(d: Date): string {
   const t = new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate()));
   const day = t.getUTCDay() || 7; // Monday = 1 … Sunday = 7
   t.setUTCDate(t.getUTCDate() + 4 - day); // the Thursday of this week decides the year
@@ -12,7 +12,7 @@ export function isoWeek(d: Date): string {
 }
 
 /** Calendar month of a date, in UTC: e.g. `2026-11`. */
-export function calendarMonth(d: Date): string {
+function calendarMonth(d: Date): string {
   return d.toISOString().slice(0, 7);
 }
 

@@ -23,6 +23,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { CofferError, DatabaseError, IntegrityError, InterruptedError, StorageError, UsageError } from '../errors.js';
+import { followAbort, interruptedBy, isAbortEcho } from './abort.js';
 
 /** How long a child gets between SIGTERM and SIGKILL in a teardown. */
 const KILL_GRACE_MS = 5_000;
@@ -302,7 +303,7 @@ function shorten(s: string, max: number): string {
 }
 
 /** Passwords in a statement or connection string (`PASSWORD 'x'`, `password=x`, `://u:x@`) replaced by `***`. */
-export function hidePasswords(s: string): string {
+function hidePasswords(s: string): string {
   return s
     .replace(/(\bpassword\s*=\s*)('(?:[^']|'')*'?|[^\s,)']+)/gi, '$1***')
     .replace(/(\bpassword\s+)'(?:[^']|'')*'?/gi, "$1'***'")
@@ -326,13 +327,10 @@ export class Supervisor {
   readonly #children = new Set<Child>();
   readonly #failures: unknown[] = [];
   #teardown: Promise<TeardownReport> | undefined;
-  readonly #outer: AbortSignal | undefined;
-  readonly #onOuter = (): void => this.fail(interruptedBy(this.#outer!));
+  readonly #unfollow: () => void;
 
   constructor(outer?: AbortSignal) {
-    this.#outer = outer;
-    if (outer?.aborted) this.#onOuter();
-    else outer?.addEventListener('abort', this.#onOuter, { once: true });
+    this.#unfollow = outer ? followAbort(outer, () => this.fail(interruptedBy(outer))) : () => undefined;
   }
 
   /** Aborted at the first failure (or the outer stop signal). */
@@ -386,7 +384,7 @@ export class Supervisor {
     if (all.length === 0) return fallback;
     let best = all[0];
     for (const e of all) if (causeRank(e) < causeRank(best)) best = e;
-    const rest = all.filter((e) => e !== best && !isEcho(e));
+    const rest = all.filter((e) => e !== best && !isAbortEcho(e));
     if (rest.length > 0 && best instanceof Error && !('consequences' in best)) {
       Object.defineProperty(best, 'consequences', { value: rest, enumerable: false });
     }
@@ -404,7 +402,7 @@ export class Supervisor {
   }
 
   async #runTeardown(): Promise<TeardownReport> {
-    this.#outer?.removeEventListener('abort', this.#onOuter);
+    this.#unfollow();
     const keepAlive = setInterval(() => undefined, 1000);
     try {
       const live = [...this.#children].filter((c) => !c.exited);
@@ -421,31 +419,10 @@ export class Supervisor {
   }
 }
 
-/** The error for a stop signal: its reason when that is one of ours. */
-export function interruptedBy(signal: AbortSignal, cause?: unknown): CofferError {
-  const reason: unknown = signal.reason;
-  if (reason instanceof CofferError) return reason;
-  return new InterruptedError(typeof reason === 'string' ? reason : 'interrupted', { cause: cause ?? reason });
-}
-
-/** A failure that only reports our own teardown (or the abort) rather than a problem. */
-export function isEcho(e: unknown): boolean {
-  if ((e as { echo?: boolean } | undefined)?.echo === true) return true;
-  const code = (e as { code?: unknown } | undefined)?.code;
-  return (
-    (e instanceof StorageError && e.code === 'Aborted') ||
-    code === 'ERR_STREAM_PREMATURE_CLOSE' ||
-    code === 'ERR_STREAM_DESTROYED' ||
-    code === 'EPIPE' ||
-    code === 'ABORT_ERR' ||
-    (e as { name?: string } | undefined)?.name === 'AbortError'
-  );
-}
-
 /** Lower is more fundamental: a stop, then damage, then storage, then usage, then the rest, echoes last. */
 function causeRank(e: unknown): number {
   if (e instanceof InterruptedError) return 0;
-  if (isEcho(e)) return 9;
+  if (isAbortEcho(e)) return 9;
   if (e instanceof IntegrityError) return 1;
   if (e instanceof StorageError) return 2;
   if (e instanceof UsageError) return 3;

@@ -1,22 +1,21 @@
 import { createReadStream, createWriteStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { StorageError } from '../errors.js';
+import { commitFile, TEMP_PREFIX, tempPathIn, writeFileAtomic } from '../atomic-write.js';
+import { errnoWords, StorageError } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutBytesOptions, PutStreamOptions } from './object-store.js';
 
 const DIR_MODE = 0o700;
 const FILE_MODE = 0o600;
-/** Temporary files start with this; `list` never shows them. */
-export const TEMP_PREFIX = '.coffer-tmp-';
 
 /**
  * A repository in a local directory. Objects are files under `root`, directories 0700, files
- * 0600. A put writes `.coffer-tmp-*` beside the target, fsyncs it, then hard-links it to the
- * final name (which fails if the name exists: write-once) and fsyncs the directory; so a file
- * appears under its name only when complete, and a crash leaves at most a temp file.
+ * 0600. A put is an exclusive atomic write (src/atomic-write.ts): `.coffer-tmp-*` beside the
+ * target, fsynced, hard-linked to the final name (which fails if the name exists: write-once),
+ * directory fsynced; so a file appears under its name only when complete, and a crash leaves at
+ * most a temporary (`list` never shows them).
  */
 export class FsStore implements ObjectStore {
   readonly location: string;
@@ -44,7 +43,7 @@ export class FsStore implements ObjectStore {
     const target = this.pathOf(key);
     await this.ensureDir(path.dirname(target));
     if (await exists(target)) throw new StorageError('Exists', `${this.location}/${key} already exists; refusing to overwrite`);
-    const tmp = path.join(path.dirname(target), `${TEMP_PREFIX}${randomBytes(6).toString('hex')}`);
+    const tmp = tempPathIn(path.dirname(target));
     let size = 0;
     const counter = new Transform({
       transform(chunk: Buffer, _enc, cb) {
@@ -56,7 +55,7 @@ export class FsStore implements ObjectStore {
     try {
       const out = createWriteStream(tmp, { flags: 'wx', mode: FILE_MODE });
       await pipeline(body, counter, out, { signal: options.signal });
-      await this.commit(tmp, target, key);
+      await this.commit(() => commitFile(tmp, target, { exclusive: true }), key);
       return { size };
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
@@ -68,37 +67,25 @@ export class FsStore implements ObjectStore {
     }
   }
 
-  /** fsync the temp file, link it into place (exclusive), fsync the directory. */
-  private async commit(tmp: string, target: string, key: string): Promise<void> {
-    const fh = await fsp.open(tmp, 'r');
+  /** Runs an exclusive commit; a taken name is the store's `Exists`. */
+  private async commit(write: () => Promise<void>, key: string): Promise<void> {
     try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    try {
-      await fsp.link(tmp, target);
+      await write();
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
         throw new StorageError('Exists', `${this.location}/${key} already exists; refusing to overwrite`);
       }
       throw err;
-    } finally {
-      await fsp.rm(tmp, { force: true });
     }
-    await syncDir(path.dirname(target));
   }
 
   async putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void> {
     const target = this.pathOf(key);
     await this.ensureDir(path.dirname(target));
-    const tmp = path.join(path.dirname(target), `${TEMP_PREFIX}${randomBytes(6).toString('hex')}`);
     try {
       options?.signal?.throwIfAborted();
-      await fsp.writeFile(tmp, data, { flag: 'wx', mode: FILE_MODE });
-      await this.commit(tmp, target, key);
+      await this.commit(() => writeFileAtomic(target, data, { mode: FILE_MODE, exclusive: true }), key);
     } catch (err) {
-      await fsp.rm(tmp, { force: true }).catch(() => undefined);
       if (err instanceof StorageError) throw err;
       throw fsError(err, `write ${target}`);
     }
@@ -227,17 +214,6 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-async function syncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
-  try {
-    await fh.sync();
-  } catch {
-    // Some filesystems refuse fsync on directories; the data file itself is synced.
-  } finally {
-    await fh.close();
-  }
-}
-
 function isFsError(err: unknown): boolean {
   return typeof (err as NodeJS.ErrnoException)?.code === 'string' && typeof (err as NodeJS.ErrnoException)?.syscall === 'string';
 }
@@ -246,14 +222,14 @@ function fsError(err: unknown, what: string): StorageError {
   const e = err as NodeJS.ErrnoException;
   switch (e?.code) {
     case 'ENOENT':
-      return new StorageError('NotFound', `${what}: no such file`, { cause: err });
+      return new StorageError('NotFound', `${what}: ${errnoWords(err)}`, { cause: err });
     case 'EACCES':
     case 'EPERM':
-      return new StorageError('AccessDenied', `${what}: permission denied`, { cause: err, hint: 'check the directory owner and mode' });
+      return new StorageError('AccessDenied', `${what}: ${errnoWords(err)}`, { cause: err, hint: 'check the directory owner and mode' });
     case 'ENOSPC':
-      return new StorageError('Failed', `${what}: no space left on device`, { cause: err, hint: 'free disk space or use another repository' });
+      return new StorageError('Failed', `${what}: ${errnoWords(err)}`, { cause: err, hint: 'free disk space or use another repository' });
     case 'EROFS':
-      return new StorageError('AccessDenied', `${what}: read-only file system`, { cause: err });
+      return new StorageError('AccessDenied', `${what}: ${errnoWords(err)}`, { cause: err });
     default:
       return new StorageError('Failed', `${what}: ${e?.message ?? String(err)}`, { cause: err });
   }

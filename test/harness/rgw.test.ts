@@ -1,24 +1,18 @@
 // Harness self-test: proves, against the throwaway RGW started by the global setup, the S3
 // behaviour coffer relies on.
-import { createHash, randomBytes } from 'node:crypto';
-import { Readable } from 'node:stream';
 import {
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   GetBucketLifecycleConfigurationCommand,
   GetObjectCommand,
-  HeadObjectCommand,
   ListObjectsV2Command,
   PutBucketLifecycleConfigurationCommand,
   PutObjectCommand,
   S3Client,
   UploadPartCommand,
 } from '@aws-sdk/client-s3';
-import { Upload } from '@aws-sdk/lib-storage';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createTestBucket, listAllKeys, listMultipartUploads, putBucketPolicy, s3ClientFor } from './rgw.js';
-
-const MiB = 1024 * 1024;
 
 /** HTTP status of a failed SDK call (or undefined if it did not fail with one). */
 async function statusOf(p: Promise<unknown>): Promise<number | undefined> {
@@ -30,16 +24,6 @@ async function statusOf(p: Promise<unknown>): Promise<number | undefined> {
   }
 }
 
-async function sha256OfStream(body: AsyncIterable<Uint8Array>): Promise<{ hex: string; bytes: number }> {
-  const h = createHash('sha256');
-  let bytes = 0;
-  for await (const chunk of body) {
-    h.update(chunk);
-    bytes += chunk.length;
-  }
-  return { hex: h.digest('hex'), bytes };
-}
-
 async function pool<T>(items: T[], concurrency: number, fn: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   await Promise.all(
@@ -47,15 +31,6 @@ async function pool<T>(items: T[], concurrency: number, fn: (item: T) => Promise
       while (next < items.length) await fn(items[next++]!);
     }),
   );
-}
-
-async function waitFor(cond: () => Promise<boolean>, timeoutMs: number): Promise<boolean> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await cond()) return true;
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 describe('throwaway RGW (harness self-test)', () => {
@@ -82,69 +57,6 @@ describe('throwaway RGW (harness self-test)', () => {
     await admin.send(new PutObjectCommand({ Bucket: bucket, Key: 'hello.txt', Body: 'hello, rgw' }));
     const got = await admin.send(new GetObjectCommand({ Bucket: bucket, Key: 'hello.txt' }));
     expect(await got.Body!.transformToString()).toBe('hello, rgw');
-  });
-
-  it('round-trips a streamed 20 MiB multipart Upload byte-identically', async () => {
-    const total = 20 * MiB + 12345; // not a multiple of the part size
-    const sent = createHash('sha256');
-    async function* source(): AsyncGenerator<Buffer> {
-      let left = total;
-      while (left > 0) {
-        const chunk = randomBytes(Math.min(left, 256 * 1024 + 7));
-        sent.update(chunk);
-        left -= chunk.length;
-        yield chunk;
-      }
-    }
-    const upload = new Upload({
-      client: admin,
-      params: { Bucket: bucket, Key: 'big/20mib.bin', Body: Readable.from(source()) },
-      partSize: 5 * MiB,
-      queueSize: 4,
-    });
-    await upload.done();
-    const head = await admin.send(new HeadObjectCommand({ Bucket: bucket, Key: 'big/20mib.bin' }));
-    expect(head.ContentLength).toBe(total);
-    expect(head.ETag).toMatch(/-5"$/); // 5 parts (RGW's CompleteMultipartUpload ETag is empty: use Head)
-    const got = await admin.send(new GetObjectCommand({ Bucket: bucket, Key: 'big/20mib.bin' }));
-    const received = await sha256OfStream(got.Body as Readable);
-    expect(received.bytes).toBe(total);
-    expect(received.hex).toBe(sent.digest('hex'));
-  });
-
-  it('leaves no multipart upload behind when an Upload is aborted mid-way', async () => {
-    const key = 'aborted/partial.bin';
-    let produced = 0;
-    const body = Readable.from(
-      (async function* () {
-        // Far more than gets uploaded before the abort; bounded so nothing runs away.
-        while (produced < 200 * MiB) {
-          produced += MiB;
-          yield randomBytes(MiB);
-        }
-      })(),
-    );
-    const upload = new Upload({ client: admin, params: { Bucket: bucket, Key: key, Body: body }, partSize: 5 * MiB, queueSize: 2 });
-    let sawUpload = false;
-    upload.on('httpUploadProgress', (p) => {
-      // Fires when a part has been uploaded: the multipart upload exists now.
-      if ((p.loaded ?? 0) >= 5 * MiB && !sawUpload) {
-        sawUpload = true;
-        void upload.abort();
-      }
-    });
-    const err = await upload.done().then(
-      () => undefined,
-      (e: unknown) => e as Error,
-    );
-    expect(err?.name).toBe('AbortError');
-    expect(sawUpload).toBe(true);
-    // lib-storage rejects done() at once and sends AbortMultipartUpload from the background
-    // once in-flight parts finish: wait for it.
-    const gone = await waitFor(async () => (await listMultipartUploads(admin, bucket, 'aborted/')).length === 0, 20_000);
-    body.destroy();
-    expect(gone).toBe(true);
-    expect(await listAllKeys(admin, bucket, 'aborted/')).toEqual([]);
   });
 
   it('pages ListObjectsV2 past 1000 keys', async () => {

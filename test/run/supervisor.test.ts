@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { DatabaseError, IntegrityError, InterruptedError, StorageError } from '../../src/errors.js';
-import { Supervisor, isEcho, toolEnv } from '../../src/run/supervisor.js';
+import { isAbortEcho } from '../../src/run/abort.js';
+import { Supervisor, toolEnv } from '../../src/run/supervisor.js';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const ENV = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
@@ -61,7 +62,7 @@ describe('Supervisor', () => {
     expect(stubborn.proc.signalCode).toBe('SIGKILL');
     // Their ends are echoes of the teardown, not causes.
     const errs = await Promise.allSettled([polite.done, stubborn.done]);
-    for (const e of errs) expect(e.status === 'rejected' && isEcho(e.reason)).toBe(true);
+    for (const e of errs) expect(e.status === 'rejected' && isAbortEcho(e.reason)).toBe(true);
     expect((sup.cause() as Error).message).toBe('something failed');
   }, 20_000);
 

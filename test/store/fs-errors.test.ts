@@ -10,7 +10,8 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StorageError } from '../../src/errors.js';
-import { FsStore, TEMP_PREFIX } from '../../src/store/fs.js';
+import { TEMP_PREFIX } from '../../src/atomic-write.js';
+import { FsStore } from '../../src/store/fs.js';
 
 let tmp: string;
 beforeAll(async () => {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { writeFileAtomic } from '../../atomic-write.js';
 import { readIdentityFile } from '../../crypto/age.js';
 import { UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
@@ -355,10 +355,7 @@ export async function runDrillCommand(flags: DrillFlags, ctx: CliContext): Promi
   }
   const text = `${JSON.stringify(result, null, 2)}\n`;
   if (flags.resultFile) {
-    const file = path.resolve(ctx.cwd, flags.resultFile);
-    const tmp = `${file}.tmp-${process.pid}`;
-    await fsp.writeFile(tmp, text, { mode: 0o600 });
-    await fsp.rename(tmp, file);
+    await writeFileAtomic(path.resolve(ctx.cwd, flags.resultFile), text, { mode: 0o600 });
   }
   ctx.stdout(text);
   if (failure !== undefined) throw failure;

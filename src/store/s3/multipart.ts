@@ -8,6 +8,7 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Writable } from 'node:stream';
+import { followAbort } from '../../run/abort.js';
 
 export interface MultipartOptions {
   client: S3Client;
@@ -67,15 +68,14 @@ export class MultipartWriter extends Writable {
   #created: Promise<string> | undefined;
   #failure: unknown;
   #acked = 0;
-  readonly #onAbort = (): void => this.#ac.abort(this.#o.signal.reason);
+  readonly #unfollow: () => void;
 
   constructor(options: MultipartOptions) {
     // Chunks are copied out at once: a small queue is enough.
     super({ highWaterMark: 64 * 1024 });
     if (!(options.partSize >= 1) || !(options.queueSize >= 1)) throw new RangeError('partSize and queueSize must be positive');
     this.#o = options;
-    if (options.signal.aborted) this.#ac.abort(options.signal.reason);
-    else options.signal.addEventListener('abort', this.#onAbort, { once: true });
+    this.#unfollow = followAbort(options.signal, () => this.#ac.abort(options.signal.reason));
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -240,7 +240,7 @@ export class MultipartWriter extends Writable {
 
   /** Waits for every request in flight to settle (after `#fail` they were cancelled). */
   async #settle(): Promise<void> {
-    this.#o.signal.removeEventListener('abort', this.#onAbort);
+    this.#unfollow();
     while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
   }
 

@@ -9,9 +9,11 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
+import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
+import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
 import { s3Error } from './errors.js';
@@ -66,11 +68,7 @@ export class S3Store implements ObjectStore {
     });
     body.on('error', (err) => writer.destroy(err));
     body.pipe(writer);
-    const onAbort = (): void => {
-      writer.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`));
-    };
-    options.signal.addEventListener('abort', onAbort, { once: true });
-    if (options.signal.aborted) onAbort();
+    const unfollow = followAbort(options.signal, () => writer.destroy(new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`)));
     try {
       await finished(writer);
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`);
@@ -81,7 +79,7 @@ export class S3Store implements ObjectStore {
       if (!writer.closed) await new Promise((r) => writer.once('close', r));
       // Once CreateMultipartUpload has answered, an upload without an id cannot be aborted.
       await writer.creating;
-      if (writer.uploadId !== undefined) await this.abortMultipart(Key, () => writer.uploadId);
+      if (writer.uploadId !== undefined) await this.abortMultipart(Key, writer.uploadId);
       // An error of the body (the producer: pg_dump, encryption…) is the real cause.
       const bodyErr = (body as unknown as { errored?: unknown }).errored ?? (writer.failure === undefined ? writer.errored : undefined);
       if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
@@ -89,32 +87,29 @@ export class S3Store implements ObjectStore {
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
       throw s3Error(writer.failure ?? err, `upload ${this.fullName(key)}`);
     } finally {
-      options.signal.removeEventListener('abort', onAbort);
+      unfollow();
     }
   }
 
   /**
    * Aborts the multipart upload of a failed put (after its parts in flight were cancelled and
-   * settled), with a fresh signal, retried a few times. A failure here is reported but does
-   * not replace the original error (the bucket's AbortIncompleteMultipartUpload rule is the
-   * last line of defence).
+   * settled), with a fresh signal, tried up to 5 times (200 ms, then doubling, between tries). A
+   * failure here is dropped: it must not replace the original error, and the bucket's
+   * AbortIncompleteMultipartUpload rule is the last line of defence.
    */
-  private async abortMultipart(Key: string, id: () => string | undefined): Promise<void> {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const uploadId = id();
-      if (uploadId) {
+  private async abortMultipart(Key: string, UploadId: string): Promise<void> {
+    await pRetry(
+      async () => {
         try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId: uploadId }), {
-            abortSignal: AbortSignal.timeout(30_000),
-          });
-          return;
+          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), { abortSignal: AbortSignal.timeout(30_000) });
         } catch (err) {
-          const name = (err as { name?: string }).name;
-          if (name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+          // Already gone: done.
+          if ((err as { name?: string }).name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
+          throw err;
         }
-      }
-      await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
-    }
+      },
+      { retries: 4, minTimeout: 200, factor: 2 },
+    ).catch(() => undefined);
   }
 
   async putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void> {
@@ -224,25 +219,4 @@ function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInp
 function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
   if (!tags || Object.keys(tags).length === 0) return {};
   return { Tagging: new URLSearchParams(tags).toString() };
-}
-
-/**
- * Errors a stream reports only because it was torn down (our own abort, a destroyed pipe), not a
- * cause: when the upload fails, the body sees these, and the upload's error is the one to report.
- */
-function isAbortEcho(err: unknown): boolean {
-  const e = err as { name?: string; code?: string };
-  return (
-    (err instanceof StorageError && err.code === 'Aborted') ||
-    e?.name === 'AbortError' ||
-    e?.code === 'ABORT_ERR' ||
-    e?.code === 'ERR_STREAM_PREMATURE_CLOSE' ||
-    e?.code === 'ERR_STREAM_DESTROYED' ||
-    e?.code === 'EPIPE'
-  );
-}
-
-/** Opens a readable stream of a whole S3 object body into a Node Readable (SDK bodies already are). */
-export function asReadable(body: unknown): Readable {
-  return body instanceof Readable ? body : Readable.from(body as AsyncIterable<Uint8Array>);
 }
