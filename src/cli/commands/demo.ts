@@ -3,7 +3,6 @@ import * as path from 'node:path';
 import { generateIdentity, readIdentityFile, recipientOf, writeSecretFileExclusive } from '../../crypto/age.js';
 import { runRestore } from '../../pipeline/restore.js';
 import { runVerify } from '../../pipeline/verify.js';
-import { startThrowawayCluster } from '../../pg/throwaway-cluster.js';
 import { VAULT_SAMPLE_SQL } from '../../demo/vault-sample.js';
 import { runBackup } from '../../pipeline/backup.js';
 import { resolvePgTools } from '../../pg/tools.js';
@@ -57,6 +56,8 @@ async function runDemoCommand(flags: Values<typeof options>, ctx: CliContext): P
   }
 
   say('starting a throwaway PostgreSQL cluster…');
+  // Loaded here: the cluster's process library is not needed by any other command's start.
+  const { startThrowawayCluster } = await import('../../pg/throwaway-cluster.js');
   const cluster = await startThrowawayCluster({ binDir: flags.pgBin });
   try {
     await cluster.psql('CREATE DATABASE vault');
