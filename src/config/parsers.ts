@@ -89,7 +89,7 @@ export const objectLockMode: Parser<ObjectLockMode> = { parse: (s, flag) => pars
 export const database: Parser<string> = { parse: (s, flag) => checkDatabaseName(s, flag) };
 
 /** An http:// or https:// URL (S3 endpoints, notification and webhook endpoints). */
-export function checkHttpUrl(value: string, label: string): URL {
+function checkHttpUrl(value: string, label: string): URL {
   let u: URL;
   try {
     u = new URL(value);

@@ -14,7 +14,7 @@ import { openStore } from '../../store/open.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
 import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
-import { compression, count, database, duration, objectLockMode, period, recipient, repository, size, sql, text, tier, url } from '../../config/parsers.js';
+import { compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value, type Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
