@@ -1,67 +1,68 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import type { Command } from 'commander';
-import { errnoWords, UsageError } from '../errors.js';
+import { errnoWords, formatErrorLine, UsageError } from '../errors.js';
 import type { ConfigFile } from './config-file.js';
-import { allCommands, commandPath, optionSpecs, upperSnake, type OptionSpec } from './option-specs.js';
+import { longName, upperSnake, type OptionDecl, type Options, type Values } from './options.js';
 import { passwordInConnectionString, redactConnectionString, REDACTED } from './redact.js';
 import { suggestKey } from './suggest.js';
-import { checkOptionValue } from './value-checks.js';
 
 /**
  * Precedence, implemented once for every option of every command:
  * flags > environment > configuration file > defaults.
  *
  * - Environment: `COFFER_<COMMAND>_<FLAG>` (e.g. `COFFER_RESTORE_DBNAME`), then
- *   `COFFER_<FLAG>` (`--keep-daily` → `COFFER_KEEP_DAILY`).
+ *   `COFFER_<FLAG>` (`--keep-daily` → `COFFER_KEEP_DAILY`), then the option's aliases.
  * - File: the command's section (`backup:`), then the top level; keys are the camelCase flag
- *   names (`keepDaily`, `noOwner`).
- * - A few alternative names: `repository` / `COFFER_REPOSITORY` for `--to` and `--from`,
- *   `recipients` / `COFFER_RECIPIENTS` for `--recipient`, `COFFER_IDENTITY_FILE` for `--identity`.
- * - Secrets, which have no flag on purpose (a command line is world-readable): see
- *   {@link SECRET_SETTINGS}. Each can come from a file (`pgPasswordFile`, `COFFER_PGPASSWORD_FILE`).
+ *   names (`keepDaily`, `noOwner`), then the option's aliases (`repository`, `recipients`).
+ * - Secrets (declared with `secret()`, no flag on purpose: a command line is world-readable):
+ *   `COFFER_[<COMMAND>_]<NAME>`, the file's key; each also from a file (`pgPasswordFile`,
+ *   `COFFER_PGPASSWORD_FILE`).
+ *
+ * Every resolved value carries where it came from ({@link Setting}), so a message about a bad
+ * value names the variable or the file line to fix.
  */
 
 export type Env = NodeJS.ProcessEnv;
 
-/** A value found in the environment or the file, and where (for messages and `config show`). */
-export interface FoundValue {
-  value: unknown;
-  source: 'env' | 'config';
-  /** `COFFER_TIMEOUT` or `coffer.yaml: backup.timeout`. */
+/** A value as given, before parsing: text, a list of texts, or a switch. */
+export type Raw = string | string[] | boolean;
+
+export type SourceKind = 'flag' | 'env' | 'file' | 'default';
+
+/** One resolved option: its parsed value and where it came from. */
+export interface Setting<T = unknown> {
+  value: T;
+  source: SourceKind;
+  /** `COFFER_TIMEOUT` or `config file coffer.yaml: backup.timeout` (env and file only). */
+  label?: string;
+  /** The value as given (what `config show` prints); undefined when nothing set the option. */
+  raw?: Raw;
+}
+
+/** Every option of a command, resolved. */
+export type Resolved<O extends Options> = { [K in keyof O]: Setting<Values<O>[K]> };
+
+/** Where values come from besides the command line. */
+export interface Layers {
+  env: Env;
+  file: ConfigFile | undefined;
+  /** Relative secret-file paths are relative to it. */
+  cwd: string;
+  /** The file section and environment infix of the command: its top-level name (`retention`). */
+  section: string | undefined;
+}
+
+/** The commands' declarations, for checking the file and for `config show`. */
+export interface ConfigLayout {
+  globals: Options;
+  commands: readonly { path: readonly string[]; options: Options }[];
+}
+
+interface Found {
+  raw: Raw;
+  source: 'env' | 'file';
   label: string;
 }
-
-/** A setting without a flag. It is attached to the option values of commands that declare `needs`. */
-export interface SecretSetting {
-  key: string;
-  env: string;
-  needs: string;
-}
-
-/** Secrets: never on a command line, never printed; each also as `<key>File` / `<ENV>_FILE`. */
-export const SECRET_SETTINGS: readonly SecretSetting[] = [
-  { key: 'pgPassword', env: 'COFFER_PGPASSWORD', needs: 'dbname' },
-  { key: 's3AccessKeyId', env: 'COFFER_S3_ACCESS_KEY_ID', needs: 's3Endpoint' },
-  { key: 's3SecretAccessKey', env: 'COFFER_S3_SECRET_ACCESS_KEY', needs: 's3Endpoint' },
-];
-
-interface Alias {
-  /** File key ('' = environment only). */
-  key: string;
-  env: string;
-  /** Option keys it stands for; the first one the command declares is used. */
-  targets: string[];
-}
-
-const ALIASES: readonly Alias[] = [
-  { key: 'repository', env: 'COFFER_REPOSITORY', targets: ['to', 'from'] },
-  { key: 'recipients', env: 'COFFER_RECIPIENTS', targets: ['recipient'] },
-  { key: '', env: 'COFFER_IDENTITY_FILE', targets: ['identity'] },
-];
-
-/** Placeholders whose values are free text: one list element per line in the environment. */
-const FREE_TEXT = new Set(['sql', 'text', 'command']);
 
 const TRUE = new Set(['1', 'true', 'yes', 'on']);
 const FALSE = new Set(['0', 'false', 'no', 'off']);
@@ -82,20 +83,34 @@ function sectionOf(file: ConfigFile | undefined, section: string | undefined): R
   return isMapping(s) ? s : undefined;
 }
 
-/** Converts and checks one value for an option; `label` names its origin. */
-function convert(spec: OptionSpec, raw: unknown, label: string, fromEnv: boolean): unknown {
-  if (spec.kind === 'boolean') {
-    let b: boolean;
-    if (typeof raw === 'boolean') b = raw;
-    else if (fromEnv && typeof raw === 'string' && TRUE.has(raw.trim().toLowerCase())) b = true;
-    else if (fromEnv && typeof raw === 'string' && FALSE.has(raw.trim().toLowerCase())) b = false;
-    else throw new UsageError(`${label}: expected true or false (got ${JSON.stringify(raw)})`);
-    return spec.option.negate ? !b : b;
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return JSON.stringify(v);
+  return `${typeof v} ${String(v)}`;
+}
+
+/** The up-front test of one value from the environment or the file; `label` names its origin. */
+function checkValue(decl: OptionDecl, value: string, label: string): void {
+  if (decl.choices && !decl.choices.includes(value)) {
+    throw new UsageError(`${label}: must be one of ${decl.choices.join(', ')} (got ${JSON.stringify(value)})`);
   }
-  if (spec.kind === 'list') {
+  decl.parser.check?.(value, label);
+}
+
+/** Converts a value from the environment or the file to its raw form, and checks it. */
+function convert(decl: OptionDecl, raw: unknown, label: string, fromEnv: boolean): Raw {
+  if (decl.kind === 'switch') {
+    if (typeof raw === 'boolean') return raw;
+    if (fromEnv && typeof raw === 'string' && TRUE.has(raw.trim().toLowerCase())) return true;
+    if (fromEnv && typeof raw === 'string' && FALSE.has(raw.trim().toLowerCase())) return false;
+    throw new UsageError(`${label}: expected true or false (got ${JSON.stringify(raw)})`);
+  }
+  if (decl.kind === 'list') {
     let items: string[];
     if (fromEnv && typeof raw === 'string') {
-      items = raw.includes('\n') || (spec.placeholder !== undefined && FREE_TEXT.has(spec.placeholder)) ? raw.split(/\r?\n/) : raw.split(/[\s,]+/);
+      items = raw.includes('\n') || decl.parser.lines ? raw.split(/\r?\n/) : raw.split(/[\s,]+/);
       items = items.map((s) => s.trim()).filter(Boolean);
     } else if (typeof raw === 'string' || typeof raw === 'number') {
       items = [String(raw)];
@@ -105,49 +120,31 @@ function convert(spec: OptionSpec, raw: unknown, label: string, fromEnv: boolean
       throw new UsageError(`${label}: expected a list of strings (got ${describe(raw)})`);
     }
     if (items.length === 0) throw new UsageError(`${label}: the list is empty`);
-    for (const [i, item] of items.entries()) checkOptionValue(spec, item, items.length > 1 ? `${label}[${i}]` : label);
+    for (const [i, item] of items.entries()) checkValue(decl, item, items.length > 1 ? `${label}[${i}]` : label);
     return items;
   }
   if (typeof raw !== 'string' && typeof raw !== 'number') {
     throw new UsageError(`${label}: expected a single value (got ${describe(raw)})`, Array.isArray(raw) ? { hint: 'this command takes one value; put lists in the section of the command that takes several, e.g. backup:' } : undefined);
   }
   const s = String(raw);
-  checkOptionValue(spec, s, label);
+  checkValue(decl, s, label);
   return s;
 }
 
-function describe(v: unknown): string {
-  if (v === null) return 'null';
-  if (Array.isArray(v)) return 'a list';
-  if (typeof v === 'object') return 'a mapping';
-  if (typeof v === 'string') return JSON.stringify(v);
-  return `${typeof v} ${String(v)}`;
-}
-
-function aliasesFor(spec: OptionSpec, declared: Set<string>): Alias[] {
-  return ALIASES.filter((a) => a.targets.find((t) => declared.has(t)) === spec.key);
-}
-
-/**
- * The value of one option from the environment or the file (not the command line), checked
- * and converted to what commander would have stored; undefined when neither sets it.
- */
-export function findOptionValue(spec: OptionSpec, section: string | undefined, declared: Set<string>, env: Env, file: ConfigFile | undefined): FoundValue | undefined {
-  const aliases = aliasesFor(spec, declared);
-  const envNames = [
-    ...(section !== undefined ? [`COFFER_${upperSnake(section)}_${spec.envSuffix}`] : []),
-    `COFFER_${spec.envSuffix}`,
-    ...aliases.map((a) => a.env),
-  ];
+/** The option's value from the environment or the file, checked; undefined when neither sets it. */
+function findValue(key: string, decl: OptionDecl, layers: Layers): Found | undefined {
+  const { env, file, section } = layers;
+  const suffix = upperSnake(longName(decl)!);
+  const aliases = decl.aliases ?? [];
+  const envNames = [...(section !== undefined ? [`COFFER_${upperSnake(section)}_${suffix}`] : []), `COFFER_${suffix}`, ...aliases.map((a) => a.env)];
   for (const name of envNames) {
     const v = nonEmpty(env, name);
-    if (v !== undefined) return { value: convert(spec, v, name, true), source: 'env', label: name };
+    if (v !== undefined) return { raw: convert(decl, v, name, true), source: 'env', label: name };
   }
   if (!file) return undefined;
-  const keys = [spec.key, ...aliases.map((a) => a.key).filter(Boolean)];
-  const sec = sectionOf(file, section);
+  const keys = [key, ...aliases.map((a) => a.key).filter(Boolean)];
   for (const [where, prefix] of [
-    [sec, `${section}.`],
+    [sectionOf(file, section), `${section}.`],
     [file.data, ''],
   ] as const) {
     if (!where) continue;
@@ -156,7 +153,7 @@ export function findOptionValue(spec: OptionSpec, section: string | undefined, d
       if (prefix === '' && isMapping(where[k])) continue;
       if (where[k] !== undefined && where[k] !== null) {
         const label = `config file ${file.name}: ${prefix}${k}`;
-        return { value: convert(spec, where[k], label, false), source: 'config', label };
+        return { raw: convert(decl, where[k], label, false), source: 'file', label };
       }
     }
   }
@@ -175,58 +172,162 @@ function readSecretFile(file: string, label: string, baseDir: string): string {
   return v;
 }
 
-/** A secret setting from `<ENV>`, `<ENV>_FILE`, the command's section, then the top level. */
-export function findSecret(s: SecretSetting, section: string | undefined, env: Env, file: ConfigFile | undefined, cwd: string): FoundValue | undefined {
+/** A secret from `<ENV>`, `<ENV>_FILE`, the command's section, then the top level. */
+function findSecret(key: string, decl: OptionDecl, layers: Layers): Found | undefined {
+  const { env, file, section, cwd } = layers;
+  const base = decl.env!;
   // COFFER_RESTORE_PGPASSWORD before COFFER_PGPASSWORD, as for options.
-  const names = [...(section !== undefined ? [s.env.replace(/^COFFER_/, `COFFER_${upperSnake(section)}_`)] : []), s.env];
+  const names = [...(section !== undefined ? [base.replace(/^COFFER_/, `COFFER_${upperSnake(section)}_`)] : []), base];
   for (const name of names) {
     const direct = nonEmpty(env, name);
-    if (direct !== undefined) return { value: direct, source: 'env', label: name };
+    if (direct !== undefined) return { raw: direct, source: 'env', label: name };
     const viaFile = nonEmpty(env, `${name}_FILE`);
-    if (viaFile !== undefined) return { value: readSecretFile(viaFile, `${name}_FILE`, cwd), source: 'env', label: `${name}_FILE` };
+    if (viaFile !== undefined) return { raw: readSecretFile(viaFile, `${name}_FILE`, cwd), source: 'env', label: `${name}_FILE` };
   }
   if (!file) return undefined;
-  const sec = sectionOf(file, section);
   for (const [where, prefix] of [
-    [sec, `${section}.`],
+    [sectionOf(file, section), `${section}.`],
     [file.data, ''],
   ] as const) {
     if (!where) continue;
-    const v = where[s.key];
-    const f = where[`${s.key}File`];
-    const label = `config file ${file.name}: ${prefix}${s.key}`;
-    if (v !== undefined && v !== null && f !== undefined && f !== null) throw new UsageError(`${label} and ${s.key}File are both set; keep one`);
+    const v = where[key];
+    const f = where[`${key}File`];
+    const label = `config file ${file.name}: ${prefix}${key}`;
+    if (v !== undefined && v !== null && f !== undefined && f !== null) throw new UsageError(`${label} and ${key}File are both set; keep one`);
     if (v !== undefined && v !== null) {
       if (typeof v !== 'string' || v === '') throw new UsageError(`${label}: expected a non-empty string`);
-      return { value: v, source: 'config', label };
+      return { raw: v, source: 'file', label };
     }
     if (f !== undefined && f !== null) {
       if (typeof f !== 'string' || f === '') throw new UsageError(`${label}File: expected a file path`);
       // Relative paths are relative to the working directory, as for every path setting.
-      return { value: readSecretFile(f, `${label}File`, cwd), source: 'config', label: `${label}File` };
+      return { raw: readSecretFile(f, `${label}File`, cwd), source: 'file', label: `${label}File` };
     }
   }
   return undefined;
 }
 
-/** Every file key a section (or the top level, `section` undefined) accepts, for messages. */
-function knownKeys(program: Command, section: string | undefined): Map<string, OptionSpec | 'secret' | 'section'> {
-  const out = new Map<string, OptionSpec | 'secret' | 'section'>();
-  const cmds = allCommands(program).filter((c) => section === undefined || c.path[0] === section);
-  const specs = [...optionSpecs(program), ...cmds.flatMap((c) => optionSpecs(c.cmd))];
-  const declared = new Set(specs.map((s) => s.key));
-  for (const spec of specs) if (!out.has(spec.key)) out.set(spec.key, spec);
-  for (const a of ALIASES) {
-    const target = a.targets.map((t) => specs.find((s) => s.key === t)).find(Boolean);
-    if (a.key && target) out.set(a.key, target);
+/** Where an option's value comes from when the command line does not give it. */
+function findConfigured(key: string, decl: OptionDecl, layers: Layers): Found | undefined {
+  if (decl.kind === 'secret') return findSecret(key, decl, layers);
+  if (decl.configurable === false) return undefined;
+  return findValue(key, decl, layers);
+}
+
+/** Parses a raw value; a message about a value from the environment or the file says which. */
+function parse(decl: OptionDecl, raw: Raw, origin: Found | undefined): unknown {
+  const flag = `--${longName(decl) ?? ''}`;
+  try {
+    if (typeof raw === 'boolean') return raw;
+    if (Array.isArray(raw)) return raw.map((s) => decl.parser.parse(s, flag));
+    return decl.parser.parse(raw, flag);
+  } catch (err) {
+    if (!(err instanceof UsageError) || origin === undefined) throw err;
+    throw new UsageError(`${err.message} (value from ${origin.label})`, { hint: err.hint, cause: err });
   }
-  for (const s of SECRET_SETTINGS) {
-    if (!declared.has(s.needs)) continue;
-    out.set(s.key, 'secret');
-    out.set(`${s.key}File`, 'secret');
+}
+
+/**
+ * Resolves every option of a command: `given` holds what the command line set (by option key),
+ * the rest comes from the environment, the file, then the declared defaults. Each value is
+ * parsed once, here; a bad one is a {@link UsageError} naming where it came from.
+ */
+export function resolveOptions<O extends Options>(options: O, given: Readonly<Record<string, Raw>>, layers: Layers): Resolved<O> {
+  const out: Record<string, Setting> = {};
+  for (const [key, decl] of Object.entries(options)) {
+    const fromFlag = given[key];
+    if (fromFlag !== undefined) {
+      out[key] = { value: parse(decl, fromFlag, undefined), source: 'flag', raw: fromFlag };
+      continue;
+    }
+    const found = findConfigured(key, decl, layers);
+    if (found) {
+      out[key] = { value: parse(decl, found.raw, found), source: found.source, label: found.label, raw: found.raw };
+    } else if (decl.default !== undefined) {
+      out[key] = { value: parse(decl, decl.default, undefined), source: 'default', ...(decl.showDefault ? { raw: decl.default } : {}) };
+    } else {
+      out[key] = { value: decl.kind === 'switch' ? false : decl.kind === 'list' ? [] : undefined, source: 'default' };
+    }
   }
-  if (section === undefined) for (const c of program.commands) if (!out.has(c.name())) out.set(c.name(), 'section');
+  const v = out as Record<string, Setting | undefined>;
+  if ((v.s3AccessKeyId?.value === undefined) !== (v.s3SecretAccessKey?.value === undefined)) {
+    throw new UsageError('s3AccessKeyId and s3SecretAccessKey must be set together', {
+      hint: "set both (config file or COFFER_S3_…), or neither to use the AWS SDK's credential chain (AWS_ACCESS_KEY_ID, profile, instance role)",
+    });
+  }
+  return out as Resolved<O>;
+}
+
+/** The values alone, as the command receives them. */
+export function valuesOf<O extends Options>(resolved: Resolved<O>): Values<O> {
+  return Object.fromEntries(Object.entries(resolved).map(([k, s]) => [k, (s as Setting).value])) as Values<O>;
+}
+
+/**
+ * Values that must never appear in output (for the logger's scrubber): the secrets, a
+ * password inside `--dbname`, and the standard variables that hold one.
+ */
+export function secretValues(options: Options, resolved: Readonly<Record<string, Setting>>, env: Env): string[] {
+  const out: string[] = [];
+  for (const [key, decl] of Object.entries(options)) {
+    const v = resolved[key]?.value;
+    if (decl.kind === 'secret' && typeof v === 'string') out.push(v);
+  }
+  const dbname = resolved.dbname?.value;
+  if (typeof dbname === 'string') {
+    const pw = passwordInConnectionString(dbname);
+    if (pw !== undefined) out.push(pw);
+  }
+  for (const name of ['PGPASSWORD', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']) {
+    const v = nonEmpty(env, name);
+    if (v !== undefined) out.push(v);
+  }
   return out;
+}
+
+/** Options and how they were resolved. */
+export interface Given {
+  options: Options;
+  resolved: Readonly<Record<string, Setting>>;
+}
+
+/**
+ * The line for an error a command raised after resolution. Lower layers name the option a
+ * value belongs to by its flag (`--pg-bin /x: pg_dump not found there`); when that option's
+ * value came from the environment or the file, say so, so the operator edits the right place.
+ */
+export function errorLine(err: unknown, given: readonly Given[]): string {
+  const line = formatErrorLine(err);
+  if (!(err instanceof UsageError)) return line;
+  for (const { options, resolved } of given) {
+    for (const [key, decl] of Object.entries(options)) {
+      const s = resolved[key];
+      const name = longName(decl);
+      if (s?.label === undefined || name === undefined) continue;
+      const flag = `--${name}`;
+      if (line.startsWith(flag) && !/[a-z0-9-]/.test(line.charAt(flag.length))) return `${line} (value from ${s.label})`;
+    }
+  }
+  return line;
+}
+
+/** Every file key a section (or the top level, `section` undefined) accepts, for messages. */
+function knownKeys(layout: ConfigLayout, section: string | undefined): Map<string, OptionDecl | 'section'> {
+  const out = new Map<string, OptionDecl | 'section'>();
+  const cmds = layout.commands.filter((c) => section === undefined || c.path[0] === section);
+  const entries = [layout.globals, ...cmds.map((c) => c.options)].flatMap((o) => Object.entries(o));
+  for (const [key, decl] of entries) {
+    if (decl.configurable === false || out.has(key)) continue;
+    out.set(key, decl);
+    if (decl.kind === 'secret') out.set(`${key}File`, decl);
+  }
+  for (const [, decl] of entries) for (const a of decl.aliases ?? []) if (a.key && !out.has(a.key)) out.set(a.key, decl);
+  if (section === undefined) for (const name of topLevelNames(layout)) if (!out.has(name)) out.set(name, 'section');
+  return out;
+}
+
+function topLevelNames(layout: ConfigLayout): string[] {
+  return [...new Set(layout.commands.map((c) => c.path[0]!))];
 }
 
 /**
@@ -234,16 +335,16 @@ function knownKeys(program: Command, section: string | undefined): Map<string, O
  * (with a suggestion), sections that are not mappings, wrong types and bad values, in any
  * section — a mistake in `restore:` is reported by tonight's backup, not by the restore.
  */
-export function validateConfigFile(program: Command, file: ConfigFile): void {
+export function validateConfigFile(layout: ConfigLayout, file: ConfigFile): void {
+  const sections = new Set(topLevelNames(layout));
   const check = (data: Record<string, unknown>, section: string | undefined): void => {
-    const known = knownKeys(program, section);
+    const known = knownKeys(layout, section);
     for (const [key, raw] of Object.entries(data)) {
       const label = `config file ${file.name}: ${section !== undefined ? `${section}.` : ''}${key}`;
-      const isSection = section === undefined && program.commands.some((c) => c.name() === key);
-      const what = isSection ? 'section' : known.get(key);
+      const what = section === undefined && sections.has(key) ? 'section' : known.get(key);
       if (what === undefined) {
         const best = suggestKey(key, [...known.keys()]);
-        if (section !== undefined && !best && knownKeys(program, undefined).has(key)) {
+        if (section !== undefined && !best && knownKeys(layout, undefined).has(key)) {
           throw new UsageError(`${label}: not a setting of coffer ${section}`, { hint: `move it to the top level or to the section of a command that has --${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}` });
         }
         const scope = section !== undefined ? ` for coffer ${section}` : '';
@@ -257,7 +358,7 @@ export function validateConfigFile(program: Command, file: ConfigFile): void {
         continue;
       }
       if (raw === null) continue;
-      if (what === 'secret') {
+      if (what.kind === 'secret') {
         if (typeof raw !== 'string' || raw === '') throw new UsageError(`${label}: expected a non-empty string`);
         continue;
       }
@@ -267,126 +368,54 @@ export function validateConfigFile(program: Command, file: ConfigFile): void {
   check(file.data, undefined);
 }
 
-/** What applying the configuration did, for the logger. */
-export interface AppliedConfig {
-  /** Secret values that must never appear in output (for the logger's scrubber). */
-  secrets: string[];
-  /** `--flag` → where its value came from (`COFFER_X`, `config file coffer.yaml: backup.x`), for flags not given on the command line. */
-  origins: Map<string, string>;
-}
-
-/**
- * Fills every option of `action` (and of its parents, for global options) that was not given
- * on the command line from the environment, then the file. Secrets are attached to the
- * option values of commands that can use them (`pgPassword` where `--dbname` exists,
- * S3 keys where `--s3-endpoint` exists), under their key, with source 'env' or 'config'.
- */
-export function applyConfig(program: Command, action: Command, env: Env, file: ConfigFile | undefined, cwd: string): AppliedConfig {
-  const section = commandPath(action)[0];
-  const chain: Command[] = [];
-  for (let c: Command | null = action; c; c = c.parent) chain.push(c);
-  const origins = new Map<string, string>();
-  for (const cmd of chain) {
-    const specs = optionSpecs(cmd);
-    const declared = new Set(specs.map((s) => s.key));
-    for (const spec of specs) {
-      if (cmd.getOptionValueSource(spec.attr) === 'cli') continue;
-      const found = findOptionValue(spec, section, declared, env, file);
-      if (!found) continue;
-      cmd.setOptionValueWithSource(spec.attr, found.value, found.source);
-      if (spec.option.long) origins.set(spec.option.long, found.label);
-    }
-  }
-  const declared = new Set(optionSpecs(action).map((s) => s.key));
-  const secrets: string[] = [];
-  for (const s of SECRET_SETTINGS) {
-    if (!declared.has(s.needs)) continue;
-    const found = findSecret(s, section, env, file, cwd);
-    if (!found) continue;
-    action.setOptionValueWithSource(s.key, found.value, found.source);
-    secrets.push(String(found.value));
-  }
-  const opts = action.opts<Record<string, unknown>>();
-  if ((opts.s3AccessKeyId === undefined) !== (opts.s3SecretAccessKey === undefined)) {
-    throw new UsageError('s3AccessKeyId and s3SecretAccessKey must be set together', {
-      hint: "set both (config file or COFFER_S3_…), or neither to use the AWS SDK's credential chain (AWS_ACCESS_KEY_ID, profile, instance role)",
-    });
-  }
-  if (typeof opts.dbname === 'string') {
-    const pw = passwordInConnectionString(opts.dbname);
-    if (pw !== undefined) secrets.push(pw);
-  }
-  for (const name of ['PGPASSWORD', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']) {
-    const v = nonEmpty(env, name);
-    if (v !== undefined) secrets.push(v);
-  }
-  return { secrets, origins };
-}
-
-/**
- * Commands check their values and name the flag in the message (`--compress must be …`); when
- * that value came from the environment or the file, say so, so the operator edits the right
- * place: `--compress must be … (value from config file coffer.yaml: backup.compress)`.
- */
-export function withOrigin(line: string, origins: ReadonlyMap<string, string>): string {
-  const flag = /^(--[a-z0-9-]+)\b/.exec(line)?.[1];
-  const origin = flag === undefined ? undefined : origins.get(flag);
-  return origin === undefined ? line : `${line} (value from ${origin})`;
-}
-
 /** One row of `coffer config show`. */
 export interface EffectiveSetting {
   value: unknown;
-  /** `flag`, `env COFFER_X`, `config file coffer.yaml: backup.to`, or `default`. */
+  /** `env COFFER_X`, `config file coffer.yaml: backup.to`, or `default`. */
   source: string;
 }
 
 /**
- * The effective configuration of every command, as it would run without further flags:
- * environment, file and defaults, secrets replaced by `***` and passwords inside connection
- * strings and URLs hidden.
+ * The effective configuration of every command, as it would run without further flags: the
+ * same resolution as a run (environment, file, defaults), secrets replaced by `***` and
+ * passwords inside connection strings and URLs hidden. Values are shown as given.
  */
-export function effectiveConfig(program: Command, env: Env, file: ConfigFile | undefined, cwd: string): Record<string, Record<string, EffectiveSetting>> {
+export function effectiveConfig(layout: ConfigLayout, env: Env, file: ConfigFile | undefined, cwd: string): Record<string, Record<string, EffectiveSetting>> {
   const out: Record<string, Record<string, EffectiveSetting>> = {};
-  for (const { cmd, path: p } of allCommands(program)) {
-    if (cmd.commands.length > 0 && cmd.options.length === 0) continue;
-    const section = p[0];
+  for (const c of layout.commands) {
+    const layers: Layers = { env, file, cwd, section: c.path[0] };
     const rows: Record<string, EffectiveSetting> = {};
-    for (const c of [program, cmd]) {
-      const specs = optionSpecs(c);
-      const declared = new Set(specs.map((s) => s.key));
-      for (const spec of specs) {
-        if (spec.option.hidden) continue;
-        const found = findOptionValue(spec, section, declared, env, file);
-        const value = found ? found.value : spec.option.defaultValue;
-        if (value === undefined) continue;
-        rows[spec.key] = { value: redactValue(value, spec.placeholder), source: found ? sourceText(found) : 'default' };
+    const secrets: [string, EffectiveSetting][] = [];
+    for (const options of [layout.globals, c.options]) {
+      for (const [key, decl] of Object.entries(options)) {
+        const found = findConfigured(key, decl, layers);
+        if (decl.kind === 'secret') {
+          if (found) secrets.push([key, { value: REDACTED, source: sourceText(found) }]);
+          continue;
+        }
+        const raw = found ? found.raw : decl.showDefault ? decl.default : undefined;
+        if (raw === undefined) continue;
+        rows[key] = { value: redactValue(raw, decl.parser.url === true), source: found ? sourceText(found) : 'default' };
       }
     }
-    const declared = new Set(optionSpecs(cmd).map((s) => s.key));
-    for (const s of SECRET_SETTINGS) {
-      if (!declared.has(s.needs)) continue;
-      const found = findSecret(s, section, env, file, cwd);
-      if (found) rows[s.key] = { value: REDACTED, source: sourceText(found) };
-    }
-    out[p.join(' ')] = rows;
+    for (const [key, row] of secrets.sort(([a], [b]) => a.localeCompare(b))) rows[key] = row;
+    out[c.path.join(' ')] = rows;
   }
   return out;
 }
 
-function sourceText(f: FoundValue): string {
+function sourceText(f: Found): string {
   return f.source === 'env' ? `env ${f.label}` : f.label;
 }
 
 /**
- * Connection strings lose their passwords; URLs (`<url>` options: ping and webhook endpoints,
- * whose path is often the only credential, e.g. a healthchecks.io check id) keep only their
- * origin.
+ * Connection strings lose their passwords; URLs (ping and webhook endpoints, whose path is
+ * often the only credential, e.g. a healthchecks.io check id) keep only their origin.
  */
-function redactValue(v: unknown, placeholder: string | undefined): unknown {
-  if (Array.isArray(v)) return v.map((x) => redactValue(x, placeholder));
+function redactValue(v: Raw, isUrl: boolean): Raw {
+  if (Array.isArray(v)) return v.map((x) => redactValue(x, isUrl) as string);
   if (typeof v !== 'string') return v;
-  if (placeholder === 'url') {
+  if (isUrl) {
     try {
       const u = new URL(v);
       return u.pathname === '/' && u.search === '' && !u.username && !u.password ? `${u.origin}` : `${u.origin}/${REDACTED}`;
@@ -397,20 +426,28 @@ function redactValue(v: unknown, placeholder: string | undefined): unknown {
   return redactConnectionString(v);
 }
 
+/** The environment variables of the secrets `layout` declares (`COFFER_PGPASSWORD`…). */
+export function secretVariables(layout: ConfigLayout): string[] {
+  const names = new Set<string>();
+  for (const o of [layout.globals, ...layout.commands.map((c) => c.options)]) for (const d of Object.values(o)) if (d.kind === 'secret') names.add(d.env!);
+  return [...names];
+}
+
 /** Variables holding secrets that no child process needs (libpq's PGPASSWORD is kept). */
 const IN_PROCESS_ONLY = new Set(['AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']);
-const SECRET_SUFFIXES = SECRET_SETTINGS.map((s) => s.env.replace(/^COFFER_/, ''));
 
 /**
  * The environment for child processes (pg_dump, psql, command prefixes): the same, minus
  * S3 credentials and coffer's own secret variables (`COFFER_[<COMMAND>_]PGPASSWORD[_FILE]`,
- * `COFFER_…S3_SECRET_ACCESS_KEY…`), which are used in-process only.
+ * `COFFER_…S3_SECRET_ACCESS_KEY…`; `secretEnvs` from {@link secretVariables}), which are used
+ * in-process only.
  */
-export function childSafeEnv(env: Env): Env {
+export function childSafeEnv(env: Env, secretEnvs: readonly string[]): Env {
+  const suffixes = secretEnvs.map((s) => s.replace(/^COFFER_/, ''));
   const out: Env = {};
   for (const [k, v] of Object.entries(env)) {
     if (IN_PROCESS_ONLY.has(k)) continue;
-    if (k.startsWith('COFFER_') && SECRET_SUFFIXES.some((suf) => k.endsWith(suf) || k.endsWith(`${suf}_FILE`))) continue;
+    if (k.startsWith('COFFER_') && suffixes.some((suf) => k.endsWith(suf) || k.endsWith(`${suf}_FILE`))) continue;
     out[k] = v;
   }
   return out;

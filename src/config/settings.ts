@@ -1,37 +1,18 @@
 import { UsageError } from '../errors.js';
 import type { Compression } from '../catalog/manifest.js';
-import { isTier, type Tier } from '../catalog/layout.js';
-import { parseRepository, type RepositoryRef, type S3Settings } from '../store/open.js';
-import { parseByteSize } from '../pipeline/part-size.js';
+import type { RepositoryRef, S3Settings } from '../store/open.js';
 import type { LogFormat } from '../observe/log.js';
+import type { Duration } from './parsers.js';
 
 /**
  * The configuration layer: flags > environment (`COFFER_…`) > configuration file > defaults.
- * Precedence itself is applied once, generically, by `layers.ts` (from main.ts's
- * preAction hook): commands receive their option values already filled in. This module holds
- * the parsers and the resolution of the standard libpq/AWS variables. src/config/ is the only
- * reader of the environment; everything below it receives plain values.
+ * Precedence itself is applied once, generically, by `layers.ts`: commands receive their
+ * option values already resolved and parsed (options.ts, parsers.ts). This module holds the
+ * value parsers those build on and the resolution of the standard libpq/AWS variables.
+ * src/config/ is the only reader of the environment; everything below it receives plain values.
  */
 
 export type Env = NodeJS.ProcessEnv;
-
-/**
- * Reads an environment variable; the `_FILE` convention of container images is honoured.
- * @deprecated secrets are resolved by the config layer (`findSecret` in layers.ts).
- */
-export function envValue(env: Env, name: string, readFile: (p: string) => string): string | undefined {
-  const direct = env[name];
-  if (direct !== undefined && direct !== '') return direct;
-  const file = env[`${name}_FILE`];
-  if (file !== undefined && file !== '') {
-    try {
-      return readFile(file).replace(/\r?\n$/, '');
-    } catch {
-      throw new UsageError(`${name}_FILE: cannot read ${file}`);
-    }
-  }
-  return undefined;
-}
 
 export function resolveLogFormat(flag: string | undefined, env: Env, isTty: boolean): LogFormat {
   const v = flag ?? env.COFFER_LOG_FORMAT;
@@ -40,14 +21,10 @@ export function resolveLogFormat(flag: string | undefined, env: Env, isTty: bool
   throw new UsageError(`--log-format must be text, json or auto (got ${JSON.stringify(v)})`);
 }
 
-/**
- * The repository of a command. `flag` already holds COFFER_REPOSITORY or the file's
- * `repository:` when no flag was given (the config layer, src/config/layers.ts, fills it).
- */
-export function resolveRepository(flag: string | undefined, _env: Env, fallback: string | undefined): RepositoryRef {
-  const v = flag ?? fallback;
-  if (v === undefined) throw new UsageError('no repository given', { hint: 'use --from s3://bucket/prefix or a directory, `repository:` in coffer.yaml, or COFFER_REPOSITORY' });
-  return parseRepository(v);
+/** The repository of a command that has no default one (`init`, `retention check`, `prune`). */
+export function requireRepository(ref: RepositoryRef | undefined): RepositoryRef {
+  if (ref === undefined) throw new UsageError('no repository given', { hint: 'use --from s3://bucket/prefix or a directory, `repository:` in coffer.yaml, or COFFER_REPOSITORY' });
+  return ref;
 }
 
 /**
@@ -57,7 +34,7 @@ export function resolveRepository(flag: string | undefined, _env: Env, fallback:
  * the AWS SDK's own chain (AWS_ACCESS_KEY_ID…, profile, instance role) is used.
  */
 export function resolveS3Settings(
-  flags: { s3Endpoint?: string; s3Region?: string; s3Timeout?: string; s3AccessKeyId?: string; s3SecretAccessKey?: string },
+  flags: { s3Endpoint?: string | undefined; s3Region?: string | undefined; s3Timeout?: Duration | undefined; s3AccessKeyId?: string | undefined; s3SecretAccessKey?: string | undefined },
   env: Env,
 ): S3Settings {
   const endpoint = flags.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
@@ -73,8 +50,7 @@ export function resolveS3Settings(
   }
   const region = flags.s3Region ?? env.AWS_REGION ?? env.AWS_DEFAULT_REGION ?? 'us-east-1';
   // Idle timeout of every S3 request (a silent socket fails the attempt; the SDK retries it).
-  const timeout = flags.s3Timeout ?? env.COFFER_S3_TIMEOUT;
-  const requestTimeoutMs = timeout === undefined ? undefined : parseDuration(timeout, '--s3-timeout');
+  const requestTimeoutMs = flags.s3Timeout?.ms;
   const credentials =
     flags.s3AccessKeyId !== undefined && flags.s3SecretAccessKey !== undefined ? { credentials: { accessKeyId: flags.s3AccessKeyId, secretAccessKey: flags.s3SecretAccessKey } } : {};
   return { ...(endpoint ? { endpoint } : {}), region, ...(requestTimeoutMs ? { requestTimeoutMs } : {}), ...credentials };
@@ -100,12 +76,6 @@ export function parseCompression(s: string | undefined): Compression {
   return { kind: 'pgdump-gzip', level: l };
 }
 
-export function parseTier(s: string | undefined): Tier | undefined {
-  if (s === undefined) return undefined;
-  if (!isTier(s)) throw new UsageError(`--tier must be daily, weekly, monthly or manual (got ${JSON.stringify(s)})`);
-  return s;
-}
-
 /** `90s`, `15m`, `26h`, `7d`, `1h30m` → milliseconds. */
 export function parseDuration(s: string, what: string): number {
   const t = s.trim();
@@ -124,12 +94,8 @@ export function parseDuration(s: string, what: string): number {
   return Math.round(total);
 }
 
-export function parseOptionalSize(s: string | undefined, what: string): number | undefined {
-  return s === undefined ? undefined : parseByteSize(s, what);
-}
-
-export function parsePositiveInt(s: string | undefined, what: string, fallback: number, max = Number.MAX_SAFE_INTEGER): number {
-  if (s === undefined) return fallback;
+/** A whole number from 1 to `max`. */
+export function parsePositiveInt(s: string, what: string, max = Number.MAX_SAFE_INTEGER): number {
   const n = Number(s);
   if (!Number.isInteger(n) || n < 1 || n > max) throw new UsageError(`${what} must be a whole number from 1 to ${max} (got ${JSON.stringify(s)})`);
   return n;
@@ -140,12 +106,4 @@ export function checkDatabaseName(name: string, what = '--db'): string {
   if (name === '' || name.includes('\0')) throw new UsageError(`${what}: invalid database name ${JSON.stringify(name)}`);
   if (Buffer.byteLength(name, 'utf8') > 63) throw new UsageError(`${what}: database name longer than 63 bytes: ${JSON.stringify(name)}`);
   return name;
-}
-
-/**
- * Recipients from COFFER_RECIPIENTS (comma or space separated).
- * @deprecated the config layer maps COFFER_RECIPIENTS (and COFFER_RECIPIENT) onto `--recipient`.
- */
-export function recipientsFromEnv(env: Env): string[] {
-  return (env.COFFER_RECIPIENTS ?? '').split(/[\s,]+/).filter(Boolean);
 }

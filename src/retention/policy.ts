@@ -23,7 +23,7 @@ export interface RetentionFlags {
 }
 
 /** Defaults, as periods (also shown in help texts). */
-const DEFAULT_KEEP: Readonly<Record<Tier, string>> = {
+export const DEFAULT_KEEP: Readonly<Record<Tier, string>> = {
   daily: '14d',
   weekly: '8w',
   monthly: '12mo',

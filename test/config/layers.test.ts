@@ -9,9 +9,12 @@ import * as path from 'node:path';
 import { Command } from 'commander';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseEnv, runCoffer } from '../harness/cli.js';
-import { applyConfig, childSafeEnv, validateConfigFile } from '../../src/config/layers.js';
-import { loadConfigFile } from '../../src/config/config-file.js';
-import { collect } from '../../src/config/option-specs.js';
+import { childSafeEnv, secretVariables, valuesOf, type ConfigLayout } from '../../src/config/layers.js';
+import { flag, list, secret, value } from '../../src/config/options.js';
+import { count, duration, repository, sql, text } from '../../src/config/parsers.js';
+import { defineCommand, type CommandModule } from '../../src/cli/command.js';
+import { addOptions, registerCommands, resolveInvocation } from '../../src/cli/program.js';
+import { LAYOUT } from '../../src/cli/registry.js';
 import { suggestKey } from '../../src/config/suggest.js';
 import { passwordInConnectionString, redactConnectionString } from '../../src/config/redact.js';
 
@@ -23,45 +26,58 @@ afterAll(async () => {
   await fsp.rm(tmp, { recursive: true, force: true });
 });
 
-type Seen = { opts: Record<string, unknown>; sources: Record<string, string | undefined>; secrets: string[] };
+/** Per option: the value as given (`raw`) and where it came from. */
+type Seen = { opts: Record<string, unknown>; sources: Record<string, string>; values: Record<string, unknown>; secrets: string[] };
 
-/** A program shaped like coffer's, with options invented here, wired as main.ts wires it. */
+const REPO = { key: 'repository', env: 'COFFER_REPOSITORY' };
+const GLOBALS = {
+  timeout: value('--timeout <duration>', '', duration),
+  config: value('--config <file>', '', text, { configurable: false }),
+};
+/** Commands shaped like coffer's, with options invented here. */
+const SYNTHETIC: CommandModule[] = [
+  defineCommand({
+    name: 'backup',
+    summary: '',
+    options: {
+      to: value('--to <repository>', '', repository, { aliases: [REPO] }),
+      dbname: value('--dbname <conninfo>', '', text),
+      pgPassword: secret('COFFER_PGPASSWORD'),
+      futureFlag: value('--future-flag <duration>', '', duration),
+      shelf: list('--shelf <name>', 'repeatable', text),
+      probe: list('--probe <sql>', 'repeatable', sql),
+      noFrob: flag('--no-frob', ''),
+      level: value('--level <n>', 'with a default', count(), { default: '3', showDefault: true }),
+    },
+    run: () => undefined,
+  }),
+  defineCommand({
+    name: 'restore',
+    summary: '',
+    options: { from: value('--from <repository>', '', repository, { aliases: [REPO] }), dbname: value('--dbname <conninfo>', '', text), pgPassword: secret('COFFER_PGPASSWORD') },
+    run: () => undefined,
+  }),
+  defineCommand({ name: 'ret check', summary: '', options: { futureFlag: value('--future-flag <duration>', '', duration) }, run: () => undefined }),
+];
+const SYNTHETIC_LAYOUT: ConfigLayout & { globals: typeof GLOBALS } = { globals: GLOBALS, commands: SYNTHETIC.map((c) => ({ path: c.name.split(' '), options: c.options })) };
+
+/** Runs the synthetic program, wired as main.ts wires coffer's. */
 async function runSynthetic(argv: string[], env: Record<string, string>, yaml?: string, inDir?: string): Promise<Seen> {
   const dir = inDir ?? (await fsp.mkdtemp(path.join(tmp, 'syn-')));
   if (yaml !== undefined) await fsp.writeFile(path.join(dir, 'coffer.yaml'), yaml);
   let seen: Seen | undefined;
-  let secrets: string[] = [];
-  const program = new Command('coffer').exitOverride().option('--timeout <duration>').option('--config <file>');
-  program.hook('preAction', (_r, action) => {
-    const file = loadConfigFile(program.opts<{ config?: string }>().config, dir);
-    if (file) validateConfigFile(program, file);
-    secrets = applyConfig(program, action, env, file, dir).secrets;
+  const program = new Command('coffer').exitOverride();
+  addOptions(program, GLOBALS);
+  registerCommands(program, SYNTHETIC, {}, async (m, cmd) => {
+    const run = resolveInvocation(program, cmd, m, SYNTHETIC_LAYOUT, env, dir);
+    const all = { ...run.resolved, timeout: run.globals.timeout };
+    seen = {
+      opts: Object.fromEntries(Object.entries(all).map(([k, s]) => [k, s.raw])),
+      sources: Object.fromEntries(Object.entries(all).map(([k, s]) => [k, s.source])),
+      values: { ...valuesOf(run.resolved) },
+      secrets: run.secrets,
+    };
   });
-  program
-    .command('backup')
-    .option('--to <repository>')
-    .option('--dbname <conninfo>')
-    .option('--future-flag <duration>')
-    .option('--shelf <name>', 'repeatable', collect)
-    .option('--probe <sql>', 'repeatable', collect)
-    .option('--no-frob')
-    .option('--level <n>', 'with a default', '3')
-    .action(function (this: Command) {
-      const sources: Record<string, string | undefined> = {};
-      for (const k of Object.keys(this.opts())) sources[k] = this.getOptionValueSource(k);
-      sources.timeout = program.getOptionValueSource('timeout');
-      seen = { opts: { ...this.opts(), timeout: program.opts().timeout }, sources, secrets };
-    });
-  program.command('restore').option('--from <repository>').option('--dbname <conninfo>').action(function (this: Command) {
-    seen = { opts: { ...this.opts() }, sources: {}, secrets };
-  });
-  program
-    .command('ret')
-    .command('check')
-    .option('--future-flag <duration>')
-    .action(function (this: Command) {
-      seen = { opts: { ...this.opts(), timeout: program.opts().timeout }, sources: {}, secrets };
-    });
   await program.parseAsync(argv, { from: 'user' });
   return seen!;
 }
@@ -74,24 +90,25 @@ describe('precedence, for options the layer has never heard of', () => {
     expect((await runSynthetic(['backup', '--future-flag', '1s'], env, yaml)).opts.futureFlag).toBe('1s');
     const s = await runSynthetic(['backup'], env, yaml);
     expect([s.opts.futureFlag, s.sources.futureFlag]).toEqual(['9m', 'env']);
+    expect(s.values.futureFlag).toEqual({ ms: 540_000, text: '9m' });
     expect((await runSynthetic(['backup'], { COFFER_FUTURE_FLAG: '5m' }, yaml)).opts.futureFlag).toBe('5m');
     const f = await runSynthetic(['backup'], {}, yaml);
-    expect([f.opts.futureFlag, f.sources.futureFlag]).toEqual(['2h', 'config']);
-    expect([f.opts.level, f.sources.level]).toEqual(['7', 'config']);
+    expect([f.opts.futureFlag, f.sources.futureFlag]).toEqual(['2h', 'file']);
+    expect([f.opts.level, f.sources.level, f.values.level]).toEqual(['7', 'file', 7]);
     expect(f.opts.shelf).toEqual(['top']);
     const d = await runSynthetic(['backup'], {}, 'shelf: x\n');
-    expect([d.opts.level, d.sources.level, d.opts.futureFlag]).toEqual(['3', 'default', undefined]);
+    expect([d.opts.level, d.sources.level, d.values.level, d.opts.futureFlag]).toEqual(['3', 'default', 3, undefined]);
   });
 
   it('lists, switches and negated switches from env and file', async () => {
     const e = await runSynthetic(['backup'], { COFFER_SHELF: 'a, b c', COFFER_PROBE: 'SELECT 1\nSELECT count(*) FROM t', COFFER_NO_FROB: 'true' });
     expect(e.opts.shelf).toEqual(['a', 'b', 'c']);
     expect(e.opts.probe).toEqual(['SELECT 1', 'SELECT count(*) FROM t']);
-    expect(e.opts.frob).toBe(false);
+    expect([e.opts.noFrob, e.sources.noFrob]).toEqual([true, 'env']);
     const one = await runSynthetic(['backup'], { COFFER_PROBE: 'SELECT count(*) FROM t' });
     expect(one.opts.probe).toEqual(['SELECT count(*) FROM t']);
     const f = await runSynthetic(['backup'], {}, 'noFrob: false\nshelf: [x, 2]\n');
-    expect(f.opts.frob).toBe(true);
+    expect([f.values.noFrob, (await runSynthetic(['backup', '--no-frob'], {})).values.noFrob, (await runSynthetic(['backup'], {})).values.noFrob]).toEqual([false, true, false]);
     expect(f.opts.shelf).toEqual(['x', '2']);
     // A flag list replaces the configured one; it is not merged with it.
     expect((await runSynthetic(['backup', '--shelf', 'cli'], { COFFER_SHELF: 'env' })).opts.shelf).toEqual(['cli']);
@@ -99,7 +116,8 @@ describe('precedence, for options the layer has never heard of', () => {
 
   it('global options take the command section; repository maps to --to and --from', async () => {
     const s = await runSynthetic(['backup'], {}, 'timeout: 1h\nrepository: /r/top\nbackup:\n  timeout: 2h\n');
-    expect([s.opts.timeout, s.sources.timeout, s.opts.to]).toEqual(['2h', 'config', '/r/top']);
+    expect([s.opts.timeout, s.sources.timeout, s.opts.to]).toEqual(['2h', 'file', '/r/top']);
+    expect(s.values.to).toEqual({ kind: 'file', root: '/r/top' });
     expect((await runSynthetic(['restore'], { COFFER_REPOSITORY: '/r/env' }, 'repository: /r/file\n')).opts.from).toBe('/r/env');
     expect((await runSynthetic(['restore'], { COFFER_FROM: '/r/from', COFFER_REPOSITORY: '/r/env' })).opts.from).toBe('/r/from');
   });
@@ -124,7 +142,7 @@ describe('secrets', () => {
     const dir = await fsp.mkdtemp(path.join(tmp, 'sec-'));
     await fsp.writeFile(path.join(dir, 'pw'), 'from-a-file\n');
     const f = await runSynthetic(['backup'], {}, 'pgPasswordFile: pw\n', dir);
-    expect([f.opts.pgPassword, f.sources.pgPassword]).toEqual(['from-a-file', 'config']);
+    expect([f.opts.pgPassword, f.sources.pgPassword]).toEqual(['from-a-file', 'file']);
     // No command here has --s3-endpoint: S3 keys are not settings of this program.
     await expect(runSynthetic(['backup'], {}, 's3SecretAccessKey: x\n')).rejects.toThrow('s3SecretAccessKey: unknown setting');
     expect(f.secrets).toContain('from-a-file');
@@ -137,7 +155,8 @@ describe('secrets', () => {
   });
 
   it('children get no S3 secret and no coffer secret variable, but keep PGPASSWORD', () => {
-    const env = childSafeEnv({
+    const env = childSafeEnv(
+      {
       PATH: '/bin',
       PGPASSWORD: 'libpq',
       AWS_SECRET_ACCESS_KEY: 'x',
@@ -147,7 +166,9 @@ describe('secrets', () => {
       COFFER_RESTORE_PGPASSWORD_FILE: '/f',
       COFFER_S3_SECRET_ACCESS_KEY: 'b',
       COFFER_TIMEOUT: '1h',
-    });
+      },
+      secretVariables(LAYOUT),
+    );
     expect(env).toEqual({ PATH: '/bin', PGPASSWORD: 'libpq', AWS_REGION: 'r', COFFER_TIMEOUT: '1h' });
   });
 

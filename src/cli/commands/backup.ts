@@ -6,69 +6,57 @@ import { acquireBackupLock, defaultLockDir, type HeldLock } from '../../ops/lock
 import { listAllDatabases } from '../../ops/all-databases.js';
 import { writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
 import { Notifier } from '../../observe/notify.js';
-import { parseRecipient, readRecipientsFile } from '../../crypto/age.js';
+import { readRecipientsFile } from '../../crypto/age.js';
 import { runBackup, type BackupResult, type DumpKind } from '../../pipeline/backup.js';
 import { parseConnectionString, databaseOf } from '../../pg/connection.js';
 import { resolvePgTools } from '../../pg/tools.js';
 import { openStore } from '../../store/open.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
-import {
-  checkDatabaseName,
-  parseCompression,
-  parseDuration,
-  parseOptionalSize,
-  parsePositiveInt,
-  parseTier,
-  resolveRepository,
-  resolveS3Settings,
-} from '../../config/settings.js';
+import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
+import { compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
+import { flag, list, value, type Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, pgPassword, retentionPolicy, s3Options } from '../option-groups.js';
 import type { Tier } from '../../catalog/layout.js';
-import { parseObjectLockMode, parseRetentionPolicy, retainUntil } from '../../retention/policy.js';
+import { DEFAULT_KEEP, retainUntil } from '../../retention/policy.js';
 
-export interface BackupFlags {
-  to?: string;
-  db?: string[];
-  dbname?: string;
-  recipient?: string[];
-  recipientsFile?: string[];
-  label?: string;
-  tier?: string;
-  compress?: string;
-  partSize?: string;
-  maxParts?: string;
-  s3Endpoint?: string;
-  s3Region?: string;
-  schemaOnly?: boolean;
-  dataOnly?: boolean;
-  /** With --data-only: pg_dump --disable-triggers. */
-  disableTriggers?: boolean;
-  excludeTableData?: string[];
-  globals?: boolean;
-  pgBin?: string;
-  pgDumpCommand?: string;
-  pgDumpallCommand?: string;
-  psqlCommand?: string;
-  json?: boolean;
-  objectLockMode?: string;
-  keepDaily?: string;
-  keepWeekly?: string;
-  keepMonthly?: string;
-  keepManual?: string;
-  /** Every connectable non-template database (`postgres` only when it holds user objects). */
-  allDatabases?: boolean;
-  /** Poll this long for a held lock before exiting 6 (default: do not wait). */
-  wait?: string;
-  lockDir?: string;
-  metricsFile?: string;
-  notify?: string;
-  webhook?: string;
-  /** Secret settings attached by the config layer (never flags). */
-  pgPassword?: string;
-  s3AccessKeyId?: string;
-  s3SecretAccessKey?: string;
-}
+const options = {
+  to: value('--to <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
+  db: list('--db <name>', 'database to back up (repeatable; default PGDATABASE)', database),
+  dbname: value('--dbname <conninfo>', 'libpq connection string or URI (password is never put on a command line)', text),
+  pgPassword,
+  recipient: list('--recipient <age1…>', 'age recipient (public key); repeatable', recipient, { aliases: [{ key: 'recipients', env: 'COFFER_RECIPIENTS' }] }),
+  recipientsFile: list('--recipients-file <file>', 'file of age recipients, one per line; repeatable', text),
+  label: value('--label <text>', 'label recorded in the manifest (implies --tier manual)', text),
+  tier: value('--tier <tier>', 'daily, weekly, monthly or manual (default: decided from what exists)', tier),
+  compress: value('--compress <method>', 'zstd[:level] (default zstd:1), gzip[:level] or none', compression, { default: 'zstd:1' }),
+  partSize: value('--part-size <size>', 'multipart part size (default: from the database size)', size),
+  maxParts: value('--max-parts <n>', 'provider limit on multipart parts (default 10000)', count(10_000), { default: '10000' }),
+  schemaOnly: flag('--schema-only', 'plain SQL, schema only'),
+  dataOnly: flag('--data-only', 'plain SQL, data only'),
+  disableTriggers: flag('--disable-triggers', 'with --data-only: pg_dump --disable-triggers, so the data loads despite foreign-key cycles (loaded by a superuser)'),
+  excludeTableData: list('--exclude-table-data <pattern>', 'pg_dump --exclude-table-data (repeatable)', text),
+  globals: flag('--globals', 'also store pg_dumpall --globals-only (roles, tablespaces)'),
+  pgBin: value('--pg-bin <dir>', 'directory of pg_dump/psql', text),
+  pgDumpCommand: value('--pg-dump-command <command>', 'command prefix to run pg_dump (no shell), e.g. "docker compose exec -T db pg_dump"', text),
+  pgDumpallCommand: value('--pg-dumpall-command <command>', 'command prefix to run pg_dumpall', text),
+  psqlCommand: value('--psql-command <command>', 'command prefix to run psql', text),
+  json: flag('--json', 'print the manifests as JSON on stdout'),
+  objectLockMode: value('--object-lock-mode <mode>', "write each object with S3 object-lock retention (governance or compliance) for its tier's keep period", objectLockMode),
+  keepDaily: value('--keep-daily <period>', 'retention of daily backups (object lock), e.g. 14d', period, { default: DEFAULT_KEEP.daily }),
+  keepWeekly: value('--keep-weekly <period>', 'retention of weekly backups (object lock), e.g. 8w', period, { default: DEFAULT_KEEP.weekly }),
+  keepMonthly: value('--keep-monthly <period>', 'retention of monthly backups (object lock), e.g. 12mo', period, { default: DEFAULT_KEEP.monthly }),
+  keepManual: value('--keep-manual <period>', 'retention of manual backups (object lock), e.g. 90d', period, { default: DEFAULT_KEEP.manual }),
+  allDatabases: flag('--all-databases', 'back up every connectable non-template database (postgres only if it holds user objects)'),
+  wait: value('--wait <duration>', 'if another run holds the lock, wait up to this long (default: exit 6 at once)', duration),
+  lockDir: value('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer or TMPDIR/coffer-locks-<uid>)', text),
+  metricsFile: value('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run', text),
+  notify: value('--notify <url>', 'healthchecks.io-style ping URL: URL/start, URL on success, URL/fail on failure', url),
+  webhook: value('--webhook <url>', 'POST a JSON summary here per database, on success and on failure', url),
+  ...s3Options,
+};
 
 /** What happened to one database of the run. */
 interface Outcome {
@@ -83,13 +71,19 @@ interface Outcome {
  * PostgreSQL advisory lock). A database that fails does not stop the others; the run then exits
  * with the first failure's code. Metrics, pings and webhooks report every run, success or not.
  */
-export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Promise<BackupResult[]> {
+export const backup = defineCommand({
+  name: 'backup',
+  summary: 'dump one or more databases, compress, encrypt and store them',
+  options,
+  run: runBackupCommand,
+});
+
+async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[]> {
   const env = ctx.env;
-  // Validate everything before touching the database or the repository.
-  const repo = resolveRepository(flags.to, env, './backups');
+  // Everything is validated before touching the database or the repository.
   const s3 = resolveS3Settings(flags, env);
-  const recipients = (flags.recipient ?? []).map(parseRecipient);
-  for (const f of flags.recipientsFile ?? []) {
+  const recipients = [...flags.recipient];
+  for (const f of flags.recipientsFile) {
     recipients.push(...(await readRecipientsFile(f)));
   }
   if (recipients.length === 0) {
@@ -100,30 +94,29 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
   if (flags.disableTriggers && kind !== 'data-only') {
     throw new UsageError('--disable-triggers applies to --data-only backups only', { hint: 'a full backup restores its tables, data and constraints in order; add --data-only, or drop --disable-triggers' });
   }
-  const compression = parseCompression(flags.compress);
+  const compression = flags.compress;
   if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
     throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
   }
   // Object lock: each object is retained for its tier's keep period (policy.ts rounds up).
-  const lockMode = parseObjectLockMode(flags.objectLockMode, '--object-lock-mode');
-  const keepPolicy = parseRetentionPolicy(flags);
+  const lockMode = flags.objectLockMode;
+  const keepPolicy = retentionPolicy(flags);
   const retentionFor = lockMode ? (t: Tier, now: Date) => ({ mode: lockMode, retainUntil: retainUntil(keepPolicy, t, now) }) : undefined;
-  const tier = parseTier(flags.tier ?? (flags.label !== undefined ? 'manual' : undefined));
-  const partSize = parseOptionalSize(flags.partSize, '--part-size');
-  const maxParts = parsePositiveInt(flags.maxParts, '--max-parts', 10_000, 10_000);
+  const tier: Tier | undefined = flags.tier ?? (flags.label !== undefined ? 'manual' : undefined);
   const conn = parseConnectionString(flags.dbname);
   // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
   if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
-  if (flags.allDatabases && flags.db && flags.db.length > 0) throw new UsageError('--all-databases and --db cannot be combined');
-  const explicitDbs = flags.db && flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];
-  if (!flags.allDatabases) for (const d of explicitDbs) checkDatabaseName(d);
+  if (flags.allDatabases && flags.db.length > 0) throw new UsageError('--all-databases and --db cannot be combined');
+  // --db names are checked as they are read; the default one here.
+  const explicitDbs = flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];
+  if (!flags.allDatabases && flags.db.length === 0) checkDatabaseName(explicitDbs[0]!);
   const tools = resolvePgTools({
     binDir: flags.pgBin,
     pgDumpCommand: flags.pgDumpCommand,
     pgDumpallCommand: flags.pgDumpallCommand,
     psqlCommand: flags.psqlCommand,
   });
-  const waitMs = flags.wait === undefined ? 0 : parseDuration(flags.wait, '--wait');
+  const waitMs = flags.wait?.ms ?? 0;
   const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env));
   const metricsFile = flags.metricsFile === undefined ? undefined : path.resolve(ctx.cwd, flags.metricsFile);
   if (metricsFile !== undefined) {
@@ -137,7 +130,7 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
   }
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
 
-  const store = await openStore(repo, s3);
+  const store = await openStore(flags.to, s3);
   notifier.start();
   const results: BackupResult[] = [];
   const outcomes: Outcome[] = [];
@@ -173,8 +166,8 @@ export async function runBackupCommand(flags: BackupFlags, ctx: CliContext): Pro
           tier,
           retentionFor,
           label: flags.label,
-          partSize,
-          maxParts,
+          partSize: flags.partSize,
+          maxParts: flags.maxParts,
           excludeTableData: flags.excludeTableData,
           disableTriggers: flags.disableTriggers,
           globals: flags.globals,

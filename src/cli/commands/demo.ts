@@ -3,19 +3,29 @@ import * as path from 'node:path';
 import { generateIdentity, readIdentityFile, recipientOf, writeSecretFileExclusive } from '../../crypto/age.js';
 import { runRestore } from '../../pipeline/restore.js';
 import { runVerify } from '../../pipeline/verify.js';
-import { startThrowawayCluster } from '../../pg/throwaway-cluster.js';
 import { VAULT_SAMPLE_SQL } from '../../demo/vault-sample.js';
 import { runBackup } from '../../pipeline/backup.js';
 import { resolvePgTools } from '../../pg/tools.js';
 import { FsStore } from '../../store/fs.js';
 import { formatBytes } from '../../observe/log.js';
+import { text } from '../../config/parsers.js';
+import { value, type Values } from '../../config/options.js';
+import { resolveS3Settings } from '../../config/settings.js';
 import type { CliContext } from '../context.js';
-import { runListCommand } from './list.js';
+import { defineCommand } from '../command.js';
+import { listRepository } from './list.js';
 
-export interface DemoFlags {
-  dir: string;
-  pgBin?: string;
-}
+const options = {
+  dir: value('--dir <directory>', 'repository directory', text, { default: './backups', showDefault: true }),
+  pgBin: value('--pg-bin <dir>', 'PostgreSQL server binaries (default: newest /usr/lib/postgresql/*/bin)', text),
+};
+
+export const demo = defineCommand({
+  name: 'demo',
+  summary: 'try coffer: a throwaway PostgreSQL with a sample "vault" database, backed up into ./backups',
+  options,
+  run: runDemoCommand,
+});
 
 /**
  * `coffer demo`: the whole job on an embedded default. Starts a throwaway PostgreSQL cluster,
@@ -25,7 +35,7 @@ export interface DemoFlags {
  * at the end; the repository and the key stay so you can look at them (a real deployment keeps
  * the identity off the database host: see the README).
  */
-export async function runDemoCommand(flags: DemoFlags, ctx: CliContext): Promise<void> {
+async function runDemoCommand(flags: Values<typeof options>, ctx: CliContext): Promise<void> {
   const repo = path.resolve(ctx.cwd, flags.dir);
   const say = (s: string): void => ctx.stdout(`${s}\n`);
   await fsp.mkdir(repo, { recursive: true, mode: 0o700 });
@@ -46,6 +56,8 @@ export async function runDemoCommand(flags: DemoFlags, ctx: CliContext): Promise
   }
 
   say('starting a throwaway PostgreSQL cluster…');
+  // Loaded here: the cluster's process library is not needed by any other command's start.
+  const { startThrowawayCluster } = await import('../../pg/throwaway-cluster.js');
   const cluster = await startThrowawayCluster({ binDir: flags.pgBin });
   try {
     await cluster.psql('CREATE DATABASE vault');
@@ -72,7 +84,7 @@ export async function runDemoCommand(flags: DemoFlags, ctx: CliContext): Promise
     say(`backup ${manifest.id} stored: ${manifest.dump.key} (${formatBytes(manifest.dump.size)}, sha256 ${manifest.dump.sha256.slice(0, 16)}…)`);
     say('');
     say(`$ coffer list --from ${flags.dir}`);
-    await runListCommand({ from: repo }, ctx);
+    await listRepository({ kind: 'file', root: repo }, resolveS3Settings({}, ctx.env), {}, ctx);
     say('');
     say(`$ coffer verify --from ${flags.dir} --identity ${path.relative(ctx.cwd, keyFile)}`);
     const source = { kind: 'repository' as const, store, entry: { id: manifest.id, database: 'vault', tier: manifest.tier, manifestKey: '', manifest } };

@@ -1,19 +1,28 @@
 import { UsageError } from '../../errors.js';
-import { resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { requireRepository, resolveS3Settings } from '../../config/settings.js';
+import { objectLockMode, repository } from '../../config/parsers.js';
+import { flag, value, type Values } from '../../config/options.js';
 import { openBucketAdmin } from '../../store/open.js';
 import { desiredObjectLock, planLifecycle, type LifecyclePlan } from '../../retention/lifecycle.js';
-import { parseObjectLockMode, parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { REPOSITORY, keepOptions, retentionPolicy, s3Options } from '../option-groups.js';
 
-/** Flags of the command (camelCase names are also the config-file keys). */
-export interface InitFlags extends RetentionFlags {
-  to?: string;
-  createBucket?: boolean;
-  objectLock?: string;
-  dryRun?: boolean;
-  s3Endpoint?: string;
-  s3Region?: string;
-}
+const options = {
+  to: value('--to <repository>', 's3://bucket/prefix', repository, { aliases: [REPOSITORY] }),
+  createBucket: flag('--create-bucket', 'create the bucket if it does not exist'),
+  objectLock: value('--object-lock <mode>', 'governance or compliance: create the bucket with object lock and set its default retention', objectLockMode),
+  dryRun: flag('--dry-run', 'print the plan, change nothing'),
+  ...s3Options,
+  ...keepOptions,
+};
+
+export const init = defineCommand({
+  name: 'init',
+  summary: 'set up an S3 bucket for coffer (admin, once, idempotent): bucket, object lock, lifecycle rules',
+  options,
+  run: runInitCommand,
+});
 
 /** What `coffer init` did (or would do, with `--dry-run`). */
 export interface InitResult {
@@ -31,13 +40,13 @@ export interface InitResult {
  * coffer's lifecycle rules into the bucket's configuration, never touching other rules.
  * Prints one line per rule (add / update / remove / keep) and what was changed.
  */
-export async function runInitCommand(flags: InitFlags, ctx: CliContext): Promise<InitResult> {
-  const repo = resolveRepository(flags.to, ctx.env, undefined);
+async function runInitCommand(flags: Values<typeof options>, ctx: CliContext): Promise<InitResult> {
+  const repo = requireRepository(flags.to);
   if (repo.kind !== 's3') {
     throw new UsageError('coffer init configures S3 buckets; a local repository has no lifecycle', { hint: 'use `coffer prune` on local repositories' });
   }
-  const policy = parseRetentionPolicy(flags);
-  const mode = parseObjectLockMode(flags.objectLock, '--object-lock');
+  const policy = retentionPolicy(flags);
+  const mode = flags.objectLock;
   const s3 = resolveS3Settings(flags, ctx.env);
   const admin = await openBucketAdmin(repo, s3);
   const { bucket, prefix } = admin;

@@ -1,17 +1,27 @@
 import { UsageError } from '../../errors.js';
 import { generateIdentity, writeSecretFileExclusive } from '../../crypto/age.js';
+import { text } from '../../config/parsers.js';
+import { value, type Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
 
-export interface KeygenFlags {
-  out?: string;
-}
+const options = {
+  out: value('--out <file>', 'write the identity here (mode 0600, never overwritten)', text),
+};
+
+export const keygen = defineCommand({
+  name: 'keygen',
+  summary: 'create an age X25519 identity (private key); prints its recipient',
+  options,
+  run: runKeygenCommand,
+});
 
 /**
  * `coffer keygen`: a new age X25519 identity in age-keygen's format. With `--out`, written
  * 0600 (never over an existing file) and the recipient printed; without, the identity goes to
  * stdout only when stdout is not a terminal (a secret key is not for the screen or scrollback).
  */
-export async function runKeygenCommand(flags: KeygenFlags, ctx: CliContext): Promise<{ recipient: string }> {
+async function runKeygenCommand(flags: Values<typeof options>, ctx: CliContext): Promise<{ recipient: string }> {
   const id = await generateIdentity();
   if (flags.out !== undefined) {
     await writeSecretFileExclusive(flags.out, id.fileText);

@@ -1,16 +1,24 @@
 import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
-import { checkDatabaseName, resolveRepository, resolveS3Settings } from '../../config/settings.js';
-import { openStore } from '../../store/open.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import { database, repository } from '../../config/parsers.js';
+import { flag, value } from '../../config/options.js';
+import { openStore, type RepositoryRef, type S3Settings } from '../../store/open.js';
 import { formatBytes } from '../../observe/log.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, s3Options } from '../option-groups.js';
 
-export interface ListFlags {
-  from?: string;
-  db?: string;
-  json?: boolean;
-  s3Endpoint?: string;
-  s3Region?: string;
-}
+export const list = defineCommand({
+  name: 'list',
+  summary: 'list completed backups, newest first',
+  options: {
+    from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
+    db: value('--db <name>', 'only this database', database),
+    json: flag('--json', 'print a JSON array on stdout'),
+    ...s3Options,
+  },
+  run: (v, ctx) => listRepository(v.from, resolveS3Settings(v, ctx.env), { database: v.db, json: v.json }, ctx),
+});
 
 /** One row of `coffer list --json`. */
 export interface ListRow {
@@ -45,10 +53,9 @@ export function toRow(e: BackupEntry): ListRow {
 }
 
 /** `coffer list`: completed backups (those with a manifest), newest first. */
-export async function runListCommand(flags: ListFlags, ctx: CliContext): Promise<ListRow[]> {
-  const repo = resolveRepository(flags.from, ctx.env, './backups');
-  const database = flags.db === undefined ? undefined : checkDatabaseName(flags.db);
-  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
+export async function listRepository(repo: RepositoryRef, s3: S3Settings, flags: { database?: string | undefined; json?: boolean }, ctx: CliContext): Promise<ListRow[]> {
+  const database = flags.database;
+  const store = await openStore(repo, s3);
   let entries: BackupEntry[];
   try {
     entries = await listBackups(store, {

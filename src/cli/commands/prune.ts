@@ -1,19 +1,29 @@
 import { UsageError } from '../../errors.js';
-import { parsePositiveInt, resolveRepository } from '../../config/settings.js';
+import { requireRepository } from '../../config/settings.js';
+import { count, repository } from '../../config/parsers.js';
+import { flag, value, type Values } from '../../config/options.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { groupRuns, planPrune, type PrunePlan } from '../../retention/prune.js';
-import { parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { REPOSITORY, keepOptions, retentionPolicy } from '../option-groups.js';
 
-/** Flags of the command (camelCase names are also the config-file keys). */
-export interface PruneFlags extends RetentionFlags {
-  from?: string;
-  dryRun?: boolean;
-  minKeep?: string;
-  json?: boolean;
-}
+const options = {
+  from: value('--from <repository>', 'the repository directory', repository, { aliases: [REPOSITORY] }),
+  dryRun: flag('--dry-run', 'print what would be deleted, delete nothing'),
+  minKeep: value('--min-keep <n>', 'always keep this many newest good backups per database (default 3)', count(), { default: '3' }),
+  json: flag('--json', 'print the plan as JSON on stdout'),
+  ...keepOptions,
+};
+
+export const prune = defineCommand({
+  name: 'prune',
+  summary: 'delete expired backups from a local repository (never the newest --min-keep per database, never foreign files)',
+  options,
+  run: runPruneCommand,
+});
 
 /**
  * A temporary untouched for this long belongs to no live run (a live run writes its
@@ -29,15 +39,15 @@ export const STALE_TEMP_AGE_MS = 24 * 3600 * 1000;
  * Temporaries left by killed runs (`.coffer-tmp-*`, untouched for a day) are removed too and
  * reported (`delete-temporary <path>`): no other command would ever see them.
  */
-export async function runPruneCommand(flags: PruneFlags, ctx: CliContext): Promise<PrunePlan> {
-  const repo = resolveRepository(flags.from, ctx.env, undefined);
+async function runPruneCommand(flags: Values<typeof options>, ctx: CliContext): Promise<PrunePlan> {
+  const repo = requireRepository(flags.from);
   if (repo.kind !== 'file') {
     throw new UsageError('coffer prune works on local repositories; S3 buckets expire backups with lifecycle rules', {
       hint: 'run `coffer init --to s3://…` once to set them, and `coffer retention check` to monitor them',
     });
   }
-  const policy = parseRetentionPolicy(flags);
-  const minKeep = parsePositiveInt(flags.minKeep, '--min-keep', 3);
+  const policy = retentionPolicy(flags);
+  const minKeep = flags.minKeep;
   const fsStore = new FsStore(repo.root);
   const store: ObjectStore = fsStore;
   try {

@@ -5,7 +5,9 @@ import { readIdentityFile } from '../../crypto/age.js';
 import { UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
 import { parseBackupSelector } from '../../catalog/layout.js';
-import { checkDatabaseName, parsePositiveInt, resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import { count, database, sql, text } from '../../config/parsers.js';
+import { flag, list, value, type Values } from '../../config/options.js';
 import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
 import { resolvePgTools, type PgTools } from '../../pg/tools.js';
 import { PgAdmin } from '../../pg/admin.js';
@@ -17,45 +19,40 @@ import type { ObjectStore } from '../../store/object-store.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { serverOptions, sourceOptions, sourceRepository } from '../option-groups.js';
 
-interface SourceFlags {
-  from?: string;
-  db?: string;
-  backup?: string;
-  kind?: string;
-  file?: string;
-  identity?: string[];
-  s3Endpoint?: string;
-  s3Region?: string;
-}
+/** Options of every command that reads a backup. */
+type SourceValues = Values<typeof sourceOptions>;
+/** Options of every command that restores into a server. */
+type ServerValues = Values<typeof serverOptions>;
 
-interface ServerFlags {
-  dbname?: string;
-  /** From COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File), attached by the config layer. */
-  pgPassword?: string;
-  maintenanceDb?: string;
-  pgBin?: string;
-  pgRestoreCommand?: string;
-  psqlCommand?: string;
-}
+const restoreOptions = {
+  ...sourceOptions,
+  ...serverOptions,
+  targetDb: value('--target-db <name>', 'the database to create', database),
+  replace: flag('--replace', 'if the target exists, keep it aside as <name>__before_<time> and put the restore in its place'),
+  smoke: list('--smoke <sql>', 'query to run on the restored database; a failure fails the restore (repeatable)', sql),
+  noOwner: flag('--no-owner', 'pg_restore --no-owner'),
+  noPrivileges: flag('--no-privileges', 'pg_restore --no-privileges'),
+  // No declared default (1): --into-existing refuses a --jobs that was set.
+  jobs: value('--jobs <n>', 'parallel pg_restore jobs (spools the archive to a private temp file)', count(64)),
+  spoolDir: value('--spool-dir <dir>', 'where to spool for --jobs (default: TMPDIR)', text),
+  withGlobals: flag('--with-globals', "apply the backup's roles first (backups taken with --globals)"),
+  output: value('--output <file>', 'write the decrypted archive to a file instead of restoring', text),
+  intoExisting: value('--into-existing <db>', 'load a data-only backup (latest: the newest data-only one) into this existing database, which holds the schema: one transaction, materialized views refreshed', database),
+  json: flag('--json', 'print the summary as JSON on stdout'),
+};
 
-export interface RestoreFlags extends SourceFlags, ServerFlags {
-  targetDb?: string;
-  replace?: boolean;
-  smoke?: string[];
-  owner?: boolean;
-  privileges?: boolean;
-  jobs?: string;
-  spoolDir?: string;
-  output?: string;
-  /** Load a data-only backup into this existing database (which holds the schema). */
-  intoExisting?: string;
-  withGlobals?: boolean;
-  json?: boolean;
-}
+export const restore = defineCommand({
+  name: 'restore',
+  summary: 'restore a backup into a fresh database (atomically), then run smoke checks',
+  options: restoreOptions,
+  run: runRestoreCommand,
+});
 
-async function loadIdentities(flags: SourceFlags, ctx: CliContext): Promise<string[]> {
-  const files = flags.identity ?? [];
+async function loadIdentities(flags: SourceValues): Promise<string[]> {
+  const files = flags.identity;
   if (files.length === 0) {
     throw new UsageError('no identity: restoring needs the age identity (private key) file', { hint: 'pass --identity FILE, set identity: in coffer.yaml, or COFFER_IDENTITY (or COFFER_IDENTITY_FILE)' });
   }
@@ -64,7 +61,7 @@ async function loadIdentities(flags: SourceFlags, ctx: CliContext): Promise<stri
   return ids;
 }
 
-function tools(flags: ServerFlags, ctx: CliContext): PgTools {
+function tools(flags: { pgBin: string | undefined; pgRestoreCommand: string | undefined; psqlCommand?: string | undefined }): PgTools {
   return resolvePgTools({
     binDir: flags.pgBin,
     pgRestoreCommand: flags.pgRestoreCommand,
@@ -73,32 +70,23 @@ function tools(flags: ServerFlags, ctx: CliContext): PgTools {
 }
 
 /** The target server: `--dbname` (COFFER_RESTORE_DBNAME, `restore: dbname:`), plus pgPassword. */
-function serverConnection(flags: ServerFlags): ConnectionSpec {
+function serverConnection(flags: ServerValues): ConnectionSpec {
   const conn = parseConnectionString(flags.dbname);
   if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
   return conn;
 }
 
-/** `--kind`: `full` (a custom archive: the default for latest), `schema-only` or `data-only`. */
-function parseKind(value: string | undefined): BackupKind | undefined {
-  if (value === undefined) return undefined;
-  if (value === 'full' || value === 'custom') return 'custom';
-  if (value === 'schema-only' || value === 'data-only') return value;
-  throw new UsageError(`--kind ${JSON.stringify(value)}: expected full, schema-only or data-only`);
-}
-
 /** Opens the repository (unless --file) and finds the backup. */
-async function withSource<T>(flags: SourceFlags, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
+async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
   if (flags.file !== undefined) {
     if (flags.from !== undefined || flags.backup !== undefined) throw new UsageError('--file cannot be combined with --from or --backup');
     return fn({ kind: 'file', path: path.resolve(ctx.cwd, flags.file) });
   }
-  const repo = resolveRepository(flags.from, ctx.env, './backups');
   const selector = parseBackupSelector(flags.backup ?? 'latest');
-  const kind = parseKind(flags.kind) ?? (selector === 'latest' ? defaultKind : undefined);
+  const kind = flags.kind ?? (selector === 'latest' ? defaultKind : undefined);
   if (flags.kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
-  const database = flags.db === undefined ? undefined : checkDatabaseName(flags.db);
-  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
+  const database = flags.db;
+  const store = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
   try {
     const entry = await findBackup(store, { database, selector, kind, signal: ctx.signal });
     ctx.log.info('backup selected', { id: entry.id, database: entry.database, kind: entry.manifest.kind === 'custom' ? 'full' : entry.manifest.kind, tier: entry.tier, size: entry.manifest.dump.size, label: entry.manifest.label ?? undefined });
@@ -119,9 +107,9 @@ async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: 
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
-export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): Promise<RestoreSummary | LoadSummary | { output: string; bytes: number }> {
+async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | { output: string; bytes: number }> {
   if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
-  const identities = await loadIdentities(flags, ctx);
+  const identities = await loadIdentities(flags);
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
     const out = path.resolve(ctx.cwd, flags.output);
@@ -134,11 +122,11 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
     );
   }
   if (flags.targetDb === undefined) throw new UsageError('--target-db is required (the new database to restore into)', { hint: 'or --output FILE to write the archive to a file' });
-  const target = checkDatabaseName(flags.targetDb, '--target-db');
-  const jobs = parsePositiveInt(flags.jobs, '--jobs', 1, 64);
+  const target = flags.targetDb;
+  const jobs = flags.jobs ?? 1;
   const conn = serverConnection(flags);
-  const t = tools(flags, ctx);
-  const smoke = [...(flags.smoke ?? [])];
+  const t = tools(flags);
+  const smoke = [...flags.smoke];
   const summary = await withSource(flags, ctx, (source) =>
     withProgress('restore', ctx, (onProgress) =>
       runRestore({
@@ -146,12 +134,12 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
         identities,
         tools: t,
         conn,
-        maintenanceDb: flags.maintenanceDb ?? 'postgres',
+        maintenanceDb: flags.maintenanceDb,
         target,
-        replace: !!flags.replace,
+        replace: flags.replace,
         smoke,
-        noOwner: flags.owner === false,
-        noPrivileges: flags.privileges === false,
+        noOwner: flags.noOwner,
+        noPrivileges: flags.noPrivileges,
         jobs,
         spoolDir: flags.spoolDir,
         withGlobals: flags.withGlobals,
@@ -171,24 +159,24 @@ export async function runRestoreCommand(flags: RestoreFlags, ctx: CliContext): P
  * loaded into an existing database that holds the schema, in one transaction, materialized
  * views refreshed.
  */
-async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<LoadSummary> {
-  const database = checkDatabaseName(flags.intoExisting!, '--into-existing');
+async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<LoadSummary> {
+  const database = flags.intoExisting!;
   const clash = (
     [
       ['--target-db', flags.targetDb !== undefined],
       ['--output', flags.output !== undefined],
-      ['--replace', !!flags.replace],
+      ['--replace', flags.replace],
       ['--jobs', flags.jobs !== undefined],
-      ['--with-globals', !!flags.withGlobals],
-      ['--smoke', (flags.smoke ?? []).length > 0],
+      ['--with-globals', flags.withGlobals],
+      ['--smoke', flags.smoke.length > 0],
     ] as const
   ).find(([, given]) => given);
   if (clash) {
     throw new UsageError(`--into-existing cannot be combined with ${clash[0]}`, { hint: '--into-existing loads a data-only backup into an existing database, in one transaction' });
   }
-  const identities = await loadIdentities(flags, ctx);
+  const identities = await loadIdentities(flags);
   const conn = serverConnection(flags);
-  const t = tools(flags, ctx);
+  const t = tools(flags);
   const summary = await withSource(
     flags,
     ctx,
@@ -199,10 +187,10 @@ async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<Loa
           identities,
           tools: t,
           conn,
-          maintenanceDb: flags.maintenanceDb ?? 'postgres',
+          maintenanceDb: flags.maintenanceDb,
           database,
-          noOwner: flags.owner === false,
-          noPrivileges: flags.privileges === false,
+          noOwner: flags.noOwner,
+          noPrivileges: flags.noPrivileges,
           env: ctx.env,
           signal: ctx.signal,
           log: ctx.log,
@@ -222,7 +210,7 @@ async function runLoadCommand(flags: RestoreFlags, ctx: CliContext): Promise<Loa
   return summary;
 }
 
-function report(s: RestoreSummary, json: boolean | undefined, ctx: CliContext): void {
+function report(s: RestoreSummary, json: boolean, ctx: CliContext): void {
   if (json) {
     ctx.stdout(`${JSON.stringify(s, null, 2)}\n`);
     return;
@@ -240,14 +228,24 @@ function report(s: RestoreSummary, json: boolean | undefined, ctx: CliContext): 
   ctx.stdout(`${lines.join('\n')}\n`);
 }
 
-export interface VerifyFlags extends SourceFlags, Pick<ServerFlags, 'pgBin' | 'pgRestoreCommand'> {
-  json?: boolean;
-}
+const verifyOptions = {
+  ...sourceOptions,
+  pgBin: value('--pg-bin <dir>', 'directory of pg_restore', text),
+  pgRestoreCommand: value('--pg-restore-command <command>', 'command prefix to run pg_restore', text),
+  json: flag('--json', 'print results as JSON on stdout'),
+};
+
+export const verify = defineCommand({
+  name: 'verify',
+  summary: 'download, check sha256, decrypt to the last byte and read the archive TOC',
+  options: verifyOptions,
+  run: runVerifyCommand,
+});
 
 /** `coffer verify`: one backup, `latest`, or `all`. Fails if any fails. */
-export async function runVerifyCommand(flags: VerifyFlags, ctx: CliContext): Promise<Array<VerifyResult & { id: string | null }>> {
-  const identities = await loadIdentities(flags, ctx);
-  const t = tools(flags, ctx);
+async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx: CliContext): Promise<Array<VerifyResult & { id: string | null }>> {
+  const identities = await loadIdentities(flags);
+  const t = tools(flags);
   const results: Array<VerifyResult & { id: string | null }> = [];
   const verifyOne = async (source: RestoreSource, id: string | null): Promise<void> => {
     const r = await runVerify({ source, identities, tools: t, env: ctx.env, signal: ctx.signal, log: ctx.log });
@@ -255,8 +253,7 @@ export async function runVerifyCommand(flags: VerifyFlags, ctx: CliContext): Pro
     results.push({ ...r, id });
   };
   if (flags.backup === 'all') {
-    const repo = resolveRepository(flags.from, ctx.env, './backups');
-    const store: ObjectStore = await openStore(repo, resolveS3Settings(flags, ctx.env));
+    const store: ObjectStore = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
     try {
       const entries: BackupEntry[] = await listBackups(store, { database: flags.db, signal: ctx.signal });
       if (entries.length === 0) throw new UsageError(`no completed backups in ${store.location}`);
@@ -272,11 +269,20 @@ export async function runVerifyCommand(flags: VerifyFlags, ctx: CliContext): Pro
   return results;
 }
 
-export interface DrillFlags extends SourceFlags, ServerFlags {
-  smoke?: string[];
-  jobs?: string;
-  resultFile?: string;
-}
+const drillOptions = {
+  ...sourceOptions,
+  ...serverOptions,
+  smoke: list('--smoke <sql>', 'query to run on the restored database (repeatable)', sql),
+  jobs: value('--jobs <n>', 'parallel pg_restore jobs', count(64), { default: '1' }),
+  resultFile: value('--result-file <file>', 'also write the JSON result here', text),
+};
+
+export const drill = defineCommand({
+  name: 'drill',
+  summary: 'restore drill: restore into a scratch database, check, record, drop',
+  options: drillOptions,
+  run: runDrillCommand,
+});
 
 /** One drill record (JSON). */
 export interface DrillResult {
@@ -297,13 +303,13 @@ export interface DrillResult {
  * `coffer drill`: restores the latest (or chosen) backup into a scratch database, runs the
  * checks, records the result, and drops the database whatever happened.
  */
-export async function runDrillCommand(flags: DrillFlags, ctx: CliContext): Promise<DrillResult> {
+async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: CliContext): Promise<DrillResult> {
   const started = new Date();
-  const identities = await loadIdentities(flags, ctx);
+  const identities = await loadIdentities(flags);
   const conn = serverConnection(flags);
-  const t = tools(flags, ctx);
+  const t = tools(flags);
   const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
-  const admin = new PgAdmin(t, conn, flags.maintenanceDb ?? 'postgres', ctx.env);
+  const admin = new PgAdmin(t, conn, flags.maintenanceDb, ctx.env);
   let result: DrillResult = {
     ok: false,
     startedAt: started.toISOString(),
@@ -329,13 +335,13 @@ export async function runDrillCommand(flags: DrillFlags, ctx: CliContext): Promi
         identities,
         tools: t,
         conn,
-        maintenanceDb: flags.maintenanceDb ?? 'postgres',
+        maintenanceDb: flags.maintenanceDb,
         target,
         replace: false,
-        smoke: flags.smoke ?? [],
+        smoke: flags.smoke,
         noOwner: true,
         noPrivileges: true,
-        jobs: parsePositiveInt(flags.jobs, '--jobs', 1, 64),
+        jobs: flags.jobs,
         env: ctx.env,
         signal: ctx.signal,
         log: ctx.log,

@@ -1,18 +1,27 @@
 import { StaleError, UsageError } from '../../errors.js';
-import { resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { requireRepository, resolveS3Settings } from '../../config/settings.js';
+import { objectLockMode, repository } from '../../config/parsers.js';
+import { flag, value, type Values } from '../../config/options.js';
 import { openBucketAdmin } from '../../store/open.js';
 import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
-import { parseObjectLockMode, parseRetentionPolicy, type RetentionFlags } from '../../retention/policy.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { REPOSITORY, keepOptions, retentionPolicy, s3Options } from '../option-groups.js';
 
-/** Flags of the command (camelCase names are also the config-file keys). */
-export interface RetentionCheckFlags extends RetentionFlags {
-  from?: string;
-  objectLockMode?: string;
-  json?: boolean;
-  s3Endpoint?: string;
-  s3Region?: string;
-}
+const options = {
+  from: value('--from <repository>', 's3://bucket/prefix', repository, { aliases: [REPOSITORY] }),
+  objectLockMode: value('--object-lock-mode <mode>', 'also require object lock with this mode (governance or compliance)', objectLockMode),
+  json: flag('--json', 'print the result as JSON on stdout'),
+  ...s3Options,
+  ...keepOptions,
+};
+
+export const retentionCheck = defineCommand({
+  name: 'retention check',
+  summary: "compare the bucket's lifecycle and object-lock configuration with the policy; drift exits 7",
+  options,
+  run: runRetentionCheckCommand,
+});
 
 /** The outcome of `coffer retention check`. */
 export interface RetentionCheckResult {
@@ -29,13 +38,13 @@ export interface RetentionCheckResult {
  * `--object-lock-mode` when backups are to be locked). Drift is printed one line each and
  * exits 7, so monitoring can alert on it.
  */
-export async function runRetentionCheckCommand(flags: RetentionCheckFlags, ctx: CliContext): Promise<RetentionCheckResult> {
-  const repo = resolveRepository(flags.from, ctx.env, undefined);
+async function runRetentionCheckCommand(flags: Values<typeof options>, ctx: CliContext): Promise<RetentionCheckResult> {
+  const repo = requireRepository(flags.from);
   if (repo.kind !== 's3') {
     throw new UsageError('coffer retention check reads S3 bucket configuration; a local repository has no lifecycle', { hint: 'use `coffer prune --dry-run` on local repositories' });
   }
-  const policy = parseRetentionPolicy(flags);
-  const mode = parseObjectLockMode(flags.objectLockMode, '--object-lock-mode');
+  const policy = retentionPolicy(flags);
+  const mode = flags.objectLockMode;
   const admin = await openBucketAdmin(repo, resolveS3Settings(flags, ctx.env));
   const { bucket, prefix } = admin;
   try {

@@ -1,22 +1,31 @@
 import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
 import { backupIdTime } from '../../catalog/layout.js';
 import { decodeManifest } from '../../catalog/manifest.js';
-import { checkDatabaseName, parseDuration, resolveRepository, resolveS3Settings } from '../../config/settings.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import { database, duration, repository } from '../../config/parsers.js';
+import { flag, list, value, type Values } from '../../config/options.js';
 import { IntegrityError, StaleError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, s3Options } from '../option-groups.js';
 
-/** Flags of `coffer status` (see main.ts). */
-export interface StatusFlags {
-  from?: string;
-  db?: string[];
-  maxAge?: string;
-  json?: boolean;
-  s3Endpoint?: string;
-  s3Region?: string;
-}
+const options = {
+  from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
+  db: list('--db <name>', 'database that must have a fresh backup (repeatable; default: every database in the repository)', database),
+  maxAge: value('--max-age <duration>', 'oldest acceptable newest backup (default 26h)', duration, { default: '26h' }),
+  json: flag('--json', 'print a JSON array on stdout'),
+  ...s3Options,
+};
+
+export const status = defineCommand({
+  name: 'status',
+  summary: 'newest completed backup per database; exits 7 when one is older than --max-age or missing',
+  options,
+  run: (v, ctx) => runStatusCommand(v, ctx),
+});
 
 /** One row of `coffer status --json`. */
 export interface StatusRow {
@@ -37,12 +46,10 @@ export interface StatusRow {
  * it is younger than `--max-age` (default 26h: a daily job plus slack). Exits 7 (StaleError)
  * naming every database whose newest backup is too old or that has none.
  */
-export async function runStatusCommand(flags: StatusFlags, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[]> {
-  const repo = resolveRepository(flags.from, ctx.env, './backups');
-  const maxAgeText = flags.maxAge ?? '26h';
-  const maxAgeMs = parseDuration(maxAgeText, '--max-age');
-  const wanted = (flags.db ?? []).map((d) => checkDatabaseName(d));
-  const store = await openStore(repo, resolveS3Settings(flags, ctx.env));
+async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[]> {
+  const { text: maxAgeText, ms: maxAgeMs } = flags.maxAge;
+  const wanted = flags.db;
+  const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let rows: StatusRow[];
   try {
     // Full backups only: a schema-only or data-only backup is no copy of the database.

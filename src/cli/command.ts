@@ -1,0 +1,32 @@
+import type { ConfigFile } from '../config/config-file.js';
+import type { ConfigLayout, Env } from '../config/layers.js';
+import type { Options, Values } from '../config/options.js';
+import type { CliContext } from './context.js';
+
+/** What `config show` needs of the whole configuration (other commands ignore it). */
+export interface LoadedConfig {
+  /** The configuration file in use, if any. */
+  file: ConfigFile | undefined;
+  /** The full environment (the context's `env` has the secrets removed for children). */
+  env: Env;
+  /** Every command's declarations. */
+  layout: ConfigLayout;
+}
+
+/**
+ * One command of the coffer binary. main.ts registers it with commander (`name` and
+ * `summary`, one commander option per declaration), resolves its options (flags > environment
+ * > file > defaults, src/config/layers.ts) and calls `run` with the parsed values.
+ */
+export interface CommandModule<O extends Options = Options> {
+  /** `backup`, or `retention check` for a subcommand. */
+  readonly name: string;
+  readonly summary: string;
+  readonly options: O;
+  run(values: Values<O>, ctx: CliContext, config: LoadedConfig): Promise<unknown> | unknown;
+}
+
+/** Declares a command; `run` receives values typed from `options`. */
+export function defineCommand<O extends Options>(command: CommandModule<O>): CommandModule<O> {
+  return command;
+}

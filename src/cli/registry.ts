@@ -1,0 +1,38 @@
+import type { ConfigLayout } from '../config/layers.js';
+import { value } from '../config/options.js';
+import { choice, duration, text } from '../config/parsers.js';
+import type { CommandModule } from './command.js';
+import { backup } from './commands/backup.js';
+import { list } from './commands/list.js';
+import { status } from './commands/status.js';
+import { drill, restore, verify } from './commands/restore.js';
+import { init } from './commands/init.js';
+import { retentionCheck } from './commands/retention.js';
+import { prune } from './commands/prune.js';
+import { keygen } from './commands/keygen.js';
+import { configShow } from './commands/config.js';
+import { demo } from './commands/demo.js';
+
+/**
+ * Every command of the coffer binary and the program's own options: all main.ts registers.
+ * A new command is a module in commands/ (`defineCommand`) listed here.
+ */
+
+/** The commands, in the order `coffer --help` lists them. */
+export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, verify, drill, init, retentionCheck, prune, keygen, configShow, demo];
+
+/** Commands that only group subcommands (`retention check`). */
+export const GROUPS: Readonly<Record<string, string>> = {
+  retention: 'retention policy of a repository',
+  config: 'configuration',
+};
+
+/** Options of the program itself, before the command (`coffer --timeout 2h backup`). */
+export const GLOBAL_OPTIONS = {
+  logFormat: value('--log-format <format>', 'text, json or auto (json when stderr is not a terminal)', choice, { choices: ['text', 'json', 'auto'] }),
+  timeout: value('--timeout <duration>', 'abort the whole run after this long (e.g. 2h)', duration),
+  config: value('--config <file>', 'YAML configuration file (default ./coffer.yaml if present; COFFER_CONFIG)', text, { configurable: false }),
+};
+
+/** The declarations, for checking the configuration file and `config show`. */
+export const LAYOUT: ConfigLayout & { globals: typeof GLOBAL_OPTIONS } = { globals: GLOBAL_OPTIONS, commands: COMMANDS.map((c) => ({ path: c.name.split(' '), options: c.options })) };
