@@ -9,11 +9,13 @@ import { DatabaseError, IntegrityError, StorageError, UsageError } from '../erro
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral, scratchName } from '../pg/admin.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
-import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
+import type { ConnectionSpec, PgTarget } from '../pg/connection.js';
 import { archiveText, createStatement, isUtf8, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
-import { libpqEnv, psqlQuery } from '../pg/server.js';
+import { tableNames, smokeQuery, tableStats } from '../pg/inspect.js';
+import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables } from '../pg/pg-restore.js';
+import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
-import { Supervisor, toolEnv } from '../run/supervisor.js';
+import { Supervisor } from '../run/supervisor.js';
 import type { BackupManifest } from '../catalog/manifest.js';
 import { compactTimestamp } from '../catalog/layout.js';
 import { resumableGet } from '../store/resumable.js';
@@ -145,7 +147,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     await admin.swapIn(scratch, req.target, aside ?? undefined);
     scratch = undefined;
     if (aside) req.log.warn('the previous database was kept aside', { database: aside });
-    const stats = await tableStats(req, req.target, env);
+    const stats = await tableStats(req.tools, { conn: req.conn, database: req.target, env });
     return {
       target: req.target,
       backupId: req.source.kind === 'repository' ? req.source.entry.id : null,
@@ -358,14 +360,14 @@ function collectText(s: Readable): Promise<string> {
  * byte still fails the run, with pg_restore torn down by the supervisor.
  */
 async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: string, spool: string | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
-  const pgEnv = libpqEnv(req.conn, env);
+  const db: PgTarget = { conn: req.conn, database: scratch, env };
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
   let toc: Promise<string> = Promise.resolve('');
 
   if (opened.format === 'custom') {
     // It reads the archive only: no connection, no credentials.
-    const list = sup.spawn({ argv: [...req.tools.pgRestore, '--list'], stdin: 'pipe', env: toolEnv(env), what: 'pg_restore --list' });
+    const list = spawnTocList(sup, req.tools, env);
     toc = collectText(list.stdout!);
     waits.push(list.done);
     targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
@@ -382,16 +384,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     offsets = new ArchiveOffsetScanner();
     targets.push({ name: 'offsets', stream: offsets.sink(), kind: 'file' });
   } else {
-    const restore =
-      opened.format === 'custom'
-        ? sup.spawn({ argv: [...req.tools.pgRestore, ...restoreFlags(req), '-d', conninfoFor(req.conn, scratch)], stdin: 'pipe', stdout: 'ignore', env: pgEnv, what: 'pg_restore' })
-        : sup.spawn({
-            argv: [...req.tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(req.conn, scratch), '-f', '-'],
-            stdin: 'pipe',
-            stdout: 'ignore',
-            env: pgEnv,
-            what: 'psql (restore)',
-          });
+    const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, req) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
     waits.push(restore.done);
     // Plain SQL goes to psql, which has no --no-owner/--no-privileges: the filter removes what
     // pg_restore would skip. It ends (and the fan-out stops feeding it) when psql stops reading.
@@ -416,13 +409,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
     const dataOffsets = offsets ? addDataOffsets(spool, offsets, req.log) : 0;
     req.log.info('archive spooled', { bytes: opened.stats().archiveBytes, seconds: (Date.now() - spoolStarted) / 1000, dataOffsets });
     const restoreStarted = Date.now();
-    const r = sup.spawn({
-      argv: [...req.tools.pgRestore, ...restoreFlags(req), `--jobs=${req.jobs}`, '-d', conninfoFor(req.conn, scratch), spool],
-      stdout: 'ignore',
-      env: pgEnv,
-      what: `pg_restore --jobs=${req.jobs}`,
-    });
-    await r.done;
+    await spawnPgRestoreJobs(sup, req.tools, db, req, req.jobs, spool).done;
     req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
   return tocText;
@@ -455,36 +442,6 @@ function spoolError(spool: string, err: NodeJS.ErrnoException): StorageError {
   return new StorageError('Failed', `cannot write the spool file in ${dir}: ${err.code ?? err.message}`, { cause: err, hint });
 }
 
-function restoreFlags(req: RestoreRequest): string[] {
-  return ['--exit-on-error', '--no-password', ...(req.noOwner ? ['--no-owner'] : []), ...(req.noPrivileges ? ['--no-privileges'] : [])];
-}
-
-/**
- * Adds the usual fixes to pg_restore and psql failures. A missing role: restore the roles, create
- * it, or pass the flags that skip ownership and grants (only those not given already; with both
- * given, the reference is one they do not remove, e.g. a policy or a user mapping).
- */
-export function explainRestoreError(err: unknown, flags: { noOwner: boolean; noPrivileges: boolean }): unknown {
-  if (!(err instanceof DatabaseError)) return err;
-  const m = /role "([^"]+)" does not exist/.exec(err.message);
-  if (m) {
-    const missing = [...(flags.noOwner ? [] : ['--no-owner']), ...(flags.noPrivileges ? [] : ['--no-privileges'])];
-    const role = JSON.stringify(m[1]);
-    const roles = 'restore the roles first (--with-globals, from a backup taken with --globals) or create the role';
-    return new DatabaseError(
-      missing.length > 0
-        ? `the backup refers to role ${role}, which does not exist on this server`
-        : `the backup refers to role ${role}, which does not exist on this server, in a statement that --no-owner and --no-privileges do not remove (such as a policy or a user mapping)`,
-      { cause: err, detail: err.detail, hint: missing.length > 0 ? `${roles}, or pass ${missing.join(' ')}` : roles },
-    );
-  }
-  if (err.hint === undefined && /^(?:pg_restore|psql \(restore\)) .*\b(?:ERROR|FATAL):/.test(err.message)) {
-    const statement = err.detail?.startsWith('Command was: ') ? ' (the failed statement is logged as detail)' : '';
-    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: `nothing was restored; fix the cause on this server${statement} and restore again` });
-  }
-  return err;
-}
-
 /**
  * A foreign key that fails on a backup taken with --exclude-table-data of the table it
  * references (the manifest's warning named it): say so, and what to do.
@@ -497,19 +454,6 @@ function explainExcludedData(source: RestoreSource, err: unknown): unknown {
     cause: err,
     hint: `this backup was taken with --exclude-table-data of a table that a foreign key references, and cannot be restored as it is (${w.replace(/^--exclude-table-data: /, '')})`,
   });
-}
-
-/**
- * TABLE entries of a `pg_restore --list` output, as "schema name owner" strings (other entry
- * types that start with TABLE — TABLE DATA, TABLE ATTACH — are not tables).
- */
-export function tocTables(toc: string): string[] {
-  const out: string[] = [];
-  for (const line of toc.split('\n')) {
-    const m = /^\d+; \d+ \d+ TABLE (?!DATA |ATTACH )(.+)$/.exec(line);
-    if (m) out.push(m[1]!);
-  }
-  return out;
 }
 
 /**
@@ -534,14 +478,7 @@ async function runChecks(req: RestoreRequest, db: string, toc: string, env: Node
   const note = checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
   if (note) req.log.warn(note);
   if (entries.length > 0) {
-    const rows = await psqlQuery(
-      req.tools,
-      req.conn,
-      db,
-      "SELECT n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema');",
-      { env, signal, what: 'check restored tables' },
-    );
-    const have = rows.split('\n').filter(Boolean).map((r) => r.replace('\t', ' '));
+    const have = await tableNames(req.tools, { conn: req.conn, database: db, env }, signal);
     const missing = entries.filter((e) => !have.some((h) => e === h || e.startsWith(`${h} `)));
     if (missing.length > 0) {
       throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(missing[0])}`);
@@ -549,45 +486,11 @@ async function runChecks(req: RestoreRequest, db: string, toc: string, env: Node
   }
   const smoke: RestoreChecks['smoke'] = [];
   for (const sql of req.smoke) {
-    let output: string;
-    try {
-      output = (await psqlQuery(req.tools, req.conn, db, sql.trim().endsWith(';') ? sql : `${sql};`, { env, signal, what: 'smoke check' })).trim();
-    } catch (err) {
-      throw new DatabaseError(`smoke check failed: ${sql}: ${(err as Error).message.replace(/^smoke check: /, '')}`, { cause: err });
-    }
+    const output = await smokeQuery(req.tools, { conn: req.conn, database: db, env }, sql, signal);
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
   return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke } : { tocTables: entries.length, tocTablesPresent: true, smoke };
-}
-
-async function tableStats(req: RestoreRequest, db: string, env: NodeJS.ProcessEnv): Promise<{ tables: number; largest: Array<{ table: string; rows: number }> }> {
-  const list = await psqlQuery(
-    req.tools,
-    req.conn,
-    db,
-    // What pg_dump writes a TABLE entry for (relkind r and p; a foreign table is a FOREIGN TABLE
-    // entry), and what the manifest counts: not an extension's own tables.
-    "SELECT c.relkind::text || E'\\t' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_total_relation_size(c.oid) DESC;",
-    { env, what: 'summarize restored tables' },
-  );
-  const rows = list
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => ({ kind: l.slice(0, 1), name: l.slice(2) }));
-  const names = rows.map((r) => r.name);
-  // Row counts of ordinary tables only: a partitioned parent would count its partitions' rows again.
-  const top = rows
-    .filter((r) => r.kind === 'r')
-    .slice(0, 5)
-    .map((r) => r.name);
-  const largest: Array<{ table: string; rows: number }> = [];
-  if (top.length > 0) {
-    const counts = await psqlQuery(req.tools, req.conn, db, top.map((t) => `SELECT count(*) FROM ${t};`).join('\n'), { env, what: 'count rows' });
-    const ns = counts.split('\n').filter(Boolean).map(Number);
-    top.forEach((t, i) => largest.push({ table: t, rows: ns[i] ?? 0 }));
-  }
-  return { tables: names.length, largest };
 }
 
 /** Applies the globals object of the backup (roles) to the server; existing roles are kept. */
@@ -607,13 +510,7 @@ async function applyGlobals(req: RestoreRequest, admin: PgAdmin, env: NodeJS.Pro
   const [sql] = await Promise.all([collectText(opened.archive), streamFinished(opened.archive), ...opened.children.map((c) => c.done)]);
   // Roles that already exist (the superuser, at least) make CREATE ROLE fail: run each
   // statement on its own, keep going, and report what was skipped.
-  const out = sup.spawn({
-    argv: [...req.tools.psql, '-X', '-q', '--no-password', '-d', conninfoFor(req.conn, admin.maintenanceDb), '-f', '-'],
-    stdin: 'pipe',
-    stdout: 'ignore',
-    env: libpqEnv(req.conn, env),
-    what: 'psql (globals)',
-  });
+  const out = spawnPsqlScript(sup, req.tools, { conn: req.conn, database: admin.maintenanceDb, env }, { what: 'psql (globals)', continueOnError: true });
   out.stdin!.end(sql);
   await out.done;
   const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
