@@ -8,7 +8,7 @@ import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor, type ChildFailure } from '../run/supervisor.js';
 import { FanOut } from './fanout.js';
-import { openSource, type RestoreSource } from './restore.js';
+import { openSource, type RestoreSource } from './restore-source.js';
 
 export interface LoadRequest {
   source: RestoreSource;

@@ -5,7 +5,7 @@ import { spawnTocList, tocEntryCount, tocTables } from '../pg/pg-restore.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor } from '../run/supervisor.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
-import { checkTableCount, openSource, type RestoreSource } from './restore.js';
+import { checkTableCount, openSource, type RestoreSource } from './restore-source.js';
 
 export interface VerifyResult {
   storedBytes: number;

@@ -9,7 +9,8 @@ import { checkDatabaseName, parsePositiveInt, resolveRepository, resolveS3Settin
 import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
 import { resolvePgTools, type PgTools } from '../../pg/tools.js';
 import { PgAdmin } from '../../pg/admin.js';
-import { runRestore, restoreToFile, type RestoreSource, type RestoreSummary } from '../../pipeline/restore.js';
+import { runRestore, type RestoreSummary } from '../../pipeline/restore.js';
+import { restoreToFile, type RestoreSource } from '../../pipeline/restore-source.js';
 import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
 import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
 import { openStore } from '../../store/open.js';
