@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { generateIdentity, readIdentityFile, recipientOf, writeSecretFileExclusive } from '../../crypto/age.js';
 import { runRestore } from '../../pipeline/restore.js';
 import { runVerify } from '../../pipeline/verify.js';
-import { startThrowawayCluster } from '../../pg/throwaway-cluster.js';
+import { startThrowawayCluster } from '../../demo/throwaway-cluster.js';
 import { VAULT_SAMPLE_SQL } from '../../demo/vault-sample.js';
 import { runBackup } from '../../pipeline/backup.js';
 import { resolvePgTools } from '../../pg/tools.js';
