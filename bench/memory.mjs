@@ -145,7 +145,7 @@ async function main() {
   const recipient = spawnSync('age-keygen', ['-y', keyFile], { encoding: 'utf8' }).stdout.trim();
 
   log('starting PostgreSQL' + (opts.target !== 'fs' ? ' and RGW' : ''));
-  const { startThrowawayCluster } = await import(pathToFileURL(join(opts.dist, 'pg/throwaway-cluster.js')).href);
+  const { startThrowawayCluster } = await import(pathToFileURL(join(opts.dist, 'demo/throwaway-cluster.js')).href);
   const pgP = startThrowawayCluster({ baseDir: work });
   let rgw;
   if (opts.target !== 'fs') {

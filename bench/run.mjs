@@ -12,7 +12,7 @@
 // doc as <out>.json, e.g. with --note-file; measures nothing).
 //
 // Needs a build (`npx tsc -p tsconfig.json`): it runs dist/cli/main.js and uses
-// dist/pg/throwaway-cluster.js for its own PostgreSQL, and scripts/rgw-up.sh / rgw-down.sh for its
+// dist/demo/throwaway-cluster.js for its own PostgreSQL, and scripts/rgw-up.sh / rgw-down.sh for its
 // own Ceph RGW (S3). Needs pgbench, age, zstd, rclone (Debian's 1.60 has rcat) on PATH. Everything
 // it starts or writes (RGW, PostgreSQL, temp files) is removed at the end, also on failure,
 // timeout and SIGINT/SIGTERM. Not part of `npm test`.
@@ -277,7 +277,7 @@ async function startRgw(dir) {
 }
 
 async function startPg(base) {
-  const { startThrowawayCluster } = await import('../dist/pg/throwaway-cluster.js');
+  const { startThrowawayCluster } = await import('../dist/demo/throwaway-cluster.js');
   const pg = await startThrowawayCluster({
     baseDir: base,
     // The same server settings for every restore; large enough not to checkpoint constantly.

@@ -1,5 +1,5 @@
 import type { ConnectionSpec } from '../pg/connection.js';
-import { psqlQuery } from '../pg/server.js';
+import { psqlQuery } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 
 /**

@@ -17,13 +17,12 @@ import { hostname, tmpdir } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { writeFileAtomic } from '../atomic-write.js';
-import { BusyError, CofferError, DatabaseError, errnoWords, UsageError } from '../errors.js';
+import { BusyError, CofferError, errnoWords, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
-import { explainLibpqError, libpqEnv } from '../pg/server.js';
+import type { ConnectionSpec } from '../pg/connection.js';
+import { PsqlSession } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 import { interruptedBy } from '../run/abort.js';
-import { Supervisor, type Child } from '../run/supervisor.js';
 
 /** What a lock file holds. */
 export interface LockOwner {
@@ -210,68 +209,9 @@ async function tryLockFile(file: string, owner: LockOwner, log: Logger): Promise
 }
 
 /** A psql session that holds an advisory lock for as long as its stdin stays open. */
-class AdvisorySession {
-  private out = '';
-  private waiters: Array<() => void> = [];
-  private constructor(
-    private readonly sup: Supervisor,
-    private readonly child: Child,
-    private readonly what: string,
-  ) {
-    child.stdout!.setEncoding('utf8');
-    child.stdout!.on('data', (s: string) => {
-      this.out += s;
-      for (const w of this.waiters.splice(0)) w();
-    });
-    child.done.then(
-      () => this.wake(),
-      () => this.wake(),
-    );
-  }
-
-  private wake(): void {
-    for (const w of this.waiters.splice(0)) w();
-  }
-
-  static open(req: LockRequest): AdvisorySession {
-    const conn: ConnectionSpec = { ...req.conn, params: { ...req.conn.params, application_name: `coffer backup ${req.runId}` } };
-    const what = `connect to database ${JSON.stringify(req.database)} (advisory lock)`;
-    // The session owns its psql: a supervisor of one child, torn down by close().
-    const sup = new Supervisor(req.signal);
-    const child = sup.spawn({
-      argv: [...req.tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(conn, req.database), '-f', '-'],
-      stdin: 'pipe',
-      env: libpqEnv(req.conn, req.env),
-      what,
-    });
-    return new AdvisorySession(sup, child, what);
-  }
-
-  /** Sends one statement that prints one line; returns the line. */
-  async ask(sql: string, marker: string): Promise<string> {
-    const start = this.out.length;
-    this.child.stdin!.write(`${sql}\n\\echo ${marker}\n`);
-    for (;;) {
-      const seen = this.out.slice(start);
-      const at = seen.indexOf(`${marker}\n`);
-      if (at >= 0) return seen.slice(0, at).trim();
-      if (this.child.exited) {
-        await this.child.done.catch((e: unknown) => {
-          throw explainLibpqError(this.what, e);
-        });
-        throw new DatabaseError(`${this.what}: psql exited unexpectedly`);
-      }
-      await new Promise<void>((r) => this.waiters.push(r));
-    }
-  }
-
-  async close(): Promise<void> {
-    this.child.stdin!.end();
-    let t: NodeJS.Timeout | undefined;
-    await Promise.race([this.child.done.catch(() => undefined), new Promise((r) => (t = setTimeout(r, 10_000)))]);
-    clearTimeout(t);
-    await this.sup.teardown();
-  }
+function openAdvisorySession(req: LockRequest): PsqlSession {
+  const conn: ConnectionSpec = { ...req.conn, params: { ...req.conn.params, application_name: `coffer backup ${req.runId}` } };
+  return PsqlSession.open(req.tools, { conn, database: req.database, env: req.env }, { what: `connect to database ${JSON.stringify(req.database)} (advisory lock)`, signal: req.signal });
 }
 
 let markerSeq = 0;
@@ -295,7 +235,7 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
   };
   const deadline = Date.now() + req.waitMs;
   const poll = req.pollMs ?? 1000;
-  let session: AdvisorySession | undefined;
+  let session: PsqlSession | undefined;
   let haveFile = false;
   let logged = false;
   const releaseAll = async (): Promise<void> => {
@@ -319,7 +259,7 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         else holder = `${r.holder}; lock file ${file}`;
       }
       if (haveFile) {
-        session ??= AdvisorySession.open(req);
+        session ??= openAdvisorySession(req);
         const m = `coffer_lock_${process.pid}_${++markerSeq}`;
         const got = await session.ask(`SELECT pg_try_advisory_lock(${key[0]}, ${key[1]});`, m);
         if (got === 't') {

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ConnectionSpec } from './connection.js';
-import { psqlQuery } from './server.js';
+import { psqlQuery } from './psql.js';
 import type { PgTools } from './tools.js';
 
 /** Quotes an SQL identifier: always, so case, spaces, quotes and unicode survive. */

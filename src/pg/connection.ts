@@ -1,4 +1,4 @@
-import { UsageError } from '../errors.js';
+import { DatabaseError, UsageError } from '../errors.js';
 
 /**
  * Where the database is. Everything except the password ends up in a libpq conninfo string
@@ -10,6 +10,14 @@ export interface ConnectionSpec {
   params: Record<string, string>;
   /** A password found in `--dbname` (or configuration), if any. */
   password?: string;
+}
+
+/** A database a PostgreSQL program connects to, and the environment children start from. */
+export interface PgTarget {
+  conn: ConnectionSpec;
+  database: string | undefined;
+  /** The environment children start from; the program gets it plus the password ({@link libpqEnv}). */
+  env: NodeJS.ProcessEnv;
 }
 
 /** Parses `--dbname` in either libpq form: `key=value …` or `postgresql://…`. */
@@ -104,6 +112,27 @@ export function conninfoFor(spec: ConnectionSpec, database?: string): string {
 /** Extra environment for a libpq child: the password, if we hold one. */
 export function childEnv(spec: ConnectionSpec): Record<string, string> {
   return spec.password !== undefined ? { PGPASSWORD: spec.password } : {};
+}
+
+/** Environment for a libpq child: ours, plus the password when we hold one. */
+export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return { ...env, ...childEnv(conn) };
+}
+
+/** Adds the fix to the usual libpq failures (message is psql's own first error line). */
+export function explainLibpqError(what: string, err: unknown): DatabaseError {
+  const msg = err instanceof Error ? err.message : String(err);
+  let hint: string | undefined;
+  if (/password authentication failed|no password supplied|authentication failed/i.test(msg)) {
+    hint = 'check PGPASSWORD / PGPASSFILE or the password in --dbname';
+  } else if (/database ".*" does not exist/i.test(msg)) {
+    hint = 'check --db / PGDATABASE; `psql -l` lists the databases';
+  } else if (/role ".*" does not exist/i.test(msg)) {
+    hint = 'check PGUSER or the user in --dbname';
+  } else if (/could not connect|Connection refused|No such file or directory|could not translate host name|timeout expired/i.test(msg)) {
+    hint = 'check PGHOST / PGPORT (or --dbname) and that the server is running';
+  }
+  return new DatabaseError(msg.startsWith(what) ? msg : `${what}: ${msg}`, { cause: err, ...(hint ? { hint } : {}) });
 }
 
 /** The database a connection names (from `--db`, `--dbname`, or PGDATABASE). */

@@ -13,7 +13,7 @@
  */
 import type { ConnectionSpec } from './connection.js';
 import { exactTablePattern, tablePatternCondition } from './name-pattern.js';
-import { psqlQuery } from './server.js';
+import { psqlQuery } from './psql.js';
 import type { PgTools } from './tools.js';
 
 export interface ExcludedPartition {

@@ -1,5 +1,6 @@
 import { DatabaseError } from '../errors.js';
-import { childEnv, conninfoFor, type ConnectionSpec } from './connection.js';
+import type { ConnectionSpec } from './connection.js';
+import { psqlQuery } from './psql.js';
 import { runChild, type PgTools } from './tools.js';
 import type { DatabaseLocale } from './database-props.js';
 
@@ -40,37 +41,6 @@ export function localeFromRow(json: string | undefined): DatabaseLocale | undefi
 const USER_TABLES_SQL = `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
-
-/** Environment for a libpq child: ours, plus the password when we hold one. */
-export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  return { ...env, ...childEnv(conn) };
-}
-
-/** Adds the fix to the usual libpq failures (message is psql's own first error line). */
-export function explainLibpqError(what: string, err: unknown): DatabaseError {
-  const msg = err instanceof Error ? err.message : String(err);
-  let hint: string | undefined;
-  if (/password authentication failed|no password supplied|authentication failed/i.test(msg)) {
-    hint = 'check PGPASSWORD / PGPASSFILE or the password in --dbname';
-  } else if (/database ".*" does not exist/i.test(msg)) {
-    hint = 'check --db / PGDATABASE; `psql -l` lists the databases';
-  } else if (/role ".*" does not exist/i.test(msg)) {
-    hint = 'check PGUSER or the user in --dbname';
-  } else if (/could not connect|Connection refused|No such file or directory|could not translate host name|timeout expired/i.test(msg)) {
-    hint = 'check PGHOST / PGPORT (or --dbname) and that the server is running';
-  }
-  return new DatabaseError(msg.startsWith(what) ? msg : `${what}: ${msg}`, { cause: err, ...(hint ? { hint } : {}) });
-}
-
-/** Runs one query with psql and returns its unaligned, tuples-only output. */
-export async function psqlQuery(tools: PgTools, conn: ConnectionSpec, database: string | undefined, sql: string | Buffer, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string }): Promise<string> {
-  const argv = [...tools.psql, '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', conninfoFor(conn, database), '-f', '-'];
-  try {
-    return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what: opts.what ?? 'psql', input: sql });
-  } catch (err) {
-    throw explainLibpqError(opts.what ?? 'psql', err);
-  }
-}
 
 /** Server version, database size and whether we are superuser: one round trip. */
 export async function probeServer(tools: PgTools, conn: ConnectionSpec, database: string | undefined, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<ServerInfo> {

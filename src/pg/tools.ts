@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { existsSync } from 'node:fs';
 import { UsageError, type CofferError } from '../errors.js';
-import { Supervisor } from '../run/supervisor.js';
+import { Supervisor, type SpawnSpec } from '../run/supervisor.js';
 
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
 export interface PgTools {
@@ -116,10 +116,13 @@ export function missingTool(what: string, hint: string): (cmd: string) => Coffer
  * Runs one short child to completion (its own supervisor: attached at spawn, killed on abort,
  * awaited) and returns its stdout (small outputs only).
  */
-export async function runChild(argv: string[], opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string; input?: string | Buffer }): Promise<string> {
+export async function runChild(
+  argv: string[],
+  opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string; input?: string | Buffer; explain?: SpawnSpec['explain'] },
+): Promise<string> {
   const sup = new Supervisor(opts.signal);
   return sup.run(async () => {
-    const child = sup.spawn({ argv, env: opts.env, stdin: opts.input !== undefined ? 'pipe' : 'ignore', what: opts.what });
+    const child = sup.spawn({ argv, env: opts.env, stdin: opts.input !== undefined ? 'pipe' : 'ignore', what: opts.what, explain: opts.explain });
     const out: Buffer[] = [];
     child.stdout!.on('data', (b: Buffer) => out.push(b));
     const drained = new Promise((r) => child.stdout!.once('close', r));

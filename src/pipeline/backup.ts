@@ -7,8 +7,8 @@ import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog
 import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
-import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
-import { checkDumpVersion, clientVersion, libpqEnv, probeServer, type ServerInfo } from '../pg/server.js';
+import { conninfoFor, libpqEnv, type ConnectionSpec } from '../pg/connection.js';
+import { checkDumpVersion, clientVersion, probeServer, type ServerInfo } from '../pg/server.js';
 import { DumpWarnings } from '../pg/dump-warnings.js';
 import { resolveExclusions } from '../pg/exclusions.js';
 import { missingTool, type PgTools } from '../pg/tools.js';

@@ -3,12 +3,12 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { DatabaseError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin } from '../pg/admin.js';
-import { conninfoFor, type ConnectionSpec } from '../pg/connection.js';
-import { libpqEnv, psqlQuery } from '../pg/server.js';
+import type { ConnectionSpec } from '../pg/connection.js';
+import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor, type ChildFailure } from '../run/supervisor.js';
 import { FanOut } from './fanout.js';
-import { openSource, type RestoreSource } from './restore.js';
+import { openSource, type RestoreSource } from './restore-source.js';
 
 export interface LoadRequest {
   source: RestoreSource;
@@ -82,14 +82,7 @@ export async function runLoadDataOnly(req: LoadRequest): Promise<LoadSummary> {
       throw new UsageError('this file is a custom-format (full) backup: --into-existing loads data-only backups', { hint: 'restore it into a new database with --target-db' });
     }
     req.log.info('loading a data-only backup into an existing database, in one transaction', { database: req.database, materializedViews: views.length });
-    const psql = sup.spawn({
-      argv: [...req.tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--no-password', '-d', conninfoFor(req.conn, req.database), '-f', '-'],
-      stdin: 'pipe',
-      stdout: 'ignore',
-      env: libpqEnv(req.conn, env),
-      what: 'psql (load)',
-      explain: (f) => loadError(f, req.database, backupId, disableTriggers),
-    });
+    const psql = spawnPsqlScript(sup, req.tools, { conn: req.conn, database: req.database, env }, { what: 'psql (load)', explain: (f) => loadError(f, req.database, backupId, disableTriggers) });
     const suffix = `${views.map((v) => `REFRESH MATERIALIZED VIEW ${v};\n`).join('')}COMMIT;\n`;
     const filter = new OneTransaction({ noOwner: req.noOwner, noPrivileges: req.noPrivileges, suffix });
     await Promise.all([

@@ -1,10 +1,11 @@
 import { Writable } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import type { Logger } from '../observe/log.js';
+import { spawnTocList, tocEntryCount, tocTables } from '../pg/pg-restore.js';
 import type { PgTools } from '../pg/tools.js';
-import { Supervisor, toolEnv } from '../run/supervisor.js';
+import { Supervisor } from '../run/supervisor.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
-import { checkTableCount, openSource, tocTables, type RestoreSource } from './restore.js';
+import { checkTableCount, openSource, type RestoreSource } from './restore-source.js';
 
 export interface VerifyResult {
   storedBytes: number;
@@ -49,14 +50,14 @@ export async function runVerify(req: {
     const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
     const out: Buffer[] = [];
     if (opened.format === 'custom') {
-      const list = sup.spawn({ argv: [...req.tools.pgRestore, '--list'], stdin: 'pipe', env: toolEnv(env), what: 'pg_restore --list' });
+      const list = spawnTocList(sup, req.tools, env);
       list.stdout!.on('data', (b: Buffer) => out.push(b));
       waits.push(list.done, new Promise((r) => list.stdout!.once('close', r)));
       targets.push({ name: 'toc', kind: 'child', stream: list.stdin! });
     }
     await Promise.all([streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }), ...waits]);
     const toc = Buffer.concat(out).toString('utf8');
-    const tocEntries = toc.split('\n').filter((l) => /^\d+;/.test(l)).length;
+    const tocEntries = tocEntryCount(toc);
     const tables = tocTables(toc).length;
     // An archive of an empty database has no entries and is whole (the walk proved it); one
     // whose database had tables is not a backup of it.

@@ -36,7 +36,7 @@ export async function setup(project: TestProject): Promise<void> {
     return;
   }
   const { startRgw } = await import('./rgw.js');
-  const { startThrowawayCluster } = await import('../../src/pg/throwaway-cluster.js');
+  const { startThrowawayCluster } = await import('../../src/demo/throwaway-cluster.js');
   const [r, p] = await Promise.allSettled([startRgw({ users: ['writer', 'reader', 'other'] }), startThrowawayCluster({})]);
   if (r.status === 'fulfilled') running.push(r.value);
   if (p.status === 'fulfilled') running.push(p.value);

@@ -5,7 +5,8 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { VAULT_SAMPLE_STATUS_ROWS } from '../../src/demo/vault-sample.js';
 import { DatabaseError } from '../../src/errors.js';
-import { processRunning, runPsql, startThrowawayCluster, type ThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
+import { processRunning } from '../../src/demo/cluster-cleanup.js';
+import { runPsql, startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import {
   childEnv,
   createDatabase,

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { VAULT_SAMPLE_SQL } from '../../src/demo/vault-sample.js';
 import { DatabaseError } from '../../src/errors.js';
-import { runPsql, tailOneLine } from '../../src/pg/throwaway-cluster.js';
+import { runPsql, tailOneLine } from '../../src/demo/throwaway-cluster.js';
 
 export interface PgInjected {
   host: string;

@@ -12,7 +12,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { startThrowawayCluster, type ThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
+import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import { baseEnv, errorLine, pgEnv, runCoffer } from '../harness/cli.js';
 import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
 import { writeDumpWrapper } from './helpers.js';

@@ -18,7 +18,7 @@ import { execa } from 'execa';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { startThrowawayCluster, type ThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
+import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import { baseEnv, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
 import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';

@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { DatabaseError } from '../../src/errors.js';
-import { explainRestoreError } from '../../src/pipeline/restore.js';
+import { explainRestoreError } from '../../src/pg/pg-restore.js';
 import { PlainSqlFilter } from '../../src/pipeline/sql-filter.js';
 import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
 import { childEnv, databaseExists, dropDatabase, pgFromInject, quoteIdent, uniqueDbName } from '../harness/pg.js';

@@ -10,7 +10,7 @@ import { s3ClientFor, createTestBucket } from '../harness/rgw.js';
 import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, writeIdentityFile } from '../harness/cli.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { startThrowawayCluster } from '../../src/pg/throwaway-cluster.js';
+import { startThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 
 const rgwInfo = inject('rgw')!;
 const pgInfo = inject('pg')!;

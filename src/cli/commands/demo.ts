@@ -57,7 +57,7 @@ async function runDemoCommand(flags: Values<typeof options>, ctx: CliContext): P
 
   say('starting a throwaway PostgreSQL cluster…');
   // Loaded here: the cluster's process library is not needed by any other command's start.
-  const { startThrowawayCluster } = await import('../../pg/throwaway-cluster.js');
+  const { startThrowawayCluster } = await import('../../demo/throwaway-cluster.js');
   const cluster = await startThrowawayCluster({ binDir: flags.pgBin });
   try {
     await cluster.psql('CREATE DATABASE vault');

@@ -6,15 +6,22 @@
  * initdb and postgres refuse to run as root: when the current process is root, the server
  * processes run as the `postgres` OS user (Debian's postgresql package creates it) and the
  * temporary directory is chowned to it.
+ *
+ * This module is its lifecycle (initdb, start, stop); ./server-binaries.ts finds the server
+ * programs, ./cluster-cleanup.ts stops and removes a cluster whose owner died without stop().
  */
-import { spawn, spawnSync } from 'node:child_process';
-import { chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { appendFile, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { DatabaseError } from '../errors.js';
+import { psqlQuery } from '../pg/psql.js';
+import { runChild } from '../pg/tools.js';
+import { guardCluster, killHard, unguardCluster, waitGone, type LiveCluster, type ServerUser } from './cluster-cleanup.js';
+import { findServerBinDir } from './server-binaries.js';
 
 export interface ThrowawayCluster {
   /** The private unix socket directory (libpq accepts a directory as host). */
@@ -27,7 +34,7 @@ export interface ThrowawayCluster {
   dataDir: string;
   /** libpq env for children: PGHOST, PGPORT, PGUSER (and nothing else). */
   env(): Record<string, string>;
-  /** Runs SQL with psql (-X -q -v ON_ERROR_STOP=1 -At) as superuser against db (default 'postgres'); returns stdout. */
+  /** Runs SQL with psql ({@link psqlQuery}: tuples only, stops at the first error) as superuser against db (default 'postgres'); returns stdout. */
   psql(sql: string, db?: string): Promise<string>;
   /** Stops the server (immediate shutdown) and removes the temporary directories. Idempotent. */
   stop(): Promise<void>;
@@ -90,11 +97,6 @@ function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }
 
-interface ServerUser {
-  uid?: number;
-  gid?: number;
-}
-
 /** uid/gid to run initdb/postgres as: the `postgres` OS user when root, else ourselves. */
 function serverUser(): ServerUser {
   if (!isRoot()) return {};
@@ -128,133 +130,14 @@ async function freePort(): Promise<number> {
   });
 }
 
-function versionOf(dir: string): number {
-  const m = /postgresql\/(\d+)(?:\.(\d+))?\/bin\/?$/.exec(dir);
-  return m ? Number(m[1]) * 1000 + Number(m[2] ?? 0) : -1;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Binaries
-
-/**
- * Finds PostgreSQL server binaries: `explicit`, else $COFFER_PG_BIN_DIR, else the newest
- * /usr/lib/postgresql/<N>/bin having initdb, else `pg_config --bindir`.
- */
-export function findServerBinDir(explicit?: string): string {
-  const hasInitdb = (d: string): boolean => existsSync(join(d, 'initdb')) && existsSync(join(d, 'pg_ctl'));
-  const hint = 'install the PostgreSQL server, e.g. `apt-get install postgresql-15` (or `postgresql`), or set COFFER_PG_BIN_DIR';
-  for (const [source, dir] of [
-    ['binDir option', explicit],
-    ['COFFER_PG_BIN_DIR', process.env.COFFER_PG_BIN_DIR],
-  ] as const) {
-    if (dir === undefined || dir === '') continue;
-    if (!hasInitdb(dir)) throw new DatabaseError(`no PostgreSQL server binaries (initdb, pg_ctl) in ${dir} (from ${source})`, { hint });
-    return resolve(dir);
-  }
-  const root = '/usr/lib/postgresql';
-  let candidates: string[] = [];
-  try {
-    candidates = readdirSync(root)
-      .map((n) => join(root, n, 'bin'))
-      .filter(hasInitdb)
-      .sort((a, b) => versionOf(b) - versionOf(a));
-  } catch {
-    // no Debian-style layout
-  }
-  if (candidates[0]) return candidates[0];
-  const pc = spawnSync('pg_config', ['--bindir'], { encoding: 'utf8' });
-  const dir = pc.status === 0 ? pc.stdout.trim() : '';
-  if (dir && hasInitdb(dir)) return dir;
-  throw new DatabaseError('no PostgreSQL server binaries found (looked in /usr/lib/postgresql/*/bin and `pg_config --bindir`)', { hint });
-}
-
-// ---------------------------------------------------------------------------------------------
-// psql
-
-/** Runs SQL through psql (-X -q -v ON_ERROR_STOP=1 -At, SQL on stdin); returns stdout without the final newline. */
+/** Runs SQL through psql (SQL on stdin, stopping at the first error, tuples only); returns stdout without the final newline. */
 export async function runPsql(binDir: string, libpqEnv: Record<string, string>, sql: string, db = 'postgres'): Promise<string> {
-  const r = await execa(join(binDir, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-At', '-d', db], {
-    input: sql,
+  const out = await psqlQuery({ psql: [join(binDir, 'psql')] }, { params: {} }, db, sql, {
     env: { ...cleanEnv(), ...libpqEnv },
-    extendEnv: false,
-    reject: false,
-    stripFinalNewline: true,
-    maxBuffer: 1024 * 1024 * 1024,
+    what: `psql on database ${db}`,
+    explain: (f) => new DatabaseError(`psql on database ${db} failed: ${tailOneLine(f.stderr.text()) || (f.signal ? `killed by ${f.signal}` : `exit code ${f.code}`)}`),
   });
-  if (r.exitCode !== 0 || r.failed) {
-    const why = tailOneLine(String(r.stderr ?? '')) || r.shortMessage || `exit code ${r.exitCode}`;
-    throw new DatabaseError(`psql on database ${db} failed: ${why}`);
-  }
-  return String(r.stdout ?? '');
-}
-
-// ---------------------------------------------------------------------------------------------
-// Process-exit cleanup
-
-interface Live {
-  pgCtl: string;
-  dataDir: string;
-  dirs: string[];
-  user: ServerUser;
-  pid: number;
-}
-const live = new Set<Live>();
-let exitHookInstalled = false;
-
-function stopSync(l: Live): void {
-  if (existsSync(join(l.dataDir, 'postmaster.pid'))) {
-    const r = spawnSync(l.pgCtl, ['stop', '-D', l.dataDir, '-m', 'immediate', '-w', '-t', '10'], {
-      ...l.user,
-      cwd: '/',
-      env: cleanEnv(),
-      stdio: 'ignore',
-      timeout: 15_000,
-    });
-    if (r.status !== 0) killHard(l.pid);
-  }
-  for (const d of l.dirs) rmSync(d, { recursive: true, force: true });
-}
-
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const l of live) {
-      try {
-        stopSync(l);
-      } catch {
-        // best effort
-      }
-    }
-    live.clear();
-  });
-}
-
-/**
- * A detached watchdog (`sh`) that outlives a SIGKILLed parent: once the parent process is gone
- * it stops the postmaster (SIGQUIT = immediate shutdown, then SIGKILL) and removes the
- * directories. It exits by itself as soon as the temporary directory disappears (normal stop()).
- */
-function startWatchdog(rootDir: string, dataDir: string, pid: number, extraDirs: string[]): void {
-  const script = [
-    'P="$1"; ROOT="$2"; DATA="$3"; PGPID="$4"; shift 4',
-    'while kill -0 "$P" 2>/dev/null; do [ -d "$ROOT" ] || exit 0; sleep 1; done',
-    '[ -d "$ROOT" ] || exit 0',
-    'mine() { [ "$(head -n 1 "$DATA/postmaster.pid" 2>/dev/null)" = "$PGPID" ]; }',
-    'if mine; then kill -QUIT "$PGPID" 2>/dev/null; i=0; while [ $i -lt 50 ] && kill -0 "$PGPID" 2>/dev/null; do sleep 0.2; i=$((i+1)); done; mine && kill -KILL "$PGPID" 2>/dev/null; fi',
-    'rm -rf "$ROOT" "$@"',
-  ].join('\n');
-  try {
-    const child = spawn('/bin/sh', ['-c', script, 'coffer-pg-watchdog', String(process.pid), rootDir, dataDir, String(pid), ...extraDirs], {
-      detached: true,
-      stdio: 'ignore',
-      cwd: '/',
-    });
-    child.on('error', () => undefined);
-    child.unref();
-  } catch {
-    // best effort: the 'exit' hook still covers ordinary exits
-  }
+  return out.replace(/\r?\n$/, '');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,41 +149,6 @@ async function readTail(file: string, lines = 4): Promise<string> {
   } catch {
     return '';
   }
-}
-
-/** True while the process exists and is not a zombie (an exited child waiting to be reaped). */
-export function processRunning(pid: number): boolean {
-  if (!(pid > 0)) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return true; // no procfs: trust kill(0)
-  }
-}
-
-/** SIGKILL a known postmaster pid (never 0 or negative: those would signal process groups). */
-function killHard(pid: number): void {
-  if (!(pid > 1)) return;
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
-
-async function waitGone(pid: number, ms: number): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (processRunning(pid)) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return true;
 }
 
 function readPid(dataDir: string): number {
@@ -413,17 +261,18 @@ export async function startThrowawayCluster(opts: StartOptions = {}): Promise<Th
     // pg_ctl -w waits for "ready"; confirm with pg_isready (cheap) in case of an odd build
     const deadline = Date.now() + START_TIMEOUT_S * 1000;
     for (;;) {
-      const r = await execa(join(binDir, 'pg_isready'), ['-q', '-d', 'postgres'], { env: { ...cleanEnv(), ...libpqEnv }, extendEnv: false, reject: false, timeout: 5000 });
-      if (r.exitCode === 0) break;
+      const ready = await runChild([join(binDir, 'pg_isready'), '-q', '-d', 'postgres'], { env: { ...cleanEnv(), ...libpqEnv }, what: 'pg_isready', signal: AbortSignal.timeout(5000) }).then(
+        () => true,
+        () => false,
+      );
+      if (ready) break;
       if (Date.now() > deadline) throw new DatabaseError(`the throwaway PostgreSQL cluster is not accepting connections: ${await readTail(logFile)}`);
       await new Promise((r2) => setTimeout(r2, 50));
     }
 
     const pid = readPid(dataDir);
-    const entry: Live = { pgCtl, dataDir, dirs, user, pid };
-    live.add(entry);
-    installExitHook();
-    if (pid > 1) startWatchdog(rootDir, dataDir, pid, dirs.slice(1));
+    const entry: LiveCluster = { pgCtl, dataDir, dirs, user, pid, env: cleanEnv() };
+    guardCluster(entry);
 
     let stopping: Promise<void> | undefined;
     const stop = async (): Promise<void> => {
@@ -446,7 +295,7 @@ export async function startThrowawayCluster(opts: StartOptions = {}): Promise<Th
             await waitGone(pid, 5_000);
           }
         } finally {
-          live.delete(entry);
+          unguardCluster(entry);
           await cleanupDirs();
         }
       })();

@@ -1,0 +1,138 @@
+/**
+ * Every psql coffer runs, and its flags. Always: no psqlrc (`-X`), quiet (`-q`), never a
+ * password prompt (`--no-password`: the password travels in PGPASSWORD or nowhere), the
+ * connection as a conninfo string (`-d`), and the SQL on stdin (`-f -`).
+ *
+ * - {@link psqlQuery}: one query, its unaligned tuples-only output (`-A -t`), stopping at the
+ *   first error (`-v ON_ERROR_STOP=1`);
+ * - {@link spawnPsqlScript}: a long SQL script written to its stdin by the caller (a restore,
+ *   a load, the globals), in the caller's run;
+ * - {@link PsqlSession}: one connection kept open, asked one statement at a time (the advisory
+ *   lock of a backup).
+ */
+import { DatabaseError } from '../errors.js';
+import { Supervisor, type Child, type SpawnSpec } from '../run/supervisor.js';
+import { conninfoFor, explainLibpqError, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
+import { runChild, type PgTools } from './tools.js';
+
+/**
+ * psql's argv. `rows`: output for a program to read (`-A -t`); `stopOnError`: the first failed
+ * statement ends psql with exit 3 (`-v ON_ERROR_STOP=1`).
+ */
+function psqlArgv(psql: string[], target: Pick<PgTarget, 'conn' | 'database'>, opts: { rows: boolean; stopOnError: boolean }): string[] {
+  return [
+    ...psql,
+    '-X',
+    '-q',
+    ...(opts.rows ? ['-A', '-t'] : []),
+    ...(opts.stopOnError ? ['-v', 'ON_ERROR_STOP=1'] : []),
+    '--no-password',
+    '-d',
+    conninfoFor(target.conn, target.database),
+    '-f',
+    '-',
+  ];
+}
+
+/** Runs one query with psql and returns its unaligned, tuples-only output. */
+export async function psqlQuery(
+  tools: Pick<PgTools, 'psql'>,
+  conn: ConnectionSpec,
+  database: string | undefined,
+  sql: string | Buffer,
+  opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string; explain?: SpawnSpec['explain'] },
+): Promise<string> {
+  const what = opts.what ?? 'psql';
+  const argv = psqlArgv(tools.psql, { conn, database }, { rows: true, stopOnError: true });
+  try {
+    return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what, input: sql, explain: opts.explain });
+  } catch (err) {
+    // The caller's own explanation stands as it is.
+    throw opts.explain ? err : explainLibpqError(what, err);
+  }
+}
+
+/**
+ * Starts psql in `sup`'s run to execute the SQL the caller writes to its stdin (stdout is
+ * discarded). `continueOnError`: every statement runs even when some fail (no ON_ERROR_STOP;
+ * the caller reads the errors from stderr).
+ */
+export function spawnPsqlScript(
+  sup: Supervisor,
+  tools: Pick<PgTools, 'psql'>,
+  target: PgTarget,
+  opts: { what: string; continueOnError?: boolean; explain?: SpawnSpec['explain'] },
+): Child {
+  return sup.spawn({
+    argv: psqlArgv(tools.psql, target, { rows: false, stopOnError: !opts.continueOnError }),
+    stdin: 'pipe',
+    stdout: 'ignore',
+    env: libpqEnv(target.conn, target.env),
+    what: opts.what,
+    explain: opts.explain,
+  });
+}
+
+/** A psql session kept open while its stdin is: one connection, asked one statement at a time. */
+export class PsqlSession {
+  private out = '';
+  private waiters: Array<() => void> = [];
+  private constructor(
+    private readonly sup: Supervisor,
+    private readonly child: Child,
+    private readonly what: string,
+  ) {
+    child.stdout!.setEncoding('utf8');
+    child.stdout!.on('data', (s: string) => {
+      this.out += s;
+      this.wake();
+    });
+    child.done.then(
+      () => this.wake(),
+      () => this.wake(),
+    );
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+
+  /** Starts the session; it owns its psql (a supervisor of one child, torn down by {@link close}). */
+  static open(tools: Pick<PgTools, 'psql'>, target: PgTarget, opts: { what: string; signal: AbortSignal }): PsqlSession {
+    const sup = new Supervisor(opts.signal);
+    const child = sup.spawn({
+      argv: psqlArgv(tools.psql, target, { rows: true, stopOnError: true }),
+      stdin: 'pipe',
+      env: libpqEnv(target.conn, target.env),
+      what: opts.what,
+    });
+    return new PsqlSession(sup, child, opts.what);
+  }
+
+  /** Sends one statement that prints one line; returns the line. */
+  async ask(sql: string, marker: string): Promise<string> {
+    const start = this.out.length;
+    this.child.stdin!.write(`${sql}\n\\echo ${marker}\n`);
+    for (;;) {
+      const seen = this.out.slice(start);
+      const at = seen.indexOf(`${marker}\n`);
+      if (at >= 0) return seen.slice(0, at).trim();
+      if (this.child.exited) {
+        await this.child.done.catch((e: unknown) => {
+          throw explainLibpqError(this.what, e);
+        });
+        throw new DatabaseError(`${this.what}: psql exited unexpectedly`);
+      }
+      await new Promise<void>((r) => this.waiters.push(r));
+    }
+  }
+
+  /** Ends the session (end of input, then the teardown after at most 10 s). */
+  async close(): Promise<void> {
+    this.child.stdin!.end();
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([this.child.done.catch(() => undefined), new Promise((r) => (t = setTimeout(r, 10_000)))]);
+    clearTimeout(t);
+    await this.sup.teardown();
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * The database side of a restore: scratch databases an earlier restore left behind, the
+ * scratch database itself (created with the backup's encoding and locale, given its owner,
+ * ACL, settings and comment after the data, dropped on failure), and the backup's roles.
+ */
+import { DatabaseError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+import { PgAdmin, derivedName, quoteIdent, quoteLiteral } from '../pg/admin.js';
+import { archiveText, createStatement, isUtf8, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
+import type { RestoreFlags } from '../pg/pg-restore.js';
+import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
+import type { Supervisor } from '../run/supervisor.js';
+import type { OpenedArchive } from './archive.js';
+import type { RestoreSource } from './restore-source.js';
+
+/**
+ * What the backup says of the database itself: a custom archive's DATABASE entries (read from
+ * its table of contents, before any database exists), else the manifest's encoding and locale.
+ */
+export async function databaseDefinition(source: RestoreSource, opened: OpenedArchive, log: Logger): Promise<DatabaseDefinition | undefined> {
+  const entries = await opened.databaseEntries();
+  const name = source.kind === 'repository' ? source.entry.manifest.database : '';
+  const fromArchive = entries ? definitionFromArchive(entries) : undefined;
+  if (fromArchive) return fromArchive;
+  const locale = source.kind === 'repository' ? source.entry.manifest.postgres.locale : undefined;
+  if (locale) return definitionFromManifest(name, locale);
+  log.warn("the backup does not say how its database was created (encoding, locale): the restored database gets the server's defaults");
+  return undefined;
+}
+
+/** Creates the scratch database with the backup's encoding and locale, or says why the server cannot. */
+export async function createScratch(admin: PgAdmin, scratch: string, def: DatabaseDefinition | undefined, log: Logger): Promise<void> {
+  const { sql, dropped } = createStatement(scratch, def);
+  for (const d of dropped) log.warn(`the backup's database had ${d}; the restored one uses the server's default tablespace`);
+  try {
+    await admin.create(scratch, sql);
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (def && /locale|encoding|collation|LC_COLLATE|LC_CTYPE|ICU/i.test(msg)) {
+      throw new DatabaseError(`this server cannot create the backup's database as it was (${describeLocale(def)}): ${msg.replace(/^create database "[^"]*": /, '')}`, {
+        cause: err,
+        hint: 'install that locale on the database server (locale-gen or localedef, then restart PostgreSQL) and run the restore again',
+      });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Gives the scratch database the backup's owner, ACL, settings, role-in-database settings,
+ * connection limit and comment (after the data and the checks: a setting such as
+ * default_transaction_read_only must not apply to the restore itself). Settings of roles
+ * this server lacks are left out, with a warning: nobody can use them.
+ */
+export async function applyDatabaseProperties(admin: PgAdmin, scratch: string, def: DatabaseDefinition, flags: RestoreFlags, log: Logger): Promise<void> {
+  let script = propertiesScript(def, { noOwner: flags.noOwner, noPrivileges: flags.noPrivileges });
+  if (script === '') return;
+  const roleLines = script.split('\n').filter((l) => /^ALTER ROLE /.test(l));
+  if (roleLines.length > 0) {
+    const roles = await admin.roles();
+    // Names in the archive's encoding; a non-ASCII name of a non-UTF8 archive is left to the server.
+    const lacks = (raw: string): boolean => {
+      const name = archiveText(raw, def.clientEncoding);
+      return (/^[\x00-\x7f]*$/.test(raw) || isUtf8(def.clientEncoding)) && !roles.has(name);
+    };
+    const missing = roleLines.filter((l) => {
+      const role = roleOfAlterRole(l);
+      return role !== undefined && lacks(role);
+    });
+    for (const l of missing) log.warn('a setting of a role this server does not have was not applied', { role: archiveText(roleOfAlterRole(l)!, def.clientEncoding) });
+    if (missing.length > 0) script = script.split('\n').filter((l) => !missing.includes(l)).join('\n');
+  }
+  // Sent to the scratch database itself, in the archive's own bytes and client encoding: text
+  // in shared catalogs (the comment) is stored as the database's encoding has it, and a
+  // SQL_ASCII or LATIN1 comment comes back byte for byte. psql names the database.
+  const sql = [
+    `SET client_encoding = ${quoteLiteral(def.clientEncoding)};`,
+    `SELECT quote_ident(current_database()) AS ${TARGET_DB_VAR} \\gset`,
+    'BEGIN;',
+    script,
+    'COMMIT;',
+    '',
+  ].join('\n');
+  await psqlQuery(admin.tools, admin.conn, scratch, Buffer.from(sql, 'latin1'), { env: admin.env, what: "apply the backup's database properties (owner, privileges, settings, comment)" });
+  log.info("the backup's database properties applied", { owner: flags.noOwner ? null : def.owner, privileges: !flags.noPrivileges && def.acl !== null, settings: def.properties !== null, comment: def.comment !== null });
+}
+
+/** The role of pg_dump's `ALTER ROLE <role> IN DATABASE … SET …;` line (quoted or bare). */
+export function roleOfAlterRole(line: string): string | undefined {
+  const q = /^ALTER ROLE "((?:[^"]|"")*)" IN DATABASE /.exec(line);
+  if (q) return q[1]!.replace(/""/g, '"');
+  const b = /^ALTER ROLE ([a-z_][a-z0-9_$]*) IN DATABASE /.exec(line);
+  return b?.[1];
+}
+
+/**
+ * Scratch databases of earlier restores of the same target that are still there: a restore
+ * killed with SIGKILL (or whose server went away for longer than the cleanup waits) cannot drop
+ * its own. They are named, not dropped: another restore of the same target may be running.
+ */
+export async function reportLeftovers(admin: PgAdmin, target: string, log: Logger): Promise<void> {
+  const prefix = derivedName(target, `__restoring_${'0'.repeat(8)}`).slice(0, -8);
+  const out = await admin.query(
+    `SELECT datname FROM pg_database WHERE left(datname, ${[...prefix].length}) = ${quoteLiteral(prefix)} AND datname ~ '__restoring_[0-9a-f]{8}$';`,
+    'look for scratch databases of earlier restores',
+  );
+  for (const name of out.split('\n').filter((n) => n === `${prefix}${n.slice(-8)}`)) {
+    log.warn(`a scratch database of an earlier restore of ${JSON.stringify(target)} is still there (that restore was killed before it could drop it); once no restore of it runs, drop it: DROP DATABASE ${quoteIdent(name)} WITH (FORCE);`, { database: name });
+  }
+}
+
+/** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */
+const DROP_RETRY_MS = 30_000;
+
+/**
+ * Drops the scratch database, retrying while the server cannot be reached (it may be
+ * restarting: the restore failed because it went away). Logs what it could not do.
+ */
+export async function dropScratch(admin: PgAdmin, scratch: string, log: Logger): Promise<void> {
+  const until = Date.now() + DROP_RETRY_MS;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await admin.drop(scratch);
+      log.info('scratch database dropped', { scratch });
+      return;
+    } catch (e) {
+      const msg = (e as Error).message;
+      const unreachable = /could not connect|connection refused|No such file or directory|server closed the connection|the database system is (starting up|shutting down|in recovery)|terminating connection/i.test(msg);
+      if (!unreachable || Date.now() >= until) {
+        log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand: DROP DATABASE ${JSON.stringify(scratch)} WITH (FORCE);`, { error: msg });
+        return;
+      }
+      if (attempt === 1) log.warn('the server cannot be reached to drop the scratch database; retrying', { scratch, error: msg });
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+/**
+ * Applies the backup's globals (roles, as SQL) to the server; existing roles are kept. Roles
+ * that already exist (the superuser, at least) make CREATE ROLE fail: each statement runs on
+ * its own, the rest go on, and what was skipped is reported.
+ */
+export async function applyGlobals(admin: PgAdmin, sql: string, sup: Supervisor, log: Logger): Promise<void> {
+  const out = spawnPsqlScript(sup, admin.tools, { conn: admin.conn, database: admin.maintenanceDb, env: admin.env }, { what: 'psql (globals)', continueOnError: true });
+  out.stdin!.end(sql);
+  await out.done;
+  const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
+  for (const e of errors) log.warn('globals: statement skipped', { error: e.replace(/^.*ERROR:\s*/, '') });
+  log.info('globals applied', { skipped: errors.length });
+}
