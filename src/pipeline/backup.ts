@@ -7,10 +7,11 @@ import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog
 import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
-import { conninfoFor, libpqEnv, type ConnectionSpec } from '../pg/connection.js';
+import { libpqEnv, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, probeServer, type ServerInfo } from '../pg/server.js';
 import { DumpWarnings } from '../pg/dump-warnings.js';
 import { resolveExclusions } from '../pg/exclusions.js';
+import { pgDumpallGlobalsArgv, pgDumpArgv, type DumpKind } from '../pg/pg-dump.js';
 import { missingTool, type PgTools } from '../pg/tools.js';
 import { faultNumber } from '../run/faults.js';
 import { interruptedBy } from '../run/abort.js';
@@ -23,7 +24,6 @@ import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
 import { ArchiveCheck } from './archive.js';
 
-export type DumpKind = 'custom' | 'schema-only' | 'data-only';
 
 export interface BackupRequest {
   store: ObjectStore;
@@ -217,13 +217,12 @@ async function expandExclusions(req: BackupRequest, server: ServerInfo, warnings
 }
 
 function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
-  const args = [...req.tools.pgDump];
-  if (req.kind === 'custom') args.push('--format=custom');
-  else args.push('--format=plain', req.kind === 'schema-only' ? '--schema-only' : '--data-only');
-  if (req.kind === 'custom') args.push(`--compress=${req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0}`);
-  if (req.disableTriggers) args.push('--disable-triggers');
-  for (const p of excludeTableData) args.push(`--exclude-table-data=${p}`);
-  args.push('--no-password', '-d', conninfoFor(req.conn, req.database));
+  const args = pgDumpArgv(req.tools, req.conn, req.database, {
+    kind: req.kind,
+    gzipLevel: req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0,
+    disableTriggers: req.disableTriggers,
+    excludeTableData,
+  });
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
   if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
@@ -231,9 +230,7 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
 }
 
 function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
-  const args = [...req.tools.pgDumpall, '--globals-only', '--no-password'];
-  if (!server.isSuperuser) args.push('--no-role-passwords');
-  args.push('-d', conninfoFor(req.conn, req.database));
+  const args = pgDumpallGlobalsArgv(req.tools, req.conn, req.database, server.isSuperuser);
   return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql');
 }
 
