@@ -77,6 +77,11 @@ function serverConnection(flags: ServerValues): ConnectionSpec {
   return conn;
 }
 
+/** What every run into a server shares: the keys, the programs, the server and the run's context. */
+function intoServer(flags: ServerValues & { maintenanceDb: string; pgBin: string | undefined; pgRestoreCommand: string | undefined; psqlCommand?: string | undefined }, identities: string[], ctx: CliContext) {
+  return { identities, tools: tools(flags), conn: serverConnection(flags), maintenanceDb: flags.maintenanceDb, env: ctx.env, signal: ctx.signal, log: ctx.log };
+}
+
 /** Opens the repository (unless --file) and finds the backup. */
 async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
   if (flags.file !== undefined) {
@@ -125,17 +130,13 @@ async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliC
   if (flags.targetDb === undefined) throw new UsageError('--target-db is required (the new database to restore into)', { hint: 'or --output FILE to write the archive to a file' });
   const target = flags.targetDb;
   const jobs = flags.jobs ?? 1;
-  const conn = serverConnection(flags);
-  const t = tools(flags);
+  const base = intoServer(flags, identities, ctx);
   const smoke = [...flags.smoke];
   const summary = await withSource(flags, ctx, (source) =>
     withProgress('restore', ctx, (onProgress) =>
       runRestore({
+        ...base,
         source,
-        identities,
-        tools: t,
-        conn,
-        maintenanceDb: flags.maintenanceDb,
         target,
         replace: flags.replace,
         smoke,
@@ -144,9 +145,6 @@ async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliC
         jobs,
         spoolDir: flags.spoolDir,
         withGlobals: flags.withGlobals,
-        env: ctx.env,
-        signal: ctx.signal,
-        log: ctx.log,
         onProgress,
       }),
     ),
@@ -175,26 +173,18 @@ async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
   if (clash) {
     throw new UsageError(`--into-existing cannot be combined with ${clash[0]}`, { hint: '--into-existing loads a data-only backup into an existing database, in one transaction' });
   }
-  const identities = await loadIdentities(flags);
-  const conn = serverConnection(flags);
-  const t = tools(flags);
+  const base = intoServer(flags, await loadIdentities(flags), ctx);
   const summary = await withSource(
     flags,
     ctx,
     (source) =>
       withProgress('load', ctx, (onProgress) =>
         runLoadDataOnly({
+          ...base,
           source,
-          identities,
-          tools: t,
-          conn,
-          maintenanceDb: flags.maintenanceDb,
           database,
           noOwner: flags.noOwner,
           noPrivileges: flags.noPrivileges,
-          env: ctx.env,
-          signal: ctx.signal,
-          log: ctx.log,
           onProgress,
         }),
       ),
@@ -306,11 +296,9 @@ export interface DrillResult {
  */
 async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: CliContext): Promise<DrillResult> {
   const started = new Date();
-  const identities = await loadIdentities(flags);
-  const conn = serverConnection(flags);
-  const t = tools(flags);
+  const base = intoServer(flags, await loadIdentities(flags), ctx);
   const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
-  const admin = new PgAdmin(t, conn, flags.maintenanceDb, ctx.env);
+  const admin = new PgAdmin(base.tools, base.conn, flags.maintenanceDb, ctx.env);
   let result: DrillResult = {
     ok: false,
     startedAt: started.toISOString(),
@@ -331,22 +319,7 @@ async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: CliConte
         result.backupId = source.entry.id;
         result.database = source.entry.database;
       }
-      const s = await runRestore({
-        source,
-        identities,
-        tools: t,
-        conn,
-        maintenanceDb: flags.maintenanceDb,
-        target,
-        replace: false,
-        smoke: flags.smoke,
-        noOwner: true,
-        noPrivileges: true,
-        jobs: flags.jobs,
-        env: ctx.env,
-        signal: ctx.signal,
-        log: ctx.log,
-      });
+      const s = await runRestore({ ...base, source, target, replace: false, smoke: flags.smoke, noOwner: true, noPrivileges: true, jobs: flags.jobs });
       result = { ...result, ok: true, storedBytes: s.storedBytes, archiveBytes: s.archiveBytes, tables: s.tables, rows: s.largestTables, checks: s.checks };
     });
   } catch (err) {
