@@ -128,8 +128,8 @@ describe('metrics file', () => {
     const failing = path.join(tmp, 'false-pg_dump.sh');
     await fsp.writeFile(failing, '#!/bin/sh\necho "pg_dump: error: simulated failure" >&2\nexit 1\n', { mode: 0o755 });
     const before = text;
-    const f = await backup(repo, dbA, '--metrics-file', metrics, '--pg-dump-command', failing);
-    expect(f.code, f.stderr).toBe(3);
+    const failed = await backup(repo, dbA, '--metrics-file', metrics, '--pg-dump-command', failing);
+    expect(failed.code, failed.stderr).toBe(3);
     text = await fsp.readFile(metrics, 'utf8');
     ({ samples } = parsePrometheusText(text));
     const old = parsePrometheusText(before).samples;

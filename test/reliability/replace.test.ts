@@ -15,52 +15,41 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
-import { childEnv, createDatabase, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { useFixture } from '../harness/fixture.js';
+import { childEnv, databaseExists, dropDatabase, listDatabases, quoteIdent, quoteLiteral } from '../harness/pg.js';
 import {
-  backupOk,
   databaseDiff,
   dataLoss,
   existingTarget,
   makeGolden,
   repoBaseline,
-  setupFixture,
   sleep,
   waitFor,
-  type Fixture,
   type GoldenBackup,
   type RepoBaseline,
   type TargetBaseline,
 } from './common.js';
 import { record, writeResults } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'rpl', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 let source: string;
 let golden: GoldenBackup;
 let baseline: RepoBaseline;
-const repo = (): string => `s3://${f.bucket}/replace`;
+const repo = (): string => f.repo('replace');
 /** Generous bound for every wait on a moment of the restore. */
 const MOMENT_MS = 180_000;
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'rpl');
-  source = await createDatabase(pg, uniqueDbName('rpl_src'), 'vault');
-  await fillLargeTable(pg, source, 2);
+  source = await f.database({ fixture: 'vault', prefix: 'rpl_src', fillMB: 2 });
   golden = await makeGolden(f, pg, 'replace', source);
   baseline = await repoBaseline(f, 'replace', golden);
 });
 
-afterAll(async () => {
-  await dropDatabase(pg, source);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('replace');
-});
+afterAll(() => writeResults('replace'));
 
 function restoreArgs(target: string, extra: string[] = []): string[] {
   return ['restore', '--from', repo(), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace', ...extra];
@@ -94,7 +83,7 @@ async function cleanup(existing: TargetBaseline): Promise<void> {
 
 /** A psql session that holds a lock on database `db` (COMMENT ON DATABASE in an open transaction) until released. */
 async function holdLock(db: string): Promise<{ release(): Promise<void> }> {
-  const child = execa(path.join(pgInfo.binDir, 'psql'), ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres'], {
+  const child = execa(path.join(pg.binDir, 'psql'), ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres'], {
     env: childEnv(pg),
     extendEnv: false,
     stdin: 'pipe',
@@ -138,13 +127,13 @@ const likeEscape = (s: string): string => s.replace(/[\\%_]/g, (c) => `\\${c}`);
 describe.concurrent('restore --replace fails: the existing database is untouched, no scratch left', () => {
   it('a damaged object (integrity failure)', { timeout: 600_000 }, async () => {
     const existing = await existingTarget(pg, 'rpl_dmg');
-    const m = await backupOk(f, 's3://' + f.bucket + '/replace-damaged', source, ['--compress', 'none']);
+    const m = await f.backup(f.repo('replace-damaged'), source, ['--compress', 'none']);
     const key = `replace-damaged/${m.dump.key}`;
     const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
     const bytes = Buffer.from(await out.Body!.transformToByteArray());
     bytes[Math.floor(bytes.length / 2)]! ^= 0x40;
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes }));
-    const r = await runCoffer(['restore', '--from', `s3://${f.bucket}/replace-damaged`, '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], { env: f.env() });
+    const r = await f.run(['restore', '--from', f.repo('replace-damaged'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace']);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(/authentication failed/);
     const s = await swapState(existing);
@@ -164,10 +153,10 @@ describe.concurrent('restore --replace fails: the existing database is untouched
 
   it('pg_restore fails (after loading everything into the scratch database)', { timeout: 600_000 }, async () => {
     const existing = await existingTarget(pg, 'rpl_pgr');
-    const wrapper = path.join(f.tmp, 'failing-pg-restore.sh');
+    const wrapper = f.path('failing-pg-restore.sh');
     await fsp.writeFile(
       wrapper,
-      `#!/bin/sh\nfor a in "$@"; do [ "$a" = "--list" ] && exec '${pgInfo.binDir}/pg_restore' "$@"; done\n'${pgInfo.binDir}/pg_restore' "$@" || exit $?\necho 'pg_restore: error: injected failure after the restore' >&2\nexit 1\n`,
+      `#!/bin/sh\nfor a in "$@"; do [ "$a" = "--list" ] && exec '${pg.binDir}/pg_restore' "$@"; done\n'${pg.binDir}/pg_restore' "$@" || exit $?\necho 'pg_restore: error: injected failure after the restore' >&2\nexit 1\n`,
       { mode: 0o755 },
     );
     const r = await runCoffer(restoreArgs(existing.db, ['--pg-restore-command', wrapper]), { env: f.env() });
