@@ -8,7 +8,7 @@
  *   const m = await f.backup(f.repo('r'), f.db);
  *
  * useFixture registers the beforeAll/afterAll hooks of the file (or of the describe it is called
- * in); the values (tmp, recipient, bucket, db, …) can be read once beforeAll has run, `pg` and
+ * in); the values (tmp, recipient, bucket, db, …) are set once its beforeAll has run, `pg` and
  * `rgw` at once.
  */
 import * as fsp from 'node:fs/promises';
@@ -40,22 +40,19 @@ export interface FixtureOptions {
   db?: DbFixture | DatabaseSpec;
 }
 
-function required<T>(value: T | undefined, what: string): T {
-  if (value === undefined) throw new Error(`test fixture: ${what} is not set up (read it in a test or a later hook, and ask for it in the options)`);
-  return value;
-}
-
 export class TestFixture {
   /** The run's PostgreSQL cluster (from the global setup). */
   readonly pg: PgHandle;
   /** The run's RGW (from the global setup); null when the run has none. */
   readonly rgw: RgwInfo | null;
-  #tmp?: string;
-  #identityFile?: string;
-  #recipient?: string;
-  #s3?: S3Client;
-  #bucket?: string;
-  #db?: string;
+  // Set by setup() (beforeAll): read them in tests and later hooks. s3 and bucket with `s3`, db with `db`.
+  tmp!: string;
+  identityFile!: string;
+  recipient!: string;
+  s3!: S3Client;
+  bucket!: string;
+  /** The source database. */
+  db!: string;
   readonly #drop: string[] = [];
   readonly #dropRoles: string[] = [];
   readonly #proxies: FaultProxy[] = [];
@@ -65,35 +62,15 @@ export class TestFixture {
     this.rgw = inject('rgw');
   }
 
-  get tmp(): string {
-    return required(this.#tmp, 'tmp');
-  }
-  get identityFile(): string {
-    return required(this.#identityFile, 'identityFile');
-  }
-  get recipient(): string {
-    return required(this.#recipient, 'recipient');
-  }
-  get s3(): S3Client {
-    return required(this.#s3, 's3');
-  }
-  get bucket(): string {
-    return required(this.#bucket, 'bucket');
-  }
-  /** The source database. */
-  get db(): string {
-    return required(this.#db, 'db');
-  }
-
   async setup(): Promise<void> {
     const o = this.options;
-    this.#tmp = await fsp.mkdtemp(path.join(os.tmpdir(), `coffer-${o.name}-`));
-    ({ identityFile: this.#identityFile, recipient: this.#recipient } = await writeIdentityFile(this.#tmp));
+    this.tmp = await fsp.mkdtemp(path.join(os.tmpdir(), `coffer-${o.name}-`));
+    ({ identityFile: this.identityFile, recipient: this.recipient } = await writeIdentityFile(this.tmp));
     if (o.s3) {
-      this.#s3 = s3ClientFor(this.#rgw(), this.#rgw().admin);
-      if (o.bucket !== false) this.#bucket = await createTestBucket(this.#s3);
+      this.s3 = s3ClientFor(this.#rgw(), this.#rgw().admin);
+      if (o.bucket !== false) this.bucket = await createTestBucket(this.s3);
     }
-    if (o.db) this.#db = await this.database(typeof o.db === 'string' ? { fixture: o.db } : o.db);
+    if (o.db) this.db = await this.database(typeof o.db === 'string' ? { fixture: o.db } : o.db);
   }
 
   async teardown(): Promise<void> {
@@ -102,13 +79,14 @@ export class TestFixture {
     for (const db of this.#drop.splice(0)) await dropDatabase(this.pg, db).catch((err: unknown) => errors.push(err));
     // After the databases (a role that owns one cannot be dropped); best effort, as a role may still own objects elsewhere.
     for (const role of this.#dropRoles.splice(0)) await this.pg.psql(`DROP ROLE IF EXISTS ${quoteIdent(role)};`).catch(() => undefined);
-    this.#s3?.destroy();
-    if (this.#tmp) await fsp.rm(this.#tmp, { recursive: true, force: true });
+    this.s3?.destroy();
+    if (this.tmp) await fsp.rm(this.tmp, { recursive: true, force: true });
     if (errors.length) throw errors[0];
   }
 
   #rgw(): RgwInfo {
-    return required(this.rgw ?? undefined, 'the RGW of the run (unset COFFER_TEST_SERVICES=none)');
+    if (!this.rgw) throw new Error('test fixture: no RGW in this run (unset COFFER_TEST_SERVICES=none)');
+    return this.rgw;
   }
 
   /** A path in the temporary directory. */

@@ -15,17 +15,7 @@ import { useFixture } from '../harness/fixture.js';
 import { dropDatabase, listDatabases } from '../harness/pg.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import {
-  dataLoss,
-  existingTarget,
-  listedIds,
-  makeGolden,
-  seedRepository,
-  waitFor,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
+import { dataLoss, existingTarget, listedIds, makeGolden, seedRepository, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const f = useFixture({ name: 'integ', s3: true });

@@ -10,22 +10,7 @@ import { errorLine, startCoffer } from '../harness/cli.js';
 import type { FaultProxy } from '../harness/fault-proxy.js';
 import { useFixture } from '../harness/fixture.js';
 import { dataFingerprint, dropDatabase, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
-import {
-  bucketState,
-  databaseDiff,
-  dataLoss,
-  existingTarget,
-  listedIds,
-  makeGolden,
-  scratchDatabases,
-  seededRandom,
-  seedRepository,
-  sleep,
-  waitFor,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
+import { bucketState, databaseDiff, dataLoss, existingTarget, listedIds, makeGolden, scratchDatabases, seededRandom, seedRepository, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const f = useFixture({ name: 'int', s3: true });

@@ -10,16 +10,7 @@ import type { FaultProxy, FaultRule } from '../harness/fault-proxy.js';
 import { useFixture } from '../harness/fixture.js';
 import { dataFingerprint, dropDatabase, listDatabases, schemaDump, uniqueDbName, type Fingerprint } from '../harness/pg.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import {
-  bucketState,
-  dataLoss,
-  existingTarget,
-  listedIds,
-  repoBaseline,
-  seedRepository,
-  type GoldenBackup,
-  type RepoBaseline,
-} from './common.js';
+import { bucketState, dataLoss, existingTarget, listedIds, repoBaseline, seedRepository, type GoldenBackup, type RepoBaseline } from './common.js';
 import { lossSummary, record, writeResults, type MatrixRow } from './matrix.js';
 
 const f = useFixture({ name: 'net', s3: true });

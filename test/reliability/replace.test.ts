@@ -19,18 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { childEnv, databaseExists, dropDatabase, listDatabases, quoteIdent, quoteLiteral } from '../harness/pg.js';
-import {
-  databaseDiff,
-  dataLoss,
-  existingTarget,
-  makeGolden,
-  repoBaseline,
-  sleep,
-  waitFor,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
+import { databaseDiff, dataLoss, existingTarget, makeGolden, repoBaseline, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults } from './matrix.js';
 
 const f = useFixture({ name: 'rpl', s3: true });
