@@ -20,7 +20,7 @@ import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { childEnv, databaseExists, dropDatabase, listDatabases, quoteIdent, quoteLiteral } from '../harness/pg.js';
 import { databaseDiff, dataLoss, existingTarget, makeGolden, repoBaseline, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
-import { record, writeResults } from './matrix.js';
+import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const f = useFixture({ name: 'rpl', s3: true });
 const pg = f.pg;
@@ -64,6 +64,15 @@ async function swapState(existing: TargetBaseline): Promise<{ state: 'untouched'
 /** Measured data loss: the old content must exist under the target or the aside name. */
 async function measuredLoss(existing: TargetBaseline, aside: string | undefined): Promise<string> {
   return dataLoss(f, pg, { repo: baseline, targets: [aside ? { ...existing, db: aside } : existing] });
+}
+
+/** The failed run left the existing target untouched and no scratch: records the row with the measured loss, which must be none. */
+async function expectUntouched(existing: TargetBaseline, row: Omit<MatrixRow, 'area' | 'dataLost'>): Promise<void> {
+  expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
+  const lost = await measuredLoss(existing, undefined);
+  record({ id: row.id, area: 'replace', fault: row.fault, injected: row.injected, outcome: row.outcome, dataLost: lost });
+  expect(lost).toBe('none');
+  await cleanup(existing);
 }
 
 async function cleanup(existing: TargetBaseline): Promise<void> {
@@ -125,19 +134,12 @@ describe.concurrent('restore --replace fails: the existing database is untouched
     const r = await f.run(['restore', '--from', f.repo('replace-damaged'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace']);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(/authentication failed/);
-    const s = await swapState(existing);
-    expect(s).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-01',
-      area: 'replace',
       fault: 'restore --replace of a damaged object (a bit flipped in the middle)',
       injected: 'object rewritten in the bucket; the target exists with known content',
       outcome: 'exit 5 "authentication failed…" after the data went into the scratch database; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 
   it('pg_restore fails (after loading everything into the scratch database)', { timeout: 600_000 }, async () => {
@@ -151,18 +153,12 @@ describe.concurrent('restore --replace fails: the existing database is untouched
     const r = await runCoffer(restoreArgs(existing.db, ['--pg-restore-command', wrapper]), { env: f.env() });
     expect(r.code, r.stderr).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/pg_restore.*injected failure/);
-    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-02',
-      area: 'replace',
       fault: 'restore --replace: pg_restore fails',
       injected: '--pg-restore-command: a wrapper that runs the real pg_restore, then exits 1 with an error line',
       outcome: 'exit 3 naming pg_restore and its error; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 
   it('a failing --smoke query', { timeout: 600_000 }, async () => {
@@ -170,18 +166,12 @@ describe.concurrent('restore --replace fails: the existing database is untouched
     const r = await runCoffer(restoreArgs(existing.db, ['--smoke', 'SELECT count(*) FROM vault_status', '--smoke', 'SELECT 1/0']), { env: f.env() });
     expect(r.code, r.stderr).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/^smoke check failed: SELECT 1\/0: .*division by zero/);
-    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-03',
-      area: 'replace',
       fault: 'restore --replace: a --smoke query fails',
       injected: "--smoke 'SELECT 1/0' after a passing one",
       outcome: 'exit 3 "smoke check failed: SELECT 1/0: … division by zero"; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 });
 
