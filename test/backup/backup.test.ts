@@ -1,54 +1,29 @@
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execa } from 'execa';
-import { GetObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { pgFromInject, createDatabase, dropDatabase, fillLargeTable } from '../harness/pg.js';
-import { s3ClientFor, createTestBucket, listAllKeys, listMultipartUploads } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, startCoffer, writeIdentityFile } from '../harness/cli.js';
+import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { describe, expect, it } from 'vitest';
+import { createDatabase, dropDatabase, fillLargeTable } from '../harness/pg.js';
+import { listAllKeys, listMultipartUploads } from '../harness/rgw.js';
+import { baseEnv, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
 import { encodeManifest, decodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
 import { backupKeys, compactTimestamp } from '../../src/catalog/layout.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-let s3: S3Client;
-let bucket: string;
-let variedDb: string;
-
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-backup-test-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
-  bucket = await createTestBucket(s3);
-  variedDb = await createDatabase(pg, undefined, 'varied');
-});
-
-afterAll(async () => {
-  s3?.destroy();
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-function env(extra: Record<string, string> = {}): Record<string, string> {
-  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo), ...extra });
-}
+const f = useFixture({ name: 'backup-test', s3: true, db: 'varied' });
+const pg = f.pg;
 
 async function s3Bytes(key: string): Promise<Buffer> {
-  const out = await s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+  const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
   return Buffer.from(await out.Body!.transformToByteArray());
 }
 
 /** age CLI → zstd → file, then pg_restore --list: the standard tools read the stored object. */
 async function restoreListWithStandardTools(file: string, compressed: boolean): Promise<string> {
   const script = `set -o pipefail; age -d -i "$1" "$2" ${compressed ? '| zstd -d -q' : ''} > "$2.archive" && "$3/pg_restore" --list "$2.archive"`;
-  const r = await execa('bash', ['-c', script, 'x', identityFile, file, pgInfo.binDir], { reject: false });
+  const r = await execa('bash', ['-c', script, 'x', f.identityFile, file, pg.binDir], { reject: false });
   expect(r.exitCode, String(r.stderr)).toBe(0);
   return String(r.stdout);
 }
@@ -60,11 +35,11 @@ function sha256(b: Buffer): string {
 describe('backup of a varied database', () => {
   it('to RGW: a standard age file, readable by pg_restore, with a matching manifest', async () => {
     const prefix = 'varied';
-    const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient, '--json'], { env: env() });
+    const r = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const [m] = JSON.parse(r.stdout) as BackupManifest[];
-    expect(m!.database).toBe(variedDb);
-    const keys = await listAllKeys(s3, bucket, `${prefix}/`);
+    expect(m!.database).toBe(f.db);
+    const keys = await listAllKeys(f.s3, f.bucket, `${prefix}/`);
     expect(keys.sort()).toEqual([`${prefix}/${m!.dump.key}`, `${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`].sort());
 
     const stored = decodeManifest(await s3Bytes(`${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`), 'manifest');
@@ -74,7 +49,7 @@ describe('backup of a varied database', () => {
     expect(sha256(obj)).toBe(m!.dump.sha256);
     expect(obj.subarray(0, 22).toString()).toBe('age-encryption.org/v1\n');
 
-    const file = path.join(tmp, 'varied.dump.zst.age');
+    const file = f.path('varied.dump.zst.age');
     await fsp.writeFile(file, obj);
     const toc = await restoreListWithStandardTools(file, true);
     expect(toc).toContain('TABLE DATA');
@@ -82,15 +57,15 @@ describe('backup of a varied database', () => {
     expect(toc).toContain('BLOB');
     // pg_dump's output size (counted by dd between pg_dump and zstd): exactly the decompressed archive.
     expect(m!.dump.dumpBytes).toBe(fs.statSync(`${file}.archive`).size);
-    expect(m!.encryption.recipients).toEqual([recipient]);
+    expect(m!.encryption.recipients).toEqual([f.recipient]);
     expect(m!.postgres.serverVersionNum).toBeGreaterThanOrEqual(150000);
     expect(m!.manualRestore).toContain('zstd -d');
   });
 
   it('to a local repository: files 0600 in 0700 directories, no temp files left', async () => {
-    const repo = path.join(tmp, 'repo-local');
+    const repo = f.path('repo-local');
     for (const compress of ['zstd:3', 'gzip:1', 'none']) {
-      const r = await runCoffer(['backup', '--to', `file://${repo}`, '--db', variedDb, '--recipient', recipient, '--compress', compress, '--json'], { env: env() });
+      const r = await f.run(['backup', '--to', `file://${repo}`, '--db', f.db, '--recipient', f.recipient, '--compress', compress, '--json']);
       expect(r.code, r.stderr).toBe(0);
       const [m] = JSON.parse(r.stdout) as BackupManifest[];
       const file = path.join(repo, m!.dump.key);
@@ -106,7 +81,7 @@ describe('backup of a varied database', () => {
     }
     const all = execaSyncFind(repo);
     expect(all.filter((f) => f.includes('.coffer-tmp-'))).toEqual([]);
-    const list = await runCoffer(['list', '--from', repo, '--json'], { env: env() });
+    const list = await f.run(['list', '--from', repo, '--json']);
     expect(list.code, list.stderr).toBe(0);
     expect((JSON.parse(list.stdout) as unknown[]).length).toBe(3);
   });
@@ -139,16 +114,16 @@ describe('list', () => {
       const keys = backupKeys(db, 'daily', id, 'custom+zstd');
       const m: BackupManifest = syntheticManifest(id, db, keys.dump, started);
       synthetic.push(id);
-      jobs.push(() => s3.send(new PutObjectCommand({ Bucket: bucket, Key: `${prefix}/${keys.manifest}`, Body: encodeManifest(m) })));
+      jobs.push(() => f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${keys.manifest}`, Body: encodeManifest(m) })));
     }
     await runPool(jobs, 24);
-    const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', db, '--recipient', recipient, '--label', 'pre-extend-expiry', '--json'], { env: env() });
+    const r = await f.run(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, '--label', 'pre-extend-expiry', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const [real] = JSON.parse(r.stdout) as BackupManifest[];
     expect(real!.tier).toBe('manual');
     expect(real!.label).toBe('pre-extend-expiry');
 
-    const list = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`, '--db', db, '--json'], { env: env() });
+    const list = await f.run(['list', '--from', f.repo(prefix), '--db', db, '--json']);
     expect(list.code, list.stderr).toBe(0);
     const rows = JSON.parse(list.stdout) as Array<{ id: string; label: string | null }>;
     expect(rows.length).toBe(1101);
@@ -158,7 +133,7 @@ describe('list', () => {
     const ids = rows.map((x) => x.id);
     expect(ids).toEqual([...ids].sort().reverse());
 
-    const text = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`], { env: env() });
+    const text = await f.run(['list', '--from', f.repo(prefix)]);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout.split('\n')[1]).toContain(real!.id);
     expect(text.stdout).toContain('pre-extend-expiry');
@@ -179,7 +154,7 @@ function syntheticManifest(id: string, db: string, dumpKey: string, started: Dat
     host: 'synthetic',
     postgres: { serverVersion: '15', serverVersionNum: 150000, pgDumpVersion: 'pg_dump 15', pgDumpCommand: ['pg_dump'], databaseSizeBytes: 1 },
     compression: { kind: 'zstd', level: 1 },
-    encryption: { format: 'age-v1', recipients: [recipient] },
+    encryption: { format: 'age-v1', recipients: [f.recipient] },
     dump: { key: dumpKey, size: 1, sha256: '0'.repeat(64), dumpBytes: 1 },
     globals: null,
     startedAt: started.toISOString(),
@@ -203,12 +178,12 @@ describe('a failed backup leaves nothing that looks like a backup', () => {
     const db = await createDatabase(pg, undefined, 'empty');
     await fillLargeTable(pg, db, 160);
     const prefix = 'killed';
-    const child = startCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', db, '--recipient', recipient, '--compress', 'none', '--part-size', '5MiB'], { env: env() });
+    const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, '--compress', 'none', '--part-size', '5MiB'], { env: f.env() });
     // Wait until parts are being uploaded, then kill pg_dump by PID.
     const deadline = Date.now() + 60_000;
     let uploads: Array<{ key: string; uploadId: string }> = [];
     while (Date.now() < deadline) {
-      uploads = await listMultipartUploads(s3, bucket, `${prefix}/`);
+      uploads = await listMultipartUploads(f.s3, f.bucket, `${prefix}/`);
       if (uploads.length > 0) break;
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -219,9 +194,9 @@ describe('a failed backup leaves nothing that looks like a backup', () => {
     const r = await child;
     expect(r.exitCode).toBe(3);
     expect(errorLine(String(r.stderr))).toMatch(/pg_dump was killed by SIGKILL/);
-    expect(await listAllKeys(s3, bucket, `${prefix}/`)).toEqual([]);
-    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
-    const list = await runCoffer(['list', '--from', `s3://${bucket}/${prefix}`, '--json'], { env: env() });
+    expect(await listAllKeys(f.s3, f.bucket, `${prefix}/`)).toEqual([]);
+    expect(await listMultipartUploads(f.s3, f.bucket, `${prefix}/`)).toEqual([]);
+    const list = await f.run(['list', '--from', f.repo(prefix), '--json']);
     expect(JSON.parse(list.stdout)).toEqual([]);
     await dropDatabase(pg, db);
   });
@@ -250,25 +225,25 @@ describe('clear one-line errors, non-zero exits, nothing left behind', () => {
     const cases: Array<{ name: string; args: string[]; env: Record<string, string>; code: number; msg: RegExp }> = [
       {
         name: 'wrong password',
-        args: ['--db', variedDb],
-        env: env({ PGHOST: '127.0.0.1', PGUSER: role, PGPASSWORD: 'wrong-secret' }),
+        args: ['--db', f.db],
+        env: f.env({ PGHOST: '127.0.0.1', PGUSER: role, PGPASSWORD: 'wrong-secret' }),
         code: 3,
         msg: /password authentication failed.*check PGPASSWORD/,
       },
-      { name: 'unknown database', args: ['--db', 'no_such_db_here'], env: env(), code: 3, msg: /database "no_such_db_here" does not exist/ },
+      { name: 'unknown database', args: ['--db', 'no_such_db_here'], env: f.env(), code: 3, msg: /database "no_such_db_here" does not exist/ },
       {
         name: 'unreachable S3 endpoint',
-        args: ['--db', variedDb],
-        env: env({ AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' }),
+        args: ['--db', f.db],
+        env: f.env({ AWS_ENDPOINT_URL_S3: 'http://127.0.0.1:9' }),
         code: 4,
         msg: /cannot reach the S3 endpoint/,
       },
-      { name: 'missing bucket', args: ['--db', variedDb, '--to', `s3://no-such-bucket-${Date.now()}/x`], env: env(), code: 4, msg: /bucket does not exist/ },
-      { name: 'malformed recipient', args: ['--db', variedDb, '--recipient', 'age1notarecipient'], env: env(), code: 2, msg: /recipient/ },
+      { name: 'missing bucket', args: ['--db', f.db, '--to', `s3://no-such-bucket-${Date.now()}/x`], env: f.env(), code: 4, msg: /bucket does not exist/ },
+      { name: 'malformed recipient', args: ['--db', f.db, '--recipient', 'age1notarecipient'], env: f.env(), code: 2, msg: /recipient/ },
     ];
     for (const c of cases) {
-      const key = c.args.includes('--recipient') ? [] : ['--recipient', recipient];
-      const args = ['backup', '--to', `s3://${bucket}/${prefix}`, ...key, ...c.args];
+      const key = c.args.includes('--recipient') ? [] : ['--recipient', f.recipient];
+      const args = ['backup', '--to', f.repo(prefix), ...key, ...c.args];
       const r = await runCoffer(args, { env: c.env, timeoutMs: 90_000 });
       expect(r.code, `${c.name}: ${r.stderr}`).toBe(c.code);
       const line = errorLine(r.stderr);
@@ -277,32 +252,32 @@ describe('clear one-line errors, non-zero exits, nothing left behind', () => {
       expect(r.stderr).not.toContain('right-secret');
       expect(r.stderr).not.toContain('wrong-secret');
     }
-    expect(await listAllKeys(s3, bucket, `${prefix}/`)).toEqual([]);
-    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect(await listAllKeys(f.s3, f.bucket, `${prefix}/`)).toEqual([]);
+    expect(await listMultipartUploads(f.s3, f.bucket, `${prefix}/`)).toEqual([]);
     await pg.psql(`DROP ROLE ${role}`);
   });
 
   it('zstd or dd not installed: exit 2 naming the tool and what to do, nothing stored', async () => {
     // PATH without zstd (only dd), and PATH with neither; pg_dump and psql come from COFFER_PG_BIN.
-    const onlyDd = path.join(tmp, 'path-only-dd');
+    const onlyDd = f.path('path-only-dd');
     await fsp.mkdir(onlyDd, { recursive: true });
     await fsp.symlink(execaSyncWhich('dd'), path.join(onlyDd, 'dd'));
-    const empty = path.join(tmp, 'path-empty');
+    const empty = f.path('path-empty');
     await fsp.mkdir(empty, { recursive: true });
     const prefix = 'missing-tools';
     for (const [dir, tool] of [
       [onlyDd, /^zstd: zstd not found on PATH.*install zstd/],
       [empty, /^dd \(counting the dump\): dd not found on PATH.*install coreutils/],
     ] as const) {
-      const r = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient], { env: env({ PATH: dir }) });
+      const r = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient], { PATH: dir });
       expect(r.code, r.stderr).toBe(2);
       expect(errorLine(r.stderr)).toMatch(tool);
     }
     // Without zstd, --compress none still works.
-    const ok = await runCoffer(['backup', '--to', `s3://${bucket}/${prefix}`, '--db', variedDb, '--recipient', recipient, '--compress', 'none'], { env: env({ PATH: empty }) });
+    const ok = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient, '--compress', 'none'], { PATH: empty });
     expect(ok.code, ok.stderr).toBe(0);
-    expect((await listAllKeys(s3, bucket, `${prefix}/`)).filter((k) => k.endsWith('.manifest.json'))).toHaveLength(1);
-    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect((await listAllKeys(f.s3, f.bucket, `${prefix}/`)).filter((k) => k.endsWith('.manifest.json'))).toHaveLength(1);
+    expect(await listMultipartUploads(f.s3, f.bucket, `${prefix}/`)).toEqual([]);
   });
 });
 
@@ -316,7 +291,7 @@ function execaSyncWhich(cmd: string): string {
 
 describe('keygen', () => {
   it('writes a 0600 identity usable by age -d, prints a recipient usable by age -r, never overwrites', async () => {
-    const out = path.join(tmp, 'keys', 'new-identity.txt');
+    const out = f.path('keys', 'new-identity.txt');
     const r = await runCoffer(['keygen', '--out', out], { env: baseEnv() });
     expect(r.code, r.stderr).toBe(0);
     const rcpt = r.stdout.trim();

@@ -12,55 +12,40 @@
  *   restore and drill exit 5 and restore nothing.
  */
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { generateIdentity } from '../../src/crypto/age.js';
 import { scanArchiveFile } from '../../src/pg/archive-offsets.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-/** The procedure's reference database: vault_status and friends (small: a quick pg_dump). */
-let vault: string;
+/** The procedure's reference database (f.db): vault_status and friends (small: a quick pg_dump). */
+const f = useFixture({ name: 'complete', db: { fixture: 'vault', prefix: 'vault_c' } });
+const pg = f.pg;
 let readyDump: string;
 let fastWrapper: string;
 
-const env = (extra: Record<string, string> = {}): Record<string, string> => baseEnv({ ...pgEnv(pgInfo), ...extra });
-const run = (args: string[], extra: Record<string, string> = {}) => runCoffer(args, { env: env(extra) });
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-complete-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-  vault = await createDatabase(pg, uniqueDbName('vault_c'), 'vault');
   // A wrapper like `docker compose exec -T db pg_dump` for a small database: the dump is
   // ready at once (here: printed from a file), and pg_dump's exit follows immediately.
-  readyDump = path.join(tmp, 'ready.dump');
-  const d = await execa(path.join(pgInfo.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', readyDump, '-d', vault], { env: env(), extendEnv: false });
+  readyDump = f.path('ready.dump');
+  const d = await execa(path.join(pg.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', readyDump, '-d', f.db], { env: f.env(), extendEnv: false });
   expect(d.exitCode).toBe(0);
-  fastWrapper = await script('fast-pg_dump.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec cat '${readyDump}'\n`);
-});
-
-afterAll(async () => {
-  await dropDatabase(pg, vault);
-  await fsp.rm(tmp, { recursive: true, force: true });
+  fastWrapper = await script('fast-pg_dump.sh', `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec cat '${readyDump}'\n`);
 });
 
 async function script(name: string, body: string): Promise<string> {
-  const file = path.join(tmp, name);
+  const file = f.path(name);
   await fsp.writeFile(file, `#!/bin/sh\n${body}`, { mode: 0o755 });
   return file;
 }
 
 async function listed(repo: string): Promise<string[]> {
-  const r = await run(['list', '--from', repo, '--json']);
+  const r = await f.run(['list', '--from', repo, '--json']);
   expect(r.code, r.stderr).toBe(0);
   return (JSON.parse(r.stdout) as Array<{ id: string }>).map((x) => x.id);
 }
@@ -68,14 +53,14 @@ async function listed(repo: string): Promise<string[]> {
 /** Restores the repository's latest backup into a new database and compares it with `vault`. */
 async function expectRestoresWhole(repo: string): Promise<void> {
   const target = uniqueDbName('vault_c_r');
-  const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
+  const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
   expect(r.code, r.stderr).toBe(0);
   try {
-    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, vault));
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, f.db));
   } finally {
     await dropDatabase(pg, target);
   }
-  const v = await run(['verify', '--from', repo, '--identity', identityFile, '--json']);
+  const v = await f.run(['verify', '--from', repo, '--identity', f.identityFile, '--json']);
   expect(v.code, v.stderr).toBe(0);
   const [res] = JSON.parse(v.stdout) as Array<{ tables: number; archiveBytes: number }>;
   expect(res!.tables).toBeGreaterThan(0);
@@ -85,8 +70,8 @@ describe('quick producers store the whole dump, or fail', () => {
   // Each run is its own test (a whole backup and restore): under a loaded CI worker, five in
   // one test came close to the per-test timeout.
   it.each([1, 2, 3, 4, 5])('a wrapper that prints a ready dump at once (zstd), run %i of 5', async (i) => {
-    const repo = path.join(tmp, `fast-${i}`);
-    const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', fastWrapper, '--json']);
+    const repo = f.path(`fast-${i}`);
+    const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', fastWrapper, '--json']);
     expect(r.code, r.stderr).toBe(0);
     const [m] = JSON.parse(r.stdout) as BackupManifest[];
     const size = (await fsp.stat(readyDump)).size;
@@ -96,18 +81,18 @@ describe('quick producers store the whole dump, or fail', () => {
   });
 
   it.each(['zstd:3', 'gzip:1', 'none'])('101 recipients with the real pg_dump of a small database (more awaits before the stream is read), --compress %s', async (compress) => {
-    const recipients = [recipient];
+    const recipients = [f.recipient];
     for (let i = 0; i < 100; i++) recipients.push((await generateIdentity()).recipient);
-    const file = path.join(tmp, `r101-${compress.replace(':', '')}.txt`);
+    const file = f.path(`r101-${compress.replace(':', '')}.txt`);
     await fsp.writeFile(file, `${recipients.join('\n')}\n`);
     {
-      const repo = path.join(tmp, `r101-${compress.replace(':', '')}`);
-      const r = await run(['backup', '--to', repo, '--db', vault, '--recipients-file', file, '--compress', compress]);
+      const repo = f.path(`r101-${compress.replace(':', '')}`);
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipients-file', file, '--compress', compress]);
       expect(r.code, r.stderr).toBe(0);
       await expectRestoresWhole(repo);
       // The Debian age CLI reads it too (the last of the 101 stanzas is ours).
-      const obj = (await fsp.readdir(path.join(repo, vault), { recursive: true })).find((n) => String(n).endsWith('.age'))!;
-      const out = await execa('age', ['-d', '-i', identityFile, path.join(repo, vault, String(obj))], { encoding: 'buffer', stripFinalNewline: false });
+      const obj = (await fsp.readdir(path.join(repo, f.db), { recursive: true })).find((n) => String(n).endsWith('.age'))!;
+      const out = await execa('age', ['-d', '-i', f.identityFile, path.join(repo, f.db, String(obj))], { encoding: 'buffer', stripFinalNewline: false });
       expect(out.stdout.length).toBeGreaterThan(1000);
     }
   });
@@ -117,23 +102,23 @@ describe('quick producers store the whole dump, or fail', () => {
     ['pg_dump', 'zstd:1'],
     ['a wrapper', 'none'],
   ] as const)('every child exits before its output is read (a delayed reader): the output is kept (%s, %s)', async (which, compress) => {
-    const pgDump = which === 'pg_dump' ? path.join(pgInfo.binDir, 'pg_dump') : fastWrapper;
+    const pgDump = which === 'pg_dump' ? path.join(pg.binDir, 'pg_dump') : fastWrapper;
     {
-      const repo = path.join(tmp, `delayed-${path.basename(pgDump)}-${compress.replace(':', '')}`);
-      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', pgDump, '--compress', compress], { COFFER_TEST_FAULTS: 'delay-reader-ms=1500' });
+      const repo = f.path(`delayed-${path.basename(pgDump)}-${compress.replace(':', '')}`);
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', pgDump, '--compress', compress], { COFFER_TEST_FAULTS: 'delay-reader-ms=1500' });
       expect(r.code, r.stderr).toBe(0);
       await expectRestoresWhole(repo);
     }
   });
 
   it('a zstd that finishes at once (a wrapper on PATH that compresses all before writing)', async () => {
-    const bin = path.join(tmp, 'instant-zstd-bin');
+    const bin = f.path('instant-zstd-bin');
     await fsp.mkdir(bin, { recursive: true });
     const real = (await execa('sh', ['-c', 'command -v zstd'])).stdout.trim();
     // Reads all input, compresses it into memory, then writes it in one go and exits.
     await fsp.writeFile(path.join(bin, 'zstd'), `#!/bin/bash\nout=$(mktemp)\n'${real}' "$@" > "$out"\nrc=$?\ncat "$out"\nrm -f "$out"\nexit $rc\n`, { mode: 0o755 });
-    const repo = path.join(tmp, 'instant-zstd');
-    const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', fastWrapper], { PATH: `${bin}:${process.env.PATH}` });
+    const repo = f.path('instant-zstd');
+    const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', fastWrapper], { PATH: `${bin}:${process.env.PATH}` });
     expect(r.code, r.stderr).toBe(0);
     await expectRestoresWhole(repo);
   });
@@ -147,9 +132,9 @@ describe('a producer whose output is not a dump fails before the manifest', () =
     ['prints text instead of a custom archive (gzip)', 'echo "the input device is not a TTY"; exit 0', ['--compress', 'gzip:1'], /not "PGDMP"/],
   ];
   it.each(cases)('a wrapper that %s: exit 5, nothing listed', async (name, body, extra, cause) => {
-    const wrapper = await script(`bad-${name.replace(/\W+/g, '-')}.sh`, `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\n${body}\n`);
-    const repo = path.join(tmp, `bad-${name.replace(/\W+/g, '-')}`);
-    const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrapper, ...extra]);
+    const wrapper = await script(`bad-${name.replace(/\W+/g, '-')}.sh`, `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\n${body}\n`);
+    const repo = f.path(`bad-${name.replace(/\W+/g, '-')}`);
+    const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', wrapper, ...extra]);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(cause);
     expect(errorLine(r.stderr)).toMatch(/nothing was stored/);
@@ -176,9 +161,9 @@ describe('a wrapper that cuts the dump short and still exits 0: the backup fails
     for (const cut of cuts) {
       // zstd (the default) at every cut; the other two where the TOC ends and at the last block.
       for (const extra of cut === tocEnd || cut === blocks[blocks.length - 1] ? modes : [modes[0]!]) {
-        const wrapper = await script(`cut-${cut}.sh`, `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${readyDump}'\n`);
-        const repo = path.join(tmp, `cut-${cut}-${extra.join('')}`);
-        const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrapper, ...extra]);
+        const wrapper = await script(`cut-${cut}.sh`, `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${readyDump}'\n`);
+        const repo = f.path(`cut-${cut}-${extra.join('')}`);
+        const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', wrapper, ...extra]);
         const what = `cut at ${cut} of ${archive.length} ${extra.join(' ')}: ${r.stderr.slice(-600)}`;
         expect(r.code, what).toBe(5);
         expect(errorLine(r.stderr), what).toMatch(/not a whole dump.*nothing was stored/);
@@ -186,23 +171,23 @@ describe('a wrapper that cuts the dump short and still exits 0: the backup fails
       }
     }
     // Control: the whole archive through the same wrapper is stored, and restores.
-    const whole = await script('cut-none.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${archive.length} '${readyDump}'\n`);
-    const repo = path.join(tmp, 'cut-whole');
-    const ok = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--pg-dump-command', whole]);
+    const whole = await script('cut-none.sh', `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec head -c ${archive.length} '${readyDump}'\n`);
+    const repo = f.path('cut-whole');
+    const ok = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', whole]);
     expect(ok.code, ok.stderr).toBe(0);
     expect((await listed(repo)).length).toBe(1);
   });
 
   it('plain SQL (schema-only) without pg_dump\'s closing line', async () => {
-    const sql = path.join(tmp, 'schema.sql');
-    await execa(path.join(pgInfo.binDir, 'pg_dump'), ['--schema-only', '-f', sql, '-d', vault], { env: env(), extendEnv: false });
+    const sql = f.path('schema.sql');
+    await execa(path.join(pg.binDir, 'pg_dump'), ['--schema-only', '-f', sql, '-d', f.db], { env: f.env(), extendEnv: false });
     const text = await fsp.readFile(sql);
     const cut = text.indexOf(Buffer.from('-- PostgreSQL database dump complete')) - 5;
     expect(cut).toBeGreaterThan(0);
     for (const extra of [[], ['--compress', 'none']]) {
-      const wrapper = await script('cut-sql.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${sql}'\n`);
-      const repo = path.join(tmp, `cut-sql${extra.join('')}`);
-      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--schema-only', '--pg-dump-command', wrapper, ...extra]);
+      const wrapper = await script('cut-sql.sh', `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec head -c ${cut} '${sql}'\n`);
+      const repo = f.path(`cut-sql${extra.join('')}`);
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--schema-only', '--pg-dump-command', wrapper, ...extra]);
       expect(r.code, r.stderr).toBe(5);
       expect(errorLine(r.stderr)).toMatch(/closing line.*nothing was stored/);
       expect(await listed(repo)).toEqual([]);
@@ -225,20 +210,20 @@ describe('verify, restore and drill prove the archive is whole', () => {
   });
 
   async function encrypted(name: string, plaintext: Buffer): Promise<string> {
-    const plain = path.join(tmp, `${name}.plain`);
+    const plain = f.path(`${name}.plain`);
     await fsp.writeFile(plain, plaintext);
-    const out = path.join(tmp, `${name}.age`);
-    await execa('age', ['-r', recipient, '-o', out, plain]);
+    const out = f.path(`${name}.age`);
+    await execa('age', ['-r', f.recipient, '-o', out, plain]);
     return out;
   }
 
   /** restore --file and verify --file both exit 5 with `cause`, and nothing is restored. */
   async function expectRejected(file: string, cause: RegExp): Promise<void> {
-    const v = await run(['verify', '--file', file, '--identity', identityFile]);
+    const v = await f.run(['verify', '--file', file, '--identity', f.identityFile]);
     expect(v.code, v.stderr).toBe(5);
     expect(errorLine(v.stderr)).toMatch(cause);
     const target = uniqueDbName('whole_r');
-    const r = await run(['restore', '--file', file, '--identity', identityFile, '--target-db', target]);
+    const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(cause);
     expect(await databaseExists(pg, target)).toBe(false);
@@ -264,7 +249,7 @@ describe('verify, restore and drill prove the archive is whole', () => {
     cuts.delete(archive.length);
     for (const cut of [...cuts].filter((c) => c > 0 && c < archive.length).sort((a, b) => a - b)) {
       const file = await encrypted(`cut-${cut}`, archive.subarray(0, cut));
-      const v = await run(['verify', '--file', file, '--identity', identityFile]);
+      const v = await f.run(['verify', '--file', file, '--identity', f.identityFile]);
       expect(v.code, `cut at ${cut} of ${archive.length}: ${v.stderr}`).toBe(5);
       expect(errorLine(v.stderr), `cut at ${cut}`).toMatch(/truncated or damaged|holds no data/);
     }
@@ -276,26 +261,26 @@ describe('verify, restore and drill prove the archive is whole', () => {
 
   it('the whole archive, as a control, verifies and restores', async () => {
     const file = await encrypted('whole', archive);
-    const v = await run(['verify', '--file', file, '--identity', identityFile]);
+    const v = await f.run(['verify', '--file', file, '--identity', f.identityFile]);
     expect(v.code, v.stderr).toBe(0);
     const target = uniqueDbName('whole_ok');
-    const r = await run(['restore', '--file', file, '--identity', identityFile, '--target-db', target]);
+    const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(0);
-    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, vault));
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, f.db));
     await dropDatabase(pg, target);
   });
 
   /** verify, restore and drill of the repository's latest backup: each exit 5 with `cause`, nothing restored. */
   async function expectRejectedEverywhere(repo: string, cause: RegExp): Promise<void> {
-    const v = await run(['verify', '--from', repo, '--identity', identityFile]);
+    const v = await f.run(['verify', '--from', repo, '--identity', f.identityFile]);
     expect(v.code, v.stderr).toBe(5);
     expect(errorLine(v.stderr)).toMatch(cause);
     const target = uniqueDbName('rejected_r');
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(cause);
     expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
-    const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+    const d = await f.run(['drill', '--from', repo, '--identity', f.identityFile]);
     expect(d.code, d.stderr).toBe(5);
     expect(JSON.parse(d.stdout)).toMatchObject({ ok: false });
     expect((await listDatabases(pg)).filter((x) => x.startsWith('coffer_drill_'))).toEqual([]);
@@ -307,8 +292,8 @@ describe('verify, restore and drill prove the archive is whole', () => {
     let original: BackupManifest;
 
     beforeAll(async () => {
-      repo = path.join(tmp, 'disagree');
-      const r = await run(['backup', '--to', repo, '--db', vault, '--recipient', recipient, '--json']);
+      repo = f.path('disagree');
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--json']);
       expect(r.code, r.stderr).toBe(0);
       original = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
       manifestFile = path.join(repo, original.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json'));
@@ -326,7 +311,7 @@ describe('verify, restore and drill prove the archive is whole', () => {
       try {
         await expectRejectedEverywhere(repo, cause);
         // Chosen by id (no catalog check of the kind): the archive check fires.
-        const byId = await run(['verify', '--from', repo, '--backup', original.id, '--identity', identityFile]);
+        const byId = await f.run(['verify', '--from', repo, '--backup', original.id, '--identity', f.identityFile]);
         expect(byId.code, byId.stderr).toBe(5);
         expect(errorLine(byId.stderr)).toMatch(/manifest says plain SQL|manifest says pg_dump wrote/);
       } finally {
@@ -343,11 +328,11 @@ describe('verify, restore and drill prove the archive is whole', () => {
     it.each(bodies)('%s, with a manifest that matches the object: verify, restore and drill exit 5', async (name, body, cause) => {
       const dumpFile = path.join(repo, original.dump.key);
       const saved = await fsp.readFile(dumpFile);
-      const plain = path.join(tmp, `body-${name.length}.plain`);
+      const plain = f.path(`body-${name.length}.plain`);
       await fsp.writeFile(plain, await body());
       const zst = await execa('zstd', ['-q', '-c', plain], { encoding: 'buffer' });
       await fsp.writeFile(`${plain}.zst`, zst.stdout);
-      await execa('age', ['-r', recipient, '-o', dumpFile, `${plain}.zst`]);
+      await execa('age', ['-r', f.recipient, '-o', dumpFile, `${plain}.zst`]);
       const obj = await fsp.readFile(dumpFile);
       const m = structuredClone(original);
       m.dump.size = obj.length;
@@ -367,7 +352,7 @@ describe('verify, restore and drill prove the archive is whole', () => {
       m.postgres.tables = 7;
       await fsp.writeFile(manifestFile, `${JSON.stringify(m, null, 2)}\n`);
       try {
-        const v = await run(['verify', '--from', repo, '--identity', identityFile, '--json']);
+        const v = await f.run(['verify', '--from', repo, '--identity', f.identityFile, '--json']);
         expect(v.code, v.stderr).toBe(0);
         expect(JSON.parse(v.stdout)).toMatchObject([{ note: expect.stringMatching(/the database had 7 when the backup started/) }]);
       } finally {
@@ -376,28 +361,28 @@ describe('verify, restore and drill prove the archive is whole', () => {
     });
 
     it('a backup of a database with tables whose archive has none: verify and drill say so (exit 5)', async () => {
-      const emptyRepo = path.join(tmp, 'no-tables');
-      const emptyDump = path.join(tmp, 'no-tables.dump');
+      const emptyRepo = f.path('no-tables');
+      const emptyDump = f.path('no-tables.dump');
       const empty = await createDatabase(pg, uniqueDbName('vault_c_empty'), 'empty');
       try {
-        await execa(path.join(pgInfo.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', emptyDump, '-d', empty], { env: env(), extendEnv: false });
+        await execa(path.join(pg.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', emptyDump, '-d', empty], { env: f.env(), extendEnv: false });
         // A wrapper that dumps another (empty) database: a complete archive, with no tables.
-        const wrong = await script('wrong-db.sh', `if [ "$1" = "--version" ]; then exec '${pgInfo.binDir}/pg_dump' --version; fi\nexec cat '${emptyDump}'\n`);
-        const b = await run(['backup', '--to', emptyRepo, '--db', vault, '--recipient', recipient, '--pg-dump-command', wrong]);
+        const wrong = await script('wrong-db.sh', `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec cat '${emptyDump}'\n`);
+        const b = await f.run(['backup', '--to', emptyRepo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', wrong]);
         expect(b.code, b.stderr).toBe(0);
-        const v = await run(['verify', '--from', emptyRepo, '--identity', identityFile]);
+        const v = await f.run(['verify', '--from', emptyRepo, '--identity', f.identityFile]);
         expect(v.code, v.stderr).toBe(5);
         expect(errorLine(v.stderr)).toMatch(/holds no tables, but database .* had \d+ when it was taken/);
-        const d = await run(['drill', '--from', emptyRepo, '--identity', identityFile]);
+        const d = await f.run(['drill', '--from', emptyRepo, '--identity', f.identityFile]);
         expect(d.code, d.stderr).toBe(5);
         expect(JSON.parse(d.stdout)).toMatchObject({ ok: false, tables: 0 });
         // The control: a backup of the empty database itself is whole, verifies and drills.
-        const ctl = path.join(tmp, 'empty-db');
-        expect((await run(['backup', '--to', ctl, '--db', empty, '--recipient', recipient])).code).toBe(0);
-        const cv = await run(['verify', '--from', ctl, '--identity', identityFile, '--json']);
+        const ctl = f.path('empty-db');
+        expect((await f.run(['backup', '--to', ctl, '--db', empty, '--recipient', f.recipient])).code).toBe(0);
+        const cv = await f.run(['verify', '--from', ctl, '--identity', f.identityFile, '--json']);
         expect(cv.code, cv.stderr).toBe(0);
         expect(JSON.parse(cv.stdout)).toMatchObject([{ tables: 0, note: null }]);
-        const cd = await run(['drill', '--from', ctl, '--identity', identityFile]);
+        const cd = await f.run(['drill', '--from', ctl, '--identity', f.identityFile]);
         expect(cd.code, cd.stderr).toBe(0);
       } finally {
         await dropDatabase(pg, empty);

@@ -7,23 +7,17 @@
  * dependency order.
  */
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, dataFingerprint, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'dataonly' });
+const pg = f.pg;
 
-let tmp: string;
-let identityFile: string;
-let recipient: string;
 let src: string;
-const dropLater: string[] = [];
-
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
 
 /** Two tables referencing each other (not deferrable), materialized views whose name order is not their dependency order, a large object, a sequence. */
 const SCHEMA = `
@@ -59,15 +53,15 @@ function logRecords(stderr: string): LogRecord[] {
 }
 
 async function backup(repo: string, ...extra: string[]): Promise<{ manifest: BackupManifest; stderr: string }> {
-  const r = await run(['backup', '--to', repo, '--db', src, '--recipient', recipient, '--json', ...extra]);
+  const r = await f.run(['backup', '--to', repo, '--db', src, '--recipient', f.recipient, '--json', ...extra]);
   expect(r.code, r.stderr).toBe(0);
   return { manifest: (JSON.parse(r.stdout) as BackupManifest[])[0]!, stderr: r.stderr };
 }
 
 async function restoreSchema(repo: string, id: string): Promise<string> {
   const target = uniqueDbName('dataonly_t');
-  dropLater.push(target);
-  const r = await run(['restore', '--from', repo, '--backup', id, '--identity', identityFile, '--target-db', target]);
+  f.dropAtEnd(target);
+  const r = await f.run(['restore', '--from', repo, '--backup', id, '--identity', f.identityFile, '--target-db', target]);
   expect(r.code, r.stderr).toBe(0);
   return target;
 }
@@ -77,23 +71,16 @@ async function contents(db: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-dataonly-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
   src = await createDatabase(pg, uniqueDbName('dataonly_src'));
-  dropLater.push(src);
+  f.dropAtEnd(src);
   await pg.psql(SCHEMA, src);
-});
-
-afterAll(async () => {
-  for (const d of dropLater) await dropDatabase(pg, d).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
 });
 
 const CYCLE_WARNING = /^pg_dump: warning: there are circular foreign-key constraints among these tables: (a, b|b, a) \(hint: You might not be able to restore the dump without using --disable-triggers/;
 
 describe('data-only backups of a schema with a foreign-key cycle, materialized views and a large object', () => {
   it('schema-only + data-only --disable-triggers, restore --into-existing: rows, materialized views, the large object and sequences equal the source', async () => {
-    const repo = path.join(tmp, 'roundtrip');
+    const repo = f.path('roundtrip');
     const schema = await backup(repo, '--schema-only');
     const data = await backup(repo, '--data-only', '--disable-triggers');
     expect(data.manifest.dumpOptions).toEqual({ disableTriggers: true, excludeTableData: [] });
@@ -103,7 +90,7 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
     const target = await restoreSchema(repo, schema.manifest.id);
     expect(await contents(target)).toBe('0/0/0');
     // latest with --into-existing: the newest data-only backup.
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--into-existing', target]);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--into-existing', target]);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain(data.manifest.id);
     expect(r.stdout).toContain('in one transaction');
@@ -114,7 +101,7 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
   });
 
   it('without --disable-triggers: the warning is in the log and the manifest; the load fails with the fix and loads nothing', async () => {
-    const repo = path.join(tmp, 'no-disable');
+    const repo = f.path('no-disable');
     const schema = await backup(repo, '--schema-only');
     const data = await backup(repo, '--data-only');
     const warned = logRecords(data.stderr).filter((l) => l.level === 'warn' && CYCLE_WARNING.test(l.msg));
@@ -125,7 +112,7 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
     expect((await backup(repo)).manifest.warnings).toEqual([]);
 
     const target = await restoreSchema(repo, schema.manifest.id);
-    const r = await run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', identityFile, '--into-existing', target]);
+    const r = await f.run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', f.identityFile, '--into-existing', target]);
     expect(r.code).toBe(3);
     const line = errorLine(r.stderr);
     expect(line).toMatch(/^loading data-only backup \S+ into "[^"]+" failed: insert or update on table "[ab]" violates foreign key constraint/);
@@ -135,14 +122,14 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
   });
 
   it('the load is one transaction across pg_dump\'s BEGIN/COMMIT around large objects: a failure at the end leaves the database as it was', async () => {
-    const repo = path.join(tmp, 'atomic');
+    const repo = f.path('atomic');
     const schema = await backup(repo, '--schema-only');
     const data = await backup(repo, '--data-only', '--disable-triggers');
     const target = await restoreSchema(repo, schema.manifest.id);
     // A materialized view of the target that cannot be refreshed once a holds 20 rows: the
     // refreshes come last, after the large objects' data.
     await pg.psql('CREATE MATERIALIZED VIEW zz_fails AS SELECT 1 / (count(*) - 20) AS x FROM public.a WITH NO DATA;', target);
-    const r = await run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', identityFile, '--into-existing', target]);
+    const r = await f.run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', f.identityFile, '--into-existing', target]);
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/failed: division by zero; nothing was loaded/);
     expect(await contents(target)).toBe('0/0/0');
@@ -150,13 +137,13 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
 
   it('a backup found damaged at its last bytes, after rows went to psql, loads nothing', async () => {
     const db = await createDatabase(pg, uniqueDbName('dataonly_big'));
-    dropLater.push(db);
+    f.dropAtEnd(db);
     // Several age chunks (64 KiB) of incompressible rows, so that rows reach psql before the end.
     await pg.psql("CREATE TABLE big (id int PRIMARY KEY, v text); INSERT INTO big SELECT g, md5(g::text) || md5((g * 7)::text) || md5((g * 13)::text) FROM generate_series(1, 20000) g;", db);
-    const repo = path.join(tmp, 'damaged');
-    const r1 = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--schema-only']);
+    const repo = f.path('damaged');
+    const r1 = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', '--schema-only']);
     expect(r1.code, r1.stderr).toBe(0);
-    const r2 = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--data-only']);
+    const r2 = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', '--data-only']);
     expect(r2.code, r2.stderr).toBe(0);
     const schema = (JSON.parse(r1.stdout) as BackupManifest[])[0]!;
     const data = (JSON.parse(r2.stdout) as BackupManifest[])[0]!;
@@ -167,33 +154,33 @@ describe('data-only backups of a schema with a foreign-key cycle, materialized v
     const bytes = await fsp.readFile(file);
     bytes[bytes.length - 40]! ^= 0x01;
     await fsp.writeFile(file, bytes);
-    const r = await run(['restore', '--from', repo, '--backup', data.id, '--identity', identityFile, '--into-existing', target]);
+    const r = await f.run(['restore', '--from', repo, '--backup', data.id, '--identity', f.identityFile, '--into-existing', target]);
     expect(r.code, r.stderr).toBe(5);
     expect(await pg.psql('SELECT count(*) FROM big;', target)).toBe('0');
   });
 
   it('usage: a data-only backup is refused by --target-db with the way to load it; --into-existing needs an existing database and a data-only backup; --disable-triggers needs --data-only', async () => {
-    const repo = path.join(tmp, 'usage');
+    const repo = f.path('usage');
     const full = await backup(repo);
     const data = await backup(repo, '--data-only', '--disable-triggers');
-    const refused = await run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', identityFile, '--target-db', uniqueDbName('x')]);
+    const refused = await f.run(['restore', '--from', repo, '--backup', data.manifest.id, '--identity', f.identityFile, '--target-db', uniqueDbName('x')]);
     expect(refused.code).toBe(2);
     expect(errorLine(refused.stderr)).toMatch(/is data-only: .* coffer restore --backup \S+ --into-existing DB/);
 
     const missing = uniqueDbName('missing');
-    const noDb = await run(['restore', '--from', repo, '--identity', identityFile, '--into-existing', missing]);
+    const noDb = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--into-existing', missing]);
     expect(noDb.code).toBe(2);
     expect(errorLine(noDb.stderr)).toContain(`database "${missing}" does not exist; --into-existing loads a data-only backup into a database that already has the schema`);
 
-    const notData = await run(['restore', '--from', repo, '--backup', full.manifest.id, '--identity', identityFile, '--into-existing', src]);
+    const notData = await f.run(['restore', '--from', repo, '--backup', full.manifest.id, '--identity', f.identityFile, '--into-existing', src]);
     expect(notData.code).toBe(2);
     expect(errorLine(notData.stderr)).toMatch(/is a full backup: --into-existing loads data-only backups/);
 
-    const both = await run(['restore', '--from', repo, '--identity', identityFile, '--into-existing', src, '--target-db', 'x']);
+    const both = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--into-existing', src, '--target-db', 'x']);
     expect(both.code).toBe(2);
     expect(errorLine(both.stderr)).toMatch(/--into-existing cannot be combined with --target-db/);
 
-    const dt = await run(['backup', '--to', repo, '--db', src, '--recipient', recipient, '--disable-triggers']);
+    const dt = await f.run(['backup', '--to', repo, '--db', src, '--recipient', f.recipient, '--disable-triggers']);
     expect(dt.code).toBe(2);
     expect(errorLine(dt.stderr)).toMatch(/--disable-triggers applies to --data-only backups only/);
   });

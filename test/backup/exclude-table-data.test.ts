@@ -4,37 +4,19 @@
  * foreign key references is a warning in the log and the manifest, naming the constraint (such
  * a backup cannot be restored), repeated when a restore of it fails.
  */
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'exclude' });
+const pg = f.pg;
 
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-const dropLater: string[] = [];
-
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
-
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-exclude-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-});
-
-afterAll(async () => {
-  for (const d of dropLater) await dropDatabase(pg, d).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
 
 async function database(sql: string): Promise<string> {
   const db = await createDatabase(pg, uniqueDbName('exclude'));
-  dropLater.push(db);
+  f.dropAtEnd(db);
   await pg.psql(sql, db);
   return db;
 }
@@ -65,13 +47,13 @@ INSERT INTO measurement SELECT g, '2025-06-01', 'y' FROM generate_series(1, 10) 
 CREATE TABLE keep (id int PRIMARY KEY);
 INSERT INTO keep SELECT generate_series(1, 7);
 `);
-    const repo = path.join(tmp, 'partitions');
-    const b = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--exclude-table-data', 'MEASUREMENT']);
+    const repo = f.path('partitions');
+    const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', '--exclude-table-data', 'MEASUREMENT']);
     expect(b.code, b.stderr).toBe(0);
 
     const target = uniqueDbName('exclude_r');
-    dropLater.push(target);
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+    f.dropAtEnd(target);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(0);
     const counts = await pg.psql(
       `SELECT (SELECT count(*) FROM measurement) || '/' || (SELECT count(*) FROM measurement_2024_low) || '/' || (SELECT count(*) FROM measurement_2024_rest) || '/' || (SELECT count(*) FROM "Measurement 2025") || '/' || (SELECT count(*) FROM keep);`,
@@ -97,8 +79,8 @@ CREATE TABLE audit (id int PRIMARY KEY, invoice_id int REFERENCES invoice(id));
 INSERT INTO customer VALUES (1), (2);
 INSERT INTO invoice VALUES (10, 1), (11, 2);
 `);
-    const repo = path.join(tmp, 'references');
-    const b = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--exclude-table-data', 'customer', '--exclude-table-data', 'audit']);
+    const repo = f.path('references');
+    const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', '--exclude-table-data', 'customer', '--exclude-table-data', 'audit']);
     expect(b.code, b.stderr).toBe(0);
     const [m] = JSON.parse(b.stdout) as BackupManifest[];
     const expected = /^--exclude-table-data: the data of public\.customer is excluded, but foreign key invoice_customer_id_fkey of public\.invoice \(whose data is included\) references it: a restore of this backup fails/;
@@ -108,8 +90,8 @@ INSERT INTO invoice VALUES (10, 1), (11, 2);
     expect(warnings(b.stderr).filter((w) => expected.test(w))).toHaveLength(1);
 
     const target = uniqueDbName('exclude_fk');
-    dropLater.push(target);
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+    f.dropAtEnd(target);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code).toBe(3);
     expect(warnings(r.stderr).some((w) => w.startsWith('the backup was taken with a warning: --exclude-table-data: the data of public.customer is excluded'))).toBe(true);
     expect(errorLine(r.stderr)).toContain('this backup was taken with --exclude-table-data of a table that a foreign key references, and cannot be restored as it is');
@@ -122,8 +104,8 @@ CREATE TABLE event_2024 PARTITION OF event FOR VALUES FROM ('2024-01-01') TO ('2
 CREATE TABLE event_2025 PARTITION OF event FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
 CREATE TABLE seen (id int, at date, FOREIGN KEY (id, at) REFERENCES event);
 `);
-    const repo = path.join(tmp, 'partitioned-references');
-    const b = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', '--exclude-table-data', 'event']);
+    const repo = f.path('partitioned-references');
+    const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', '--exclude-table-data', 'event']);
     expect(b.code, b.stderr).toBe(0);
     const [m] = JSON.parse(b.stdout) as BackupManifest[];
     expect(m!.warnings).toHaveLength(1);

@@ -3,44 +3,20 @@
  * backup unless `--kind` says otherwise; `drill` and `status` consider full backups only; tiers
  * are chosen among backups of the same kind; `list` shows the kind.
  */
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { dataFingerprint, dropDatabase, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'kinds', db: { fixture: 'vault', prefix: 'kinds' } });
+const pg = f.pg;
 
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-let db: string;
-
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
-
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-kinds-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-  db = await createDatabase(pg, uniqueDbName('kinds'), 'vault');
-});
-
-afterAll(async () => {
-  await dropDatabase(pg, db);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-async function backup(repo: string, ...extra: string[]): Promise<BackupManifest> {
-  const r = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', ...extra]);
-  expect(r.code, r.stderr).toBe(0);
-  return (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-}
+const backup = (repo: string, ...extra: string[]): Promise<BackupManifest> => f.backup(repo, f.db, extra);
 
 describe('kinds of backup in the catalog', () => {
   it('tiers are chosen among backups of the same kind', async () => {
-    const repo = path.join(tmp, 'tiers');
+    const repo = f.path('tiers');
     expect((await backup(repo, '--schema-only')).tier).toBe('monthly');
     // The first full backup of the month is monthly, though a schema-only one came first.
     expect((await backup(repo)).tier).toBe('monthly');
@@ -49,69 +25,69 @@ describe('kinds of backup in the catalog', () => {
   });
 
   it('latest is the newest full backup: restore and drill after a newer schema-only backup restore the data; --kind picks another kind', async () => {
-    const repo = path.join(tmp, 'latest');
+    const repo = f.path('latest');
     const full = await backup(repo);
     const schemaOnly = await backup(repo, '--schema-only');
     await backup(repo, '--data-only');
 
     const target = uniqueDbName('kinds_r');
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM vault_status;']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toContain(full.id);
-    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, db));
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, f.db));
     await dropDatabase(pg, target);
 
-    const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+    const d = await f.run(['drill', '--from', repo, '--identity', f.identityFile]);
     expect(d.code, d.stderr).toBe(0);
     const drill = JSON.parse(d.stdout) as { ok: boolean; backupId: string; rows: Array<{ rows: number }> };
     expect(drill.backupId).toBe(full.id);
     expect(drill.rows.some((x) => x.rows > 0)).toBe(true);
 
-    const s = await run(['restore', '--from', repo, '--kind', 'schema-only', '--identity', identityFile, '--target-db', `${target}_s`]);
+    const s = await f.run(['restore', '--from', repo, '--kind', 'schema-only', '--identity', f.identityFile, '--target-db', `${target}_s`]);
     expect(s.code, s.stderr).toBe(0);
     expect(s.stderr).toContain(schemaOnly.id);
     expect((await pg.psql('SELECT count(*) FROM vault_status', `${target}_s`)).trim()).toBe('0');
     await dropDatabase(pg, `${target}_s`);
 
-    const dataOnly = await run(['restore', '--from', repo, '--kind', 'data-only', '--identity', identityFile, '--target-db', `${target}_d`]);
+    const dataOnly = await f.run(['restore', '--from', repo, '--kind', 'data-only', '--identity', f.identityFile, '--target-db', `${target}_d`]);
     expect(dataOnly.code).toBe(2);
     expect(errorLine(dataOnly.stderr)).toMatch(/is data-only/);
 
-    const bad = await run(['restore', '--from', repo, '--kind', 'everything', '--identity', identityFile, '--target-db', `${target}_x`]);
+    const bad = await f.run(['restore', '--from', repo, '--kind', 'everything', '--identity', f.identityFile, '--target-db', `${target}_x`]);
     expect(bad.code).toBe(2);
     expect(errorLine(bad.stderr)).toMatch(/--kind "everything": expected full, schema-only or data-only/);
   });
 
   it('with only schema-only backups, latest finds no full backup and says how to choose one', async () => {
-    const repo = path.join(tmp, 'schema-only');
+    const repo = f.path('schema-only');
     await backup(repo, '--schema-only');
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', uniqueDbName('kinds_none')]);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', uniqueDbName('kinds_none')]);
     expect(r.code).toBe(4);
     expect(errorLine(r.stderr)).toMatch(/^no completed full backup in /);
     expect(r.stderr).toMatch(/there are 1 backup\(s\) of other kinds: choose one with --backup ID, or --kind schema-only\|data-only/);
-    const d = await run(['drill', '--from', repo, '--identity', identityFile]);
+    const d = await f.run(['drill', '--from', repo, '--identity', f.identityFile]);
     expect(d.code).toBe(4);
     expect(JSON.parse(d.stdout)).toMatchObject({ ok: false });
   });
 
   it('list shows the kind; status counts full backups only', async () => {
-    const repo = path.join(tmp, 'status');
+    const repo = f.path('status');
     await backup(repo);
     await new Promise((r) => setTimeout(r, 2500));
     await backup(repo, '--schema-only');
-    const l = await run(['list', '--from', repo]);
+    const l = await f.run(['list', '--from', repo]);
     expect(l.code, l.stderr).toBe(0);
     const lines = l.stdout.trim().split('\n');
     expect(lines[0]).toMatch(/^ID\s+TIME \(UTC\)\s+DATABASE\s+KIND\s+TIER/);
     expect(lines[1]).toMatch(/\sschema-only\s/);
     expect(lines[2]).toMatch(/\sfull\s/);
     // The schema-only backup is fresh, the full one is not: stale.
-    const st = await run(['status', '--from', repo, '--max-age', '2s', '--json']);
+    const st = await f.run(['status', '--from', repo, '--max-age', '2s', '--json']);
     expect(st.code, st.stderr).toBe(7);
-    const fresh = await run(['status', '--from', repo, '--max-age', '1h', '--json']);
+    const fresh = await f.run(['status', '--from', repo, '--max-age', '1h', '--json']);
     expect(fresh.code, fresh.stderr).toBe(0);
     const [row] = JSON.parse(fresh.stdout) as Array<{ id: string }>;
-    const full = (JSON.parse((await run(['list', '--from', repo, '--json'])).stdout) as Array<{ id: string; kind: string }>).find((x) => x.kind === 'custom')!;
+    const full = (JSON.parse((await f.run(['list', '--from', repo, '--json'])).stdout) as Array<{ id: string; kind: string }>).find((x) => x.kind === 'custom')!;
     expect(row!.id).toBe(full.id);
   });
 });
@@ -122,11 +98,11 @@ describe('globals as superuser (issue 12, point 3)', () => {
     await pg.psql(`CREATE ROLE ${role} LOGIN PASSWORD 'correct horse battery';`);
     const before = (await pg.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${role}'`)).trim();
     expect(before).toMatch(/^SCRAM-SHA-256\$/);
-    const repo = path.join(tmp, 'globals');
+    const repo = f.path('globals');
     await backup(repo, '--globals');
     await pg.psql(`DROP ROLE ${role};`);
     const target = uniqueDbName('globals_r');
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, '--with-globals']);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, '--with-globals']);
     expect(r.code, r.stderr).toBe(0);
     try {
       expect((await pg.psql(`SELECT rolpassword FROM pg_authid WHERE rolname = '${role}'`)).trim()).toBe(before);

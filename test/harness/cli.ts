@@ -39,7 +39,7 @@ export function baseEnv(extra: Record<string, string | undefined> = {}): Record<
 }
 
 /** libpq variables for the test cluster, with pg_dump/psql from the same major version. */
-export function pgEnv(pg: PgInfo): Record<string, string> {
+export function pgEnv(pg: Pick<PgInfo, 'host' | 'port' | 'user' | 'binDir'>): Record<string, string> {
   return { PGHOST: pg.host, PGPORT: String(pg.port), PGUSER: pg.user, COFFER_PG_BIN: pg.binDir };
 }
 

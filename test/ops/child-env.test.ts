@@ -9,15 +9,13 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { baseEnv, pgEnv, startCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, dropDatabase, fillLargeTable, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { describe, expect, it } from 'vitest';
+import { startCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { dropDatabase, uniqueDbName } from '../harness/pg.js';
 import { waitForFile } from './helpers.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
 
 const SECRETS = {
   AWS_SECRET_ACCESS_KEY: 'aws-secret-7f3a9c',
@@ -28,33 +26,16 @@ const SECRETS = {
   PGPASSWORD: 'libpq-password-5e',
 };
 
-let tmp: string;
-let db: string;
-let identityFile: string;
-let recipient: string;
+// The database is larger than the pipes and buffers between the stages: while the restore is
+// held, zstd -d is still running (blocked on its output).
+const f = useFixture({ name: 'child-env', db: { fixture: 'vault', prefix: 'childenv', fillMB: 8 } });
 
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-child-env-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-  db = await createDatabase(pg, uniqueDbName('childenv'), 'vault');
-  // Larger than the pipes and buffers between the stages: while the restore is held, zstd -d
-  // is still running (blocked on its output).
-  await fillLargeTable(pg, db, 8);
-});
-
-afterAll(async () => {
-  await dropDatabase(pg, db);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-function env(): Record<string, string> {
-  // Trust authentication over the socket: the passwords are carried, never checked.
-  return baseEnv({ ...pgEnv(pgInfo), AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', ...SECRETS });
-}
+// Trust authentication over the socket: the passwords are carried, never checked.
+const env = (): Record<string, string> => f.env({ AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE', ...SECRETS });
 
 /** A wrapper that records that it started, waits for `release`, then execs `real`. */
 async function holdingWrapper(name: string, real: string): Promise<{ command: string; started: string; release: string }> {
-  const dir = path.join(tmp, name);
+  const dir = f.path(name);
   await fsp.mkdir(dir, { recursive: true });
   const started = path.join(dir, 'started');
   const release = path.join(dir, 'release');
@@ -128,8 +109,8 @@ function expectOnlyWhatTheyUse(procs: Proc[]): void {
 
 describe('children get only the environment they use', () => {
   it('backup: pg_dump may see PGPASSWORD; dd and zstd see no credentials', async () => {
-    const w = await holdingWrapper('pg_dump', path.join(pgInfo.binDir, 'pg_dump'));
-    const child = startCoffer(['backup', '--to', path.join(tmp, 'repo'), '--db', db, '--recipient', recipient, '--pg-dump-command', w.command, '--lock-dir', path.join(tmp, 'locks')], { env: env() });
+    const w = await holdingWrapper('pg_dump', path.join(f.pg.binDir, 'pg_dump'));
+    const child = startCoffer(['backup', '--to', f.path('repo'), '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', w.command, '--lock-dir', f.path('locks')], { env: env() });
     await waitForFile(w.started);
     await new Promise((r) => setTimeout(r, 200));
     const procs = descendants(child.pid!);
@@ -145,9 +126,9 @@ describe('children get only the environment they use', () => {
   });
 
   it('restore: pg_restore may see PGPASSWORD; zstd -d and pg_restore --list see no credentials', async () => {
-    const w = await holdingWrapper('pg_restore', path.join(pgInfo.binDir, 'pg_restore'));
+    const w = await holdingWrapper('pg_restore', path.join(f.pg.binDir, 'pg_restore'));
     const target = uniqueDbName('childenv_r');
-    const child = startCoffer(['restore', '--from', path.join(tmp, 'repo'), '--identity', identityFile, '--target-db', target, '--pg-restore-command', w.command], { env: env() });
+    const child = startCoffer(['restore', '--from', f.path('repo'), '--identity', f.identityFile, '--target-db', target, '--pg-restore-command', w.command], { env: env() });
     // Held: both pg_restore (the --list branch too) wait; zstd -d is running.
     await waitForFile(w.started);
     await new Promise((r) => setTimeout(r, 300));
@@ -159,6 +140,6 @@ describe('children get only the environment they use', () => {
     expect(names.some((c) => /zstd -d/.test(c)), names.join('\n')).toBe(true);
     expect(names.some((c) => c.includes('pg_restore.sh') && !c.includes('--list')), names.join('\n')).toBe(true);
     expectOnlyWhatTheyUse(procs);
-    await dropDatabase(pg, target);
+    await dropDatabase(f.pg, target);
   });
 });

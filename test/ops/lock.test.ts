@@ -8,66 +8,44 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { S3Client } from '@aws-sdk/client-s3';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { lockFilePath } from '../../src/ops/lock.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, startCoffer } from '../harness/cli.js';
-import { createDatabase, dropDatabase, fillLargeTable, pgFromInject } from '../harness/pg.js';
-import { createTestBucket, listAllKeys, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
+import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { listAllKeys, listMultipartUploads } from '../harness/rgw.js';
 import { logRecords, waitForFile, writeDumpWrapper } from './helpers.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let recipient: string;
-let db: string;
-
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-lock-test-'));
-  recipient = (await generateIdentity()).recipient;
-  db = await createDatabase(pg, undefined, 'vault');
-});
-
-afterAll(async () => {
-  await dropDatabase(pg, db).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-function env(extra: Record<string, string> = {}): Record<string, string> {
-  return baseEnv({ ...pgEnv(pgInfo), ...extra });
-}
+const f = useFixture({ name: 'lock-test', db: 'vault' });
+const pg = f.pg;
 
 function backupArgs(repo: string, lockDir: string, ...more: string[]): string[] {
-  return ['backup', '--to', repo, '--db', db, '--recipient', recipient, '--lock-dir', lockDir, '--json', ...more];
+  return ['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--lock-dir', lockDir, '--json', ...more];
 }
 
 describe('one backup per (repository, database) at a time', () => {
   it('a second run exits 6 naming the holder (lock file, and the advisory lock from another "host"), --wait queues behind it', async () => {
-    const repo = path.join(tmp, 'repo-concurrent');
-    const lockDir = path.join(tmp, 'locks-a');
-    const w = await writeDumpWrapper(path.join(tmp, 'w-concurrent'), pgInfo.binDir, { after: 'block-until-release' });
-    const first = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: env() });
+    const repo = f.path('repo-concurrent');
+    const lockDir = f.path('locks-a');
+    const w = await writeDumpWrapper(f.path('w-concurrent'), pg.binDir, { after: 'block-until-release' });
+    const first = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: f.env() });
     try {
       await waitForFile(w.started);
       expect(fs.statSync(lockDir).mode & 0o777).toBe(0o700);
 
       // Same host: the lock file.
-      const second = await runCoffer(backupArgs(repo, lockDir), { env: env() });
+      const second = await runCoffer(backupArgs(repo, lockDir), { env: f.env() });
       expect(second.code, second.stderr).toBe(6);
-      expect(errorLine(second.stderr)).toMatch(new RegExp(`another backup of database "${db}" to this repository is running: coffer run \\w+ \\(pid \\d+ on `));
+      expect(errorLine(second.stderr)).toMatch(new RegExp(`another backup of database "${f.db}" to this repository is running: coffer run \\w+ \\(pid \\d+ on `));
 
       // Another host (another lock directory): the PostgreSQL advisory lock still refuses.
-      const otherHost = await runCoffer(backupArgs(repo, path.join(tmp, 'locks-other-host')), { env: env() });
+      const otherHost = await runCoffer(backupArgs(repo, f.path('locks-other-host')), { env: f.env() });
       expect(otherHost.code, otherHost.stderr).toBe(6);
       expect(errorLine(otherHost.stderr)).toMatch(/PostgreSQL advisory lock \(-?\d+, -?\d+\) held by pid \d+, coffer backup \w+/);
 
       // --wait: queued until the first run finishes, then it succeeds.
-      const waiting = startCoffer(backupArgs(repo, lockDir, '--wait', '2m'), { env: env() });
+      const waiting = startCoffer(backupArgs(repo, lockDir, '--wait', '2m'), { env: f.env() });
       const waitingStderr: string[] = [];
       waiting.stderr?.on('data', (b: Buffer) => waitingStderr.push(b.toString()));
       const end = Date.now() + 60_000;
@@ -89,10 +67,10 @@ describe('one backup per (repository, database) at a time', () => {
   });
 
   it('a lock left by a SIGKILLed run is taken over with a warning', async () => {
-    const repo = path.join(tmp, 'repo-killed');
-    const lockDir = path.join(tmp, 'locks-killed');
-    const w = await writeDumpWrapper(path.join(tmp, 'w-killed'), pgInfo.binDir, { after: 'block-until-release' });
-    const victim = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: env() });
+    const repo = f.path('repo-killed');
+    const lockDir = f.path('locks-killed');
+    const w = await writeDumpWrapper(f.path('w-killed'), pg.binDir, { after: 'block-until-release' });
+    const victim = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: f.env() });
     try {
       await waitForFile(w.started);
       const lockFiles = fs.readdirSync(lockDir);
@@ -107,7 +85,7 @@ describe('one backup per (repository, database) at a time', () => {
       // ... and does not block the next run. (--wait only covers the moment the killed run's
       // psql session takes to end on the server; a lock file that is not taken over would still
       // fail this run with exit 6 after the wait.)
-      const next = await runCoffer(backupArgs(repo, lockDir, '--wait', '30s'), { env: env() });
+      const next = await runCoffer(backupArgs(repo, lockDir, '--wait', '30s'), { env: f.env() });
       expect(next.code, next.stderr).toBe(0);
       const warn = logRecords(next.stderr).find((r) => r.msg === 'took over a stale lock');
       expect(warn, next.stderr).toBeDefined();
@@ -122,23 +100,23 @@ describe('one backup per (repository, database) at a time', () => {
 
 describe('stale lock files', () => {
   it('a pid reused by another program, or a lock from before the last reboot, is taken over; a live owner is not', async () => {
-    const repo = path.join(tmp, 'repo-stale');
-    const lockDir = path.join(tmp, 'locks-stale');
+    const repo = f.path('repo-stale');
+    const lockDir = f.path('locks-stale');
     await fsp.mkdir(lockDir, { mode: 0o700 });
-    const file = lockFilePath(lockDir, `file://${repo}`, db);
+    const file = lockFilePath(lockDir, `file://${repo}`, f.db);
     const owner = (pid: number, bootId: string | null): string =>
-      JSON.stringify({ pid, host: os.hostname(), bootId, runId: 'feedfacecafe', startedAt: new Date().toISOString(), repository: `file://${repo}`, database: db });
+      JSON.stringify({ pid, host: os.hostname(), bootId, runId: 'feedfacecafe', startedAt: new Date().toISOString(), repository: `file://${repo}`, database: f.db });
     const bootId = fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 
     // A live coffer-like owner (this test process is node) on this boot: busy.
     await fsp.writeFile(file, owner(process.pid, bootId), { mode: 0o600 });
-    const busy = await runCoffer(backupArgs(repo, lockDir), { env: env() });
+    const busy = await runCoffer(backupArgs(repo, lockDir), { env: f.env() });
     expect(busy.code, busy.stderr).toBe(6);
     expect(errorLine(busy.stderr)).toContain(`coffer run feedfacecafe (pid ${process.pid} on ${os.hostname()}`);
 
     // The same pid, but written before the last reboot.
     await fsp.writeFile(file, owner(process.pid, '00000000-0000-0000-0000-000000000000'), { mode: 0o600 });
-    const rebooted = await runCoffer(backupArgs(repo, lockDir), { env: env() });
+    const rebooted = await runCoffer(backupArgs(repo, lockDir), { env: f.env() });
     expect(rebooted.code, rebooted.stderr).toBe(0);
     expect(logRecords(rebooted.stderr).find((l) => l.msg === 'took over a stale lock')?.reason).toBe('written before the last reboot');
 
@@ -146,7 +124,7 @@ describe('stale lock files', () => {
     const sleeper = execa('sleep', ['60']);
     try {
       await fsp.writeFile(file, owner(sleeper.pid!, bootId), { mode: 0o600 });
-      const reused = await runCoffer(backupArgs(repo, lockDir), { env: env() });
+      const reused = await runCoffer(backupArgs(repo, lockDir), { env: f.env() });
       expect(reused.code, reused.stderr).toBe(0);
       expect(logRecords(reused.stderr).find((l) => l.msg === 'took over a stale lock')?.reason).toBe(`process ${sleeper.pid} is now another program`);
     } finally {
@@ -157,10 +135,10 @@ describe('stale lock files', () => {
   });
 
   it('refuses a lock directory that others can write to', async () => {
-    const lockDir = path.join(tmp, 'locks-open');
+    const lockDir = f.path('locks-open');
     await fsp.mkdir(lockDir);
     await fsp.chmod(lockDir, 0o777);
-    const r = await runCoffer(backupArgs(path.join(tmp, 'repo-open'), lockDir), { env: env() });
+    const r = await runCoffer(backupArgs(f.path('repo-open'), lockDir), { env: f.env() });
     expect(r.code).toBe(2);
     expect(errorLine(r.stderr)).toBe(`--lock-dir ${lockDir} is writable by group or others (chmod 700 ${lockDir})`);
   });
@@ -168,62 +146,50 @@ describe('stale lock files', () => {
 
 describe('locks are released when a run is stopped', () => {
   it('SIGTERM: exit 143, the lock file is gone and the next run takes the locks without waiting', async () => {
-    const repo = path.join(tmp, 'repo-term');
-    const lockDir = path.join(tmp, 'locks-term');
-    const w = await writeDumpWrapper(path.join(tmp, 'w-term'), pgInfo.binDir, { after: 'sleep' });
-    const run = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: env() });
+    const repo = f.path('repo-term');
+    const lockDir = f.path('locks-term');
+    const w = await writeDumpWrapper(f.path('w-term'), pg.binDir, { after: 'sleep' });
+    const run = startCoffer(backupArgs(repo, lockDir, '--pg-dump-command', w.command), { env: f.env() });
     await waitForFile(w.started);
     expect(fs.readdirSync(lockDir)).toHaveLength(1);
     run.kill('SIGTERM');
     const r = await run;
     expect(r.exitCode, String(r.stderr)).toBe(143);
     expect(fs.readdirSync(lockDir)).toEqual([]);
-    const next = await runCoffer(backupArgs(repo, lockDir), { env: env() });
+    const next = await runCoffer(backupArgs(repo, lockDir), { env: f.env() });
     expect(next.code, next.stderr).toBe(0);
     expect(logRecords(next.stderr).some((l) => l.msg === 'took over a stale lock' || l.msg === 'waiting for the lock')).toBe(false);
   });
 });
 
 describe('--timeout', () => {
-  let s3: S3Client;
-  let bucket: string;
-  let bigDb: string;
-  beforeAll(async () => {
-    s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
-    bucket = await createTestBucket(s3);
-    bigDb = await createDatabase(pg);
-    await fillLargeTable(pg, bigDb, 12);
-  });
-  afterAll(async () => {
-    s3?.destroy();
-    await dropDatabase(pg, bigDb).catch(() => undefined);
-  });
+  const s3f = useFixture({ name: 'lock-timeout', s3: true, db: { fillMB: 12 } });
 
   it('aborts a slow run cleanly: exit 124, no manifest, no incomplete multipart upload, lock released', async () => {
     const prefix = 'timeout';
-    const lockDir = path.join(tmp, 'locks-timeout');
+    const lockDir = f.path('locks-timeout');
     // pg_dump's output (~12 MiB after zstd) fills two 5 MiB parts, then the "dump" hangs.
-    const w = await writeDumpWrapper(path.join(tmp, 'w-timeout'), pgInfo.binDir, { after: 'sleep' });
-    const args = ['backup', '--to', `s3://${bucket}/${prefix}`, '--db', bigDb, '--recipient', recipient, '--lock-dir', lockDir, '--part-size', '5MiB'];
-    const run = startCoffer(['--timeout', '12s', ...args, '--pg-dump-command', w.command], { env: baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo) }) });
+    const w = await writeDumpWrapper(f.path('w-timeout'), pg.binDir, { after: 'sleep' });
+    const args = ['backup', '--to', s3f.repo(prefix), '--db', s3f.db, '--recipient', f.recipient, '--lock-dir', lockDir, '--part-size', '5MiB'];
+    const run = startCoffer(['--timeout', '12s', ...args, '--pg-dump-command', w.command], { env: s3f.env() });
     // While it hangs, the multipart upload is in progress (so there is something to abort).
     let sawUpload = false;
     const end = Date.now() + 60_000;
     while (run.exitCode === null && !sawUpload && Date.now() < end) {
-      sawUpload = (await listMultipartUploads(s3, bucket, `${prefix}/`)).length > 0;
+      sawUpload = (await listMultipartUploads(s3f.s3, s3f.bucket, `${prefix}/`)).length > 0;
       if (!sawUpload) await new Promise((r) => setTimeout(r, 200));
     }
     const r = await run;
     expect(sawUpload, 'a multipart upload was in progress before the timeout').toBe(true);
     expect(r.exitCode, String(r.stderr)).toBe(124);
     expect(errorLine(String(r.stderr))).toBe('timed out after 12s');
-    expect(await listMultipartUploads(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect(await listMultipartUploads(s3f.s3, s3f.bucket, `${prefix}/`)).toEqual([]);
     // Nothing stored at all: no manifest, no dump object (the upload was aborted, not completed).
-    expect(await listAllKeys(s3, bucket, `${prefix}/`)).toEqual([]);
+    expect(await listAllKeys(s3f.s3, s3f.bucket, `${prefix}/`)).toEqual([]);
     expect(fs.readdirSync(lockDir)).toEqual([]);
     // The next run is not blocked by anything the aborted one left.
-    const next = await runCoffer([...args, '--json'], { env: baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo) }) });
+    const next = await s3f.run([...args, '--json']);
     expect(next.code, next.stderr).toBe(0);
-    expect((JSON.parse(next.stdout) as BackupManifest[])[0]!.database).toBe(bigDb);
+    expect((JSON.parse(next.stdout) as BackupManifest[])[0]!.database).toBe(s3f.db);
   });
 });

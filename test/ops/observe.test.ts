@@ -6,40 +6,26 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer } from '../harness/cli.js';
-import { createDatabase, dropDatabase, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, dropDatabase, uniqueDbName } from '../harness/pg.js';
 import { logRecords } from './helpers.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'observe-test' });
+const pg = f.pg;
 
-let tmp: string;
-let recipient: string;
 let dbA: string;
 let dbB: string;
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-observe-test-'));
-  recipient = (await generateIdentity()).recipient;
-  [dbA, dbB] = await Promise.all([createDatabase(pg, undefined, 'vault'), createDatabase(pg, undefined, 'vault')]);
+  [dbA, dbB] = await Promise.all([f.database({ fixture: 'vault' }), f.database({ fixture: 'vault' })]);
 });
-
-afterAll(async () => {
-  await Promise.all([dbA, dbB].map((d) => dropDatabase(pg, d).catch(() => undefined)));
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-function env(): Record<string, string> {
-  return baseEnv(pgEnv(pgInfo));
-}
 
 async function backup(repo: string, db: string, ...more: string[]): Promise<{ code: number; stdout: string; stderr: string; manifest?: BackupManifest }> {
-  const r = await runCoffer(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--lock-dir', path.join(tmp, 'locks'), '--json', ...more], { env: env() });
+  const r = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--json', ...more]);
   return r.code === 0 ? { ...r, manifest: (JSON.parse(r.stdout) as BackupManifest[])[0]! } : r;
 }
 
@@ -99,8 +85,8 @@ function valueOf(samples: Sample[], name: string, database: string): number | un
 
 describe('metrics file', () => {
   it('is valid Prometheus text, holds the last run per database, and keeps other databases', async () => {
-    const repo = path.join(tmp, 'repo-metrics');
-    const metrics = path.join(tmp, 'metrics', 'coffer.prom');
+    const repo = f.path('repo-metrics');
+    const metrics = f.path('metrics', 'coffer.prom');
     await fsp.mkdir(path.dirname(metrics));
     const a = await backup(repo, dbA, '--metrics-file', metrics);
     expect(a.code, a.stderr).toBe(0);
@@ -125,11 +111,11 @@ describe('metrics file', () => {
     }
 
     // A failed run of A: result 0, its last success kept, B untouched.
-    const failing = path.join(tmp, 'false-pg_dump.sh');
+    const failing = f.path('false-pg_dump.sh');
     await fsp.writeFile(failing, '#!/bin/sh\necho "pg_dump: error: simulated failure" >&2\nexit 1\n', { mode: 0o755 });
     const before = text;
-    const f = await backup(repo, dbA, '--metrics-file', metrics, '--pg-dump-command', failing);
-    expect(f.code, f.stderr).toBe(3);
+    const failed = await backup(repo, dbA, '--metrics-file', metrics, '--pg-dump-command', failing);
+    expect(failed.code, failed.stderr).toBe(3);
     text = await fsp.readFile(metrics, 'utf8');
     ({ samples } = parsePrometheusText(text));
     const old = parsePrometheusText(before).samples;
@@ -143,8 +129,8 @@ describe('metrics file', () => {
   });
 
   it('a missing metrics directory is a usage error before anything runs', async () => {
-    const repo = path.join(tmp, 'repo-metrics-bad');
-    const r = await backup(repo, dbA, '--metrics-file', path.join(tmp, 'no-such-dir', 'coffer.prom'));
+    const repo = f.path('repo-metrics-bad');
+    const r = await backup(repo, dbA, '--metrics-file', f.path('no-such-dir', 'coffer.prom'));
     expect(r.code).toBe(2);
     expect(errorLine(r.stderr)).toContain('its directory does not exist or is not writable');
     expect(fs.existsSync(repo)).toBe(false);
@@ -153,36 +139,36 @@ describe('metrics file', () => {
 
 describe('coffer status', () => {
   it('exits 0 when every database is fresh, 7 when one is stale or has no backup (naming it)', async () => {
-    const repo = path.join(tmp, 'repo-status');
+    const repo = f.path('repo-status');
     for (const db of [dbA, dbB]) expect((await backup(repo, db)).code).toBe(0);
 
-    const fresh = await runCoffer(['status', '--from', repo, '--json'], { env: env() });
+    const fresh = await f.run(['status', '--from', repo, '--json']);
     expect(fresh.code, fresh.stderr).toBe(0);
     const rows = JSON.parse(fresh.stdout) as Array<{ database: string; fresh: boolean; id: string | null }>;
     expect(rows.map((r) => r.database).sort()).toEqual([dbA, dbB].sort());
     expect(rows.every((r) => r.fresh && r.id !== null)).toBe(true);
 
-    const text = await runCoffer(['status', '--from', repo, '--db', dbA], { env: env() });
+    const text = await f.run(['status', '--from', repo, '--db', dbA]);
     expect(text.code, text.stderr).toBe(0);
     expect(text.stdout).toMatch(new RegExp(`^OK +${dbA} +\\d{8}T\\d{6}Z-[0-9a-f]{8}`));
 
     const missing = uniqueDbName('never_backed_up');
-    const none = await runCoffer(['status', '--from', repo, '--db', dbA, '--db', missing], { env: env() });
+    const none = await f.run(['status', '--from', repo, '--db', dbA, '--db', missing]);
     expect(none.code).toBe(7);
     expect(errorLine(none.stderr)).toContain(`1 of 2 database(s) have no backup newer than 26h: ${missing} (none)`);
 
     await new Promise((r) => setTimeout(r, 2100));
-    const stale = await runCoffer(['status', '--from', repo, '--max-age', '1s', '--json'], { env: env() });
+    const stale = await f.run(['status', '--from', repo, '--max-age', '1s', '--json']);
     expect(stale.code).toBe(7);
     expect(errorLine(stale.stderr)).toMatch(/^2 of 2 database\(s\) have no backup newer than 1s: /);
     expect(errorLine(stale.stderr)).toContain(dbA);
     expect((JSON.parse(stale.stdout) as Array<{ fresh: boolean }>).every((r) => !r.fresh)).toBe(true);
 
-    const empty = await runCoffer(['status', '--from', path.join(tmp, 'repo-empty')], { env: env() });
+    const empty = await f.run(['status', '--from', f.path('repo-empty')]);
     expect(empty.code).toBe(7);
     expect(errorLine(empty.stderr)).toContain('no completed backup in');
 
-    const bad = await runCoffer(['status', '--from', repo, '--max-age', 'soon'], { env: env() });
+    const bad = await f.run(['status', '--from', repo, '--max-age', 'soon']);
     expect(bad.code).toBe(2);
   });
 });
@@ -220,7 +206,7 @@ describe('notifications', () => {
 
   it('success: /start then the ping; the webhook gets the backup as JSON', async () => {
     rx.got.length = 0;
-    const repo = path.join(tmp, 'repo-notify');
+    const repo = f.path('repo-notify');
     const r = await backup(repo, dbA, '--notify', `${rx.base}/ping/check-ok`, '--webhook', `${rx.base}/hook`);
     expect(r.code, r.stderr).toBe(0);
     const pings = rx.got.filter((g) => g.url.startsWith('/ping/'));
@@ -236,7 +222,7 @@ describe('notifications', () => {
   it('failure: /start then /fail with a short reason; the webhook gets the error', async () => {
     rx.got.length = 0;
     const missing = uniqueDbName('no_such_db');
-    const r = await backup(path.join(tmp, 'repo-notify'), missing, '--notify', `${rx.base}/ping/check-fail`, '--webhook', `${rx.base}/hook`);
+    const r = await backup(f.path('repo-notify'), missing, '--notify', `${rx.base}/ping/check-fail`, '--webhook', `${rx.base}/hook`);
     expect(r.code).toBe(3);
     const pings = rx.got.filter((g) => g.url.startsWith('/ping/'));
     expect(pings.map((g) => g.url)).toEqual(['/ping/check-fail/start', '/ping/check-fail/fail']);
@@ -252,7 +238,7 @@ describe('notifications', () => {
     await new Promise<void>((r) => dead.listen(0, '127.0.0.1', r));
     const port = (dead.address() as AddressInfo).port;
     await new Promise((r) => dead.close(r));
-    const r = await backup(path.join(tmp, 'repo-notify-dead'), dbB, '--notify', `http://127.0.0.1:${port}/ping/x`, '--webhook', `http://127.0.0.1:${port}/hook`);
+    const r = await backup(f.path('repo-notify-dead'), dbB, '--notify', `http://127.0.0.1:${port}/ping/x`, '--webhook', `http://127.0.0.1:${port}/hook`);
     expect(r.code, r.stderr).toBe(0);
     const warnings = logRecords(r.stderr).filter((l) => l.level === 'warn' && String(l.msg).startsWith('notification failed'));
     expect(warnings.map((w) => w.notifier).sort()).toEqual(['--notify', '--notify', '--webhook']);
@@ -261,12 +247,12 @@ describe('notifications', () => {
 
   it.each(['--notify', '--webhook'])('%s with user:password@ is refused (exit 2) and the password is never printed', async (flag) => {
     const secret = 'hunter2-not-logged';
-    const r = await backup(path.join(tmp, 'repo-notify-creds'), dbB, flag, `https://ops:${secret}@hc.example.invalid/ping/tok3n`);
+    const r = await backup(f.path('repo-notify-creds'), dbB, flag, `https://ops:${secret}@hc.example.invalid/ping/tok3n`);
     expect(r.code).toBe(2);
     expect(errorLine(r.stderr)).toMatch(new RegExp(`^${flag}: the URL contains a user name or password`));
     expect(r.stderr + r.stdout).not.toContain(secret);
     expect(r.stderr + r.stdout).not.toContain('tok3n');
-    expect(fs.existsSync(path.join(tmp, 'repo-notify-creds'))).toBe(false);
+    expect(fs.existsSync(f.path('repo-notify-creds'))).toBe(false);
   });
 
   it('a stop signal with an endpoint that never answers: one short failure ping, exit within seconds', async () => {
@@ -285,7 +271,7 @@ describe('notifications', () => {
       const { fillLargeTable } = await import('../harness/pg.js');
       await fillLargeTable(pg, big, 40);
       const { startCoffer } = await import('../harness/cli.js');
-      const child = startCoffer(['backup', '--to', path.join(tmp, 'repo-notify-stop'), '--db', big, '--recipient', recipient, '--lock-dir', path.join(tmp, 'locks'), '--compress', 'zstd:19', '--notify', `${base}/ping/s`, '--webhook', `${base}/hook`], { env: env() });
+      const child = startCoffer(['backup', '--to', f.path('repo-notify-stop'), '--db', big, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--compress', 'zstd:19', '--notify', `${base}/ping/s`, '--webhook', `${base}/hook`], { env: f.env() });
       // Stop it once the start ping hangs and the dump is under way.
       const until = Date.now() + 30_000;
       while (!seen.includes('/ping/s/start') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));

@@ -6,54 +6,28 @@
  */
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
-import { baseEnv, errorLine, pgEnv, runCoffer } from '../harness/cli.js';
-import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
+import { baseEnv, errorLine, runCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, dataFingerprint, dropDatabase, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
 import { writeDumpWrapper } from './helpers.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-let vault: string;
-const dropLater: string[] = [];
-
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-pgdump-test-'));
-  const id = await generateIdentity();
-  identityFile = path.join(tmp, 'identity.txt');
-  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
-  recipient = id.recipient;
-  vault = await createDatabase(pg, undefined, 'vault');
-  dropLater.push(vault);
-});
-
-afterAll(async () => {
-  for (const d of dropLater) await dropDatabase(pg, d).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
-function env(extra: Record<string, string> = {}): Record<string, string> {
-  return baseEnv({ ...pgEnv(pgInfo), ...extra });
-}
+const f = useFixture({ name: 'pgdump-test', db: 'vault' });
+const pg = f.pg;
 
 function backupArgs(repo: string, ...more: string[]): string[] {
-  return ['backup', '--to', repo, '--recipient', recipient, '--lock-dir', path.join(tmp, 'locks'), '--json', ...more];
+  return ['backup', '--to', repo, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--json', ...more];
 }
 
 function manifests(stdout: string): BackupManifest[] {
   return JSON.parse(stdout) as BackupManifest[];
 }
 
-async function listed(repo: string, e = env()): Promise<Array<{ database: string; kind: string }>> {
+async function listed(repo: string, e = f.env()): Promise<Array<{ database: string; kind: string }>> {
   const r = await runCoffer(['list', '--from', repo, '--json'], { env: e });
   expect(r.code, r.stderr).toBe(0);
   return JSON.parse(r.stdout) as Array<{ database: string; kind: string }>;
@@ -61,9 +35,9 @@ async function listed(repo: string, e = env()): Promise<Array<{ database: string
 
 describe('pg_dump wrappers', () => {
   it('a pg_dump older than the server fails with both versions and the fix (exit 3), writing nothing', async () => {
-    const repo = path.join(tmp, 'repo-old');
-    const w = await writeDumpWrapper(path.join(tmp, 'w-old'), pgInfo.binDir, { version: 'pg_dump (PostgreSQL) 13.0' });
-    const r = await runCoffer(backupArgs(repo, '--db', vault, '--pg-dump-command', w.command), { env: env() });
+    const repo = f.path('repo-old');
+    const w = await writeDumpWrapper(f.path('w-old'), pg.binDir, { version: 'pg_dump (PostgreSQL) 13.0' });
+    const r = await runCoffer(backupArgs(repo, '--db', f.db, '--pg-dump-command', w.command), { env: f.env() });
     expect(r.code, r.stderr).toBe(3);
     const line = errorLine(r.stderr);
     expect(line).toMatch(/^pg_dump 13 is older than the server \(PostgreSQL 15\.\d+.*\); pg_dump must be at least as new as the server \[pg_dump \(PostgreSQL\) 13\.0\]/);
@@ -76,25 +50,25 @@ describe('pg_dump wrappers', () => {
   });
 
   it('--pg-dump-command runs the dump through the wrapper and is recorded in the manifest', async () => {
-    const repo = path.join(tmp, 'repo-wrapper');
-    const w = await writeDumpWrapper(path.join(tmp, 'w-ok'), pgInfo.binDir);
-    const r = await runCoffer(backupArgs(repo, '--db', vault, '--pg-dump-command', w.command), { env: env() });
+    const repo = f.path('repo-wrapper');
+    const w = await writeDumpWrapper(f.path('w-ok'), pg.binDir);
+    const r = await runCoffer(backupArgs(repo, '--db', f.db, '--pg-dump-command', w.command), { env: f.env() });
     expect(r.code, r.stderr).toBe(0);
     const [m] = manifests(r.stdout);
     expect(m!.postgres.pgDumpCommand).toEqual([w.command]);
     const calls = (await fsp.readFile(w.calls, 'utf8')).trim().split('\n');
     expect(calls).toHaveLength(1);
     expect(calls[0]).toContain('--format=custom');
-    expect(calls[0]).toContain(`dbname='${vault}'`);
+    expect(calls[0]).toContain(`dbname='${f.db}'`);
   });
 });
 
 describe('dump variants round trip through restore', () => {
   it('--schema-only restores with coffer restore; --data-only loads into it with --output + psql', async () => {
-    const repo = path.join(tmp, 'repo-variants');
-    const s = await runCoffer(backupArgs(repo, '--db', vault, '--schema-only'), { env: env() });
+    const repo = f.path('repo-variants');
+    const s = await runCoffer(backupArgs(repo, '--db', f.db, '--schema-only'), { env: f.env() });
     expect(s.code, s.stderr).toBe(0);
-    const d = await runCoffer(backupArgs(repo, '--db', vault, '--data-only'), { env: env() });
+    const d = await runCoffer(backupArgs(repo, '--db', f.db, '--data-only'), { env: f.env() });
     expect(d.code, d.stderr).toBe(0);
     const [schemaM] = manifests(s.stdout);
     const [dataM] = manifests(d.stdout);
@@ -103,40 +77,40 @@ describe('dump variants round trip through restore', () => {
     expect(dataM!.manualRestore).toContain('psql -v ON_ERROR_STOP=1');
 
     const target = uniqueDbName('variants');
-    dropLater.push(target);
-    const rs = await runCoffer(['restore', '--from', repo, '--db', vault, '--backup', schemaM!.id, '--identity', identityFile, '--target-db', target], { env: env() });
+    f.dropAtEnd(target);
+    const rs = await f.run(['restore', '--from', repo, '--db', f.db, '--backup', schemaM!.id, '--identity', f.identityFile, '--target-db', target]);
     expect(rs.code, rs.stderr).toBe(0);
-    expect(await schemaDump(pg, target)).toBe(await schemaDump(pg, vault));
+    expect(await schemaDump(pg, target)).toBe(await schemaDump(pg, f.db));
     expect(Object.values(await dataFingerprint(pg, target)).every((t) => t.rows === 0)).toBe(true);
 
     // A data-only backup cannot make a database by itself: refused up front, with the way to do it.
     const other = uniqueDbName('dataonly');
-    const refused = await runCoffer(['restore', '--from', repo, '--db', vault, '--backup', dataM!.id, '--identity', identityFile, '--target-db', other], { env: env() });
+    const refused = await f.run(['restore', '--from', repo, '--db', f.db, '--backup', dataM!.id, '--identity', f.identityFile, '--target-db', other]);
     expect(refused.code).toBe(2);
     expect(errorLine(refused.stderr)).toContain('is data-only');
     expect(errorLine(refused.stderr)).toContain('--into-existing DB');
 
-    const sqlFile = path.join(tmp, 'data.sql');
-    const out = await runCoffer(['restore', '--from', repo, '--db', vault, '--backup', dataM!.id, '--identity', identityFile, '--output', sqlFile], { env: env() });
+    const sqlFile = f.path('data.sql');
+    const out = await f.run(['restore', '--from', repo, '--db', f.db, '--backup', dataM!.id, '--identity', f.identityFile, '--output', sqlFile]);
     expect(out.code, out.stderr).toBe(0);
-    const load = await execa(path.join(pgInfo.binDir, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-1', '-d', target, '-f', sqlFile], {
+    const load = await execa(path.join(pg.binDir, 'psql'), ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-1', '-d', target, '-f', sqlFile], {
       env: { ...process.env, ...pg.env() },
       reject: false,
     });
     expect(load.exitCode, String(load.stderr)).toBe(0);
-    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, vault));
+    expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, f.db));
   });
 
   it('--exclude-table-data keeps the table but not its rows', async () => {
     const db = await createDatabase(pg);
-    dropLater.push(db);
+    f.dropAtEnd(db);
     await pg.psql('CREATE TABLE keep_me (id int PRIMARY KEY); CREATE TABLE audit_log (id int, note text); INSERT INTO keep_me SELECT generate_series(1, 50); INSERT INTO audit_log SELECT g, $$x$$ FROM generate_series(1, 70) g;', db);
-    const repo = path.join(tmp, 'repo-exclude');
-    const r = await runCoffer(backupArgs(repo, '--db', db, '--exclude-table-data', 'audit_*'), { env: env() });
+    const repo = f.path('repo-exclude');
+    const r = await runCoffer(backupArgs(repo, '--db', db, '--exclude-table-data', 'audit_*'), { env: f.env() });
     expect(r.code, r.stderr).toBe(0);
     const target = uniqueDbName('excluded');
-    dropLater.push(target);
-    const rs = await runCoffer(['restore', '--from', repo, '--db', db, '--identity', identityFile, '--target-db', target], { env: env() });
+    f.dropAtEnd(target);
+    const rs = await f.run(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', target]);
     expect(rs.code, rs.stderr).toBe(0);
     expect(await pg.psql('SELECT (SELECT count(*) FROM keep_me) || $$/$$ || (SELECT count(*) FROM audit_log);', target)).toBe('50/0');
   });
@@ -145,10 +119,10 @@ describe('dump variants round trip through restore', () => {
 describe('several databases per run', () => {
   it('--db a --db missing --db b: each its own backup, the failure does not stop the others, exit non-zero', async () => {
     const [a, b] = await Promise.all([createDatabase(pg, undefined, 'vault'), createDatabase(pg, undefined, 'vault')]);
-    dropLater.push(a!, b!);
+    for (const d of [a!, b!]) f.dropAtEnd(d);
     const missing = uniqueDbName('missing');
-    const repo = path.join(tmp, 'repo-multi');
-    const r = await runCoffer(backupArgs(repo, '--db', a!, '--db', missing, '--db', b!), { env: env() });
+    const repo = f.path('repo-multi');
+    const r = await runCoffer(backupArgs(repo, '--db', a!, '--db', missing, '--db', b!), { env: f.env() });
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toContain(`1 of 3 database backups failed: "${missing}"`);
     expect(manifests(r.stdout).map((m) => m.database)).toEqual([a, b]);
@@ -159,16 +133,16 @@ describe('several databases per run', () => {
 describe('on a second cluster', () => {
   let fresh: ThrowawayCluster;
   beforeAll(async () => {
-    fresh = await startThrowawayCluster({ binDir: pgInfo.binDir });
+    fresh = await startThrowawayCluster({ binDir: pg.binDir });
   });
   afterAll(async () => {
     await fresh?.stop();
   });
-  const freshEnv = (): Record<string, string> => baseEnv({ ...fresh.env(), COFFER_PG_BIN: pgInfo.binDir });
+  const freshEnv = (): Record<string, string> => baseEnv({ ...fresh.env(), COFFER_PG_BIN: pg.binDir });
 
   it('--all-databases: every connectable non-template database; postgres only when it holds user objects', async () => {
     await fresh.psql('CREATE DATABASE app_one; CREATE DATABASE "App Two"; CREATE DATABASE closed; ALTER DATABASE closed WITH ALLOW_CONNECTIONS false;');
-    const repo = path.join(tmp, 'repo-all');
+    const repo = f.path('repo-all');
     const r1 = await runCoffer(backupArgs(repo, '--all-databases'), { env: freshEnv() });
     expect(r1.code, r1.stderr).toBe(0);
     expect(manifests(r1.stdout).map((m) => m.database)).toEqual(['App Two', 'app_one']);
@@ -188,19 +162,19 @@ describe('on a second cluster', () => {
     await pg.psql(`CREATE ROLE ${quoteIdent(role)} LOGIN CONNECTION LIMIT 7;`);
     try {
       await pg.psql(`CREATE DATABASE ${quoteIdent(db)} OWNER ${quoteIdent(role)};`);
-      dropLater.push(db);
+      f.dropAtEnd(db);
       await pg.psql(`SET ROLE ${quoteIdent(role)}; CREATE TABLE ledger (id int PRIMARY KEY, amount numeric); INSERT INTO ledger VALUES (1, 10.5), (2, 20);`, db);
-      const repo = path.join(tmp, 'repo-globals');
-      const b = await runCoffer(backupArgs(repo, '--db', db, '--globals'), { env: env() });
+      const repo = f.path('repo-globals');
+      const b = await runCoffer(backupArgs(repo, '--db', db, '--globals'), { env: f.env() });
       expect(b.code, b.stderr).toBe(0);
       expect(manifests(b.stdout)[0]!.globals).not.toBeNull();
 
       // Without the roles the restore into the fresh cluster fails, naming the role.
-      const without = await runCoffer(['restore', '--from', repo, '--db', db, '--identity', identityFile, '--target-db', 'no_globals'], { env: freshEnv() });
+      const without = await runCoffer(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', 'no_globals'], { env: freshEnv() });
       expect(without.code).toBe(3);
       expect(errorLine(without.stderr)).toContain(`role "${role}"`);
 
-      const r = await runCoffer(['restore', '--from', repo, '--db', db, '--identity', identityFile, '--target-db', 'restored', '--with-globals'], { env: freshEnv() });
+      const r = await runCoffer(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', 'restored', '--with-globals'], { env: freshEnv() });
       expect(r.code, r.stderr).toBe(0);
       expect(await fresh.psql(`SELECT rolcanlogin || '/' || rolconnlimit FROM pg_roles WHERE rolname = '${role}';`)).toBe('true/7');
       expect(await fresh.psql(`SELECT tableowner FROM pg_tables WHERE tablename = 'ledger';`, 'restored')).toBe(role);

@@ -5,23 +5,19 @@
  * the databases are compared before and after); the hostile names that are valid really work.
  */
 import * as fsp from 'node:fs/promises';
-import * as path from 'node:path';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, runCoffer } from '../harness/cli.js';
-import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, pgFromInject, quoteIdent } from '../harness/pg.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, dataFingerprint, databaseExists, listDatabases, quoteIdent } from '../harness/pg.js';
 import { listAllKeys } from '../harness/rgw.js';
 import { backupKeys } from '../../src/catalog/layout.js';
 import { encodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
-import { generateIdentity } from '../../src/crypto/age.js';
-import { backupOk, setupFixture, type Fixture } from './common.js';
 import { record, writeResults } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'corpus', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 let real: BackupManifest;
 const suffix = Math.random().toString(16).slice(2, 8);
 /** A database that SQL injection through a name would drop. */
@@ -30,7 +26,7 @@ const sentinel = `bv_${suffix}`;
 const source = `Ünï "q" 'x'; DROP DATABASE ${sentinel}; --`;
 /** The issue's target name. */
 const hostileTarget = `x"; DROP DATABASE ${sentinel}; --`;
-const repo = (): string => `s3://${f.bucket}/corpus`;
+const repo = (): string => f.repo('corpus');
 const BAD_IDS = { missingField: '20200101T000000Z-0000000a', wrongVersion: '20200101T000000Z-0000000b', notJson: '20200101T000000Z-0000000c', missingObject: '20200101T000000Z-0000000d' };
 
 interface Case {
@@ -45,13 +41,12 @@ interface Case {
 }
 
 let secretIdentity = '';
-const file = (name: string): string => path.join(f.tmp, name);
+const file = (name: string): string => f.path(name);
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'corpus');
-  await createDatabase(pg, sentinel, 'empty');
-  await createDatabase(pg, source, 'vault');
-  real = await backupOk(f, repo(), source);
+  await createDatabase(pg, f.dropAtEnd(sentinel), 'empty');
+  await createDatabase(pg, f.dropAtEnd(source), 'vault');
+  real = await f.backup(repo(), source);
 
   // Identity files of every kind.
   const id = await fsp.readFile(f.identityFile, 'utf8');
@@ -80,13 +75,7 @@ beforeAll(async () => {
   await put(BAD_IDS.missingObject, encodeManifest(variant(BAD_IDS.missingObject)));
 });
 
-afterAll(async () => {
-  await dropDatabase(pg, source);
-  await dropDatabase(pg, sentinel);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('bad-input');
-});
+afterAll(() => writeResults('bad-input'));
 
 const restore = (...extra: string[]): string[] => ['restore', '--from', repo(), '--identity', f.identityFile, '--target-db', 'corpus_never', ...extra];
 const backup = (...extra: string[]): string[] => ['backup', '--to', repo(), '--db', source, '--recipient', f.recipient, ...extra];
@@ -208,7 +197,7 @@ describe('the bad-input corpus', () => {
   });
 
   it('list skips the invalid manifests with a warning and still shows the real backup', async () => {
-    const r = await runCoffer(['list', '--from', repo(), '--json'], { env: f.env() });
+    const r = await f.run(['list', '--from', repo(), '--json']);
     expect(r.code, r.stderr).toBe(0);
     const ids = (JSON.parse(r.stdout) as Array<{ id: string }>).map((x) => x.id);
     // The manifest of a missing object is itself valid: listed (restore and verify reject it, above).
@@ -225,7 +214,7 @@ describe('the bad-input corpus', () => {
   });
 
   it('hostile names are quoted everywhere: a backup of a database named with quotes, unicode and SQL restores into exactly the target name', async () => {
-    const r = await runCoffer(['restore', '--from', repo(), '--db', source, '--identity', file('crlf.txt'), '--target-db', hostileTarget], { env: f.env() });
+    const r = await f.run(['restore', '--from', repo(), '--db', source, '--identity', file('crlf.txt'), '--target-db', hostileTarget]);
     expect(r.code, r.stderr).toBe(0);
     expect(await databaseExists(pg, hostileTarget)).toBe(true);
     expect(await databaseExists(pg, sentinel)).toBe(true);

@@ -1,62 +1,24 @@
 /**
- * Shared fixtures of the reliability suite: a bucket, an identity, coffer environments (direct
- * to RGW or through a fault proxy), and the "nothing visible" checks every test ends with.
+ * Shared helpers of the reliability suite (on the fixture of test/harness/fixture.ts): the
+ * "nothing visible" checks every test ends with and the measured data loss.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { CopyObjectCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { CopyObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
-import type { PgInfo, RgwInfo } from '../harness/global-setup.js';
+import { errorLine, runCoffer } from '../harness/cli.js';
+import type { TestFixture } from '../harness/fixture.js';
 import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, quoteLiteral, schemaDump, uniqueDbName, type Fingerprint, type PgLike } from '../harness/pg.js';
-import { createTestBucket, listAllKeys, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
-
-export interface Fixture {
-  tmp: string;
-  identityFile: string;
-  recipient: string;
-  s3: S3Client;
-  bucket: string;
-  /** Environment for coffer: the test cluster and RGW, or `endpoint` instead of RGW. */
-  env(extra?: Record<string, string>, endpoint?: string): Record<string, string>;
-}
-
-export async function setupFixture(rgw: RgwInfo, pg: PgInfo, name: string): Promise<Fixture> {
-  const tmp = await fsp.mkdtemp(path.join(os.tmpdir(), `coffer-${name}-`));
-  const id = await generateIdentity();
-  const identityFile = path.join(tmp, 'identity.txt');
-  await fsp.writeFile(identityFile, id.fileText, { mode: 0o600 });
-  const s3 = s3ClientFor(rgw, rgw.admin);
-  const bucket = await createTestBucket(s3);
-  return {
-    tmp,
-    identityFile,
-    recipient: id.recipient,
-    s3,
-    bucket,
-    env: (extra = {}, endpoint) => baseEnv({ ...pgEnv(pg), ...s3Env(rgw), ...(endpoint ? { AWS_ENDPOINT_URL_S3: endpoint } : {}), ...extra }),
-  };
-}
-
-/** Runs `coffer backup` and returns its manifest (throws with stderr on failure). */
-export async function backupOk(f: Fixture, repo: string, db: string, extraArgs: string[] = [], env = f.env()): Promise<BackupManifest> {
-  const r = await runCoffer(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', ...extraArgs], { env });
-  if (r.code !== 0) throw new Error(`backup failed (${r.code}): ${r.stderr}`);
-  return (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-}
+import { listAllKeys, listMultipartUploads } from '../harness/rgw.js';
 
 /** Backups `coffer list` shows (ids). */
-export async function listedIds(f: Fixture, repo: string): Promise<string[]> {
+export async function listedIds(f: TestFixture, repo: string): Promise<string[]> {
   const r = await runCoffer(['list', '--from', repo, '--json'], { env: f.env() });
   if (r.code !== 0) throw new Error(`list failed (${r.code}): ${r.stderr}`);
   return (JSON.parse(r.stdout) as Array<{ id: string }>).map((x) => x.id).sort();
 }
 
 /** Keys and in-progress multipart uploads under a prefix of the fixture's bucket. */
-export async function bucketState(f: Fixture, prefix: string): Promise<{ keys: string[]; uploads: number }> {
+export async function bucketState(f: TestFixture, prefix: string): Promise<{ keys: string[]; uploads: number }> {
   return {
     keys: (await listAllKeys(f.s3, f.bucket, `${prefix}/`)).sort(),
     uploads: (await listMultipartUploads(f.s3, f.bucket, `${prefix}/`)).length,
@@ -134,7 +96,7 @@ export interface TargetBaseline {
 
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
-async function objectSha256(f: Fixture, key: string): Promise<string | undefined> {
+async function objectSha256(f: TestFixture, key: string): Promise<string | undefined> {
   try {
     const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
     return sha256(await out.Body!.transformToByteArray());
@@ -144,8 +106,8 @@ async function objectSha256(f: Fixture, key: string): Promise<string | undefined
 }
 
 /** Backs `db` up once into `prefix` (no fault) and records what a restore of it must equal. */
-export async function makeGolden(f: Fixture, pg: PgLike, prefix: string, db: string, extraArgs: string[] = []): Promise<GoldenBackup> {
-  const manifest = await backupOk(f, `s3://${f.bucket}/${prefix}`, db, extraArgs);
+export async function makeGolden(f: TestFixture, pg: PgLike, prefix: string, db: string, extraArgs: string[] = []): Promise<GoldenBackup> {
+  const manifest = await f.backup(f.repo(prefix), db, extraArgs);
   return { prefix, manifest, database: db, schema: await schemaDump(pg, db), fingerprint: await dataFingerprint(pg, db) };
 }
 
@@ -154,7 +116,7 @@ export async function makeGolden(f: Fixture, pg: PgLike, prefix: string, db: str
  * keys, so the same id) into `prefix`, and returns the repository's baseline. Backup-side fault
  * tests then write into a repository that already holds a good backup.
  */
-export async function seedRepository(f: Fixture, golden: GoldenBackup, prefix: string): Promise<RepoBaseline> {
+export async function seedRepository(f: TestFixture, golden: GoldenBackup, prefix: string): Promise<RepoBaseline> {
   const goldenKeys = (await listAllKeys(f.s3, f.bucket, `${golden.prefix}/`)).filter((k) => k.includes(golden.manifest.id));
   for (const k of goldenKeys) {
     await f.s3.send(new CopyObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${k.slice(golden.prefix.length + 1)}`, CopySource: `${f.bucket}/${k}` }));
@@ -163,7 +125,7 @@ export async function seedRepository(f: Fixture, golden: GoldenBackup, prefix: s
 }
 
 /** The baseline of a repository as it is now (every backup of `golden.database` in it). */
-export async function repoBaseline(f: Fixture, prefix: string, golden: Pick<GoldenBackup, 'database' | 'schema' | 'fingerprint'>): Promise<RepoBaseline> {
+export async function repoBaseline(f: TestFixture, prefix: string, golden: Pick<GoldenBackup, 'database' | 'schema' | 'fingerprint'>): Promise<RepoBaseline> {
   const keys = (await listAllKeys(f.s3, f.bucket, `${prefix}/`)).sort();
   const backups: RepoBaseline['backups'] = [];
   for (const manifestKey of keys.filter((k) => k.endsWith('.manifest.json'))) {
@@ -207,11 +169,11 @@ export async function databaseDiff(pg: PgLike, db: string, want: { schema: strin
  * newest restores identically (schema dump + content fingerprint); every target baseline is
  * byte-for-byte the same database under its name. Returns 'none', or what was lost.
  */
-export async function dataLoss(f: Fixture, pg: PgLike, opts: { repo?: RepoBaseline; targets?: TargetBaseline[] }): Promise<string> {
+export async function dataLoss(f: TestFixture, pg: PgLike, opts: { repo?: RepoBaseline; targets?: TargetBaseline[] }): Promise<string> {
   const lost: string[] = [];
   const r = opts.repo;
   if (r) {
-    const repo = `s3://${f.bucket}/${r.prefix}`;
+    const repo = f.repo(r.prefix);
     let listed: string[] = [];
     try {
       listed = await listedIds(f, repo);

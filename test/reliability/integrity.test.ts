@@ -9,43 +9,24 @@ import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { CopyObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
-import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
-import { createDatabase, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, uniqueDbName } from '../harness/pg.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorLine, startCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { dropDatabase, listDatabases } from '../harness/pg.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import {
-  backupOk,
-  dataLoss,
-  existingTarget,
-  listedIds,
-  makeGolden,
-  seedRepository,
-  setupFixture,
-  waitFor,
-  type Fixture,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
+import { dataLoss, existingTarget, listedIds, makeGolden, seedRepository, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'integ', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 let source: string;
 /** A good backup of `source`, copied into every test's repository before the damage. */
 let golden: GoldenBackup;
-const proxies: FaultProxy[] = [];
-const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'integ');
-  source = await createDatabase(pg, uniqueDbName('integ'), 'varied');
-  await fillLargeTable(pg, source, 3);
+  source = await f.database({ fixture: 'varied', prefix: 'integ', fillMB: 3 });
   golden = await makeGolden(f, pg, 'golden', source);
 });
 
@@ -57,13 +38,7 @@ async function recordMeasured(row: Omit<MatrixRow, 'dataLost'>, measure: { repo?
   for (const t of measure.targets ?? []) await dropDatabase(pg, t.db);
 }
 
-afterAll(async () => {
-  await Promise.all(proxies.map((p) => p.stop()));
-  await dropDatabase(pg, source);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('integrity');
-});
+afterAll(() => writeResults('integrity'));
 
 async function objectBytes(key: string): Promise<Buffer> {
   const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
@@ -76,7 +51,7 @@ async function objectBytes(key: string): Promise<Buffer> {
  */
 async function expectRejected(prefix: string, selector: string, identityFile = f.identityFile): Promise<{ error: string; existing: TargetBaseline }> {
   const existing = await existingTarget(pg, 'integ_existing');
-  const r = await runCoffer(['restore', '--from', repo(prefix), '--db', source, '--backup', selector, '--identity', identityFile, '--target-db', existing.db, '--replace'], { env: f.env() });
+  const r = await f.run(['restore', '--from', f.repo(prefix), '--db', source, '--backup', selector, '--identity', identityFile, '--target-db', existing.db, '--replace']);
   expect(r.code, r.stderr).toBe(5);
   // No scratch database, nothing renamed aside (other tests run concurrently).
   expect((await listDatabases(pg)).filter((d) => d.startsWith(existing.db))).toEqual([existing.db]);
@@ -86,7 +61,7 @@ async function expectRejected(prefix: string, selector: string, identityFile = f
 describe.concurrent('damaged or mismatched backups: detected, nothing restored, exit 5', () => {
   it('one flipped byte in the stored object: age authentication fires first (at that chunk, before the whole-object sha256)', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'flip');
-    const m = await backupOk(f, repo('flip'), source, ['--compress', 'none']);
+    const m = await f.backup(f.repo('flip'), source, ['--compress', 'none']);
     const key = `flip/${m.dump.key}`;
     const bytes = await objectBytes(key);
     bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
@@ -101,8 +76,8 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 
   it('another valid object of the same size swapped in: only the manifest sha256 can tell, and it fires', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'same-size');
-    const a = await backupOk(f, repo('same-size'), source, ['--compress', 'none']);
-    const b = await backupOk(f, repo('same-size'), source, ['--compress', 'none']);
+    const a = await f.backup(f.repo('same-size'), source, ['--compress', 'none']);
+    const b = await f.backup(f.repo('same-size'), source, ['--compress', 'none']);
     // Same database, same recipient, no compression: two valid age files of the same length.
     expect(b.dump.size).toBe(a.dump.size);
     expect(b.dump.sha256).not.toBe(a.dump.sha256);
@@ -118,7 +93,7 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 
   it('a flipped byte with the manifest sha256 rewritten to match: age authentication alone catches it', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'flip-resha');
-    const m = await backupOk(f, repo('flip-resha'), source, ['--compress', 'none']);
+    const m = await f.backup(f.repo('flip-resha'), source, ['--compress', 'none']);
     const key = `flip-resha/${m.dump.key}`;
     const bytes = await objectBytes(key);
     bytes[bytes.length - 100]! ^= 0x01; // in the final chunk
@@ -137,7 +112,7 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 
   it('a truncated object', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'trunc');
-    const m = await backupOk(f, repo('trunc'), source, ['--compress', 'none']);
+    const m = await f.backup(f.repo('trunc'), source, ['--compress', 'none']);
     const key = `trunc/${m.dump.key}`;
     const bytes = await objectBytes(key);
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes.subarray(0, Math.floor(bytes.length * 0.6)) }));
@@ -151,14 +126,14 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 
   it('a swapped manifest (the manifest of another backup under this id) is refused by restore and skipped by list', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'swap');
-    const a = await backupOk(f, repo('swap'), source);
-    const b = await backupOk(f, repo('swap'), source);
+    const a = await f.backup(f.repo('swap'), source);
+    const b = await f.backup(f.repo('swap'), source);
     const aKey = `swap/${a.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`;
     const bKey = `swap/${b.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`;
     await f.s3.send(new CopyObjectCommand({ Bucket: f.bucket, Key: aKey, CopySource: `${f.bucket}/${bKey}` }));
     const { error, existing } = await expectRejected('swap', a.id);
     expect(error).toMatch(/describes another backup/);
-    const list = await runCoffer(['list', '--from', repo('swap'), '--json'], { env: f.env() });
+    const list = await f.run(['list', '--from', f.repo('swap'), '--json']);
     expect(list.code, list.stderr).toBe(0);
     expect((JSON.parse(list.stdout) as Array<{ id: string }>).map((x) => x.id).sort()).toEqual([b.id, ...baseline.backups.map((x) => x.id)].sort());
     expect(list.stderr).toMatch(/skipping an unreadable manifest/);
@@ -170,9 +145,9 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 
   it('a wrong identity', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'wrongkey');
-    const m = await backupOk(f, repo('wrongkey'), source);
+    const m = await f.backup(f.repo('wrongkey'), source);
     const other = await generateIdentity();
-    const otherFile = path.join(f.tmp, 'other-identity.txt');
+    const otherFile = f.path('other-identity.txt');
     await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
     const { error, existing } = await expectRejected('wrongkey', m.id, otherFile);
     expect(error).toMatch(/no identity matches/);
@@ -186,11 +161,10 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 describe('disk full', () => {
   it('the spool of a --jobs restore runs out of space: clear error, target untouched, spool removed', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'spool');
-    const m = await backupOk(f, repo('spool'), source, ['--compress', 'none']);
-    const mnt = await fsp.mkdtemp(path.join(f.tmp, 'tmpfs-'));
+    const m = await f.backup(f.repo('spool'), source, ['--compress', 'none']);
+    const mnt = await fsp.mkdtemp(f.path('tmpfs-'));
     execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.ceil((m.dump.dumpBytes * 1.5) / 1024)}k`, 'tmpfs', mnt]);
-    const p = await startFaultProxy(rgwInfo.endpoint);
-    proxies.push(p);
+    const p = await f.faultProxy();
     // The first GET of the object goes silent after 1 MiB (resumed after the 2 s --s3-timeout):
     // meanwhile another writer fills the filesystem, as a neighbour on a shared /tmp would.
     p.script([{ op: 'GetObject', path: /\.dump\.age$/, fault: { kind: 'stall-response', afterBytes: 1 << 20 } }]);
@@ -198,7 +172,7 @@ describe('disk full', () => {
       const existing = await existingTarget(pg, 'integ_spool');
       const target = existing.db;
       const child = startCoffer(
-        ['restore', '--from', repo('spool'), '--db', source, '--backup', m.id, '--identity', f.identityFile, '--target-db', target, '--replace', '--jobs', '2', '--spool-dir', mnt, '--s3-timeout', '2s'],
+        ['restore', '--from', f.repo('spool'), '--db', source, '--backup', m.id, '--identity', f.identityFile, '--target-db', target, '--replace', '--jobs', '2', '--spool-dir', mnt, '--s3-timeout', '2s'],
         { env: f.env({}, p.endpoint) },
       );
       const spoolFile = async (): Promise<string | undefined> => {
@@ -213,7 +187,7 @@ describe('disk full', () => {
       expect(errorLine(String(r.stderr))).toMatch(/no space left.*--spool-dir/i);
       expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([target]);
       expect(fs.readdirSync(mnt)).toEqual(['filler']);
-      expect(await listedIds(f, repo('spool'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+      expect(await listedIds(f, f.repo('spool'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
       await recordMeasured(
         {
           id: 'dsk-01',

@@ -5,53 +5,29 @@
  * database gone, and the next run succeeds.
  */
 import * as fsp from 'node:fs/promises';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
-import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
-import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
-import {
-  backupOk,
-  bucketState,
-  databaseDiff,
-  dataLoss,
-  existingTarget,
-  listedIds,
-  makeGolden,
-  scratchDatabases,
-  seededRandom,
-  seedRepository,
-  setupFixture,
-  sleep,
-  waitFor,
-  type Fixture,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { errorLine, startCoffer } from '../harness/cli.js';
+import type { FaultProxy } from '../harness/fault-proxy.js';
+import { useFixture } from '../harness/fixture.js';
+import { dataFingerprint, dropDatabase, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { bucketState, databaseDiff, dataLoss, existingTarget, listedIds, makeGolden, scratchDatabases, seededRandom, seedRepository, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'int', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 /** ~30 MB of incompressible rows (a ~60 MB uncompressed dump): long enough to be interrupted. */
 let big: string;
 /** ~10 MB (a ~20 MB dump, 4-5 parts): for stopping coffer itself. */
 let mid: string;
 /** A good backup of `mid`, copied into every backup test's repository before the fault. */
 let golden: GoldenBackup;
-const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
 const ARGS = ['--compress', 'none', '--part-size', '5MiB'];
-const proxies: FaultProxy[] = [];
 const rnd = seededRandom('interrupt');
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'int');
-  big = await createDatabase(pg, uniqueDbName('int_big'), 'vault');
-  await fillLargeTable(pg, big, 30);
-  mid = await createDatabase(pg, uniqueDbName('int_mid'), 'vault');
-  await fillLargeTable(pg, mid, 10);
+  big = await f.database({ fixture: 'vault', prefix: 'int_big', fillMB: 30 });
+  mid = await f.database({ fixture: 'vault', prefix: 'int_mid', fillMB: 10 });
   golden = await makeGolden(f, pg, 'golden', mid);
 });
 
@@ -68,14 +44,7 @@ function recordMeasured(row: Omit<MatrixRow, 'dataLost'>, lost: string): void {
   expect(lost).toBe('none');
 }
 
-afterAll(async () => {
-  await Promise.all(proxies.map((p) => p.stop()));
-  await dropDatabase(pg, big);
-  await dropDatabase(pg, mid);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('interrupt');
-});
+afterAll(() => writeResults('interrupt'));
 
 /** A copy of the big database (CREATE DATABASE … TEMPLATE), so parallel runs can tell their pg_dump apart. */
 async function copyOfBig(prefix: string): Promise<string> {
@@ -86,8 +55,7 @@ async function copyOfBig(prefix: string): Promise<string> {
 
 /** A proxy adding latency to every upload part: the upload, not pg_dump, sets the pace. */
 async function slowProxy(ms: number): Promise<FaultProxy> {
-  const p = await startFaultProxy(rgwInfo.endpoint);
-  proxies.push(p);
+  const p = await f.faultProxy();
   p.script([{ op: 'UploadPart', times: Infinity, fault: { kind: 'latency', ms } }]);
   return p;
 }
@@ -141,7 +109,7 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
       const p = await slowProxy(400);
       const prefix = `kill-${i}`;
       const baseline = await seedRepository(f, golden, prefix);
-      const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+      const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
       let pid: number | undefined;
       if (!(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined))) {
         child.kill('SIGKILL');
@@ -158,7 +126,7 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
       expect(r.exitCode, String(r.stderr)).toBe(3);
       expect(errorLine(String(r.stderr))).toMatch(/pg_dump/);
       expect(await bucketState(f, prefix)).toEqual({ keys: baseline.keys, uploads: 0 });
-      expect(await listedIds(f, repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
+      expect(await listedIds(f, f.repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
       await dropDatabase(pg, db);
       recordMeasured(
         {
@@ -178,7 +146,7 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
     const p = await slowProxy(400);
     const prefix = 'terminated';
     const baseline = await seedRepository(f, golden, prefix);
-    const child = startCoffer(['backup', '--to', repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+    const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
     let pid: number | undefined;
     expect(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined)).toBe(true);
     expect(await waitFor(async () => (await bytesWritten(pid!)) >= 4 << 20)).toBe(true);
@@ -215,13 +183,13 @@ describe('coffer itself is stopped', () => {
         const baseline = await seedRepository(f, golden, prefix);
         baselines.push(baseline);
         const p = await slowProxy(300);
-        const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+        const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
         expect(await waitFor(() => p.requests(afterParts === 0 ? 'CreateMultipartUpload' : 'UploadPart').length >= Math.max(1, afterParts))).toBe(true);
         await sleep(extraMs);
         process.kill(child.pid!, 'SIGTERM'); // not child.kill: execa adds a SIGKILL 5 s later
         const r = await child;
         const state = await bucketState(f, prefix);
-        const listed = await listedIds(f, repo(prefix));
+        const listed = await listedIds(f, f.repo(prefix));
         if (r.exitCode === 0) {
           // The signal came after the commit: a complete backup, listed.
           expect(listed.length, `${String(r.stderr)}\n${JSON.stringify(state)}`).toBe(baseline.backups.length + 1);
@@ -232,8 +200,8 @@ describe('coffer itself is stopped', () => {
           expect(state).toEqual({ keys: baseline.keys, uploads: 0 });
         }
         // The next run (no lock left behind, nothing in the way) succeeds.
-        const next = await backupOk(f, repo(prefix), mid, ARGS);
-        expect(await listedIds(f, repo(prefix))).toEqual([...listed, next.id].sort());
+        const next = await f.backup(f.repo(prefix), mid, ARGS);
+        expect(await listedIds(f, f.repo(prefix))).toEqual([...listed, next.id].sort());
         return r.exitCode;
       }),
     );
@@ -251,17 +219,16 @@ describe('coffer itself is stopped', () => {
   });
 
   it('SIGTERM at 5 random points of a restore --replace onto an existing database: exit 143 and the target untouched (or fully replaced, the old one aside); the next run succeeds', { timeout: 480_000 }, async () => {
-    const source = await createDatabase(pg, uniqueDbName('int_rsrc'), 'varied');
-    await fillLargeTable(pg, source, 6);
+    const source = await f.database({ fixture: 'varied', prefix: 'int_rsrc', fillMB: 6 });
     const fp = await dataFingerprint(pg, source);
-    await backupOk(f, repo('restore-src'), source, ARGS);
+    await f.backup(f.repo('restore-src'), source, ARGS);
     const marks = ['backup selected', 'backup opened', 'restoring into a scratch database'];
     const runs = Array.from({ length: 5 }, (_, i) => ({ i, mark: marks[Math.floor(rnd.next() * marks.length)]!, extraMs: Math.floor(rnd.next() * 1500) }));
     const outcomes = await Promise.all(
       runs.map(async ({ i, mark, extraMs }) => {
         const existing = await existingTarget(pg, `int_rt${i}`);
         const target = existing.db;
-        const args = ['restore', '--from', repo('restore-src'), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace'];
+        const args = ['restore', '--from', f.repo('restore-src'), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace'];
         const child = startCoffer(args, { env: f.env() });
         let err = '';
         child.stderr!.on('data', (b: Buffer) => (err += b.toString()));
@@ -281,7 +248,7 @@ describe('coffer itself is stopped', () => {
           expect(r.exitCode, String(r.stderr)).toBe(143);
           expect(asides).toEqual([]);
           lost = await measure([], [existing]);
-          const again = await runCoffer(args, { env: f.env() });
+          const again = await f.run(args);
           expect(again.code, again.stderr).toBe(0);
           expect(await dataFingerprint(pg, target)).toEqual(fp);
           const aside = (await listDatabases(pg)).filter((d) => d.startsWith(`${target}__before_`));
@@ -311,16 +278,16 @@ describe('coffer itself is stopped', () => {
     const prefix = 'sigkill';
     const baseline = await seedRepository(f, golden, prefix);
     const p = await slowProxy(300);
-    const child = startCoffer(['backup', '--to', repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
+    const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', mid, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
     expect(await waitFor(() => p.requests('UploadPart').length >= 2)).toBe(true);
     child.kill('SIGKILL');
     await child;
     // pg_dump, orphaned, dies on its broken pipe; the multipart upload stays for the bucket's
     // AbortIncompleteMultipartUpload rule. No object, nothing listed.
     expect((await bucketState(f, prefix)).keys).toEqual(baseline.keys);
-    expect(await listedIds(f, repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
-    const next = await backupOk(f, repo(prefix), mid, ARGS);
-    expect(await listedIds(f, repo(prefix))).toEqual([...baseline.backups.map((b) => b.id), next.id].sort());
+    expect(await listedIds(f, f.repo(prefix))).toEqual(baseline.backups.map((b) => b.id));
+    const next = await f.backup(f.repo(prefix), mid, ARGS);
+    expect(await listedIds(f, f.repo(prefix))).toEqual([...baseline.backups.map((b) => b.id), next.id].sort());
     recordMeasured(
       {
         id: 'int-09',

@@ -4,33 +4,18 @@
  * not, outages and stalls fail within their timeout leaving nothing, and downloads resume with
  * ranged GETs.
  */
-import * as fsp from 'node:fs/promises';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, runCoffer } from '../harness/cli.js';
-import { startFaultProxy, type FaultProxy, type FaultRule } from '../harness/fault-proxy.js';
-import { createDatabase, dataFingerprint, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, schemaDump, uniqueDbName, type Fingerprint } from '../harness/pg.js';
+import type { FaultProxy, FaultRule } from '../harness/fault-proxy.js';
+import { useFixture } from '../harness/fixture.js';
+import { dataFingerprint, dropDatabase, listDatabases, schemaDump, uniqueDbName, type Fingerprint } from '../harness/pg.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import {
-  backupOk,
-  bucketState,
-  dataLoss,
-  existingTarget,
-  listedIds,
-  repoBaseline,
-  scratchDatabases,
-  seedRepository,
-  setupFixture,
-  type Fixture,
-  type GoldenBackup,
-  type RepoBaseline,
-} from './common.js';
+import { bucketState, dataLoss, existingTarget, listedIds, repoBaseline, seedRepository, type GoldenBackup, type RepoBaseline } from './common.js';
 import { lossSummary, record, writeResults, type MatrixRow } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'net', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 let source: string;
 let sourceFp: Fingerprint;
 /** A backup of `source` made without faults (for the download tests). */
@@ -39,17 +24,13 @@ let base: BackupManifest;
 let golden: GoldenBackup;
 /** The 'base' repository as it was before the restore-side faults. */
 let baseRepo: RepoBaseline;
-const proxies: FaultProxy[] = [];
-const repo = (prefix: string): string => `s3://${f.bucket}/${prefix}`;
 // 5 MiB parts of an uncompressed dump of ~18 MB: four parts per backup.
 const BACKUP_ARGS = ['--compress', 'none', '--part-size', '5MiB'];
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'net');
-  source = await createDatabase(pg, uniqueDbName('net'), 'varied');
-  await fillLargeTable(pg, source, 8);
+  source = await f.database({ fixture: 'varied', prefix: 'net', fillMB: 8 });
   sourceFp = await dataFingerprint(pg, source);
-  base = await backupOk(f, repo('base'), source, BACKUP_ARGS);
+  base = await f.backup(f.repo('base'), source, BACKUP_ARGS);
   golden = { prefix: 'base', manifest: base, database: source, schema: await schemaDump(pg, source), fingerprint: sourceFp };
   baseRepo = await repoBaseline(f, 'base', golden);
 });
@@ -66,17 +47,10 @@ async function newKeys(prefix: string, baseline: RepoBaseline): Promise<string[]
   return (await bucketState(f, prefix)).keys.filter((k) => !baseline.keys.includes(k));
 }
 
-afterAll(async () => {
-  await Promise.all(proxies.map((p) => p.stop()));
-  await dropDatabase(pg, source);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('network');
-});
+afterAll(() => writeResults('network'));
 
 async function proxy(rules: FaultRule[]): Promise<FaultProxy> {
-  const p = await startFaultProxy(rgwInfo.endpoint);
-  proxies.push(p);
+  const p = await f.faultProxy();
   p.script(rules);
   return p;
 }
@@ -84,7 +58,7 @@ async function proxy(rules: FaultRule[]): Promise<FaultProxy> {
 /** Restores the newest backup of `prefix` (directly from RGW) and compares it with the source. */
 async function restoreMatches(prefix: string, endpoint?: string, extra: string[] = []): Promise<{ code: number; stderr: string }> {
   const target = uniqueDbName('net_restored');
-  const r = await runCoffer(['restore', '--from', repo(prefix), '--db', source, '--identity', f.identityFile, '--target-db', target, ...extra], {
+  const r = await runCoffer(['restore', '--from', f.repo(prefix), '--db', source, '--identity', f.identityFile, '--target-db', target, ...extra], {
     env: f.env({}, endpoint),
   });
   if (r.code === 0) {
@@ -102,14 +76,14 @@ describe.concurrent('backup through a faulty network (into a repository that alr
       { op: 'UploadPart', nth: 3, fault: { kind: 'status', status: 503, code: 'SlowDown' } },
       { op: 'PutObject', fault: { kind: 'status', status: 500, code: 'InternalError' } },
     ]);
-    const m = await backupOk(f, repo('transient'), source, BACKUP_ARGS, f.env({}, p.endpoint));
+    const m = await f.backup(f.repo('transient'), source, BACKUP_ARGS, f.env({}, p.endpoint));
     expect([p.fired(0), p.fired(1), p.fired(2)]).toEqual([1, 1, 1]);
     const parts = Math.ceil(m.dump.size / (5 * 1024 * 1024));
     expect(parts).toBeGreaterThanOrEqual(3);
     // Every part once, plus one replay for each of the two faulted parts.
     expect(p.requests('UploadPart').length).toBe(parts + 2);
     expect(p.requests('CompleteMultipartUpload').length).toBe(1);
-    expect(await listedIds(f, repo('transient'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+    expect(await listedIds(f, f.repo('transient'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
     expect((await bucketState(f, 'transient')).uploads).toBe(0);
     const r = await restoreMatches('transient');
     expect(r.code, r.stderr).toBe(0);
@@ -130,7 +104,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
   it("the manifest is stored but the answer is lost: the retry's 412 is checked against the listing, and the backup stands", { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'lost-answer');
     const p = await proxy([{ op: 'PutObject', fault: { kind: 'stall-response', afterBytes: 0 } }]);
-    const r = await runCoffer(['backup', '--to', repo('lost-answer'), '--db', source, '--recipient', f.recipient, '--json', '--s3-timeout', '2s', ...BACKUP_ARGS], {
+    const r = await runCoffer(['backup', '--to', f.repo('lost-answer'), '--db', source, '--recipient', f.recipient, '--json', '--s3-timeout', '2s', ...BACKUP_ARGS], {
       env: f.env({}, p.endpoint),
     });
     expect(r.code, r.stderr).toBe(0);
@@ -138,7 +112,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
     expect(p.requests('PutObject').length).toBe(2);
     expect(r.stderr).toMatch(/the manifest is stored: the backup is complete/);
     const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-    expect(await listedIds(f, repo('lost-answer'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+    expect(await listedIds(f, f.repo('lost-answer'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
     expect((await bucketState(f, 'lost-answer')).keys).toContain(`lost-answer/${m.dump.key}`);
     const restored = await restoreMatches('lost-answer');
     expect(restored.code, restored.stderr).toBe(0);
@@ -159,7 +133,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
   it('a permanent error (403 AccessDenied) is not retried: exit 4 after one request, nothing left', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'denied');
     const p = await proxy([{ op: 'CreateMultipartUpload', times: Infinity, fault: { kind: 'status', status: 403, code: 'AccessDenied' } }]);
-    const r = await runCoffer(['backup', '--to', repo('denied'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], { env: f.env({}, p.endpoint) });
+    const r = await runCoffer(['backup', '--to', f.repo('denied'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], { env: f.env({}, p.endpoint) });
     expect(r.code, r.stderr).toBe(4);
     expect(errorLine(r.stderr)).toMatch(/access denied.*check the credentials/);
     expect(p.requests('CreateMultipartUpload').length).toBe(1);
@@ -179,7 +153,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
   it('a persistent outage (503 on every part): fails within its --timeout with exit 4, no manifest, the multipart upload aborted', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'outage');
     const p = await proxy([{ op: 'UploadPart', times: Infinity, fault: { kind: 'status', status: 503, code: 'SlowDown' } }]);
-    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', repo('outage'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], {
+    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', f.repo('outage'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], {
       env: f.env({}, p.endpoint),
     });
     expect(r.code, r.stderr).toBe(4);
@@ -188,7 +162,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
     expect(p.requests('UploadPart').length).toBeGreaterThanOrEqual(5);
     expect(p.requests('AbortMultipartUpload').length).toBeGreaterThanOrEqual(1);
     expect(await bucketState(f, 'outage')).toEqual({ keys: baseline.keys, uploads: 0 });
-    expect(await listedIds(f, repo('outage'))).toEqual(baseline.backups.map((b) => b.id).sort());
+    expect(await listedIds(f, f.repo('outage'))).toEqual(baseline.backups.map((b) => b.id).sort());
     await recordMeasured(
       {
         id: 'net-03',
@@ -204,7 +178,7 @@ describe.concurrent('backup through a faulty network (into a repository that alr
   it('a stalled connection (server reads the part, never answers) fails by --s3-timeout, exit 4, nothing left', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'stall');
     const p = await proxy([{ op: 'UploadPart', times: Infinity, fault: { kind: 'stall' } }]);
-    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', repo('stall'), '--db', source, '--recipient', f.recipient, '--s3-timeout', '1s', ...BACKUP_ARGS], {
+    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', f.repo('stall'), '--db', source, '--recipient', f.recipient, '--s3-timeout', '1s', ...BACKUP_ARGS], {
       env: f.env({}, p.endpoint),
     });
     expect(r.code, r.stderr).toBe(4);
@@ -273,7 +247,7 @@ describe.concurrent('restore through a faulty network', () => {
   it('a download that keeps failing gives up with exit 4; the existing target (--replace) untouched, scratch dropped', { timeout: 480_000 }, async () => {
     const p = await proxy([{ op: 'GetObject', path: /\.dump\.age$/, times: Infinity, fault: { kind: 'reset-response', afterBytes: 512 * 1024 } }]);
     const existing = await existingTarget(pg, 'net_existing');
-    const r = await runCoffer(['restore', '--from', repo('base'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], {
+    const r = await runCoffer(['restore', '--from', f.repo('base'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], {
       env: f.env({}, p.endpoint),
     });
     expect(r.code, r.stderr).toBe(4);
@@ -297,7 +271,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
   /** A backup run into `prefix` through a proxy with `rules`; the run's result and the proxy. */
   async function faultyBackup(prefix: string, rules: FaultRule[], extra: string[] = [], env: Record<string, string> = {}): Promise<{ r: Awaited<ReturnType<typeof runCoffer>>; p: FaultProxy }> {
     const p = await proxy(rules);
-    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', repo(prefix), '--db', source, '--recipient', f.recipient, '--json', ...BACKUP_ARGS, ...extra], {
+    const r = await runCoffer(['--timeout', '5m', 'backup', '--to', f.repo(prefix), '--db', source, '--recipient', f.recipient, '--json', ...BACKUP_ARGS, ...extra], {
       env: f.env(env, p.endpoint),
       timeoutMs: 400_000,
     });
@@ -311,7 +285,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
     expect(p.requests('CompleteMultipartUpload').length).toBe(2);
     expect(r.code, r.stderr).toBe(0);
     const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-    expect(await listedIds(f, repo('complete-lost'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+    expect(await listedIds(f, f.repo('complete-lost'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
     expect(await newKeys('complete-lost', baseline)).toEqual([`complete-lost/${m.dump.key}`, `complete-lost/${m.dump.key.replace(/\.dump\.age$/, '.manifest.json')}`].sort());
     const restored = await restoreMatches('complete-lost');
     expect(restored.code, restored.stderr).toBe(0);
@@ -334,13 +308,13 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
     expect(r.code, r.stderr).toBe(0);
     const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
     expect(p.requests('CompleteMultipartUpload').length).toBe(2);
-    expect(await listedIds(f, repo('complete-500'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
+    expect(await listedIds(f, f.repo('complete-500'))).toEqual([...baseline.backups.map((b) => b.id), m.id].sort());
     expect((await bucketState(f, 'complete-500')).uploads).toBe(0);
 
     const baseline2 = await seedRepository(f, golden, 'complete-reset');
     const reset = await faultyBackup('complete-reset', [{ op: 'CompleteMultipartUpload', fault: { kind: 'lost-answer', how: 'reset' } }]);
     expect(reset.p.fired(0)).toBe(1);
-    const listed = await listedIds(f, repo('complete-reset'));
+    const listed = await listedIds(f, f.repo('complete-reset'));
     if (reset.r.code === 0) {
       const m2 = (JSON.parse(reset.r.stdout) as BackupManifest[])[0]!;
       expect(listed).toEqual([...baseline2.backups.map((b) => b.id), m2.id].sort());
@@ -377,7 +351,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
     const state = await bucketState(f, 'abort-fails');
     expect(state.keys).toEqual(baseline.keys);
     expect(state.uploads).toBe(1);
-    expect(await listedIds(f, repo('abort-fails'))).toEqual(baseline.backups.map((b) => b.id).sort());
+    expect(await listedIds(f, f.repo('abort-fails'))).toEqual(baseline.backups.map((b) => b.id).sort());
     await recordMeasured(
       {
         id: 'net-11',
@@ -425,7 +399,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
     expect(r.stderr).toMatch(/could not tell whether the manifest was stored; the dump is left in place/);
     expect(p.requests('DeleteObject')).toEqual([]);
     // The manifest did land: the backup is listed (directly, without the proxy) and restores.
-    const listed = await listedIds(f, repo('list-after'));
+    const listed = await listedIds(f, f.repo('list-after'));
     expect(listed.length).toBe(baseline.backups.length + 1);
     const restored = await restoreMatches('list-after');
     expect(restored.code, restored.stderr).toBe(0);
@@ -460,7 +434,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
     const orphans = await newKeys('orphan-stays', baseline2);
     expect(orphans.length).toBe(1);
     expect(orphans[0]).toMatch(/\.dump\.age$/);
-    expect(await listedIds(f, repo('orphan-stays'))).toEqual(baseline2.backups.map((b) => b.id).sort());
+    expect(await listedIds(f, f.repo('orphan-stays'))).toEqual(baseline2.backups.map((b) => b.id).sort());
     const lost2 = await dataLoss(f, pg, { repo: baseline2 });
     await recordMeasured(
       {
@@ -478,7 +452,7 @@ describe.concurrent('commit-time and clean-up faults (into a repository that alr
   it('the manifest GET fails during a restore: exit 4, the existing target (--replace) untouched', { timeout: 480_000 }, async () => {
     const p = await proxy([{ op: 'GetObject', path: /\.manifest\.json$/, times: Infinity, fault: { kind: 'status', status: 500, code: 'InternalError' } }]);
     const existing = await existingTarget(pg, 'net_mget');
-    const r = await runCoffer(['restore', '--from', repo('base'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], { env: f.env({}, p.endpoint) });
+    const r = await runCoffer(['restore', '--from', f.repo('base'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], { env: f.env({}, p.endpoint) });
     expect(r.code, r.stderr).toBe(4);
     expect(errorLine(r.stderr)).toMatch(/^download s3:\/\/[^ ]+\.manifest\.json: InternalError/);
     expect(p.fired(0)).toBeGreaterThanOrEqual(1);
@@ -502,7 +476,7 @@ describe('the data-loss check itself', () => {
   it('detects a broken cleanup: a failed run that deletes an earlier backup (test-only fault point) is reported as data lost', { timeout: 480_000 }, async () => {
     const baseline = await seedRepository(f, golden, 'broken-cleanup');
     const p = await proxy([{ op: 'CreateMultipartUpload', times: Infinity, fault: { kind: 'status', status: 403, code: 'AccessDenied' } }]);
-    const r = await runCoffer(['backup', '--to', repo('broken-cleanup'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], {
+    const r = await runCoffer(['backup', '--to', f.repo('broken-cleanup'), '--db', source, '--recipient', f.recipient, ...BACKUP_ARGS], {
       env: f.env({ COFFER_TEST_FAULTS: 'delete-earlier-backup=1' }, p.endpoint),
     });
     expect(r.code, r.stderr).toBe(4);

@@ -15,52 +15,30 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { execa, type ResultPromise } from 'execa';
 import { PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, runCoffer, startCoffer } from '../harness/cli.js';
-import { childEnv, createDatabase, databaseExists, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
-import {
-  backupOk,
-  databaseDiff,
-  dataLoss,
-  existingTarget,
-  makeGolden,
-  repoBaseline,
-  setupFixture,
-  sleep,
-  waitFor,
-  type Fixture,
-  type GoldenBackup,
-  type RepoBaseline,
-  type TargetBaseline,
-} from './common.js';
-import { record, writeResults } from './matrix.js';
+import { useFixture } from '../harness/fixture.js';
+import { childEnv, databaseExists, dropDatabase, listDatabases, quoteIdent, quoteLiteral } from '../harness/pg.js';
+import { databaseDiff, dataLoss, existingTarget, makeGolden, repoBaseline, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
+import { record, writeResults, type MatrixRow } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'rpl', s3: true });
+const pg = f.pg;
 
-let f: Fixture;
 let source: string;
 let golden: GoldenBackup;
 let baseline: RepoBaseline;
-const repo = (): string => `s3://${f.bucket}/replace`;
+const repo = (): string => f.repo('replace');
 /** Generous bound for every wait on a moment of the restore. */
 const MOMENT_MS = 180_000;
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'rpl');
-  source = await createDatabase(pg, uniqueDbName('rpl_src'), 'vault');
-  await fillLargeTable(pg, source, 2);
+  source = await f.database({ fixture: 'vault', prefix: 'rpl_src', fillMB: 2 });
   golden = await makeGolden(f, pg, 'replace', source);
   baseline = await repoBaseline(f, 'replace', golden);
 });
 
-afterAll(async () => {
-  await dropDatabase(pg, source);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
-  writeResults('replace');
-});
+afterAll(() => writeResults('replace'));
 
 function restoreArgs(target: string, extra: string[] = []): string[] {
   return ['restore', '--from', repo(), '--db', source, '--identity', f.identityFile, '--target-db', target, '--replace', ...extra];
@@ -88,13 +66,22 @@ async function measuredLoss(existing: TargetBaseline, aside: string | undefined)
   return dataLoss(f, pg, { repo: baseline, targets: [aside ? { ...existing, db: aside } : existing] });
 }
 
+/** The failed run left the existing target untouched and no scratch: records the row with the measured loss, which must be none. */
+async function expectUntouched(existing: TargetBaseline, row: Omit<MatrixRow, 'area' | 'dataLost'>): Promise<void> {
+  expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
+  const lost = await measuredLoss(existing, undefined);
+  record({ id: row.id, area: 'replace', fault: row.fault, injected: row.injected, outcome: row.outcome, dataLost: lost });
+  expect(lost).toBe('none');
+  await cleanup(existing);
+}
+
 async function cleanup(existing: TargetBaseline): Promise<void> {
   for (const d of (await listDatabases(pg)).filter((x) => x.startsWith(existing.db))) await dropDatabase(pg, d);
 }
 
 /** A psql session that holds a lock on database `db` (COMMENT ON DATABASE in an open transaction) until released. */
 async function holdLock(db: string): Promise<{ release(): Promise<void> }> {
-  const child = execa(path.join(pgInfo.binDir, 'psql'), ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres'], {
+  const child = execa(path.join(pg.binDir, 'psql'), ['-X', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', 'postgres'], {
     env: childEnv(pg),
     extendEnv: false,
     stdin: 'pipe',
@@ -138,53 +125,40 @@ const likeEscape = (s: string): string => s.replace(/[\\%_]/g, (c) => `\\${c}`);
 describe.concurrent('restore --replace fails: the existing database is untouched, no scratch left', () => {
   it('a damaged object (integrity failure)', { timeout: 600_000 }, async () => {
     const existing = await existingTarget(pg, 'rpl_dmg');
-    const m = await backupOk(f, 's3://' + f.bucket + '/replace-damaged', source, ['--compress', 'none']);
+    const m = await f.backup(f.repo('replace-damaged'), source, ['--compress', 'none']);
     const key = `replace-damaged/${m.dump.key}`;
     const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
     const bytes = Buffer.from(await out.Body!.transformToByteArray());
     bytes[Math.floor(bytes.length / 2)]! ^= 0x40;
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: key, Body: bytes }));
-    const r = await runCoffer(['restore', '--from', `s3://${f.bucket}/replace-damaged`, '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace'], { env: f.env() });
+    const r = await f.run(['restore', '--from', f.repo('replace-damaged'), '--db', source, '--identity', f.identityFile, '--target-db', existing.db, '--replace']);
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(/authentication failed/);
-    const s = await swapState(existing);
-    expect(s).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-01',
-      area: 'replace',
       fault: 'restore --replace of a damaged object (a bit flipped in the middle)',
       injected: 'object rewritten in the bucket; the target exists with known content',
       outcome: 'exit 5 "authentication failed…" after the data went into the scratch database; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 
   it('pg_restore fails (after loading everything into the scratch database)', { timeout: 600_000 }, async () => {
     const existing = await existingTarget(pg, 'rpl_pgr');
-    const wrapper = path.join(f.tmp, 'failing-pg-restore.sh');
+    const wrapper = f.path('failing-pg-restore.sh');
     await fsp.writeFile(
       wrapper,
-      `#!/bin/sh\nfor a in "$@"; do [ "$a" = "--list" ] && exec '${pgInfo.binDir}/pg_restore' "$@"; done\n'${pgInfo.binDir}/pg_restore' "$@" || exit $?\necho 'pg_restore: error: injected failure after the restore' >&2\nexit 1\n`,
+      `#!/bin/sh\nfor a in "$@"; do [ "$a" = "--list" ] && exec '${pg.binDir}/pg_restore' "$@"; done\n'${pg.binDir}/pg_restore' "$@" || exit $?\necho 'pg_restore: error: injected failure after the restore' >&2\nexit 1\n`,
       { mode: 0o755 },
     );
     const r = await runCoffer(restoreArgs(existing.db, ['--pg-restore-command', wrapper]), { env: f.env() });
     expect(r.code, r.stderr).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/pg_restore.*injected failure/);
-    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-02',
-      area: 'replace',
       fault: 'restore --replace: pg_restore fails',
       injected: '--pg-restore-command: a wrapper that runs the real pg_restore, then exits 1 with an error line',
       outcome: 'exit 3 naming pg_restore and its error; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 
   it('a failing --smoke query', { timeout: 600_000 }, async () => {
@@ -192,18 +166,12 @@ describe.concurrent('restore --replace fails: the existing database is untouched
     const r = await runCoffer(restoreArgs(existing.db, ['--smoke', 'SELECT count(*) FROM vault_status', '--smoke', 'SELECT 1/0']), { env: f.env() });
     expect(r.code, r.stderr).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/^smoke check failed: SELECT 1\/0: .*division by zero/);
-    expect(await swapState(existing)).toEqual({ state: 'untouched', scratch: [] });
-    const lost = await measuredLoss(existing, undefined);
-    record({
+    await expectUntouched(existing, {
       id: 'rpl-03',
-      area: 'replace',
       fault: 'restore --replace: a --smoke query fails',
       injected: "--smoke 'SELECT 1/0' after a passing one",
       outcome: 'exit 3 "smoke check failed: SELECT 1/0: … division by zero"; scratch dropped; the existing target untouched, nothing renamed aside',
-      dataLost: lost,
     });
-    expect(lost).toBe('none');
-    await cleanup(existing);
   });
 });
 

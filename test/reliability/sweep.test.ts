@@ -16,25 +16,23 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { execa } from 'execa';
 import { PutObjectCommand } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import { baseEnv, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
-import { startFaultProxy, type FaultProxy } from '../harness/fault-proxy.js';
-import { createDatabase, dataFingerprint, dropDatabase, fillLargeTable, listDatabases, pgFromInject, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
-import { backupOk, dataLoss, databaseDiff, existingTarget, repoBaseline, seededRandom, setupFixture, sleep, waitFor, type Fixture, type RepoBaseline, type TargetBaseline } from './common.js';
+import { useFixture } from '../harness/fixture.js';
+import { dataFingerprint, dropDatabase, listDatabases, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
+import { dataLoss, databaseDiff, existingTarget, repoBaseline, seededRandom, sleep, waitFor, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults } from './matrix.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'sweep', s3: true });
+const pg = f.pg;
 const FULL = process.env.COFFER_FAULT_SWEEP === 'full';
 const rnd = seededRandom('sweep');
 const SEALED_CHUNK = 64 * 1024 + 16;
 /** Row ids: the soak's rows stand beside the CI run's. */
 const rid = (id: string): string => (FULL ? `${id}-soak` : id);
 
-let f: Fixture;
 let source: string;
 let s3Manifest: BackupManifest;
 let fileManifest: BackupManifest;
@@ -45,17 +43,15 @@ let fileRepo: string;
 let existing: TargetBaseline;
 /** The S3 repository's good backup before any fault: the data-loss check of every row. */
 let baseRepo: RepoBaseline;
-const proxies: FaultProxy[] = [];
 
 beforeAll(async () => {
-  f = await setupFixture(rgwInfo, pgInfo, 'sweep');
-  source = await createDatabase(pg, uniqueDbName('sweep'), 'vault');
-  await fillLargeTable(pg, source, 2); // ~2 MB stored: 30-odd sealed chunks
-  s3Manifest = await backupOk(f, `s3://${f.bucket}/base`, source);
+  source = await f.database({ fixture: 'vault', prefix: 'sweep', fillMB: 2 }); // ~2 MB stored: 30-odd sealed chunks
+  s3Manifest = await f.backup(f.repo('base'), source);
   baseRepo = await repoBaseline(f, 'base', { database: source, schema: await schemaDump(pg, source), fingerprint: await dataFingerprint(pg, source) });
   existing = await existingTarget(pg, 'swp_existing');
-  fileRepo = path.join(f.tmp, 'base-repo');
-  fileManifest = await backupOk(f, fileRepo, source);
+  f.dropAtEnd(existing.db);
+  fileRepo = f.path('base-repo');
+  fileManifest = await f.backup(fileRepo, source);
   good = await fsp.readFile(path.join(fileRepo, fileManifest.dump.key));
   // The payload starts after the header's MAC line and the 16-byte nonce.
   const mac = good.indexOf('\n--- ');
@@ -63,11 +59,6 @@ beforeAll(async () => {
 }, 180_000);
 
 afterAll(async () => {
-  await Promise.all(proxies.map((p) => p.stop()));
-  await dropDatabase(pg, source);
-  if (existing) await dropDatabase(pg, existing.db);
-  f?.s3.destroy();
-  if (f) await fsp.rm(f.tmp, { recursive: true, force: true });
   // The soak's rows are kept in a results file of their own: a normal run does not erase them.
   writeResults(FULL ? 'sweep-soak' : 'sweep');
 });
@@ -124,7 +115,7 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
   const replace = mode.startsWith('restore') && n % 2 === 0;
   if (replace) await pg.psql(`CREATE DATABASE ${quoteIdent(target)} TEMPLATE ${quoteIdent(existing.db)};`);
   const onto = replace ? ['--replace'] : [];
-  const spool = path.join(f.tmp, `spool-${n}`);
+  const spool = f.path(`spool-${n}`);
   await fsp.mkdir(spool, { recursive: true });
   const ids = ['--identity', f.identityFile];
   let args: string[];
@@ -134,13 +125,13 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${s3Manifest.dump.key}`, Body: bytes }));
     const mKey = s3Manifest.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json');
     await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `${prefix}/${mKey}`, Body: `${JSON.stringify(s3Manifest, null, 2)}\n` }));
-    args = mode === 'verify-s3' ? ['verify', '--from', `s3://${f.bucket}/${prefix}`, ...ids] : ['restore', '--from', `s3://${f.bucket}/${prefix}`, ...ids, '--target-db', target, ...onto];
+    args = mode === 'verify-s3' ? ['verify', '--from', f.repo(prefix), ...ids] : ['restore', '--from', f.repo(prefix), ...ids, '--target-db', target, ...onto];
   } else if (mode === 'restore-file') {
-    const file = path.join(f.tmp, `case-${n}.age`);
+    const file = f.path(`case-${n}.age`);
     await fsp.writeFile(file, bytes);
     args = ['restore', '--file', file, ...ids, '--target-db', target, ...onto];
   } else {
-    const repo = path.join(f.tmp, `case-${n}`);
+    const repo = f.path(`case-${n}`);
     const dump = path.join(repo, fileManifest.dump.key);
     await fsp.mkdir(path.dirname(dump), { recursive: true });
     await fsp.writeFile(dump, bytes);
@@ -152,7 +143,7 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
           ? ['drill', '--from', repo, ...ids]
           : ['restore', '--from', repo, ...ids, '--target-db', target, ...onto, ...(mode === 'restore-jobs2' ? ['--jobs', '2', '--spool-dir', spool] : [])];
   }
-  const r = await runCoffer(args, { env: f.env() });
+  const r = await f.run(args);
   const what = `${mode}, ${d.label} (${d.kind} at ${d.at} of ${good.length}): ${r.stderr.slice(-1500)}`;
   expect(r.code, what).toBe(5);
   const line = errorLine(r.stderr);
@@ -276,12 +267,12 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
   });
 
   it('psql killed while loading a plain-SQL backup: exit 3 naming it, nothing left', async () => {
-    const sqlRepo = path.join(f.tmp, 'sql-repo');
-    await backupOk(f, sqlRepo, source, ['--schema-only']);
+    const sqlRepo = f.path('sql-repo');
+    await f.backup(sqlRepo, source, ['--schema-only']);
     // A psql wrapper that holds the restore's psql for a moment (queries pass at once), so there
     // is a loading psql to kill.
-    const wrapper = path.join(f.tmp, 'slow-psql.sh');
-    await fsp.writeFile(wrapper, `#!/bin/sh\ncase "$*" in *__restoring_*ON_ERROR_STOP*) sleep 1 ;; esac\nexec '${pgInfo.binDir}/psql' "$@"\n`, { mode: 0o755 });
+    const wrapper = f.path('slow-psql.sh');
+    await fsp.writeFile(wrapper, `#!/bin/sh\ncase "$*" in *__restoring_*ON_ERROR_STOP*) sleep 1 ;; esac\nexec '${pg.binDir}/psql' "$@"\n`, { mode: 0o755 });
     const n = FULL ? 6 : 2;
     await killDuringRestores(n, 'swp_psql', ['--from', sqlRepo, '--kind', 'schema-only', '--psql-command', wrapper], (_name, cmd) => cmd.includes('__restoring_') && cmd.includes('ON_ERROR_STOP'), 800, /psql \(restore\) was killed by SIGKILL/);
     record({ id: rid('swp-05'), area: 'interruption', fault: 'psql killed (SIGKILL) while loading a plain-SQL backup', injected: `${n} restores of a schema-only backup, the loading psql killed 0-800 ms in (seeded)`, outcome: 'exit 3 "psql (restore) was killed by SIGKILL" (or complete: exit 0); no target, scratch dropped', dataLost: await lossNow() });
@@ -290,11 +281,10 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
   it('S3 download reset at seeded offsets: resumed, the restore is identical', async () => {
     const offsets = Array.from({ length: FULL ? 8 : 3 }, () => 1 + Math.floor(rnd.next() * (s3Manifest.dump.size - 2)));
     for (const at of offsets) {
-      const p = await startFaultProxy(rgwInfo.endpoint);
-      proxies.push(p);
+      const p = await f.faultProxy();
       p.script([{ op: 'GetObject', path: /\.dump\.zst\.age$/, times: 1, fault: { kind: 'reset-response', afterBytes: at } }]);
       const target = uniqueDbName('swp_reset');
-      const r = await runCoffer(['restore', '--from', `s3://${f.bucket}/base`, '--identity', f.identityFile, '--target-db', target], { env: f.env({}, p.endpoint) });
+      const r = await runCoffer(['restore', '--from', f.repo('base'), '--identity', f.identityFile, '--target-db', target], { env: f.env({}, p.endpoint) });
       expect(r.code, `reset at ${at}: ${r.stderr.slice(-1200)}`).toBe(0);
       expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, source));
       await dropDatabase(pg, target);
@@ -304,26 +294,25 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
 
   it('backup: the upload reset at seeded offsets of a part: a complete backup (the part is resent) or exit 4 with nothing stored; the locks are free after', async () => {
     const offsets = Array.from({ length: FULL ? 8 : 3 }, () => 1 + Math.floor(rnd.next() * 2_000_000));
-    const locks = path.join(f.tmp, 'sweep-locks');
+    const locks = f.path('sweep-locks');
     for (const [i, at] of offsets.entries()) {
-      const p = await startFaultProxy(rgwInfo.endpoint);
-      proxies.push(p);
+      const p = await f.faultProxy();
       p.script([{ op: 'UploadPart', times: 1, fault: { kind: 'reset-request', afterBytes: at } }]);
       const prefix = `up-reset-${i}`;
-      const r = await runCoffer(['backup', '--to', `s3://${f.bucket}/${prefix}`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks, '--json'], { env: f.env({}, p.endpoint) });
+      const r = await runCoffer(['backup', '--to', f.repo(prefix), '--db', source, '--recipient', f.recipient, '--lock-dir', locks, '--json'], { env: f.env({}, p.endpoint) });
       const what = `reset at ${at}: ${r.stderr.slice(-1200)}`;
-      const listed = await runCoffer(['list', '--from', `s3://${f.bucket}/${prefix}`, '--json'], { env: f.env() });
+      const listed = await f.run(['list', '--from', f.repo(prefix), '--json']);
       const ids = (JSON.parse(listed.stdout) as Array<{ id: string }>).map((x) => x.id);
       if (r.code === 0) {
         expect(ids, what).toHaveLength(1);
-        const v = await runCoffer(['verify', '--from', `s3://${f.bucket}/${prefix}`, '--identity', f.identityFile], { env: f.env() });
+        const v = await f.run(['verify', '--from', f.repo(prefix), '--identity', f.identityFile]);
         expect(v.code, v.stderr).toBe(0);
       } else {
         expect(r.code, what).toBe(4);
         expect(ids, what).toEqual([]);
       }
       // The locks were released: the next run takes them without waiting.
-      const again = await runCoffer(['backup', '--to', `s3://${f.bucket}/${prefix}-next`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks], { env: f.env() });
+      const again = await f.run(['backup', '--to', `s3://${f.bucket}/${prefix}-next`, '--db', source, '--recipient', f.recipient, '--lock-dir', locks]);
       expect(again.code, again.stderr).toBe(0);
     }
     record({ id: rid('swp-06'), area: 'network', fault: 'upload connection reset inside a part at seeded offsets', injected: `proxy: one UploadPart reset after N request bytes, N at ${offsets.length} seeded offsets`, outcome: 'the part is resent: a complete backup that verifies (or exit 4 with nothing listed); the locks are free for the next run', dataLost: await lossNow() });
@@ -332,7 +321,7 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
   describe('the target server restarted mid-restore', () => {
     let other: ThrowawayCluster;
     beforeAll(async () => {
-      other = await startThrowawayCluster({ binDir: pgInfo.binDir });
+      other = await startThrowawayCluster({ binDir: pg.binDir });
     }, 120_000);
     afterAll(async () => {
       await other?.stop();
@@ -340,21 +329,21 @@ describe('children killed mid-restore, downloads reset, the server restarted', (
 
     it('exit 3, and the scratch database is dropped once the server is back', async () => {
       const target = 'restart_target';
-      const env = baseEnv({ ...other.env(), COFFER_PG_BIN: pgInfo.binDir });
+      const env = baseEnv({ ...other.env(), COFFER_PG_BIN: pg.binDir });
       // pg_restore gets the first 256 KiB at once (it connects and starts loading), then its
       // input pauses while the server is restarted under it.
-      const marker = path.join(f.tmp, 'restart-marker');
-      const wrapper = path.join(f.tmp, 'pausing-pg_restore.sh');
+      const marker = f.path('restart-marker');
+      const wrapper = f.path('pausing-pg_restore.sh');
       await fsp.writeFile(
         wrapper,
-        `#!/bin/bash\ncase "$*" in *--list*|--version) exec '${pgInfo.binDir}/pg_restore' "$@" ;; esac\nexec '${pgInfo.binDir}/pg_restore' "$@" < <(head -c 262144; touch '${marker}'; sleep 2; cat)\n`,
+        `#!/bin/bash\ncase "$*" in *--list*|--version) exec '${pg.binDir}/pg_restore' "$@" ;; esac\nexec '${pg.binDir}/pg_restore' "$@" < <(head -c 262144; touch '${marker}'; sleep 2; cat)\n`,
         { mode: 0o755 },
       );
       const child = startCoffer(['restore', '--file', path.join(fileRepo, fileManifest.dump.key), '--identity', f.identityFile, '--target-db', target, '--pg-restore-command', wrapper], { env });
       expect(await waitFor(() => fs.existsSync(marker), 60_000)).toBe(true);
       // As the server's OS user (postgres refuses root), with its log in its own data directory.
       const asServer = process.getuid?.() === 0 ? { uid: Number((await execa('id', ['-u', 'postgres'])).stdout), gid: Number((await execa('id', ['-g', 'postgres'])).stdout) } : {};
-      const restarted = await execa(path.join(pgInfo.binDir, 'pg_ctl'), ['restart', '-D', other.dataDir, '-m', 'immediate', '-w', '-l', path.join(other.dataDir, 'restart.log')], { ...asServer, cwd: other.dataDir, reject: false, stdio: 'ignore' });
+      const restarted = await execa(path.join(pg.binDir, 'pg_ctl'), ['restart', '-D', other.dataDir, '-m', 'immediate', '-w', '-l', path.join(other.dataDir, 'restart.log')], { ...asServer, cwd: other.dataDir, reject: false, stdio: 'ignore' });
       expect(restarted.exitCode).toBe(0);
       const r = await child;
       const stderr = String(r.stderr);

@@ -6,41 +6,28 @@
  * matching parts; a server that cannot provide the locale is refused with a clear message.
  */
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { ArchiveOffsetScanner } from '../../src/pg/archive-offsets.js';
 import { definitionFromArchive, retargetDatabase } from '../../src/pg/database-props.js';
 import { execa } from 'execa';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { childEnv, databaseExists, dropDatabase, listDatabases, pgFromInject, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { childEnv, databaseExists, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'dbprops' });
+const pg = f.pg;
 
-let tmp: string;
-let identityFile: string;
-let recipient: string;
 const suffix = Math.random().toString(16).slice(2, 8);
 const owner = `props_owner_${suffix}`;
 const reader = `props_reader_${suffix}`;
 const tuned = `props_tuned_${suffix}`;
 const gone = `props_gone_${suffix}`;
-const dbs: string[] = [];
-
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-dbprops-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
+  f.dropRolesAtEnd(owner, reader, tuned, gone);
   for (const r of [owner, reader, tuned, gone]) await pg.psql(`CREATE ROLE ${quoteIdent(r)} LOGIN;`);
-});
-
-afterAll(async () => {
-  for (const d of dbs) await dropDatabase(pg, d);
-  for (const r of [owner, reader, tuned, gone]) await pg.psql(`DROP ROLE IF EXISTS ${quoteIdent(r)};`).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
 });
 
 /** Everything the issue lists of a database, as comparable text (the name left out). */
@@ -60,23 +47,23 @@ async function properties(db: string): Promise<Record<string, string>> {
 }
 
 async function backup(repo: string, db: string, ...extra: string[]): Promise<BackupManifest> {
-  const r = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json', ...extra]);
+  const r = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--json', ...extra]);
   expect(r.code, r.stderr).toBe(0);
   return (JSON.parse(r.stdout) as BackupManifest[])[0]!;
 }
 
 async function restore(repo: string, target: string, ...extra: string[]) {
-  dbs.push(target);
-  return run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target, ...extra]);
+  f.dropAtEnd(target);
+  return f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, ...extra]);
 }
 
 describe('database-level properties come back', () => {
   // A name that needs quoting everywhere it appears in pg_dump's statements.
   const source = `Props "db" ${suffix}`;
-  const repo = (): string => path.join(tmp, 'props');
+  const repo = (): string => f.path('props');
 
   beforeAll(async () => {
-    dbs.push(source);
+    f.dropAtEnd(source);
     const q = quoteIdent(source);
     await pg.psql(`CREATE DATABASE ${q} TEMPLATE template0 LC_COLLATE 'C.utf8' LC_CTYPE 'C.utf8' OWNER ${quoteIdent(owner)} CONNECTION LIMIT 7;`);
     await pg.psql('CREATE TABLE t (x text); INSERT INTO t VALUES (\'b\'), (\'B\'), (\'a\');', source);
@@ -139,13 +126,13 @@ describe('database-level properties come back', () => {
 
   it('--replace gives the new database the backup properties; the old one keeps its own', async () => {
     const target = uniqueDbName('props_rep');
-    dbs.push(target);
+    f.dropAtEnd(target);
     await pg.psql(`CREATE DATABASE ${quoteIdent(target)} CONNECTION LIMIT 3;`);
     const r = await restore(repo(), target, '--replace');
     expect(r.code, r.stderr).toBe(0);
     expect(await properties(target)).toEqual(await properties(source));
     const aside = (await listDatabases(pg)).find((d) => d.startsWith(`${target}__before_`))!;
-    dbs.push(aside);
+    f.dropAtEnd(aside);
     expect((await properties(aside)).connlimit).toBe(3);
   });
 
@@ -167,7 +154,7 @@ describe('database-level properties come back', () => {
     expect(r.code, r.stderr).toBe(0);
     const got = await properties(target);
     const want = await properties(source);
-    expect(got.owner).toBe(pgInfo.user);
+    expect(got.owner).toBe(pg.user);
     expect(got.acl).toBe('');
     expect({ ...got, owner: '', acl: '' }).toEqual({ ...want, owner: '', acl: '' });
   });
@@ -175,10 +162,10 @@ describe('database-level properties come back', () => {
   it('an owner missing on the server fails the restore with the fix, and leaves no database behind', async () => {
     const other = `props_owner2_${suffix}`;
     const src = uniqueDbName('props_own2');
-    dbs.push(src);
+    f.dropAtEnd(src);
     await pg.psql(`CREATE ROLE ${quoteIdent(other)};`);
     await pg.psql(`CREATE DATABASE ${quoteIdent(src)} OWNER ${quoteIdent(other)};`);
-    const repo2 = path.join(tmp, 'owner2');
+    const repo2 = f.path('owner2');
     await backup(repo2, src);
     await pg.psql(`DROP DATABASE ${quoteIdent(src)}; DROP ROLE ${quoteIdent(other)};`);
     const target = uniqueDbName('props_own2_r');
@@ -206,12 +193,12 @@ describe('encodings other than UTF8 come back as they were', () => {
   ] as const) {
     it(`${encoding}: full and schema-only backups restore into ${encoding}, bytes identical, twice over`, async () => {
       const src = uniqueDbName(`enc_${encoding.toLowerCase()}`);
-      dbs.push(src);
+      f.dropAtEnd(src);
       await pg.psql(`CREATE DATABASE ${quoteIdent(src)} TEMPLATE template0 ENCODING ${quoteLiteral(encoding)} LOCALE 'C';`);
       await pg.psql(`CREATE TABLE t (x text); ${insert}`, src);
       const bytes = await rawBytes(src);
       expect(bytes).toMatch(/e9.* \/ 72e9/);
-      const repo = path.join(tmp, `enc-${encoding}`);
+      const repo = f.path(`enc-${encoding}`);
       await backup(repo, src);
       const first = uniqueDbName('enc_r1');
       const r1 = await restore(repo, first);
@@ -220,7 +207,7 @@ describe('encodings other than UTF8 come back as they were', () => {
       expect(await rawBytes(first)).toBe(bytes);
 
       // A backup of the copy restores too (it was not UTF8 holding invalid bytes).
-      const repo2 = path.join(tmp, `enc-${encoding}-2`);
+      const repo2 = f.path(`enc-${encoding}-2`);
       await backup(repo2, first);
       const second = uniqueDbName('enc_r2');
       const r2 = await restore(repo2, second);
@@ -239,10 +226,10 @@ describe('encodings other than UTF8 come back as they were', () => {
 
   it('an ICU database comes back with its ICU locale', async () => {
     const src = uniqueDbName('enc_icu');
-    dbs.push(src);
+    f.dropAtEnd(src);
     await pg.psql(`CREATE DATABASE ${quoteIdent(src)} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'sv-SE' LOCALE 'C.utf8';`);
     await pg.psql("CREATE TABLE t (x text); INSERT INTO t VALUES ('ö'), ('z'), ('a');", src);
-    const repo = path.join(tmp, 'icu');
+    const repo = f.path('icu');
     await backup(repo, src);
     const target = uniqueDbName('enc_icu_r');
     const r = await restore(repo, target);
@@ -255,10 +242,10 @@ describe('encodings other than UTF8 come back as they were', () => {
 
   it('a locale the server lacks: refused before any data moves, with the fix; nothing left behind', async () => {
     const src = uniqueDbName('enc_missing');
-    dbs.push(src);
+    f.dropAtEnd(src);
     await pg.psql(`CREATE DATABASE ${quoteIdent(src)};`);
     await pg.psql('CREATE TABLE t (x text);', src);
-    const repo = path.join(tmp, 'missing-locale');
+    const repo = f.path('missing-locale');
     const m = await backup(repo, src, '--schema-only');
     // The manifest is how a plain-SQL backup says how its database was made: say a locale this host lacks.
     const key = path.join(repo, path.dirname(m.dump.key), `${m.id}.manifest.json`);

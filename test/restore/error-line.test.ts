@@ -3,23 +3,16 @@
  * line it printed, not the tail of the statement after it; the statement goes to the error's
  * detail (a field of the log line), shortened, passwords hidden.
  */
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { TailBuffer } from '../../src/run/supervisor.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { databaseExists, dropDatabase, pgFromInject, quoteIdent, uniqueDbName } from '../harness/pg.js';
+import { errorLine } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { databaseExists, quoteIdent, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
+const f = useFixture({ name: 'error-line' });
+const pg = f.pg;
 
-let tmp: string;
-let identityFile: string;
-let recipient: string;
 let db: string;
-
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
 
 /** The JSON log record of the error line. */
 function errorRecord(stderr: string): Record<string, unknown> {
@@ -39,11 +32,9 @@ function errorRecord(stderr: string): Record<string, unknown> {
 }
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-error-line-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
   // A classic pg_dump restore failure: an index on a SQL function that reads a table by an
   // unqualified name. pg_restore runs with an empty search_path, so CREATE INDEX fails.
-  db = uniqueDbName('errline');
+  db = f.dropAtEnd(uniqueDbName('errline'));
   await pg.psql(`CREATE DATABASE ${quoteIdent(db)};`);
   await pg.psql(
     `CREATE TABLE lookup (k int PRIMARY KEY, v int);
@@ -56,18 +47,13 @@ beforeAll(async () => {
   );
 });
 
-afterAll(async () => {
-  await dropDatabase(pg, db);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
 describe('the error line of a failed restore', () => {
   it("is pg_restore's ERROR line; the statement is the detail; the scratch database is dropped", async () => {
-    const repo = path.join(tmp, 'repo');
-    const b = await run(['backup', '--to', repo, '--db', db, '--recipient', recipient]);
+    const repo = f.path('repo');
+    const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient]);
     expect(b.code, b.stderr).toBe(0);
     const target = uniqueDbName('errline_r');
-    const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+    const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(3);
     const line = errorLine(r.stderr);
     expect(line).toMatch(/^pg_restore exited with code 1: pg_restore: error: could not execute query: ERROR: {2}relation "lookup" does not exist \(nothing was restored; fix the cause on this server \(the failed statement is logged as detail\) and restore again\)$/);

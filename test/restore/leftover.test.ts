@@ -3,37 +3,19 @@
  * The next restore of the same target names it, with the statement that drops it, and leaves it
  * alone (another restore of that target may be running); other databases are not named.
  */
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { derivedName } from '../../src/pg/admin.js';
-import { baseEnv, pgEnv, runCoffer, writeIdentityFile } from '../harness/cli.js';
-import { createDatabase, databaseExists, dropDatabase, pgFromInject, quoteIdent, uniqueDbName } from '../harness/pg.js';
+import { useFixture } from '../harness/fixture.js';
+import { databaseExists, quoteIdent, uniqueDbName } from '../harness/pg.js';
 
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-const run = (args: string[]) => runCoffer(args, { env: baseEnv(pgEnv(pgInfo)) });
-
-let tmp: string;
-let identityFile: string;
+const f = useFixture({ name: 'leftover', db: { fixture: 'vault', prefix: 'leftover' } });
+const pg = f.pg;
 let repo: string;
-let source: string;
-const dbs: string[] = [];
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-leftover-'));
-  const id = await writeIdentityFile(tmp);
-  identityFile = id.identityFile;
-  source = await createDatabase(pg, uniqueDbName('leftover'), 'vault');
-  repo = path.join(tmp, 'repo');
-  const r = await run(['backup', '--to', repo, '--db', source, '--recipient', id.recipient]);
+  repo = f.path('repo');
+  const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient]);
   expect(r.code, r.stderr).toBe(0);
-});
-
-afterAll(async () => {
-  for (const d of [source, ...dbs]) await dropDatabase(pg, d);
-  await fsp.rm(tmp, { recursive: true, force: true });
 });
 
 describe('scratch databases left by a killed restore', () => {
@@ -44,11 +26,11 @@ describe('scratch databases left by a killed restore', () => {
       // Not a scratch name of this target (another target's, when the name is not cut to the same prefix).
       const unrelated = [derivedName(target, '__restoring_deadbeefx'), derivedName(`${target}y`, '__restoring_deadbeef')].filter((d) => d !== leftover);
       for (const d of [leftover, ...unrelated]) {
-        dbs.push(d);
+        f.dropAtEnd(d);
         await pg.psql(`CREATE DATABASE ${quoteIdent(d)};`);
       }
-      dbs.push(target);
-      const r = await run(['restore', '--from', repo, '--identity', identityFile, '--target-db', target]);
+      f.dropAtEnd(target);
+      const r = await f.run(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target]);
       expect(r.code, r.stderr).toBe(0);
       const warnings = r.stderr.split('\n').filter((l) => l.includes('scratch database of an earlier restore'));
       expect(warnings).toHaveLength(1);

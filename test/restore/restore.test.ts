@@ -1,48 +1,25 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { execa } from 'execa';
-import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { pgFromInject, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
-import { s3ClientFor, createTestBucket } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env, writeIdentityFile } from '../harness/cli.js';
+import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
+import { createTestBucket } from '../harness/rgw.js';
+import { baseEnv, errorLine, runCoffer, s3Env } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let identityFile: string;
-let recipient: string;
-let s3: S3Client;
-let bucket: string;
-let source: string;
+const f = useFixture({ name: 'restore-test', s3: true, db: 'varied' });
+const pg = f.pg;
+const rgwInfo = f.rgw!;
 let manifest: BackupManifest;
-const repoUrl = (): string => `s3://${bucket}/r`;
-
-function env(extra: Record<string, string> = {}): Record<string, string> {
-  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo), ...extra });
-}
+const repoUrl = (): string => f.repo('r');
 
 beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-restore-test-'));
-  ({ identityFile, recipient } = await writeIdentityFile(tmp));
-  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
-  bucket = await createTestBucket(s3);
-  source = await createDatabase(pg, undefined, 'varied');
-  const r = await runCoffer(['backup', '--to', repoUrl(), '--db', source, '--recipient', recipient, '--json'], { env: env() });
-  expect(r.code, r.stderr).toBe(0);
-  manifest = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-});
-
-afterAll(async () => {
-  s3?.destroy();
-  await fsp.rm(tmp, { recursive: true, force: true });
+  manifest = await f.backup(repoUrl(), f.db);
 });
 
 /** Scratch databases of restores into targets starting with `prefix` (other test files run restores concurrently). */
@@ -57,56 +34,56 @@ async function expectSameDatabase(a: string, b: string): Promise<void> {
 
 describe('restore round trip', () => {
   it('streamed restore equals the source: schema and per-table data', async () => {
-    const target = `${source}_restored`;
-    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT count(*) FROM pg_class', '--json'], { env: env() });
+    const target = `${f.db}_restored`;
+    const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT count(*) FROM pg_class', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const summary = JSON.parse(r.stdout) as { target: string; checks: { tocTables: number; smoke: Array<{ output: string }> }; tables: number };
     expect(summary.target).toBe(target);
     expect(summary.checks.tocTables).toBeGreaterThan(5);
     expect(Number(summary.checks.smoke[0]!.output)).toBeGreaterThan(100);
-    await expectSameDatabase(source, target);
-    expect(await scratchLeft(source)).toEqual([]);
+    await expectSameDatabase(f.db, target);
+    expect(await scratchLeft(f.db)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
   it('--jobs 2 restores the same content and removes its spool', async () => {
-    const target = `${source}_jobs`;
-    const spoolDir = path.join(tmp, 'spool');
+    const target = `${f.db}_jobs`;
+    const spoolDir = f.path('spool');
     await fsp.mkdir(spoolDir);
-    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', spoolDir], { env: env() });
+    const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', spoolDir]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameDatabase(source, target);
+    await expectSameDatabase(f.db, target);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
     // A --jobs restore that fails AFTER its spool was written (and restored from) removes the
     // spool too: the failure is a smoke query, after pg_restore --jobs read the spooled archive.
-    const bad = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', `${target}_2`, '--jobs', '2', '--spool-dir', spoolDir, '--smoke', 'SELECT 1/0'], {
-      env: env(),
+    const bad = await runCoffer(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', `${target}_2`, '--jobs', '2', '--spool-dir', spoolDir, '--smoke', 'SELECT 1/0'], {
+      env: f.env(),
     });
     expect(bad.code, bad.stderr).toBe(3);
     expect(bad.stderr).toMatch(/archive spooled/);
     expect(bad.stderr).toMatch(/pg_restore --jobs=2 finished/);
     expect(errorLine(bad.stderr)).toMatch(/^smoke check failed: SELECT 1\/0/);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
-    expect(await scratchLeft(source)).toEqual([]);
+    expect(await scratchLeft(f.db)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
   it('a file encrypted by the age CLI (pg_dump -Fc | age -r) restores with --file', async () => {
-    const file = path.join(tmp, 'by-age-cli.dump.age');
-    await execa('bash', ['-c', 'set -o pipefail; "$1/pg_dump" -Fc "$2" | age -r "$3" > "$4"', 'x', pgInfo.binDir, source, recipient, file], { env: { ...process.env, ...pg.env() } });
-    const target = `${source}_agecli`;
-    const r = await runCoffer(['restore', '--file', file, '--identity', identityFile, '--target-db', target], { env: env() });
+    const file = f.path('by-age-cli.dump.age');
+    await execa('bash', ['-c', 'set -o pipefail; "$1/pg_dump" -Fc "$2" | age -r "$3" > "$4"', 'x', pg.binDir, f.db, f.recipient, file], { env: { ...process.env, ...pg.env() } });
+    const target = `${f.db}_agecli`;
+    const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameDatabase(source, target);
+    await expectSameDatabase(f.db, target);
     await dropDatabase(pg, target);
   });
 
   it('--output writes the decrypted archive, which pg_restore reads', async () => {
-    const out = path.join(tmp, 'archive.dump');
-    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--output', out], { env: env() });
+    const out = f.path('archive.dump');
+    const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--output', out]);
     expect(r.code, r.stderr).toBe(0);
     expect(fs.statSync(out).mode & 0o777).toBe(0o600);
-    const list = await execa(path.join(pgInfo.binDir, 'pg_restore'), ['--list', out]);
+    const list = await execa(path.join(pg.binDir, 'pg_restore'), ['--list', out]);
     expect(String(list.stdout)).toContain('TABLE DATA');
   });
 });
@@ -114,9 +91,9 @@ describe('restore round trip', () => {
 describe('a failed restore changes nothing', () => {
   it('wrong identity: clear error, exit 5, no database created', async () => {
     const other = await generateIdentity();
-    const otherFile = path.join(tmp, 'wrong.txt');
+    const otherFile = f.path('wrong.txt');
     await fsp.writeFile(otherFile, other.fileText, { mode: 0o600 });
-    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', otherFile, '--target-db', 'never_created'], { env: env() });
+    const r = await f.run(['restore', '--from', repoUrl(), '--identity', otherFile, '--target-db', 'never_created']);
     expect(r.code).toBe(5);
     expect(errorLine(r.stderr)).toMatch(/no identity matches/);
     expect((await listDatabases(pg)).filter((d) => d.startsWith('never_created'))).toEqual([]);
@@ -126,10 +103,10 @@ describe('a failed restore changes nothing', () => {
     // A backup large enough to span many age chunks, so pg_restore is already running when the bad byte arrives.
     const big = await createDatabase(pg, undefined, 'varied');
     await fillLargeTable(pg, big, 24);
-    const r = await runCoffer(['backup', '--to', `s3://${bucket}/tamper`, '--db', big, '--recipient', recipient, '--compress', 'none', '--json'], { env: env() });
+    const r = await f.run(['backup', '--to', f.repo('tamper'), '--db', big, '--recipient', f.recipient, '--compress', 'none', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-    const original = Buffer.from(await (await s3.send(new GetObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}` }))).Body!.transformToByteArray());
+    const original = Buffer.from(await (await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: `tamper/${m.dump.key}` }))).Body!.transformToByteArray());
     for (const variant of ['flip', 'truncate'] as const) {
       const bytes = Buffer.from(original);
       let data: Buffer;
@@ -137,26 +114,26 @@ describe('a failed restore changes nothing', () => {
         bytes[Math.floor(bytes.length / 2)]! ^= 0x01;
         data = bytes;
       } else data = bytes.subarray(0, Math.floor(bytes.length * 0.7));
-      const file = path.join(tmp, `${variant}.age`);
+      const file = f.path(`${variant}.age`);
       await fsp.writeFile(file, data);
       const target = `${big}_${variant}`;
-      const res = await runCoffer(['restore', '--file', file, '--identity', identityFile, '--target-db', target], { env: env() });
+      const res = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
       expect(res.code, `${variant}: ${res.stderr}`).toBe(5);
       expect(errorLine(res.stderr)).toMatch(/authentication failed|truncated/);
       expect(res.stderr).toContain('scratch database dropped');
       expect(await databaseExists(pg, target)).toBe(false);
       expect(await scratchLeft(big)).toEqual([]);
       // In the repository: the object replaced in place (as an attacker or bit rot would).
-      await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}`, Body: data }));
-      const viaRepo = await runCoffer(['restore', '--from', `s3://${bucket}/tamper`, '--identity', identityFile, '--target-db', target], { env: env() });
+      await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `tamper/${m.dump.key}`, Body: data }));
+      const viaRepo = await f.run(['restore', '--from', f.repo('tamper'), '--identity', f.identityFile, '--target-db', target]);
       expect(viaRepo.code, viaRepo.stderr).toBe(5);
       expect(await databaseExists(pg, target)).toBe(false);
       expect(await scratchLeft(big)).toEqual([]);
-      const verify = await runCoffer(['verify', '--from', `s3://${bucket}/tamper`, '--identity', identityFile], { env: env() });
+      const verify = await f.run(['verify', '--from', f.repo('tamper'), '--identity', f.identityFile]);
       expect(verify.code).toBe(5);
     }
-    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: `tamper/${m.dump.key}`, Body: original }));
-    const good = await runCoffer(['verify', '--from', `s3://${bucket}/tamper`, '--identity', identityFile], { env: env() });
+    await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `tamper/${m.dump.key}`, Body: original }));
+    const good = await f.run(['verify', '--from', f.repo('tamper'), '--identity', f.identityFile]);
     expect(good.code, good.stderr).toBe(0);
     await dropDatabase(pg, big);
   });
@@ -164,43 +141,43 @@ describe('a failed restore changes nothing', () => {
   it('an existing target is refused without --replace; with --replace it is kept aside', async () => {
     const target = await createDatabase(pg, undefined, 'vault');
     const fpBefore = await dataFingerprint(pg, target);
-    const refused = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target], { env: env() });
+    const refused = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target]);
     expect(refused.code).toBe(2);
     expect(errorLine(refused.stderr)).toMatch(/already exists.*--replace/);
     expect(await dataFingerprint(pg, target)).toEqual(fpBefore);
 
-    const replaced = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--replace', '--json'], { env: env() });
+    const replaced = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--replace', '--json']);
     expect(replaced.code, replaced.stderr).toBe(0);
     const aside = (JSON.parse(replaced.stdout) as { replacedAside: string }).replacedAside;
     expect(aside).toMatch(new RegExp(`^${target}__before_\\d{8}T\\d{6}Z$`));
     expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
-    await expectSameDatabase(source, target);
+    await expectSameDatabase(f.db, target);
     await dropDatabase(pg, aside);
     await dropDatabase(pg, target);
   });
 
   it('a failing smoke check fails the restore and leaves nothing', async () => {
-    const target = `${source}_smoke`;
-    const r = await runCoffer(['restore', '--from', repoUrl(), '--identity', identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM no_such_table'], { env: env() });
+    const target = `${f.db}_smoke`;
+    const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT COUNT(*) FROM no_such_table']);
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/smoke check failed.*no_such_table/);
     expect(await databaseExists(pg, target)).toBe(false);
-    expect(await scratchLeft(source)).toEqual([]);
+    expect(await scratchLeft(f.db)).toEqual([]);
   });
 });
 
 describe('verify and drill', () => {
   it('verify passes on a good backup; drill restores, checks, records and drops', async () => {
-    const v = await runCoffer(['verify', '--from', repoUrl(), '--identity', identityFile, '--backup', 'all', '--json'], { env: env() });
+    const v = await f.run(['verify', '--from', repoUrl(), '--identity', f.identityFile, '--backup', 'all', '--json']);
     expect(v.code, v.stderr).toBe(0);
     const results = JSON.parse(v.stdout) as Array<{ tocEntries: number; tables: number }>;
     expect(results.length).toBe(1);
     expect(results[0]!.tables).toBeGreaterThan(5);
 
-    const resultFile = path.join(tmp, 'drill.json');
+    const resultFile = f.path('drill.json');
     // Other test files share the cluster: look only at what a drill creates.
     const drillLeft = async (): Promise<string[]> => (await listDatabases(pg)).filter((d) => d.startsWith('coffer_drill_'));
-    const d = await runCoffer(['drill', '--from', repoUrl(), '--identity', identityFile, '--smoke', 'SELECT 1', '--result-file', resultFile], { env: env() });
+    const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile, '--smoke', 'SELECT 1', '--result-file', resultFile]);
     expect(d.code, d.stderr).toBe(0);
     const rec = JSON.parse(await fsp.readFile(resultFile, 'utf8')) as { ok: boolean; tables: number; rows: unknown[]; backupId: string };
     expect(rec.ok).toBe(true);
@@ -209,7 +186,7 @@ describe('verify and drill', () => {
     expect(rec.rows.length).toBeGreaterThan(0);
     expect(await drillLeft()).toEqual([]);
 
-    const bad = await runCoffer(['drill', '--from', repoUrl(), '--identity', identityFile, '--smoke', 'SELECT * FROM missing_table'], { env: env() });
+    const bad = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile, '--smoke', 'SELECT * FROM missing_table']);
     expect(bad.code).toBe(3);
     expect((JSON.parse(bad.stdout) as { ok: boolean }).ok).toBe(false);
     expect(await drillLeft()).toEqual([]);
@@ -219,11 +196,11 @@ describe('verify and drill', () => {
 describe('disaster recovery on a fresh host', () => {
   it('a second cluster, only the identity and a read-only S3 user: restore latest + smoke query', async () => {
     const vault = await createDatabase(pg, undefined, 'vault');
-    const drBucket = await createTestBucket(s3);
-    const b = await runCoffer(['backup', '--to', `s3://${drBucket}/prod`, '--db', vault, '--recipient', recipient], { env: env() });
+    const drBucket = await createTestBucket(f.s3);
+    const b = await f.run(['backup', '--to', `s3://${drBucket}/prod`, '--db', vault, '--recipient', f.recipient]);
     expect(b.code, b.stderr).toBe(0);
     // The reader may only list and get: a bucket policy for RGW user "reader".
-    await s3.send(
+    await f.s3.send(
       new PutBucketPolicyCommand({
         Bucket: drBucket,
         Policy: JSON.stringify({
@@ -239,7 +216,7 @@ describe('disaster recovery on a fresh host', () => {
     try {
       const drEnv = baseEnv({ ...fresh.env(), COFFER_PG_BIN: fresh.binDir, ...s3Env(rgwInfo, 'reader') });
       const r = await runCoffer(
-        ['restore', '--from', `s3://${drBucket}/prod`, '--backup', 'latest', '--identity', identityFile, '--target-db', 'vault', '--smoke', 'SELECT COUNT(*) FROM vault_status;', '--json'],
+        ['restore', '--from', `s3://${drBucket}/prod`, '--backup', 'latest', '--identity', f.identityFile, '--target-db', 'vault', '--smoke', 'SELECT COUNT(*) FROM vault_status;', '--json'],
         { env: drEnv },
       );
       expect(r.code, r.stderr).toBe(0);
@@ -247,7 +224,7 @@ describe('disaster recovery on a fresh host', () => {
       expect(Number(s.checks.smoke[0]!.output)).toBeGreaterThan(0);
       expect((await fresh.psql('SELECT COUNT(*) FROM vault_status;', 'vault')).trim()).toBe(s.checks.smoke[0]!.output);
       // The reader cannot write into the repository.
-      const w = await runCoffer(['backup', '--to', `s3://${drBucket}/prod`, '--db', 'vault', '--recipient', recipient], { env: drEnv });
+      const w = await runCoffer(['backup', '--to', `s3://${drBucket}/prod`, '--db', 'vault', '--recipient', f.recipient], { env: drEnv });
       expect(w.code).toBe(4);
     } finally {
       await fresh.stop();

@@ -4,37 +4,23 @@
  * within ~13-27 s).
  */
 import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { GetBucketLifecycleConfigurationCommand, PutBucketLifecycleConfigurationCommand, PutObjectCommand, type LifecycleRule, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
-import { createDatabase, dropDatabase, pgFromInject } from '../harness/pg.js';
-import { createTestBucket, listAllKeys, putBucketPolicy, s3ClientFor } from '../harness/rgw.js';
-import { baseEnv, errorLine, pgEnv, runCoffer, s3Env } from '../harness/cli.js';
-import { generateIdentity } from '../../src/crypto/age.js';
+import { GetBucketLifecycleConfigurationCommand, PutBucketLifecycleConfigurationCommand, PutObjectCommand, type LifecycleRule } from '@aws-sdk/client-s3';
+import { describe, expect, it } from 'vitest';
+import { createTestBucket, listAllKeys, putBucketPolicy } from '../harness/rgw.js';
+import { baseEnv, errorLine, runCoffer, s3Env } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { canonicalRule, desiredRules } from '../../src/retention/lifecycle.js';
 import { parseRetentionPolicy } from '../../src/retention/policy.js';
 
-const rgwInfo = inject('rgw')!;
-const pgInfo = inject('pg')!;
-const pg = pgFromInject(pgInfo);
-
-let tmp: string;
-let recipient: string;
-let s3: S3Client;
-let db: string;
+const f = useFixture({ name: 'lifecycle-test', s3: true, bucket: false, db: 'empty' });
 
 /** A rule of another tool, already in the bucket: init must keep it exactly. */
 const FOREIGN: LifecycleRule = { ID: 'other-tool-logs', Status: 'Enabled', Filter: { Prefix: 'logs/' }, Expiration: { Days: 3 } };
 
-function env(): Record<string, string> {
-  return baseEnv({ ...pgEnv(pgInfo), ...s3Env(rgwInfo) });
-}
-
 async function rulesOf(bucket: string): Promise<LifecycleRule[]> {
   try {
-    return (await s3.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }))).Rules ?? [];
+    return (await f.s3.send(new GetBucketLifecycleConfigurationCommand({ Bucket: bucket }))).Rules ?? [];
   } catch (err) {
     if ((err as { name?: string }).name === 'NoSuchLifecycleConfiguration') return [];
     throw err;
@@ -45,32 +31,19 @@ function canonicalSet(rules: LifecycleRule[]): string[] {
   return rules.map((r) => JSON.stringify(canonicalRule(r))).sort();
 }
 
-beforeAll(async () => {
-  tmp = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-lifecycle-test-'));
-  recipient = (await generateIdentity()).recipient;
-  s3 = s3ClientFor(rgwInfo, rgwInfo.admin);
-  db = await createDatabase(pg);
-});
-
-afterAll(async () => {
-  s3?.destroy();
-  await dropDatabase(pg, db).catch(() => undefined);
-  await fsp.rm(tmp, { recursive: true, force: true });
-});
-
 describe('coffer init', () => {
   it('creates the rules, keeps an unrelated rule, and a second run changes nothing; retention check sees drift', async () => {
-    const bucket = await createTestBucket(s3);
-    await s3.send(new PutBucketLifecycleConfigurationCommand({ Bucket: bucket, LifecycleConfiguration: { Rules: [FOREIGN] } }));
+    const bucket = await createTestBucket(f.s3);
+    await f.s3.send(new PutBucketLifecycleConfigurationCommand({ Bucket: bucket, LifecycleConfiguration: { Rules: [FOREIGN] } }));
     const repo = `s3://${bucket}/prod`;
 
-    const dry = await runCoffer(['init', '--to', repo, '--dry-run'], { env: env() });
+    const dry = await f.run(['init', '--to', repo, '--dry-run']);
     expect(dry.code, dry.stderr).toBe(0);
     expect(dry.stdout).toMatch(/\[dry-run\] add\s+lifecycle rule coffer-daily@prod: prefix "prod\/" tag coffer-tier=daily: expire after 14 days/);
     expect(dry.stdout).toContain('other   lifecycle rule other-tool-logs');
     expect(canonicalSet(await rulesOf(bucket))).toEqual(canonicalSet([FOREIGN])); // nothing written
 
-    const first = await runCoffer(['init', '--to', repo], { env: env() });
+    const first = await f.run(['init', '--to', repo]);
     expect(first.code, first.stderr).toBe(0);
     expect(first.stdout).toContain('changes applied');
     const after = await rulesOf(bucket);
@@ -84,27 +57,27 @@ describe('coffer init', () => {
     expect(byId.get('coffer-manual@prod')).toMatchObject({ expirationDays: 90 });
     expect(byId.get('coffer-cleanup@prod')).toMatchObject({ prefix: 'prod/', abortIncompleteDays: 1, noncurrentDays: 7, expiredObjectDeleteMarker: true });
 
-    const second = await runCoffer(['init', '--to', repo], { env: env() });
+    const second = await f.run(['init', '--to', repo]);
     expect(second.code, second.stderr).toBe(0);
     expect(second.stdout).toContain('no changes');
     expect(second.stdout).not.toMatch(/^(add|update|remove) /m);
     expect(canonicalSet(await rulesOf(bucket))).toEqual(canonicalSet(after));
 
-    const ok = await runCoffer(['retention', 'check', '--from', repo], { env: env() });
+    const ok = await f.run(['retention', 'check', '--from', repo]);
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stdout).toContain('matches the retention policy');
 
     // A different policy is drift: exit 7, one line per difference.
-    const drift = await runCoffer(['retention', 'check', '--from', repo, '--keep-daily', '7d', '--json'], { env: env() });
+    const drift = await f.run(['retention', 'check', '--from', repo, '--keep-daily', '7d', '--json']);
     expect(drift.code, drift.stderr).toBe(7);
     expect((JSON.parse(drift.stdout) as { drift: string[] }).drift).toEqual([expect.stringContaining('lifecycle rule coffer-daily@prod differs (wanted: prefix "prod/" tag coffer-tier=daily: expire after 7 days)')]);
     expect(errorLine(drift.stderr)).toMatch(/retention drift on s3:\/\/.*\/prod: 1 difference/);
     // Asking for object lock on a bucket without it is drift too.
-    const lock = await runCoffer(['retention', 'check', '--from', repo, '--object-lock-mode', 'governance'], { env: env() });
+    const lock = await f.run(['retention', 'check', '--from', repo, '--object-lock-mode', 'governance']);
     expect(lock.code, lock.stderr).toBe(7);
     expect(lock.stdout).toContain('object lock is not enabled');
     // Updating the policy: only the daily rule changes, the foreign rule stays.
-    const upd = await runCoffer(['init', '--to', repo, '--keep-daily', '7d'], { env: env() });
+    const upd = await f.run(['init', '--to', repo, '--keep-daily', '7d']);
     expect(upd.code, upd.stderr).toBe(0);
     expect(upd.stdout).toMatch(/^update\s+lifecycle rule coffer-daily@prod/m);
     expect(upd.stdout.match(/^update /gm)).toHaveLength(1);
@@ -112,27 +85,27 @@ describe('coffer init', () => {
   });
 
   it('refuses a missing bucket without --create-bucket, and local repositories', async () => {
-    const missing = await runCoffer(['init', '--to', 's3://coffer-no-such-bucket-x1/prod'], { env: env() });
+    const missing = await f.run(['init', '--to', 's3://coffer-no-such-bucket-x1/prod']);
     expect(missing.code).toBe(2);
     expect(errorLine(missing.stderr)).toMatch(/does not exist.*--create-bucket/);
-    const local = await runCoffer(['init', '--to', tmp], { env: env() });
+    const local = await f.run(['init', '--to', f.tmp]);
     expect(local.code).toBe(2);
     expect(errorLine(local.stderr)).toMatch(/coffer prune/);
-    const badLock = await runCoffer(['init', '--to', 's3://coffer-no-such-bucket-x1/prod', '--object-lock', 'strict'], { env: env() });
+    const badLock = await f.run(['init', '--to', 's3://coffer-no-such-bucket-x1/prod', '--object-lock', 'strict']);
     expect(badLock.code).toBe(2);
   });
 });
 
 describe('admin role (minio/coffer-admin.json)', () => {
   it('is enough for init with object lock and retention check, and reads no backups', async () => {
-    const bucket = await createTestBucket(s3, undefined, { objectLock: true });
-    await s3.send(new PutObjectCommand({ Bucket: bucket, Key: 'backups/x/daily/20260101T000000Z-00000000.manifest.json', Body: '{}' }));
+    const bucket = await createTestBucket(f.s3, undefined, { objectLock: true });
+    await f.s3.send(new PutObjectCommand({ Bucket: bucket, Key: 'backups/x/daily/20260101T000000Z-00000000.manifest.json', Body: '{}' }));
     const policy = JSON.parse((await fsp.readFile(new URL('../../minio/coffer-admin.json', import.meta.url), 'utf8')).replaceAll('arn:aws:s3:::coffer', `arn:aws:s3:::${bucket}`)) as { Statement: object[] };
-    await putBucketPolicy(s3, bucket, {
+    await putBucketPolicy(f.s3, bucket, {
       Version: '2012-10-17',
       Statement: policy.Statement.map((st) => ({ ...st, Principal: { AWS: ['arn:aws:iam:::user/other'] } })),
     });
-    const asOther = baseEnv({ ...s3Env(rgwInfo, 'other') });
+    const asOther = baseEnv({ ...s3Env(f.rgw!, 'other') });
     const repo = `s3://${bucket}/backups`;
     const init = await runCoffer(['init', '--to', repo, '--object-lock', 'compliance'], { env: asOther });
     expect(init.code, init.stderr).toBe(0);
@@ -148,25 +121,25 @@ describe('admin role (minio/coffer-admin.json)', () => {
 
 describe('lifecycle expiry', () => {
   it('a daily backup under a 1-day policy disappears while a monthly one stays', async () => {
-    const bucket = await createTestBucket(s3);
+    const bucket = await createTestBucket(f.s3);
     const repo = `s3://${bucket}/lc`;
-    const init = await runCoffer(['init', '--to', repo, '--keep-daily', '1d'], { env: env() });
+    const init = await f.run(['init', '--to', repo, '--keep-daily', '1d']);
     expect(init.code, init.stderr).toBe(0);
     const keysOf = async (tier: string): Promise<string[]> => {
-      const r = await runCoffer(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--tier', tier, '--json'], { env: env() });
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--tier', tier, '--json']);
       expect(r.code, r.stderr).toBe(0);
       const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
       return [`lc/${m.dump.key}`, `lc/${m.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`];
     };
     const daily = await keysOf('daily');
     const monthly = await keysOf('monthly');
-    expect(await listAllKeys(s3, bucket, 'lc/')).toEqual(expect.arrayContaining([...daily, ...monthly]));
+    expect(await listAllKeys(f.s3, bucket, 'lc/')).toEqual(expect.arrayContaining([...daily, ...monthly]));
 
     // Bounded wait: RGW's lifecycle thread counts 10 s as a day; poll for up to ~2.5 minutes.
-    let left = await listAllKeys(s3, bucket, 'lc/');
+    let left = await listAllKeys(f.s3, bucket, 'lc/');
     for (let i = 0; i < 75 && daily.some((k) => left.includes(k)); i++) {
       await new Promise((r) => setTimeout(r, 2000));
-      left = await listAllKeys(s3, bucket, 'lc/');
+      left = await listAllKeys(f.s3, bucket, 'lc/');
     }
     expect(left.filter((k) => daily.includes(k))).toEqual([]);
     expect(left.sort()).toEqual([...monthly].sort());
