@@ -3,6 +3,7 @@
  * scratch database itself (created with the backup's encoding and locale, given its owner,
  * ACL, settings and comment after the data, dropped on failure), and the backup's roles.
  */
+import pRetry, { AbortError } from 'p-retry';
 import { DatabaseError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral } from '../pg/admin.js';
@@ -111,28 +112,40 @@ export async function reportLeftovers(admin: PgAdmin, target: string, log: Logge
 
 /** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */
 const DROP_RETRY_MS = 30_000;
+const DROP_RETRY_EVERY_MS = 500;
+/** What libpq and the server say while the server is down, starting or stopping. */
+const UNREACHABLE = /could not connect|connection refused|No such file or directory|server closed the connection|the database system is (starting up|shutting down|in recovery)|terminating connection/i;
 
 /**
  * Drops the scratch database, retrying while the server cannot be reached (it may be
  * restarting: the restore failed because it went away). Logs what it could not do.
  */
 export async function dropScratch(admin: PgAdmin, scratch: string, log: Logger): Promise<void> {
-  const until = Date.now() + DROP_RETRY_MS;
-  for (let attempt = 1; ; attempt++) {
-    try {
-      await admin.drop(scratch);
-      log.info('scratch database dropped', { scratch });
-      return;
-    } catch (e) {
-      const msg = (e as Error).message;
-      const unreachable = /could not connect|connection refused|No such file or directory|server closed the connection|the database system is (starting up|shutting down|in recovery)|terminating connection/i.test(msg);
-      if (!unreachable || Date.now() >= until) {
-        log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand: DROP DATABASE ${JSON.stringify(scratch)} WITH (FORCE);`, { error: msg });
-        return;
-      }
-      if (attempt === 1) log.warn('the server cannot be reached to drop the scratch database; retrying', { scratch, error: msg });
-      await new Promise((r) => setTimeout(r, 500));
-    }
+  try {
+    await pRetry(
+      async () => {
+        try {
+          await admin.drop(scratch);
+        } catch (e) {
+          // Anything but an unreachable server will not change by waiting.
+          throw UNREACHABLE.test((e as Error).message) ? e : new AbortError(e as Error);
+        }
+      },
+      {
+        retries: Math.ceil(DROP_RETRY_MS / DROP_RETRY_EVERY_MS),
+        maxRetryTime: DROP_RETRY_MS,
+        factor: 1,
+        minTimeout: DROP_RETRY_EVERY_MS,
+        maxTimeout: DROP_RETRY_EVERY_MS,
+        randomize: false,
+        onFailedAttempt: ({ error, attemptNumber }) => {
+          if (attemptNumber === 1) log.warn('the server cannot be reached to drop the scratch database; retrying', { scratch, error: error.message });
+        },
+      },
+    );
+    log.info('scratch database dropped', { scratch });
+  } catch (e) {
+    log.error(`could not drop the scratch database ${JSON.stringify(scratch)}; drop it by hand: DROP DATABASE ${JSON.stringify(scratch)} WITH (FORCE);`, { error: (e as Error).message });
   }
 }
 
