@@ -49,6 +49,8 @@ export interface PhysicalManifest {
     systemIdentifier?: string;
     /** The program that produced the tar (pg_basebackup, tar, or a --tar-command), without secrets. */
     command: string[];
+    /** The role pg_basebackup connected as (basebackup only): a role that exists in the restored cluster. */
+    role?: string;
     /** `pg_basebackup --version` / `tar --version` first line. */
     toolVersion?: string;
   };

@@ -46,6 +46,8 @@ export interface StartOptions {
   baseDir?: string;
   /** Extra postgresql.conf settings (override the defaults below). */
   settings?: Record<string, string>;
+  /** Extra environment of the server (its archive_command and restore_command inherit it). */
+  env?: Record<string, string>;
 }
 
 const SUPERUSER = 'postgres';
@@ -84,7 +86,7 @@ export function tailOneLine(text: string, lines = 3, maxChars = 600): string {
 }
 
 /** process.env without libpq variables (PGHOST, PGPASSWORD, PGSERVICE, …) that could redirect our children. */
-function cleanEnv(): Record<string, string> {
+export function cleanEnv(): Record<string, string> {
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (v === undefined || k.startsWith('PG')) continue;
@@ -93,31 +95,39 @@ function cleanEnv(): Record<string, string> {
   return out;
 }
 
-function isRoot(): boolean {
+export function isRoot(): boolean {
   return typeof process.getuid === 'function' && process.getuid() === 0;
 }
 
 /** uid/gid to run initdb/postgres as: the `postgres` OS user when root, else ourselves. */
 function serverUser(): ServerUser {
   if (!isRoot()) return {};
-  const u = spawnSync('id', ['-u', SERVER_OS_USER], { encoding: 'utf8' });
-  const g = spawnSync('id', ['-g', SERVER_OS_USER], { encoding: 'utf8' });
-  const uid = Number.parseInt(u.stdout ?? '', 10);
-  const gid = Number.parseInt(g.stdout ?? '', 10);
-  if (u.status !== 0 || g.status !== 0 || !Number.isFinite(uid) || !Number.isFinite(gid)) {
+  const u = osUser(SERVER_OS_USER);
+  if (!u) {
     throw new DatabaseError(`running as root but there is no '${SERVER_OS_USER}' OS user to run the throwaway PostgreSQL server as`, {
       hint: 'install the postgresql package (it creates the user) or run as a non-root user',
     });
   }
+  return u;
+}
+
+/** uid and gid of an OS user (a name or a number), or `undefined` when there is no such user. */
+export function osUser(name: string): { uid: number; gid: number } | undefined {
+  const u = spawnSync('id', ['-u', name], { encoding: 'utf8' });
+  const g = spawnSync('id', ['-g', name], { encoding: 'utf8' });
+  const uid = Number.parseInt(u.stdout ?? '', 10);
+  const gid = Number.parseInt(g.stdout ?? '', 10);
+  if (u.status !== 0 || g.status !== 0 || !Number.isFinite(uid) || !Number.isFinite(gid)) return undefined;
   return { uid, gid };
 }
 
-function confValue(v: string): string {
+/** A postgresql.conf string value: single-quoted, quotes doubled, backslashes escaped. */
+export function confValue(v: string): string {
   return `'${v.replace(/\\/g, '\\\\').replace(/'/g, "''")}'`;
 }
 
 /** A TCP port that was free on 127.0.0.1 a moment ago. */
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   return await new Promise<number>((resolvePort, reject) => {
     const srv = createServer();
     srv.unref();
@@ -143,7 +153,7 @@ export async function runPsql(binDir: string, libpqEnv: Record<string, string>, 
 // ---------------------------------------------------------------------------------------------
 // Start
 
-async function readTail(file: string, lines = 4): Promise<string> {
+export async function readTail(file: string, lines = 4): Promise<string> {
   try {
     return tailOneLine(await readFile(file, 'utf8'), lines);
   } catch {
@@ -151,7 +161,7 @@ async function readTail(file: string, lines = 4): Promise<string> {
   }
 }
 
-function readPid(dataDir: string): number {
+export function readPid(dataDir: string): number {
   try {
     return Number.parseInt(readFileSync(join(dataDir, 'postmaster.pid'), 'utf8').split('\n')[0] ?? '', 10) || 0;
   } catch {
@@ -189,7 +199,7 @@ export async function startThrowawayCluster(opts: StartOptions = {}): Promise<Th
   const cleanupDirs = async (): Promise<void> => {
     await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
   };
-  const serverEnv = { ...cleanEnv(), TZ: 'UTC', LC_ALL: 'C' };
+  const serverEnv = { ...cleanEnv(), TZ: 'UTC', LC_ALL: 'C', ...(opts.env ?? {}) };
   const pgCtl = join(binDir, 'pg_ctl');
 
   try {

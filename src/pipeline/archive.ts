@@ -15,8 +15,8 @@ export interface ExpectedArchive {
   size: number;
   /** Bytes pg_dump produced (0: unknown, not checked). */
   dumpBytes?: number;
-  /** `custom`: a pg_dump custom archive; `sql`: plain SQL (schema-only, data-only, globals). */
-  format?: 'custom' | 'sql';
+  /** `custom`: a pg_dump custom archive; `sql`: plain SQL (schema-only, data-only, globals); `tar`: a physical backup. */
+  format?: ArchiveFormat;
 }
 
 export interface ArchiveInput {
@@ -42,7 +42,7 @@ export interface OpenedArchive {
    * failure is recorded with the supervisor.
    */
   archive: Readable;
-  format: 'custom' | 'sql';
+  format: ArchiveFormat;
   compressed: boolean;
   children: Child[];
   /** Bytes of ciphertext read and of archive produced so far. */
@@ -55,7 +55,18 @@ export interface OpenedArchive {
   databaseEntries(): Promise<DatabaseTocEntry[] | undefined>;
 }
 
+export type ArchiveFormat = 'custom' | 'sql' | 'tar';
+
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+/** POSIX/GNU tar: "ustar" at offset 257 of the first header block. */
+const TAR_MAGIC = Buffer.from('ustar');
+const TAR_BLOCK = 512;
+
+function formatOf(head: Buffer): ArchiveFormat {
+  if (head.subarray(0, 5).equals(PGDMP_MAGIC)) return 'custom';
+  if (head.length >= 262 && head.subarray(257, 262).equals(TAR_MAGIC)) return 'tar';
+  return 'sql';
+}
 const PGDMP_MAGIC = Buffer.from('PGDMP');
 /** pg_dump's and pg_dumpall's last comment line in plain format. */
 const SQL_TRAILER = /-- PostgreSQL database (cluster )?dump complete\n/;
@@ -160,16 +171,19 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   });
   checked.on('error', failStage);
   pipeline(source, checked, () => undefined);
-  const head = await peek(checked);
+  const head = await readAhead(checked, (held) => held.reduce((n, b) => n + b.length, 0) >= TAR_BLOCK);
   if (head.length === 0) {
     await upstreamDone.catch((err: unknown) => {
       throw err;
     });
     throw new IntegrityError('the backup holds no data: the decompressed archive is empty', { hint: 'this backup stored nothing; use another backup' });
   }
-  const format = head.subarray(0, 5).equals(PGDMP_MAGIC) ? 'custom' : 'sql';
+  const format = formatOf(head);
+  if (format === 'tar' && expected?.format !== 'tar') {
+    throw new IntegrityError('this is a physical backup (a tar archive of a data directory), not a pg_dump archive', { hint: 'restore it with coffer restore --physical' });
+  }
   if (expected?.format && expected.format !== format) {
-    const what = (f: string): string => (f === 'custom' ? 'a pg_dump custom archive' : 'plain SQL');
+    const what = (f: string): string => (f === 'custom' ? 'a pg_dump custom archive' : f === 'tar' ? 'a tar archive' : 'plain SQL');
     throw new IntegrityError(`the backup holds ${what(format)}, but its manifest says ${what(expected.format)}`, { hint: 'the object or the manifest was replaced; do not trust this backup' });
   }
   const databaseEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
@@ -189,7 +203,8 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
  */
 export class ArchiveCheck {
   private scanner: ArchiveOffsetScanner | undefined;
-  private format: 'custom' | 'sql' | undefined;
+  private format: ArchiveFormat | undefined;
+  private bytes = 0;
   private tail = Buffer.alloc(0);
 
   constructor(private readonly expected: Pick<ExpectedArchive, 'format' | 'dumpBytes'> | undefined) {}
@@ -205,9 +220,11 @@ export class ArchiveCheck {
 
   push(chunk: Buffer): void {
     if (this.format === undefined) {
-      this.format = chunk.subarray(0, 5).equals(PGDMP_MAGIC) ? 'custom' : 'sql';
+      // openArchive reads ahead at least a tar block before the first push
+      this.format = formatOf(chunk);
       if (this.format === 'custom') this.scanner = new ArchiveOffsetScanner();
     }
+    this.bytes += chunk.length;
     if (this.scanner) this.scanner.push(chunk);
     else {
       this.tail = Buffer.concat([this.tail, chunk.subarray(Math.max(0, chunk.length - SQL_TRAILER_WINDOW))]);
@@ -224,6 +241,11 @@ export class ArchiveCheck {
       if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
       const missing = missingDataBlocks(scan.layout);
       if (missing.length > 0) return damaged(`the custom archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`);
+    } else if (this.format === 'tar') {
+      // A whole tar ends with two zero blocks (then, from GNU tar, zero padding to its record size).
+      if (this.bytes % TAR_BLOCK !== 0 || this.tail.length < 2 * TAR_BLOCK || this.tail.subarray(-2 * TAR_BLOCK).some((b) => b !== 0)) {
+        return damaged('the tar archive does not end with its end-of-archive blocks');
+      }
     } else if (this.expected?.format === 'sql' && !SQL_TRAILER.test(this.tail.toString('latin1'))) {
       return damaged("the SQL dump does not end with pg_dump's closing line");
     }
@@ -231,6 +253,12 @@ export class ArchiveCheck {
     if (want > 0 && archiveBytes !== want) return damaged(`the archive has ${archiveBytes} bytes, its manifest says pg_dump wrote ${want}`);
     return null;
   }
+}
+
+/** The format of an archive opened for a logical restore (openArchive refuses a tar unless the manifest says tar). */
+export function logicalFormat(format: ArchiveFormat): 'custom' | 'sql' {
+  if (format === 'tar') throw new IntegrityError('this is a physical backup (a tar archive of a data directory), not a pg_dump archive', { hint: 'restore it with coffer restore --physical' });
+  return format;
 }
 
 /** The first bytes of a stream, left in it (unshifted). Empty at end of stream. */

@@ -16,7 +16,7 @@ import type { Logger } from '../observe/log.js';
 import { Supervisor } from '../run/supervisor.js';
 import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
+import { logicalFormat, openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
 import { FanOut } from './fanout.js';
 
 /** Where the encrypted backup comes from. */
@@ -39,7 +39,7 @@ export function expectedArchive(m: BackupManifest): ExpectedArchive {
 }
 
 /** Opens the encrypted source (repository object or local file) as a checked archive stream. */
-export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJS.ProcessEnv): Promise<OpenedArchive> {
+export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJS.ProcessEnv): Promise<OpenedArchive & { format: 'custom' | 'sql' }> {
   let ciphertext: Readable;
   let expected: ExpectedArchive | undefined;
   if (req.source.kind === 'repository') {
@@ -56,7 +56,8 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
     let n = 0;
     if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
   }
-  return openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, sup, env });
+  const opened = await openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, sup, env });
+  return { ...opened, format: logicalFormat(opened.format) };
 }
 
 /**

@@ -22,6 +22,8 @@ import { formatBytes } from '../../observe/log.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
 import { serverOptions, sourceOptions, sourceRepository } from '../option-groups.js';
+import { physicalRestoreOptions, refuseWithoutPhysical, runPhysicalRestoreCommand } from './restore-physical.js';
+import type { PhysicalRestoreSummary } from '../../physical/restore.js';
 
 /** Options of every command that reads a backup. */
 type SourceValues = Values<typeof sourceOptions>;
@@ -43,6 +45,7 @@ const restoreOptions = {
   output: value('--output <file>', 'write the decrypted archive to a file instead of restoring', text),
   intoExisting: value('--into-existing <db>', 'load a data-only backup (latest: the newest data-only one) into this existing database, which holds the schema: one transaction, materialized views refreshed', database),
   json: flag('--json', 'print the summary as JSON on stdout'),
+  ...physicalRestoreOptions,
 };
 
 export const restore = defineCommand({
@@ -113,7 +116,9 @@ async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: 
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
-async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | { output: string; bytes: number }> {
+async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
+  if (flags.physical) return runPhysicalRestoreCommand(flags, await loadIdentities(flags), ctx);
+  refuseWithoutPhysical(flags);
   if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
   const identities = await loadIdentities(flags);
   if (flags.output !== undefined) {

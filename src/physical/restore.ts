@@ -1,0 +1,405 @@
+/**
+ * `coffer restore --physical`: a cluster's physical backup (pg_basebackup tar or cold volume
+ * archive) unpacked into a new data directory, set up to replay archived WAL to a recovery
+ * target, and optionally started once on a private socket to prove it recovers:
+ *
+ *   store ─▶ sha256/size ─▶ age decrypt ─▶ zstd -d ─▶ tar check ─▶ tar -x -C DIR
+ *                                                        └─▶ postgresql.auto.conf + recovery.signal
+ *                                                            └─▶ (--verify) pg_verifybackup, postgres, smoke, stop
+ *
+ * The directory must be empty or new. Whatever fails — a damaged object, a wrong identity, a
+ * failed recovery — the directory is emptied again (and removed if coffer created it): nothing
+ * is left that could be started on damaged data.
+ */
+import { existsSync } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { spawnSync } from 'node:child_process';
+import { clusterPrefix, parseClusterKey, parseSegmentName, parseWalKey, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
+import { decodePhysicalManifest, type PhysicalManifest } from '../catalog/physical-manifest.js';
+import { newestFirst } from '../catalog/catalog.js';
+import { confValue, isRoot, osUser } from '../demo/throwaway-cluster.js';
+import { IntegrityError, StorageError, UsageError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+import { openArchive } from '../pipeline/archive.js';
+import { missingTool } from '../pg/tools.js';
+import { Supervisor, toolEnv } from '../run/supervisor.js';
+import { resumableGet } from '../store/resumable.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { findServerBinaries } from './server-version.js';
+import { checkRecovery, type RecoveryCheck } from './recovery-check.js';
+
+/** Where recovery stops (PostgreSQL's recovery_target_*). */
+export type RecoveryTarget = { kind: 'time'; time: Date } | { kind: 'lsn'; lsn: string; value: bigint } | { kind: 'name'; name: string } | { kind: 'immediate' };
+
+export type TargetAction = 'promote' | 'pause' | 'shutdown';
+
+export interface PhysicalRestoreRequest {
+  store: ObjectStore;
+  cluster: string;
+  /** `latest` or a backup id. */
+  selector: string;
+  identities: string[];
+  /** Identity files named in restore_command (absolute paths). */
+  identityFiles: string[];
+  toDir: string;
+  target?: RecoveryTarget;
+  targetAction: TargetAction;
+  /** OS user to own the directory when coffer runs as root (default: the directory's owner, else `postgres`). */
+  owner?: string;
+  /** Directory of the server binaries (postgres, pg_ctl, pg_verifybackup). */
+  binDir?: string;
+  verify: boolean;
+  smoke: string[];
+  smokeDb: string;
+  /** Role to connect as for --verify (default: tried in order: the backup's role, postgres, the owner). */
+  verifyUser?: string;
+  /** The shell command PostgreSQL runs to fetch archived WAL (%f %p in it). */
+  restoreCommand: string;
+  zstdCommand?: string[];
+  env: NodeJS.ProcessEnv;
+  signal: AbortSignal;
+  log: Logger;
+  onProgress?: (bytes: number) => void;
+}
+
+export interface PhysicalRestoreSummary {
+  backupId: string;
+  cluster: string;
+  kind: PhysicalKind;
+  dir: string;
+  majorVersion: number;
+  /** Recovery set up: replays archived WAL (to the target, or to the end of the archive). */
+  recovery: { restoreCommand: string; target: string | null; action: TargetAction } | null;
+  storedBytes: number;
+  tarBytes: number;
+  verified: RecoveryCheck | null;
+  durationMs: number;
+  /** How to start it for real. */
+  startHint: string;
+}
+
+/** One physical backup and its manifest. */
+interface Candidate {
+  id: string;
+  manifestKey: string;
+  manifest: PhysicalManifest;
+}
+
+export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<PhysicalRestoreSummary> {
+  const started = Date.now();
+  if (req.target?.kind !== undefined && req.verify && req.targetAction === 'shutdown') {
+    throw new UsageError('--verify cannot be combined with --target-action shutdown', { hint: 'the server would stop at the target before it could be checked; use promote or pause' });
+  }
+  const dir = path.resolve(req.toDir);
+  const created = await prepareDirectory(dir);
+  let cleanupNeeded = true;
+  try {
+    const chosen = await selectBackup(req);
+    const m = chosen.manifest;
+    req.log.info('physical backup selected', { id: chosen.id, cluster: req.cluster, kind: m.kind, tier: m.tier, size: m.archive.size, label: m.label ?? undefined });
+
+    // The version warning of the operations document, made concrete: binaries of the backup's major only.
+    const bins = findServerBinaries(m.postgres.majorVersion, req.binDir);
+    if (bins.kind === 'other') {
+      throw new UsageError(`the backup is of PostgreSQL ${m.postgres.majorVersion}, but the server binaries here are PostgreSQL ${bins.major} (${bins.binDir}): a data directory only starts with the major version that wrote it`, {
+        hint: `install PostgreSQL ${m.postgres.majorVersion} (apt-get install postgresql-${m.postgres.majorVersion}) and pass --pg-bin /usr/lib/postgresql/${m.postgres.majorVersion}/bin, or restore on a host that has it`,
+      });
+    }
+    if (bins.kind === 'none') {
+      if (req.verify) throw new UsageError(`--verify needs the PostgreSQL ${m.postgres.majorVersion} server binaries (postgres, pg_ctl), and none were found`, { hint: `install postgresql-${m.postgres.majorVersion} or pass --pg-bin DIR` });
+      req.log.warn(`no PostgreSQL server binaries found here: the directory must be started with PostgreSQL ${m.postgres.majorVersion}`);
+    }
+    const owner = resolveOwner(req.owner, created ? undefined : dir);
+    if (owner) await fsp.chown(dir, owner.uid, owner.gid);
+    await fsp.chmod(dir, 0o700);
+
+    // Replay archived WAL when a target is asked for, or when the archive reaches past the backup.
+    const recovery = await planRecovery(req, m);
+    if (recovery && owner) checkReadableBy(owner, req.identityFiles);
+
+    const { storedBytes, tarBytes } = await unpack(req, m, dir);
+    const version = (await fsp.readFile(path.join(dir, 'PG_VERSION'), 'utf8').catch(() => '')).trim();
+    if (version !== String(m.postgres.majorVersion)) {
+      throw new IntegrityError(`the unpacked directory says PostgreSQL ${JSON.stringify(version)}, its manifest ${m.postgres.majorVersion}`, { hint: 'the object or the manifest was replaced; do not trust this backup' });
+    }
+    if (recovery) await writeRecoveryConfig(dir, recovery, chosen.id);
+    if (owner) await chownTree(dir, owner.uid, owner.gid);
+
+    let verified: RecoveryCheck | null = null;
+    if (req.verify && bins.kind === 'same') {
+      verified = await checkRecovery({
+        binDir: bins.binDir,
+        dataDir: dir,
+        user: owner,
+        env: req.env,
+        smoke: req.smoke,
+        smokeDb: req.smokeDb,
+        users: [req.verifyUser, m.postgres.role, 'postgres', req.owner].filter((u): u is string => !!u),
+        hasBackupManifest: existsSync(path.join(dir, 'backup_manifest')),
+        recovery: recovery ? { action: req.targetAction } : null,
+        log: req.log,
+        signal: req.signal,
+      });
+    }
+    cleanupNeeded = false;
+    const binDir = bins.kind === 'same' ? bins.binDir : `/usr/lib/postgresql/${m.postgres.majorVersion}/bin`;
+    return {
+      backupId: chosen.id,
+      cluster: req.cluster,
+      kind: m.kind,
+      dir,
+      majorVersion: m.postgres.majorVersion,
+      recovery: recovery ? { restoreCommand: req.restoreCommand, target: recovery.describe, action: req.targetAction } : null,
+      storedBytes,
+      tarBytes,
+      verified,
+      durationMs: Date.now() - started,
+      startHint: startHint(dir, binDir, owner ? (req.owner ?? 'postgres') : undefined, m.postgres.majorVersion),
+    };
+  } finally {
+    if (cleanupNeeded) {
+      await emptyDirectory(dir, created).catch((err: unknown) => req.log.warn(`could not remove the partly restored directory ${dir}: ${String(err)}; remove it before starting anything there`));
+      req.log.warn(`restore failed: the partly restored directory was ${created ? 'removed' : 'emptied'}`, { dir });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The directory
+
+/** An empty directory to unpack into: created when missing (its parent must exist); refuses a non-empty one. Returns whether it was created. */
+async function prepareDirectory(dir: string): Promise<boolean> {
+  let st;
+  try {
+    st = await fsp.stat(dir);
+  } catch {
+    try {
+      await fsp.mkdir(dir, { mode: 0o700 });
+    } catch (err) {
+      throw new UsageError(`--to-dir ${dir}: cannot create it (${(err as NodeJS.ErrnoException).code ?? String(err)})`, { hint: 'its parent directory must exist and be writable' });
+    }
+    return true;
+  }
+  if (!st.isDirectory()) throw new UsageError(`--to-dir ${dir} is not a directory`);
+  const entries = await fsp.readdir(dir);
+  if (entries.length > 0) {
+    throw new UsageError(`--to-dir ${dir} is not empty (${entries.length} entries, e.g. ${JSON.stringify(entries.sort()[0])}); coffer unpacks only into an empty or new directory`, {
+      hint: 'choose a new directory (or a new, empty Docker volume); never restore over a data directory',
+    });
+  }
+  return false;
+}
+
+async function emptyDirectory(dir: string, remove: boolean): Promise<void> {
+  if (remove) {
+    await fsp.rm(dir, { recursive: true, force: true });
+    return;
+  }
+  for (const e of await fsp.readdir(dir).catch(() => [] as string[])) await fsp.rm(path.join(dir, e), { recursive: true, force: true });
+}
+
+/** The OS user to own the directory: only when coffer runs as root (otherwise the files are ours). */
+function resolveOwner(name: string | undefined, existingDir: string | undefined): { uid: number; gid: number } | undefined {
+  if (!isRoot()) {
+    if (name !== undefined && osUser(name)?.uid !== process.getuid?.()) throw new UsageError(`--owner ${name}: only root can give the files to another user`, { hint: 'run coffer as that user, or as root' });
+    return undefined;
+  }
+  if (name !== undefined) {
+    const u = osUser(name);
+    if (!u) throw new UsageError(`--owner ${name}: no such OS user`);
+    return u;
+  }
+  if (existingDir !== undefined) {
+    const st = spawnSync('stat', ['-c', '%u:%g', existingDir], { encoding: 'utf8' });
+    const [uid, gid] = (st.stdout ?? '').trim().split(':').map(Number);
+    if (uid !== undefined && gid !== undefined && uid > 0) return { uid, gid };
+  }
+  const pg = osUser('postgres');
+  if (!pg) throw new UsageError('running as root, but there is no `postgres` OS user to own the data directory', { hint: 'pass --owner USER (the OS user that will run the server)' });
+  return pg;
+}
+
+/** restore_command runs as the server's user: it must be able to read the identity files. */
+function checkReadableBy(owner: { uid: number; gid: number }, files: string[]): void {
+  for (const f of files) {
+    const r = spawnSync('test', ['-r', f], { uid: owner.uid, gid: owner.gid });
+    if (r.status !== 0) {
+      throw new UsageError(`the server's OS user (uid ${owner.uid}) cannot read the identity file ${f}, which restore_command needs to fetch archived WAL`, {
+        hint: 'give that user read access to the file (and its directories), e.g. a copy owned by it with mode 0600; never inside the data directory',
+      });
+    }
+  }
+}
+
+async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
+  await fsp.lchown(dir, uid, gid);
+  for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await chownTree(p, uid, gid);
+    else await fsp.lchown(p, uid, gid);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Which backup
+
+async function selectBackup(req: PhysicalRestoreRequest): Promise<Candidate> {
+  const keys: Array<{ id: string; key: string }> = [];
+  for await (const o of req.store.list(clusterPrefix(req.cluster), { signal: req.signal })) {
+    const k = parseClusterKey(o.key);
+    if (k && k.cluster === req.cluster && k.rest === '.manifest.json') keys.push({ id: k.id, key: o.key });
+  }
+  keys.sort(newestFirst);
+  const where = `of cluster ${JSON.stringify(req.cluster)} in ${req.store.location}`;
+  if (keys.length === 0) throw new StorageError('NotFound', `no physical backup ${where}`, { hint: 'run `coffer list --cluster NAME` to see what is there' });
+  const load = async (k: { id: string; key: string }): Promise<Candidate> => {
+    const manifest = decodePhysicalManifest(await req.store.getBytes(k.key, { signal: req.signal }), k.key);
+    if (manifest.id !== k.id || manifest.cluster !== req.cluster || parseClusterKey(manifest.archive.key)?.id !== k.id) {
+      throw new IntegrityError(`manifest ${k.key} describes another backup (${manifest.cluster}/${manifest.id})`, { hint: 'the manifest was moved or swapped; do not trust this backup' });
+    }
+    return { id: k.id, manifestKey: k.key, manifest };
+  };
+  if (req.selector !== 'latest') {
+    const k = keys.find((c) => c.id === req.selector);
+    if (!k) throw new StorageError('NotFound', `no physical backup with id ${req.selector} ${where}`, { hint: 'run `coffer list --cluster NAME`' });
+    const c = await load(k);
+    const why = tooLate(c.manifest, req.target);
+    if (why) throw new UsageError(`backup ${c.id} cannot reach the recovery target: ${why}`, { hint: 'choose an earlier backup, or leave out --backup to let coffer choose' });
+    return c;
+  }
+  // Newest first: the first that finished before the target (recovery can only go forward from a backup's end).
+  for (const k of keys) {
+    const c = await load(k);
+    if (!tooLate(c.manifest, req.target)) return c;
+  }
+  throw new StorageError('NotFound', `no physical backup ${where} ended before the recovery target ${describeTarget(req.target!)}`, { hint: 'a backup can only be rolled forward: the target must lie after the end of a backup' });
+}
+
+/** Why a backup ends after the target (so cannot reach it); `undefined` when it can. */
+function tooLate(m: PhysicalManifest, target: RecoveryTarget | undefined): string | undefined {
+  if (target?.kind === 'time' && new Date(m.finishedAt).getTime() >= target.time.getTime()) return `it ended at ${m.finishedAt}, after ${target.time.toISOString()}`;
+  if (target?.kind === 'lsn' && m.wal) {
+    const stop = lsnValue(m.wal.stopLsn);
+    if (stop > target.value) return `its WAL ends at ${m.wal.stopLsn}, after ${target.lsn}`;
+  }
+  return undefined;
+}
+
+function lsnValue(lsn: string): bigint {
+  const [hi, lo] = lsn.split('/');
+  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unpacking
+
+async function unpack(req: PhysicalRestoreRequest, m: PhysicalManifest, dir: string): Promise<{ storedBytes: number; tarBytes: number }> {
+  const sup = new Supervisor(req.signal);
+  return sup.run(async () => {
+    const ciphertext = resumableGet(req.store, m.archive.key, m.archive.size, { signal: sup.signal, log: req.log, onProgress: req.onProgress });
+    const opened = await openArchive({
+      ciphertext,
+      expected: { sha256: m.archive.sha256, size: m.archive.size, dumpBytes: m.archive.plainBytes, format: 'tar' },
+      identities: req.identities,
+      zstdCommand: req.zstdCommand,
+      sup,
+      env: req.env,
+    });
+    // GNU tar: the files become ours (root: chowned after), modes as stored.
+    const tar = sup.spawn({
+      argv: ['tar', '-x', '-f', '-', '-C', dir, '--no-same-owner', '--same-permissions'],
+      env: toolEnv(req.env),
+      stdin: 'pipe',
+      what: 'tar -x',
+      missing: missingTool('tar', 'install GNU tar (apt-get install tar)'),
+    });
+    await Promise.all([pipeline(opened.archive, tar.stdin!, { signal: sup.signal }), tar.done, ...opened.children.map((c) => c.done)]);
+    const s = opened.stats();
+    return { storedBytes: s.storedBytes, tarBytes: s.archiveBytes };
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery
+
+interface RecoveryPlan {
+  settings: Record<string, string>;
+  describe: string | null;
+}
+
+async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<RecoveryPlan | null> {
+  const settings: Record<string, string> = { restore_command: req.restoreCommand, recovery_target_timeline: 'latest' };
+  const t = req.target;
+  if (t) {
+    if (t.kind === 'time') settings.recovery_target_time = t.time.toISOString().replace('T', ' ').replace('Z', '+00');
+    else if (t.kind === 'lsn') settings.recovery_target_lsn = t.lsn;
+    else if (t.kind === 'name') settings.recovery_target_name = t.name;
+    else settings.recovery_target = 'immediate';
+    settings.recovery_target_action = req.targetAction;
+    return { settings, describe: describeTarget(t) };
+  }
+  // No target: replay to the end of the archived WAL, if there is any beyond the backup.
+  const after = await archivedWalAfter(req, m);
+  if (after === undefined) {
+    req.log.info('no archived WAL after this backup: the directory starts at the end of the backup');
+    return null;
+  }
+  req.log.info('archived WAL reaches past this backup: recovery replays it to its end', { newest: after });
+  return { settings, describe: null };
+}
+
+/** The newest archived WAL segment after the backup (any timeline at or after its own), if any. */
+async function archivedWalAfter(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<string | undefined> {
+  const from = m.wal?.stopSegment;
+  let newest: string | undefined;
+  for await (const o of req.store.list(walPrefix(req.cluster), { signal: req.signal })) {
+    const w = parseWalKey(o.key);
+    if (!w || !parseSegmentName(w.file)) continue;
+    if (from !== undefined && w.file.slice(8) <= from.slice(8)) continue;
+    if (newest === undefined || w.file.slice(8) > newest.slice(8)) newest = w.file;
+  }
+  return newest;
+}
+
+function describeTarget(t: RecoveryTarget): string {
+  switch (t.kind) {
+    case 'time':
+      return `time ${t.time.toISOString()}`;
+    case 'lsn':
+      return `LSN ${t.lsn}`;
+    case 'name':
+      return `restore point ${JSON.stringify(t.name)}`;
+    default:
+      return 'the end of the backup (immediate)';
+  }
+}
+
+/** Appends the recovery settings to postgresql.auto.conf (read last: they win) and creates recovery.signal. */
+async function writeRecoveryConfig(dir: string, plan: RecoveryPlan, id: string): Promise<void> {
+  const lines = [`# coffer restore --physical (backup ${id}, ${new Date().toISOString()}): recovery settings`];
+  for (const [k, v] of Object.entries(plan.settings)) lines.push(`${k} = ${confValue(v)}`);
+  await fsp.appendFile(path.join(dir, 'postgresql.auto.conf'), `\n${lines.join('\n')}\n`, { mode: 0o600 });
+  await fsp.rm(path.join(dir, 'standby.signal'), { force: true });
+  await fsp.writeFile(path.join(dir, 'recovery.signal'), '', { mode: 0o600 });
+}
+
+function startHint(dir: string, binDir: string, user: string | undefined, major: number): string {
+  const asUser = user ? `sudo -u ${user} ` : '';
+  return [
+    `start it: ${asUser}${binDir}/pg_ctl -D ${dir} -l ${dir}.log start   (PostgreSQL ${major}; check port, paths and archive_command in its postgresql.conf first: once promoted it archives a new timeline into the same repository, which a copy that is not the new primary must not do)`,
+    `into a new Docker volume: docker volume create NEW && docker run --rm -v ${dir}:/from:ro -v NEW:/to alpine sh -c 'cp -a /from/. /to/ && chown -R 999:999 /to'   (999 = postgres in the official image), then mount NEW at /var/lib/postgresql/data of a postgres:${major} container`,
+  ].join('\n');
+}
+
+/** Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is refused (whose clock?). */
+export function parseTargetTime(s: string): Date {
+  const t = s.trim();
+  if (!/(Z|[+-]\d{2}(:?\d{2})?)$/i.test(t)) {
+    throw new UsageError(`--target-time ${JSON.stringify(s)} has no time zone`, { hint: 'write it with one, e.g. 2026-11-30T14:05:00Z or "2026-11-30 23:05:00+09:00"' });
+  }
+  const d = new Date(t.replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00'));
+  if (Number.isNaN(d.getTime())) throw new UsageError(`--target-time ${JSON.stringify(s)} is not a time`, { hint: 'e.g. 2026-11-30T14:05:00Z' });
+  return d;
+}
