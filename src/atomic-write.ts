@@ -76,7 +76,7 @@ export async function commitFile(tmp: string, file: string, opts: { exclusive?: 
 }
 
 /** fsync a directory, so that names created or removed in it survive a crash (best effort). */
-async function syncDir(dir: string): Promise<void> {
+export async function syncDir(dir: string): Promise<void> {
   let fh: fsp.FileHandle;
   try {
     fh = await fsp.open(dir, 'r');

@@ -17,6 +17,14 @@ export const ExitCode = {
   integrity: 5,
   busy: 6,
   stale: 7,
+  /** `wal-fetch`: the file is not in the archive (restore_command's "no such file": PostgreSQL goes on). */
+  absent: 1,
+  /**
+   * `wal-fetch`: any other failure (damaged or undecryptable object, network, two different
+   * copies, bad flags). Above 125, so PostgreSQL aborts recovery instead of taking it for the end
+   * of the archive (see src/physical/wal-fetch.ts).
+   */
+  walFetchFailed: 200,
   /** `--timeout` expired (as coreutils `timeout`). */
   timeout: 124,
   /** Stopped by SIGINT (128 + 2); SIGTERM gives 143 (128 + 15). */
@@ -25,7 +33,7 @@ export const ExitCode = {
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
-export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'interrupted';
+export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'absent' | 'interrupted';
 
 /** What an error carries besides its message. */
 export interface CofferErrorOptions {
@@ -100,6 +108,9 @@ export class BusyError extends ofKind('busy') {}
 
 /** `status`: a backup is older than allowed (exit 7). */
 export class StaleError extends ofKind('stale') {}
+
+/** `wal-fetch`: the requested WAL file is not in the archive (exit 1, logged at info level: PostgreSQL asks for files that do not exist). */
+export class NotArchivedError extends ofKind('absent') {}
 
 /** The run was stopped by a signal or its `--timeout`; everything was aborted cleanly. */
 export class InterruptedError extends CofferError {

@@ -23,7 +23,15 @@ export interface CommandModule<O extends Options = Options> {
   readonly name: string;
   readonly summary: string;
   readonly options: O;
-  run(values: Values<O>, ctx: CliContext, config: LoadedConfig): Promise<unknown> | unknown;
+  /** Positional operands in commander's syntax (`<path> [name]`); `run` receives them as `operands`. None unless declared. */
+  readonly operands?: string;
+  /**
+   * The exit code of every failure of this command, whatever its kind (usage, storage, a bug…),
+   * except `absent` (exit 1). `wal-fetch` sets it: a restore_command that fails must exit above
+   * 125, or PostgreSQL ends recovery early.
+   */
+  readonly failureExitCode?: number;
+  run(values: Values<O>, ctx: CliContext, config: LoadedConfig, operands: string[]): Promise<unknown> | unknown;
 }
 
 /** Declares a command; `run` receives values typed from `options`. */

@@ -39,7 +39,7 @@ export async function main(argv: string[]): Promise<number> {
   // happen (a bug). Node would then exit 0: a false success for cron. Fail instead, and say so.
   const onDrained = (): void => {
     const reason: unknown = ac.signal.reason;
-    const code = ac.signal.aborted ? exitCodeOf(reason) : ExitCode.unexpected;
+    const code = failureExitCode ?? (ac.signal.aborted ? exitCodeOf(reason) : ExitCode.unexpected);
     const what = ac.signal.aborted ? `${formatErrorLine(reason)}; its cleanup did not finish` : 'internal error: the command stopped with nothing left to wait for';
     log.error(`${what} (a bug: please report it with this log; nothing this run did counts as a backup or restore unless \`coffer list\` shows it)`, { exit: code });
     process.exit(code);
@@ -78,6 +78,17 @@ export async function main(argv: string[]): Promise<number> {
   // (src/config/layers.ts), resolved before the command runs; a bad file or value exits 2.
   // What the running command was given, to name where a value a command rejects came from.
   let given: Given[] = [];
+  // A command that maps every failure to one exit code (wal-fetch): known before its options are
+  // parsed, so that a bad flag exits with that code too.
+  let failureExitCode: number | undefined;
+  const onUncaught = (err: unknown): void => {
+    process.stderr.write(`coffer: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(failureExitCode ?? ExitCode.unexpected);
+  };
+  program.hook('preSubcommand', (_program, sub) => {
+    failureExitCode = COMMANDS.find((c) => c.name === sub.name())?.failureExitCode;
+    if (failureExitCode !== undefined) process.once('uncaughtException', onUncaught);
+  });
   registerCommands(program, COMMANDS, GROUPS, async (m, cmd) => {
     const run = resolveInvocation(program, cmd, m, LAYOUT, env, process.cwd());
     given = [
@@ -85,16 +96,22 @@ export async function main(argv: string[]): Promise<number> {
       { options: GLOBAL_OPTIONS, resolved: run.globals },
     ];
     const ctx = context(valuesOf(run.globals), run.secrets);
-    await m.run(valuesOf(run.resolved), ctx, { file: run.file, env, layout: LAYOUT });
+    await m.run(valuesOf(run.resolved), ctx, { file: run.file, env, layout: LAYOUT }, [...cmd.args]);
   });
 
   try {
     await program.parseAsync(argv, { from: 'node' });
   } catch (err) {
     if (err instanceof CommanderError) {
-      exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+      exitCode = err.exitCode === 0 ? ExitCode.ok : (failureExitCode ?? ExitCode.usage);
+    } else if (err instanceof CofferError && err.kind === 'absent') {
+      // Not a failure worth an error line (wal-fetch: PostgreSQL asks for files that do not exist).
+      exitCode = err.exitCode;
+      log.info(errorLine(err, given), { exit: exitCode });
     } else {
       exitCode = exitCodeOf(err);
+      // Stopped by SIGINT/SIGTERM keeps 130/143 (PostgreSQL reads 143 as its own fast shutdown).
+      if (failureExitCode !== undefined && !(err instanceof InterruptedError && exitCode > 125)) exitCode = failureExitCode;
       log.error(errorLine(err, given), { exit: exitCode, detail: err instanceof CofferError ? err.detail : undefined });
       if (env.COFFER_DEBUG && err instanceof Error) process.stderr.write(`${err.stack ?? ''}\n`);
     }
@@ -103,6 +120,7 @@ export async function main(argv: string[]): Promise<number> {
     process.off('beforeExit', onDrained);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
+    process.off('uncaughtException', onUncaught);
   }
   return exitCode;
 }

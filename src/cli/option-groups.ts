@@ -1,4 +1,4 @@
-import { DEFAULT_KEEP, type RetentionPolicy } from '../retention/policy.js';
+import { DEFAULT_KEEP, DEFAULT_KEEP_WAL, type RetentionPolicy } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
 import { database, duration, period, repository, text, url } from '../config/parsers.js';
 import { list, secret, value, type Alias, type Parser } from '../config/options.js';
@@ -33,9 +33,14 @@ export const keepOptions = {
   keepManual: value('--keep-manual <period>', 'keep manual backups this long (default 90d)', period, { default: DEFAULT_KEEP.manual }),
 };
 
-/** The retention policy of the keep options (in days). */
-export function retentionPolicy(v: { keepDaily: number; keepWeekly: number; keepMonthly: number; keepManual: number }): RetentionPolicy {
-  return { days: { daily: v.keepDaily, weekly: v.keepWeekly, monthly: v.keepMonthly, manual: v.keepManual } };
+/** How long archived WAL is kept: the lifecycle's `wal` rule (`init`, `retention check`). */
+export const keepWalOption = {
+  keepWal: value('--keep-wal <period>', 'keep archived WAL (wal-push) this long: the point-in-time window (default 14d)', period, { default: DEFAULT_KEEP_WAL }),
+};
+
+/** The retention policy of the keep options (in days); `walDays` when the command has --keep-wal. */
+export function retentionPolicy(v: { keepDaily: number; keepWeekly: number; keepMonthly: number; keepManual: number; keepWal?: number }): RetentionPolicy {
+  return { days: { daily: v.keepDaily, weekly: v.keepWeekly, monthly: v.keepMonthly, manual: v.keepManual }, ...(v.keepWal !== undefined ? { walDays: v.keepWal } : {}) };
 }
 
 /** `--kind`: `full` (a custom archive: the default for latest), `schema-only` or `data-only`. */

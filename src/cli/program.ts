@@ -45,6 +45,7 @@ export function registerCommands(program: Command, commands: readonly CommandMod
     if (sub !== undefined) parent = program.commands.find((c) => c.name() === first) ?? program.command(first).description(groups[first] ?? '');
     const cmd = parent.command(sub ?? first).description(m.summary);
     addOptions(cmd, m.options);
+    if (m.operands !== undefined) cmd.arguments(m.operands);
     cmd.action(() => action(m, cmd));
   }
 }

@@ -12,6 +12,7 @@ import { prune } from './commands/prune.js';
 import { keygen } from './commands/keygen.js';
 import { configShow } from './commands/config.js';
 import { demo } from './commands/demo.js';
+import { walFetchCommand, walPushCommand } from './commands/wal.js';
 
 /**
  * Every command of the coffer binary and the program's own options: all main.ts registers.
@@ -19,7 +20,7 @@ import { demo } from './commands/demo.js';
  */
 
 /** The commands, in the order `coffer --help` lists them. */
-export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, verify, drill, init, retentionCheck, prune, keygen, configShow, demo];
+export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
 
 /** Commands that only group subcommands (`retention check`). */
 export const GROUPS: Readonly<Record<string, string>> = {

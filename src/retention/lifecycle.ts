@@ -10,7 +10,8 @@ import type { ObjectLockMode, RetentionPolicy } from './policy.js';
  * tagged `coffer-tier=<tier>` when written, and each tier's rule filters on
  * *prefix `<prefix>/` AND tag `coffer-tier=<tier>`* (AWS S3, MinIO and Ceph RGW support tag
  * filters). One rule per tier then covers every database, including ones added later.
- * A fifth, prefix-only rule (`cleanup`) aborts incomplete multipart uploads after 1 day and, on
+ * Archived WAL is tagged `coffer-tier=wal` by wal-push and expires by its own rule (`wal`, the
+ * point-in-time window, `--keep-wal`). A last, prefix-only rule (`cleanup`) aborts incomplete multipart uploads after 1 day and, on
  * versioned / object-locked buckets, removes noncurrent versions 7 days after they became
  * noncurrent (a grace period for mistakes) and expired delete markers.
  *
@@ -27,9 +28,11 @@ const ABORT_INCOMPLETE_DAYS = 1;
 const NONCURRENT_DAYS = 7;
 
 const CLEANUP = 'cleanup';
+/** Archived WAL (wal-push tags it `coffer-tier=wal`): the point-in-time window. */
+const WAL = 'wal';
 
-/** The rule ID coffer uses for `name` (`daily`…, `cleanup`) in the repository at `prefix`. */
-function ruleId(name: Tier | typeof CLEANUP, prefix: string): string {
+/** The rule ID coffer uses for `name` (`daily`…, `wal`, `cleanup`) in the repository at `prefix`. */
+function ruleId(name: Tier | typeof WAL | typeof CLEANUP, prefix: string): string {
   return `coffer-${name}@${normalizePrefix(prefix)}`;
 }
 
@@ -51,15 +54,17 @@ function keyPrefix(prefix: string): string {
   return p === '' ? '' : `${p}/`;
 }
 
-/** The rules coffer wants for a repository, in a fixed order (tiers, then cleanup). */
+/** The rules coffer wants for a repository, in a fixed order (tiers, wal when the policy has it, then cleanup). */
 export function desiredRules(policy: RetentionPolicy, prefix: string): LifecycleRule[] {
   const kp = keyPrefix(prefix);
-  const rules: LifecycleRule[] = TIERS.map((tier) => ({
-    ID: ruleId(tier, prefix),
+  const tagged = (name: Tier | typeof WAL, days: number): LifecycleRule => ({
+    ID: ruleId(name, prefix),
     Status: 'Enabled',
-    Filter: kp === '' ? { Tag: { Key: TIER_TAG, Value: tier } } : { And: { Prefix: kp, Tags: [{ Key: TIER_TAG, Value: tier }] } },
-    Expiration: { Days: policy.days[tier] },
-  }));
+    Filter: kp === '' ? { Tag: { Key: TIER_TAG, Value: name } } : { And: { Prefix: kp, Tags: [{ Key: TIER_TAG, Value: name }] } },
+    Expiration: { Days: days },
+  });
+  const rules: LifecycleRule[] = TIERS.map((tier) => tagged(tier, policy.days[tier]));
+  if (policy.walDays !== undefined) rules.push(tagged(WAL, policy.walDays));
   rules.push({
     ID: ruleId(CLEANUP, prefix),
     Status: 'Enabled',
@@ -177,7 +182,7 @@ export function planLifecycle(existing: readonly LifecycleRule[], policy: Retent
  */
 export function conflictingRules(existing: readonly LifecycleRule[], policy: RetentionPolicy, prefix: string): string[] {
   const kp = keyPrefix(prefix);
-  const shortest = Math.min(...TIERS.map((t) => policy.days[t]));
+  const shortest = Math.min(...TIERS.map((t) => policy.days[t]), ...(policy.walDays !== undefined ? [policy.walDays] : []));
   const out: string[] = [];
   for (const r of existing) {
     if (isCofferRuleFor(r.ID, prefix)) continue;

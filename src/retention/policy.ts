@@ -12,7 +12,20 @@ import type { Tier } from '../catalog/layout.js';
 export interface RetentionPolicy {
   /** Days to keep each tier (at least 1). */
   days: Record<Tier, number>;
+  /**
+   * Days to keep archived WAL (`coffer-tier=wal`): the point-in-time window. When unset the
+   * lifecycle has no WAL rule (commands that do not manage lifecycle rules leave it out).
+   */
+  walDays?: number;
 }
+
+/**
+ * Default point-in-time window: as long as daily backups are kept, so that every daily base
+ * backup still stored can be rolled forward to any moment after it. Weekly and monthly base
+ * backups outlive it; they are self-contained (pg_basebackup -X fetch) and restore to their own
+ * end without WAL.
+ */
+export const DEFAULT_KEEP_WAL = '14d';
 
 /** The keep flags (and config keys) as given by the user. */
 export interface RetentionFlags {
@@ -20,6 +33,7 @@ export interface RetentionFlags {
   keepWeekly?: string;
   keepMonthly?: string;
   keepManual?: string;
+  keepWal?: string;
 }
 
 /** Defaults, as periods (also shown in help texts). */
@@ -54,6 +68,7 @@ export function parseRetentionPolicy(flags: RetentionFlags = {}): RetentionPolic
       monthly: parseRetentionPeriod(flags.keepMonthly ?? DEFAULT_KEEP.monthly, '--keep-monthly'),
       manual: parseRetentionPeriod(flags.keepManual ?? DEFAULT_KEEP.manual, '--keep-manual'),
     },
+    walDays: parseRetentionPeriod(flags.keepWal ?? DEFAULT_KEEP_WAL, '--keep-wal'),
   };
 }
 

@@ -3,7 +3,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { commitFile, TEMP_PREFIX, tempPathIn, writeFileAtomic } from '../atomic-write.js';
+import { commitFile, syncDir, TEMP_PREFIX, tempPathIn, writeFileAtomic } from '../atomic-write.js';
 import { errnoWords, StorageError } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutBytesOptions, PutStreamOptions } from './object-store.js';
 
@@ -31,12 +31,23 @@ export class FsStore implements ObjectStore {
     return path.join(this.root, ...parts);
   }
 
+  /**
+   * Creates `dir` and its missing parents. Each new directory's name is fsynced in its parent, so
+   * that an object committed below it survives a crash (the commit fsyncs only the object's own
+   * directory): the first WAL file of a cluster creates `cluster=<name>/wal/`, and archive_command
+   * promises that it is durable when it exits 0.
+   */
   private async ensureDir(dir: string): Promise<void> {
+    let first: string | undefined;
     try {
-      await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
+      first = await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
     } catch (err) {
       throw fsError(err, `create directory ${dir}`);
     }
+    if (first === undefined) return;
+    const created: string[] = [];
+    for (let d = dir; d !== path.dirname(first); d = path.dirname(d)) created.push(path.dirname(d));
+    for (const d of created.reverse()) await syncDir(d);
   }
 
   async putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }> {

@@ -55,6 +55,7 @@ describe('coffer init', () => {
     expect(byId.get('coffer-weekly@prod')).toMatchObject({ expirationDays: 56 });
     expect(byId.get('coffer-monthly@prod')).toMatchObject({ expirationDays: 372 });
     expect(byId.get('coffer-manual@prod')).toMatchObject({ expirationDays: 90 });
+    expect(byId.get('coffer-wal@prod')).toMatchObject({ prefix: 'prod/', tags: ['coffer-tier=wal'], expirationDays: 14 });
     expect(byId.get('coffer-cleanup@prod')).toMatchObject({ prefix: 'prod/', abortIncompleteDays: 1, noncurrentDays: 7, expiredObjectDeleteMarker: true });
 
     const second = await f.run(['init', '--to', repo]);

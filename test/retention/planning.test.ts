@@ -41,13 +41,14 @@ describe('lifecycle planning', () => {
   const foreign: LifecycleRule = { ID: 'logs', Status: 'Enabled', Filter: { Prefix: 'logs/' }, Expiration: { Days: 3 } };
   const otherRepo = desiredRules(DEFAULT, 'staging');
 
-  it('on an empty bucket adds one rule per tier and the cleanup rule', () => {
+  it('on an empty bucket adds one rule per tier, the WAL rule and the cleanup rule', () => {
     const plan = planLifecycle([], DEFAULT, 'prod');
     expect(plan.changes.map((c) => `${c.action} ${c.id}`)).toEqual([
       'add coffer-daily@prod',
       'add coffer-weekly@prod',
       'add coffer-monthly@prod',
       'add coffer-manual@prod',
+      'add coffer-wal@prod',
       'add coffer-cleanup@prod',
     ]);
     expect(plan.changed).toBe(true);
@@ -83,6 +84,15 @@ describe('lifecycle planning', () => {
     expect(isCofferRuleFor('coffer-daily@a@prod', 'prod')).toBe(false);
     expect(isCofferRuleFor('mine-daily@prod', 'prod')).toBe(false);
     expect(isCofferRuleFor(undefined, 'prod')).toBe(false);
+  });
+
+  it('expires archived WAL by its own tag after the point-in-time window (--keep-wal, default 14 days); without walDays there is no WAL rule', () => {
+    expect(DEFAULT.walDays).toBe(14);
+    const wal = desiredRules(parseRetentionPolicy({ keepWal: '3w' }), 'prod').find((r) => r.ID === 'coffer-wal@prod')!;
+    expect(canonicalRule(wal)).toMatchObject({ prefix: 'prod/', tags: ['coffer-tier=wal'], expirationDays: 21 });
+    expect(desiredRules({ days: DEFAULT.days }, 'prod').map((r) => r.ID)).not.toContain('coffer-wal@prod');
+    const plan = planLifecycle(desiredRules(DEFAULT, 'prod'), parseRetentionPolicy({ keepWal: '7d' }), 'prod');
+    expect(plan.changes.filter((c) => c.action !== 'keep').map((c) => `${c.action} ${c.id}`)).toEqual(['update coffer-wal@prod']);
   });
 
   it('uses a tag-only filter at the bucket root', () => {

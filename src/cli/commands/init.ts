@@ -6,7 +6,7 @@ import { openBucketAdmin } from '../../store/open.js';
 import { desiredObjectLock, planLifecycle, type LifecyclePlan } from '../../retention/lifecycle.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
-import { REPOSITORY, keepOptions, retentionPolicy, s3Options } from '../option-groups.js';
+import { REPOSITORY, keepOptions, keepWalOption, retentionPolicy, s3Options } from '../option-groups.js';
 
 const options = {
   to: value('--to <repository>', 's3://bucket/prefix', repository, { aliases: [REPOSITORY] }),
@@ -15,6 +15,7 @@ const options = {
   dryRun: flag('--dry-run', 'print the plan, change nothing'),
   ...s3Options,
   ...keepOptions,
+  ...keepWalOption,
 };
 
 export const init = defineCommand({

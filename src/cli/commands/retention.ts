@@ -6,7 +6,7 @@ import { openBucketAdmin } from '../../store/open.js';
 import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
-import { REPOSITORY, keepOptions, retentionPolicy, s3Options } from '../option-groups.js';
+import { REPOSITORY, keepOptions, keepWalOption, retentionPolicy, s3Options } from '../option-groups.js';
 
 const options = {
   from: value('--from <repository>', 's3://bucket/prefix', repository, { aliases: [REPOSITORY] }),
@@ -14,6 +14,7 @@ const options = {
   json: flag('--json', 'print the result as JSON on stdout'),
   ...s3Options,
   ...keepOptions,
+  ...keepWalOption,
 };
 
 export const retentionCheck = defineCommand({

@@ -2,7 +2,7 @@ import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/
 import { backupIdTime } from '../../catalog/layout.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { database, duration, repository } from '../../config/parsers.js';
+import { database, duration, repository, size } from '../../config/parsers.js';
 import { flag, list, value, type Values } from '../../config/options.js';
 import { IntegrityError, StaleError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
@@ -11,12 +11,17 @@ import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
 import { DEFAULT_REPOSITORY, REPOSITORY, s3Options } from '../option-groups.js';
+import { clusterName } from './wal.js';
+import { listWal, summarizeWal, type WalSummary } from '../../physical/wal-catalog.js';
 
 const options = {
   from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
   db: list('--db <name>', 'database that must have a fresh backup (repeatable; default: every database in the repository)', database),
   maxAge: value('--max-age <duration>', 'oldest acceptable newest backup (default 26h)', duration, { default: '26h' }),
   json: flag('--json', 'print a JSON array on stdout'),
+  cluster: value('--cluster <name>', "report this cluster's archived WAL instead of databases: lag, newest segment; exits 7 on a gap", clusterName),
+  maxWalAge: value('--max-wal-age <duration>', 'with --cluster: exit 7 when the newest archived WAL file is older (default: lag is reported only)', duration),
+  walSegmentSize: value('--wal-segment-size <size>', "with --cluster: the cluster's WAL segment size (default 16MiB)", size),
   ...s3Options,
 };
 
@@ -46,7 +51,8 @@ export interface StatusRow {
  * it is younger than `--max-age` (default 26h: a daily job plus slack). Exits 7 (StaleError)
  * naming every database whose newest backup is too old or that has none.
  */
-async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[]> {
+async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[] | WalSummary> {
+  if (flags.cluster !== undefined) return runClusterStatus(flags, flags.cluster, ctx, now());
   const { text: maxAgeText, ms: maxAgeMs } = flags.maxAge;
   const wanted = flags.db;
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
@@ -109,4 +115,47 @@ function formatAge(s: number): string {
   if (s < 7200) return `${Math.round(s / 60)}m`;
   if (s < 172_800) return `${(s / 3600).toFixed(1)}h`;
   return `${(s / 86400).toFixed(1)}d`;
+}
+
+/**
+ * `coffer status --cluster NAME`: the cluster's archived WAL from one listing: the newest
+ * segment, the lag (age of the most recently stored WAL file), each timeline's ranges. Exits 7
+ * naming the first missing segment when a timeline has a gap, when the archive holds two
+ * different copies of a name, when nothing is archived, or when the lag exceeds --max-wal-age.
+ */
+async function runClusterStatus(flags: Values<typeof options>, cluster: string, ctx: CliContext, now: Date): Promise<WalSummary> {
+  const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
+  let summary: WalSummary;
+  try {
+    summary = summarizeWal(cluster, await listWal(store, cluster, ctx.signal), now, flags.walSegmentSize);
+  } finally {
+    store.close();
+  }
+  if (flags.json) ctx.stdout(`${JSON.stringify(summary, null, 2)}\n`);
+  else {
+    const lines: string[] = [];
+    lines.push(`cluster ${cluster}: ${summary.segments} segment(s), ${summary.files} WAL file(s) archived`);
+    if (summary.newestSegment) lines.push(`newest segment ${summary.newestSegment.file}, stored ${summary.newestSegment.storedAt}`);
+    if (summary.lagSeconds !== null) lines.push(`archive lag ${formatAge(summary.lagSeconds)} (last WAL file stored ${summary.lastArchivedAt})`);
+    for (const t of summary.timelines) lines.push(`timeline ${t.timeline}: ${t.ranges.map((r) => `${r.first}..${r.last} (${r.segments})`).join(', ')}`);
+    for (const g of summary.gaps) lines.push(`GAP timeline ${g.timeline}: ${g.missing} segment(s) missing, ${g.first}${g.missing > 1 ? `..${g.last}` : ''}`);
+    for (const c of summary.conflicts) lines.push(`CONFLICT ${c.file}: ${c.sha256.length} different copies`);
+    for (const l of lines) ctx.stdout(`${l}\n`);
+  }
+  const where = `${store.location} (cluster ${cluster})`;
+  if (summary.files === 0) throw new StaleError(`no archived WAL in ${where}`, { hint: "check archive_command and SELECT * FROM pg_stat_archiver" });
+  const gap = summary.gaps[0];
+  if (gap) {
+    throw new StaleError(`WAL gap: segment ${gap.first} is missing on timeline ${gap.timeline}${gap.missing > 1 ? ` (${gap.missing} segments, up to ${gap.last})` : ''} in ${where}`, {
+      hint: 'point-in-time recovery cannot cross it; take a new base backup now, and check pg_stat_archiver and the server log',
+    });
+  }
+  const conflict = summary.conflicts[0];
+  if (conflict) throw new StaleError(`the archive holds ${conflict.sha256.length} different copies of ${conflict.file} in ${where}`, { hint: 'two servers archive under one --cluster name; give each its own' });
+  if (flags.maxWalAge && summary.lagSeconds !== null && summary.lagSeconds * 1000 > flags.maxWalAge.ms) {
+    throw new StaleError(`the newest archived WAL file of cluster ${cluster} is ${formatAge(summary.lagSeconds)} old (more than ${flags.maxWalAge.text})`, {
+      hint: 'check archive_command and SELECT * FROM pg_stat_archiver; set archive_timeout so that an idle server still archives',
+    });
+  }
+  return summary;
 }

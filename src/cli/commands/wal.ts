@@ -1,0 +1,119 @@
+import { parseClusterName } from '../../catalog/cluster-layout.js';
+import { readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
+import { ExitCode, UsageError } from '../../errors.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import { compression, recipient, repository, text } from '../../config/parsers.js';
+import { list, value, type Parser, type Values } from '../../config/options.js';
+import { formatBytes } from '../../observe/log.js';
+import { walFetch } from '../../physical/wal-fetch.js';
+import { walPush } from '../../physical/wal-push.js';
+import { openStore } from '../../store/open.js';
+import type { CliContext } from '../context.js';
+import { defineCommand } from '../command.js';
+import { REPOSITORY, s3Options } from '../option-groups.js';
+
+/** `--cluster NAME`: the name a cluster's physical backups and WAL are stored under. */
+export const clusterName: Parser<string> = {
+  check: (s, label) => {
+    try {
+      parseClusterName(s);
+    } catch (err) {
+      throw new UsageError(`${label}: ${(err as Error).message}`);
+    }
+  },
+  parse: (s) => parseClusterName(s),
+};
+
+const pushOptions = {
+  cluster: value('--cluster <name>', 'the cluster whose WAL this is (its name in the repository)', clusterName),
+  to: value('--to <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { aliases: [REPOSITORY] }),
+  recipient: list('--recipient <age1…>', 'age recipient (public key); repeatable', recipient, { aliases: [{ key: 'recipients', env: 'COFFER_RECIPIENTS' }] }),
+  recipientsFile: list('--recipients-file <file>', 'file of age recipients, one per line; repeatable', text),
+  compress: value('--compress <method>', 'zstd[:level] (default zstd:1)', compression, { default: 'zstd:1' }),
+  ...s3Options,
+};
+
+/**
+ * `coffer wal-push --cluster NAME --to REPO --recipient R %p [%f]`: PostgreSQL's archive_command
+ * (src/physical/wal-push.ts). Exit 0 when the file is durably stored or an identical copy
+ * already was; 5 when a different copy is stored under the name; 2 for a name that is no WAL
+ * file; 4 for storage failures. PostgreSQL keeps the file and retries on any non-zero exit.
+ */
+export const walPushCommand = defineCommand({
+  name: 'wal-push',
+  summary: "archive one WAL file (archive_command = 'coffer wal-push --cluster NAME --to REPO --recipient age1… %p')",
+  options: pushOptions,
+  operands: '<path> [name]',
+  run: runWalPush,
+});
+
+async function runWalPush(flags: Values<typeof pushOptions>, ctx: CliContext, _config: unknown, operands: string[]): Promise<void> {
+  const cluster = requireCluster(flags.cluster);
+  if (flags.to === undefined) throw new UsageError('wal-push needs --to REPOSITORY (or repository: in coffer.yaml)');
+  if (flags.compress.kind !== 'zstd') throw new UsageError('wal-push compresses with zstd only: --compress zstd[:level]');
+  const recipients = [...flags.recipient];
+  for (const f of flags.recipientsFile) recipients.push(...(await readRecipientsFile(f)));
+  if (recipients.length === 0) throw new UsageError('no recipients: archived WAL is always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE' });
+  const store = await openStore(flags.to, resolveS3Settings(flags, ctx.env));
+  try {
+    const t0 = Date.now();
+    const r = await walPush({
+      store,
+      cluster,
+      file: operands[0]!,
+      ...(operands[1] !== undefined ? { name: operands[1] } : {}),
+      recipients,
+      level: flags.compress.level,
+      cwd: ctx.cwd,
+      env: ctx.env,
+      signal: ctx.signal,
+    });
+    const ms = Date.now() - t0;
+    if (r.outcome === 'already') ctx.log.info(`${r.file} is already archived (same sha256); nothing written`, { key: r.key, ms });
+    else ctx.log.info(`archived ${r.file}: ${formatBytes(r.size)} → ${formatBytes(r.stored)}`, { key: r.key, ms });
+  } finally {
+    store.close();
+  }
+}
+
+const fetchOptions = {
+  cluster: value('--cluster <name>', 'the cluster whose WAL to read', clusterName),
+  from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { aliases: [REPOSITORY] }),
+  identity: list('--identity <file>', 'age identity file (private key); repeatable', text, { aliases: [{ key: '', env: 'COFFER_IDENTITY_FILE' }] }),
+  ...s3Options,
+};
+
+/**
+ * `coffer wal-fetch --cluster NAME --from REPO --identity FILE %f %p`: PostgreSQL's
+ * restore_command (src/physical/wal-fetch.ts). Exit 0 when `%p` is written, 1 when the file is
+ * not in the archive, 200 for every other failure, so that PostgreSQL aborts recovery.
+ */
+export const walFetchCommand = defineCommand({
+  name: 'wal-fetch',
+  summary: "restore one archived WAL file (restore_command = 'coffer wal-fetch --cluster NAME --from REPO --identity FILE %f %p')",
+  options: fetchOptions,
+  operands: '<name> <path>',
+  failureExitCode: ExitCode.walFetchFailed,
+  run: runWalFetch,
+});
+
+async function runWalFetch(flags: Values<typeof fetchOptions>, ctx: CliContext, _config: unknown, operands: string[]): Promise<void> {
+  const cluster = requireCluster(flags.cluster);
+  if (flags.from === undefined) throw new UsageError('wal-fetch needs --from REPOSITORY (or repository: in coffer.yaml)');
+  if (flags.identity.length === 0) throw new UsageError('no identity: wal-fetch needs the age identity (private key) file', { hint: 'pass --identity FILE' });
+  const identities: string[] = [];
+  for (const f of flags.identity) identities.push(...(await readIdentityFile(f)));
+  const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
+  try {
+    const t0 = Date.now();
+    const r = await walFetch({ store, cluster, name: operands[0]!, target: operands[1]!, identities, cwd: ctx.cwd, env: ctx.env, signal: ctx.signal });
+    ctx.log.info(`restored ${r.name} (${formatBytes(r.size)})`, { key: r.key, ms: Date.now() - t0 });
+  } finally {
+    store.close();
+  }
+}
+
+function requireCluster(c: string | undefined): string {
+  if (c === undefined) throw new UsageError('--cluster NAME is required: the name this cluster is archived under');
+  return c;
+}

@@ -1,0 +1,128 @@
+/**
+ * `coffer wal-push`: PostgreSQL's archive_command. One WAL file (a segment, a `.partial`
+ * segment, a timeline `.history` file or a `.backup` history file) → zstd → age → one object
+ * under `cluster=<name>/wal/<file>.<sha256 of the plaintext>.zst.age` (src/catalog/cluster-layout.ts).
+ *
+ * The archive_command contract (PostgreSQL 15 docs, "Setting Up WAL Archiving"), kept exactly:
+ * - **Never overwrite.** The object is written with the store's write-once `putBytes`
+ *   (S3: `If-None-Match: *`; the file store: an exclusive hard link), and is visible only when
+ *   complete: a wal-push killed at any point leaves nothing under the key.
+ * - **Exit 0 only when the file is durably stored**: S3 answered 200 to the PutObject; the file
+ *   store fsynced the file and every directory it created or linked into.
+ * - **An identical copy already stored is success** (PostgreSQL retries a push whose exit it
+ *   did not see): the listing of `<file>.` shows the same plaintext sha256, or putBytes says
+ *   `Exists` (a concurrent identical push: the hash is in the key). Nothing is written then.
+ * - **A different copy already stored is a failure** (IntegrityError, exit 5): the archive
+ *   holds another file under this name (two clusters archiving under one `--cluster`, or a
+ *   restored cluster that was not promoted to a new timeline). PostgreSQL keeps the file and
+ *   retries; the log line says what to check. After a successful write the name is listed
+ *   again, so a concurrent different push is caught too.
+ */
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { isWalFileName, parseWalKey, walKey, walPrefix, WAL_TIER } from '../catalog/cluster-layout.js';
+import { errnoWords, IntegrityError, StorageError, UsageError } from '../errors.js';
+import type { ObjectStore } from '../store/object-store.js';
+import { TIER_TAG } from '../retention/lifecycle.js';
+import { encodeWalFile, sha256Hex } from './wal-codec.js';
+
+/** Largest WAL file read: PostgreSQL's largest segment size (initdb --wal-segsize 1024). */
+export const MAX_WAL_FILE_BYTES = 1024 * 1024 * 1024;
+
+export interface WalPushRequest {
+  store: ObjectStore;
+  cluster: string;
+  /** `%p`: the file to archive (relative paths against `cwd`). */
+  file: string;
+  /** `%f`, when given: must equal the base name of `file`. */
+  name?: string;
+  recipients: string[];
+  /** zstd level. */
+  level: number;
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  signal: AbortSignal;
+}
+
+export interface WalPushResult {
+  file: string;
+  key: string;
+  sha256: string;
+  /** Plaintext bytes. */
+  size: number;
+  /** Bytes stored (0 when it was stored already). */
+  stored: number;
+  /** `stored`: written now; `already`: an identical copy was in the archive. */
+  outcome: 'stored' | 'already';
+}
+
+/** The stored copies of one WAL file name: their plaintext hashes (from the keys). */
+export async function storedCopies(store: ObjectStore, cluster: string, file: string, signal?: AbortSignal): Promise<Array<{ key: string; sha256: string }>> {
+  const out: Array<{ key: string; sha256: string }> = [];
+  // `<file>.` also lists `<file>.partial.…` and `<file>.<offset>.backup.…`: keep this name only.
+  for await (const o of store.list(walPrefix(cluster, file), { signal })) {
+    const p = parseWalKey(o.key);
+    if (p && p.file === file && p.cluster === cluster) out.push({ key: o.key, sha256: p.sha256 });
+  }
+  return out;
+}
+
+/** The WAL file name of `%p` (and `%f`), checked. */
+export function walFileNameOf(file: string, name: string | undefined): string {
+  const base = path.basename(file);
+  if (name !== undefined && name !== base) {
+    throw new UsageError(`the file name ${JSON.stringify(name)} (%f) is not the base name of ${JSON.stringify(file)} (%p)`, { hint: "archive_command = 'coffer wal-push … %p' (or … %p %f)" });
+  }
+  if (!isWalFileName(base)) {
+    throw new UsageError(`${JSON.stringify(base)} is not a WAL file name (a segment, .partial, .history or .backup file)`, {
+      hint: "wal-push archives what PostgreSQL's archive_command hands it: archive_command = 'coffer wal-push --cluster NAME --to REPO --recipient age1… %p'",
+    });
+  }
+  return base;
+}
+
+function differentCopy(req: { store: ObjectStore; cluster: string }, file: string, mine: string, theirs: string[]): IntegrityError {
+  return new IntegrityError(
+    `the archive already holds a different ${file} for cluster ${JSON.stringify(req.cluster)} (sha256 ${theirs.map((h) => h.slice(0, 12)).join(', ')}…, this one ${mine.slice(0, 12)}…); not archived, nothing overwritten`,
+    { hint: `two servers archive under --cluster ${req.cluster}, or a restored server reuses its timeline: give each server its own --cluster; check ${req.store.location}/${walPrefix(req.cluster, file)}*` },
+  );
+}
+
+/** Archives one WAL file (see the module doc). */
+export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
+  const file = walFileNameOf(req.file, req.name);
+  const abs = path.resolve(req.cwd, req.file);
+  let plain: Buffer;
+  try {
+    const st = await fsp.stat(abs);
+    if (!st.isFile()) throw new UsageError(`${abs} is not a regular file`);
+    if (st.size > MAX_WAL_FILE_BYTES) throw new UsageError(`${abs} is ${st.size} bytes, larger than any WAL file (1 GiB)`);
+    plain = await fsp.readFile(abs, { signal: req.signal });
+  } catch (err) {
+    if (err instanceof UsageError) throw err;
+    req.signal.throwIfAborted();
+    throw new UsageError(`cannot read ${abs}: ${errnoWords(err)}`, { cause: err, hint: 'archive_command runs in the data directory: pass %p as it is' });
+  }
+  const sha256 = sha256Hex(plain);
+  const key = walKey(req.cluster, file, sha256);
+  const base = { file, key, sha256, size: plain.length };
+
+  const before = await storedCopies(req.store, req.cluster, file, req.signal);
+  const others = before.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
+  if (others.length > 0) throw differentCopy(req, file, sha256, others);
+  if (before.length > 0) return { ...base, stored: 0, outcome: 'already' };
+
+  const bytes = await encodeWalFile(plain, req.recipients, req.level, { env: req.env, signal: req.signal });
+  let outcome: WalPushResult['outcome'] = 'stored';
+  try {
+    await req.store.putBytes(key, bytes, { signal: req.signal, tags: { [TIER_TAG]: WAL_TIER }, contentType: 'application/octet-stream' });
+  } catch (err) {
+    // The same key: the same plaintext, stored by a concurrent push (or an earlier one the listing missed).
+    if (!(err instanceof StorageError && err.code === 'Exists')) throw err;
+    outcome = 'already';
+  }
+  const after = await storedCopies(req.store, req.cluster, file, req.signal);
+  const raced = after.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
+  if (raced.length > 0) throw differentCopy(req, file, sha256, raced);
+  return { ...base, stored: outcome === 'stored' ? bytes.length : 0, outcome };
+}
