@@ -1,6 +1,7 @@
 import { UsageError } from '../errors.js';
 import type { Compression } from '../catalog/manifest.js';
 import { isTier, type Tier } from '../catalog/layout.js';
+import { parseClusterName } from '../catalog/cluster-layout.js';
 import { parseRecipient } from '../crypto/age.js';
 import { parseByteSize } from '../pipeline/part-size.js';
 import { parseRetentionPeriod, parseObjectLockMode, type ObjectLockMode } from '../retention/policy.js';
@@ -87,6 +88,9 @@ export const objectLockMode: Parser<ObjectLockMode> = { parse: (s, flag) => pars
 
 /** A PostgreSQL database name. */
 export const database: Parser<string> = { parse: (s, flag) => checkDatabaseName(s, flag) };
+
+/** A cluster name (`--cluster`): what names a cluster's physical backups in the repository. */
+export const cluster: Parser<string> = { parse: (s) => parseClusterName(s) };
 
 /** An http:// or https:// URL (S3 endpoints, notification and webhook endpoints). */
 function checkHttpUrl(value: string, label: string): URL {

@@ -90,14 +90,7 @@ export function splitCommand(input: string): string[] {
 
 /** Resolves the client programs from `--pg-bin`, command prefixes, or PATH. */
 export function resolvePgTools(opts: PgToolsOptions = {}): PgTools {
-  const bin = (name: string): string[] => {
-    if (opts.binDir) {
-      const p = path.join(opts.binDir, name);
-      if (!existsSync(p)) throw new UsageError(`--pg-bin ${opts.binDir}: ${name} not found there`, { hint: 'point --pg-bin at a PostgreSQL bin directory, e.g. /usr/lib/postgresql/16/bin' });
-      return [p];
-    }
-    return [name];
-  };
+  const bin = (name: string): string[] => pgProgram(opts.binDir, name);
   return {
     pgDump: opts.pgDumpCommand ? splitCommand(opts.pgDumpCommand) : bin('pg_dump'),
     pgDumpWrapped: opts.pgDumpCommand !== undefined && opts.pgDumpCommand !== '',
@@ -105,6 +98,17 @@ export function resolvePgTools(opts: PgToolsOptions = {}): PgTools {
     pgRestore: opts.pgRestoreCommand ? splitCommand(opts.pgRestoreCommand) : bin('pg_restore'),
     psql: opts.psqlCommand ? splitCommand(opts.psqlCommand) : bin('psql'),
   };
+}
+
+/**
+ * One PostgreSQL client program: `<binDir>/<name>` (which must exist) with `--pg-bin`, else
+ * `name` from PATH. As an argv prefix.
+ */
+export function pgProgram(binDir: string | undefined, name: string): string[] {
+  if (!binDir) return [name];
+  const p = path.join(binDir, name);
+  if (!existsSync(p)) throw new UsageError(`--pg-bin ${binDir}: ${name} not found there`, { hint: 'point --pg-bin at a PostgreSQL bin directory, e.g. /usr/lib/postgresql/16/bin' });
+  return [p];
 }
 
 /** The error for a missing system tool that is not part of PostgreSQL (zstd, dd). */

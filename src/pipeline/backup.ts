@@ -147,20 +147,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // must be known, because a manifest that reached the store is a backup (a stop now would
     // report a failure for a backup that exists, and remove its dump). It is one small request,
     // bounded by the S3 socket timeout and the SDK's retries.
-    try {
-      await req.store.putBytes(keys.manifest, encodeManifest(manifest), { retention, tags, contentType: 'application/json' });
-    } catch (err) {
-      // A lost answer (or a retry answered 412 because the first attempt landed) leaves the
-      // outcome open: the listing decides. Ids are unique, so a manifest there is this one.
-      const stored = await isListed(req.store, keys.manifest);
-      if (stored === true) {
-        req.log.warn('the manifest upload reported an error, but the manifest is stored: the backup is complete', { key: keys.manifest, error: formatErrorLine(err) });
-      } else {
-        if (stored === false) await removeOrphans(req, [keys.dump, ...(globals ? [keys.globals] : [])]);
-        else req.log.warn('could not tell whether the manifest was stored; the dump is left in place (without a manifest it is not a backup; lifecycle rules expire it)', { key: keys.dump });
-        throw err;
-      }
-    }
+    await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags }, [keys.dump, ...(globals ? [keys.globals] : [])]);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
     req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}) });
     return { manifest, manifestKey: keys.manifest };
@@ -175,7 +162,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
 }
 
 /** Producer of plaintext for one object: its stdout plus the children that must all exit 0. */
-interface Producer {
+export interface Producer {
   stdout: Readable;
   children: Child[];
   /**
@@ -185,6 +172,8 @@ interface Producer {
   observe(chunk: Buffer): void | Promise<void>;
   /** After the stream ended and every child exited 0: the bytes pg_dump wrote, or why the output cannot be trusted. */
   settle(): Promise<{ dumpBytes: number } | { problem: string }>;
+  /** What to check when settle finds a problem (default: the pg_dump command and the tools). */
+  hint?: string;
 }
 
 /**
@@ -297,13 +286,7 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
     what: 'dd (counting the dump)',
     missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
   });
-  const zstd = sup.spawn({
-    argv: [...zstdArgv, `-${level}`, '-T0', '-vv', '--no-progress', '-c', '-'],
-    env: toolEnv(env),
-    stdin: dd,
-    what: 'zstd',
-    missing: missingZstd,
-  });
+  const zstd = spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
   // Through a wrapper (docker compose exec, ssh), the whole stream is read back: a wrapper can
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
@@ -321,9 +304,9 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
       const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
       const dumpBytes = ddCount ? Number(ddCount[1]) : undefined;
       if (received === 0) return { problem: 'zstd wrote nothing' };
-      const acct = /\(\s*(\d+)\s*B?\s*=>\s*(\d+)\s*(?:B|bytes)\b/.exec(zstd.stderr.text());
+      const acct = zstdCounts(zstd.stderr.text());
       if (acct) {
-        const [zIn, zOut] = [Number(acct[1]), Number(acct[2])];
+        const [zIn, zOut] = [acct.read, acct.wrote];
         if (zOut !== received) return { problem: `zstd wrote ${zOut} bytes but ${received} reached coffer` };
         if (dumpBytes !== undefined && zIn !== dumpBytes) return { problem: `pg_dump wrote ${dumpBytes} bytes but zstd read ${zIn}` };
       } else {
@@ -340,6 +323,20 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
       return problem ? { problem } : { dumpBytes: dumpBytes ?? back.bytes };
     },
   };
+}
+
+/**
+ * `zstd -N -T0 -vv` (multi-threaded; `-vv` reports its byte counts, {@link zstdCounts}) reading
+ * `stdin` (a child's stdout, fd to fd, or a pipe node writes) and writing to node.
+ */
+export function spawnCompressor(sup: Supervisor, zstdArgv: string[], level: number, env: NodeJS.ProcessEnv, stdin: Child | 'pipe', missing: (cmd: string) => CofferError): Child {
+  return sup.spawn({ argv: [...zstdArgv, `-${level}`, '-T0', '-vv', '--no-progress', '-c', '-'], env, stdin, what: 'zstd', missing });
+}
+
+/** What `zstd -vv` says it read and wrote (`(N B => M B`); `undefined` when it does not say. */
+export function zstdCounts(stderr: string): { read: number; wrote: number } | undefined {
+  const m = /\(\s*(\d+)\s*B?\s*=>\s*(\d+)\s*(?:B|bytes)\b/.exec(stderr);
+  return m ? { read: Number(m[1]), wrote: Number(m[2]) } : undefined;
 }
 
 /**
@@ -434,9 +431,9 @@ class ReadBack {
   }
 }
 
-/** Where one object goes: the run, its part size, retention and tags. */
-interface ObjectTarget {
-  req: BackupRequest;
+/** Where one object goes: the store, the recipients, the run, its part size, retention and tags. */
+export interface ObjectTarget {
+  req: Pick<BackupRequest, 'store' | 'recipients' | 'maxParts' | 'onProgress'>;
   sup: Supervisor;
   partSize: number;
   retention: ObjectRetention | undefined;
@@ -452,7 +449,7 @@ interface ObjectTarget {
  * The whole stream graph is built before any child exists: nothing is awaited between spawning
  * a producer and reading its output.
  */
-async function streamObject(t: ObjectTarget, key: string, what: string, start: () => Producer): Promise<StoredObject> {
+export async function streamObject(t: ObjectTarget, key: string, what: string, start: () => Producer): Promise<StoredObject> {
   const { req, sup, partSize } = t;
   const encrypt = await createEncryptStream(req.recipients);
   const hash = createHash('sha256');
@@ -488,7 +485,7 @@ async function streamObject(t: ObjectTarget, key: string, what: string, start: (
         .then(() => producer.settle())
         .then(
           (r) => {
-            if ('problem' in r) return cb(new IntegrityError(`${what}: ${r.problem}; nothing was stored`, { hint: 'check the pg_dump command (--pg-dump-command) and the tools on this host' }));
+            if ('problem' in r) return cb(new IntegrityError(`${what}: ${r.problem}; nothing was stored`, { hint: producer.hint ?? 'check the pg_dump command (--pg-dump-command) and the tools on this host' }));
             dumpBytes = r.dumpBytes;
             cb();
           },
@@ -519,6 +516,35 @@ async function streamObject(t: ObjectTarget, key: string, what: string, start: (
   }
 }
 
+/**
+ * Writes a backup's manifest, its commit marker. A lost answer (or a retry answered 412 because
+ * the first attempt landed) leaves the outcome open: the listing decides (ids are unique, so a
+ * manifest there is this one). When it is not stored, the run's `objects` are removed (best
+ * effort) and the error is thrown; when the listing cannot tell, they are left for the lifecycle
+ * rules (without a manifest they are not a backup).
+ */
+export async function commitManifest(
+  store: ObjectStore,
+  log: Logger,
+  key: string,
+  bytes: Uint8Array,
+  opts: { retention: ObjectRetention | undefined; tags: Record<string, string> },
+  objects: string[],
+): Promise<void> {
+  try {
+    await store.putBytes(key, bytes, { retention: opts.retention, tags: opts.tags, contentType: 'application/json' });
+  } catch (err) {
+    const stored = await isListed(store, key);
+    if (stored === true) {
+      log.warn('the manifest upload reported an error, but the manifest is stored: the backup is complete', { key, error: formatErrorLine(err) });
+      return;
+    }
+    if (stored === false) await removeOrphans(store, log, objects);
+    else log.warn('could not tell whether the manifest was stored; the objects of the run are left in place (without a manifest they are not a backup; lifecycle rules expire them)', { key: objects[0] });
+    throw err;
+  }
+}
+
 /** Whether `key` is in the store's listing (ListBucket only); `undefined` when the listing fails. */
 async function isListed(store: ObjectStore, key: string): Promise<boolean | undefined> {
   try {
@@ -529,12 +555,13 @@ async function isListed(store: ObjectStore, key: string): Promise<boolean | unde
   }
 }
 
-async function removeOrphans(req: BackupRequest, keys: string[]): Promise<void> {
+/** Removes the objects of a failed run (best effort: the backup host may lack DeleteObject). */
+export async function removeOrphans(store: ObjectStore, log: Logger, keys: string[]): Promise<void> {
   for (const k of keys) {
     try {
-      await req.store.delete(k);
+      await store.delete(k);
     } catch {
-      req.log.warn('could not remove an object of the failed run (it has no manifest, so it is not a backup; lifecycle rules expire it)', { key: k });
+      log.warn('could not remove an object of the failed run (it has no manifest, so it is not a backup; lifecycle rules expire it)', { key: k });
     }
   }
 }

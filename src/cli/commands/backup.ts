@@ -15,9 +15,11 @@ import { openStore } from '../../store/open.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
 import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
-import { compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
+import { cluster, compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value, type Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
+import { isPhysicalBackup, runPhysicalBackupCommand } from './backup-physical.js';
+import type { PhysicalBackupResult } from '../../physical/backup.js';
 import { defineCommand } from '../command.js';
 import { DEFAULT_REPOSITORY, REPOSITORY, pgPassword, retentionPolicy, s3Options } from '../option-groups.js';
 import type { Tier } from '../../catalog/layout.js';
@@ -56,6 +58,13 @@ const options = {
   metricsFile: value('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run', text),
   notify: value('--notify <url>', 'healthchecks.io-style ping URL: URL/start, URL on success, URL/fail on failure', url),
   webhook: value('--webhook <url>', 'POST a JSON summary here per database, on success and on failure', url),
+  physical: flag('--physical', 'online physical backup of the whole cluster: pg_basebackup -Ft -X fetch (needs --cluster; the role needs REPLICATION)'),
+  cluster: value('--cluster <name>', 'name of the cluster whose physical backups these are (--physical, --data-dir, --tar-command)', cluster),
+  dataDir: value('--data-dir <dir>', "archive a STOPPED cluster's data directory (or a Docker volume's mount point) with tar", text),
+  tarCommand: value('--tar-command <command>', 'command writing the tar of a stopped data directory to stdout, instead of local tar (no shell), e.g. "docker run --rm -v db_data:/data alpine tar -C /data -cf - ."', text),
+  pgBasebackupCommand: value('--pg-basebackup-command <command>', 'command prefix to run pg_basebackup (no shell)', text),
+  fastCheckpoint: flag('--fast-checkpoint', 'with --physical: start the base backup at once (an immediate checkpoint) instead of after a spread one'),
+  attach: list('--attach <file>', 'with a physical backup: also store this file, encrypted (repeatable), e.g. a migration script', text),
   ...s3Options,
 };
 
@@ -79,7 +88,7 @@ export const backup = defineCommand({
   run: runBackupCommand,
 });
 
-async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[]> {
+async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
   const env = ctx.env;
   // Everything is validated before touching the database or the repository.
   const s3 = resolveS3Settings(flags, env);
@@ -95,10 +104,6 @@ async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext):
   if (flags.disableTriggers && kind !== 'data-only') {
     throw new UsageError('--disable-triggers applies to --data-only backups only', { hint: 'a full backup restores its tables, data and constraints in order; add --data-only, or drop --disable-triggers' });
   }
-  const compression = flags.compress;
-  if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
-    throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
-  }
   // Object lock: each object is retained for its tier's keep period (policy.ts rounds up).
   const lockMode = flags.objectLockMode;
   const keepPolicy = retentionPolicy(flags);
@@ -107,6 +112,11 @@ async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext):
   const conn = parseConnectionString(flags.dbname);
   // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
   if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
+  if (isPhysicalBackup(flags) || flags.cluster !== undefined) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3 }, ctx);
+  const compression = flags.compress;
+  if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
+    throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
+  }
   if (flags.allDatabases && flags.db.length > 0) throw new UsageError('--all-databases and --db cannot be combined');
   // --db names are checked as they are read; the default one here.
   const explicitDbs = flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];

@@ -1,6 +1,7 @@
 import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { database, repository } from '../../config/parsers.js';
+import { cluster, database, repository } from '../../config/parsers.js';
+import { listPhysicalBackups, type PhysicalEntry } from '../../catalog/physical-catalog.js';
 import { flag, value } from '../../config/options.js';
 import { openStore, type RepositoryRef, type S3Settings } from '../../store/open.js';
 import { formatBytes } from '../../observe/log.js';
@@ -14,10 +15,11 @@ export const list = defineCommand({
   options: {
     from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
     db: value('--db <name>', 'only this database', database),
+    cluster: value('--cluster <name>', "only this cluster's physical backups", cluster),
     json: flag('--json', 'print a JSON array on stdout'),
     ...s3Options,
   },
-  run: (v, ctx) => listRepository(v.from, resolveS3Settings(v, ctx.env), { database: v.db, json: v.json }, ctx),
+  run: (v, ctx) => listRepository(v.from, resolveS3Settings(v, ctx.env), { database: v.db, cluster: v.cluster, json: v.json }, ctx),
 });
 
 /** One row of `coffer list --json`. */
@@ -52,33 +54,98 @@ export function toRow(e: BackupEntry): ListRow {
   };
 }
 
-/** `coffer list`: completed backups (those with a manifest), newest first. */
-export async function listRepository(repo: RepositoryRef, s3: S3Settings, flags: { database?: string | undefined; json?: boolean }, ctx: CliContext): Promise<ListRow[]> {
-  const database = flags.database;
+/**
+ * One physical backup in `coffer list --json`: a cluster instead of a database, kind `physical`
+ * (an online base backup) or `volume` (a stopped cluster's directory), and the WAL it spans.
+ */
+export interface PhysicalListRow {
+  id: string;
+  cluster: string;
+  tier: string;
+  label: string | null;
+  kind: 'physical' | 'volume';
+  startedAt: string;
+  finishedAt: string;
+  size: number;
+  sha256: string;
+  key: string;
+  serverVersion: string | null;
+  majorVersion: number;
+  /** Start and end of the WAL inside a base backup (`null` for a volume archive). */
+  wal: { timeline: number; startLsn: string; stopLsn: string } | null;
+  attachments: string[];
+}
+
+export function toPhysicalRow(e: PhysicalEntry): PhysicalListRow {
+  const m = e.manifest;
+  return {
+    id: m.id,
+    cluster: m.cluster,
+    tier: m.tier,
+    label: m.label,
+    kind: m.kind === 'basebackup' ? 'physical' : 'volume',
+    startedAt: m.startedAt,
+    finishedAt: m.finishedAt,
+    size: m.archive.size,
+    sha256: m.archive.sha256,
+    key: m.archive.key,
+    serverVersion: m.postgres.serverVersion ?? null,
+    majorVersion: m.postgres.majorVersion,
+    wal: m.wal ? { timeline: m.wal.timeline, startLsn: m.wal.startLsn, stopLsn: m.wal.stopLsn } : null,
+    attachments: m.attachments.map((a) => a.name),
+  };
+}
+
+/**
+ * `coffer list`: completed backups (those with a manifest), newest first: the logical backups
+ * of databases, then the physical backups of clusters. `--db` shows only that database's,
+ * `--cluster` only that cluster's.
+ */
+export async function listRepository(
+  repo: RepositoryRef,
+  s3: S3Settings,
+  flags: { database?: string | undefined; cluster?: string | undefined; json?: boolean },
+  ctx: CliContext,
+): Promise<Array<ListRow | PhysicalListRow>> {
+  const { database, cluster } = flags;
   const store = await openStore(repo, s3);
-  let entries: BackupEntry[];
+  const onInvalid = (key: string, err: Error): void => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
+  let entries: BackupEntry[] = [];
+  let physical: PhysicalEntry[] = [];
   try {
-    entries = await listBackups(store, {
-      database,
-      signal: ctx.signal,
-      onInvalid: (key, err) => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key }),
-    });
+    if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
+    if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
   } finally {
     store.close();
   }
   const rows = entries.map(toRow);
+  const physicalRows = physical.map(toPhysicalRow);
   if (flags.json) {
-    ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
-    return rows;
+    const all = [...rows, ...physicalRows];
+    ctx.stdout(`${JSON.stringify(all, null, 2)}\n`);
+    return all;
   }
-  if (rows.length === 0) {
-    ctx.stdout(`no backups in ${store.location}${database !== undefined ? ` for database ${database}` : ''}\n`);
-    return rows;
+  if (rows.length === 0 && physicalRows.length === 0) {
+    const of = database !== undefined ? ` for database ${database}` : cluster !== undefined ? ` for cluster ${cluster}` : '';
+    ctx.stdout(`no backups in ${store.location}${of}\n`);
+    return [];
   }
-  const table = [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
-    rows.map((r) => [r.id, r.startedAt.replace('T', ' ').replace(/\.\d+Z$/, 'Z'), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
-  );
+  const time = (t: string): string => t.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  if (rows.length > 0) {
+    printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
+      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
+    ));
+  }
+  if (physicalRows.length > 0) {
+    if (rows.length > 0) ctx.stdout('\n');
+    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'LABEL']].concat(
+      physicalRows.map((r) => [r.id, time(r.startedAt), r.cluster, r.kind, r.tier, formatBytes(r.size), String(r.majorVersion), r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '', r.label ?? '']),
+    ));
+  }
+  return [...rows, ...physicalRows];
+}
+
+function printTable(ctx: CliContext, table: string[][]): void {
   const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
   for (const row of table) ctx.stdout(`${row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
-  return rows;
 }
