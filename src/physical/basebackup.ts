@@ -97,6 +97,7 @@ export function basebackupSource(o: BasebackupSourceOptions): PhysicalSource {
           serverVersion: server.serverVersion,
           serverVersionNum: server.serverVersionNum,
           systemIdentifier: server.systemIdentifier,
+          role: server.role,
           command: [...o.pgBasebackup.argv],
           toolVersion,
         },

@@ -159,12 +159,25 @@ async function readLog(file: string): Promise<string> {
   return readFile(file, 'utf8').catch(() => '');
 }
 
-/** The server's reason (its FATAL/PANIC line) and restore_command's last complaint, on one line. */
+/** The server's reason (its FATAL/PANIC line) and restore_command's last complaint before it, on one line. */
 function why(log: string): string {
   const lines = log.split('\n');
-  const fatal = lines.filter((l) => /\b(FATAL|PANIC):/.test(l)).pop();
-  const fetch = lines.filter((l) => /coffer|wal-fetch/.test(l) && /error|fail|damaged|identity|denied/i.test(l)).pop();
-  const parts = [fatal?.replace(/^.*?\b(FATAL|PANIC):\s*/, '$1: '), fetch ? `restore_command: ${fetch.trim().slice(0, 300)}` : undefined].filter(Boolean);
+  const at = lines.map((l) => /\b(FATAL|PANIC):/.test(l)).lastIndexOf(true);
+  const fatal = at >= 0 ? lines[at]!.replace(/^.*?\b(FATAL|PANIC):\s*/, '$1: ') : undefined;
+  // restore_command's own stderr: the lines that are not the server's (which start with its timestamp)
+  const own = lines
+    .slice(0, at >= 0 ? at : lines.length)
+    .filter((l) => l.trim() !== '' && !/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(l) && !/^\s/.test(l))
+    .pop();
+  let fetch = own?.trim();
+  if (fetch?.startsWith('{')) {
+    try {
+      fetch = String((JSON.parse(fetch) as { msg?: unknown }).msg ?? fetch);
+    } catch {
+      // not a JSON log line: keep it as it is
+    }
+  }
+  const parts = [fatal, fetch ? `restore_command: ${fetch.slice(0, 300)}` : undefined].filter(Boolean);
   return parts.length > 0 ? parts.join('; ') : tailOneLine(log, 3) || 'the server exited';
 }
 
