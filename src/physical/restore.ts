@@ -12,8 +12,10 @@
  * is left that could be started on damaged data.
  */
 import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
 import { clusterPrefix, parseClusterKey, parseSegmentName, parseWalKey, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
@@ -117,7 +119,14 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
 
     // Replay archived WAL when a target is asked for, or when the archive reaches past the backup.
     const recovery = await planRecovery(req, m);
-    if (recovery && owner) checkReadableBy(owner, req.identityFiles);
+    if (recovery && owner) {
+      checkReadableBy(owner, req.identityFiles, 'identity file');
+      // a file repository is read by restore_command too, as the server's user
+      if (req.store.location.startsWith('file://')) {
+        const walDir = path.join(fileURLToPath(req.store.location), walPrefix(req.cluster));
+        if (existsSync(walDir)) checkReadableBy(owner, [walDir], 'repository directory');
+      }
+    }
 
     const { storedBytes, tarBytes } = await unpack(req, m, dir);
     const version = (await fsp.readFile(path.join(dir, 'PG_VERSION'), 'utf8').catch(() => '')).trim();
@@ -221,13 +230,13 @@ function resolveOwner(name: string | undefined, existingDir: string | undefined)
   return pg;
 }
 
-/** restore_command runs as the server's user: it must be able to read the identity files. */
-function checkReadableBy(owner: { uid: number; gid: number }, files: string[]): void {
-  for (const f of files) {
-    const r = spawnSync('test', ['-r', f], { uid: owner.uid, gid: owner.gid });
+/** restore_command runs as the server's user: it must be able to read the identity files (and a file repository). */
+function checkReadableBy(owner: { uid: number; gid: number }, paths: string[], what: string): void {
+  for (const p of paths) {
+    const r = spawnSync('sh', ['-c', 'test -r "$1" && { test ! -d "$1" || test -x "$1"; }', 'sh', p], { uid: owner.uid, gid: owner.gid });
     if (r.status !== 0) {
-      throw new UsageError(`the server's OS user (uid ${owner.uid}) cannot read the identity file ${f}, which restore_command needs to fetch archived WAL`, {
-        hint: 'give that user read access to the file (and its directories), e.g. a copy owned by it with mode 0600; never inside the data directory',
+      throw new UsageError(`the server's OS user (uid ${owner.uid}) cannot read the ${what} ${p}, which restore_command needs to fetch archived WAL`, {
+        hint: what === 'identity file' ? 'give that user read access to the file (and its directories), e.g. a copy owned by it with mode 0600; never inside the data directory' : 'give that user read access to the repository (e.g. chown -R it, or run the server as the repository owner)',
       });
     }
   }
@@ -315,9 +324,52 @@ async function unpack(req: PhysicalRestoreRequest, m: PhysicalManifest, dir: str
       what: 'tar -x',
       missing: missingTool('tar', 'install GNU tar (apt-get install tar)'),
     });
-    await Promise.all([pipeline(opened.archive, tar.stdin!, { signal: sup.signal }), tar.done, ...opened.children.map((c) => c.done)]);
+    await Promise.all([pipeline(opened.archive, intoTar(tar.stdin!, tar.done), { signal: sup.signal }), tar.done, ...opened.children.map((c) => c.done)]);
     const s = opened.stats();
     return { storedBytes: s.storedBytes, tarBytes: s.archiveBytes };
+  });
+}
+
+/**
+ * Feeds tar's stdin. tar stops reading at the end-of-archive blocks and exits, but the stream
+ * goes on to its last byte (zero padding to the writer's record size), which must still be read:
+ * the object is authenticated and its sha256 checked only at its end. After tar closed its
+ * input, what follows must be zeros.
+ */
+function intoTar(stdin: Writable, tarDone: Promise<void>): Writable {
+  let closed = false;
+  let pending: (() => void) | undefined;
+  const onClosed = (): void => {
+    closed = true;
+    const p = pending;
+    pending = undefined;
+    p?.();
+  };
+  stdin.on('error', onClosed); // EPIPE once tar exited; its exit status is what counts
+  stdin.on('close', onClosed);
+  return new Writable({
+    highWaterMark: 1024 * 1024,
+    write(chunk: Buffer, _e, cb) {
+      if (closed) {
+        if (!chunk.some((b) => b !== 0)) cb();
+        // tar stopped early because it failed (disk full, …): its error is the cause, not this
+        else tarDone.then(() => cb(new IntegrityError('the tar archive has data after its end-of-archive blocks', { hint: 'the object was modified; do not trust this backup' })), cb);
+        return;
+      }
+      if (stdin.write(chunk)) cb();
+      else {
+        pending = () => cb();
+        stdin.once('drain', () => {
+          const p = pending;
+          pending = undefined;
+          p?.();
+        });
+      }
+    },
+    final(cb) {
+      if (!closed) stdin.end();
+      cb();
+    },
   });
 }
 
