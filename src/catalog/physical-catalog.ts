@@ -71,7 +71,7 @@ export async function listPhysicalBackups(
 }
 
 /** A manifest read and checked against the key it was found at (and the objects it names). */
-async function loadPhysicalEntry(store: ObjectStore, k: PhysicalKeyEntry, signal?: AbortSignal): Promise<PhysicalEntry> {
+export async function loadPhysicalEntry(store: ObjectStore, k: PhysicalKeyEntry, signal?: AbortSignal): Promise<PhysicalEntry> {
   const manifest = decodePhysicalManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);
   if (manifest.id !== k.id || manifest.cluster !== k.cluster || manifest.tier !== k.tier) {
     throw new IntegrityError(`manifest ${k.manifestKey} describes another backup (cluster ${manifest.cluster}/${manifest.tier}/${manifest.id})`, {

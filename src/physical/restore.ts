@@ -18,9 +18,9 @@ import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
-import { clusterPrefix, parseClusterKey, parseSegmentName, parseWalKey, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
-import { decodePhysicalManifest, type PhysicalManifest } from '../catalog/physical-manifest.js';
-import { newestFirst } from '../catalog/catalog.js';
+import { parseLsn, parseSegmentName, parseWalKey, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
+import type { PhysicalManifest } from '../catalog/physical-manifest.js';
+import { findPhysicalBackup, listPhysicalKeys, loadPhysicalEntry, type PhysicalEntry } from '../catalog/physical-catalog.js';
 import { confValue, isRoot, osUser } from '../demo/throwaway-cluster.js';
 import { IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
@@ -80,13 +80,6 @@ export interface PhysicalRestoreSummary {
   durationMs: number;
   /** How to start it for real. */
   startHint: string;
-}
-
-/** One physical backup and its manifest. */
-interface Candidate {
-  id: string;
-  manifestKey: string;
-  manifest: PhysicalManifest;
 }
 
 export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<PhysicalRestoreSummary> {
@@ -254,34 +247,20 @@ async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Which backup
 
-async function selectBackup(req: PhysicalRestoreRequest): Promise<Candidate> {
-  const keys: Array<{ id: string; key: string }> = [];
-  for await (const o of req.store.list(clusterPrefix(req.cluster), { signal: req.signal })) {
-    const k = parseClusterKey(o.key);
-    if (k && k.cluster === req.cluster && k.rest === '.manifest.json') keys.push({ id: k.id, key: o.key });
+async function selectBackup(req: PhysicalRestoreRequest): Promise<PhysicalEntry> {
+  if (req.selector !== 'latest') {
+    const e = await findPhysicalBackup(req.store, { cluster: req.cluster, selector: req.selector, signal: req.signal });
+    const why = tooLate(e.manifest, req.target);
+    if (why) throw new UsageError(`backup ${e.id} cannot reach the recovery target: ${why}`, { hint: 'choose an earlier backup, or leave out --backup to let coffer choose' });
+    return e;
   }
-  keys.sort(newestFirst);
+  const keys = await listPhysicalKeys(req.store, { cluster: req.cluster, signal: req.signal });
   const where = `of cluster ${JSON.stringify(req.cluster)} in ${req.store.location}`;
   if (keys.length === 0) throw new StorageError('NotFound', `no physical backup ${where}`, { hint: 'run `coffer list --cluster NAME` to see what is there' });
-  const load = async (k: { id: string; key: string }): Promise<Candidate> => {
-    const manifest = decodePhysicalManifest(await req.store.getBytes(k.key, { signal: req.signal }), k.key);
-    if (manifest.id !== k.id || manifest.cluster !== req.cluster || parseClusterKey(manifest.archive.key)?.id !== k.id) {
-      throw new IntegrityError(`manifest ${k.key} describes another backup (${manifest.cluster}/${manifest.id})`, { hint: 'the manifest was moved or swapped; do not trust this backup' });
-    }
-    return { id: k.id, manifestKey: k.key, manifest };
-  };
-  if (req.selector !== 'latest') {
-    const k = keys.find((c) => c.id === req.selector);
-    if (!k) throw new StorageError('NotFound', `no physical backup with id ${req.selector} ${where}`, { hint: 'run `coffer list --cluster NAME`' });
-    const c = await load(k);
-    const why = tooLate(c.manifest, req.target);
-    if (why) throw new UsageError(`backup ${c.id} cannot reach the recovery target: ${why}`, { hint: 'choose an earlier backup, or leave out --backup to let coffer choose' });
-    return c;
-  }
-  // Newest first: the first that finished before the target (recovery can only go forward from a backup's end).
+  // Newest first: the first that ended before the target (recovery only goes forward from a backup's end).
   for (const k of keys) {
-    const c = await load(k);
-    if (!tooLate(c.manifest, req.target)) return c;
+    const e = await loadPhysicalEntry(req.store, k, req.signal);
+    if (!tooLate(e.manifest, req.target)) return e;
   }
   throw new StorageError('NotFound', `no physical backup ${where} ended before the recovery target ${describeTarget(req.target!)}`, { hint: 'a backup can only be rolled forward: the target must lie after the end of a backup' });
 }
@@ -290,15 +269,10 @@ async function selectBackup(req: PhysicalRestoreRequest): Promise<Candidate> {
 function tooLate(m: PhysicalManifest, target: RecoveryTarget | undefined): string | undefined {
   if (target?.kind === 'time' && new Date(m.finishedAt).getTime() >= target.time.getTime()) return `it ended at ${m.finishedAt}, after ${target.time.toISOString()}`;
   if (target?.kind === 'lsn' && m.wal) {
-    const stop = lsnValue(m.wal.stopLsn);
+    const stop = parseLsn(m.wal.stopLsn);
     if (stop > target.value) return `its WAL ends at ${m.wal.stopLsn}, after ${target.lsn}`;
   }
   return undefined;
-}
-
-function lsnValue(lsn: string): bigint {
-  const [hi, lo] = lsn.split('/');
-  return (BigInt(`0x${hi}`) << 32n) | BigInt(`0x${lo}`);
 }
 
 // ---------------------------------------------------------------------------------------------
