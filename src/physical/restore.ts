@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
-import { parseLsn, parseSegmentName, parseWalKey, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
+import { parseLsn, parseSegmentName, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
 import type { PhysicalManifest } from '../catalog/physical-manifest.js';
 import { findPhysicalBackup, listPhysicalKeys, loadPhysicalEntry, type PhysicalEntry } from '../catalog/physical-catalog.js';
 import { confValue, isRoot, osUser } from '../demo/throwaway-cluster.js';
@@ -30,6 +30,7 @@ import { Supervisor, toolEnv } from '../run/supervisor.js';
 import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { findServerBinaries } from './server-version.js';
+import { listWal } from './wal-catalog.js';
 import { checkRecovery, type RecoveryCheck } from './recovery-check.js';
 
 /** Where recovery stops (PostgreSQL's recovery_target_*). */
@@ -378,13 +379,13 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
 
 /** The newest archived WAL segment after the backup (any timeline at or after its own), if any. */
 async function archivedWalAfter(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<string | undefined> {
-  const from = m.wal?.stopSegment;
+  const from = m.wal?.stopSegment.slice(8);
   let newest: string | undefined;
-  for await (const o of req.store.list(walPrefix(req.cluster), { signal: req.signal })) {
-    const w = parseWalKey(o.key);
-    if (!w || !parseSegmentName(w.file)) continue;
-    if (from !== undefined && w.file.slice(8) <= from.slice(8)) continue;
-    if (newest === undefined || w.file.slice(8) > newest.slice(8)) newest = w.file;
+  for (const w of await listWal(req.store, req.cluster, req.signal)) {
+    if (!parseSegmentName(w.file)) continue;
+    const position = w.file.slice(8);
+    if (from !== undefined && position <= from) continue;
+    if (newest === undefined || position > newest.slice(8)) newest = w.file;
   }
   return newest;
 }
