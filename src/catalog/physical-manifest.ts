@@ -108,7 +108,7 @@ export function decodePhysicalManifest(bytes: Uint8Array, key: string): Physical
   (v.attachments as unknown[]).forEach((a, i) => {
     checkObject(a, `attachments[${i}]`, bad);
     const r = a as Record<string, unknown>;
-    if (typeof r.name !== 'string' || r.name === '' || /[/\0]/.test(r.name)) bad(`attachments[${i}].name invalid`);
+    if (typeof r.name !== 'string' || r.name === '' || r.name === '.' || r.name === '..' || /[/\0]/.test(r.name)) bad(`attachments[${i}].name invalid`);
   });
   if (v.kind === 'basebackup') {
     const w = v.wal;

@@ -15,7 +15,9 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { Writable } from 'node:stream';
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
 import { parseLsn, parseSegmentName, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
@@ -28,6 +30,8 @@ import { openArchive } from '../pipeline/archive.js';
 import { missingTool } from '../pg/tools.js';
 import { Supervisor, toolEnv } from '../run/supervisor.js';
 import { resumableGet } from '../store/resumable.js';
+import { commitFile, tempPathIn } from '../atomic-write.js';
+import { openDecryptStream } from '../crypto/age.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { findServerBinaries } from './server-version.js';
 import { listWal } from './wal-catalog.js';
@@ -58,6 +62,8 @@ export interface PhysicalRestoreRequest {
   smokeDb: string;
   /** Role to connect as for --verify (default: tried in order: the backup's role, postgres, the owner). */
   verifyUser?: string;
+  /** Where to write the files stored with the backup (`--attach`); they are listed, not fetched, without it. */
+  attachmentsDir?: string;
   /** The shell command PostgreSQL runs to fetch archived WAL (%f %p in it). */
   restoreCommand: string;
   zstdCommand?: string[];
@@ -78,6 +84,8 @@ export interface PhysicalRestoreSummary {
   storedBytes: number;
   tarBytes: number;
   verified: RecoveryCheck | null;
+  /** The files stored with the backup, and where they were written (null: not fetched). */
+  attachments: Array<{ name: string; bytes: number; path: string | null }>;
   durationMs: number;
   /** How to start it for real. */
   startHint: string;
@@ -130,6 +138,7 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
     if (recovery) await writeRecoveryConfig(dir, recovery, chosen.id);
     if (owner) await chownTree(dir, owner.uid, owner.gid);
 
+    const attachments = await fetchAttachments(req, m);
     let verified: RecoveryCheck | null = null;
     if (req.verify && bins.kind === 'same') {
       verified = await checkRecovery({
@@ -158,6 +167,7 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
       storedBytes,
       tarBytes,
       verified,
+      attachments,
       durationMs: Date.now() - started,
       startHint: startHint(dir, binDir, owner ? (req.owner ?? 'postgres') : undefined, m.postgres.majorVersion),
     };
@@ -346,6 +356,44 @@ function intoTar(stdin: Writable, tarDone: Promise<void>): Writable {
       cb();
     },
   });
+}
+
+/**
+ * The files stored with the backup (`--attach`: a migration script, …), each decrypted to
+ * `attachmentsDir/<name>` (refusing to overwrite), its stored sha256 and plaintext sha256 checked
+ * before it is committed. Without `attachmentsDir` they are only listed.
+ */
+async function fetchAttachments(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<PhysicalRestoreSummary['attachments']> {
+  if (req.attachmentsDir === undefined) {
+    if (m.attachments.length > 0) req.log.info(`the backup holds ${m.attachments.length} attached file(s): ${m.attachments.map((a) => a.name).join(', ')}; fetch them with --attachments-dir DIR`);
+    return m.attachments.map((a) => ({ name: a.name, bytes: a.plainBytes, path: null }));
+  }
+  const out: PhysicalRestoreSummary['attachments'] = [];
+  await fsp.mkdir(req.attachmentsDir, { recursive: true, mode: 0o700 });
+  for (const a of m.attachments) {
+    const file = path.join(req.attachmentsDir, a.name);
+    const tmp = tempPathIn(req.attachmentsDir);
+    try {
+      const ciphertext = await req.store.getBytes(a.key, { signal: req.signal });
+      if (ciphertext.length !== a.size || createHash('sha256').update(ciphertext).digest('hex') !== a.sha256) {
+        throw new IntegrityError(`attached file ${a.name}: the stored object does not match its manifest (size or sha256)`, { hint: 'the object was modified or swapped; do not trust it' });
+      }
+      const { plaintext } = await openDecryptStream(Readable.from([ciphertext]), req.identities);
+      const hash = createHash('sha256');
+      let n = 0;
+      plaintext.on('data', (c: Buffer) => {
+        hash.update(c);
+        n += c.length;
+      });
+      await pipeline(plaintext, createWriteStream(tmp, { flags: 'wx', mode: 0o600 }));
+      if (n !== a.plainBytes || hash.digest('hex') !== a.plainSha256) throw new IntegrityError(`attached file ${a.name}: its content does not match the manifest`, { hint: 'do not trust it' });
+      await commitFile(tmp, file, { exclusive: true });
+    } finally {
+      await fsp.rm(tmp, { force: true });
+    }
+    out.push({ name: a.name, bytes: a.plainBytes, path: file });
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -43,20 +43,23 @@ describe('a cold volume archive (the operations document, section 6)', () => {
     // stop it cleanly (the data directory stays), archive it, start it again for the other tests
     const asServer = process.getuid?.() === 0 ? { uid: Number((await execa('id', ['-u', 'postgres'])).stdout), gid: Number((await execa('id', ['-g', 'postgres'])).stdout) } : {};
     await execa(path.join(src.binDir, 'pg_ctl'), ['stop', '-D', src.dataDir, '-m', 'fast', '-w'], { ...asServer, cwd: '/' });
+    const script = f.path('2026-11-30-extend-expiry.sql');
+    await fsp.writeFile(script, 'UPDATE vault_status SET note = note || \'!\';\n');
     try {
-      const b = await runCoffer(['backup', '--data-dir', src.dataDir, '--cluster', 'vault', '--to', repo, '--recipient', f.recipient], { env });
+      const b = await runCoffer(['backup', '--data-dir', src.dataDir, '--cluster', 'vault', '--to', repo, '--recipient', f.recipient, '--attach', script], { env });
       expect(b.code, b.stderr).toBe(0);
     } finally {
       await execa(path.join(src.binDir, 'pg_ctl'), ['start', '-D', src.dataDir, '-l', `${src.dataDir}/../postgres.log`, '-w'], { ...asServer, cwd: '/', stdin: 'ignore' });
     }
     const to = f.path('vol-restored');
-    const r = await runCoffer(['restore', '--physical', '--cluster', 'vault', '--from', repo, '--identity', f.identityFile, '--to-dir', to, '--verify', '--smoke', 'SELECT COUNT(*) FROM vault_status', '--json'], { env: baseEnv() });
+    const r = await runCoffer(['restore', '--physical', '--cluster', 'vault', '--from', repo, '--identity', f.identityFile, '--to-dir', to, '--verify', '--smoke', 'SELECT COUNT(*) FROM vault_status', '--attachments-dir', f.path('attached'), '--json'], { env: baseEnv() });
     expect(r.code, r.stderr).toBe(0);
     const s = JSON.parse(r.stdout) as { kind: string; recovery: unknown; verified: { smoke: Array<{ result: string }>; state: string } };
     expect(s.kind).toBe('volume');
     expect(s.recovery).toBeNull();
     expect(s.verified.state).toBe('started');
     expect(s.verified.smoke[0]!.result).toBe('500');
+    expect(await fsp.readFile(f.path('attached', path.basename(script)), 'utf8')).toBe(await fsp.readFile(script, 'utf8'));
   });
 });
 

@@ -27,6 +27,7 @@ export const physicalRestoreOptions = {
   targetAction: value('--target-action <action>', 'with --physical: at the target, promote (default), pause or shutdown', choice, { choices: ['promote', 'pause', 'shutdown'] }),
   verify: flag('--verify', 'with --physical: start the directory once on a private socket, wait for recovery, run --smoke, stop it'),
   owner: value('--owner <user>', 'with --physical, as root: the OS user to own the directory (default: its owner, else postgres)', text),
+  attachmentsDir: value('--attachments-dir <dir>', 'with --physical: write the files stored with the backup (--attach) here', text),
   smokeDb: value('--smoke-db <name>', 'with --physical --verify: the database --smoke queries run in (default postgres)', database),
 };
 
@@ -44,6 +45,7 @@ export function refuseWithoutPhysical(flags: PhysicalValues): void {
       ['--target-action', flags.targetAction],
       ['--owner', flags.owner],
       ['--smoke-db', flags.smokeDb],
+      ['--attachments-dir', flags.attachmentsDir],
     ] as const
   ).find(([, v]) => v !== undefined);
   if (given) throw new UsageError(`${given[0]} needs --physical`, { hint: 'restore --physical --cluster NAME --to-dir DIR restores a physical backup' });
@@ -121,6 +123,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       verify: flags.verify,
       smoke: flags.smoke,
       smokeDb: flags.smokeDb ?? 'postgres',
+      ...(flags.attachmentsDir !== undefined ? { attachmentsDir: path.resolve(ctx.cwd, flags.attachmentsDir) } : {}),
       restoreCommand,
       env: ctx.env,
       signal: ctx.signal,
@@ -145,6 +148,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
             ...v.smoke.map((c) => `smoke: ${c.sql} → ${c.result.replace(/\n/g, ' | ')}`),
           ]
         : []),
+      ...summary.attachments.map((a) => `attached file: ${a.name} (${formatBytes(a.bytes)})${a.path ? ` → ${a.path}` : ' (not fetched: --attachments-dir DIR)'}`),
       summary.startHint,
     ];
     ctx.stdout(`${lines.join('\n')}\n`);
