@@ -20,19 +20,17 @@ import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { pipeline, Transform } from 'node:stream';
 import { physicalKeys, type PhysicalKind } from '../catalog/cluster-layout.js';
-import { newBackupId, type Tier } from '../catalog/layout.js';
+import { newBackupId } from '../catalog/layout.js';
 import { listPhysicalKeys } from '../catalog/physical-catalog.js';
 import { encodePhysicalManifest, type Attachment, type PhysicalManifest, type PhysicalObject } from '../catalog/physical-manifest.js';
 import { errnoWords, IntegrityError, UsageError } from '../errors.js';
-import type { Logger } from '../observe/log.js';
 import { missingTool } from '../pg/tools.js';
-import { commitManifest, removeOrphans, spawnCompressor, streamObject, zstdCounts, type ObjectTarget, type Producer } from '../pipeline/backup.js';
+import { commitManifest, removeOrphans, spawnCompressor, streamObject, zstdCounts, type ObjectTarget, type Producer, type StoringRequest } from '../pipeline/backup.js';
 import { choosePartSize } from '../pipeline/part-size.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { chooseTier } from '../retention/tiers.js';
 import { interruptedBy } from '../run/abort.js';
 import { Supervisor, toolEnv, type Child } from '../run/supervisor.js';
-import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { TarWalk, type TarWalkOptions, type TarWalkResult } from './tar-walk.js';
 
@@ -61,26 +59,13 @@ export interface PhysicalSource {
   hint: string;
 }
 
-export interface PhysicalBackupRequest {
-  store: ObjectStore;
+export interface PhysicalBackupRequest extends StoringRequest {
   cluster: string;
   source: PhysicalSource;
-  recipients: string[];
   /** zstd level. */
   level: number;
-  tier?: Tier;
-  label?: string;
-  partSize?: number;
-  maxParts: number;
   /** Files stored beside the backup, encrypted to the same recipients, not compressed. */
   attach: string[];
-  retentionFor?: (tier: Tier, now: Date) => ObjectRetention | undefined;
-  zstdCommand?: string[];
-  env: NodeJS.ProcessEnv;
-  signal: AbortSignal;
-  log: Logger;
-  onProgress?: (storedBytes: number) => void;
-  now?: () => Date;
 }
 
 export interface PhysicalBackupResult {

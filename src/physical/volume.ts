@@ -12,6 +12,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { readdir, lstat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { UsageError, errnoWords } from '../errors.js';
+import { processAlive } from '../ops/lock.js';
 import { missingTool, runChild, splitCommand } from '../pg/tools.js';
 import { toolEnv } from '../run/supervisor.js';
 import type { PhysicalSource, SourceFacts } from './backup.js';
@@ -39,16 +40,6 @@ export function majorOfPgVersion(b: Buffer | undefined): number | undefined {
 export function controlFileFacts(head: Buffer | undefined): [string, string] | undefined {
   if (!head || head.length < 8) return undefined;
   return [head.readBigUInt64LE(0).toString(), head.readBigUInt64BE(0).toString()];
-}
-
-/** Whether a process with this PID exists (EPERM: it does, owned by someone else). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Refuses a directory that is not a stopped cluster's; returns its major version and warnings. */
