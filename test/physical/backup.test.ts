@@ -11,6 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseLsn, segmentOfLsn, nextSegmentName } from '../../src/catalog/cluster-layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from '../../src/catalog/physical-manifest.js';
 import type { ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
+import { findPhysicalBackup } from '../../src/catalog/physical-catalog.js';
+import { openStore } from '../../src/store/open.js';
 import { errorLine, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { listAllKeys, listMultipartUploads } from '../harness/rgw.js';
@@ -121,6 +123,22 @@ describe('backup --physical', () => {
     expect(text.stdout).toContain(`${m!.wal!.startLsn}-${m!.wal!.stopLsn}`);
     const other = await run(['list', '--from', repo, '--cluster', 'other']);
     expect(other.stdout).toContain('no backups');
+
+    // The catalog: latest and by id; a manifest copied to another backup's key is not a backup.
+    const store = await openStore(repo);
+    try {
+      expect((await findPhysicalBackup(store, { cluster: 'main', selector: 'latest' })).manifest).toEqual(m2);
+      expect((await findPhysicalBackup(store, { cluster: 'main', selector: m!.id })).manifest).toEqual(m);
+      await expect(findPhysicalBackup(store, { cluster: 'other', selector: 'latest' })).rejects.toThrow(/no completed physical backup of cluster "other"/);
+    } finally {
+      store.close();
+    }
+    const moved = `cluster=main/daily/${m!.id.slice(0, -8)}00000000.manifest.json`;
+    await fsp.mkdir(path.join(repo, 'cluster=main', 'daily'), { recursive: true });
+    await fsp.copyFile(path.join(repo, `cluster=main/monthly/${m!.id}.manifest.json`), path.join(repo, moved));
+    const swapped = await run(['list', '--from', repo, '--json']);
+    expect((JSON.parse(swapped.stdout) as unknown[]).length).toBe(2);
+    expect(swapped.stderr).toContain('describes another backup');
   });
 
   it('refuses a role without REPLICATION, naming ALTER ROLE and pg_hba.conf; nothing is stored', async () => {
