@@ -79,7 +79,8 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
   if (req.signal.aborted) throw interruptedBy(req.signal);
   const sup = new Supervisor(req.signal);
   const stored: string[] = [];
-  let committed = false;
+  /** Once the manifest was sent, commitManifest alone decides what to remove (it may have landed). */
+  let committing = false;
   try {
     // 1. Before anything is written: the source's checks.
     const prep = await req.source.prepare(sup.signal);
@@ -140,8 +141,8 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
       manualRestore: `age -d -i IDENTITY_FILE ${path.posix.basename(keys.archive)} | zstd -d | tar -xf - -C NEW_EMPTY_DIR --numeric-owner`,
     };
     // 4. The commit (not cancelled by a stop signal once sent: see src/pipeline/backup.ts).
+    committing = true;
     await commitManifest(req.store, req.log, keys.manifest, encodePhysicalManifest(manifest), { retention, tags }, stored);
-    committed = true;
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { cluster: req.cluster, id });
     req.log.info('physical backup complete', {
       cluster: req.cluster,
@@ -158,7 +159,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     sup.fail(err);
     await sup.teardown();
     // The objects of a run without a manifest are not a backup: remove them (best effort).
-    if (!committed && stored.length > 0) await removeOrphans(req.store, req.log, stored);
+    if (!committing && stored.length > 0) await removeOrphans(req.store, req.log, stored);
     throw sup.cause();
   } finally {
     await sup.teardown();
