@@ -67,22 +67,31 @@ export async function listBackups(
 ): Promise<BackupEntry[]> {
   let keys = await listBackupKeys(store, opts);
   if (opts.limit !== undefined) keys = keys.slice(0, opts.limit);
-  const results: Array<BackupEntry | undefined> = new Array(keys.length);
+  return loadManifests(keys, (k) => loadEntry(store, k, opts.signal), opts.onInvalid);
+}
+
+/**
+ * Loads the entries of `keys` (16 manifests at a time), in their order. An entry whose manifest
+ * is invalid (IntegrityError) is reported through `onInvalid` and skipped; without `onInvalid`,
+ * or for any other error, it throws.
+ */
+export async function loadManifests<K extends { manifestKey: string }, E>(keys: K[], load: (k: K) => Promise<E>, onInvalid?: (key: string, err: Error) => void): Promise<E[]> {
+  const results: Array<E | undefined> = new Array(keys.length);
   let next = 0;
   const worker = async (): Promise<void> => {
     while (next < keys.length) {
       const i = next++;
       const k = keys[i]!;
       try {
-        results[i] = await loadEntry(store, k, opts.signal);
+        results[i] = await load(k);
       } catch (err) {
-        if (opts.onInvalid && err instanceof IntegrityError) opts.onInvalid(k.manifestKey, err);
+        if (onInvalid && err instanceof IntegrityError) onInvalid(k.manifestKey, err);
         else throw err;
       }
     }
   };
   await Promise.all(Array.from({ length: Math.min(16, keys.length) }, worker));
-  return results.filter((e): e is BackupEntry => e !== undefined);
+  return results.filter((e): e is E => e !== undefined);
 }
 
 async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSignal): Promise<BackupEntry> {

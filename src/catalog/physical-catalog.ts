@@ -5,7 +5,7 @@
  */
 import { IntegrityError, StorageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { newestFirst } from './catalog.js';
+import { loadManifests, newestFirst } from './catalog.js';
 import { clusterPrefix, parseClusterKey } from './cluster-layout.js';
 import { MANIFEST_SUFFIX, parseBackupSelector, type Tier } from './layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from './physical-manifest.js';
@@ -52,22 +52,7 @@ export async function listPhysicalBackups(
   opts: { cluster?: string; signal?: AbortSignal; onInvalid?: (key: string, err: Error) => void } = {},
 ): Promise<PhysicalEntry[]> {
   const keys = await listPhysicalKeys(store, opts);
-  const results: Array<PhysicalEntry | undefined> = new Array(keys.length);
-  let next = 0;
-  const worker = async (): Promise<void> => {
-    while (next < keys.length) {
-      const i = next++;
-      const k = keys[i]!;
-      try {
-        results[i] = await loadPhysicalEntry(store, k, opts.signal);
-      } catch (err) {
-        if (opts.onInvalid && err instanceof IntegrityError) opts.onInvalid(k.manifestKey, err);
-        else throw err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(16, keys.length) }, worker));
-  return results.filter((e): e is PhysicalEntry => e !== undefined);
+  return loadManifests(keys, (k) => loadPhysicalEntry(store, k, opts.signal), opts.onInvalid);
 }
 
 /** A manifest read and checked against the key it was found at (and the objects it names). */

@@ -96,7 +96,8 @@ function bootId(): string | null {
   return cachedBootId;
 }
 
-function processAlive(pid: number): boolean {
+/** Whether a process with this PID exists on this host (EPERM: it does, owned by someone else). */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;

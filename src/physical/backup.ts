@@ -20,19 +20,17 @@ import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { pipeline, Transform } from 'node:stream';
 import { physicalKeys, type PhysicalKind } from '../catalog/cluster-layout.js';
-import { newBackupId, type Tier } from '../catalog/layout.js';
+import { newBackupId } from '../catalog/layout.js';
 import { listPhysicalKeys } from '../catalog/physical-catalog.js';
 import { encodePhysicalManifest, type Attachment, type PhysicalManifest, type PhysicalObject } from '../catalog/physical-manifest.js';
 import { errnoWords, IntegrityError, UsageError } from '../errors.js';
-import type { Logger } from '../observe/log.js';
 import { missingTool } from '../pg/tools.js';
-import { commitManifest, removeOrphans, spawnCompressor, streamObject, zstdCounts, type ObjectTarget, type Producer } from '../pipeline/backup.js';
+import { commitManifest, removeOrphans, spawnCompressor, streamObject, zstdCounts, type ObjectTarget, type Producer, type StoringRequest } from '../pipeline/backup.js';
 import { choosePartSize } from '../pipeline/part-size.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { chooseTier } from '../retention/tiers.js';
 import { interruptedBy } from '../run/abort.js';
 import { Supervisor, toolEnv, type Child } from '../run/supervisor.js';
-import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { TarWalk, type TarWalkOptions, type TarWalkResult } from './tar-walk.js';
 
@@ -61,26 +59,13 @@ export interface PhysicalSource {
   hint: string;
 }
 
-export interface PhysicalBackupRequest {
-  store: ObjectStore;
+export interface PhysicalBackupRequest extends StoringRequest {
   cluster: string;
   source: PhysicalSource;
-  recipients: string[];
   /** zstd level. */
   level: number;
-  tier?: Tier;
-  label?: string;
-  partSize?: number;
-  maxParts: number;
   /** Files stored beside the backup, encrypted to the same recipients, not compressed. */
   attach: string[];
-  retentionFor?: (tier: Tier, now: Date) => ObjectRetention | undefined;
-  zstdCommand?: string[];
-  env: NodeJS.ProcessEnv;
-  signal: AbortSignal;
-  log: Logger;
-  onProgress?: (storedBytes: number) => void;
-  now?: () => Date;
 }
 
 export interface PhysicalBackupResult {
@@ -94,7 +79,8 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
   if (req.signal.aborted) throw interruptedBy(req.signal);
   const sup = new Supervisor(req.signal);
   const stored: string[] = [];
-  let committed = false;
+  /** Once the manifest was sent, commitManifest alone decides what to remove (it may have landed). */
+  let committing = false;
   try {
     // 1. Before anything is written: the source's checks.
     const prep = await req.source.prepare(sup.signal);
@@ -155,8 +141,8 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
       manualRestore: `age -d -i IDENTITY_FILE ${path.posix.basename(keys.archive)} | zstd -d | tar -xf - -C NEW_EMPTY_DIR --numeric-owner`,
     };
     // 4. The commit (not cancelled by a stop signal once sent: see src/pipeline/backup.ts).
+    committing = true;
     await commitManifest(req.store, req.log, keys.manifest, encodePhysicalManifest(manifest), { retention, tags }, stored);
-    committed = true;
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { cluster: req.cluster, id });
     req.log.info('physical backup complete', {
       cluster: req.cluster,
@@ -173,7 +159,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     sup.fail(err);
     await sup.teardown();
     // The objects of a run without a manifest are not a backup: remove them (best effort).
-    if (!committed && stored.length > 0) await removeOrphans(req.store, req.log, stored);
+    if (!committing && stored.length > 0) await removeOrphans(req.store, req.log, stored);
     throw sup.cause();
   } finally {
     await sup.teardown();

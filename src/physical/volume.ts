@@ -12,6 +12,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { readdir, lstat } from 'node:fs/promises';
 import * as path from 'node:path';
 import { UsageError, errnoWords } from '../errors.js';
+import { processAlive } from '../ops/lock.js';
 import { missingTool, runChild, splitCommand } from '../pg/tools.js';
 import { toolEnv } from '../run/supervisor.js';
 import type { PhysicalSource, SourceFacts } from './backup.js';
@@ -41,16 +42,6 @@ export function controlFileFacts(head: Buffer | undefined): [string, string] | u
   return [head.readBigUInt64LE(0).toString(), head.readBigUInt64BE(0).toString()];
 }
 
-/** Whether a process with this PID exists (EPERM: it does, owned by someone else). */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Refuses a directory that is not a stopped cluster's; returns its major version and warnings. */
 export function checkStoppedDataDir(dir: string): { majorVersion: number; warnings: string[] } {
   let st;
@@ -74,7 +65,16 @@ export function checkStoppedDataDir(dir: string): { majorVersion: number; warnin
   const warnings: string[] = [];
   const pidFile = path.join(dir, 'postmaster.pid');
   if (existsSync(pidFile)) {
-    const pid = Number.parseInt(readFileSync(pidFile, 'utf8').split('\n')[0] ?? '', 10);
+    const [pidLine, dirLine] = readFileSync(pidFile, 'utf8').split('\n');
+    const pid = Number.parseInt(pidLine ?? '', 10);
+    // A server that saw this directory under another path ran elsewhere (a container: its PID is
+    // in another namespace), so no PID here tells whether it still runs. A clean shutdown
+    // removes postmaster.pid.
+    if (dirLine !== undefined && dirLine !== '' && path.resolve(dirLine) !== path.resolve(dir)) {
+      throw new UsageError(`${pidFile} was written by a server that saw this directory as ${dirLine} (PID ${pidLine}, in a container?): coffer cannot tell whether it still runs`, {
+        hint: 'stop that server (docker compose stop db); a clean shutdown removes postmaster.pid. If it crashed and is not running, start and stop it once, or use --tar-command',
+      });
+    }
     if (Number.isInteger(pid) && pid > 0 && processAlive(pid)) {
       throw new UsageError(`the cluster in ${dir} is running: postmaster.pid names PID ${pid}, which is alive; a running cluster's directory is not a consistent backup`, {
         hint: `stop it first (pg_ctl stop -D ${dir}, or docker compose stop db), or take an online backup with --physical; if PID ${pid} is not a postmaster (a stale file), check with ps -p ${pid}`,

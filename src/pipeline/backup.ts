@@ -25,24 +25,15 @@ import { chooseQueueSize, choosePartSize } from './part-size.js';
 import { ArchiveCheck } from './archive.js';
 
 
-export interface BackupRequest {
+/** Where a backup run stores its objects and how: what logical and physical backups share. */
+export interface StoringRequest {
   store: ObjectStore;
-  tools: PgTools;
-  conn: ConnectionSpec;
-  database: string;
   recipients: string[];
-  compression: Compression;
-  kind: DumpKind;
   /** Explicit tier (`manual` for labelled runs around batch jobs); otherwise decided by listing. */
   tier?: Tier;
   label?: string;
   partSize?: number;
   maxParts: number;
-  excludeTableData?: string[];
-  /** pg_dump --disable-triggers (data-only): the load disables every trigger, foreign keys included, so FK cycles load (as a superuser). */
-  disableTriggers?: boolean;
-  /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
-  globals?: boolean;
   /** Object-lock retention for a tier, when configured. */
   retentionFor?: (tier: Tier, now: Date) => ObjectRetention | undefined;
   /** The `zstd` program (default: `zstd` from PATH). */
@@ -53,6 +44,19 @@ export interface BackupRequest {
   log: Logger;
   onProgress?: (storedBytes: number) => void;
   now?: () => Date;
+}
+
+export interface BackupRequest extends StoringRequest {
+  tools: PgTools;
+  conn: ConnectionSpec;
+  database: string;
+  compression: Compression;
+  kind: DumpKind;
+  excludeTableData?: string[];
+  /** pg_dump --disable-triggers (data-only): the load disables every trigger, foreign keys included, so FK cycles load (as a superuser). */
+  disableTriggers?: boolean;
+  /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
+  globals?: boolean;
 }
 
 export interface BackupResult {
@@ -433,7 +437,7 @@ class ReadBack {
 
 /** Where one object goes: the store, the recipients, the run, its part size, retention and tags. */
 export interface ObjectTarget {
-  req: Pick<BackupRequest, 'store' | 'recipients' | 'maxParts' | 'onProgress'>;
+  req: Pick<StoringRequest, 'store' | 'recipients' | 'maxParts' | 'onProgress'>;
   sup: Supervisor;
   partSize: number;
   retention: ObjectRetention | undefined;

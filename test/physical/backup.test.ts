@@ -11,7 +11,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseLsn, segmentOfLsn, nextSegmentName } from '../../src/catalog/cluster-layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from '../../src/catalog/physical-manifest.js';
 import type { ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
-import { errorLine } from '../harness/cli.js';
+import { findPhysicalBackup } from '../../src/catalog/physical-catalog.js';
+import { openStore } from '../../src/store/open.js';
+import { errorLine, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { listAllKeys, listMultipartUploads } from '../harness/rgw.js';
 import { serverOwnedDir, sha256, startCluster, untar } from './common.js';
@@ -121,6 +123,22 @@ describe('backup --physical', () => {
     expect(text.stdout).toContain(`${m!.wal!.startLsn}-${m!.wal!.stopLsn}`);
     const other = await run(['list', '--from', repo, '--cluster', 'other']);
     expect(other.stdout).toContain('no backups');
+
+    // The catalog: latest and by id; a manifest copied to another backup's key is not a backup.
+    const store = await openStore(repo);
+    try {
+      expect((await findPhysicalBackup(store, { cluster: 'main', selector: 'latest' })).manifest).toEqual(m2);
+      expect((await findPhysicalBackup(store, { cluster: 'main', selector: m!.id })).manifest).toEqual(m);
+      await expect(findPhysicalBackup(store, { cluster: 'other', selector: 'latest' })).rejects.toThrow(/no completed physical backup of cluster "other"/);
+    } finally {
+      store.close();
+    }
+    const moved = `cluster=main/daily/${m!.id.slice(0, -8)}00000000.manifest.json`;
+    await fsp.mkdir(path.join(repo, 'cluster=main', 'daily'), { recursive: true });
+    await fsp.copyFile(path.join(repo, `cluster=main/monthly/${m!.id}.manifest.json`), path.join(repo, moved));
+    const swapped = await run(['list', '--from', repo, '--json']);
+    expect((JSON.parse(swapped.stdout) as unknown[]).length).toBe(2);
+    expect(swapped.stderr).toContain('describes another backup');
   });
 
   it('refuses a role without REPLICATION, naming ALTER ROLE and pg_hba.conf; nothing is stored', async () => {
@@ -155,6 +173,25 @@ describe('backup --physical', () => {
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toMatch(/pg_basebackup's output is not a whole tar archive: it ends after 300000 bytes .*nothing was stored/);
     expect(await listAllKeys(f.s3, f.bucket, 'short/')).toEqual([]);
+    expect(await listMultipartUploads(f.s3, f.bucket)).toEqual([]);
+  });
+
+  it('a run stopped by SIGTERM while the tar streams exits 143 and leaves nothing: no object, no upload', async () => {
+    // pg_basebackup at 32 kB/s (its --max-rate): the run is surely mid-stream when stopped.
+    const script = f.path('slow-basebackup.sh');
+    await fsp.writeFile(script, `#!/bin/sh\n[ "$1" = --version ] && exec "${c.binDir}/pg_basebackup" "$@"\nexec "${c.binDir}/pg_basebackup" --max-rate=32k "$@"\n`, { mode: 0o755 });
+    const p = startCoffer(['backup', '--physical', '--cluster', 'main', '--to', f.repo('term'), '--recipient', f.recipient, '--fast-checkpoint', '--pg-basebackup-command', script], { env: f.env(c.env()) });
+    let log = '';
+    p.stderr!.on('data', (b: Buffer) => (log += b.toString()));
+    const deadline = Date.now() + 20_000;
+    while (!log.includes('physical backup started') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    await new Promise((r) => setTimeout(r, 1000));
+    p.kill('SIGTERM');
+    const stopped = Date.now();
+    const r = await p;
+    expect(r.exitCode, log).toBe(143);
+    expect(Date.now() - stopped).toBeLessThan(15_000);
+    expect(await listAllKeys(f.s3, f.bucket, 'term/')).toEqual([]);
     expect(await listMultipartUploads(f.s3, f.bucket)).toEqual([]);
   });
 

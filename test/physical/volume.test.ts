@@ -41,6 +41,14 @@ describe('backup --data-dir', () => {
     expect(errorLine(r.stderr)).toContain(`postmaster.pid names PID ${pid}, which is alive`);
     expect(errorLine(r.stderr)).toContain('pg_ctl stop');
     await expect(fsp.readdir(repo)).rejects.toThrow();
+    // A postmaster.pid of a server that saw the directory elsewhere (a container): no PID here can tell.
+    const foreign = f.path('foreign');
+    await fsp.mkdir(foreign);
+    await fsp.writeFile(path.join(foreign, 'PG_VERSION'), '15\n');
+    await fsp.writeFile(path.join(foreign, 'postmaster.pid'), '1\n/var/lib/postgresql/data\n');
+    const inContainer = await backup(['--data-dir', foreign, '--to', repo]);
+    expect(inContainer.code).toBe(2);
+    expect(errorLine(inContainer.stderr)).toContain('saw this directory as /var/lib/postgresql/data (PID 1, in a container?)');
     const notData = await backup(['--data-dir', f.tmp, '--to', repo]);
     expect(notData.code).toBe(2);
     expect(errorLine(notData.stderr)).toContain('is not a PostgreSQL data directory');

@@ -112,7 +112,9 @@ async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext):
   const conn = parseConnectionString(flags.dbname);
   // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
   if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
-  if (isPhysicalBackup(flags) || flags.cluster !== undefined) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3 }, ctx);
+  // --cluster alone does not make a backup physical: wal-push shares it through the file's top level.
+  if (isPhysicalBackup(flags)) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3 }, ctx);
+  if (flags.attach.length > 0) throw new UsageError('--attach applies to physical backups (--physical, --data-dir, --tar-command)', { hint: 'a logical backup can store roles beside the dump with --globals' });
   const compression = flags.compress;
   if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
     throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
