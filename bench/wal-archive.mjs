@@ -2,7 +2,7 @@
 // Does `coffer wal-push` as archive_command keep up with a write-heavy load (issue 14, item 3)?
 //
 //   node bench/wal-archive.mjs                 pgbench -i -s 50; cp, coffer → file, coffer → S3 (RGW)
-//   node bench/wal-archive.mjs --scale 10 --modes cp,file
+//   node bench/wal-archive.mjs --scale 10 --modes cp,file,file-async,s3-async
 //
 // For each archive_command, in the same run, one after the other: a fresh throwaway PostgreSQL 15
 // cluster (archive_mode=on, wal_level=replica) runs `pgbench -i -s N`; every 250 ms the script
@@ -12,7 +12,7 @@
 // last segment was archived, segments per second over that time, the peak backlog, and ratios
 // against the `cp %p DIR/%f` baseline measured in the same run.
 //
-// Options: --scale N (default 50), --modes cp,file,s3 (default all three), --out FILE (append the
+// Options: --scale N (default 50), --modes cp,file,s3,file-async,s3-async (default cp,file,s3), --out FILE (append the
 // Markdown table; default: print only), --max-drain-s N (give up waiting for the backlog, default 600).
 // Needs a build (`npx tsc -p tsconfig.json`): dist/cli/main.js and dist/demo/throwaway-cluster.js;
 // pgbench (PostgreSQL 15), zstd, and for s3 the Ceph binaries of scripts/rgw-up.sh. Everything it
@@ -73,6 +73,8 @@ async function runMode(mode, recipient, s3vars) {
     cp: `cp %p ${dir}/%f`,
     file: `${coffer} --to ${dir}/repo %p`,
     s3: `${s3vars} ${coffer} --to s3://walbench/${mode} %p`,
+    'file-async': `${coffer} --async --spool-dir ${dir}/spool --to ${dir}/repo %p`,
+    's3-async': `${s3vars} ${coffer} --async --spool-dir ${dir}/spool --to s3://walbench/${mode} %p`,
   }[mode];
   const pg = await startThrowawayCluster({ baseDir: work, settings: { wal_level: 'replica', archive_mode: 'on', archive_command: command, max_wal_size: '1GB' } });
   try {
@@ -113,7 +115,7 @@ async function runMode(mode, recipient, s3vars) {
 const results = [];
 try {
   const id = await generateIdentity();
-  const s3vars = opts.modes.includes('s3') ? await rgwUp() : '';
+  const s3vars = opts.modes.some((m) => m.startsWith('s3')) ? await rgwUp() : '';
   for (const m of opts.modes) {
     const r = await runMode(m, id.recipient, s3vars);
     results.push(r);
@@ -125,7 +127,13 @@ try {
 }
 
 const cp = results.find((r) => r.mode === 'cp');
-const label = { cp: '`cp %p DIR/%f` (baseline)', file: '`coffer wal-push` → file repository', s3: '`coffer wal-push` → S3 (Ceph RGW)' };
+const label = {
+  cp: '`cp %p DIR/%f` (baseline)',
+  file: '`coffer wal-push` → file repository',
+  s3: '`coffer wal-push` → S3 (Ceph RGW)',
+  'file-async': '`coffer wal-push --async` → file repository',
+  's3-async': '`coffer wal-push --async` → S3 (Ceph RGW)',
+};
 const lines = [
   `pgbench -i -s ${opts.scale}, ${new Date().toISOString()}, ${cpus().length} cores, load average at the end ${loadavg()[0].toFixed(1)}`,
   '',

@@ -209,6 +209,38 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
   });
 });
 
+describe('wal-push --async (file repository)', () => {
+  it('the worker stores announced segments ahead; each foreground call exits 0 once its own file is stored; a different copy fails through the worker', async () => {
+    const walDir = f.path('async', 'pg_wal');
+    await fsp.mkdir(path.join(walDir, 'archive_status'), { recursive: true });
+    const names = ['000000010000000000000011', '000000010000000000000012', '000000010000000000000013'];
+    for (const [i, n] of names.entries()) {
+      await fsp.writeFile(path.join(walDir, n), walBytes(20 + i));
+      await fsp.writeFile(path.join(walDir, 'archive_status', `${n}.ready`), '');
+    }
+    const spool = f.path('async', 'spool');
+    const repoDir = f.path('async', 'repo');
+    const push = (n: string) => f.run(['wal-push', '--async', '--spool-dir', spool, '--cluster', 'as', '--to', repoDir, '--recipient', f.recipient, path.join(walDir, n)]);
+    const first = await push(names[0]!);
+    expect(first.code, first.stderr).toBe(0);
+    // The worker took all three announced segments, not only the one asked for.
+    await waitUntil(async () => (await fsp.readdir(spool)).filter((n) => n.endsWith('.ok')).length >= 2, 30_000);
+    for (const n of names.slice(1)) {
+      await fsp.rm(path.join(walDir, 'archive_status', `${names[0]}.ready`), { force: true });
+      const r = await push(n);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const stored = (await fsp.readdir(path.join(repoDir, 'cluster=as', 'wal'))).map((k) => parseWalKey(`cluster=as/wal/${k}`)!.file).sort();
+    expect(stored).toEqual(names);
+    // A different file under an archived name: the worker's failure reaches the foreground (non-zero), nothing is overwritten.
+    await fsp.writeFile(path.join(walDir, names[0]!), walBytes(99));
+    const different = await push(names[0]!);
+    expect(different.code).toBe(4);
+    expect(errorLine(different.stderr)).toMatch(/async worker could not archive .*already holds a different/);
+    expect((await fsp.readdir(path.join(repoDir, 'cluster=as', 'wal'))).length).toBe(3);
+  });
+});
+
 describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
   it('archives switched segments (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
     const t0 = Date.now();
