@@ -12,7 +12,7 @@
 // last segment was archived, segments per second over that time, the peak backlog, and ratios
 // against the `cp %p DIR/%f` baseline measured in the same run.
 //
-// Options: --scale N (default 50), --modes cp,file,s3,file-async,s3-async (default cp,file,s3), --out FILE (append the
+// Options: --scale N (default 50), --modes cp,file,s3,file-async,s3-async,file-async-fast,s3-async-fast (default cp,file,s3), --out FILE (append the
 // Markdown table; default: print only), --max-drain-s N (give up waiting for the backlog, default 600).
 // Needs a build (`npx tsc -p tsconfig.json`): dist/cli/main.js and dist/demo/throwaway-cluster.js;
 // pgbench (PostgreSQL 15), zstd, and for s3 the Ceph binaries of scripts/rgw-up.sh. Everything it
@@ -63,6 +63,8 @@ async function rgwUp() {
   return `AWS_ACCESS_KEY_ID=${v.RGW_ADMIN_ACCESS_KEY} AWS_SECRET_ACCESS_KEY=${v.RGW_ADMIN_SECRET_KEY} AWS_ENDPOINT_URL_S3=${v.RGW_ENDPOINT} AWS_REGION=${v.RGW_REGION}`;
 }
 
+const fastPath = (dir) => `test -f ${dir}/spool/%f.ok && rm ${dir}/spool/%f.ok ||`;
+
 async function runMode(mode, recipient, s3vars) {
   const dir = join(work, mode);
   mkdtempSync(dir);
@@ -75,6 +77,9 @@ async function runMode(mode, recipient, s3vars) {
     s3: `${s3vars} ${coffer} --to s3://walbench/${mode} %p`,
     'file-async': `${coffer} --async --spool-dir ${dir}/spool --to ${dir}/repo %p`,
     's3-async': `${s3vars} ${coffer} --async --spool-dir ${dir}/spool --to s3://walbench/${mode} %p`,
+    // The README's recommended form: when the worker got there first, no node process starts at all.
+    'file-async-fast': `${fastPath(dir)} ${coffer} --async --spool-dir ${dir}/spool --to ${dir}/repo %p`,
+    's3-async-fast': `${fastPath(dir)} ${s3vars} ${coffer} --async --spool-dir ${dir}/spool --to s3://walbench/${mode} %p`,
   }[mode];
   const pg = await startThrowawayCluster({ baseDir: work, settings: { wal_level: 'replica', archive_mode: 'on', archive_command: command, max_wal_size: '1GB' } });
   try {
@@ -133,6 +138,8 @@ const label = {
   s3: '`coffer wal-push` → S3 (Ceph RGW)',
   'file-async': '`coffer wal-push --async` → file repository',
   's3-async': '`coffer wal-push --async` → S3 (Ceph RGW)',
+  'file-async-fast': '`test -f SPOOL/%f.ok && rm SPOOL/%f.ok \\|\\| coffer wal-push --async` → file repository',
+  's3-async-fast': '`test -f SPOOL/%f.ok && rm SPOOL/%f.ok \\|\\| coffer wal-push --async` → S3 (Ceph RGW)',
 };
 const lines = [
   `pgbench -i -s ${opts.scale}, ${new Date().toISOString()}, ${cpus().length} cores, load average at the end ${loadavg()[0].toFixed(1)}`,

@@ -25,7 +25,7 @@ import { openSync, closeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../atomic-write.js';
-import { StorageError } from '../errors.js';
+import { StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { walFileNameOf, walPush, type WalPushRequest } from './wal-push.js';
 
@@ -50,7 +50,7 @@ export interface AsyncForeground {
 /** The foreground half (see the module doc): resolves when the file is stored, throws the worker's failure. */
 export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'> {
   const file = walFileNameOf(req.file, req.name);
-  await fsp.mkdir(req.spool, { recursive: true, mode: 0o700 });
+  await ownSpool(req.spool);
   const ok = path.join(req.spool, `${file}.ok`);
   const error = path.join(req.spool, `${file}.error`);
   const abs = path.resolve(req.cwd, req.file);
@@ -74,6 +74,19 @@ export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'>
     if (Date.now() > deadline) throw new StorageError('Failed', `async worker did not archive ${file} within ${Math.round(req.waitMs / 1000)} s`, { hint: `PostgreSQL retries; see ${path.join(req.spool, 'worker.log')}` });
     req.signal.throwIfAborted();
     await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
+/**
+ * Creates the spool directory (0700) or checks that it is ours and closed to others: a `.ok`
+ * planted by another user would make archive_command report a file stored that is not.
+ */
+async function ownSpool(spool: string): Promise<void> {
+  await fsp.mkdir(spool, { recursive: true, mode: 0o700 });
+  const st = await fsp.lstat(spool);
+  const uid = process.getuid?.();
+  if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) {
+    throw new UsageError(`spool directory ${spool} is not a directory owned by this user and closed to others`, { hint: 'use --spool-dir with a private directory (mode 0700) of the PostgreSQL OS user' });
   }
 }
 
@@ -107,7 +120,7 @@ export interface AsyncWorker {
 
 /** The worker (see the module doc). Returns when it has been idle for 10 s, or at once if another worker holds the lock. */
 export async function runWorker(w: AsyncWorker): Promise<void> {
-  await fsp.mkdir(w.spool, { recursive: true, mode: 0o700 });
+  await ownSpool(w.spool);
   const lock = path.join(w.spool, LOCK);
   if (!(await takeLock(lock))) return;
   try {

@@ -29,11 +29,6 @@ export function faultNumber(name: string): number {
   return Number.isFinite(n) && n > 0 ? n : 0;
 }
 
-/** The text set for a fault point, or undefined. */
-export function faultValue(name: string): string | undefined {
-  return points.get(name);
-}
-
 /** Stalls forever (until killed) when the fault point `name` is set to `stage`, saying so on stderr first. */
 export async function stallAt(name: string, stage: string): Promise<void> {
   if (points.get(name) !== stage) return;
