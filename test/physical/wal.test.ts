@@ -243,8 +243,6 @@ describe('wal-push --async (file repository)', () => {
 
 describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
   it('archives switched segments (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
-    const t0 = Date.now();
-    const mark = (what: string): void => void (process.env.COFFER_TEST_TIMING && console.log(`${what}: ${Date.now() - t0} ms`));
     const repo = f.repo('pitr');
     const rgw = f.rgw!;
     const s3vars = `AWS_ACCESS_KEY_ID=${rgw.admin.accessKeyId} AWS_SECRET_ACCESS_KEY=${rgw.admin.secretAccessKey} AWS_ENDPOINT_URL_S3=${rgw.endpoint} AWS_REGION=${rgw.region} COFFER_LOG_FORMAT=json`;
@@ -280,7 +278,6 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
       const [, failed, lastArchived] = st.split(' ');
       expect(failed, st).toBe('0');
       expect(lastArchived! >= last, st).toBe(true);
-      mark('archived');
       await a.stop();
 
       const status = await f.run(['status', '--from', repo, '--cluster', 'pg', '--json']);
@@ -291,7 +288,6 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
       expect(summary.newestSegment.file >= last).toBe(true);
       const segKeys = (await listAllKeys(f.s3, f.bucket, `pitr/${walPrefix('pg')}`)).filter((k) => /\/[0-9A-F]{24}\.[0-9a-f]{64}\.zst\.age$/.test(k)).sort();
 
-      mark('status');
       // Interop: age -d -i ID | zstd -d gives the segment back (16 MiB, its name inside the header).
       const obj = Buffer.from(await (await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: segKeys[0]! }))).Body!.transformToByteArray());
       const plain = spawnSync('sh', ['-c', `age -d -i ${f.identityFile} | zstd -d -q -c`], { input: obj, maxBuffer: 64 * 1024 * 1024 });
@@ -319,7 +315,6 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
       bad[bad.length - 100]! ^= 0x40;
       await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: damagedKey, Body: bad }));
 
-      mark('damaged');
       const log = path.join(root, 'restored.log');
       // pg_ctl -w would return at "standby" status, as soon as recovery starts: watch the postmaster instead.
       const start = async (logFile = log): Promise<void> => {
@@ -334,7 +329,6 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
       const logText = (): Promise<string> => fsp.readFile(log, 'utf8').catch(() => '');
       await waitUntil(async () => /FATAL|ready to accept connections/.test(await logText()), 60_000);
       await waitUntil(async () => !(await exists(pidFile)), 30_000);
-      mark('refused');
       const text = await fsp.readFile(log, 'utf8');
       expect(await exists(pidFile), text).toBe(false);
       expect(text).toMatch(new RegExp(`FATAL:  could not restore file "${last}" from archive: child process exited with exit code 200`));
