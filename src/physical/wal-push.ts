@@ -24,6 +24,7 @@ import { isWalFileName, parseWalKey, walKey, walPrefix, WAL_TIER } from '../cata
 import { errnoWords, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
+import { stallAt } from '../run/faults.js';
 import { encodeWalFile, sha256Hex } from './wal-codec.js';
 
 /** Largest WAL file read: PostgreSQL's largest segment size (initdb --wal-segsize 1024). */
@@ -111,8 +112,10 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const others = before.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
   if (others.length > 0) throw differentCopy(req, file, sha256, others);
   if (before.length > 0) return { ...base, stored: 0, outcome: 'already' };
+  await stallAt('stall-wal-push', 'listed');
 
   const bytes = await encodeWalFile(plain, req.recipients, req.level, { env: req.env, signal: req.signal });
+  await stallAt('stall-wal-push', 'encoded');
   let outcome: WalPushResult['outcome'] = 'stored';
   try {
     await req.store.putBytes(key, bytes, { signal: req.signal, tags: { [TIER_TAG]: WAL_TIER }, contentType: 'application/octet-stream' });
@@ -121,6 +124,7 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
     if (!(err instanceof StorageError && err.code === 'Exists')) throw err;
     outcome = 'already';
   }
+  await stallAt('stall-wal-push', 'stored');
   const after = await storedCopies(req.store, req.cluster, file, req.signal);
   const raced = after.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
   if (raced.length > 0) throw differentCopy(req, file, sha256, raced);

@@ -11,6 +11,10 @@
  *   suite's data-loss check can fail: a backup run that fails deletes the manifest of the newest
  *   earlier backup of its database (from the tier-choice listing) in its cleanup path.
  *   test/reliability/network.test.ts ("the data-loss check detects a broken cleanup") uses it.
+ * - `stall-wal-push=<stage>`: wal-push writes `fault: stalled at <stage>` on stderr and waits
+ *   (until it is killed) at that stage: `listed` (the name was listed, nothing encoded yet),
+ *   `encoded` (compressed and encrypted, not yet stored), `stored` (putBytes returned, before the
+ *   re-listing and exit 0). test/physical/wal.test.ts kills it there with SIGKILL.
  */
 const raw = process.env.COFFER_TEST_FAULTS ?? '';
 const points = new Map<string, string>();
@@ -23,4 +27,11 @@ for (const part of raw.split(',')) {
 export function faultNumber(name: string): number {
   const n = Number(points.get(name) ?? 0);
   return Number.isFinite(n) && n > 0 ? n : 0;
+}
+
+/** Stalls forever (until killed) when the fault point `name` is set to `stage`, saying so on stderr first. */
+export async function stallAt(name: string, stage: string): Promise<void> {
+  if (points.get(name) !== stage) return;
+  process.stderr.write(`fault: stalled at ${stage}\n`);
+  await new Promise<never>(() => setInterval(() => undefined, 60_000));
 }

@@ -2,11 +2,14 @@ import { parseClusterName } from '../../catalog/cluster-layout.js';
 import { readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
 import { ExitCode, UsageError } from '../../errors.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { compression, recipient, repository, text } from '../../config/parsers.js';
-import { list, value, type Parser, type Values } from '../../config/options.js';
+import { compression, count, duration, recipient, repository, text } from '../../config/parsers.js';
+import { flag, list, value, type Parser, type Values } from '../../config/options.js';
 import { formatBytes } from '../../observe/log.js';
 import { walFetch } from '../../physical/wal-fetch.js';
 import { walPush } from '../../physical/wal-push.js';
+import { pushThroughWorker, runWorker } from '../../physical/wal-async.js';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { openStore } from '../../store/open.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
@@ -30,6 +33,11 @@ const pushOptions = {
   recipient: list('--recipient <age1…>', 'age recipient (public key); repeatable', recipient, { aliases: [{ key: 'recipients', env: 'COFFER_RECIPIENTS' }] }),
   recipientsFile: list('--recipients-file <file>', 'file of age recipients, one per line; repeatable', text),
   compress: value('--compress <method>', 'zstd[:level] (default zstd:1)', compression, { default: 'zstd:1' }),
+  async: flag('--async', 'hand the file to a long-lived worker that uploads announced segments ahead, in parallel; exit 0 once this file is stored'),
+  spoolDir: value('--spool-dir <dir>', 'with --async: status files of the worker (default TMPDIR/coffer-wal-spool-<cluster>; not inside the data directory)', text),
+  asyncParallel: value('--async-parallel <n>', 'with --async: uploads at a time (default 4)', count(32), { default: '4' }),
+  asyncWait: value('--async-wait <duration>', 'with --async: how long this call waits for its file before failing (PostgreSQL retries; default 60s)', duration, { default: '60s' }),
+  asyncWorker: flag('--async-worker', 'internal: run as the --async worker'),
   ...s3Options,
 };
 
@@ -54,7 +62,39 @@ async function runWalPush(flags: Values<typeof pushOptions>, ctx: CliContext, _c
   const recipients = [...flags.recipient];
   for (const f of flags.recipientsFile) recipients.push(...(await readRecipientsFile(f)));
   if (recipients.length === 0) throw new UsageError('no recipients: archived WAL is always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE' });
+  const spool = path.resolve(ctx.cwd, flags.spoolDir ?? path.join(os.tmpdir(), `coffer-wal-spool-${encodeURIComponent(cluster)}`));
+  if (flags.async && !flags.asyncWorker) {
+    const t0 = Date.now();
+    const argv1 = process.argv[1]!;
+    await pushThroughWorker({
+      spool,
+      file: operands[0]!,
+      ...(operands[1] !== undefined ? { name: operands[1] } : {}),
+      cwd: ctx.cwd,
+      waitMs: flags.asyncWait.ms,
+      workerArgv: [process.execPath, argv1, ...process.argv.slice(2), '--async-worker'],
+      workerEnv: process.env,
+      signal: ctx.signal,
+    });
+    ctx.log.info(`archived ${operands[0]} (async worker)`, { ms: Date.now() - t0 });
+    return;
+  }
   const store = await openStore(flags.to, resolveS3Settings(flags, ctx.env));
+  if (flags.asyncWorker) {
+    try {
+      await runWorker({
+        spool,
+        walDir: path.dirname(path.resolve(ctx.cwd, operands[0]!)),
+        parallel: flags.asyncParallel,
+        store,
+        push: { cluster, recipients, level: flags.compress.level, cwd: ctx.cwd, env: ctx.env, signal: ctx.signal },
+        log: (msg, fields) => ctx.log.info(msg, fields),
+      });
+    } finally {
+      store.close();
+    }
+    return;
+  }
   try {
     const t0 = Date.now();
     const r = await walPush({

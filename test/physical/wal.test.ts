@@ -1,0 +1,378 @@
+/**
+ * wal-push (archive_command) and wal-fetch (restore_command) against both stores, and a real
+ * PostgreSQL 15 cluster archiving through coffer to RGW, recovering from it, and stopping with a
+ * FATAL (never opening) when an archived segment is damaged.
+ */
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { execa } from 'execa';
+import { spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parseWalKey, walPrefix } from '../../src/catalog/cluster-layout.js';
+import { startThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
+import { COFFER_BIN, errorLine, startCoffer } from '../harness/cli.js';
+import { useFixture } from '../harness/fixture.js';
+import { listAllKeys } from '../harness/rgw.js';
+
+const f = useFixture({ name: 'wal', s3: true });
+
+const SEG1 = '000000010000000000000001';
+
+/** A WAL-like file: compressible pages with some random bytes (2 MiB; real segments are covered below). */
+function walBytes(seed: number): Buffer {
+  const b = Buffer.alloc(2 * 1024 * 1024);
+  for (let i = 0; i < b.length; i += 8192) {
+    b.writeUInt32LE(seed, i);
+    randomBytes(512).copy(b, i + 64);
+  }
+  return b;
+}
+
+type Repo = { kind: 'file' | 's3'; url: () => string; keys: (prefix: string) => Promise<string[]>; read: (key: string) => Promise<Buffer>; write: (key: string, data: Buffer) => Promise<void> };
+
+const repos: Repo[] = [
+  {
+    kind: 'file',
+    url: () => f.path('repo'),
+    keys: async (prefix) => onlyName(prefix, await fileKeys(prefix)),
+    read: (key) => fsp.readFile(f.path('repo', ...key.split('/'))),
+    write: (key, data) => fsp.writeFile(f.path('repo', ...key.split('/')), data),
+  },
+  {
+    kind: 's3',
+    url: () => f.repo('wal'),
+    keys: async (prefix) => onlyName(prefix, (await listAllKeys(f.s3, f.bucket, `wal/${prefix}`)).map((k) => k.slice('wal/'.length))),
+    read: async (key) => Buffer.from(await (await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: `wal/${key}` }))).Body!.transformToByteArray()),
+    write: async (key, data) => void (await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: `wal/${key}`, Body: data }))),
+  },
+];
+
+/** Keys under a `walPrefix(cluster, file)` of that file only (the prefix also matches `<file>.partial…`). */
+function onlyName(prefix: string, keys: string[]): string[] {
+  const file = /([^/]*)\.$/.exec(prefix)?.[1];
+  return file === undefined ? keys : keys.filter((k) => parseWalKey(k)?.file === file);
+}
+
+/** The files of the file repository under a prefix inside one directory (temporaries included: they must never match). */
+async function fileKeys(prefix: string): Promise<string[]> {
+  const parts = prefix.split('/');
+  const last = parts.pop()!;
+  const names = await fsp.readdir(f.path('repo', ...parts)).catch(() => [] as string[]);
+  return names.filter((n) => n.startsWith(last)).map((n) => `${parts.join('/')}/${n}`);
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
+  const push = (cluster: string, file: string, extra: string[] = [], env: Record<string, string> = {}) =>
+    f.run(['wal-push', '--cluster', cluster, '--to', repo.url(), '--recipient', f.recipient, ...extra, file], env);
+  const fetch = (cluster: string, name: string, target: string, identity = f.identityFile) => f.run(['wal-fetch', '--cluster', cluster, '--from', repo.url(), '--identity', identity, name, target]);
+
+  it('archive_command contract: identical re-push exits 0 writing nothing; a different file under the name exits 5 and the original stays; other names exit 2', async () => {
+    const dir = f.path(`${repo.kind}-contract`);
+    await fsp.mkdir(dir);
+    const file = path.join(dir, SEG1);
+    const original = walBytes(1);
+    await fsp.writeFile(file, original);
+    const first = await push('c1', file);
+    expect(first.code, first.stderr).toBe(0);
+    const keys = await repo.keys(walPrefix('c1', SEG1));
+    expect(keys).toEqual([`cluster=c1/wal/${SEG1}.${sha(original)}.zst.age`]);
+    const stored = await repo.read(keys[0]!);
+
+    const again = await push('c1', file, [], {});
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toContain('already archived');
+    expect(await repo.keys(walPrefix('c1', SEG1))).toEqual(keys);
+
+    // %p %f form, and a .partial of the same segment is another name (not a copy of it).
+    await fsp.writeFile(path.join(dir, `${SEG1}.partial`), walBytes(3));
+    const partial = await f.run(['wal-push', '--cluster', 'c1', '--to', repo.url(), '--recipient', f.recipient, path.join(dir, `${SEG1}.partial`), `${SEG1}.partial`]);
+    expect(partial.code, partial.stderr).toBe(0);
+
+    await fsp.writeFile(file, walBytes(2));
+    const different = await push('c1', file);
+    expect(different.code).toBe(5);
+    expect(errorLine(different.stderr)).toMatch(new RegExp(`already holds a different ${SEG1} for cluster "c1".*nothing overwritten`));
+    expect(await repo.keys(walPrefix('c1', SEG1))).toEqual(keys);
+    expect((await repo.read(keys[0]!)).equals(stored)).toBe(true);
+
+    await fsp.writeFile(path.join(dir, 'postgresql.conf'), 'x');
+    const bad = await push('c1', path.join(dir, 'postgresql.conf'));
+    expect(bad.code).toBe(2);
+    expect(errorLine(bad.stderr)).toMatch(/not a WAL file name/);
+    const mismatch = await f.run(['wal-push', '--cluster', 'c1', '--to', repo.url(), '--recipient', f.recipient, file, '000000010000000000000009']);
+    expect(mismatch.code).toBe(2);
+  });
+
+  it('wal-fetch: byte-equal round trip (history files too); absent exits 1 quietly; wrong identity, damage and two copies exit 200 with one clear line', async () => {
+    const dir = f.path(`${repo.kind}-fetch`);
+    await fsp.mkdir(dir);
+    const seg = walBytes(7);
+    await fsp.writeFile(path.join(dir, SEG1), seg);
+    await fsp.writeFile(path.join(dir, '00000002.history'), '1\t0/3000000\tno recovery target specified\n');
+    for (const n of [SEG1, '00000002.history']) expect((await push('c2', path.join(dir, n))).code).toBe(0);
+
+    const out = path.join(dir, 'out');
+    await fsp.mkdir(out);
+    const ok = await fetch('c2', SEG1, path.join(out, 'RECOVERYXLOG'));
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((await fsp.readFile(path.join(out, 'RECOVERYXLOG'))).equals(seg)).toBe(true);
+    const hist = await fetch('c2', '00000002.history', path.join(out, 'RECOVERYHISTORY'));
+    expect(hist.code, hist.stderr).toBe(0);
+    expect(await fsp.readFile(path.join(out, 'RECOVERYHISTORY'), 'utf8')).toContain('no recovery target');
+    // Only the target, no temporary left beside it.
+    expect((await fsp.readdir(out)).sort()).toEqual(['RECOVERYHISTORY', 'RECOVERYXLOG']);
+
+    const absent = await fetch('c2', '00000003.history', path.join(out, 'x'));
+    expect(absent.code).toBe(1);
+    expect(absent.stderr).not.toContain('"level":"error"');
+    expect(absent.stderr).toContain('not in the archive');
+
+    const other = f.path(`${repo.kind}-other-id.txt`);
+    const keygen = await f.run(['keygen', '--out', other]);
+    expect(keygen.code, keygen.stderr).toBe(0);
+    const wrongKey = await fetch('c2', SEG1, path.join(out, 'y'), other);
+    expect(wrongKey.code).toBe(200);
+    expect(errorLine(wrongKey.stderr)).toMatch(/no identity matches/);
+    const badFlag = await f.run(['wal-fetch', '--cluster', 'c2', '--from', repo.url(), '--identity', f.identityFile, '--no-such-flag', SEG1, path.join(out, 'z')]);
+    expect(badFlag.code).toBe(200);
+
+    // One flipped byte in the middle of the stored object.
+    const [key] = await repo.keys(walPrefix('c2', SEG1));
+    const damaged = Buffer.from(await repo.read(key!));
+    damaged[Math.floor(damaged.length / 2)]! ^= 0x01;
+    await repo.write(key!, damaged);
+    const broken = await fetch('c2', SEG1, path.join(out, 'd'));
+    expect(broken.code).toBe(200);
+    expect(errorLine(broken.stderr)).toMatch(new RegExp(`${SEG1}.*authentication failed`));
+    expect((await fsp.readdir(out)).sort()).toEqual(['RECOVERYHISTORY', 'RECOVERYXLOG']);
+
+    // A second, different copy stored under the name (two servers under one cluster name).
+    await fsp.writeFile(path.join(dir, '000000010000000000000002'), walBytes(8));
+    expect((await push('c2', path.join(dir, '000000010000000000000002'))).code).toBe(0);
+    const [k2] = await repo.keys(walPrefix('c2', '000000010000000000000002'));
+    const twinKey = k2!.replace(/\.[0-9a-f]{64}\./, `.${'0'.repeat(64)}.`);
+    await repo.write(twinKey, await repo.read(k2!));
+    const twins = await fetch('c2', '000000010000000000000002', path.join(out, 't'));
+    expect(twins.code).toBe(200);
+    expect(errorLine(twins.stderr)).toMatch(/2 different copies of 000000010000000000000002/);
+  });
+
+  it('a SIGKILLed wal-push leaves nothing visible under the key, at every stage; the retried push then stores it once', async () => {
+    const dir = f.path(`${repo.kind}-kill`);
+    await fsp.mkdir(dir);
+    const file = path.join(dir, SEG1);
+    const data = walBytes(11);
+    await fsp.writeFile(file, data);
+    const env = f.env();
+    for (const stage of ['listed', 'encoded']) {
+      const p = startCoffer(['wal-push', '--cluster', 'k', '--to', repo.url(), '--recipient', f.recipient, file], { env: { ...env, COFFER_TEST_FAULTS: `stall-wal-push=${stage}` } });
+      await new Promise<void>((resolve) => p.stderr!.on('data', (b: Buffer) => b.toString().includes(`stalled at ${stage}`) && resolve()));
+      p.kill('SIGKILL');
+      const r = await p;
+      expect(r.signal).toBe('SIGKILL');
+      expect(await repo.keys(walPrefix('k', SEG1)), stage).toEqual([]);
+    }
+    // Killed at random moments of a whole run (reading, zstd, encrypting, inside putBytes).
+    for (const ms of [250, 500]) {
+      const p = startCoffer(['wal-push', '--cluster', `k${ms}`, '--to', repo.url(), '--recipient', f.recipient, file], { env });
+      await new Promise((r) => setTimeout(r, ms));
+      p.kill('SIGKILL');
+      const r = await p;
+      const keys = await repo.keys(walPrefix(`k${ms}`, SEG1));
+      // Either nothing, or (when it finished before the kill) the whole object.
+      if (keys.length > 0) {
+        expect(keys).toHaveLength(1);
+        const back = await fetch(`k${ms}`, SEG1, path.join(dir, `back-${ms}`));
+        expect(back.code, `${ms} ms: ${back.stderr}`).toBe(0);
+      } else expect(r.signal).toBe('SIGKILL');
+    }
+    // Killed after the object was stored, before exit 0: the object is whole; PostgreSQL's retry exits 0.
+    const p = startCoffer(['wal-push', '--cluster', 'k', '--to', repo.url(), '--recipient', f.recipient, file], { env: { ...env, COFFER_TEST_FAULTS: 'stall-wal-push=stored' } });
+    await new Promise<void>((resolve) => p.stderr!.on('data', (b: Buffer) => b.toString().includes('stalled at stored') && resolve()));
+    p.kill('SIGKILL');
+    await p;
+    const retry = await push('k', file);
+    expect(retry.code, retry.stderr).toBe(0);
+    expect(await repo.keys(walPrefix('k', SEG1))).toHaveLength(1);
+    const back = await fetch('k', SEG1, path.join(dir, 'back'));
+    expect(back.code, back.stderr).toBe(0);
+    expect((await fsp.readFile(path.join(dir, 'back'))).equals(data)).toBe(true);
+    if (repo.kind === 'file') {
+      // Temporaries of the killed runs are never listed as objects (coffer prune removes stale ones).
+      expect((await repo.keys('cluster=k/wal/')).every((k) => parseWalKey(k) !== undefined)).toBe(true);
+    }
+  });
+});
+
+describe('wal-push --async (file repository)', () => {
+  it('the worker stores announced segments ahead; each foreground call exits 0 once its own file is stored; a different copy fails through the worker', async () => {
+    const walDir = f.path('async', 'pg_wal');
+    await fsp.mkdir(path.join(walDir, 'archive_status'), { recursive: true });
+    const names = ['000000010000000000000011', '000000010000000000000012', '000000010000000000000013'];
+    for (const [i, n] of names.entries()) {
+      await fsp.writeFile(path.join(walDir, n), walBytes(20 + i));
+      await fsp.writeFile(path.join(walDir, 'archive_status', `${n}.ready`), '');
+    }
+    const spool = f.path('async', 'spool');
+    const repoDir = f.path('async', 'repo');
+    const push = (n: string) => f.run(['wal-push', '--async', '--spool-dir', spool, '--cluster', 'as', '--to', repoDir, '--recipient', f.recipient, path.join(walDir, n)]);
+    const first = await push(names[0]!);
+    expect(first.code, first.stderr).toBe(0);
+    // The worker took all three announced segments, not only the one asked for.
+    await waitUntil(async () => (await fsp.readdir(spool)).filter((n) => n.endsWith('.ok')).length >= 2, 30_000);
+    for (const n of names.slice(1)) {
+      await fsp.rm(path.join(walDir, 'archive_status', `${names[0]}.ready`), { force: true });
+      const r = await push(n);
+      expect(r.code, r.stderr).toBe(0);
+    }
+    const stored = (await fsp.readdir(path.join(repoDir, 'cluster=as', 'wal'))).map((k) => parseWalKey(`cluster=as/wal/${k}`)!.file).sort();
+    expect(stored).toEqual(names);
+    // A different file under an archived name: the worker's failure reaches the foreground (non-zero), nothing is overwritten.
+    await fsp.writeFile(path.join(walDir, names[0]!), walBytes(99));
+    const different = await push(names[0]!);
+    expect(different.code).toBe(4);
+    expect(errorLine(different.stderr)).toMatch(/async worker could not archive .*already holds a different/);
+    expect((await fsp.readdir(path.join(repoDir, 'cluster=as', 'wal'))).length).toBe(3);
+  });
+});
+
+describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
+  it('archives switched segments (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
+    const repo = f.repo('pitr');
+    const rgw = f.rgw!;
+    const s3vars = `AWS_ACCESS_KEY_ID=${rgw.admin.accessKeyId} AWS_SECRET_ACCESS_KEY=${rgw.admin.secretAccessKey} AWS_ENDPOINT_URL_S3=${rgw.endpoint} AWS_REGION=${rgw.region} COFFER_LOG_FORMAT=json`;
+    const coffer = `${s3vars} ${process.execPath} ${COFFER_BIN}`;
+    const a = await startThrowawayCluster({
+      settings: { wal_level: 'replica', archive_mode: 'on', archive_command: `${coffer} wal-push --cluster pg --to ${repo} --recipient ${f.recipient} %p`, max_wal_senders: '2' },
+    });
+    // The restored directory lives outside the cluster's own (a.stop() removes that).
+    const user = serverUser();
+    const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-walr-'));
+    if (user.uid !== undefined) await fsp.chown(root, user.uid, user.gid!);
+    let bStarted = false;
+    const bData = path.join(root, 'restored');
+    const bSock = path.join(root, 'sb');
+    const pgCtl = path.join(a.binDir, 'pg_ctl');
+    try {
+      await a.psql('CREATE TABLE t (id int primary key, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g;');
+      const bb = await execa(path.join(a.binDir, 'pg_basebackup'), ['-D', bData, '-Fp', '-X', 'fetch', '-c', 'fast', '-h', a.host, '-p', String(a.port), '-U', 'postgres'], { ...user, reject: false, env: { PATH: process.env.PATH! } });
+      expect(bb.exitCode, String(bb.stderr)).toBe(0);
+      let last = '';
+      for (let i = 0; i < 2; i++) {
+        await a.psql(`INSERT INTO t SELECT g, md5(g::text) FROM generate_series(${2000 + i * 1000}, ${2999 + i * 1000}) g`);
+        last = (await a.psql('SELECT pg_walfile_name(pg_current_wal_lsn())')).trim();
+        await a.psql('SELECT pg_switch_wal();');
+      }
+      // Wait until the archiver has stored everything up to the last switched segment.
+      let st = '';
+      for (let i = 0; i < 200; i++) {
+        st = await a.psql("SELECT archived_count || ' ' || failed_count || ' ' || coalesce(last_archived_wal, '') FROM pg_stat_archiver");
+        if (st.split(' ')[2]! >= last) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      const [, failed, lastArchived] = st.split(' ');
+      expect(failed, st).toBe('0');
+      expect(lastArchived! >= last, st).toBe(true);
+      await a.stop();
+
+      const status = await f.run(['status', '--from', repo, '--cluster', 'pg', '--json']);
+      expect(status.code, status.stderr).toBe(0);
+      const summary = JSON.parse(status.stdout) as { segments: number; gaps: unknown[]; newestSegment: { file: string } };
+      expect(summary.segments).toBeGreaterThanOrEqual(3);
+      expect(summary.gaps).toEqual([]);
+      expect(summary.newestSegment.file >= last).toBe(true);
+      const segKeys = (await listAllKeys(f.s3, f.bucket, `pitr/${walPrefix('pg')}`)).filter((k) => /\/[0-9A-F]{24}\.[0-9a-f]{64}\.zst\.age$/.test(k)).sort();
+
+      // Interop: age -d -i ID | zstd -d gives the segment back (16 MiB, its name inside the header).
+      const obj = Buffer.from(await (await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: segKeys[0]! }))).Body!.transformToByteArray());
+      const plain = spawnSync('sh', ['-c', `age -d -i ${f.identityFile} | zstd -d -q -c`], { input: obj, maxBuffer: 64 * 1024 * 1024 });
+      expect(plain.status, String(plain.stderr)).toBe(0);
+      expect(plain.stdout.length).toBe(16 * 1024 * 1024);
+      expect(sha(plain.stdout)).toBe(parseWalKey(segKeys[0]!.slice('pitr/'.length))!.sha256);
+
+      // Recovery from the base backup through wal-fetch, with the last segment's object damaged.
+      const id = path.join(root, 'identity.txt');
+      await fsp.copyFile(f.identityFile, id);
+      if (user.uid !== undefined) await fsp.chown(id, user.uid, user.gid!);
+      await fsp.mkdir(bSock, { mode: 0o700 });
+      if (user.uid !== undefined) await fsp.chown(bSock, user.uid, user.gid!);
+      const port = a.port; // free again: the archiving cluster is stopped
+      await fsp.appendFile(
+        path.join(bData, 'postgresql.auto.conf'),
+        `port = ${port}\nunix_socket_directories = '${bSock}'\narchive_mode = off\nhot_standby = off\nrestore_command = '${coffer} wal-fetch --cluster pg --from ${repo} --identity ${id} %f %p'\n`,
+      );
+      await fsp.writeFile(path.join(bData, 'recovery.signal'), '');
+      if (user.uid !== undefined) await execa('chown', ['-R', `${user.uid}:${user.gid}`, bData]);
+      const damagedKey = segKeys.find((k) => k.includes(`/${last}.`))!;
+      expect(damagedKey).toBeDefined();
+      const good = Buffer.from(await (await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: damagedKey }))).Body!.transformToByteArray());
+      const bad = Buffer.from(good);
+      bad[bad.length - 100]! ^= 0x40;
+      await f.s3.send(new PutObjectCommand({ Bucket: f.bucket, Key: damagedKey, Body: bad }));
+
+      const log = path.join(root, 'restored.log');
+      // pg_ctl -w would return at "standby" status, as soon as recovery starts: watch the postmaster instead.
+      const start = async (logFile = log): Promise<void> => {
+        const r = await execa(pgCtl, ['start', '-D', bData, '-l', logFile, '-W'], { ...user, reject: false, env: { PATH: process.env.PATH!, LC_ALL: 'C' }, stdin: 'ignore', cwd: root });
+        expect(r.exitCode, String(r.stderr)).toBe(0);
+      };
+      const isReady = (): boolean => spawnSync(path.join(a.binDir, 'pg_isready'), ['-q', '-h', bSock, '-p', String(port)]).status === 0;
+      const pidFile = path.join(bData, 'postmaster.pid');
+      bStarted = true;
+      await start();
+      // The startup process's FATAL takes the postmaster down: postmaster.pid goes away.
+      const logText = (): Promise<string> => fsp.readFile(log, 'utf8').catch(() => '');
+      await waitUntil(async () => /FATAL|ready to accept connections/.test(await logText()), 60_000);
+      await waitUntil(async () => !(await exists(pidFile)), 30_000);
+      const text = await fsp.readFile(log, 'utf8');
+      expect(await exists(pidFile), text).toBe(false);
+      expect(text).toMatch(new RegExp(`FATAL:  could not restore file "${last}" from archive: child process exited with exit code 200`));
+      expect(text).toMatch(/authentication failed/);
+      expect(text).not.toMatch(/database system is ready to accept connections/);
+      expect(isReady()).toBe(false);
+
+      await execa(pgCtl, ['stop', '-D', bData, '-m', 'immediate', '-w'], { ...user, reject: false, env: { PATH: process.env.PATH! } });
+      bStarted = false;
+
+      // A middle segment deleted from the archive: status exits 7 naming it.
+      const middle = segKeys[Math.floor(segKeys.length / 2)]!;
+      await f.s3.send(new DeleteObjectCommand({ Bucket: f.bucket, Key: middle }));
+      const gap = await f.run(['status', '--from', repo, '--cluster', 'pg']);
+      expect(gap.code).toBe(7);
+      const missing = /\/([0-9A-F]{24})\./.exec(middle)![1]!;
+      expect(errorLine(gap.stderr)).toContain(`segment ${missing} is missing on timeline 1`);
+      expect(gap.stdout).toContain(`GAP timeline 1: 1 segment(s) missing, ${missing}`);
+    } finally {
+      if (bStarted) await execa(pgCtl, ['stop', '-D', bData, '-m', 'immediate', '-w'], { ...user, reject: false, env: { PATH: process.env.PATH! } });
+      await a.stop();
+      await fsp.rm(root, { recursive: true, force: true });
+    }
+  });
+});
+
+/** The OS user the throwaway server runs as (postgres when we are root). */
+function serverUser(): { uid?: number; gid?: number } {
+  if (process.getuid?.() !== 0) return {};
+  const id = (flag: string): number => Number(spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim());
+  return { uid: id('-u'), gid: id('-g') };
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fsp.access(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function waitUntil(cond: () => Promise<boolean>, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
