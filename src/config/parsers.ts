@@ -90,7 +90,16 @@ export const objectLockMode: Parser<ObjectLockMode> = { parse: (s, flag) => pars
 export const database: Parser<string> = { parse: (s, flag) => checkDatabaseName(s, flag) };
 
 /** A cluster name (`--cluster`): what names a cluster's physical backups in the repository. */
-export const cluster: Parser<string> = { parse: (s) => parseClusterName(s) };
+export const cluster: Parser<string> = {
+  check: (s, label) => {
+    try {
+      parseClusterName(s);
+    } catch (err) {
+      throw new UsageError(`${label}: ${(err as Error).message}`);
+    }
+  },
+  parse: (s) => parseClusterName(s),
+};
 
 /** An http:// or https:// URL (S3 endpoints, notification and webhook endpoints). */
 function checkHttpUrl(value: string, label: string): URL {

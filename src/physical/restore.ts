@@ -68,6 +68,8 @@ export interface PhysicalRestoreRequest {
   restoreCommand: string;
   zstdCommand?: string[];
   env: NodeJS.ProcessEnv;
+  /** S3 credentials for the verification server's restore_command (its environment only). */
+  serverSecrets?: Record<string, string>;
   signal: AbortSignal;
   log: Logger;
   onProgress?: (bytes: number) => void;
@@ -145,7 +147,7 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
         binDir: bins.binDir,
         dataDir: dir,
         user: owner,
-        env: req.env,
+        env: { ...req.env, ...(req.serverSecrets ?? {}) },
         smoke: req.smoke,
         smokeDb: req.smokeDb,
         users: [req.verifyUser, m.postgres.role, 'postgres', req.owner].filter((u): u is string => !!u),

@@ -1,11 +1,11 @@
 /** `coffer restore --physical`: the options and the command of a restore into a new data directory. */
 import { realpathSync } from 'node:fs';
 import * as path from 'node:path';
-import { parseClusterName, parseLsn } from '../../catalog/cluster-layout.js';
+import { parseLsn } from '../../catalog/cluster-layout.js';
 import { parseBackupSelector } from '../../catalog/layout.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { choice, database, text } from '../../config/parsers.js';
-import { flag, value, type Parser, type Values } from '../../config/options.js';
+import { choice, cluster, database, text } from '../../config/parsers.js';
+import { flag, value, type Values } from '../../config/options.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
 import { Progress } from '../../observe/progress.js';
@@ -13,8 +13,6 @@ import { parseTargetTime, runPhysicalRestore, type PhysicalRestoreSummary, type 
 import { openStore } from '../../store/open.js';
 import type { CliContext } from '../context.js';
 import { sourceOptions, sourceRepository } from '../option-groups.js';
-
-const cluster: Parser<string> = { parse: (s) => parseClusterName(s) };
 
 /** Declared once here, spread into `restore`'s options. */
 export const physicalRestoreOptions = {
@@ -106,6 +104,14 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
     ...identityFiles.flatMap((f) => ['--identity', f]),
   ];
   const restoreCommand = `${argv.map(shellQuote).join(' ')} %f %p`;
+  // The one child that needs the S3 secret: the verification server's restore_command (coffer
+  // itself). Children get an environment without it (childSafeEnv); this one gets it back, in its
+  // environment only (never on a command line or in postgresql.auto.conf).
+  const credentials = s3.credentials ?? { accessKeyId: process.env.AWS_ACCESS_KEY_ID, secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY, sessionToken: process.env.AWS_SESSION_TOKEN };
+  const serverSecrets: Record<string, string> = {};
+  if (credentials.accessKeyId) serverSecrets.AWS_ACCESS_KEY_ID = credentials.accessKeyId;
+  if (credentials.secretAccessKey) serverSecrets.AWS_SECRET_ACCESS_KEY = credentials.secretAccessKey;
+  if ('sessionToken' in credentials && credentials.sessionToken) serverSecrets.AWS_SESSION_TOKEN = credentials.sessionToken;
   const progress = new Progress('restore', ctx.stderrIsTty);
   let summary: PhysicalRestoreSummary;
   try {
@@ -126,6 +132,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       ...(flags.attachmentsDir !== undefined ? { attachmentsDir: path.resolve(ctx.cwd, flags.attachmentsDir) } : {}),
       restoreCommand,
       env: ctx.env,
+      serverSecrets,
       signal: ctx.signal,
       log: ctx.log,
       onProgress: (n) => progress.update(n),

@@ -2,7 +2,7 @@ import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/
 import { backupIdTime } from '../../catalog/layout.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { database, duration, repository, size } from '../../config/parsers.js';
+import { cluster, database, duration, repository, size } from '../../config/parsers.js';
 import { flag, list, value, type Values } from '../../config/options.js';
 import { IntegrityError, StaleError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
@@ -11,7 +11,6 @@ import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
 import { DEFAULT_REPOSITORY, REPOSITORY, s3Options } from '../option-groups.js';
-import { clusterName } from './wal.js';
 import { listWal, summarizeWal, type WalSummary } from '../../physical/wal-catalog.js';
 
 const options = {
@@ -19,7 +18,7 @@ const options = {
   db: list('--db <name>', 'database that must have a fresh backup (repeatable; default: every database in the repository)', database),
   maxAge: value('--max-age <duration>', 'oldest acceptable newest backup (default 26h)', duration, { default: '26h' }),
   json: flag('--json', 'print a JSON array on stdout'),
-  cluster: value('--cluster <name>', "report this cluster's archived WAL instead of databases: lag, newest segment; exits 7 on a gap", clusterName),
+  cluster: value('--cluster <name>', "report this cluster's archived WAL instead of databases: lag, newest segment; exits 7 on a gap", cluster),
   maxWalAge: value('--max-wal-age <duration>', 'with --cluster: exit 7 when the newest archived WAL file is older (default: lag is reported only)', duration),
   walSegmentSize: value('--wal-segment-size <size>', "with --cluster: the cluster's WAL segment size (default 16MiB)", size),
   ...s3Options,

@@ -1,9 +1,8 @@
-import { parseClusterName } from '../../catalog/cluster-layout.js';
 import { readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
 import { ExitCode, UsageError } from '../../errors.js';
 import { resolveS3Settings } from '../../config/settings.js';
-import { compression, count, duration, recipient, repository, text } from '../../config/parsers.js';
-import { flag, list, value, type Parser, type Values } from '../../config/options.js';
+import { cluster, compression, count, duration, recipient, repository, text } from '../../config/parsers.js';
+import { flag, list, value, type Values } from '../../config/options.js';
 import { formatBytes } from '../../observe/log.js';
 import { walFetch } from '../../physical/wal-fetch.js';
 import { walPush } from '../../physical/wal-push.js';
@@ -15,20 +14,8 @@ import type { CliContext } from '../context.js';
 import { defineCommand } from '../command.js';
 import { REPOSITORY, s3Options } from '../option-groups.js';
 
-/** `--cluster NAME`: the name a cluster's physical backups and WAL are stored under. */
-export const clusterName: Parser<string> = {
-  check: (s, label) => {
-    try {
-      parseClusterName(s);
-    } catch (err) {
-      throw new UsageError(`${label}: ${(err as Error).message}`);
-    }
-  },
-  parse: (s) => parseClusterName(s),
-};
-
 const pushOptions = {
-  cluster: value('--cluster <name>', 'the cluster whose WAL this is (its name in the repository)', clusterName),
+  cluster: value('--cluster <name>', 'the cluster whose WAL this is (its name in the repository)', cluster),
   to: value('--to <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { aliases: [REPOSITORY] }),
   recipient: list('--recipient <age1…>', 'age recipient (public key); repeatable', recipient, { aliases: [{ key: 'recipients', env: 'COFFER_RECIPIENTS' }] }),
   recipientsFile: list('--recipients-file <file>', 'file of age recipients, one per line; repeatable', text),
@@ -117,7 +104,7 @@ async function runWalPush(flags: Values<typeof pushOptions>, ctx: CliContext, _c
 }
 
 const fetchOptions = {
-  cluster: value('--cluster <name>', 'the cluster whose WAL to read', clusterName),
+  cluster: value('--cluster <name>', 'the cluster whose WAL to read', cluster),
   from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { aliases: [REPOSITORY] }),
   identity: list('--identity <file>', 'age identity file (private key); repeatable', text, { aliases: [{ key: '', env: 'COFFER_IDENTITY_FILE' }] }),
   ...s3Options,
