@@ -141,3 +141,19 @@ export function summarizeWal(cluster: string, objects: readonly WalObject[], now
     conflicts,
   };
 }
+
+/**
+ * How far point-in-time recovery can go from a base backup whose WAL ends in `stopSegment`: the
+ * last segment of the unbroken run of archived segments that continues it on its timeline (the
+ * backup's own WAL is in its tar), and when that segment was stored. `stopSegment` itself when
+ * nothing continues it (the backup alone). Later timelines are not followed.
+ */
+export function reachFrom(summary: WalSummary, objects: readonly WalObject[], stopSegment: string, segmentBytes = DEFAULT_WAL_SEGMENT_BYTES): { segment: string; storedAt: string | null } {
+  const timeline = parseSegmentName(stopSegment)?.timeline;
+  const next = nextSegmentName(stopSegment, segmentBytes);
+  const ranges = summary.timelines.find((t) => t.timeline === timeline)?.ranges ?? [];
+  const run = ranges.find((r) => r.first <= next && next <= nextSegmentName(r.last, segmentBytes) && r.last >= stopSegment);
+  const segment = run && run.last > stopSegment ? run.last : stopSegment;
+  const stored = objects.filter((o) => o.file === segment).sort((a, b) => b.lastModified.getTime() - a.lastModified.getTime())[0];
+  return { segment, storedAt: stored ? stored.lastModified.toISOString() : null };
+}

@@ -44,6 +44,8 @@ interface Scenario {
   identity: string;
   /** The server's clock between the two batches of rows. */
   t: string;
+  /** The last segment archived (switched out after the rows). */
+  last: string;
 }
 
 /**
@@ -84,7 +86,7 @@ async function scenario(kind: 's3' | 'file'): Promise<Scenario> {
     if (i > 300) throw new Error(`WAL ${last} was not archived: pg_stat_archiver says ${s}`);
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { cluster, repo, env: { ...env, PGHOST: '', PGPORT: '' }, identity: identityFile, t };
+  return { cluster, repo, env: { ...env, PGHOST: '', PGPORT: '' }, identity: identityFile, t, last };
 }
 
 async function emptyOrGone(dir: string): Promise<boolean> {
@@ -102,6 +104,15 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
   }, 180_000);
   afterAll(async () => {
     await s?.cluster.stop();
+  });
+
+  it('list shows how far recovery reaches from the base backup: the last archived segment', async () => {
+    const r = await coffer(['list', '--from', s.repo, '--cluster', 'main', '--json'], s.env);
+    expect(r.code, r.stderr).toBe(0);
+    const [row] = JSON.parse(r.stdout) as Array<{ kind: string; reach: { segment: string; storedAt: string | null } }>;
+    expect(row!.kind).toBe('physical');
+    expect(row!.reach.segment).toBe(s.last);
+    expect(row!.reach.storedAt).not.toBeNull();
   });
 
   it('restores to --target-time T: the started cluster has exactly the rows inserted before T', async () => {
@@ -145,8 +156,8 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
     expect(await emptyOrGone(to)).toBe(true);
   });
 
-  // Last: it damages the archive.
-  it('damaged archived WAL stops recovery with a clear error (exit 5) and leaves nothing to start', async () => {
+  // Last: it damages the archive. Through S3, test/physical/wal.test.ts has a recovery meet a damaged segment.
+  it.runIf(kind === 'file')('damaged archived WAL stops recovery with a clear error (exit 5) and leaves nothing to start', async () => {
     const keys = await listKeys(s.repo);
     const backupStop = keys.filter((k) => k.includes('/wal/') && /\/wal\/[0-9A-F]{24}\.[0-9a-f]{64}\.zst\.age$/.test(k)).sort();
     // the newest segment: the rows after the base backup are in it (or before it); recovery needs it

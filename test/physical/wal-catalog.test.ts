@@ -1,7 +1,7 @@
 /** Pure: the WAL catalog's ranges, gaps, conflicts and lag from a listing (`now` passed in). */
 import { describe, expect, it } from 'vitest';
 import { UsageError } from '../../src/errors.js';
-import { summarizeWal, type WalObject } from '../../src/physical/wal-catalog.js';
+import { reachFrom, summarizeWal, type WalObject } from '../../src/physical/wal-catalog.js';
 
 const NOW = new Date('2026-11-30T12:00:00Z');
 const obj = (file: string, minutesAgo = 10, sha = 'a'): WalObject => ({ key: `cluster=c/wal/${file}.${sha.repeat(64).slice(0, 64)}.zst.age`, file, sha256: sha.repeat(64).slice(0, 64), size: 1, lastModified: new Date(NOW.getTime() - minutesAgo * 60_000) });
@@ -36,5 +36,19 @@ describe('summarizeWal', () => {
     expect(() => summarizeWal('c', [obj('000000010000000000000010')], NOW, 1024 ** 3)).toThrow(UsageError);
     const big = summarizeWal('c', ['000000010000000000000003', '000000010000000100000000'].map((f) => obj(f)), NOW, 1024 ** 3);
     expect(big.gaps).toEqual([]);
+  });
+});
+
+describe('reachFrom: how far point-in-time recovery goes from a base backup', () => {
+  const objects = ['000000010000000000000003', '000000010000000000000004', '000000010000000000000005', '000000010000000000000007', '000000020000000000000008'].map((f, i) => obj(f, 10 - i));
+  const s = summarizeWal('c', objects, NOW);
+  it('to the last segment of the unbroken run after the backup, not past a gap nor onto another timeline', () => {
+    expect(reachFrom(s, objects, '000000010000000000000002')).toEqual({ segment: '000000010000000000000005', storedAt: '2026-11-30T11:52:00.000Z' });
+    expect(reachFrom(s, objects, '000000010000000000000004').segment).toBe('000000010000000000000005');
+  });
+  it('the backup alone when nothing continues it', () => {
+    expect(reachFrom(s, objects, '000000010000000000000005').segment).toBe('000000010000000000000005');
+    expect(reachFrom(s, objects, '00000001000000000000000A')).toEqual({ segment: '00000001000000000000000A', storedAt: null });
+    expect(reachFrom(s, objects, '000000010000000000000000')).toEqual({ segment: '000000010000000000000000', storedAt: null });
   });
 });

@@ -2,6 +2,8 @@ import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import { cluster, database, repository } from '../../config/parsers.js';
 import { listPhysicalBackups, type PhysicalEntry } from '../../catalog/physical-catalog.js';
+import { listWal, reachFrom, summarizeWal, type WalObject, type WalSummary } from '../../physical/wal-catalog.js';
+import type { ObjectStore } from '../../store/object-store.js';
 import { flag, value } from '../../config/options.js';
 import { openStore, type RepositoryRef, type S3Settings } from '../../store/open.js';
 import { formatBytes } from '../../observe/log.js';
@@ -73,10 +75,15 @@ export interface PhysicalListRow {
   majorVersion: number;
   /** Start and end of the WAL inside a base backup (`null` for a volume archive). */
   wal: { timeline: number; startLsn: string; stopLsn: string } | null;
+  /**
+   * How far point-in-time recovery reaches from it: the last archived segment of the unbroken
+   * run that continues the backup's WAL, and when it was stored (`null` for a volume archive).
+   */
+  reach: { segment: string; storedAt: string | null } | null;
   attachments: string[];
 }
 
-export function toPhysicalRow(e: PhysicalEntry): PhysicalListRow {
+export function toPhysicalRow(e: PhysicalEntry, reach: PhysicalListRow['reach'] = null): PhysicalListRow {
   const m = e.manifest;
   return {
     id: m.id,
@@ -92,8 +99,36 @@ export function toPhysicalRow(e: PhysicalEntry): PhysicalListRow {
     serverVersion: m.postgres.serverVersion ?? null,
     majorVersion: m.postgres.majorVersion,
     wal: m.wal ? { timeline: m.wal.timeline, startLsn: m.wal.startLsn, stopLsn: m.wal.stopLsn } : null,
+    reach,
     attachments: m.attachments.map((a) => a.name),
   };
+}
+
+/** Each base backup's reach, from one WAL listing per cluster. */
+async function reaches(store: ObjectStore, entries: PhysicalEntry[], signal: AbortSignal): Promise<Array<PhysicalListRow['reach']>> {
+  const byCluster = new Map<string, Promise<{ objects: WalObject[]; summary: WalSummary | undefined }>>();
+  const of = (cluster: string): Promise<{ objects: WalObject[]; summary: WalSummary | undefined }> => {
+    let p = byCluster.get(cluster);
+    if (!p) {
+      p = listWal(store, cluster, signal).then((objects) => {
+        try {
+          return { objects, summary: summarizeWal(cluster, objects, new Date()) };
+        } catch {
+          return { objects, summary: undefined }; // another segment size: no reach shown
+        }
+      });
+      byCluster.set(cluster, p);
+    }
+    return p;
+  };
+  return Promise.all(
+    entries.map(async (e) => {
+      const w = e.manifest.wal;
+      if (!w) return null;
+      const { objects, summary } = await of(e.cluster);
+      return summary ? reachFrom(summary, objects, w.stopSegment) : { segment: w.stopSegment, storedAt: null };
+    }),
+  );
 }
 
 /**
@@ -112,14 +147,16 @@ export async function listRepository(
   const onInvalid = (key: string, err: Error): void => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
   let entries: BackupEntry[] = [];
   let physical: PhysicalEntry[] = [];
+  let reach: Array<PhysicalListRow['reach']> = [];
   try {
     if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
     if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
+    reach = await reaches(store, physical, ctx.signal);
   } finally {
     store.close();
   }
   const rows = entries.map(toRow);
-  const physicalRows = physical.map(toPhysicalRow);
+  const physicalRows = physical.map((e, i) => toPhysicalRow(e, reach[i] ?? null));
   if (flags.json) {
     const all = [...rows, ...physicalRows];
     ctx.stdout(`${JSON.stringify(all, null, 2)}\n`);
@@ -138,8 +175,19 @@ export async function listRepository(
   }
   if (physicalRows.length > 0) {
     if (rows.length > 0) ctx.stdout('\n');
-    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'LABEL']].concat(
-      physicalRows.map((r) => [r.id, time(r.startedAt), r.cluster, r.kind, r.tier, formatBytes(r.size), String(r.majorVersion), r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '', r.label ?? '']),
+    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', 'LABEL']].concat(
+      physicalRows.map((r) => [
+        r.id,
+        time(r.startedAt),
+        r.cluster,
+        r.kind,
+        r.tier,
+        formatBytes(r.size),
+        String(r.majorVersion),
+        r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '',
+        r.reach ? `${r.reach.segment}${r.reach.storedAt ? ` (${time(r.reach.storedAt)})` : ' (backup only)'}` : '',
+        r.label ?? '',
+      ]),
     ));
   }
   return [...rows, ...physicalRows];
