@@ -470,13 +470,3 @@ function startHint(dir: string, binDir: string, user: string | undefined, major:
   ].join('\n');
 }
 
-/** Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is refused (whose clock?). */
-export function parseTargetTime(s: string): Date {
-  const t = s.trim();
-  if (!/(Z|[+-]\d{2}(:?\d{2})?)$/i.test(t)) {
-    throw new UsageError(`--target-time ${JSON.stringify(s)} has no time zone`, { hint: 'write it with one, e.g. 2026-11-30T14:05:00Z or "2026-11-30 23:05:00+09:00"' });
-  }
-  const d = new Date(t.replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00'));
-  if (Number.isNaN(d.getTime())) throw new UsageError(`--target-time ${JSON.stringify(s)} is not a time`, { hint: 'e.g. 2026-11-30T14:05:00Z' });
-  return d;
-}

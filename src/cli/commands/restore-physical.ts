@@ -9,7 +9,7 @@ import { flag, value, type Values } from '../../config/options.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
 import { Progress } from '../../observe/progress.js';
-import { parseTargetTime, runPhysicalRestore, type PhysicalRestoreSummary, type RecoveryTarget, type TargetAction } from '../../physical/restore.js';
+import type { PhysicalRestoreSummary, RecoveryTarget, TargetAction } from '../../physical/restore.js';
 import { openStore } from '../../store/open.js';
 import type { CliContext } from '../context.js';
 import { sourceOptions, sourceRepository } from '../option-groups.js';
@@ -112,6 +112,8 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
   if (credentials.accessKeyId) serverSecrets.AWS_ACCESS_KEY_ID = credentials.accessKeyId;
   if (credentials.secretAccessKey) serverSecrets.AWS_SECRET_ACCESS_KEY = credentials.secretAccessKey;
   if ('sessionToken' in credentials && credentials.sessionToken) serverSecrets.AWS_SESSION_TOKEN = credentials.sessionToken;
+  // Loaded when used: it brings the server-start machinery (execa), which no other command needs.
+  const { runPhysicalRestore } = await import('../../physical/restore.js');
   const progress = new Progress('restore', ctx.stderrIsTty);
   let summary: PhysicalRestoreSummary;
   try {
@@ -161,4 +163,15 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
     ctx.stdout(`${lines.join('\n')}\n`);
   }
   return summary;
+}
+
+/** Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is refused (whose clock?). */
+export function parseTargetTime(s: string): Date {
+  const t = s.trim();
+  if (!/(Z|[+-]\d{2}(:?\d{2})?)$/i.test(t)) {
+    throw new UsageError(`--target-time ${JSON.stringify(s)} has no time zone`, { hint: 'write it with one, e.g. 2026-11-30T14:05:00Z or "2026-11-30 23:05:00+09:00"' });
+  }
+  const d = new Date(t.replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00'));
+  if (Number.isNaN(d.getTime())) throw new UsageError(`--target-time ${JSON.stringify(s)} is not a time`, { hint: 'e.g. 2026-11-30T14:05:00Z' });
+  return d;
 }
