@@ -69,8 +69,8 @@ export interface BackupManifest {
   manualRestore: string;
 }
 
-/** Serializes a manifest (stable, human-readable). */
-export function encodeManifest(m: BackupManifest): Buffer {
+/** Serializes a manifest, logical or physical (stable, human-readable). */
+export function encodeManifest(m: BackupManifest | object): Buffer {
   return Buffer.from(`${JSON.stringify(m, null, 2)}\n`, 'utf8');
 }
 
@@ -79,20 +79,7 @@ export function encodeManifest(m: BackupManifest): Buffer {
  * not JSON, another format, a newer format version, a missing or mistyped field.
  */
 export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch {
-    throw new IntegrityError(`manifest ${key} is not valid JSON`, { hint: 'the object is corrupt or was not written by coffer' });
-  }
-  const bad = (what: string): never => {
-    throw new IntegrityError(`manifest ${key}: ${what}`);
-  };
-  if (!isObj(v)) return bad('not a JSON object');
-  if (v.format !== MANIFEST_FORMAT) return bad(`unknown format ${JSON.stringify(v.format)}`);
-  if (v.formatVersion !== MANIFEST_VERSION) {
-    return bad(`format version ${JSON.stringify(v.formatVersion)} is not supported by this coffer (supports ${MANIFEST_VERSION}); upgrade coffer`);
-  }
+  const { v, bad } = openManifest(bytes, key, MANIFEST_FORMAT, MANIFEST_VERSION);
   str(v, 'id', bad);
   if (!BACKUP_ID_RE.test(v.id as string)) bad(`invalid id ${JSON.stringify(v.id)}`);
   str(v, 'database', bad);
@@ -115,7 +102,28 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   return { ...(v as unknown as BackupManifest), globals: (v.globals as StoredObject | undefined) ?? null };
 }
 
-function checkObject(o: unknown, name: string, bad: (w: string) => never): void {
+/**
+ * The first checks of every manifest: JSON, an object, the format and a version this coffer
+ * reads. Returns the object and the function that throws IntegrityError naming the key.
+ */
+export function openManifest(bytes: Uint8Array, key: string, format: string, version: number): { v: Record<string, unknown>; bad: (what: string) => never } {
+  let v: unknown;
+  try {
+    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
+  } catch {
+    throw new IntegrityError(`manifest ${key} is not valid JSON`, { hint: 'the object is corrupt or was not written by coffer' });
+  }
+  const bad = (what: string): never => {
+    throw new IntegrityError(`manifest ${key}: ${what}`);
+  };
+  if (!isObj(v)) return bad('not a JSON object');
+  if (v.format !== format) return bad(`unknown format ${JSON.stringify(v.format)}`);
+  if (v.formatVersion !== version) return bad(`format version ${JSON.stringify(v.formatVersion)} is not supported by this coffer (supports ${version}); upgrade coffer`);
+  return { v, bad };
+}
+
+/** A stored object's entry in a manifest: key, size, sha256. */
+export function checkObject(o: unknown, name: string, bad: (w: string) => never): void {
   if (!isObj(o)) bad(`missing ${name}`);
   const r = o as Record<string, unknown>;
   if (typeof r.key !== 'string' || r.key === '') bad(`${name}.key missing`);
@@ -123,7 +131,7 @@ function checkObject(o: unknown, name: string, bad: (w: string) => never): void 
   if (typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256)) bad(`${name}.sha256 invalid`);
 }
 
-function isObj(v: unknown): v is Record<string, unknown> {
+export function isObj(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 

@@ -1,4 +1,4 @@
-import { IntegrityError } from '../errors.js';
+import { checkObject, encodeManifest, isObj, openManifest } from './manifest.js';
 import { BACKUP_ID_RE, isTier, type Tier } from './layout.js';
 import type { PhysicalKind } from './cluster-layout.js';
 
@@ -78,23 +78,12 @@ export interface PhysicalManifest {
 }
 
 export function encodePhysicalManifest(m: PhysicalManifest): Buffer {
-  return Buffer.from(`${JSON.stringify(m, null, 2)}\n`, 'utf8');
+  return encodeManifest(m);
 }
 
 /** Parses and validates a physical manifest; IntegrityError naming the key and the first problem. */
 export function decodePhysicalManifest(bytes: Uint8Array, key: string): PhysicalManifest {
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(bytes).toString('utf8'));
-  } catch {
-    throw new IntegrityError(`manifest ${key} is not valid JSON`, { hint: 'the object is corrupt or was not written by coffer' });
-  }
-  const bad = (what: string): never => {
-    throw new IntegrityError(`manifest ${key}: ${what}`);
-  };
-  if (!isObj(v)) return bad('not a JSON object');
-  if (v.format !== FORMAT) return bad(`unknown format ${JSON.stringify(v.format)}`);
-  if (v.formatVersion !== VERSION) return bad(`format version ${JSON.stringify(v.formatVersion)} is not supported by this coffer (supports ${VERSION}); upgrade coffer`);
+  const { v, bad } = openManifest(bytes, key, FORMAT, VERSION);
   if (typeof v.id !== 'string' || !BACKUP_ID_RE.test(v.id)) bad(`invalid id ${JSON.stringify(v.id)}`);
   if (typeof v.cluster !== 'string' || v.cluster === '') bad('missing cluster');
   if (typeof v.tier !== 'string' || !isTier(v.tier)) bad(`invalid tier ${JSON.stringify(v.tier)}`);
@@ -117,16 +106,4 @@ export function decodePhysicalManifest(bytes: Uint8Array, key: string): Physical
   if (!Array.isArray(v.warnings)) bad('missing warnings');
   if (typeof v.startedAt !== 'string' || typeof v.finishedAt !== 'string') bad('missing startedAt/finishedAt');
   return v as unknown as PhysicalManifest;
-}
-
-function checkObject(o: unknown, name: string, bad: (w: string) => never): void {
-  if (!isObj(o)) bad(`missing ${name}`);
-  const r = o as Record<string, unknown>;
-  if (typeof r.key !== 'string' || r.key === '') bad(`${name}.key missing`);
-  if (typeof r.size !== 'number' || !Number.isSafeInteger(r.size) || r.size < 0) bad(`${name}.size invalid`);
-  if (typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256)) bad(`${name}.sha256 invalid`);
-}
-
-function isObj(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
