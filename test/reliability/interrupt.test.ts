@@ -16,19 +16,31 @@ import { record, writeResults, type MatrixRow } from './matrix.js';
 const f = useFixture({ name: 'int', s3: true });
 const pg = f.pg;
 
-/** ~30 MB of incompressible rows (a ~60 MB uncompressed dump): long enough to be interrupted. */
+/**
+ * ~20 MB of incompressible rows (a ~40 MB uncompressed dump): pg_dump is still running at the
+ * last kill point (12 MiB of output): coffer holds at most four 5 MiB parts in flight through the
+ * slowed uploads, so pg_dump blocks at ~25 MiB, far from its end. (Was 30 MB: every test copies
+ * it, and nothing happened past 12 MiB.)
+ */
 let big: string;
 /** ~10 MB (a ~20 MB dump, 4-5 parts): for stopping coffer itself. */
 let mid: string;
-/** A good backup of `mid`, copied into every backup test's repository before the fault. */
+/** A good backup of `mid`, copied into the repository of every test that backs `mid` up before the fault. */
 let golden: GoldenBackup;
+/**
+ * A good backup of another, small database: the earlier backup in the repositories of the
+ * pg_dump tests (they back up copies of `big`). Its data-loss check restores it after every
+ * fault, so it is small: the check is the same for a small backup as for a 10 MB one.
+ */
+let otherGolden: GoldenBackup;
 const ARGS = ['--compress', 'none', '--part-size', '5MiB'];
 const rnd = seededRandom('interrupt');
 
 beforeAll(async () => {
-  big = await f.database({ fixture: 'vault', prefix: 'int_big', fillMB: 30 });
+  big = await f.database({ fixture: 'vault', prefix: 'int_big', fillMB: 20 });
   mid = await f.database({ fixture: 'vault', prefix: 'int_mid', fillMB: 10 });
   golden = await makeGolden(f, pg, 'golden', mid);
+  otherGolden = await makeGolden(f, pg, 'golden-other', await f.database({ fixture: 'vault', prefix: 'int_other' }));
 });
 
 /** The measured data loss of one or more baselines ('none', or what was lost, joined). */
@@ -108,7 +120,7 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
       const db = await copyOfBig(`int_kill${i}`);
       const p = await slowProxy(400);
       const prefix = `kill-${i}`;
-      const baseline = await seedRepository(f, golden, prefix);
+      const baseline = await seedRepository(f, otherGolden, prefix);
       const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
       let pid: number | undefined;
       if (!(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined))) {
@@ -145,7 +157,7 @@ describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {
     const db = await copyOfBig('int_term');
     const p = await slowProxy(400);
     const prefix = 'terminated';
-    const baseline = await seedRepository(f, golden, prefix);
+    const baseline = await seedRepository(f, otherGolden, prefix);
     const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', db, '--recipient', f.recipient, ...ARGS], { env: f.env({}, p.endpoint) });
     let pid: number | undefined;
     expect(await waitFor(async () => (pid = await pgDumpPid(child.pid)) !== undefined)).toBe(true);

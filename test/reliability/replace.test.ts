@@ -185,23 +185,33 @@ describe.concurrent('restore --replace fails: the existing database is untouched
  */
 type Moment = 'before' | 'first-rename' | 'second-rename' | 'after';
 
+/**
+ * `before`: how long the smoke query sleeps. The signal is sent as soon as pg_stat_activity shows
+ * the sleep (polled every 50 ms), so the window only has to outlast one poll and one psql round
+ * trip under load; a killed run's orphaned psql then sleeps it out, and the test waits for that,
+ * so every second here is a second of each `before` case. (Was 20 s: the same state, 16 s later.)
+ */
+const BEFORE_SLEEP_S = 4;
+/** `second-rename`: the window in which the test takes its lock on the scratch database (two cases run at once). */
+const SECOND_RENAME_SLEEP_S = 3;
+
 async function signalAt(moment: Moment, signal: 'SIGTERM' | 'SIGKILL'): Promise<{ code: number | undefined; stderr: string; state: Awaited<ReturnType<typeof swapState>>; existing: TargetBaseline }> {
   const existing = await existingTarget(pg, `rpl_${moment.replace('-', '')}_${signal === 'SIGTERM' ? 't' : 'k'}`);
   const scratchLike = `${likeEscape(existing.db)}\\_\\_restoring\\_%`;
   let lock: { release(): Promise<void> } | undefined;
-  const smoke = moment === 'before' ? ['--smoke', 'SELECT pg_sleep(20)'] : moment === 'second-rename' ? ['--smoke', 'SELECT pg_sleep(2)'] : [];
+  const smoke = moment === 'before' ? ['--smoke', `SELECT pg_sleep(${BEFORE_SLEEP_S})`] : moment === 'second-rename' ? ['--smoke', `SELECT pg_sleep(${SECOND_RENAME_SLEEP_S})`] : [];
   if (moment === 'first-rename') lock = await holdLock(existing.db);
   const run = startRestore(existing.db, smoke);
   try {
     if (moment === 'before') {
-      expect(await waitFor(() => running(scratchLike, '%pg_sleep(20)%'), MOMENT_MS), run.stderr()).toBe(true);
+      expect(await waitFor(() => running(scratchLike, `%pg_sleep(${BEFORE_SLEEP_S})%`), MOMENT_MS), run.stderr()).toBe(true);
     } else if (moment === 'first-rename') {
       expect(await waitFor(() => waitingOn(`ALTER DATABASE ${quoteIdent(existing.db)} RENAME TO%`), MOMENT_MS), run.stderr()).toBe(true);
     } else if (moment === 'second-rename') {
       // Lock the scratch database while the smoke query sleeps in it (before the swap begins).
       let scratch: string | undefined;
       expect(await waitFor(async () => (scratch = (await listDatabases(pg)).find((d) => d.startsWith(`${existing.db}__restoring_`))) !== undefined, MOMENT_MS)).toBe(true);
-      expect(await waitFor(() => running(scratchLike, '%pg_sleep(2)%'), MOMENT_MS), run.stderr()).toBe(true);
+      expect(await waitFor(() => running(scratchLike, `%pg_sleep(${SECOND_RENAME_SLEEP_S})%`), MOMENT_MS), run.stderr()).toBe(true);
       lock = await holdLock(scratch!);
       expect(await waitFor(() => waitingOn(`ALTER DATABASE ${quoteIdent(scratch!)} RENAME TO%`), MOMENT_MS), run.stderr()).toBe(true);
     } else {
@@ -222,7 +232,8 @@ async function signalAt(moment: Moment, signal: 'SIGTERM' | 'SIGKILL'): Promise<
   return { code: r.exitCode, stderr: String(r.stderr), state, existing };
 }
 
-// One at a time: each waits for a precise moment of its own run.
+// Each moment with SIGTERM and with SIGKILL, those two at once (each waits for a precise moment
+// of its own run: its own target and scratch database, by name); the moments one after another.
 describe('restore --replace stopped at each step of the swap', () => {
   const cases: Array<{ moment: Moment; signal: 'SIGTERM' | 'SIGKILL'; id: string }> = [
     { moment: 'before', signal: 'SIGTERM', id: 'rpl-04' },
@@ -234,50 +245,54 @@ describe('restore --replace stopped at each step of the swap', () => {
     { moment: 'second-rename', signal: 'SIGKILL', id: 'rpl-10' },
     { moment: 'after', signal: 'SIGKILL', id: 'rpl-11' },
   ];
-  for (const c of cases) {
-    it(`${c.signal} ${c.moment === 'before' ? 'before the swap' : c.moment === 'after' ? 'after the swap' : `while the ${c.moment.replace('-', ' ')} waits`}`, { timeout: 600_000 }, async () => {
-      const { code, stderr, state, existing } = await signalAt(c.moment, c.signal);
-      const exit = code === undefined ? `killed (${c.signal})` : `exit ${code}`;
-      if (c.signal === 'SIGTERM') {
-        // Stopped cleanly: nothing of the run is left, whatever the outcome.
-        expect(state.scratch, stderr).toEqual([]);
-        if (state.state === 'untouched') expect(code, stderr).toBe(143);
-      } else if (state.scratch.length > 0) {
-        // SIGKILL before the swap: the scratch database is left; nothing else changed.
-        expect(state.state).toBe('untouched');
+  for (const moment of [...new Set(cases.map((c) => c.moment))]) {
+    describe.concurrent(`at the moment: ${moment}`, () => {
+      for (const c of cases.filter((x) => x.moment === moment)) {
+        it(`${c.signal} ${c.moment === 'before' ? 'before the swap' : c.moment === 'after' ? 'after the swap' : `while the ${c.moment.replace('-', ' ')} waits`}`, { timeout: 600_000 }, async () => {
+          const { code, stderr, state, existing } = await signalAt(c.moment, c.signal);
+          const exit = code === undefined ? `killed (${c.signal})` : `exit ${code}`;
+          if (c.signal === 'SIGTERM') {
+            // Stopped cleanly: nothing of the run is left, whatever the outcome.
+            expect(state.scratch, stderr).toEqual([]);
+            if (state.state === 'untouched') expect(code, stderr).toBe(143);
+          } else if (state.scratch.length > 0) {
+            // SIGKILL before the swap: the scratch database is left; nothing else changed.
+            expect(state.state).toBe('untouched');
+          }
+          if (c.moment === 'before') expect(state.state).toBe('untouched');
+          if (c.moment === 'after') expect(state.state).toBe('replaced');
+          const lost = await measuredLoss(existing, state.aside);
+          const what =
+            state.state === 'untouched'
+              ? 'the existing target untouched, nothing renamed aside'
+              : 'the target fully replaced (the backup\'s content), the old database whole under <target>__before_<time>';
+          const leftover =
+            state.scratch.length > 0
+              ? `; the scratch database <target>__restoring_<hex> is left (nothing of a killed run can drop it): the operator sees it in \\l and drops it (DROP DATABASE … WITH (FORCE))`
+              : '; no scratch database left';
+          const note =
+            c.signal === 'SIGKILL' && state.state === 'replaced' && c.moment !== 'after'
+              ? ' (the swap\'s psql, orphaned, still held the whole transaction and committed it once the lock was released: the swap is atomic whoever dies)'
+              : c.signal === 'SIGTERM' && state.state === 'replaced' && c.moment !== 'after'
+                ? ' (the swap, once sent, is not cancelled by the stop signal: the transaction committed)'
+                : '';
+          record({
+            id: c.id,
+            area: 'replace',
+            fault: `${c.signal} to coffer ${c.moment === 'before' ? 'before the swap (a smoke query running)' : c.moment === 'after' ? 'after the swap committed' : c.moment === 'first-rename' ? 'while RENAME target → aside waits (first rename)' : 'between the two renames (RENAME scratch → target waits, target → aside done uncommitted)'}`,
+            injected:
+              c.moment === 'before'
+                ? `--smoke 'SELECT pg_sleep(${BEFORE_SLEEP_S})'; the signal once pg_stat_activity shows it in the scratch database`
+                : c.moment === 'after'
+                  ? 'the signal on the log line "the previous database was kept aside"'
+                  : `a test session holds a lock on the ${c.moment === 'first-rename' ? 'target' : 'scratch'} database (COMMENT ON DATABASE in an open transaction); the signal once pg_stat_activity shows the RENAME waiting; the lock released 1.5 s later`,
+            outcome: `${exit}; ${what}${note}${leftover}`,
+            dataLost: lost,
+          });
+          expect(lost).toBe('none');
+          await cleanup(existing);
+        });
       }
-      if (c.moment === 'before') expect(state.state).toBe('untouched');
-      if (c.moment === 'after') expect(state.state).toBe('replaced');
-      const lost = await measuredLoss(existing, state.aside);
-      const what =
-        state.state === 'untouched'
-          ? 'the existing target untouched, nothing renamed aside'
-          : 'the target fully replaced (the backup\'s content), the old database whole under <target>__before_<time>';
-      const leftover =
-        state.scratch.length > 0
-          ? `; the scratch database <target>__restoring_<hex> is left (nothing of a killed run can drop it): the operator sees it in \\l and drops it (DROP DATABASE … WITH (FORCE))`
-          : '; no scratch database left';
-      const note =
-        c.signal === 'SIGKILL' && state.state === 'replaced' && c.moment !== 'after'
-          ? ' (the swap\'s psql, orphaned, still held the whole transaction and committed it once the lock was released: the swap is atomic whoever dies)'
-          : c.signal === 'SIGTERM' && state.state === 'replaced' && c.moment !== 'after'
-            ? ' (the swap, once sent, is not cancelled by the stop signal: the transaction committed)'
-            : '';
-      record({
-        id: c.id,
-        area: 'replace',
-        fault: `${c.signal} to coffer ${c.moment === 'before' ? 'before the swap (a smoke query running)' : c.moment === 'after' ? 'after the swap committed' : c.moment === 'first-rename' ? 'while RENAME target → aside waits (first rename)' : 'between the two renames (RENAME scratch → target waits, target → aside done uncommitted)'}`,
-        injected:
-          c.moment === 'before'
-            ? "--smoke 'SELECT pg_sleep(20)'; the signal once pg_stat_activity shows it in the scratch database"
-            : c.moment === 'after'
-              ? 'the signal on the log line "the previous database was kept aside"'
-              : `a test session holds a lock on the ${c.moment === 'first-rename' ? 'target' : 'scratch'} database (COMMENT ON DATABASE in an open transaction); the signal once pg_stat_activity shows the RENAME waiting; the lock released 1.5 s later`,
-        outcome: `${exit}; ${what}${note}${leftover}`,
-        dataLost: lost,
-      });
-      expect(lost).toBe('none');
-      await cleanup(existing);
     });
   }
 });

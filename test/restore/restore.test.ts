@@ -100,9 +100,11 @@ describe('a failed restore changes nothing', () => {
   });
 
   it('one flipped byte in the middle, and a truncated object: failure, nothing under the target, scratch dropped', async () => {
-    // A backup large enough to span many age chunks, so pg_restore is already running when the bad byte arrives.
+    // A backup large enough to span many age chunks, so pg_restore is already running when the bad
+    // byte arrives: 8 MB of rows is a ~16 MB object (250-odd 64 KiB chunks), the flip ~8 MB in,
+    // far beyond what the pipes between coffer and pg_restore hold (24 MB only made it slower).
     const big = await createDatabase(pg, undefined, 'varied');
-    await fillLargeTable(pg, big, 24);
+    await fillLargeTable(pg, big, 8);
     const r = await f.run(['backup', '--to', f.repo('tamper'), '--db', big, '--recipient', f.recipient, '--compress', 'none', '--json']);
     expect(r.code, r.stderr).toBe(0);
     const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
