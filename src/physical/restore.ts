@@ -417,7 +417,9 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
     settings.recovery_target_action = req.targetAction;
     return { settings, describe: describeTarget(t) };
   }
-  // No target: replay to the end of the archived WAL, if there is any beyond the backup.
+  // No target: a volume archive starts as it was stopped; a base backup replays the archived WAL
+  // beyond it to its end, if there is any.
+  if (m.kind !== 'basebackup') return null;
   const after = await archivedWalAfter(req, m);
   if (after === undefined) {
     req.log.info('no archived WAL after this backup: the directory starts at the end of the backup');
@@ -430,11 +432,12 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
 /** The newest archived WAL segment after the backup (any timeline at or after its own), if any. */
 async function archivedWalAfter(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<string | undefined> {
   const from = m.wal?.stopSegment.slice(8);
+  if (from === undefined) return undefined;
   let newest: string | undefined;
   for (const w of await listWal(req.store, req.cluster, req.signal)) {
     if (!parseSegmentName(w.file)) continue;
     const position = w.file.slice(8);
-    if (from !== undefined && position <= from) continue;
+    if (position <= from) continue;
     if (newest === undefined || position > newest.slice(8)) newest = w.file;
   }
   return newest;
