@@ -60,8 +60,6 @@ export interface PhysicalRestoreRequest {
   verify: boolean;
   smoke: string[];
   smokeDb: string;
-  /** Role to connect as for --verify (default: tried in order: the backup's role, postgres, the owner). */
-  verifyUser?: string;
   /** Where to write the files stored with the backup (`--attach`); they are listed, not fetched, without it. */
   attachmentsDir?: string;
   /** The shell command PostgreSQL runs to fetch archived WAL (%f %p in it). */
@@ -150,7 +148,8 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
         env: { ...req.env, ...(req.serverSecrets ?? {}) },
         smoke: req.smoke,
         smokeDb: req.smokeDb,
-        users: [req.verifyUser, m.postgres.role, 'postgres', req.owner].filter((u): u is string => !!u),
+        // roles to try for the verification connection: the backup's own, postgres, the owner's name
+        users: [m.postgres.role, 'postgres', req.owner].filter((u): u is string => !!u),
         hasBackupManifest: existsSync(path.join(dir, 'backup_manifest')),
         recovery: recovery ? { action: req.targetAction } : null,
         log: req.log,
@@ -171,7 +170,7 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
       verified,
       attachments,
       durationMs: Date.now() - started,
-      startHint: startHint(dir, binDir, owner ? (req.owner ?? 'postgres') : undefined, m.postgres.majorVersion),
+      startHint: startHint(dir, binDir, owner ? (req.owner ?? userName(owner.uid)) : undefined, m.postgres.majorVersion),
     };
   } finally {
     if (cleanupNeeded) {
@@ -246,6 +245,12 @@ function checkReadableBy(owner: { uid: number; gid: number }, paths: string[], w
       });
     }
   }
+}
+
+/** An OS user's name (for the printed start command), or `#uid` (sudo's form) when it has none. */
+function userName(uid: number): string {
+  const r = spawnSync('id', ['-nu', String(uid)], { encoding: 'utf8' });
+  return r.status === 0 && r.stdout.trim() ? r.stdout.trim() : `#${uid}`;
 }
 
 async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
