@@ -544,7 +544,7 @@ export async function commitManifest(
       return;
     }
     if (stored === false) await removeOrphans(store, log, objects);
-    else log.warn('could not tell whether the manifest was stored; the objects of the run are left in place (without a manifest they are not a backup; lifecycle rules expire them)', { key: objects[0] });
+    else log.warn('could not tell whether the manifest was stored; the dump is left in place, with any other object of the run (without a manifest they are not a backup; lifecycle rules expire them)', { key: objects[0] });
     throw err;
   }
 }
