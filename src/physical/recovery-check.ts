@@ -164,19 +164,23 @@ function why(log: string): string {
   const lines = log.split('\n');
   const at = lines.map((l) => /\b(FATAL|PANIC):/.test(l)).lastIndexOf(true);
   const fatal = at >= 0 ? lines[at]!.replace(/^.*?\b(FATAL|PANIC):\s*/, '$1: ') : undefined;
-  // restore_command's own stderr: the lines that are not the server's (which start with its timestamp)
-  const own = lines
-    .slice(0, at >= 0 ? at : lines.length)
-    .filter((l) => l.trim() !== '' && !/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(l) && !/^\s/.test(l))
-    .pop();
-  let fetch = own?.trim();
-  if (fetch?.startsWith('{')) {
-    try {
-      fetch = String((JSON.parse(fetch) as { msg?: unknown }).msg ?? fetch);
-    } catch {
-      // not a JSON log line: keep it as it is
+  // restore_command's own stderr: the lines that are not the server's (which start with its
+  // timestamp); coffer's error line first (node may print other lines after it, e.g. at exit)
+  const own = lines.slice(0, at >= 0 ? at : lines.length).filter((l) => l.trim() !== '' && !/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}/.test(l) && !/^\s/.test(l));
+  const messageOf = (l: string): { msg: string; error: boolean } => {
+    const t = l.trim();
+    if (t.startsWith('{')) {
+      try {
+        const j = JSON.parse(t) as { msg?: unknown; level?: unknown };
+        return { msg: String(j.msg ?? t), error: j.level === 'error' };
+      } catch {
+        // not a JSON log line
+      }
     }
-  }
+    return { msg: t.replace(/^coffer: error: /, ''), error: /^coffer: error: /.test(t) };
+  };
+  const parsed = own.map(messageOf);
+  const fetch = ([...parsed].reverse().find((p) => p.error) ?? parsed[parsed.length - 1])?.msg;
   const parts = [fatal, fetch ? `restore_command: ${fetch.slice(0, 300)}` : undefined].filter(Boolean);
   return parts.length > 0 ? parts.join('; ') : tailOneLine(log, 3) || 'the server exited';
 }

@@ -217,12 +217,12 @@ async function emptyDirectory(dir: string, remove: boolean): Promise<void> {
 /** The OS user to own the directory: only when coffer runs as root (otherwise the files are ours). */
 function resolveOwner(name: string | undefined, existingDir: string | undefined): { uid: number; gid: number } | undefined {
   if (!isRoot()) {
-    if (name !== undefined && osUser(name)?.uid !== process.getuid?.()) throw new UsageError(`--owner ${name}: only root can give the files to another user`, { hint: 'run coffer as that user, or as root' });
+    if (name !== undefined && osUser(name)?.uid !== process.getuid?.()) throw new UsageError(`--dir-owner ${name}: only root can give the files to another user`, { hint: 'run coffer as that user, or as root' });
     return undefined;
   }
   if (name !== undefined) {
     const u = osUser(name);
-    if (!u) throw new UsageError(`--owner ${name}: no such OS user`);
+    if (!u) throw new UsageError(`--dir-owner ${name}: no such OS user`);
     return u;
   }
   if (existingDir !== undefined) {
@@ -231,7 +231,7 @@ function resolveOwner(name: string | undefined, existingDir: string | undefined)
     if (uid !== undefined && gid !== undefined && uid > 0) return { uid, gid };
   }
   const pg = osUser('postgres');
-  if (!pg) throw new UsageError('running as root, but there is no `postgres` OS user to own the data directory', { hint: 'pass --owner USER (the OS user that will run the server)' });
+  if (!pg) throw new UsageError('running as root, but there is no `postgres` OS user to own the data directory', { hint: 'pass --dir-owner USER (the OS user that will run the server)' });
   return pg;
 }
 

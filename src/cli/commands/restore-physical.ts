@@ -24,7 +24,8 @@ export const physicalRestoreOptions = {
   targetName: value('--target-name <name>', 'with --physical: replay archived WAL up to this restore point (pg_create_restore_point)', text),
   targetAction: value('--target-action <action>', 'with --physical: at the target, promote (default), pause or shutdown', choice, { choices: ['promote', 'pause', 'shutdown'] }),
   verify: flag('--verify', 'with --physical: start the directory once on a private socket, wait for recovery, run --smoke, stop it'),
-  owner: value('--owner <user>', 'with --physical, as root: the OS user to own the directory (default: its owner, else postgres)', text),
+  // Not --owner: commander would read pg_restore's --no-owner as its negation.
+  dirOwner: value('--dir-owner <user>', 'with --physical, as root: the OS user to own the directory (default: its owner, else postgres)', text),
   attachmentsDir: value('--attachments-dir <dir>', 'with --physical: write the files stored with the backup (--attach) here', text),
   smokeDb: value('--smoke-db <name>', 'with --physical --verify: the database --smoke queries run in (default postgres)', database),
 };
@@ -41,7 +42,7 @@ export function refuseWithoutPhysical(flags: PhysicalValues): void {
       ['--target-lsn', flags.targetLsn],
       ['--target-name', flags.targetName],
       ['--target-action', flags.targetAction],
-      ['--owner', flags.owner],
+      ['--dir-owner', flags.dirOwner],
       ['--smoke-db', flags.smokeDb],
       ['--attachments-dir', flags.attachmentsDir],
     ] as const
@@ -126,7 +127,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       toDir: path.resolve(ctx.cwd, flags.toDir),
       target,
       targetAction: (flags.targetAction ?? 'promote') as TargetAction,
-      owner: flags.owner,
+      owner: flags.dirOwner,
       binDir: flags.pgBin,
       verify: flags.verify,
       smoke: flags.smoke,
