@@ -15,6 +15,7 @@ import { parseWalKey, walPrefix } from '../../src/catalog/cluster-layout.js';
 import { startThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import { COFFER_BIN, errorLine, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
+import { serverOsUser } from '../harness/server-coffer.js';
 import { listAllKeys } from '../harness/rgw.js';
 
 const f = useFixture({ name: 'wal', s3: true });
@@ -161,6 +162,37 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
     expect(twins.code).toBe(200);
     expect(errorLine(twins.stderr)).toMatch(/2 different copies of 000000010000000000000002/);
   });
+
+  // The damage sweep once, through the file repository (the S3 read path is the same decoder).
+  if (repo.kind === 'file') {
+    it('wal-fetch exits 200 and writes nothing wherever the stored object is damaged: header, first chunk, middle, last chunk, last byte, cut short', async () => {
+      const dir = f.path('sweep');
+      await fsp.mkdir(dir);
+      await fsp.writeFile(path.join(dir, SEG1), walBytes(11));
+      expect((await push('sweep', path.join(dir, SEG1))).code).toBe(0);
+      const [key] = await repo.keys(walPrefix('sweep', SEG1));
+      const good = await repo.read(key!);
+      const n = good.length;
+      const cases: Array<[string, Buffer]> = [10, 300, Math.floor(n / 2), n - 100, n - 1].map((at) => {
+        const b = Buffer.from(good);
+        b[at]! ^= 0x10;
+        return [`flip @${at}`, b];
+      });
+      cases.push(['cut at the middle', good.subarray(0, Math.floor(n / 2))], ['cut one byte short', good.subarray(0, n - 1)]);
+      const out = path.join(dir, 'out');
+      await fsp.mkdir(out);
+      try {
+        for (const [what, bytes] of cases) {
+          await repo.write(key!, bytes);
+          const r = await fetch('sweep', SEG1, path.join(out, 'RECOVERYXLOG'));
+          expect({ what, code: r.code }, r.stderr).toEqual({ what, code: 200 });
+          expect(await fsp.readdir(out)).toEqual([]);
+        }
+      } finally {
+        await repo.write(key!, good);
+      }
+    });
+  }
 
   it('a SIGKILLed wal-push leaves nothing visible under the key, at every stage; the retried push then stores it once', async () => {
     const dir = f.path(`${repo.kind}-kill`);
@@ -357,9 +389,7 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
 
 /** The OS user the throwaway server runs as (postgres when we are root). */
 function serverUser(): { uid?: number; gid?: number } {
-  if (process.getuid?.() !== 0) return {};
-  const id = (flag: string): number => Number(spawnSync('id', [flag, 'postgres'], { encoding: 'utf8' }).stdout.trim());
-  return { uid: id('-u'), gid: id('-g') };
+  return serverOsUser() ?? {};
 }
 
 async function exists(p: string): Promise<boolean> {
