@@ -12,7 +12,7 @@
 // last segment was archived, segments per second over that time, the peak backlog, and ratios
 // against the `cp %p DIR/%f` baseline measured in the same run.
 //
-// Options: --scale N (default 50), --modes cp,file,s3,file-async,s3-async,file-async-fast,s3-async-fast (default cp,file,s3), --out FILE (append the
+// Options: --scale N (default 50), --modes cp,file,s3,file-async,s3-async,file-async-fast,s3-async-fast,file-async-front,s3-async-front (default cp,file,s3), --out FILE (append the
 // Markdown table; default: print only), --max-drain-s N (give up waiting for the backlog, default 600).
 // Needs a build (`npx tsc -p tsconfig.json`): dist/cli/main.js and dist/demo/throwaway-cluster.js;
 // pgbench (PostgreSQL 15), zstd, and for s3 the Ceph binaries of scripts/rgw-up.sh. Everything it
@@ -26,6 +26,7 @@ import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const CLI = join(ROOT, 'dist/cli/main.js');
+const FRONT = join(ROOT, 'bin/coffer-wal-push-async');
 const { startThrowawayCluster } = await import(join(ROOT, 'dist/demo/throwaway-cluster.js'));
 const { generateIdentity } = await import(join(ROOT, 'dist/crypto/age.js'));
 
@@ -80,6 +81,9 @@ async function runMode(mode, recipient, s3vars) {
     // The README's recommended form: when the worker got there first, no node process starts at all.
     'file-async-fast': `${fastPath(dir)} ${coffer} --async --spool-dir ${dir}/spool --to ${dir}/repo %p`,
     's3-async-fast': `${fastPath(dir)} ${s3vars} ${coffer} --async --spool-dir ${dir}/spool --to s3://walbench/${mode} %p`,
+    // bin/coffer-wal-push-async: the shell waits for the worker's answer; node only when it cannot.
+    'file-async-front': `COFFER_NODE=${process.execPath} ${FRONT} ${dir}/spool %p --cluster bench --recipient ${recipient} --to ${dir}/repo`,
+    's3-async-front': `${s3vars} COFFER_NODE=${process.execPath} ${FRONT} ${dir}/spool %p --cluster bench --recipient ${recipient} --to s3://walbench/${mode}`,
   }[mode];
   const pg = await startThrowawayCluster({ baseDir: work, settings: { wal_level: 'replica', archive_mode: 'on', archive_command: command, max_wal_size: '1GB' } });
   try {
@@ -140,6 +144,8 @@ const label = {
   's3-async': '`coffer wal-push --async` → S3 (Ceph RGW)',
   'file-async-fast': '`test -f SPOOL/%f.ok && rm SPOOL/%f.ok \\|\\| coffer wal-push --async` → file repository',
   's3-async-fast': '`test -f SPOOL/%f.ok && rm SPOOL/%f.ok \\|\\| coffer wal-push --async` → S3 (Ceph RGW)',
+  'file-async-front': '`coffer-wal-push-async SPOOL %p …` (shell front end) → file repository',
+  's3-async-front': '`coffer-wal-push-async SPOOL %p …` (shell front end) → S3 (Ceph RGW)',
 };
 const lines = [
   `pgbench -i -s ${opts.scale}, ${new Date().toISOString()}, ${cpus().length} cores, load average at the end ${loadavg()[0].toFixed(1)}`,

@@ -4,7 +4,9 @@
  * SDK), which falls behind a busy server (docs/benchmarks.md, "WAL archiving"). With `--async`:
  *
  * - The **foreground** call (PostgreSQL's archive_command) looks in the spool directory for
- *   `<file>.ok` (stored durably by the worker: remove it, exit 0) or `<file>.error` (the
+ *   `<file>.ok` (stored durably by the worker, and naming the version of the file it read:
+ *   device, inode, size, modification time; when they are this file's, remove it and exit 0,
+ *   otherwise it is stale: remove it and ask again) or `<file>.error` (the
  *   worker's failure: remove it, fail with its message; PostgreSQL retries, and the worker tries
  *   again). Otherwise it asks for the file (`<file>.req`), starts the worker if none is running,
  *   and waits for one of the two (at most `--async-wait`, default 60 s, then fails: PostgreSQL
@@ -14,6 +16,10 @@
  *   `--async-parallel` at a time, every file that `pg_wal/archive_status/*.ready` announces and
  *   every `.req`, ahead of PostgreSQL's calls; each success writes `<file>.ok`, each failure
  *   `<file>.error` (atomically). It exits after 10 s without work.
+ *
+ * The shell front end `bin/coffer-wal-push-async` does the foreground's waiting without node
+ * (about 0.3 s of CPU per start, which a busy archiver cannot afford per segment); it hands every
+ * case but "`.ok` names this very file" to `coffer wal-push --async`.
  *
  * The contract of wal-push is unchanged: each file goes through {@link walPush} (write-once,
  * identical copy = success, different copy = failure). The spool holds only status files, no
@@ -25,13 +31,14 @@ import { openSync, closeSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../atomic-write.js';
-import { StorageError, UsageError } from '../errors.js';
+import { errnoWords, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { walFileNameOf, walPush, type WalPushRequest } from './wal-push.js';
+import { fileIdentity, walFileNameOf, walPush, type WalPushRequest } from './wal-push.js';
 
 const LOCK = 'worker.pid';
 const IDLE_EXIT_MS = 10_000;
 const POLL_MS = 100;
+const SWEEP_MS = 30_000;
 
 export interface AsyncForeground {
   spool: string;
@@ -54,12 +61,20 @@ export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'>
   const ok = path.join(req.spool, `${file}.ok`);
   const error = path.join(req.spool, `${file}.error`);
   const abs = path.resolve(req.cwd, req.file);
+  // A file that cannot be read is this call's problem, not the worker's.
+  await identityOf(abs);
   let requested = false;
   const deadline = Date.now() + req.waitMs;
   for (;;) {
-    if (await exists(ok)) {
+    const okText = await fsp.readFile(ok, 'utf8').catch(() => undefined);
+    if (okText !== undefined) {
       await fsp.rm(ok, { force: true });
-      return 'stored';
+      // The worker's `.ok` names the file version it stored; one for an earlier file under
+      // this name (recycled, or written again after a restore) is not this file's.
+      if (okText.trim() === (await identityOf(abs))) return 'stored';
+      if (requested) await fsp.rm(path.join(req.spool, `${file}.req`), { force: true });
+      requested = false;
+      continue;
     }
     if (await exists(error)) {
       const text = (await fsp.readFile(error, 'utf8').catch(() => '')).trim();
@@ -74,6 +89,15 @@ export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'>
     if (Date.now() > deadline) throw new StorageError('Failed', `async worker did not archive ${file} within ${Math.round(req.waitMs / 1000)} s`, { hint: `PostgreSQL retries; see ${path.join(req.spool, 'worker.log')}` });
     req.signal.throwIfAborted();
     await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
+/** {@link fileIdentity} of the file to archive now. */
+async function identityOf(abs: string): Promise<string> {
+  try {
+    return fileIdentity(await fsp.stat(abs, { bigint: true }));
+  } catch (err) {
+    throw new UsageError(`cannot read ${abs}: ${errnoWords(err)}`, { cause: err, hint: 'archive_command runs in the data directory: pass %p as it is' });
   }
 }
 
@@ -125,11 +149,16 @@ export async function runWorker(w: AsyncWorker): Promise<void> {
   if (!(await takeLock(lock))) return;
   try {
     let idleSince = Date.now();
+    let sweptAt = 0;
     const inFlight = new Map<string, Promise<void>>();
     // Stored by this worker: not pushed again for their `.ready` (PostgreSQL renames it to
     // `.done` a moment after the foreground call exits), only for a new `.req`.
     const done = new Set<string>();
     while (Date.now() - idleSince < IDLE_EXIT_MS && !w.push.signal.aborted) {
+      if (Date.now() - sweptAt > SWEEP_MS) {
+        await sweep(w);
+        sweptAt = Date.now();
+      }
       const todo = await pending(w, inFlight, done);
       for (const { file, abs } of todo) {
         if (inFlight.size >= w.parallel) break;
@@ -153,7 +182,7 @@ async function pushOne(w: AsyncWorker, file: string, abs: string): Promise<boole
   const t0 = Date.now();
   try {
     const r = await walPush({ ...w.push, store: w.store, file: abs });
-    await writeFileAtomic(path.join(w.spool, `${file}.ok`), '', { mode: 0o600 });
+    await writeFileAtomic(path.join(w.spool, `${file}.ok`), `${r.identity}\n`, { mode: 0o600 });
     w.log(`${r.outcome === 'stored' ? 'archived' : 'already archived'} ${file}`, { ms: Date.now() - t0 });
     return true;
   } catch (err) {
@@ -182,6 +211,20 @@ async function pending(w: AsyncWorker, inFlight: Map<string, unknown>, done: Set
     .filter(([f]) => !inFlight.has(f) && !spool.has(`${f}.ok`) && !spool.has(`${f}.error`))
     .sort(([a], [b]) => (a < b ? -1 : 1))
     .map(([file, abs]) => ({ file, abs }));
+}
+
+/**
+ * Removes answers nobody will read: a `.ok` whose WAL file is gone from pg_wal (archived and
+ * recycled) and that is older than a minute. A second `.ok` for a file comes from a request that
+ * crossed the first answer; it names the same version, so it is harmless, but it would stay.
+ */
+async function sweep(w: AsyncWorker): Promise<void> {
+  const wal = new Set(await fsp.readdir(w.walDir).catch(() => [] as string[]));
+  for (const n of await fsp.readdir(w.spool).catch(() => [] as string[])) {
+    if (!n.endsWith('.ok') || wal.has(n.slice(0, -3))) continue;
+    const st = await fsp.stat(path.join(w.spool, n)).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > 60_000) await fsp.rm(path.join(w.spool, n), { force: true });
+  }
 }
 
 /** Exclusive create of the lock with our pid; a lock whose process is gone is taken over. */

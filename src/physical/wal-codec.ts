@@ -3,10 +3,10 @@
  * file) → `zstd -N` → age (to the recipients) → one object. The stored object is a plain age v1
  * file of a zstd frame: `age -d -i key.txt OBJECT | zstd -d` gives the file back without coffer.
  *
- * Everything here works on whole buffers: a WAL file is small (16 MiB by default, at most 1 GiB
- * with `initdb --wal-segsize`), and a whole buffer lets the caller hash the plaintext before it
- * chooses the object's key (the key carries the plaintext's sha256) and hand the result to the
- * store's write-once `putBytes`.
+ * The stored side works on whole buffers: a compressed WAL file is small (a 16 MiB segment, at
+ * most 1 GiB with `initdb --wal-segsize`, before compression), and a whole object lets the caller
+ * choose its key after the plaintext's sha256 is known (the key carries it) and hand it to the
+ * store's write-once `putBytes`. The plaintext is read once, through one reused buffer.
  *
  * Compression runs the `zstd` program (Node 20 has no zstd in zlib; zstd ≥ 1.5 is what the
  * backups use too): measured on a 16 MiB segment of pgbench WAL, the child costs about 4 ms to
@@ -14,7 +14,8 @@
  */
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
+import type { FileHandle } from 'node:fs/promises';
+import { Readable, type Writable } from 'node:stream';
 import { createEncryptStream, openDecryptStream } from '../crypto/age.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { followAbort } from '../run/abort.js';
@@ -37,7 +38,7 @@ function zstdEnv(env: NodeJS.ProcessEnv): Record<string, string> {
  * @throws {UsageError} when zstd is not installed; an Error with zstd's stderr when it fails
  *   (the caller words it: compressing is a bug or a resource problem, decompressing is damage).
  */
-export async function runZstd(args: string[], input: Uint8Array, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<Buffer> {
+export async function runZstd(args: string[], input: Uint8Array | ((stdin: Writable) => Promise<void>), opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<Buffer> {
   opts.signal?.throwIfAborted();
   const child = spawn('zstd', args, { env: zstdEnv(opts.env), stdio: ['pipe', 'pipe', 'pipe'] });
   const out: Buffer[] = [];
@@ -52,10 +53,21 @@ export async function runZstd(args: string[], input: Uint8Array, opts: { env: No
       child.once('error', reject);
       child.once('close', (code, sig) => resolve(code ?? (sig ? 128 : 1)));
     });
-    child.stdin.end(input);
+    let feedError: unknown;
+    if (typeof input === 'function') {
+      // The feeder's own failure (a read error) wins over zstd's exit, which it causes.
+      await input(child.stdin).then(
+        () => child.stdin.end(),
+        (e: unknown) => {
+          feedError = e;
+          child.kill('SIGKILL');
+        },
+      );
+    } else child.stdin.end(input);
     let code: number;
     try {
       code = await exit;
+      if (feedError !== undefined) throw feedError;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new UsageError('zstd is not installed (needed to compress and decompress WAL)', { hint: 'apt-get install zstd' });
@@ -70,9 +82,46 @@ export async function runZstd(args: string[], input: Uint8Array, opts: { env: No
   }
 }
 
-/** Compresses and encrypts one WAL file: the bytes to store. */
-export async function encodeWalFile(plain: Uint8Array, recipients: string[], level: number, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<Buffer> {
-  const compressed = await runZstd([`-${level}`, '-q', '-c', '--no-progress'], plain, opts);
+/** One WAL file, compressed and encrypted: the bytes to store, and what they hold. */
+export interface EncodedWalFile {
+  bytes: Buffer;
+  /** sha256 (hex) and length of the plaintext zstd was given. */
+  sha256: string;
+  size: number;
+}
+
+/** Read size of {@link encodeWalFileFrom}: one buffer, reused for every read. */
+const READ_CHUNK = 1024 * 1024;
+
+/**
+ * Compresses and encrypts one WAL file, reading it once through one reused 1 MiB buffer: each
+ * read is hashed and handed to zstd (its pipe takes a copy), so the sha256 is of exactly the
+ * bytes stored. A whole 16 MiB buffer per segment cost more CPU (page faults on fresh memory,
+ * measured with perf) than compressing it; a worker pushing segment after segment reuses the
+ * buffer's pages instead.
+ */
+export async function encodeWalFileFrom(file: FileHandle, recipients: string[], level: number, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<EncodedWalFile> {
+  const hash = createHash('sha256');
+  let size = 0;
+  const buf = Buffer.allocUnsafe(READ_CHUNK);
+  // --single-thread: no compression thread beside the I/O for a 16 MiB input; it halved zstd's
+  // CPU per segment (measured: 39 pgbench segments, 2.3 → 1.1 s user + system). Same format.
+  const compressed = await runZstd([`-${level}`, '--single-thread', '-q', '-c', '--no-progress'], async (stdin) => {
+    for (;;) {
+      opts.signal?.throwIfAborted();
+      const { bytesRead } = await file.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) return;
+      const piece = buf.subarray(0, bytesRead);
+      hash.update(piece);
+      size += bytesRead;
+      // The callback runs once the pipe (or libuv's queue) no longer needs the buffer.
+      await new Promise<void>((resolve, reject) => stdin.write(piece, (e) => (e ? reject(e) : resolve())));
+    }
+  }, opts);
+  return { bytes: await encryptWhole(compressed, recipients), sha256: hash.digest('hex'), size };
+}
+
+async function encryptWhole(data: Buffer, recipients: string[]): Promise<Buffer> {
   const enc = await createEncryptStream(recipients);
   const chunks: Buffer[] = [];
   enc.on('data', (b: Buffer) => chunks.push(b));
@@ -80,7 +129,7 @@ export async function encodeWalFile(plain: Uint8Array, recipients: string[], lev
     enc.once('end', resolve);
     enc.once('error', reject);
   });
-  enc.end(compressed);
+  enc.end(data);
   await done;
   return Buffer.concat(chunks);
 }

@@ -18,6 +18,7 @@
  *   retries; the log line says what to check. After a successful write the name is listed
  *   again, so a concurrent different push is caught too.
  */
+import type { BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { isWalFileName, parseWalKey, walKey, walPrefix, WAL_TIER } from '../catalog/cluster-layout.js';
@@ -25,7 +26,7 @@ import { errnoWords, IntegrityError, StorageError, UsageError } from '../errors.
 import type { ObjectStore } from '../store/object-store.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { stallAt } from '../run/faults.js';
-import { encodeWalFile, sha256Hex } from './wal-codec.js';
+import { encodeWalFileFrom, type EncodedWalFile } from './wal-codec.js';
 
 /** Largest WAL file read: PostgreSQL's largest segment size (initdb --wal-segsize 1024). */
 export const MAX_WAL_FILE_BYTES = 1024 * 1024 * 1024;
@@ -55,6 +56,19 @@ export interface WalPushResult {
   stored: number;
   /** `stored`: written now; `already`: an identical copy was in the archive. */
   outcome: 'stored' | 'already';
+  /** The file as it was read ({@link fileIdentity}). */
+  identity: string;
+}
+
+/**
+ * Which file, in which version: `<st_dev> <st_ino> <size> <mtime seconds>.<9 digits>`, the words
+ * of GNU `stat -L -c '%d %i %s %.9Y'`, so that the shell front end of `--async`
+ * (bin/coffer-wal-push-async) can compare it without node. A segment PostgreSQL writes again
+ * under the same name (recycled, or after a restore) has another modification time.
+ */
+export function fileIdentity(st: BigIntStats): string {
+  const ns = st.mtimeNs;
+  return `${st.dev} ${st.ino} ${st.size} ${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`;
 }
 
 /** The stored copies of one WAL file name: their plaintext hashes (from the keys). */
@@ -93,20 +107,36 @@ function differentCopy(req: { store: ObjectStore; cluster: string }, file: strin
 export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const file = walFileNameOf(req.file, req.name);
   const abs = path.resolve(req.cwd, req.file);
-  let plain: Buffer;
-  try {
-    const st = await fsp.stat(abs);
-    if (!st.isFile()) throw new UsageError(`${abs} is not a regular file`);
-    if (st.size > MAX_WAL_FILE_BYTES) throw new UsageError(`${abs} is ${st.size} bytes, larger than any WAL file (1 GiB)`);
-    plain = await fsp.readFile(abs, { signal: req.signal });
-  } catch (err) {
+  const cannotRead = (err: unknown): never => {
     if (err instanceof UsageError) throw err;
     req.signal.throwIfAborted();
     throw new UsageError(`cannot read ${abs}: ${errnoWords(err)}`, { cause: err, hint: 'archive_command runs in the data directory: pass %p as it is' });
+  };
+  const fh = await fsp.open(abs, 'r').catch(cannotRead);
+  let encoded: EncodedWalFile;
+  let identity: string;
+  try {
+    const st = await fh.stat({ bigint: true }).catch(cannotRead);
+    if (!st.isFile()) throw new UsageError(`${abs} is not a regular file`);
+    if (st.size > BigInt(MAX_WAL_FILE_BYTES)) throw new UsageError(`${abs} is ${st.size} bytes, larger than any WAL file (1 GiB)`);
+    identity = fileIdentity(st);
+    encoded = await encodeWalFileFrom(fh, req.recipients, req.level, { env: req.env, signal: req.signal }).catch((err: unknown) => {
+      if (err instanceof UsageError || !('code' in (err as object))) throw err;
+      return cannotRead(err);
+    });
+    // PostgreSQL does not write to a file it handed to archive_command; if something did, what
+    // was read is no consistent copy.
+    const after = await fh.stat({ bigint: true }).catch(cannotRead);
+    if (fileIdentity(after) !== identity || BigInt(encoded.size) !== st.size) {
+      throw new IntegrityError(`${abs} changed while it was read (size or modification time differ); not archived`, { hint: 'archive only files PostgreSQL hands to archive_command (%p); PostgreSQL retries' });
+    }
+  } finally {
+    await fh.close();
   }
-  const sha256 = sha256Hex(plain);
+  const { sha256, bytes } = encoded;
   const key = walKey(req.cluster, file, sha256);
-  const base = { file, key, sha256, size: plain.length };
+  const base = { file, key, sha256, size: encoded.size, identity };
+  await stallAt('stall-wal-push', 'encoded');
 
   const before = await storedCopies(req.store, req.cluster, file, req.signal);
   const others = before.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
@@ -114,8 +144,6 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   if (before.length > 0) return { ...base, stored: 0, outcome: 'already' };
   await stallAt('stall-wal-push', 'listed');
 
-  const bytes = await encodeWalFile(plain, req.recipients, req.level, { env: req.env, signal: req.signal });
-  await stallAt('stall-wal-push', 'encoded');
   let outcome: WalPushResult['outcome'] = 'stored';
   try {
     await req.store.putBytes(key, bytes, { signal: req.signal, tags: { [TIER_TAG]: WAL_TIER }, contentType: 'application/octet-stream' });

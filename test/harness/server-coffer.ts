@@ -35,7 +35,7 @@ export function serverCofferBin(): Promise<string> {
     const root = path.resolve(path.dirname(COFFER_BIN), '../..');
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-pkg-'));
     await fsp.chmod(dir, 0o755);
-    for (const name of ['package.json', 'dist', 'node_modules']) {
+    for (const name of ['package.json', 'bin', 'dist', 'node_modules']) {
       const linked = spawnSync('cp', ['-al', path.join(root, name), dir]);
       if (linked.status !== 0) spawnSync('cp', ['-a', path.join(root, name), dir]);
     }

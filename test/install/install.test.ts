@@ -126,12 +126,12 @@ afterAll(async () => {
 });
 
 describe('the npm package', () => {
-  it('holds dist/ (built from src/, nothing stale, no maps), README, LICENSE and package.json; no tests or bench', async () => {
+  it('holds dist/ (built from src/, nothing stale, no maps), the shell front end of wal-push --async, README, LICENSE and package.json; no tests or bench', async () => {
     const paths = pack.files.map((f) => f.path).sort();
     expect(paths).toContain('dist/cli/main.js');
     expect(paths).toEqual(expect.arrayContaining(['LICENSE', 'README.md', 'package.json']));
     const outside = paths.filter((p) => !p.startsWith('dist/'));
-    expect(outside).toEqual(['LICENSE', 'README.md', 'package.json']);
+    expect(outside).toEqual(['LICENSE', 'README.md', 'bin/coffer-wal-push-async', 'package.json']);
     expect(paths.filter((p) => /^(test|bench|src|scripts|deploy|docs)\//.test(p) || /\.(ts|map)$/.test(p))).toEqual([]);
     // Exactly one .js per source file: the stale file planted above was cleaned away.
     const sources = (await listFiles(path.join(tree, 'src'))).filter((f) => f.endsWith('.ts'));
@@ -208,6 +208,20 @@ describe('the npm package', () => {
     expect(restore.code, restore.stderr).toBe(0);
     expect(await schemaDump(pg, target)).toEqual(await schemaDump(pg, source));
     expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, source));
+
+    // <prefix>/bin/coffer-wal-push-async finds the installed coffer through its own link: a
+    // call it cannot answer (no such WAL file) reaches coffer, whose refusal comes back (exit 2).
+    const front = path.join(prefix, 'bin', 'coffer-wal-push-async');
+    expect((await fsp.stat(await fsp.realpath(front))).mode & 0o111).toBe(0o111);
+    const spool = path.join(tmp, 'work', 'spool');
+    const r = await execa(front, [spool, 'pg_wal/000000010000000000000001', '--cluster', 'main', '--to', repo, '--recipient', recipient], {
+      env: baseEnv({ PATH: `${path.dirname(process.execPath)}:${process.env.PATH ?? '/usr/bin:/bin'}` }),
+      extendEnv: false,
+      cwd: path.join(tmp, 'work'),
+      reject: false,
+    });
+    expect(r.exitCode, String(r.stderr)).toBe(2);
+    expect(String(r.stderr)).toMatch(/cannot read .*000000010000000000000001/);
   });
 
   it('deploy/systemd/coffer-backup.service passes systemd-analyze verify with the installed coffer', async (ctx) => {

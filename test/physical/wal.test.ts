@@ -273,19 +273,85 @@ describe('wal-push --async (file repository)', () => {
   });
 });
 
+describe('bin/coffer-wal-push-async, the shell front end (file repository)', () => {
+  const FRONT = path.resolve(path.dirname(COFFER_BIN), '../../bin/coffer-wal-push-async');
+  it('answers from the worker without node when .ok names this very file; waits for a segment in flight; a stale .ok, a dead worker or an open spool go to node', async () => {
+    const walDir = f.path('front', 'pg_wal');
+    await fsp.mkdir(path.join(walDir, 'archive_status'), { recursive: true });
+    const names = ['000000010000000000000021', '000000010000000000000022', '000000010000000000000023', '000000010000000000000024'];
+    const announce = async (n: string, seed: number) => {
+      await fsp.writeFile(path.join(walDir, n), walBytes(seed));
+      await fsp.writeFile(path.join(walDir, 'archive_status', `${n}.ready`), '');
+    };
+    for (const [i, n] of names.slice(0, 3).entries()) await announce(n, 40 + i);
+    const spool = f.path('front', 'spool');
+    const repoDir = f.path('front', 'repo');
+    // COFFER_NODE=/bin/false: a call the shell cannot answer itself fails (exit 1) instead of starting node.
+    const front = (n: string, node: string) =>
+      execa('sh', [FRONT, spool, path.join(walDir, n), '--cluster', 'fe', '--to', repoDir, '--recipient', f.recipient], { env: { ...f.env(), COFFER_NODE: node }, extendEnv: false, reject: false, cwd: walDir });
+    const stored = async () => (await fsp.readdir(path.join(repoDir, 'cluster=fe', 'wal')).catch(() => [] as string[])).map((k) => parseWalKey(`cluster=fe/wal/${k}`)!.file).sort();
+
+    // No worker yet: the shell hands the call to coffer, which starts the worker.
+    const noNode = await front(names[0]!, '/bin/false');
+    expect(noNode.exitCode).toBe(1);
+    const first = await front(names[0]!, process.execPath);
+    expect(first.exitCode, String(first.stderr)).toBe(0);
+    await fsp.rm(path.join(walDir, 'archive_status', `${names[0]}.ready`));
+    await waitUntil(async () => (await stored()).length === 3, 30_000);
+    // The worker stored the announced segments ahead: the next calls are answered by the shell alone.
+    for (const n of names.slice(1, 3)) {
+      const r = await front(n, '/bin/false');
+      expect(r.exitCode, String(r.stderr)).toBe(0);
+      expect(await exists(path.join(spool, `${n}.ok`))).toBe(false);
+      await fsp.rm(path.join(walDir, 'archive_status', `${n}.ready`));
+    }
+    // A segment announced while the worker runs: the shell waits for it (no node) and exits 0 once it is stored.
+    await announce(names[3]!, 43);
+    const waited = await front(names[3]!, '/bin/false');
+    expect(waited.exitCode, String(waited.stderr)).toBe(0);
+    expect(await stored()).toEqual(names);
+
+    // A stale .ok (for the earlier version of a file written again under its name) is not this file's answer.
+    const oldVersion = spawnSync('stat', ['-L', '-c', '%d %i %s %.9Y', path.join(walDir, names[0]!)], { encoding: 'utf8' }).stdout;
+    await new Promise((r) => setTimeout(r, 20));
+    await fsp.writeFile(path.join(walDir, names[0]!), walBytes(99));
+    await fsp.writeFile(path.join(spool, `${names[0]}.ok`), oldVersion, { mode: 0o600 });
+    const stale = await front(names[0]!, '/bin/false');
+    expect(stale.exitCode).toBe(1);
+    const different = await front(names[0]!, process.execPath);
+    expect(different.exitCode).toBe(4);
+    expect(errorLine(String(different.stderr))).toMatch(/async worker could not archive .*already holds a different/);
+    expect(await stored()).toEqual(names);
+
+    // A spool directory others can write to: not trusted by the shell, refused by coffer (exit 2).
+    await fsp.writeFile(path.join(spool, `${names[1]}.ok`), spawnSync('stat', ['-L', '-c', '%d %i %s %.9Y', path.join(walDir, names[1]!)], { encoding: 'utf8' }).stdout);
+    await fsp.chmod(spool, 0o777);
+    try {
+      expect((await front(names[1]!, '/bin/false')).exitCode).toBe(1);
+      const open = await front(names[1]!, process.execPath);
+      expect(open.exitCode).toBe(2);
+      expect(errorLine(String(open.stderr))).toMatch(/spool directory .* is not a directory owned by this user and closed to others/);
+    } finally {
+      await fsp.chmod(spool, 0o700);
+    }
+  });
+});
+
 describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
-  it('archives switched segments (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
+  it('archives switched segments through the async front end (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
     const repo = f.repo('pitr');
     const rgw = f.rgw!;
     const s3vars = `AWS_ACCESS_KEY_ID=${rgw.admin.accessKeyId} AWS_SECRET_ACCESS_KEY=${rgw.admin.secretAccessKey} AWS_ENDPOINT_URL_S3=${rgw.endpoint} AWS_REGION=${rgw.region} COFFER_LOG_FORMAT=json`;
     const coffer = `${s3vars} ${process.execPath} ${COFFER_BIN}`;
-    const a = await startThrowawayCluster({
-      settings: { wal_level: 'replica', archive_mode: 'on', archive_command: `${coffer} wal-push --cluster pg --to ${repo} --recipient ${f.recipient} %p`, max_wal_senders: '2' },
-    });
-    // The restored directory lives outside the cluster's own (a.stop() removes that).
+    // The restored directory and the spool live outside the cluster's own (a.stop() removes that).
     const user = serverUser();
     const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-walr-'));
     if (user.uid !== undefined) await fsp.chown(root, user.uid, user.gid!);
+    // Archiving through the --async worker and its shell front end (the README's form for busy servers).
+    const front = `${s3vars} COFFER_NODE=${process.execPath} ${path.resolve(path.dirname(COFFER_BIN), '../../bin/coffer-wal-push-async')}`;
+    const a = await startThrowawayCluster({
+      settings: { wal_level: 'replica', archive_mode: 'on', archive_command: `${front} ${path.join(root, 'spool')} %p --cluster pg --to ${repo} --recipient ${f.recipient}`, max_wal_senders: '2' },
+    });
     let bStarted = false;
     const bData = path.join(root, 'restored');
     const bSock = path.join(root, 'sb');
@@ -311,6 +377,8 @@ describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
       expect(failed, st).toBe('0');
       expect(lastArchived! >= last, st).toBe(true);
       await a.stop();
+      // The segments went through the worker.
+      expect(await fsp.readFile(path.join(root, 'spool', 'worker.log'), 'utf8')).toMatch(new RegExp(`archived ${last}`));
 
       const status = await f.run(['status', '--from', repo, '--cluster', 'pg', '--json']);
       expect(status.code, status.stderr).toBe(0);
