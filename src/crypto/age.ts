@@ -10,10 +10,10 @@
 import { randomBytes } from 'node:crypto';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
-import { Decrypter, Encrypter, type Identity, type Recipient, type Stanza } from 'age-encryption';
+import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
-import { parseIdentity, parseRecipient } from './keys.js';
+import { library, parseIdentity, parseRecipient } from './keys.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
 export { generateIdentity, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
@@ -56,7 +56,7 @@ export async function createEncryptStream(recipients: string[]): Promise<Encrypt
   if (recipients.length === 0) {
     throw new UsageError('no recipients to encrypt to; configure at least one age1… public key');
   }
-  const encrypter = new Encrypter();
+  const encrypter = new (await library()).Encrypter();
   for (const r of recipients) encrypter.addRecipient(parseRecipient(r));
   // A recipient that writes no stanza, only captures the file key the library drew.
   let fileKey: Uint8Array | undefined;
@@ -166,7 +166,7 @@ function readPrefix(source: Readable): Promise<Prefix> {
 
 /** Decrypt the header's file key, mapping the library's errors to IntegrityError. */
 async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fileKey: Uint8Array; stanzaCount: number }> {
-  const decrypter = new Decrypter();
+  const decrypter = new (await library()).Decrypter();
   // Sentinels around the real identities: the library tries identities in order after parsing
   // the header, and stops at the first that returns a key.
   let stanzaCount = -1;

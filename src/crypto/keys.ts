@@ -8,8 +8,13 @@
  * dropped, not wrapped.
  */
 import { open } from 'node:fs/promises';
-import { Encrypter, generateX25519Identity, identityToRecipient } from 'age-encryption';
+import { bech32Decode } from './bech32.js';
 import { errnoWords, UsageError } from '../errors.js';
+
+/** The `age-encryption` library, loaded when first needed (it costs about 0.15 s of CPU to load). */
+export function library(): Promise<typeof import('age-encryption')> {
+  return import('age-encryption');
+}
 
 /** Files larger than this are not key files (same limit as the age CLI). */
 const KEY_FILE_LIMIT = 16 * 1024 * 1024;
@@ -39,9 +44,11 @@ function recipientProblem(s: string): string | undefined {
     return `unsupported recipient type ${shown(s)}; only X25519 (age1…) and hybrid post-quantum (age1pq1…) recipients are supported`;
   }
   if (!s.startsWith('age1')) return `${shown(s)} is not an age recipient (they start with age1)`;
-  try {
-    new Encrypter().addRecipient(s);
-  } catch {
+  // What the library's X25519Recipient and HybridRecipient accept (bech32, 32 bytes; the hybrid
+  // kind ML-KEM-768 + X25519, 1216 bytes, beyond bech32's usual 90 characters).
+  const hybrid = s.startsWith('age1pq1');
+  const decoded = bech32Decode(s, hybrid ? Number.MAX_SAFE_INTEGER : 90);
+  if (decoded === undefined || decoded.prefix !== (hybrid ? 'age1pq' : 'age') || decoded.bytes.length !== (hybrid ? 1216 : 32)) {
     return `${shown(s)} is not a valid age recipient (bad checksum, truncated or mistyped)`;
   }
   return undefined;
@@ -124,7 +131,7 @@ export async function readRecipientsFile(path: string): Promise<string[]> {
 async function identityProblem(line: string): Promise<string | undefined> {
   if (line.startsWith(HYBRID_IDENTITY_PREFIX) || line.startsWith(X25519_IDENTITY_PREFIX)) {
     try {
-      await identityToRecipient(line);
+      await (await library()).identityToRecipient(line);
       return undefined;
     } catch {
       return 'invalid age secret key (bad checksum, truncated or mistyped)';
@@ -203,7 +210,7 @@ export async function parseIdentity(identity: string): Promise<string> {
  */
 export async function recipientOf(identity: string): Promise<string> {
   const value = await parseIdentity(identity);
-  return identityToRecipient(value);
+  return (await library()).identityToRecipient(value);
 }
 
 /** RFC 3339 local time with numeric offset, `Z` for UTC: Go's `time.RFC3339`, as age-keygen prints. */
@@ -226,8 +233,9 @@ function rfc3339Local(d: Date): string {
  *   `# created: <RFC 3339 local time>\n# public key: age1…\nAGE-SECRET-KEY-1…\n`.
  */
 export async function generateIdentity(now: Date = new Date()): Promise<{ identity: string; recipient: string; fileText: string }> {
-  const identity = await generateX25519Identity();
-  const recipient = await identityToRecipient(identity);
+  const age = await library();
+  const identity = await age.generateX25519Identity();
+  const recipient = await age.identityToRecipient(identity);
   const fileText = `# created: ${rfc3339Local(now)}\n# public key: ${recipient}\n${identity}\n`;
   return { identity, recipient, fileText };
 }

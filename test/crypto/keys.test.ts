@@ -158,6 +158,42 @@ describe('parseRecipient', () => {
     expect(msg).not.toContain(key.identity.slice(16, 30));
     expect(() => parseRecipient(key.identity.toLowerCase())).toThrow(/^this is a secret key/);
   });
+
+  it("agrees with the age library (which it no longer loads to check) on valid keys and every one-character change, case change, cut and extension", async () => {
+    const library = (r: string): boolean => {
+      try {
+        new Encrypter().addRecipient(r);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const ours = (r: string): boolean => {
+      try {
+        parseRecipient(r);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const alphabet = 'qpzry9x8gf2tvdw0s3jn54khce6mua7l';
+    const x25519 = await Promise.all(Array.from({ length: 4 }, async () => (await generateIdentity()).recipient));
+    const pq = await identityToRecipient(await generateHybridIdentity());
+    const cases: string[] = [...x25519, pq, x25519[0]!.toUpperCase(), `${x25519[0]!.slice(0, 10)}${x25519[0]!.slice(10).toUpperCase()}`];
+    for (const r of [x25519[0]!, x25519[1]!]) {
+      for (let i = 4; i < r.length; i++) {
+        // every position, two substitutions each (one of them the neighbour in the alphabet)
+        const c = alphabet.indexOf(r[i]!);
+        cases.push(r.slice(0, i) + alphabet[(c + 1) % 32] + r.slice(i + 1), r.slice(0, i) + alphabet[(c + 17) % 32] + r.slice(i + 1));
+      }
+      cases.push(r.slice(0, -1), `${r}q`, r.slice(0, 5) + r.slice(6), `${r.slice(0, -6)}qqqqqq`);
+    }
+    for (let i = 7; i < pq.length; i += 97) cases.push(pq.slice(0, i) + (pq[i] === 'q' ? 'p' : 'q') + pq.slice(i + 1));
+    cases.push(pq.slice(0, -8), `${pq}qq`);
+    const disagree = cases.filter((r) => r.startsWith('age1') && ours(r) !== library(r));
+    expect(disagree).toEqual([]);
+    expect(cases.filter(ours).sort()).toEqual([...x25519, pq].sort());
+  });
 });
 
 describe('generateIdentity / recipientOf', () => {
