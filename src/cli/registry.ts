@@ -16,7 +16,11 @@ import { walFetchCommand, walPushCommand } from './commands/wal.js';
 
 /**
  * Every command of the coffer binary and the program's own options: all main.ts registers.
- * A new command is a module in commands/ (`defineCommand`) listed here.
+ * A new command is a module in commands/ (`defineCommand`) listed here. Those modules hold the
+ * declarations only (every command's options are needed at each start, to check the
+ * configuration file); each `run` imports its module in run/ when that command runs, so that
+ * starting coffer for one command does not load the code of all the others (a WAL file per
+ * process: wal-push and wal-fetch start hundreds of times an hour).
  */
 
 /** The commands, in the order `coffer --help` lists them. */

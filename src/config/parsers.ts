@@ -2,7 +2,7 @@ import { UsageError } from '../errors.js';
 import type { Compression } from '../catalog/manifest.js';
 import { isTier, type Tier } from '../catalog/layout.js';
 import { parseClusterName } from '../catalog/cluster-layout.js';
-import { parseRecipient } from '../crypto/age.js';
+import { parseRecipient } from '../crypto/keys.js';
 import { parseByteSize } from '../pipeline/part-size.js';
 import { parseRetentionPeriod, parseObjectLockMode, type ObjectLockMode } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';

@@ -1,14 +1,9 @@
-import { StaleError, UsageError } from '../../errors.js';
-import { requireRepository, resolveS3Settings } from '../../config/settings.js';
 import { objectLockMode, repository } from '../../config/parsers.js';
-import { flag, value, type Values } from '../../config/options.js';
-import { openBucketAdmin } from '../../store/open.js';
-import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
-import type { CliContext } from '../context.js';
+import { flag, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { REPOSITORY, keepOptions, keepWalOption, retentionPolicy, s3Options } from '../option-groups.js';
+import { REPOSITORY, keepOptions, keepWalOption, s3Options } from '../option-groups.js';
 
-const options = {
+export const options = {
   from: value('--from <repository>', 's3://bucket/prefix', repository, { aliases: [REPOSITORY] }),
   objectLockMode: value('--object-lock-mode <mode>', 'also require object lock with this mode (governance or compliance)', objectLockMode),
   json: flag('--json', 'print the result as JSON on stdout'),
@@ -21,61 +16,5 @@ export const retentionCheck = defineCommand({
   name: 'retention check',
   summary: "compare the bucket's lifecycle and object-lock configuration with the policy; drift exits 7",
   options,
-  run: runRetentionCheckCommand,
+  run: async (values, ctx) => (await import('../run/retention.js')).runRetentionCheckCommand(values, ctx),
 });
-
-/** The outcome of `coffer retention check`. */
-export interface RetentionCheckResult {
-  bucket: string;
-  prefix: string;
-  /** One line per difference; empty when the bucket matches the policy. */
-  drift: string[];
-  objectLock: { enabled: boolean; defaultMode?: string; defaultDays?: number };
-}
-
-/**
- * `coffer retention check --from s3://bucket/prefix`: reads the bucket's lifecycle and
- * object-lock configuration and compares them with the policy (keep flags, and
- * `--object-lock-mode` when backups are to be locked). Drift is printed one line each and
- * exits 7, so monitoring can alert on it.
- */
-async function runRetentionCheckCommand(flags: Values<typeof options>, ctx: CliContext): Promise<RetentionCheckResult> {
-  const repo = requireRepository(flags.from);
-  if (repo.kind !== 's3') {
-    throw new UsageError('coffer retention check reads S3 bucket configuration; a local repository has no lifecycle', { hint: 'use `coffer prune --dry-run` on local repositories' });
-  }
-  const policy = retentionPolicy(flags);
-  const mode = flags.objectLockMode;
-  const admin = await openBucketAdmin(repo, resolveS3Settings(flags, ctx.env));
-  const { bucket, prefix } = admin;
-  try {
-    if (!(await admin.exists(ctx.signal))) {
-      throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'create it with `coffer init --create-bucket`' });
-    }
-    const rules = await admin.lifecycleRules(ctx.signal);
-    const plan = planLifecycle(rules, policy, prefix);
-    const drift: string[] = [];
-    for (const c of plan.changes) {
-      if (c.action === 'add') drift.push(`lifecycle rule ${c.id} is missing (wanted: ${c.description})`);
-      if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
-      if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
-    }
-    for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
-    const lock = await admin.objectLock(ctx.signal);
-    if (mode) drift.push(...objectLockDrift(lock, policy, mode).map((d) => `object lock: ${d}`));
-    const result: RetentionCheckResult = { bucket, prefix, drift, objectLock: lock };
-    if (flags.json) ctx.stdout(`${JSON.stringify(result, null, 2)}\n`);
-    else {
-      for (const d of drift) ctx.stdout(`drift: ${d}\n`);
-      if (drift.length === 0) ctx.stdout(`ok: s3://${bucket}${prefix ? `/${prefix}` : ''} matches the retention policy\n`);
-    }
-    if (drift.length > 0) {
-      throw new StaleError(`retention drift on s3://${bucket}${prefix ? `/${prefix}` : ''}: ${drift.length} difference${drift.length === 1 ? '' : 's'} (${drift[0]})`, {
-        hint: 'run `coffer init` with the same policy to fix it',
-      });
-    }
-    return result;
-  } finally {
-    admin.close();
-  }
-}

@@ -1,0 +1,220 @@
+import { accessSync, constants as fsConstants } from 'node:fs';
+import * as path from 'node:path';
+import { hostname } from 'node:os';
+import { CofferError, InterruptedError, UsageError, formatErrorLine } from '../../errors.js';
+import { acquireBackupLock, defaultLockDir, type HeldLock } from '../../ops/lock.js';
+import { listAllDatabases } from '../../ops/all-databases.js';
+import { writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
+import { Notifier } from '../../observe/notify.js';
+import { readRecipientsFile } from '../../crypto/age.js';
+import { runBackup, type BackupResult } from '../../pipeline/backup.js';
+import type { DumpKind } from '../../pg/pg-dump.js';
+import { parseConnectionString, databaseOf } from '../../pg/connection.js';
+import { resolvePgTools } from '../../pg/tools.js';
+import { openStore } from '../../store/open.js';
+import { Progress } from '../../observe/progress.js';
+import { formatBytes } from '../../observe/log.js';
+import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
+import type { Values } from '../../config/options.js';
+import type { CliContext } from '../context.js';
+import { isPhysicalBackup, runPhysicalBackupCommand } from './backup-physical.js';
+import type { PhysicalBackupResult } from '../../physical/backup.js';
+import { retentionPolicy } from '../option-groups.js';
+import type { Tier } from '../../catalog/layout.js';
+import { retainUntil } from '../../retention/policy.js';
+import type { options } from '../commands/backup.js';
+
+/** What happened to one database of the run. */
+interface Outcome {
+  database: string;
+  result?: BackupResult;
+  error?: unknown;
+  durationMs: number;
+}
+
+export async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
+  const env = ctx.env;
+  // Everything is validated before touching the database or the repository.
+  const s3 = resolveS3Settings(flags, env);
+  const recipients = [...flags.recipient];
+  for (const f of flags.recipientsFile) {
+    recipients.push(...(await readRecipientsFile(f)));
+  }
+  if (recipients.length === 0) {
+    throw new UsageError('no recipients: backups are always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE, or set recipients/recipientsFile in coffer.yaml (create a key with `coffer keygen`)' });
+  }
+  if (flags.schemaOnly && flags.dataOnly) throw new UsageError('--schema-only and --data-only cannot be combined');
+  const kind: DumpKind = flags.schemaOnly ? 'schema-only' : flags.dataOnly ? 'data-only' : 'custom';
+  if (flags.disableTriggers && kind !== 'data-only') {
+    throw new UsageError('--disable-triggers applies to --data-only backups only', { hint: 'a full backup restores its tables, data and constraints in order; add --data-only, or drop --disable-triggers' });
+  }
+  // Object lock: each object is retained for its tier's keep period (policy.ts rounds up).
+  const lockMode = flags.objectLockMode;
+  const keepPolicy = retentionPolicy(flags);
+  const retentionFor = lockMode ? (t: Tier, now: Date) => ({ mode: lockMode, retainUntil: retainUntil(keepPolicy, t, now) }) : undefined;
+  const tier: Tier | undefined = flags.tier ?? (flags.label !== undefined ? 'manual' : undefined);
+  const conn = parseConnectionString(flags.dbname);
+  // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
+  if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
+  // --cluster alone does not make a backup physical: wal-push shares it through the file's top level.
+  if (isPhysicalBackup(flags)) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3 }, ctx);
+  if (flags.attach.length > 0) throw new UsageError('--attach applies to physical backups (--physical, --data-dir, --tar-command)', { hint: 'a logical backup can store roles beside the dump with --globals' });
+  const compression = flags.compress;
+  if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
+    throw new UsageError('--compress gzip applies to custom-format dumps only; use zstd or none with --schema-only/--data-only');
+  }
+  if (flags.allDatabases && flags.db.length > 0) throw new UsageError('--all-databases and --db cannot be combined');
+  // --db names are checked as they are read; the default one here.
+  const explicitDbs = flags.db.length > 0 ? flags.db : [databaseOf(conn, undefined, env) ?? env.PGUSER ?? env.USER ?? ''];
+  if (!flags.allDatabases && flags.db.length === 0) checkDatabaseName(explicitDbs[0]!);
+  const tools = resolvePgTools({
+    binDir: flags.pgBin,
+    pgDumpCommand: flags.pgDumpCommand,
+    pgDumpallCommand: flags.pgDumpallCommand,
+    psqlCommand: flags.psqlCommand,
+  });
+  const waitMs = flags.wait?.ms ?? 0;
+  const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env));
+  const metricsFile = flags.metricsFile === undefined ? undefined : path.resolve(ctx.cwd, flags.metricsFile);
+  if (metricsFile !== undefined) {
+    try {
+      accessSync(path.dirname(metricsFile), fsConstants.W_OK);
+    } catch {
+      throw new UsageError(`--metrics-file ${flags.metricsFile}: its directory does not exist or is not writable`, {
+        hint: 'point it into the node_exporter textfile directory, e.g. /var/lib/prometheus/node-exporter/coffer.prom',
+      });
+    }
+  }
+  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
+
+  const store = await openStore(flags.to, s3);
+  notifier.start();
+  const results: BackupResult[] = [];
+  const outcomes: Outcome[] = [];
+  let fatal: unknown;
+  try {
+    const dbs = flags.allDatabases ? await listAllDatabases(tools, conn, { env, signal: ctx.signal }) : explicitDbs;
+    if (flags.allDatabases) ctx.log.info('databases to back up', { databases: dbs.join(',') });
+    for (const database of dbs) {
+      const started = Date.now();
+      const progress = new Progress(`backup ${database}`, ctx.stderrIsTty);
+      let lock: HeldLock | undefined;
+      try {
+        lock = await acquireBackupLock({
+          repository: store.location,
+          database,
+          lockDir,
+          runId: ctx.log.runId,
+          tools,
+          conn,
+          env,
+          waitMs,
+          signal: ctx.signal,
+          log: ctx.log,
+        });
+        const r = await runBackup({
+          store,
+          tools,
+          conn,
+          database,
+          recipients,
+          compression,
+          kind,
+          tier,
+          retentionFor,
+          label: flags.label,
+          partSize: flags.partSize,
+          maxParts: flags.maxParts,
+          excludeTableData: flags.excludeTableData,
+          disableTriggers: flags.disableTriggers,
+          globals: flags.globals,
+          env,
+          signal: ctx.signal,
+          log: ctx.log,
+          onProgress: (b) => progress.update(b),
+        });
+        results.push(r);
+        outcomes.push({ database, result: r, durationMs: Date.now() - started });
+      } catch (err) {
+        outcomes.push({ database, error: err, durationMs: Date.now() - started });
+        if (dbs.length > 1) ctx.log.error(`backup of ${JSON.stringify(database)} failed: ${formatErrorLine(err)}`, { database });
+        if (err instanceof InterruptedError || ctx.signal.aborted) {
+          fatal = err;
+          break;
+        }
+      } finally {
+        progress.stop();
+        await lock?.release();
+      }
+    }
+  } catch (err) {
+    fatal = err;
+  } finally {
+    store.close();
+  }
+
+  const failed = outcomes.filter((o) => o.error !== undefined);
+  const error = fatal ?? (failed.length === 0 ? undefined : failed.length === 1 && outcomes.length === 1 ? failed[0]!.error : summaryError(failed, outcomes.length));
+  if (ctx.signal.aborted) {
+    // Stopped: exit within seconds. The failure ping first (it is what alerts), then the rest.
+    notifier.stopping();
+    if (error !== undefined) await notifier.failure(formatErrorLine(error));
+  }
+  await report(ctx, store.location, outcomes, notifier, metricsFile);
+  // The backups that were made are reported even when others of the run failed.
+  if (flags.json && (results.length > 0 || error === undefined)) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
+  else if (!flags.json && ctx.stdoutIsTty) {
+    for (const r of results) {
+      const w = r.manifest.warnings?.length ?? 0;
+      ctx.stdout(`${r.manifest.id}  ${r.manifest.database}  ${r.manifest.tier}  ${formatBytes(r.manifest.dump.size)}${w > 0 ? `  ${w} warning(s): see the log and the manifest` : ''}\n`);
+    }
+  }
+  if (error !== undefined) {
+    if (!ctx.signal.aborted) await notifier.failure(formatErrorLine(error));
+    throw error;
+  }
+  await notifier.success();
+  return results;
+}
+
+/** One error for a run where some of several databases failed: the first failure's kind. */
+function summaryError(failed: Outcome[], total: number): Error {
+  const first = failed[0]!.error;
+  const names = failed.map((o) => JSON.stringify(o.database)).join(', ');
+  const msg = `${failed.length} of ${total} database backups failed: ${names} (each is logged above; the others succeeded)`;
+  if (first instanceof CofferError) return new CofferError(first.kind, msg, { hint: formatErrorLine(first) });
+  return new Error(msg, { cause: first });
+}
+
+/** Metrics file and webhooks for every database of the run; never throws. */
+async function report(ctx: CliContext, repository: string, outcomes: Outcome[], notifier: Notifier, metricsFile: string | undefined): Promise<void> {
+  const now = Date.now() / 1000;
+  for (const o of outcomes) {
+    await notifier.webhook({
+      event: o.error === undefined ? 'backup.success' : 'backup.failure',
+      database: o.database,
+      repository,
+      host: hostname(),
+      runId: ctx.log.runId,
+      id: o.result?.manifest.id ?? null,
+      tier: o.result?.manifest.tier ?? null,
+      bytes: o.result?.manifest.dump.size ?? null,
+      durationSeconds: o.durationMs / 1000,
+      error: o.error === undefined ? null : formatErrorLine(o.error),
+    });
+  }
+  if (metricsFile === undefined || outcomes.length === 0) return;
+  const rows: BackupRunMetrics[] = outcomes.map((o) => ({
+    repository,
+    database: o.database,
+    success: o.error === undefined,
+    finishedAt: o.result ? Date.parse(o.result.manifest.finishedAt) / 1000 : now,
+    durationSeconds: o.durationMs / 1000,
+    bytes: o.result?.manifest.dump.size ?? 0,
+  }));
+  try {
+    await writeBackupMetrics(metricsFile, rows);
+  } catch (err) {
+    ctx.log.warn(`could not write the metrics file: ${formatErrorLine(err)}`);
+  }
+}

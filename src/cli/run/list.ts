@@ -1,0 +1,181 @@
+import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
+import { listPhysicalBackups, type PhysicalEntry } from '../../catalog/physical-catalog.js';
+import { listWal, reachFrom, summarizeWal, type WalObject, type WalSummary } from '../../physical/wal-catalog.js';
+import type { ObjectStore } from '../../store/object-store.js';
+import { openStore, type RepositoryRef, type S3Settings } from '../../store/open.js';
+import { formatBytes } from '../../observe/log.js';
+import type { CliContext } from '../context.js';
+
+/** One row of `coffer list --json`. */
+export interface ListRow {
+  id: string;
+  database: string;
+  tier: string;
+  label: string | null;
+  kind: string;
+  startedAt: string;
+  finishedAt: string;
+  size: number;
+  sha256: string;
+  key: string;
+  serverVersion: string;
+}
+
+export function toRow(e: BackupEntry): ListRow {
+  const m = e.manifest;
+  return {
+    id: m.id,
+    database: m.database,
+    tier: m.tier,
+    label: m.label,
+    kind: m.kind,
+    startedAt: m.startedAt,
+    finishedAt: m.finishedAt,
+    size: m.dump.size,
+    sha256: m.dump.sha256,
+    key: m.dump.key,
+    serverVersion: m.postgres.serverVersion,
+  };
+}
+
+/**
+ * One physical backup in `coffer list --json`: a cluster instead of a database, kind `physical`
+ * (an online base backup) or `volume` (a stopped cluster's directory), and the WAL it spans.
+ */
+export interface PhysicalListRow {
+  id: string;
+  cluster: string;
+  tier: string;
+  label: string | null;
+  kind: 'physical' | 'volume';
+  startedAt: string;
+  finishedAt: string;
+  size: number;
+  sha256: string;
+  key: string;
+  serverVersion: string | null;
+  majorVersion: number;
+  /** Start and end of the WAL inside a base backup (`null` for a volume archive). */
+  wal: { timeline: number; startLsn: string; stopLsn: string } | null;
+  /**
+   * How far point-in-time recovery reaches from it: the last archived segment of the unbroken
+   * run that continues the backup's WAL, and when it was stored (`null` for a volume archive).
+   */
+  reach: { segment: string; storedAt: string | null } | null;
+  attachments: string[];
+}
+
+export function toPhysicalRow(e: PhysicalEntry, reach: PhysicalListRow['reach'] = null): PhysicalListRow {
+  const m = e.manifest;
+  return {
+    id: m.id,
+    cluster: m.cluster,
+    tier: m.tier,
+    label: m.label,
+    kind: m.kind === 'basebackup' ? 'physical' : 'volume',
+    startedAt: m.startedAt,
+    finishedAt: m.finishedAt,
+    size: m.archive.size,
+    sha256: m.archive.sha256,
+    key: m.archive.key,
+    serverVersion: m.postgres.serverVersion ?? null,
+    majorVersion: m.postgres.majorVersion,
+    wal: m.wal ? { timeline: m.wal.timeline, startLsn: m.wal.startLsn, stopLsn: m.wal.stopLsn } : null,
+    reach,
+    attachments: m.attachments.map((a) => a.name),
+  };
+}
+
+/** Each base backup's reach, from one WAL listing per cluster. */
+async function reaches(store: ObjectStore, entries: PhysicalEntry[], signal: AbortSignal): Promise<Array<PhysicalListRow['reach']>> {
+  const byCluster = new Map<string, Promise<{ objects: WalObject[]; summary: WalSummary | undefined }>>();
+  const of = (cluster: string): Promise<{ objects: WalObject[]; summary: WalSummary | undefined }> => {
+    let p = byCluster.get(cluster);
+    if (!p) {
+      p = listWal(store, cluster, signal).then((objects) => {
+        try {
+          return { objects, summary: summarizeWal(cluster, objects, new Date()) };
+        } catch {
+          return { objects, summary: undefined }; // another segment size: no reach shown
+        }
+      });
+      byCluster.set(cluster, p);
+    }
+    return p;
+  };
+  return Promise.all(
+    entries.map(async (e) => {
+      const w = e.manifest.wal;
+      if (!w) return null;
+      const { objects, summary } = await of(e.cluster);
+      return summary ? reachFrom(summary, objects, w.stopSegment) : { segment: w.stopSegment, storedAt: null };
+    }),
+  );
+}
+
+/**
+ * `coffer list`: completed backups (those with a manifest), newest first: the logical backups
+ * of databases, then the physical backups of clusters. `--db` shows only that database's,
+ * `--cluster` only that cluster's.
+ */
+export async function listRepository(
+  repo: RepositoryRef,
+  s3: S3Settings,
+  flags: { database?: string | undefined; cluster?: string | undefined; json?: boolean },
+  ctx: CliContext,
+): Promise<Array<ListRow | PhysicalListRow>> {
+  const { database, cluster } = flags;
+  const store = await openStore(repo, s3);
+  const onInvalid = (key: string, err: Error): void => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
+  let entries: BackupEntry[] = [];
+  let physical: PhysicalEntry[] = [];
+  let reach: Array<PhysicalListRow['reach']> = [];
+  try {
+    if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
+    if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
+    reach = await reaches(store, physical, ctx.signal);
+  } finally {
+    store.close();
+  }
+  const rows = entries.map(toRow);
+  const physicalRows = physical.map((e, i) => toPhysicalRow(e, reach[i] ?? null));
+  if (flags.json) {
+    const all = [...rows, ...physicalRows];
+    ctx.stdout(`${JSON.stringify(all, null, 2)}\n`);
+    return all;
+  }
+  if (rows.length === 0 && physicalRows.length === 0) {
+    const of = database !== undefined ? ` for database ${database}` : cluster !== undefined ? ` for cluster ${cluster}` : '';
+    ctx.stdout(`no backups in ${store.location}${of}\n`);
+    return [];
+  }
+  const time = (t: string): string => t.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+  if (rows.length > 0) {
+    printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
+      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
+    ));
+  }
+  if (physicalRows.length > 0) {
+    if (rows.length > 0) ctx.stdout('\n');
+    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', 'LABEL']].concat(
+      physicalRows.map((r) => [
+        r.id,
+        time(r.startedAt),
+        r.cluster,
+        r.kind,
+        r.tier,
+        formatBytes(r.size),
+        String(r.majorVersion),
+        r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '',
+        r.reach ? `${r.reach.segment}${r.reach.storedAt ? ` (${time(r.reach.storedAt)})` : ' (backup only)'}` : '',
+        r.label ?? '',
+      ]),
+    ));
+  }
+  return [...rows, ...physicalRows];
+}
+
+function printTable(ctx: CliContext, table: string[][]): void {
+  const widths = table[0]!.map((_, i) => Math.max(...table.map((row) => row[i]!.length)));
+  for (const row of table) ctx.stdout(`${row.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()}\n`);
+}
