@@ -2,7 +2,7 @@
  * Prometheus textfile-collector output (node_exporter `--collector.textfile.directory`).
  *
  * After every backup run the file is rewritten atomically (src/atomic-write.ts; mode 0644) with
- * one series per (repository, database). Series of databases the run did not cover are kept
+ * one series per (repository, database), or per (repository, cluster) for physical backups. Series of databases the run did not cover are kept
  * (read, merge, write), and the last success time of a database whose run failed keeps its
  * previous value.
  */
@@ -13,7 +13,9 @@ import { errnoWords, UsageError } from '../errors.js';
 /** The outcome of one database's backup in a run. */
 export interface BackupRunMetrics {
   repository: string;
+  /** The database; for a physical backup of a whole cluster, `cluster` instead (label `cluster`). */
   database: string;
+  cluster?: string;
   success: boolean;
   /** Run end time (Unix seconds). */
   finishedAt: number;
@@ -44,8 +46,9 @@ function escapeLabel(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 }
 
-function labels(repository: string, database: string): string {
-  return `{database="${escapeLabel(database)}",repository="${escapeLabel(repository)}"}`;
+function labels(r: Pick<BackupRunMetrics, 'repository' | 'database' | 'cluster'>): string {
+  const what = r.cluster !== undefined ? `cluster="${escapeLabel(r.cluster)}"` : `database="${escapeLabel(r.database)}"`;
+  return `{${what},repository="${escapeLabel(r.repository)}"}`;
 }
 
 /** Reads the series of an existing file written by coffer (other lines are ignored). */
@@ -101,7 +104,7 @@ export async function writeBackupMetrics(file: string, results: BackupRunMetrics
     series.get(fam)!.set(key, v);
   };
   for (const r of results) {
-    const key = labels(r.repository, r.database);
+    const key = labels(r);
     set('lastRun', key, r.finishedAt);
     set('lastResult', key, r.success ? 1 : 0);
     set('lastDuration', key, r.durationSeconds);

@@ -38,11 +38,17 @@ export interface LockOwner {
 export interface LockRequest {
   /** Repository identity (e.g. `s3://bucket/prefix`, `file:///path`): part of the key. */
   repository: string;
+  /** What is backed up: a database name, or `cluster=<name>` for a physical backup. Part of the key. */
   database: string;
+  /** How messages name it (default: `database "<database>"`). */
+  subject?: string;
   lockDir: string;
   runId: string;
-  tools: PgTools;
-  conn: ConnectionSpec;
+  /**
+   * The server that holds the advisory lock, and the database its session connects to (default
+   * `database`). Absent: the lock file only (a stopped cluster's directory has no server).
+   */
+  advisory?: { tools: PgTools; conn: ConnectionSpec; connectTo?: string };
   env: NodeJS.ProcessEnv;
   /** How long to poll for a held lock (0: fail at once with BusyError). */
   waitMs: number;
@@ -210,9 +216,10 @@ async function tryLockFile(file: string, owner: LockOwner, log: Logger): Promise
 }
 
 /** A psql session that holds an advisory lock for as long as its stdin stays open. */
-function openAdvisorySession(req: LockRequest): PsqlSession {
-  const conn: ConnectionSpec = { ...req.conn, params: { ...req.conn.params, application_name: `coffer backup ${req.runId}` } };
-  return PsqlSession.open(req.tools, { conn, database: req.database, env: req.env }, { what: `connect to database ${JSON.stringify(req.database)} (advisory lock)`, signal: req.signal });
+function openAdvisorySession(req: LockRequest, advisory: NonNullable<LockRequest['advisory']>): PsqlSession {
+  const conn: ConnectionSpec = { ...advisory.conn, params: { ...advisory.conn.params, application_name: `coffer backup ${req.runId}` } };
+  const database = advisory.connectTo ?? req.database;
+  return PsqlSession.open(advisory.tools, { conn, database, env: req.env }, { what: `connect to database ${JSON.stringify(database)} (advisory lock)`, signal: req.signal });
 }
 
 let markerSeq = 0;
@@ -259,8 +266,9 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         if (r.ok) haveFile = true;
         else holder = `${r.holder}; lock file ${file}`;
       }
-      if (haveFile) {
-        session ??= openAdvisorySession(req);
+      if (haveFile && req.advisory === undefined) return { file, advisoryKey: key, release: releaseAll };
+      if (haveFile && req.advisory !== undefined) {
+        session ??= openAdvisorySession(req, req.advisory);
         const m = `coffer_lock_${process.pid}_${++markerSeq}`;
         const got = await session.ask(`SELECT pg_try_advisory_lock(${key[0]}, ${key[1]});`, m);
         if (got === 't') {
@@ -275,7 +283,7 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         await releaseAll();
       }
       if (Date.now() + poll > deadline) {
-        throw new BusyError(`another backup of database ${JSON.stringify(req.database)} to this repository is running: ${holder}`, {
+        throw new BusyError(`another backup of ${req.subject ?? `database ${JSON.stringify(req.database)}`} to this repository is running: ${holder}`, {
           hint: req.waitMs > 0 ? 'it did not finish within --wait; try later or raise --wait' : 'wait for it, or pass --wait DURATION to queue behind it',
         });
       }

@@ -123,6 +123,35 @@ describe('backup --data-dir', () => {
   });
 });
 
+describe('a physical backup run, as cron runs it', () => {
+  it('one backup of a cluster per repository at a time: a second exits 6 naming the holder, --wait queues behind it; the metrics file gets a cluster series', async () => {
+    const repo = f.path('locked');
+    const locks = f.path('locks');
+    const metrics = f.path('metrics.prom');
+    const common = ['--to', repo, '--lock-dir', locks, '--metrics-file', metrics];
+    // A tar that takes its time, so that the lock is held while the others start.
+    const slow = backup(['--tar-command', `sh -c "sleep 4; exec tar -C ${c.dataDir} -cf - ."`, ...common]);
+    const lockFiles = async () => (await fsp.readdir(locks).catch(() => [] as string[])).filter((n) => !n.startsWith('.'));
+    for (let i = 0; i < 100 && (await lockFiles()).length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await lockFiles()).toHaveLength(1);
+    const busy = await backup(['--tar-command', `tar -C ${c.dataDir} -cf - .`, ...common]);
+    expect(busy.code, busy.stderr).toBe(6);
+    expect(errorLine(busy.stderr)).toMatch(/another backup of cluster "db_data" to this repository is running: coffer run \w+ \(pid \d+ /);
+    const queued = await backup(['--tar-command', `tar -C ${c.dataDir} -cf - .`, ...common, '--wait', '60s']);
+    expect(queued.code, queued.stderr).toBe(0);
+    const first = await slow;
+    expect(first.code, first.stderr).toBe(0);
+    const list = await f.run(['list', '--from', repo, '--json']);
+    expect((JSON.parse(list.stdout) as unknown[]).length).toBe(2);
+    expect(await lockFiles()).toEqual([]);
+    const prom = await fsp.readFile(metrics, 'utf8');
+    const series = (name: string) => new RegExp(`^${name}\\{cluster="db_data",repository="[^"]+"\\} (\\S+)$`, 'm').exec(prom)?.[1];
+    expect(series('coffer_backup_last_result')).toBe('1');
+    expect(Number(series('coffer_backup_last_size_bytes'))).toBeGreaterThan(0);
+    expect(Number(series('coffer_backup_last_success_timestamp_seconds'))).toBeGreaterThan(Date.now() / 1000 - 600);
+  });
+});
+
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (const e of await fsp.readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])) if (e.isFile()) out.push(e.name);

@@ -10,6 +10,8 @@ import type { Tier } from '../../catalog/layout.js';
 import type { Compression } from '../../catalog/manifest.js';
 import { errnoWords, formatErrorLine, UsageError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
+import { writeBackupMetrics } from '../../observe/metrics.js';
+import { acquireBackupLock, defaultLockDir, type HeldLock, type LockRequest } from '../../ops/lock.js';
 import { Notifier } from '../../observe/notify.js';
 import { Progress } from '../../observe/progress.js';
 import { databaseOf, type ConnectionSpec } from '../../pg/connection.js';
@@ -41,6 +43,9 @@ export interface PhysicalFlags {
   json: boolean;
   notify: string | undefined;
   webhook: string | undefined;
+  metricsFile: string | undefined;
+  wait: { ms: number } | undefined;
+  lockDir: string | undefined;
   /** Options of logical backups only: refused here. */
   schemaOnly: boolean;
   dataOnly: boolean;
@@ -101,13 +106,16 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
 
   const env = ctx.env;
   let source: PhysicalSource;
+  let advisory: LockRequest['advisory'];
   if (flags.physical) {
     const tools = resolvePgTools({ binDir: flags.pgBin, psqlCommand: flags.psqlCommand });
+    const database = databaseOf(common.conn, undefined, env) ?? 'postgres';
+    advisory = { tools, conn: common.conn, connectTo: database };
     source = basebackupSource({
       tools,
       pgBasebackup: resolvePgBasebackup({ binDir: flags.pgBin, command: flags.pgBasebackupCommand }),
       conn: common.conn,
-      database: databaseOf(common.conn, undefined, env) ?? 'postgres',
+      database,
       fastCheckpoint: flags.fastCheckpoint,
       env,
     });
@@ -120,8 +128,25 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
   const store = await openStore(flags.to, common.s3);
   notifier.start();
   const progress = new Progress(`backup cluster ${cluster}`, ctx.stderrIsTty);
-  let result: PhysicalBackupResult;
+  const t0 = Date.now();
+  let result: PhysicalBackupResult | undefined;
+  let lock: HeldLock | undefined;
+  let failure: unknown;
   try {
+    // One physical backup of a cluster per repository at a time, as for a database: the lock
+    // file on this host, and for an online backup the server's advisory lock (another host).
+    lock = await acquireBackupLock({
+      repository: store.location,
+      database: `cluster=${cluster}`,
+      subject: `cluster ${JSON.stringify(cluster)}`,
+      lockDir: path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env)),
+      runId: ctx.log.runId,
+      ...(advisory ? { advisory } : {}),
+      env,
+      waitMs: flags.wait?.ms ?? 0,
+      signal: ctx.signal,
+      log: ctx.log,
+    });
     result = await runPhysicalBackup({
       store,
       cluster,
@@ -140,12 +165,28 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
       onProgress: (b) => progress.update(b),
     });
   } catch (err) {
+    failure = err;
     if (ctx.signal.aborted) notifier.stopping();
     await notifier.failure(formatErrorLine(err));
     throw err;
   } finally {
     progress.stop();
+    await lock?.release();
     store.close();
+    if (flags.metricsFile !== undefined) {
+      const metricsFile = path.resolve(ctx.cwd, flags.metricsFile);
+      await writeBackupMetrics(metricsFile, [
+        {
+          repository: store.location,
+          cluster,
+          database: '',
+          success: failure === undefined && result !== undefined,
+          finishedAt: result ? Date.parse(result.manifest.finishedAt) / 1000 : Date.now() / 1000,
+          durationSeconds: (Date.now() - t0) / 1000,
+          bytes: result?.manifest.archive.size ?? 0,
+        },
+      ]).catch((err: unknown) => ctx.log.warn(`could not write the metrics file: ${formatErrorLine(err)}`));
+    }
   }
   await notifier.success();
   const m = result.manifest;
