@@ -66,16 +66,19 @@ export interface HeldLock {
 }
 
 /**
- * The default lock directory: `$XDG_RUNTIME_DIR/coffer`, else `/run/lock/coffer` when
- * `/run/lock` is writable, else `<tmpdir>/coffer-locks-<uid>`.
+ * The default lock directory, one per OS user (a lock directory must be its user's own, and
+ * root's runs must not lock the PostgreSQL user's physical backups out of a shared one; runs of
+ * different users on one database still meet at its advisory lock): `$XDG_RUNTIME_DIR/coffer`,
+ * else `/run/lock/coffer-<uid>` when `/run/lock` is writable, else `<tmpdir>/coffer-locks-<uid>`.
  */
 export function defaultLockDir(env: NodeJS.ProcessEnv): string {
   if (env.XDG_RUNTIME_DIR) return path.join(env.XDG_RUNTIME_DIR, 'coffer');
+  const uid = process.getuid?.() ?? 'user';
   try {
     fs.accessSync('/run/lock', fs.constants.W_OK);
-    return '/run/lock/coffer';
+    return `/run/lock/coffer-${uid}`;
   } catch {
-    return path.join(tmpdir(), `coffer-locks-${process.getuid?.() ?? 'user'}`);
+    return path.join(tmpdir(), `coffer-locks-${uid}`);
   }
 }
 

@@ -1,11 +1,13 @@
+import { parseClusterKey, parseSegmentName, parseWalKey } from '../catalog/cluster-layout.js';
 import { backupIdTime, MANIFEST_SUFFIX, parseKey, type Tier } from '../catalog/layout.js';
 import type { RetentionPolicy } from './policy.js';
 
 /**
  * Pure planning of `coffer prune` for repositories without lifecycle rules (local directories).
  *
- * Only keys in coffer's layout (`<db>/<tier>/<id>.<suffix>`) are considered; anything else is
- * never touched. The files of one run (same database, tier and id) form one backup. A backup
+ * Only keys in coffer's layout are considered (`<db>/<tier>/<id>.<suffix>`, physical backups
+ * `cluster=<name>/<tier>/<id>.<suffix>`, archived WAL `cluster=<name>/wal/…`: {@link planWalPrune});
+ * anything else is never touched. The files of one run (same database, tier and id) form one backup. A backup
  * expires when its age (from the start time in its id) is more than its tier's retention. The
  * newest `minKeep` *good* backups of each database (manifest present and readable, dump present)
  * are kept whatever their age. Files of a run that never completed (no manifest) expire by the
@@ -14,7 +16,9 @@ import type { RetentionPolicy } from './policy.js';
 
 /** One backup (or the leftovers of an incomplete run) found in the repository. */
 export interface PruneCandidate {
+  /** The database; `''` for a physical backup (then `cluster` is set). */
   database: string;
+  cluster?: string;
   tier: Tier;
   id: string;
   /** Every key of this run, manifest first (deleting it first makes the backup disappear at once). */
@@ -40,13 +44,16 @@ export interface PrunePlan {
  * could be read and its dump exists (decided by the caller, which reads the manifests).
  */
 export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) => boolean): PruneCandidate[] {
-  const runs = new Map<string, { database: string; tier: Tier; id: string; keys: string[] }>();
+  const runs = new Map<string, { database: string; cluster?: string; tier: Tier; id: string; keys: string[] }>();
   for (const key of keys) {
     const k = parseKey(key);
-    if (!k) continue;
-    const runKey = `${k.database}\0${k.tier}\0${k.id}`;
+    const c = k ? undefined : parseClusterKey(key);
+    if (!k && !c) continue;
+    const who = k ? { database: k.database } : { database: '', cluster: c!.cluster };
+    const { tier, id } = (k ?? c)!;
+    const runKey = `${who.cluster !== undefined ? `cluster\0${who.cluster}` : who.database}\0${tier}\0${id}`;
     let run = runs.get(runKey);
-    if (!run) runs.set(runKey, (run = { database: k.database, tier: k.tier, id: k.id, keys: [] }));
+    if (!run) runs.set(runKey, (run = { ...who, tier, id, keys: [] }));
     run.keys.push(key);
   }
   return [...runs.values()].map((r) => {
@@ -56,14 +63,15 @@ export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) 
   });
 }
 
-/** Decides what to delete. `minKeep` (≥ 1) good backups per database always stay. */
+/** Decides what to delete. `minKeep` (≥ 1) good backups per database (and per cluster) always stay. */
 export function planPrune(candidates: readonly PruneCandidate[], policy: RetentionPolicy, minKeep: number, now: Date): PrunePlan {
   if (!Number.isInteger(minKeep) || minKeep < 1) throw new RangeError(`minKeep must be a whole number ≥ 1 (got ${minKeep})`);
   const byDb = new Map<string, PruneCandidate[]>();
   for (const c of candidates) {
-    const list = byDb.get(c.database) ?? [];
+    const owner = c.cluster !== undefined ? `cluster=${c.cluster}` : c.database;
+    const list = byDb.get(owner) ?? [];
     list.push(c);
-    byDb.set(c.database, list);
+    byDb.set(owner, list);
   }
   const decisions: PruneDecision[] = [];
   for (const db of [...byDb.keys()].sort()) {
@@ -87,4 +95,45 @@ export function planPrune(candidates: readonly PruneCandidate[], policy: Retenti
     }
   }
   return { decisions, deleteKeys: decisions.filter((d) => d.action === 'delete').flatMap((d) => d.keys) };
+}
+
+/** One archived WAL object, as listed. */
+export interface WalPruneObject {
+  key: string;
+  lastModified: Date;
+}
+
+export interface WalPrunePlan {
+  /** Per cluster: the first segment a kept base backup needs (absent: none kept), and what is deleted. */
+  clusters: Array<{ cluster: string; keepFrom: string | null; deleted: number; kept: number }>;
+  deleteKeys: string[];
+}
+
+/**
+ * Which archived WAL to delete: an object expires when it is older than `walDays` (stored
+ * before the point-in-time window) **and** no kept base backup needs it, i.e. its segment sorts
+ * before the start segment of the oldest base backup that stays (`keepFrom`, per cluster; names
+ * sort by timeline, then position). Timeline `.history` files are never deleted (a few bytes,
+ * and recovery reads them to follow timelines). A cluster without a kept base backup has nothing
+ * to roll forward from: its WAL expires by age alone. Pure: `now` is passed in.
+ */
+export function planWalPrune(objects: readonly WalPruneObject[], keepFrom: ReadonlyMap<string, string>, walDays: number, now: Date): WalPrunePlan {
+  const byCluster = new Map<string, { deleted: number; kept: number }>();
+  const deleteKeys: string[] = [];
+  for (const o of objects) {
+    const w = parseWalKey(o.key);
+    if (!w) continue;
+    const tally = byCluster.get(w.cluster) ?? { deleted: 0, kept: 0 };
+    byCluster.set(w.cluster, tally);
+    const segment = w.file.slice(0, 24);
+    const old = now.getTime() - o.lastModified.getTime() > walDays * 86_400_000;
+    const from = keepFrom.get(w.cluster);
+    const needed = from !== undefined && (parseSegmentName(segment) === undefined || segment >= from);
+    if (old && !needed && !w.file.endsWith('.history')) {
+      deleteKeys.push(o.key);
+      tally.deleted++;
+    } else tally.kept++;
+  }
+  const clusters = [...byCluster].sort(([a], [b]) => (a < b ? -1 : 1)).map(([cluster, t]) => ({ cluster, keepFrom: keepFrom.get(cluster) ?? null, ...t }));
+  return { clusters, deleteKeys };
 }

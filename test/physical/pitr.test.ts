@@ -129,6 +129,28 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
   });
 
   // The rest of the cases do not depend on the repository's kind: once, through the file repository (CI time).
+  it.runIf(kind === 'file')('prune expires archived WAL older than --keep-wal that no kept base backup needs, and nothing else (the next case restores from what is left)', async () => {
+    const walKeys = (await listKeys(s.repo)).filter((k) => k.startsWith('cluster=main/wal/'));
+    const [manifestKey] = (await listKeys(s.repo)).filter((k) => /^cluster=main\/\w+\/[^/]+\.manifest\.json$/.test(k));
+    const start = (JSON.parse(await fsp.readFile(path.join(s.repo, manifestKey!), 'utf8')) as { wal: { startSegment: string } }).wal.startSegment;
+    // Everything recent: nothing goes.
+    const fresh = await coffer(['prune', '--from', s.repo, '--min-keep', '1', '--json'], s.env);
+    expect(fresh.code, fresh.stderr).toBe(0);
+    expect((JSON.parse(fresh.stdout) as { deleted: string[] }).deleted).toEqual([]);
+    // The archive as it will be in 30 days: WAL from before the base backup's start expires, the rest stays for it.
+    const monthAgo = new Date(Date.now() - 30 * 86_400_000);
+    for (const k of walKeys) await fsp.utimes(path.join(s.repo, k), monthAgo, monthAgo);
+    const expected = walKeys.filter((k) => /\/[0-9A-F]{24}[.]/.test(k) && k.slice('cluster=main/wal/'.length, 'cluster=main/wal/'.length + 24) < start).sort();
+    expect(expected.length).toBeGreaterThan(0);
+    const r = await coffer(['prune', '--from', s.repo, '--min-keep', '1', '--keep-wal', '14d', '--json'], s.env);
+    expect(r.code, r.stderr).toBe(0);
+    const out = JSON.parse(r.stdout) as { deleted: string[]; wal: Array<{ cluster: string; keepFrom: string; deleted: number }> };
+    expect([...out.deleted].sort()).toEqual(expected);
+    expect(out.wal).toEqual([expect.objectContaining({ cluster: 'main', keepFrom: start, deleted: expected.length })]);
+    expect((await listKeys(s.repo)).filter((k) => k.startsWith('cluster=main/wal/')).sort()).toEqual(walKeys.filter((k) => !expected.includes(k)).sort());
+    expect(await fsp.access(path.join(s.repo, manifestKey!)).then(() => true)).toBe(true);
+  });
+
   it.runIf(kind === 'file')('without a target, replays the whole archive: all rows', async () => {
     const to = path.join(shared, `${kind}-end`);
     const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', s.repo, '--identity', s.identity, '--to-dir', to, '--verify', '--smoke', 'SELECT count(*) FROM t', '--json'], s.env);

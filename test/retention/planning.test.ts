@@ -5,7 +5,7 @@ import { UsageError } from '../../src/errors.js';
 import { chooseTier } from '../../src/retention/tiers.js';
 import { parseRetentionPeriod, parseRetentionPolicy, retainUntil } from '../../src/retention/policy.js';
 import { canonicalRule, conflictingRules, desiredRules, isCofferRuleFor, objectLockDrift, planLifecycle } from '../../src/retention/lifecycle.js';
-import { groupRuns, planPrune } from '../../src/retention/prune.js';
+import { groupRuns, planPrune, planWalPrune } from '../../src/retention/prune.js';
 import { compactTimestamp, type Tier } from '../../src/catalog/layout.js';
 
 const DEFAULT = parseRetentionPolicy({});
@@ -172,5 +172,44 @@ describe('prune planning', () => {
 
   it('refuses minKeep below 1', () => {
     expect(() => planPrune([], DEFAULT, 0, now)).toThrow(RangeError);
+  });
+
+  it('physical backups: grouped per cluster (apart from a database of the same name), their tier rule and minKeep', () => {
+    const phys = (cluster: string, tier: Tier, id: string): string[] => [`cluster=${cluster}/${tier}/${id}.base.tar.zst.age`, `cluster=${cluster}/${tier}/${id}.attach-1.age`, `cluster=${cluster}/${tier}/${id}.manifest.json`];
+    const keys = [...[20, 30, 40].flatMap((n) => phys('main', 'daily', daysAgo(n))), ...phys('main', 'monthly', daysAgo(20)), ...run('main', 'daily', daysAgo(50))];
+    const plan = planPrune(groupRuns(keys, () => true), DEFAULT, 1, now);
+    const decided = plan.decisions.map((d) => `${d.cluster ?? '-'} ${d.database || '-'} ${d.tier} ${d.id} ${d.action}`);
+    expect(decided.sort()).toEqual(
+      [`- main daily ${daysAgo(50)} keep`, `main - daily ${daysAgo(20)} keep`, `main - monthly ${daysAgo(20)} keep`, `main - daily ${daysAgo(30)} delete`, `main - daily ${daysAgo(40)} delete`].sort(),
+    );
+    // Each backup whole, manifest first (it disappears from list at once), then its other objects.
+    const whole = (id: string) => [`cluster=main/daily/${id}.manifest.json`, `cluster=main/daily/${id}.attach-1.age`, `cluster=main/daily/${id}.base.tar.zst.age`];
+    expect(plan.deleteKeys).toEqual([...whole(daysAgo(30)), ...whole(daysAgo(40))]);
+  });
+});
+
+describe('planWalPrune', () => {
+  const now = new Date('2026-11-26T12:00:00Z');
+  const at = (days: number) => new Date(now.getTime() - days * 86_400_000);
+  const key = (cluster: string, file: string) => `cluster=${cluster}/wal/${file}.${'ab'.repeat(32)}.zst.age`;
+  it('deletes WAL older than the window that sorts before the oldest kept base backup start; keeps history files, the window and other clusters by their own rule', () => {
+    const objects = [
+      { key: key('main', '000000010000000000000001'), lastModified: at(40) }, // old, before start: goes
+      { key: key('main', '000000010000000000000002.00000028.backup'), lastModified: at(40) }, // old, before start: goes
+      { key: key('main', '000000010000000000000003'), lastModified: at(40) }, // old, but the kept backup starts here: stays
+      { key: key('main', '000000010000000000000004'), lastModified: at(40) }, // old, after start: stays
+      { key: key('main', '000000010000000000000002'), lastModified: at(3) }, // before start, but inside the window: stays
+      { key: key('main', '00000002.history'), lastModified: at(400) }, // history: stays
+      { key: key('main', '000000020000000000000001'), lastModified: at(40) }, // a later timeline sorts after the start: stays
+      { key: key('other', '000000010000000000000009'), lastModified: at(40) }, // no kept base backup: age alone
+      { key: key('other', '00000001000000000000000A'), lastModified: at(1) },
+      { key: 'cluster=main/wal/notes.txt', lastModified: at(400) }, // not coffer's: never
+    ];
+    const plan = planWalPrune(objects, new Map([['main', '000000010000000000000003']]), 14, now);
+    expect(plan.deleteKeys).toEqual([key('main', '000000010000000000000001'), key('main', '000000010000000000000002.00000028.backup'), key('other', '000000010000000000000009')]);
+    expect(plan.clusters).toEqual([
+      { cluster: 'main', keepFrom: '000000010000000000000003', deleted: 2, kept: 5 },
+      { cluster: 'other', keepFrom: null, deleted: 1, kept: 1 },
+    ]);
   });
 });

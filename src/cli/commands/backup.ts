@@ -33,7 +33,7 @@ export const options = {
   keepManual: value('--keep-manual <period>', 'retention of manual backups (object lock), e.g. 90d', period, { default: DEFAULT_KEEP.manual }),
   allDatabases: flag('--all-databases', 'back up every connectable non-template database (postgres only if it holds user objects)'),
   wait: value('--wait <duration>', 'if another run holds the lock, wait up to this long (default: exit 6 at once)', duration),
-  lockDir: value('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer or TMPDIR/coffer-locks-<uid>)', text),
+  lockDir: value('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer-<uid> or TMPDIR/coffer-locks-<uid>)', text),
   metricsFile: value('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run', text),
   notify: value('--notify <url>', 'healthchecks.io-style ping URL: URL/start, URL on success, URL/fail on failure', url),
   webhook: value('--webhook <url>', 'POST a JSON summary here per database, on success and on failure', url),

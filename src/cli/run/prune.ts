@@ -4,7 +4,10 @@ import type { Values } from '../../config/options.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
-import { groupRuns, planPrune, type PrunePlan } from '../../retention/prune.js';
+import { groupRuns, planPrune, planWalPrune, type PrunePlan, type WalPruneObject } from '../../retention/prune.js';
+import { parseClusterKey, parseWalKey } from '../../catalog/cluster-layout.js';
+import { MANIFEST_SUFFIX } from '../../catalog/layout.js';
+import { decodePhysicalManifest, type PhysicalManifest } from '../../catalog/physical-manifest.js';
 import type { CliContext } from '../context.js';
 import { retentionPolicy } from '../option-groups.js';
 import type { options } from '../commands/prune.js';
@@ -18,7 +21,8 @@ export const STALE_TEMP_AGE_MS = 24 * 3600 * 1000;
 /**
  * `coffer prune --from DIR`: applies the retention policy to a local repository (S3 buckets
  * expire by their lifecycle rules, set by `coffer init`). Only keys in coffer's layout are
- * considered; the newest `--min-keep` good backups per database are always kept. Prints one
+ * considered; the newest `--min-keep` good backups per database (and per cluster) are always
+ * kept. Archived WAL expires after `--keep-wal`, except what the oldest kept base backup needs. Prints one
  * line per deleted key (`delete <key>`; with `--dry-run` the same lines, nothing deleted).
  * Temporaries left by killed runs (`.coffer-tmp-*`, untouched for a day) are removed too and
  * reported (`delete-temporary <path>`): no other command would ever see them.
@@ -36,30 +40,59 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
   const store: ObjectStore = fsStore;
   try {
     const keys: string[] = [];
-    for await (const o of store.list('', { signal: ctx.signal })) keys.push(o.key);
+    const wal: WalPruneObject[] = [];
+    for await (const o of store.list('', { signal: ctx.signal })) {
+      keys.push(o.key);
+      if (parseWalKey(o.key)) wal.push({ key: o.key, lastModified: o.lastModified });
+    }
     const present = new Set(keys);
-    // A backup is good when its manifest reads, names this run, and its dump is there.
+    // A backup is good when its manifest reads, names this run, and its dump (or archive and
+    // attachments) is there.
     const good = new Map<string, boolean>();
+    const physical = new Map<string, PhysicalManifest>();
     for (const k of keys) {
-      if (!k.endsWith('.manifest.json')) continue;
+      if (!k.endsWith(MANIFEST_SUFFIX)) continue;
       try {
-        const m = decodeManifest(await store.getBytes(k, { signal: ctx.signal }), k);
-        good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
+        const bytes = await store.getBytes(k, { signal: ctx.signal });
+        if (parseClusterKey(k)) {
+          const m = decodePhysicalManifest(bytes, k);
+          const whole = k.includes(`/${m.id}.`) && [m.archive, ...m.attachments].every((o) => present.has(o.key));
+          good.set(k, whole);
+          if (whole) physical.set(k, m);
+        } else {
+          const m = decodeManifest(bytes, k);
+          good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
+        }
       } catch {
         good.set(k, false);
       }
     }
-    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true), policy, minKeep, new Date());
+    const now = new Date();
+    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true), policy, minKeep, now);
+    // Archived WAL: what the oldest base backup that stays needs, and the --keep-wal window.
+    const keepFrom = new Map<string, string>();
+    for (const d of plan.decisions) {
+      const start = d.action === 'keep' && d.cluster !== undefined ? physical.get(d.keys[0]!)?.wal?.startSegment : undefined;
+      if (start === undefined) continue;
+      const was = keepFrom.get(d.cluster!);
+      if (was === undefined || start < was) keepFrom.set(d.cluster!, start);
+    }
+    const walPlan = planWalPrune(wal, keepFrom, flags.keepWal, now);
     const dry = flags.dryRun === true;
     for (const d of plan.decisions) {
-      ctx.log.info(`${d.action === 'delete' ? (dry ? 'would delete' : 'deleting') : 'keeping'} ${d.database} ${d.tier} ${d.id}: ${d.reason}`, {
-        database: d.database,
+      ctx.log.info(`${d.action === 'delete' ? (dry ? 'would delete' : 'deleting') : 'keeping'} ${d.cluster !== undefined ? `cluster ${d.cluster}` : d.database} ${d.tier} ${d.id}: ${d.reason}`, {
+        ...(d.cluster !== undefined ? { cluster: d.cluster } : { database: d.database }),
         tier: d.tier,
         id: d.id,
       });
     }
+    for (const c of walPlan.clusters) {
+      ctx.log.info(`archived WAL of cluster ${c.cluster}: ${dry ? 'would delete' : 'deleting'} ${c.deleted}, keeping ${c.kept} (${c.keepFrom ? `from ${c.keepFrom}, the oldest kept base backup's start,` : 'no base backup kept:'} and the last ${flags.keepWal} days)`, {
+        cluster: c.cluster,
+      });
+    }
     const done: string[] = [];
-    for (const key of plan.deleteKeys) {
+    for (const key of [...plan.deleteKeys, ...walPlan.deleteKeys]) {
       if (!dry) await store.delete(key);
       done.push(key);
       if (!flags.json) ctx.stdout(`delete ${key}\n`);
@@ -70,11 +103,12 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
       if (!dry) await fsStore.removeTemporary(t.path);
       if (!flags.json) ctx.stdout(`delete-temporary ${t.path}\n`);
     }
-    if (flags.json) ctx.stdout(`${JSON.stringify({ dryRun: dry, deleted: done, temporaries: temporaries.map((t) => t.path), decisions: plan.decisions }, null, 2)}\n`);
+    if (flags.json) ctx.stdout(`${JSON.stringify({ dryRun: dry, deleted: done, temporaries: temporaries.map((t) => t.path), decisions: plan.decisions, wal: walPlan.clusters }, null, 2)}\n`);
     ctx.log.info(dry ? 'prune planned (dry run: nothing deleted)' : 'prune done', {
       backups: plan.decisions.length,
       deleteBackups: plan.decisions.filter((d) => d.action === 'delete').length,
       deleteKeys: plan.deleteKeys.length,
+      deleteWal: walPlan.deleteKeys.length,
       temporaries: temporaries.length,
     });
     return plan;
