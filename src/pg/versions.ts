@@ -11,6 +11,14 @@ import { clientVersion, serverMajor } from './server.js';
 import type { PgAdmin } from './admin.js';
 import type { PgTools } from './tools.js';
 
+/**
+ * A version refusal (exit 2, like any usage error). It is decided on authenticated bytes (the
+ * manifest, the archive's first age chunk), so it stands even when the rest of a stream that
+ * this pg_restore cannot read would fail the archive check meanwhile (a newer format is not
+ * damage).
+ */
+export class VersionError extends UsageError {}
+
 export interface LocalVersions {
   /** `pg_restore --version`'s first line and its major version (custom archives only). */
   pgRestore?: { text: string; major: number };
@@ -36,13 +44,13 @@ export async function localVersions(tools: PgTools, admin: PgAdmin, withPgRestor
 
 function pgRestoreTooOld(what: string, minor: number, local: NonNullable<LocalVersions['pgRestore']>): UsageError {
   const need = pgMajorReading(minor);
-  return new UsageError(`${what} is archive format 1.${minor}, which the local pg_restore ${local.major} cannot read (it reads up to 1.${archiveMinorOf(local.major)}) [${local.text}]`, {
+  return new VersionError(`${what} is archive format 1.${minor}, which the local pg_restore ${local.major} cannot read (it reads up to 1.${archiveMinorOf(local.major)}) [${local.text}]`, {
     hint: `use pg_restore ${need} or newer: install postgresql-client-${need} and pass --pg-bin /usr/lib/postgresql/${need}/bin (or --pg-restore-command)`,
   });
 }
 
 function serverTooOld(what: string, sourceVersion: string, sourceMajor: number, local: LocalVersions['server']): UsageError {
-  return new UsageError(`${what} comes from PostgreSQL ${sourceVersion}; the target server runs PostgreSQL ${local.text}, which is older (a dump does not restore into an older major version)`, {
+  return new VersionError(`${what} comes from PostgreSQL ${sourceVersion}; the target server runs PostgreSQL ${local.text}, which is older (a dump does not restore into an older major version)`, {
     hint: `restore into a PostgreSQL ${sourceMajor} or newer server (--dbname), or upgrade the target server`,
   });
 }
@@ -55,14 +63,14 @@ export function checkManifestVersions(m: BackupManifest, local: LocalVersions): 
   const dumpMajor = majorOf(m.postgres.pgDumpVersion.replace(/^\D*/, ''));
   if (m.kind === 'custom' && local.pgRestore && Number.isFinite(dumpMajor)) {
     const minor = archiveMinorOf(dumpMajor);
-    if (minor > archiveMinorOf(local.pgRestore.major)) throw pgRestoreTooOld(`${what} (pg_dump ${m.postgres.pgDumpVersion})`, minor, local.pgRestore);
+    if (minor > archiveMinorOf(local.pgRestore.major)) throw pgRestoreTooOld(`${what} (pg_dump ${m.postgres.pgDumpVersion.replace(/^pg_dump \(PostgreSQL\)\s*/, '')})`, minor, local.pgRestore);
   }
 }
 
 /** At the head of the stream: the archive header's format version and source server version. */
 export function checkArchiveHeader(h: ArchiveHeader, local: LocalVersions, what: string): void {
   if (local.pgRestore && (h.version[0] > 1 || h.version[1] > archiveMinorOf(local.pgRestore.major))) {
-    if (h.version[0] > 1) throw new UsageError(`${what} is archive format ${h.versionText}, which no known pg_restore reads`, { hint: 'use the pg_restore of the PostgreSQL version that wrote it' });
+    if (h.version[0] > 1) throw new VersionError(`${what} is archive format ${h.versionText}, which no known pg_restore reads`, { hint: 'use the pg_restore of the PostgreSQL version that wrote it' });
     throw pgRestoreTooOld(`${what}${h.pgDumpVersion ? ` (pg_dump ${h.pgDumpVersion})` : ''}`, h.version[1], local.pgRestore);
   }
   const sourceMajor = h.serverVersion ? majorOf(h.serverVersion) : Number.NaN;

@@ -13,7 +13,7 @@ import { tableNames, smokeQuery, tableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
 import { runSqlFile, spawnPsqlScript } from '../pg/psql.js';
 import { decodeToc } from '../pg/archive-toc.js';
-import { checkArchiveHeader, checkManifestVersions, localVersions } from '../pg/versions.js';
+import { checkArchiveHeader, checkManifestVersions, localVersions, VersionError } from '../pg/versions.js';
 import { clientVersion } from '../pg/server.js';
 import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
 import type { PgTools } from '../pg/tools.js';
@@ -195,6 +195,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
+    // A version refusal is the cause even when the archive check, which cannot follow a newer format, failed meanwhile.
+    if (err instanceof VersionError) throw err;
     throw explainExcludedData(req.source, explainRestoreError(sup.cause(), req));
   } finally {
     await sup.teardown();
