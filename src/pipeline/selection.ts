@@ -203,6 +203,9 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
         }
       }
     }
+    // A sequence pulled in as a prerequisite (a default's nextval) keeps its value: without its
+    // SEQUENCE SET it would start again at 1 and hand out numbers the restored rows hold.
+    for (const e of toc) if (e.desc === 'SEQUENCE SET' && !gone.has(e.dumpId) && e.deps.length > 0 && e.deps.every((d) => chosen.has(d))) chosen.add(e.dumpId);
     for (const e of toc) if (SPECIAL.has(e.desc)) chosen.add(e.dumpId);
   }
 
