@@ -38,8 +38,9 @@ const LISTED = new Set(['TABLE', 'TABLE DATA', 'MATERIALIZED VIEW DATA', 'ENCODI
 
 export async function showArchive(req: SourceRequest & { signal: AbortSignal; env: NodeJS.ProcessEnv; tocOnly: boolean }): Promise<ArchiveContents> {
   const sup = new Supervisor(req.signal);
+  const stop = new AbortController();
   return sup.run(async () => {
-    const opened = await openSource(req, sup, req.env);
+    const opened = await openSource({ ...req, stopDownload: stop.signal }, sup, req.env);
     if (opened.format !== 'custom') {
       throw new UsageError('show lists the contents of custom-format archives; this backup is plain SQL (a schema-only or data-only backup)', { hint: 'coffer restore --output FILE writes it; it is SQL text' });
     }
@@ -53,6 +54,8 @@ export async function showArchive(req: SourceRequest & { signal: AbortSignal; en
       const layout = opened.layout();
       if (layout) sizes = dataBlockSizes(layout);
     } else {
+      // The head is all --toc-only needs: stop the download (not a failure, nothing to resume).
+      stop.abort();
       opened.archive.destroy();
     }
     const stats = opened.stats();
