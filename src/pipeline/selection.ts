@@ -15,7 +15,8 @@
  * definitions it needs that hold no rows (its schema, types, functions, non-owned sequences,
  * extensions). A foreign key to a table not restored is left out (it could not be created
  * without that table's rows) and logged. A selected relation that needs another relation (a
- * view on a table, a partition of a parent) that is not selected is refused: select both.
+ * view on a table, a partition of a parent, an owned sequence its table) that is not selected is
+ * refused: select both.
  * An excluded relation takes with it everything that depends on it (logged).
  * `--list-file` is exact: the entries listed, nothing added, in archive order (a streamed
  * archive cannot be read out of order).
@@ -184,10 +185,10 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
         for (const d of e.deps) {
           const dep = byId.get(d);
           if (!dep || chosen.has(d)) continue; // not in the archive (system objects): nothing to do
-          // A sequence's dependency on its owning table is OWNED BY's, not its creation's.
-          if (e.desc === 'SEQUENCE' && HOLDS_ROWS.has(dep.desc)) continue;
           if (RELATION_BOUND.has(dep.desc) || gone.has(d) || (dep.desc === 'SEQUENCE' && dep.deps.some((x) => HOLDS_ROWS.has(byId.get(x)?.desc ?? '')))) {
-            if (required(e) && HOLDS_ROWS.has(e.desc)) {
+            // A selected relation that needs another (a view its tables, a partition its parent, an
+            // owned or identity sequence its table) is refused rather than silently dropped.
+            if (required(e) && RELATION_KINDS.has(e.desc)) {
               throw new UsageError(`${what(e)} needs ${what(dep)}, which is not selected`, {
                 hint: spec.tables.length > 0 ? `select it too (--table ${JSON.stringify(dep.tag)}), or leave ${JSON.stringify(e.tag)} out` : `select its schema too (--schema ${JSON.stringify(dep.namespace)}), or leave ${JSON.stringify(e.tag)} out (--exclude-table)`,
               });

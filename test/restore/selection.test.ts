@@ -29,7 +29,9 @@ const itemsDefault = e('DEFAULT', 'sales', 'items code', [items, fn]);
 const parentPk = e('CONSTRAINT', 'sales', 'orders orders_pkey', [parent]);
 const fk = e('FK CONSTRAINT', 'sales', 'items items_order_fkey', [items, parentPk]);
 const sharedSet = e('SEQUENCE SET', 'sales', 'shared_seq', [shared]);
-const TOC = [enc, sales, fn, shared, parent, part, attach, partData, items, itemsData, itemsDefault, parentPk, fk, sharedSet];
+const ownedSeq = e('SEQUENCE', 'sales', 'orders_id_seq', [sales, parent]);
+const ownedBy = e('SEQUENCE OWNED BY', 'sales', 'orders_id_seq', [ownedSeq]);
+const TOC = [enc, sales, fn, shared, parent, part, attach, partData, items, itemsData, itemsDefault, parentPk, fk, sharedSet, ownedSeq, ownedBy];
 
 const spec = (s: Partial<SelectionSpec>): SelectionSpec => ({ tables: [], schemas: [], excludeTables: [], ...s });
 const ids = (xs: TocObject[]): number[] => xs.map((x) => x.dumpId).sort((a, b) => a - b);
@@ -47,14 +49,16 @@ describe('selectEntries', () => {
 
   it('a partition without its parent is refused; with it, the attach and the data come along', () => {
     expect(() => selectEntries(TOC, spec({ tables: ['orders_2024'] }))).toThrow(/^TABLE sales\.orders_2024 needs TABLE sales\.orders, which is not selected$/);
+    // An owned sequence alone: its creation (identity) or OWNED BY needs its table.
+    expect(() => selectEntries(TOC, spec({ tables: ['orders_id_seq'] }))).toThrow(/^SEQUENCE sales\.orders_id_seq needs TABLE sales\.orders, which is not selected$/);
     const s = selectEntries(TOC, spec({ tables: ['orders', 'orders_2024'] }));
-    expect(s.ids).toEqual(expect.arrayContaining(ids([parent, part, attach, partData, parentPk])));
+    expect(s.ids).toEqual(expect.arrayContaining(ids([parent, part, attach, partData, parentPk, ownedSeq, ownedBy])));
     expect(s.ids).not.toContain(items.dumpId);
   });
 
   it('--exclude-table takes what depends on it; --schema with --table narrows; names are exact', () => {
     const s = selectEntries(TOC, spec({ excludeTables: ['orders'] }));
-    for (const gone of [parent, part, attach, partData, parentPk, fk]) expect(s.ids).not.toContain(gone.dumpId);
+    for (const gone of [parent, part, attach, partData, parentPk, fk, ownedSeq, ownedBy]) expect(s.ids).not.toContain(gone.dumpId);
     expect(s.ids).toEqual(expect.arrayContaining(ids([items, itemsData, itemsDefault, shared, sharedSet, fn])));
     expect(() => selectEntries(TOC, spec({ tables: ['Items'] }))).toThrow(UsageError);
     expect(() => selectEntries(TOC, spec({ tables: ['sales.items'] }))).toThrow(/--table "sales\.items" matches no table/);
