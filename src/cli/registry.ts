@@ -6,6 +6,7 @@ import { backup } from './commands/backup.js';
 import { list } from './commands/list.js';
 import { status } from './commands/status.js';
 import { drill, restore, verify } from './commands/restore.js';
+import { show } from './commands/show.js';
 import { init } from './commands/init.js';
 import { retentionCheck } from './commands/retention.js';
 import { prune } from './commands/prune.js';
@@ -24,7 +25,7 @@ import { walFetchCommand, walPushCommand } from './commands/wal.js';
  */
 
 /** The commands, in the order `coffer --help` lists them. */
-export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
+export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, show, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
 
 /** Commands that only group subcommands (`retention check`). */
 export const GROUPS: Readonly<Record<string, string>> = {

@@ -87,7 +87,7 @@ export function value<T>(flags: string, help: string, parser: Parser<T>, extras:
 }
 
 /** A repeatable option (`--db a --db b`); empty unless set. A flag list replaces a configured one. */
-export function list<T>(flags: string, help: string, parser: Parser<T>, extras?: Pick<ValueExtras, 'aliases'>): OptionDecl<T[]> {
+export function list<T>(flags: string, help: string, parser: Parser<T>, extras?: Pick<ValueExtras, 'aliases' | 'configurable'>): OptionDecl<T[]> {
   return { kind: 'list', flags, help, parser, ...extras };
 }
 

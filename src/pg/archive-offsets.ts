@@ -110,8 +110,38 @@ export interface DatabaseTocEntry {
   owner: string;
 }
 
+/**
+ * One entry of a custom archive's table of contents, as read from the stream: what `pg_restore
+ * --list` prints, plus the dependencies (dump ids) and whether it announces a data block.
+ * Strings hold the archive's bytes one per character (latin1): see {@link DatabaseTocEntry}.
+ */
+export interface ArchiveTocEntry {
+  dumpId: number;
+  desc: string;
+  tag: string;
+  /** The schema ('' for objects outside one: schemas, extensions, the database). */
+  namespace: string;
+  owner: string;
+  deps: number[];
+  /** 1 data offset not set, 2 set, 3 no data. */
+  dataState: number;
+}
+
+/** The header's strings: the database name and the versions of the server and of pg_dump. */
+export interface ArchiveHeaderStrings {
+  dbname: string;
+  serverVersion: string;
+  pgDumpVersion: string;
+}
+
 /** Longest tag/desc/owner/defn string kept for a database entry; longer ones are not captured. */
 const MAX_CAPTURE = 4 * 1024 * 1024;
+
+type CaptureField = 'tag' | 'desc' | 'defn' | 'owner' | 'namespace' | 'dep' | 'head';
+
+function emptyEntry(): Record<CaptureField, string> {
+  return { tag: '', desc: '', defn: '', owner: '', namespace: '', dep: '', head: '' };
+}
 
 /** Whether an entry with this desc and tag is about the database itself. */
 export function isDatabaseEntry(desc: string, tag: string): boolean {
@@ -145,11 +175,26 @@ export class ArchiveOffsetScanner {
   private readonly toc: TocOffset[] = [];
   private readonly blocks = new Map<number, number>();
   /** The string field being captured (instead of skipped), and its bytes so far. */
-  private capField: 'tag' | 'desc' | 'defn' | 'owner' | undefined;
+  private capField: CaptureField | undefined;
   private capBuf: Buffer[] = [];
-  private entry: { tag: string; desc: string; defn: string; owner: string } = { tag: '', desc: '', defn: '', owner: '' };
+  private entry: Record<CaptureField, string> = emptyEntry();
+  private deps: number[] = [];
   private readonly dbEntries: DatabaseTocEntry[] = [];
+  private readonly allEntries: ArchiveTocEntry[] = [];
+  private readonly headStrings: string[] = [];
   private tocEnd = -1;
+
+  /** Every TOC entry, in TOC order (complete once {@link tocComplete}). */
+  entries(): ArchiveTocEntry[] {
+    return this.allEntries;
+  }
+
+  /** The header's database name and versions (once the header was read). */
+  headerStrings(): ArchiveHeaderStrings | undefined {
+    if (this.headStrings.length < 3) return undefined;
+    const [dbname, serverVersion, pgDumpVersion] = this.headStrings as [string, string, string];
+    return { dbname, serverVersion, pgDumpVersion };
+  }
 
   /** The entries about the database itself, in TOC order (complete once {@link tocComplete}). */
   databaseEntries(): DatabaseTocEntry[] {
@@ -256,10 +301,11 @@ export class ArchiveOffsetScanner {
    * A string's length int: skip its bytes (NULL = -1 has none), or keep them as the current
    * entry's `capture` field. Returns false for NULL.
    */
-  private str(b: Uint8Array, o: number, capture?: 'tag' | 'desc' | 'defn' | 'owner'): boolean {
+  private str(b: Uint8Array, o: number, capture?: CaptureField): boolean {
     const len = this.int(b, o);
     if (capture) this.entry[capture] = '';
     if (len === -1) return false;
+    if (len === 0 && capture) this.captured0(capture);
     if (!(len >= 0 && len <= MAX_STR)) {
       this.fail('bad string length');
       return false;
@@ -267,6 +313,7 @@ export class ArchiveOffsetScanner {
     this.skip = len;
     if (capture && len > 0 && len <= MAX_CAPTURE) {
       this.capField = capture;
+      this.lastCapture = capture;
       this.capBuf = [];
     }
     return true;
@@ -274,9 +321,21 @@ export class ArchiveOffsetScanner {
 
   private captured(): void {
     // latin1 keeps every byte as one character: the text is in the archive's client encoding.
-    this.entry[this.capField!] = Buffer.concat(this.capBuf).toString('latin1');
+    const text = Buffer.concat(this.capBuf).toString('latin1');
     this.capField = undefined;
     this.capBuf = [];
+    this.captured0(this.lastCapture!, text);
+  }
+
+  private lastCapture: CaptureField | undefined;
+
+  /** A captured string's text (an empty string has no bytes to gather). */
+  private captured0(field: CaptureField, text = ''): void {
+    if (field === 'dep') {
+      const id = Number(text);
+      if (Number.isInteger(id) && id > 0) this.deps.push(id);
+    } else if (field === 'head') this.headStrings.push(text);
+    else this.entry[field] = text;
   }
 
   /** Whether the entry being read is about the database (its desc and tag are known). */
@@ -323,7 +382,7 @@ export class ArchiveOffsetScanner {
         }
         return;
       case S_HEAD_STR:
-        this.str(b, o);
+        if (!this.str(b, o, 'head')) this.headStrings.push('');
         if (--this.count === 0) this.go(S_TOC_COUNT);
         return;
       case S_TOC_COUNT: {
@@ -340,7 +399,8 @@ export class ArchiveOffsetScanner {
       }
       case S_E_HADDUMPER:
         this.count = 4;
-        this.entry = { tag: '', desc: '', defn: '', owner: '' };
+        this.entry = emptyEntry();
+        this.deps = [];
         return this.go(S_E_STR_A);
       case S_E_STR_A:
         // tableoid, oid, tag, desc
@@ -352,7 +412,7 @@ export class ArchiveOffsetScanner {
         return this.go(S_E_STR_B);
       case S_E_STR_B:
         // defn, dropStmt, copyStmt, namespace, tablespace, tableam
-        this.str(b, o, this.count === 6 && this.databaseEntry() ? 'defn' : undefined);
+        this.str(b, o, this.count === 6 && this.databaseEntry() ? 'defn' : this.count === 3 ? 'namespace' : undefined);
         if (--this.count === 0) {
           if (this.minor >= 16) this.go(S_E_RELKIND);
           else {
@@ -366,11 +426,11 @@ export class ArchiveOffsetScanner {
         return this.go(S_E_STR_C);
       case S_E_STR_C:
         // owner, with-oids
-        this.str(b, o, this.count === 2 && this.databaseEntry() ? 'owner' : undefined);
+        this.str(b, o, this.count === 2 ? 'owner' : undefined);
         if (--this.count === 0) this.go(S_E_DEP);
         return;
       case S_E_DEP:
-        if (!this.str(b, o) && this.failure === undefined) this.go(S_E_OFFSET, OFFSET_FIELD_LEN);
+        if (!this.str(b, o, 'dep') && this.failure === undefined) this.go(S_E_OFFSET, OFFSET_FIELD_LEN);
         return;
       case S_E_OFFSET: {
         const state = b[o]!;
@@ -379,7 +439,9 @@ export class ArchiveOffsetScanner {
         const hi = b[o + 5]! + b[o + 6]! * 0x100 + b[o + 7]! * 0x10000 + b[o + 8]! * 0x1000000;
         if (hi >= 0x200000) return this.fail('data offset beyond 2^53');
         this.toc.push({ dumpId: this.dumpId, field: at, state, offset: hi * 0x100000000 + lo });
-        if (this.databaseEntry()) this.dbEntries.push({ dumpId: this.dumpId, ...this.entry });
+        const { tag, desc, defn, owner, namespace } = this.entry;
+        if (this.databaseEntry()) this.dbEntries.push({ dumpId: this.dumpId, desc, tag, defn, owner });
+        this.allEntries.push({ dumpId: this.dumpId, desc, tag, namespace, owner, deps: this.deps, dataState: state });
         return this.startEntry();
       }
       case S_BLOCK_TYPE: {

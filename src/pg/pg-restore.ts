@@ -14,19 +14,28 @@ import type { PgTools } from './tools.js';
 export interface RestoreFlags {
   noOwner: boolean;
   noPrivileges: boolean;
+  /** A selective restore: only the entries of this pg_restore -L list (in archive order). */
+  listFile?: string;
 }
 
 /** Stop at the first error, never prompt for a password, and leave out what was asked. */
 export function restoreFlags(flags: RestoreFlags): string[] {
-  return ['--exit-on-error', '--no-password', ...(flags.noOwner ? ['--no-owner'] : []), ...(flags.noPrivileges ? ['--no-privileges'] : [])];
+  return [
+    '--exit-on-error',
+    '--no-password',
+    ...(flags.noOwner ? ['--no-owner'] : []),
+    ...(flags.noPrivileges ? ['--no-privileges'] : []),
+    ...(flags.listFile !== undefined ? [`--use-list=${flags.listFile}`] : []),
+  ];
 }
 
 /**
  * `pg_restore --list` reading an archive the caller writes to its stdin; its stdout is the
- * table of contents. It reads the archive only: no connection, no credentials.
+ * table of contents (with `listFile`, only the entries of that -L list: what a selective restore
+ * restores). It reads the archive only: no connection, no credentials.
  */
-export function spawnTocList(sup: Supervisor, tools: Pick<PgTools, 'pgRestore'>, env: NodeJS.ProcessEnv): Child {
-  return sup.spawn({ argv: [...tools.pgRestore, '--list'], stdin: 'pipe', env: toolEnv(env), what: 'pg_restore --list' });
+export function spawnTocList(sup: Supervisor, tools: Pick<PgTools, 'pgRestore'>, env: NodeJS.ProcessEnv, listFile?: string): Child {
+  return sup.spawn({ argv: [...tools.pgRestore, '--list', ...(listFile !== undefined ? [`--use-list=${listFile}`] : [])], stdin: 'pipe', env: toolEnv(env), what: 'pg_restore --list' });
 }
 
 /** pg_restore into `target.database`, from the archive the caller writes to its stdin. */

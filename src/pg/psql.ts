@@ -136,3 +136,23 @@ export class PsqlSession {
     await this.sup.teardown();
   }
 }
+
+/**
+ * Runs a user's SQL file (`restore --sanitize`) in `target.database`: one transaction, stopping
+ * at the first error. The error names the file and PostgreSQL's message (with psql's line number).
+ */
+export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget, file: string, opts: { what: string; signal?: AbortSignal }): Promise<void> {
+  const argv = [...tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--single-transaction', '--no-password', '-d', conninfoFor(target.conn, target.database), '-f', file];
+  await runChild(argv, {
+    env: libpqEnv(target.conn, target.env),
+    signal: opts.signal,
+    what: opts.what,
+    explain: (f) => {
+      const lines = f.stderr.text().split('\n').map((l) => l.trim()).filter(Boolean);
+      const error = lines.find((l) => /\b(ERROR|FATAL):/.test(l)) ?? lines.at(-1) ?? `exit ${f.code ?? f.signal}`;
+      // psql:/path/file.sql:3: ERROR:  … → line 3: ERROR: …
+      const short = error.replace(/^psql:.*?:(\d+): /, 'line $1: ').replace(/\s+/g, ' ');
+      return new DatabaseError(`${opts.what} failed: ${short}`, { hint: 'fix the SQL and restore again; nothing was put under the target name' });
+    },
+  });
+}

@@ -3,7 +3,8 @@ import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { ArchiveOffsetScanner, missingDataBlocks, type DatabaseTocEntry } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
+import { parseArchiveHeader, type ArchiveHeader } from '../pg/archive-toc.js';
 import { missingTool } from '../pg/tools.js';
 import { isAbortEcho } from '../run/abort.js';
 import { toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
@@ -53,6 +54,15 @@ export interface OpenedArchive {
    * read in the stream. `undefined` for plain SQL.
    */
   databaseEntries(): Promise<DatabaseTocEntry[] | undefined>;
+  /** A custom archive's header (version bytes, server and pg_dump versions) from its first bytes; `undefined` for plain SQL. */
+  header: ArchiveHeader | undefined;
+  /**
+   * A custom archive's whole table of contents: reads the archive up to its end, keeping what
+   * it read in the stream. `undefined` for plain SQL; IntegrityError when it cannot be read.
+   */
+  tocEntries(): Promise<ArchiveTocEntry[] | undefined>;
+  /** Where each data block lies: known once the archive was read to its end (custom archives only). */
+  layout(): ArchiveLayout | undefined;
 }
 
 export type ArchiveFormat = 'custom' | 'sql' | 'tar';
@@ -191,7 +201,17 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     await readAhead(checked, () => check.tocRead);
     return check.databaseEntries();
   };
-  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries };
+  const tocEntries = async (): Promise<ArchiveTocEntry[] | undefined> => {
+    if (format !== 'custom') return undefined;
+    await readAhead(checked, () => check.tocRead);
+    const entries = check.tocEntries();
+    if (entries === undefined) {
+      throw new IntegrityError(`the archive's table of contents cannot be read (${check.scanFailure() ?? 'it ends early'})`, { hint: 'use another backup' });
+    }
+    return entries;
+  };
+  const header = format === 'custom' ? parseArchiveHeader(head) : undefined;
+  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, header, tocEntries, layout: () => check.layout() };
 }
 
 /**
@@ -218,6 +238,24 @@ export class ArchiveCheck {
     return this.scanner?.databaseEntries() ?? [];
   }
 
+  /** Every TOC entry, once the table of contents was read whole; undefined if it could not be. */
+  tocEntries(): ArchiveTocEntry[] | undefined {
+    return this.scanner && this.scanner.tocComplete && !this.scanner.failed ? this.scanner.entries() : undefined;
+  }
+
+  /** Why the scan stopped (bad input), if it did. */
+  scanFailure(): string | undefined {
+    const r = this.scanner?.failed ? this.scanner.end() : undefined;
+    return r && !r.ok ? r.reason : undefined;
+  }
+
+  private scanned: ArchiveLayout | undefined;
+
+  /** The data blocks' places, after {@link end} found the archive whole. */
+  layout(): ArchiveLayout | undefined {
+    return this.scanned;
+  }
+
   push(chunk: Buffer): void {
     if (this.format === undefined) {
       // openArchive reads ahead at least a tar block before the first push
@@ -239,6 +277,7 @@ export class ArchiveCheck {
     if (this.scanner) {
       const scan = this.scanner.end();
       if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
+      this.scanned = scan.layout;
       const missing = missingDataBlocks(scan.layout);
       if (missing.length > 0) return damaged(`the custom archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`);
     } else if (this.format === 'tar') {

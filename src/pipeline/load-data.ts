@@ -6,6 +6,7 @@ import { PgAdmin } from '../pg/admin.js';
 import type { ConnectionSpec } from '../pg/connection.js';
 import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
+import { checkManifestVersions, localVersions } from '../pg/versions.js';
 import { Supervisor, type ChildFailure } from '../run/supervisor.js';
 import { FanOut } from './fanout.js';
 import { openSource, type RestoreSource } from './restore-source.js';
@@ -70,6 +71,8 @@ export async function runLoadDataOnly(req: LoadRequest): Promise<LoadSummary> {
       hint: `restore the schema first, e.g. coffer restore --kind schema-only --target-db ${req.database}, then load this backup`,
     });
   }
+  // A dump of a newer server does not load into an older one: refused before the download.
+  if (manifest) checkManifestVersions(manifest, await localVersions(req.tools, admin, false, env, req.signal));
   const views = await materializedViewOrder(req);
   if (manifest && !manifest.dumpOptions?.disableTriggers && (manifest.warnings ?? []).some((w) => /circular foreign-key constraints/.test(w))) {
     req.log.warn('pg_dump reported circular foreign keys when this backup was taken without --disable-triggers: the load fails unless those constraints are deferrable', { backup: backupId ?? undefined });

@@ -31,6 +31,8 @@ export interface SourceRequest {
   zstdCommand?: string[];
   log: Logger;
   onProgress?: (storedBytes: number) => void;
+  /** Ends the download early without it being a failure (`show --toc-only` once it has the head). */
+  stopDownload?: AbortSignal;
 }
 
 /** What the manifest promises about a backup's content, for the whole-archive check. */
@@ -45,14 +47,15 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
   if (req.source.kind === 'repository') {
     const m = req.source.entry.manifest;
     expected = expectedArchive(m);
-    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, onProgress: req.onProgress });
+    const signal = req.stopDownload ? AbortSignal.any([sup.signal, req.stopDownload]) : sup.signal;
+    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress });
   } else {
     try {
       await fsp.access(req.source.path);
     } catch {
       throw new UsageError(`--file ${req.source.path}: no such file or not readable`);
     }
-    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal: sup.signal });
+    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal: req.stopDownload ? AbortSignal.any([sup.signal, req.stopDownload]) : sup.signal });
     let n = 0;
     if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
   }

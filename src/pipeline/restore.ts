@@ -1,3 +1,6 @@
+import * as fsp from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
 import { pipeline as streamPipelineCb } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
 import { compactTimestamp } from '../catalog/layout.js';
@@ -7,8 +10,12 @@ import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import type { ConnectionSpec, PgTarget } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
 import { tableNames, smokeQuery, tableStats } from '../pg/inspect.js';
-import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables } from '../pg/pg-restore.js';
-import { spawnPsqlScript } from '../pg/psql.js';
+import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
+import { runSqlFile, spawnPsqlScript } from '../pg/psql.js';
+import { decodeToc } from '../pg/archive-toc.js';
+import { checkArchiveHeader, checkManifestVersions, localVersions, VersionError } from '../pg/versions.js';
+import { clientVersion } from '../pg/server.js';
+import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
@@ -27,6 +34,8 @@ export interface RestoreChecks {
   /** All of them exist in the restored database (null: nothing to check, plain SQL). */
   tocTablesPresent: boolean | null;
   smoke: Array<{ sql: string; output: string }>;
+  /** The --sanitize file that ran in the scratch database before the rename (null: none). */
+  sanitized: string | null;
 }
 
 export interface RestoreSummary {
@@ -44,6 +53,8 @@ export interface RestoreSummary {
   /** The largest ordinary tables (partitions included, not their partitioned parents), by size. */
   largestTables: Array<{ table: string; rows: number }>;
   checks: RestoreChecks;
+  /** A selective restore: how many TOC entries were restored, and the tables among them (null: the whole archive). */
+  selection: { entries: number; tables: string[]; leftOut: string[] } | null;
 }
 
 export interface RestoreRequest {
@@ -69,6 +80,10 @@ export interface RestoreRequest {
   signal: AbortSignal;
   log: Logger;
   onProgress?: (storedBytes: number) => void;
+  /** `--table`, `--schema`, `--exclude-table`, `--list-file`: restore only these entries (custom archives). */
+  selection?: SelectionSpec;
+  /** `--sanitize FILE`: SQL run in the scratch database before the rename (absolute path). */
+  sanitize?: string;
 }
 
 /**
@@ -89,6 +104,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   const sup = new Supervisor(req.signal);
   let scratch: string | undefined;
   let spool: Spool | undefined;
+  let listDir: string | undefined;
   try {
     // 0. A data-only backup has rows but no tables: it cannot make a database on its own. It is
     //    loaded into a database that already has the schema (--into-existing, ./load-data.ts).
@@ -108,9 +124,36 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       });
     }
     await reportLeftovers(admin, req.target, req.log);
+    const selective = req.selection !== undefined && isSelective(req.selection);
+    // Versions, from the manifest, before the download: the target server against the source
+    // server, the local pg_restore against the archive format pg_dump wrote.
+    const manifest = req.source.kind === 'repository' ? req.source.entry.manifest : undefined;
+    if (selective && manifest && manifest.kind !== 'custom') {
+      throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
+    }
+    const local = await localVersions(req.tools, admin, manifest?.kind === 'custom', env, req.signal);
+    if (manifest) checkManifestVersions(manifest, local);
     // 2. Open the backup: the age header is authenticated here, before any database exists.
     const opened = await openSource(req, sup, env);
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
+    if (opened.header) {
+      local.pgRestore ??= await clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal });
+      checkArchiveHeader(opened.header, local, manifest ? `backup ${manifest.id}` : `--file ${req.source.kind === 'file' ? req.source.path : ''}`);
+    }
+    // A selection is decided from the table of contents (the head of the stream), before any database exists.
+    let selection: Selection | undefined;
+    const flags: RestoreFlags = { noOwner: req.noOwner, noPrivileges: req.noPrivileges };
+    if (selective) {
+      if (opened.format !== 'custom') throw new UsageError('--table, --schema, --exclude-table and --list-file need a custom-format archive; this one is plain SQL', { hint: 'restore it whole' });
+      const entries = (await opened.tocEntries())!;
+      const encoding = (await opened.databaseEntries())?.find((e) => e.desc === 'ENCODING')?.defn;
+      selection = selectEntries(decodeToc(entries, encoding), req.selection!);
+      for (const note of selection.notes) req.log.warn(note);
+      listDir = await fsp.mkdtemp(path.join(tmpdir(), 'coffer-list-'));
+      flags.listFile = path.join(listDir, 'restore.list');
+      await fsp.writeFile(flags.listFile, selection.listText, { mode: 0o600 });
+      req.log.info('selective restore', { entries: selection.ids.length, of: entries.length, tables: selection.tables.length });
+    }
     if (req.jobs > 1) spool = await Spool.prepare(req.source, opened.format, req.spoolDir);
 
     // The database as it was: encoding and locale now, owner, ACL and settings before the swap.
@@ -125,11 +168,11 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     req.log.info('restoring into a scratch database', { scratch, database: describeLocale(definition) });
 
     // 4. The data.
-    const tocText = await restoreInto(req, opened, scratch, spool, env, sup);
+    const tocText = await restoreInto(req, flags, opened, scratch, spool, env, sup);
     const archiveStats = opened.stats();
 
-    // 5. Checks on the scratch database, then the swap.
-    const checks = await runChecks(req, scratch, tocText, env, sup.signal);
+    // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke), then the swap.
+    const checks = await runChecks(req, scratch, tocText, selective, env, sup.signal);
     if (definition) await applyDatabaseProperties(admin, scratch, definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
@@ -147,15 +190,19 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       tables: stats.tables,
       largestTables: stats.largest,
       checks,
+      selection: selection ? { entries: selection.ids.length, tables: selection.tables, leftOut: selection.notes } : null,
     };
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
+    // A version refusal is the cause even when the archive check, which cannot follow a newer format, failed meanwhile.
+    if (err instanceof VersionError) throw err;
     throw explainExcludedData(req.source, explainRestoreError(sup.cause(), req));
   } finally {
     await sup.teardown();
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await spool.remove();
+    if (listDir) await fsp.rm(listDir, { recursive: true, force: true });
   }
 }
 
@@ -170,7 +217,7 @@ function throwIfFailed(sup: Supervisor): void {
  * pg_restore's input ends only when the whole archive checked out: damage found at the last
  * byte still fails the run, with pg_restore torn down by the supervisor.
  */
-async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
+async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
   const db: PgTarget = { conn: req.conn, database: scratch, env };
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
@@ -178,7 +225,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
 
   if (opened.format === 'custom') {
     // It reads the archive only: no connection, no credentials.
-    const list = spawnTocList(sup, req.tools, env);
+    const list = spawnTocList(sup, req.tools, env, flags.listFile);
     toc = collectText(list.stdout!);
     waits.push(list.done);
     targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
@@ -187,7 +234,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
   if (spool) {
     targets.push(...spool.targets());
   } else {
-    const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, req) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
+    const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, flags) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
     waits.push(restore.done);
     // Plain SQL goes to psql, which has no --no-owner/--no-privileges: the filter removes what
     // pg_restore would skip. It ends (and the fan-out stops feeding it) when psql stops reading.
@@ -210,7 +257,7 @@ async function restoreInto(req: RestoreRequest, opened: OpenedArchive, scratch: 
   if (spool) {
     spool.finish(opened.stats().archiveBytes, req.log);
     const restoreStarted = Date.now();
-    await spawnPgRestoreJobs(sup, req.tools, db, req, req.jobs, spool.file).done;
+    await spawnPgRestoreJobs(sup, req.tools, db, flags, req.jobs, spool.file).done;
     req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
   return tocText;
@@ -230,9 +277,14 @@ function explainExcludedData(source: RestoreSource, err: unknown): unknown {
   });
 }
 
-async function runChecks(req: RestoreRequest, db: string, toc: string, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<RestoreChecks> {
+/**
+ * The TOC check (every table of the archive, or of the selection, exists), then --sanitize (so
+ * --smoke sees the sanitised database), then --smoke. A failure fails the restore.
+ */
+async function runChecks(req: RestoreRequest, db: string, toc: string, selective: boolean, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<RestoreChecks> {
   const entries = tocTables(toc);
-  const note = checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
+  // A selection has fewer tables than the database had, by design.
+  const note = selective ? undefined : checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
   if (note) req.log.warn(note);
   if (entries.length > 0) {
     const have = await tableNames(req.tools, { conn: req.conn, database: db, env }, signal);
@@ -241,11 +293,16 @@ async function runChecks(req: RestoreRequest, db: string, toc: string, env: Node
       throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(missing[0])}`);
     }
   }
+  if (req.sanitize !== undefined) {
+    await runSqlFile(req.tools, { conn: req.conn, database: db, env }, req.sanitize, { what: `--sanitize ${req.sanitize}`, signal });
+    req.log.info('sanitize SQL ran in the scratch database', { file: req.sanitize });
+  }
   const smoke: RestoreChecks['smoke'] = [];
   for (const sql of req.smoke) {
     const output = await smokeQuery(req.tools, { conn: req.conn, database: db, env }, sql, signal);
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
-  return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke } : { tocTables: entries.length, tocTablesPresent: true, smoke };
+  const sanitized = req.sanitize ?? null;
+  return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
 }

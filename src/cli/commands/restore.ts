@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
 import { readIdentityFile } from '../../crypto/age.js';
@@ -12,6 +13,7 @@ import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.
 import { resolvePgTools, type PgTools } from '../../pg/tools.js';
 import { PgAdmin } from '../../pg/admin.js';
 import { runRestore, type RestoreSummary } from '../../pipeline/restore.js';
+import { isSelective, parseListFile, type SelectionSpec } from '../../pipeline/selection.js';
 import { restoreToFile, type RestoreSource } from '../../pipeline/restore-source.js';
 import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
 import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
@@ -45,6 +47,12 @@ const restoreOptions = {
   output: value('--output <file>', 'write the decrypted archive to a file instead of restoring', text),
   intoExisting: value('--into-existing <db>', 'load a data-only backup (latest: the newest data-only one) into this existing database, which holds the schema: one transaction, materialized views refreshed', database),
   json: flag('--json', 'print the summary as JSON on stdout'),
+  // Per run, not per configuration: command line only.
+  table: list('--table <name>', 'restore only this table, view, sequence or foreign table (exact name, any schema; with its data, indexes, constraints, owned sequences); repeatable', text, { configurable: false }),
+  schema: list('--schema <name>', 'restore only the objects of this schema (exact name); with --table, only tables in it; repeatable', text, { configurable: false }),
+  excludeTable: list('--exclude-table <name>', 'leave out this table (exact name) and what depends on it; repeatable', text, { configurable: false }),
+  listFile: value('--list-file <file>', 'restore only the entries of this pg_restore --list file (pg_restore -L), in archive order', text, { configurable: false }),
+  sanitize: value('--sanitize <file.sql>', 'run this SQL (one transaction) in the scratch database before the rename: masking, truncating, dropping; a failure fails the restore', text, { configurable: false }),
   ...physicalRestoreOptions,
 };
 
@@ -55,7 +63,7 @@ export const restore = defineCommand({
   run: runRestoreCommand,
 });
 
-async function loadIdentities(flags: SourceValues): Promise<string[]> {
+export async function loadIdentities(flags: SourceValues): Promise<string[]> {
   const files = flags.identity;
   if (files.length === 0) {
     throw new UsageError('no identity: restoring needs the age identity (private key) file', { hint: 'pass --identity FILE, set identity: in coffer.yaml, or COFFER_IDENTITY (or COFFER_IDENTITY_FILE)' });
@@ -86,7 +94,7 @@ function intoServer(flags: ServerValues & { maintenanceDb: string; pgBin: string
 }
 
 /** Opens the repository (unless --file) and finds the backup. */
-async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
+export async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
   if (flags.file !== undefined) {
     if (flags.from !== undefined || flags.backup !== undefined) throw new UsageError('--file cannot be combined with --from or --backup');
     return fn({ kind: 'file', path: path.resolve(ctx.cwd, flags.file) });
@@ -117,12 +125,18 @@ async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: 
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
 async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
+  if (flags.physical && (flags.table.length > 0 || flags.schema.length > 0 || flags.excludeTable.length > 0 || flags.listFile !== undefined || flags.sanitize !== undefined)) {
+    throw new UsageError('--physical restores a whole cluster; --table, --schema, --exclude-table, --list-file and --sanitize are for logical backups');
+  }
   if (flags.physical) return runPhysicalRestoreCommand(flags, await loadIdentities(flags), ctx);
   refuseWithoutPhysical(flags);
   if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
+  const selection = await selectionOf(flags, ctx);
+  const sanitize = flags.sanitize === undefined ? undefined : await readableFile('--sanitize', path.resolve(ctx.cwd, flags.sanitize));
   const identities = await loadIdentities(flags);
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
+    if (isSelective(selection) || sanitize !== undefined) throw new UsageError('--output writes the whole archive; it cannot be combined with --table, --schema, --exclude-table, --list-file or --sanitize', { hint: 'pg_restore -L/-t on the written file selects from it' });
     const out = path.resolve(ctx.cwd, flags.output);
     return withSource(flags, ctx, (source) =>
       withProgress('restore', ctx, async (onProgress) => {
@@ -151,6 +165,8 @@ async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliC
         spoolDir: flags.spoolDir,
         withGlobals: flags.withGlobals,
         onProgress,
+        selection,
+        sanitize,
       }),
     ),
   );
@@ -173,6 +189,11 @@ async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
       ['--jobs', flags.jobs !== undefined],
       ['--with-globals', flags.withGlobals],
       ['--smoke', flags.smoke.length > 0],
+      ['--table', flags.table.length > 0],
+      ['--schema', flags.schema.length > 0],
+      ['--exclude-table', flags.excludeTable.length > 0],
+      ['--list-file', flags.listFile !== undefined],
+      ['--sanitize', flags.sanitize !== undefined],
     ] as const
   ).find(([, given]) => given);
   if (clash) {
@@ -206,6 +227,31 @@ async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
   return summary;
 }
 
+/** A file the run will read: refused now (exit 2) if it cannot be read, before anything else. */
+async function readableFile(flag: string, file: string): Promise<string> {
+  try {
+    await fsp.access(file, fsp.constants.R_OK);
+    if (!(await fsp.stat(file)).isFile()) throw new Error('not a file');
+  } catch {
+    throw new UsageError(`${flag} ${file}: no such file or not readable`);
+  }
+  return file;
+}
+
+/** --table, --schema, --exclude-table, --list-file as a selection (the list file read now). */
+async function selectionOf(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<SelectionSpec> {
+  const spec: SelectionSpec = { tables: flags.table, schemas: flags.schema, excludeTables: flags.excludeTable };
+  for (const [flag, names] of [['--table', flags.table], ['--schema', flags.schema], ['--exclude-table', flags.excludeTable]] as const) {
+    if (names.some((n) => n === '')) throw new UsageError(`${flag}: empty name`);
+  }
+  if (flags.listFile !== undefined) {
+    const file = await readableFile('--list-file', path.resolve(ctx.cwd, flags.listFile));
+    spec.listIds = parseListFile(await fsp.readFile(file, 'utf8'), flags.listFile);
+    spec.listFile = flags.listFile;
+  }
+  return spec;
+}
+
 function report(s: RestoreSummary, json: boolean, ctx: CliContext): void {
   if (json) {
     ctx.stdout(`${JSON.stringify(s, null, 2)}\n`);
@@ -220,6 +266,11 @@ function report(s: RestoreSummary, json: boolean, ctx: CliContext): void {
     ...s.largestTables.map((t) => `  ${t.table}: ${t.rows} rows`),
     ...s.checks.smoke.map((c) => `smoke: ${c.sql} → ${c.output.replace(/\n/g, ' | ')}`),
   ];
+  if (s.selection) {
+    lines.splice(1, 1, `selective: ${s.selection.entries} entries of the archive, tables: ${s.selection.tables.join(', ') || '(none)'}; all present`);
+    for (const n of s.selection.leftOut) lines.push(`  ${n}`);
+  }
+  if (s.checks.sanitized) lines.push(`sanitized with ${s.checks.sanitized} before the rename`);
   if (s.replacedAside) lines.push(`previous database kept as ${JSON.stringify(s.replacedAside)}`);
   ctx.stdout(`${lines.join('\n')}\n`);
 }

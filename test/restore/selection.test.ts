@@ -1,0 +1,103 @@
+/**
+ * The selection rules of a selective restore and the archive header reader, on synthetic tables
+ * of contents (pure: no database). selective.test.ts runs them against real archives.
+ */
+import { describe, expect, it } from 'vitest';
+import { archiveMinorOf, parseArchiveHeader, pgMajorReading, type TocObject } from '../../src/pg/archive-toc.js';
+import { parseListFile, selectEntries, type SelectionSpec } from '../../src/pipeline/selection.js';
+import { majorOf } from '../../src/pg/versions.js';
+import { UsageError } from '../../src/errors.js';
+
+let next = 1;
+function e(desc: string, namespace: string, tag: string, deps: TocObject[] = []): TocObject {
+  return { dumpId: next++, desc, namespace, tag, owner: 'o', deps: deps.map((d) => d.dumpId), hasData: desc === 'TABLE DATA' };
+}
+
+// A partitioned table with one partition, a table with a foreign key to it, a function used by a
+// default, a shared (not owned) sequence.
+const enc = e('ENCODING', '', 'ENCODING');
+const sales = e('SCHEMA', '', 'sales');
+const fn = e('FUNCTION', 'sales', 'next_code()', [sales]);
+const shared = e('SEQUENCE', 'sales', 'shared_seq', [sales]);
+const parent = e('TABLE', 'sales', 'orders', [sales]);
+const part = e('TABLE', 'sales', 'orders_2024', [sales, parent]);
+const attach = e('TABLE ATTACH', 'sales', 'orders_2024', [parent, part]);
+const partData = e('TABLE DATA', 'sales', 'orders_2024', [part]);
+const items = e('TABLE', 'sales', 'items', [sales, shared]);
+const itemsData = e('TABLE DATA', 'sales', 'items', [items]);
+const itemsDefault = e('DEFAULT', 'sales', 'items code', [items, fn]);
+const parentPk = e('CONSTRAINT', 'sales', 'orders orders_pkey', [parent]);
+const fk = e('FK CONSTRAINT', 'sales', 'items items_order_fkey', [items, parentPk]);
+const sharedSet = e('SEQUENCE SET', 'sales', 'shared_seq', [shared]);
+const ownedSeq = e('SEQUENCE', 'sales', 'orders_id_seq', [sales, parent]);
+const ownedBy = e('SEQUENCE OWNED BY', 'sales', 'orders_id_seq', [ownedSeq]);
+const TOC = [enc, sales, fn, shared, parent, part, attach, partData, items, itemsData, itemsDefault, parentPk, fk, sharedSet, ownedSeq, ownedBy];
+
+const spec = (s: Partial<SelectionSpec>): SelectionSpec => ({ tables: [], schemas: [], excludeTables: [], ...s });
+const ids = (xs: TocObject[]): number[] => xs.map((x) => x.dumpId).sort((a, b) => a - b);
+
+describe('selectEntries', () => {
+  it('--table: the table, its data and default, the definitions it needs without rows; a foreign key to an unselected table is left out and said', () => {
+    const s = selectEntries(TOC, spec({ tables: ['items'] }));
+    expect([...s.ids].sort((a, b) => a - b)).toEqual(ids([enc, sales, fn, shared, items, itemsData, itemsDefault, sharedSet]));
+    expect(s.notes).toEqual(['FK CONSTRAINT sales.items items_order_fkey left out: it needs CONSTRAINT sales.orders orders_pkey, which is not restored']);
+    expect(s.tables).toEqual(['sales.items']);
+    // In archive order, as pg_restore streams it.
+    expect(s.ids).toEqual(TOC.filter((x) => s.ids.includes(x.dumpId)).map((x) => x.dumpId));
+    expect(s.listText.split('\n')[1]).toBe(`${enc.dumpId}; ENCODING ENCODING`);
+  });
+
+  it('a partition without its parent is refused; with it, the attach and the data come along', () => {
+    expect(() => selectEntries(TOC, spec({ tables: ['orders_2024'] }))).toThrow(/^TABLE sales\.orders_2024 needs TABLE sales\.orders, which is not selected$/);
+    // An owned sequence alone: its creation (identity) or OWNED BY needs its table.
+    expect(() => selectEntries(TOC, spec({ tables: ['orders_id_seq'] }))).toThrow(/^SEQUENCE sales\.orders_id_seq needs TABLE sales\.orders, which is not selected$/);
+    const s = selectEntries(TOC, spec({ tables: ['orders', 'orders_2024'] }));
+    expect(s.ids).toEqual(expect.arrayContaining(ids([parent, part, attach, partData, parentPk, ownedSeq, ownedBy])));
+    expect(s.ids).not.toContain(items.dumpId);
+  });
+
+  it('--exclude-table takes what depends on it; --schema with --table narrows; names are exact', () => {
+    const s = selectEntries(TOC, spec({ excludeTables: ['orders'] }));
+    for (const gone of [parent, part, attach, partData, parentPk, fk, ownedSeq, ownedBy]) expect(s.ids).not.toContain(gone.dumpId);
+    expect(s.ids).toEqual(expect.arrayContaining(ids([items, itemsData, itemsDefault, shared, sharedSet, fn])));
+    expect(() => selectEntries(TOC, spec({ tables: ['Items'] }))).toThrow(UsageError);
+    expect(() => selectEntries(TOC, spec({ tables: ['sales.items'] }))).toThrow(/--table "sales\.items" matches no table/);
+    expect(() => selectEntries(TOC, spec({ tables: ['items'], schemas: ['public'] }))).toThrow(/--schema "public" matches no schema/);
+  });
+
+  it('--list-file: exactly the listed entries; unknown ids and empty lists are refused', () => {
+    const text = `;\n; Archive created at …\n${items.dumpId}; 1259 1 TABLE sales items o\n;${itemsData.dumpId}; 0 1 TABLE DATA sales items o\n  ${sales.dumpId}; 2615 2 SCHEMA - sales o\n`;
+    const list = parseListFile(text, 'l.txt');
+    expect(list).toEqual([items.dumpId, sales.dumpId]);
+    expect(selectEntries(TOC, spec({ listIds: list, listFile: 'l.txt' })).ids).toEqual([sales.dumpId, items.dumpId]);
+    expect(() => selectEntries(TOC, spec({ listIds: [99999], listFile: 'l.txt' }))).toThrow(/entry 99999 is not in this backup/);
+    expect(() => selectEntries(TOC, spec({ listIds: [], listFile: 'l.txt' }))).toThrow(/selects nothing/);
+    expect(() => parseListFile('TABLE items\n', 'l.txt')).toThrow(/line 1 is not a pg_restore --list entry/);
+    expect(() => selectEntries(TOC, spec({ listIds: list, tables: ['items'] }))).toThrow(/cannot be combined/);
+  });
+});
+
+describe('archive header and versions', () => {
+  function header(minor: number, strs: string[]): Buffer {
+    const int = (v: number): Buffer => Buffer.from([0, v & 0xff, (v >> 8) & 0xff, 0, 0]);
+    const parts = [Buffer.from('PGDMP'), Buffer.from([1, minor, 0, 4, 8, 1]), minor >= 15 ? Buffer.from([0]) : int(0)];
+    for (let i = 0; i < 7; i++) parts.push(int(1));
+    for (const s of strs) parts.push(int(Buffer.byteLength(s)), Buffer.from(s));
+    return Buffer.concat(parts);
+  }
+
+  it('reads the version bytes and the server and pg_dump versions (1.14 and 1.15 layouts)', () => {
+    expect(parseArchiveHeader(header(14, ['db', '15.4', '15.4']))).toEqual({ version: [1, 14, 0], versionText: '1.14', dbname: 'db', serverVersion: '15.4', pgDumpVersion: '15.4' });
+    expect(parseArchiveHeader(header(15, ['db', '16.2 (Debian)', '16.2']))).toMatchObject({ versionText: '1.15', serverVersion: '16.2 (Debian)', pgDumpVersion: '16.2' });
+    // Cut short: the version bytes alone.
+    expect(parseArchiveHeader(header(16, ['db', '17.0', '17.0']).subarray(0, 20))).toEqual({ version: [1, 16, 0], versionText: '1.16' });
+    expect(parseArchiveHeader(Buffer.from('-- PostgreSQL database dump'))).toBeUndefined();
+  });
+
+  it('maps PostgreSQL majors to archive formats and back', () => {
+    expect([12, 15, 16, 17, 18].map(archiveMinorOf)).toEqual([14, 14, 15, 16, 16]);
+    expect([14, 15, 16].map(pgMajorReading)).toEqual([12, 16, 17]);
+    expect(majorOf('16.2 (Debian 16.2-1)')).toBe(16);
+    expect(majorOf('9.6.24')).toBe(9.6);
+  });
+});
