@@ -1,0 +1,338 @@
+import { randomBytes } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { writeFileAtomic } from '../../atomic-write.js';
+import { readIdentityFile } from '../../crypto/age.js';
+import { UsageError } from '../../errors.js';
+import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
+import { parseBackupSelector } from '../../catalog/layout.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import type { Values } from '../../config/options.js';
+import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
+import { resolvePgTools, type PgTools } from '../../pg/tools.js';
+import { PgAdmin } from '../../pg/admin.js';
+import { runRestore, type RestoreSummary } from '../../pipeline/restore.js';
+import { isSelective, parseListFile, type SelectionSpec } from '../../pipeline/selection.js';
+import { restoreToFile, type RestoreSource } from '../../pipeline/restore-source.js';
+import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
+import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
+import { openStore } from '../../store/open.js';
+import type { ObjectStore } from '../../store/object-store.js';
+import { Progress } from '../../observe/progress.js';
+import { formatBytes } from '../../observe/log.js';
+import type { CliContext } from '../context.js';
+import { sourceRepository, type serverOptions, type sourceOptions } from '../option-groups.js';
+import { refuseWithoutPhysical, runPhysicalRestoreCommand } from './restore-physical.js';
+import type { PhysicalRestoreSummary } from '../../physical/restore.js';
+import type { restoreOptions, verifyOptions, drillOptions } from '../commands/restore.js';
+
+/** Options of every command that reads a backup. */
+type SourceValues = Values<typeof sourceOptions>;
+/** Options of every command that restores into a server. */
+type ServerValues = Values<typeof serverOptions>;
+
+export async function loadIdentities(flags: SourceValues): Promise<string[]> {
+  const files = flags.identity;
+  if (files.length === 0) {
+    throw new UsageError('no identity: restoring needs the age identity (private key) file', { hint: 'pass --identity FILE, set identity: in coffer.yaml, or COFFER_IDENTITY (or COFFER_IDENTITY_FILE)' });
+  }
+  const ids: string[] = [];
+  for (const f of files) ids.push(...(await readIdentityFile(f)));
+  return ids;
+}
+
+function tools(flags: { pgBin: string | undefined; pgRestoreCommand: string | undefined; psqlCommand?: string | undefined }): PgTools {
+  return resolvePgTools({
+    binDir: flags.pgBin,
+    pgRestoreCommand: flags.pgRestoreCommand,
+    psqlCommand: flags.psqlCommand,
+  });
+}
+
+/** The target server: `--dbname` (COFFER_RESTORE_DBNAME, `restore: dbname:`), plus pgPassword. */
+function serverConnection(flags: ServerValues): ConnectionSpec {
+  const conn = parseConnectionString(flags.dbname);
+  if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
+  return conn;
+}
+
+/** What every run into a server shares: the keys, the programs, the server and the run's context. */
+function intoServer(flags: ServerValues & { maintenanceDb: string; pgBin: string | undefined; pgRestoreCommand: string | undefined; psqlCommand?: string | undefined }, identities: string[], ctx: CliContext) {
+  return { identities, tools: tools(flags), conn: serverConnection(flags), maintenanceDb: flags.maintenanceDb, env: ctx.env, signal: ctx.signal, log: ctx.log };
+}
+
+/** Opens the repository (unless --file) and finds the backup. */
+export async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
+  if (flags.file !== undefined) {
+    if (flags.from !== undefined || flags.backup !== undefined) throw new UsageError('--file cannot be combined with --from or --backup');
+    return fn({ kind: 'file', path: path.resolve(ctx.cwd, flags.file) });
+  }
+  const selector = parseBackupSelector(flags.backup ?? 'latest');
+  const kind = flags.kind ?? (selector === 'latest' ? defaultKind : undefined);
+  if (flags.kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
+  const database = flags.db;
+  const store = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
+  try {
+    const entry = await findBackup(store, { database, selector, kind, signal: ctx.signal });
+    ctx.log.info('backup selected', { id: entry.id, database: entry.database, kind: entry.manifest.kind === 'custom' ? 'full' : entry.manifest.kind, tier: entry.tier, size: entry.manifest.dump.size, label: entry.manifest.label ?? undefined });
+    return await fn({ kind: 'repository', store, entry });
+  } finally {
+    store.close();
+  }
+}
+
+/** Runs `fn` with a progress line on a terminal, stopped in every case. */
+async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
+  const progress = new Progress(label, ctx.stderrIsTty);
+  try {
+    return await fn((n) => progress.update(n));
+  } finally {
+    progress.stop();
+  }
+}
+
+/** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
+export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
+  if (flags.physical && (flags.table.length > 0 || flags.schema.length > 0 || flags.excludeTable.length > 0 || flags.listFile !== undefined || flags.sanitize !== undefined)) {
+    throw new UsageError('--physical restores a whole cluster; --table, --schema, --exclude-table, --list-file and --sanitize are for logical backups');
+  }
+  if (flags.physical) return runPhysicalRestoreCommand(flags, await loadIdentities(flags), ctx);
+  refuseWithoutPhysical(flags);
+  if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
+  const selection = await selectionOf(flags, ctx);
+  const sanitize = flags.sanitize === undefined ? undefined : await readableFile('--sanitize', path.resolve(ctx.cwd, flags.sanitize));
+  const identities = await loadIdentities(flags);
+  if (flags.output !== undefined) {
+    if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
+    if (isSelective(selection) || sanitize !== undefined) throw new UsageError('--output writes the whole archive; it cannot be combined with --table, --schema, --exclude-table, --list-file or --sanitize', { hint: 'pg_restore -L/-t on the written file selects from it' });
+    const out = path.resolve(ctx.cwd, flags.output);
+    return withSource(flags, ctx, (source) =>
+      withProgress('restore', ctx, async (onProgress) => {
+        const r = await restoreToFile({ source, identities, env: ctx.env, signal: ctx.signal, log: ctx.log, onProgress }, out);
+        ctx.log.info('archive written', { file: out, bytes: r.bytes, format: r.format });
+        return { output: out, bytes: r.bytes };
+      }),
+    );
+  }
+  if (flags.targetDb === undefined) throw new UsageError('--target-db is required (the new database to restore into)', { hint: 'or --output FILE to write the archive to a file' });
+  const target = flags.targetDb;
+  const jobs = flags.jobs ?? 1;
+  const base = intoServer(flags, identities, ctx);
+  const smoke = [...flags.smoke];
+  const summary = await withSource(flags, ctx, (source) =>
+    withProgress('restore', ctx, (onProgress) =>
+      runRestore({
+        ...base,
+        source,
+        target,
+        replace: flags.replace,
+        smoke,
+        noOwner: flags.noOwner,
+        noPrivileges: flags.noPrivileges,
+        jobs,
+        spoolDir: flags.spoolDir,
+        withGlobals: flags.withGlobals,
+        onProgress,
+        selection,
+        sanitize,
+      }),
+    ),
+  );
+  report(summary, flags.json, ctx);
+  return summary;
+}
+
+/**
+ * `coffer restore --into-existing DB`: a data-only backup (latest: the newest data-only one)
+ * loaded into an existing database that holds the schema, in one transaction, materialized
+ * views refreshed.
+ */
+async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<LoadSummary> {
+  const database = flags.intoExisting!;
+  const clash = (
+    [
+      ['--target-db', flags.targetDb !== undefined],
+      ['--output', flags.output !== undefined],
+      ['--replace', flags.replace],
+      ['--jobs', flags.jobs !== undefined],
+      ['--with-globals', flags.withGlobals],
+      ['--smoke', flags.smoke.length > 0],
+      ['--table', flags.table.length > 0],
+      ['--schema', flags.schema.length > 0],
+      ['--exclude-table', flags.excludeTable.length > 0],
+      ['--list-file', flags.listFile !== undefined],
+      ['--sanitize', flags.sanitize !== undefined],
+    ] as const
+  ).find(([, given]) => given);
+  if (clash) {
+    throw new UsageError(`--into-existing cannot be combined with ${clash[0]}`, { hint: '--into-existing loads a data-only backup into an existing database, in one transaction' });
+  }
+  const base = intoServer(flags, await loadIdentities(flags), ctx);
+  const summary = await withSource(
+    flags,
+    ctx,
+    (source) =>
+      withProgress('load', ctx, (onProgress) =>
+        runLoadDataOnly({
+          ...base,
+          source,
+          database,
+          noOwner: flags.noOwner,
+          noPrivileges: flags.noPrivileges,
+          onProgress,
+        }),
+      ),
+    'data-only',
+  );
+  if (flags.json) ctx.stdout(`${JSON.stringify(summary, null, 2)}\n`);
+  else {
+    const views = summary.materializedViews;
+    ctx.stdout(
+      `loaded ${summary.backupId ?? 'file'} into ${JSON.stringify(summary.database)} in ${(summary.durationMs / 1000).toFixed(1)}s (${formatBytes(summary.storedBytes)} stored, ${formatBytes(summary.archiveBytes)} SQL), in one transaction\n` +
+        `materialized views refreshed: ${views.length}${views.length > 0 ? ` (${views.join(', ')})` : ''}\n`,
+    );
+  }
+  return summary;
+}
+
+/** A file the run will read: refused now (exit 2) if it cannot be read, before anything else. */
+async function readableFile(flag: string, file: string): Promise<string> {
+  try {
+    await fsp.access(file, fsp.constants.R_OK);
+    if (!(await fsp.stat(file)).isFile()) throw new Error('not a file');
+  } catch {
+    throw new UsageError(`${flag} ${file}: no such file or not readable`);
+  }
+  return file;
+}
+
+/** --table, --schema, --exclude-table, --list-file as a selection (the list file read now). */
+async function selectionOf(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<SelectionSpec> {
+  const spec: SelectionSpec = { tables: flags.table, schemas: flags.schema, excludeTables: flags.excludeTable };
+  for (const [flag, names] of [['--table', flags.table], ['--schema', flags.schema], ['--exclude-table', flags.excludeTable]] as const) {
+    if (names.some((n) => n === '')) throw new UsageError(`${flag}: empty name`);
+  }
+  if (flags.listFile !== undefined) {
+    const file = await readableFile('--list-file', path.resolve(ctx.cwd, flags.listFile));
+    spec.listIds = parseListFile(await fsp.readFile(file, 'utf8'), flags.listFile);
+    spec.listFile = flags.listFile;
+  }
+  return spec;
+}
+
+function report(s: RestoreSummary, json: boolean, ctx: CliContext): void {
+  if (json) {
+    ctx.stdout(`${JSON.stringify(s, null, 2)}\n`);
+    return;
+  }
+  const lines = [
+    `restored ${s.backupId ?? 'file'} into ${JSON.stringify(s.target)} in ${(s.durationMs / 1000).toFixed(1)}s (${formatBytes(s.storedBytes)} stored, ${formatBytes(s.archiveBytes)} archive)`,
+    // Both counts are of ordinary and partitioned tables (TABLE entries of the archive).
+    s.checks.tocTables === null
+      ? `tables: ${s.tables} (ordinary and partitioned); plain-SQL archive: no table of contents to check them against`
+      : `tables: ${s.tables} (ordinary and partitioned); all ${s.checks.tocTables} tables of the archive present`,
+    ...s.largestTables.map((t) => `  ${t.table}: ${t.rows} rows`),
+    ...s.checks.smoke.map((c) => `smoke: ${c.sql} → ${c.output.replace(/\n/g, ' | ')}`),
+  ];
+  if (s.selection) {
+    lines.splice(1, 1, `selective: ${s.selection.entries} entries of the archive, tables: ${s.selection.tables.join(', ') || '(none)'}; all present`);
+    for (const n of s.selection.leftOut) lines.push(`  ${n}`);
+  }
+  if (s.checks.sanitized) lines.push(`sanitized with ${s.checks.sanitized} before the rename`);
+  if (s.replacedAside) lines.push(`previous database kept as ${JSON.stringify(s.replacedAside)}`);
+  ctx.stdout(`${lines.join('\n')}\n`);
+}
+
+/** `coffer verify`: one backup, `latest`, or `all`. Fails if any fails. */
+export async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx: CliContext): Promise<Array<VerifyResult & { id: string | null }>> {
+  const identities = await loadIdentities(flags);
+  const t = tools(flags);
+  const results: Array<VerifyResult & { id: string | null }> = [];
+  const verifyOne = async (source: RestoreSource, id: string | null): Promise<void> => {
+    const r = await runVerify({ source, identities, tools: t, env: ctx.env, signal: ctx.signal, log: ctx.log });
+    ctx.log.info('backup verified', { id: id ?? undefined, bytes: r.storedBytes, archive: r.archiveBytes, toc: r.tocEntries });
+    results.push({ ...r, id });
+  };
+  if (flags.backup === 'all') {
+    const store: ObjectStore = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
+    try {
+      const entries: BackupEntry[] = await listBackups(store, { database: flags.db, signal: ctx.signal });
+      if (entries.length === 0) throw new UsageError(`no completed backups in ${store.location}`);
+      for (const entry of entries) await verifyOne({ kind: 'repository', store, entry }, entry.id);
+    } finally {
+      store.close();
+    }
+  } else {
+    await withSource(flags, ctx, (source) => verifyOne(source, source.kind === 'repository' ? source.entry.id : null));
+  }
+  if (flags.json) ctx.stdout(`${JSON.stringify(results, null, 2)}\n`);
+  else for (const r of results) ctx.stdout(`ok  ${r.id ?? flags.file}  ${formatBytes(r.storedBytes)}  ${r.tocEntries} TOC entries, ${r.tables} tables\n`);
+  return results;
+}
+
+/** One drill record (JSON). */
+export interface DrillResult {
+  ok: boolean;
+  startedAt: string;
+  durationMs: number;
+  backupId: string | null;
+  database: string | null;
+  storedBytes: number;
+  archiveBytes: number;
+  tables: number;
+  rows: Array<{ table: string; rows: number }>;
+  checks: RestoreSummary['checks'] | null;
+  error: string | null;
+}
+
+/**
+ * `coffer drill`: restores the latest (or chosen) backup into a scratch database, runs the
+ * checks, records the result, and drops the database whatever happened.
+ */
+export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: CliContext): Promise<DrillResult> {
+  const started = new Date();
+  const base = intoServer(flags, await loadIdentities(flags), ctx);
+  const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
+  const admin = new PgAdmin(base.tools, base.conn, flags.maintenanceDb, ctx.env);
+  let result: DrillResult = {
+    ok: false,
+    startedAt: started.toISOString(),
+    durationMs: 0,
+    backupId: null,
+    database: null,
+    storedBytes: 0,
+    archiveBytes: 0,
+    tables: 0,
+    rows: [],
+    checks: null,
+    error: null,
+  };
+  let failure: unknown;
+  try {
+    await withSource(flags, ctx, async (source) => {
+      if (source.kind === 'repository') {
+        result.backupId = source.entry.id;
+        result.database = source.entry.database;
+      }
+      const s = await runRestore({ ...base, source, target, replace: false, smoke: flags.smoke, noOwner: true, noPrivileges: true, jobs: flags.jobs });
+      result = { ...result, ok: true, storedBytes: s.storedBytes, archiveBytes: s.archiveBytes, tables: s.tables, rows: s.largestTables, checks: s.checks };
+    });
+  } catch (err) {
+    failure = err;
+    result.error = (err as Error).message;
+  } finally {
+    try {
+      await admin.drop(target);
+    } catch (e) {
+      ctx.log.error(`could not drop the drill database ${target}; drop it by hand`, { error: (e as Error).message });
+    }
+    result.durationMs = Date.now() - started.getTime();
+  }
+  const text = `${JSON.stringify(result, null, 2)}\n`;
+  if (flags.resultFile) {
+    await writeFileAtomic(path.resolve(ctx.cwd, flags.resultFile), text, { mode: 0o600 });
+  }
+  ctx.stdout(text);
+  if (failure !== undefined) throw failure;
+  return result;
+}
