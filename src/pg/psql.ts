@@ -137,13 +137,40 @@ export class PsqlSession {
   }
 }
 
+/** What the closing query of {@link runSqlFile} prints: the file ran to its end. */
+const SQL_FILE_DONE = 'coffer:sql-file:done';
+
 /**
  * Runs a user's SQL file (`restore --sanitize`) in `target.database`: one transaction, stopping
  * at the first error. The error names the file and PostgreSQL's message (with psql's line number).
+ *
+ * The file cannot turn that off: after it, psql sets ON_ERROR_STOP again and runs a closing query
+ * in the same transaction, which fails when an earlier statement failed (the file said
+ * `\set ON_ERROR_STOP off`), and whose output is missing when the file ended psql early (`\q`).
+ * Either is a failure, like an error: a sanitize that did not run whole must not let the data
+ * it was to mask reach the target name.
  */
 export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget, file: string, opts: { what: string; signal?: AbortSignal }): Promise<void> {
-  const argv = [...tools.psql, '-X', '-q', '-v', 'ON_ERROR_STOP=1', '--single-transaction', '--no-password', '-d', conninfoFor(target.conn, target.database), '-f', file];
-  await runChild(argv, {
+  const argv = [
+    ...tools.psql,
+    '-X',
+    '-q',
+    '-A',
+    '-t',
+    '-v',
+    'ON_ERROR_STOP=1',
+    '--single-transaction',
+    '--no-password',
+    '-d',
+    conninfoFor(target.conn, target.database),
+    '-f',
+    file,
+    '-c',
+    '\\set ON_ERROR_STOP on',
+    '-c',
+    `SELECT '${SQL_FILE_DONE}'`,
+  ];
+  const out = await runChild(argv, {
     env: libpqEnv(target.conn, target.env),
     signal: opts.signal,
     what: opts.what,
@@ -155,4 +182,7 @@ export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget,
       return new DatabaseError(`${opts.what} failed: ${short}`, { hint: 'fix the SQL and restore again; nothing was put under the target name' });
     },
   });
+  if (!out.split('\n').includes(SQL_FILE_DONE)) {
+    throw new DatabaseError(`${opts.what} did not run to its end (psql stopped early: \\q or \\quit in the file?)`, { hint: 'remove what ends psql from the file and restore again; nothing was put under the target name' });
+  }
 }

@@ -27,7 +27,7 @@
  * directory (a base backup would carry it).
  */
 import { spawn } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../atomic-write.js';
@@ -42,6 +42,13 @@ const SWEEP_MS = 30_000;
 
 export interface AsyncForeground {
   spool: string;
+  /**
+   * What the worker this call may rely on must be: the cluster, and everything that decides
+   * where and how a file is stored (repository, endpoint, recipients, compression) as one line;
+   * `frontArgs`: the arguments of the shell front end that called (COFFER_FRONT_ARGS), which the
+   * front end compares with its own before it trusts any answer.
+   */
+  worker: { cluster: string; config: string; frontArgs: string | undefined };
   /** `%p` and `%f` as given, and where relative paths start. */
   file: string;
   name?: string;
@@ -63,6 +70,7 @@ export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'>
   const abs = path.resolve(req.cwd, req.file);
   // A file that cannot be read is this call's problem, not the worker's.
   await identityOf(abs);
+  await bindSpool(req);
   let requested = false;
   const deadline = Date.now() + req.waitMs;
   for (;;) {
@@ -92,6 +100,49 @@ export async function pushThroughWorker(req: AsyncForeground): Promise<'stored'>
   }
 }
 
+const CONF = 'worker.conf';
+
+/**
+ * Ties the spool to one configuration (`worker.conf`: the cluster and storage line, then the
+ * front end's arguments), so that no answer of a worker started with other options is taken:
+ * - another cluster's worker is running: refused (one spool directory per cluster);
+ * - the same cluster with another repository, endpoint, recipients or compression (options
+ *   changed, PostgreSQL reloaded): the running worker is stopped, every answer it left is
+ *   removed, and a new worker starts with these options;
+ * - only the front end's arguments differ (the same options written otherwise): recorded.
+ */
+async function bindSpool(req: AsyncForeground): Promise<void> {
+  const file = path.join(req.spool, CONF);
+  const [config, front] = (await fsp.readFile(file, 'utf8').catch(() => '')).split('\n');
+  const want = `${req.worker.config}\n${req.worker.frontArgs ?? ''}\n`;
+  if (config === req.worker.config) {
+    if (req.worker.frontArgs !== undefined && front !== req.worker.frontArgs) await writeFileAtomic(file, want, { mode: 0o600 });
+    return;
+  }
+  const pid = await workerPid(req.spool);
+  if (config !== undefined && config !== '' && !config.startsWith(`cluster ${JSON.stringify(req.worker.cluster)} `) && pid !== undefined) {
+    throw new UsageError(`spool directory ${req.spool} is in use by the archiving of another cluster (${config.split(' to ')[0]})`, { hint: 'give each cluster its own --spool-dir (the first argument of coffer-wal-push-async)' });
+  }
+  if (pid !== undefined) {
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // gone meanwhile
+    }
+    for (let i = 0; i < 600 && (await workerPid(req.spool)) !== undefined; i++) await new Promise((r) => setTimeout(r, 100));
+    if ((await workerPid(req.spool)) !== undefined) throw new StorageError('Failed', `the async worker (pid ${pid}) started with other options did not stop within 60 s`, { hint: `PostgreSQL retries; see ${path.join(req.spool, 'worker.log')}` });
+  }
+  // Answers of a worker with other options are not answers for this configuration.
+  for (const n of await fsp.readdir(req.spool)) if (/\.(ok|error|req)$/.test(n)) await fsp.rm(path.join(req.spool, n), { force: true });
+  await writeFileAtomic(file, want, { mode: 0o600 });
+}
+
+/** The pid of the live worker of `spool`, if one runs. */
+async function workerPid(spool: string): Promise<number | undefined> {
+  const pid = await readPid(path.join(spool, LOCK));
+  return pid !== undefined && isWorker(pid) ? pid : undefined;
+}
+
 /** {@link fileIdentity} of the file to archive now. */
 async function identityOf(abs: string): Promise<string> {
   try {
@@ -116,8 +167,7 @@ async function ownSpool(spool: string): Promise<void> {
 
 /** Starts the worker unless one is alive (its pid in worker.pid). */
 async function ensureWorker(req: AsyncForeground): Promise<void> {
-  const pid = await readPid(path.join(req.spool, LOCK));
-  if (pid !== undefined && alive(pid)) return;
+  if ((await workerPid(req.spool)) !== undefined) return;
   const log = openSync(path.join(req.spool, 'worker.log'), 'a', 0o600);
   try {
     const child = spawn(req.workerArgv[0]!, req.workerArgv.slice(1), { detached: true, stdio: ['ignore', log, log], env: req.workerEnv, cwd: req.cwd });
@@ -236,7 +286,7 @@ async function takeLock(lock: string): Promise<boolean> {
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
       const pid = await readPid(lock);
-      if (pid !== undefined && alive(pid)) return false;
+      if (pid !== undefined && isWorker(pid)) return false;
       await fsp.rm(lock, { force: true });
     }
   }
@@ -248,13 +298,24 @@ async function readPid(file: string): Promise<number | undefined> {
   return Number.isFinite(n) && n > 0 ? n : undefined;
 }
 
-function alive(pid: number): boolean {
+/**
+ * Whether `pid` is a running async worker: alive, and (where /proc tells) a process started with
+ * `--async-worker`. A pid left in worker.pid by a worker that died with the machine can belong
+ * to any process after a reboot; taking it for the worker would stall archiving for good.
+ */
+function isWorker(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  let cmdline: string;
+  try {
+    cmdline = readFileSync(`/proc/${pid}/cmdline`, 'latin1');
+  } catch {
+    return existsSync('/proc/self') ? false : true; // gone meanwhile; or no /proc: trust kill -0
+  }
+  return cmdline.split('\0').includes('--async-worker');
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -50,6 +50,8 @@ export function isSelective(spec: SelectionSpec): boolean {
   return spec.tables.length > 0 || spec.schemas.length > 0 || spec.excludeTables.length > 0 || spec.listIds !== undefined;
 }
 
+/** Entries that only describe another object. */
+const DESCRIBES = new Set(['ACL', 'COMMENT', 'SECURITY LABEL']);
 /** What pg_restore -t matches (pg_restore 15, _tocEntryRequired). */
 const RELATION_KINDS = new Set(['TABLE', 'VIEW', 'MATERIALIZED VIEW', 'FOREIGN TABLE', 'SEQUENCE']);
 /** Relations whose rows or definition another relation's entry needs: never pulled in implicitly. */
@@ -138,6 +140,8 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
     else roots = [...toc];
     const excluded = new Set(spec.excludeTables.flatMap((t) => relationNamed(t, '--exclude-table')).map((e) => e.dumpId));
     chosen = new Set(roots.map((e) => e.dumpId).filter((id) => !excluded.has(id)));
+    // A chosen schema's own grants, comment and security label (their entries have no namespace).
+    for (const e of toc) if (DESCRIBES.has(e.desc) && e.deps.length > 0 && e.deps.every((d) => chosen.has(d) && byId.get(d)?.desc === 'SCHEMA')) chosen.add(e.dumpId);
 
     // What belongs to the chosen relations (data, indexes, constraints, owned sequences, and
     // what belongs to those: comments, sequence values), to a fixed point. Other relations are
@@ -148,6 +152,20 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
         grew = false;
         for (const e of toc) {
           if (chosen.has(e.dumpId) || excluded.has(e.dumpId) || HOLDS_ROWS.has(e.desc)) continue;
+          if (e.desc === 'TABLE ATTACH') {
+            // A chosen partitioned table brings its partitions (its rows live there), and they
+            // theirs; a chosen partition does not bring its parent (refused below instead).
+            const partition = e.deps.map((d) => byId.get(d)).find((x) => x?.desc === 'TABLE' && x.tag === e.tag && x.namespace === e.namespace);
+            const parent = e.deps.find((d) => d !== partition?.dumpId && byId.get(d)?.desc === 'TABLE');
+            if (partition && parent !== undefined && anchors.has(parent) && !excluded.has(partition.dumpId)) {
+              for (const id of [e.dumpId, partition.dumpId]) {
+                chosen.add(id);
+                anchors.add(id);
+              }
+              grew = true;
+            }
+            continue;
+          }
           if (e.deps.some((d) => anchors.has(d))) {
             chosen.add(e.dumpId);
             anchors.add(e.dumpId);

@@ -103,21 +103,32 @@ export interface WalPruneObject {
   lastModified: Date;
 }
 
+/** What the kept backups of one cluster need of its archived WAL. */
+export interface WalNeeds {
+  /** The start segment of the oldest kept base backup: it and every later segment stay. */
+  fromSegment?: string;
+  /**
+   * The start time of the oldest kept volume archive (a stopped cluster's directory): WAL stored
+   * from then on stays (replaying after it needs the segments written after the restart).
+   */
+  storedSince?: Date;
+}
+
 export interface WalPrunePlan {
-  /** Per cluster: the first segment a kept base backup needs (absent: none kept), and what is deleted. */
-  clusters: Array<{ cluster: string; keepFrom: string | null; deleted: number; kept: number }>;
+  /** Per cluster: what its kept backups need (null: kept whole, `reason` says why), and what is deleted. */
+  clusters: Array<{ cluster: string; keepFrom: string | null; keepSince: string | null; deleted: number; kept: number; reason?: string }>;
   deleteKeys: string[];
 }
 
 /**
  * Which archived WAL to delete: an object expires when it is older than `walDays` (stored
- * before the point-in-time window) **and** no kept base backup needs it, i.e. its segment sorts
- * before the start segment of the oldest base backup that stays (`keepFrom`, per cluster; names
- * sort by timeline, then position). Timeline `.history` files are never deleted (a few bytes,
- * and recovery reads them to follow timelines). A cluster without a kept base backup has nothing
- * to roll forward from: its WAL expires by age alone. Pure: `now` is passed in.
+ * before the point-in-time window) **and** no kept backup of its cluster needs it
+ * ({@link WalNeeds}: names sort by timeline, then position). Timeline `.history` files are never
+ * deleted (a few bytes, and recovery reads them to follow timelines). A cluster missing from
+ * `needs` (no kept backup coffer can read: base backups taken by another tool, or manifests that
+ * did not read) keeps all of its WAL, with `kept` naming why (`whole`). Pure: `now` is passed in.
  */
-export function planWalPrune(objects: readonly WalPruneObject[], keepFrom: ReadonlyMap<string, string>, walDays: number, now: Date): WalPrunePlan {
+export function planWalPrune(objects: readonly WalPruneObject[], needs: ReadonlyMap<string, WalNeeds>, walDays: number, now: Date, whole: ReadonlyMap<string, string> = new Map()): WalPrunePlan {
   const byCluster = new Map<string, { deleted: number; kept: number }>();
   const deleteKeys: string[] = [];
   for (const o of objects) {
@@ -125,15 +136,25 @@ export function planWalPrune(objects: readonly WalPruneObject[], keepFrom: Reado
     if (!w) continue;
     const tally = byCluster.get(w.cluster) ?? { deleted: 0, kept: 0 };
     byCluster.set(w.cluster, tally);
+    const need = needs.get(w.cluster);
     const segment = w.file.slice(0, 24);
     const old = now.getTime() - o.lastModified.getTime() > walDays * 86_400_000;
-    const from = keepFrom.get(w.cluster);
-    const needed = from !== undefined && (parseSegmentName(segment) === undefined || segment >= from);
+    const needed =
+      need === undefined ||
+      parseSegmentName(segment) === undefined ||
+      (need.fromSegment !== undefined && segment >= need.fromSegment) ||
+      (need.storedSince !== undefined && o.lastModified.getTime() >= need.storedSince.getTime());
     if (old && !needed && !w.file.endsWith('.history')) {
       deleteKeys.push(o.key);
       tally.deleted++;
     } else tally.kept++;
   }
-  const clusters = [...byCluster].sort(([a], [b]) => (a < b ? -1 : 1)).map(([cluster, t]) => ({ cluster, keepFrom: keepFrom.get(cluster) ?? null, ...t }));
+  const clusters = [...byCluster]
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([cluster, t]) => {
+      const need = needs.get(cluster);
+      const reason = need === undefined ? (whole.get(cluster) ?? 'no backup of this cluster is kept in this repository') : undefined;
+      return { cluster, keepFrom: need?.fromSegment ?? null, keepSince: need?.storedSince?.toISOString() ?? null, ...t, ...(reason !== undefined ? { reason } : {}) };
+    });
   return { clusters, deleteKeys };
 }

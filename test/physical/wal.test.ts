@@ -335,6 +335,50 @@ describe('bin/coffer-wal-push-async, the shell front end (file repository)', () 
       await fsp.chmod(spool, 0o700);
     }
   });
+
+  it('answers only for the options the worker was started with: changed options restart it, another cluster is refused, a stale worker.pid is not a worker', async () => {
+    const walDir = f.path('bind', 'pg_wal');
+    await fsp.mkdir(path.join(walDir, 'archive_status'), { recursive: true });
+    const names = ['000000010000000000000031', '000000010000000000000032', '000000010000000000000033'];
+    for (const [i, n] of names.entries()) await fsp.writeFile(path.join(walDir, n), walBytes(60 + i));
+    const spool = f.path('bind', 'spool');
+    const call = (n: string, node: string, cluster: string, repo: string) =>
+      execa('sh', [FRONT, spool, path.join(walDir, n), '--cluster', cluster, '--to', repo, '--recipient', f.recipient], { env: { ...f.env(), COFFER_NODE: node }, extendEnv: false, reject: false, cwd: walDir });
+    const storedIn = async (repo: string, cluster: string) => (await fsp.readdir(path.join(repo, `cluster=${cluster}`, 'wal')).catch(() => [] as string[])).map((k) => parseWalKey(`cluster=${cluster}/wal/${k}`)!.file).sort();
+    const repoA = f.path('bind', 'repo-a');
+    const repoB = f.path('bind', 'repo-b');
+
+    // A pid that is no worker (this test's own process) in worker.pid: coffer starts a real worker.
+    await fsp.mkdir(spool, { mode: 0o700 });
+    await fsp.writeFile(path.join(spool, 'worker.pid'), `${process.pid}\n`);
+    const first = await call(names[0]!, process.execPath, 'bd', repoA);
+    expect(first.exitCode, String(first.stderr)).toBe(0);
+    expect(await storedIn(repoA, 'bd')).toEqual([names[0]]);
+    const workerA = Number((await fsp.readFile(path.join(spool, 'worker.pid'), 'utf8')).trim());
+    expect(workerA).not.toBe(process.pid);
+
+    // The repository changed (the archive_command was edited): the shell does not trust the running
+    // worker, coffer stops it and starts one for the new options; the file lands in the new repository.
+    await fsp.writeFile(path.join(walDir, 'archive_status', `${names[1]}.ready`), '');
+    expect((await call(names[1]!, '/bin/false', 'bd', repoB)).exitCode).toBe(1);
+    const moved = await call(names[1]!, process.execPath, 'bd', repoB);
+    expect(moved.exitCode, String(moved.stderr)).toBe(0);
+    // (the old worker may have pushed the announced segment to the old repository before it stopped: harmless)
+    expect(await storedIn(repoB, 'bd')).toEqual([names[1]]);
+    expect(Number((await fsp.readFile(path.join(spool, 'worker.pid'), 'utf8')).trim())).not.toBe(workerA);
+    await fsp.rm(path.join(walDir, 'archive_status', `${names[1]}.ready`));
+
+    // Another cluster through the same spool while this one's worker runs: refused (exit 2), nothing stored for it.
+    const other = await call(names[2]!, process.execPath, 'elsewhere', repoB);
+    expect(other.exitCode).toBe(2);
+    expect(errorLine(String(other.stderr))).toMatch(/spool directory .* is in use by the archiving of another cluster \(cluster "bd"\)/);
+    expect(await storedIn(repoB, 'elsewhere')).toEqual([]);
+    // …and the shell still answers the first cluster's next segment alone.
+    await fsp.writeFile(path.join(walDir, 'archive_status', `${names[2]}.ready`), '');
+    const next = await call(names[2]!, '/bin/false', 'bd', repoB);
+    expect(next.exitCode, String(next.stderr)).toBe(0);
+    expect(await storedIn(repoB, 'bd')).toEqual(names.slice(1));
+  });
 });
 
 describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {

@@ -54,6 +54,13 @@ describe('selectEntries', () => {
     const s = selectEntries(TOC, spec({ tables: ['orders', 'orders_2024'] }));
     expect(s.ids).toEqual(expect.arrayContaining(ids([parent, part, attach, partData, parentPk, ownedSeq, ownedBy])));
     expect(s.ids).not.toContain(items.dumpId);
+    // The partitioned table alone brings its partitions and their rows (the parent holds none).
+    const alone = selectEntries(TOC, spec({ tables: ['orders'] }));
+    expect([...alone.ids].sort((a, b) => a - b)).toEqual([...s.ids].sort((a, b) => a - b));
+    expect(alone.tables).toEqual(['sales.orders', 'sales.orders_2024']);
+    // …unless a partition is excluded: then its attach and rows stay out.
+    const without = selectEntries(TOC, spec({ tables: ['orders'], excludeTables: ['orders_2024'] }));
+    for (const gone of [part, attach, partData]) expect(without.ids).not.toContain(gone.dumpId);
   });
 
   it('--exclude-table takes what depends on it; --schema with --table narrows; names are exact', () => {

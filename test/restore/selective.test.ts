@@ -18,6 +18,7 @@ const pg = f.pg;
 
 const SOURCE = String.raw`
 CREATE SCHEMA app;
+COMMENT ON SCHEMA app IS 'the application';
 CREATE SCHEMA audit;
 CREATE SCHEMA "Mixed Case";
 CREATE TYPE app.status AS ENUM ('new', 'paid');
@@ -42,6 +43,12 @@ INSERT INTO app.invoices (order_id) SELECT g FROM generate_series(1, 20) g;
 INSERT INTO "Mixed Case"."Odd ""Name""" SELECT g FROM generate_series(1, 7) g;
 INSERT INTO public.events SELECT g, repeat('p', 50) FROM generate_series(1, 500) g;
 INSERT INTO audit.log SELECT g, 'm' || g FROM generate_series(1, 40) g;
+CREATE TABLE audit.readings (id int, at date NOT NULL, v int) PARTITION BY RANGE (at);
+CREATE TABLE audit.readings_2025 PARTITION OF audit.readings FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE audit.readings_2026 PARTITION OF audit.readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01') PARTITION BY LIST (v);
+CREATE TABLE audit.readings_2026_rest PARTITION OF audit.readings_2026 DEFAULT;
+CREATE INDEX readings_at_idx ON audit.readings (at);
+INSERT INTO audit.readings SELECT g, DATE '2025-06-01' + g, g FROM generate_series(1, 400) g;
 `;
 
 let s3Repo: string;
@@ -114,12 +121,25 @@ describe('selective restore', () => {
     await dropDatabase(pg, target);
   });
 
+  it('--table of a partitioned table brings its partitions, at every level, with their rows and indexes', async () => {
+    const target = f.dropAtEnd(`${f.db}_p`);
+    const r = await restore(target, ['--table', 'readings', '--json'], fileRepo);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { selection: { tables: string[] } }).selection.tables.sort()).toEqual(['audit.readings', 'audit.readings_2025', 'audit.readings_2026', 'audit.readings_2026_rest']);
+    expect(await relations(target)).toEqual(sourceRelationsOf((x) => x.startsWith('audit.readings')));
+    expect(await dataFingerprint(pg, target)).toEqual(sourceDataOf(['audit.readings', 'audit.readings_2025', 'audit.readings_2026', 'audit.readings_2026_rest']));
+    expect(await pg.psql('SELECT count(*) FROM audit.readings;', target)).toBe('400');
+    await dropDatabase(pg, target);
+  });
+
   it('--schema with --exclude-table (file repository, --jobs 2), and a name that needs quoting', async () => {
     const target = f.dropAtEnd(`${f.db}_s`);
     const r = await restore(target, ['--schema', 'app', '--exclude-table', 'invoices', '--jobs', '2', '--spool-dir', f.path('spool')], fileRepo);
     expect(r.code, r.stderr).toBe(0);
     expect(await relations(target)).toEqual(sourceRelationsOf((x) => x.startsWith('app.') && !x.startsWith('app.invoices')));
     expect(await dataFingerprint(pg, target)).toEqual(sourceDataOf(['app.customers', 'app.orders', 'app.customers_id_seq', 'app.orders_id_seq', 'app.invoice_no']));
+    // The schema's own comment (and grants) come with it.
+    expect(await pg.psql("SELECT obj_description('app'::regnamespace, 'pg_namespace');", target)).toBe('the application');
     await dropDatabase(pg, target);
 
     const odd = f.dropAtEnd(`${f.db}_q`);
@@ -217,6 +237,14 @@ describe('sanitised restore', () => {
     expect(await pg.psql(unmasked, target)).toBe('0');
     expect(await relations(target)).toEqual(sourceRelationsOf((x) => x.startsWith('app.customers')));
 
+    // A file that turns psql's stop-at-error off cannot pass its failure off as success.
+    const sly = f.path('sly.sql');
+    await fsp.writeFile(sly, `\\set ON_ERROR_STOP off\nUPDATE app.customers SET nosuch = 1;\n${mask}`);
+    const slyRun = await restore(target, ['--sanitize', sly, '--replace']);
+    expect(slyRun.code, slyRun.stderr).toBe(3);
+    expect(errorLine(slyRun.stderr)).toMatch(/^--sanitize .*sly\.sql failed: line 2: ERROR: column "nosuch"/);
+    expect((await databasesOf(target)).sort()).toEqual([target, summary.replacedAside].sort());
+
     // A missing file is refused before anything is read.
     const missing = await restore(`${f.db}_nofile`, ['--sanitize', f.path('nope.sql')]);
     expect(missing.code).toBe(2);
@@ -244,7 +272,7 @@ describe('show', () => {
     expect(c.archive.formatVersion).toBe('1.14');
     expect(c.archive.serverVersion).toBe(manifest.postgres.serverVersion);
     expect(c.schemas).toEqual(['Mixed Case', 'app', 'audit', 'public']);
-    expect(c.tables.map((t) => `${t.schema}.${t.name}`).sort()).toEqual(['Mixed Case.Odd "Name"', 'app.customers', 'app.invoices', 'app.orders', 'audit.log', 'public.events']);
+    expect(c.tables.map((t) => `${t.schema}.${t.name}`).sort()).toEqual(['Mixed Case.Odd "Name"', 'app.customers', 'app.invoices', 'app.orders', 'audit.log', 'audit.readings', 'audit.readings_2025', 'audit.readings_2026', 'audit.readings_2026_rest', 'public.events']);
     const size = (name: string): number => c.tables.find((t) => t.name === name)!.dataBytes!;
     // 3000 order rows against 20 invoices and 7 one-column rows; every table has some bytes.
     expect(size('orders')).toBeGreaterThan(30_000);
@@ -254,7 +282,7 @@ describe('show', () => {
     expect(c.sizes).toBe(true);
     expect(c.storedBytesRead).toBe(manifest.dump.size);
     expect(c.objects.VIEW).toEqual(['app.v_orders']);
-    expect(c.objects.INDEX).toEqual(['app.orders_customer_idx']);
+    expect(c.objects.INDEX).toEqual(['app.orders_customer_idx', 'audit.readings_at_idx', 'audit.readings_2025_at_idx', 'audit.readings_2026_at_idx', 'audit.readings_2026_rest_at_idx']);
     expect(c.objects['FK CONSTRAINT']).toEqual(['app.orders orders_customer_id_fkey']);
     expect(c.objects.TYPE).toEqual(['app.status']);
 

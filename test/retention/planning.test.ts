@@ -192,7 +192,7 @@ describe('planWalPrune', () => {
   const now = new Date('2026-11-26T12:00:00Z');
   const at = (days: number) => new Date(now.getTime() - days * 86_400_000);
   const key = (cluster: string, file: string) => `cluster=${cluster}/wal/${file}.${'ab'.repeat(32)}.zst.age`;
-  it('deletes WAL older than the window that sorts before the oldest kept base backup start; keeps history files, the window and other clusters by their own rule', () => {
+  it('deletes WAL older than the window that no kept backup needs: before the oldest kept base backup start, stored before the oldest kept volume archive; history files and clusters without a readable kept backup stay whole', () => {
     const objects = [
       { key: key('main', '000000010000000000000001'), lastModified: at(40) }, // old, before start: goes
       { key: key('main', '000000010000000000000002.00000028.backup'), lastModified: at(40) }, // old, before start: goes
@@ -201,15 +201,21 @@ describe('planWalPrune', () => {
       { key: key('main', '000000010000000000000002'), lastModified: at(3) }, // before start, but inside the window: stays
       { key: key('main', '00000002.history'), lastModified: at(400) }, // history: stays
       { key: key('main', '000000020000000000000001'), lastModified: at(40) }, // a later timeline sorts after the start: stays
-      { key: key('other', '000000010000000000000009'), lastModified: at(40) }, // no kept base backup: age alone
-      { key: key('other', '00000001000000000000000A'), lastModified: at(1) },
+      { key: key('cold', '000000010000000000000007'), lastModified: at(40) }, // before the volume archive: goes
+      { key: key('cold', '000000010000000000000008'), lastModified: at(20) }, // after it (replayed after it): stays
+      { key: key('other', '000000010000000000000009'), lastModified: at(400) }, // no kept backup known: stays
       { key: 'cluster=main/wal/notes.txt', lastModified: at(400) }, // not coffer's: never
     ];
-    const plan = planWalPrune(objects, new Map([['main', '000000010000000000000003']]), 14, now);
-    expect(plan.deleteKeys).toEqual([key('main', '000000010000000000000001'), key('main', '000000010000000000000002.00000028.backup'), key('other', '000000010000000000000009')]);
+    const needs = new Map([
+      ['main', { fromSegment: '000000010000000000000003' }],
+      ['cold', { storedSince: at(30) }],
+    ]);
+    const plan = planWalPrune(objects, needs, 14, now, new Map([['other', 'a manifest could not be read']]));
+    expect(plan.deleteKeys).toEqual([key('main', '000000010000000000000001'), key('main', '000000010000000000000002.00000028.backup'), key('cold', '000000010000000000000007')]);
     expect(plan.clusters).toEqual([
-      { cluster: 'main', keepFrom: '000000010000000000000003', deleted: 2, kept: 5 },
-      { cluster: 'other', keepFrom: null, deleted: 1, kept: 1 },
+      { cluster: 'cold', keepFrom: null, keepSince: at(30).toISOString(), deleted: 1, kept: 1 },
+      { cluster: 'main', keepFrom: '000000010000000000000003', keepSince: null, deleted: 2, kept: 5 },
+      { cluster: 'other', keepFrom: null, keepSince: null, deleted: 0, kept: 1, reason: 'a manifest could not be read' },
     ]);
   });
 });

@@ -1,10 +1,10 @@
-import { UsageError } from '../../errors.js';
+import { IntegrityError, StorageError, UsageError } from '../../errors.js';
 import { requireRepository } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
-import { groupRuns, planPrune, planWalPrune, type PrunePlan, type WalPruneObject } from '../../retention/prune.js';
+import { groupRuns, planPrune, planWalPrune, type PrunePlan, type WalNeeds, type WalPruneObject } from '../../retention/prune.js';
 import { parseClusterKey, parseWalKey } from '../../catalog/cluster-layout.js';
 import { MANIFEST_SUFFIX } from '../../catalog/layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from '../../catalog/physical-manifest.js';
@@ -50,6 +50,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
     // attachments) is there.
     const good = new Map<string, boolean>();
     const physical = new Map<string, PhysicalManifest>();
+    const unreadable = new Set<string>();
     for (const k of keys) {
       if (!k.endsWith(MANIFEST_SUFFIX)) continue;
       try {
@@ -63,21 +64,36 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
           const m = decodeManifest(bytes, k);
           good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
         }
-      } catch {
+      } catch (err) {
+        // Only a manifest that is not one (or vanished) makes a backup bad; a read that failed
+        // for another reason (I/O, a stop) ends the run before anything is deleted.
+        if (!(err instanceof IntegrityError || (err instanceof StorageError && err.code === 'NotFound'))) throw err;
         good.set(k, false);
+        const c = parseClusterKey(k);
+        if (c) unreadable.add(c.cluster);
       }
     }
     const now = new Date();
     const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true), policy, minKeep, now);
-    // Archived WAL: what the oldest base backup that stays needs, and the --keep-wal window.
-    const keepFrom = new Map<string, string>();
+    // Archived WAL: what the backups that stay need, and the --keep-wal window. A cluster with a
+    // manifest that did not read keeps all of its WAL (what that backup needs is unknown).
+    const needs = new Map<string, WalNeeds>();
+    const whole = new Map<string, string>();
     for (const d of plan.decisions) {
-      const start = d.action === 'keep' && d.cluster !== undefined ? physical.get(d.keys[0]!)?.wal?.startSegment : undefined;
-      if (start === undefined) continue;
-      const was = keepFrom.get(d.cluster!);
-      if (was === undefined || start < was) keepFrom.set(d.cluster!, start);
+      const m = d.action === 'keep' && d.cluster !== undefined ? physical.get(d.keys[0]!) : undefined;
+      if (!m) continue;
+      const need = needs.get(m.cluster) ?? {};
+      const start = m.wal?.startSegment;
+      if (start !== undefined && (need.fromSegment === undefined || start < need.fromSegment)) need.fromSegment = start;
+      const since = new Date(m.startedAt);
+      if (m.kind === 'volume' && (need.storedSince === undefined || since < need.storedSince)) need.storedSince = since;
+      needs.set(m.cluster, need);
     }
-    const walPlan = planWalPrune(wal, keepFrom, flags.keepWal, now);
+    for (const c of unreadable) {
+      needs.delete(c);
+      whole.set(c, 'a manifest of this cluster could not be read: what its backup needs is unknown');
+    }
+    const walPlan = planWalPrune(wal, needs, flags.keepWal, now, whole);
     const dry = flags.dryRun === true;
     for (const d of plan.decisions) {
       ctx.log.info(`${d.action === 'delete' ? (dry ? 'would delete' : 'deleting') : 'keeping'} ${d.cluster !== undefined ? `cluster ${d.cluster}` : d.database} ${d.tier} ${d.id}: ${d.reason}`, {
@@ -87,12 +103,16 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
       });
     }
     for (const c of walPlan.clusters) {
-      ctx.log.info(`archived WAL of cluster ${c.cluster}: ${dry ? 'would delete' : 'deleting'} ${c.deleted}, keeping ${c.kept} (${c.keepFrom ? `from ${c.keepFrom}, the oldest kept base backup's start,` : 'no base backup kept:'} and the last ${flags.keepWal} days)`, {
-        cluster: c.cluster,
-      });
+      if (c.reason !== undefined) {
+        ctx.log.warn(`archived WAL of cluster ${c.cluster}: keeping all ${c.kept} files: ${c.reason}`, { cluster: c.cluster });
+        continue;
+      }
+      const kept = [c.keepFrom ? `from ${c.keepFrom} (the oldest kept base backup's start)` : '', c.keepSince ? `stored since ${c.keepSince} (the oldest kept volume archive)` : '', `the last ${flags.keepWal} days`].filter(Boolean).join(', ');
+      ctx.log.info(`archived WAL of cluster ${c.cluster}: ${dry ? 'would delete' : 'deleting'} ${c.deleted}, keeping ${c.kept} (${kept})`, { cluster: c.cluster });
     }
     const done: string[] = [];
     for (const key of [...plan.deleteKeys, ...walPlan.deleteKeys]) {
+      ctx.signal.throwIfAborted();
       if (!dry) await store.delete(key);
       done.push(key);
       if (!flags.json) ctx.stdout(`delete ${key}\n`);

@@ -6,6 +6,7 @@ import { formatBytes } from '../../observe/log.js';
 import { walFetch } from '../../physical/wal-fetch.js';
 import { walPush } from '../../physical/wal-push.js';
 import { pushThroughWorker, runWorker } from '../../physical/wal-async.js';
+import { createHash } from 'node:crypto';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { openStore } from '../../store/open.js';
@@ -23,8 +24,15 @@ export async function runWalPush(flags: Values<typeof pushOptions>, ctx: CliCont
   if (flags.async && !flags.asyncWorker) {
     const t0 = Date.now();
     const argv1 = process.argv[1]!;
+    const s3 = resolveS3Settings(flags, ctx.env);
+    const where = flags.to.kind === 'file' ? `file://${flags.to.root}` : `s3://${flags.to.bucket}/${flags.to.prefix}${s3.endpoint ? ` at ${s3.endpoint}` : ''}`;
     await pushThroughWorker({
       spool,
+      worker: {
+        cluster,
+        config: `cluster ${JSON.stringify(cluster)} to ${where} zstd:${flags.compress.level} recipients ${createHash('sha256').update([...new Set(recipients)].sort().join('\n')).digest('hex').slice(0, 16)}`,
+        frontArgs: ctx.env.COFFER_FRONT_ARGS,
+      },
       file: operands[0]!,
       ...(operands[1] !== undefined ? { name: operands[1] } : {}),
       cwd: ctx.cwd,
