@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
@@ -63,12 +63,23 @@ export class FsStore implements ObjectStore {
         cb(null, chunk);
       },
     });
+    let out: WriteStream | undefined;
     try {
-      const out = createWriteStream(tmp, { flags: 'wx', mode: FILE_MODE });
+      out = createWriteStream(tmp, { flags: 'wx', mode: FILE_MODE });
       await pipeline(body, counter, out, { signal: options.signal });
       await this.commit(() => commitFile(tmp, target, { exclusive: true }), key);
       return { size };
     } catch (err) {
+      // A body that fails at once can end the pipeline while the temporary is still being
+      // opened: wait until the stream is closed (its open done), or the file would appear after
+      // the removal below and stay.
+      const w = out;
+      if (w && !w.closed) {
+        await new Promise<void>((resolve) => {
+          w.once('close', () => resolve());
+          w.destroy();
+        });
+      }
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
       if (err instanceof StorageError) throw err;
       if (options.signal.aborted) throw new StorageError('Aborted', `write ${key}: aborted`, { cause: err });

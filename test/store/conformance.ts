@@ -214,13 +214,20 @@ export function objectStoreConformance(name: string, traits: StoreTraits, open: 
           },
         });
         await expect(store.putStream('abort/failed', failing, { signal: never(), partSize: PART })).rejects.toThrow('producer failed');
+        // …and one that fails at once, before the store has its temporary open (a race the file
+        // store lost: the temporary appeared after its removal), many times over.
+        for (let i = 0; i < 40; i++) {
+          const instant = new Readable({ read() {} });
+          instant.destroy(new Error('producer failed at once'));
+          await expect(store.putStream(`abort/instant-${i}`, instant, { signal: never(), partSize: PART })).rejects.toThrow('producer failed at once');
+        }
 
         // An aborted small put.
         const ac = new AbortController();
         ac.abort();
         await rejection(store.putBytes('abort/bytes', randomBytes(10), { signal: ac.signal }));
 
-        for (const key of ['abort/early', 'abort/mid-q1', 'abort/mid-q3', 'abort/failed', 'abort/bytes']) expect(await store.head(key)).toBeUndefined();
+        for (const key of ['abort/early', 'abort/mid-q1', 'abort/mid-q3', 'abort/failed', 'abort/bytes', 'abort/instant-0', 'abort/instant-39']) expect(await store.head(key)).toBeUndefined();
         const listed = [];
         for await (const o of store.list('')) listed.push(o.key);
         expect(listed).toEqual([]);
