@@ -217,8 +217,11 @@ export function objectStoreConformance(name: string, traits: StoreTraits, open: 
         // …and one that fails at once, before the store has its temporary open (a race the file
         // store lost: the temporary appeared after its removal), many times over.
         for (let i = 0; i < 40; i++) {
-          const instant = new Readable({ read() {} });
-          instant.destroy(new Error('producer failed at once'));
+          const instant = new Readable({
+            read() {
+              this.destroy(new Error('producer failed at once'));
+            },
+          });
           await expect(store.putStream(`abort/instant-${i}`, instant, { signal: never(), partSize: PART })).rejects.toThrow('producer failed at once');
         }
 
