@@ -160,9 +160,14 @@ async function readLog(file: string): Promise<string> {
 }
 
 /** The server's reason (its FATAL/PANIC line) and restore_command's last complaint before it, on one line. */
-function why(log: string): string {
+export function why(log: string): string {
   const lines = log.split('\n');
-  const at = lines.map((l) => /\b(FATAL|PANIC):/.test(l)).lastIndexOf(true);
+  // The server's refusals of the check's own connection attempts while it starts are FATAL lines
+  // too ("the database system is not yet accepting connections"): not the reason it stopped.
+  const refusal = /\bFATAL:\s+the database system is (not yet accepting connections|starting up|shutting down|in recovery mode)/;
+  const fatalAt = lines.map((l) => /\b(FATAL|PANIC):/.test(l));
+  const causeAt = lines.map((l, i) => fatalAt[i]! && !refusal.test(l)).lastIndexOf(true);
+  const at = causeAt >= 0 ? causeAt : fatalAt.lastIndexOf(true);
   const fatal = at >= 0 ? lines[at]!.replace(/^.*?\b(FATAL|PANIC):\s*/, '$1: ') : undefined;
   // restore_command's own stderr: the lines that are not the server's (which start with its
   // timestamp); coffer's error line first (node may print other lines after it, e.g. at exit)
