@@ -6,6 +6,7 @@ import { UsageError } from '../errors.js';
  *
  *   <database>/<tier>/<id>.<content suffix>.age     the encrypted dump
  *   <database>/<tier>/<id>.globals.sql.age          roles and tablespaces (when asked)
+ *   <database>/<tier>/<id>.index.json.age           where each table's data lies (custom + zstd)
  *   <database>/<tier>/<id>.manifest.json            written last: the commit marker
  *
  * `<id>` is `YYYYMMDDTHHMMSSZ-<8 hex>`: UTC start time plus a random suffix, so concurrent or
@@ -75,6 +76,8 @@ const CONTENT_SUFFIX: Record<DumpContent, string> = {
 export interface BackupKeys {
   dump: string;
   globals: string;
+  /** The archive index (where each table's data lies), encrypted like the dump. */
+  index: string;
   manifest: string;
 }
 
@@ -83,6 +86,7 @@ export function backupKeys(db: string, tier: Tier, id: string, content: DumpCont
   return {
     dump: `${base}.${CONTENT_SUFFIX[content]}.age`,
     globals: `${base}.globals.sql.age`,
+    index: `${base}.index.json.age`,
     manifest: `${base}${MANIFEST_SUFFIX}`,
   };
 }

@@ -49,6 +49,8 @@ export interface BackupManifest {
   encryption: { format: 'age-v1'; recipients: string[] };
   dump: StoredObject;
   globals: StoredObject | null;
+  /** The archive index (../catalog/archive-index.ts): where each table's data lies; absent when the backup has none. */
+  index?: StoredObject;
   /** What shaped the content beyond the kind (absent in manifests of earlier coffer versions). */
   dumpOptions?: {
     /** pg_dump --disable-triggers (data-only backups): loading disables all triggers, foreign keys included. */
@@ -94,6 +96,7 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   if (!isObj(v.encryption) || !Array.isArray((v.encryption as Record<string, unknown>).recipients)) bad('missing encryption.recipients');
   checkObject(v.dump, 'dump', bad);
   if (v.globals !== null && v.globals !== undefined) checkObject(v.globals, 'globals', bad);
+  if (v.index !== undefined) checkObject(v.index, 'index', bad);
   if (v.warnings !== undefined && (!Array.isArray(v.warnings) || v.warnings.some((w) => typeof w !== 'string'))) bad('warnings must be a list of strings');
   if (v.dumpOptions !== undefined) {
     const o = v.dumpOptions as Record<string, unknown>;

@@ -7,7 +7,7 @@
  * Only the binary format is read and written; ASCII-armored files are refused. Passphrase
  * (scrypt) files are not supported: coffer uses public-key encryption only.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, type KeyObject } from 'node:crypto';
 import type { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
 import type { Identity, Recipient, Stanza } from 'age-encryption';
@@ -18,7 +18,7 @@ import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, pay
 
 export { generateIdentity, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
 export { writeSecretFileExclusive } from './key-files.js';
-export { CHUNK_SIZE, payloadSize } from './stream.js';
+export { CHUNK_SIZE, ChunkRangeDecrypter, chunkSpan, payloadSize, SEALED_CHUNK_SIZE } from './stream.js';
 
 const VERSION_LINE = Buffer.from('age-encryption.org/v1\n');
 const ARMOR_BEGIN = '-----BEGIN AGE ENCRYPTED FILE-----';
@@ -210,6 +210,36 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     }
     throw corruptHeader();
   }
+}
+
+/** What {@link openPayloadKey} gives: the key that opens every chunk, and where chunk 0 starts. */
+export interface PayloadAccess {
+  key: KeyObject;
+  /** File offset of the first sealed chunk: header length + the 16-byte nonce. */
+  payloadOffset: number;
+  headerLength: number;
+}
+
+/**
+ * The payload key of an age file from its first bytes (header and nonce), for reading chunks
+ * out of order (ranged reads). `'more'` when `head` does not hold the whole header and nonce yet
+ * (and `complete` is false: more of the file exists). Same errors as {@link openDecryptStream}.
+ */
+export async function openPayloadKey(head: Buffer, identities: string[], complete: boolean): Promise<PayloadAccess | 'more'> {
+  if (identities.length === 0) throw new UsageError('no identities to decrypt with; pass an identity file made by coffer keygen or age-keygen');
+  const valid = await Promise.all(identities.map((id) => parseIdentity(id)));
+  const headerEnd = head.length === 0 ? -1 : scanHeader(head, 0);
+  if (headerEnd < 0 || head.length < headerEnd + PAYLOAD_NONCE_SIZE) {
+    if (!complete) return 'more';
+    if (headerEnd < 0) throw head.length === 0 ? corruptHeader('the file is empty') : corruptHeader('the header is incomplete');
+  }
+  const { fileKey } = await unwrapFileKey(head.subarray(0, headerEnd), valid);
+  if (head.length < headerEnd + PAYLOAD_NONCE_SIZE) {
+    throw new IntegrityError('backup is truncated: the encrypted data ends right after the header', { hint: 'the upload or download was probably interrupted; use another backup' });
+  }
+  const key = payloadKey(fileKey, head.subarray(headerEnd, headerEnd + PAYLOAD_NONCE_SIZE));
+  fileKey.fill(0);
+  return { key, payloadOffset: headerEnd + PAYLOAD_NONCE_SIZE, headerLength: headerEnd };
 }
 
 /**

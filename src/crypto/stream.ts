@@ -18,6 +18,8 @@ const TAG_SIZE = 16;
 /** Size of the payload nonce that precedes the chunks. */
 export const PAYLOAD_NONCE_SIZE = 16;
 const SEALED_SIZE = CHUNK_SIZE + TAG_SIZE;
+/** Ciphertext bytes of every chunk but the last. */
+export const SEALED_CHUNK_SIZE = SEALED_SIZE;
 const ALGORITHM = 'chacha20-poly1305';
 /** Stream buffers: a few chunks, so memory stays flat whatever the input size. */
 const HIGH_WATER_MARK = 4 * SEALED_SIZE;
@@ -55,6 +57,16 @@ class ChunkNonce {
   }
   setLast(last: boolean): void {
     this.bytes[11] = last ? 1 : 0;
+  }
+  /** Set the counter to chunk number `n`. */
+  set(n: number): void {
+    if (!Number.isSafeInteger(n) || n < 0) throw new RangeError('age STREAM chunk counter out of range');
+    this.bytes.fill(0, 0, 11);
+    let v = n;
+    for (let i = 10; i >= 0 && v > 0; i--) {
+      this.bytes[i] = v % 256;
+      v = Math.floor(v / 256);
+    }
   }
 }
 
@@ -246,6 +258,97 @@ export class PayloadDecrypter extends Transform {
       }
       this.#chunks++;
       if (plaintext.length > 0) this.push(plaintext);
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+}
+
+/**
+ * Where the sealed chunks of a payload lie: chunk `c` holds plaintext bytes
+ * `[c * CHUNK_SIZE, (c + 1) * CHUNK_SIZE)` and its ciphertext starts at
+ * `payloadOffset + c * SEALED_CHUNK_SIZE` (payloadOffset: header length + the 16-byte nonce).
+ */
+export function chunkSpan(payloadOffset: number, plaintextBytes: number, first: number, last: number): { start: number; end: number } {
+  const lastOfPayload = Math.max(0, Math.ceil(plaintextBytes / CHUNK_SIZE) - 1);
+  if (first < 0 || last < first || last > lastOfPayload) throw new RangeError(`internal: chunks ${first}..${last} of a payload of ${lastOfPayload + 1}`);
+  const end = last === lastOfPayload ? payloadOffset + payloadSize(plaintextBytes) - PAYLOAD_NONCE_SIZE : payloadOffset + (last + 1) * SEALED_SIZE;
+  return { start: payloadOffset + first * SEALED_SIZE, end };
+}
+
+/**
+ * Sealed chunks `first..` of an age payload in (a ranged read that starts at a chunk boundary),
+ * their plaintext out, each emitted once authenticated under its own counter: a chunk cut from
+ * another place, another file or a damaged copy fails. Chunk `finalChunk` is opened as the
+ * payload's last. The input must end at a chunk boundary (or at the payload's end).
+ * Errors with {@link IntegrityError} naming the byte offset of the chunk that failed.
+ */
+export class ChunkRangeDecrypter extends Transform {
+  readonly #key: KeyObject;
+  readonly #nonce = new ChunkNonce();
+  #index: number;
+  readonly #final: number;
+  readonly #payloadOffset: number;
+  #held: Buffer[] = [];
+  #heldBytes = 0;
+
+  /**
+   * @param key - from {@link payloadKey}. @param first - the first chunk's number.
+   * @param finalChunk - the number of the payload's last chunk. @param payloadOffset - file offset of chunk 0.
+   */
+  constructor(key: KeyObject, first: number, finalChunk: number, payloadOffset: number) {
+    super({ readableHighWaterMark: HIGH_WATER_MARK, writableHighWaterMark: HIGH_WATER_MARK });
+    this.#key = key;
+    this.#index = first;
+    this.#final = finalChunk;
+    this.#payloadOffset = payloadOffset;
+  }
+
+  #open(sealed: Buffer, last: boolean): void {
+    const where = this.#payloadOffset + this.#index * SEALED_SIZE;
+    if (sealed.length < TAG_SIZE) throw new IntegrityError(`backup is truncated or corrupted: incomplete chunk at byte offset ${where}`);
+    this.#nonce.set(this.#index);
+    this.#nonce.setLast(last);
+    const decipher = createDecipheriv(ALGORITHM, this.#key, this.#nonce.bytes, { authTagLength: TAG_SIZE });
+    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
+    const plaintext = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
+    try {
+      decipher.final();
+    } catch {
+      throw new IntegrityError(`authentication failed at byte offset ${where}: the backup was modified or corrupted`);
+    }
+    this.#index++;
+    if (plaintext.length > 0) this.push(plaintext);
+  }
+
+  override _transform(data: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    try {
+      this.#held.push(data);
+      this.#heldBytes += data.length;
+      while (this.#index < this.#final && this.#heldBytes >= SEALED_SIZE) {
+        const all = this.#held.length === 1 ? this.#held[0]! : Buffer.concat(this.#held);
+        this.#open(all.subarray(0, SEALED_SIZE), false);
+        const rest = all.subarray(SEALED_SIZE);
+        this.#held = rest.length > 0 ? [rest] : [];
+        this.#heldBytes = rest.length;
+      }
+      if (this.#index >= this.#final && this.#heldBytes > SEALED_SIZE) {
+        throw new IntegrityError(`unexpected data after the end of the backup at byte offset ${this.#payloadOffset + (this.#final + 1) * SEALED_SIZE}: the backup was modified or corrupted`);
+      }
+      callback();
+    } catch (err) {
+      callback(err as Error);
+    }
+  }
+
+  override _flush(callback: TransformCallback): void {
+    try {
+      if (this.#heldBytes > 0) {
+        const sealed = Buffer.concat(this.#held);
+        if (this.#index === this.#final) this.#open(sealed, true);
+        else throw new IntegrityError(`backup is truncated: the range read ends inside the chunk at byte offset ${this.#payloadOffset + this.#index * SEALED_SIZE}`);
+      }
       callback();
     } catch (err) {
       callback(err as Error);

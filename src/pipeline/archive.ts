@@ -68,6 +68,12 @@ export interface OpenedArchive {
 export type ArchiveFormat = 'custom' | 'sql' | 'tar';
 
 const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
+
+/** A zstd stream starts with a frame or a skippable frame (pzstd's, before each frame: magic 0x184D2A5?). */
+function isZstd(head: Buffer): boolean {
+  if (head.subarray(0, 4).equals(ZSTD_MAGIC)) return true;
+  return head.length >= 4 && (head[0]! & 0xf0) === 0x50 && head[1] === 0x2a && head[2] === 0x4d && head[3] === 0x18;
+}
 /** POSIX/GNU tar: "ustar" at offset 257 of the first header block. */
 const TAR_MAGIC = Buffer.from('ustar');
 const TAR_BLOCK = 512;
@@ -133,7 +139,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   if (first.length === 0) {
     throw new IntegrityError('the backup holds no data: its encrypted content is empty', { hint: 'this backup stored nothing; use another backup' });
   }
-  const compressed = first.subarray(0, 4).equals(ZSTD_MAGIC);
+  const compressed = isZstd(first);
   const children: Child[] = [];
   let source: Readable = plaintext;
   /** Settles when everything upstream of the check ended cleanly. */

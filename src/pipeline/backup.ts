@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import * as path from 'node:path';
 import { hostname } from 'node:os';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
@@ -23,6 +25,9 @@ import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
 import { ArchiveCheck } from './archive.js';
+import { decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
+import type { ArchiveLayout } from '../pg/archive-offsets.js';
+import { Readable as ReadableStream } from 'node:stream';
 
 
 /** Where a backup run stores its objects and how: what logical and physical backups share. */
@@ -57,6 +62,21 @@ export interface BackupRequest extends StoringRequest {
   disableTriggers?: boolean;
   /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
   globals?: boolean;
+  /**
+   * Write the archive index (custom format with zstd only; default true): the dump is compressed
+   * by `pzstd` into independent frames, and an encrypted sidecar says where each table's data
+   * lies, for selective restores that fetch only those bytes (../catalog/archive-index.ts).
+   */
+  index?: boolean;
+  /** The `pzstd` program (default: `pzstd` from PATH). */
+  pzstdCommand?: string[];
+}
+
+/** What the compressing producer learned for the archive index. */
+export interface IndexParts {
+  headerLength: number;
+  compressed: ArchiveIndex['compressed'];
+  archive: ArchiveIndex['archive'];
 }
 
 export interface BackupResult {
@@ -112,8 +132,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     let globals: StoredObject | null = null;
     const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
     if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
-    const dump = await streamObject(target, keys.dump, 'dump', () => startDump(req, excludeTableData, env, sup, dumpWarnings));
+    let producer: Producer | undefined;
+    const dump = await streamObject(target, keys.dump, 'dump', () => (producer = startDump(req, excludeTableData, env, sup, dumpWarnings)));
     warnings.push(...dumpWarnings.end());
+    const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
 
     if (sup.failed) throw sup.cause();
     const finishedAt = now();
@@ -140,6 +162,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       encryption: { format: 'age-v1', recipients: [...req.recipients] },
       dump,
       globals,
+      ...(index ? { index } : {}),
       dumpOptions: { disableTriggers: !!req.disableTriggers, excludeTableData },
       warnings,
       startedAt: startedAt.toISOString(),
@@ -151,7 +174,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // must be known, because a manifest that reached the store is a backup (a stop now would
     // report a failure for a backup that exists, and remove its dump). It is one small request,
     // bounded by the S3 socket timeout and the SDK's retries.
-    await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags }, [keys.dump, ...(globals ? [keys.globals] : [])]);
+    await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags }, [keys.dump, ...(globals ? [keys.globals] : []), ...(index ? [keys.index] : [])]);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
     req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}) });
     return { manifest, manifestKey: keys.manifest };
@@ -163,6 +186,39 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   } finally {
     await sup.teardown();
   }
+}
+
+/**
+ * Stores the archive index the dump's producer gathered (encrypted, beside the dump), after
+ * checking it against the stored dump. A dump that could not be indexed is still a backup: the
+ * run warns (the manifest records it) and selective restores read it whole.
+ */
+async function storeIndex(t: ObjectTarget, key: string, backupId: string, dump: StoredObject, producer: Producer | undefined, warnings: string[], log: Logger): Promise<StoredObject | undefined> {
+  const parts = producer?.indexParts?.();
+  if (!parts || ('problem' in parts && parts.problem === 'not indexed')) return undefined;
+  let bytes: Buffer;
+  try {
+    if ('problem' in parts) throw new Error(parts.problem);
+    const index: ArchiveIndex = { format: INDEX_FORMAT, formatVersion: 1, backupId, dump: { key: dump.key, size: dump.size, sha256: dump.sha256 }, age: { headerLength: parts.headerLength }, compressed: parts.compressed, archive: parts.archive };
+    bytes = encodeIndex(index);
+    decodeIndex(bytes, backupId, dump);
+  } catch (err) {
+    const w = `no archive index was written (${(err as Error).message}): a selective restore of this backup reads it whole`;
+    log.warn(w, { backup: backupId });
+    warnings.push(w);
+    return undefined;
+  }
+  return streamObject(t, key, 'archive index', () => bytesProducer(bytes));
+}
+
+/** A producer of bytes already in memory (the archive index). */
+function bytesProducer(bytes: Buffer): Producer {
+  return {
+    stdout: ReadableStream.from([bytes]),
+    children: [],
+    observe: () => undefined,
+    settle: () => Promise.resolve({ dumpBytes: bytes.length }),
+  };
 }
 
 /** Producer of plaintext for one object: its stdout plus the children that must all exit 0. */
@@ -178,6 +234,10 @@ export interface Producer {
   settle(): Promise<{ dumpBytes: number } | { problem: string }>;
   /** What to check when settle finds a problem (default: the pg_dump command and the tools). */
   hint?: string;
+  /** After settle: where the frames and data blocks lie (an indexing producer), or why no index can be written. */
+  indexParts?(): IndexParts | { problem: string };
+  /** The length of the age header the object was encrypted with (told before any data). */
+  encrypted?(headerLength: number): void;
 }
 
 /**
@@ -219,12 +279,32 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
   if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
-  return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
+  const indexed = req.index !== false && req.kind === 'custom' && pzstdFound(req, env);
+  return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, indexed);
 }
 
 function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
   const args = pgDumpallGlobalsArgv(req.tools, req.conn, req.database, server.isSuperuser);
   return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql');
+}
+
+/**
+ * Whether the `pzstd` program exists (a path, or a name on PATH). Without it the backup is made
+ * without an index (a warning says so): indexing is an addition, not a condition of a backup.
+ */
+function pzstdFound(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
+  const cmd = (req.pzstdCommand ?? ['pzstd'])[0]!;
+  const dirs = cmd.includes('/') ? [''] : (env.PATH ?? '/usr/bin:/bin').split(':').filter(Boolean);
+  for (const d of dirs) {
+    try {
+      accessSync(d === '' ? cmd : path.join(d, cmd), fsConstants.X_OK);
+      return true;
+    } catch {
+      // next
+    }
+  }
+  req.log.warn(`${cmd} not found on PATH: this backup gets no archive index, so a selective restore of it reads it whole; install zstd (apt-get install zstd; it ships pzstd), or pass --no-index`);
+  return false;
 }
 
 /**
@@ -278,7 +358,7 @@ function headProblem(what: string, head: Buffer, bytes: number, expectHead: stri
  * whole compressed stream ({@link ReadBack}), which must decompress to dd's count of bytes
  * forming a whole dump. Any mismatch fails the run before the manifest.
  */
-function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void): Producer {
+function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, indexed: boolean): Producer {
   const zstdArgv = req.zstdCommand ?? ['zstd'];
   const missingZstd = missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none');
   const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: 'child', what: 'pg_dump', onStderr });
@@ -290,19 +370,53 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
     what: 'dd (counting the dump)',
     missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
   });
-  const zstd = spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
+  // Indexed: pzstd writes independent frames of a fixed size (its summary line says which),
+  // node notes where each starts, and the read-back walks the whole archive for its data blocks.
+  const zstd = indexed
+    ? sup.spawn({
+        argv: [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-v', '-c'],
+        env: toolEnv(env),
+        stdin: dd,
+        what: 'pzstd',
+        missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index'),
+      })
+    : spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
+  const walker = indexed ? new PzstdFrameWalker() : undefined;
   // Through a wrapper (docker compose exec, ssh), the whole stream is read back: a wrapper can
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
-  // costs about a third more CPU).
-  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, req.tools.pgDumpWrapped ? (expectHead ? 'custom' : 'sql') : undefined);
+  // costs about a third more CPU), unless the index needs the data blocks' places.
+  const whole = req.tools.pgDumpWrapped || indexed;
+  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, whole ? (expectHead ? 'custom' : 'sql') : undefined);
   let received = 0;
+  let settled: { dumpBytes: number } | undefined;
+  let headerLength: number | undefined;
   return {
     stdout: zstd.stdout!,
+    encrypted: (n) => {
+      headerLength = n;
+    },
     children: [pgDump, dd, zstd],
     observe(chunk) {
       received += chunk.length;
+      walker?.push(chunk);
       return readBack.feed(chunk);
+    },
+    indexParts: () => {
+      if (!walker) return { problem: 'not indexed' };
+      if (!settled || headerLength === undefined) return { problem: 'the dump did not settle' };
+      const found = walker.frames();
+      if ('problem' in found) return found;
+      const m = /Chosen frame size: (\d+)/.exec(zstd.stderr.text());
+      if (!m) return { problem: 'pzstd did not say its frame size' };
+      const frameBytes = Number(m[1]);
+      const layout = readBack.layout();
+      if (!layout) return { problem: 'the archive could not be walked' };
+      const dumpBytes = settled.dumpBytes;
+      if (found.frames.length !== Math.max(1, Math.ceil(dumpBytes / frameBytes))) return { problem: `pzstd wrote ${found.frames.length} frames of ${frameBytes} bytes for ${dumpBytes} bytes` };
+      const blocks = [...layout.blocks.entries()].map(([dumpId, at]): [number, number] => [dumpId, at]).sort((x, y) => x[1] - y[1]);
+      const dataStart = blocks.length > 0 ? blocks[0]![1] : dumpBytes;
+      return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart, blocks } };
     },
     settle: async () => {
       const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
@@ -324,7 +438,9 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
       }
       if (dumpBytes !== undefined && back.bytes !== dumpBytes) return { problem: `the compressed stream decompresses to ${back.bytes} bytes, pg_dump wrote ${dumpBytes}` };
       const problem = headProblem('pg_dump', back.head, back.bytes, expectHead) ?? wholeProblem('pg_dump', back.whole, back.bytes);
-      return problem ? { problem } : { dumpBytes: dumpBytes ?? back.bytes };
+      if (problem) return { problem };
+      settled = { dumpBytes: back.bytes };
+      return settled;
     },
   };
 }
@@ -420,6 +536,11 @@ class ReadBack {
     this.child?.stdin!.end();
   }
 
+  /** In whole mode, once the archive was found whole: where its data blocks lie. */
+  layout(): ArchiveLayout | undefined {
+    return this.check?.layout();
+  }
+
   /**
    * After the last chunk: the decompressed head; in whole mode also the decompressed size and
    * the walk's verdict (the decompressor must have exited 0).
@@ -472,6 +593,7 @@ export async function streamObject(t: ObjectTarget, key: string, what: string, s
   });
   if (sup.failed) throw sup.cause();
   const producer = start();
+  producer.encrypted?.(encrypt.headerLength);
   const childrenDone = Promise.all(producer.children.map((c) => c.done));
   childrenDone.catch(() => undefined); // recorded by the supervisor
   // The gate: passes data through; ends only after every child exited 0 and the output's

@@ -22,6 +22,7 @@ import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
 import { applyDatabaseProperties, applyGlobals, createScratch, databaseDefinition, dropScratch, reportLeftovers } from './restore-database.js';
 import { checkTableCount, collectText, openSource, readGlobals, type RestoreSource } from './restore-source.js';
+import { openRangedSource } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 import { Spool } from './spool.js';
 
@@ -54,7 +55,7 @@ export interface RestoreSummary {
   largestTables: Array<{ table: string; rows: number }>;
   checks: RestoreChecks;
   /** A selective restore: how many TOC entries were restored, and the tables among them (null: the whole archive). */
-  selection: { entries: number; tables: string[]; leftOut: string[] } | null;
+  selection: { entries: number; tables: string[]; leftOut: string[]; download: { bytes: number; of: number; requests: number } | 'whole' } | null;
 }
 
 export interface RestoreRequest {
@@ -84,6 +85,8 @@ export interface RestoreRequest {
   selection?: SelectionSpec;
   /** `--sanitize FILE`: SQL run in the scratch database before the rename (absolute path). */
   sanitize?: string;
+  /** A selective restore downloads the whole backup even when it has an archive index. */
+  wholeDownload?: boolean;
 }
 
 /**
@@ -133,8 +136,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
     const local = await localVersions(req.tools, admin, manifest?.kind === 'custom', env, req.signal);
     if (manifest) checkManifestVersions(manifest, local);
-    // 2. Open the backup: the age header is authenticated here, before any database exists.
-    const opened = await openSource(req, sup, env);
+    // 2. Open the backup: the age header is authenticated here, before any database exists. A
+    //    selective restore of a backup with an archive index reads only what it needs.
+    const ranged = selective && req.source.kind === 'repository' && !req.wholeDownload ? await openRangedSource({ ...req, store: req.source.store, entry: req.source.entry }, sup, env) : undefined;
+    const opened = ranged ?? (await openSource(req, sup, env));
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
     if (opened.header) {
       local.pgRestore ??= await clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal });
@@ -152,7 +157,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       listDir = await fsp.mkdtemp(path.join(tmpdir(), 'coffer-list-'));
       flags.listFile = path.join(listDir, 'restore.list');
       await fsp.writeFile(flags.listFile, selection.listText, { mode: 0o600 });
-      req.log.info('selective restore', { entries: selection.ids.length, of: entries.length, tables: selection.tables.length });
+      req.log.info('selective restore', { entries: selection.ids.length, of: entries.length, tables: selection.tables.length, download: ranged ? 'ranged (archive index)' : 'whole' });
+      ranged?.select(selection.ids);
     }
     if (req.jobs > 1) spool = await Spool.prepare(req.source, opened.format, req.spoolDir);
 
@@ -190,7 +196,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       tables: stats.tables,
       largestTables: stats.largest,
       checks,
-      selection: selection ? { entries: selection.ids.length, tables: selection.tables, leftOut: selection.notes } : null,
+      selection: selection ? { entries: selection.ids.length, tables: selection.tables, leftOut: selection.notes, download: ranged ? ranged.fetched() : 'whole' } : null,
     };
   } catch (err) {
     sup.fail(err);

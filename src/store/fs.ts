@@ -123,8 +123,9 @@ export class FsStore implements ObjectStore {
     }
     const st = await fh.stat();
     const start = options?.start ?? 0;
-    const body = createReadStream('', { fd: fh, start, highWaterMark: 256 * 1024, signal: options?.signal });
-    return { body, size: st.size - start };
+    const end = Math.min(st.size, options?.end ?? st.size);
+    const body = createReadStream('', { fd: fh, start, ...(end > start ? { end: end - 1 } : {}), highWaterMark: 256 * 1024, signal: options?.signal });
+    return { body, size: Math.max(0, end - start) };
   }
 
   async getBytes(key: string): Promise<Buffer> {

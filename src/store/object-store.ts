@@ -44,6 +44,11 @@ export interface GetOptions {
    * S3 fails (`StorageError('Failed')`, HTTP 416 InvalidRange), the file store returns an empty body.
    */
   start?: number;
+  /**
+   * One past the last byte to return (ranged read of `[start, end)`); the default is the
+   * object's end. It must lie inside the object and after `start`.
+   */
+  end?: number;
 }
 
 /**

@@ -26,27 +26,31 @@ function isResumable(err: unknown): boolean {
 }
 
 /**
- * Reads a whole object of known `size` as one stream. When the connection drops part-way, the
- * read resumes with a ranged GET from the first missing byte (up to `maxResumes` times, with
- * backoff); the caller's sha256 over the whole stream proves the pieces fit together.
+ * Reads a whole object of known `size` (or its bytes `[start, end)`) as one stream. When the
+ * connection drops part-way, the read resumes with a ranged GET from the first missing byte (up
+ * to `maxResumes` times, with backoff); the caller's sha256 over the whole stream (or the
+ * authentication of every chunk it reads) proves the pieces fit together.
  */
 export function resumableGet(
   store: ObjectStore,
   key: string,
   size: number,
-  opts: { signal: AbortSignal; log: Logger; maxResumes?: number; onProgress?: (bytes: number) => void },
+  opts: { signal: AbortSignal; log: Logger; maxResumes?: number; onProgress?: (bytes: number) => void; start?: number; end?: number },
 ): Readable {
   const maxResumes = opts.maxResumes ?? 5;
+  const first = opts.start ?? 0;
+  const last = opts.end ?? size;
+  if (first < 0 || last > size || first >= last) throw new RangeError(`internal: bad range [${first}, ${last}) of an object of ${size} bytes`);
   async function* read(): AsyncGenerator<Buffer> {
-    let offset = 0;
+    let offset = first;
     let resumes = 0;
     for (;;) {
       try {
         let body: Readable;
         try {
-          const got = await store.get(key, { signal: opts.signal, start: offset });
+          const got = await store.get(key, { signal: opts.signal, start: offset, ...(opts.end !== undefined ? { end: last } : {}) });
           body = got.body;
-          if (got.size !== size - offset) {
+          if (got.size !== last - offset) {
             got.body.destroy();
             throw shorter(key, offset + got.size, size);
           }
@@ -57,18 +61,19 @@ export function resumableGet(
         }
         try {
           for await (const chunk of body as AsyncIterable<Buffer>) {
+            if (offset + chunk.length > last) throw new IntegrityError(`download ${key}: the store returned more bytes than the range asked for (${first}-${last - 1})`, { hint: 'the object store does not honour ranged reads; report this' });
             offset += chunk.length;
-            opts.onProgress?.(offset);
+            opts.onProgress?.(offset - first);
             yield chunk;
           }
         } finally {
           body.destroy();
         }
-        if (offset < size) throw new StorageError('Truncated', `download ${key}: the connection closed after ${offset} of ${size} bytes`);
+        if (offset < last) throw new StorageError('Truncated', `download ${key}: the connection closed after ${offset - first} of ${last - first} bytes`);
         return;
       } catch (err) {
         if (opts.signal.aborted) throw err;
-        if (!isResumable(err) || resumes >= maxResumes || offset >= size) {
+        if (!isResumable(err) || resumes >= maxResumes || offset >= last) {
           if (err instanceof CofferError) throw err;
           throw new StorageError('Unavailable', `download ${key}: ${(err as Error).message ?? String(err)} (after ${resumes} resumes)`, { cause: err });
         }

@@ -69,6 +69,8 @@ export interface ProxyEvent {
   rule?: number;
   /** The request's Range header (ranged GETs). */
   range?: string;
+  /** Response body bytes forwarded to the client so far (counted as they pass). */
+  responseBytes: number;
 }
 
 interface ActiveRule extends FaultRule {
@@ -169,8 +171,9 @@ export class FaultProxy {
     const hit = this.pick(op, method, url.split('?')[0]!);
     const fault = hit?.rule.fault;
     const range = req.headers.range;
-    this.events.push({ op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}) });
-    if (!fault) return this.forward(req, res);
+    const event: ProxyEvent = { op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}), responseBytes: 0 };
+    this.events.push(event);
+    if (!fault) return this.forward(req, res, {}, event);
     switch (fault.kind) {
       case 'status': {
         req.resume();
@@ -186,19 +189,19 @@ export class FaultProxy {
         return;
       case 'latency': {
         req.pause();
-        setTimeout(() => this.forward(req, res), fault.ms);
+        setTimeout(() => this.forward(req, res, {}, event), fault.ms);
         return;
       }
       case 'reset-request':
-        return this.forward(req, res, { requestBytes: fault.afterBytes });
+        return this.forward(req, res, { requestBytes: fault.afterBytes }, event);
       case 'reset-response':
-        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'reset' });
+        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'reset' }, event);
       case 'truncate-response':
-        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'close' });
+        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'close' }, event);
       case 'stall-response':
-        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'stall' });
+        return this.forward(req, res, { responseBytes: fault.afterBytes, how: 'stall' }, event);
       case 'lost-answer':
-        return this.forward(req, res, { dropResponse: fault.how ?? 'stall' });
+        return this.forward(req, res, { dropResponse: fault.how ?? 'stall' }, event);
     }
   }
 
@@ -206,6 +209,7 @@ export class FaultProxy {
     req: http.IncomingMessage,
     res: http.ServerResponse,
     cut: { requestBytes?: number; responseBytes?: number; how?: 'reset' | 'close' | 'stall'; dropResponse?: 'stall' | 'reset' } = {},
+    event?: ProxyEvent,
   ): void {
     const headers: Record<string, string | string[]> = {};
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
@@ -252,6 +256,7 @@ export class FaultProxy {
           if (room <= 0) return;
           if (chunk.length >= room) {
             sent += room;
+            if (event) event.responseBytes += room;
             cutting = true; // the upstream errors that follow are ours
             res.write(chunk.subarray(0, room), () => kill(cut.how ?? 'reset'));
             ur.destroy();
@@ -259,6 +264,7 @@ export class FaultProxy {
           }
         }
         sent += chunk.length;
+        if (event) event.responseBytes += chunk.length;
         if (!res.write(chunk)) {
           ur.pause();
           res.once('drain', () => ur.resume());

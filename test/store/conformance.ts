@@ -266,7 +266,7 @@ export function objectStoreConformance(name: string, traits: StoreTraits, open: 
     );
 
     it(
-      `ranged get: from the first, a middle, the last byte and across a part boundary; at or past the end ${traits.startAtOrPastEnd === 'empty' ? 'an empty body' : 'fails'}`,
+      `ranged get: from the first, a middle, the last byte and across a part boundary, open-ended and bounded; at or past the end ${traits.startAtOrPastEnd === 'empty' ? 'an empty body' : 'fails'}`,
       withStore(async ({ store }) => {
         const small = randomBytes(1000);
         const big = randomBytes(PART + 1);
@@ -285,6 +285,22 @@ export function objectStoreConformance(name: string, traits: StoreTraits, open: 
           const got = await store.get(key, { start });
           expect(got.size).toBe(data.length - start);
           expect(sha(await readAll(got.body))).toBe(sha(data.subarray(start)));
+        }
+        // Bounded ranges [start, end): one byte, a chunk's worth inside, up to the last byte, across a part boundary.
+        const bounded: Array<[string, Buffer, number, number]> = [
+          ['range/small', small, 0, 1],
+          ['range/small', small, 17, 18],
+          ['range/small', small, 100, 700],
+          ['range/small', small, 999, 1000],
+          ['range/small', small, 0, 1000],
+          ['range/big', big, PART - 10, PART + 1],
+          ['range/big', big, 1, PART],
+          ['range/big', big, PART, PART + 1],
+        ];
+        for (const [key, data, start, end] of bounded) {
+          const got = await store.get(key, { start, end });
+          expect(got.size).toBe(end - start);
+          expect(sha(await readAll(got.body))).toBe(sha(data.subarray(start, end)));
         }
         for (const start of [1000, 1001, 5000]) {
           if (traits.startAtOrPastEnd === 'empty') {

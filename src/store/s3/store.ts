@@ -138,7 +138,7 @@ export class S3Store implements ObjectStore {
   async get(key: string, options?: GetOptions): Promise<{ body: Readable; size: number }> {
     try {
       const out = await this.client.send(
-        new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), ...(options?.start ? { Range: `bytes=${options.start}-` } : {}) }),
+        new GetObjectCommand({ Bucket: this.bucket, Key: this.fullKey(key), ...rangeHeader(options) }),
         { abortSignal: options?.signal },
       );
       const body = out.Body as Readable | undefined;
@@ -219,4 +219,11 @@ function lockParams(r: ObjectRetention | undefined): Partial<PutObjectCommandInp
 function tagging(tags: Record<string, string> | undefined): Partial<PutObjectCommandInput> {
   if (!tags || Object.keys(tags).length === 0) return {};
   return { Tagging: new URLSearchParams(tags).toString() };
+}
+
+/** The HTTP Range of a ranged read (`[start, end)`), or nothing for the whole object. */
+function rangeHeader(options: GetOptions | undefined): { Range?: string } {
+  const start = options?.start ?? 0;
+  if (options?.end !== undefined) return { Range: `bytes=${start}-${options.end - 1}` };
+  return start > 0 ? { Range: `bytes=${start}-` } : {};
 }
