@@ -6,6 +6,7 @@ import { IntegrityError } from '../errors.js';
 import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { parseArchiveHeader, type ArchiveHeader } from '../pg/archive-toc.js';
 import { missingTool } from '../pg/tools.js';
+import { PzstdFrameWalker } from '../catalog/archive-index.js';
 import { isAbortEcho } from '../run/abort.js';
 import { toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
 import { readHead } from '../stream-head.js';
@@ -63,6 +64,8 @@ export interface OpenedArchive {
   tocEntries(): Promise<ArchiveTocEntry[] | undefined>;
   /** Where each data block lies: known once the archive was read to its end (custom archives only). */
   layout(): ArchiveLayout | undefined;
+  /** A compressed archive's pzstd frames (where each starts), once read to its end; why not, when it has none. */
+  frames?(): ReturnType<PzstdFrameWalker['frames']>;
 }
 
 export type ArchiveFormat = 'custom' | 'sql' | 'tar';
@@ -140,6 +143,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     throw new IntegrityError('the backup holds no data: its encrypted content is empty', { hint: 'this backup stored nothing; use another backup' });
   }
   const compressed = isZstd(first);
+  const walker = new PzstdFrameWalker();
   const children: Child[] = [];
   let source: Readable = plaintext;
   /** Settles when everything upstream of the check ended cleanly. */
@@ -155,6 +159,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
       explain: (f) => new IntegrityError(`the compressed archive is damaged or truncated (zstd: ${f.stderr.lastLines(1, 200) || `exit ${f.code ?? f.signal}`})`, { hint: 'use another backup' }),
     });
     children.push(zstd);
+    plaintext.on('data', (c: Buffer) => walker.push(c));
     const fed = new Promise<void>((resolve, reject) => pipeline(plaintext, zstd.stdin!, (err) => (err ? reject(err) : resolve())));
     fed.catch(() => undefined);
     upstreamDone = Promise.all([fed, zstd.done]);
@@ -217,7 +222,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     return entries;
   };
   const header = format === 'custom' ? parseArchiveHeader(head) : undefined;
-  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, header, tocEntries, layout: () => check.layout() };
+  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
 }
 
 /**

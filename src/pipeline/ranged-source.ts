@@ -210,25 +210,28 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
 }
 
 /** The index is not usable (the backup itself may be fine). */
-class IndexProblem extends Error {}
+export class IndexProblem extends IntegrityError {}
 
-/** Reads and checks the index object (size and sha256 from the manifest), decrypts and decodes it. */
-async function readIndex(req: RangedRequest, o: StoredObject, m: BackupManifest, signal: AbortSignal, progress: (n: number) => void): Promise<ArchiveIndex> {
+/**
+ * Reads and checks a backup's index object (size and sha256 from the manifest), decrypts and
+ * decodes it. IndexProblem when it is damaged or not this backup's.
+ */
+export async function readIndex(req: Pick<RangedRequest, 'store' | 'identities' | 'log'>, o: StoredObject, m: BackupManifest, signal: AbortSignal, progress?: (n: number) => void): Promise<ArchiveIndex> {
   const bytes = await collect(resumableGet(req.store, o.key, o.size, { signal, log: req.log, onProgress: progress }));
   if (bytes.length !== o.size || createHash('sha256').update(bytes).digest('hex') !== o.sha256) {
-    throw new IndexProblem(`the archive index of backup ${m.id} does not match its manifest (size or sha256)`);
+    throw new IndexProblem(`the archive index of backup ${m.id} does not match its manifest (size or sha256)`, { hint: 'run coffer verify on this backup' });
   }
   const { plaintext } = await openDecryptStream(Readable.from([bytes]), req.identities);
   let json: Buffer;
   try {
     json = await collect(plaintext);
   } catch (err) {
-    throw new IndexProblem(`the archive index of backup ${m.id} does not decrypt (${(err as Error).message})`);
+    throw new IndexProblem(`the archive index of backup ${m.id} does not decrypt (${(err as Error).message})`, { hint: 'run coffer verify on this backup' });
   }
   try {
     return decodeIndex(json, m.id, m.dump);
   } catch (err) {
-    throw new IndexProblem((err as Error).message);
+    throw new IndexProblem((err as Error).message, { hint: 'run coffer verify on this backup' });
   }
 }
 

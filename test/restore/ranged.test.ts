@@ -231,6 +231,18 @@ describe('ranged selective restore', () => {
     } finally {
       await undo();
     }
+    // verify reads the whole backup and checks the index against it: intact, then damaged.
+    const ok = await f.run(['verify', '--from', fileRepo, '--identity', f.identityFile, '--backup', fileManifest.id, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((JSON.parse(ok.stdout) as Array<{ index: string }>)[0]!.index).toBe('matches');
+    const undo2 = await flipByte(indexFile, 100);
+    try {
+      const v = await f.run(['verify', '--from', fileRepo, '--identity', f.identityFile, '--backup', fileManifest.id]);
+      expect(v.code, v.stderr).toBe(5);
+      expect(errorLine(v.stderr)).toMatch(/archive index of backup .* does not match its manifest/);
+    } finally {
+      await undo2();
+    }
     const whole = f.dropAtEnd(`${f.db}_whole`);
     const w = await restore(whole, ['--table', 'a_small', '--download-whole'], fileRepo);
     expect(w.code, w.stderr).toBe(0);

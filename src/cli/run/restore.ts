@@ -269,7 +269,7 @@ export async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx:
     await withSource(flags, ctx, (source) => verifyOne(source, source.kind === 'repository' ? source.entry.id : null));
   }
   if (flags.json) ctx.stdout(`${JSON.stringify(results, null, 2)}\n`);
-  else for (const r of results) ctx.stdout(`ok  ${r.id ?? flags.file}  ${formatBytes(r.storedBytes)}  ${r.tocEntries} TOC entries, ${r.tables} tables\n`);
+  else for (const r of results) ctx.stdout(`ok  ${r.id ?? flags.file}  ${formatBytes(r.storedBytes)}  ${r.tocEntries} TOC entries, ${r.tables} tables${r.index === 'matches' ? ', archive index matches' : ''}\n`);
   return results;
 }
 
