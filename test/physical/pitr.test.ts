@@ -21,12 +21,25 @@ const f = useFixture({ name: 'pitr', s3: true });
 /** A private directory every user can traverse (the server's OS user reads the repository and identity there). */
 let shared: string;
 let bin: string;
+/**
+ * Both repositories' scenarios, started together: each is mostly waiting (a cluster starting,
+ * the archiver, a base backup), so the file repository's is ready by the time the S3 tests end.
+ * Each describe awaits its own (and stops its cluster).
+ */
+const scenarios = new Map<'s3' | 'file', Promise<Scenario>>();
 beforeAll(async () => {
   shared = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-pitr-'));
   await fsp.chmod(shared, 0o755);
   bin = await serverCofferBin();
+  for (const kind of ['s3', 'file'] as const) {
+    const p = scenario(kind);
+    p.catch(() => undefined); // awaited (and reported) by the kind's own describe
+    scenarios.set(kind, p);
+  }
 });
 afterAll(async () => {
+  // A scenario whose describe never awaited it (a failed hook) still has a cluster to stop.
+  await Promise.all([...scenarios.values()].map((p) => p.then((x) => x.cluster.stop(), () => undefined)));
   if (shared) await fsp.rm(shared, { recursive: true, force: true });
 });
 
@@ -100,7 +113,7 @@ async function emptyOrGone(dir: string): Promise<boolean> {
 describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repository', (kind) => {
   let s: Scenario;
   beforeAll(async () => {
-    s = await scenario(kind);
+    s = await scenarios.get(kind)!;
   }, 180_000);
   afterAll(async () => {
     await s?.cluster.stop();

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, startCoffer } from '../harness/cli.js';
 import type { FaultProxy } from '../harness/fault-proxy.js';
 import { useFixture } from '../harness/fixture.js';
-import { dataFingerprint, dropDatabase, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { COPY_STRATEGY, dataFingerprint, dropDatabase, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
 import { bucketState, databaseDiff, dataLoss, existingTarget, listedIds, makeGolden, scratchDatabases, seededRandom, seedRepository, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
@@ -61,7 +61,7 @@ afterAll(() => writeResults('interrupt'));
 /** A copy of the big database (CREATE DATABASE … TEMPLATE), so parallel runs can tell their pg_dump apart. */
 async function copyOfBig(prefix: string): Promise<string> {
   const name = uniqueDbName(prefix);
-  await pg.psql(`CREATE DATABASE ${quoteIdent(name)} TEMPLATE ${quoteIdent(big)};`);
+  await pg.psql(`CREATE DATABASE ${quoteIdent(name)} TEMPLATE ${quoteIdent(big)} ${COPY_STRATEGY};`);
   return name;
 }
 

@@ -21,7 +21,7 @@ import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
 import { baseEnv, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
-import { dataFingerprint, dropDatabase, listDatabases, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
+import { COPY_STRATEGY, dataFingerprint, dropDatabase, listDatabases, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
 import { dataLoss, databaseDiff, existingTarget, repoBaseline, seededRandom, sleep, waitFor, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults } from './matrix.js';
 
@@ -113,7 +113,7 @@ async function runDamaged(mode: Mode, bytes: Buffer, d: Damage): Promise<string>
   const target = uniqueDbName(`swp${n}`);
   // Every other restore replaces an existing database (a copy of `existing`), which must survive untouched.
   const replace = mode.startsWith('restore') && n % 2 === 0;
-  if (replace) await pg.psql(`CREATE DATABASE ${quoteIdent(target)} TEMPLATE ${quoteIdent(existing.db)};`);
+  if (replace) await pg.psql(`CREATE DATABASE ${quoteIdent(target)} TEMPLATE ${quoteIdent(existing.db)} ${COPY_STRATEGY};`);
   const onto = replace ? ['--replace'] : [];
   const spool = f.path(`spool-${n}`);
   await fsp.mkdir(spool, { recursive: true });
