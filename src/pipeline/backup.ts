@@ -63,7 +63,7 @@ export interface BackupRequest extends StoringRequest {
   /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
   globals?: boolean;
   /**
-   * Write the archive index (custom format with zstd only; default true): the dump is compressed
+   * Write the archive index (custom format with zstd only; default false): the dump is compressed
    * by `pzstd` into independent frames, and an encrypted sidecar says where each table's data
    * lies, for selective restores that fetch only those bytes (../catalog/archive-index.ts).
    */
@@ -279,7 +279,7 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
   if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
-  const indexed = req.index !== false && req.kind === 'custom' && pzstdFound(req, env);
+  const indexed = req.index === true && req.kind === 'custom' && pzstdFound(req, env);
   return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, indexed);
 }
 
@@ -303,7 +303,7 @@ function pzstdFound(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
       // next
     }
   }
-  req.log.warn(`${cmd} not found on PATH: this backup gets no archive index, so a selective restore of it reads it whole; install zstd (apt-get install zstd; it ships pzstd), or pass --no-index`);
+  req.log.warn(`${cmd} not found on PATH: this backup gets no archive index, so a selective restore of it reads it whole; install zstd (apt-get install zstd; it ships pzstd), or leave out --index`);
   return false;
 }
 
@@ -378,7 +378,7 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
         env: toolEnv(env),
         stdin: dd,
         what: 'pzstd',
-        missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index'),
+        missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up without --index'),
       })
     : spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
   const walker = indexed ? new PzstdFrameWalker() : undefined;

@@ -1,7 +1,7 @@
 /**
  * Ranged, index-backed selective restores, against real PostgreSQL, RGW (through a counting
  * proxy), age and pg_restore: a database with one large table (~160 MB of dump, incompressible)
- * between small ones, backed up once with its archive index.
+ * between small ones, backed up once with its archive index (backup --index).
  *
  * - Restoring one small table downloads a few percent of the object, counted by coffer and,
  *   independently, by the proxy between coffer and RGW; the table equals the source's.
@@ -105,8 +105,8 @@ beforeAll(async () => {
   source = await dataFingerprint(pg, f.db);
   s3Repo = f.repo('ranged');
   fileRepo = f.path('repo');
-  s3Manifest = await f.backup(s3Repo, f.db);
-  fileManifest = await f.backup(fileRepo, f.db);
+  s3Manifest = await f.backup(s3Repo, f.db, ['--index']);
+  fileManifest = await f.backup(fileRepo, f.db, ['--index']);
   const indexFile = path.join(fileRepo, fileManifest.index!.key);
   index = JSON.parse(execFileSync('age', ['-d', '-i', f.identityFile, indexFile], { encoding: 'utf8' })) as IndexJson;
   // The plain archive, by the standard tools (pg_restore -l names the dump ids).
@@ -218,7 +218,7 @@ describe('ranged selective restore', () => {
     }
   });
 
-  it('a damaged index is not trusted: the restore says so and downloads the whole backup; --download-whole and --no-index backups do too', async () => {
+  it('a damaged index is not trusted: the restore says so and downloads the whole backup; --download-whole and backups without --index do too', async () => {
     const indexFile = path.join(fileRepo, fileManifest.index!.key);
     const undo = await flipByte(indexFile, 200);
     try {
@@ -253,8 +253,13 @@ describe('ranged selective restore', () => {
     const small = f.path('noindex');
     const db = await f.database({ prefix: 'noidx' });
     await pg.psql('CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2);', db);
-    const m = await f.backup(small, db, ['--no-index']);
+    const m = await f.backup(small, db);
     expect(m.index).toBeUndefined();
     expect((await fsp.readdir(path.dirname(path.join(small, m.dump.key)))).some((n) => n.includes('.index.'))).toBe(false);
+    const target = f.dropAtEnd(`${db}_r`);
+    const r = await restore(target, ['--table', 't'], small);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as Summary).selection.download).toBe('whole');
+    expect(await pg.psql('SELECT count(*) FROM t;', target)).toBe('2');
   });
 });
