@@ -70,6 +70,19 @@ class ChunkNonce {
   }
 }
 
+/** Authenticates and decrypts one sealed chunk (ciphertext + tag) under `nonce`; `null` if it does not authenticate. */
+function openSealed(key: KeyObject, nonce: ChunkNonce, sealed: Buffer): Buffer | null {
+  const decipher = createDecipheriv(ALGORITHM, key, nonce.bytes, { authTagLength: TAG_SIZE });
+  decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
+  const plaintext = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
+  try {
+    decipher.final();
+  } catch {
+    return null;
+  }
+  return plaintext;
+}
+
 /**
  * Cuts a stream into chunks of a fixed size, holding the last full chunk back until more input
  * shows that it is not the last one (age marks the last chunk). Partial chunks are collected in
@@ -188,15 +201,7 @@ export class PayloadDecrypter extends Transform {
   /** Authenticate and decrypt one sealed chunk; `null` if it does not authenticate. */
   #tryOpen(sealed: Buffer, last: boolean): Buffer | null {
     this.#nonce.setLast(last);
-    const decipher = createDecipheriv(ALGORITHM, this.#key, this.#nonce.bytes, { authTagLength: TAG_SIZE });
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
-    const plaintext = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
-    try {
-      decipher.final();
-    } catch {
-      return null;
-    }
-    return plaintext;
+    return openSealed(this.#key, this.#nonce, sealed);
   }
 
   #offset(): number {
@@ -310,14 +315,8 @@ export class ChunkRangeDecrypter extends Transform {
     if (sealed.length < TAG_SIZE) throw new IntegrityError(`backup is truncated or corrupted: incomplete chunk at byte offset ${where}`);
     this.#nonce.set(this.#index);
     this.#nonce.setLast(last);
-    const decipher = createDecipheriv(ALGORITHM, this.#key, this.#nonce.bytes, { authTagLength: TAG_SIZE });
-    decipher.setAuthTag(sealed.subarray(sealed.length - TAG_SIZE));
-    const plaintext = decipher.update(sealed.subarray(0, sealed.length - TAG_SIZE));
-    try {
-      decipher.final();
-    } catch {
-      throw new IntegrityError(`authentication failed at byte offset ${where}: the backup was modified or corrupted`);
-    }
+    const plaintext = openSealed(this.#key, this.#nonce, sealed);
+    if (plaintext === null) throw new IntegrityError(`authentication failed at byte offset ${where}: the backup was modified or corrupted`);
     this.#index++;
     if (plaintext.length > 0) this.push(plaintext);
   }
