@@ -3,7 +3,7 @@
 // backup (issue 15, item 3). One run, one machine, one RGW, one database:
 //
 //   a database with one large table (--big-mb, default 1024 MiB of rows on disk) between small ones
-//   backup and backup --index, alternated --repeat times: wall time, bytes stored
+//   backup --no-index and backup (with the index, the default), alternated --repeat times: wall time, bytes stored
 //   restore (whole)                             the full restore
 //   restore --table z_small                      ranged: only the index, the header, the TOC frames and the table's frames
 //   restore --table z_small --download-whole     the same selection, reading the whole backup
@@ -61,7 +61,7 @@ function coffer(args, env) {
     c.on('close', (code) => {
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
       if (code !== 0) reject(new Error(`coffer ${args.join(' ')}: exit ${code}\n${Buffer.concat(err).toString().split('\n').slice(-5).join('\n')}`));
-      else resolve({ seconds, stdout: Buffer.concat(out).toString() });
+      else resolve({ seconds, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
     });
   });
 }
@@ -122,7 +122,7 @@ async function main() {
   const backups = { plain: [], indexed: [] };
   for (let i = 0; i < opts.repeat; i++) {
     for (const kind of i % 2 === 0 ? ['plain', 'indexed'] : ['indexed', 'plain']) {
-      const r = await coffer(['backup', '--to', `s3://bench/${kind}`, '--db', db, '--recipient', recipient, '--tier', 'manual', '--json', ...(kind === 'indexed' ? ['--index'] : [])], env);
+      const r = await coffer(['backup', '--to', `s3://bench/${kind}`, '--db', db, '--recipient', recipient, '--tier', 'manual', '--json', ...(kind === 'plain' ? ['--no-index'] : [])], env);
       const m = JSON.parse(r.stdout)[0];
       backups[kind].push({ seconds: r.seconds, size: m.dump.size, indexSize: m.index?.size ?? 0, id: m.id, frames: undefined });
       log(`backup ${kind}: ${r.seconds.toFixed(1)} s, ${(m.dump.size / MiB).toFixed(1)} MiB${m.index ? ` + index ${m.index.size} B` : ''}`);
@@ -142,6 +142,7 @@ async function main() {
     const d = s.selection?.download;
     restores.push({ name, seconds: r.seconds, bytes: d && d !== 'whole' ? d.bytes : s.storedBytes, requests: d && d !== 'whole' ? d.requests : 1 });
     log(`${name}: ${r.seconds.toFixed(1)} s, ${(restores.at(-1).bytes / MiB).toFixed(2)} MiB downloaded`);
+    if (process.env.BENCH_TRACE) for (const l of r.stderr.split('\n').filter(Boolean)) console.error(`   ${l.slice(0, 200)}`);
     if (extra.includes('z_small')) {
       const got = await pg.psql('SELECT count(*) || \':\' || md5(string_agg(md5(z::text), \'\' ORDER BY md5(z::text))) FROM z_small z', target);
       if (got !== smallSum) throw new Error(`${name}: z_small differs from the source`);
@@ -164,8 +165,8 @@ async function main() {
     '',
     '| backup | wall s (median of ' + opts.repeat + ') | stored bytes |',
     '|---|---:|---:|',
-    `| backup (zstd -T0, the default) | ${plainS.toFixed(1)} | ${plainSize} |`,
-    `| backup --index (pzstd + read-back + sidecar) | ${indexedS.toFixed(1)} | ${indexed.size} + ${indexed.indexSize} (index) |`,
+    `| backup --no-index (pg_dump → dd → zstd -T0) | ${plainS.toFixed(1)} | ${plainSize} |`,
+    `| backup, the default (pg_dump → node → pzstd -p 1, index sidecar) | ${indexedS.toFixed(1)} | ${indexed.size} + ${indexed.indexSize} (index) |`,
     `| **ratio** | **${(indexedS / plainS).toFixed(3)}×** | **${(indexedSize / plainSize).toFixed(4)}×** |`,
     '',
     '| restore of the indexed backup | wall s | downloaded | of the object | ranged reads |',

@@ -246,3 +246,105 @@ export class PzstdFrameWalker {
     return { frames: [...this.starts], bytes: this.pos };
   }
 }
+
+/**
+ * Finds where each data block of a custom archive begins, as the archive streams by, without
+ * walking its rows: after the table of contents (read whole by {@link ArchiveOffsetScanner}),
+ * pg_dump writes one block per entry that has data, in table-of-contents order; each starts with
+ * its type byte (1 data, 3 large objects) and its dump id, and every block but the first follows
+ * the previous block's end mark, a zero-length chunk. So the next block is where the 11 bytes
+ * `00 00 00 00 00 <type> 00 <id, 4 bytes LE>` first occur (the type byte is the block's start).
+ *
+ * Table data is COPY text, which holds no NUL byte, and every chunk length before it is non-zero:
+ * those bytes cannot occur inside it. Large-object data is binary and could, if it held that
+ * very sequence with the next block's id; the index would then be wrong, which the restore's own
+ * checks and coffer verify catch (the data itself is not affected).
+ */
+export class DataBlockFinder {
+  private readonly patterns: Buffer[];
+  private next = 0;
+  private readonly found: Array<[number, number]> = [];
+  /** The last bytes of the previous push (a pattern may straddle two pushes). */
+  private tail = Buffer.alloc(0);
+  private pos: number;
+  private broken: string | undefined;
+
+  /**
+   * @param expected - the entries that have a data block, in table-of-contents order, with whether it is a large-object block.
+   * @param dataStart - where the first block must begin (the end of the table of contents).
+   */
+  constructor(
+    private readonly expected: Array<{ dumpId: number; blobs: boolean }>,
+    private readonly dataStart: number,
+  ) {
+    this.patterns = expected.map((e) => {
+      const p = Buffer.alloc(11);
+      p[5] = e.blobs ? 3 : 1;
+      p.writeUInt32LE(e.dumpId, 7);
+      return p;
+    });
+    this.pos = dataStart;
+  }
+
+  /** Archive bytes from `dataStart` on, in order. */
+  push(chunk: Buffer): void {
+    if (this.broken !== undefined || this.next >= this.patterns.length) {
+      this.pos += chunk.length;
+      return;
+    }
+    let buf = chunk;
+    let base = this.pos;
+    let from = 0;
+    if (this.next === 0) {
+      // The first block starts right at dataStart, with no end mark before it.
+      buf = this.tail.length > 0 ? Buffer.concat([this.tail, chunk]) : chunk;
+      base = this.pos - this.tail.length;
+      const head = this.patterns[0]!.subarray(5);
+      const at = this.dataStart - base;
+      if (buf.length - at < head.length) {
+        this.tail = Buffer.from(buf);
+        this.pos += chunk.length;
+        return;
+      }
+      if (!buf.subarray(at, at + head.length).equals(head)) {
+        this.broken = `the first data block is not at the end of the table of contents (byte ${this.dataStart})`;
+        return;
+      }
+      this.found.push([this.expected[0]!.dumpId, this.dataStart]);
+      this.next = 1;
+      from = at + head.length;
+    } else if (this.tail.length > 0 && chunk.length <= 10) {
+      // A few bytes: searched with what was kept.
+      buf = Buffer.concat([this.tail, chunk]);
+      base = this.pos - this.tail.length;
+    } else if (this.tail.length > 0) {
+      // A mark that straddles the previous push: search the seam (the kept tail and the first
+      // bytes of this chunk) apart, so that the chunk itself is searched where it lies (no copy).
+      const seam = Buffer.concat([this.tail, chunk.subarray(0, 10)]);
+      const i = seam.indexOf(this.patterns[this.next]!);
+      if (i >= 0 && i < this.tail.length) {
+        this.found.push([this.expected[this.next]!.dumpId, this.pos - this.tail.length + i + 5]);
+        this.next++;
+        from = i + 11 - this.tail.length;
+      }
+    }
+    while (this.next < this.patterns.length) {
+      const i = buf.indexOf(this.patterns[this.next]!, from);
+      if (i < 0) break;
+      this.found.push([this.expected[this.next]!.dumpId, base + i + 5]);
+      this.next++;
+      from = i + 11;
+    }
+    // Keep what a mark may still start in: at most its length less one, and nothing before `from`.
+    const keep = Math.max(0, Math.min(10, buf.length - from));
+    this.tail = Buffer.from(buf.subarray(buf.length - keep));
+    this.pos += chunk.length;
+  }
+
+  /** Every block's [dump id, start], once all were found; otherwise why not. */
+  blocks(): Array<[number, number]> | { problem: string } {
+    if (this.broken) return { problem: this.broken };
+    if (this.next < this.patterns.length) return { problem: `the data block of entry ${this.expected[this.next]!.dumpId} was not found` };
+    return [...this.found];
+  }
+}

@@ -206,6 +206,11 @@ export class ArchiveOffsetScanner {
     return this.tocEnd >= 0;
   }
 
+  /** Where the table of contents ends (the first data block's offset); -1 until it is read whole. */
+  get tocEndOffset(): number {
+    return this.tocEnd;
+  }
+
   /** Parsing stopped on bad input. */
   get failed(): boolean {
     return this.failure !== undefined;
@@ -482,6 +487,11 @@ export class ArchiveOffsetScanner {
  * but have no data block in the archive: a truncated archive, cut at a block boundary. pg_dump
  * writes a block for every such entry.
  */
+/** Whether a TOC entry has a data block in the archive (its offset is set or not yet set, but not "no data"). */
+export function hasDataBlock(e: Pick<ArchiveTocEntry, 'dataState'>): boolean {
+  return e.dataState !== K_OFFSET_NO_DATA;
+}
+
 export function missingDataBlocks(layout: ArchiveLayout): number[] {
   return layout.toc.filter((e) => e.state !== K_OFFSET_NO_DATA && !layout.blocks.has(e.dumpId)).map((e) => e.dumpId);
 }

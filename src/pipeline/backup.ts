@@ -25,8 +25,10 @@ import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
 import { ArchiveCheck } from './archive.js';
-import { decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
-import type { ArchiveLayout } from '../pg/archive-offsets.js';
+import { DataBlockFinder, decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
+import { ArchiveOffsetScanner, hasDataBlock } from '../pg/archive-offsets.js';
+import { isAbortEcho } from '../run/abort.js';
+import { availableParallelism } from 'node:os';
 import { Readable as ReadableStream } from 'node:stream';
 
 
@@ -63,7 +65,7 @@ export interface BackupRequest extends StoringRequest {
   /** Also store `pg_dumpall --globals-only` (roles, tablespaces) beside the dump. */
   globals?: boolean;
   /**
-   * Write the archive index (custom format with zstd only; default false): the dump is compressed
+   * Write the archive index (custom format with zstd only; default true): the dump is compressed
    * by `pzstd` into independent frames, and an encrypted sidecar says where each table's data
    * lies, for selective restores that fetch only those bytes (../catalog/archive-index.ts).
    */
@@ -279,8 +281,8 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
   if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
-  const indexed = req.index === true && req.kind === 'custom' && pzstdFound(req, env);
-  return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, indexed);
+  if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
+  return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
 }
 
 function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
@@ -303,7 +305,7 @@ function pzstdFound(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
       // next
     }
   }
-  req.log.warn(`${cmd} not found on PATH: this backup gets no archive index, so a selective restore of it reads it whole; install zstd (apt-get install zstd; it ships pzstd), or leave out --index`);
+  req.log.warn(`${cmd} not found on PATH: this backup gets no archive index, so a selective restore of it reads it whole; install zstd (apt-get install zstd; it ships pzstd), or pass --no-index`);
   return false;
 }
 
@@ -358,7 +360,7 @@ function headProblem(what: string, head: Buffer, bytes: number, expectHead: stri
  * whole compressed stream ({@link ReadBack}), which must decompress to dd's count of bytes
  * forming a whole dump. Any mismatch fails the run before the manifest.
  */
-function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, indexed: boolean): Producer {
+function compressedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void): Producer {
   const zstdArgv = req.zstdCommand ?? ['zstd'];
   const missingZstd = missingTool('zstd', 'install zstd (apt-get install zstd), or back up with --compress gzip:1 or none');
   const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: 'child', what: 'pg_dump', onStderr });
@@ -370,53 +372,19 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
     what: 'dd (counting the dump)',
     missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
   });
-  // Indexed: pzstd writes independent frames of a fixed size (its summary line says which),
-  // node notes where each starts, and the read-back walks the whole archive for its data blocks.
-  const zstd = indexed
-    ? sup.spawn({
-        argv: [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-v', '-c'],
-        env: toolEnv(env),
-        stdin: dd,
-        what: 'pzstd',
-        missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up without --index'),
-      })
-    : spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
-  const walker = indexed ? new PzstdFrameWalker() : undefined;
+  const zstd = spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
   // Through a wrapper (docker compose exec, ssh), the whole stream is read back: a wrapper can
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
-  // costs about a third more CPU), unless the index needs the data blocks' places.
-  const whole = req.tools.pgDumpWrapped || indexed;
-  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, whole ? (expectHead ? 'custom' : 'sql') : undefined);
+  // costs about a third more CPU).
+  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, req.tools.pgDumpWrapped ? (expectHead ? 'custom' : 'sql') : undefined);
   let received = 0;
-  let settled: { dumpBytes: number } | undefined;
-  let headerLength: number | undefined;
   return {
     stdout: zstd.stdout!,
-    encrypted: (n) => {
-      headerLength = n;
-    },
     children: [pgDump, dd, zstd],
     observe(chunk) {
       received += chunk.length;
-      walker?.push(chunk);
       return readBack.feed(chunk);
-    },
-    indexParts: () => {
-      if (!walker) return { problem: 'not indexed' };
-      if (!settled || headerLength === undefined) return { problem: 'the dump did not settle' };
-      const found = walker.frames();
-      if ('problem' in found) return found;
-      const m = /Chosen frame size: (\d+)/.exec(zstd.stderr.text());
-      if (!m) return { problem: 'pzstd did not say its frame size' };
-      const frameBytes = Number(m[1]);
-      const layout = readBack.layout();
-      if (!layout) return { problem: 'the archive could not be walked' };
-      const dumpBytes = settled.dumpBytes;
-      if (found.frames.length !== Math.max(1, Math.ceil(dumpBytes / frameBytes))) return { problem: `pzstd wrote ${found.frames.length} frames of ${frameBytes} bytes for ${dumpBytes} bytes` };
-      const blocks = [...layout.blocks.entries()].map(([dumpId, at]): [number, number] => [dumpId, at]).sort((x, y) => x[1] - y[1]);
-      const dataStart = blocks.length > 0 ? blocks[0]![1] : dumpBytes;
-      return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart, blocks } };
     },
     settle: async () => {
       const ddCount = /^(\d+) bytes? /m.exec(dd.stderr.text());
@@ -438,9 +406,106 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
       }
       if (dumpBytes !== undefined && back.bytes !== dumpBytes) return { problem: `the compressed stream decompresses to ${back.bytes} bytes, pg_dump wrote ${dumpBytes}` };
       const problem = headProblem('pg_dump', back.head, back.bytes, expectHead) ?? wholeProblem('pg_dump', back.whole, back.bytes);
-      if (problem) return { problem };
-      settled = { dumpBytes: back.bytes };
-      return settled;
+      return problem ? { problem } : { dumpBytes: dumpBytes ?? back.bytes };
+    },
+  };
+}
+
+/**
+ * The indexed pipeline (the default for custom archives with zstd; --no-index: {@link compressedDump}): pg_dump → node → pzstd, joined by pipes node reads and
+ * writes, so that node sees the dump itself:
+ *
+ * - it counts the bytes and checks the head (as dd and the header read-back do otherwise);
+ * - it reads the table of contents ({@link ArchiveOffsetScanner}: the TOC only), and then finds
+ *   where each table's data begins without walking the rows ({@link DataBlockFinder});
+ * - pzstd cuts what node wrote into independent frames of a fixed size (its `-v` line "Chosen
+ *   frame size" says which), so frame k holds dump bytes `[k × size, (k + 1) × size)`, and node
+ *   notes where each frame starts in pzstd's output ({@link PzstdFrameWalker}).
+ *
+ * pzstd's own counts (`N => M bytes`) must equal node's: what node wrote, what reached it.
+ * Through a wrapper (docker compose exec) the whole archive is also walked ({@link ArchiveCheck}),
+ * as in the other pipeline. Nothing of the index can fail the backup: an archive whose blocks
+ * cannot be found is stored without an index (a warning says why).
+ */
+function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void): Producer {
+  const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr });
+  // One compression thread at the fast levels: pzstd's reader and writer threads are work of
+  // their own, and at level 1-3 one thread compresses faster than pg_dump writes.
+  const threads = level <= 3 ? 1 : Math.max(1, availableParallelism());
+  const pz = sup.spawn({
+    argv: [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-p', String(threads), '-v', '-c'],
+    env: toolEnv(env),
+    stdin: 'pipe',
+    what: 'pzstd',
+    missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index'),
+  });
+  const walker = new PzstdFrameWalker();
+  const toc = new ArchiveOffsetScanner();
+  const whole = req.tools.pgDumpWrapped ? new ArchiveCheck({ format: 'custom' }) : undefined;
+  let finder: DataBlockFinder | undefined;
+  let dataStart = -1;
+  let dumpBytes = 0;
+  let head = Buffer.alloc(0);
+  const tap = new Transform({
+    highWaterMark: 1024 * 1024,
+    transform(chunk: Buffer, _e, cb) {
+      const at = dumpBytes;
+      dumpBytes += chunk.length;
+      if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
+      whole?.push(chunk);
+      if (finder) finder.push(chunk);
+      else if (!toc.failed) {
+        toc.push(chunk);
+        if (toc.tocComplete) {
+          const entries = toc.entries();
+          dataStart = toc.tocEndOffset;
+          finder = new DataBlockFinder(entries.filter(hasDataBlock).map((e) => ({ dumpId: e.dumpId, blobs: e.desc === 'BLOBS' })), dataStart);
+          if (dataStart < dumpBytes) finder.push(chunk.subarray(dataStart - at));
+        }
+      }
+      cb(null, chunk);
+    },
+  });
+  tap.on('error', (err) => sup.fail(err));
+  pipeline(pgDump.stdout!, tap, pz.stdin!, (err) => {
+    if (err && !isAbortEcho(err)) sup.fail(err);
+  });
+  let received = 0;
+  let headerLength: number | undefined;
+  let settled = false;
+  return {
+    stdout: pz.stdout!,
+    children: [pgDump, pz],
+    encrypted: (n) => {
+      headerLength = n;
+    },
+    observe(chunk) {
+      received += chunk.length;
+      walker.push(chunk);
+    },
+    indexParts: () => {
+      if (!settled || headerLength === undefined) return { problem: 'the dump did not settle' };
+      if (!finder) return { problem: `the table of contents could not be read${toc.failed ? ` (${(toc.end() as { reason?: string }).reason})` : ''}` };
+      const found = walker.frames();
+      if ('problem' in found) return found;
+      const m = /Chosen frame size: (\d+)/.exec(pz.stderr.text());
+      if (!m) return { problem: 'pzstd did not say its frame size' };
+      const frameBytes = Number(m[1]);
+      if (found.frames.length !== Math.max(1, Math.ceil(dumpBytes / frameBytes))) return { problem: `pzstd wrote ${found.frames.length} frames of ${frameBytes} bytes for ${dumpBytes} bytes` };
+      const blocks = finder.blocks();
+      if (!Array.isArray(blocks)) return blocks;
+      return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart, blocks } };
+    },
+    settle: () => {
+      if (received === 0) return Promise.resolve({ problem: 'pzstd wrote nothing' });
+      const acct = zstdCounts(pz.stderr.text());
+      if (!acct) return Promise.resolve({ problem: `pzstd did not report its byte counts (${pz.stderr.lastLines(1, 200)})` });
+      if (acct.wrote !== received) return Promise.resolve({ problem: `pzstd wrote ${acct.wrote} bytes but ${received} reached coffer` });
+      if (acct.read !== dumpBytes) return Promise.resolve({ problem: `pg_dump wrote ${dumpBytes} bytes but pzstd read ${acct.read}` });
+      const problem = headProblem('pg_dump', head, dumpBytes, expectHead) ?? (whole ? wholeProblem('pg_dump', whole, dumpBytes) : undefined);
+      if (problem) return Promise.resolve({ problem });
+      settled = true;
+      return Promise.resolve({ dumpBytes });
     },
   };
 }
@@ -534,11 +599,6 @@ class ReadBack {
     if (this.closed) return;
     this.closed = true;
     this.child?.stdin!.end();
-  }
-
-  /** In whole mode, once the archive was found whole: where its data blocks lie. */
-  layout(): ArchiveLayout | undefined {
-    return this.check?.layout();
   }
 
   /**

@@ -40,9 +40,9 @@ describe('backup of a varied database', () => {
     const [m] = JSON.parse(r.stdout) as BackupManifest[];
     expect(m!.database).toBe(f.db);
     const keys = await listAllKeys(f.s3, f.bucket, `${prefix}/`);
-    // The dump and the manifest (no archive index unless asked: --index).
-    expect(m!.index).toBeUndefined();
-    expect(keys.sort()).toEqual([`${prefix}/${m!.dump.key}`, `${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`].sort());
+    // The dump, its archive index (encrypted like it) and the manifest.
+    expect(m!.index?.key).toBe(m!.dump.key.replace(/\.dump\.zst\.age$/, '.index.json.age'));
+    expect(keys.sort()).toEqual([`${prefix}/${m!.dump.key}`, `${prefix}/${m!.index!.key}`, `${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`].sort());
 
     const stored = decodeManifest(await s3Bytes(`${prefix}/${m!.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`), 'manifest');
     expect(stored).toEqual(m);

@@ -118,16 +118,20 @@ describe('quick producers store the whole dump, or fail', () => {
     }
   });
 
-  it('a zstd that finishes at once (a wrapper on PATH that compresses all before writing)', async () => {
+  it('a compressor that finishes at once (a wrapper on PATH that compresses all before writing): zstd (--no-index) and pzstd (the index)', async () => {
     const bin = f.path('instant-zstd-bin');
     await fsp.mkdir(bin, { recursive: true });
-    const real = (await execa('sh', ['-c', 'command -v zstd'])).stdout.trim();
-    // Reads all input, compresses it into memory, then writes it in one go and exits.
-    await fsp.writeFile(path.join(bin, 'zstd'), `#!/bin/bash\nout=$(mktemp)\n'${real}' "$@" > "$out"\nrc=$?\ncat "$out"\nrm -f "$out"\nexit $rc\n`, { mode: 0o755 });
-    const repo = f.path('instant-zstd');
-    const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', fastWrapper], { PATH: `${bin}:${process.env.PATH}` });
-    expect(r.code, r.stderr).toBe(0);
-    await expectRestoresWhole(repo);
+    for (const prog of ['zstd', 'pzstd']) {
+      const real = (await execa('sh', ['-c', `command -v ${prog}`])).stdout.trim();
+      // Reads all input, compresses it into memory, then writes it in one go and exits.
+      await fsp.writeFile(path.join(bin, prog), `#!/bin/bash\nout=$(mktemp)\n'${real}' "$@" > "$out"\nrc=$?\ncat "$out"\nrm -f "$out"\nexit $rc\n`, { mode: 0o755 });
+    }
+    for (const args of [['--no-index'], []]) {
+      const repo = f.path(`instant-zstd${args.join('')}`);
+      const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', fastWrapper, ...args], { PATH: `${bin}:${process.env.PATH}` });
+      expect(r.code, r.stderr).toBe(0);
+      await expectRestoresWhole(repo);
+    }
   });
 });
 

@@ -54,9 +54,9 @@ describe('coffer demo', () => {
     expect(out).toContain(`  public.vault_status: ${count} rows`);
     expect(out).toContain(`smoke: SELECT COUNT(*) FROM vault_status; → ${count} (source had ${count})`);
 
-    // the repository holds the dump and its manifest (the commit marker)
+    // the repository holds the dump, its archive index and its manifest (the commit marker)
     const files = (await fsp.readdir(path.join(tmp, 'backups', 'vault', 'monthly'))).sort();
-    expect(files).toEqual([`${id}.dump.zst.age`, `${id}.manifest.json`]);
+    expect(files).toEqual([`${id}.dump.zst.age`, `${id}.index.json.age`, `${id}.manifest.json`]);
 
     // the printed manual-restore pipeline reads the stored object without coffer
     const manual = /decrypt by hand: (age -d -i \S+ \S+) \| zstd -d \| pg_restore -d NEWDB/.exec(out);

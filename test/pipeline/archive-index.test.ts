@@ -7,7 +7,7 @@ import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { decodeIndex, encodeIndex, planRanges, PzstdFrameWalker, type ArchiveIndex } from '../../src/catalog/archive-index.js';
+import { DataBlockFinder, decodeIndex, encodeIndex, planRanges, PzstdFrameWalker, type ArchiveIndex } from '../../src/catalog/archive-index.js';
 import { ChunkRangeDecrypter, chunkSpan, createEncryptStream, generateIdentity, openPayloadKey } from '../../src/crypto/age.js';
 import { IntegrityError } from '../../src/errors.js';
 import { encryptAll } from '../crypto/helpers.js';
@@ -241,5 +241,68 @@ describe('ChunkRangeDecrypter and openPayloadKey', () => {
     await expect((async () => {
       for await (const _ of d as AsyncIterable<Buffer>) void _;
     })()).rejects.toThrow(/authentication failed/);
+  });
+});
+
+/** The data part of a custom archive as pg_dump writes it: blocks of COPY-text chunks, each closed by a zero-length chunk. */
+function dataPart(rnd: (n: number) => number, ids: Array<{ dumpId: number; blobs: boolean }>, small = false): { bytes: Buffer; starts: number[] } {
+  const parts: Buffer[] = [];
+  const starts: number[] = [];
+  let n = 0;
+  const put = (b: Buffer): void => {
+    parts.push(b);
+    n += b.length;
+  };
+  for (const { dumpId, blobs } of ids) {
+    starts.push(n);
+    const h = Buffer.alloc(6);
+    h[0] = blobs ? 3 : 1;
+    h.writeUInt32LE(dumpId, 2);
+    put(h);
+    const chunks = rnd(4) === 0 ? 0 : 1 + rnd(40);
+    for (let c = 0; c < chunks; c++) {
+      if (blobs && c === 0) put(Buffer.from([0, 1, 0, 0, 0])); // a large object's oid
+      // COPY text: no NUL byte; a length whose high bytes are zero.
+      const len = 1 + rnd(!small && rnd(3) === 0 ? 300_000 : 200);
+      const hdr = Buffer.alloc(5);
+      hdr.writeUInt32LE(len, 1);
+      put(hdr);
+      put(Buffer.alloc(len, `${'\t'.repeat(rnd(3))}${rnd(1e9)}|${String.fromCharCode(33 + rnd(90))}\n`));
+    }
+    put(Buffer.alloc(blobs && chunks > 0 ? 10 : 5)); // end of data (and, for large objects, oid 0)
+  }
+  return { bytes: Buffer.concat(parts), starts };
+}
+
+describe('DataBlockFinder', () => {
+  it('finds every block of a synthetic data part fed in any pieces (1 byte at a time around every mark), and says when one is missing', () => {
+    const rnd = prng(17);
+    for (let trial = 0; trial < 60; trial++) {
+      const ids = Array.from({ length: 1 + rnd(8) }, (_, i) => ({ dumpId: 3000 + rnd(500) * 10 + i, blobs: false }));
+      if (rnd(3) === 0) ids.push({ dumpId: 9000 + trial, blobs: true });
+      const dataStart = 1 + rnd(5000);
+      const tiny = rnd(4) === 0;
+      const { bytes, starts } = dataPart(rnd, ids, tiny);
+      const finder = new DataBlockFinder(ids, dataStart);
+      for (let off = 0; off < bytes.length; ) {
+        const near = starts.some((b) => off >= b - 12 && off < b + 8);
+        const n = near || tiny ? 1 + rnd(3) : 1 + rnd(rnd(2) === 0 ? 100 : 200_000);
+        finder.push(bytes.subarray(off, Math.min(bytes.length, off + n)));
+        off += n;
+      }
+      expect(finder.blocks(), `trial ${trial}`).toEqual(ids.map((e, i) => [e.dumpId, dataStart + starts[i]!]));
+    }
+    // A block that is not there, and a first block that is not where the TOC ends.
+    const ids = [
+      { dumpId: 11, blobs: false },
+      { dumpId: 12, blobs: false },
+    ];
+    const { bytes } = dataPart(rnd, [ids[0]!]);
+    const f = new DataBlockFinder(ids, 100);
+    f.push(bytes);
+    expect(f.blocks()).toEqual({ problem: 'the data block of entry 12 was not found' });
+    const g = new DataBlockFinder(ids, 100);
+    g.push(Buffer.concat([Buffer.from([7]), bytes]));
+    expect(g.blocks()).toHaveProperty('problem', expect.stringMatching(/first data block is not at the end of the table of contents/));
   });
 });

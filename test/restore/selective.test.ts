@@ -97,8 +97,8 @@ beforeAll(async () => {
   s3Repo = f.repo('sel');
   fileRepo = f.path('repo');
   // The S3 backup has an archive index (its selective restores fetch only their bytes); the file one does not (they read it whole).
-  manifest = await f.backup(s3Repo, f.db, ['--index']);
-  await f.backup(fileRepo, f.db);
+  manifest = await f.backup(s3Repo, f.db);
+  await f.backup(fileRepo, f.db, ['--no-index']);
 });
 
 describe('selective restore', () => {

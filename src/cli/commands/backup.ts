@@ -21,7 +21,7 @@ export const options = {
   disableTriggers: flag('--disable-triggers', 'with --data-only: pg_dump --disable-triggers, so the data loads despite foreign-key cycles (loaded by a superuser)'),
   excludeTableData: list('--exclude-table-data <pattern>', 'pg_dump --exclude-table-data (repeatable)', text),
   globals: flag('--globals', 'also store pg_dumpall --globals-only (roles, tablespaces)'),
-  index: flag('--index', 'full backups with zstd: compress with pzstd and store an archive index, so that selective restores download only the selected tables (costs backup time: docs/benchmarks.md)'),
+  noIndex: flag('--no-index', 'full backups with zstd: no archive index (compress with zstd -T0): selective restores then download the whole backup'),
   pgBin: value('--pg-bin <dir>', 'directory of pg_dump/psql', text),
   pgDumpCommand: value('--pg-dump-command <command>', 'command prefix to run pg_dump (no shell), e.g. "docker compose exec -T db pg_dump"', text),
   pgDumpallCommand: value('--pg-dumpall-command <command>', 'command prefix to run pg_dumpall', text),

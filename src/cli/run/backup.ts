@@ -127,7 +127,7 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
           excludeTableData: flags.excludeTableData,
           disableTriggers: flags.disableTriggers,
           globals: flags.globals,
-          index: flags.index,
+          index: !flags.noIndex,
           env,
           signal: ctx.signal,
           log: ctx.log,
