@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { createEncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
@@ -29,7 +29,6 @@ import { DataBlockFinder, decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalk
 import { ArchiveOffsetScanner, hasDataBlock } from '../pg/archive-offsets.js';
 import { isAbortEcho } from '../run/abort.js';
 import { availableParallelism } from 'node:os';
-import { Readable as ReadableStream } from 'node:stream';
 
 
 /** Where a backup run stores its objects and how: what logical and physical backups share. */
@@ -216,7 +215,7 @@ async function storeIndex(t: ObjectTarget, key: string, backupId: string, dump: 
 /** A producer of bytes already in memory (the archive index). */
 function bytesProducer(bytes: Buffer): Producer {
   return {
-    stdout: ReadableStream.from([bytes]),
+    stdout: Readable.from([bytes]),
     children: [],
     observe: () => undefined,
     settle: () => Promise.resolve({ dumpBytes: bytes.length }),
@@ -497,6 +496,7 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
       return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart, blocks } };
     },
     settle: () => {
+      if (dumpBytes === 0) return Promise.resolve({ problem: 'pg_dump wrote nothing' });
       if (received === 0) return Promise.resolve({ problem: 'pzstd wrote nothing' });
       const acct = zstdCounts(pz.stderr.text());
       if (!acct) return Promise.resolve({ problem: `pzstd did not report its byte counts (${pz.stderr.lastLines(1, 200)})` });

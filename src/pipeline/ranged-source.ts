@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream';
 import { blockRange, decodeIndex, planRanges, type ArchiveIndex, type FrameGroup } from '../catalog/archive-index.js';
 import type { BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
-import { ChunkRangeDecrypter, CHUNK_SIZE, openDecryptStream, openPayloadKey, type PayloadAccess } from '../crypto/age.js';
+import { ChunkRangeDecrypter, CHUNK_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { ArchiveOffsetScanner } from '../pg/archive-offsets.js';
@@ -39,6 +39,8 @@ export interface RangedArchive extends OpenedArchive {
   select(ids: number[]): void;
   /** Object bytes fetched so far, and the object's size. */
   fetched(): { bytes: number; of: number; requests: number };
+  /** Each data block's size in the dump, by dump id, from the index. */
+  blockSizes(): Map<number, number>;
 }
 
 export interface RangedRequest {
@@ -82,6 +84,10 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     resumableGet(req.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, start, end, onProgress: counted() });
 
   // 1. The index: its object checked against the manifest, then decrypted and checked against the dump it describes.
+  // The head of the dump (its age header) is fetched meanwhile.
+  const firstHead = Math.min(HEAD_READ, m.dump.size);
+  const headRead = collect(get(0, firstHead));
+  headRead.catch(() => undefined);
   let index: ArchiveIndex;
   try {
     index = await readIndex(req, m.index, m, sup.signal, counted());
@@ -92,11 +98,9 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   }
 
   // 2. The age header (the identity is checked here, before anything else is read).
-  let access: PayloadAccess | 'more' = 'more';
-  for (const n of [Math.min(HEAD_READ, m.dump.size), Math.min(MAX_HEAD_READ, m.dump.size)]) {
-    access = await openPayloadKey(await collect(get(0, n)), req.identities, true);
-    if (access !== 'more' || n === m.dump.size) break;
-  }
+  let access = await openPayloadKey(await headRead, req.identities, firstHead === m.dump.size);
+  // A header longer than the first read (many recipients): once more, up to the longest header there can be.
+  if (access === 'more') access = await openPayloadKey(await collect(get(0, Math.min(MAX_HEAD_READ, m.dump.size))), req.identities, true);
   if (access === 'more') throw new IntegrityError('not an age file, or its header was modified or corrupted (the header is incomplete)');
   if (access.headerLength !== index.age.headerLength) {
     throw new IntegrityError(`the archive index does not match backup ${m.id} (its age header is ${access.headerLength} bytes, the index says ${index.age.headerLength})`, { hint: 'restore it whole, or run coffer verify on this backup' });
@@ -206,6 +210,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     layout: () => (layout?.ok ? layout.layout : undefined),
     select: (ids) => choose(ids),
     fetched: () => ({ bytes: fetchedBytes, of: m.dump.size, requests }),
+    blockSizes: () => new Map(index.archive.blocks.map(([id]) => [id, blockRange(index, id)![1] - blockRange(index, id)![0]])),
   };
 }
 

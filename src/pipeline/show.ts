@@ -4,10 +4,12 @@
  * the other objects by kind.
  *
  * The table of contents is at the head of the stream; the data sizes are not in it: coffer's
- * pg_dump writes into a pipe, so the TOC has no data offsets, and a table's size is known only
- * by walking the data blocks to the end of the archive. `show` therefore reads (downloads,
- * decrypts, decompresses) the whole backup, and checks it whole on the way as `verify` does;
- * `--toc-only` stops after the table of contents (no sizes).
+ * pg_dump writes into a pipe, so the TOC has no data offsets. A backup with an archive index
+ * (../catalog/archive-index.ts) says where each block lies: `show` then reads the index and the
+ * head only (ranged reads). Otherwise a table's size is known only by walking the data blocks to
+ * the end of the archive: `show` reads (downloads, decrypts, decompresses) the whole backup, and
+ * checks it whole on the way as `verify` does. `--toc-only` stops after the table of contents
+ * (no sizes).
  */
 import { Writable } from 'node:stream';
 import { pipeline as streamPipeline } from 'node:stream/promises';
@@ -15,6 +17,7 @@ import { UsageError } from '../errors.js';
 import { dataBlockSizes, decodeToc, type TocObject } from '../pg/archive-toc.js';
 import { Supervisor } from '../run/supervisor.js';
 import { openSource, type SourceRequest } from './restore-source.js';
+import { openRangedSource } from './ranged-source.js';
 
 export interface ArchiveContents {
   backupId: string | null;
@@ -27,7 +30,7 @@ export interface ArchiveContents {
   materializedViews: Array<{ schema: string; name: string; dataBytes: number | null }>;
   /** Every other entry, by kind (desc), as "schema.name" (or the name alone). */
   objects: Record<string, string[]>;
-  /** Whether data sizes were read (the whole archive was). */
+  /** Whether data sizes were read (from the archive index, or by reading the whole archive). */
   sizes: boolean;
   /** Stored bytes read, and the object's size (null: unknown, a --file). */
   storedBytesRead: number;
@@ -40,7 +43,8 @@ export async function showArchive(req: SourceRequest & { signal: AbortSignal; en
   const sup = new Supervisor(req.signal);
   const stop = new AbortController();
   return sup.run(async () => {
-    const opened = await openSource({ ...req, stopDownload: stop.signal }, sup, req.env);
+    const ranged = req.source.kind === 'repository' && !req.tocOnly ? await openRangedSource({ ...req, store: req.source.store, entry: req.source.entry }, sup, req.env) : undefined;
+    const opened = ranged ?? (await openSource({ ...req, stopDownload: stop.signal }, sup, req.env));
     if (opened.format !== 'custom') {
       throw new UsageError('show lists the contents of custom-format archives; this backup is plain SQL (a schema-only or data-only backup)', { hint: 'coffer restore --output FILE writes it; it is SQL text' });
     }
@@ -48,7 +52,10 @@ export async function showArchive(req: SourceRequest & { signal: AbortSignal; en
     const encoding = (await opened.databaseEntries())?.find((e) => e.desc === 'ENCODING')?.defn;
     const toc = decodeToc(raw, encoding);
     let sizes: Map<number, number> | undefined;
-    if (!req.tocOnly) {
+    if (ranged) {
+      sizes = ranged.blockSizes();
+      opened.archive.destroy();
+    } else if (!req.tocOnly) {
       const sink = new Writable({ highWaterMark: 1024 * 1024, write: (_c, _e, cb) => cb() });
       await Promise.all([streamPipeline(opened.archive, sink, { signal: sup.signal }), ...opened.children.map((c) => c.done)]);
       const layout = opened.layout();

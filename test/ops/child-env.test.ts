@@ -108,9 +108,12 @@ function expectOnlyWhatTheyUse(procs: Proc[]): void {
 }
 
 describe('children get only the environment they use', () => {
-  it('backup: pg_dump may see PGPASSWORD; dd and zstd see no credentials', async () => {
-    const w = await holdingWrapper('pg_dump', path.join(f.pg.binDir, 'pg_dump'));
-    const child = startCoffer(['backup', '--to', f.path('repo'), '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', w.command, '--lock-dir', f.path('locks')], { env: env() });
+  it.each([
+    ['pzstd (the archive index)', [], /^pzstd /],
+    ['dd and zstd (--no-index)', ['--no-index'], /^dd /],
+  ] as const)('backup: pg_dump may see PGPASSWORD; %s see no credentials', async (what, extra, other) => {
+    const w = await holdingWrapper(`pg_dump-${extra.length}`, path.join(f.pg.binDir, 'pg_dump'));
+    const child = startCoffer(['backup', '--to', f.path('repo'), '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', w.command, '--lock-dir', f.path('locks'), ...extra], { env: env() });
     await waitForFile(w.started);
     await new Promise((r) => setTimeout(r, 200));
     const procs = descendants(child.pid!);
@@ -118,10 +121,10 @@ describe('children get only the environment they use', () => {
     const r = await child;
     expect(r.exitCode, String(r.stderr)).toBe(0);
     const names = procs.map((p) => p.cmdline);
-    expect(names.some((c) => c.includes('pg_dump.sh')), names.join('\n')).toBe(true);
-    expect(names.some((c) => /^dd /.test(c)), names.join('\n')).toBe(true);
+    expect(names.some((c) => c.includes(`pg_dump-${extra.length}.sh`)), names.join('\n')).toBe(true);
+    expect(names.some((c) => other.test(c)), `${what}: ${names.join('\n')}`).toBe(true);
     expect(names.some((c) => /zstd/.test(c)), names.join('\n')).toBe(true);
-    expect(procs.find((p) => p.cmdline.includes('pg_dump.sh'))!.env.has('PGPASSWORD')).toBe(true);
+    expect(procs.find((p) => p.cmdline.includes(`pg_dump-${extra.length}.sh`))!.env.has('PGPASSWORD')).toBe(true);
     expectOnlyWhatTheyUse(procs);
   });
 

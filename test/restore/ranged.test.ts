@@ -20,6 +20,7 @@ import { useFixture } from '../harness/fixture.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { ArchiveOffsetScanner, hasDataBlock, scanArchiveFile } from '../../src/pg/archive-offsets.js';
 import { DataBlockFinder } from '../../src/catalog/archive-index.js';
+import { generateIdentity } from '../../src/crypto/age.js';
 
 const f = useFixture({ name: 'ranged', s3: true, db: 'empty' });
 const pg = f.pg;
@@ -286,5 +287,22 @@ describe('ranged selective restore', () => {
     expect(r.code, r.stderr).toBe(0);
     expect((JSON.parse(r.stdout) as Summary).selection.download).toBe('whole');
     expect(await pg.psql('SELECT count(*) FROM t;', target)).toBe('2');
+
+    // An age header longer than the first ranged read (220 recipients, ~22 KB): read again, longer.
+    const recipients = [f.recipient];
+    for (let i = 1; i < 220; i++) recipients.push((await generateIdentity()).recipient);
+    const file = f.path('many-recipients.txt');
+    await fsp.writeFile(file, `${recipients.join('\n')}\n`);
+    const many = f.path('many');
+    const b = await f.run(['backup', '--to', many, '--db', db, '--recipients-file', file, '--json']);
+    expect(b.code, b.stderr).toBe(0);
+    const mm = (JSON.parse(b.stdout) as BackupManifest[])[0]!;
+    const header = (await fsp.readFile(path.join(many, mm.dump.key))).indexOf('\n---');
+    expect(header).toBeGreaterThan(16 * 1024);
+    const target2 = f.dropAtEnd(`${db}_m`);
+    const r2 = await restore(target2, ['--table', 't'], many);
+    expect(r2.code, r2.stderr).toBe(0);
+    expect((JSON.parse(r2.stdout) as Summary).selection.download).not.toBe('whole');
+    expect(await pg.psql('SELECT count(*) FROM t;', target2)).toBe('2');
   });
 });

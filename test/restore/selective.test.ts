@@ -12,6 +12,8 @@ import { dataFingerprint, dropDatabase, listDatabases, type Fingerprint } from '
 import { errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { scanArchiveFile } from '../../src/pg/archive-offsets.js';
+import { dataBlockSizes } from '../../src/pg/archive-toc.js';
 
 const f = useFixture({ name: 'selective', s3: true, db: 'empty' });
 const pg = f.pg;
@@ -96,9 +98,10 @@ beforeAll(async () => {
   sourceData = await dataFingerprint(pg, f.db);
   s3Repo = f.repo('sel');
   fileRepo = f.path('repo');
-  // The S3 backup has an archive index (its selective restores fetch only their bytes); the file one does not (they read it whole).
+  // Both have an archive index: selective restores fetch only their bytes (ranged reads on RGW
+  // and on the file store), except with --download-whole (the --exclude-table test).
   manifest = await f.backup(s3Repo, f.db);
-  await f.backup(fileRepo, f.db, ['--no-index']);
+  await f.backup(fileRepo, f.db);
 });
 
 describe('selective restore', () => {
@@ -106,8 +109,9 @@ describe('selective restore', () => {
     const target = f.dropAtEnd(`${f.db}_t`);
     const r = await restore(target, ['--table', 'orders', '--table', 'customers', '--table', 'invoices', '--json']);
     expect(r.code, r.stderr).toBe(0);
-    const summary = JSON.parse(r.stdout) as { selection: { tables: string[] }; checks: { tocTables: number } };
+    const summary = JSON.parse(r.stdout) as { selection: { tables: string[]; download: { bytes: number; of: number } | 'whole' }; checks: { tocTables: number } };
     expect(summary.selection.tables.sort()).toEqual(['app.customers', 'app.invoices', 'app.orders']);
+    expect(summary.selection.download).not.toBe('whole');
     expect(summary.checks.tocTables).toBe(3);
     // app.invoice_no is not owned by a table: it comes as a definition invoices' default needs, with its value.
     const want = sourceRelationsOf((x) => /^app\.(customers|orders|invoice)/.test(x));
@@ -151,9 +155,9 @@ describe('selective restore', () => {
     await dropDatabase(pg, odd);
   });
 
-  it('--exclude-table alone: everything else; what depends on it (a view, a foreign key) is left out and said', async () => {
+  it('--exclude-table alone (the whole backup read, --download-whole): everything else; what depends on it (a view, a foreign key) is left out and said', async () => {
     const target = f.dropAtEnd(`${f.db}_x`);
-    const r = await restore(target, ['--exclude-table', 'customers']);
+    const r = await restore(target, ['--exclude-table', 'customers', '--download-whole']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/VIEW app\.v_orders left out: it depends on an excluded table/);
     expect(r.stderr).toMatch(/FK CONSTRAINT app\.orders orders_customer_id_fkey left out/);
@@ -281,7 +285,8 @@ describe('show', () => {
     expect(size('customers')).toBeGreaterThan(size('invoices'));
     expect(size('Odd "Name"')).toBeGreaterThan(0);
     expect(c.sizes).toBe(true);
-    expect(c.storedBytesRead).toBe(manifest.dump.size);
+    // Sizes from the archive index: the index and the head were read (here, a small backup, all of its frames).
+    expect(c.storedBytesRead).toBeLessThanOrEqual(manifest.index!.size + 16 * 1024 + manifest.dump.size);
     expect(c.objects.VIEW).toEqual(['app.v_orders']);
     expect(c.objects.INDEX).toEqual(['app.orders_customer_idx', 'audit.readings_at_idx', 'audit.readings_2025_at_idx', 'audit.readings_2026_at_idx', 'audit.readings_2026_rest_at_idx']);
     expect(c.objects['FK CONSTRAINT']).toEqual(['app.orders orders_customer_id_fkey']);
@@ -304,6 +309,19 @@ describe('show', () => {
     expect(hc.sizes).toBe(false);
     expect(hc.tables).toEqual([{ schema: 'public', name: 'large_fill', dataBytes: null }]);
     expect(hc.storedBytesRead).toBeLessThan(bigManifest.dump.size / 2);
+    // With sizes: from the archive index, again without the rows (a whole read gives the same sizes).
+    const hs = await f.run(['show', '--from', f.repo('big'), '--identity', f.identityFile, '--json']);
+    expect(hs.code, hs.stderr).toBe(0);
+    const hsc = JSON.parse(hs.stdout) as Contents;
+    expect(hsc.sizes).toBe(true);
+    expect(hsc.storedBytesRead).toBeLessThan(bigManifest.dump.size / 4);
+    const wr = await f.run(['restore', '--from', f.repo('big'), '--identity', f.identityFile, '--output', f.path('big.dump')]);
+    expect(wr.code, wr.stderr).toBe(0);
+    const scanned = scanArchiveFile(f.path('big.dump'));
+    if (!scanned.ok) throw new Error(scanned.reason);
+    const walked = dataBlockSizes(scanned.layout);
+    expect(hsc.tables[0]!.dataBytes).toBe([...walked.values()][0]);
+    expect(hsc.tables[0]!.dataBytes).toBeGreaterThan(24 << 20); // 12 MiB of bytea, as hex
 
     // --file: any pg_dump -Fc | age file.
     const file = f.path('show.dump.age');

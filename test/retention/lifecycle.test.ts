@@ -130,7 +130,8 @@ describe('lifecycle expiry', () => {
       const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--tier', tier, '--json']);
       expect(r.code, r.stderr).toBe(0);
       const m = (JSON.parse(r.stdout) as BackupManifest[])[0]!;
-      return [`lc/${m.dump.key}`, `lc/${m.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`];
+      // The dump, its archive index (tagged with the tier like the others) and the manifest.
+      return [`lc/${m.dump.key}`, `lc/${m.index!.key}`, `lc/${m.dump.key.replace(/\.dump\.zst\.age$/, '.manifest.json')}`];
     };
     const daily = await keysOf('daily');
     const monthly = await keysOf('monthly');

@@ -34,7 +34,8 @@ async function fakeBackup(from: BackupManifest, database: string, tier: Tier, da
   await fsp.mkdir(path.join(repo, encodeDbSegment(database), tier), { recursive: true, mode: 0o700 });
   await fsp.copyFile(path.join(repo, from.dump.key), path.join(repo, keys.dump));
   if (opts.manifest !== false) {
-    const m: BackupManifest = { ...from, id, database, tier, dump: { ...from.dump, key: keys.dump } };
+    // Without the archive index: it names the backup it belongs to (a copy would be refused by verify).
+    const m: BackupManifest = { ...from, id, database, tier, dump: { ...from.dump, key: keys.dump }, index: undefined };
     await fsp.writeFile(path.join(repo, keys.manifest), encodeManifest(m), { mode: 0o600 });
   }
   return id;
