@@ -4,23 +4,9 @@
  */
 import { DatabaseError } from '../errors.js';
 import type { PgTarget } from './connection.js';
+import { quoteLiteral } from './admin.js';
 import { psqlQuery } from './psql.js';
 import type { PgTools } from './tools.js';
-
-/** Ordinary, partitioned and foreign tables outside the system schemas, as "schema name" strings. */
-export async function tableNames(tools: Pick<PgTools, 'psql'>, target: PgTarget, signal?: AbortSignal): Promise<string[]> {
-  const rows = await psqlQuery(
-    tools,
-    target.conn,
-    target.database,
-    "SELECT n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND n.nspname NOT IN ('pg_catalog','information_schema');",
-    { env: target.env, signal, what: 'check restored tables' },
-  );
-  return rows
-    .split('\n')
-    .filter(Boolean)
-    .map((r) => r.replace('\t', ' '));
-}
 
 /** Runs one smoke query (a missing `;` added) and returns its output, trimmed. */
 export async function smokeQuery(tools: Pick<PgTools, 'psql'>, target: PgTarget, sql: string, signal?: AbortSignal): Promise<string> {
@@ -41,32 +27,80 @@ export interface TableStats {
   largest: Array<{ table: string; rows: number }>;
 }
 
-/** The database's tables, and the row counts of the five largest. */
-export async function tableStats(tools: Pick<PgTools, 'psql'>, target: PgTarget): Promise<TableStats> {
-  const list = await psqlQuery(
-    tools,
-    target.conn,
-    target.database,
+/** A table named by its archive bytes (one per character, latin1) and the encoding they are in. */
+export interface ArchivedName {
+  schema: string;
+  table: string;
+}
+
+export interface InspectRequest {
+  /** The tables' names, for the check against the archive's table of contents. */
+  names: boolean;
+  /** The table count and the row counts of the largest tables. */
+  stats: boolean;
+  /**
+   * The largest tables as the archive knows them (its data blocks' sizes), in its own bytes and
+   * encoding; without them, the server ranks its tables by their heap and TOAST sizes.
+   */
+  largest?: { names: ArchivedName[]; encoding: string };
+}
+
+export interface Inspection {
+  names: string[];
+  stats: TableStats;
+}
+
+const USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog','information_schema')";
+
+/**
+ * What a restore asks of the restored database, in one psql call with a fixed number of
+ * catalog queries whatever the number of tables: their names (ordinary, partitioned and
+ * foreign tables, as "schema name" strings), how many the summary counts, and the row counts
+ * of the five largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
+ */
+export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTarget, want: InspectRequest, signal?: AbortSignal): Promise<Inspection> {
+  const sql: string[] = [];
+  if (want.names) {
+    sql.push(`SELECT 'n' || E'\\t' || n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND ${USER_SCHEMAS};`);
+  }
+  if (want.stats) {
     // What pg_dump writes a TABLE entry for (relkind r and p; a foreign table is a FOREIGN TABLE
     // entry), and what the manifest counts: not an extension's own tables.
-    "SELECT c.relkind::text || E'\\t' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_total_relation_size(c.oid) DESC;",
-    { env: target.env, what: 'summarize restored tables' },
-  );
-  const rows = list
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => ({ kind: l.slice(0, 1), name: l.slice(2) }));
-  const names = rows.map((r) => r.name);
-  // Row counts of ordinary tables only: a partitioned parent would count its partitions' rows again.
-  const top = rows
-    .filter((r) => r.kind === 'r')
-    .slice(0, 5)
-    .map((r) => r.name);
-  const largest: Array<{ table: string; rows: number }> = [];
-  if (top.length > 0) {
-    const counts = await psqlQuery(tools, target.conn, target.database, top.map((t) => `SELECT count(*) FROM ${t};`).join('\n'), { env: target.env, what: 'count rows' });
-    const ns = counts.split('\n').filter(Boolean).map(Number);
-    top.forEach((t, i) => largest.push({ table: t, rows: ns[i] ?? 0 }));
+    sql.push(
+      `SELECT 't' || E'\\t' || count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND ${USER_SCHEMAS} AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e');`,
+    );
+    // Row counts of ordinary tables only: a partitioned parent would count its partitions' rows again.
+    const top = want.largest
+      ? want.largest.names.length === 0
+        ? undefined
+        : `SELECT * FROM (VALUES ${want.largest.names
+            .map((t, i) => `(${i}, ${fromArchive(t.schema, want.largest!.encoding)}, ${fromArchive(t.table, want.largest!.encoding)})`)
+            .join(', ')}) v(i, ns, rel)`
+      : `SELECT row_number() OVER () AS i, ns, rel FROM (SELECT n.nspname AS ns, c.relname AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND ${USER_SCHEMAS} AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_relation_size(c.oid) + COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0) DESC, 1, 2 LIMIT 5) s`;
+    if (top) {
+      sql.push(
+        `SELECT 'l' || E'\\t' || q || E'\\t' || substring(query_to_xml('SELECT count(*) AS c FROM ' || q, false, true, '')::text FROM '<c>([0-9]+)</c>') FROM (${top}) t, LATERAL (SELECT quote_ident(t.ns) || '.' || quote_ident(t.rel) AS q) x WHERE to_regclass(q) IS NOT NULL ORDER BY t.i;`,
+      );
+    }
   }
-  return { tables: names.length, largest };
+  const out = await psqlQuery(tools, target.conn, target.database, sql.join('\n'), { env: target.env, signal, what: 'inspect the restored tables' });
+  const names: string[] = [];
+  const stats: TableStats = { tables: 0, largest: [] };
+  for (const line of out.split('\n')) {
+    const tab = line.indexOf('\t');
+    const kind = line.slice(0, tab);
+    const rest = line.slice(tab + 1);
+    if (kind === 'n') names.push(rest.replace('\t', ' '));
+    else if (kind === 't') stats.tables = Number(rest);
+    else if (kind === 'l') {
+      const at = rest.lastIndexOf('\t');
+      stats.largest.push({ table: rest.slice(0, at), rows: Number(rest.slice(at + 1)) });
+    }
+  }
+  return { names, stats };
+}
+
+/** An SQL expression for a name in the archive's bytes and encoding, as the server's text. */
+function fromArchive(raw: string, encoding: string): string {
+  return `convert_from('\\x${Buffer.from(raw, 'latin1').toString('hex')}'::bytea, ${quoteLiteral(encoding)})`;
 }

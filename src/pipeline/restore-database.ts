@@ -94,20 +94,44 @@ export function roleOfAlterRole(line: string): string | undefined {
   return b?.[1];
 }
 
+/** What a restore learns of the server and its target before it starts, in one query. */
+export interface TargetSurvey {
+  /** The target database exists. */
+  exists: boolean;
+  /** The server's version (server_version_num and server_version). */
+  server: { num: number; text: string };
+}
+
 /**
- * Scratch databases of earlier restores of the same target that are still there: a restore
- * killed with SIGKILL (or whose server went away for longer than the cleanup waits) cannot drop
- * its own. They are named, not dropped: another restore of the same target may be running.
+ * Asks the server, in one round trip, whether the target exists, its version, and which scratch
+ * databases of earlier restores of the same target are still there. A restore killed with
+ * SIGKILL (or whose server went away for longer than the cleanup waits) cannot drop its own:
+ * they are named, not dropped (another restore of the same target may be running).
  */
-export async function reportLeftovers(admin: PgAdmin, target: string, log: Logger): Promise<void> {
+export async function surveyTarget(admin: PgAdmin, target: string, log: Logger, signal?: AbortSignal): Promise<TargetSurvey> {
   const prefix = derivedName(target, `__restoring_${'0'.repeat(8)}`).slice(0, -8);
   const out = await admin.query(
-    `SELECT datname FROM pg_database WHERE left(datname, ${[...prefix].length}) = ${quoteLiteral(prefix)} AND datname ~ '__restoring_[0-9a-f]{8}$';`,
-    'look for scratch databases of earlier restores',
+    [
+      `SELECT 'e' || E'\\t' || count(*) FROM pg_database WHERE datname = ${quoteLiteral(target)};`,
+      "SELECT 'v' || E'\\t' || current_setting('server_version_num') || ' ' || current_setting('server_version');",
+      `SELECT 's' || E'\\t' || datname FROM pg_database WHERE left(datname, ${[...prefix].length}) = ${quoteLiteral(prefix)} AND datname ~ '__restoring_[0-9a-f]{8}$';`,
+    ].join('\n'),
+    'look up the target database and the server version',
+    undefined,
+    signal,
   );
-  for (const name of out.split('\n').filter((n) => n === `${prefix}${n.slice(-8)}`)) {
-    log.warn(`a scratch database of an earlier restore of ${JSON.stringify(target)} is still there (that restore was killed before it could drop it); once no restore of it runs, drop it: DROP DATABASE ${quoteIdent(name)} WITH (FORCE);`, { database: name });
+  let exists = false;
+  let version = '';
+  for (const line of out.split('\n')) {
+    const [kind, value] = [line.slice(0, 1), line.slice(2)];
+    if (kind === 'e') exists = value === '1';
+    else if (kind === 'v') version = value;
+    else if (kind === 's' && value === `${prefix}${value.slice(-8)}`) {
+      log.warn(`a scratch database of an earlier restore of ${JSON.stringify(target)} is still there (that restore was killed before it could drop it); once no restore of it runs, drop it: DROP DATABASE ${quoteIdent(value)} WITH (FORCE);`, { database: value });
+    }
   }
+  const at = version.indexOf(' ');
+  return { exists, server: { num: Number(version.slice(0, at)), text: version.slice(at + 1) } };
 }
 
 /** How long cleanup keeps trying to reach a server that went away (a restart mid-restore). */

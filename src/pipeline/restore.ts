@@ -9,18 +9,18 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import type { ConnectionSpec, PgTarget } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
-import { tableNames, smokeQuery, tableStats } from '../pg/inspect.js';
+import { inspectRestored, smokeQuery, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
 import { runSqlFile, spawnPsqlScript } from '../pg/psql.js';
-import { decodeToc } from '../pg/archive-toc.js';
-import { checkArchiveHeader, checkManifestVersions, localVersions, VersionError } from '../pg/versions.js';
+import { dataBlockSizes, decodeToc } from '../pg/archive-toc.js';
+import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVersions } from '../pg/versions.js';
 import { clientVersion } from '../pg/server.js';
 import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
 import type { PgTools } from '../pg/tools.js';
 import { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
-import { applyDatabaseProperties, applyGlobals, createScratch, databaseDefinition, dropScratch, reportLeftovers } from './restore-database.js';
+import { applyDatabaseProperties, applyGlobals, createScratch, databaseDefinition, dropScratch, surveyTarget } from './restore-database.js';
 import { checkTableCount, collectText, openSource, readGlobals, type RestoreSource } from './restore-source.js';
 import { openRangedSource } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
@@ -119,22 +119,27 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     if (req.source.kind === 'repository') {
       for (const w of req.source.entry.manifest.warnings ?? []) req.log.warn(`the backup was taken with a warning: ${w}`, { backup: req.source.entry.id });
     }
-    // 1. Refuse an existing target before anything else, unless asked to replace it.
-    const targetExists = await admin.exists(req.target);
+    // 1. Refuse an existing target before anything else, unless asked to replace it. One query
+    //    asks the server whether it exists, the server's version, and for scratch databases of
+    //    earlier restores; the local pg_restore's version is read meanwhile.
+    const manifest = req.source.kind === 'repository' ? req.source.entry.manifest : undefined;
+    const [survey, pgRestore] = await Promise.all([
+      surveyTarget(admin, req.target, req.log, req.signal),
+      manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
+    ]);
+    const targetExists = survey.exists;
     if (targetExists && !req.replace) {
       throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
         hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
       });
     }
-    await reportLeftovers(admin, req.target, req.log);
     const selective = req.selection !== undefined && isSelective(req.selection);
     // Versions, from the manifest, before the download: the target server against the source
     // server, the local pg_restore against the archive format pg_dump wrote.
-    const manifest = req.source.kind === 'repository' ? req.source.entry.manifest : undefined;
     if (selective && manifest && manifest.kind !== 'custom') {
       throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
     }
-    const local = await localVersions(req.tools, admin, manifest?.kind === 'custom', env, req.signal);
+    const local: LocalVersions = pgRestore ? { server: survey.server, pgRestore } : { server: survey.server };
     if (manifest) checkManifestVersions(manifest, local);
     // 2. Open the backup: the age header is authenticated here, before any database exists. A
     //    selective restore of a backup with an archive index reads only what it needs.
@@ -177,15 +182,15 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     const tocText = await restoreInto(req, flags, opened, scratch, spool, env, sup);
     const archiveStats = opened.stats();
 
-    // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke), then the swap.
-    const checks = await runChecks(req, scratch, tocText, selective, env, sup.signal);
+    // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
+    //    table statistics, then the swap.
+    const { checks, stats } = await runChecks(req, scratch, tocText, selective, await largestInArchive(opened, selection), env, sup.signal);
     if (definition) await applyDatabaseProperties(admin, scratch, definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
     await admin.swapIn(scratch, req.target, aside ?? undefined);
     scratch = undefined;
     if (aside) req.log.warn('the previous database was kept aside', { database: aside });
-    const stats = await tableStats(req.tools, { conn: req.conn, database: req.target, env });
     return {
       target: req.target,
       backupId: req.source.kind === 'repository' ? req.source.entry.id : null,
@@ -284,31 +289,79 @@ function explainExcludedData(source: RestoreSource, err: unknown): unknown {
 }
 
 /**
- * The TOC check (every table of the archive, or of the selection, exists), then --sanitize (so
- * --smoke sees the sanitised database), then --smoke. A failure fails the restore.
+ * The largest tables of a custom archive, by the bytes of their data blocks (of the selection,
+ * when there is one): the archive was read whole, so the summary ranks them without asking the
+ * server for every table's size. `undefined` for plain SQL: the server ranks them.
  */
-async function runChecks(req: RestoreRequest, db: string, toc: string, selective: boolean, env: NodeJS.ProcessEnv, signal: AbortSignal): Promise<RestoreChecks> {
+async function largestInArchive(opened: OpenedArchive, selection: Selection | undefined): Promise<InspectRequest['largest']> {
+  const layout = opened.layout();
+  const entries = opened.format === 'custom' && layout ? await opened.tocEntries() : undefined;
+  if (!layout || !entries) return undefined;
+  const sizes = dataBlockSizes(layout);
+  const chosen = selection ? new Set(selection.ids) : undefined;
+  const encoding = /client_encoding\s*=\s*'([^']*)'/i.exec((await opened.databaseEntries())?.find((e) => e.desc === 'ENCODING')?.defn ?? '')?.[1] ?? 'UTF8';
+  const top = entries
+    .filter((e) => e.desc === 'TABLE DATA' && sizes.has(e.dumpId) && (!chosen || chosen.has(e.dumpId)))
+    .sort((a, b) => sizes.get(b.dumpId)! - sizes.get(a.dumpId)! || a.dumpId - b.dumpId)
+    .slice(0, 5);
+  return { names: top.map((e) => ({ schema: e.namespace, table: e.tag })), encoding };
+}
+
+/**
+ * The TOC check (every table of the archive, or of the selection, exists), then --sanitize (so
+ * --smoke sees the sanitised database), then --smoke; and the summary's table statistics, of
+ * the database as it will be renamed (after --sanitize). A failure fails the restore. The
+ * server is asked a fixed number of queries whatever the number of tables: one when there is
+ * no --sanitize (names and statistics together), two with it.
+ */
+async function runChecks(
+  req: RestoreRequest,
+  db: string,
+  toc: string,
+  selective: boolean,
+  largest: InspectRequest['largest'],
+  env: NodeJS.ProcessEnv,
+  signal: AbortSignal,
+): Promise<{ checks: RestoreChecks; stats: TableStats }> {
   const entries = tocTables(toc);
   // A selection has fewer tables than the database had, by design.
   const note = selective ? undefined : checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
   if (note) req.log.warn(note);
+  const target = { conn: req.conn, database: db, env };
+  const statsNow = req.sanitize === undefined;
+  const first = await inspectRestored(req.tools, target, { names: entries.length > 0, stats: statsNow, largest }, signal);
   if (entries.length > 0) {
-    const have = await tableNames(req.tools, { conn: req.conn, database: db, env }, signal);
-    const missing = entries.filter((e) => !have.some((h) => e === h || e.startsWith(`${h} `)));
+    const missing = missingTables(entries, first.names);
     if (missing.length > 0) {
       throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(missing[0])}`);
     }
   }
   if (req.sanitize !== undefined) {
-    await runSqlFile(req.tools, { conn: req.conn, database: db, env }, req.sanitize, { what: `--sanitize ${req.sanitize}`, signal });
+    await runSqlFile(req.tools, target, req.sanitize, { what: `--sanitize ${req.sanitize}`, signal });
     req.log.info('sanitize SQL ran in the scratch database', { file: req.sanitize });
   }
   const smoke: RestoreChecks['smoke'] = [];
   for (const sql of req.smoke) {
-    const output = await smokeQuery(req.tools, { conn: req.conn, database: db, env }, sql, signal);
+    const output = await smokeQuery(req.tools, target, sql, signal);
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
+  const stats = statsNow ? first.stats : (await inspectRestored(req.tools, target, { names: false, stats: true, largest }, signal)).stats;
   const sanitized = req.sanitize ?? null;
-  return toc === '' ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
+  const checks = toc === '' ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
+  return { checks, stats };
+}
+
+/**
+ * The TOC's tables ("schema name owner" strings) that are not among the database's ("schema
+ * name"). Names may hold spaces, so each TOC line is tried at every space: a set lookup per
+ * space, not a scan of the database's tables per entry.
+ */
+export function missingTables(toc: string[], have: string[]): string[] {
+  const present = new Set(have);
+  return toc.filter((e) => {
+    if (present.has(e)) return false;
+    for (let at = e.indexOf(' '); at >= 0; at = e.indexOf(' ', at + 1)) if (present.has(e.slice(0, at))) return false;
+    return true;
+  });
 }
