@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
-import { parseDocument } from 'yaml';
+import { createRequire } from 'node:module';
 import { errnoWords, UsageError } from '../errors.js';
 
 /** The file looked for in the working directory when `--config` is not given. */
@@ -34,6 +34,9 @@ export function loadConfigFile(explicit: string | undefined, cwd: string): Confi
       hint: explicit === undefined ? `fix or remove ./${DEFAULT_CONFIG_FILE}` : 'check the --config path (or COFFER_CONFIG)',
     });
   }
+  // Loaded only when there is a file to read: most runs (cron with flags, env) have none, and the
+  // parser is a good part of a start-up.
+  const { parseDocument } = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   const doc = parseDocument(text, { uniqueKeys: true });
   const first = doc.errors[0];
   if (first) {

@@ -62,6 +62,11 @@ export interface LockRequest {
 export interface HeldLock {
   readonly file: string;
   readonly advisoryKey: [number, number];
+  /**
+   * Asks one query that prints one line through the advisory lock's own session, when that
+   * session is connected to the locked database: the backup's probe needs no connection of its own.
+   */
+  readonly ask?: (sql: string) => Promise<string>;
   release(): Promise<void>;
 }
 
@@ -275,7 +280,9 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         const m = `coffer_lock_${process.pid}_${++markerSeq}`;
         const got = await session.ask(`SELECT pg_try_advisory_lock(${key[0]}, ${key[1]});`, m);
         if (got === 't') {
-          return { file, advisoryKey: key, release: releaseAll };
+          const held = session;
+          const ask = (sql: string): Promise<string> => held.ask(sql, `coffer_ask_${process.pid}_${++markerSeq}`);
+          return { file, advisoryKey: key, release: releaseAll, ...((req.advisory.connectTo ?? req.database) === req.database ? { ask } : {}) };
         }
         const who = await session.ask(
           `SELECT coalesce(string_agg(format('pid %s, %s, from %s since %s', a.pid, coalesce(nullif(a.application_name, ''), 'unknown application'), coalesce(host(a.client_addr), 'local socket'), to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')), '; '), 'a session that just ended') FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.classid = ${key[0] >>> 0}::bigint::oid AND l.objid = ${key[1] >>> 0}::bigint::oid AND l.objsubid = 2;`,

@@ -43,6 +43,8 @@ export interface InspectRequest {
    * encoding; without them, the server ranks its tables by their heap and TOAST sizes.
    */
   largest?: { names: ArchivedName[]; encoding: string };
+  /** SQL run in the same session after the inspection (the database's properties), and what it does, for messages. */
+  then?: { sql: Buffer; what: string };
 }
 
 export interface Inspection {
@@ -83,7 +85,10 @@ export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTa
       );
     }
   }
-  const out = await psqlQuery(tools, target.conn, target.database, sql.join('\n'), { env: target.env, signal, what: 'inspect the restored tables' });
+  // The inspection's SQL is ASCII (names travel hex-encoded), so the SQL after it keeps its own bytes and encoding.
+  const input = want.then ? Buffer.concat([Buffer.from(`${sql.join('\n')}\n`, 'latin1'), want.then.sql]) : sql.join('\n');
+  const what = want.then ? `inspect the restored tables and ${want.then.what}` : 'inspect the restored tables';
+  const out = sql.length === 0 && !want.then ? '' : await psqlQuery(tools, target.conn, target.database, input, { env: target.env, signal, what });
   const names: string[] = [];
   const stats: TableStats = { tables: 0, largest: [] };
   for (const line of out.split('\n')) {

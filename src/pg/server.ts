@@ -43,15 +43,16 @@ const USER_TABLES_SQL = `SELECT count(*) FROM pg_class c JOIN pg_namespace n ON 
     AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')`;
 
 /** Server version, database size and whether we are superuser: one round trip. */
-export async function probeServer(tools: PgTools, conn: ConnectionSpec, database: string | undefined, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<ServerInfo> {
-  const out = await psqlQuery(
-    tools,
-    conn,
-    database,
-    // rolsuper as text is 'true'/'false' (a boolean cast), not psql's 't'/'f'.
-    `SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT CASE WHEN rolsuper THEN 't' ELSE 'f' END FROM pg_roles WHERE rolname = current_user) || '|' || (${USER_TABLES_SQL}) || '|' || (${DATABASE_ROW_SQL});`,
-    { ...opts, what: `connect to database ${JSON.stringify(database ?? '')}` },
-  );
+export async function probeServer(
+  tools: PgTools,
+  conn: ConnectionSpec,
+  database: string | undefined,
+  opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; ask?: (sql: string) => Promise<string> },
+): Promise<ServerInfo> {
+  // rolsuper as text is 'true'/'false' (a boolean cast), not psql's 't'/'f'.
+  const sql = `SELECT current_setting('server_version_num') || '|' || current_setting('server_version') || '|' || pg_database_size(current_database()) || '|' || (SELECT CASE WHEN rolsuper THEN 't' ELSE 'f' END FROM pg_roles WHERE rolname = current_user) || '|' || (${USER_TABLES_SQL}) || '|' || (${DATABASE_ROW_SQL});`;
+  // Through a session already connected to the database (the backup lock's), else its own psql.
+  const out = opts.ask ? await opts.ask(sql.replace(/\s*\n\s*/g, ' ')) : await psqlQuery(tools, conn, database, sql, { env: opts.env, signal: opts.signal, what: `connect to database ${JSON.stringify(database ?? '')}` });
   const [num, ver, size, superuser, tables, ...row] = out.trim().split('|');
   const n = Number(num);
   if (!Number.isInteger(n)) throw new DatabaseError(`could not read the server version (got ${JSON.stringify(out.trim().slice(0, 80))})`);
@@ -59,7 +60,22 @@ export async function probeServer(tools: PgTools, conn: ConnectionSpec, database
 }
 
 /** `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` → { text, major: 15 }. */
-export async function clientVersion(argv: string[], what: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<{ text: string; major: number }> {
+export function clientVersion(argv: string[], what: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<{ text: string; major: number }> {
+  // A program's version does not change during a run: asked once per program (a run over many
+  // databases, or a restore's several checks), and asked again only after a failure.
+  const key = JSON.stringify(argv);
+  let known = versions.get(key);
+  if (!known) {
+    known = readClientVersion(argv, what, opts);
+    versions.set(key, known);
+    known.catch(() => versions.delete(key));
+  }
+  return known;
+}
+
+const versions = new Map<string, Promise<{ text: string; major: number }>>();
+
+async function readClientVersion(argv: string[], what: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<{ text: string; major: number }> {
   const out = (await runChild([...argv, '--version'], { env: opts.env, signal: opts.signal, what: `${what} --version` })).trim();
   const m = /\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?/.exec(out) ?? /(\d+)\.(\d+)/.exec(out);
   if (!m) throw new DatabaseError(`${what} --version printed something unexpected: ${JSON.stringify(out.slice(0, 80))}`);

@@ -55,6 +55,13 @@ export interface OpenedArchive {
    * read in the stream. `undefined` for plain SQL.
    */
   databaseEntries(): Promise<DatabaseTocEntry[] | undefined>;
+  /**
+   * The database entries that come before its CREATE DATABASE options are known: reads the
+   * archive only until its DATABASE entry (pg_dump writes the entries about the database first),
+   * or to the end of the table of contents when it has none. Enough to create the database while
+   * the rest of a long table of contents streams on; {@link databaseEntries} has them all.
+   */
+  creationEntries?(): Promise<DatabaseTocEntry[] | undefined>;
   /** A custom archive's header (version bytes, server and pg_dump versions) from its first bytes; `undefined` for plain SQL. */
   header: ArchiveHeader | undefined;
   /**
@@ -212,6 +219,11 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     await readAhead(checked, () => check.tocRead);
     return check.databaseEntries();
   };
+  const creationEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
+    if (format !== 'custom') return undefined;
+    await readAhead(checked, () => check.tocRead || check.databaseEntries().some((e) => e.desc === 'DATABASE'));
+    return [...check.databaseEntries()];
+  };
   const tocEntries = async (): Promise<ArchiveTocEntry[] | undefined> => {
     if (format !== 'custom') return undefined;
     await readAhead(checked, () => check.tocRead);
@@ -222,7 +234,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     return entries;
   };
   const header = format === 'custom' ? parseArchiveHeader(head) : undefined;
-  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
+  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, creationEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
 }
 
 /**

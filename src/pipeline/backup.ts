@@ -56,6 +56,8 @@ export interface BackupRequest extends StoringRequest {
   tools: PgTools;
   conn: ConnectionSpec;
   database: string;
+  /** Asks one one-line query through a session already connected to the database (the backup lock's); else the probe starts its own psql. */
+  ask?: (sql: string) => Promise<string>;
   compression: Compression;
   kind: DumpKind;
   excludeTableData?: string[];
@@ -106,7 +108,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   try {
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
-      probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal }),
+      probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal, ask: req.ask }),
       clientVersion(req.tools.pgDump, 'pg_dump', { env: libpqEnv(req.conn, env), signal: sup.signal }),
     ]);
     checkDumpVersion(dumpVersion.major, dumpVersion.text, server);

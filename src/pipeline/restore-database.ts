@@ -9,7 +9,7 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral } from '../pg/admin.js';
 import { archiveText, createStatement, isUtf8, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
 import type { RestoreFlags } from '../pg/pg-restore.js';
-import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
+import { spawnPsqlScript } from '../pg/psql.js';
 import type { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import type { RestoreSource } from './restore-source.js';
@@ -17,14 +17,17 @@ import type { RestoreSource } from './restore-source.js';
 /**
  * What the backup says of the database itself: a custom archive's DATABASE entries (read from
  * its table of contents, before any database exists), else the manifest's encoding and locale.
+ * `creation`: only what CREATE DATABASE needs (the archive is read up to its DATABASE entry,
+ * not to the end of its table of contents), and no warning (the whole definition follows).
  */
-export async function databaseDefinition(source: RestoreSource, opened: OpenedArchive, log: Logger): Promise<DatabaseDefinition | undefined> {
-  const entries = await opened.databaseEntries();
+export async function databaseDefinition(source: RestoreSource, opened: OpenedArchive, log: Logger, creation = false): Promise<DatabaseDefinition | undefined> {
+  const entries = creation && opened.creationEntries ? await opened.creationEntries() : await opened.databaseEntries();
   const name = source.kind === 'repository' ? source.entry.manifest.database : '';
   const fromArchive = entries ? definitionFromArchive(entries) : undefined;
   if (fromArchive) return fromArchive;
   const locale = source.kind === 'repository' ? source.entry.manifest.postgres.locale : undefined;
   if (locale) return definitionFromManifest(name, locale);
+  if (creation) return undefined;
   log.warn("the backup does not say how its database was created (encoding, locale): the restored database gets the server's defaults");
   return undefined;
 }
@@ -48,14 +51,19 @@ export async function createScratch(admin: PgAdmin, scratch: string, def: Databa
 }
 
 /**
- * Gives the scratch database the backup's owner, ACL, settings, role-in-database settings,
- * connection limit and comment (after the data and the checks: a setting such as
- * default_transaction_read_only must not apply to the restore itself). Settings of roles
- * this server lacks are left out, with a warning: nobody can use them.
+ * The SQL that gives the scratch database the backup's owner, ACL, settings, role-in-database
+ * settings, connection limit and comment, to run connected to the scratch database itself after
+ * the data and the checks (a setting such as default_transaction_read_only must not apply to
+ * the restore itself; ALTER DATABASE … SET applies to later sessions only). Settings of roles
+ * this server lacks are left out, with a warning: nobody can use them. `undefined`: nothing to apply.
+ *
+ * The statements are in the archive's own bytes and client encoding: text in shared catalogs
+ * (the comment) is stored as the database's encoding has it, and a SQL_ASCII or LATIN1 comment
+ * comes back byte for byte. psql names the database.
  */
-export async function applyDatabaseProperties(admin: PgAdmin, scratch: string, def: DatabaseDefinition, flags: RestoreFlags, log: Logger): Promise<void> {
+export async function databasePropertiesSql(admin: PgAdmin, def: DatabaseDefinition, flags: RestoreFlags, log: Logger): Promise<Buffer | undefined> {
   let script = propertiesScript(def, { noOwner: flags.noOwner, noPrivileges: flags.noPrivileges });
-  if (script === '') return;
+  if (script === '') return undefined;
   const roleLines = script.split('\n').filter((l) => /^ALTER ROLE /.test(l));
   if (roleLines.length > 0) {
     const roles = await admin.roles();
@@ -71,18 +79,15 @@ export async function applyDatabaseProperties(admin: PgAdmin, scratch: string, d
     for (const l of missing) log.warn('a setting of a role this server does not have was not applied', { role: archiveText(roleOfAlterRole(l)!, def.clientEncoding) });
     if (missing.length > 0) script = script.split('\n').filter((l) => !missing.includes(l)).join('\n');
   }
-  // Sent to the scratch database itself, in the archive's own bytes and client encoding: text
-  // in shared catalogs (the comment) is stored as the database's encoding has it, and a
-  // SQL_ASCII or LATIN1 comment comes back byte for byte. psql names the database.
-  const sql = [
-    `SET client_encoding = ${quoteLiteral(def.clientEncoding)};`,
-    `SELECT quote_ident(current_database()) AS ${TARGET_DB_VAR} \\gset`,
-    'BEGIN;',
-    script,
-    'COMMIT;',
-    '',
-  ].join('\n');
-  await psqlQuery(admin.tools, admin.conn, scratch, Buffer.from(sql, 'latin1'), { env: admin.env, what: "apply the backup's database properties (owner, privileges, settings, comment)" });
+  const sql = [`SET client_encoding = ${quoteLiteral(def.clientEncoding)};`, `SELECT quote_ident(current_database()) AS ${TARGET_DB_VAR} \\gset`, 'BEGIN;', script, 'COMMIT;', ''].join('\n');
+  return Buffer.from(sql, 'latin1');
+}
+
+/** What applying the properties is called in messages. */
+export const APPLY_PROPERTIES = "apply the backup's database properties (owner, privileges, settings, comment)";
+
+/** Logs what {@link databasePropertiesSql} gave the database. */
+export function logPropertiesApplied(def: DatabaseDefinition, flags: RestoreFlags, log: Logger): void {
   log.info("the backup's database properties applied", { owner: flags.noOwner ? null : def.owner, privileges: !flags.noPrivileges && def.acl !== null, settings: def.properties !== null, comment: def.comment !== null });
 }
 

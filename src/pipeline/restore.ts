@@ -11,7 +11,7 @@ import type { ConnectionSpec, PgTarget } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
 import { inspectRestored, smokeQuery, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
-import { runSqlFile, spawnPsqlScript } from '../pg/psql.js';
+import { psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
 import { dataBlockSizes, decodeToc } from '../pg/archive-toc.js';
 import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVersions } from '../pg/versions.js';
 import { clientVersion } from '../pg/server.js';
@@ -20,7 +20,7 @@ import type { PgTools } from '../pg/tools.js';
 import { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
-import { applyDatabaseProperties, applyGlobals, createScratch, databaseDefinition, dropScratch, surveyTarget } from './restore-database.js';
+import { APPLY_PROPERTIES, applyGlobals, createScratch, databaseDefinition, databasePropertiesSql, dropScratch, logPropertiesApplied, surveyTarget } from './restore-database.js';
 import { checkTableCount, collectText, openSource, readGlobals, type RestoreSource } from './restore-source.js';
 import { openRangedSource } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
@@ -167,25 +167,29 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
     if (req.jobs > 1) spool = await Spool.prepare(req.source, opened.format, req.spoolDir);
 
-    // The database as it was: encoding and locale now, owner, ACL and settings before the swap.
-    const definition = await databaseDefinition(req.source, opened, req.log);
+    // The database as it was: encoding and locale now (from the first entries of the table of
+    // contents: the rest streams on to pg_restore meanwhile), owner, ACL and settings before the swap.
+    const creation = await databaseDefinition(req.source, opened, req.log, true);
 
     // 3. Globals first (roles the dump refers to), then a scratch database.
     if (req.withGlobals) await applyGlobals(admin, await readGlobals(req, sup, env), sup, req.log);
     throwIfFailed(sup);
     scratch = scratchName(req.target);
-    await createScratch(admin, scratch, definition, req.log);
+    await createScratch(admin, scratch, creation, req.log);
     throwIfFailed(sup);
-    req.log.info('restoring into a scratch database', { scratch, database: describeLocale(definition) });
+    req.log.info('restoring into a scratch database', { scratch, database: describeLocale(creation) });
 
     // 4. The data.
     const tocText = await restoreInto(req, flags, opened, scratch, spool, env, sup);
     const archiveStats = opened.stats();
+    const definition = await databaseDefinition(req.source, opened, req.log);
 
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
     //    table statistics, then the swap.
-    const { checks, stats } = await runChecks(req, scratch, tocText, selective, await largestInArchive(opened, selection), env, sup.signal);
-    if (definition) await applyDatabaseProperties(admin, scratch, definition, req, req.log);
+    const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
+    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tocText, selective, await largestInArchive(opened, selection), properties, env, sup.signal);
+    if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
+    if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
     await admin.swapIn(scratch, req.target, aside ?? undefined);
@@ -311,8 +315,10 @@ async function largestInArchive(opened: OpenedArchive, selection: Selection | un
  * The TOC check (every table of the archive, or of the selection, exists), then --sanitize (so
  * --smoke sees the sanitised database), then --smoke; and the summary's table statistics, of
  * the database as it will be renamed (after --sanitize). A failure fails the restore. The
- * server is asked a fixed number of queries whatever the number of tables: one when there is
- * no --sanitize (names and statistics together), two with it.
+ * server is asked a fixed number of queries whatever the number of tables: one psql when there
+ * is no --sanitize (names and statistics together), two with it. Without --sanitize and
+ * --smoke, the database's properties (`properties`) are applied by that same psql, after the
+ * inspection (`propertiesApplied`); a failed check then drops the database all the same.
  */
 async function runChecks(
   req: RestoreRequest,
@@ -320,16 +326,18 @@ async function runChecks(
   toc: string,
   selective: boolean,
   largest: InspectRequest['largest'],
+  properties: Buffer | undefined,
   env: NodeJS.ProcessEnv,
   signal: AbortSignal,
-): Promise<{ checks: RestoreChecks; stats: TableStats }> {
+): Promise<{ checks: RestoreChecks; stats: TableStats; propertiesApplied: boolean }> {
   const entries = tocTables(toc);
   // A selection has fewer tables than the database had, by design.
   const note = selective ? undefined : checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
   if (note) req.log.warn(note);
   const target = { conn: req.conn, database: db, env };
   const statsNow = req.sanitize === undefined;
-  const first = await inspectRestored(req.tools, target, { names: entries.length > 0, stats: statsNow, largest }, signal);
+  const together = properties !== undefined && req.sanitize === undefined && req.smoke.length === 0;
+  const first = await inspectRestored(req.tools, target, { names: entries.length > 0, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal);
   if (entries.length > 0) {
     const missing = missingTables(entries, first.names);
     if (missing.length > 0) {
@@ -349,7 +357,7 @@ async function runChecks(
   const stats = statsNow ? first.stats : (await inspectRestored(req.tools, target, { names: false, stats: true, largest }, signal)).stats;
   const sanitized = req.sanitize ?? null;
   const checks = toc === '' ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
-  return { checks, stats };
+  return { checks, stats, propertiesApplied: together };
 }
 
 /**

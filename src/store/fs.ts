@@ -17,6 +17,9 @@ const FILE_MODE = 0o600;
  * directory fsynced; so a file appears under its name only when complete, and a crash leaves at
  * most a temporary (`list` never shows them).
  */
+/** Files of one directory stat'ed at once while listing. */
+const STAT_BATCH = 64;
+
 export class FsStore implements ObjectStore {
   readonly location: string;
   constructor(readonly root: string) {
@@ -163,6 +166,7 @@ export class FsStore implements ObjectStore {
         if (code === 'ENOENT' || code === 'ENOTDIR') continue;
         throw fsError(err, `list ${dir}`);
       }
+      const files: Array<{ key: string; path: string }> = [];
       for (const e of entries) {
         if (e.name.startsWith(TEMP_PREFIX)) continue;
         const childKey = key ? `${key}/${e.name}` : e.name;
@@ -170,9 +174,14 @@ export class FsStore implements ObjectStore {
         if (e.isDirectory()) {
           if (childKey.startsWith(prefix) || prefix.startsWith(`${childKey}/`)) stack.push({ dir: childPath, key: childKey });
         } else if (e.isFile() && childKey.startsWith(prefix)) {
-          const st = await fsp.stat(childPath).catch(() => undefined);
-          if (st) yield { key: childKey, size: st.size, lastModified: st.mtime };
+          files.push({ key: childKey, path: childPath });
         }
+      }
+      // A directory's files are stat'ed together (a few hundred at most: one day's, tier's or WAL's), not one after the other.
+      for (let i = 0; i < files.length; i += STAT_BATCH) {
+        const batch = files.slice(i, i + STAT_BATCH);
+        const stats = await Promise.all(batch.map((f) => fsp.stat(f.path).catch(() => undefined)));
+        for (const [j, st] of stats.entries()) if (st) yield { key: batch[j]!.key, size: st.size, lastModified: st.mtime };
       }
     }
   }

@@ -33,6 +33,7 @@ export const options = {
   keepMonthly: value('--keep-monthly <period>', 'retention of monthly backups (object lock), e.g. 12mo', period, { default: DEFAULT_KEEP.monthly }),
   keepManual: value('--keep-manual <period>', 'retention of manual backups (object lock), e.g. 90d', period, { default: DEFAULT_KEEP.manual }),
   allDatabases: flag('--all-databases', 'back up every connectable non-template database (postgres only if it holds user objects)'),
+  parallel: value('--parallel <n>', 'back up this many databases at once (with several --db or --all-databases; each has its own lock and manifest)', count(64), { default: '1' }),
   wait: value('--wait <duration>', 'if another run holds the lock, wait up to this long (default: exit 6 at once)', duration),
   lockDir: value('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer-<uid> or TMPDIR/coffer-locks-<uid>)', text),
   metricsFile: value('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run', text),

@@ -93,29 +93,44 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
   const outcomes: Outcome[] = [];
   let fatal: unknown;
   try {
-    const dbs = flags.allDatabases ? await listAllDatabases(tools, conn, { env, signal: ctx.signal }) : explicitDbs;
+    // A database named twice is backed up once.
+    const dbs = flags.allDatabases ? await listAllDatabases(tools, conn, { env, signal: ctx.signal }) : [...new Set(explicitDbs)];
     if (flags.allDatabases) ctx.log.info('databases to back up', { databases: dbs.join(',') });
-    for (const database of dbs) {
+    const parallel = Math.min(flags.parallel, Math.max(1, dbs.length));
+    const lock = (database: string): Promise<HeldLock> =>
+      acquireBackupLock({ repository: store.location, database, lockDir, runId: ctx.log.runId, advisory: { tools, conn }, env, waitMs, signal: ctx.signal, log: ctx.log });
+    // Each database's lock is taken while the one before it is backed up (the next in the queue
+    // is locked ahead by whoever takes a database), so a run over many databases does not wait
+    // for a connection between two of them. A lock taken ahead and not used (the run stopped)
+    // is released at the end.
+    const locks = new Map<number, Promise<HeldLock>>();
+    const lockAhead = (i: number): Promise<HeldLock> => {
+      let p = locks.get(i);
+      if (!p) {
+        p = lock(dbs[i]!);
+        p.catch(() => undefined);
+        locks.set(i, p);
+      }
+      return p;
+    };
+    let next = 0;
+    const releases: Array<Promise<void>> = [];
+    const backupOne = async (i: number): Promise<void> => {
+      const database = dbs[i]!;
       const started = Date.now();
-      const progress = new Progress(`backup ${database}`, ctx.stderrIsTty);
-      let lock: HeldLock | undefined;
+      // One progress line on a terminal: with several databases at once, the log says how each goes.
+      const progress = new Progress(`backup ${database}`, ctx.stderrIsTty && parallel === 1);
+      let held: HeldLock | undefined;
       try {
-        lock = await acquireBackupLock({
-          repository: store.location,
-          database,
-          lockDir,
-          runId: ctx.log.runId,
-          advisory: { tools, conn },
-          env,
-          waitMs,
-          signal: ctx.signal,
-          log: ctx.log,
-        });
+        const pending = lockAhead(i);
+        if (next < dbs.length && fatal === undefined) lockAhead(next);
+        held = await pending;
         const r = await runBackup({
           store,
           tools,
           conn,
           database,
+          ask: held.ask,
           recipients,
           compression,
           kind,
@@ -138,15 +153,25 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
       } catch (err) {
         outcomes.push({ database, error: err, durationMs: Date.now() - started });
         if (dbs.length > 1) ctx.log.error(`backup of ${JSON.stringify(database)} failed: ${formatErrorLine(err)}`, { database });
-        if (err instanceof InterruptedError || ctx.signal.aborted) {
-          fatal = err;
-          break;
-        }
+        if (err instanceof InterruptedError || ctx.signal.aborted) fatal ??= err;
       } finally {
         progress.stop();
-        await lock?.release();
+        locks.delete(i);
+        // Released while the next database starts (its lock is its own); awaited before the run ends.
+        if (held) releases.push(held.release());
       }
-    }
+    };
+    // `parallel` workers take the databases in order; a stop ends the run after the ones under way.
+    const worker = async (): Promise<void> => {
+      while (next < dbs.length && fatal === undefined) await backupOne(next++);
+    };
+    await Promise.all(Array.from({ length: parallel }, worker));
+    for (const p of locks.values()) releases.push(p.then((l) => l.release(), () => undefined));
+    await Promise.all(releases);
+    // Reported in the order the databases were named, whatever order they finished in.
+    const order = (d: string): number => dbs.indexOf(d);
+    results.sort((a, b) => order(a.manifest.database) - order(b.manifest.database));
+    outcomes.sort((a, b) => order(a.database) - order(b.database));
   } catch (err) {
     fatal = err;
   } finally {
