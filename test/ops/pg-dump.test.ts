@@ -128,6 +128,46 @@ describe('several databases per run', () => {
     expect(manifests(r.stdout).map((m) => m.database)).toEqual([a, b]);
     expect((await listed(repo)).map((e) => e.database).sort()).toEqual([a, b].sort());
   });
+
+  it('--parallel 2: two dumps at once, each with its own lock and manifest; a failure does not stop the others', async () => {
+    const dbs = await Promise.all([1, 2, 3].map(() => createDatabase(pg, undefined, 'vault')));
+    for (const d of dbs) f.dropAtEnd(d);
+    const [a, b, c] = dbs as [string, string, string];
+    const missing = uniqueDbName('missing');
+    // A pg_dump that waits until a second dump has started: with one database at a time it
+    // would wait in vain (and fail after 30 s); with two at once, both go on.
+    const dir = f.path('w-parallel');
+    await fsp.mkdir(dir, { recursive: true });
+    const wrapper = path.join(dir, 'pg_dump-barrier.sh');
+    await fsp.writeFile(
+      wrapper,
+      `#!/bin/bash
+if [ "$1" = "--version" ]; then exec '${path.join(pg.binDir, 'pg_dump')}' --version; fi
+touch '${dir}/started.'$$
+for i in $(seq 300); do [ "$(ls '${dir}' | grep -c '^started\.')" -ge 2 ] && exec '${path.join(pg.binDir, 'pg_dump')}' "$@"; sleep 0.1; done
+echo "no second dump started within 30 s" >&2; exit 1
+`,
+      { mode: 0o755 },
+    );
+    const repo = f.path('repo-parallel');
+    const locks = f.path('locks-parallel');
+    const r = await runCoffer(['backup', '--to', repo, '--recipient', f.recipient, '--lock-dir', locks, '--json', '--parallel', '2', '--pg-dump-command', wrapper, '--db', a, '--db', missing, '--db', b, '--db', c], { env: f.env() });
+    expect(r.code, r.stderr).toBe(3);
+    expect(errorLine(r.stderr)).toContain(`1 of 4 database backups failed: "${missing}"`);
+    // Reported in the order named, whatever order they finished in.
+    expect(manifests(r.stdout).map((m) => m.database)).toEqual([a, b, c]);
+    const entries = await listed(repo);
+    expect(entries.map((e) => e.database).sort()).toEqual([a, b, c].sort());
+    for (const d of [a, b, c]) {
+      const target = uniqueDbName('par_r');
+      f.dropAtEnd(target);
+      const restored = await runCoffer(['restore', '--from', repo, '--db', d, '--identity', f.identityFile, '--target-db', target], { env: f.env() });
+      expect(restored.code, restored.stderr).toBe(0);
+      expect(await dataFingerprint(pg, target)).toEqual(await dataFingerprint(pg, d));
+    }
+    // Every lock taken (and the one taken ahead for the next database) was released.
+    expect((await fsp.readdir(locks)).filter((n) => !n.startsWith('.'))).toEqual([]);
+  });
 });
 
 describe('on a second cluster', () => {

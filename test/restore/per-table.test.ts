@@ -1,0 +1,88 @@
+/**
+ * Issue 18, item 1: what a restore asks the server after the data does not grow with the number
+ * of tables. A restore of 3 tables and one of 400 run psql the same number of times, and send it
+ * (nearly) the same SQL; the summary still counts every table, names the largest by their data,
+ * with their row counts, and the check still catches a missing table among hundreds.
+ */
+import * as fsp from 'node:fs/promises';
+import * as path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { missingTables } from '../../src/pipeline/restore.js';
+import { useFixture } from '../harness/fixture.js';
+import { createDatabase, uniqueDbName } from '../harness/pg.js';
+
+const f = useFixture({ name: 'per-table' });
+const pg = f.pg;
+const MANY = 400;
+let small: string;
+let many: string;
+
+/** A `--psql-command` that counts its calls and keeps the SQL it was given on stdin. */
+async function psqlRecorder(dir: string): Promise<{ command: string; calls: () => Promise<number>; sql: () => Promise<string> }> {
+  await fsp.mkdir(dir, { recursive: true });
+  const command = path.join(dir, 'psql-recorder.sh');
+  const calls = path.join(dir, 'calls');
+  const sql = path.join(dir, 'sql');
+  await fsp.writeFile(command, `#!/bin/bash\nset -o pipefail\necho call >> '${calls}'\ntee -a '${sql}' | '${path.join(pg.binDir, 'psql')}' "$@"\n`, { mode: 0o755 });
+  return {
+    command,
+    calls: async () => (await fsp.readFile(calls, 'utf8')).split('\n').filter(Boolean).length,
+    sql: async () => await fsp.readFile(sql, 'latin1'),
+  };
+}
+
+beforeAll(async () => {
+  small = await createDatabase(pg, uniqueDbName('few_tables'));
+  many = await createDatabase(pg, uniqueDbName('many_tables'));
+  f.dropAtEnd(small);
+  f.dropAtEnd(many);
+  await pg.psql('CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int); CREATE TABLE c (id int, v text); INSERT INTO c SELECT g, md5(g::text) FROM generate_series(1, 300) g;', small);
+  const sql: string[] = [];
+  for (let i = 0; i < MANY - 2; i++) sql.push(`CREATE TABLE t${i} (id int PRIMARY KEY, v text); INSERT INTO t${i} SELECT g, md5(g::text) FROM generate_series(1, ${1 + (i % 7)}) g;`);
+  // The two largest by their data, though not by their number of rows nor their names' order.
+  sql.push('CREATE TABLE "Zebra Wide" (id int, v text); INSERT INTO "Zebra Wide" SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 900) g;');
+  sql.push('CREATE TABLE aardvark (id int, v text); INSERT INTO aardvark SELECT g, md5(g::text) FROM generate_series(1, 2500) g;');
+  await pg.psql(sql.join('\n'), many);
+  for (const db of [small, many]) {
+    const r = await f.run(['backup', '--to', f.path('repo'), '--db', db, '--recipient', f.recipient]);
+    expect(r.code, r.stderr).toBe(0);
+  }
+});
+
+describe('the checks and summary after a restore', () => {
+  it('ask the server the same number of times for 3 tables as for 400, and about the same SQL', async () => {
+    const seen: Array<{ calls: number; sql: string; summary: { tables: number; largestTables: Array<{ table: string; rows: number }> } }> = [];
+    for (const db of [small, many]) {
+      const rec = await psqlRecorder(f.path(`rec-${db}`));
+      const target = uniqueDbName('per_table_r');
+      f.dropAtEnd(target);
+      const r = await f.run(['restore', '--from', f.path('repo'), '--db', db, '--identity', f.identityFile, '--target-db', target, '--psql-command', rec.command, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      seen.push({ calls: await rec.calls(), sql: await rec.sql(), summary: JSON.parse(r.stdout) });
+    }
+    const [few, lots] = seen as [(typeof seen)[0], (typeof seen)[0]];
+    expect(lots.calls).toBe(few.calls);
+    // Not a statement per table: the SQL differs by the largest tables' names (five at most, hex-encoded), nothing more.
+    expect(Math.abs(lots.sql.length - few.sql.length)).toBeLessThan(600);
+    expect(lots.sql).not.toContain('t123');
+    expect(few.summary.tables).toBe(3);
+    expect(lots.summary.tables).toBe(MANY);
+    expect(lots.summary.largestTables.slice(0, 2)).toEqual([
+      { table: 'public."Zebra Wide"', rows: 900 },
+      { table: 'public.aardvark', rows: 2500 },
+    ]);
+    expect(lots.summary.largestTables).toHaveLength(5);
+    expect(few.summary.largestTables[0]).toEqual({ table: 'public.c', rows: 300 });
+    expect(few.summary.largestTables.map((t) => t.table).sort()).toEqual(['public.a', 'public.b', 'public.c']);
+  });
+
+  it('still fail a restore whose archive names a table the database lacks, among hundreds', () => {
+    const have = Array.from({ length: 2000 }, (_, i) => `public t${i}`);
+    have.push('my schema my table', 'public with space');
+    const toc = [...have.map((h) => `${h} owner`), 'public t2000 owner', 'my schema my table other owner'];
+    // "my schema my table" exists; "my schema my table other" (a table named "my table other") does not,
+    // unless the owner is "other owner": both readings are accepted, as a name may hold spaces.
+    expect(missingTables(toc, have)).toEqual(['public t2000 owner']);
+    expect(missingTables(['public with space owner', 'public with'], have)).toEqual(['public with']);
+  });
+});
