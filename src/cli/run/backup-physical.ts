@@ -127,7 +127,7 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
   const store = await openStore(flags.to, common.s3);
   notifier.start();
-  const progress = new Progress(`backup cluster ${cluster}`, ctx.stderrIsTty);
+  const progress = new Progress(`backup cluster ${cluster}`, { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'backup', cluster } });
   const t0 = Date.now();
   let result: PhysicalBackupResult | undefined;
   let lock: HeldLock | undefined;

@@ -97,7 +97,7 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
     if (flags.allDatabases) ctx.log.info('databases to back up', { databases: dbs.join(',') });
     for (const database of dbs) {
       const started = Date.now();
-      const progress = new Progress(`backup ${database}`, ctx.stderrIsTty);
+      const progress = new Progress(`backup ${database}`, { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'backup', database } });
       let lock: HeldLock | undefined;
       try {
         lock = await acquireBackupLock({
