@@ -97,7 +97,9 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
     if (flags.allDatabases) ctx.log.info('databases to back up', { databases: dbs.join(',') });
     for (const database of dbs) {
       const started = Date.now();
+      // Stored bytes until pg_dump's own bytes are seen; those against the database size, an estimate.
       const progress = new Progress(`backup ${database}`, { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'backup', database } });
+      let dumpSeen = false;
       let lock: HeldLock | undefined;
       try {
         lock = await acquireBackupLock({
@@ -131,7 +133,14 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
           env,
           signal: ctx.signal,
           log: ctx.log,
-          onProgress: (b) => progress.update(b),
+          onProgress: (b) => {
+            if (!dumpSeen) progress.update(b);
+          },
+          onDumpProgress: (b, databaseSize) => {
+            if (!dumpSeen) progress.setTotal(databaseSize > 0 ? databaseSize : undefined, true);
+            dumpSeen = true;
+            progress.update(b);
+          },
         });
         results.push(r);
         outcomes.push({ database, result: r, durationMs: Date.now() - started });
