@@ -94,6 +94,17 @@ export interface ProgressOptions {
   logEveryMs?: number;
 }
 
+/** How many progress lines are on the terminal now (drawn, not yet cleared). */
+let onScreen = 0;
+
+/**
+ * What a log line on the terminal starts with: "clear the line" while a progress line is drawn,
+ * so the log line does not continue it (the progress line is drawn again at its next redraw).
+ */
+export function clearForLogLine(): string {
+  return onScreen > 0 ? '\r\x1b[2K' : '';
+}
+
 /** How often a run that draws nothing logs its progress: runs shorter than this log none. */
 export const PROGRESS_LOG_EVERY_MS = 30_000;
 
@@ -112,6 +123,7 @@ export class Progress {
   private readonly write: (s: string) => void;
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  private drawn = false;
   constructor(
     private readonly label: string,
     private readonly opts: ProgressOptions,
@@ -145,6 +157,8 @@ export class Progress {
     if (this.opts.tty) {
       const line = formatProgressLine(this.label, p);
       const cols = (this.opts.columns ?? (() => process.stderr.columns))();
+      if (!this.drawn) onScreen++;
+      this.drawn = true;
       this.write(`\r\x1b[2K${cols !== undefined && cols > 1 && line.length >= cols ? line.slice(0, cols - 1) : line}`);
     }
     else this.opts.log?.info('progress', { task: this.label, ...this.opts.fields, ...progressFields(p) });
@@ -153,6 +167,8 @@ export class Progress {
     if (this.stopped) return;
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
+    if (this.drawn) onScreen--;
+    this.drawn = false;
     if (this.opts.tty) this.write('\r\x1b[2K');
   }
 }

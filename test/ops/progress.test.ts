@@ -5,7 +5,7 @@
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createLogger } from '../../src/observe/log.js';
-import { formatDuration, formatProgressLine, Progress, PROGRESS_LOG_EVERY_MS, progressFigures } from '../../src/observe/progress.js';
+import { clearForLogLine, formatDuration, formatProgressLine, Progress, PROGRESS_LOG_EVERY_MS, progressFigures } from '../../src/observe/progress.js';
 
 const MiB = 1024 * 1024;
 
@@ -177,5 +177,25 @@ describe('Progress', () => {
     c.advance(PROGRESS_LOG_EVERY_MS);
     p.stop();
     expect(logged).toEqual([`coffer: progress  task=restore bytes=${60 * MiB} bytesPerSecond=${2 * MiB} elapsedSeconds=30`]);
+  });
+});
+
+describe('log lines while a progress line is drawn', () => {
+  beforeEach(() => vi.useFakeTimers());
+  afterEach(() => vi.useRealTimers());
+
+  it('start with "clear the line" only while a progress line is on the terminal', () => {
+    const out: string[] = [];
+    expect(clearForLogLine()).toBe('');
+    const p = new Progress('restore', { tty: true, total: 10, write: (s) => out.push(s), columns: () => 80 });
+    expect(clearForLogLine(), 'nothing drawn yet').toBe('');
+    vi.advanceTimersByTime(500);
+    expect(clearForLogLine()).toBe('\r\x1b[2K');
+    p.stop();
+    expect(clearForLogLine()).toBe('');
+    const quiet = new Progress('restore', { tty: false, total: 10 });
+    vi.advanceTimersByTime(60_000);
+    expect(clearForLogLine(), 'no terminal, nothing drawn').toBe('');
+    quiet.stop();
   });
 });
