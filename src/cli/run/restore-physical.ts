@@ -123,7 +123,10 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       serverSecrets,
       signal: ctx.signal,
       log: ctx.log,
-      onProgress: (n) => progress.update(n),
+      onProgress: (n, total) => {
+        progress.setTotal(total);
+        progress.update(n);
+      },
     });
   } finally {
     progress.stop();
