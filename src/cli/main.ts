@@ -6,6 +6,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 import { Command, CommanderError } from 'commander';
 import { ExitCode, InterruptedError, UsageError, CofferError, exitCodeOf, formatErrorLine } from '../errors.js';
 import { createLogger, newRunId, type Logger } from '../observe/log.js';
+import { clearForLogLine } from '../observe/progress.js';
 import { resolveLogFormat } from '../config/settings.js';
 import { COFFER_VERSION } from '../version.js';
 import type { CliContext } from './context.js';
@@ -56,7 +57,9 @@ export async function main(argv: string[]): Promise<number> {
 
   let timer: NodeJS.Timeout | undefined;
   const context = (g: Values<typeof GLOBAL_OPTIONS>, secrets: string[]): CliContext => {
-    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId, secrets });
+    // On a terminal a log line first clears the progress line it would otherwise continue.
+    const write = process.stderr.isTTY ? (line: string) => process.stderr.write(`${clearForLogLine()}${line}\n`) : undefined;
+    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId, secrets, ...(write ? { write } : {}) });
     const timeout = g.timeout;
     if (timeout !== undefined) {
       timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${timeout.text}`, { exitCode: ExitCode.timeout })), timeout.ms);

@@ -66,6 +66,12 @@ export interface PhysicalBackupRequest extends StoringRequest {
   level: number;
   /** Files stored beside the backup, encrypted to the same recipients, not compressed. */
   attach: string[];
+  /**
+   * For the progress display: the tar bytes the source wrote so far, with what the source
+   * expected in `prepare` (the databases' sizes, or the data directory's file bytes; 0 when it
+   * cannot tell): an estimate, no more (tar headers, WAL written meanwhile).
+   */
+  onTarProgress?: (tarBytes: number, expectedBytes: number) => void;
 }
 
 export interface PhysicalBackupResult {
@@ -100,7 +106,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     // 3. The archive, then the attachments (small), then the manifest.
     let facts: SourceFacts | undefined;
     const archiveStored = await streamObject(target, keys.archive, req.source.kind === 'basebackup' ? 'base backup' : 'volume archive', () =>
-      tarProducer(req, sup, (f) => (facts = f)),
+      tarProducer(req, sup, (f) => (facts = f), req.onTarProgress ? (n) => req.onTarProgress!(n, prep.expectedBytes) : undefined),
     );
     stored.push(keys.archive);
     const archive: PhysicalObject = { key: archiveStored.key, size: archiveStored.size, sha256: archiveStored.sha256, plainBytes: archiveStored.dumpBytes };
@@ -171,7 +177,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
  * settle checks the walk (a whole archive), zstd's byte counts (what it read is what node
  * wrote to it; what it wrote is what node received) and the source's required entries.
  */
-function tarProducer(req: PhysicalBackupRequest, sup: Supervisor, onFacts: (f: SourceFacts) => void): Producer {
+function tarProducer(req: PhysicalBackupRequest, sup: Supervisor, onFacts: (f: SourceFacts) => void, onTar?: (tarBytes: number) => void): Producer {
   const source = req.source;
   const missingZstd = missingTool('zstd', 'install zstd (apt-get install zstd)');
   const child = source.spawn(sup);
@@ -183,6 +189,7 @@ function tarProducer(req: PhysicalBackupRequest, sup: Supervisor, onFacts: (f: S
   const walker = new Transform({
     transform(chunk: Buffer, _e, cb) {
       plain += chunk.length;
+      onTar?.(plain);
       try {
         walk.push(chunk);
       } catch (err) {

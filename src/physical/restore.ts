@@ -70,7 +70,8 @@ export interface PhysicalRestoreRequest {
   serverSecrets?: Record<string, string>;
   signal: AbortSignal;
   log: Logger;
-  onProgress?: (bytes: number) => void;
+  /** The stored bytes read so far, and the stored archive's size (the manifest's). */
+  onProgress?: (bytes: number, total: number) => void;
 }
 
 export interface PhysicalRestoreSummary {
@@ -299,7 +300,7 @@ function tooLate(m: PhysicalManifest, target: RecoveryTarget | undefined): strin
 async function unpack(req: PhysicalRestoreRequest, m: PhysicalManifest, dir: string): Promise<{ storedBytes: number; tarBytes: number }> {
   const sup = new Supervisor(req.signal);
   return sup.run(async () => {
-    const ciphertext = resumableGet(req.store, m.archive.key, m.archive.size, { signal: sup.signal, log: req.log, onProgress: req.onProgress });
+    const ciphertext = resumableGet(req.store, m.archive.key, m.archive.size, { signal: sup.signal, log: req.log, onProgress: req.onProgress ? (n) => req.onProgress!(n, m.archive.size) : undefined });
     const opened = await openArchive({
       ciphertext,
       expected: { sha256: m.archive.sha256, size: m.archive.size, dumpBytes: m.archive.plainBytes, format: 'tar' },

@@ -73,6 +73,14 @@ export interface BackupRequest extends StoringRequest {
   index?: boolean;
   /** The `pzstd` program (default: `pzstd` from PATH). */
   pzstdCommand?: string[];
+  /**
+   * For the progress display: the bytes pg_dump wrote so far, with the database size the server
+   * reported (pg_database_size, from the probe the run makes anyway): an estimate of the dump's
+   * size, no more. Called only where node sees pg_dump's output (the indexed pipeline, dumps
+   * without compression), and not for schema-only dumps; never with `zstd` outside node
+   * (--no-index, plain SQL) or pg_dump's own gzip, whose bytes are not the dump's.
+   */
+  onDumpProgress?: (dumpBytes: number, databaseSizeBytes: number) => void;
 }
 
 /** What the compressing producer learned for the archive index. */
@@ -136,7 +144,8 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
     if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
     let producer: Producer | undefined;
-    const dump = await streamObject(target, keys.dump, 'dump', () => (producer = startDump(req, excludeTableData, env, sup, dumpWarnings)));
+    const onDump = req.onDumpProgress && req.kind !== 'schema-only' ? (n: number) => req.onDumpProgress!(n, server.databaseSizeBytes) : undefined;
+    const dump = await streamObject(target, keys.dump, 'dump', () => (producer = startDump(req, excludeTableData, env, sup, dumpWarnings, onDump)));
     warnings.push(...dumpWarnings.end());
     const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
 
@@ -272,7 +281,7 @@ async function expandExclusions(req: BackupRequest, server: ServerInfo, warnings
   return patterns;
 }
 
-function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
+function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings, onDump?: (dumpBytes: number) => void): Producer {
   const args = pgDumpArgv(req.tools, req.conn, req.database, {
     kind: req.kind,
     gzipLevel: req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0,
@@ -281,8 +290,8 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   });
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
-  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql');
-  if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
+  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql', req.compression.kind === 'none' ? onDump : undefined);
+  if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, onDump);
   return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
 }
 
@@ -315,7 +324,7 @@ function pzstdFound(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
  * first bytes, and walks it whole (a custom archive through every data block its table of
  * contents announces; plain SQL to pg_dump's closing line).
  */
-function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql'): Producer {
+function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql', onBytes?: (n: number) => void): Producer {
   let n = 0;
   let head = Buffer.alloc(0);
   const check = new ArchiveCheck({ format });
@@ -324,6 +333,7 @@ function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql
     children: [child],
     observe(chunk) {
       n += chunk.length;
+      onBytes?.(n);
       if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
       check.push(chunk);
     },
@@ -428,7 +438,7 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
  * as in the other pipeline. Nothing of the index can fail the backup: an archive whose blocks
  * cannot be found is stored without an index (a warning says why).
  */
-function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void): Producer {
+function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, onDump?: (dumpBytes: number) => void): Producer {
   const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr });
   // One compression thread at the fast levels: pzstd's reader and writer threads are work of
   // their own, and at level 1-3 one thread compresses faster than pg_dump writes.
@@ -452,6 +462,7 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
     transform(chunk: Buffer, _e, cb) {
       const at = dumpBytes;
       dumpBytes += chunk.length;
+      onDump?.(dumpBytes);
       if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
       whole?.push(chunk);
       if (finder) finder.push(chunk);

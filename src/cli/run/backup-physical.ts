@@ -127,8 +127,9 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
   const store = await openStore(flags.to, common.s3);
   notifier.start();
-  const progress = new Progress(`backup cluster ${cluster}`, ctx.stderrIsTty);
+  const progress = new Progress(`backup cluster ${cluster}`, { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'backup', cluster } });
   const t0 = Date.now();
+  let tarSeen = false;
   let result: PhysicalBackupResult | undefined;
   let lock: HeldLock | undefined;
   let failure: unknown;
@@ -162,7 +163,15 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
       env,
       signal: ctx.signal,
       log: ctx.log,
-      onProgress: (b) => progress.update(b),
+      // Stored bytes until the tar is seen; the tar against what the source expects, an estimate.
+      onProgress: (b) => {
+        if (!tarSeen) progress.update(b);
+      },
+      onTarProgress: (b, expected) => {
+        if (!tarSeen) progress.setTotal(expected > 0 ? expected : undefined, true);
+        tarSeen = true;
+        progress.update(b);
+      },
     });
   } catch (err) {
     failure = err;

@@ -118,8 +118,10 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
     const backupOne = async (i: number): Promise<void> => {
       const database = dbs[i]!;
       const started = Date.now();
+      // Stored bytes until pg_dump's own bytes are seen; those against the database size, an estimate.
       // One progress line on a terminal: with several databases at once, the log says how each goes.
-      const progress = new Progress(`backup ${database}`, ctx.stderrIsTty && parallel === 1);
+      const progress = new Progress(`backup ${database}`, { tty: ctx.stderrIsTty && parallel === 1, log: ctx.log, fields: { task: 'backup', database } });
+      let dumpSeen = false;
       let held: HeldLock | undefined;
       try {
         const pending = lockAhead(i);
@@ -146,7 +148,14 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
           env,
           signal: ctx.signal,
           log: ctx.log,
-          onProgress: (b) => progress.update(b),
+          onProgress: (b) => {
+            if (!dumpSeen) progress.update(b);
+          },
+          onDumpProgress: (b, databaseSize) => {
+            if (!dumpSeen) progress.setTotal(databaseSize > 0 ? databaseSize : undefined, true);
+            dumpSeen = true;
+            progress.update(b);
+          },
         });
         results.push(r);
         outcomes.push({ database, result: r, durationMs: Date.now() - started });

@@ -100,7 +100,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
   if ('sessionToken' in credentials && credentials.sessionToken) serverSecrets.AWS_SESSION_TOKEN = credentials.sessionToken;
   // Loaded when used: it brings the server-start machinery (execa), which no other command needs.
   const { runPhysicalRestore } = await import('../../physical/restore.js');
-  const progress = new Progress('restore', ctx.stderrIsTty);
+  const progress = new Progress('restore', { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'restore', cluster: flags.cluster } });
   let summary: PhysicalRestoreSummary;
   try {
     summary = await runPhysicalRestore({
@@ -123,7 +123,10 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       serverSecrets,
       signal: ctx.signal,
       log: ctx.log,
-      onProgress: (n) => progress.update(n),
+      onProgress: (n, total) => {
+        progress.setTotal(total);
+        progress.update(n);
+      },
     });
   } finally {
     progress.stop();

@@ -16,6 +16,7 @@ import { isSelective, parseListFile, type SelectionSpec } from '../../pipeline/s
 import { restoreToFile, type RestoreSource } from '../../pipeline/restore-source.js';
 import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
 import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
+import { hasIndex } from '../../pipeline/ranged-source.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { Progress } from '../../observe/progress.js';
@@ -81,14 +82,29 @@ export async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (s
   }
 }
 
-/** Runs `fn` with a progress line on a terminal, stopped in every case. */
-async function withProgress<T>(label: string, ctx: CliContext, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
-  const progress = new Progress(label, ctx.stderrIsTty);
+/**
+ * Runs `fn` with its progress shown (a line on a terminal, log lines otherwise), stopped in every
+ * case. The total is the stored object's size (the manifest's, or the file's); none for a ranged
+ * selective restore, which fetches only part of it: no percentage rather than a wrong one.
+ */
+async function withProgress<T>(label: string, ctx: CliContext, source: RestoreSource, ranged: boolean, fn: (onProgress: (bytes: number) => void) => Promise<T>): Promise<T> {
+  const total = ranged ? undefined : await storedSize(source);
+  const fields = { task: label, ...(source.kind === 'repository' ? { database: source.entry.database, backup: source.entry.id } : { file: source.path }) };
+  const progress = new Progress(label, { tty: ctx.stderrIsTty, log: ctx.log, fields, total });
   try {
     return await fn((n) => progress.update(n));
   } finally {
     progress.stop();
   }
+}
+
+/** The bytes a whole restore reads: the stored dump's size (manifest), or the file's; undefined if the file cannot be read (the restore says why). */
+async function storedSize(source: RestoreSource): Promise<number | undefined> {
+  if (source.kind === 'repository') return source.entry.manifest.dump.size;
+  return fsp.stat(source.path).then(
+    (st) => (st.isFile() ? st.size : undefined),
+    () => undefined,
+  );
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
@@ -107,7 +123,7 @@ export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ct
     if (isSelective(selection) || sanitize !== undefined) throw new UsageError('--output writes the whole archive; it cannot be combined with --table, --schema, --exclude-table, --list-file or --sanitize', { hint: 'pg_restore -L/-t on the written file selects from it' });
     const out = path.resolve(ctx.cwd, flags.output);
     return withSource(flags, ctx, (source) =>
-      withProgress('restore', ctx, async (onProgress) => {
+      withProgress('restore', ctx, source, false, async (onProgress) => {
         const r = await restoreToFile({ source, identities, env: ctx.env, signal: ctx.signal, log: ctx.log, onProgress }, out);
         ctx.log.info('archive written', { file: out, bytes: r.bytes, format: r.format });
         return { output: out, bytes: r.bytes };
@@ -120,7 +136,8 @@ export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ct
   const base = intoServer(flags, identities, ctx);
   const smoke = [...flags.smoke];
   const summary = await withSource(flags, ctx, (source) =>
-    withProgress('restore', ctx, (onProgress) =>
+    // A selective restore of an indexed backup fetches only the ranges it needs (pipeline/ranged-source.ts).
+    withProgress('restore', ctx, source, isSelective(selection) && !flags.downloadWhole && source.kind === 'repository' && hasIndex(source.entry.manifest), (onProgress) =>
       runRestore({
         ...base,
         source,
@@ -173,7 +190,7 @@ async function runLoadCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
     flags,
     ctx,
     (source) =>
-      withProgress('load', ctx, (onProgress) =>
+      withProgress('load', ctx, source, false, (onProgress) =>
         runLoadDataOnly({
           ...base,
           source,
