@@ -114,6 +114,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   const sup = new Supervisor(req.signal);
   let earlier: BackupKeyEntry[] = [];
   try {
+    // The tier is chosen from what is already there (a listing only): asked meanwhile, used after
+    // the server's checks (whose failures come first).
+    const listing = req.tier === undefined ? listBackupKeys(req.store, { database: req.database, signal: sup.signal }) : Promise.resolve([]);
+    listing.catch(() => undefined);
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
       probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal, ask: req.ask }),
@@ -124,8 +128,8 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     const warnings: string[] = [];
     const excludeTableData = await expandExclusions(req, server, warnings, sup.signal);
 
-    // 2. Where it goes: the tier from what is already there (listing only), a fresh id.
-    if (req.tier === undefined) earlier = await listBackupKeys(req.store, { database: req.database, signal: sup.signal });
+    // 2. Where it goes: the tier from what is already there, a fresh id.
+    earlier = await listing;
     // Tiers among backups of the same kind: a schema-only backup never takes a full one's monthly slot.
     const sameKind = earlier.filter((k) => (req.kind === 'custom' ? k.content !== 'partial' : k.content === 'partial'));
     const tier = req.tier ?? chooseTier(sameKind, startedAt);

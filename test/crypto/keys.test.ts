@@ -5,6 +5,7 @@ import { Encrypter, armor, generateHybridIdentity, identityToRecipient } from 'a
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   generateIdentity,
+  parseIdentity,
   parseRecipient,
   readIdentityFile,
   readRecipientsFile,
@@ -193,6 +194,40 @@ describe('parseRecipient', () => {
     const disagree = cases.filter((r) => r.startsWith('age1') && ours(r) !== library(r));
     expect(disagree).toEqual([]);
     expect(cases.filter(ours).sort()).toEqual([...x25519, pq].sort());
+  });
+
+  it('identities: agrees with the age library (which it does not load to check them) on every one-character change, case change, cut and extension', async () => {
+    const library = async (k: string): Promise<boolean> => {
+      try {
+        await identityToRecipient(k);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const ours = async (k: string): Promise<boolean> => {
+      try {
+        await parseIdentity(k);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const alphabet = 'QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L';
+    const x25519 = await Promise.all(Array.from({ length: 3 }, async () => (await generateIdentity()).identity));
+    const pq = await generateHybridIdentity();
+    const valid = [...x25519, pq];
+    const cases: string[] = [...valid, x25519[0]!.toLowerCase(), `${x25519[0]!.slice(0, 20)}${x25519[0]!.slice(20).toLowerCase()}`];
+    for (const k of [x25519[0]!, pq]) {
+      for (let i = k.indexOf('1') + 1; i < k.length; i++) {
+        const c = alphabet.indexOf(k[i]!);
+        cases.push(k.slice(0, i) + alphabet[(c + 1) % 32] + k.slice(i + 1), k.slice(0, i) + alphabet[(c + 17) % 32] + k.slice(i + 1));
+      }
+      cases.push(k.slice(0, -1), `${k}Q`, k.slice(0, 20) + k.slice(21), `${k.slice(0, -6)}QQQQQQ`, `${k}QQQQQQQQ`);
+    }
+    const verdicts = await Promise.all(cases.map(async (k) => ({ k, ours: await ours(k), library: await library(k) })));
+    expect(verdicts.filter((v) => v.k.startsWith('AGE-SECRET-KEY-') && v.ours !== v.library).map((v) => v.k)).toEqual([]);
+    expect(verdicts.filter((v) => v.ours).map((v) => v.k).sort()).toEqual([...valid].sort());
   });
 });
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
+import { library } from '../../crypto/keys.js';
 import { readIdentityFile } from '../../crypto/age.js';
 import { UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
@@ -118,6 +119,8 @@ export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ct
   const selection = await selectionOf(flags, ctx);
   const sanitize = flags.sanitize === undefined ? undefined : await readableFile('--sanitize', path.resolve(ctx.cwd, flags.sanitize));
   const identities = await loadIdentities(flags);
+  // The age library is loaded while the repository is listed and the server asked (it opens the backup after them).
+  library().catch(() => undefined);
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
     if (isSelective(selection) || sanitize !== undefined) throw new UsageError('--output writes the whole archive; it cannot be combined with --table, --schema, --exclude-table, --list-file or --sanitize', { hint: 'pg_restore -L/-t on the written file selects from it' });
