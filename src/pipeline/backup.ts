@@ -58,6 +58,8 @@ export interface BackupRequest extends StoringRequest {
   database: string;
   /** Asks one one-line query through a session already connected to the database (the backup lock's); else the probe starts its own psql. */
   ask?: (sql: string) => Promise<string>;
+  /** The server's answers, when the caller asked already (while the database before this one was backed up). */
+  probe?: Promise<ServerInfo>;
   compression: Compression;
   kind: DumpKind;
   excludeTableData?: string[];
@@ -120,7 +122,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     listing.catch(() => undefined);
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
-      probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal, ask: req.ask }),
+      req.probe ?? probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal, ask: req.ask }),
       clientVersion(req.tools.pgDump, 'pg_dump', { env: libpqEnv(req.conn, env), signal: sup.signal }),
     ]);
     checkDumpVersion(dumpVersion.major, dumpVersion.text, server);

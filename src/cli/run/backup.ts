@@ -11,6 +11,7 @@ import { runBackup, type BackupResult } from '../../pipeline/backup.js';
 import type { DumpKind } from '../../pg/pg-dump.js';
 import { parseConnectionString, databaseOf } from '../../pg/connection.js';
 import { resolvePgTools } from '../../pg/tools.js';
+import { probeServer, type ServerInfo } from '../../pg/server.js';
 import { openStore } from '../../store/open.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
@@ -103,11 +104,17 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
     // is locked ahead by whoever takes a database), so a run over many databases does not wait
     // for a connection between two of them. A lock taken ahead and not used (the run stopped)
     // is released at the end.
-    const locks = new Map<number, Promise<HeldLock>>();
-    const lockAhead = (i: number): Promise<HeldLock> => {
+    // The server is probed for it through the lock's session as soon as the lock is held.
+    const locks = new Map<number, Promise<{ held: HeldLock; probe?: Promise<ServerInfo> }>>();
+    const lockAhead = (i: number): Promise<{ held: HeldLock; probe?: Promise<ServerInfo> }> => {
       let p = locks.get(i);
       if (!p) {
-        p = lock(dbs[i]!);
+        p = lock(dbs[i]!).then((held) => {
+          if (!held.ask) return { held };
+          const probe = probeServer(tools, conn, dbs[i]!, { env, signal: ctx.signal, ask: held.ask });
+          probe.catch(() => undefined);
+          return { held, probe };
+        });
         p.catch(() => undefined);
         locks.set(i, p);
       }
@@ -126,13 +133,15 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
       try {
         const pending = lockAhead(i);
         if (next < dbs.length && fatal === undefined) lockAhead(next);
-        held = await pending;
+        const ahead = await pending;
+        held = ahead.held;
         const r = await runBackup({
           store,
           tools,
           conn,
           database,
           ask: held.ask,
+          probe: ahead.probe,
           recipients,
           compression,
           kind,
@@ -175,7 +184,7 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
       while (next < dbs.length && fatal === undefined) await backupOne(next++);
     };
     await Promise.all(Array.from({ length: parallel }, worker));
-    for (const p of locks.values()) releases.push(p.then((l) => l.release(), () => undefined));
+    for (const p of locks.values()) releases.push(p.then((l) => l.held.release(), () => undefined));
     await Promise.all(releases);
     // Reported in the order the databases were named, whatever order they finished in.
     const order = (d: string): number => dbs.indexOf(d);
