@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { hostname } from 'node:os';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
-import { createEncryptStream } from '../crypto/age.js';
+import { createEncryptStream, type EncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
 import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
@@ -116,6 +116,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   const sup = new Supervisor(req.signal);
   let earlier: BackupKeyEntry[] = [];
   try {
+    // The objects' encryptors (a file key, its stanzas and header each) are made while the server
+    // and the repository answer.
+    const encryptors = Array.from({ length: req.globals ? 3 : 2 }, () => createEncryptStream(req.recipients));
+    for (const e of encryptors) e.catch(() => undefined);
     // The tier is chosen from what is already there (a listing only): asked meanwhile, used after
     // the server's checks (whose failures come first).
     const listing = req.tier === undefined ? listBackupKeys(req.store, { database: req.database, signal: sup.signal }) : Promise.resolve([]);
@@ -145,7 +149,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     req.log.info('backup started', { database: req.database, id, tier, key: keys.dump, server: server.serverVersion, pg_dump: dumpVersion.major, partSize });
 
     // 3. Globals first (small), then the dump; the manifest last.
-    const target: ObjectTarget = { req, sup, partSize, retention, tags };
+    const target: ObjectTarget = { req, sup, partSize, retention, tags, encryptors };
     let globals: StoredObject | null = null;
     const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
     if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
@@ -642,6 +646,8 @@ export interface ObjectTarget {
   partSize: number;
   retention: ObjectRetention | undefined;
   tags: Record<string, string>;
+  /** Encryptors set up ahead (each a fresh file key and header), taken one per object before a new one is made. */
+  encryptors?: Array<Promise<EncryptStream>>;
 }
 
 /**
@@ -655,7 +661,7 @@ export interface ObjectTarget {
  */
 export async function streamObject(t: ObjectTarget, key: string, what: string, start: () => Producer): Promise<StoredObject> {
   const { req, sup, partSize } = t;
-  const encrypt = await createEncryptStream(req.recipients);
+  const encrypt = await (t.encryptors?.shift() ?? createEncryptStream(req.recipients));
   const hash = createHash('sha256');
   let stored = 0;
   const maxBytes = partSize * req.maxParts;
