@@ -26,15 +26,12 @@
 // is coffer's own overhead, the same storage for both sides). Appends its section to
 // docs/benchmarks.md (or prints it with --out -). Everything it starts is stopped at the end, also
 // on failure and on SIGINT/SIGTERM.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'dist/cli/main.js');
+import { ROOT, cleanups, coffer, log, runBench, timed, writeSection } from './lib.mjs';
 
 const opts = { dbs: 20, tables: 4000, rounds: 5, out: join(ROOT, 'docs/benchmarks.md'), disk: false };
 for (let i = 2; i < process.argv.length; i++) {
@@ -50,37 +47,6 @@ for (let i = 2; i < process.argv.length; i++) {
   }
 }
 
-const cleanups = [];
-async function cleanup() {
-  while (cleanups.length > 0) {
-    try {
-      await cleanups.pop()();
-    } catch (e) {
-      console.error(`bench: cleanup: ${e.message}`);
-    }
-  }
-}
-for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => cleanup().finally(() => process.exit(130)));
-
-const log = (m) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}`);
-
-/** Runs a command; resolves with its wall seconds and output, rejects on a non-zero exit. */
-function timed(argv, env) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const c = spawn(argv[0], argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out = [];
-    const err = [];
-    c.stdout.on('data', (b) => out.push(b));
-    c.stderr.on('data', (b) => err.push(b));
-    c.on('close', (code) => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (code !== 0) reject(new Error(`${argv.slice(0, 4).join(' ')}…: exit ${code}\n${Buffer.concat(err).toString().split('\n').slice(-5).join('\n')}`));
-      else resolve({ seconds, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-  });
-}
-const coffer = (args, env) => timed([process.execPath, CLI, ...args], env);
 const sh = (script, env) => timed(['bash', '-c', `set -euo pipefail; ${script}`], env);
 
 const median = (xs) => {
@@ -214,19 +180,7 @@ async function main() {
     "coffer's side includes what the loop and the manual pipeline do not do: a lock per database (a lock file and a PostgreSQL advisory lock), the tier choice (a listing), an archive index, a manifest committed last, fsync of every object, the archive walked whole before pg_restore's input ends, the restore into a scratch database, the check of every table against the archive, the database's properties, and the rename.",
     '',
   ];
-  const text = lines.join('\n');
-  if (opts.out === '-') console.log(text);
-  else {
-    const prev = await readFile(opts.out, 'utf8').catch(() => '');
-    await writeFile(opts.out, `${prev.replace(/\n+$/, '\n')}${text}`);
-    console.log(text);
-  }
+  await writeSection(opts.out, lines.join('\n'));
 }
 
-main()
-  .then(cleanup)
-  .catch(async (e) => {
-    console.error(`bench: ${e.stack ?? e}`);
-    await cleanup();
-    process.exit(1);
-  });
+runBench(main);

@@ -13,14 +13,12 @@
 // Needs a build (npx tsc -p tsconfig.json), age, zstd (with pzstd), PostgreSQL 15's binaries and
 // Ceph (scripts/rgw-up.sh). Appends its section to docs/benchmarks.md (or prints it with --out -).
 // Everything it starts is stopped at the end, also on failure and on SIGINT/SIGTERM.
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, readFile, rm, writeFile, chmod } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { mkdtemp, rm, chmod } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, cleanups, coffer, log, runBench, writeSection } from './lib.mjs';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const CLI = join(ROOT, 'dist/cli/main.js');
 const MiB = 1024 * 1024;
 
 const opts = { bigMb: 1024, repeat: 2, out: join(ROOT, 'docs/benchmarks.md') };
@@ -33,37 +31,6 @@ for (let i = 2; i < process.argv.length; i++) {
     console.error('usage: node bench/selective-restore.mjs [--big-mb N] [--repeat N] [--out FILE|-]');
     process.exit(2);
   }
-}
-
-const cleanups = [];
-async function cleanup() {
-  while (cleanups.length > 0) {
-    try {
-      await cleanups.pop()();
-    } catch (e) {
-      console.error(`bench: cleanup: ${e.message}`);
-    }
-  }
-}
-for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => cleanup().finally(() => process.exit(130)));
-
-const log = (m) => console.error(`[bench ${new Date().toISOString().slice(11, 19)}] ${m}`);
-
-/** Runs coffer; resolves with wall seconds and stdout (JSON where asked). */
-function coffer(args, env) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const c = spawn(process.execPath, [CLI, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out = [];
-    const err = [];
-    c.stdout.on('data', (b) => out.push(b));
-    c.stderr.on('data', (b) => err.push(b));
-    c.on('close', (code) => {
-      const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
-      if (code !== 0) reject(new Error(`coffer ${args.join(' ')}: exit ${code}\n${Buffer.concat(err).toString().split('\n').slice(-5).join('\n')}`));
-      else resolve({ seconds, stdout: Buffer.concat(out).toString(), stderr: Buffer.concat(err).toString() });
-    });
-  });
 }
 
 async function main() {
@@ -176,19 +143,7 @@ async function main() {
     `Ranged restore of one small table against the full restore: **${(full.seconds / rangedS).toFixed(1)}× faster**, **${((100 * median(ranged.map((r) => r.bytes))) / indexed.size).toFixed(2)} %** of the bytes. Against the same selection read whole (--download-whole): ${(restores[2].seconds / rangedS).toFixed(1)}× faster.`,
     '',
   ];
-  const text = lines.join('\n');
-  if (opts.out === '-') console.log(text);
-  else {
-    const prev = await readFile(opts.out, 'utf8').catch(() => '');
-    await writeFile(opts.out, `${prev.replace(/\n+$/, '\n')}${text}`);
-    console.log(text);
-  }
+  await writeSection(opts.out, lines.join('\n'));
 }
 
-main()
-  .then(cleanup)
-  .catch(async (e) => {
-    console.error(`bench: ${e.stack ?? e}`);
-    await cleanup();
-    process.exit(1);
-  });
+runBench(main);
