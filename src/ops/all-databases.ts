@@ -2,6 +2,9 @@ import type { ConnectionSpec } from '../pg/connection.js';
 import { psqlQuery } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 
+/** Whether the database holds user objects (a table, view, sequence… outside the system schemas). */
+const POSTGRES_USED = "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%');";
+
 /**
  * The databases `backup --all-databases` covers: every database that accepts connections, is
  * not a template and that the backup role may connect to. `postgres` (the maintenance database
@@ -14,20 +17,20 @@ export async function listAllDatabases(
   conn: ConnectionSpec,
   opts: { maintenanceDb?: string; env: NodeJS.ProcessEnv; signal?: AbortSignal },
 ): Promise<string[]> {
-  const out = await psqlQuery(
-    tools,
-    conn,
-    opts.maintenanceDb ?? conn.params.dbname ?? 'postgres',
-    "SELECT coalesce(json_agg(datname ORDER BY datname), '[]') FROM pg_database WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT');",
-    { env: opts.env, signal: opts.signal, what: 'list databases (--all-databases)' },
-  );
-  const names = JSON.parse(out.trim()) as string[];
+  const maintenance = opts.maintenanceDb ?? conn.params.dbname ?? 'postgres';
+  const LIST = "SELECT coalesce(json_agg(datname ORDER BY datname), '[]') FROM pg_database WHERE datallowconn AND NOT datistemplate AND has_database_privilege(datname, 'CONNECT');";
+  // Connected to `postgres` already: whether it holds user objects is asked in the same call.
+  const together = maintenance === 'postgres';
+  const out = await psqlQuery(tools, conn, maintenance, together ? `${LIST}\n${POSTGRES_USED}` : LIST, { env: opts.env, signal: opts.signal, what: 'list databases (--all-databases)' });
+  const [list = '[]', usedHere] = out.trim().split('\n');
+  const names = JSON.parse(list) as string[];
   if (!names.includes('postgres')) return names;
+  if (together) return usedHere === 't' ? names : names.filter((n) => n !== 'postgres');
   const used = await psqlQuery(
     tools,
     conn,
     'postgres',
-    "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%');",
+    POSTGRES_USED,
     { env: opts.env, signal: opts.signal, what: 'look for user objects in database "postgres"' },
   );
   return used.trim() === 't' ? names : names.filter((n) => n !== 'postgres');

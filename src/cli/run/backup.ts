@@ -7,6 +7,7 @@ import { listAllDatabases } from '../../ops/all-databases.js';
 import { writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
 import { Notifier } from '../../observe/notify.js';
 import { readRecipientsFile } from '../../crypto/age.js';
+import { library } from '../../crypto/keys.js';
 import { runBackup, type BackupResult } from '../../pipeline/backup.js';
 import type { DumpKind } from '../../pg/pg-dump.js';
 import { parseConnectionString, databaseOf } from '../../pg/connection.js';
@@ -88,6 +89,8 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
   }
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
 
+  // The age library (a good part of a start-up) is loaded while the databases are listed and locked.
+  library().catch(() => undefined);
   const store = await openStore(flags.to, s3);
   notifier.start();
   const results: BackupResult[] = [];
