@@ -262,7 +262,7 @@ async function killDuringRestores(n: number, prefix: string, source: string[], m
 describe('children killed mid-restore, downloads reset, the server restarted', () => {
   it('pg_restore killed at seeded moments: exit 3 naming it (or a complete restore), nothing left', async () => {
     const n = FULL ? 12 : 3;
-    await killDuringRestores(n, 'swp_kill', ['--from', fileRepo], (name, cmd) => name === 'pg_restore' && !cmd.includes('--list'), 400, /pg_restore was killed by SIGKILL/);
+    await killDuringRestores(n, 'swp_kill', ['--from', fileRepo], (name, cmd) => name === 'pg_restore' && !cmd.includes('--list') && !cmd.includes('--version'), 400, /pg_restore was killed by SIGKILL/);
     record({ id: rid('swp-02'), area: 'interruption', fault: 'pg_restore killed (SIGKILL) mid-restore', injected: `${n} restores, pg_restore killed 0-400 ms after it started (seeded)`, outcome: 'exit 3 "pg_restore was killed by SIGKILL" (or the restore had completed: exit 0); no target, scratch dropped', dataLost: await lossNow() });
   });
 
