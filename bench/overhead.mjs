@@ -16,11 +16,13 @@
 // cleanup. Ratios are per round (coffer / manual of the same round); the median and the worst
 // are reported.
 //
-//   node bench/overhead.mjs [--dbs N] [--tables N] [--rounds N] [--disk] [--out FILE|-]
+//   node bench/overhead.mjs [--dbs N] [--tables N] [--rounds N] [--disk] [--durable] [--out FILE|-]
 //
 // The cluster and the repositories live in /dev/shm (a RAM file system) unless --disk (then
 // TMPDIR): creating and dropping 4,000 tables' files on this machine's disk varies by ±25 % from
 // one run to the next (the same pg_restore took 5.6-8.6 s), which hides what is measured here.
+// --durable (implies --disk): the server as in production (fsync, full_page_writes and
+// synchronous_commit on), where every commit of a restore waits for its WAL flush.
 // Defaults: 20 databases, 4,000 tables, 5 rounds. Needs a build (npx tsc -p tsconfig.json), age,
 // zstd and PostgreSQL 15's binaries; the repository is a local directory (no S3: what is measured
 // is coffer's own overhead, the same storage for both sides). Appends its section to
@@ -33,7 +35,7 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ROOT, cleanups, coffer, log, runBench, timed, writeSection } from './lib.mjs';
 
-const opts = { dbs: 20, tables: 4000, rounds: 5, out: join(ROOT, 'docs/benchmarks.md'), disk: false };
+const opts = { dbs: 20, tables: 4000, rounds: 5, out: join(ROOT, 'docs/benchmarks.md'), disk: false, durable: false };
 for (let i = 2; i < process.argv.length; i++) {
   const a = process.argv[i];
   if (a === '--dbs') opts.dbs = Number(process.argv[++i]);
@@ -41,8 +43,9 @@ for (let i = 2; i < process.argv.length; i++) {
   else if (a === '--rounds') opts.rounds = Number(process.argv[++i]);
   else if (a === '--out') opts.out = process.argv[++i];
   else if (a === '--disk') opts.disk = true;
+  else if (a === '--durable') opts.durable = opts.disk = true;
   else {
-    console.error('usage: node bench/overhead.mjs [--dbs N] [--tables N] [--rounds N] [--disk] [--out FILE|-]');
+    console.error('usage: node bench/overhead.mjs [--dbs N] [--tables N] [--rounds N] [--disk] [--durable] [--out FILE|-]');
     process.exit(2);
   }
 }
@@ -61,7 +64,7 @@ async function main() {
   cleanups.push(() => rm(work, { recursive: true, force: true }));
   log('starting PostgreSQL');
   const { startThrowawayCluster } = await import('../dist/demo/throwaway-cluster.js');
-  const pg = await startThrowawayCluster({ baseDir: work, settings: { shared_buffers: '256MB', max_wal_size: '4GB' } });
+  const pg = await startThrowawayCluster({ baseDir: work, settings: { shared_buffers: '256MB', max_wal_size: '4GB', ...(opts.durable ? { fsync: 'on', full_page_writes: 'on', synchronous_commit: 'on' } : {}) } });
   cleanups.push(() => pg.stop());
   const env = { ...process.env, ...pg.env(), PATH: `${pg.binDir}:${process.env.PATH}`, COFFER_PG_BIN: pg.binDir, COFFER_LOG_FORMAT: 'json' };
   delete env.PGDATABASE;

@@ -89,7 +89,10 @@ export class PgAdmin {
         `end the sessions of ${JSON.stringify(target)}`,
       );
     }
-    const lines = ['BEGIN;'];
+    // Synchronous whatever the server's default: the restore into the scratch database committed
+    // asynchronously ({@link scratchLoadTarget}), and this commit's WAL flush makes all of it
+    // durable before the restore is reported done.
+    const lines = ['SET synchronous_commit = on;', 'BEGIN;'];
     if (asideName) lines.push(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(asideName)};`);
     lines.push(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)};`, 'COMMIT;');
     await this.query(lines.join('\n'), `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`);

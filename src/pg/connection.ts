@@ -119,6 +119,19 @@ export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv): NodeJS.P
   return { ...env, ...childEnv(conn) };
 }
 
+/**
+ * The connection a restore loads a scratch database through: its commits are asynchronous
+ * (`synchronous_commit=off`, added to the connection's own `options` or PGOPTIONS, which it
+ * keeps), so thousands of small objects do not wait for a WAL flush each. Nothing is lost by
+ * it: a crash before the rename leaves only the scratch database, which is never used, and the
+ * rename commits synchronously ({@link PgAdmin.swapIn}), which flushes every commit before it.
+ */
+export function scratchLoadTarget(target: PgTarget): PgTarget {
+  const own = target.conn.params.options ?? target.env.PGOPTIONS ?? '';
+  const options = `${own}${own.trim() ? ' ' : ''}-c synchronous_commit=off`;
+  return { ...target, conn: { ...target.conn, params: { ...target.conn.params, options } } };
+}
+
 /** Adds the fix to the usual libpq failures (message is psql's own first error line). */
 export function explainLibpqError(what: string, err: unknown): DatabaseError {
   const msg = err instanceof Error ? err.message : String(err);

@@ -7,7 +7,7 @@ import { compactTimestamp } from '../catalog/layout.js';
 import { DatabaseError, IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
-import type { ConnectionSpec, PgTarget } from '../pg/connection.js';
+import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
 import { inspectRestored, smokeQuery, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
@@ -233,7 +233,7 @@ function throwIfFailed(sup: Supervisor): void {
  * byte still fails the run, with pg_restore torn down by the supervisor.
  */
 async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
-  const db: PgTarget = { conn: req.conn, database: scratch, env };
+  const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
   let toc: Promise<string> = Promise.resolve('');

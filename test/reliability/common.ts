@@ -3,6 +3,7 @@
  * "nothing visible" checks every test ends with and the measured data loss.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import * as fsp from 'node:fs/promises';
 import { CopyObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { errorLine, runCoffer } from '../harness/cli.js';
@@ -47,6 +48,45 @@ export function seededRandom(label: string): { seed: number; next: () => number 
       return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
     },
   };
+}
+
+/**
+ * The pg_dump child of the coffer process `parent` (by /proc PPID), optionally the one whose
+ * command line names `database` (several run at once with --parallel).
+ */
+export async function pgDumpPid(parent: number | undefined, database?: string): Promise<number | undefined> {
+  // The kernel's list of the parent's children is quick to read, so a short dump is not missed
+  // while a full /proc scan is still running (a full scan is the fallback).
+  let candidates: string[];
+  try {
+    candidates = (await fsp.readFile(`/proc/${parent}/task/${parent}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean);
+  } catch {
+    candidates = await fsp.readdir('/proc');
+  }
+  for (const name of candidates) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = (await fsp.readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0');
+      if (!argv[0]?.endsWith('pg_dump') || argv.includes('--version')) continue;
+      if (database !== undefined && !argv.some((a) => a.includes(database))) continue;
+      const stat = await fsp.readFile(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === parent) return Number(name);
+    } catch {
+      // gone
+    }
+  }
+  return undefined;
+}
+
+/** Bytes a process has written so far (/proc/PID/io wchar); -1 once it is gone. */
+export async function bytesWritten(pid: number): Promise<number> {
+  try {
+    const io = await fsp.readFile(`/proc/${pid}/io`, 'utf8');
+    return Number(/wchar: (\d+)/.exec(io)?.[1] ?? 0);
+  } catch {
+    return -1;
+  }
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

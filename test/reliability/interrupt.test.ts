@@ -4,13 +4,12 @@
  * Each time: nothing visible that looks like a backup / the target untouched, the scratch
  * database gone, and the next run succeeds.
  */
-import * as fsp from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { errorLine, startCoffer } from '../harness/cli.js';
 import type { FaultProxy } from '../harness/fault-proxy.js';
 import { useFixture } from '../harness/fixture.js';
 import { COPY_STRATEGY, dataFingerprint, dropDatabase, listDatabases, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
-import { bucketState, databaseDiff, dataLoss, existingTarget, listedIds, makeGolden, scratchDatabases, seededRandom, seedRepository, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
+import { bucketState, bytesWritten, databaseDiff, dataLoss, existingTarget, listedIds, makeGolden, pgDumpPid, scratchDatabases, seededRandom, seedRepository, sleep, waitFor, type GoldenBackup, type RepoBaseline, type TargetBaseline } from './common.js';
 import { record, writeResults, type MatrixRow } from './matrix.js';
 
 const f = useFixture({ name: 'int', s3: true });
@@ -70,41 +69,6 @@ async function slowProxy(ms: number): Promise<FaultProxy> {
   const p = await f.faultProxy();
   p.script([{ op: 'UploadPart', times: Infinity, fault: { kind: 'latency', ms } }]);
   return p;
-}
-
-/** The pg_dump child of the coffer process `parent` (by /proc PPID: the database is not always on its command line). */
-async function pgDumpPid(parent: number | undefined): Promise<number | undefined> {
-  // The kernel's list of the parent's children is quick to read, so a short dump is not missed
-  // while a full /proc scan is still running (a full scan is the fallback).
-  let candidates: string[];
-  try {
-    candidates = (await fsp.readFile(`/proc/${parent}/task/${parent}/children`, 'utf8')).trim().split(/\s+/).filter(Boolean);
-  } catch {
-    candidates = await fsp.readdir('/proc');
-  }
-  for (const name of candidates) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const argv = (await fsp.readFile(`/proc/${name}/cmdline`, 'utf8')).split('\0');
-      if (!argv[0]?.endsWith('pg_dump') || argv.includes('--version')) continue;
-      const stat = await fsp.readFile(`/proc/${name}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === parent) return Number(name);
-    } catch {
-      // gone
-    }
-  }
-  return undefined;
-}
-
-/** Bytes a process has written so far (/proc/PID/io wchar). */
-async function bytesWritten(pid: number): Promise<number> {
-  try {
-    const io = await fsp.readFile(`/proc/${pid}/io`, 'utf8');
-    return Number(/wchar: (\d+)/.exec(io)?.[1] ?? 0);
-  } catch {
-    return -1;
-  }
 }
 
 describe.concurrent('pg_dump dies mid-dump: no visible backup, exit 3', () => {

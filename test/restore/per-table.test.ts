@@ -85,4 +85,30 @@ describe('the checks and summary after a restore', () => {
     expect(missingTables(toc, have)).toEqual(['public t2000 owner']);
     expect(missingTables(['public with space owner', 'public with'], have)).toEqual(['public with']);
   });
+
+  it('load the scratch database with asynchronous commits, keeping the connection\'s own options, and rename it with a synchronous commit', async () => {
+    // A --pg-restore-command that asks the server, through the connection it was given, what the
+    // session's settings are, then runs pg_restore. The test clusters commit asynchronously by
+    // default: PGOPTIONS turns it on, as on a production server, and sets one more option.
+    const dir = f.path('async-commit');
+    await fsp.mkdir(dir, { recursive: true });
+    const seen = path.join(dir, 'settings');
+    const command = path.join(dir, 'pg-restore-probe.sh');
+    await fsp.writeFile(
+      command,
+      `#!/bin/bash\nprev=''\nfor a in "$@"; do [ "$prev" = -d ] && ci="$a"; prev="$a"; done\n[ -n "$ci" ] && '${path.join(pg.binDir, 'psql')}' -X -A -t -d "$ci" -c 'SHOW synchronous_commit' -c 'SHOW work_mem' </dev/null >> '${seen}'\nexec '${path.join(pg.binDir, 'pg_restore')}' "$@"\n`,
+      { mode: 0o755 },
+    );
+    for (const jobs of [[], ['--jobs', '2']]) {
+      await fsp.rm(seen, { force: true });
+      const rec = await psqlRecorder(f.path(`rec-async-${jobs.length}`));
+      const target = uniqueDbName('async_commit_r');
+      f.dropAtEnd(target);
+      const r = await f.run(['restore', '--from', f.path('repo'), '--db', small, '--identity', f.identityFile, '--target-db', target, '--pg-restore-command', command, '--psql-command', rec.command, ...jobs], { PGOPTIONS: '-c synchronous_commit=on -c work_mem=7MB' });
+      expect(r.code, r.stderr).toBe(0);
+      expect((await fsp.readFile(seen, 'utf8')).trim().split('\n')).toEqual(['off', '7MB']);
+      expect(await pg.psql('SELECT count(*) FROM c', target)).toBe('300');
+      expect(await rec.sql()).toMatch(/SET synchronous_commit = on;\s*BEGIN;[^]*RENAME TO[^]*COMMIT;/);
+    }
+  });
 });
