@@ -1,6 +1,6 @@
 import { DEFAULT_KEEP, DEFAULT_KEEP_WAL, type RetentionPolicy } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
-import { database, duration, period, repository, text, url } from '../config/parsers.js';
+import { database, duration, period, rate, repository, text, url } from '../config/parsers.js';
 import { list, secret, value, type Alias, type Parser } from '../config/options.js';
 import { UsageError } from '../errors.js';
 import type { BackupKind } from '../catalog/catalog.js';
@@ -18,6 +18,7 @@ export const s3Options = {
   s3Endpoint: value('--s3-endpoint <url>', 'S3 endpoint for MinIO/Ceph/… (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)', url),
   s3Region: value('--s3-region <region>', 'S3 region (default: AWS_REGION, else us-east-1)', text),
   s3Timeout: value('--s3-timeout <duration>', 'fail an S3 request whose connection is silent this long; it is retried (default 2m)', duration),
+  maxRate: value('--max-rate <rate>', 'cap uploads and downloads at this average rate, all transfers of the run together, e.g. 5MB/s, 512KiB/s, 40Mbit/s (MB = 10^6 bytes)', rate),
   s3AccessKeyId: secret('COFFER_S3_ACCESS_KEY_ID'),
   s3SecretAccessKey: secret('COFFER_S3_SECRET_ACCESS_KEY'),
 };

@@ -4,6 +4,7 @@ import { isTier, type Tier } from '../catalog/layout.js';
 import { parseClusterName } from '../catalog/cluster-layout.js';
 import { parseRecipient } from '../crypto/keys.js';
 import { parseByteSize } from '../pipeline/part-size.js';
+import { parseRate } from '../store/rate-limit.js';
 import { parseRetentionPeriod, parseObjectLockMode, type ObjectLockMode } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
 import { checkDatabaseName, parseCompression, parseDuration, parsePositiveInt } from './settings.js';
@@ -67,6 +68,12 @@ export const period: Parser<number> = {
 export const size: Parser<number> = {
   check: (s, label) => void parseByteSize(s, label),
   parse: (s, flag) => parseByteSize(s, flag),
+};
+
+/** A transfer rate (`5MB/s`, `512KiB/s`, `40Mbit/s`): bytes per second. */
+export const rate: Parser<number> = {
+  check: (s, label) => void parseRate(s, label),
+  parse: (s, flag) => parseRate(s, flag),
 };
 
 /** One of the option's declared choices (checked by commander and the resolution). */

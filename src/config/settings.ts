@@ -34,7 +34,7 @@ export function requireRepository(ref: RepositoryRef | undefined): RepositoryRef
  * the AWS SDK's own chain (AWS_ACCESS_KEY_ID…, profile, instance role) is used.
  */
 export function resolveS3Settings(
-  flags: { s3Endpoint?: string | undefined; s3Region?: string | undefined; s3Timeout?: Duration | undefined; s3AccessKeyId?: string | undefined; s3SecretAccessKey?: string | undefined },
+  flags: { s3Endpoint?: string | undefined; s3Region?: string | undefined; s3Timeout?: Duration | undefined; s3AccessKeyId?: string | undefined; s3SecretAccessKey?: string | undefined; maxRate?: number | undefined },
   env: Env,
 ): S3Settings {
   const endpoint = flags.s3Endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
@@ -53,7 +53,7 @@ export function resolveS3Settings(
   const requestTimeoutMs = flags.s3Timeout?.ms;
   const credentials =
     flags.s3AccessKeyId !== undefined && flags.s3SecretAccessKey !== undefined ? { credentials: { accessKeyId: flags.s3AccessKeyId, secretAccessKey: flags.s3SecretAccessKey } } : {};
-  return { ...(endpoint ? { endpoint } : {}), region, ...(requestTimeoutMs ? { requestTimeoutMs } : {}), ...credentials };
+  return { ...(endpoint ? { endpoint } : {}), region, ...(requestTimeoutMs ? { requestTimeoutMs } : {}), ...credentials, ...(flags.maxRate !== undefined ? { maxRate: flags.maxRate } : {}) };
 }
 
 /** `zstd:1` (default), `zstd`, `gzip:6` (pg_dump's own), `none`. */

@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UsageError } from '../errors.js';
 import { FsStore } from './fs.js';
+import { RateLimitedStore, TokenBucket } from './rate-limit.js';
 import type { BucketAdmin } from './bucket-admin.js';
 import type { ObjectStore } from './object-store.js';
 import type { S3StoreOptions } from './s3/client.js';
@@ -13,8 +14,10 @@ export type RepositoryRef =
 /** A repository in an S3 bucket: the only kind with a {@link BucketAdmin}. */
 export type S3RepositoryRef = Extract<RepositoryRef, { kind: 's3' }>;
 
-/** S3 connection settings that do not live in the repository URL. */
+/** Store settings that do not live in the repository URL: the S3 connection, and the transfer rate cap. */
 export interface S3Settings {
+  /** `--max-rate`: bytes per second for all transfers of the process ({@link RateLimitedStore}). */
+  maxRate?: number;
   endpoint?: string;
   region?: string;
   credentials?: S3StoreOptions['credentials'];
@@ -69,9 +72,10 @@ export function parseRepository(input: string, cwd = process.cwd()): RepositoryR
 /** Opens the store for a repository location. The S3 SDK is loaded only when needed. */
 export async function openStore(input: string | RepositoryRef, s3: S3Settings = {}): Promise<ObjectStore> {
   const ref = typeof input === 'string' ? parseRepository(input) : input;
-  if (ref.kind === 'file') return new FsStore(ref.root);
+  const capped = (store: ObjectStore): ObjectStore => (s3.maxRate !== undefined ? new RateLimitedStore(store, new TokenBucket(s3.maxRate)) : store);
+  if (ref.kind === 'file') return capped(new FsStore(ref.root));
   const { S3Store } = await import('./s3/store.js');
-  return new S3Store(s3StoreOptions(ref, s3));
+  return capped(new S3Store(s3StoreOptions(ref, s3)));
 }
 
 /**

@@ -71,6 +71,9 @@ export interface ProxyEvent {
   range?: string;
   /** Response body bytes forwarded to the client so far (counted as they pass). */
   responseBytes: number;
+  /** When the request arrived, and when its response was sent whole (Date.now()). */
+  at: number;
+  doneAt?: number;
 }
 
 interface ActiveRule extends FaultRule {
@@ -171,8 +174,9 @@ export class FaultProxy {
     const hit = this.pick(op, method, url.split('?')[0]!);
     const fault = hit?.rule.fault;
     const range = req.headers.range;
-    const event: ProxyEvent = { op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}), responseBytes: 0 };
+    const event: ProxyEvent = { op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}), responseBytes: 0, at: Date.now() };
     this.events.push(event);
+    res.on('finish', () => (event.doneAt = Date.now()));
     if (!fault) return this.forward(req, res, {}, event);
     switch (fault.kind) {
       case 'status': {

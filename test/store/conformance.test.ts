@@ -1,6 +1,7 @@
 /**
- * The ObjectStore conformance suite (./conformance.ts), once against the file store and once
- * against S3Store on the throwaway Ceph RGW that the global setup starts.
+ * The ObjectStore conformance suite (./conformance.ts): against the file store, the file store
+ * under --max-rate (RateLimitedStore), and S3Store on the throwaway Ceph RGW that the global
+ * setup starts.
  */
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
@@ -9,6 +10,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, inject } from 'vitest';
 import { TEMP_PREFIX } from '../../src/atomic-write.js';
 import { FsStore } from '../../src/store/fs.js';
+import { RateLimitedStore, TokenBucket } from '../../src/store/rate-limit.js';
 import { S3Store } from '../../src/store/s3/store.js';
 import { createTestBucket, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
 import { objectStoreConformance } from './conformance.js';
@@ -30,6 +32,19 @@ objectStoreConformance('file store', { streamToExistingKey: 'refused', startAtOr
   const root = path.join(tmp, `repo-${++fresh}`);
   return {
     store: new FsStore(root),
+    async leftovers() {
+      const names = await fsp.readdir(root, { recursive: true }).catch(() => [] as string[]);
+      return names.map(String).filter((n) => path.basename(n).startsWith(TEMP_PREFIX));
+    },
+  };
+});
+
+// --max-rate wraps either store: the wrapper keeps the contract (errors, aborts, ranged reads).
+// A rate high enough that the suite's megabytes pass in well under a second.
+objectStoreConformance('file store under --max-rate', { streamToExistingKey: 'refused', startAtOrPastEnd: 'empty' }, async () => {
+  const root = path.join(tmp, `repo-${++fresh}`);
+  return {
+    store: new RateLimitedStore(new FsStore(root), new TokenBucket(400 * 1024 * 1024)),
     async leftovers() {
       const names = await fsp.readdir(root, { recursive: true }).catch(() => [] as string[]);
       return names.map(String).filter((n) => path.basename(n).startsWith(TEMP_PREFIX));
