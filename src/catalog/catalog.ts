@@ -1,6 +1,6 @@
 import { IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
-import { databasePrefix, MANIFEST_SUFFIX, parseKey, type ParsedKey } from './layout.js';
+import { databasePrefix, MANIFEST_SUFFIX, parseDrillKey, parseKey, type ParsedKey } from './layout.js';
 import { decodeManifest, type BackupManifest } from './manifest.js';
 
 /** A completed backup: one whose manifest exists. */
@@ -40,13 +40,18 @@ export function newestFirst<T extends { id: string }>(a: T, b: T): number {
  * Completed backups by listing keys only: every `.manifest.json` in coffer's layout, across
  * every page of the listing. Needs ListBucket, not GetObject (the backup host has no read right).
  */
-export async function listBackupKeys(store: ObjectStore, opts: { database?: string; signal?: AbortSignal } = {}): Promise<BackupKeyEntry[]> {
+export async function listBackupKeys(store: ObjectStore, opts: { database?: string; signal?: AbortSignal; drills?: Map<string, string[]> } = {}): Promise<BackupKeyEntry[]> {
   const out: BackupKeyEntry[] = [];
   /** Dump objects seen, by `<database>/<tier>/<id>`. */
   const dumps = new Map<string, KeyContent>();
   for await (const o of store.list(databasePrefix(opts.database), { signal: opts.signal })) {
     const k = parseKey(o.key);
-    if (!k) continue;
+    if (!k) {
+      // Drill records (`coffer drill --record`), by database, when asked for: the same listing.
+      const d = opts.drills ? parseDrillKey(o.key) : undefined;
+      if (d && (opts.database === undefined || d.database === opts.database)) opts.drills!.set(d.database, [...(opts.drills!.get(d.database) ?? []), o.key]);
+      continue;
+    }
     if (opts.database !== undefined && k.database !== opts.database) continue;
     if (k.rest === MANIFEST_SUFFIX) out.push({ id: k.id, database: k.database, tier: k.tier, manifestKey: o.key, content: 'unknown' });
     else if (/^\.dump(\.zst)?\.age$/.test(k.rest)) dumps.set(`${k.database}/${k.tier}/${k.id}`, 'full');

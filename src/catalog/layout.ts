@@ -117,6 +117,31 @@ export function parseKey(key: string): ParsedKey | undefined {
   return { database, tier, id: m[1]!, rest: m[2]! };
 }
 
+/**
+ * Drill records (`coffer drill --record`): `<database>/drills/<drill id>.drill.json`, plain JSON
+ * of times and sizes (no data, no table names). Not a tier: lifecycle rules and prune leave them.
+ */
+export function drillKey(db: string, drillId: string): string {
+  return `${drillPrefix(db)}${drillId}.drill.json`;
+}
+
+/** Parses a drill record's key; `undefined` for anything else. */
+export function parseDrillKey(key: string): { database: string; id: string } | undefined {
+  const m = /^([^/]+)\/drills\/(\d{8}T\d{6}Z-[0-9a-f]{8})\.drill\.json$/.exec(key);
+  if (!m) return undefined;
+  try {
+    const database = decodeDbSegment(m[1]!);
+    return encodeDbSegment(database) === m[1] ? { database, id: m[2]! } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Key prefix of one database's drill records. */
+export function drillPrefix(db: string): string {
+  return `${encodeDbSegment(db)}/drills/`;
+}
+
 /** Key prefix holding every backup of one database (`''` for all). */
 export function databasePrefix(db?: string): string {
   return db === undefined ? '' : `${encodeDbSegment(db)}/`;

@@ -56,6 +56,27 @@ export interface RestoreSummary {
   checks: RestoreChecks;
   /** A selective restore: how many TOC entries were restored, and the tables among them (null: the whole archive). */
   selection: { entries: number; tables: string[]; leftOut: string[]; download: { bytes: number; of: number; requests: number } | 'whole' } | null;
+  /** Where the time went, in milliseconds, one phase after the other ({@link RestorePhases}). */
+  phases: RestorePhases;
+}
+
+/**
+ * The phases of a restore, in milliseconds. `transfer` and `restore` grow with the backup's size
+ * (what a prediction scales); the others do not, or hardly.
+ * - `setup`: the survey, opening the backup (the key unwrapped), the scratch database created;
+ * - `transfer`: download, decryption, decompression and the archive check, with pg_restore
+ *   loading the data as it streams in (with --jobs: the spool file written);
+ * - `restore`: pg_restore after its input ended: indexes, constraints, the rest of post-data
+ *   (with --jobs: the whole parallel pg_restore);
+ * - `checks`: the checks and summary queries, properties, --sanitize, --smoke;
+ * - `swap`: the rename into place.
+ */
+export interface RestorePhases {
+  setup: number;
+  transfer: number;
+  restore: number;
+  checks: number;
+  swap: number;
 }
 
 export interface RestoreRequest {
@@ -178,9 +199,11 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     await createScratch(admin, scratch, creation, req.log);
     throwIfFailed(sup);
     req.log.info('restoring into a scratch database', { scratch, database: describeLocale(creation) });
+    const createdAt = Date.now();
 
     // 4. The data.
-    const tocText = await restoreInto(req, flags, opened, scratch, spool, env, sup);
+    const { tocText, inputEndedAt } = await restoreInto(req, flags, opened, scratch, spool, env, sup);
+    const restoredAt = Date.now();
     const archiveStats = opened.stats();
     const definition = await databaseDefinition(req.source, opened, req.log);
 
@@ -192,8 +215,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
+    const checkedAt = Date.now();
     await admin.swapIn(scratch, req.target, aside ?? undefined);
     scratch = undefined;
+    const swappedAt = Date.now();
     if (aside) req.log.warn('the previous database was kept aside', { database: aside });
     return {
       target: req.target,
@@ -206,6 +231,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       largestTables: stats.largest,
       checks,
       selection: selection ? { entries: selection.ids.length, tables: selection.tables, leftOut: selection.notes, download: ranged ? ranged.fetched() : 'whole' } : null,
+      phases: { setup: createdAt - started, transfer: inputEndedAt - createdAt, restore: restoredAt - inputEndedAt, checks: checkedAt - restoredAt, swap: swappedAt - checkedAt },
     };
   } catch (err) {
     sup.fail(err);
@@ -230,9 +256,10 @@ function throwIfFailed(sup: Supervisor): void {
  * Feeds the archive to pg_restore (streamed) or to a spool file then `pg_restore -j`; a side
  * branch gives the table of contents to `pg_restore --list`. Returns the TOC text ('' for SQL).
  * pg_restore's input ends only when the whole archive checked out: damage found at the last
- * byte still fails the run, with pg_restore torn down by the supervisor.
+ * byte still fails the run, with pg_restore torn down by the supervisor. `inputEndedAt`: when the
+ * whole archive had been read (and handed to pg_restore, or to the spool).
  */
-async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<string> {
+async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<{ tocText: string; inputEndedAt: number }> {
   const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
@@ -261,8 +288,9 @@ async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: Ope
     targets.push({ name: 'restore', stream: filter ?? restore.stdin!, kind: 'child' });
   }
 
+  let inputEndedAt = 0;
   try {
-    await Promise.all([streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }), ...waits]);
+    await Promise.all([streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }).then(() => (inputEndedAt = Date.now())), ...waits]);
   } catch (err) {
     throw spool ? spool.explain(err) : err;
   }
@@ -275,7 +303,7 @@ async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: Ope
     await spawnPgRestoreJobs(sup, req.tools, db, flags, req.jobs, spool.file).done;
     req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
-  return tocText;
+  return { tocText, inputEndedAt };
 }
 
 /**

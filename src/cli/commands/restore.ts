@@ -56,6 +56,7 @@ export const drillOptions = {
   smoke: list('--smoke <sql>', 'query to run on the restored database (repeatable)', sql),
   jobs: value('--jobs <n>', 'parallel pg_restore jobs', count(64), { default: '1' }),
   resultFile: value('--result-file <file>', 'also write the JSON result here', text),
+  record: flag('--record', 'store the drill record in the repository (<database>/drills/), where status finds it to predict restore times (needs write access to that prefix)'),
 };
 
 export const drill = defineCommand({

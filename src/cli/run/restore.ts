@@ -1,12 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
+import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
 import { library } from '../../crypto/keys.js';
 import { readIdentityFile } from '../../crypto/age.js';
-import { UsageError } from '../../errors.js';
+import { CofferError, exitCodeOf, UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
-import { parseBackupSelector } from '../../catalog/layout.js';
+import { drillKey, newBackupId, parseBackupSelector } from '../../catalog/layout.js';
+import { DRILL_FORMAT, drillRecordOf, encodeDrillRecord, type DrillResult } from '../../catalog/drill-record.js';
+export type { DrillResult } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { parseConnectionString, type ConnectionSpec } from '../../pg/connection.js';
@@ -293,62 +296,68 @@ export async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx:
   return results;
 }
 
-/** One drill record (JSON). */
-export interface DrillResult {
-  ok: boolean;
-  startedAt: string;
-  durationMs: number;
-  backupId: string | null;
-  database: string | null;
-  storedBytes: number;
-  archiveBytes: number;
-  tables: number;
-  rows: Array<{ table: string; rows: number }>;
-  checks: RestoreSummary['checks'] | null;
-  error: string | null;
-}
 
 /**
  * `coffer drill`: restores the latest (or chosen) backup into a scratch database, runs the
- * checks, records the result, and drops the database whatever happened.
+ * checks, records the result (with where the time went), and drops the database whatever
+ * happened. `--record` stores the record in the repository beside the backups
+ * (`<database>/drills/<id>.drill.json`), where `coffer status` finds it to predict restore times.
  */
 export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: CliContext): Promise<DrillResult> {
-  const started = new Date();
+  // From the process's start: a restore pays for starting coffer too, and `select` includes it.
+  const started = new Date(Math.floor(performance.timeOrigin));
+  if (flags.record && flags.file !== undefined) throw new UsageError('--record stores the drill record in the repository; a --file drill has none', { hint: 'use --result-file FILE for a local record' });
   const base = intoServer(flags, await loadIdentities(flags), ctx);
   const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
   const admin = new PgAdmin(base.tools, base.conn, flags.maintenanceDb, ctx.env);
   let result: DrillResult = {
+    format: DRILL_FORMAT,
+    formatVersion: 1,
+    id: newBackupId(started),
     ok: false,
     startedAt: started.toISOString(),
     durationMs: 0,
+    host: hostname(),
+    repository: null,
     backupId: null,
     database: null,
     storedBytes: 0,
     archiveBytes: 0,
+    jobs: flags.jobs,
     tables: 0,
     rows: [],
     checks: null,
+    phases: null,
+    failure: null,
     error: null,
   };
   let failure: unknown;
+  let restored: RestoreSummary | undefined;
+  let selectMs = 0;
   try {
     await withSource(flags, ctx, async (source) => {
+      selectMs = Date.now() - started.getTime();
       if (source.kind === 'repository') {
+        result.repository = source.store.location;
         result.backupId = source.entry.id;
         result.database = source.entry.database;
       }
       const s = await runRestore({ ...base, source, target, replace: false, smoke: flags.smoke, noOwner: true, noPrivileges: true, jobs: flags.jobs });
+      restored = s;
       result = { ...result, ok: true, storedBytes: s.storedBytes, archiveBytes: s.archiveBytes, tables: s.tables, rows: s.largestTables, checks: s.checks };
     });
   } catch (err) {
     failure = err;
     result.error = (err as Error).message;
+    result.failure = { exitCode: exitCodeOf(err), kind: err instanceof CofferError ? err.kind : 'internal' };
   } finally {
+    const dropStarted = Date.now();
     try {
       await admin.drop(target);
     } catch (e) {
       ctx.log.error(`could not drop the drill database ${target}; drop it by hand`, { error: (e as Error).message });
     }
+    if (restored) result.phases = { select: selectMs, ...restored.phases, drop: Date.now() - dropStarted };
     result.durationMs = Date.now() - started.getTime();
   }
   const text = `${JSON.stringify(result, null, 2)}\n`;
@@ -356,6 +365,23 @@ export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: C
     await writeFileAtomic(path.resolve(ctx.cwd, flags.resultFile), text, { mode: 0o600 });
   }
   ctx.stdout(text);
+  // Recorded whatever the outcome (a failed drill is what status must see), once its database is gone.
+  if (flags.record && result.database !== null) await recordDrill(flags, ctx, result, failure);
   if (failure !== undefined) throw failure;
   return result;
+}
+
+/** Stores a drill record in the drilled repository (write-once key). A record that cannot be stored fails the run, after the drill's own failure if any. */
+async function recordDrill(flags: Values<typeof drillOptions>, ctx: CliContext, result: DrillResult, failure: unknown): Promise<void> {
+  const key = drillKey(result.database!, result.id);
+  const store = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
+  try {
+    await store.putBytes(key, encodeDrillRecord(drillRecordOf(result)), { contentType: 'application/json', signal: ctx.signal });
+    ctx.log.info('drill recorded', { key, ok: result.ok });
+  } catch (err) {
+    if (failure !== undefined) ctx.log.error(`the drill record could not be stored either: ${(err as Error).message}`, { key });
+    else throw err;
+  } finally {
+    store.close();
+  }
 }

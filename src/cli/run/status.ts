@@ -1,6 +1,7 @@
 import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
 import { backupIdTime } from '../../catalog/layout.js';
 import { decodeManifest } from '../../catalog/manifest.js';
+import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { IntegrityError, StaleError } from '../../errors.js';
@@ -22,13 +23,33 @@ export interface StatusRow {
   ageSeconds: number | null;
   size: number | null;
   fresh: boolean;
+  /**
+   * The recovery point: when the newest backup's snapshot was taken (pg_dump's start, from the
+   * manifest), and how old it is: what a restore now would lose at most.
+   */
+  recoveryPointAt: string | null;
+  recoveryPointSeconds: number | null;
+  /** The newest drill recorded (`coffer drill --record`), or null. */
+  drill: { id: string; startedAt: string; host: string; ageSeconds: number; ok: boolean; backupId: string | null; restoreSeconds: number | null; storedBytes: number; jobs: number; failure: { exitCode: number; kind: string } | null } | null;
+  /** The newest backup's restore time, predicted from the newest successful drill (null: none). */
+  predictedRestoreSeconds: number | null;
+  /** The drill that prediction scaled, and by what (stored bytes now / then). */
+  predictedFrom: { drill: string; scale: number } | null;
+  /** Why this database misses an objective (--max-age, --rpo-target, --rto-target, --max-drill-age, a failed drill). */
+  problems: string[];
 }
+
+/** How many older records are read past failed drills to find a successful one to predict from. */
+const DRILLS_LOOKED_BACK = 10;
 
 /**
  * `coffer status`: the newest completed full backup (one with a manifest; schema-only and
- * data-only backups do not count) per database, and whether
- * it is younger than `--max-age` (default 26h: a daily job plus slack). Exits 7 (StaleError)
- * naming every database whose newest backup is too old or that has none.
+ * data-only backups do not count) per database, and whether it is younger than `--max-age`
+ * (default 26h: a daily job plus slack); the recovery point; the newest drill and the restore
+ * time it predicts for the newest backup. Exits 7 (StaleError) naming every database whose
+ * newest backup is too old or missing, whose predicted restore exceeds `--rto-target`, whose
+ * recovery point exceeds `--rpo-target`, whose newest drill is older than `--max-drill-age`, or
+ * whose newest drill failed.
  */
 export async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[] | WalSummary> {
   if (flags.cluster !== undefined) return runClusterStatus(flags, flags.cluster, ctx, now());
@@ -38,11 +59,19 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   let rows: StatusRow[];
   try {
     // Full backups only: a schema-only or data-only backup is no copy of the database.
-    const keys = (await listBackupKeys(store, { signal: ctx.signal, ...(wanted.length === 1 ? { database: wanted[0] } : {}) })).filter((k) => k.content !== 'partial');
+    const drills = new Map<string, string[]>();
+    const keys = (await listBackupKeys(store, { signal: ctx.signal, drills, ...(wanted.length === 1 ? { database: wanted[0] } : {}) })).filter((k) => k.content !== 'partial');
     const newest = new Map<string, BackupKeyEntry>();
     for (const k of [...keys].sort(newestFirst)) if (!newest.has(k.database)) newest.set(k.database, k);
     const dbs = wanted.length > 0 ? wanted : [...newest.keys()].sort();
-    rows = await Promise.all(dbs.map((d) => statusOf(store, d, newest.get(d), maxAgeMs, now(), ctx.signal)));
+    rows = await Promise.all(
+      dbs.map(async (d) => {
+        const row = await statusOf(store, d, newest.get(d), maxAgeMs, now(), ctx.signal);
+        await addDrill(store, row, drills.get(d) ?? [], now(), ctx);
+        judge(row, flags, maxAgeText);
+        return row;
+      }),
+    );
   } finally {
     store.close();
   }
@@ -50,9 +79,11 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   if (flags.json) ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
   else {
     // Columns padded to their widest cell, as `list` does.
-    const table = rows.map((r) =>
-      r.id === null ? ['STALE', r.database, 'no completed backup'] : [r.fresh ? 'OK' : 'STALE', r.database, r.id, r.tier!, `${formatAge(r.ageSeconds!)} old`, formatBytes(r.size!)],
-    );
+    const table = rows.map((r) => {
+      const state = r.problems.length === 0 ? 'OK' : r.fresh ? 'MISS' : 'STALE';
+      const restore = r.predictedRestoreSeconds === null ? 'restore time unknown (no drill)' : `restore ~${formatSeconds(r.predictedRestoreSeconds)} (drill ${formatAge(r.drill!.ageSeconds)} ago)`;
+      return r.id === null ? [state, r.database, 'no completed backup'] : [state, r.database, r.id, r.tier!, `${formatAge(r.ageSeconds!)} old`, formatBytes(r.size!), restore];
+    });
     const widths: number[] = [];
     for (const row of table) row.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
     for (const row of table) ctx.stdout(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
@@ -60,23 +91,85 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   if (rows.length === 0) {
     throw new StaleError(`no completed backup in ${store.location}`, { hint: 'run `coffer backup`, or check --from' });
   }
-  const stale = rows.filter((r) => !r.fresh);
-  if (stale.length > 0) {
-    const what = stale.map((r) => (r.id === null ? `${r.database} (none)` : `${r.database} (${formatAge(r.ageSeconds!)} old)`)).join(', ');
-    throw new StaleError(`${stale.length} of ${rows.length} database(s) have no backup newer than ${maxAgeText}: ${what}`, {
+  const missing = rows.filter((r) => r.problems.length > 0);
+  if (missing.length > 0 && missing.every((r) => !r.fresh && r.problems.length === 1)) {
+    const what = missing.map((r) => (r.id === null ? `${r.database} (none)` : `${r.database} (${formatAge(r.ageSeconds!)} old)`)).join(', ');
+    throw new StaleError(`${missing.length} of ${rows.length} database(s) have no backup newer than ${maxAgeText}: ${what}`, {
       hint: 'check the backup job (its log, cron mail or metrics)',
+    });
+  }
+  if (missing.length > 0) {
+    const what = missing.map((r) => `${r.database}: ${r.problems.join('; ')}`).join('; ');
+    throw new StaleError(`${missing.length} of ${rows.length} database(s) miss their recovery objectives: ${what}`, {
+      hint: 'check the backup job; run `coffer drill --record` for a fresh restore time; see README "Recovery objectives"',
     });
   }
   return rows;
 }
 
+/** The newest drill of a row's database, and the prediction from the newest successful one (at most {@link DRILLS_LOOKED_BACK} back). */
+async function addDrill(store: ObjectStore, row: StatusRow, keys: string[], now: Date, ctx: CliContext): Promise<void> {
+  const newestFirstKeys = [...keys].sort().reverse();
+  let newestOk: DrillRecord | undefined;
+  for (const [i, key] of newestFirstKeys.slice(0, DRILLS_LOOKED_BACK).entries()) {
+    let d: DrillRecord;
+    try {
+      d = decodeDrillRecord(await store.getBytes(key, { signal: ctx.signal }), key);
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      ctx.log.warn(`${err.message}: skipped`, { key });
+      continue;
+    }
+    if (row.drill === null) {
+      const restoreSeconds = d.phases ? (d.phases.select + d.phases.setup + d.phases.transfer + d.phases.restore + d.phases.checks + d.phases.swap) / 1000 : null;
+      row.drill = { id: d.id, startedAt: d.startedAt, host: d.host, ageSeconds: Math.max(0, Math.round((now.getTime() - Date.parse(d.startedAt)) / 1000)), ok: d.ok, backupId: d.backupId, restoreSeconds, storedBytes: d.storedBytes, jobs: d.jobs, failure: d.failure };
+    }
+    if (d.ok) {
+      newestOk = d;
+      break;
+    }
+    if (i === DRILLS_LOOKED_BACK - 1) break;
+  }
+  if (newestOk && row.size !== null) {
+    const p = predictRestore(newestOk, row.size);
+    if (p) {
+      row.predictedRestoreSeconds = Math.round(p.seconds * 10) / 10;
+      row.predictedFrom = { drill: newestOk.id, scale: Math.round(p.scale * 1000) / 1000 };
+    }
+  }
+}
+
+/** A row's problems against the objectives asked for. */
+function judge(row: StatusRow, flags: Values<typeof options>, maxAgeText: string): void {
+  if (!row.fresh) row.problems.push(row.id === null ? 'no completed backup' : `newest backup ${formatAge(row.ageSeconds!)} old (over --max-age ${maxAgeText})`);
+  if (flags.rpoTarget && row.recoveryPointSeconds !== null && row.recoveryPointSeconds * 1000 > flags.rpoTarget.ms) {
+    row.problems.push(`recovery point ${formatAge(row.recoveryPointSeconds)} old (over --rpo-target ${flags.rpoTarget.text})`);
+  }
+  if (flags.rtoTarget && row.id !== null) {
+    if (row.predictedRestoreSeconds === null) row.problems.push(`restore time unknown: no successful drill recorded (--rto-target ${flags.rtoTarget.text}; run coffer drill --record)`);
+    else if (row.predictedRestoreSeconds * 1000 > flags.rtoTarget.ms) {
+      row.problems.push(`predicted restore ${formatSeconds(row.predictedRestoreSeconds)} (drill ${row.predictedFrom!.drill} scaled ×${row.predictedFrom!.scale}) over --rto-target ${flags.rtoTarget.text}`);
+    }
+  }
+  if (row.drill !== null && !row.drill.ok) {
+    const f = row.drill.failure;
+    row.problems.push(`newest drill ${row.drill.id} failed${f ? ` (exit ${f.exitCode}, ${f.kind})` : ''}: its output and log on ${row.drill.host} say why`);
+  }
+  if (flags.maxDrillAge) {
+    if (row.drill === null) row.problems.push(`no drill recorded (--max-drill-age ${flags.maxDrillAge.text})`);
+    else if (row.drill.ageSeconds * 1000 > flags.maxDrillAge.ms) row.problems.push(`newest drill ${formatAge(row.drill.ageSeconds)} old (over --max-drill-age ${flags.maxDrillAge.text})`);
+  }
+}
+
 async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry | undefined, maxAgeMs: number, now: Date, signal: AbortSignal): Promise<StatusRow> {
-  if (!k) return { database, id: null, tier: null, finishedAt: null, ageSeconds: null, size: null, fresh: false };
+  const none = { recoveryPointAt: null, recoveryPointSeconds: null, drill: null, predictedRestoreSeconds: null, predictedFrom: null, problems: [] };
+  if (!k) return { database, id: null, tier: null, finishedAt: null, ageSeconds: null, size: null, fresh: false, ...none };
   const m = decodeManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);
   if (m.id !== k.id || m.database !== k.database) {
     throw new IntegrityError(`manifest ${k.manifestKey} describes another backup (${m.database}/${m.id})`, { hint: 'the manifest was moved or swapped; do not trust this backup' });
   }
   const finished = Number.isNaN(Date.parse(m.finishedAt)) ? backupIdTime(m.id) : new Date(m.finishedAt);
+  const snapshot = Number.isNaN(Date.parse(m.startedAt)) ? backupIdTime(m.id) : new Date(m.startedAt);
   const ageMs = Math.max(0, now.getTime() - finished.getTime());
   return {
     database,
@@ -86,7 +179,15 @@ async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry 
     ageSeconds: Math.round(ageMs / 1000),
     size: m.dump.size,
     fresh: ageMs <= maxAgeMs,
+    ...none,
+    recoveryPointAt: snapshot.toISOString(),
+    recoveryPointSeconds: Math.round(Math.max(0, now.getTime() - snapshot.getTime()) / 1000),
+    problems: [],
   };
+}
+
+function formatSeconds(s: number): string {
+  return s < 120 ? `${s.toFixed(1)}s` : formatAge(Math.round(s));
 }
 
 function formatAge(s: number): string {
