@@ -5,6 +5,9 @@
  * node_modules), then the installed `<prefix>/bin/coffer` run directly (shebang, executable bit):
  * --version, keygen, config show, and a backup + restore of a small database on the test cluster.
  * The systemd unit is verified against the installed program at the path the README installs to.
+ * The same install is the one the Dockerfile's image performs: the installed coffer is also run
+ * as that image's entrypoint would run it (its user, environment and default command; see
+ * test/install/image.test.ts for the Dockerfile itself).
  *
  * The pack runs in a copy of the working tree (node_modules linked, not copied): `prepack`
  * removes and rebuilds dist/, which other test files running at the same time execute.
@@ -16,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { createDatabase, dataFingerprint, dropDatabase, pgFromInject, schemaDump } from '../harness/pg.js';
-import { baseEnv, pgEnv } from '../harness/cli.js';
+import { baseEnv, pgEnv, writeIdentityFile } from '../harness/cli.js';
+import { envOf, execForm, parseDockerfile, valuesOf } from '../harness/dockerfile.js';
 
 const REPO = fileURLToPath(new URL('../../', import.meta.url));
 /** Where the README installs coffer (`npm install -g --prefix /usr/local …`), as deploy/ calls it. */
@@ -236,5 +240,95 @@ describe('the npm package', () => {
     const r = await execa('systemd-analyze', ['verify', path.join(dir, 'coffer-backup.service')], { reject: false, timeout: 60_000 });
     expect(r.exitCode, String(r.stderr)).toBe(0);
     expect(String(r.stderr).trim()).toBe('');
+  });
+});
+
+describe("the Dockerfile's image, simulated: this install run as its entrypoint", () => {
+  /** The image's filesystem paths (HOME, XDG_RUNTIME_DIR, TMPDIR) are rebased under this directory. */
+  let root: string;
+  let image: { uid: number; gid: number; env: Record<string, string>; entrypoint: string[]; cmd: string[] };
+  /** setpriv's arguments to become the image's user (empty when the tests already run as non-root). */
+  let asUser: string[] | undefined;
+  const roleName = `coffer_image_${process.pid}`;
+
+  beforeAll(async () => {
+    const stages = parseDockerfile(await fsp.readFile(path.join(REPO, 'Dockerfile'), 'utf8')).stages;
+    const runtime = stages[stages.length - 1]!;
+    const [uid, gid] = valuesOf(runtime, 'USER')[0]!.split(':').map(Number) as [number, number];
+    image = { uid, gid, env: envOf(runtime), entrypoint: execForm(valuesOf(runtime, 'ENTRYPOINT')[0]!), cmd: execForm(valuesOf(runtime, 'CMD')[0]!) };
+    // The install above is the image's (`npm install -g --prefix /usr/local` of the packed tarball).
+    expect(valuesOf(runtime, 'RUN').some((r) => r.includes(`npm install -g --prefix ${README_PREFIX} `))).toBe(true);
+    root = path.join(tmp, 'image-root');
+    const rebase = (p: string): string => path.join(root, p);
+    // Parents as in any image (root's, 0755), then the directories as the Dockerfile makes them.
+    for (const dir of [image.env.TMPDIR!, image.env.HOME!, image.env.XDG_RUNTIME_DIR!]) await fsp.mkdir(path.dirname(rebase(dir)), { recursive: true, mode: 0o755 });
+    await fsp.mkdir(rebase(image.env.TMPDIR!));
+    await fsp.chmod(rebase(image.env.TMPDIR!), 0o1777);
+    for (const dir of [image.env.HOME!, image.env.XDG_RUNTIME_DIR!]) await fsp.mkdir(rebase(dir), { mode: 0o700 });
+    if (process.getuid?.() === 0) {
+      const setpriv = await execa('setpriv', ['--version'], { reject: false });
+      if (setpriv.exitCode === 0) {
+        asUser = ['setpriv', `--reuid=${uid}`, `--regid=${gid}`, '--clear-groups'];
+        // As the Dockerfile does (useradd --create-home, install -d -o -g -m 0700), and the
+        // user must reach the installed files (mkdtemp made the test directory root's only).
+        for (const dir of [image.env.HOME!, image.env.XDG_RUNTIME_DIR!]) await fsp.chown(rebase(dir), uid, gid);
+        await fsp.chmod(tmp, 0o755);
+      }
+    } else {
+      asUser = []; // already not root
+    }
+  });
+
+  afterAll(async () => {
+    await pg.psql(`DROP ROLE IF EXISTS ${roleName};`).catch(() => undefined);
+  });
+
+  /** `docker run <image> [args]`, roughly: the entrypoint found on PATH, the image's user and ENV. */
+  async function entrypoint(args: string[], extra: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> {
+    const env: Record<string, string> = { PATH: `${path.join(prefix, 'bin')}:${path.dirname(process.execPath)}:/usr/bin:/bin`, LANG: 'C.UTF-8', ...extra };
+    for (const [k, v] of Object.entries(image.env)) env[k] = v.startsWith('/') ? path.join(root, v) : v;
+    const argv = [...asUser!, ...image.entrypoint, ...args];
+    const r = await execa(argv[0]!, argv.slice(1), { env, extendEnv: false, cwd: env.HOME!, reject: false, stdin: 'ignore', timeout: 120_000 });
+    return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
+  }
+
+  it('with no arguments (the default CMD) prints the usage, as the non-root user', async (ctx) => {
+    if (asUser === undefined) ctx.skip('running as root without setpriv (util-linux): cannot run coffer as the image user');
+    const r = await entrypoint(image.cmd);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^Usage: coffer /);
+    // …and setpriv really runs it as the image's uid.
+    const [cmd, ...rest] = [...asUser!, 'id', '-u'];
+    const id = await execa(cmd!, rest);
+    expect(Number(String(id.stdout).trim())).toBe(asUser!.length ? image.uid : process.getuid?.());
+  });
+
+  it('backs up a database over TCP with a password file, its locks in $XDG_RUNTIME_DIR/coffer', async (ctx) => {
+    if (asUser === undefined) ctx.skip('running as root without setpriv (util-linux): cannot run coffer as the image user');
+    // As the CronJob connects: TCP with a password from a file (the socket directory is private).
+    const password = `pw-${process.pid}-${Date.now()}`;
+    await pg.psql(`CREATE ROLE ${roleName} LOGIN SUPERUSER PASSWORD '${password}';`);
+    const secrets = path.join(root, 'run', 'secrets');
+    await fsp.mkdir(secrets, { recursive: true });
+    const passwordFile = path.join(secrets, 'pgpassword');
+    await fsp.writeFile(passwordFile, `${password}\n`, { mode: 0o400 });
+    if (process.getuid?.() === 0) await fsp.chown(passwordFile, image.uid, image.gid);
+    const { recipient } = await writeIdentityFile(tmp, 'image-identity.txt');
+    const db = await createDatabase(pg, undefined, 'vault');
+    dropLater.push(db);
+
+    const repo = `file://${path.join(root, image.env.HOME!, 'repository')}`;
+    const r = await entrypoint(['backup', '--to', repo, '--db', db, '--recipient', recipient, '--json'], {
+      PGHOST: '127.0.0.1',
+      PGPORT: String(pgInfo.port),
+      PGUSER: roleName,
+      COFFER_PGPASSWORD_FILE: passwordFile,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as Array<{ database: string }>)[0]!.database).toBe(db);
+    const lockDir = await fsp.stat(path.join(root, image.env.XDG_RUNTIME_DIR!, 'coffer'));
+    expect(lockDir.isDirectory()).toBe(true);
+    expect(lockDir.mode & 0o777).toBe(0o700);
+    if (process.getuid?.() === 0) expect([lockDir.uid, lockDir.gid]).toEqual([image.uid, image.gid]);
   });
 });

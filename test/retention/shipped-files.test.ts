@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { parse, parseAllDocuments, parseDocument } from 'yaml';
 import { describe, expect, it } from 'vitest';
+import { parseDockerfile, parseImageRef, type ImageRef } from '../harness/dockerfile.js';
 
 const ROOT = new URL('../../', import.meta.url);
 const read = (p: string): string => readFileSync(new URL(p, ROOT), 'utf8');
@@ -323,30 +324,6 @@ describe('docker-compose.yml', () => {
 
 // ---- every image reference in the repository ---------------------------------------------------
 
-interface ImageRef {
-  file: string;
-  ref: string;
-  registry: string;
-  repository: string;
-  tag?: string;
-  digest?: string;
-}
-
-/** Splits an image reference the way Docker does: registry (docker.io by default), repository, tag, digest. */
-function parseImageRef(file: string, ref: string): ImageRef {
-  const [name, digest] = ref.split('@') as [string, string | undefined];
-  const slash = name.indexOf('/');
-  const first = slash === -1 ? '' : name.slice(0, slash);
-  const hasRegistry = first.includes('.') || first.includes(':') || first === 'localhost';
-  const registry = hasRegistry ? first : 'docker.io';
-  let path = hasRegistry ? name.slice(slash + 1) : name;
-  const colon = path.lastIndexOf(':');
-  const tag = colon > path.lastIndexOf('/') ? path.slice(colon + 1) : undefined;
-  if (tag !== undefined) path = path.slice(0, colon);
-  const repository = registry === 'docker.io' && !path.includes('/') ? `library/${path}` : path;
-  return { file, ref, registry, repository, ...(tag !== undefined && { tag }), ...(digest !== undefined && { digest }) };
-}
-
 /** `image:` values of every YAML document (any depth) and `FROM` images of every Dockerfile tracked by git. */
 function imageReferences(): ImageRef[] {
   const files = execFileSync('git', ['ls-files', '-z'], { cwd: fileURLToPath(ROOT), encoding: 'utf8' }).split('\0').filter(Boolean);
@@ -369,11 +346,7 @@ function imageReferences(): ImageRef[] {
       const lines = textOf.split('\n').filter((l) => /^\s*(-\s+)?image:\s*\S/.test(l)).length;
       expect(out.filter((r) => r.file === file).length, `${file}: image: lines`).toBe(lines);
     } else if (/^Dockerfile(\..+)?$|\.Dockerfile$|^Containerfile$/.test(base)) {
-      const stages = new Set<string>();
-      for (const m of read(file).matchAll(/^\s*FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?/gim)) {
-        if (!stages.has(m[1]!.toLowerCase()) && m[1] !== 'scratch') out.push(parseImageRef(file, m[1]!));
-        if (m[2]) stages.add(m[2].toLowerCase());
-      }
+      for (const stage of parseDockerfile(read(file)).stages) if (!stage.fromStage && stage.from !== 'scratch') out.push(parseImageRef(file, stage.from));
     }
   }
   return out;
@@ -403,6 +376,12 @@ const ALLOWED_IMAGES: { registry: string; repository: RegExp; digest: 'required'
     reason: "SeaweedFS's official image (Apache-2.0, maintained), the second S3 server of docker-compose.yml",
   },
   {
+    registry: 'docker.io',
+    repository: /^library\/node$/,
+    digest: 'required',
+    reason: "Docker Official Image for Node.js (maintained), the base of coffer's own Dockerfile; tag and digest",
+  },
+  {
     registry: 'registry.example.com',
     repository: /^coffer$/,
     digest: 'optional',
@@ -420,6 +399,7 @@ describe('image references in the repository', () => {
     const files = new Set(refs.map((r) => r.file));
     expect(files).toContain('docker-compose.yml');
     expect(files).toContain('deploy/kubernetes/cronjob.yaml');
+    expect(refs.filter((r) => r.file === 'Dockerfile').map((r) => r.repository)).toEqual(['library/node']);
     expect(refs.filter((r) => r.file === 'docker-compose.yml')).toHaveLength(5);
   });
 
