@@ -17,6 +17,8 @@ export const ExitCode = {
   integrity: 5,
   busy: 6,
   stale: 7,
+  /** A `--before` hook failed (nothing was done), or an `--after` hook failed after a run that succeeded. */
+  hook: 9,
   /** `wal-fetch`: the file is not in the archive (restore_command's "no such file": PostgreSQL goes on). */
   absent: 1,
   /**
@@ -33,7 +35,7 @@ export const ExitCode = {
 } as const;
 export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
 
-export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'absent' | 'interrupted';
+export type ErrorKind = 'usage' | 'database' | 'storage' | 'integrity' | 'busy' | 'stale' | 'hook' | 'absent' | 'interrupted';
 
 /** What an error carries besides its message. */
 export interface CofferErrorOptions {
@@ -108,6 +110,9 @@ export class BusyError extends ofKind('busy') {}
 
 /** `status`: a backup is older than allowed (exit 7). */
 export class StaleError extends ofKind('stale') {}
+
+/** A `--before` or `--after` hook failed (exit 9). */
+export class HookError extends ofKind('hook') {}
 
 /** `wal-fetch`: the requested WAL file is not in the archive (exit 1, logged at info level: PostgreSQL asks for files that do not exist). */
 export class NotArchivedError extends ofKind('absent') {}

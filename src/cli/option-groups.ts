@@ -1,6 +1,6 @@
 import { DEFAULT_KEEP, DEFAULT_KEEP_WAL, type RetentionPolicy } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
-import { database, duration, period, rate, repository, text, url } from '../config/parsers.js';
+import { database, duration, hook, period, rate, repository, text, url } from '../config/parsers.js';
 import { list, secret, value, type Alias, type Parser } from '../config/options.js';
 import { UsageError } from '../errors.js';
 import type { BackupKind } from '../catalog/catalog.js';
@@ -80,3 +80,14 @@ export const serverOptions = {
   psqlCommand: value('--psql-command <command>', 'command prefix to run psql (no shell)', text),
 };
 
+
+/** `--before` / `--after`: commands run around the run (src/ops/hooks.ts). */
+export const hookOptions = {
+  before: value('--before <command>', 'run this command (argv, no shell) before anything else; if it fails, nothing is done (exit 9)', hook),
+  after: value('--after <command>', 'run this command (argv, no shell) at the end, success or failure, with COFFER_HOOK_RESULT and the rest in its environment', hook),
+};
+
+/** `s3://bucket/prefix` or `file:///path`: a repository as hooks and messages name it. */
+export function repositoryText(ref: RepositoryRef): string {
+  return ref.kind === 'file' ? `file://${ref.root}` : `s3://${ref.bucket}${ref.prefix ? `/${ref.prefix}` : ''}`;
+}

@@ -5,6 +5,7 @@ import { parseClusterName } from '../catalog/cluster-layout.js';
 import { parseRecipient } from '../crypto/keys.js';
 import { parseByteSize } from '../pipeline/part-size.js';
 import { parseRate } from '../store/rate-limit.js';
+import { parseHook } from '../ops/hooks.js';
 import { parseRetentionPeriod, parseObjectLockMode, type ObjectLockMode } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
 import { checkDatabaseName, parseCompression, parseDuration, parsePositiveInt } from './settings.js';
@@ -74,6 +75,12 @@ export const size: Parser<number> = {
 export const rate: Parser<number> = {
   check: (s, label) => void parseRate(s, label),
   parse: (s, flag) => parseRate(s, flag),
+};
+
+/** A hook's command line (`--before`, `--after`): argv, split without a shell. */
+export const hook: Parser<string[]> = {
+  check: (s, label) => void parseHook(s, label),
+  parse: (s, flag) => parseHook(s, flag),
 };
 
 /** One of the option's declared choices (checked by commander and the resolution). */

@@ -1,7 +1,7 @@
 import { cluster, compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, pgPassword, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, pgPassword, s3Options } from '../option-groups.js';
 import { DEFAULT_KEEP } from '../../retention/policy.js';
 
 export const options = {
@@ -47,6 +47,7 @@ export const options = {
   fastCheckpoint: flag('--fast-checkpoint', 'with --physical: start the base backup at once (an immediate checkpoint) instead of after a spread one'),
   attach: list('--attach <file>', 'with a physical backup: also store this file, encrypted (repeatable), e.g. a migration script', text),
   ...s3Options,
+  ...hookOptions,
 };
 
 /**

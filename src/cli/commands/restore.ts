@@ -1,7 +1,7 @@
 import { count, database, sql, text } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { serverOptions, sourceOptions } from '../option-groups.js';
+import { hookOptions, serverOptions, sourceOptions } from '../option-groups.js';
 import { physicalRestoreOptions } from './restore-physical.js';
 
 export const restoreOptions = {
@@ -27,6 +27,7 @@ export const restoreOptions = {
   downloadWhole: flag('--download-whole', 'a selective restore of a backup with an archive index downloads the whole backup anyway (checked end to end) instead of only the selected data'),
   sanitize: value('--sanitize <file.sql>', 'run this SQL (one transaction) in the scratch database before the rename: masking, truncating, dropping; a failure fails the restore', text, { configurable: false }),
   ...physicalRestoreOptions,
+  ...hookOptions,
 };
 
 export const restore = defineCommand({

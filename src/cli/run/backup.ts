@@ -21,7 +21,8 @@ import type { Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
 import { isPhysicalBackup, runPhysicalBackupCommand } from './backup-physical.js';
 import type { PhysicalBackupResult } from '../../physical/backup.js';
-import { retentionPolicy } from '../option-groups.js';
+import { repositoryText, retentionPolicy } from '../option-groups.js';
+import { withHooks } from '../../ops/hooks.js';
 import type { Tier } from '../../catalog/layout.js';
 import { retainUntil } from '../../retention/policy.js';
 import type { options } from '../commands/backup.js';
@@ -34,7 +35,22 @@ interface Outcome {
   durationMs: number;
 }
 
+/** `coffer backup`, between its `--before` and `--after` hooks (src/ops/hooks.ts). */
 export async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
+  const vars = {
+    COMMAND: 'backup',
+    REPOSITORY: repositoryText(flags.to),
+    DATABASES: flags.allDatabases ? '' : flags.db.join(','),
+    ALL_DATABASES: flags.allDatabases ? '1' : '0',
+    RUN_ID: ctx.log.runId,
+  };
+  return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => backupCommand(flags, ctx), (r) => ({
+    BACKUPS: r.map((x) => x.manifest.id).join(','),
+    DATABASES_BACKED_UP: r.map((x) => ('database' in x.manifest ? x.manifest.database : x.manifest.cluster)).join(','),
+  }));
+}
+
+async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
   const env = ctx.env;
   // Everything is validated before touching the database or the repository.
   const s3 = resolveS3Settings(flags, env);

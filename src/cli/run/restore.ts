@@ -26,7 +26,8 @@ import type { ObjectStore } from '../../store/object-store.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
 import type { CliContext } from '../context.js';
-import { sourceRepository, type serverOptions, type sourceOptions } from '../option-groups.js';
+import { repositoryText, sourceRepository, type serverOptions, type sourceOptions } from '../option-groups.js';
+import { withHooks } from '../../ops/hooks.js';
 import { refuseWithoutPhysical, runPhysicalRestoreCommand } from './restore-physical.js';
 import type { PhysicalRestoreSummary } from '../../physical/restore.js';
 import type { restoreOptions, verifyOptions, drillOptions } from '../commands/restore.js';
@@ -112,7 +113,24 @@ async function storedSize(source: RestoreSource): Promise<number | undefined> {
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
+/** `coffer restore`, between its `--before` and `--after` hooks (src/ops/hooks.ts). */
 export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
+  const vars = {
+    COMMAND: 'restore',
+    REPOSITORY: flags.file !== undefined ? '' : repositoryText(sourceRepository(flags.from)),
+    FILE: flags.file ?? '',
+    BACKUP: flags.backup ?? 'latest',
+    DATABASE: flags.db ?? '',
+    TARGET: flags.targetDb ?? flags.intoExisting ?? '',
+    RUN_ID: ctx.log.runId,
+  };
+  return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => restoreCommand(flags, ctx), (r) => ({
+    ...('backupId' in r && r.backupId ? { BACKUP: r.backupId } : {}),
+    ...('target' in r && typeof r.target === 'string' ? { TARGET: r.target } : {}),
+  }));
+}
+
+async function restoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
   if (flags.physical && (flags.table.length > 0 || flags.schema.length > 0 || flags.excludeTable.length > 0 || flags.listFile !== undefined || flags.sanitize !== undefined)) {
     throw new UsageError('--physical restores a whole cluster; --table, --schema, --exclude-table, --list-file and --sanitize are for logical backups');
   }
