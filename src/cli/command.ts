@@ -11,6 +11,10 @@ export interface LoadedConfig {
   env: Env;
   /** Every command's declarations. */
   layout: ConfigLayout;
+  /** The sources of the file's `sources:` (names, in the file's order). */
+  sources: string[];
+  /** The command's values for one source (its settings over the environment and the file; the command line still wins). */
+  forSource: (name: string) => unknown;
 }
 
 /**

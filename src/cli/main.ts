@@ -12,7 +12,7 @@ import { COFFER_VERSION } from '../version.js';
 import type { CliContext } from './context.js';
 import { COMMANDS, GLOBAL_OPTIONS, GROUPS, LAYOUT } from './registry.js';
 import { addOptions, registerCommands, resolveInvocation } from './program.js';
-import { childSafeEnv, errorLine, secretVariables, valuesOf, type Given } from '../config/layers.js';
+import { childSafeEnv, errorLine, secretVariables, sourcesOf, valuesOf, type Given } from '../config/layers.js';
 import type { Values } from '../config/options.js';
 /**
  * The coffer binary. Parses argv, builds the context (logger, signals, timeout), runs one
@@ -99,7 +99,12 @@ export async function main(argv: string[]): Promise<number> {
       { options: GLOBAL_OPTIONS, resolved: run.globals },
     ];
     const ctx = context(valuesOf(run.globals), run.secrets);
-    await m.run(valuesOf(run.resolved), ctx, { file: run.file, env, layout: LAYOUT }, [...cmd.args]);
+    const forSource = (name: string): unknown => {
+      const r = run.forSource(name);
+      given = [{ options: m.options, resolved: r.resolved }, ...given.slice(1)];
+      return valuesOf(r.resolved);
+    };
+    await m.run(valuesOf(run.resolved), ctx, { file: run.file, env, layout: LAYOUT, sources: Object.keys(sourcesOf(run.file) ?? {}), forSource }, [...cmd.args]);
   });
 
   try {

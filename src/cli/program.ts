@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { loadConfigFile, type ConfigFile } from '../config/config-file.js';
-import { resolveOptions, secretValues, validateConfigFile, type ConfigLayout, type Env, type Raw, type Resolved } from '../config/layers.js';
+import { resolveOptions, secretValues, sourcesOf, validateConfigFile, type ConfigLayout, type Env, type Raw, type Resolved } from '../config/layers.js';
 import { camelCase, longName, type Options } from '../config/options.js';
 import type { CommandModule } from './command.js';
 
@@ -58,6 +58,8 @@ export interface Invocation<G extends Options> {
   globals: Resolved<G>;
   /** Values the logger must never print. */
   secrets: string[];
+  /** The command's options resolved for one source of the file's `sources:` (and its secrets), the command line still winning. */
+  forSource: (name: string) => { resolved: Resolved<Options>; secrets: string[] };
 }
 
 /**
@@ -68,7 +70,14 @@ export function resolveInvocation<G extends Options>(program: Command, cmd: Comm
   const file = loadConfigFile(program.opts<{ config?: string }>().config ?? (env.COFFER_CONFIG || undefined), cwd);
   if (file) validateConfigFile(layout, file);
   const layers = { env, file, cwd, section: m.name.split(' ')[0] };
-  const resolved = resolveOptions(m.options, givenOn(cmd, m.options), layers);
+  const given = givenOn(cmd, m.options);
+  const resolved = resolveOptions(m.options, given, layers);
   const globals = resolveOptions(layout.globals, givenOn(program, layout.globals), layers);
-  return { file, resolved, globals, secrets: secretValues(m.options, resolved, env) };
+  // Every source's secrets are known to the logger from the start: a source's error is logged too.
+  const sourceSecrets = ('allSources' in m.options ? Object.keys(sourcesOf(file) ?? {}) : []).flatMap((name) => secretValues(m.options, resolveOptions(m.options, given, { ...layers, source: name }), env));
+  const forSource = (name: string): { resolved: Resolved<Options>; secrets: string[] } => {
+    const r = resolveOptions(m.options, given, { ...layers, source: name });
+    return { resolved: r, secrets: secretValues(m.options, r, env) };
+  };
+  return { file, resolved, globals, secrets: [...secretValues(m.options, resolved, env), ...sourceSecrets], forSource };
 }

@@ -50,6 +50,11 @@ export interface Layers {
   cwd: string;
   /** The file section and environment infix of the command: its top-level name (`retention`). */
   section: string | undefined;
+  /**
+   * A source of the file's `sources:` (`backup --source NAME`): its settings win over the
+   * environment and the rest of the file, for that source (flags still win over them).
+   */
+  source?: string | undefined;
 }
 
 /** The commands' declarations, for checking the file and for `config show`. */
@@ -209,9 +214,38 @@ function findSecret(key: string, decl: OptionDecl, layers: Layers): Found | unde
 
 /** Where an option's value comes from when the command line does not give it. */
 function findConfigured(key: string, decl: OptionDecl, layers: Layers): Found | undefined {
+  if (decl.configurable === false && decl.kind !== 'secret') return undefined;
+  const fromSource = findInSource(key, decl, layers);
+  if (fromSource) return fromSource;
   if (decl.kind === 'secret') return findSecret(key, decl, layers);
-  if (decl.configurable === false) return undefined;
   return findValue(key, decl, layers);
+}
+
+/** The file's `sources:` mapping (name → settings), or undefined. */
+export function sourcesOf(file: ConfigFile | undefined): Record<string, Record<string, unknown>> | undefined {
+  const s = file?.data.sources;
+  return isMapping(s) ? (s as Record<string, Record<string, unknown>>) : undefined;
+}
+
+/** An option's value from the source's own settings (`sources.<name>.<key>`, `<key>File` for a secret). */
+function findInSource(key: string, decl: OptionDecl, layers: Layers): Found | undefined {
+  const { file, source, cwd } = layers;
+  if (source === undefined || !file) return undefined;
+  const data = sourcesOf(file)?.[source];
+  if (!isMapping(data)) throw new UsageError(`config file ${file.name}: no source named ${JSON.stringify(source)} under sources:`, { hint: `the sources are: ${Object.keys(sourcesOf(file) ?? {}).join(', ') || 'none'}` });
+  const prefix = `config file ${file.name}: sources.${source}.`;
+  if (decl.kind === 'secret') {
+    const v = data[key];
+    const f = data[`${key}File`];
+    if (v !== undefined && v !== null && f !== undefined && f !== null) throw new UsageError(`${prefix}${key} and ${key}File are both set; keep one`);
+    if (typeof v === 'string' && v !== '') return { raw: v, source: 'file', label: `${prefix}${key}` };
+    if (typeof f === 'string' && f !== '') return { raw: readSecretFile(f, `${prefix}${key}File`, cwd), source: 'file', label: `${prefix}${key}File` };
+    return undefined;
+  }
+  for (const k of [key, ...(decl.aliases ?? []).map((a) => a.key).filter(Boolean)]) {
+    if (data[k] !== undefined && data[k] !== null) return { raw: convert(decl, data[k], `${prefix}${k}`, false), source: 'file', label: `${prefix}${k}` };
+  }
+  return undefined;
 }
 
 /** Parses a raw value; a message about a value from the environment or the file says which. */
@@ -341,6 +375,10 @@ export function validateConfigFile(layout: ConfigLayout, file: ConfigFile): void
     const known = knownKeys(layout, section);
     for (const [key, raw] of Object.entries(data)) {
       const label = `config file ${file.name}: ${section !== undefined ? `${section}.` : ''}${key}`;
+      if (section === undefined && key === 'sources') {
+        checkSources(raw);
+        continue;
+      }
       const what = section === undefined && sections.has(key) ? 'section' : known.get(key);
       if (what === undefined) {
         const best = suggestKey(key, [...known.keys()]);
@@ -363,6 +401,31 @@ export function validateConfigFile(layout: ConfigLayout, file: ConfigFile): void
         continue;
       }
       convert(what, raw, label, false);
+    }
+  };
+  // `sources:` name → the settings of one server (connection, databases, repository, recipients…):
+  // keys of backup and status, the commands that walk the sources.
+  const checkSources = (raw: unknown): void => {
+    const label = `config file ${file.name}: sources`;
+    if (!isMapping(raw)) throw new UsageError(`${label}: must be a mapping of source names to settings (got ${describe(raw)})`);
+    for (const [name, data] of Object.entries(raw)) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(name)) throw new UsageError(`${label}.${name}: a source name is letters, digits, '.', '_' and '-'`);
+      if (!isMapping(data)) throw new UsageError(`${label}.${name}: must be a mapping of settings (got ${describe(data)})`);
+      const known = new Map([...knownKeys(layout, 'status'), ...knownKeys(layout, 'backup')]);
+      for (const [key, v] of Object.entries(data)) {
+        const what = known.get(key);
+        const where = `${label}.${name}.${key}`;
+        if (what === undefined || what === 'section' || key === 'source' || key === 'allSources') {
+          const best = suggestKey(key, [...known.keys()]);
+          throw new UsageError(`${where}: not a setting a source can have${best ? ` (did you mean "${best}"?)` : ''}`, { hint: 'a source takes the settings of coffer backup and coffer status' });
+        }
+        if (v === null) continue;
+        if (what.kind === 'secret') {
+          if (typeof v !== 'string' || v === '') throw new UsageError(`${where}: expected a non-empty string`);
+          continue;
+        }
+        convert(what, v, where, false);
+      }
     }
   };
   check(file.data, undefined);

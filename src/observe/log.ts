@@ -15,6 +15,19 @@ export interface Logger {
   error(msg: string, fields?: LogFields): void;
 }
 
+/** The same logger, every line with `extra` fields too (e.g. the source of a multi-source run). */
+export function withFields(log: Logger, extra: LogFields): Logger {
+  return {
+    ...log,
+    runId: log.runId,
+    format: log.format,
+    debug: (m, f) => log.debug(m, { ...extra, ...f }),
+    info: (m, f) => log.info(m, { ...extra, ...f }),
+    warn: (m, f) => log.warn(m, { ...extra, ...f }),
+    error: (m, f) => log.error(m, { ...extra, ...f }),
+  };
+}
+
 export interface LoggerOptions {
   format: LogFormat;
   level?: LogLevel;

@@ -48,6 +48,9 @@ export const options = {
   attach: list('--attach <file>', 'with a physical backup: also store this file, encrypted (repeatable), e.g. a migration script', text),
   ...s3Options,
   ...hookOptions,
+  // Per run: which servers of the file's `sources:` to back up.
+  source: list('--source <name>', "back up this source of the configuration file's sources: (repeatable)", text, { configurable: false }),
+  allSources: flag('--all-sources', "back up every source of the configuration file's sources:, one after the other; one failing does not stop the others"),
 };
 
 /**
@@ -59,5 +62,5 @@ export const backup = defineCommand({
   name: 'backup',
   summary: 'dump one or more databases, compress, encrypt and store them',
   options,
-  run: async (values, ctx) => (await import('../run/backup.js')).runBackupCommand(values, ctx),
+  run: async (values, ctx, config) => (await import('../run/backup.js')).runBackupCommand(values, ctx, config),
 });

@@ -15,10 +15,11 @@ import { resolvePgTools } from '../../pg/tools.js';
 import { probeServer, type ServerInfo } from '../../pg/server.js';
 import { openStore } from '../../store/open.js';
 import { Progress } from '../../observe/progress.js';
-import { formatBytes } from '../../observe/log.js';
+import { formatBytes, withFields } from '../../observe/log.js';
 import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
+import type { LoadedConfig } from '../command.js';
 import { isPhysicalBackup, runPhysicalBackupCommand } from './backup-physical.js';
 import type { PhysicalBackupResult } from '../../physical/backup.js';
 import { repositoryText, retentionPolicy } from '../option-groups.js';
@@ -35,19 +36,74 @@ interface Outcome {
   durationMs: number;
 }
 
-/** `coffer backup`, between its `--before` and `--after` hooks (src/ops/hooks.ts). */
-export async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
+/** `coffer backup`, between its `--before` and `--after` hooks (src/ops/hooks.ts); with `--source`/`--all-sources`, once per source. */
+export async function runBackupCommand(flags: Values<typeof options>, ctx: CliContext, config?: Pick<LoadedConfig, 'sources' | 'forSource'>): Promise<Array<BackupResult | PhysicalBackupResult>> {
+  const sources = chosenSources(flags, config);
   const vars = {
     COMMAND: 'backup',
-    REPOSITORY: repositoryText(flags.to),
+    REPOSITORY: sources ? '' : repositoryText(flags.to),
     DATABASES: flags.allDatabases ? '' : flags.db.join(','),
     ALL_DATABASES: flags.allDatabases ? '1' : '0',
+    ...(sources ? { SOURCES: sources.map((x) => x.name).join(',') } : {}),
     RUN_ID: ctx.log.runId,
   };
-  return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => backupCommand(flags, ctx), (r) => ({
+  return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => (sources ? backupSources(sources, ctx) : backupCommand(flags, ctx)), (r) => ({
     BACKUPS: r.map((x) => x.manifest.id).join(','),
     DATABASES_BACKED_UP: r.map((x) => ('database' in x.manifest ? x.manifest.database : x.manifest.cluster)).join(','),
   }));
+}
+
+/** The sources asked for (`--source`, `--all-sources`), each with its values, all resolved before anything runs; undefined without. */
+function chosenSources(flags: Values<typeof options>, config: Pick<LoadedConfig, 'sources' | 'forSource'> | undefined): Array<{ name: string; flags: Values<typeof options> }> | undefined {
+  if (!flags.allSources && flags.source.length === 0) return undefined;
+  if (flags.allSources && flags.source.length > 0) throw new UsageError('--all-sources and --source cannot be combined');
+  const declared = config?.sources ?? [];
+  if (declared.length === 0) throw new UsageError(`${flags.allSources ? '--all-sources' : '--source'}: the configuration file declares no sources`, { hint: 'add a sources: mapping to coffer.yaml (README "Several servers from one configuration")' });
+  const unknown = flags.source.filter((n) => !declared.includes(n));
+  if (unknown.length > 0) throw new UsageError(`--source ${unknown.join(', ')}: no such source in the configuration file`, { hint: `the sources are: ${declared.join(', ')}` });
+  const names = flags.allSources ? declared : [...new Set(flags.source)];
+  const chosen = names.map((name) => ({ name, flags: config!.forSource(name) as Values<typeof options> }));
+  // A ping URL is one check: two sources pinging it would report the last one's outcome only.
+  const byUrl = new Map<string, string>();
+  for (const c of chosen) {
+    const url = c.flags.notify;
+    if (url === undefined) continue;
+    const other = byUrl.get(url);
+    if (other !== undefined) {
+      throw new UsageError(`sources ${JSON.stringify(other)} and ${JSON.stringify(c.name)} share one --notify URL: a later success would hide an earlier failure`, { hint: 'give each source its own notify: (one check per source), under sources:' });
+    }
+    byUrl.set(url, c.name);
+  }
+  return chosen;
+}
+
+/**
+ * Backs up each source in turn (its own connection, databases, repository and keys). One that
+ * fails does not stop the next; the run then fails naming every source that failed, with the
+ * first failure's exit code. A stop signal ends the run after the source under way.
+ */
+async function backupSources(sources: Array<{ name: string; flags: Values<typeof options> }>, ctx: CliContext): Promise<Array<BackupResult | PhysicalBackupResult>> {
+  const results: Array<BackupResult | PhysicalBackupResult> = [];
+  const failed: Array<{ name: string; error: unknown }> = [];
+  for (const s of sources) {
+    if (ctx.signal.aborted) break;
+    const log = withFields(ctx.log, { source: s.name });
+    log.info('source started', { repository: repositoryText(s.flags.to) });
+    try {
+      results.push(...(await backupCommand(s.flags, { ...ctx, log })));
+      log.info('source done');
+    } catch (err) {
+      failed.push({ name: s.name, error: err });
+      log.error(`source ${JSON.stringify(s.name)} failed: ${formatErrorLine(err)}`);
+      if (err instanceof InterruptedError || ctx.signal.aborted) throw err;
+    }
+  }
+  if (failed.length > 0) {
+    const first = failed[0]!.error;
+    const msg = `${failed.length} of ${sources.length} sources failed: ${failed.map((f) => `${JSON.stringify(f.name)} (${formatErrorLine(f.error)})`).join('; ')}${results.length > 0 ? '; the others were backed up' : ''}`;
+    throw first instanceof CofferError ? new CofferError(first.kind, msg) : new Error(msg, { cause: first });
+  }
+  return results;
 }
 
 async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Promise<BackupResult[] | PhysicalBackupResult[]> {
