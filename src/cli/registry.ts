@@ -5,6 +5,7 @@ import type { CommandModule } from './command.js';
 import { backup } from './commands/backup.js';
 import { list } from './commands/list.js';
 import { status } from './commands/status.js';
+import { report } from './commands/report.js';
 import { drill, restore, verify } from './commands/restore.js';
 import { show } from './commands/show.js';
 import { init } from './commands/init.js';
@@ -25,7 +26,7 @@ import { walFetchCommand, walPushCommand } from './commands/wal.js';
  */
 
 /** The commands, in the order `coffer --help` lists them. */
-export const COMMANDS: readonly CommandModule[] = [backup, list, status, restore, show, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
+export const COMMANDS: readonly CommandModule[] = [backup, list, status, report, restore, show, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
 
 /** Commands that only group subcommands (`retention check`). */
 export const GROUPS: Readonly<Record<string, string>> = {

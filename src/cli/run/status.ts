@@ -108,7 +108,7 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
 }
 
 /** The newest drill of a row's database, and the prediction from the newest successful one (at most {@link DRILLS_LOOKED_BACK} back). */
-async function addDrill(store: ObjectStore, row: StatusRow, keys: string[], now: Date, ctx: CliContext): Promise<void> {
+export async function addDrill(store: ObjectStore, row: StatusRow, keys: string[], now: Date, ctx: CliContext): Promise<void> {
   const newestFirstKeys = [...keys].sort().reverse();
   let newestOk: DrillRecord | undefined;
   for (const [i, key] of newestFirstKeys.slice(0, DRILLS_LOOKED_BACK).entries()) {
@@ -140,7 +140,7 @@ async function addDrill(store: ObjectStore, row: StatusRow, keys: string[], now:
 }
 
 /** A row's problems against the objectives asked for. */
-function judge(row: StatusRow, flags: Values<typeof options>, maxAgeText: string): void {
+export function judge(row: StatusRow, flags: Pick<Values<typeof options>, 'rtoTarget' | 'rpoTarget' | 'maxDrillAge'>, maxAgeText: string): void {
   if (!row.fresh) row.problems.push(row.id === null ? 'no completed backup' : `newest backup ${formatAge(row.ageSeconds!)} old (over --max-age ${maxAgeText})`);
   if (flags.rpoTarget && row.recoveryPointSeconds !== null && row.recoveryPointSeconds * 1000 > flags.rpoTarget.ms) {
     row.problems.push(`recovery point ${formatAge(row.recoveryPointSeconds)} old (over --rpo-target ${flags.rpoTarget.text})`);
@@ -161,7 +161,7 @@ function judge(row: StatusRow, flags: Values<typeof options>, maxAgeText: string
   }
 }
 
-async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry | undefined, maxAgeMs: number, now: Date, signal: AbortSignal): Promise<StatusRow> {
+export async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry | undefined, maxAgeMs: number, now: Date, signal: AbortSignal): Promise<StatusRow> {
   const none = { recoveryPointAt: null, recoveryPointSeconds: null, drill: null, predictedRestoreSeconds: null, predictedFrom: null, problems: [] };
   if (!k) return { database, id: null, tier: null, finishedAt: null, ageSeconds: null, size: null, fresh: false, ...none };
   const m = decodeManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);

@@ -1,0 +1,32 @@
+import { count, text } from '../../config/parsers.js';
+import { flag, value } from '../../config/options.js';
+import { defineCommand } from '../command.js';
+import { options as statusOptions } from './status.js';
+
+// The objectives are status's own declarations: a report judges as status does.
+const { from, db, maxAge, rtoTarget, rpoTarget, maxDrillAge } = statusOptions;
+
+export const reportOptions = {
+  from,
+  db,
+  maxAge,
+  rtoTarget,
+  rpoTarget,
+  maxDrillAge,
+  html: value('--html <file>', 'write the report as one self-contained HTML page (no script, no network when viewed)', text),
+  json: flag('--json', 'print the report as JSON on stdout (the default without --html)'),
+  limit: value('--limit <n>', 'backups per database in the report, newest first', count(100000), { default: '200' }),
+  s3Endpoint: statusOptions.s3Endpoint,
+  s3Region: statusOptions.s3Region,
+  s3Timeout: statusOptions.s3Timeout,
+  maxRate: statusOptions.maxRate,
+  s3AccessKeyId: statusOptions.s3AccessKeyId,
+  s3SecretAccessKey: statusOptions.s3SecretAccessKey,
+};
+
+export const report = defineCommand({
+  name: 'report',
+  summary: "the repository's backups, recovery points, restore times and drills as JSON or one HTML page",
+  options: reportOptions,
+  run: async (v, ctx) => (await import('../run/report.js')).runReportCommand(v, ctx),
+});

@@ -1,0 +1,144 @@
+import * as path from 'node:path';
+import { writeFileAtomic } from '../../atomic-write.js';
+import { listBackupKeys, loadManifests, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
+import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
+import { decodeManifest, type BackupManifest } from '../../catalog/manifest.js';
+import { resolveS3Settings } from '../../config/settings.js';
+import type { Values } from '../../config/options.js';
+import { IntegrityError } from '../../errors.js';
+import { renderReportHtml } from '../../observe/report-html.js';
+import { openStore } from '../../store/open.js';
+import type { ObjectStore } from '../../store/object-store.js';
+import { COFFER_VERSION } from '../../version.js';
+import type { CliContext } from '../context.js';
+import type { reportOptions } from '../commands/report.js';
+import { addDrill, judge, statusOf, type StatusRow } from './status.js';
+
+/** How many drill records per database the report reads (newest first). */
+const DRILLS_SHOWN = 20;
+
+export interface ReportData {
+  format: 'coffer-report';
+  formatVersion: 1;
+  generatedAt: string;
+  repository: string;
+  coffer: string;
+  objectives: { maxAge: string; rtoTarget?: string; rpoTarget?: string; maxDrillAge?: string };
+  /** About the report itself (what it could not check). */
+  notes: string[];
+  databases: ReportDatabase[];
+}
+
+export interface ReportDatabase {
+  database: string;
+  /** The same row as `coffer status --json`, judged against the same objectives. */
+  status: StatusRow;
+  /** Newest first, at most --limit. */
+  backups: Array<{ id: string; tier: string; kind: BackupManifest['kind']; startedAt: string; finishedAt: string; durationSeconds: number; storedBytes: number; dumpBytes: number; warnings: string[] }>;
+  /**
+   * Newest first: each drill's measured restore (its phases, the drop left out) and what the
+   * drill before it (the newest successful one older than it) predicted for its size.
+   */
+  drills: Array<{ id: string; startedAt: string; ok: boolean; backupId: string | null; storedBytes: number; jobs: number; measuredSeconds: number | null; predictedSeconds: number | null; failure: DrillRecord['failure'] }>;
+}
+
+/**
+ * `coffer report`: the repository's state as one JSON document or one self-contained HTML page
+ * (src/observe/report-html.ts): per database, the status row (the objectives of `status`), its
+ * backups over time and its drills. Reads manifests and drill records (read access). Exit 0
+ * whatever the state: `status` is the check that fails; the report is what people look at.
+ */
+export async function runReportCommand(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date = () => new Date()): Promise<ReportData> {
+  const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
+  let data: ReportData;
+  try {
+    const drillKeys = new Map<string, string[]>();
+    const keys = await listBackupKeys(store, { signal: ctx.signal, drills: drillKeys, ...(flags.db.length === 1 ? { database: flags.db[0] } : {}) });
+    const byDb = new Map<string, BackupKeyEntry[]>();
+    for (const k of keys) byDb.set(k.database, [...(byDb.get(k.database) ?? []), k]);
+    const dbs = flags.db.length > 0 ? flags.db : [...new Set([...byDb.keys(), ...drillKeys.keys()])].sort();
+    const databases: ReportDatabase[] = [];
+    for (const database of dbs) {
+      const all = (byDb.get(database) ?? []).sort(newestFirst);
+      const entries = await loadManifests(all.slice(0, flags.limit), async (k) => ({ k, m: decodeManifest(await store.getBytes(k.manifestKey, { signal: ctx.signal }), k.manifestKey) }), (key, err) =>
+        ctx.log.warn(`${err.message}: left out of the report`, { key }),
+      );
+      // The status row: the newest full backup, as status chooses it.
+      const newestFull = all.find((k) => k.content !== 'partial');
+      const status = await statusOf(store, database, newestFull, flags.maxAge.ms, now(), ctx.signal);
+      await addDrill(store, status, drillKeys.get(database) ?? [], now(), ctx);
+      judge(status, flags, flags.maxAge.text);
+      databases.push({
+        database,
+        status,
+        backups: entries.map(({ k, m }) => ({
+          id: m.id,
+          tier: k.tier,
+          kind: m.kind,
+          startedAt: m.startedAt,
+          finishedAt: m.finishedAt,
+          durationSeconds: m.durationMs / 1000,
+          storedBytes: m.dump.size,
+          dumpBytes: m.dump.dumpBytes,
+          warnings: m.warnings ?? [],
+        })),
+        drills: await drillHistory(store, drillKeys.get(database) ?? [], ctx),
+      });
+    }
+    data = {
+      format: 'coffer-report',
+      formatVersion: 1,
+      generatedAt: now().toISOString(),
+      repository: store.location,
+      coffer: COFFER_VERSION,
+      objectives: {
+        maxAge: flags.maxAge.text,
+        ...(flags.rtoTarget ? { rtoTarget: flags.rtoTarget.text } : {}),
+        ...(flags.rpoTarget ? { rpoTarget: flags.rpoTarget.text } : {}),
+        ...(flags.maxDrillAge ? { maxDrillAge: flags.maxDrillAge.text } : {}),
+      },
+      notes: [
+        'Retention and lifecycle drift are not in this report: they need the bucket configuration, which readers cannot see; run coffer retention check with the admin credentials.',
+        ...(databases.length === 0 ? [`No backup in ${store.location}.`] : []),
+      ],
+      databases,
+    };
+  } finally {
+    store.close();
+  }
+  if (flags.html !== undefined) {
+    const file = path.resolve(ctx.cwd, flags.html);
+    await writeFileAtomic(file, renderReportHtml(data), { mode: 0o644 });
+    ctx.log.info('report written', { file, databases: data.databases.length });
+  }
+  if (flags.json || flags.html === undefined) ctx.stdout(`${JSON.stringify(data, null, 2)}\n`);
+  return data;
+}
+
+/** The newest drills of a database, each with the prediction the successful drill before it gave for its size. */
+async function drillHistory(store: ObjectStore, keys: string[], ctx: CliContext): Promise<ReportDatabase['drills']> {
+  const records: DrillRecord[] = [];
+  for (const key of [...keys].sort().reverse().slice(0, DRILLS_SHOWN + 10)) {
+    try {
+      records.push(decodeDrillRecord(await store.getBytes(key, { signal: ctx.signal }), key));
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      ctx.log.warn(`${err.message}: left out of the report`, { key });
+    }
+  }
+  return records.slice(0, DRILLS_SHOWN).map((d, i) => {
+    const before = records.slice(i + 1).find((x) => x.ok);
+    const p = d.phases;
+    return {
+      id: d.id,
+      startedAt: d.startedAt,
+      ok: d.ok,
+      backupId: d.backupId,
+      storedBytes: d.storedBytes,
+      jobs: d.jobs,
+      measuredSeconds: d.ok && p ? (p.select + p.setup + p.transfer + p.restore + p.checks + p.swap) / 1000 : null,
+      predictedSeconds: before ? (predictRestore(before, d.storedBytes)?.seconds ?? null) : null,
+      failure: d.failure,
+    };
+  });
+}
