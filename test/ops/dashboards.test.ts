@@ -330,6 +330,16 @@ describe('status --metrics-file and drill --metrics-file', () => {
     expect(value(after, 'coffer_backup_last_result')).toBe(1);
   });
 
+  it('a failed drill writes result 0 (after the previous test backed up and drilled)', async () => {
+    const file = f.path('metrics', 'failed-drill.prom');
+    const d = await f.run(['drill', '--from', repo, '--db', db, '--identity', f.identityFile, '--metrics-file', file, '--smoke', 'SELECT 1/0']);
+    expect(d.code).toBe(3);
+    const started = (JSON.parse(d.stdout) as { startedAt: string }).startedAt;
+    const samples = parsePrometheusText(await fsp.readFile(file, 'utf8')).samples;
+    expect(value(samples, 'coffer_drill_last_result')).toBe(0);
+    expect(value(samples, 'coffer_drill_last_timestamp_seconds')).toBeCloseTo(Date.parse(started) / 1000, 3);
+  });
+
   it('a missing metrics directory, or a --file drill, is a usage error before anything runs', async () => {
     const s = await f.run(['status', '--from', f.path('repo'), '--metrics-file', f.path('no-such-dir', 'coffer.prom')]);
     expect(s.code).toBe(2);
