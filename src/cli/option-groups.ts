@@ -1,7 +1,7 @@
 import { DEFAULT_KEEP, DEFAULT_KEEP_WAL, type RetentionPolicy } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
 import { database, duration, hook, period, rate, repository, text, url } from '../config/parsers.js';
-import { list, secret, value, type Alias, type Parser } from '../config/options.js';
+import { list, secret, value, type Alias, type OptionDecl, type Parser } from '../config/options.js';
 import { UsageError } from '../errors.js';
 import type { BackupKind } from '../catalog/catalog.js';
 
@@ -90,4 +90,12 @@ export const hookOptions = {
 /** `s3://bucket/prefix` or `file:///path`: a repository as hooks and messages name it. */
 export function repositoryText(ref: RepositoryRef): string {
   return ref.kind === 'file' ? `file://${ref.root}` : `s3://${ref.bucket}${ref.prefix ? `/${ref.prefix}` : ''}`;
+}
+
+/**
+ * `--metrics-file` (backup, status, drill): the node_exporter textfile its gauges go to. Commands
+ * may share one file: each rewrites its own series and keeps the others (src/observe/metrics.ts).
+ */
+export function metricsFileOption(when: string): { metricsFile: OptionDecl<string | undefined> } {
+  return { metricsFile: value('--metrics-file <path>', `write Prometheus textfile-collector metrics here ${when}`, text) };
 }

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { expect } from 'vitest';
 
 /**
  * A `--pg-dump-command` wrapper script around the real pg_dump. `--version` is answered by the
@@ -61,4 +62,55 @@ export function logRecords(stderr: string): Array<Record<string, unknown>> {
     }
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small strict parser of the Prometheus text exposition format (0.0.4).
+
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** Parses a Prometheus text exposition (0.0.4), failing the test on anything malformed. */
+export function parsePrometheusText(text: string): { samples: Sample[]; types: Map<string, string>; helps: Map<string, string> } {
+  const types = new Map<string, string>();
+  const helps = new Map<string, string>();
+  const samples: Sample[] = [];
+  const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+  expect(text.endsWith('\n'), 'ends with a newline').toBe(true);
+  for (const line of text.slice(0, -1).split('\n')) {
+    if (line.startsWith('#')) {
+      const m = /^# (HELP|TYPE) (\S+) (.*)$/.exec(line);
+      expect(m, `comment line: ${line}`).not.toBeNull();
+      expect(m![2]).toMatch(NAME);
+      if (m![1] === 'TYPE') {
+        expect(['counter', 'gauge', 'histogram', 'summary', 'untyped']).toContain(m![3]);
+        expect(types.has(m![2]!), `one TYPE per metric: ${m![2]}`).toBe(false);
+        expect(samples.some((s) => s.name === m![2]), `TYPE before samples: ${m![2]}`).toBe(false);
+        types.set(m![2]!, m![3]!);
+      } else {
+        expect(m![3]!.length).toBeGreaterThan(0);
+        helps.set(m![2]!, m![3]!);
+      }
+      continue;
+    }
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?$/.exec(line);
+    expect(m, `sample line: ${line}`).not.toBeNull();
+    const labels: Record<string, string> = {};
+    let rest = m![2] ?? '';
+    while (rest.length > 0) {
+      const lm = /^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/.exec(rest);
+      expect(lm, `labels: ${m![2]}`).not.toBeNull();
+      expect(labels[lm![1]!], `duplicate label ${lm![1]}`).toBeUndefined();
+      labels[lm![1]!] = lm![2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
+      rest = rest.slice(lm![0].length);
+    }
+    const value = m![3] === 'NaN' ? NaN : m![3] === '+Inf' ? Infinity : m![3] === '-Inf' ? -Infinity : Number(m![3]);
+    expect(m![3] === 'NaN' || !Number.isNaN(value), `value: ${m![3]}`).toBe(true);
+    expect(types.has(m![1]!), `sample of a metric with a TYPE line: ${m![1]}`).toBe(true);
+    samples.push({ name: m![1]!, labels, value });
+  }
+  return { samples, types, helps };
 }

@@ -12,7 +12,7 @@ import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { createDatabase, dropDatabase, uniqueDbName } from '../harness/pg.js';
-import { logRecords } from './helpers.js';
+import { logRecords, parsePrometheusText, type Sample } from './helpers.js';
 
 const f = useFixture({ name: 'observe-test' });
 const pg = f.pg;
@@ -27,56 +27,6 @@ beforeAll(async () => {
 async function backup(repo: string, db: string, ...more: string[]): Promise<{ code: number; stdout: string; stderr: string; manifest?: BackupManifest }> {
   const r = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--json', ...more]);
   return r.code === 0 ? { ...r, manifest: (JSON.parse(r.stdout) as BackupManifest[])[0]! } : r;
-}
-
-// ---------------------------------------------------------------------------------------------
-// A small strict parser of the Prometheus text exposition format (0.0.4).
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-function parsePrometheusText(text: string): { samples: Sample[]; types: Map<string, string>; helps: Map<string, string> } {
-  const types = new Map<string, string>();
-  const helps = new Map<string, string>();
-  const samples: Sample[] = [];
-  const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
-  expect(text.endsWith('\n'), 'ends with a newline').toBe(true);
-  for (const line of text.slice(0, -1).split('\n')) {
-    if (line.startsWith('#')) {
-      const m = /^# (HELP|TYPE) (\S+) (.*)$/.exec(line);
-      expect(m, `comment line: ${line}`).not.toBeNull();
-      expect(m![2]).toMatch(NAME);
-      if (m![1] === 'TYPE') {
-        expect(['counter', 'gauge', 'histogram', 'summary', 'untyped']).toContain(m![3]);
-        expect(types.has(m![2]!), `one TYPE per metric: ${m![2]}`).toBe(false);
-        expect(samples.some((s) => s.name === m![2]), `TYPE before samples: ${m![2]}`).toBe(false);
-        types.set(m![2]!, m![3]!);
-      } else {
-        expect(m![3]!.length).toBeGreaterThan(0);
-        helps.set(m![2]!, m![3]!);
-      }
-      continue;
-    }
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?$/.exec(line);
-    expect(m, `sample line: ${line}`).not.toBeNull();
-    const labels: Record<string, string> = {};
-    let rest = m![2] ?? '';
-    while (rest.length > 0) {
-      const lm = /^([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\\n]|\\[\\"n])*)"(,|$)/.exec(rest);
-      expect(lm, `labels: ${m![2]}`).not.toBeNull();
-      expect(labels[lm![1]!], `duplicate label ${lm![1]}`).toBeUndefined();
-      labels[lm![1]!] = lm![2]!.replace(/\\(.)/g, (_, c: string) => (c === 'n' ? '\n' : c));
-      rest = rest.slice(lm![0].length);
-    }
-    const value = m![3] === 'NaN' ? NaN : m![3] === '+Inf' ? Infinity : m![3] === '-Inf' ? -Infinity : Number(m![3]);
-    expect(m![3] === 'NaN' || !Number.isNaN(value), `value: ${m![3]}`).toBe(true);
-    expect(types.has(m![1]!), `sample of a metric with a TYPE line: ${m![1]}`).toBe(true);
-    samples.push({ name: m![1]!, labels, value });
-  }
-  return { samples, types, helps };
 }
 
 function valueOf(samples: Sample[], name: string, database: string): number | undefined {

@@ -1,7 +1,7 @@
 import { cluster, compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, pgPassword, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, metricsFileOption, pgPassword, s3Options } from '../option-groups.js';
 import { DEFAULT_KEEP } from '../../retention/policy.js';
 
 export const options = {
@@ -36,7 +36,7 @@ export const options = {
   parallel: value('--parallel <n>', 'back up this many databases at once (with several --db or --all-databases; each has its own lock and manifest)', count(64), { default: '1' }),
   wait: value('--wait <duration>', 'if another run holds the lock, wait up to this long (default: exit 6 at once)', duration),
   lockDir: value('--lock-dir <dir>', 'host lock directory (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer-<uid> or TMPDIR/coffer-locks-<uid>)', text),
-  metricsFile: value('--metrics-file <path>', 'write Prometheus textfile-collector metrics here after every run', text),
+  ...metricsFileOption('after every run'),
   notify: value('--notify <url>', 'healthchecks.io-style ping URL: URL/start, URL on success, URL/fail on failure', url),
   webhook: value('--webhook <url>', 'POST a JSON summary here per database, on success and on failure', url),
   physical: flag('--physical', 'online physical backup of the whole cluster: pg_basebackup -Ft -X fetch (needs --cluster; the role needs REPLICATION)'),

@@ -1,7 +1,7 @@
 import { count, database, sql, text } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { hookOptions, serverOptions, sourceOptions } from '../option-groups.js';
+import { hookOptions, metricsFileOption, serverOptions, sourceOptions } from '../option-groups.js';
 import { physicalRestoreOptions } from './restore-physical.js';
 
 export const restoreOptions = {
@@ -58,6 +58,7 @@ export const drillOptions = {
   jobs: value('--jobs <n>', 'parallel pg_restore jobs', count(64), { default: '1' }),
   resultFile: value('--result-file <file>', 'also write the JSON result here', text),
   record: flag('--record', 'store the drill record in the repository (<database>/drills/), where status finds it to predict restore times (needs write access to that prefix)'),
+  ...metricsFileOption("with the drill's time and result (not for a --file drill)"),
 };
 
 export const drill = defineCommand({

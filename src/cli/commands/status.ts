@@ -1,7 +1,7 @@
 import { cluster, database, duration, repository, size } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, metricsFileOption, s3Options } from '../option-groups.js';
 
 export const options = {
   from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
@@ -11,6 +11,7 @@ export const options = {
   rpoTarget: value('--rpo-target <duration>', "exit 7 when the newest backup's snapshot is older than this (what a restore now would lose)", duration),
   maxDrillAge: value('--max-drill-age <duration>', 'exit 7 when the newest drill recorded is older than this, or none is', duration),
   json: flag('--json', 'print a JSON array on stdout'),
+  ...metricsFileOption('for every database checked (recovery point, predicted restore, newest drill, the targets), also when it exits 7'),
   cluster: value('--cluster <name>', "report this cluster's archived WAL instead of databases: lag, newest segment; exits 7 on a gap", cluster),
   maxWalAge: value('--max-wal-age <duration>', 'with --cluster: exit 7 when the newest archived WAL file is older (default: lag is reported only)', duration),
   walSegmentSize: value('--wal-segment-size <size>', "with --cluster: the cluster's WAL segment size (default 16MiB)", size),

@@ -1,10 +1,9 @@
-import { accessSync, constants as fsConstants } from 'node:fs';
 import * as path from 'node:path';
 import { hostname } from 'node:os';
 import { CofferError, InterruptedError, UsageError, formatErrorLine } from '../../errors.js';
 import { acquireBackupLock, defaultLockDir, type HeldLock } from '../../ops/lock.js';
 import { listAllDatabases } from '../../ops/all-databases.js';
-import { writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
+import { metricsFilePath, writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
 import { Notifier } from '../../observe/notify.js';
 import { readRecipientsFile } from '../../crypto/age.js';
 import { library } from '../../crypto/keys.js';
@@ -149,16 +148,7 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   });
   const waitMs = flags.wait?.ms ?? 0;
   const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env));
-  const metricsFile = flags.metricsFile === undefined ? undefined : path.resolve(ctx.cwd, flags.metricsFile);
-  if (metricsFile !== undefined) {
-    try {
-      accessSync(path.dirname(metricsFile), fsConstants.W_OK);
-    } catch {
-      throw new UsageError(`--metrics-file ${flags.metricsFile}: its directory does not exist or is not writable`, {
-        hint: 'point it into the node_exporter textfile directory, e.g. /var/lib/prometheus/node-exporter/coffer.prom',
-      });
-    }
-  }
+  const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
 
   // The age library (a good part of a start-up) is loaded while the databases are listed and locked.

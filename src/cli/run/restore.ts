@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
 import { library } from '../../crypto/keys.js';
 import { readIdentityFile } from '../../crypto/age.js';
-import { CofferError, exitCodeOf, UsageError } from '../../errors.js';
+import { CofferError, exitCodeOf, formatErrorLine, UsageError } from '../../errors.js';
 import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
 import { drillKey, newBackupId, parseBackupSelector } from '../../catalog/layout.js';
 import { DRILL_FORMAT, drillRecordOf, encodeDrillRecord, type DrillResult } from '../../catalog/drill-record.js';
@@ -25,6 +25,7 @@ import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
+import { metricsFilePath, writeDrillMetrics } from '../../observe/metrics.js';
 import type { CliContext } from '../context.js';
 import { repositoryText, sourceRepository, type serverOptions, type sourceOptions } from '../option-groups.js';
 import { withHooks } from '../../ops/hooks.js';
@@ -325,6 +326,9 @@ export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: C
   // From the process's start: a restore pays for starting coffer too, and `select` includes it.
   const started = new Date(Math.floor(performance.timeOrigin));
   if (flags.record && flags.file !== undefined) throw new UsageError('--record stores the drill record in the repository; a --file drill has none', { hint: 'use --result-file FILE for a local record' });
+  // The gauges are per (repository, database): a --file drill has neither.
+  if (flags.metricsFile !== undefined && flags.file !== undefined) throw new UsageError('--metrics-file labels the drill with its repository and database; a --file drill has neither', { hint: 'use --result-file FILE for a local record' });
+  const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
   const base = intoServer(flags, await loadIdentities(flags), ctx);
   const target = `coffer_drill_${randomBytes(4).toString('hex')}`;
   const admin = new PgAdmin(base.tools, base.conn, flags.maintenanceDb, ctx.env);
@@ -383,6 +387,13 @@ export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: C
     await writeFileAtomic(path.resolve(ctx.cwd, flags.resultFile), text, { mode: 0o600 });
   }
   ctx.stdout(text);
+  // Gauges before the record, whose failure to store would end the run. A drill that failed before
+  // choosing its backup has no labels: its exit code and status's gauges report it.
+  if (metricsFile !== undefined && result.database !== null && result.repository !== null) {
+    await writeDrillMetrics(metricsFile, { repository: result.repository, database: result.database, startedAt: Date.parse(result.startedAt) / 1000, ok: result.ok }).catch((err: unknown) =>
+      ctx.log.warn(`could not write the metrics file: ${formatErrorLine(err)}`),
+    );
+  }
   // Recorded whatever the outcome (a failed drill is what status must see), once its database is gone.
   if (flags.record && result.database !== null) await recordDrill(flags, ctx, result, failure);
   if (failure !== undefined) throw failure;

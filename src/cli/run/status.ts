@@ -4,8 +4,9 @@ import { decodeManifest } from '../../catalog/manifest.js';
 import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
-import { IntegrityError, StaleError } from '../../errors.js';
+import { formatErrorLine, IntegrityError, StaleError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
+import { metricsFilePath, writeRecoveryMetrics } from '../../observe/metrics.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
@@ -55,6 +56,7 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   if (flags.cluster !== undefined) return runClusterStatus(flags, flags.cluster, ctx, now());
   const { text: maxAgeText, ms: maxAgeMs } = flags.maxAge;
   const wanted = flags.db;
+  const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let rows: StatusRow[];
   try {
@@ -75,6 +77,8 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   } finally {
     store.close();
   }
+  // Before the verdict: a database that misses its objectives is what the gauges are for.
+  if (metricsFile !== undefined && rows.length > 0) await writeStatusMetrics(metricsFile, store.location, rows, flags, now(), ctx);
 
   if (flags.json) ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
   else {
@@ -105,6 +109,30 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
     });
   }
   return rows;
+}
+
+/** The rows as gauges (src/observe/metrics.ts); a file that cannot be written is a warning, as for backup. */
+async function writeStatusMetrics(file: string, repository: string, rows: StatusRow[], flags: Values<typeof options>, now: Date, ctx: CliContext): Promise<void> {
+  const seconds = (iso: string | null): number | null => (iso === null ? null : Date.parse(iso) / 1000);
+  const target = (d: { ms: number } | undefined): number | null => (d === undefined ? null : d.ms / 1000);
+  try {
+    await writeRecoveryMetrics(
+      file,
+      rows.map((r) => ({
+        repository,
+        database: r.database,
+        checkedAt: Math.floor(now.getTime() / 1000),
+        recoveryPointAt: seconds(r.recoveryPointAt),
+        predictedRestoreSeconds: r.predictedRestoreSeconds,
+        drill: r.drill === null ? null : { startedAt: Date.parse(r.drill.startedAt) / 1000, ok: r.drill.ok },
+        rtoTargetSeconds: target(flags.rtoTarget),
+        rpoTargetSeconds: target(flags.rpoTarget),
+        maxDrillAgeSeconds: target(flags.maxDrillAge),
+      })),
+    );
+  } catch (err) {
+    ctx.log.warn(`could not write the metrics file: ${formatErrorLine(err)}`);
+  }
 }
 
 /** The newest drill of a row's database, and the prediction from the newest successful one (at most {@link DRILLS_LOOKED_BACK} back). */
