@@ -2,10 +2,11 @@
 # Checks (and, as root on Debian, installs) the system programs coffer's tests need:
 # PostgreSQL 15 server + client, age, zstd, a single-node Ceph (mon, osd, radosgw), and
 # systemd-analyze (package systemd: test/config/deploy.test.ts verifies the example units), and
-# promtool (test/ops/dashboards.test.ts checks and unit-tests deploy/prometheus/coffer-alerts.yml).
+# promtool (test/ops/dashboards.test.ts checks and unit-tests deploy/prometheus/coffer-alerts.yml),
+# and Chromium (test/ops/report.test.ts opens coffer report's HTML page in it, headless).
 set -euo pipefail
 
-PACKAGES="postgresql-15 postgresql-client-15 age zstd ceph-mon ceph-osd radosgw ceph-common uuid-runtime util-linux procps systemd"
+PACKAGES="postgresql-15 postgresql-client-15 age zstd ceph-mon ceph-osd radosgw ceph-common uuid-runtime util-linux procps systemd chromium"
 
 missing=()
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -21,6 +22,7 @@ have ceph || missing+=(ceph-common)
 have uuidgen || missing+=(uuid-runtime)
 have runuser || missing+=(util-linux)
 have systemd-analyze || missing+=(systemd)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 id postgres >/dev/null 2>&1 || missing+=(postgresql-15)
 need_promtool=0
 have promtool || need_promtool=1
