@@ -1,7 +1,7 @@
 import { DEFAULT_KEEP, DEFAULT_KEEP_WAL, type RetentionPolicy } from '../retention/policy.js';
 import { parseRepository, type RepositoryRef } from '../store/open.js';
 import { database, duration, hook, period, rate, repository, text, url } from '../config/parsers.js';
-import { list, secret, value, type Alias, type OptionDecl, type Parser } from '../config/options.js';
+import { flag, list, secret, value, type Alias, type OptionDecl, type Parser } from '../config/options.js';
 import { UsageError } from '../errors.js';
 import type { BackupKind } from '../catalog/catalog.js';
 
@@ -99,3 +99,9 @@ export function repositoryText(ref: RepositoryRef): string {
 export function metricsFileOption(when: string): { metricsFile: OptionDecl<string | undefined> } {
   return { metricsFile: value('--metrics-file <path>', `write Prometheus textfile-collector metrics here ${when}`, text) };
 }
+
+/** Which servers of the configuration file's `sources:` a run walks (backup, status). Per run: command line only. */
+export const sourceSelectOptions = {
+  source: list('--source <name>', "this source of the configuration file's sources: (repeatable)", text, { configurable: false }),
+  allSources: flag('--all-sources', "every source of the configuration file's sources:, one after the other; one failing does not stop the others"),
+};

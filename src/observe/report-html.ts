@@ -69,6 +69,11 @@ function timeline(d: ReportDatabase): string {
 <p class="legend">${legend} <span class="key"><span class="dot"></span>duration</span> — bars: stored size</p>`;
 }
 
+/** A section's id: `db-<database>`, or `db-<source>/<database>` in a report over sources. */
+function anchor(d: ReportDatabase): string {
+  return `db-${d.source !== undefined ? `${d.source}/` : ''}${d.database}`;
+}
+
 function databaseSection(d: ReportDatabase): string {
   const s = d.status;
   const state = s.problems.length === 0 ? 'OK' : s.fresh ? 'MISS' : 'STALE';
@@ -90,8 +95,8 @@ function databaseSection(d: ReportDatabase): string {
     : '<p class="none">No drill recorded (<code>coffer drill --record</code>).</p>';
   const warnings = d.backups.flatMap((b) => b.warnings.map((w) => ({ id: b.id, w })));
   const warningList = warnings.length ? `<ul class="warnings">${warnings.slice(0, 50).map((x) => `<li><span class="mono">${esc(x.id)}</span>: ${esc(x.w)}</li>`).join('')}</ul>` : '<p class="none">No warnings.</p>';
-  return `<section id="${esc(`db-${d.database}`)}" class="db">
-<h2><span class="state ${state.toLowerCase()}">${state}</span> ${esc(d.database)}</h2>
+  return `<section id="${esc(anchor(d))}" class="db">
+<h2><span class="state ${state.toLowerCase()}">${state}</span> ${d.source !== undefined ? `<span class="src">${esc(d.source)}</span> ` : ''}${esc(d.database)}</h2>
 ${problems}
 <dl>
 <dt>newest backup</dt><dd>${s.id ? `<span class="mono">${esc(s.id)}</span>, ${esc(age(s.ageSeconds))} old, ${esc(formatBytes(s.size ?? 0))}` : 'none'}</dd>
@@ -113,7 +118,7 @@ export function renderReportHtml(r: ReportData): string {
     .map((d) => {
       const s = d.status;
       const state = s.problems.length === 0 ? 'OK' : s.fresh ? 'MISS' : 'STALE';
-      return `<tr><td><span class="state ${state.toLowerCase()}">${state}</span></td><td><a href="#${esc(`db-${d.database}`)}">${esc(d.database)}</a></td><td class="num">${esc(age(s.ageSeconds))}</td><td class="num">${esc(age(s.recoveryPointSeconds))}</td><td class="num">${esc(seconds(s.predictedRestoreSeconds))}</td><td>${s.drill ? `${s.drill.ok ? 'ok' : 'failed'}, ${esc(age(s.drill.ageSeconds))} ago` : '—'}</td><td>${esc(s.problems.join('; '))}</td></tr>`;
+      return `<tr><td><span class="state ${state.toLowerCase()}">${state}</span></td><td><a href="#${esc(anchor(d))}">${d.source !== undefined ? `${esc(d.source)}/` : ''}${esc(d.database)}</a></td><td class="num">${esc(age(s.ageSeconds))}</td><td class="num">${esc(age(s.recoveryPointSeconds))}</td><td class="num">${esc(seconds(s.predictedRestoreSeconds))}</td><td>${s.drill ? `${s.drill.ok ? 'ok' : 'failed'}, ${esc(age(s.drill.ageSeconds))} ago` : '—'}</td><td>${esc(s.problems.join('; '))}</td></tr>`;
     })
     .join('');
   const objectives = [
@@ -137,7 +142,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-top:
 .problems li{color:#b71c1c}.warnings li{color:#8d6e00}.none{color:#777}tr.bad td{background:#fff3f3}
 dl{display:grid;grid-template-columns:160px 1fr;gap:2px 12px;margin:8px 0}dt{color:#666}dd{margin:0}
 svg.timeline{max-width:100%;height:auto;background:#fcfcfc;border:1px solid #eee}.axis{stroke:#999}.lbl{font-size:11px;fill:#666}.dur{fill:#222}
-.legend{color:#555;font-size:12px}.key{margin-right:10px;white-space:nowrap}.sw{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}.dot{display:inline-block;width:6px;height:6px;border-radius:3px;background:#222;margin-right:4px;vertical-align:middle}
+.src{color:#666;font-weight:normal}.legend{color:#555;font-size:12px}.key{margin-right:10px;white-space:nowrap}.sw{display:inline-block;width:10px;height:10px;margin-right:4px;vertical-align:middle}.dot{display:inline-block;width:6px;height:6px;border-radius:3px;background:#222;margin-right:4px;vertical-align:middle}
 </style>
 </head>
 <body>

@@ -81,6 +81,18 @@ sources:
     expect((await listed(repoMain)).filter((b) => b.database === dbA)).toHaveLength(2);
     expect((await listed(repoMain)).filter((b) => b.database === dbB)).toHaveLength(1);
 
+    // status and report walk the same sources: every row names its source.
+    const st = await f.run(['--config', config, 'status', '--all-sources', '--json']);
+    expect(st.code).toBe(7);
+    const rows = JSON.parse(st.stdout) as Array<{ source: string; database: string; id: string | null }>;
+    expect(rows.map((x) => `${x.source}/${x.database}`).sort()).toEqual([`down/app`, `main/${dbA}`, `main/${dbB}`].sort());
+    expect(errorLine(st.stderr)).toMatch(/^1 of 3 database\(s\) have no backup newer than 26h: down\/app \(none\)/);
+    const rep = await f.run(['--config', config, 'report', '--all-sources', '--json']);
+    expect(rep.code, rep.stderr).toBe(0);
+    const report = JSON.parse(rep.stdout) as { databases: Array<{ source: string; database: string; backups: unknown[] }> };
+    expect(report.databases.map((d) => `${d.source}/${d.database}`).sort()).toEqual([`down/app`, `main/${dbA}`, `main/${dbB}`].sort());
+    expect(report.databases.find((d) => d.database === dbA)!.backups).toHaveLength(2);
+
     const unknown = await f.run(['--config', config, 'backup', '--source', 'mian']);
     expect(unknown.code).toBe(2);
     expect(errorLine(unknown.stderr)).toBe('--source mian: no such source in the configuration file (the sources are: main, down)');

@@ -1,7 +1,7 @@
 import { cluster, compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, metricsFileOption, pgPassword, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, sourceSelectOptions, metricsFileOption, pgPassword, s3Options } from '../option-groups.js';
 import { DEFAULT_KEEP } from '../../retention/policy.js';
 
 export const options = {
@@ -48,9 +48,7 @@ export const options = {
   attach: list('--attach <file>', 'with a physical backup: also store this file, encrypted (repeatable), e.g. a migration script', text),
   ...s3Options,
   ...hookOptions,
-  // Per run: which servers of the file's `sources:` to back up.
-  source: list('--source <name>', "back up this source of the configuration file's sources: (repeatable)", text, { configurable: false }),
-  allSources: flag('--all-sources', "back up every source of the configuration file's sources:, one after the other; one failing does not stop the others"),
+  ...sourceSelectOptions,
 };
 
 /**

@@ -22,11 +22,13 @@ export const reportOptions = {
   maxRate: statusOptions.maxRate,
   s3AccessKeyId: statusOptions.s3AccessKeyId,
   s3SecretAccessKey: statusOptions.s3SecretAccessKey,
+  source: statusOptions.source,
+  allSources: statusOptions.allSources,
 };
 
 export const report = defineCommand({
   name: 'report',
   summary: "the repository's backups, recovery points, restore times and drills as JSON or one HTML page",
   options: reportOptions,
-  run: async (v, ctx) => (await import('../run/report.js')).runReportCommand(v, ctx),
+  run: async (v, ctx, config) => (await import('../run/report.js')).runReportCommand(v, ctx, undefined, config),
 });

@@ -1,7 +1,7 @@
 import { cluster, database, duration, repository, size } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, metricsFileOption, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, metricsFileOption, s3Options, sourceSelectOptions } from '../option-groups.js';
 
 export const options = {
   from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
@@ -16,11 +16,12 @@ export const options = {
   maxWalAge: value('--max-wal-age <duration>', 'with --cluster: exit 7 when the newest archived WAL file is older (default: lag is reported only)', duration),
   walSegmentSize: value('--wal-segment-size <size>', "with --cluster: the cluster's WAL segment size (default 16MiB)", size),
   ...s3Options,
+  ...sourceSelectOptions,
 };
 
 export const status = defineCommand({
   name: 'status',
   summary: 'newest completed backup, recovery point and predicted restore time per database; exits 7 when one misses its objectives',
   options,
-  run: async (v, ctx) => (await import('../run/status.js')).runStatusCommand(v, ctx),
+  run: async (v, ctx, config) => (await import('../run/status.js')).runStatusCommand(v, ctx, undefined, config),
 });

@@ -19,6 +19,7 @@ import { checkDatabaseName, resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import type { CliContext } from '../context.js';
 import type { LoadedConfig } from '../command.js';
+import { chooseSources, sourcesFailed } from '../sources.js';
 import { isPhysicalBackup, runPhysicalBackupCommand } from './backup-physical.js';
 import type { PhysicalBackupResult } from '../../physical/backup.js';
 import { repositoryText, retentionPolicy } from '../option-groups.js';
@@ -52,16 +53,10 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
   }));
 }
 
-/** The sources asked for (`--source`, `--all-sources`), each with its values, all resolved before anything runs; undefined without. */
+/** The sources asked for, resolved ({@link chooseSources}); two may not share a ping URL. */
 function chosenSources(flags: Values<typeof options>, config: Pick<LoadedConfig, 'sources' | 'forSource'> | undefined): Array<{ name: string; flags: Values<typeof options> }> | undefined {
-  if (!flags.allSources && flags.source.length === 0) return undefined;
-  if (flags.allSources && flags.source.length > 0) throw new UsageError('--all-sources and --source cannot be combined');
-  const declared = config?.sources ?? [];
-  if (declared.length === 0) throw new UsageError(`${flags.allSources ? '--all-sources' : '--source'}: the configuration file declares no sources`, { hint: 'add a sources: mapping to coffer.yaml (README "Several servers from one configuration")' });
-  const unknown = flags.source.filter((n) => !declared.includes(n));
-  if (unknown.length > 0) throw new UsageError(`--source ${unknown.join(', ')}: no such source in the configuration file`, { hint: `the sources are: ${declared.join(', ')}` });
-  const names = flags.allSources ? declared : [...new Set(flags.source)];
-  const chosen = names.map((name) => ({ name, flags: config!.forSource(name) as Values<typeof options> }));
+  const chosen = chooseSources<Values<typeof options>>(flags, config);
+  if (!chosen) return undefined;
   // A ping URL is one check: two sources pinging it would report the last one's outcome only.
   const byUrl = new Map<string, string>();
   for (const c of chosen) {
@@ -97,11 +92,7 @@ async function backupSources(sources: Array<{ name: string; flags: Values<typeof
       if (err instanceof InterruptedError || ctx.signal.aborted) throw err;
     }
   }
-  if (failed.length > 0) {
-    const first = failed[0]!.error;
-    const msg = `${failed.length} of ${sources.length} sources failed: ${failed.map((f) => `${JSON.stringify(f.name)} (${formatErrorLine(f.error)})`).join('; ')}${results.length > 0 ? '; the others were backed up' : ''}`;
-    throw first instanceof CofferError ? new CofferError(first.kind, msg) : new Error(msg, { cause: first });
-  }
+  if (failed.length > 0) throw sourcesFailed(failed, sources.length, results.length > 0 ? '; the others were backed up' : '');
   return results;
 }
 

@@ -5,12 +5,15 @@ import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catal
 import { decodeManifest, type BackupManifest } from '../../catalog/manifest.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
-import { IntegrityError } from '../../errors.js';
+import { formatErrorLine, IntegrityError, InterruptedError } from '../../errors.js';
 import { renderReportHtml } from '../../observe/report-html.js';
+import { withFields } from '../../observe/log.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { COFFER_VERSION } from '../../version.js';
 import type { CliContext } from '../context.js';
+import type { LoadedConfig } from '../command.js';
+import { chooseSources } from '../sources.js';
 import type { reportOptions } from '../commands/report.js';
 import { addDrill, judge, statusOf, type StatusRow } from './status.js';
 
@@ -30,6 +33,8 @@ export interface ReportData {
 }
 
 export interface ReportDatabase {
+  /** With --source/--all-sources: the source of the file's sources: it belongs to. */
+  source?: string;
   database: string;
   /** The same row as `coffer status --json`, judged against the same objectives. */
   status: StatusRow;
@@ -48,9 +53,51 @@ export interface ReportDatabase {
  * backups over time and its drills. Reads manifests and drill records (read access). Exit 0
  * whatever the state: `status` is the check that fails; the report is what people look at.
  */
-export async function runReportCommand(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date = () => new Date()): Promise<ReportData> {
+export async function runReportCommand(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date = () => new Date(), config?: Pick<LoadedConfig, 'sources' | 'forSource'>): Promise<ReportData> {
+  const sources = chooseSources<Values<typeof reportOptions>>(flags, config);
+  const notes = ['Retention and lifecycle drift are not in this report: they need the bucket configuration, which readers cannot see; run coffer retention check with the admin credentials.'];
+  const databases: ReportDatabase[] = [];
+  const locations: string[] = [];
+  for (const s of sources ?? [{ name: undefined, flags }]) {
+    try {
+      const got = await gather(s.flags, { ...ctx, ...(s.name !== undefined ? { log: withFields(ctx.log, { source: s.name }) } : {}) }, now);
+      locations.push(got.location);
+      databases.push(...got.databases.map((d) => (s.name !== undefined ? { source: s.name, ...d } : d)));
+      if (got.databases.length === 0) notes.push(`No backup in ${got.location}.`);
+    } catch (err) {
+      // One source that cannot be read is a note of the report (its page still says everything else).
+      if (s.name === undefined || err instanceof InterruptedError || ctx.signal.aborted) throw err;
+      notes.push(`Source ${s.name}: ${formatErrorLine(err)}`);
+      ctx.log.error(`source ${JSON.stringify(s.name)} failed: ${formatErrorLine(err)}`, { source: s.name });
+    }
+  }
+  const data: ReportData = {
+    format: 'coffer-report',
+    formatVersion: 1,
+    generatedAt: now().toISOString(),
+    repository: locations.join(', ') || (sources ?? []).map((x) => x.name).join(', '),
+    coffer: COFFER_VERSION,
+    objectives: {
+      maxAge: flags.maxAge.text,
+      ...(flags.rtoTarget ? { rtoTarget: flags.rtoTarget.text } : {}),
+      ...(flags.rpoTarget ? { rpoTarget: flags.rpoTarget.text } : {}),
+      ...(flags.maxDrillAge ? { maxDrillAge: flags.maxDrillAge.text } : {}),
+    },
+    notes,
+    databases,
+  };
+  if (flags.html !== undefined) {
+    const file = path.resolve(ctx.cwd, flags.html);
+    await writeFileAtomic(file, renderReportHtml(data), { mode: 0o644 });
+    ctx.log.info('report written', { file, databases: data.databases.length });
+  }
+  if (flags.json || flags.html === undefined) ctx.stdout(`${JSON.stringify(data, null, 2)}\n`);
+  return data;
+}
+
+/** One repository's databases for the report. */
+async function gather(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date): Promise<{ location: string; databases: ReportDatabase[] }> {
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
-  let data: ReportData;
   try {
     const drillKeys = new Map<string, string[]>();
     const keys = await listBackupKeys(store, { signal: ctx.signal, drills: drillKeys, ...(flags.db.length === 1 ? { database: flags.db[0] } : {}) });
@@ -85,34 +132,10 @@ export async function runReportCommand(flags: Values<typeof reportOptions>, ctx:
         drills: await drillHistory(store, drillKeys.get(database) ?? [], ctx),
       });
     }
-    data = {
-      format: 'coffer-report',
-      formatVersion: 1,
-      generatedAt: now().toISOString(),
-      repository: store.location,
-      coffer: COFFER_VERSION,
-      objectives: {
-        maxAge: flags.maxAge.text,
-        ...(flags.rtoTarget ? { rtoTarget: flags.rtoTarget.text } : {}),
-        ...(flags.rpoTarget ? { rpoTarget: flags.rpoTarget.text } : {}),
-        ...(flags.maxDrillAge ? { maxDrillAge: flags.maxDrillAge.text } : {}),
-      },
-      notes: [
-        'Retention and lifecycle drift are not in this report: they need the bucket configuration, which readers cannot see; run coffer retention check with the admin credentials.',
-        ...(databases.length === 0 ? [`No backup in ${store.location}.`] : []),
-      ],
-      databases,
-    };
+    return { location: store.location, databases };
   } finally {
     store.close();
   }
-  if (flags.html !== undefined) {
-    const file = path.resolve(ctx.cwd, flags.html);
-    await writeFileAtomic(file, renderReportHtml(data), { mode: 0o644 });
-    ctx.log.info('report written', { file, databases: data.databases.length });
-  }
-  if (flags.json || flags.html === undefined) ctx.stdout(`${JSON.stringify(data, null, 2)}\n`);
-  return data;
 }
 
 /** The newest drills of a database, each with the prediction the successful drill before it gave for its size. */

@@ -4,17 +4,21 @@ import { decodeManifest } from '../../catalog/manifest.js';
 import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
-import { formatErrorLine, IntegrityError, StaleError } from '../../errors.js';
-import { formatBytes } from '../../observe/log.js';
+import { formatErrorLine, IntegrityError, InterruptedError, StaleError } from '../../errors.js';
+import { formatBytes, withFields } from '../../observe/log.js';
 import { metricsFilePath, writeRecoveryMetrics } from '../../observe/metrics.js';
 import { openStore } from '../../store/open.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
+import type { LoadedConfig } from '../command.js';
+import { chooseSources, sourcesFailed } from '../sources.js';
 import { listWal, summarizeWal, type WalSummary } from '../../physical/wal-catalog.js';
 import type { options } from '../commands/status.js';
 
 /** One row of `coffer status --json`. */
 export interface StatusRow {
+  /** With --source/--all-sources: the source of the file's sources: the row belongs to. */
+  source?: string;
   database: string;
   /** Newest completed backup, or null when the database has none. */
   id: string | null;
@@ -52,8 +56,37 @@ const DRILLS_LOOKED_BACK = 10;
  * recovery point exceeds `--rpo-target`, whose newest drill is older than `--max-drill-age`, or
  * whose newest drill failed.
  */
-export async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date()): Promise<StatusRow[] | WalSummary> {
+export async function runStatusCommand(flags: Values<typeof options>, ctx: CliContext, now: () => Date = () => new Date(), config?: Pick<LoadedConfig, 'sources' | 'forSource'>): Promise<StatusRow[] | WalSummary> {
   if (flags.cluster !== undefined) return runClusterStatus(flags, flags.cluster, ctx, now());
+  const sources = chooseSources<Values<typeof options>>(flags, config);
+  if (!sources) {
+    const { rows, location } = await statusRows(flags, ctx, now);
+    return verdict(flags, ctx, rows, location);
+  }
+  // Every source's rows (a source whose repository cannot be read is named at the end; the others are reported).
+  const rows: StatusRow[] = [];
+  const failed: Array<{ name: string; error: unknown }> = [];
+  for (const s of sources) {
+    try {
+      const r = await statusRows(s.flags, { ...ctx, log: withFields(ctx.log, { source: s.name }) }, now);
+      if (r.rows.length === 0) throw new StaleError(`no completed backup in ${r.location}`, { hint: 'run `coffer backup`, or check --from' });
+      rows.push(...r.rows.map((row) => ({ source: s.name, ...row })));
+    } catch (err) {
+      if (err instanceof InterruptedError || ctx.signal.aborted) throw err;
+      failed.push({ name: s.name, error: err });
+      ctx.log.error(`source ${JSON.stringify(s.name)} failed: ${formatErrorLine(err)}`, { source: s.name });
+    }
+  }
+  if (failed.length > 0) {
+    print(flags, ctx, rows);
+    const missing = rows.filter((r) => r.problems.length > 0).length;
+    throw sourcesFailed(failed, sources.length, missing > 0 ? `; and ${missing} database(s) of the others miss their objectives` : '');
+  }
+  return verdict(flags, ctx, rows, `${sources.length} sources`);
+}
+
+/** One repository's rows (and its metrics file, before any verdict: a database that misses its objectives is what the gauges are for). */
+async function statusRows(flags: Values<typeof options>, ctx: CliContext, now: () => Date): Promise<{ rows: StatusRow[]; location: string }> {
   const { text: maxAgeText, ms: maxAgeMs } = flags.maxAge;
   const wanted = flags.db;
   const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
@@ -77,33 +110,45 @@ export async function runStatusCommand(flags: Values<typeof options>, ctx: CliCo
   } finally {
     store.close();
   }
-  // Before the verdict: a database that misses its objectives is what the gauges are for.
   if (metricsFile !== undefined && rows.length > 0) await writeStatusMetrics(metricsFile, store.location, rows, flags, now(), ctx);
+  return { rows, location: store.location };
+}
 
-  if (flags.json) ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
-  else {
-    // Columns padded to their widest cell, as `list` does.
-    const table = rows.map((r) => {
-      const state = r.problems.length === 0 ? 'OK' : r.fresh ? 'MISS' : 'STALE';
-      const restore = r.predictedRestoreSeconds === null ? 'restore time unknown (no drill)' : `restore ~${formatSeconds(r.predictedRestoreSeconds)} (drill ${formatAge(r.drill!.ageSeconds)} ago)`;
-      return r.id === null ? [state, r.database, 'no completed backup'] : [state, r.database, r.id, r.tier!, `${formatAge(r.ageSeconds!)} old`, formatBytes(r.size!), restore];
-    });
-    const widths: number[] = [];
-    for (const row of table) row.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
-    for (const row of table) ctx.stdout(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+/** The rows as JSON or aligned text (with a source column when the run walked sources). */
+function print(flags: Values<typeof options>, ctx: CliContext, rows: StatusRow[]): void {
+  if (flags.json) {
+    ctx.stdout(`${JSON.stringify(rows, null, 2)}\n`);
+    return;
   }
+  // Columns padded to their widest cell, as `list` does.
+  const table = rows.map((r) => {
+    const state = r.problems.length === 0 ? 'OK' : r.fresh ? 'MISS' : 'STALE';
+    const restore = r.predictedRestoreSeconds === null ? 'restore time unknown (no drill)' : `restore ~${formatSeconds(r.predictedRestoreSeconds)} (drill ${formatAge(r.drill!.ageSeconds)} ago)`;
+    const cells = r.id === null ? [state, r.database, 'no completed backup'] : [state, r.database, r.id, r.tier!, `${formatAge(r.ageSeconds!)} old`, formatBytes(r.size!), restore];
+    return r.source !== undefined ? [cells[0]!, r.source, ...cells.slice(1)] : cells;
+  });
+  const widths: number[] = [];
+  for (const row of table) row.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  for (const row of table) ctx.stdout(`${row.map((c, i) => (i === row.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')}\n`);
+}
+
+/** Prints the rows, then exits 7 naming every database that misses an objective. */
+function verdict(flags: Values<typeof options>, ctx: CliContext, rows: StatusRow[], where: string): StatusRow[] {
+  print(flags, ctx, rows);
+  const maxAgeText = flags.maxAge.text;
   if (rows.length === 0) {
-    throw new StaleError(`no completed backup in ${store.location}`, { hint: 'run `coffer backup`, or check --from' });
+    throw new StaleError(`no completed backup in ${where}`, { hint: 'run `coffer backup`, or check --from' });
   }
+  const name = (r: StatusRow): string => (r.source !== undefined ? `${r.source}/${r.database}` : r.database);
   const missing = rows.filter((r) => r.problems.length > 0);
   if (missing.length > 0 && missing.every((r) => !r.fresh && r.problems.length === 1)) {
-    const what = missing.map((r) => (r.id === null ? `${r.database} (none)` : `${r.database} (${formatAge(r.ageSeconds!)} old)`)).join(', ');
+    const what = missing.map((r) => (r.id === null ? `${name(r)} (none)` : `${name(r)} (${formatAge(r.ageSeconds!)} old)`)).join(', ');
     throw new StaleError(`${missing.length} of ${rows.length} database(s) have no backup newer than ${maxAgeText}: ${what}`, {
       hint: 'check the backup job (its log, cron mail or metrics)',
     });
   }
   if (missing.length > 0) {
-    const what = missing.map((r) => `${r.database}: ${r.problems.join('; ')}`).join('; ');
+    const what = missing.map((r) => `${name(r)}: ${r.problems.join('; ')}`).join('; ');
     throw new StaleError(`${missing.length} of ${rows.length} database(s) miss their recovery objectives: ${what}`, {
       hint: 'check the backup job; run `coffer drill --record` for a fresh restore time; see README "Recovery objectives"',
     });
