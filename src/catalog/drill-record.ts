@@ -82,6 +82,12 @@ export function predictRestore(d: DrillRecord, storedBytes: number): Prediction 
   return { seconds: (fixed + scaled) / 1000, scale };
 }
 
+/** The restore a successful drill measured, in seconds: its phases but the drop (null when it failed). */
+export function measuredRestoreSeconds(d: DrillRecord): number | null {
+  const p = d.phases;
+  return d.ok && p ? (p.select + p.setup + p.transfer + p.restore + p.checks + p.swap) / 1000 : null;
+}
+
 export function encodeDrillRecord(r: DrillRecord): Uint8Array {
   return Buffer.from(`${JSON.stringify(r, null, 2)}\n`, 'utf8');
 }

@@ -149,6 +149,15 @@ svg.timeline{max-width:100%;height:auto;background:#fcfcfc;border:1px solid #eee
 <h1>coffer report</h1>
 <p class="meta">Repository <span class="mono">${esc(r.repository)}</span> · generated ${esc(r.generatedAt)} by coffer ${esc(r.coffer)} · objectives: ${objectives}</p>
 ${r.notes.length ? `<ul class="warnings">${r.notes.map((n) => `<li>${esc(n)}</li>`).join('')}</ul>` : ''}
+<h2>Retention</h2>
+<ul class="retention">${r.retention
+    .map((x) => {
+      const where = `<span class="mono">${esc(x.source !== undefined ? `${x.source}: ${x.repository}` : x.repository)}</span>`;
+      if (!x.checked) return `<li>${where}: ${esc(x.note ?? 'not checked')}</li>`;
+      if (x.drift.length === 0) return `<li>${where}: <span class="state ok">OK</span> lifecycle and object lock match the policy</li>`;
+      return `<li>${where}: <span class="state stale">DRIFT</span><ul class="problems">${x.drift.map((d) => `<li>${esc(d)}</li>`).join('')}</ul></li>`;
+    })
+    .join('')}</ul>
 <table><thead><tr><th>state</th><th>database</th><th>newest backup</th><th>recovery point</th><th>predicted restore</th><th>newest drill</th><th>problems</th></tr></thead><tbody>${rows}</tbody></table>
 ${r.databases.map(databaseSection).join('\n')}
 </body>

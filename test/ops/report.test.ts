@@ -76,6 +76,7 @@ describe('coffer report', () => {
     expect(a.drills[0]!.predictedSeconds).toBeGreaterThan(0);
     expect(a.drills[1]!.predictedSeconds).toBeNull();
     expect(a.drills.every((d) => d.ok && d.measuredSeconds! > 0)).toBe(true);
+    expect(data.retention).toEqual([{ repository: `file://${repo}`, checked: false, drift: [], note: 'a local directory has no lifecycle rules: coffer prune applies the policy there' }]);
 
     const page = await browser!.newPage({ viewport: { width: 1100, height: 900 } });
     const problems: string[] = [];

@@ -161,6 +161,29 @@ describe('reader role (minio/coffer-reader.json)', () => {
     expect(b.code, b.stderr).toBe(4);
   });
 
+  it('coffer report: the reader sees the backups but not the bucket configuration (a note says so); the admin sees the retention checked against the policy, and drift', async () => {
+    const from = `s3://${bucket}/${PREFIX}`;
+    interface Report {
+      retention: Array<{ checked: boolean; drift: string[]; note?: string }>;
+      databases: Array<{ database: string; backups: unknown[] }>;
+    }
+    const asReader = await runCoffer(['report', '--from', from, '--keep-daily', '1d'], { env: env('reader') });
+    expect(asReader.code, asReader.stderr).toBe(0);
+    const r = JSON.parse(asReader.stdout) as Report;
+    expect(r.databases.map((d) => d.database)).toEqual([db]);
+    expect(r.retention).toEqual([{ repository: from, checked: false, drift: [], note: "not checked: these credentials may not read the bucket's configuration (coffer retention check with the admin's)" }]);
+    // The admin's credentials: the lifecycle coffer init wrote matches the policy it was given, and not another.
+    const same = JSON.parse((await runCoffer(['report', '--from', from, '--keep-daily', '1d'], { env: env() })).stdout) as Report;
+    expect(same.retention[0]).toMatchObject({ checked: true, drift: [] });
+    const other = await runCoffer(['report', '--from', from, '--keep-daily', '30d', '--html', path.join(tmp, 'drift.html'), '--json'], { env: env() });
+    expect(other.code, other.stderr).toBe(0);
+    const drift = (JSON.parse(other.stdout) as Report).retention[0]!;
+    expect(drift.checked).toBe(true);
+    expect(drift.drift.join('\n')).toMatch(/lifecycle rule .*daily.* differs/);
+    const html = await fsp.readFile(path.join(tmp, 'drift.html'), 'utf8');
+    expect(html).toContain('DRIFT');
+  });
+
   it('refuses an identity file readable by others (mode 0644), with the fix', async () => {
     const loose = path.join(tmp, 'loose-identity.txt');
     await fsp.copyFile(identityFile, loose);

@@ -2,6 +2,7 @@ import { count, text } from '../../config/parsers.js';
 import { flag, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
 import { options as statusOptions } from './status.js';
+import { options as retentionOptions } from './retention.js';
 
 // The objectives are status's own declarations: a report judges as status does.
 const { from, db, maxAge, rtoTarget, rpoTarget, maxDrillAge } = statusOptions;
@@ -24,6 +25,13 @@ export const reportOptions = {
   s3SecretAccessKey: statusOptions.s3SecretAccessKey,
   source: statusOptions.source,
   allSources: statusOptions.allSources,
+  // The retention policy the bucket is compared with, as `retention check` compares it.
+  objectLockMode: retentionOptions.objectLockMode,
+  keepDaily: retentionOptions.keepDaily,
+  keepWeekly: retentionOptions.keepWeekly,
+  keepMonthly: retentionOptions.keepMonthly,
+  keepManual: retentionOptions.keepManual,
+  keepWal: retentionOptions.keepWal,
 };
 
 export const report = defineCommand({

@@ -1,14 +1,16 @@
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
 import { listBackupKeys, loadManifests, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
-import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
+import { decodeDrillRecord, measuredRestoreSeconds, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { decodeManifest, type BackupManifest } from '../../catalog/manifest.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
-import { formatErrorLine, IntegrityError, InterruptedError } from '../../errors.js';
+import { formatErrorLine, IntegrityError, InterruptedError, StorageError } from '../../errors.js';
 import { renderReportHtml } from '../../observe/report-html.js';
 import { withFields } from '../../observe/log.js';
-import { openStore } from '../../store/open.js';
+import { openBucketAdmin, openStore } from '../../store/open.js';
+import { retentionPolicy } from '../option-groups.js';
+import { retentionDrift } from './retention.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { COFFER_VERSION } from '../../version.js';
 import type { CliContext } from '../context.js';
@@ -29,6 +31,8 @@ export interface ReportData {
   objectives: { maxAge: string; rtoTarget?: string; rpoTarget?: string; maxDrillAge?: string };
   /** About the report itself (what it could not check). */
   notes: string[];
+  /** Per repository: its lifecycle and object lock against the policy (as `retention check`), or why it was not checked. */
+  retention: Array<{ repository: string; source?: string; checked: boolean; drift: string[]; note?: string }>;
   databases: ReportDatabase[];
 }
 
@@ -55,13 +59,15 @@ export interface ReportDatabase {
  */
 export async function runReportCommand(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date = () => new Date(), config?: Pick<LoadedConfig, 'sources' | 'forSource'>): Promise<ReportData> {
   const sources = chooseSources<Values<typeof reportOptions>>(flags, config);
-  const notes = ['Retention and lifecycle drift are not in this report: they need the bucket configuration, which readers cannot see; run coffer retention check with the admin credentials.'];
+  const notes: string[] = [];
+  const retention: ReportData['retention'] = [];
   const databases: ReportDatabase[] = [];
   const locations: string[] = [];
   for (const s of sources ?? [{ name: undefined, flags }]) {
     try {
       const got = await gather(s.flags, { ...ctx, ...(s.name !== undefined ? { log: withFields(ctx.log, { source: s.name }) } : {}) }, now);
       locations.push(got.location);
+      retention.push({ repository: got.location, ...(s.name !== undefined ? { source: s.name } : {}), ...(await retentionOf(s.flags, ctx)) });
       databases.push(...got.databases.map((d) => (s.name !== undefined ? { source: s.name, ...d } : d)));
       if (got.databases.length === 0) notes.push(`No backup in ${got.location}.`);
     } catch (err) {
@@ -84,6 +90,7 @@ export async function runReportCommand(flags: Values<typeof reportOptions>, ctx:
       ...(flags.maxDrillAge ? { maxDrillAge: flags.maxDrillAge.text } : {}),
     },
     notes,
+    retention,
     databases,
   };
   if (flags.html !== undefined) {
@@ -93,6 +100,27 @@ export async function runReportCommand(flags: Values<typeof reportOptions>, ctx:
   }
   if (flags.json || flags.html === undefined) ctx.stdout(`${JSON.stringify(data, null, 2)}\n`);
   return data;
+}
+
+/**
+ * The repository's retention against the policy, as `retention check` sees it, when the
+ * report's credentials may read the bucket's configuration (readers may not: then a note says
+ * so); a local directory has no lifecycle (`coffer prune` applies the policy there).
+ */
+async function retentionOf(flags: Values<typeof reportOptions>, ctx: CliContext): Promise<{ checked: boolean; drift: string[]; note?: string }> {
+  if (flags.from.kind !== 's3') return { checked: false, drift: [], note: 'a local directory has no lifecycle rules: coffer prune applies the policy there' };
+  const admin = await openBucketAdmin(flags.from, resolveS3Settings(flags, ctx.env));
+  try {
+    const { drift } = await retentionDrift(admin, retentionPolicy(flags), flags.objectLockMode, ctx.signal);
+    return { checked: true, drift };
+  } catch (err) {
+    if (err instanceof StorageError && err.code === 'AccessDenied') {
+      return { checked: false, drift: [], note: "not checked: these credentials may not read the bucket's configuration (coffer retention check with the admin's)" };
+    }
+    throw err;
+  } finally {
+    admin.close();
+  }
 }
 
 /** One repository's databases for the report. */
@@ -151,7 +179,6 @@ async function drillHistory(store: ObjectStore, keys: string[], ctx: CliContext)
   }
   return records.slice(0, DRILLS_SHOWN).map((d, i) => {
     const before = records.slice(i + 1).find((x) => x.ok);
-    const p = d.phases;
     return {
       id: d.id,
       startedAt: d.startedAt,
@@ -159,7 +186,7 @@ async function drillHistory(store: ObjectStore, keys: string[], ctx: CliContext)
       backupId: d.backupId,
       storedBytes: d.storedBytes,
       jobs: d.jobs,
-      measuredSeconds: d.ok && p ? (p.select + p.setup + p.transfer + p.restore + p.checks + p.swap) / 1000 : null,
+      measuredSeconds: measuredRestoreSeconds(d),
       predictedSeconds: before ? (predictRestore(before, d.storedBytes)?.seconds ?? null) : null,
       failure: d.failure,
     };

@@ -113,7 +113,6 @@ async function storedSize(source: RestoreSource): Promise<number | undefined> {
   );
 }
 
-/** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
 /** `coffer restore`, between its `--before` and `--after` hooks (src/ops/hooks.ts). */
 export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
   const vars = {
@@ -131,6 +130,7 @@ export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ct
   }));
 }
 
+/** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
 async function restoreCommand(flags: Values<typeof restoreOptions>, ctx: CliContext): Promise<RestoreSummary | LoadSummary | PhysicalRestoreSummary | { output: string; bytes: number }> {
   if (flags.physical && (flags.table.length > 0 || flags.schema.length > 0 || flags.excludeTable.length > 0 || flags.listFile !== undefined || flags.sanitize !== undefined)) {
     throw new UsageError('--physical restores a whole cluster; --table, --schema, --exclude-table, --list-file and --sanitize are for logical backups');

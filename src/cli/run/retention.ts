@@ -2,6 +2,8 @@ import { StaleError, UsageError } from '../../errors.js';
 import { requireRepository, resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { openBucketAdmin } from '../../store/open.js';
+import type { BucketAdmin } from '../../store/bucket-admin.js';
+import type { ObjectLockMode, RetentionPolicy } from '../../retention/policy.js';
 import { conflictingRules, objectLockDrift, planLifecycle } from '../../retention/lifecycle.js';
 import type { CliContext } from '../context.js';
 import { retentionPolicy } from '../option-groups.js';
@@ -14,6 +16,27 @@ export interface RetentionCheckResult {
   /** One line per difference; empty when the bucket matches the policy. */
   drift: string[];
   objectLock: { enabled: boolean; defaultMode?: string; defaultDays?: number };
+}
+
+/**
+ * How the bucket's lifecycle rules and object-lock configuration differ from the policy (one
+ * line per difference; none when they match). Needs the bucket configuration's read rights
+ * (the admin's): `retention check`, and `report` when its credentials have them.
+ */
+export async function retentionDrift(admin: BucketAdmin, policy: RetentionPolicy, mode: ObjectLockMode | undefined, signal: AbortSignal): Promise<{ drift: string[]; objectLock: RetentionCheckResult['objectLock'] }> {
+  const prefix = admin.prefix;
+  const rules = await admin.lifecycleRules(signal);
+  const plan = planLifecycle(rules, policy, prefix);
+  const drift: string[] = [];
+  for (const c of plan.changes) {
+    if (c.action === 'add') drift.push(`lifecycle rule ${c.id} is missing (wanted: ${c.description})`);
+    if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
+    if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
+  }
+  for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
+  const objectLock = await admin.objectLock(signal);
+  if (mode) drift.push(...objectLockDrift(objectLock, policy, mode).map((d) => `object lock: ${d}`));
+  return { drift, objectLock };
 }
 
 /**
@@ -35,17 +58,7 @@ export async function runRetentionCheckCommand(flags: Values<typeof options>, ct
     if (!(await admin.exists(ctx.signal))) {
       throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'create it with `coffer init --create-bucket`' });
     }
-    const rules = await admin.lifecycleRules(ctx.signal);
-    const plan = planLifecycle(rules, policy, prefix);
-    const drift: string[] = [];
-    for (const c of plan.changes) {
-      if (c.action === 'add') drift.push(`lifecycle rule ${c.id} is missing (wanted: ${c.description})`);
-      if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
-      if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
-    }
-    for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
-    const lock = await admin.objectLock(ctx.signal);
-    if (mode) drift.push(...objectLockDrift(lock, policy, mode).map((d) => `object lock: ${d}`));
+    const { drift, objectLock: lock } = await retentionDrift(admin, policy, mode, ctx.signal);
     const result: RetentionCheckResult = { bucket, prefix, drift, objectLock: lock };
     if (flags.json) ctx.stdout(`${JSON.stringify(result, null, 2)}\n`);
     else {

@@ -1,7 +1,7 @@
 import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
 import { backupIdTime } from '../../catalog/layout.js';
 import { decodeManifest } from '../../catalog/manifest.js';
-import { decodeDrillRecord, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
+import { decodeDrillRecord, measuredRestoreSeconds, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { formatErrorLine, IntegrityError, InterruptedError, StaleError } from '../../errors.js';
@@ -194,7 +194,7 @@ export async function addDrill(store: ObjectStore, row: StatusRow, keys: string[
       continue;
     }
     if (row.drill === null) {
-      const restoreSeconds = d.phases ? (d.phases.select + d.phases.setup + d.phases.transfer + d.phases.restore + d.phases.checks + d.phases.swap) / 1000 : null;
+      const restoreSeconds = measuredRestoreSeconds(d);
       row.drill = { id: d.id, startedAt: d.startedAt, host: d.host, ageSeconds: Math.max(0, Math.round((now.getTime() - Date.parse(d.startedAt)) / 1000)), ok: d.ok, backupId: d.backupId, restoreSeconds, storedBytes: d.storedBytes, jobs: d.jobs, failure: d.failure };
     }
     if (d.ok) {
