@@ -415,6 +415,9 @@ export function validateConfigFile(layout: ConfigLayout, file: ConfigFile): void
       for (const [key, v] of Object.entries(data)) {
         const what = known.get(key);
         const where = `${label}.${name}.${key}`;
+        if (key === 'before' || key === 'after') {
+          throw new UsageError(`${where}: hooks run once per run, not per source`, { hint: `set ${key}: at the top level or in the backup: section` });
+        }
         if (what === undefined || what === 'section' || key === 'source' || key === 'allSources') {
           const best = suggestKey(key, [...known.keys()]);
           throw new UsageError(`${where}: not a setting a source can have${best ? ` (did you mean "${best}"?)` : ''}`, { hint: 'a source takes the settings of coffer backup and coffer status' });

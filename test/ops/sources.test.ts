@@ -105,6 +105,11 @@ sources:
     expect(errorLine(r1.stderr)).toContain('config file ');
     expect(errorLine(r1.stderr)).toContain('sources.main.dbnmae: not a setting a source can have (did you mean "dbname"?)');
 
+    const hook = await writeConfig('hook-in-source.yaml', `sources:\n  main:\n    before: /bin/true\n`);
+    const rh = await f.run(['--config', hook, 'backup', '--all-sources']);
+    expect(rh.code).toBe(2);
+    expect(errorLine(rh.stderr)).toContain('sources.main.before: hooks run once per run, not per source');
+
     const shared = await writeConfig(
       'shared-ping.yaml',
       `recipients: [${f.recipient}]\nnotify: https://hc-ping.example/abc\nsources:\n  a:\n    repository: ${f.path('repo-a')}\n  b:\n    repository: ${f.path('repo-b')}\n`,
