@@ -25,7 +25,9 @@ let goldens: GoldenBackup[];
 beforeAll(async () => {
   dbs = [
     await f.database({ fixture: 'vault', prefix: 'mdb_a', fillMB: 4 }),
-    await f.database({ fixture: 'vault', prefix: 'mdb_b', fillMB: 12 }),
+    // ~40 MiB of dump: through the slowed uploads pg_dump blocks at ~25 MiB, so it is still
+    // alive at every kill point (at most 15.5 MiB) when the test sees it there.
+    await f.database({ fixture: 'vault', prefix: 'mdb_b', fillMB: 20 }),
     await f.database({ fixture: 'vault', prefix: 'mdb_c' }),
   ];
   goldens = await Promise.all(dbs.map((db, i) => makeGolden(f, pg, `mdb-golden-${i}`, db)));

@@ -85,8 +85,8 @@ describe('status', () => {
       const lines = st.stdout.trimEnd().split('\n');
       expect(lines).toHaveLength(3);
       const at = (re: RegExp): number[] => lines.slice(0, 2).map((l) => l.search(re));
-      // Database, id, tier, age and size each start at the same column in every row.
-      for (const re of [/(?<=\s)(s|a_much)_/, /\d{8}T\d{6}Z-/, /\smanual|\sdaily|\smonthly|\sweekly/, /\d+s old/, /\d+ B$|[\d.]+ KiB$/]) {
+      // Database, id, tier, age, size and restore time each start at the same column in every row.
+      for (const re of [/(?<=\s)(s|a_much)_/, /\d{8}T\d{6}Z-/, /\smanual|\sdaily|\smonthly|\sweekly/, /\d+s old/, /(?<=\s)(\d+ B|[\d.]+ KiB) /, /restore time unknown \(no drill\)$/]) {
         const cols = at(re);
         expect(cols[0], `${re} in\n${st.stdout}`).toBeGreaterThan(0);
         expect(cols[0], `${re} in\n${st.stdout}`).toBe(cols[1]);
