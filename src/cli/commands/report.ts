@@ -1,6 +1,7 @@
 import { count, text } from '../../config/parsers.js';
 import { flag, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
+import { keepOptions, keepWalOption, s3Options, sourceSelectOptions } from '../option-groups.js';
 import { options as statusOptions } from './status.js';
 import { options as retentionOptions } from './retention.js';
 
@@ -17,21 +18,12 @@ export const reportOptions = {
   html: value('--html <file>', 'write the report as one self-contained HTML page (no script, no network when viewed)', text),
   json: flag('--json', 'print the report as JSON on stdout (the default without --html)'),
   limit: value('--limit <n>', 'backups per database in the report, newest first', count(100000), { default: '200' }),
-  s3Endpoint: statusOptions.s3Endpoint,
-  s3Region: statusOptions.s3Region,
-  s3Timeout: statusOptions.s3Timeout,
-  maxRate: statusOptions.maxRate,
-  s3AccessKeyId: statusOptions.s3AccessKeyId,
-  s3SecretAccessKey: statusOptions.s3SecretAccessKey,
-  source: statusOptions.source,
-  allSources: statusOptions.allSources,
+  ...s3Options,
+  ...sourceSelectOptions,
   // The retention policy the bucket is compared with, as `retention check` compares it.
   objectLockMode: retentionOptions.objectLockMode,
-  keepDaily: retentionOptions.keepDaily,
-  keepWeekly: retentionOptions.keepWeekly,
-  keepMonthly: retentionOptions.keepMonthly,
-  keepManual: retentionOptions.keepManual,
-  keepWal: retentionOptions.keepWal,
+  ...keepOptions,
+  ...keepWalOption,
 };
 
 export const report = defineCommand({
