@@ -25,8 +25,10 @@ import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
 import { ArchiveCheck } from './archive.js';
-import { DataBlockFinder, decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
-import { ArchiveOffsetScanner, hasDataBlock } from '../pg/archive-offsets.js';
+import { decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
+import { closeQuietly, openPipes, type OsPipe } from '../run/os-pipe.js';
+import { DumpTap, type DumpTapSummary } from './dump-tap.js';
+import { startDumpTapThread, type DumpTapThread } from './dump-tap-thread.js';
 import { isAbortEcho } from '../run/abort.js';
 import { availableParallelism } from 'node:os';
 
@@ -155,7 +157,19 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
     let producer: Producer | undefined;
     const onDump = req.onDumpProgress && req.kind !== 'schema-only' ? (n: number) => req.onDumpProgress!(n, server.databaseSizeBytes) : undefined;
-    const dump = await streamObject(target, keys.dump, 'dump', () => (producer = startDump(req, excludeTableData, env, sup, dumpWarnings, onDump)));
+    // A large dump is carried by a worker thread between real pipes; they are made now (a
+    // `mkfifo`), so that nothing async is left between spawning pg_dump and reading it.
+    let pipes = await dumpPipes(req, server.databaseSizeBytes, env);
+    let dump: StoredObject;
+    try {
+      dump = await streamObject(target, keys.dump, 'dump', () => {
+        const p = pipes;
+        pipes = undefined;
+        return (producer = startDump(req, excludeTableData, env, sup, dumpWarnings, onDump, p));
+      });
+    } finally {
+      if (pipes) closePipes(pipes);
+    }
     warnings.push(...dumpWarnings.end());
     const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
 
@@ -291,7 +305,7 @@ async function expandExclusions(req: BackupRequest, server: ServerInfo, warnings
   return patterns;
 }
 
-function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings, onDump?: (dumpBytes: number) => void): Producer {
+function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings, onDump?: (dumpBytes: number) => void, pipes?: DumpPipes): Producer {
   const args = pgDumpArgv(req.tools, req.conn, req.database, {
     kind: req.kind,
     gzipLevel: req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0,
@@ -300,8 +314,12 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   });
   const expectHead = req.kind === 'custom' ? 'PGDMP' : '';
   const onStderr = (b: Buffer): void => warnings.push(b);
-  if (req.compression.kind !== 'zstd') return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql', req.compression.kind === 'none' ? onDump : undefined);
-  if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, onDump);
+  if (req.compression.kind !== 'zstd') {
+    if (pipes) closePipes(pipes);
+    return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql', req.compression.kind === 'none' ? onDump : undefined);
+  }
+  if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, onDump, pipes);
+  if (pipes) closePipes(pipes);
   return compressedDump(req, req.compression.level, args, env, sup, expectHead, onStderr);
 }
 
@@ -448,53 +466,50 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
  * as in the other pipeline. Nothing of the index can fail the backup: an archive whose blocks
  * cannot be found is stored without an index (a warning says why).
  */
-function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, onDump?: (dumpBytes: number) => void): Producer {
-  const pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr });
+function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, onDump?: (dumpBytes: number) => void, pipes?: DumpPipes): Producer {
   // One compression thread at the fast levels: pzstd's reader and writer threads are work of
   // their own, and at level 1-3 one thread compresses faster than pg_dump writes.
   const threads = level <= 3 ? 1 : Math.max(1, availableParallelism());
-  const pz = sup.spawn({
-    argv: [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-p', String(threads), '-v', '-c'],
-    env: toolEnv(env),
-    stdin: 'pipe',
-    what: 'pzstd',
-    missing: missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index'),
-  });
+  const pzArgv = [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-p', String(threads), '-v', '-c'];
+  const pzMissing = missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index');
+  const wrapped = !!req.tools.pgDumpWrapped;
+  let tap: { bytes(): number; summary(): Promise<{ summary: DumpTapSummary; writeError?: string }> };
+  let pgDump: Child;
+  let pz: Child;
+  const thread = pipes ? startThread(pipes, wrapped, req.log) : undefined;
+  if (pipes && thread) {
+    // Real pipes and a worker thread (a large dump): pg_dump → pipe → worker → pipe → pzstd.
+    try {
+      pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), stdout: { fd: pipes.dump.write }, what: 'pg_dump', onStderr });
+      pz = sup.spawn({ argv: pzArgv, env: toolEnv(env), stdin: { fd: pipes.compress.read }, what: 'pzstd', missing: pzMissing });
+    } finally {
+      closeQuietly(pipes.dump.write);
+      closeQuietly(pipes.compress.read);
+    }
+    tap = { bytes: thread.bytes, summary: () => thread.done };
+  } else {
+    // Node's own streams (a small dump: a thread would cost more than it saves).
+    pgDump = sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr });
+    pz = sup.spawn({ argv: pzArgv, env: toolEnv(env), stdin: 'pipe', what: 'pzstd', missing: pzMissing });
+    const inline = new DumpTap(wrapped);
+    const copy = new Transform({
+      highWaterMark: 1024 * 1024,
+      transform(chunk: Buffer, _e, cb) {
+        inline.push(chunk);
+        onDump?.(inline.bytes);
+        cb(null, chunk);
+      },
+    });
+    copy.on('error', (err) => sup.fail(err));
+    pipeline(pgDump.stdout!, copy, pz.stdin!, (err) => {
+      if (err && !isAbortEcho(err)) sup.fail(err);
+    });
+    tap = { bytes: () => inline.bytes, summary: () => Promise.resolve({ summary: inline.summary() }) };
+  }
   const walker = new PzstdFrameWalker();
-  const toc = new ArchiveOffsetScanner();
-  const whole = req.tools.pgDumpWrapped ? new ArchiveCheck({ format: 'custom' }) : undefined;
-  let finder: DataBlockFinder | undefined;
-  let dataStart = -1;
-  let dumpBytes = 0;
-  let head = Buffer.alloc(0);
-  const tap = new Transform({
-    highWaterMark: 1024 * 1024,
-    transform(chunk: Buffer, _e, cb) {
-      const at = dumpBytes;
-      dumpBytes += chunk.length;
-      onDump?.(dumpBytes);
-      if (head.length < 16) head = Buffer.concat([head, chunk.subarray(0, 16)]);
-      whole?.push(chunk);
-      if (finder) finder.push(chunk);
-      else if (!toc.failed) {
-        toc.push(chunk);
-        if (toc.tocComplete) {
-          const entries = toc.entries();
-          dataStart = toc.tocEndOffset;
-          finder = new DataBlockFinder(entries.filter(hasDataBlock).map((e) => ({ dumpId: e.dumpId, blobs: e.desc === 'BLOBS' })), dataStart);
-          if (dataStart < dumpBytes) finder.push(chunk.subarray(dataStart - at));
-        }
-      }
-      cb(null, chunk);
-    },
-  });
-  tap.on('error', (err) => sup.fail(err));
-  pipeline(pgDump.stdout!, tap, pz.stdin!, (err) => {
-    if (err && !isAbortEcho(err)) sup.fail(err);
-  });
   let received = 0;
   let headerLength: number | undefined;
-  let settled = false;
+  let seen: DumpTapSummary | undefined;
   return {
     stdout: pz.stdout!,
     children: [pgDump, pz],
@@ -504,33 +519,85 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
     observe(chunk) {
       received += chunk.length;
       walker.push(chunk);
+      if (thread) onDump?.(thread.bytes());
     },
     indexParts: () => {
-      if (!settled || headerLength === undefined) return { problem: 'the dump did not settle' };
-      if (!finder) return { problem: `the table of contents could not be read${toc.failed ? ` (${(toc.end() as { reason?: string }).reason})` : ''}` };
+      if (!seen || headerLength === undefined) return { problem: 'the dump did not settle' };
+      if ('problem' in seen.index) return seen.index;
       const found = walker.frames();
       if ('problem' in found) return found;
       const m = /Chosen frame size: (\d+)/.exec(pz.stderr.text());
       if (!m) return { problem: 'pzstd did not say its frame size' };
       const frameBytes = Number(m[1]);
+      const dumpBytes = seen.dumpBytes;
       if (found.frames.length !== Math.max(1, Math.ceil(dumpBytes / frameBytes))) return { problem: `pzstd wrote ${found.frames.length} frames of ${frameBytes} bytes for ${dumpBytes} bytes` };
-      const blocks = finder.blocks();
-      if (!Array.isArray(blocks)) return blocks;
-      return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart, blocks } };
+      return { headerLength, compressed: { bytes: found.bytes, frameBytes, frames: found.frames }, archive: { bytes: dumpBytes, dataStart: seen.index.dataStart, blocks: seen.index.blocks } };
     },
-    settle: () => {
-      if (dumpBytes === 0) return Promise.resolve({ problem: 'pg_dump wrote nothing' });
-      if (received === 0) return Promise.resolve({ problem: 'pzstd wrote nothing' });
+    settle: async () => {
+      let r: { summary: DumpTapSummary; writeError?: string };
+      try {
+        r = await tap.summary();
+      } catch (err) {
+        return { problem: (err as Error).message };
+      }
+      const { dumpBytes } = r.summary;
+      if (thread) onDump?.(dumpBytes);
+      if (dumpBytes === 0) return { problem: 'pg_dump wrote nothing' };
+      if (r.writeError !== undefined) return { problem: `pzstd stopped reading the dump (${r.writeError})` };
+      if (received === 0) return { problem: 'pzstd wrote nothing' };
       const acct = zstdCounts(pz.stderr.text());
-      if (!acct) return Promise.resolve({ problem: `pzstd did not report its byte counts (${pz.stderr.lastLines(1, 200)})` });
-      if (acct.wrote !== received) return Promise.resolve({ problem: `pzstd wrote ${acct.wrote} bytes but ${received} reached coffer` });
-      if (acct.read !== dumpBytes) return Promise.resolve({ problem: `pg_dump wrote ${dumpBytes} bytes but pzstd read ${acct.read}` });
-      const problem = headProblem('pg_dump', head, dumpBytes, expectHead) ?? (whole ? wholeProblem('pg_dump', whole, dumpBytes) : undefined);
-      if (problem) return Promise.resolve({ problem });
-      settled = true;
-      return Promise.resolve({ dumpBytes });
+      if (!acct) return { problem: `pzstd did not report its byte counts (${pz.stderr.lastLines(1, 200)})` };
+      if (acct.wrote !== received) return { problem: `pzstd wrote ${acct.wrote} bytes but ${received} reached coffer` };
+      if (acct.read !== dumpBytes) return { problem: `pg_dump wrote ${dumpBytes} bytes but pzstd read ${acct.read}` };
+      const problem = headProblem('pg_dump', Buffer.from(r.summary.head), dumpBytes, expectHead) ?? (r.summary.wholeProblem !== undefined ? `pg_dump's output is not a whole dump: ${r.summary.wholeProblem}` : undefined);
+      if (problem) return { problem };
+      seen = r.summary;
+      return { dumpBytes };
     },
   };
+}
+
+/** The two pipes of a threaded dump tap: pg_dump writes `dump`, pzstd reads `compress`. */
+export interface DumpPipes {
+  dump: OsPipe;
+  compress: OsPipe;
+}
+
+/**
+ * Databases at least this large (pg_database_size) are dumped through a worker thread and real
+ * pipes ({@link startDumpTapThread}); below it node's streams cost less than starting the thread.
+ * The test point `tap-thread-at=N` (../run/faults.ts) moves it.
+ */
+export const TAP_THREAD_MIN_BYTES = 256 * 1024 * 1024;
+
+/** The pipes for a threaded dump tap, when this backup takes the indexed pipeline and is large enough; else undefined. */
+export async function dumpPipes(req: BackupRequest, databaseSizeBytes: number, env: NodeJS.ProcessEnv): Promise<DumpPipes | undefined> {
+  const at = faultNumber('tap-thread-at') || TAP_THREAD_MIN_BYTES;
+  if (req.compression.kind !== 'zstd' || req.index === false || req.kind !== 'custom' || databaseSizeBytes < at) return undefined;
+  try {
+    const [dump, compress] = await openPipes(2, env);
+    return { dump: dump!, compress: compress! };
+  } catch (err) {
+    req.log.debug('no pipes for a threaded dump tap; node streams carry the dump', { error: (err as Error).message });
+    return undefined;
+  }
+}
+
+/** Closes every end of pipes nobody took. */
+export function closePipes(p: DumpPipes): void {
+  for (const e of [p.dump.read, p.dump.write, p.compress.read, p.compress.write]) closeQuietly(e);
+}
+
+function startThread(pipes: DumpPipes, wrapped: boolean, log: Logger): DumpTapThread | undefined {
+  try {
+    return startDumpTapThread(pipes.dump, pipes.compress, wrapped);
+  } catch (err) {
+    // startDumpTapThread closed the ends the thread would have owned.
+    log.debug('the dump tap thread did not start; node streams carry the dump', { error: (err as Error).message });
+    closeQuietly(pipes.dump.write);
+    closeQuietly(pipes.compress.read);
+    return undefined;
+  }
 }
 
 /**

@@ -11,6 +11,10 @@
  *   suite's data-loss check can fail: a backup run that fails deletes the manifest of the newest
  *   earlier backup of its database (from the tier-choice listing) in its cleanup path.
  *   test/reliability/network.test.ts ("the data-loss check detects a broken cleanup") uses it.
+ * - `tap-thread-at=N`: not a fault: backups of databases of N bytes or more (default 256 MiB)
+ *   carry the dump to pzstd by a worker thread between real pipes (src/pipeline/dump-tap-thread.ts)
+ *   instead of node's streams, so that small test databases take that path too.
+ *   test/backup/dump-tap-thread.test.ts uses it.
  * - `stall-wal-push=<stage>`: wal-push writes `fault: stalled at <stage>` on stderr and waits
  *   (until it is killed) at that stage: `listed` (the name was listed, nothing encoded yet),
  *   `encoded` (compressed and encrypted, not yet stored), `stored` (putBytes returned, before the

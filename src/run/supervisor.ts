@@ -131,10 +131,10 @@ export interface SpawnSpec {
   env: NodeJS.ProcessEnv;
   /** Short name for messages: `pg_dump`, `zstd -d`, `pg_restore --list`. */
   what: string;
-  /** `pipe`: we write it; a {@link Child}: that child's stdout, fd to fd (it must be spawned with `stdout: 'child'`). */
-  stdin?: 'pipe' | 'ignore' | Child;
-  /** `pipe`: read through {@link Child.stdout}; `child`: handed to the next spawn's stdin, in the same tick. */
-  stdout?: 'pipe' | 'ignore' | 'child';
+  /** `pipe`: we write it; a {@link Child}: that child's stdout, fd to fd (it must be spawned with `stdout: 'child'`); `{ fd }`: a descriptor of ours (a pipe's read end, ../run/os-pipe.ts), which the caller still closes. */
+  stdin?: 'pipe' | 'ignore' | Child | { fd: number };
+  /** `pipe`: read through {@link Child.stdout}; `child`: handed to the next spawn's stdin, in the same tick; `{ fd }`: a descriptor of ours, which the caller still closes. */
+  stdout?: 'pipe' | 'ignore' | 'child' | { fd: number };
   /** The error when the program is not installed (default: the PostgreSQL client is missing). */
   missing?: (cmd: string) => CofferError;
   /** Turns a failed exit into the error to report (default: DatabaseError with the stderr tail). */
@@ -179,13 +179,15 @@ export class Child {
   constructor(spec: SpawnSpec, runFailed: () => boolean) {
     this.what = spec.what;
     const [cmd, ...args] = spec.argv as [string, ...string[]];
-    let stdin: 'pipe' | 'ignore' | Readable = 'ignore';
+    let stdin: 'pipe' | 'ignore' | Readable | number = 'ignore';
     if (spec.stdin instanceof Child) {
       const upstream = spec.stdin.handoff;
       if (!upstream) throw new Error(`internal: ${spec.stdin.what} has no stdout to hand to ${spec.what}`);
       stdin = upstream;
-    } else if (spec.stdin) stdin = spec.stdin;
-    this.proc = spawn(cmd, args, { env: spec.env, stdio: [stdin, spec.stdout === 'ignore' ? 'ignore' : 'pipe', 'pipe'] });
+    } else if (typeof spec.stdin === 'object') stdin = spec.stdin.fd;
+    else if (spec.stdin) stdin = spec.stdin;
+    const stdout = typeof spec.stdout === 'object' ? spec.stdout.fd : spec.stdout === 'ignore' ? 'ignore' : 'pipe';
+    this.proc = spawn(cmd, args, { env: spec.env, stdio: [stdin, stdout, 'pipe'] });
     // The same tick: every pipe gets its reader before any await can let the child exit unread.
     if (spec.stdin instanceof Child) spec.stdin.releaseHandoff();
     const onStderr = spec.onStderr;
@@ -199,7 +201,7 @@ export class Child {
     if (spec.stdout === 'child') {
       this.handoff = this.proc.stdout!;
       this.stdout = null;
-    } else if (spec.stdout === 'ignore') {
+    } else if (spec.stdout === 'ignore' || typeof spec.stdout === 'object') {
       this.stdout = null;
     } else {
       const buffer = new PassThrough({ highWaterMark: 1024 * 1024 });
