@@ -329,7 +329,7 @@ export class DataBlockFinder {
       }
     }
     while (this.next < this.patterns.length) {
-      const i = buf.indexOf(this.patterns[this.next]!, from);
+      const i = markAt(buf, this.patterns[this.next]!, from);
       if (i < 0) break;
       this.found.push([this.expected[this.next]!.dumpId, base + i + 5]);
       this.next++;
@@ -347,4 +347,18 @@ export class DataBlockFinder {
     if (this.next < this.patterns.length) return { problem: `the data block of entry ${this.expected[this.next]!.dumpId} was not found` };
     return [...this.found];
   }
+}
+
+/**
+ * Where `mark` (five zero bytes, then a block's type and id) first lies in `buf` at or after
+ * `from`, or -1. It searches for the part after the zeros (it starts with the block type, 1 or 3,
+ * a byte that COPY's text hardly ever holds) and then checks the zeros before it: a search led by
+ * zero bytes stops at every row's length word (about a tenth of the CPU of a backup's copying).
+ */
+function markAt(buf: Buffer, mark: Buffer, from: number): number {
+  const tail = mark.subarray(5);
+  for (let j = buf.indexOf(tail, from + 5); j >= 0; j = buf.indexOf(tail, j + 1)) {
+    if (buf[j - 1] === 0 && buf[j - 2] === 0 && buf[j - 3] === 0 && buf[j - 4] === 0 && buf[j - 5] === 0) return j - 5;
+  }
+  return -1;
 }

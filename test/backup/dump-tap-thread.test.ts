@@ -27,7 +27,7 @@ import { useFixture } from '../harness/fixture.js';
 import { dataFingerprint, dropDatabase, uniqueDbName } from '../harness/pg.js';
 import { seededRandom } from '../reliability/common.js';
 
-const f = useFixture({ name: 'tap-thread', db: { fixture: 'vault', prefix: 'vault_tt', fillMB: 24 } });
+const f = useFixture({ name: 'tap-thread', db: { fixture: 'vault', prefix: 'vault_tt', fillMB: 8 } });
 const pg = f.pg;
 const THREAD = { COFFER_TEST_FAULTS: 'tap-thread-at=1' };
 let readyDump: string;
@@ -125,7 +125,7 @@ describe('the threaded dump tap', () => {
     const blocks = [...scan.layout.blocks.values()].sort((a, b) => a - b);
     const rnd = seededRandom('tap-thread cuts');
     const cuts = new Set([blocks[0]!, blocks[blocks.length - 1]!, size - 1]);
-    while (cuts.size < 7) cuts.add(1 + Math.floor(rnd.next() * (size - 2)));
+    while (cuts.size < 6) cuts.add(1 + Math.floor(rnd.next() * (size - 2)));
     for (const cut of cuts) {
       const rec = await recordingWrapper(`cut-${cut}.sh`, `exec head -c ${cut} '${readyDump}'`);
       const repo = f.path(`cut-${cut}`);

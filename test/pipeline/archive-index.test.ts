@@ -253,7 +253,7 @@ function dataPart(rnd: (n: number) => number, ids: Array<{ dumpId: number; blobs
     parts.push(b);
     n += b.length;
   };
-  for (const { dumpId, blobs } of ids) {
+  for (const [k, { dumpId, blobs }] of ids.entries()) {
     starts.push(n);
     const h = Buffer.alloc(6);
     h[0] = blobs ? 3 : 1;
@@ -262,6 +262,18 @@ function dataPart(rnd: (n: number) => number, ids: Array<{ dumpId: number; blobs
     const chunks = rnd(4) === 0 ? 0 : 1 + rnd(40);
     for (let c = 0; c < chunks; c++) {
       if (blobs && c === 0) put(Buffer.from([0, 1, 0, 0, 0])); // a large object's oid
+      const next = ids[k + 1];
+      if (blobs && next && rnd(2) === 0) {
+        // A large object's bytes may hold the next block's type and id, after fewer than five zero bytes: not a mark.
+        const decoy = Buffer.alloc(12);
+        decoy[rnd(5)] = 0x41;
+        decoy[5] = next.blobs ? 3 : 1;
+        decoy.writeUInt32LE(next.dumpId, 7);
+        const hdr = Buffer.alloc(5);
+        hdr.writeUInt32LE(decoy.length, 1);
+        put(hdr);
+        put(decoy);
+      }
       // COPY text: no NUL byte; a length whose high bytes are zero.
       const len = 1 + rnd(!small && rnd(3) === 0 ? 300_000 : 200);
       const hdr = Buffer.alloc(5);
@@ -279,7 +291,7 @@ describe('DataBlockFinder', () => {
     const rnd = prng(17);
     for (let trial = 0; trial < 60; trial++) {
       const ids = Array.from({ length: 1 + rnd(8) }, (_, i) => ({ dumpId: 3000 + rnd(500) * 10 + i, blobs: false }));
-      if (rnd(3) === 0) ids.push({ dumpId: 9000 + trial, blobs: true });
+      if (rnd(3) === 0) ids.splice(rnd(ids.length), 0, { dumpId: 9000 + trial, blobs: true });
       const dataStart = 1 + rnd(5000);
       const tiny = rnd(4) === 0;
       const { bytes, starts } = dataPart(rnd, ids, tiny);
