@@ -13,10 +13,10 @@ import { pipeline } from 'node:stream';
 import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
-import { library, parseIdentity, parseRecipient } from './keys.js';
+import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
-export { generateIdentity, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
+export { checkRecipientMix, generateIdentity, isPostQuantumRecipient, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
 export { writeSecretFileExclusive } from './key-files.js';
 export { CHUNK_SIZE, ChunkRangeDecrypter, chunkSpan, payloadSize, SEALED_CHUNK_SIZE } from './stream.js';
 
@@ -50,12 +50,14 @@ export type EncryptStream = Transform & {
  * chunks) and backpressure is respected.
  *
  * @param recipients - one or more `age1…` (X25519) or `age1pq1…` (hybrid) recipients.
- * @throws {UsageError} if `recipients` is empty or one of them is invalid.
+ * @throws {UsageError} if `recipients` is empty, one of them is invalid, or post-quantum and
+ *   classic recipients are mixed ({@link checkRecipientMix}).
  */
 export async function createEncryptStream(recipients: string[]): Promise<EncryptStream> {
   if (recipients.length === 0) {
     throw new UsageError('no recipients to encrypt to; configure at least one age1… public key');
   }
+  checkRecipientMix(recipients);
   const encrypter = new (await library()).Encrypter();
   for (const r of recipients) encrypter.addRecipient(parseRecipient(r));
   // A recipient that writes no stanza, only captures the file key the library drew.

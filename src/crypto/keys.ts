@@ -69,6 +69,29 @@ export function parseRecipient(s: string): string {
   return value;
 }
 
+/** Whether `recipient` is post-quantum (hybrid ML-KEM-768 + X25519, `age1pq1…`). */
+export function isPostQuantumRecipient(recipient: string): boolean {
+  return recipient.trim().startsWith('age1pq1');
+}
+
+/**
+ * age's rule for one file's recipients (c2sp.org/age-plugin, labels; age 1.3 refuses the mix):
+ * post-quantum and classic recipients are not mixed, because the classic stanza would let a
+ * future quantum attacker recover the file key and the post-quantum one would protect nothing.
+ * Call it where the recipients are gathered (backup, wal-push start-up), before any work.
+ *
+ * @throws {UsageError} one line naming a recipient of each kind and the fix.
+ */
+export function checkRecipientMix(recipients: readonly string[]): void {
+  const pq = recipients.find((r) => isPostQuantumRecipient(r));
+  const classic = recipients.find((r) => !isPostQuantumRecipient(r));
+  if (pq === undefined || classic === undefined) return;
+  throw new UsageError(
+    `post-quantum (${shown(pq)}) and classic (${shown(classic)}) recipients cannot be mixed: a backup encrypted to both is only as strong as the classic key against a quantum attacker`,
+    { hint: 'use only age1pq1… recipients (coffer keygen --pq) or only classic age1… recipients; age 1.3 refuses the same mix' },
+  );
+}
+
 /** Read a small text file, with user-facing errors. */
 async function readKeyFile(path: string, what: string): Promise<{ text: string; mode: number; binary: boolean }> {
   let handle;
@@ -229,15 +252,16 @@ function rfc3339Local(d: Date): string {
 }
 
 /**
- * Generate a new X25519 identity.
+ * Generate a new X25519 identity, or with `pq` a hybrid post-quantum one (ML-KEM-768 + X25519,
+ * `AGE-SECRET-KEY-PQ-1…` / `age1pq1…`, as `age-keygen -pq` of age 1.3 makes).
  *
  * @param now - creation time written to the file's comment (default: now).
  * @returns the identity, its recipient, and `fileText` in exactly age-keygen's format:
  *   `# created: <RFC 3339 local time>\n# public key: age1…\nAGE-SECRET-KEY-1…\n`.
  */
-export async function generateIdentity(now: Date = new Date()): Promise<{ identity: string; recipient: string; fileText: string }> {
+export async function generateIdentity(now: Date = new Date(), opts: { pq?: boolean } = {}): Promise<{ identity: string; recipient: string; fileText: string }> {
   const age = await library();
-  const identity = await age.generateX25519Identity();
+  const identity = opts.pq === true ? await age.generateHybridIdentity() : await age.generateX25519Identity();
   const recipient = await age.identityToRecipient(identity);
   const fileText = `# created: ${rfc3339Local(now)}\n# public key: ${recipient}\n${identity}\n`;
   return { identity, recipient, fileText };
