@@ -14,6 +14,7 @@ import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
 import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
+import { pluginIdentity, splitPluginIdentities, type PluginOutcome } from './plugin.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
 export { checkRecipientMix, generateIdentity, isPostQuantumRecipient, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
@@ -188,19 +189,26 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     },
   };
   decrypter.addIdentity(first);
+  // Native identities first, then one run of each plugin for its identities (src/crypto/plugin.ts).
+  const { native, plugins } = splitPluginIdentities(identities);
   // Validated by the caller; the library's own errors could quote the key, so never surface them.
-  for (const id of identities) {
+  for (const id of native) {
     try {
       decrypter.addIdentity(id);
     } catch {
       throw new UsageError('invalid age identity');
     }
   }
+  const outcome: PluginOutcome = { failures: [] };
+  for (const [name, ids] of plugins) decrypter.addIdentity(pluginIdentity(name, ids, outcome));
   decrypter.addIdentity(last);
   try {
     const fileKey = await decrypter.decryptHeader(header);
     return { fileKey, stanzaCount };
   } catch (err) {
+    if (outcome.aborted !== undefined) throw outcome.aborted;
+    // No identity matched, and a plugin failed: its failure is the cause (not installed, needs a PIN, …).
+    if (noMatch && outcome.failures.length > 0) throw outcome.failures[0];
     if (noMatch) {
       const n = identities.length;
       throw new IntegrityError("no identity matches this backup's recipients", {
@@ -258,7 +266,9 @@ export async function openPayloadKey(head: Buffer, identities: string[], complet
  * failed at byte offset N: …" — N is the offset of the bad chunk in the encrypted file), and
  * consumers must treat everything they received as failed.
  *
- * @param identities - `AGE-SECRET-KEY-1…` / `AGE-SECRET-KEY-PQ-1…` strings; all are tried.
+ * @param identities - `AGE-SECRET-KEY-1…` / `AGE-SECRET-KEY-PQ-1…` / `AGE-PLUGIN-<NAME>-1…`
+ *   strings; all are tried, native ones first, then each plugin's (src/crypto/plugin.ts: its
+ *   errors, UsageError or IntegrityError, are thrown when no identity matches).
  * @returns the plaintext and the number of recipient stanzas in the header.
  * @throws {UsageError} if `identities` is empty or one is invalid (message without key material).
  * @throws {IntegrityError} "no identity matches this backup's recipients"; "not an age file, or

@@ -9,6 +9,7 @@
  */
 import { open } from 'node:fs/promises';
 import { bech32Decode } from './bech32.js';
+import { pluginIdentityName } from './plugin.js';
 import { errnoWords, UsageError } from '../errors.js';
 
 /** The `age-encryption` library, loaded when first needed (it costs about 0.15 s of CPU to load). */
@@ -166,7 +167,9 @@ async function identityProblem(line: string): Promise<string | undefined> {
   if (/^age-secret-key-/i.test(line)) {
     return 'invalid age secret key (must be upper case and start with AGE-SECRET-KEY-1)';
   }
-  if (line.startsWith('AGE-PLUGIN-')) return 'age plugin identities are not supported; use an X25519 identity';
+  if (/^age-plugin-/i.test(line)) {
+    return pluginIdentityName(line) !== undefined ? undefined : 'invalid age plugin identity (must be upper case AGE-PLUGIN-<NAME>-1… with a valid checksum)';
+  }
   if (line.startsWith('age1')) {
     return 'this is a public key (recipient), not a secret key; pass the identity file made by coffer keygen or age-keygen';
   }
@@ -178,12 +181,13 @@ async function identityProblem(line: string): Promise<string | undefined> {
 
 /**
  * Read an age identity file in age-keygen format: `#` comments, blank lines, one
- * `AGE-SECRET-KEY-1…` (or hybrid `AGE-SECRET-KEY-PQ-1…`) per line; CRLF tolerated.
+ * `AGE-SECRET-KEY-1…` (or hybrid `AGE-SECRET-KEY-PQ-1…`, or a plugin's `AGE-PLUGIN-<NAME>-1…`)
+ * per line; CRLF tolerated.
  *
  * @returns the identities in file order.
  * @throws {UsageError} if the file is missing or unreadable; empty; encrypted with a passphrase
  *   (binary or armored age file: decrypt it first with `age -d`); holds a recipient (public key),
- *   an SSH key, a plugin identity, garbage or a corrupt/truncated key ("… line N: …"); or holds
+ *   an SSH key, garbage or a corrupt/truncated key ("… line N: …"); or holds
  *   valid identities but is readable or writable by group or others (`chmod 600 <path>`).
  *   Messages never contain key material.
  */
@@ -220,7 +224,7 @@ export async function readIdentityFile(path: string): Promise<string[]> {
  * Check one identity string.
  *
  * @returns the identity, trimmed.
- * @throws {UsageError} if it is not a valid X25519 or hybrid age identity (message without key material).
+ * @throws {UsageError} if it is not a valid X25519, hybrid or plugin age identity (message without key material).
  */
 export async function parseIdentity(identity: string): Promise<string> {
   const value = identity.trim();

@@ -1,0 +1,449 @@
+/**
+ * The client side of age's plugin protocol, `identity-v1` (https://c2sp.org/age-plugin): restores
+ * accept `AGE-PLUGIN-<NAME>-1…` identities (age-plugin-yubikey, age-plugin-tpm, …) by running
+ * `age-plugin-<name> --age-plugin=identity-v1` (found on PATH, absolute directories only) and
+ * handing it the header's stanzas; the plugin answers with the file key, which coffer checks
+ * against the header MAC and then uses to decrypt the payload itself. The age CLI cannot hand a
+ * file key back (it decrypts whole files only), so coffer speaks the protocol itself instead of
+ * delegating to `age -d`.
+ *
+ * The plugin's requests are answered as age does: `msg` is logged; `request-secret`,
+ * `request-public` and `confirm` are asked on the terminal when coffer has one (stdin and stderr
+ * are terminals), else answered `fail` (the plugin then gives up, and the restore fails saying
+ * that this identity needs a terminal). Nothing the user types and no file key is logged.
+ *
+ * Errors (one line each): the plugin is not on PATH ({@link UsageError}, exit 2); it needs a PIN
+ * or a confirmation and there is no terminal ({@link UsageError}, exit 2); it reports an `error`,
+ * exits or closes its output before `done`, breaks the protocol, or stays silent for
+ * {@link PLUGIN_SILENCE_MS} ({@link IntegrityError}, exit 5). The run's abort signal (SIGINT,
+ * SIGTERM, `--timeout`) ends the plugin at once.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
+import * as path from 'node:path';
+import type { Identity, Stanza } from 'age-encryption';
+import { IntegrityError, UsageError } from '../errors.js';
+import type { Logger } from '../observe/log.js';
+import { bech32Decode } from './bech32.js';
+
+/** A plugin silent this long (not counting time the user spends answering it) has failed. */
+export const PLUGIN_SILENCE_MS = 120_000;
+/** After `done` or a failure, how long the plugin gets to exit after SIGINT before SIGKILL. */
+const PLUGIN_EXIT_GRACE_MS = 2_000;
+const FILE_KEY_SIZE = 16;
+/** Longest plugin message kept (a message is one line of a log). */
+const MAX_MESSAGE = 300;
+
+/** What the plugin client needs from the run: set once by the CLI ({@link configurePluginClient}). */
+export interface PluginClientOptions {
+  log?: Logger | undefined;
+  signal?: AbortSignal | undefined;
+  /** The plugin's environment (the CLI's child-safe one: no coffer or AWS secrets). */
+  env?: NodeJS.ProcessEnv | undefined;
+  /** Whether the user can be asked (a PIN, a confirmation). Default: stdin and stderr are terminals. */
+  interactive?: boolean | undefined;
+}
+
+let session: PluginClientOptions = {};
+
+/** Sets the run's logger, abort signal, environment and interactivity for every plugin started later. */
+export function configurePluginClient(opts: PluginClientOptions): void {
+  session = { ...opts };
+}
+
+const NAME = /^[a-z0-9_.+-]+$/;
+
+/**
+ * The plugin name of a plugin identity (`AGE-PLUGIN-YUBIKEY-1…` → `yubikey`), or `undefined`
+ * when `s` is not a well-formed one (upper case bech32 with the HRP `AGE-PLUGIN-<NAME>-`).
+ */
+export function pluginIdentityName(s: string): string | undefined {
+  if (!s.startsWith('AGE-PLUGIN-') || s !== s.toUpperCase()) return undefined;
+  const decoded = bech32Decode(s, 4096);
+  if (decoded === undefined || !decoded.prefix.endsWith('-')) return undefined;
+  const name = decoded.prefix.slice('age-plugin-'.length, -1);
+  return name.length > 0 && NAME.test(name) ? name : undefined;
+}
+
+/** `age-plugin-<name>` on PATH (absolute directories only, never the working directory), or undefined. */
+export function findPlugin(name: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
+  const bin = `age-plugin-${name}`;
+  for (const dir of (env.PATH ?? '').split(path.delimiter)) {
+    if (!path.isAbsolute(dir)) continue;
+    const p = path.join(dir, bin);
+    try {
+      if (!statSync(p).isFile()) continue;
+      accessSync(p, fsConstants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+// --- IPC stanzas: the age v1 header's stanza text format --------------------------------------
+
+interface IpcStanza {
+  type: string;
+  args: string[];
+  body: Buffer;
+}
+
+function b64(bytes: Uint8Array): string {
+  return Buffer.from(bytes).toString('base64').replace(/=+$/, '');
+}
+
+/** One stanza in age's text format: `-> type args…`, the body in base64 lines of 64, a short last line. */
+export function encodeIpcStanza(type: string, args: string[] = [], body: Uint8Array = new Uint8Array(0)): string {
+  const text = b64(body);
+  let out = `-> ${[type, ...args].join(' ')}\n`;
+  for (let i = 0; i + 64 <= text.length; i += 64) out += `${text.slice(i, i + 64)}\n`;
+  return `${out}${text.slice(text.length - (text.length % 64))}\n`;
+}
+
+/** Strict unpadded base64 of a stanza body line; undefined when malformed. */
+function decodeBody(lines: string[]): Buffer | undefined {
+  const text = lines.join('');
+  if (!/^[A-Za-z0-9+/]*$/.test(text) || text.length % 4 === 1) return undefined;
+  const bytes = Buffer.from(text, 'base64');
+  return b64(bytes) === text ? bytes : undefined;
+}
+
+/** Reads stanzas from the plugin's stdout as they complete. */
+class StanzaReader {
+  #buf = '';
+  #lines: string[] = [];
+  #pending: string[] | undefined;
+
+  /** Feeds bytes; returns the stanzas completed by them. Throws on a malformed stanza. */
+  push(chunk: Buffer): IpcStanza[] {
+    this.#buf += chunk.toString('latin1');
+    const out: IpcStanza[] = [];
+    for (let nl = this.#buf.indexOf('\n'); nl >= 0; nl = this.#buf.indexOf('\n')) {
+      this.#lines.push(this.#buf.slice(0, nl));
+      this.#buf = this.#buf.slice(nl + 1);
+    }
+    if (this.#buf.length > 1024 * 1024) throw new Error('a line of more than 1 MiB');
+    for (const line of this.#lines.splice(0)) {
+      if (this.#pending === undefined) {
+        if (!line.startsWith('-> ')) throw new Error('a line that does not start a stanza');
+        this.#pending = [line];
+        continue;
+      }
+      this.#pending.push(line);
+      if (line.length < 64) {
+        const [head, ...body] = this.#pending;
+        this.#pending = undefined;
+        const [type, ...args] = head!.slice(3).split(' ');
+        const bytes = decodeBody(body);
+        if (!type || bytes === undefined || args.some((a) => a.length === 0)) throw new Error('a malformed stanza');
+        out.push({ type, args, body: bytes });
+      } else if (line.length > 64) {
+        throw new Error('a stanza body line longer than 64 columns');
+      }
+    }
+    return out;
+  }
+}
+
+/** Printable, one line, bounded: plugin text shown to the user or logged. */
+function oneLine(text: string): string {
+  const s = text.replace(/[\r\n\t]+/g, ' ').replace(/[^\x20-\x7e\u00a0-\uffff]/g, '?').trim();
+  return s.length > MAX_MESSAGE ? `${s.slice(0, MAX_MESSAGE)}…` : s;
+}
+
+// --- terminal prompts ------------------------------------------------------------------------
+
+function isInteractive(): boolean {
+  return session.interactive ?? (!!process.stdin.isTTY && !!process.stderr.isTTY);
+}
+
+/** Asks on the terminal; a secret is read with echo off. Rejects on Ctrl-C / Ctrl-D / abort. */
+function ask(question: string, secret: boolean, signal: AbortSignal | undefined): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const stdin = process.stdin;
+    process.stderr.write(`${question} `);
+    let answer = '';
+    const wasRaw = stdin.isRaw;
+    const done = (err: Error | undefined): void => {
+      stdin.off('data', onData);
+      signal?.removeEventListener('abort', onAbort);
+      if (stdin.isTTY) stdin.setRawMode(wasRaw);
+      stdin.pause();
+      process.stderr.write('\n');
+      if (err) reject(err);
+      else resolve(answer);
+    };
+    const onAbort = (): void => done(signal?.reason instanceof Error ? signal.reason : new Error('aborted'));
+    const onData = (chunk: Buffer): void => {
+      for (const byte of chunk) {
+        if (byte === 0x0d || byte === 0x0a) return done(undefined);
+        if (byte === 0x03) {
+          done(new UsageError('the age plugin prompt was interrupted (Ctrl-C)'));
+          process.kill(process.pid, 'SIGINT');
+          return;
+        }
+        if (byte === 0x04) return done(new UsageError('the age plugin prompt got no answer (end of input)'));
+        if (byte === 0x7f || byte === 0x08) {
+          answer = answer.slice(0, -1);
+          if (!secret) process.stderr.write('\b \b');
+          continue;
+        }
+        if (byte < 0x20) continue;
+        const ch = String.fromCharCode(byte);
+        answer += ch;
+        if (!secret) process.stderr.write(ch);
+      }
+    };
+    if (stdin.isTTY) stdin.setRawMode(true);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    stdin.on('data', onData);
+    stdin.resume();
+  });
+}
+
+// --- one plugin run --------------------------------------------------------------------------
+
+/** Why the plugin needed the user and could not have them (no terminal), for the final error. */
+type Needed = 'a PIN or passphrase' | 'an answer' | 'a confirmation';
+
+/**
+ * Runs `age-plugin-<name> --age-plugin=identity-v1` once for one file header: adds every
+ * identity, passes every stanza as file 0, answers the plugin's requests, and returns the file
+ * key it sends, or `null` when it sends none (none of its identities matches the header).
+ *
+ * @throws {UsageError} the plugin is not on PATH; it needed the user and there is no terminal.
+ * @throws {IntegrityError} the plugin reported an error, exited or closed its output before
+ *   `done`, broke the protocol, or was silent for {@link PLUGIN_SILENCE_MS}.
+ * @throws the abort signal's reason when the run is stopped.
+ */
+export async function unwrapWithPlugin(name: string, identities: readonly string[], stanzas: readonly Stanza[]): Promise<Uint8Array | null> {
+  const bin = `age-plugin-${name}`;
+  const { log, signal } = session;
+  const env = session.env ?? process.env;
+  signal?.throwIfAborted();
+  const file = findPlugin(name, env);
+  if (file === undefined) {
+    throw new UsageError(`age plugin ${bin} is not installed: it is needed for the AGE-PLUGIN-${name.toUpperCase()}-1… identity in the identity file, and was not found on PATH`, {
+      hint: `install ${bin} on this host (in a directory of PATH), or restore with a non-plugin identity`,
+    });
+  }
+  const child: ChildProcessWithoutNullStreams = spawn(file, ['--age-plugin=identity-v1'], {
+    // Plugins must not depend on the working directory (the spec); age uses the temp directory.
+    cwd: path.parse(file).root,
+    env,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const interactive = isInteractive();
+  let stderrTail = '';
+  child.stderr.on('data', (c: Buffer) => {
+    stderrTail = (stderrTail + c.toString('utf8')).slice(-2000);
+  });
+  child.stdin.on('error', () => undefined); // EPIPE when the plugin exits early: the read side reports it
+
+  const failed = (what: string, detail?: string): IntegrityError => {
+    const last = oneLine(stderrTail.trim().split('\n').pop() ?? '');
+    return new IntegrityError(`age plugin ${bin} ${what}`, {
+      hint: 'check the plugin (and its hardware key) with: age -d -i <identity file> <backup object>',
+      ...((detail ?? last) ? { detail: detail ?? `plugin stderr: ${last}` } : {}),
+    });
+  };
+
+  let fileKey: Uint8Array | null = null;
+  let needed: Needed | undefined;
+  const reader = new StanzaReader();
+  const send = (text: string): void => {
+    child.stdin.write(text);
+  };
+
+  const exchange = new Promise<void>((resolve, reject) => {
+    let silence: NodeJS.Timeout | undefined;
+    let settled = false;
+    let waitingForUser = false;
+    const queue: IpcStanza[] = [];
+    const armSilence = (): void => {
+      clearTimeout(silence);
+      if (!waitingForUser) silence = setTimeout(() => finish(failed(`did not answer within ${PLUGIN_SILENCE_MS / 1000} s`)), PLUGIN_SILENCE_MS);
+    };
+    const finish = (err?: unknown): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(silence);
+      signal?.removeEventListener('abort', onAbort);
+      if (err === undefined) resolve();
+      else reject(err);
+    };
+    const onAbort = (): void => finish(signal?.reason ?? new Error('aborted'));
+    signal?.addEventListener('abort', onAbort, { once: true });
+
+    let busy = false;
+    let closed: string | undefined;
+    const handle = async (s: IpcStanza): Promise<void> => {
+      switch (s.type) {
+        case 'msg':
+          log?.info(`age plugin ${bin}: ${oneLine(s.body.toString('utf8'))}`);
+          return send(encodeIpcStanza('ok'));
+        case 'file-key':
+          if (s.args.length !== 1 || s.args[0] !== '0') throw failed('sent a file key for a file it was not given');
+          if (fileKey !== null) throw failed('sent two file keys for one file');
+          if (s.body.length !== FILE_KEY_SIZE) throw failed(`sent a file key of ${s.body.length} bytes (age uses ${FILE_KEY_SIZE})`);
+          fileKey = Uint8Array.from(s.body);
+          s.body.fill(0);
+          return send(encodeIpcStanza('ok'));
+        case 'error': {
+          send(encodeIpcStanza('ok'));
+          const which = s.args[0] === 'identity' ? 'with its identity' : s.args[0] === 'stanza' ? 'with a stanza of the header' : '';
+          const text = oneLine(s.body.toString('utf8'));
+          if (needed !== undefined) throw noTerminal(bin, needed, text);
+          throw failed(`reported an error${which ? ` ${which}` : ''}: ${text || '(no message)'}`, '');
+        }
+        case 'request-secret':
+        case 'request-public':
+        case 'confirm': {
+          const prompt = oneLine(s.body.toString('utf8'));
+          const kind: Needed = s.type === 'request-secret' ? 'a PIN or passphrase' : s.type === 'confirm' ? 'a confirmation' : 'an answer';
+          if (s.type === 'confirm' && (s.args.length < 1 || s.args.length > 2)) throw failed('sent a malformed confirm request');
+          if (!interactive) {
+            needed ??= kind;
+            log?.warn(`age plugin ${bin} asks for ${kind} (${prompt}), but coffer has no terminal to ask on: answering that it cannot`);
+            return send(encodeIpcStanza('fail'));
+          }
+          waitingForUser = true;
+          clearTimeout(silence);
+          try {
+            if (s.type === 'confirm') {
+              const yes = Buffer.from(s.args[0]!, 'base64').toString('utf8');
+              const no = s.args[1] !== undefined ? Buffer.from(s.args[1], 'base64').toString('utf8') : undefined;
+              const answer = await ask(`${bin}: ${prompt} [${yes}${no !== undefined ? `/${no}` : ''}]`, false, signal);
+              const chose = answer.trim().toLowerCase();
+              if (no !== undefined && chose === no.toLowerCase()) return send(encodeIpcStanza('ok', ['no']));
+              return send(encodeIpcStanza('ok', ['yes']));
+            }
+            const answer = await ask(`${bin}: ${prompt}`, s.type === 'request-secret', signal);
+            return send(encodeIpcStanza('ok', [], Buffer.from(answer, 'utf8')));
+          } finally {
+            waitingForUser = false;
+          }
+        }
+        default:
+          return send(encodeIpcStanza('unsupported'));
+      }
+    };
+    const drain = async (): Promise<void> => {
+      if (busy) return;
+      busy = true;
+      try {
+        while (queue.length > 0 && !settled) {
+          const s = queue.shift()!;
+          if (s.type === 'done') return finish();
+          await handle(s);
+          armSilence();
+        }
+        if (closed !== undefined && !settled) {
+          if (needed !== undefined) return finish(noTerminal(bin, needed, ''));
+          finish(failed(`exited (${closed}) before it finished unwrapping the file key`));
+        }
+      } catch (err) {
+        finish(err);
+      } finally {
+        busy = false;
+      }
+    };
+    child.stdout.on('data', (chunk: Buffer) => {
+      armSilence();
+      try {
+        queue.push(...reader.push(chunk));
+      } catch (err) {
+        finish(failed(`broke age's plugin protocol (${(err as Error).message})`));
+        return;
+      }
+      void drain();
+    });
+    child.on('error', (err) => finish(failed(`could not be started: ${err.message}`)));
+    child.on('close', (code, sig) => {
+      // Stanzas still queued (a `done` among them) are handled first; drain() then reports the exit.
+      closed = sig !== null ? `signal ${sig}` : `code ${code}`;
+      void drain();
+    });
+
+    // Phase 1: the identities, then every stanza of the header as file 0.
+    armSilence();
+    for (const id of identities) send(encodeIpcStanza('add-identity', [id]));
+    for (const st of stanzas) send(encodeIpcStanza('recipient-stanza', ['0', ...st.args], st.body));
+    send(encodeIpcStanza('done'));
+  });
+
+  try {
+    await exchange;
+  } catch (err) {
+    if (fileKey !== null) (fileKey as Uint8Array).fill(0);
+    throw err;
+  } finally {
+    await stop(child);
+  }
+  if (fileKey === null && needed !== undefined) throw noTerminal(bin, needed, '');
+  return fileKey;
+}
+
+function noTerminal(bin: string, needed: Needed, pluginMessage: string): UsageError {
+  return new UsageError(
+    `age plugin ${bin} needs ${needed} and coffer has no terminal to ask on${pluginMessage ? ` (the plugin said: ${pluginMessage})` : ''}`,
+    { hint: 'run the restore interactively (from a terminal), or use for unattended restores a plugin identity that needs no PIN or touch, or a non-plugin identity' },
+  );
+}
+
+/** Closes the plugin's stdin and waits for it to exit: SIGINT at once if still running, SIGKILL after a grace period. */
+async function stop(child: ChildProcessWithoutNullStreams): Promise<void> {
+  child.stdin.end();
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  child.kill('SIGINT');
+  const timer = setTimeout(() => child.kill('SIGKILL'), PLUGIN_EXIT_GRACE_MS);
+  await exited;
+  clearTimeout(timer);
+}
+
+/** What the plugins of one header unwrap reported: failures (another identity may still match), and an abort. */
+export interface PluginOutcome {
+  failures: unknown[];
+  /** The run was stopped while a plugin ran: its reason, to be thrown as it is. */
+  aborted?: unknown;
+}
+
+/**
+ * An `age-encryption` Identity for all identities of one plugin, to be tried after the native
+ * ones. A plugin failure is recorded in `outcome.failures` and the identity returns null, so that
+ * another identity may still match; the caller reports the first failure when none does.
+ */
+export function pluginIdentity(name: string, identities: readonly string[], outcome: PluginOutcome): Identity {
+  return {
+    async unwrapFileKey(stanzas: Stanza[]): Promise<Uint8Array | null> {
+      try {
+        return await unwrapWithPlugin(name, identities, stanzas);
+      } catch (err) {
+        if (session.signal?.aborted) {
+          outcome.aborted = session.signal.reason ?? err;
+          throw err;
+        }
+        outcome.failures.push(err);
+        return null;
+      }
+    },
+  };
+}
+
+/**
+ * Splits identities into native ones (in order) and plugin ones grouped by plugin name (in
+ * order of first appearance), as age does: one plugin run per plugin and file.
+ */
+export function splitPluginIdentities(identities: readonly string[]): { native: string[]; plugins: Map<string, string[]> } {
+  const native: string[] = [];
+  const plugins = new Map<string, string[]>();
+  for (const id of identities) {
+    const name = pluginIdentityName(id);
+    if (name === undefined) native.push(id);
+    else plugins.set(name, [...(plugins.get(name) ?? []), id]);
+  }
+  return { native, plugins };
+}
