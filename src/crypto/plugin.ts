@@ -24,6 +24,7 @@ import * as path from 'node:path';
 import type { Identity, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
+import { holdProgressLines } from '../observe/progress.js';
 import { bech32Decode } from './bech32.js';
 
 /** A plugin silent this long (not counting time the user spends answering it) has failed. */
@@ -163,15 +164,19 @@ function isInteractive(): boolean {
 function ask(question: string, secret: boolean, signal: AbortSignal | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
     const stdin = process.stdin;
+    // Echo off before the prompt appears: whatever is typed after seeing it is never shown.
+    const wasRaw = stdin.isRaw;
+    if (stdin.isTTY) stdin.setRawMode(true);
+    const release = holdProgressLines();
     process.stderr.write(`${question} `);
     let answer = '';
-    const wasRaw = stdin.isRaw;
     const done = (err: Error | undefined): void => {
       stdin.off('data', onData);
       signal?.removeEventListener('abort', onAbort);
       if (stdin.isTTY) stdin.setRawMode(wasRaw);
       stdin.pause();
       process.stderr.write('\n');
+      release();
       if (err) reject(err);
       else resolve(answer);
     };
@@ -196,7 +201,6 @@ function ask(question: string, secret: boolean, signal: AbortSignal | undefined)
         if (!secret) process.stderr.write(ch);
       }
     };
-    if (stdin.isTTY) stdin.setRawMode(true);
     signal?.addEventListener('abort', onAbort, { once: true });
     stdin.on('data', onData);
     stdin.resume();
