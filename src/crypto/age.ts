@@ -14,7 +14,7 @@ import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
 import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
-import { pluginIdentity, splitPluginIdentities, type PluginOutcome } from './plugin.js';
+import { checkLabelSets, pluginIdentity, pluginRecipients, splitPluginIdentities, type PluginOutcome } from './plugin.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
 export { checkRecipientMix, generateIdentity, isPostQuantumRecipient, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
@@ -50,17 +50,23 @@ export type EncryptStream = Transform & {
  * first, then the payload). Accepts writes of any size; memory stays bounded (a few 64 KiB
  * chunks) and backpressure is respected.
  *
- * @param recipients - one or more `age1…` (X25519) or `age1pq1…` (hybrid) recipients.
+ * @param recipients - one or more `age1…` (X25519), `age1pq1…` (hybrid) or `age1<name>1…` (age
+ *   plugin: its plugin runs now, src/crypto/plugin.ts) recipients.
  * @throws {UsageError} if `recipients` is empty, one of them is invalid, or post-quantum and
- *   classic recipients are mixed ({@link checkRecipientMix}).
+ *   classic recipients are mixed ({@link checkRecipientMix}, and by label sets once plugins wrapped).
+ * @throws the errors of a plugin recipient's plugin (`wrapWithPlugin` in src/crypto/plugin.ts).
  */
 export async function createEncryptStream(recipients: string[]): Promise<EncryptStream> {
   if (recipients.length === 0) {
     throw new UsageError('no recipients to encrypt to; configure at least one age1… public key');
   }
   checkRecipientMix(recipients);
-  const encrypter = new (await library()).Encrypter();
-  for (const r of recipients) encrypter.addRecipient(parseRecipient(r));
+  const lib = await library();
+  const encrypter = new lib.Encrypter();
+  // age plugin recipients (age1<name>1…) are wrapped by their plugin (src/crypto/plugin.ts).
+  const { native, plugins, labels } = pluginRecipients(recipients.map((r) => parseRecipient(r)), (args, body) => new lib.Stanza(args, body));
+  for (const r of native) encrypter.addRecipient(r);
+  for (const p of plugins) encrypter.addRecipient(p);
   // A recipient that writes no stanza, only captures the file key the library drew.
   let fileKey: Uint8Array | undefined;
   const capture: Recipient = {
@@ -72,6 +78,12 @@ export async function createEncryptStream(recipients: string[]): Promise<Encrypt
   encrypter.addRecipient(capture);
   // The library's complete age file of an empty plaintext: header, nonce, one empty sealed chunk.
   const file = await encrypter.encrypt(new Uint8Array(0));
+  try {
+    checkLabelSets(labels);
+  } catch (err) {
+    fileKey?.fill(0);
+    throw err;
+  }
   const header = Buffer.from(file.subarray(0, file.length - EMPTY_PAYLOAD_SIZE));
   const lastLine = header.subarray(header.lastIndexOf(0x0a, header.length - 2) + 1).toString('latin1');
   if (fileKey?.length !== FILE_KEY_SIZE || !lastLine.startsWith('--- ') || !lastLine.endsWith('\n')) {

@@ -9,7 +9,7 @@
  */
 import { open } from 'node:fs/promises';
 import { bech32Decode } from './bech32.js';
-import { pluginIdentityName } from './plugin.js';
+import { pluginIdentityName, pluginRecipientName } from './plugin.js';
 import { errnoWords, UsageError } from '../errors.js';
 
 /** The `age-encryption` library, loaded when first needed (it costs about 0.15 s of CPU to load). */
@@ -42,7 +42,9 @@ function recipientProblem(s: string): string | undefined {
   // X25519 is hrp "age" + "1" + data (the bech32 alphabet has no "1"); anything else with a
   // further "1" is another type: plugin (age1yubikey1…), tag (age1tag1…) or hybrid (age1pq1…).
   if (s.startsWith('age1') && !s.startsWith('age1pq1') && s.slice(4).includes('1')) {
-    return `unsupported recipient type ${shown(s)}; only X25519 (age1…) and hybrid post-quantum (age1pq1…) recipients are supported`;
+    // age plugin recipients (age1yubikey1…): wrapped by the plugin (src/crypto/plugin.ts, recipient-v1).
+    if (pluginRecipientName(s) !== undefined) return undefined;
+    return `unsupported recipient type ${shown(s)}; only X25519 (age1…), hybrid post-quantum (age1pq1…) and age plugin (age1<name>1…) recipients are supported`;
   }
   if (!s.startsWith('age1')) return `${shown(s)} is not an age recipient (they start with age1)`;
   // What the library's X25519Recipient and HybridRecipient accept (bech32, 32 bytes; the hybrid
@@ -84,8 +86,9 @@ export function isPostQuantumRecipient(recipient: string): boolean {
  * @throws {UsageError} one line naming a recipient of each kind and the fix.
  */
 export function checkRecipientMix(recipients: readonly string[]): void {
+  // A plugin recipient's kind is known once it wraps (its labels: src/crypto/plugin.ts checkLabelSets).
   const pq = recipients.find((r) => isPostQuantumRecipient(r));
-  const classic = recipients.find((r) => !isPostQuantumRecipient(r));
+  const classic = recipients.find((r) => !isPostQuantumRecipient(r) && pluginRecipientName(r.trim()) === undefined);
   if (pq === undefined || classic === undefined) return;
   throw new UsageError(
     `post-quantum (${shown(pq)}) and classic (${shown(classic)}) recipients cannot be mixed: a backup encrypted to both is only as strong as the classic key against a quantum attacker`,

@@ -66,6 +66,21 @@ export function pluginIdentityName(s: string): string | undefined {
   return name.length > 0 && NAME.test(name) ? name : undefined;
 }
 
+/** Native recipient types of age that look like plugin names (`age1pq1…`, `age1tag1…`, `age1tagpq1…`). */
+const NATIVE_RECIPIENT_TYPES = new Set(['pq', 'tag', 'tagpq']);
+
+/**
+ * The plugin name of a plugin recipient (`age1yubikey1…` → `yubikey`), or `undefined` when `s` is
+ * not a well-formed one (lower case bech32 with the HRP `age1<name>`, not a native type).
+ */
+export function pluginRecipientName(s: string): string | undefined {
+  if (!s.startsWith('age1') || s !== s.toLowerCase()) return undefined;
+  const decoded = bech32Decode(s, 4096);
+  if (decoded === undefined || !decoded.prefix.startsWith('age1')) return undefined;
+  const name = decoded.prefix.slice(4);
+  return name.length > 0 && NAME.test(name) && !NATIVE_RECIPIENT_TYPES.has(name) ? name : undefined;
+}
+
 /** `age-plugin-<name>` on PATH (absolute directories only, never the working directory), or undefined. */
 export function findPlugin(name: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
   const bin = `age-plugin-${name}`;
@@ -212,28 +227,42 @@ function ask(question: string, secret: boolean, signal: AbortSignal | undefined)
 /** Why the plugin needed the user and could not have them (no terminal), for the final error. */
 type Needed = 'a PIN or passphrase' | 'an answer' | 'a confirmation';
 
+/** What differs between the two state machines. */
+interface Conversation {
+  machine: 'identity-v1' | 'recipient-v1';
+  /** Phase 1, sent at once (ends with `done`). */
+  phase1: string;
+  /** What the plugin is needed for, in the "not installed" line. */
+  neededFor: string;
+  /** The hint of a plugin failure. */
+  failureHint: string;
+  /** What the plugin was doing, in "exited … before it finished <doing>". */
+  doing: string;
+  /** What to do without a terminal. */
+  noTerminalHint: string;
+  /** Handles a state-machine command (file-key, recipient-stanza, labels); false when it is not one. */
+  onCommand: (s: IpcStanza, reply: (text: string) => void, failed: (what: string) => IntegrityError) => boolean;
+}
+
 /**
- * Runs `age-plugin-<name> --age-plugin=identity-v1` once for one file header: adds every
- * identity, passes every stanza as file 0, answers the plugin's requests, and returns the file
- * key it sends, or `null` when it sends none (none of its identities matches the header).
+ * Runs `age-plugin-<name> --age-plugin=<machine>` through both phases: sends phase 1, then
+ * answers the plugin's phase 2 until its `done`. The common commands (msg, request-*, confirm,
+ * error, unknown ones) are handled here, the state machine's own by `c.onCommand`.
  *
- * @throws {UsageError} the plugin is not on PATH; it needed the user and there is no terminal.
- * @throws {IntegrityError} the plugin reported an error, exited or closed its output before
- *   `done`, broke the protocol, or was silent for {@link PLUGIN_SILENCE_MS}.
- * @throws the abort signal's reason when the run is stopped.
+ * @returns what the plugin asked of the user that could not be given (no terminal), if anything.
  */
-export async function unwrapWithPlugin(name: string, identities: readonly string[], stanzas: readonly Stanza[]): Promise<Uint8Array | null> {
+async function converse(name: string, c: Conversation): Promise<{ needed: Needed | undefined }> {
   const bin = `age-plugin-${name}`;
   const { log, signal } = session;
   const env = session.env ?? process.env;
   signal?.throwIfAborted();
   const file = findPlugin(name, env);
   if (file === undefined) {
-    throw new UsageError(`age plugin ${bin} is not installed: it is needed for the AGE-PLUGIN-${name.toUpperCase()}-1… identity in the identity file, and was not found on PATH`, {
-      hint: `install ${bin} on this host (in a directory of PATH), or restore with a non-plugin identity`,
+    throw new UsageError(`age plugin ${bin} is not installed: it is needed for ${c.neededFor}, and was not found on PATH`, {
+      hint: `install ${bin} on this host (in a directory of PATH)`,
     });
   }
-  const child: ChildProcessWithoutNullStreams = spawn(file, ['--age-plugin=identity-v1'], {
+  const child: ChildProcessWithoutNullStreams = spawn(file, [`--age-plugin=${c.machine}`], {
     // Plugins must not depend on the working directory (the spec); age uses the temp directory.
     cwd: path.parse(file).root,
     env,
@@ -241,20 +270,23 @@ export async function unwrapWithPlugin(name: string, identities: readonly string
   });
   const interactive = isInteractive();
   let stderrTail = '';
-  child.stderr.on('data', (c: Buffer) => {
-    stderrTail = (stderrTail + c.toString('utf8')).slice(-2000);
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderrTail = (stderrTail + chunk.toString('utf8')).slice(-2000);
   });
   child.stdin.on('error', () => undefined); // EPIPE when the plugin exits early: the read side reports it
 
   const failed = (what: string, detail?: string): IntegrityError => {
     const last = oneLine(stderrTail.trim().split('\n').pop() ?? '');
     return new IntegrityError(`age plugin ${bin} ${what}`, {
-      hint: 'check the plugin (and its hardware key) with: age -d -i <identity file> <backup object>',
+      hint: c.failureHint,
       ...((detail ?? last) ? { detail: detail ?? `plugin stderr: ${last}` } : {}),
     });
   };
+  const noTerminal = (needed: Needed, pluginMessage: string): UsageError =>
+    new UsageError(`age plugin ${bin} needs ${needed} and coffer has no terminal to ask on${pluginMessage ? ` (the plugin said: ${pluginMessage})` : ''}`, {
+      hint: c.noTerminalHint,
+    });
 
-  let fileKey: Uint8Array | null = null;
   let needed: Needed | undefined;
   const reader = new StanzaReader();
   const send = (text: string): void => {
@@ -288,18 +320,11 @@ export async function unwrapWithPlugin(name: string, identities: readonly string
         case 'msg':
           log?.info(`age plugin ${bin}: ${oneLine(s.body.toString('utf8'))}`);
           return send(encodeIpcStanza('ok'));
-        case 'file-key':
-          if (s.args.length !== 1 || s.args[0] !== '0') throw failed('sent a file key for a file it was not given');
-          if (fileKey !== null) throw failed('sent two file keys for one file');
-          if (s.body.length !== FILE_KEY_SIZE) throw failed(`sent a file key of ${s.body.length} bytes (age uses ${FILE_KEY_SIZE})`);
-          fileKey = Uint8Array.from(s.body);
-          s.body.fill(0);
-          return send(encodeIpcStanza('ok'));
         case 'error': {
           send(encodeIpcStanza('ok'));
-          const which = s.args[0] === 'identity' ? 'with its identity' : s.args[0] === 'stanza' ? 'with a stanza of the header' : '';
+          const which = { identity: 'with its identity', stanza: 'with a stanza of the header', recipient: 'with a recipient' }[s.args[0] ?? ''] ?? '';
           const text = oneLine(s.body.toString('utf8'));
-          if (needed !== undefined) throw noTerminal(bin, needed, text);
+          if (needed !== undefined) throw noTerminal(needed, text);
           throw failed(`reported an error${which ? ` ${which}` : ''}: ${text || '(no message)'}`, '');
         }
         case 'request-secret':
@@ -331,7 +356,7 @@ export async function unwrapWithPlugin(name: string, identities: readonly string
           }
         }
         default:
-          return send(encodeIpcStanza('unsupported'));
+          if (!c.onCommand(s, send, (what) => failed(what))) send(encodeIpcStanza('unsupported'));
       }
     };
     const drain = async (): Promise<void> => {
@@ -345,8 +370,8 @@ export async function unwrapWithPlugin(name: string, identities: readonly string
           armSilence();
         }
         if (closed !== undefined && !settled) {
-          if (needed !== undefined) return finish(noTerminal(bin, needed, ''));
-          finish(failed(`exited (${closed}) before it finished unwrapping the file key`));
+          if (needed !== undefined) return finish(noTerminal(needed, ''));
+          finish(failed(`exited (${closed}) before it finished ${c.doing}`));
         }
       } catch (err) {
         finish(err);
@@ -370,31 +395,117 @@ export async function unwrapWithPlugin(name: string, identities: readonly string
       closed = sig !== null ? `signal ${sig}` : `code ${code}`;
       void drain();
     });
-
-    // Phase 1: the identities, then every stanza of the header as file 0.
     armSilence();
-    for (const id of identities) send(encodeIpcStanza('add-identity', [id]));
-    for (const st of stanzas) send(encodeIpcStanza('recipient-stanza', ['0', ...st.args], st.body));
-    send(encodeIpcStanza('done'));
+    send(c.phase1);
   });
 
   try {
     await exchange;
-  } catch (err) {
-    if (fileKey !== null) (fileKey as Uint8Array).fill(0);
-    throw err;
   } finally {
     await stop(child);
   }
-  if (fileKey === null && needed !== undefined) throw noTerminal(bin, needed, '');
+  return { needed };
+}
+
+const RESTORE_NO_TERMINAL = 'run the restore interactively (from a terminal), or use for unattended restores a plugin identity that needs no PIN or touch, or a non-plugin identity';
+
+/**
+ * Runs `age-plugin-<name> --age-plugin=identity-v1` once for one file header: adds every
+ * identity, passes every stanza as file 0, answers the plugin's requests, and returns the file
+ * key it sends, or `null` when it sends none (none of its identities matches the header).
+ *
+ * @throws {UsageError} the plugin is not on PATH; it needed the user and there is no terminal.
+ * @throws {IntegrityError} the plugin reported an error, exited or closed its output before
+ *   `done`, broke the protocol, or was silent for {@link PLUGIN_SILENCE_MS}.
+ * @throws the abort signal's reason when the run is stopped.
+ */
+export async function unwrapWithPlugin(name: string, identities: readonly string[], stanzas: readonly Stanza[]): Promise<Uint8Array | null> {
+  let fileKey: Uint8Array | null = null;
+  let phase1 = '';
+  for (const id of identities) phase1 += encodeIpcStanza('add-identity', [id]);
+  for (const st of stanzas) phase1 += encodeIpcStanza('recipient-stanza', ['0', ...st.args], st.body);
+  phase1 += encodeIpcStanza('done');
+  let needed: Needed | undefined;
+  try {
+    ({ needed } = await converse(name, {
+      machine: 'identity-v1',
+      phase1,
+      neededFor: `the AGE-PLUGIN-${name.toUpperCase()}-1… identity in the identity file (or restore with a non-plugin identity)`,
+      failureHint: 'check the plugin (and its hardware key) with: age -d -i <identity file> <backup object>',
+      doing: 'unwrapping the file key',
+      noTerminalHint: RESTORE_NO_TERMINAL,
+      onCommand: (s, reply, failed) => {
+        if (s.type !== 'file-key') return false;
+        if (s.args.length !== 1 || s.args[0] !== '0') throw failed('sent a file key for a file it was not given');
+        if (fileKey !== null) throw failed('sent two file keys for one file');
+        if (s.body.length !== FILE_KEY_SIZE) throw failed(`sent a file key of ${s.body.length} bytes (age uses ${FILE_KEY_SIZE})`);
+        fileKey = Uint8Array.from(s.body);
+        s.body.fill(0);
+        reply(encodeIpcStanza('ok'));
+        return true;
+      },
+    }));
+  } catch (err) {
+    if (fileKey !== null) (fileKey as Uint8Array).fill(0);
+    throw err;
+  }
+  if (fileKey === null && needed !== undefined) {
+    throw new UsageError(`age plugin age-plugin-${name} needs ${needed} and coffer has no terminal to ask on`, { hint: RESTORE_NO_TERMINAL });
+  }
   return fileKey;
 }
 
-function noTerminal(bin: string, needed: Needed, pluginMessage: string): UsageError {
-  return new UsageError(
-    `age plugin ${bin} needs ${needed} and coffer has no terminal to ask on${pluginMessage ? ` (the plugin said: ${pluginMessage})` : ''}`,
-    { hint: 'run the restore interactively (from a terminal), or use for unattended restores a plugin identity that needs no PIN or touch, or a non-plugin identity' },
-  );
+/** The stanzas a plugin wrapped one file key into, and the labels it gave them (c2sp.org/age-plugin). */
+export interface PluginWrap {
+  stanzas: Array<{ args: string[]; body: Uint8Array }>;
+  labels: string[];
+}
+
+/**
+ * Runs `age-plugin-<name> --age-plugin=recipient-v1` once: wraps `fileKey` to every recipient
+ * (`age1<name>1…`) of that plugin. Offers age's labels extension; the labels the plugin sends
+ * (e.g. `postquantum`) are returned for the caller's mixing check.
+ *
+ * @throws {UsageError} the plugin is not on PATH; it needed the user and there is no terminal.
+ * @throws {IntegrityError} the plugin reported an error, sent no stanza, exited or closed its
+ *   output before `done`, broke the protocol, or was silent for {@link PLUGIN_SILENCE_MS}.
+ */
+export async function wrapWithPlugin(name: string, recipients: readonly string[], fileKey: Uint8Array): Promise<PluginWrap> {
+  let phase1 = '';
+  for (const r of recipients) phase1 += encodeIpcStanza('add-recipient', [r]);
+  phase1 += encodeIpcStanza('wrap-file-key', [], fileKey);
+  phase1 += encodeIpcStanza('extension-labels');
+  phase1 += encodeIpcStanza('done');
+  const out: PluginWrap = { stanzas: [], labels: [] };
+  const { needed } = await converse(name, {
+    machine: 'recipient-v1',
+    phase1,
+    neededFor: `the recipient age1${name}1…`,
+    failureHint: `check the plugin with: age -r <recipient> on this host`,
+    doing: 'wrapping the file key',
+    noTerminalHint: 'backups run without a terminal: use a plugin recipient that needs no PIN or touch to encrypt (age-plugin-yubikey needs none)',
+    onCommand: (s, reply, failed) => {
+      if (s.type === 'recipient-stanza') {
+        if (s.args[0] !== '0' || s.args.length < 2) throw failed('sent a stanza for a file it was not given');
+        out.stanzas.push({ args: s.args.slice(1), body: Uint8Array.from(s.body) });
+        reply(encodeIpcStanza('ok'));
+        return true;
+      }
+      if (s.type === 'labels') {
+        out.labels = [...s.args].sort();
+        reply(encodeIpcStanza('ok'));
+        return true;
+      }
+      return false;
+    },
+  });
+  if (needed !== undefined) {
+    throw new UsageError(`age plugin age-plugin-${name} needs ${needed} and coffer has no terminal to ask on`, {
+      hint: 'backups run without a terminal: use a plugin recipient that needs no PIN or touch to encrypt',
+    });
+  }
+  if (out.stanzas.length < recipients.length) throw new IntegrityError(`age plugin age-plugin-${name} wrapped the file key for ${out.stanzas.length} of ${recipients.length} recipients`);
+  return out;
 }
 
 /** Closes the plugin's stdin and waits for it to exit: SIGINT at once if still running, SIGKILL after a grace period. */
@@ -450,4 +561,52 @@ export function splitPluginIdentities(identities: readonly string[]): { native: 
     else plugins.set(name, [...(plugins.get(name) ?? []), id]);
   }
   return { native, plugins };
+}
+
+/**
+ * The library Recipients of the plugin recipients among `recipients` (one per plugin, run once
+ * per file key), and the label set of every recipient once the file key is wrapped: native
+ * X25519 has none, hybrid `postquantum`, a plugin's what it sent (c2sp.org/age-plugin, labels).
+ */
+export function pluginRecipients(
+  recipients: readonly string[],
+  makeStanza: (args: string[], body: Uint8Array) => Stanza,
+): { native: string[]; plugins: Array<{ wrapFileKey(fileKey: Uint8Array): Promise<Stanza[]> }>; labels: Array<{ recipient: string; labels: string[] }> } {
+  const native: string[] = [];
+  const byName = new Map<string, string[]>();
+  const labels: Array<{ recipient: string; labels: string[] }> = [];
+  for (const r of recipients) {
+    const name = pluginRecipientName(r);
+    if (name === undefined) {
+      native.push(r);
+      labels.push({ recipient: r, labels: r.startsWith('age1pq1') ? ['postquantum'] : [] });
+    } else byName.set(name, [...(byName.get(name) ?? []), r]);
+  }
+  const plugins = [...byName].map(([name, rs]) => ({
+    async wrapFileKey(fileKey: Uint8Array): Promise<Stanza[]> {
+      const w = await wrapWithPlugin(name, rs, fileKey);
+      for (const r of rs) labels.push({ recipient: r, labels: w.labels });
+      return w.stanzas.map((st) => makeStanza(st.args, st.body));
+    },
+  }));
+  return { native, plugins, labels };
+}
+
+/**
+ * age's rule: every recipient stanza of one file has the same label set, so post-quantum stanzas
+ * are never next to classic ones (c2sp.org/age-plugin, labels).
+ *
+ * @throws {UsageError} naming two recipients whose label sets differ.
+ */
+export function checkLabelSets(labels: ReadonlyArray<{ recipient: string; labels: string[] }>): void {
+  const key = (l: string[]): string => [...l].sort().join(' ');
+  const first = labels[0];
+  const other = labels.find((l) => key(l.labels) !== key(first!.labels));
+  if (first === undefined || other === undefined) return;
+  const show = (r: string): string => (r.length > 24 ? `"${r.slice(0, 20)}…"` : `"${r}"`);
+  const what = (l: string[]): string => (l.length === 0 ? 'classic' : l.join(' '));
+  throw new UsageError(
+    `recipients ${show(first.recipient)} (${what(first.labels)}) and ${show(other.recipient)} (${what(other.labels)}) cannot be mixed in one backup: it would be only as strong as the weaker kind`,
+    { hint: 'use only post-quantum recipients or only classic ones (age refuses the same mix)' },
+  );
 }

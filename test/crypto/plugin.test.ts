@@ -139,6 +139,58 @@ describe('restores with a plugin identity', () => {
   });
 });
 
+describe('backups to a plugin recipient (age1coffertest1…, recipient-v1)', () => {
+  it('coffer backs up to the plugin recipient; coffer and `age -d` read it with the plugin identity', async () => {
+    const repo = f.path('repo-to-plugin');
+    const seen = f.path('seen-wrap.txt');
+    const b = await execa(process.execPath, [COFFER_BIN, 'backup', '--to', repo, '--db', f.db, '--recipient', recipient, '--no-index', '--json'], {
+      env: pluginEnv({ COFFERTEST_SEEN: seen }),
+      extendEnv: false,
+      reject: false,
+      stdin: 'ignore',
+    });
+    expect(b.exitCode, String(b.stderr)).toBe(0);
+    // One plugin run per encrypted object, each offered age's labels extension.
+    expect(await fsp.readFile(seen, 'utf8')).toMatch(/^(recipient-v1 recipients=1 files=1 labels=offered\n)+$/);
+    const [m] = JSON.parse(String(b.stdout)) as Array<{ dump: { key: string }; encryption: { recipients: string[] } }>;
+    expect(m!.encryption.recipients).toEqual([recipient]);
+    const object = path.join(repo, m!.dump.key);
+    expect((await fsp.readFile(object)).subarray(0, 100).toString('latin1')).toMatch(/^age-encryption\.org\/v1\n-> coffertest /);
+    // The age CLI decrypts coffer's object with the plugin (identity-v1 of age 1.1.1).
+    const archive = f.path('to-plugin.dump');
+    await execa('bash', ['-c', 'set -o pipefail; age -d -i "$1" "$2" | zstd -d > "$3"', 'x', idFile, object, archive], { env: { ...process.env, PATH: PATH_WITH_PLUGIN, COFFERTEST_NODE: process.execPath } });
+    const list = await execa(path.join(f.pg.binDir, 'pg_restore'), ['--list', archive]);
+    expect(String(list.stdout)).toMatch(/TABLE public vault_status/);
+    const target = f.dropAtEnd(`${f.db}_to_plugin`);
+    const r = await execa(process.execPath, [COFFER_BIN, 'restore', '--from', repo, '--identity', idFile, '--target-db', target], { env: pluginEnv(), extendEnv: false, reject: false, stdin: 'ignore' });
+    expect(r.exitCode, String(r.stderr)).toBe(0);
+    await expectSameAsSource(target);
+    await dropDatabase(f.pg, target);
+  });
+
+  it('labels: a plugin recipient without labels next to a post-quantum one is refused (exit 2, nothing stored); with `postquantum` it is accepted; a plugin error fails the backup (exit 5)', async () => {
+    const pq = await generateIdentity(new Date(), { pq: true });
+    const repo = f.path('repo-labels');
+    const run = (extra: Record<string, string>) =>
+      execa(process.execPath, [COFFER_BIN, 'backup', '--to', repo, '--db', f.db, '--recipient', pq.recipient, '--recipient', recipient, '--no-index'], { env: pluginEnv(extra), extendEnv: false, reject: false, stdin: 'ignore' });
+    const mixed = await run({});
+    expect(mixed.exitCode, String(mixed.stderr)).toBe(2);
+    expect(errorLine(String(mixed.stderr))).toMatch(/^recipients "age1pq1.*" \(postquantum\) and "age1coffertest1.*" \(classic\) cannot be mixed in one backup/);
+    expect(fs.existsSync(repo)).toBe(false);
+    const failing = await execa(process.execPath, [COFFER_BIN, 'backup', '--to', repo, '--db', f.db, '--recipient', recipient], { env: pluginEnv({ COFFERTEST_MODE: 'error' }), extendEnv: false, reject: false, stdin: 'ignore' });
+    expect(failing.exitCode, String(failing.stderr)).toBe(5);
+    expect(errorLine(String(failing.stderr))).toMatch(/^age plugin age-plugin-coffertest reported an error: the coffertest plugin refused to wrap/);
+    expect(fs.existsSync(repo)).toBe(false);
+    const labelled = await run({ COFFERTEST_LABELS: 'postquantum' });
+    expect(labelled.exitCode, String(labelled.stderr)).toBe(0);
+    // Restorable with the hybrid identity alone.
+    const pqFile = f.path('labels-pq.txt');
+    await fsp.writeFile(pqFile, pq.fileText, { mode: 0o600 });
+    const v = await f.run(['verify', '--from', repo, '--identity', pqFile]);
+    expect(v.code, v.stderr).toBe(0);
+  });
+});
+
 describe('plugin failures: one line, a documented exit code, no database, no plugin left, no secret', () => {
   const cases: Array<{ name: string; env: Record<string, string>; code: number; line: RegExp; args?: string[] }> = [
     { name: 'the plugin reports an error', env: { COFFERTEST_MODE: 'error' }, code: 5, line: /^age plugin age-plugin-coffertest reported an error: the coffertest key refused to unwrap/ },
