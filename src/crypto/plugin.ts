@@ -175,16 +175,26 @@ function isInteractive(): boolean {
   return session.interactive ?? (!!process.stdin.isTTY && !!process.stderr.isTTY);
 }
 
+/** The prompt on screen, if any: plugins running at once (a backup's objects) ask one after the other. */
+let prompting: Promise<unknown> = Promise.resolve();
+
 /** Asks on the terminal; a secret is read with echo off. Rejects on Ctrl-C / Ctrl-D / abort. */
 function ask(question: string, secret: boolean, signal: AbortSignal | undefined): Promise<string> {
+  const asked = prompting.then(() => askNow(question, secret, signal));
+  prompting = asked.catch(() => undefined);
+  return asked;
+}
+
+function askNow(question: string, secret: boolean, signal: AbortSignal | undefined): Promise<string> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
     const stdin = process.stdin;
     // Echo off before the prompt appears: whatever is typed after seeing it is never shown.
     const wasRaw = stdin.isRaw;
     if (stdin.isTTY) stdin.setRawMode(true);
     const release = holdProgressLines();
     process.stderr.write(`${question} `);
-    let answer = '';
+    const bytes: number[] = [];
     const done = (err: Error | undefined): void => {
       stdin.off('data', onData);
       signal?.removeEventListener('abort', onAbort);
@@ -192,6 +202,8 @@ function ask(question: string, secret: boolean, signal: AbortSignal | undefined)
       stdin.pause();
       process.stderr.write('\n');
       release();
+      const answer = Buffer.from(bytes).toString('utf8');
+      bytes.fill(0);
       if (err) reject(err);
       else resolve(answer);
     };
@@ -206,14 +218,14 @@ function ask(question: string, secret: boolean, signal: AbortSignal | undefined)
         }
         if (byte === 0x04) return done(new UsageError('the age plugin prompt got no answer (end of input)'));
         if (byte === 0x7f || byte === 0x08) {
-          answer = answer.slice(0, -1);
-          if (!secret) process.stderr.write('\b \b');
+          // One character back: its UTF-8 continuation bytes, then its first byte.
+          while (bytes.length > 0 && (bytes[bytes.length - 1]! & 0xc0) === 0x80) bytes.pop();
+          if (bytes.pop() !== undefined && !secret) process.stderr.write('\b \b');
           continue;
         }
         if (byte < 0x20) continue;
-        const ch = String.fromCharCode(byte);
-        answer += ch;
-        if (!secret) process.stderr.write(ch);
+        bytes.push(byte);
+        if (!secret) process.stderr.write(Buffer.of(byte));
       }
     };
     signal?.addEventListener('abort', onAbort, { once: true });
