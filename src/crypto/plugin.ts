@@ -5,7 +5,9 @@
  * handing it the header's stanzas; the plugin answers with the file key, which coffer checks
  * against the header MAC and then uses to decrypt the payload itself. The age CLI cannot hand a
  * file key back (it decrypts whole files only), so coffer speaks the protocol itself instead of
- * delegating to `age -d`.
+ * delegating to `age -d`. Backups to plugin recipients (`age1<name>1…`) run the same plugin
+ * with `recipient-v1` ({@link wrapWithPlugin}), offering age's labels extension so that the
+ * post-quantum mixing rule covers plugin stanzas too ({@link checkLabelSets}).
  *
  * The plugin's requests are answered as age does: `msg` is logged; `request-secret`,
  * `request-public` and `confirm` are asked on the terminal when coffer has one (stdin and stderr
