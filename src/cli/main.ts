@@ -3,6 +3,7 @@
 // something a cron job's mail should carry. Set before the SDK is (lazily) loaded.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
+import { configurePluginClient } from '../crypto/plugin.js';
 import { Command, CommanderError } from 'commander';
 import { ExitCode, InterruptedError, UsageError, CofferError, exitCodeOf, formatErrorLine } from '../errors.js';
 import { createLogger, newRunId, type Logger } from '../observe/log.js';
@@ -65,9 +66,12 @@ export async function main(argv: string[]): Promise<number> {
       timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${timeout.text}`, { exitCode: ExitCode.timeout })), timeout.ms);
       timer.unref();
     }
+    const childEnv = childSafeEnv(env, secretVariables(LAYOUT));
+    // age plugins (restores with AGE-PLUGIN-… identities) log through the run, stop with it.
+    configurePluginClient({ log, signal: ac.signal, env: childEnv });
     return {
       // Children (pg_dump, psql…) get the environment without coffer's and the SDK's secrets.
-      env: childSafeEnv(env, secretVariables(LAYOUT)),
+      env: childEnv,
       stdout: (t) => process.stdout.write(t),
       stderrIsTty: !!process.stderr.isTTY,
       stdoutIsTty: !!process.stdout.isTTY,

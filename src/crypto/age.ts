@@ -13,10 +13,11 @@ import { pipeline } from 'node:stream';
 import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
-import { library, parseIdentity, parseRecipient } from './keys.js';
+import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
+import { checkLabelSets, pluginIdentity, pluginRecipients, splitPluginIdentities, type PluginOutcome } from './plugin.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 
-export { generateIdentity, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
+export { checkRecipientMix, generateIdentity, isPostQuantumRecipient, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
 export { writeSecretFileExclusive } from './key-files.js';
 export { CHUNK_SIZE, ChunkRangeDecrypter, chunkSpan, payloadSize, SEALED_CHUNK_SIZE } from './stream.js';
 
@@ -49,15 +50,23 @@ export type EncryptStream = Transform & {
  * first, then the payload). Accepts writes of any size; memory stays bounded (a few 64 KiB
  * chunks) and backpressure is respected.
  *
- * @param recipients - one or more `age1…` (X25519) or `age1pq1…` (hybrid) recipients.
- * @throws {UsageError} if `recipients` is empty or one of them is invalid.
+ * @param recipients - one or more `age1…` (X25519), `age1pq1…` (hybrid) or `age1<name>1…` (age
+ *   plugin: its plugin runs now, src/crypto/plugin.ts) recipients.
+ * @throws {UsageError} if `recipients` is empty, one of them is invalid, or post-quantum and
+ *   classic recipients are mixed ({@link checkRecipientMix}, and by label sets once plugins wrapped).
+ * @throws the errors of a plugin recipient's plugin (`wrapWithPlugin` in src/crypto/plugin.ts).
  */
 export async function createEncryptStream(recipients: string[]): Promise<EncryptStream> {
   if (recipients.length === 0) {
     throw new UsageError('no recipients to encrypt to; configure at least one age1… public key');
   }
-  const encrypter = new (await library()).Encrypter();
-  for (const r of recipients) encrypter.addRecipient(parseRecipient(r));
+  checkRecipientMix(recipients);
+  const lib = await library();
+  const encrypter = new lib.Encrypter();
+  // age plugin recipients (age1<name>1…) are wrapped by their plugin (src/crypto/plugin.ts).
+  const { native, plugins, labels } = pluginRecipients(recipients.map((r) => parseRecipient(r)), (args, body) => new lib.Stanza(args, body));
+  for (const r of native) encrypter.addRecipient(r);
+  for (const p of plugins) encrypter.addRecipient(p);
   // A recipient that writes no stanza, only captures the file key the library drew.
   let fileKey: Uint8Array | undefined;
   const capture: Recipient = {
@@ -69,6 +78,12 @@ export async function createEncryptStream(recipients: string[]): Promise<Encrypt
   encrypter.addRecipient(capture);
   // The library's complete age file of an empty plaintext: header, nonce, one empty sealed chunk.
   const file = await encrypter.encrypt(new Uint8Array(0));
+  try {
+    checkLabelSets(labels);
+  } catch (err) {
+    fileKey?.fill(0);
+    throw err;
+  }
   const header = Buffer.from(file.subarray(0, file.length - EMPTY_PAYLOAD_SIZE));
   const lastLine = header.subarray(header.lastIndexOf(0x0a, header.length - 2) + 1).toString('latin1');
   if (fileKey?.length !== FILE_KEY_SIZE || !lastLine.startsWith('--- ') || !lastLine.endsWith('\n')) {
@@ -186,19 +201,26 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     },
   };
   decrypter.addIdentity(first);
+  // Native identities first, then one run of each plugin for its identities (src/crypto/plugin.ts).
+  const { native, plugins } = splitPluginIdentities(identities);
   // Validated by the caller; the library's own errors could quote the key, so never surface them.
-  for (const id of identities) {
+  for (const id of native) {
     try {
       decrypter.addIdentity(id);
     } catch {
       throw new UsageError('invalid age identity');
     }
   }
+  const outcome: PluginOutcome = { failures: [] };
+  for (const [name, ids] of plugins) decrypter.addIdentity(pluginIdentity(name, ids, outcome));
   decrypter.addIdentity(last);
   try {
     const fileKey = await decrypter.decryptHeader(header);
     return { fileKey, stanzaCount };
   } catch (err) {
+    if (outcome.aborted !== undefined) throw outcome.aborted;
+    // No identity matched, and a plugin failed: its failure is the cause (not installed, needs a PIN, …).
+    if (noMatch && outcome.failures.length > 0) throw outcome.failures[0];
     if (noMatch) {
       const n = identities.length;
       throw new IntegrityError("no identity matches this backup's recipients", {
@@ -256,7 +278,9 @@ export async function openPayloadKey(head: Buffer, identities: string[], complet
  * failed at byte offset N: …" — N is the offset of the bad chunk in the encrypted file), and
  * consumers must treat everything they received as failed.
  *
- * @param identities - `AGE-SECRET-KEY-1…` / `AGE-SECRET-KEY-PQ-1…` strings; all are tried.
+ * @param identities - `AGE-SECRET-KEY-1…` / `AGE-SECRET-KEY-PQ-1…` / `AGE-PLUGIN-<NAME>-1…`
+ *   strings; all are tried, native ones first, then each plugin's (src/crypto/plugin.ts: its
+ *   errors, UsageError or IntegrityError, are thrown when no identity matches).
  * @returns the plaintext and the number of recipient stanzas in the header.
  * @throws {UsageError} if `identities` is empty or one is invalid (message without key material).
  * @throws {IntegrityError} "no identity matches this backup's recipients"; "not an age file, or

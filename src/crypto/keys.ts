@@ -9,6 +9,7 @@
  */
 import { open } from 'node:fs/promises';
 import { bech32Decode } from './bech32.js';
+import { pluginIdentityName, pluginRecipientName } from './plugin.js';
 import { errnoWords, UsageError } from '../errors.js';
 
 /** The `age-encryption` library, loaded when first needed (it costs about 0.15 s of CPU to load). */
@@ -41,7 +42,9 @@ function recipientProblem(s: string): string | undefined {
   // X25519 is hrp "age" + "1" + data (the bech32 alphabet has no "1"); anything else with a
   // further "1" is another type: plugin (age1yubikey1…), tag (age1tag1…) or hybrid (age1pq1…).
   if (s.startsWith('age1') && !s.startsWith('age1pq1') && s.slice(4).includes('1')) {
-    return `unsupported recipient type ${shown(s)}; only X25519 (age1…) and hybrid post-quantum (age1pq1…) recipients are supported`;
+    // age plugin recipients (age1yubikey1…): wrapped by the plugin (src/crypto/plugin.ts, recipient-v1).
+    if (pluginRecipientName(s) !== undefined) return undefined;
+    return `unsupported recipient type ${shown(s)}; only X25519 (age1…), hybrid post-quantum (age1pq1…) and age plugin (age1<name>1…) recipients are supported`;
   }
   if (!s.startsWith('age1')) return `${shown(s)} is not an age recipient (they start with age1)`;
   // What the library's X25519Recipient and HybridRecipient accept (bech32, 32 bytes; the hybrid
@@ -67,6 +70,30 @@ export function parseRecipient(s: string): string {
   const problem = recipientProblem(value);
   if (problem !== undefined) throw new UsageError(problem);
   return value;
+}
+
+/** Whether `recipient` is post-quantum (hybrid ML-KEM-768 + X25519, `age1pq1…`). */
+export function isPostQuantumRecipient(recipient: string): boolean {
+  return recipient.trim().startsWith('age1pq1');
+}
+
+/**
+ * age's rule for one file's recipients (c2sp.org/age-plugin, labels; age 1.3 refuses the mix):
+ * post-quantum and classic recipients are not mixed, because the classic stanza would let a
+ * future quantum attacker recover the file key and the post-quantum one would protect nothing.
+ * Call it where the recipients are gathered (backup, wal-push start-up), before any work.
+ *
+ * @throws {UsageError} one line naming a recipient of each kind and the fix.
+ */
+export function checkRecipientMix(recipients: readonly string[]): void {
+  // A plugin recipient's kind is known once it wraps (its labels: src/crypto/plugin.ts checkLabelSets).
+  const pq = recipients.find((r) => isPostQuantumRecipient(r));
+  const classic = recipients.find((r) => !isPostQuantumRecipient(r) && pluginRecipientName(r.trim()) === undefined);
+  if (pq === undefined || classic === undefined) return;
+  throw new UsageError(
+    `post-quantum (${shown(pq)}) and classic (${shown(classic)}) recipients cannot be mixed: a backup encrypted to both is only as strong as the classic key against a quantum attacker`,
+    { hint: 'use only age1pq1… recipients (coffer keygen --pq) or only classic age1… recipients; age 1.3 refuses the same mix' },
+  );
 }
 
 /** Read a small text file, with user-facing errors. */
@@ -143,7 +170,9 @@ async function identityProblem(line: string): Promise<string | undefined> {
   if (/^age-secret-key-/i.test(line)) {
     return 'invalid age secret key (must be upper case and start with AGE-SECRET-KEY-1)';
   }
-  if (line.startsWith('AGE-PLUGIN-')) return 'age plugin identities are not supported; use an X25519 identity';
+  if (/^age-plugin-/i.test(line)) {
+    return pluginIdentityName(line) !== undefined ? undefined : 'invalid age plugin identity (must be upper case AGE-PLUGIN-<NAME>-1… with a valid checksum)';
+  }
   if (line.startsWith('age1')) {
     return 'this is a public key (recipient), not a secret key; pass the identity file made by coffer keygen or age-keygen';
   }
@@ -155,12 +184,13 @@ async function identityProblem(line: string): Promise<string | undefined> {
 
 /**
  * Read an age identity file in age-keygen format: `#` comments, blank lines, one
- * `AGE-SECRET-KEY-1…` (or hybrid `AGE-SECRET-KEY-PQ-1…`) per line; CRLF tolerated.
+ * `AGE-SECRET-KEY-1…` (or hybrid `AGE-SECRET-KEY-PQ-1…`, or a plugin's `AGE-PLUGIN-<NAME>-1…`)
+ * per line; CRLF tolerated.
  *
  * @returns the identities in file order.
  * @throws {UsageError} if the file is missing or unreadable; empty; encrypted with a passphrase
  *   (binary or armored age file: decrypt it first with `age -d`); holds a recipient (public key),
- *   an SSH key, a plugin identity, garbage or a corrupt/truncated key ("… line N: …"); or holds
+ *   an SSH key, garbage or a corrupt/truncated key ("… line N: …"); or holds
  *   valid identities but is readable or writable by group or others (`chmod 600 <path>`).
  *   Messages never contain key material.
  */
@@ -197,7 +227,7 @@ export async function readIdentityFile(path: string): Promise<string[]> {
  * Check one identity string.
  *
  * @returns the identity, trimmed.
- * @throws {UsageError} if it is not a valid X25519 or hybrid age identity (message without key material).
+ * @throws {UsageError} if it is not a valid X25519, hybrid or plugin age identity (message without key material).
  */
 export async function parseIdentity(identity: string): Promise<string> {
   const value = identity.trim();
@@ -229,15 +259,16 @@ function rfc3339Local(d: Date): string {
 }
 
 /**
- * Generate a new X25519 identity.
+ * Generate a new X25519 identity, or with `pq` a hybrid post-quantum one (ML-KEM-768 + X25519,
+ * `AGE-SECRET-KEY-PQ-1…` / `age1pq1…`, as `age-keygen -pq` of age 1.3 makes).
  *
  * @param now - creation time written to the file's comment (default: now).
  * @returns the identity, its recipient, and `fileText` in exactly age-keygen's format:
  *   `# created: <RFC 3339 local time>\n# public key: age1…\nAGE-SECRET-KEY-1…\n`.
  */
-export async function generateIdentity(now: Date = new Date()): Promise<{ identity: string; recipient: string; fileText: string }> {
+export async function generateIdentity(now: Date = new Date(), opts: { pq?: boolean } = {}): Promise<{ identity: string; recipient: string; fileText: string }> {
   const age = await library();
-  const identity = await age.generateX25519Identity();
+  const identity = opts.pq === true ? await age.generateHybridIdentity() : await age.generateX25519Identity();
   const recipient = await age.identityToRecipient(identity);
   const fileText = `# created: ${rfc3339Local(now)}\n# public key: ${recipient}\n${identity}\n`;
   return { identity, recipient, fileText };

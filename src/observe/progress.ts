@@ -105,6 +105,21 @@ export function clearForLogLine(): string {
   return onScreen > 0 ? '\r\x1b[2K' : '';
 }
 
+let held = 0;
+
+/**
+ * Stops progress lines from being redrawn on the terminal (clearing the one shown) until the
+ * returned release is called: a prompt (an age plugin's PIN) must not be drawn over.
+ */
+export function holdProgressLines(): () => void {
+  if (held++ === 0 && onScreen > 0) process.stderr.write('\r\x1b[2K');
+  let released = false;
+  return () => {
+    if (!released) held--;
+    released = true;
+  };
+}
+
 /** How often a run that draws nothing logs its progress: runs shorter than this log none. */
 export const PROGRESS_LOG_EVERY_MS = 30_000;
 
@@ -155,6 +170,7 @@ export class Progress {
     if (this.stopped) return;
     const p = this.figures();
     if (this.opts.tty) {
+      if (held > 0) return;
       const line = formatProgressLine(this.label, p);
       const cols = (this.opts.columns ?? (() => process.stderr.columns))();
       if (!this.drawn) onScreen++;

@@ -100,7 +100,7 @@ describe('readIdentityFile', () => {
     await rejectsUsage(readIdentityFile(await file(`${key.identity}\nhello world\n`)), /line 2: not an age identity/);
     await rejectsUsage(readIdentityFile(await file(Buffer.from([0x41, 0, 0x42, 0x0a]))), /is not a text file/);
     await rejectsUsage(readIdentityFile(await file(key.identity.toLowerCase())), /line 1: invalid age secret key \(must be upper case/, key.identity);
-    await rejectsUsage(readIdentityFile(await file('AGE-PLUGIN-YUBIKEY-1QQQQQQ\n')), /plugin identities are not supported/);
+    await rejectsUsage(readIdentityFile(await file('AGE-PLUGIN-YUBIKEY-1QQQQQQ\n')), /line 1: invalid age plugin identity/);
   });
 
   it('refuses truncated or mistyped keys without printing them', async () => {

@@ -88,15 +88,17 @@ describe('multiple recipients', () => {
 });
 
 describe('hybrid post-quantum recipients (not readable by the age 1.1 CLI)', () => {
-  it('ours -> ours, alone and next to an X25519 recipient', async () => {
+  it('ours -> ours, alone and next to another hybrid recipient; never next to an X25519 one (age\'s mixing rule)', async () => {
     const { generateHybridIdentity, identityToRecipient } = await import('age-encryption');
     const pqIdentity = await generateHybridIdentity();
     const pqRecipient = await identityToRecipient(pqIdentity);
+    const otherPq = await identityToRecipient(await generateHybridIdentity());
     const plaintext = randomBytes(CHUNK + 99);
-    for (const recipients of [[pqRecipient], [key.recipient, pqRecipient]]) {
+    for (const recipients of [[pqRecipient], [otherPq, pqRecipient]]) {
       const ciphertext = await encryptAll(await createEncryptStream(recipients), plaintext);
       expect(sha256(await decryptAll(ciphertext, [pqIdentity]))).toBe(sha256(plaintext));
     }
+    await expect(createEncryptStream([key.recipient, pqRecipient])).rejects.toThrow(/^post-quantum .* and classic .* recipients cannot be mixed/);
   });
 });
 

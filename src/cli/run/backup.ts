@@ -5,7 +5,7 @@ import { acquireBackupLock, defaultLockDir, type HeldLock } from '../../ops/lock
 import { listAllDatabases } from '../../ops/all-databases.js';
 import { metricsFilePath, writeBackupMetrics, type BackupRunMetrics } from '../../observe/metrics.js';
 import { Notifier } from '../../observe/notify.js';
-import { readRecipientsFile } from '../../crypto/age.js';
+import { checkRecipientMix, readRecipientsFile } from '../../crypto/age.js';
 import { library } from '../../crypto/keys.js';
 import { runBackup, type BackupResult } from '../../pipeline/backup.js';
 import type { DumpKind } from '../../pg/pg-dump.js';
@@ -47,6 +47,17 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
     ...(sources ? { SOURCES: sources.map((x) => x.name).join(',') } : {}),
     RUN_ID: ctx.log.runId,
   };
+  // age's mixing rule is configuration: refused for every source before the first one runs (a
+  // source whose recipients file cannot be read fails on its own turn, as before).
+  for (const s of sources ?? []) {
+    const recipients = [...s.flags.recipient];
+    for (const f of s.flags.recipientsFile) recipients.push(...(await readRecipientsFile(f).catch(() => [])));
+    try {
+      checkRecipientMix(recipients);
+    } catch (err) {
+      throw err instanceof UsageError ? new UsageError(`source ${JSON.stringify(s.name)}: ${err.message}`, { hint: err.hint }) : err;
+    }
+  }
   return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => (sources ? backupSources(sources, ctx) : backupCommand(flags, ctx)), (r) => ({
     BACKUPS: r.map((x) => x.manifest.id).join(','),
     DATABASES_BACKED_UP: r.map((x) => ('database' in x.manifest ? x.manifest.database : x.manifest.cluster)).join(','),
@@ -104,6 +115,7 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   for (const f of flags.recipientsFile) {
     recipients.push(...(await readRecipientsFile(f)));
   }
+  checkRecipientMix(recipients);
   if (recipients.length === 0) {
     throw new UsageError('no recipients: backups are always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE, or set recipients/recipientsFile in coffer.yaml (create a key with `coffer keygen`)' });
   }

@@ -5,12 +5,12 @@ import type { CliContext } from '../context.js';
 import type { options } from '../commands/keygen.js';
 
 /**
- * `coffer keygen`: a new age X25519 identity in age-keygen's format. With `--out`, written
+ * `coffer keygen`: a new age X25519 identity (`--pq`: hybrid ML-KEM-768 + X25519) in age-keygen's format. With `--out`, written
  * 0600 (never over an existing file) and the recipient printed; without, the identity goes to
  * stdout only when stdout is not a terminal (a secret key is not for the screen or scrollback).
  */
 export async function runKeygenCommand(flags: Values<typeof options>, ctx: CliContext): Promise<{ recipient: string }> {
-  const id = await generateIdentity();
+  const id = await generateIdentity(new Date(), { pq: flags.pq });
   if (flags.out !== undefined) {
     await writeSecretFileExclusive(flags.out, id.fileText);
     ctx.stdout(`${id.recipient}\n`);

@@ -1,4 +1,4 @@
-import { readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
+import { checkRecipientMix, readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
 import { UsageError } from '../../errors.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
@@ -19,6 +19,7 @@ export async function runWalPush(flags: Values<typeof pushOptions>, ctx: CliCont
   if (flags.compress.kind !== 'zstd') throw new UsageError('wal-push compresses with zstd only: --compress zstd[:level]');
   const recipients = [...flags.recipient];
   for (const f of flags.recipientsFile) recipients.push(...(await readRecipientsFile(f)));
+  checkRecipientMix(recipients);
   if (recipients.length === 0) throw new UsageError('no recipients: archived WAL is always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE' });
   const spool = path.resolve(ctx.cwd, flags.spoolDir ?? path.join(os.tmpdir(), `coffer-wal-spool-${encodeURIComponent(cluster)}`));
   if (flags.async && !flags.asyncWorker) {
