@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Transform, type Readable } from 'node:stream';
+import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
@@ -234,7 +234,10 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     return entries;
   };
   const header = format === 'custom' ? parseArchiveHeader(head) : undefined;
-  return { archive: checked, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, creationEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
+  // An archive shorter than the read-ahead ended inside it: the stream can take nothing back
+  // after its end, so its bytes are served from what was read.
+  const archive = checked.readableEnded ? new PassThrough().end(head) : checked;
+  return { archive, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, creationEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
 }
 
 /**

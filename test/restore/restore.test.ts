@@ -86,6 +86,22 @@ describe('restore round trip', () => {
     const list = await execa(path.join(pg.binDir, 'pg_restore'), ['--list', out]);
     expect(String(list.stdout)).toContain('TABLE DATA');
   });
+
+  it('--file --output writes every byte of a plain payload shorter than the read-ahead (512 bytes), compressed or not', async () => {
+    // Such a payload ended inside the format check's read-ahead, and was written as an empty file.
+    for (const n of [1, 100, 511, 512, 513, 5000]) {
+      for (const zstd of [true, false]) {
+        const plain = f.path(`short-${n}-${zstd}.sql`);
+        await fsp.writeFile(plain, Buffer.alloc(n, 'select 1;\n'));
+        const file = `${plain}.age`;
+        await execa('bash', ['-c', `set -o pipefail; ${zstd ? 'zstd -q -c "$1"' : 'cat "$1"'} | age -r "$2" > "$3"`, 'x', plain, f.recipient, file]);
+        const out = f.path(`short-${n}-${zstd}.out`);
+        const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--output', out]);
+        expect(r.code, r.stderr).toBe(0);
+        expect((await fsp.readFile(out)).equals(await fsp.readFile(plain)), `${n} bytes, zstd ${zstd}`).toBe(true);
+      }
+    }
+  });
 });
 
 describe('a failed restore changes nothing', () => {
