@@ -15,6 +15,7 @@ import { IntegrityError, StorageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { databasePrefix, MANIFEST_SUFFIX, parseKey, type Tier } from '../catalog/layout.js';
 import { decodeManifest } from '../catalog/manifest.js';
+import { decodePhysicalManifest } from '../catalog/physical-manifest.js';
 import type { BackupEntry } from '../catalog/catalog.js';
 import { findSigner, type TrustedSigners } from './allowed-signers.js';
 import { fingerprint, type SigningKey } from './signing-key.js';
@@ -152,8 +153,7 @@ export class RepositoryTrust {
     }
   }
 
-  private async signatureOf(m: ListedManifest, database: string, bytes: Buffer): Promise<SignatureState> {
-    const who = `backup ${named(database, m.id)}`;
+  private async signatureOf(m: Pick<ListedManifest, 'key' | 'signatures'>, who: string, bytes: Buffer): Promise<SignatureState> {
     if (m.signatures.length === 0) return { state: 'unsigned', problem: `${who}: unsigned manifest` };
     const sha = sha256Hex(bytes);
     if (!m.signatures.includes(sha)) return { state: 'bad-signature', problem: `${who}: bad signature (the manifest's bytes are not the signed ones)` };
@@ -178,7 +178,7 @@ export class RepositoryTrust {
         const m = listed[i]!;
         const bytes = await this.getOrMissing(m.key);
         if (bytes === undefined) continue; // gone since the listing (expired): as if never listed
-        loaded[i] = { key: m.key, id: m.id, tier: m.tier, bytes, signature: await this.signatureOf(m, database, bytes) };
+        loaded[i] = { key: m.key, id: m.id, tier: m.tier, bytes, signature: await this.signatureOf(m, `backup ${named(database, m.id)}`, bytes) };
       }
     };
     await Promise.all(Array.from({ length: Math.min(16, listed.length) }, worker));
@@ -218,6 +218,26 @@ export class RepositoryTrust {
       if (olderSameTier) broken('which is missing');
     }
     return { database, manifests, chainBreaks };
+  }
+
+  /**
+   * The signature of a physical backup's manifest (signed like a logical one, not chained),
+   * checked on the manifest's own bytes. Throws IntegrityError when the manifest is gone or is not
+   * the one `entry.manifest` was decoded from.
+   */
+  async physicalSignature(store: ObjectStore, entry: { cluster: string; id: string; manifestKey: string; manifest: object }, signal?: AbortSignal): Promise<SignatureState> {
+    const who = `physical backup ${entry.cluster}/${entry.id}`;
+    const signatures: string[] = [];
+    for await (const o of store.list(entry.manifestKey, { signal })) {
+      const s = parseSignatureKey(o.key);
+      if (s && s.manifestKey === entry.manifestKey) signatures.push(s.sha256);
+    }
+    const bytes = await this.getOrMissing(entry.manifestKey);
+    if (bytes === undefined) throw new IntegrityError(`${who}: its manifest disappeared while it was being checked`);
+    if (JSON.stringify(decodePhysicalManifest(bytes, entry.manifestKey)) !== JSON.stringify(entry.manifest)) {
+      throw new IntegrityError(`${who}: its manifest changed while it was being read`, { hint: 'manifests are written once; find out who rewrote it' });
+    }
+    return this.signatureOf({ key: entry.manifestKey, signatures }, who, bytes);
   }
 
   /**

@@ -73,6 +73,8 @@ export interface PhysicalListRow {
    */
   reach: { segment: string; storedAt: string | null } | null;
   attachments: string[];
+  /** With `--verify-signatures`: the manifest's signature (physical backups are not chained). */
+  signature?: ListRow['signature'];
 }
 
 export function toPhysicalRow(e: PhysicalEntry, reach: PhysicalListRow['reach'] = null): PhysicalListRow {
@@ -146,11 +148,21 @@ export async function listRepository(
   let physical: PhysicalEntry[] = [];
   let reach: Array<PhysicalListRow['reach']> = [];
   let signatures: Array<NonNullable<ListRow['signature']>> | undefined;
+  let physicalSignatures: Array<NonNullable<ListRow['signature']>> | undefined;
   try {
     if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
     if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
     reach = await reaches(store, physical, ctx.signal);
-    if (trusted) signatures = await signatureStates(new RepositoryTrust(store, trusted, ctx.signal), entries, problems);
+    if (trusted) {
+      const trust = new RepositoryTrust(store, trusted, ctx.signal);
+      signatures = await signatureStates(trust, entries, problems);
+      physicalSignatures = [];
+      for (const e of physical) {
+        const st = await trust.physicalSignature(store, e, ctx.signal);
+        if (st.state !== 'signed') problems.push(st.problem);
+        physicalSignatures.push(st.state === 'signed' ? { state: 'ok', signer: st.principals, fingerprint: st.fingerprint } : { state: st.state, problem: st.problem, ...(st.fingerprint ? { fingerprint: st.fingerprint } : {}) });
+      }
+    }
   } finally {
     store.close();
   }
@@ -159,7 +171,7 @@ export async function listRepository(
   for (const p of problems) ctx.log.error(p);
   const failed = (): IntegrityError =>
     new IntegrityError(`${problems.length} signature or chain problem(s); the first: ${problems[0]}`, { hint: 'do not restore the backups marked in the SIGNATURE column; find out who wrote or removed them' });
-  const physicalRows = physical.map((e, i) => toPhysicalRow(e, reach[i] ?? null));
+  const physicalRows = physical.map((e, i) => (physicalSignatures ? { ...toPhysicalRow(e, reach[i] ?? null), signature: physicalSignatures[i]! } : toPhysicalRow(e, reach[i] ?? null)));
   if (flags.json) {
     const all = [...rows, ...physicalRows];
     ctx.stdout(`${JSON.stringify(all, null, 2)}\n`);
@@ -180,7 +192,8 @@ export async function listRepository(
   }
   if (physicalRows.length > 0) {
     if (rows.length > 0) ctx.stdout('\n');
-    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', 'LABEL']].concat(
+    const sig = (r: PhysicalListRow): string[] => (r.signature ? [r.signature.state === 'ok' ? `ok (${r.signature.signer})` : r.signature.state] : []);
+    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', ...(physicalSignatures ? ['SIGNATURE'] : []), 'LABEL']].concat(
       physicalRows.map((r) => [
         r.id,
         time(r.startedAt),
@@ -191,6 +204,7 @@ export async function listRepository(
         String(r.majorVersion),
         r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '',
         r.reach ? `${r.reach.segment}${r.reach.storedAt ? ` (${time(r.reach.storedAt)})` : ' (backup only)'}` : '',
+        ...sig(r),
         r.label ?? '',
       ]),
     ));
