@@ -254,8 +254,12 @@ describe('the signing key', () => {
     const ok = await runCoffer(['backup', '--to', f.path('env-key'), '--db', f.db, '--recipient', f.recipient, '--tier', 'daily', '--json'], { env: f.env({ COFFER_SIGNING_KEY_FILE: key.file }) });
     expect(ok.code, ok.stderr).toBe(0);
     expect(ok.stderr).toMatch(/signedBy/);
-    const list = await runCoffer(['list', '--from', f.path('env-key'), '--verify-signatures', '--trusted-signers', trusted], { env: f.env() });
+    // trustedSigners: from the configuration file (the camelCase key of --trusted-signers).
+    const config = f.path('coffer.yaml');
+    await fsp.writeFile(config, `list:\n  trustedSigners: ${trusted}\n`);
+    const list = await runCoffer(['--config', config, 'list', '--from', f.path('env-key'), '--verify-signatures'], { env: f.env() });
     expect(list.code, list.stderr).toBe(0);
+    expect(list.stdout).toContain(`ok (${key.principal})`);
     expectNoSecret(viaFlag.stdout, viaFlag.stderr, viaEnv.stdout, viaEnv.stderr, ok.stdout, ok.stderr, list.stdout, list.stderr);
   });
 });
@@ -310,7 +314,7 @@ describe('on S3 (RGW) with the least-privilege writer and reader', () => {
 });
 
 describe('physical backups', () => {
-  it('are signed the same way; list --verify-signatures checks them; restore --physical refuses --trusted-signers', async () => {
+  it('are signed the same way; list --verify-signatures and restore --physical check them', async () => {
     // A stopped "cluster": what a volume backup (--data-dir) needs to see.
     const dataDir = f.path('pgdata');
     await fsp.mkdir(path.join(dataDir, 'global'), { recursive: true, mode: 0o700 });
@@ -337,8 +341,16 @@ describe('physical backups', () => {
     const bad = await runCoffer(['list', '--from', repo, '--verify-signatures', '--trusted-signers', trusted], { env: f.env() });
     expect(bad.code).toBe(5);
     expect(bad.stderr).toContain(`physical backup main/${unsigned.id}: unsigned manifest`);
-    const refused = await runCoffer(['restore', '--physical', '--from', repo, '--cluster', 'main', '--to-dir', f.path('restored'), '--identity', f.identityFile, '--trusted-signers', trusted], { env: f.env() });
-    expect(refused.code).toBe(2);
-    expect(refused.stderr).toContain('--trusted-signers does not check physical backups yet');
+    // restore --physical: the unsigned newest is refused by id and skipped by latest.
+    const physicalRestore = (selector: string, to: string) =>
+      runCoffer(['restore', '--physical', '--from', repo, '--cluster', 'main', '--backup', selector, '--to-dir', f.path(to), '--identity', f.identityFile, '--trusted-signers', trusted, '--json'], { env: f.env() });
+    const refused = await physicalRestore(unsigned.id, 'restored-unsigned');
+    expect(refused.code, refused.stderr).toBe(5);
+    expect(refused.stderr).toContain(`physical backup main/${unsigned.id}: unsigned manifest`);
+    const latest = await physicalRestore('latest', 'restored-latest');
+    expect(latest.code, latest.stderr).toBe(0);
+    expect(latest.stderr).toContain(`skipping an untrusted backup: physical backup main/${unsigned.id}: unsigned manifest`);
+    expect((JSON.parse(latest.stdout) as { backupId: string }).backupId).toBe(signed.id);
+    expect(await fsp.readFile(path.join(f.path('restored-latest'), 'PG_VERSION'), 'utf8')).toBe('15\n');
   });
 });

@@ -147,9 +147,6 @@ async function restoreCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
   if (flags.physical && (flags.table.length > 0 || flags.schema.length > 0 || flags.excludeTable.length > 0 || flags.listFile !== undefined || flags.sanitize !== undefined)) {
     throw new UsageError('--physical restores a whole cluster; --table, --schema, --exclude-table, --list-file and --sanitize are for logical backups');
   }
-  if (flags.physical && flags.trustedSigners !== undefined) {
-    throw new UsageError('--trusted-signers does not check physical backups yet (their manifests are signed, but not checked on restore)', { hint: 'check them by hand with ssh-keygen -Y verify (README "Signed manifests"), and leave --trusted-signers out for --physical' });
-  }
   if (flags.physical) return runPhysicalRestoreCommand(flags, await loadIdentities(flags), ctx);
   refuseWithoutPhysical(flags);
   if (flags.trustedSigners === undefined && flags.file === undefined) {
