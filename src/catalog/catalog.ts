@@ -115,7 +115,8 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
   return { ...k, manifest };
 }
 
-const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
+/** What to do about a backup whose origin the trusted signers do not vouch for. */
+export const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
 
 /**
  * Finds one completed backup: `latest` or an id. `latest` is the newest backup of `kind`

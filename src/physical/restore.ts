@@ -22,6 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
 import { parseLsn, parseSegmentName, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
 import type { PhysicalManifest } from '../catalog/physical-manifest.js';
+import { UNTRUSTED_HINT } from '../catalog/catalog.js';
 import { findPhysicalBackup, listPhysicalKeys, loadPhysicalEntry, type PhysicalEntry } from '../catalog/physical-catalog.js';
 import { confValue, isRoot, osUser } from '../demo/throwaway-cluster.js';
 import { IntegrityError, StorageError, UsageError } from '../errors.js';
@@ -271,8 +272,6 @@ async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
 
 // ---------------------------------------------------------------------------------------------
 // Which backup
-
-const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
 
 async function selectBackup(req: PhysicalRestoreRequest): Promise<PhysicalEntry> {
   if (req.selector !== 'latest') {

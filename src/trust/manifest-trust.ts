@@ -16,7 +16,7 @@ import type { ObjectStore } from '../store/object-store.js';
 import { databasePrefix, MANIFEST_SUFFIX, parseKey, type Tier } from '../catalog/layout.js';
 import { decodeManifest } from '../catalog/manifest.js';
 import { decodePhysicalManifest } from '../catalog/physical-manifest.js';
-import type { BackupEntry } from '../catalog/catalog.js';
+import { UNTRUSTED_HINT, type BackupEntry } from '../catalog/catalog.js';
 import { findSigner, type TrustedSigners } from './allowed-signers.js';
 import { fingerprint, type SigningKey } from './signing-key.js';
 import { checkSignature, MANIFEST_NAMESPACE, parseSignature, signMessage } from './sshsig.js';
@@ -117,8 +117,6 @@ export interface DatabaseTrust {
 function named(database: string, id: string): string {
   return `${database}/${id}`;
 }
-
-const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
 
 /**
  * Checks the manifests of a repository against trusted signers (allowed_signers): each

@@ -15,6 +15,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
+import { backupIdTime } from '../../src/catalog/layout.js';
 import { MANIFEST_NAMESPACE } from '../../src/trust/sshsig.js';
 import { runCoffer, s3Env, baseEnv, pgEnv } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
@@ -56,11 +57,13 @@ async function markerOf(db: string): Promise<string> {
 /** A backup of the fixture's database with marker `v` into `repo`, signed with `signWith` unless undefined. */
 let lastBackupSecond = 0;
 async function backupWith(repo: string, v: number, signWith: KeyPair | undefined, extra: string[] = [], env = f.env()): Promise<BackupManifest> {
-  // Ids order backups by their start second: one backup per second keeps the order certain.
+  // Ids order backups by their start second (then a random suffix): a backup starts only in a
+  // second after the previous one's start time (its manifest's), so the order is certain.
   while (Math.floor(Date.now() / 1000) <= lastBackupSecond) await new Promise((r) => setTimeout(r, 50));
-  lastBackupSecond = Math.floor(Date.now() / 1000);
   await setMarker(v);
-  return f.backup(repo, f.db, ['--tier', 'daily', ...(signWith ? ['--signing-key', signWith.file] : []), ...extra], env);
+  const m = await f.backup(repo, f.db, ['--tier', 'daily', ...(signWith ? ['--signing-key', signWith.file] : []), ...extra], env);
+  lastBackupSecond = Math.floor(Date.parse(m.startedAt) / 1000);
+  return m;
 }
 
 function expectNoSecret(...outputs: string[]): void {
@@ -337,6 +340,8 @@ describe('physical backups', () => {
     const manifest = files.find((n) => n.endsWith(`${signed.id}.manifest.json`))!;
     const sig = files.find((n) => n.startsWith(`${manifest}.`) && n.endsWith('.sig'))!;
     expect(await sshKeygen(['-Y', 'verify', '-f', trusted, '-I', key.principal, '-n', MANIFEST_NAMESPACE, '-s', path.join(dir, sig)], await fsp.readFile(path.join(dir, manifest)))).toBe(0);
+    // The next second: ids of one second are ordered by their random suffix.
+    while (Math.floor(Date.now() / 1000) <= backupIdTime(signed.id).getTime() / 1000) await new Promise((r) => setTimeout(r, 50));
     const unsigned = await volume(undefined);
     const bad = await runCoffer(['list', '--from', repo, '--verify-signatures', '--trusted-signers', trusted], { env: f.env() });
     expect(bad.code).toBe(5);
