@@ -115,6 +115,9 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
   return { ...k, manifest };
 }
 
+/** What to do about a backup whose origin the trusted signers do not vouch for. */
+export const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
+
 /**
  * Finds one completed backup: `latest` or an id. `latest` is the newest backup of `kind`
  * (default `custom`, a full backup: a schema-only or data-only backup is never taken for the
@@ -124,7 +127,19 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
  */
 export async function findBackup(
   store: ObjectStore,
-  opts: { database?: string; selector: string; kind?: BackupKind; signal?: AbortSignal },
+  opts: {
+    database?: string;
+    selector: string;
+    kind?: BackupKind;
+    signal?: AbortSignal;
+    /**
+     * The origin check (`--trusted-signers`): why a backup may not be used (one line), or
+     * undefined when it may. `latest` passes over such backups, telling `onSkip`, and takes the
+     * newest trusted one; an id is refused (IntegrityError). May throw to refuse everything.
+     */
+    untrustedBecause?: (entry: BackupEntry) => Promise<string | undefined>;
+    onSkip?: (why: string) => void;
+  },
 ): Promise<BackupEntry> {
   const keys = await listBackupKeys(store, { database: opts.database, signal: opts.signal });
   const kind = opts.kind ?? 'custom';
@@ -132,7 +147,10 @@ export async function findBackup(
   if (opts.selector !== 'latest') {
     const chosen = keys.find((k) => k.id === opts.selector);
     if (!chosen) throw new StorageError('NotFound', `no completed backup with id ${opts.selector}${of} in ${store.location}`, { hint: 'run `coffer list` to see what is there' });
-    return loadEntry(store, chosen, opts.signal);
+    const entry = await loadEntry(store, chosen, opts.signal);
+    const why = await opts.untrustedBecause?.(entry);
+    if (why !== undefined) throw new IntegrityError(why, { hint: UNTRUSTED_HINT });
+    return entry;
   }
   const dbs = new Set(keys.map((k) => k.database));
   if (opts.database === undefined && dbs.size > 1) {
@@ -146,6 +164,7 @@ export async function findBackup(
   }
   // Newest first; the keys tell full from partial, the manifest tells schema-only from data-only.
   const wantContent: KeyContent = kind === 'custom' ? 'full' : 'partial';
+  const skipped: string[] = [];
   for (const k of keys) {
     if (k.content !== wantContent && k.content !== 'unknown') continue;
     const entry = await loadEntry(store, k, opts.signal);
@@ -155,7 +174,14 @@ export async function findBackup(
         hint: 'the manifest or the object was replaced; do not trust this backup',
       });
     }
-    if (entry.manifest.kind === kind) return entry;
+    if (entry.manifest.kind !== kind) continue;
+    const why = await opts.untrustedBecause?.(entry);
+    if (why === undefined) return entry;
+    skipped.push(why);
+    opts.onSkip?.(why);
+  }
+  if (skipped.length > 0) {
+    throw new IntegrityError(`no trusted ${kind === 'custom' ? 'full backup' : `${kind} backup`}${of} in ${store.location}: ${skipped.length} untrusted one(s) refused, the newest: ${skipped[0]}`, { hint: UNTRUSTED_HINT });
   }
   const others = keys.length;
   const what = kind === 'custom' ? 'full backup' : `${kind} backup`;

@@ -64,6 +64,12 @@ export interface BackupManifest {
    * Absent in manifests of earlier coffer versions.
    */
   warnings?: string[];
+  /**
+   * The chain (signed backups only): the newest signed manifest of the same database when this
+   * backup ran, any kind or tier, and the sha256 (hex) of its exact bytes. Absent in the first
+   * signed backup of a database, in unsigned backups, and in manifests of earlier coffer versions.
+   */
+  previousManifest?: { key: string; sha256: string };
   startedAt: string;
   finishedAt: string;
   durationMs: number;
@@ -98,6 +104,10 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   if (v.globals !== null && v.globals !== undefined) checkObject(v.globals, 'globals', bad);
   if (v.index !== undefined) checkObject(v.index, 'index', bad);
   if (v.warnings !== undefined && (!Array.isArray(v.warnings) || v.warnings.some((w) => typeof w !== 'string'))) bad('warnings must be a list of strings');
+  if (v.previousManifest !== undefined) {
+    const p = v.previousManifest;
+    if (!isObj(p) || typeof p.key !== 'string' || p.key === '' || typeof p.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(p.sha256)) bad('invalid previousManifest');
+  }
   if (v.dumpOptions !== undefined) {
     const o = v.dumpOptions as Record<string, unknown>;
     if (!isObj(o) || typeof o.disableTriggers !== 'boolean' || !Array.isArray(o.excludeTableData)) bad('invalid dumpOptions');

@@ -53,6 +53,15 @@ const backupKind: Parser<BackupKind> = {
   },
 };
 
+/**
+ * `--trusted-signers` (restore, verify, drill, show, list --verify-signatures): an OpenSSH
+ * allowed_signers file; only backups whose manifests a listed key signed are used, and a broken
+ * chain of a database's manifests refuses its backups (src/trust/manifest-trust.ts).
+ */
+export const trustedSignersOption = {
+  trustedSigners: value('--trusted-signers <file>', 'OpenSSH allowed_signers file: use only backups whose manifest a listed key signed, with an unbroken chain (exit 5 otherwise)', text, { aliases: [{ key: '', env: 'COFFER_TRUSTED_SIGNERS_FILE' }] }),
+};
+
 /** Where a backup to read comes from: a repository (and which backup), or a local copy. */
 export const sourceOptions = {
   // No declared default: `--file` cannot be combined with a --from that was set.
@@ -62,6 +71,7 @@ export const sourceOptions = {
   kind: value('--kind <kind>', 'with latest: full (default), schema-only or data-only', backupKind),
   file: value('--file <path>', 'a local copy of a backup object (.age), instead of a repository', text),
   identity: list('--identity <file>', 'age identity file (private key); repeatable', text, { aliases: [{ key: '', env: 'COFFER_IDENTITY_FILE' }] }),
+  ...trustedSignersOption,
   ...s3Options,
 };
 

@@ -148,7 +148,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     };
     // 4. The commit (not cancelled by a stop signal once sent: see src/pipeline/backup.ts).
     committing = true;
-    await commitManifest(req.store, req.log, keys.manifest, encodePhysicalManifest(manifest), { retention, tags }, stored);
+    await commitManifest(req.store, req.log, keys.manifest, encodePhysicalManifest(manifest), { retention, tags, signer: req.signer }, stored);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { cluster: req.cluster, id });
     req.log.info('physical backup complete', {
       cluster: req.cluster,

@@ -22,6 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import { spawnSync } from 'node:child_process';
 import { parseLsn, parseSegmentName, walPrefix, type PhysicalKind } from '../catalog/cluster-layout.js';
 import type { PhysicalManifest } from '../catalog/physical-manifest.js';
+import { UNTRUSTED_HINT } from '../catalog/catalog.js';
 import { findPhysicalBackup, listPhysicalKeys, loadPhysicalEntry, type PhysicalEntry } from '../catalog/physical-catalog.js';
 import { confValue, isRoot, osUser } from '../demo/throwaway-cluster.js';
 import { IntegrityError, StorageError, UsageError } from '../errors.js';
@@ -72,6 +73,12 @@ export interface PhysicalRestoreRequest {
   log: Logger;
   /** The stored bytes read so far, and the stored archive's size (the manifest's). */
   onProgress?: (bytes: number, total: number) => void;
+  /**
+   * `--trusted-signers`: why a backup may not be used (its manifest's signature, one line), or
+   * undefined when it may. `latest` passes over such backups, telling `onSkip`; an id is refused.
+   */
+  untrustedBecause?: (e: PhysicalEntry) => Promise<string | undefined>;
+  onSkip?: (why: string) => void;
 }
 
 export interface PhysicalRestoreSummary {
@@ -269,6 +276,8 @@ async function chownTree(dir: string, uid: number, gid: number): Promise<void> {
 async function selectBackup(req: PhysicalRestoreRequest): Promise<PhysicalEntry> {
   if (req.selector !== 'latest') {
     const e = await findPhysicalBackup(req.store, { cluster: req.cluster, selector: req.selector, signal: req.signal });
+    const untrusted = await req.untrustedBecause?.(e);
+    if (untrusted !== undefined) throw new IntegrityError(untrusted, { hint: UNTRUSTED_HINT });
     const why = tooLate(e.manifest, req.target);
     if (why) throw new UsageError(`backup ${e.id} cannot reach the recovery target: ${why}`, { hint: 'choose an earlier backup, or leave out --backup to let coffer choose' });
     return e;
@@ -277,10 +286,16 @@ async function selectBackup(req: PhysicalRestoreRequest): Promise<PhysicalEntry>
   const where = `of cluster ${JSON.stringify(req.cluster)} in ${req.store.location}`;
   if (keys.length === 0) throw new StorageError('NotFound', `no physical backup ${where}`, { hint: 'run `coffer list --cluster NAME` to see what is there' });
   // Newest first: the first that ended before the target (recovery only goes forward from a backup's end).
+  const skipped: string[] = [];
   for (const k of keys) {
     const e = await loadPhysicalEntry(req.store, k, req.signal);
-    if (!tooLate(e.manifest, req.target)) return e;
+    if (tooLate(e.manifest, req.target)) continue;
+    const untrusted = await req.untrustedBecause?.(e);
+    if (untrusted === undefined) return e;
+    skipped.push(untrusted);
+    req.onSkip?.(untrusted);
   }
+  if (skipped.length > 0) throw new IntegrityError(`no trusted physical backup ${where}: ${skipped.length} untrusted one(s) refused, the newest: ${skipped[0]}`, { hint: UNTRUSTED_HINT });
   throw new StorageError('NotFound', `no physical backup ${where} ended before the recovery target ${describeTarget(req.target!)}`, { hint: 'a backup can only be rolled forward: the target must lie after the end of a backup' });
 }
 

@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream';
 import { createEncryptStream, type EncryptStream } from '../crypto/age.js';
 import { backupKeys, newBackupId, type DumpContent, type Tier } from '../catalog/layout.js';
 import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
+import { previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
 import { libpqEnv, type ConnectionSpec } from '../pg/connection.js';
@@ -52,6 +53,8 @@ export interface StoringRequest {
   log: Logger;
   onProgress?: (storedBytes: number) => void;
   now?: () => Date;
+  /** Signs the manifest (`--signing-key`): its signature is stored beside it, before it (src/trust/manifest-trust.ts). */
+  signer?: ManifestSigner;
 }
 
 export interface BackupRequest extends StoringRequest {
@@ -126,6 +129,9 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // the server's checks (whose failures come first).
     const listing = req.tier === undefined ? listBackupKeys(req.store, { database: req.database, signal: sup.signal }) : Promise.resolve([]);
     listing.catch(() => undefined);
+    // A signed backup chains to the newest signed manifest of the database (a listing only).
+    const previous = req.signer ? previousSignedManifest(req.store, req.database, sup.signal) : Promise.resolve(undefined);
+    previous.catch(() => undefined);
     // 1. Before anything is written: the server answers, pg_dump is new enough.
     const [server, dumpVersion] = await Promise.all([
       req.probe ?? probeServer(req.tools, req.conn, req.database, { env, signal: sup.signal, ask: req.ask }),
@@ -174,6 +180,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
 
     if (sup.failed) throw sup.cause();
+    const previousManifest = await previous;
     const finishedAt = now();
     const manifest: BackupManifest = {
       format: 'coffer-backup-manifest',
@@ -201,6 +208,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
       ...(index ? { index } : {}),
       dumpOptions: { disableTriggers: !!req.disableTriggers, excludeTableData },
       warnings,
+      ...(previousManifest ? { previousManifest } : {}),
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
       durationMs: finishedAt.getTime() - startedAt.getTime(),
@@ -210,9 +218,9 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // must be known, because a manifest that reached the store is a backup (a stop now would
     // report a failure for a backup that exists, and remove its dump). It is one small request,
     // bounded by the S3 socket timeout and the SDK's retries.
-    await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags }, [keys.dump, ...(globals ? [keys.globals] : []), ...(index ? [keys.index] : [])]);
+    await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags, signer: req.signer }, [keys.dump, ...(globals ? [keys.globals] : []), ...(index ? [keys.index] : [])]);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
-    req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}) });
+    req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}), ...(req.signer ? { signedBy: req.signer.fingerprint } : {}) });
     return { manifest, manifestKey: keys.manifest };
   } catch (err) {
     sup.fail(err);
@@ -799,16 +807,29 @@ export async function streamObject(t: ObjectTarget, key: string, what: string, s
  * the first attempt landed) leaves the outcome open: the listing decides (ids are unique, so a
  * manifest there is this one). When it is not stored, the run's `objects` are removed (best
  * effort) and the error is thrown; when the listing cannot tell, they are left for the lifecycle
- * rules (without a manifest they are not a backup).
+ * rules (without a manifest they are not a backup). With a `signer`, the manifest's signature is
+ * stored first, beside it (a signature without its manifest is an incomplete run's leftover).
  */
 export async function commitManifest(
   store: ObjectStore,
   log: Logger,
   key: string,
   bytes: Uint8Array,
-  opts: { retention: ObjectRetention | undefined; tags: Record<string, string> },
+  opts: { retention: ObjectRetention | undefined; tags: Record<string, string>; signer?: ManifestSigner | undefined },
   objects: string[],
 ): Promise<void> {
+  if (opts.signer) {
+    const sig = opts.signer.sign(key, bytes);
+    objects = [...objects, sig.key];
+    try {
+      await store.putBytes(sig.key, Buffer.from(sig.text, 'latin1'), { retention: opts.retention, tags: opts.tags, contentType: 'text/plain' });
+    } catch (err) {
+      if ((await isListed(store, sig.key)) !== true) {
+        await removeOrphans(store, log, objects);
+        throw err;
+      }
+    }
+  }
   try {
     await store.putBytes(key, bytes, { retention: opts.retention, tags: opts.tags, contentType: 'application/json' });
   } catch (err) {

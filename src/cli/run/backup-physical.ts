@@ -4,6 +4,7 @@
  * the backup command (issue 14). The options are declared with the backup command
  * (./backup.ts); this module checks their combination and runs src/physical/backup.ts.
  */
+import type { ManifestSigner } from '../../trust/manifest-trust.js';
 import { statSync } from 'node:fs';
 import * as path from 'node:path';
 import type { Tier } from '../../catalog/layout.js';
@@ -67,6 +68,8 @@ export interface PhysicalCommon {
   retentionFor: ((tier: Tier, now: Date) => ObjectRetention) | undefined;
   conn: ConnectionSpec;
   s3: S3Settings;
+  /** `--signing-key`: signs the manifest (no chain for physical backups). */
+  signer: ManifestSigner | undefined;
 }
 
 export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: PhysicalCommon, ctx: CliContext): Promise<PhysicalBackupResult[]> {
@@ -153,6 +156,7 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
       cluster,
       source,
       recipients: common.recipients,
+      signer: common.signer,
       level,
       tier: common.tier,
       label: flags.label,

@@ -7,6 +7,8 @@ import { metricsFilePath, writeBackupMetrics, type BackupRunMetrics } from '../.
 import { Notifier } from '../../observe/notify.js';
 import { checkRecipientMix, readRecipientsFile } from '../../crypto/age.js';
 import { library } from '../../crypto/keys.js';
+import { readSigningKeyFile } from '../../trust/signing-key.js';
+import { manifestSigner } from '../../trust/manifest-trust.js';
 import { runBackup, type BackupResult } from '../../pipeline/backup.js';
 import type { DumpKind } from '../../pg/pg-dump.js';
 import { parseConnectionString, databaseOf } from '../../pg/connection.js';
@@ -119,6 +121,8 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   if (recipients.length === 0) {
     throw new UsageError('no recipients: backups are always encrypted', { hint: 'pass --recipient age1… or --recipients-file FILE, or set recipients/recipientsFile in coffer.yaml (create a key with `coffer keygen`)' });
   }
+  // The signing key is read (and its mode checked) before anything is dumped or written.
+  const signer = flags.signingKey !== undefined ? manifestSigner(await readSigningKeyFile(path.resolve(ctx.cwd, flags.signingKey))) : undefined;
   if (flags.schemaOnly && flags.dataOnly) throw new UsageError('--schema-only and --data-only cannot be combined');
   const kind: DumpKind = flags.schemaOnly ? 'schema-only' : flags.dataOnly ? 'data-only' : 'custom';
   if (flags.disableTriggers && kind !== 'data-only') {
@@ -133,7 +137,7 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   // pgPassword: from COFFER_PGPASSWORD(_FILE) or the file's pgPassword(File) (config layer).
   if (flags.pgPassword !== undefined && conn.password === undefined) conn.password = flags.pgPassword;
   // --cluster alone does not make a backup physical: wal-push shares it through the file's top level.
-  if (isPhysicalBackup(flags)) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3 }, ctx);
+  if (isPhysicalBackup(flags)) return runPhysicalBackupCommand(flags, { recipients, tier, retentionFor, conn, s3, signer }, ctx);
   if (flags.attach.length > 0) throw new UsageError('--attach applies to physical backups (--physical, --data-dir, --tar-command)', { hint: 'a logical backup can store roles beside the dump with --globals' });
   const compression = flags.compress;
   if (kind !== 'custom' && compression.kind === 'pgdump-gzip') {
@@ -211,6 +215,7 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
           ask: held.ask,
           probe: ahead.probe,
           recipients,
+          signer,
           compression,
           kind,
           tier,

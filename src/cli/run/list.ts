@@ -5,6 +5,10 @@ import type { ObjectStore } from '../../store/object-store.js';
 import { openStore, type RepositoryRef, type S3Settings } from '../../store/open.js';
 import { formatBytes } from '../../observe/log.js';
 import type { CliContext } from '../context.js';
+import * as path from 'node:path';
+import { IntegrityError, UsageError } from '../../errors.js';
+import { readTrustedSigners } from '../../trust/allowed-signers.js';
+import { RepositoryTrust, type CheckedManifest } from '../../trust/manifest-trust.js';
 
 /** One row of `coffer list --json`. */
 export interface ListRow {
@@ -19,6 +23,12 @@ export interface ListRow {
   sha256: string;
   key: string;
   serverVersion: string;
+  /**
+   * With `--verify-signatures`: the manifest's signature against the trusted signers, and the
+   * chain (`chain-broken` when the manifest names a predecessor that is missing out of turn or
+   * changed). `problem` is the one-line reason when the state is not `ok`.
+   */
+  signature?: { state: 'ok' | 'unsigned' | 'unknown-signer' | 'bad-signature' | 'chain-broken'; signer?: string; fingerprint?: string; problem?: string };
 }
 
 export function toRow(e: BackupEntry): ListRow {
@@ -63,6 +73,8 @@ export interface PhysicalListRow {
    */
   reach: { segment: string; storedAt: string | null } | null;
   attachments: string[];
+  /** With `--verify-signatures`: the manifest's signature (physical backups are not chained). */
+  signature?: ListRow['signature'];
 }
 
 export function toPhysicalRow(e: PhysicalEntry, reach: PhysicalListRow['reach'] = null): PhysicalListRow {
@@ -121,27 +133,49 @@ async function reaches(store: ObjectStore, entries: PhysicalEntry[], signal: Abo
 export async function listRepository(
   repo: RepositoryRef,
   s3: S3Settings,
-  flags: { database?: string | undefined; cluster?: string | undefined; json?: boolean },
+  flags: { database?: string | undefined; cluster?: string | undefined; json?: boolean; verifySignatures?: boolean; trustedSigners?: string | undefined },
   ctx: CliContext,
 ): Promise<Array<ListRow | PhysicalListRow>> {
   const { database, cluster } = flags;
+  if (flags.verifySignatures && flags.trustedSigners === undefined) {
+    throw new UsageError('--verify-signatures needs --trusted-signers FILE (an OpenSSH allowed_signers file), or COFFER_TRUSTED_SIGNERS_FILE');
+  }
+  const trusted = flags.verifySignatures ? await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners!)) : undefined;
   const store = await openStore(repo, s3);
+  const problems: string[] = [];
   const onInvalid = (key: string, err: Error): void => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
   let entries: BackupEntry[] = [];
   let physical: PhysicalEntry[] = [];
   let reach: Array<PhysicalListRow['reach']> = [];
+  let signatures: Array<NonNullable<ListRow['signature']>> | undefined;
+  let physicalSignatures: Array<NonNullable<ListRow['signature']>> | undefined;
   try {
     if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
     if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
     reach = await reaches(store, physical, ctx.signal);
+    if (trusted) {
+      const trust = new RepositoryTrust(store, trusted, ctx.signal);
+      signatures = await signatureStates(trust, entries, problems);
+      physicalSignatures = [];
+      for (const e of physical) {
+        const st = await trust.physicalSignature(store, e, ctx.signal);
+        if (st.state !== 'signed') problems.push(st.problem);
+        physicalSignatures.push(st.state === 'signed' ? { state: 'ok', signer: st.principals, fingerprint: st.fingerprint } : { state: st.state, problem: st.problem, ...(st.fingerprint ? { fingerprint: st.fingerprint } : {}) });
+      }
+    }
   } finally {
     store.close();
   }
-  const rows = entries.map(toRow);
-  const physicalRows = physical.map((e, i) => toPhysicalRow(e, reach[i] ?? null));
+  const rows = entries.map((e, i) => (signatures ? { ...toRow(e), signature: signatures[i]! } : toRow(e)));
+  // Every problem on stderr (one line each), the listing on stdout, then exit 5.
+  for (const p of problems) ctx.log.error(p);
+  const failed = (): IntegrityError =>
+    new IntegrityError(`${problems.length} signature or chain problem(s); the first: ${problems[0]}`, { hint: 'do not restore the backups marked in the SIGNATURE column; find out who wrote or removed them' });
+  const physicalRows = physical.map((e, i) => (physicalSignatures ? { ...toPhysicalRow(e, reach[i] ?? null), signature: physicalSignatures[i]! } : toPhysicalRow(e, reach[i] ?? null)));
   if (flags.json) {
     const all = [...rows, ...physicalRows];
     ctx.stdout(`${JSON.stringify(all, null, 2)}\n`);
+    if (problems.length > 0) throw failed();
     return all;
   }
   if (rows.length === 0 && physicalRows.length === 0) {
@@ -151,13 +185,15 @@ export async function listRepository(
   }
   const time = (t: string): string => t.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
   if (rows.length > 0) {
-    printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
-      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
+    const sig = (r: ListRow): string[] => (r.signature ? [r.signature.state === 'ok' ? `ok (${r.signature.signer})` : r.signature.state] : []);
+    printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', ...(signatures ? ['SIGNATURE'] : []), 'LABEL']].concat(
+      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), ...sig(r), r.label ?? '']),
     ));
   }
   if (physicalRows.length > 0) {
     if (rows.length > 0) ctx.stdout('\n');
-    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', 'LABEL']].concat(
+    const sig = (r: PhysicalListRow): string[] => (r.signature ? [r.signature.state === 'ok' ? `ok (${r.signature.signer})` : r.signature.state] : []);
+    printTable(ctx, [['ID', 'TIME (UTC)', 'CLUSTER', 'KIND', 'TIER', 'SIZE', 'PG', 'WAL (START-END)', 'RECOVERS UP TO', ...(physicalSignatures ? ['SIGNATURE'] : []), 'LABEL']].concat(
       physicalRows.map((r) => [
         r.id,
         time(r.startedAt),
@@ -168,11 +204,38 @@ export async function listRepository(
         String(r.majorVersion),
         r.wal ? `${r.wal.startLsn}-${r.wal.stopLsn}` : '',
         r.reach ? `${r.reach.segment}${r.reach.storedAt ? ` (${time(r.reach.storedAt)})` : ' (backup only)'}` : '',
+        ...sig(r),
         r.label ?? '',
       ]),
     ));
   }
+  if (problems.length > 0) throw failed();
   return [...rows, ...physicalRows];
+}
+
+/**
+ * The signature state of each entry (in order), and every problem as one line into `problems`:
+ * each untrusted manifest, each break of a database's chain.
+ */
+async function signatureStates(trust: RepositoryTrust, entries: BackupEntry[], problems: string[]): Promise<Array<NonNullable<ListRow['signature']>>> {
+  const dbs = [...new Set(entries.map((e) => e.database))];
+  const checked = new Map<string, CheckedManifest>();
+  for (const db of dbs) {
+    const t = await trust.database(db);
+    for (const m of t.manifests) {
+      checked.set(m.key, m);
+      if (m.signature.state !== 'signed') problems.push(m.signature.problem);
+    }
+    problems.push(...t.chainBreaks);
+  }
+  return entries.map((e) => {
+    const m = checked.get(e.manifestKey);
+    if (!m) return { state: 'unsigned', problem: `backup ${e.database}/${e.id}: its manifest disappeared while it was being checked` };
+    const s = m.signature;
+    if (s.state !== 'signed') return { state: s.state, problem: s.problem, ...(s.fingerprint ? { fingerprint: s.fingerprint } : {}) };
+    if (m.chain !== undefined) return { state: 'chain-broken', signer: s.principals, fingerprint: s.fingerprint, problem: m.chain };
+    return { state: 'ok', signer: s.principals, fingerprint: s.fingerprint };
+  });
 }
 
 function printTable(ctx: CliContext, table: string[][]): void {

@@ -10,6 +10,9 @@ import { formatBytes } from '../../observe/log.js';
 import { Progress } from '../../observe/progress.js';
 import type { PhysicalRestoreSummary, RecoveryTarget, TargetAction } from '../../physical/restore.js';
 import { openStore } from '../../store/open.js';
+import { readTrustedSigners } from '../../trust/allowed-signers.js';
+import { RepositoryTrust } from '../../trust/manifest-trust.js';
+import type { PhysicalEntry } from '../../catalog/physical-catalog.js';
 import type { CliContext } from '../context.js';
 import type { sourceOptions } from '../option-groups.js';
 import { sourceRepository } from '../option-groups.js';
@@ -73,7 +76,10 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
   if (clash) throw new UsageError(`--physical cannot be combined with ${clash[0]}`);
   const target = recoveryTarget(flags);
   const s3 = resolveS3Settings(flags, ctx.env);
+  const trusted = flags.trustedSigners !== undefined ? await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners)) : undefined;
+  if (!trusted) ctx.log.warn('the origin of the backup is not checked: no trusted signers; pass --trusted-signers FILE (or COFFER_TRUSTED_SIGNERS_FILE) to restore only backups signed by your backup hosts');
   const store = await openStore(sourceRepository(flags.from), s3);
+  const trust = trusted ? new RepositoryTrust(store, trusted, ctx.signal) : undefined;
   const identityFiles = flags.identity.map((f) => path.resolve(ctx.cwd, f));
   // restore_command: this coffer, by absolute paths (the server has no PATH of ours), reading the
   // same repository with the same identity files; credentials come from the server's environment.
@@ -107,6 +113,16 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       store,
       cluster: flags.cluster,
       selector: parseBackupSelector(flags.backup ?? 'latest'),
+      ...(trust
+        ? {
+            // Base backups are signed like logical ones; archived WAL is not (README, "Signed manifests").
+            untrustedBecause: async (e: PhysicalEntry) => {
+              const st = await trust.physicalSignature(store, e, ctx.signal);
+              return st.state === 'signed' ? undefined : st.problem;
+            },
+            onSkip: (why: string) => ctx.log.warn(`skipping an untrusted backup: ${why}`),
+          }
+        : {}),
       identities,
       identityFiles,
       toDir: path.resolve(ctx.cwd, flags.toDir),

@@ -22,6 +22,8 @@ import { runLoadDataOnly, type LoadSummary } from '../../pipeline/load-data.js';
 import { runVerify, type VerifyResult } from '../../pipeline/verify.js';
 import { hasIndex } from '../../pipeline/ranged-source.js';
 import { openStore } from '../../store/open.js';
+import { readTrustedSigners } from '../../trust/allowed-signers.js';
+import { RepositoryTrust, untrustedError } from '../../trust/manifest-trust.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { Progress } from '../../observe/progress.js';
 import { formatBytes } from '../../observe/log.js';
@@ -72,15 +74,25 @@ function intoServer(flags: ServerValues & { maintenanceDb: string; pgBin: string
 export async function withSource<T>(flags: SourceValues, ctx: CliContext, fn: (source: RestoreSource) => Promise<T>, defaultKind?: BackupKind): Promise<T> {
   if (flags.file !== undefined) {
     if (flags.from !== undefined || flags.backup !== undefined) throw new UsageError('--file cannot be combined with --from or --backup');
+    if (flags.trustedSigners !== undefined) ctx.log.warn('--trusted-signers checks manifests in a repository: the origin of a --file copy is not checked');
     return fn({ kind: 'file', path: path.resolve(ctx.cwd, flags.file) });
   }
   const selector = parseBackupSelector(flags.backup ?? 'latest');
   const kind = flags.kind ?? (selector === 'latest' ? defaultKind : undefined);
   if (flags.kind !== undefined && selector !== 'latest') throw new UsageError('--kind chooses among the latest backups; it cannot be combined with --backup ID');
   const database = flags.db;
+  const trusted = flags.trustedSigners !== undefined ? await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners)) : undefined;
   const store = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
   try {
-    const entry = await findBackup(store, { database, selector, kind, signal: ctx.signal });
+    const trust = trusted ? new RepositoryTrust(store, trusted, ctx.signal) : undefined;
+    const entry = await findBackup(store, {
+      database,
+      selector,
+      kind,
+      signal: ctx.signal,
+      ...(trust ? { untrustedBecause: (e: BackupEntry) => trust.untrustedBecause(e), onSkip: (why: string) => ctx.log.warn(`skipping an untrusted backup: ${why}`) } : {}),
+    });
+    if (trust) ctx.log.info('backup origin checked', { id: entry.id, signers: trusted!.file });
     ctx.log.info('backup selected', { id: entry.id, database: entry.database, kind: entry.manifest.kind === 'custom' ? 'full' : entry.manifest.kind, tier: entry.tier, size: entry.manifest.dump.size, label: entry.manifest.label ?? undefined });
     return await fn({ kind: 'repository', store, entry });
   } finally {
@@ -137,6 +149,9 @@ async function restoreCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
   }
   if (flags.physical) return runPhysicalRestoreCommand(flags, await loadIdentities(flags), ctx);
   refuseWithoutPhysical(flags);
+  if (flags.trustedSigners === undefined && flags.file === undefined) {
+    ctx.log.warn('the origin of the backup is not checked: no trusted signers; pass --trusted-signers FILE (or COFFER_TRUSTED_SIGNERS_FILE) to restore only backups signed by your backup hosts');
+  }
   if (flags.intoExisting !== undefined) return runLoadCommand(flags, ctx);
   const selection = await selectionOf(flags, ctx);
   const sanitize = flags.sanitize === undefined ? undefined : await readableFile('--sanitize', path.resolve(ctx.cwd, flags.sanitize));
@@ -303,7 +318,12 @@ export async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx:
     try {
       const entries: BackupEntry[] = await listBackups(store, { database: flags.db, signal: ctx.signal });
       if (entries.length === 0) throw new UsageError(`no completed backups in ${store.location}`);
-      for (const entry of entries) await verifyOne({ kind: 'repository', store, entry }, entry.id);
+      const trust = flags.trustedSigners !== undefined ? new RepositoryTrust(store, await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners)), ctx.signal) : undefined;
+      for (const entry of entries) {
+        const why = await trust?.untrustedBecause(entry);
+        if (why !== undefined) throw untrustedError(why);
+        await verifyOne({ kind: 'repository', store, entry }, entry.id);
+      }
     } finally {
       store.close();
     }

@@ -1,0 +1,119 @@
+/**
+ * The chain rules of src/trust/manifest-trust.ts on synthetic repositories (file store, no
+ * PostgreSQL): what the writer chains to (listing only), and when a missing predecessor is a break
+ * (an older trusted backup of ITS tier remains) or an expiry (none does), across tiers.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { backupKeys, type Tier } from '../../src/catalog/layout.js';
+import { encodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
+import { FsStore } from '../../src/store/fs.js';
+import { parseAllowedSigners } from '../../src/trust/allowed-signers.js';
+import { manifestSigner, previousSignedManifest, RepositoryTrust, sha256Hex } from '../../src/trust/manifest-trust.js';
+import { generateSigningKey, publicKeyLine } from '../../src/trust/signing-key.js';
+
+let root: string;
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'coffer-chain-'));
+});
+afterAll(async () => rm(root, { recursive: true, force: true }));
+
+const key = generateSigningKey('k').key;
+const trusted = parseAllowedSigners(`k ${publicKeyLine(key.publicKey, '')}`, 'signers');
+const signer = manifestSigner(key);
+const DB = 'app';
+
+/** Writes a backup the way `backup` does: signature, then manifest, chained to the newest signed one. */
+async function write(store: FsStore, id: string, tier: Tier, sign = true): Promise<string> {
+  const keys = backupKeys(DB, tier, id, 'custom+zstd');
+  const previousManifest = sign ? await previousSignedManifest(store, DB) : undefined;
+  const m: BackupManifest = {
+    format: 'coffer-backup-manifest',
+    formatVersion: 1,
+    id,
+    database: DB,
+    tier,
+    label: null,
+    kind: 'custom',
+    cofferVersion: 'test',
+    host: 'h',
+    postgres: { serverVersion: '15', serverVersionNum: 150000, pgDumpVersion: '15', pgDumpCommand: ['pg_dump'], databaseSizeBytes: 1 },
+    compression: { kind: 'zstd', level: 1 },
+    encryption: { format: 'age-v1', recipients: [] },
+    dump: { key: keys.dump, size: 1, sha256: '0'.repeat(64), dumpBytes: 1 },
+    globals: null,
+    ...(previousManifest ? { previousManifest } : {}),
+    startedAt: 'x',
+    finishedAt: 'x',
+    durationMs: 1,
+    manualRestore: 'x',
+  };
+  const bytes = encodeManifest(m);
+  if (sign) {
+    const s = signer.sign(keys.manifest, bytes);
+    await store.putBytes(s.key, Buffer.from(s.text));
+  }
+  await store.putBytes(keys.dump, Buffer.from('x'));
+  await store.putBytes(keys.manifest, bytes);
+  return keys.manifest;
+}
+
+let n = 0;
+async function repo(layout: Array<[Tier, boolean?]>): Promise<{ store: FsStore; keys: string[]; ids: string[] }> {
+  const store = new FsStore(join(root, `r${n++}`));
+  const keys: string[] = [];
+  const ids: string[] = [];
+  for (const [i, [tier, sign]] of layout.entries()) {
+    const id = `20261101T0000${String(i).padStart(2, '0')}Z-0000000${i}`;
+    ids.push(id);
+    keys.push(await write(store, id, tier, sign ?? true));
+  }
+  return { store, keys, ids };
+}
+
+async function breaks(store: FsStore): Promise<string[]> {
+  return (await new RepositoryTrust(store, trusted).database(DB)).chainBreaks;
+}
+
+describe('the chain', () => {
+  it('the writer chains to the newest signed manifest of any tier, skipping unsigned ones, by listing only', async () => {
+    const { store, keys } = await repo([['monthly'], ['weekly'], ['daily', false]]);
+    const prev = await previousSignedManifest(store, DB);
+    expect(prev?.key).toBe(keys[1]);
+    expect(prev?.sha256).toBe(sha256Hex(await store.getBytes(keys[1]!)));
+    expect(await breaks(store)).toEqual([]);
+  });
+
+  it('a missing predecessor is a break only while an older trusted backup of its tier remains', async () => {
+    // monthly, weekly, daily, daily, daily, weekly, daily
+    const layout: Array<[Tier]> = [['monthly'], ['weekly'], ['daily'], ['daily'], ['daily'], ['weekly'], ['daily']];
+    for (let pos = 0; pos < layout.length; pos++) {
+      const { store, keys, ids } = await repo(layout);
+      await store.delete(keys[pos]!);
+      const tier = layout[pos]![0];
+      const olderSameTier = layout.slice(0, pos).some(([t]) => t === tier);
+      const named = pos + 1 < layout.length;
+      const expected = olderSameTier && named ? [`chain broken: ${DB}/${ids[pos + 1]} names previous manifest ${DB}/${ids[pos]} which is missing`] : [];
+      expect(await breaks(store), `position ${pos} (${tier})`).toEqual(expected);
+    }
+  });
+
+  it('daily backups expired while a monthly one remains are not a break (lifecycle rules, tiers)', async () => {
+    const { store, keys } = await repo([['monthly'], ['daily'], ['daily'], ['daily']]);
+    await store.delete(keys[1]!);
+    await store.delete(keys[2]!);
+    expect(await breaks(store)).toEqual([]);
+  });
+
+  it('a predecessor whose bytes changed is a break, and its own signature is bad', async () => {
+    const { store, keys, ids } = await repo([['daily'], ['daily']]);
+    const text = (await store.getBytes(keys[0]!)).toString().replace('"host": "h"', '"host": "H"');
+    await store.delete(keys[0]!);
+    await store.putBytes(keys[0]!, Buffer.from(text));
+    const t = await new RepositoryTrust(store, trusted).database(DB);
+    expect(t.chainBreaks).toEqual([`chain broken: ${DB}/${ids[1]} names previous manifest ${DB}/${ids[0]} whose bytes no longer match the sha256 it recorded`]);
+    expect(t.manifests.find((m) => m.key === keys[0])?.signature).toMatchObject({ state: 'bad-signature' });
+  });
+});
