@@ -116,7 +116,43 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
 }
 
 /**
+ * The entries that no other entry of the list replaces (`coffer rekey` writes a backup that
+ * replaces another: the same data under a new age header; the replaced one stays readable with
+ * its old recipients until it expires, but is not a second backup). Order is kept.
+ */
+export function withoutReplaced<T extends { id: string; database: string; manifest: BackupManifest }>(entries: T[]): T[] {
+  const replaced = new Set(entries.flatMap((e) => (e.manifest.replaces ? [`${e.database}\0${e.manifest.replaces.id}`] : [])));
+  return entries.filter((e) => !replaced.has(`${e.database}\0${e.id}`));
+}
+
+/**
+ * The backup that replaces `entry` (rekeyed), following a chain of rekeys, or `entry` itself. A
+ * replacement keeps the replaced backup's start time, so its id has the same time part: only the
+ * completed backups of that second are read.
+ */
+export async function findReplacement(store: ObjectStore, keys: BackupKeyEntry[], entry: BackupEntry, signal?: AbortSignal): Promise<BackupEntry> {
+  let current = entry;
+  const seen = new Set([entry.id]);
+  for (;;) {
+    const second = current.id.slice(0, 16);
+    const siblings = keys.filter((k) => k.database === current.database && k.id.startsWith(second) && !seen.has(k.id));
+    let next: BackupEntry | undefined;
+    for (const k of siblings) {
+      const e = await loadEntry(store, k, signal).catch((err: unknown) => {
+        if (err instanceof IntegrityError) return undefined;
+        throw err;
+      });
+      if (e?.manifest.replaces?.id === current.id) next = e;
+    }
+    if (!next) return current;
+    seen.add(next.id);
+    current = next;
+  }
+}
+
+/**
  * Finds one completed backup: `latest` or an id. `latest` is the newest backup of `kind`
+ * (a backup replaced by `coffer rekey` gives way to its replacement; an id is taken as given)
  * (default `custom`, a full backup: a schema-only or data-only backup is never taken for the
  * latest copy of a database unless asked for) of `database`, or of the only database in the
  * repository. Throws UsageError when the choice is ambiguous, StorageError NotFound when
@@ -155,7 +191,7 @@ export async function findBackup(
         hint: 'the manifest or the object was replaced; do not trust this backup',
       });
     }
-    if (entry.manifest.kind === kind) return entry;
+    if (entry.manifest.kind === kind) return findReplacement(store, keys, entry, opts.signal);
   }
   const others = keys.length;
   const what = kind === 'custom' ? 'full backup' : `${kind} backup`;

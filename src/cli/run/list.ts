@@ -1,4 +1,4 @@
-import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
+import { listBackups, withoutReplaced, type BackupEntry } from '../../catalog/catalog.js';
 import { listPhysicalBackups, type PhysicalEntry } from '../../catalog/physical-catalog.js';
 import { listWal, reachFrom, summarizeWal, type WalObject, type WalSummary } from '../../physical/wal-catalog.js';
 import type { ObjectStore } from '../../store/object-store.js';
@@ -19,6 +19,8 @@ export interface ListRow {
   sha256: string;
   key: string;
   serverVersion: string;
+  /** The backup this one replaced (`coffer rekey`: same data, new recipients); `null` for a backup as taken. */
+  replaces: string | null;
 }
 
 export function toRow(e: BackupEntry): ListRow {
@@ -35,6 +37,7 @@ export function toRow(e: BackupEntry): ListRow {
     sha256: m.dump.sha256,
     key: m.dump.key,
     serverVersion: m.postgres.serverVersion,
+    replaces: m.replaces?.id ?? null,
   };
 }
 
@@ -137,7 +140,10 @@ export async function listRepository(
   } finally {
     store.close();
   }
-  const rows = entries.map(toRow);
+  // A backup replaced by `coffer rekey` is the same data as its replacement: listed once, as the replacement.
+  const shown = withoutReplaced(entries);
+  const hidden = entries.length - shown.length;
+  const rows = shown.map(toRow);
   const physicalRows = physical.map((e, i) => toPhysicalRow(e, reach[i] ?? null));
   if (flags.json) {
     const all = [...rows, ...physicalRows];
@@ -152,8 +158,9 @@ export async function listRepository(
   const time = (t: string): string => t.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
   if (rows.length > 0) {
     printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', 'LABEL']].concat(
-      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), r.label ?? '']),
+      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), [r.label ?? '', r.replaces ? `(rekeyed: replaces ${r.replaces})` : ''].filter((x) => x !== '').join(' ')]),
     ));
+    if (hidden > 0) ctx.stdout(`(${hidden} backup${hidden === 1 ? '' : 's'} replaced by coffer rekey not shown: the same data under their old recipients, kept until they expire)\n`);
   }
   if (physicalRows.length > 0) {
     if (rows.length > 0) ctx.stdout('\n');
