@@ -121,8 +121,13 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
  * its old recipients until it expires, but is not a second backup). Order is kept.
  */
 export function withoutReplaced<T extends { id: string; database: string; manifest: BackupManifest }>(entries: T[]): T[] {
-  const replaced = new Set(entries.flatMap((e) => (e.manifest.replaces ? [`${e.database}\0${e.manifest.replaces.id}`] : [])));
+  const replaced = new Set(entries.flatMap((e) => replacedIds(e.manifest).map((id) => `${e.database}\0${id}`)));
   return entries.filter((e) => !replaced.has(`${e.database}\0${e.id}`));
+}
+
+/** The ids a manifest replaces: the backup it was rekeyed from, and those that one replaced. */
+export function replacedIds(m: BackupManifest): string[] {
+  return m.replaces ? [...(m.replaces.earlier ?? []), m.replaces.id] : [];
 }
 
 /**
@@ -142,7 +147,7 @@ export async function findReplacement(store: ObjectStore, keys: BackupKeyEntry[]
         if (err instanceof IntegrityError) return undefined;
         throw err;
       });
-      if (e?.manifest.replaces?.id === current.id) next = e;
+      if (e && replacedIds(e.manifest).includes(current.id)) next = e;
     }
     if (!next) return current;
     seen.add(next.id);

@@ -38,6 +38,8 @@ export interface ReplacedBackup {
   sha256: string;
   /** When the rekey ran (the backup keeps its startedAt/finishedAt). */
   rekeyedAt: string;
+  /** The backups `id` itself replaced, oldest first (a rekey of a rekeyed backup): replaced by this one as well. */
+  earlier?: string[];
 }
 
 /** The commit marker of a backup: written last; holds no secrets and no row data. */
@@ -120,7 +122,7 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   if (v.index !== undefined) checkObject(v.index, 'index', bad);
   if (v.replaces !== undefined) {
     const r = v.replaces as Record<string, unknown>;
-    if (!isObj(r) || typeof r.id !== 'string' || !BACKUP_ID_RE.test(r.id) || typeof r.manifestKey !== 'string' || typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256) || typeof r.rekeyedAt !== 'string') bad('invalid replaces');
+    if (!isObj(r) || typeof r.id !== 'string' || !BACKUP_ID_RE.test(r.id) || typeof r.manifestKey !== 'string' || typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256) || typeof r.rekeyedAt !== 'string' || (r.earlier !== undefined && (!Array.isArray(r.earlier) || r.earlier.some((x) => typeof x !== 'string' || !BACKUP_ID_RE.test(x))))) bad('invalid replaces');
   }
   if (v.warnings !== undefined && (!Array.isArray(v.warnings) || v.warnings.some((w) => typeof w !== 'string'))) bad('warnings must be a list of strings');
   if (v.dumpOptions !== undefined) {

@@ -19,7 +19,7 @@ import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { createEncryptStream, MAX_HEADER_SIZE, openDecryptStream, readHeaderFileKey } from '../crypto/age.js';
 import { buildHeader, PAD_STANZA_TYPE } from '../crypto/rekey.js';
-import { findBackup, findReplacement, listBackupKeys, listBackups, withoutReplaced, type BackupEntry } from '../catalog/catalog.js';
+import { findBackup, findReplacement, listBackupKeys, listBackups, replacedIds, withoutReplaced, type BackupEntry } from '../catalog/catalog.js';
 import { BACKUP_ID_RE, compactTimestamp, backupIdTime, parseKey, MANIFEST_SUFFIX } from '../catalog/layout.js';
 import { encodeManifest, type BackupManifest, type StoredObject } from '../catalog/manifest.js';
 import { decodeIndex, encodeIndex, type ArchiveIndex } from '../catalog/archive-index.js';
@@ -314,7 +314,14 @@ function replacementManifest(e: BackupEntry, oldManifestBytes: Buffer, newId: st
     dump,
     globals,
     ...(index ? { index } : {}),
-    replaces: { id: e.id, manifestKey: e.manifestKey, sha256: createHash('sha256').update(oldManifestBytes).digest('hex'), rekeyedAt: now.toISOString() },
+    replaces: {
+      id: e.id,
+      manifestKey: e.manifestKey,
+      sha256: createHash('sha256').update(oldManifestBytes).digest('hex'),
+      rekeyedAt: now.toISOString(),
+      // A rekeyed backup's own predecessors stay replaced when it is deleted (--delete-old).
+      ...(m.replaces ? { earlier: replacedIds(m) } : {}),
+    },
     manualRestore: m.manualRestore.replace(m.dump.key.split('/').pop()!, file),
   };
 }
