@@ -128,6 +128,10 @@ describe('coffer rekey (file repository)', () => {
     expect(errorLine(a.stderr)).toMatch(/no identity matches/);
     const v = await runCoffer(['verify', '--from', repo, '--db', f.db, '--backup', item.newId!, '--identity', b.identityFile], { env: f.env() });
     expect(v.code, v.stderr).toBe(0);
+    // --backup all verifies the backups that are not replaced: the newest only (the first, still there, is A's alone).
+    const all = await runCoffer(['verify', '--from', repo, '--db', f.db, '--backup', 'all', '--identity', b.identityFile, '--json'], { env: f.env() });
+    expect(all.code, all.stderr).toBe(0);
+    expect((JSON.parse(all.stdout) as Array<{ id: string }>).map((x) => x.id)).toEqual([item.newId]);
 
     // The standard tool: B reads the dump and the globals, whose plaintext is the first backup's.
     const m = JSON.parse(await fsp.readFile(path.join(repo, item.newManifestKey!), 'utf8')) as BackupManifest;
