@@ -119,7 +119,48 @@ async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSi
 export const UNTRUSTED_HINT = 'it was not written by a trusted backup host; do not restore it, and find out who wrote it';
 
 /**
+ * The entries that no other entry of the list replaces (`coffer rekey` writes a backup that
+ * replaces another: the same data under a new age header; the replaced one stays readable with
+ * its old recipients until it expires, but is not a second backup). Order is kept.
+ */
+export function withoutReplaced<T extends { id: string; database: string; manifest: BackupManifest }>(entries: T[]): T[] {
+  const replaced = new Set(entries.flatMap((e) => replacedIds(e.manifest).map((id) => `${e.database}\0${id}`)));
+  return entries.filter((e) => !replaced.has(`${e.database}\0${e.id}`));
+}
+
+/** The ids a manifest replaces: the backup it was rekeyed from, and those that one replaced. */
+export function replacedIds(m: BackupManifest): string[] {
+  return m.replaces ? [...(m.replaces.earlier ?? []), m.replaces.id] : [];
+}
+
+/**
+ * The backup that replaces `entry` (rekeyed), following a chain of rekeys, or `entry` itself. A
+ * replacement keeps the replaced backup's start time, so its id has the same time part: only the
+ * completed backups of that second are read.
+ */
+export async function findReplacement(store: ObjectStore, keys: BackupKeyEntry[], entry: BackupEntry, signal?: AbortSignal): Promise<BackupEntry> {
+  let current = entry;
+  const seen = new Set([entry.id]);
+  for (;;) {
+    const second = current.id.slice(0, 16);
+    const siblings = keys.filter((k) => k.database === current.database && k.id.startsWith(second) && !seen.has(k.id));
+    let next: BackupEntry | undefined;
+    for (const k of siblings) {
+      const e = await loadEntry(store, k, signal).catch((err: unknown) => {
+        if (err instanceof IntegrityError) return undefined;
+        throw err;
+      });
+      if (e && replacedIds(e.manifest).includes(current.id)) next = e;
+    }
+    if (!next) return current;
+    seen.add(next.id);
+    current = next;
+  }
+}
+
+/**
  * Finds one completed backup: `latest` or an id. `latest` is the newest backup of `kind`
+ * (a backup replaced by `coffer rekey` gives way to its replacement; an id is taken as given)
  * (default `custom`, a full backup: a schema-only or data-only backup is never taken for the
  * latest copy of a database unless asked for) of `database`, or of the only database in the
  * repository. Throws UsageError when the choice is ambiguous, StorageError NotFound when
@@ -165,6 +206,7 @@ export async function findBackup(
   // Newest first; the keys tell full from partial, the manifest tells schema-only from data-only.
   const wantContent: KeyContent = kind === 'custom' ? 'full' : 'partial';
   const skipped: string[] = [];
+  const skippedIds = new Set<string>();
   for (const k of keys) {
     if (k.content !== wantContent && k.content !== 'unknown') continue;
     const entry = await loadEntry(store, k, opts.signal);
@@ -175,10 +217,18 @@ export async function findBackup(
       });
     }
     if (entry.manifest.kind !== kind) continue;
-    const why = await opts.untrustedBecause?.(entry);
-    if (why === undefined) return entry;
-    skipped.push(why);
-    opts.onSkip?.(why);
+    // A rekeyed backup gives way to its replacement, unless the trusted signers do not vouch for
+    // that one (a replacement is a manifest like any other: one forged with the writer's
+    // credentials must not hide the genuine backup it claims to replace).
+    const replacement = await findReplacement(store, keys, entry, opts.signal);
+    for (const candidate of replacement === entry ? [entry] : [replacement, entry]) {
+      const why = await opts.untrustedBecause?.(candidate);
+      if (why === undefined) return candidate;
+      if (skippedIds.has(candidate.id)) continue;
+      skippedIds.add(candidate.id);
+      skipped.push(why);
+      opts.onSkip?.(why);
+    }
   }
   if (skipped.length > 0) {
     throw new IntegrityError(`no trusted ${kind === 'custom' ? 'full backup' : `${kind} backup`}${of} in ${store.location}: ${skipped.length} untrusted one(s) refused, the newest: ${skipped[0]}`, { hint: UNTRUSTED_HINT });

@@ -15,10 +15,31 @@ export interface StoredObject {
   key: string;
   /** Bytes stored (ciphertext). */
   size: number;
-  /** sha256 of the stored bytes, hex. */
+  /** sha256 of the stored bytes, hex (of the first {@link sha256Bytes} bytes only, when that is set). */
   sha256: string;
   /** Bytes produced by pg_dump (before compression and encryption). */
   dumpBytes: number;
+  /**
+   * Set on an object that `coffer rekey` wrote by a server-side copy, whose bytes never passed
+   * through coffer: `sha256` then covers only the first `sha256Bytes` bytes, the age header and
+   * the 16-byte payload nonce. The header pins the file key (its MAC), and every payload chunk
+   * is authenticated by age's AEAD under the key derived from that file key and nonce, in order,
+   * the last one flagged: a payload that was modified, cut or swapped fails decryption. Absent:
+   * `sha256` covers the whole object.
+   */
+  sha256Bytes?: number;
+}
+
+/** `coffer rekey`: the backup whose objects this one re-wrapped (same data, other recipients). */
+export interface ReplacedBackup {
+  id: string;
+  manifestKey: string;
+  /** sha256 of the replaced manifest's bytes. */
+  sha256: string;
+  /** When the rekey ran (the backup keeps its startedAt/finishedAt). */
+  rekeyedAt: string;
+  /** The backups `id` itself replaced, oldest first (a rekey of a rekeyed backup): replaced by this one as well. */
+  earlier?: string[];
 }
 
 /** The commit marker of a backup: written last; holds no secrets and no row data. */
@@ -70,6 +91,8 @@ export interface BackupManifest {
    * signed backup of a database, in unsigned backups, and in manifests of earlier coffer versions.
    */
   previousManifest?: { key: string; sha256: string };
+  /** Set by `coffer rekey`: this backup is the backup `replaces.id` with a new age header (its recipients changed). */
+  replaces?: ReplacedBackup;
   startedAt: string;
   finishedAt: string;
   durationMs: number;
@@ -103,6 +126,10 @@ export function decodeManifest(bytes: Uint8Array, key: string): BackupManifest {
   checkObject(v.dump, 'dump', bad);
   if (v.globals !== null && v.globals !== undefined) checkObject(v.globals, 'globals', bad);
   if (v.index !== undefined) checkObject(v.index, 'index', bad);
+  if (v.replaces !== undefined) {
+    const r = v.replaces as Record<string, unknown>;
+    if (!isObj(r) || typeof r.id !== 'string' || !BACKUP_ID_RE.test(r.id) || typeof r.manifestKey !== 'string' || typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256) || typeof r.rekeyedAt !== 'string' || (r.earlier !== undefined && (!Array.isArray(r.earlier) || r.earlier.some((x) => typeof x !== 'string' || !BACKUP_ID_RE.test(x))))) bad('invalid replaces');
+  }
   if (v.warnings !== undefined && (!Array.isArray(v.warnings) || v.warnings.some((w) => typeof w !== 'string'))) bad('warnings must be a list of strings');
   if (v.previousManifest !== undefined) {
     const p = v.previousManifest;
@@ -142,6 +169,7 @@ export function checkObject(o: unknown, name: string, bad: (w: string) => never)
   if (typeof r.key !== 'string' || r.key === '') bad(`${name}.key missing`);
   if (typeof r.size !== 'number' || !Number.isSafeInteger(r.size) || r.size < 0) bad(`${name}.size invalid`);
   if (typeof r.sha256 !== 'string' || !/^[0-9a-f]{64}$/.test(r.sha256)) bad(`${name}.sha256 invalid`);
+  if (r.sha256Bytes !== undefined && (typeof r.sha256Bytes !== 'number' || !Number.isSafeInteger(r.sha256Bytes) || r.sha256Bytes <= 0 || r.sha256Bytes > (r.size as number))) bad(`${name}.sha256Bytes invalid`);
 }
 
 export function isObj(v: unknown): v is Record<string, unknown> {

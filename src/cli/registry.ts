@@ -12,6 +12,7 @@ import { init } from './commands/init.js';
 import { retentionCheck } from './commands/retention.js';
 import { prune } from './commands/prune.js';
 import { keygen } from './commands/keygen.js';
+import { rekey } from './commands/rekey.js';
 import { configShow } from './commands/config.js';
 import { demo } from './commands/demo.js';
 import { walFetchCommand, walPushCommand } from './commands/wal.js';
@@ -26,7 +27,7 @@ import { walFetchCommand, walPushCommand } from './commands/wal.js';
  */
 
 /** The commands, in the order `coffer --help` lists them. */
-export const COMMANDS: readonly CommandModule[] = [backup, list, status, report, restore, show, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, keygen, configShow, demo];
+export const COMMANDS: readonly CommandModule[] = [backup, list, status, report, restore, show, verify, drill, walPushCommand, walFetchCommand, init, retentionCheck, prune, rekey, keygen, configShow, demo];
 
 /** Commands that only group subcommands (`retention check`). */
 export const GROUPS: Readonly<Record<string, string>> = {

@@ -23,8 +23,13 @@ export { CHUNK_SIZE, ChunkRangeDecrypter, chunkSpan, payloadSize, SEALED_CHUNK_S
 
 const VERSION_LINE = Buffer.from('age-encryption.org/v1\n');
 const ARMOR_BEGIN = '-----BEGIN AGE ENCRYPTED FILE-----';
-/** Larger than any sane header (a hybrid stanza is ~1.6 KB); bounds memory on garbage input. */
-const MAX_HEADER_SIZE = 1024 * 1024;
+/**
+ * The longest header coffer reads; bounds memory on garbage input. A hybrid stanza is ~1.6 KB,
+ * but a header written by `coffer rekey` for a server-side copy carries padding ("grease")
+ * stanzas that make it at least 5 MiB (S3's smallest multipart part, see src/crypto/rekey.ts);
+ * 16 MiB leaves room for that and for many recipients. The age 1.1.1 CLI reads such headers.
+ */
+export const MAX_HEADER_SIZE = 16 * 1024 * 1024;
 /** File key bytes: age v1 uses 16. */
 const FILE_KEY_SIZE = 16;
 /** Size of the library's output for an empty plaintext after the header: nonce + one empty chunk's tag. */
@@ -262,6 +267,34 @@ export async function openPayloadKey(head: Buffer, identities: string[], complet
   const key = payloadKey(fileKey, head.subarray(headerEnd, headerEnd + PAYLOAD_NONCE_SIZE));
   fileKey.fill(0);
   return { key, payloadOffset: headerEnd + PAYLOAD_NONCE_SIZE, headerLength: headerEnd };
+}
+
+/** What {@link readHeaderFileKey} gives: the file key of a whole header, and its stanzas' first arguments (types). */
+export interface HeaderKey {
+  /** The 16-byte file key; the caller zeroes it when done. */
+  fileKey: Uint8Array;
+  /** Bytes of the header, through the MAC line. */
+  headerLength: number;
+  /** The type (first argument) of every stanza, in order. */
+  stanzaTypes: string[];
+}
+
+/**
+ * The file key of an age file from its first bytes (`head` holds at least the whole header),
+ * authenticated by the header MAC. For `coffer rekey`, which writes a new header around the
+ * same file key. Same errors as {@link openPayloadKey}; IntegrityError when `head` ends inside
+ * the header.
+ */
+export async function readHeaderFileKey(head: Buffer, identities: string[]): Promise<HeaderKey> {
+  if (identities.length === 0) throw new UsageError('no identities to decrypt with; pass an identity file made by coffer keygen or age-keygen');
+  const valid = await Promise.all(identities.map((id) => parseIdentity(id)));
+  const headerEnd = head.length === 0 ? -1 : scanHeader(head, 0);
+  if (headerEnd < 0) throw head.length === 0 ? corruptHeader('the file is empty') : corruptHeader('the header is incomplete');
+  const header = head.subarray(0, headerEnd);
+  const stanzaTypes: string[] = [];
+  for (const line of header.toString('latin1').split('\n')) if (line.startsWith('-> ')) stanzaTypes.push(line.slice(3).split(' ')[0] ?? '');
+  const { fileKey } = await unwrapFileKey(header, valid);
+  return { fileKey, headerLength: headerEnd, stanzaTypes };
 }
 
 /**

@@ -15,6 +15,8 @@ import { readHead } from '../stream-head.js';
 export interface ExpectedArchive {
   sha256: string;
   size: number;
+  /** `sha256` covers only this many first bytes (a rekeyed object: header + nonce; the AEAD authenticates the rest). */
+  sha256Bytes?: number;
   /** Bytes pg_dump produced (0: unknown, not checked). */
   dumpBytes?: number;
   /** `custom`: a pg_dump custom archive; `sql`: plain SQL (schema-only, data-only, globals); `tar`: a physical backup. */
@@ -119,7 +121,9 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
         cb(new IntegrityError(`the backup object is larger than its manifest says (${expected.size} bytes)`, { hint: 'the object or the manifest was replaced; do not trust this backup' }));
         return;
       }
-      hash.update(chunk);
+      const hashed = expected?.sha256Bytes;
+      if (hashed === undefined) hash.update(chunk);
+      else if (storedBytes - chunk.length < hashed) hash.update(chunk.subarray(0, hashed - (storedBytes - chunk.length)));
       cb(null, chunk);
     },
     flush(cb) {
@@ -129,7 +133,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
           return;
         }
         if (hash.digest('hex') !== expected.sha256) {
-          cb(new IntegrityError('sha256 of the backup object does not match its manifest: it was modified or corrupted', { hint: 'the object was modified or swapped; do not trust this backup' }));
+          cb(new IntegrityError(`sha256 of the backup object${expected.sha256Bytes !== undefined ? "'s header" : ''} does not match its manifest: it was modified or corrupted`, { hint: 'the object was modified or swapped; do not trust this backup' }));
           return;
         }
       }

@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream';
 import { blockRange, decodeIndex, planRanges, type ArchiveIndex, type FrameGroup } from '../catalog/archive-index.js';
 import type { BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
-import { ChunkRangeDecrypter, CHUNK_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
+import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { ArchiveOffsetScanner } from '../pg/archive-offsets.js';
@@ -54,7 +54,7 @@ export interface RangedRequest {
 
 /** The first read of the age header; a longer one follows only for a header this long (many recipients). */
 const HEAD_READ = 16 * 1024;
-const MAX_HEAD_READ = 1024 * 1024 + 16;
+const MAX_HEAD_READ = MAX_HEADER_SIZE + 16;
 
 /** Whether this backup can be restored selectively with ranged reads. */
 export function hasIndex(m: BackupManifest): m is BackupManifest & { index: StoredObject } {
@@ -85,7 +85,8 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
 
   // 1. The index: its object checked against the manifest, then decrypted and checked against the dump it describes.
   // The head of the dump (its age header) is fetched meanwhile.
-  const firstHead = Math.min(HEAD_READ, m.dump.size);
+  // A rekeyed object's manifest names its header's length (with the nonce) and pins its sha256: read exactly that.
+  const firstHead = Math.min(m.dump.sha256Bytes ?? HEAD_READ, m.dump.size);
   const headRead = collect(get(0, firstHead));
   headRead.catch(() => undefined);
   let index: ArchiveIndex;
@@ -98,7 +99,11 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   }
 
   // 2. The age header (the identity is checked here, before anything else is read).
-  let access = await openPayloadKey(await headRead, req.identities, firstHead === m.dump.size);
+  const headBytes = await headRead;
+  if (m.dump.sha256Bytes !== undefined && createHash('sha256').update(headBytes).digest('hex') !== m.dump.sha256) {
+    throw new IntegrityError("sha256 of the backup object's header does not match its manifest: it was modified or corrupted", { hint: 'the object was modified or swapped; do not trust this backup' });
+  }
+  let access = await openPayloadKey(headBytes, req.identities, firstHead === m.dump.size);
   // A header longer than the first read (many recipients): once more, up to the longest header there can be.
   if (access === 'more') access = await openPayloadKey(await collect(get(0, Math.min(MAX_HEAD_READ, m.dump.size))), req.identities, true);
   if (access === 'more') throw new IntegrityError('not an age file, or its header was modified or corrupted (the header is incomplete)');

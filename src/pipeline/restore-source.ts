@@ -37,7 +37,7 @@ export interface SourceRequest {
 
 /** What the manifest promises about a backup's content, for the whole-archive check. */
 export function expectedArchive(m: BackupManifest): ExpectedArchive {
-  return { sha256: m.dump.sha256, size: m.dump.size, dumpBytes: m.dump.dumpBytes, format: m.kind === 'custom' ? 'custom' : 'sql' };
+  return { sha256: m.dump.sha256, size: m.dump.size, ...(m.dump.sha256Bytes !== undefined ? { sha256Bytes: m.dump.sha256Bytes } : {}), dumpBytes: m.dump.dumpBytes, format: m.kind === 'custom' ? 'custom' : 'sql' };
 }
 
 /** Opens the encrypted source (repository object or local file) as a checked archive stream. */
@@ -74,7 +74,7 @@ export async function readGlobals(req: SourceRequest, sup: Supervisor, env: Node
   const g = req.source.entry.manifest.globals;
   const opened = await openArchive({
     ciphertext: resumableGet(req.source.store, g.key, g.size, { signal: sup.signal, log: req.log }),
-    expected: { sha256: g.sha256, size: g.size, dumpBytes: g.dumpBytes, format: 'sql' },
+    expected: { sha256: g.sha256, size: g.size, ...(g.sha256Bytes !== undefined ? { sha256Bytes: g.sha256Bytes } : {}), dumpBytes: g.dumpBytes, format: 'sql' },
     identities: req.identities,
     zstdCommand: req.zstdCommand,
     sup,

@@ -35,6 +35,18 @@ export interface PutBytesOptions {
   contentType?: string;
 }
 
+/** {@link ObjectStore.putComposed}: where the copied bytes come from, and how the new object is written. */
+export interface ComposeOptions {
+  signal: AbortSignal;
+  /** The existing object whose bytes `[start, end)` follow the head. */
+  source: { key: string; start: number; end: number };
+  retention?: ObjectRetention;
+  tags?: Record<string, string>;
+  contentType?: string;
+  /** Called with the number of bytes of the new object committed so far (head uploaded, ranges copied). */
+  onProgress?: (bytes: number) => void;
+}
+
 export interface GetOptions {
   signal?: AbortSignal;
   /**
@@ -97,6 +109,18 @@ export interface ObjectStore {
   head(key: string, options?: { signal?: AbortSignal }): Promise<{ size: number } | undefined>;
   /** Every object under `prefix` (all pages). */
   list(prefix: string, options?: { signal?: AbortSignal }): AsyncIterable<ObjectInfo>;
+  /**
+   * Server-side composition, where the store can copy without the bytes passing through this
+   * process (S3: a multipart upload whose first part is `head`, uploaded, and whose other parts
+   * are UploadPartCopy ranges of `source`). Absent on stores without it (the file store: a
+   * local copy through {@link putStream} is as cheap). Same visibility rules as `putStream`:
+   * the object appears only when complete; a failure aborts the multipart upload. `head` must
+   * be at least {@link minComposeHead} bytes when a range follows (every part but the last).
+   * Resolves with the new object's size.
+   */
+  putComposed?(key: string, head: Uint8Array, options: ComposeOptions): Promise<{ size: number }>;
+  /** The smallest `head` {@link putComposed} accepts before a copied range (S3: 5 MiB, the smallest part). */
+  readonly minComposeHead?: number;
   /** Deletes an object; deleting a missing key is not an error. */
   delete(key: string): Promise<void>;
   /** Releases network resources. */

@@ -92,11 +92,23 @@ const waitFor = (ms: number, signal?: AbortSignal): Promise<void> =>
 export class RateLimitedStore implements ObjectStore {
   readonly location: string;
 
+  readonly putComposed?: ObjectStore['putComposed'];
+  readonly minComposeHead?: number;
+
   constructor(
     private readonly inner: ObjectStore,
     readonly bucket: TokenBucket,
   ) {
     this.location = inner.location;
+    // A server-side copy moves only the head through this process: that is what is throttled.
+    const compose = inner.putComposed?.bind(inner);
+    if (compose) {
+      this.minComposeHead = inner.minComposeHead;
+      this.putComposed = async (key, head, options) => {
+        await waitFor(this.bucket.take(head.length), options.signal);
+        return compose(key, head, options);
+      };
+    }
   }
 
   putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }> {

@@ -71,6 +71,10 @@ export interface ProxyEvent {
   range?: string;
   /** Response body bytes forwarded to the client so far (counted as they pass). */
   responseBytes: number;
+  /** Request body bytes forwarded upstream so far (counted as they pass). */
+  requestBytes?: number;
+  /** The x-amz-copy-source header (UploadPartCopy, CopyObject): the request copies server-side. */
+  copySource?: string;
   /** When the request arrived, and when its response was sent whole (Date.now()). */
   at: number;
   doneAt?: number;
@@ -174,7 +178,7 @@ export class FaultProxy {
     const hit = this.pick(op, method, url.split('?')[0]!);
     const fault = hit?.rule.fault;
     const range = req.headers.range;
-    const event: ProxyEvent = { op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}), responseBytes: 0, at: Date.now() };
+    const event: ProxyEvent = { op, method, path: url.split('?')[0]!, outcome: fault?.kind ?? 'forwarded', ...(hit ? { rule: hit.index } : {}), ...(range ? { range } : {}), ...(typeof req.headers['x-amz-copy-source'] === 'string' ? { copySource: req.headers['x-amz-copy-source'] } : {}), responseBytes: 0, requestBytes: 0, at: Date.now() };
     this.events.push(event);
     res.on('finish', () => (event.doneAt = Date.now()));
     if (!fault) return this.forward(req, res, {}, event);
@@ -283,6 +287,7 @@ export class FaultProxy {
     });
     let received = 0;
     req.on('data', (chunk: Buffer) => {
+      if (event) event.requestBytes = (event.requestBytes ?? 0) + chunk.length;
       if (cut.requestBytes !== undefined) {
         received += chunk.length;
         if (received >= cut.requestBytes) {

@@ -1,4 +1,4 @@
-import { listBackups, type BackupEntry } from '../../catalog/catalog.js';
+import { listBackups, replacedIds, type BackupEntry } from '../../catalog/catalog.js';
 import { listPhysicalBackups, type PhysicalEntry } from '../../catalog/physical-catalog.js';
 import { listWal, reachFrom, summarizeWal, type WalObject, type WalSummary } from '../../physical/wal-catalog.js';
 import type { ObjectStore } from '../../store/object-store.js';
@@ -29,6 +29,8 @@ export interface ListRow {
    * changed). `problem` is the one-line reason when the state is not `ok`.
    */
   signature?: { state: 'ok' | 'unsigned' | 'unknown-signer' | 'bad-signature' | 'chain-broken'; signer?: string; fingerprint?: string; problem?: string };
+  /** The backup this one replaced (`coffer rekey`: same data, new recipients); `null` for a backup as taken. */
+  replaces: string | null;
 }
 
 export function toRow(e: BackupEntry): ListRow {
@@ -45,6 +47,7 @@ export function toRow(e: BackupEntry): ListRow {
     sha256: m.dump.sha256,
     key: m.dump.key,
     serverVersion: m.postgres.serverVersion,
+    replaces: m.replaces?.id ?? null,
   };
 }
 
@@ -166,7 +169,13 @@ export async function listRepository(
   } finally {
     store.close();
   }
-  const rows = entries.map((e, i) => (signatures ? { ...toRow(e), signature: signatures[i]! } : toRow(e)));
+  // A backup replaced by `coffer rekey` is the same data as its replacement: listed once, as the
+  // replacement; with --verify-signatures only a replacement the trusted signers vouch for hides it.
+  const replacers = signatures ? entries.filter((_, i) => signatures[i]!.state === 'ok') : entries;
+  const replaced = new Set(replacers.flatMap((e) => replacedIds(e.manifest).map((id) => `${e.database}\0${id}`)));
+  const shownIdx = entries.map((_, i) => i).filter((i) => !replaced.has(`${entries[i]!.database}\0${entries[i]!.id}`));
+  const hidden = entries.length - shownIdx.length;
+  const rows = shownIdx.map((i) => (signatures ? { ...toRow(entries[i]!), signature: signatures[i]! } : toRow(entries[i]!)));
   // Every problem on stderr (one line each), the listing on stdout, then exit 5.
   for (const p of problems) ctx.log.error(p);
   const failed = (): IntegrityError =>
@@ -187,8 +196,9 @@ export async function listRepository(
   if (rows.length > 0) {
     const sig = (r: ListRow): string[] => (r.signature ? [r.signature.state === 'ok' ? `ok (${r.signature.signer})` : r.signature.state] : []);
     printTable(ctx, [['ID', 'TIME (UTC)', 'DATABASE', 'KIND', 'TIER', 'SIZE', ...(signatures ? ['SIGNATURE'] : []), 'LABEL']].concat(
-      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), ...sig(r), r.label ?? '']),
+      rows.map((r) => [r.id, time(r.startedAt), r.database, r.kind === 'custom' ? 'full' : r.kind, r.tier, formatBytes(r.size), ...sig(r), [r.label ?? '', r.replaces ? `(rekeyed: replaces ${r.replaces})` : ''].filter((x) => x !== '').join(' ')]),
     ));
+    if (hidden > 0) ctx.stdout(`(${hidden} backup${hidden === 1 ? '' : 's'} replaced by coffer rekey not shown: the same data under their old recipients, kept until they expire)\n`);
   }
   if (physicalRows.length > 0) {
     if (rows.length > 0) ctx.stdout('\n');

@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../../atomic-write.js';
 import { library } from '../../crypto/keys.js';
 import { readIdentityFile } from '../../crypto/age.js';
 import { CofferError, exitCodeOf, formatErrorLine, UsageError } from '../../errors.js';
-import { findBackup, listBackups, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
+import { findBackup, listBackups, withoutReplaced, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
 import { drillKey, newBackupId, parseBackupSelector } from '../../catalog/layout.js';
 import { DRILL_FORMAT, drillRecordOf, encodeDrillRecord, type DrillResult } from '../../catalog/drill-record.js';
 export type { DrillResult } from '../../catalog/drill-record.js';
@@ -316,7 +316,10 @@ export async function runVerifyCommand(flags: Values<typeof verifyOptions>, ctx:
   if (flags.backup === 'all') {
     const store: ObjectStore = await openStore(sourceRepository(flags.from), resolveS3Settings(flags, ctx.env));
     try {
-      const entries: BackupEntry[] = await listBackups(store, { database: flags.db, signal: ctx.signal });
+      // A backup replaced by `coffer rekey` is the same data as its replacement, under the old recipients (which the identity may no longer be).
+      const listed = await listBackups(store, { database: flags.db, signal: ctx.signal });
+      const entries: BackupEntry[] = withoutReplaced(listed);
+      if (listed.length > entries.length) ctx.log.info(`not verifying ${listed.length - entries.length} backup(s) replaced by coffer rekey (verify one with --backup ID)`);
       if (entries.length === 0) throw new UsageError(`no completed backups in ${store.location}`);
       const trust = flags.trustedSigners !== undefined ? new RepositoryTrust(store, await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners)), ctx.signal) : undefined;
       for (const entry of entries) {

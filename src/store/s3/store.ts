@@ -14,10 +14,11 @@ import { finished } from 'node:stream/promises';
 import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
 import { followAbort, isAbortEcho } from '../../run/abort.js';
-import type { GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
+import type { ComposeOptions, GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
 import { s3Error } from './errors.js';
 import { MultipartWriter } from './multipart.js';
+import { composeObject, MIN_PART } from './compose.js';
 
 /**
  * A repository in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW…).
@@ -110,6 +111,30 @@ export class S3Store implements ObjectStore {
       },
       { retries: 4, minTimeout: 200, factor: 2 },
     ).catch(() => undefined);
+  }
+
+  readonly minComposeHead = MIN_PART;
+
+  /** Server-side composition: `head` uploaded as part 1, the source's range copied by UploadPartCopy (src/store/s3/compose.ts). */
+  async putComposed(key: string, head: Uint8Array, options: ComposeOptions): Promise<{ size: number }> {
+    try {
+      return await composeObject({
+        client: this.client,
+        Bucket: this.bucket,
+        Key: this.fullKey(key),
+        sourceKey: this.fullKey(options.source.key),
+        head,
+        start: options.source.start,
+        end: options.source.end,
+        objectParams: { ContentType: options.contentType ?? 'application/octet-stream', ...lockParams(options.retention), ...tagging(options.tags) },
+        signal: options.signal,
+        contentMd5: options.retention !== undefined,
+        onProgress: options.onProgress,
+      });
+    } catch (err) {
+      if (err instanceof RangeError) throw err;
+      throw s3Error(err, `copy ${this.fullName(options.source.key)} to ${this.fullName(key)}`);
+    }
   }
 
   async putBytes(key: string, data: Uint8Array, options?: PutBytesOptions): Promise<void> {
