@@ -62,6 +62,11 @@ export const trustedSignersOption = {
   trustedSigners: value('--trusted-signers <file>', 'OpenSSH allowed_signers file: use only backups whose manifest a listed key signed, with an unbroken chain (exit 5 otherwise)', text, { aliases: [{ key: '', env: 'COFFER_TRUSTED_SIGNERS_FILE' }] }),
 };
 
+/** `--signing-key` (backup, rekey): the Ed25519 key each manifest written is signed with (src/trust/). */
+export const signingKeyOption = {
+  signingKey: value('--signing-key <file>', 'sign each manifest with this Ed25519 private key file (coffer keygen --signing, or ssh-keygen -t ed25519; mode 0600)', text, { aliases: [{ key: '', env: 'COFFER_SIGNING_KEY_FILE' }] }),
+};
+
 /** Where a backup to read comes from: a repository (and which backup), or a local copy. */
 export const sourceOptions = {
   // No declared default: `--file` cannot be combined with a --from that was set.

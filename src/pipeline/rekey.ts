@@ -29,6 +29,7 @@ import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import type { Tier } from '../catalog/layout.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { commitManifest } from './backup.js';
+import { previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
 
 /** Objects smaller than this are rewritten through coffer (header + payload), not composed server-side: a padded 5 MiB header would cost more than the copy saves. */
 export const SERVER_COPY_MIN = 10 * 1024 * 1024;
@@ -52,6 +53,8 @@ export interface RekeyRequest {
   log: Logger;
   signal: AbortSignal;
   now?: () => Date;
+  /** Signs the replacement's manifest and chains it to the newest signed manifest of its database (as a backup does). */
+  signer?: ManifestSigner;
 }
 
 /** One backup in the plan. */
@@ -303,9 +306,11 @@ async function rekeyIndex(req: RekeyRequest, m: BackupManifest, newId: string, n
 }
 
 /** The manifest of the replacement: the old one with the new objects, recipients and id, naming what it replaces. */
-function replacementManifest(e: BackupEntry, oldManifestBytes: Buffer, newId: string, after: string[], dump: StoredObject, globals: StoredObject | null, index: StoredObject | undefined, now: Date): BackupManifest {
+function replacementManifest(e: BackupEntry, oldManifestBytes: Buffer, newId: string, after: string[], dump: StoredObject, globals: StoredObject | null, index: StoredObject | undefined, now: Date, previousManifest: { key: string; sha256: string } | undefined): BackupManifest {
   const m = e.manifest;
-  const { index: _oldIndex, replaces: _oldReplaces, ...rest } = m;
+  // The old manifest's place in the chain is its own: the replacement chains to the newest
+  // signed manifest now (when it is signed), or to nothing.
+  const { index: _oldIndex, replaces: _oldReplaces, previousManifest: _oldPrevious, ...rest } = m;
   const file = dump.key.split('/').pop()!;
   return {
     ...rest,
@@ -323,6 +328,7 @@ function replacementManifest(e: BackupEntry, oldManifestBytes: Buffer, newId: st
       ...(m.replaces ? { earlier: replacedIds(m) } : {}),
     },
     manualRestore: m.manualRestore.replace(m.dump.key.split('/').pop()!, file),
+    ...(previousManifest ? { previousManifest } : {}),
   };
 }
 
@@ -380,6 +386,11 @@ async function rekeyOne(req: RekeyRequest, e: BackupEntry, p: RekeyPlanItem, now
   const newManifestKey = renamedKey(e.manifestKey, e.id, newId);
   if (!newManifestKey.endsWith(MANIFEST_SUFFIX)) throw new IntegrityError(`unexpected manifest key ${e.manifestKey}`);
   log.info('rekey started', { backup: e.id, replacement: newId, before: p.before.length, after: p.after.length });
+  if (!req.signer) {
+    let signed = false;
+    for await (const o of store.list(`${e.manifestKey}.`, { signal })) if (o.key.endsWith('.sig')) signed = true;
+    if (signed) log.warn(`backup ${e.id} is signed, but no --signing-key was given: its replacement is not signed, so restores with --trusted-signers refuse it (and use the original while it lasts); pass --signing-key`, { backup: e.id });
+  }
   const written: string[] = [];
   const objects: RekeyedObject[] = [];
   let committing = false;
@@ -407,11 +418,12 @@ async function rekeyOne(req: RekeyRequest, e: BackupEntry, p: RekeyPlanItem, now
       objects.push(ix.report);
       index = ix.stored;
     }
-    const manifest = replacementManifest(e, oldManifestBytes, newId, p.after, d.stored, globals, index, now());
+    const previousManifest = req.signer ? await previousSignedManifest(store, e.database, signal) : undefined;
+    const manifest = replacementManifest(e, oldManifestBytes, newId, p.after, d.stored, globals, index, now(), previousManifest);
     // The commit, as a backup's: the manifest last, through the same function (and whatever it
     // adds). It removes the objects itself when the manifest was surely not stored.
     committing = true;
-    await commitManifest(store, log, newManifestKey, encodeManifest(manifest), put, written);
+    await commitManifest(store, log, newManifestKey, encodeManifest(manifest), { ...put, signer: req.signer }, written);
   } catch (err) {
     if (!committing) {
       for (const k of written) await store.delete(k).catch(() => log.warn('could not remove an object of the failed rekey (it has no manifest, so it is not a backup; lifecycle rules expire it)', { key: k }));

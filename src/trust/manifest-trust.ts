@@ -183,6 +183,20 @@ export class RepositoryTrust {
     const manifests = loaded.filter((m): m is CheckedManifest => m !== undefined);
     const byKey = new Map(manifests.map((m) => [m.key, m]));
     const trusted = manifests.filter((m) => m.signature.state === 'signed');
+    // What trusted replacements (coffer rekey) vouch for: a replaced manifest (key and sha256),
+    // and the ids it had replaced in turn; removed with --delete-old, it is not a break.
+    const replaced = new Set<string>();
+    const replacedIds = new Set<string>();
+    for (const q of trusted) {
+      try {
+        const r = decodeManifest(q.bytes, q.key).replaces;
+        if (!r) continue;
+        replaced.add(`${r.manifestKey}\0${r.sha256}`);
+        for (const id of r.earlier ?? []) replacedIds.add(id);
+      } catch {
+        // reported below, as that manifest's own break
+      }
+    }
     const chainBreaks: string[] = [];
     for (const m of trusted) {
       let prev: { key: string; sha256: string } | undefined;
@@ -209,6 +223,8 @@ export class RepositoryTrust {
         if (sha256Hex(found.bytes) !== prev.sha256) broken('whose bytes no longer match the sha256 it recorded');
         continue;
       }
+      // Missing, but replaced by a trusted rekey, which then removed it (--delete-old).
+      if (replaced.has(`${prev.key}\0${prev.sha256}`) || replacedIds.has(p.id)) continue;
       // Missing. Expiry (lifecycle rules, prune) removes a tier's backups oldest first: while an
       // older trusted backup of the predecessor's tier is still there, the predecessor was removed
       // out of turn. With none, it expired (the oldest of the chain may name an expired one).

@@ -1,7 +1,7 @@
 import { cluster, compression, count, database, duration, objectLockMode, period, recipient, repository, size, text, tier, url } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, sourceSelectOptions, metricsFileOption, pgPassword, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, hookOptions, sourceSelectOptions, metricsFileOption, pgPassword, s3Options, signingKeyOption } from '../option-groups.js';
 import { DEFAULT_KEEP } from '../../retention/policy.js';
 
 export const options = {
@@ -11,7 +11,7 @@ export const options = {
   pgPassword,
   recipient: list('--recipient <age1…>', 'age recipient (public key); repeatable', recipient, { aliases: [{ key: 'recipients', env: 'COFFER_RECIPIENTS' }] }),
   recipientsFile: list('--recipients-file <file>', 'file of age recipients, one per line; repeatable', text),
-  signingKey: value('--signing-key <file>', 'sign each manifest with this Ed25519 private key file (coffer keygen --signing, or ssh-keygen -t ed25519; mode 0600)', text, { aliases: [{ key: '', env: 'COFFER_SIGNING_KEY_FILE' }] }),
+  ...signingKeyOption,
   label: value('--label <text>', 'label recorded in the manifest (implies --tier manual)', text),
   tier: value('--tier <tier>', 'daily, weekly, monthly or manual (default: decided from what exists)', tier),
   compress: value('--compress <method>', 'zstd[:level] (default zstd:1), gzip[:level] or none', compression, { default: 'zstd:1' }),

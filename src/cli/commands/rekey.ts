@@ -1,7 +1,7 @@
 import { database, objectLockMode, recipient, repository, text } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
-import { DEFAULT_REPOSITORY, REPOSITORY, keepOptions, s3Options } from '../option-groups.js';
+import { DEFAULT_REPOSITORY, REPOSITORY, keepOptions, s3Options, signingKeyOption } from '../option-groups.js';
 
 export const rekeyOptions = {
   from: value('--from <repository>', 's3://bucket/prefix, file:///path or a directory', repository, { default: DEFAULT_REPOSITORY, aliases: [REPOSITORY] }),
@@ -18,6 +18,8 @@ export const rekeyOptions = {
   objectLockMode: value('--object-lock-mode <mode>', "write the new objects with S3 object-lock retention (governance or compliance) until the end of the tier's keep period, counted from the backup's original time", objectLockMode),
   ...keepOptions,
   json: flag('--json', 'print the result as JSON on stdout'),
+  // A signed backup's replacement is signed too, and chained (src/trust/).
+  ...signingKeyOption,
   ...s3Options,
 };
 

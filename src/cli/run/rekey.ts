@@ -1,3 +1,4 @@
+import * as path from 'node:path';
 import { readIdentityFile, readRecipientsFile } from '../../crypto/age.js';
 import { parseBackupSelector } from '../../catalog/layout.js';
 import { resolveS3Settings } from '../../config/settings.js';
@@ -10,6 +11,8 @@ import { openStore } from '../../store/open.js';
 import type { CliContext } from '../context.js';
 import { retentionPolicy } from '../option-groups.js';
 import type { rekeyOptions } from '../commands/rekey.js';
+import { readSigningKeyFile } from '../../trust/signing-key.js';
+import { manifestSigner } from '../../trust/manifest-trust.js';
 
 /**
  * `coffer rekey`: add or remove recipients of existing backups (src/pipeline/rekey.ts). Prints
@@ -28,6 +31,7 @@ export async function runRekeyCommand(flags: Values<typeof rekeyOptions>, ctx: C
   const selector = selectorText === 'all' ? 'all' : parseBackupSelector(selectorText);
   const policy = retentionPolicy(flags);
   const lockMode = flags.objectLockMode;
+  const signer = flags.signingKey !== undefined ? manifestSigner(await readSigningKeyFile(path.resolve(ctx.cwd, flags.signingKey))) : undefined;
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let result: RekeyResult;
   try {
@@ -40,6 +44,7 @@ export async function runRekeyCommand(flags: Values<typeof rekeyOptions>, ctx: C
       identities,
       dryRun: flags.dryRun,
       deleteOld: flags.deleteOld,
+      signer,
       retentionFor: lockMode ? (tier, startedAt) => ({ mode: lockMode, retainUntil: retainUntil(policy, tier, startedAt) }) : undefined,
       log: ctx.log,
       signal: ctx.signal,
