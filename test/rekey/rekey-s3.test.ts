@@ -1,7 +1,8 @@
 /**
  * `coffer rekey` on S3 (Ceph RGW, through a counting proxy), against real PostgreSQL, age and
  * pg_restore: a backup of a database with one large incompressible table between small ones
- * (≥ 200 MB stored; ~1 GB with COFFER_TEST_REKEY_MB=1024), encrypted to A, rekeyed to B.
+ * (≥ 100 MB stored: twenty times the 1 MB bound, and the payload one copy range as at 200 MB;
+ * ~1 GB, five ranges, with COFFER_TEST_REKEY_MB=1024), encrypted to A, rekeyed to B.
  *
  * - The payload never passes through coffer: every body byte between coffer and RGW (both
  *   directions, all requests) but the new padded header is under 1 MB; the dump's payload is
@@ -27,7 +28,7 @@ import type { BackupManifest } from '../../src/catalog/manifest.js';
 import type { RekeyResult } from '../../src/pipeline/rekey.js';
 import { S3Store } from '../../src/store/s3/store.js';
 
-const MB = Number(process.env.COFFER_TEST_REKEY_MB ?? 200);
+const MB = Number(process.env.COFFER_TEST_REKEY_MB ?? 100);
 const f = useFixture({ name: 'rekey-s3', s3: true, db: 'empty' });
 const pg = f.pg;
 
