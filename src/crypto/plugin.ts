@@ -526,7 +526,8 @@ export async function wrapWithPlugin(name: string, recipients: readonly string[]
 async function stop(child: ChildProcessWithoutNullStreams): Promise<void> {
   child.stdin.end();
   if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('close', () => resolve()));
+  // 'exit', not 'close': a process the plugin started may hold its pipes open after it is gone.
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   child.kill('SIGINT');
   const timer = setTimeout(() => child.kill('SIGKILL'), PLUGIN_EXIT_GRACE_MS);
   await exited;

@@ -484,7 +484,7 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
   let tap: { bytes(): number; summary(): Promise<{ summary: DumpTapSummary; writeError?: string }> };
   let pgDump: Child;
   let pz: Child;
-  const thread = pipes ? startThread(pipes, wrapped, req.log) : undefined;
+  const thread = pipes ? startThread(pipes, wrapped, req.log, sup.signal) : undefined;
   if (pipes && thread) {
     // Real pipes and a worker thread (a large dump): pg_dump → pipe → worker → pipe → pzstd.
     try {
@@ -596,9 +596,9 @@ export function closePipes(p: DumpPipes): void {
   for (const e of [p.dump.read, p.dump.write, p.compress.read, p.compress.write]) closeQuietly(e);
 }
 
-function startThread(pipes: DumpPipes, wrapped: boolean, log: Logger): DumpTapThread | undefined {
+function startThread(pipes: DumpPipes, wrapped: boolean, log: Logger, signal: AbortSignal): DumpTapThread | undefined {
   try {
-    return startDumpTapThread(pipes.dump, pipes.compress, wrapped);
+    return startDumpTapThread(pipes.dump, pipes.compress, wrapped, signal);
   } catch (err) {
     // startDumpTapThread closed the ends the thread would have owned.
     log.debug('the dump tap thread did not start; node streams carry the dump', { error: (err as Error).message });

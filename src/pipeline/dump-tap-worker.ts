@@ -20,6 +20,8 @@ export interface DumpTapWorkerData {
   wrapped: boolean;
   /** Float64Array view: [0] the dump bytes read so far (for progress). */
   progress: SharedArrayBuffer;
+  /** Int32Array view: [0] set to 1 when the run stopped (the thread then stops copying). */
+  stop: SharedArrayBuffer;
 }
 
 /** What the worker posts once: its summary, or its failure. */
@@ -28,6 +30,7 @@ export type DumpTapMessage = { kind: 'done'; summary: ReturnType<DumpTap['summar
 const data = workerData as DumpTapWorkerData;
 const post = (m: DumpTapMessage): void => parentPort!.postMessage(m);
 const progress = new Float64Array(data.progress);
+const stop = new Int32Array(data.stop);
 const tap = new DumpTap(data.wrapped);
 const buf = Buffer.allocUnsafe(1024 * 1024);
 let writing = true;
@@ -35,6 +38,7 @@ let writeError: string | undefined;
 try {
   for (;;) {
     const n = readSync(data.readFd, buf, 0, buf.length, null);
+    if (Atomics.load(stop, 0) === 1) throw Object.assign(new Error('the run stopped'), { code: 'ECANCELED' });
     if (n === 0) break;
     const chunk = buf.subarray(0, n);
     tap.push(chunk);

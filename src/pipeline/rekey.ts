@@ -29,6 +29,8 @@ import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import type { Tier } from '../catalog/layout.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { commitManifest } from './backup.js';
+import { checkRecipientMix } from '../crypto/keys.js';
+import { pluginRecipientName } from '../crypto/plugin.js';
 import { previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
 
 /** Objects smaller than this are rewritten through coffer (header + payload), not composed server-side: a padded 5 MiB header would cost more than the copy saves. */
@@ -124,6 +126,11 @@ export function planRekey(entries: BackupEntry[], add: string[], remove: string[
     if (after.length === 0) {
       throw new UsageError(`backup ${e.id}: the change would leave it with no recipient; refusing (nobody could restore it)`, { hint: `its recipients: ${before.join(', ')}; add one with --add-recipient` });
     }
+    // The new header is written by the age library's native recipients: age's mixing rule
+    // holds, and a plugin recipient (its plugin wraps at backup time) cannot be added here.
+    const plugin = add.find((r) => pluginRecipientName(r.trim()) !== undefined);
+    if (plugin !== undefined) throw new UsageError(`${plugin} is an age plugin recipient: rekey writes headers for native recipients only (age1…, age1pq1…)`, { hint: 'add a native recipient, or take a new backup to the plugin recipient' });
+    checkRecipientMix(after);
     const same = after.length === before.length && after.every((r) => before.includes(r));
     return { id: e.id, database: e.database, tier: e.tier, manifestKey: e.manifestKey, before, after, action: same ? 'unchanged' : 'rekey' };
   });
@@ -389,6 +396,11 @@ async function rekeyOne(req: RekeyRequest, e: BackupEntry, p: RekeyPlanItem, now
   if (!req.signer) {
     let signed = false;
     for await (const o of store.list(`${e.manifestKey}.`, { signal })) if (o.key.endsWith('.sig')) signed = true;
+    if (signed && req.deleteOld) {
+      // The only copy left would be unsigned: trusted restores would refuse it, and the chain
+      // through the deleted original would break.
+      throw new UsageError(`backup ${e.id} is signed: --delete-old without --signing-key would leave only an unsigned replacement, which restores with --trusted-signers refuse`, { hint: 'pass --signing-key (the key the backups are signed with), or leave out --delete-old' });
+    }
     if (signed) log.warn(`backup ${e.id} is signed, but no --signing-key was given: its replacement is not signed, so restores with --trusted-signers refuse it (and use the original while it lasts); pass --signing-key`, { backup: e.id });
   }
   const written: string[] = [];

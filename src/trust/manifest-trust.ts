@@ -187,10 +187,13 @@ export class RepositoryTrust {
     // and the ids it had replaced in turn; removed with --delete-old, it is not a break.
     const replaced = new Set<string>();
     const replacedIds = new Set<string>();
+    // Replacements were made later than their ids say (objects expire by creation time).
+    const rekeyed = new Set<string>();
     for (const q of trusted) {
       try {
         const r = decodeManifest(q.bytes, q.key).replaces;
         if (!r) continue;
+        rekeyed.add(q.key);
         replaced.add(`${r.manifestKey}\0${r.sha256}`);
         for (const id of r.earlier ?? []) replacedIds.add(id);
       } catch {
@@ -221,6 +224,9 @@ export class RepositoryTrust {
       const found = byKey.get(prev.key);
       if (found) {
         if (sha256Hex(found.bytes) !== prev.sha256) broken('whose bytes no longer match the sha256 it recorded');
+        // The writer chains to the newest manifest with a signature beside it, by name only (it
+        // needs no read access): one planted with a junk signature would cut the chain there.
+        else if (found.signature.state !== 'signed') broken(`which is not signed by a trusted key (${found.signature.state})`);
         continue;
       }
       // Missing, but replaced by a trusted rekey, which then removed it (--delete-old).
@@ -228,7 +234,7 @@ export class RepositoryTrust {
       // Missing. Expiry (lifecycle rules, prune) removes a tier's backups oldest first: while an
       // older trusted backup of the predecessor's tier is still there, the predecessor was removed
       // out of turn. With none, it expired (the oldest of the chain may name an expired one).
-      const olderSameTier = trusted.some((q) => q.tier === p.tier && q.id < p.id);
+      const olderSameTier = trusted.some((q) => q.tier === p.tier && q.id < p.id && !rekeyed.has(q.key));
       if (olderSameTier) broken('which is missing');
     }
     return { database, manifests, chainBreaks };

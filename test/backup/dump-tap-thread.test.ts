@@ -78,6 +78,35 @@ async function expectNothingLeft(): Promise<void> {
 }
 
 describe('the threaded dump tap', () => {
+  it('SIGTERM while a wrapper\'s grandchild (which the teardown does not kill) still writes: coffer exits at once, and the grandchild stops', async () => {
+    // The wrapper runs its writer in a subshell and waits: SIGTERM to the wrapper leaves the
+    // subshell writing into the pipe. Without a way to stop, the thread would read it to its end.
+    const marker = `tap-grandchild-${process.pid}`;
+    const rec = await recordingWrapper('grandchild-pg_dump.sh', `( exec -a ${marker} bash -c 'while head -c 65536 "$0"; do sleep 0.02; done' '${readyDump}' )\nwait`);
+    const repo = f.path('grandchild');
+    const p = startCoffer(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', rec.wrapper], { env: f.env({ ...THREAD, TMPDIR: tmpdir }) });
+    for (let i = 0; i < 600; i++) {
+      if (await rec.kind().catch(() => '')) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    await new Promise((r) => setTimeout(r, 700));
+    const t0 = Date.now();
+    p.kill('SIGTERM');
+    const r = await p;
+    expect(r.exitCode, r.stderr as string).toBe(143);
+    expect(Date.now() - t0).toBeLessThan(20_000);
+    expect(await rec.kind()).toBe('fifo');
+    expect(await listed(repo)).toEqual([]);
+    // The grandchild's next write fails (EPIPE: the pipe has no reader left), and it ends.
+    let left: string[] = [];
+    for (let i = 0; i < 50; i++) {
+      left = (await execa('ps', ['-eo', 'args'], { reject: false })).stdout.split('\n').filter((l) => l.includes(marker));
+      if (left.length === 0) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    expect(left).toEqual([]);
+  });
+
   it('stores the same archive index as node streams; the backup restores whole and by table', async () => {
     const rec = await recordingWrapper('rec-pg_dump.sh', `exec '${pg.binDir}/pg_dump' "$@"`);
     const streams = f.path('streams');

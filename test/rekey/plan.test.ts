@@ -12,6 +12,7 @@ import { UsageError } from '../../src/errors.js';
 const A = 'age1aaaa';
 const B = 'age1bbbb';
 const C = 'age1cccc';
+const PQ = 'age1pq1qqqq';
 
 function entry(id: string, recipients: string[]): BackupEntry {
   return { id, database: 'db', tier: 'daily', manifestKey: `db/daily/${id}.manifest.json`, manifest: { encryption: { format: 'age-v1', recipients } } as unknown as BackupManifest };
@@ -36,6 +37,10 @@ describe('recipients', () => {
     };
     refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], [], [A]), /no recipient/);
     refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], [B], [B]), /both added and removed/);
+    // age's mixing rule, and plugin recipients (their plugin wraps at backup time only).
+    refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], [PQ], []), /post-quantum .* and classic .* cannot be mixed/);
+    expect(planRekey([entry('20261201T000000Z-00000001', [A])], [PQ], [A])[0]!.after).toEqual([PQ]);
+    refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], ['age1yubikey1qwt50d05nh5vutpdzmlg5wn80xq5negm4uj9ghv0snvdd3yysf5yw3rhl3t'], []), /age plugin recipient/);
     refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], [], [C]), /not a recipient of backup/);
     refused(() => planRekey([entry('20261201T000000Z-00000001', [A])], [], []), /nothing to change/);
     refused(() => planRekey([entry('20261201T000000Z-00000001', [])], [B], []), /records no recipients/);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 /**
  * The chain rules of src/trust/manifest-trust.ts on synthetic repositories (file store, no
  * PostgreSQL): what the writer chains to (listing only), and when a missing predecessor is a break
@@ -105,6 +106,46 @@ describe('the chain', () => {
     await store.delete(keys[1]!);
     await store.delete(keys[2]!);
     expect(await breaks(store)).toEqual([]);
+  });
+
+  it('a manifest planted with a junk signature, which the next genuine backup chains to, is a break', async () => {
+    // The writer chains by the signature's name only: whoever can write plants F with a .sig
+    // named by F's sha256; the next genuine backup then names F, and F's predecessor could go.
+    const { store, ids } = await repo([['daily'], ['daily']]);
+    const forgedId = '20261101T000010Z-000000aa';
+    const fk = backupKeys(DB, 'daily', forgedId, 'custom+zstd');
+    const text = (await store.getBytes(backupKeys(DB, 'daily', ids[1]!, 'custom+zstd').manifest)).toString().replaceAll(ids[1]!, forgedId);
+    const bytes = Buffer.from(text);
+    await store.putBytes(`${fk.manifest}.${createHash('sha256').update(bytes).digest('hex')}.sig`, Buffer.from('junk'));
+    await store.putBytes(fk.manifest, bytes);
+    const genuine = '20261101T000020Z-000000bb';
+    await write(store, genuine, 'daily');
+    const t = await new RepositoryTrust(store, trusted).database(DB);
+    expect(t.manifests.find((m) => m.id === forgedId)?.signature.state).toBe('bad-signature');
+    expect(t.chainBreaks).toEqual([`chain broken: ${DB}/${genuine} names previous manifest ${DB}/${forgedId} which is not signed by a trusted key (bad-signature)`]);
+  });
+
+  it('a rekeyed replacement (made later than its id says) does not make an expired newer backup of its tier a break', async () => {
+    // daily 1 rekeyed into 1' (same time in its id, objects made at rekey time); dailies 2 and 3
+    // expire by creation time while 1' remains: 4 names 3, which is gone; no break.
+    const { store, keys, ids } = await repo([['monthly'], ['daily'], ['daily'], ['daily'], ['daily']]);
+    const replacementId = `${ids[1]!.slice(0, 17)}ffffffff`;
+    const rk = backupKeys(DB, 'daily', replacementId, 'custom+zstd');
+    const old = await store.getBytes(keys[1]!);
+    const m = JSON.parse(old.toString()) as BackupManifest;
+    const prev = await previousSignedManifest(store, DB);
+    const replacement: BackupManifest = { ...m, id: replacementId, dump: { ...m.dump, key: rk.dump }, replaces: { id: ids[1]!, manifestKey: keys[1]!, sha256: createHash('sha256').update(old).digest('hex'), rekeyedAt: 'x' }, ...(prev ? { previousManifest: prev } : {}) };
+    const bytes = encodeManifest(replacement);
+    const sig = signer.sign(rk.manifest, bytes);
+    await store.putBytes(sig.key, Buffer.from(sig.text));
+    await store.putBytes(rk.dump, Buffer.from('x'));
+    await store.putBytes(rk.manifest, bytes);
+    await store.delete(keys[1]!); // --delete-old
+    await store.delete(keys[2]!); // expired
+    await store.delete(keys[3]!); // expired
+    const t = await new RepositoryTrust(store, trusted).database(DB);
+    expect(t.manifests.find((x) => x.id === replacementId)?.signature.state).toBe('signed');
+    expect(t.chainBreaks).toEqual([]);
   });
 
   it('a predecessor whose bytes changed is a break, and its own signature is bad', async () => {

@@ -9,7 +9,7 @@
  * - a replacement forged with the writer's powers (an unsigned manifest that claims to replace
  *   the genuine backup) does not hide it: latest restores the genuine backup;
  * - a rekey of a signed backup without --signing-key warns, and trusted restores keep using the
- *   original.
+ *   original; with --delete-old it is refused before anything is written.
  */
 import * as fsp from 'node:fs/promises';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -96,6 +96,20 @@ describe('rekey of signed backups', () => {
       expect(restored.code, `position ${pos}: ${restored.stderr}`).toBe(0);
       expect(restored.marker).toBe('12');
     }
+  });
+
+  it('--delete-old of a signed backup without --signing-key is refused before anything is written', async () => {
+    const repo = f.path('delete-old-unsigned');
+    await backup(repo, 30);
+    const m = await backup(repo, 31);
+    const before = (await fsp.readdir(repo, { recursive: true })).sort();
+    const r = await rekey(repo, m.id, ['--delete-old']);
+    expect(r.code, r.stderr).toBe(2);
+    expect(r.stderr).toMatch(/is signed: --delete-old without --signing-key would leave only an unsigned replacement/);
+    expect((await fsp.readdir(repo, { recursive: true })).sort()).toEqual(before);
+    const restored = await restoreLatest(repo, f.identityFile);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(restored.marker).toBe('31');
   });
 
   it('a replacement forged with the writer\'s powers does not hide the genuine backup', async () => {

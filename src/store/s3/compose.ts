@@ -2,6 +2,7 @@ import {
   AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
+  HeadObjectCommand,
   UploadPartCommand,
   UploadPartCopyCommand,
   type CompletedPart,
@@ -102,14 +103,17 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
     const CopySource = copySource(r.Bucket, r.sourceKey);
     let next = 0;
     const worker = async (): Promise<void> => {
-      while (next < ranges.length) {
+      // One failed range stops the others (their copies would be thrown away).
+      while (next < ranges.length && !ac.signal.aborted) {
         const i = next++;
         const [s, e] = ranges[i]!;
         const PartNumber = i + 2;
-        const out = await r.client.send(
-          new UploadPartCopyCommand({ Bucket: r.Bucket, Key: r.Key, UploadId, PartNumber, CopySource, CopySourceRange: `bytes=${s}-${e - 1}` }),
-          { abortSignal: ac.signal },
-        );
+        const out = await r.client
+          .send(new UploadPartCopyCommand({ Bucket: r.Bucket, Key: r.Key, UploadId, PartNumber, CopySource, CopySourceRange: `bytes=${s}-${e - 1}` }), { abortSignal: ac.signal })
+          .catch((err: unknown) => {
+            if (!ac.signal.aborted) ac.abort(err);
+            throw err;
+          });
         const ETag = out.CopyPartResult?.ETag;
         if (!ETag) throw new Error(`part ${PartNumber}: the server returned no ETag for the copied range`);
         parts.push({ PartNumber, ETag });
@@ -125,7 +129,9 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
     }
     parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
     await r.client.send(new CompleteMultipartUploadCommand({ Bucket: r.Bucket, Key: r.Key, UploadId, MultipartUpload: { Parts: parts } }), { abortSignal: ac.signal });
-    return { size: head.length + (r.end - r.start) };
+    // The size the store holds (the caller compares it with what was composed).
+    const stored = await r.client.send(new HeadObjectCommand({ Bucket: r.Bucket, Key: r.Key }), { abortSignal: ac.signal });
+    return { size: Number(stored.ContentLength ?? -1) };
   } catch (err) {
     if (!ac.signal.aborted) ac.abort(err);
     await pRetry(
