@@ -11,7 +11,7 @@
  * the dump is read and dropped, so that pg_dump is never left blocked on a full pipe.
  */
 import { readSync, writeSync } from 'node:fs';
-import { parentPort, workerData } from 'node:worker_threads';
+import { isMainThread, parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { DumpTap } from './dump-tap.js';
 
 export interface DumpTapWorkerData {
@@ -27,32 +27,37 @@ export interface DumpTapWorkerData {
 /** What the worker posts once: its summary, or its failure. */
 export type DumpTapMessage = { kind: 'done'; summary: ReturnType<DumpTap['summary']>; writeError?: string } | { kind: 'failed'; message: string; code?: string };
 
-const data = workerData as DumpTapWorkerData;
-const post = (m: DumpTapMessage): void => parentPort!.postMessage(m);
-const progress = new Float64Array(data.progress);
-const stop = new Int32Array(data.stop);
-const tap = new DumpTap(data.wrapped);
-const buf = Buffer.allocUnsafe(1024 * 1024);
-let writing = true;
-let writeError: string | undefined;
-try {
-  for (;;) {
-    const n = readSync(data.readFd, buf, 0, buf.length, null);
-    if (Atomics.load(stop, 0) === 1) throw Object.assign(new Error('the run stopped'), { code: 'ECANCELED' });
-    if (n === 0) break;
-    const chunk = buf.subarray(0, n);
-    tap.push(chunk);
-    progress[0] = tap.bytes;
-    if (!writing) continue;
-    try {
-      for (let off = 0; off < n; ) off += writeSync(data.writeFd, chunk, off, n - off);
-    } catch (err) {
-      writeError = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-      writing = false;
+/** The copy loop (this module does nothing when it is imported on the main thread). */
+function run(data: DumpTapWorkerData, port: MessagePort): void {
+  const post = (m: DumpTapMessage): void => port.postMessage(m);
+  const progress = new Float64Array(data.progress);
+  const stop = new Int32Array(data.stop);
+  const tap = new DumpTap(data.wrapped);
+  const buf = Buffer.allocUnsafe(1024 * 1024);
+  let writing = true;
+  let writeError: string | undefined;
+  try {
+    for (;;) {
+      const n = readSync(data.readFd, buf, 0, buf.length, null);
+      if (Atomics.load(stop, 0) === 1) throw Object.assign(new Error('the run stopped'), { code: 'ECANCELED' });
+      if (n === 0) break;
+      const chunk = buf.subarray(0, n);
+      tap.push(chunk);
+      progress[0] = tap.bytes;
+      if (!writing) continue;
+      try {
+        for (let off = 0; off < n; ) off += writeSync(data.writeFd, chunk, off, n - off);
+      } catch (err) {
+        writeError = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        writing = false;
+      }
     }
+    post({ kind: 'done', summary: tap.summary(), ...(writeError !== undefined ? { writeError } : {}) });
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    post({ kind: 'failed', message: e.message, ...(e.code ? { code: e.code } : {}) });
   }
-  post({ kind: 'done', summary: tap.summary(), ...(writeError !== undefined ? { writeError } : {}) });
-} catch (err) {
-  const e = err as NodeJS.ErrnoException;
-  post({ kind: 'failed', message: e.message, ...(e.code ? { code: e.code } : {}) });
 }
+
+const given = workerData as Partial<DumpTapWorkerData> | null;
+if (!isMainThread && parentPort && typeof given?.readFd === 'number') run(given as DumpTapWorkerData, parentPort);
