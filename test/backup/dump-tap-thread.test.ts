@@ -54,6 +54,15 @@ async function recordingWrapper(name: string, body: string): Promise<{ wrapper: 
   return { wrapper, kind: async () => (await fsp.readFile(note, 'utf8')).trim() };
 }
 
+/** Waits until the wrapper runs (it noted its stdout), and some of the dump has flowed. */
+async function dumpFlowing(rec: { kind: () => Promise<string> }): Promise<void> {
+  for (let i = 0; i < 600; i++) {
+    if (await rec.kind().catch(() => '')) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 700));
+}
+
 async function listed(repo: string): Promise<string[]> {
   const r = await f.run(['list', '--from', repo, '--json']);
   expect(r.code, r.stderr).toBe(0);
@@ -85,11 +94,7 @@ describe('the threaded dump tap', () => {
     const rec = await recordingWrapper('grandchild-pg_dump.sh', `( exec -a ${marker} bash -c 'while head -c 65536 "$0"; do sleep 0.02; done' '${readyDump}' )\nwait`);
     const repo = f.path('grandchild');
     const p = startCoffer(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', rec.wrapper], { env: f.env({ ...THREAD, TMPDIR: tmpdir }) });
-    for (let i = 0; i < 600; i++) {
-      if (await rec.kind().catch(() => '')) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await new Promise((r) => setTimeout(r, 700));
+    await dumpFlowing(rec);
     const t0 = Date.now();
     p.kill('SIGTERM');
     const r = await p;
@@ -211,12 +216,7 @@ describe('the threaded dump tap', () => {
     const rec = await recordingWrapper('slow-pg_dump.sh', `while :; do head -c 65536 '${readyDump}'; sleep 0.05; done`);
     const repo = f.path('sigterm');
     const p = startCoffer(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', rec.wrapper], { env: f.env({ ...THREAD, TMPDIR: tmpdir }) });
-    // Once pg_dump runs (its wrapper noted its stdout), and some of the dump has flowed.
-    for (let i = 0; i < 600; i++) {
-      if (await rec.kind().catch(() => '')) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    await new Promise((r) => setTimeout(r, 700));
+    await dumpFlowing(rec);
     p.kill('SIGTERM');
     const r = await p;
     expect(r.exitCode, r.stderr as string).toBe(143);
