@@ -31,7 +31,7 @@ import { TIER_TAG } from '../retention/lifecycle.js';
 import { commitManifest } from './backup.js';
 import { checkRecipientMix } from '../crypto/keys.js';
 import { pluginRecipientName } from '../crypto/plugin.js';
-import { previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
+import { parseSignatureKey, previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
 
 /** Objects smaller than this are rewritten through coffer (header + payload), not composed server-side: a padded 5 MiB header would cost more than the copy saves. */
 export const SERVER_COPY_MIN = 10 * 1024 * 1024;
@@ -395,7 +395,7 @@ async function rekeyOne(req: RekeyRequest, e: BackupEntry, p: RekeyPlanItem, now
   log.info('rekey started', { backup: e.id, replacement: newId, before: p.before.length, after: p.after.length });
   if (!req.signer) {
     let signed = false;
-    for await (const o of store.list(`${e.manifestKey}.`, { signal })) if (o.key.endsWith('.sig')) signed = true;
+    for await (const o of store.list(`${e.manifestKey}.`, { signal })) if (parseSignatureKey(o.key)?.manifestKey === e.manifestKey) signed = true;
     if (signed && req.deleteOld) {
       // The only copy left would be unsigned: trusted restores would refuse it, and the chain
       // through the deleted original would break.

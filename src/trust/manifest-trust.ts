@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { IntegrityError, StorageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { databasePrefix, MANIFEST_SUFFIX, parseKey, type Tier } from '../catalog/layout.js';
-import { decodeManifest } from '../catalog/manifest.js';
+import { decodeManifest, type BackupManifest } from '../catalog/manifest.js';
 import { decodePhysicalManifest } from '../catalog/physical-manifest.js';
 import { UNTRUSTED_HINT, type BackupEntry } from '../catalog/catalog.js';
 import { findSigner, type TrustedSigners } from './allowed-signers.js';
@@ -183,33 +183,32 @@ export class RepositoryTrust {
     const manifests = loaded.filter((m): m is CheckedManifest => m !== undefined);
     const byKey = new Map(manifests.map((m) => [m.key, m]));
     const trusted = manifests.filter((m) => m.signature.state === 'signed');
-    // What trusted replacements (coffer rekey) vouch for: a replaced manifest (key and sha256),
-    // and the ids it had replaced in turn; removed with --delete-old, it is not a break.
-    const replaced = new Set<string>();
-    const replacedIds = new Set<string>();
-    // Replacements were made later than their ids say (objects expire by creation time).
-    const rekeyed = new Set<string>();
-    for (const q of trusted) {
-      try {
-        const r = decodeManifest(q.bytes, q.key).replaces;
-        if (!r) continue;
-        rekeyed.add(q.key);
-        replaced.add(`${r.manifestKey}\0${r.sha256}`);
-        for (const id of r.earlier ?? []) replacedIds.add(id);
-      } catch {
-        // reported below, as that manifest's own break
-      }
-    }
+    // Each trusted manifest decoded once: a manifest that does not decode is its own break.
     const chainBreaks: string[] = [];
+    const decoded = new Map<CheckedManifest, BackupManifest>();
     for (const m of trusted) {
-      let prev: { key: string; sha256: string } | undefined;
       try {
-        prev = decodeManifest(m.bytes, m.key).previousManifest;
+        decoded.set(m, decodeManifest(m.bytes, m.key));
       } catch (err) {
         m.chain = `backup ${named(database, m.id)}: ${(err as Error).message}`;
         chainBreaks.push(m.chain);
-        continue;
       }
+    }
+    // What trusted replacements (coffer rekey) vouch for: a replaced manifest (key and sha256),
+    // and the ids it had replaced in turn; removed with --delete-old, it is not a break.
+    // Replacements were made later than their ids say (objects expire by creation time).
+    const replaced = new Set<string>();
+    const replacedIds = new Set<string>();
+    const rekeyed = new Set<string>();
+    for (const [q, qm] of decoded) {
+      const r = qm.replaces;
+      if (!r) continue;
+      rekeyed.add(q.key);
+      replaced.add(`${r.manifestKey}\0${r.sha256}`);
+      for (const id of r.earlier ?? []) replacedIds.add(id);
+    }
+    for (const [m, mm] of decoded) {
+      const prev = mm.previousManifest;
       if (prev === undefined) continue; // the first signed backup of the database
       const p = parseKey(prev.key);
       const pName = p ? named(p.database, p.id) : JSON.stringify(prev.key);
