@@ -16,6 +16,7 @@ import { readHead } from '../stream-head.js';
 import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
 import { checkLabelSets, pluginIdentity, pluginRecipients, splitPluginIdentities, type PluginOutcome } from './plugin.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
+import { AgeMacError, isX25519Identity, isX25519Recipient, parseAgeHeader, unwrapX25519, x25519Header } from './x25519.js';
 
 export { checkRecipientMix, generateIdentity, isPostQuantumRecipient, parseIdentity, parseRecipient, readIdentityFile, readRecipientsFile, recipientOf } from './keys.js';
 export { writeSecretFileExclusive } from './key-files.js';
@@ -66,10 +67,17 @@ export async function createEncryptStream(recipients: string[]): Promise<Encrypt
     throw new UsageError('no recipients to encrypt to; configure at least one age1… public key');
   }
   checkRecipientMix(recipients);
+  const parsed = recipients.map((r) => parseRecipient(r));
+  if (parsed.every(isX25519Recipient)) {
+    // X25519 only (the usual case): the header is written here, without loading the library.
+    const fileKey = randomBytes(FILE_KEY_SIZE);
+    const header = x25519Header(fileKey, parsed);
+    return encryptStream(header, fileKey);
+  }
   const lib = await library();
   const encrypter = new lib.Encrypter();
   // age plugin recipients (age1<name>1…) are wrapped by their plugin (src/crypto/plugin.ts).
-  const { native, plugins, labels } = pluginRecipients(recipients.map((r) => parseRecipient(r)), (args, body) => new lib.Stanza(args, body));
+  const { native, plugins, labels } = pluginRecipients(parsed, (args, body) => new lib.Stanza(args, body));
   for (const r of native) encrypter.addRecipient(r);
   for (const p of plugins) encrypter.addRecipient(p);
   // A recipient that writes no stanza, only captures the file key the library drew.
@@ -94,6 +102,11 @@ export async function createEncryptStream(recipients: string[]): Promise<Encrypt
   if (fileKey?.length !== FILE_KEY_SIZE || !lastLine.startsWith('--- ') || !lastLine.endsWith('\n')) {
     throw new Error('age-encryption produced an unexpected header layout');
   }
+  return encryptStream(header, fileKey);
+}
+
+/** The stream after `header`: a fresh payload nonce, then the payload sealed with the file key's payload key (the file key is zeroed). */
+function encryptStream(header: Buffer, fileKey: Uint8Array): EncryptStream {
   const nonce = randomBytes(PAYLOAD_NONCE_SIZE);
   const key = payloadKey(fileKey, nonce);
   fileKey.fill(0);
@@ -184,8 +197,37 @@ function readPrefix(source: Readable): Promise<Prefix> {
   });
 }
 
-/** Decrypt the header's file key, mapping the library's errors to IntegrityError. */
+function noIdentityMatches(n: number): IntegrityError {
+  return new IntegrityError("no identity matches this backup's recipients", {
+    hint: `the ${n === 1 ? 'identity does' : `${n} identities do`} not belong to any recipient this backup was encrypted to; use the identity file whose public key (age-keygen -y <file>) was configured as a recipient when the backup was made`,
+  });
+}
+
+/**
+ * Decrypt the header's file key. X25519 identities only (the usual case): here
+ * (./x25519.ts); otherwise with the library (hybrid keys, plugins), its errors mapped to
+ * IntegrityError. Both give the same errors for the same header.
+ */
 async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fileKey: Uint8Array; stanzaCount: number }> {
+  if (identities.every(isX25519Identity)) {
+    let parsed: ReturnType<typeof parseAgeHeader>;
+    try {
+      parsed = parseAgeHeader(header);
+    } catch {
+      throw corruptHeader();
+    }
+    // The spec requires a scrypt stanza to be alone.
+    if (parsed.stanzas.length > 1 && parsed.stanzas.some((s) => s.args[0] === 'scrypt')) throw corruptHeader('scrypt stanza not alone');
+    let fileKey: Buffer | null;
+    try {
+      fileKey = unwrapX25519(parsed, identities);
+    } catch (err) {
+      if (err instanceof AgeMacError) throw new IntegrityError('header authentication failed: the backup was modified or corrupted');
+      throw corruptHeader();
+    }
+    if (fileKey === null) throw noIdentityMatches(identities.length);
+    return { fileKey, stanzaCount: parsed.stanzas.length };
+  }
   const decrypter = new (await library()).Decrypter();
   // Sentinels around the real identities: the library tries identities in order after parsing
   // the header, and stops at the first that returns a key.
@@ -226,12 +268,7 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     if (outcome.aborted !== undefined) throw outcome.aborted;
     // No identity matched, and a plugin failed: its failure is the cause (not installed, needs a PIN, …).
     if (noMatch && outcome.failures.length > 0) throw outcome.failures[0];
-    if (noMatch) {
-      const n = identities.length;
-      throw new IntegrityError("no identity matches this backup's recipients", {
-        hint: `the ${n === 1 ? 'identity does' : `${n} identities do`} not belong to any recipient this backup was encrypted to; use the identity file whose public key (age-keygen -y <file>) was configured as a recipient when the backup was made`,
-      });
-    }
+    if (noMatch) throw noIdentityMatches(identities.length);
     if (stanzaCount >= 0 && err instanceof Error && /HMAC/.test(err.message)) {
       throw new IntegrityError('header authentication failed: the backup was modified or corrupted');
     }

@@ -134,6 +134,11 @@ export interface ArchiveHeaderStrings {
   pgDumpVersion: string;
 }
 
+/** Bytes start..end of b as a latin1 string (one character per byte), without copying them first. */
+function latin1(b: Uint8Array, start: number, end: number): string {
+  return (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)).toString('latin1', start, end);
+}
+
 /** Longest tag/desc/owner/defn string kept for a database entry; longer ones are not captured. */
 const MAX_CAPTURE = 4 * 1024 * 1024;
 
@@ -234,7 +239,19 @@ export class ArchiveOffsetScanner {
     while (i < n) {
       if (this.skip > 0) {
         const k = Math.min(this.skip, n - i);
-        if (this.capField !== undefined) this.capBuf.push(Buffer.from(chunk.subarray(i, i + k)));
+        if (this.capField !== undefined) {
+          if (k === this.skip && this.capBuf.length === 0) {
+            // The whole string is in this chunk (nearly always): its text, without copies.
+            const field = this.lastCapture!;
+            this.capField = undefined;
+            this.skip = 0;
+            this.pos += k;
+            i += k;
+            this.captured0(field, latin1(chunk, i - k, i));
+            continue;
+          }
+          this.capBuf.push(Buffer.from(chunk.subarray(i, i + k)));
+        }
         i += k;
         this.skip -= k;
         this.pos += k;

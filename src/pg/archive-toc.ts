@@ -78,14 +78,22 @@ export interface TocObject {
 }
 
 /**
+ * Archive text kept as bytes one per character (latin1), as text: UTF-8 for an archive in UTF8
+ * (or SQL_ASCII, taken as UTF-8); the bytes as they are for other encodings.
+ */
+export function decodeArchiveText(s: string, encoding: string | undefined): string {
+  const enc = encoding?.toUpperCase();
+  return enc === undefined || enc === 'UTF8' || enc === 'SQL_ASCII' ? Buffer.from(s, 'latin1').toString('utf8') : s;
+}
+
+/**
  * The archive's entries with their names decoded: the scanner keeps bytes one per character
  * (latin1); an archive whose ENCODING entry says UTF8 (or SQL_ASCII, taken as UTF-8) has UTF-8
  * names.
  */
 export function decodeToc(entries: ArchiveTocEntry[], encodingDefn?: string): TocObject[] {
-  const enc = /client_encoding\s*=\s*'([^']*)'/i.exec(encodingDefn ?? '')?.[1]?.toUpperCase();
-  const utf8 = enc === undefined || enc === 'UTF8' || enc === 'SQL_ASCII';
-  const dec = (s: string): string => (utf8 ? Buffer.from(s, 'latin1').toString('utf8') : s);
+  const enc = /client_encoding\s*=\s*'([^']*)'/i.exec(encodingDefn ?? '')?.[1];
+  const dec = (s: string): string => decodeArchiveText(s, enc);
   return entries.map((e) => ({
     dumpId: e.dumpId,
     desc: e.desc,

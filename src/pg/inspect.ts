@@ -34,8 +34,12 @@ export interface ArchivedName {
 }
 
 export interface InspectRequest {
-  /** The tables' names, for the check against the archive's table of contents. */
-  names: boolean;
+  /**
+   * The tables' names, for the check against the archive's table of contents: converted by the
+   * server to the archive's encoding and returned as their bytes ({@link tableKey} of latin1
+   * strings, one character per byte), so they compare byte for byte with the archive's own.
+   */
+  names: { encoding: string } | false;
   /** The table count and the row counts of the largest tables. */
   stats: boolean;
   /**
@@ -48,6 +52,7 @@ export interface InspectRequest {
 }
 
 export interface Inspection {
+  /** {@link tableKey}s of the database's tables, in the archive's encoding (empty unless asked). */
   names: string[];
   stats: TableStats;
 }
@@ -55,15 +60,26 @@ export interface Inspection {
 const USER_SCHEMAS = "n.nspname NOT IN ('pg_catalog','information_schema')";
 
 /**
+ * A table's schema and name as one key (a NUL between them: no name holds one), in whatever
+ * form both sides of a comparison use: here, the archive's bytes one per character.
+ */
+export function tableKey(schema: string, table: string): string {
+  return `${schema}\u0000${table}`;
+}
+
+/**
  * What a restore asks of the restored database, in one psql call with a fixed number of
  * catalog queries whatever the number of tables: their names (ordinary, partitioned and
- * foreign tables, as "schema name" strings), how many the summary counts, and the row counts
- * of the five largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
+ * foreign tables, hex-encoded bytes in the archive's encoding: a name with a tab, a newline or
+ * a space reads back whole), how many the summary counts, and the row counts of the five
+ * largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
  */
 export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTarget, want: InspectRequest, signal?: AbortSignal): Promise<Inspection> {
   const sql: string[] = [];
   if (want.names) {
-    sql.push(`SELECT 'n' || E'\\t' || n.nspname || E'\\t' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND ${USER_SCHEMAS};`);
+    const encoding = quoteLiteral(want.names.encoding);
+    const hex = (col: string): string => `encode(convert_to(${col}::text, ${encoding}), 'hex')`;
+    sql.push(`SELECT 'n' || E'\\t' || ${hex('n.nspname')} || E'\\t' || ${hex('c.relname')} FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p','f') AND ${USER_SCHEMAS};`);
   }
   if (want.stats) {
     // What pg_dump writes a TABLE entry for (relkind r and p; a foreign table is a FOREIGN TABLE
@@ -95,7 +111,10 @@ export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTa
     const tab = line.indexOf('\t');
     const kind = line.slice(0, tab);
     const rest = line.slice(tab + 1);
-    if (kind === 'n') names.push(rest.replace('\t', ' '));
+    if (kind === 'n') {
+      const [ns = '', rel = ''] = rest.split('\t');
+      names.push(tableKey(Buffer.from(ns, 'hex').toString('latin1'), Buffer.from(rel, 'hex').toString('latin1')));
+    }
     else if (kind === 't') stats.tables = Number(rest);
     else if (kind === 'l') {
       const at = rest.lastIndexOf('\t');

@@ -9,10 +9,10 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
-import { inspectRestored, smokeQuery, type InspectRequest, type TableStats } from '../pg/inspect.js';
-import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, spawnTocList, tocTables, type RestoreFlags } from '../pg/pg-restore.js';
+import { inspectRestored, smokeQuery, tableKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
+import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, type RestoreFlags } from '../pg/pg-restore.js';
 import { psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
-import { dataBlockSizes, decodeToc } from '../pg/archive-toc.js';
+import { dataBlockSizes, decodeArchiveText, decodeToc } from '../pg/archive-toc.js';
 import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVersions } from '../pg/versions.js';
 import { clientVersion } from '../pg/server.js';
 import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
@@ -21,7 +21,7 @@ import { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
 import { APPLY_PROPERTIES, applyGlobals, createScratch, databaseDefinition, databasePropertiesSql, dropScratch, logPropertiesApplied, surveyTarget } from './restore-database.js';
-import { checkTableCount, collectText, openSource, readGlobals, type RestoreSource } from './restore-source.js';
+import { checkTableCount, openSource, readGlobals, type RestoreSource } from './restore-source.js';
 import { openRangedSource } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 import { Spool } from './spool.js';
@@ -202,7 +202,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     const createdAt = Date.now();
 
     // 4. The data.
-    const { tocText, inputEndedAt } = await restoreInto(req, flags, opened, scratch, spool, env, sup);
+    const { inputEndedAt } = await restoreInto(req, flags, opened, scratch, spool, env, sup);
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
     const definition = await databaseDefinition(req.source, opened, req.log);
@@ -210,7 +210,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
     //    table statistics, then the swap.
     const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
-    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tocText, selective, await largestInArchive(opened, selection), properties, env, sup.signal);
+    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, await archiveTables(opened, selection), selective, await largestInArchive(opened, selection), properties, env, sup.signal);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
@@ -253,25 +253,15 @@ function throwIfFailed(sup: Supervisor): void {
 }
 
 /**
- * Feeds the archive to pg_restore (streamed) or to a spool file then `pg_restore -j`; a side
- * branch gives the table of contents to `pg_restore --list`. Returns the TOC text ('' for SQL).
+ * Feeds the archive to pg_restore (streamed) or to a spool file then `pg_restore -j`.
  * pg_restore's input ends only when the whole archive checked out: damage found at the last
  * byte still fails the run, with pg_restore torn down by the supervisor. `inputEndedAt`: when the
  * whole archive had been read (and handed to pg_restore, or to the spool).
  */
-async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<{ tocText: string; inputEndedAt: number }> {
+async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<{ inputEndedAt: number }> {
   const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
-  let toc: Promise<string> = Promise.resolve('');
-
-  if (opened.format === 'custom') {
-    // It reads the archive only: no connection, no credentials.
-    const list = spawnTocList(sup, req.tools, env, flags.listFile);
-    toc = collectText(list.stdout!);
-    waits.push(list.done);
-    targets.push({ name: 'toc', stream: list.stdin!, kind: 'child' });
-  }
   let sqlFilter: PlainSqlFilter | undefined;
   if (spool) {
     targets.push(...spool.targets());
@@ -294,7 +284,6 @@ async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: Ope
   } catch (err) {
     throw spool ? spool.explain(err) : err;
   }
-  const tocText = await toc;
   if (sqlFilter) req.log.info('plain SQL filtered for --no-owner/--no-privileges (as pg_restore would)', { ownerStatements: sqlFilter.counts.ownership, privilegeStatements: sqlFilter.counts.privileges });
 
   if (spool) {
@@ -303,7 +292,33 @@ async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: Ope
     await spawnPgRestoreJobs(sup, req.tools, db, flags, req.jobs, spool.file).done;
     req.log.info(`pg_restore --jobs=${req.jobs} finished`, { seconds: (Date.now() - restoreStarted) / 1000 });
   }
-  return { tocText, inputEndedAt };
+  return { inputEndedAt };
+}
+
+/**
+ * The tables of a custom archive's table of contents (its TABLE entries: ordinary and
+ * partitioned tables; of the selection, when there is one), as {@link tableKey}s of the
+ * archive's own bytes, and the encoding they are in; null for plain SQL. Read by the archive
+ * check that walked the whole stream, so it is what pg_restore was given.
+ */
+async function archiveTables(opened: OpenedArchive, selection: Selection | undefined): Promise<ArchiveTables | null> {
+  if (opened.format !== 'custom') return null;
+  const entries = (await opened.tocEntries()) ?? [];
+  const chosen = selection ? new Set(selection.ids) : undefined;
+  return {
+    keys: entries.filter((e) => e.desc === 'TABLE' && (!chosen || chosen.has(e.dumpId))).map((e) => tableKey(e.namespace, e.tag)),
+    encoding: await archiveEncoding(opened),
+  };
+}
+
+interface ArchiveTables {
+  keys: string[];
+  encoding: string;
+}
+
+/** The client encoding a custom archive's text is in (its ENCODING entry; UTF8 when it has none). */
+async function archiveEncoding(opened: OpenedArchive): Promise<string> {
+  return /client_encoding\s*=\s*'([^']*)'/i.exec((await opened.databaseEntries())?.find((e) => e.desc === 'ENCODING')?.defn ?? '')?.[1] ?? 'UTF8';
 }
 
 /**
@@ -331,7 +346,7 @@ async function largestInArchive(opened: OpenedArchive, selection: Selection | un
   if (!layout || !entries) return undefined;
   const sizes = dataBlockSizes(layout);
   const chosen = selection ? new Set(selection.ids) : undefined;
-  const encoding = /client_encoding\s*=\s*'([^']*)'/i.exec((await opened.databaseEntries())?.find((e) => e.desc === 'ENCODING')?.defn ?? '')?.[1] ?? 'UTF8';
+  const encoding = await archiveEncoding(opened);
   const top = entries
     .filter((e) => e.desc === 'TABLE DATA' && sizes.has(e.dumpId) && (!chosen || chosen.has(e.dumpId)))
     .sort((a, b) => sizes.get(b.dumpId)! - sizes.get(a.dumpId)! || a.dumpId - b.dumpId)
@@ -351,25 +366,26 @@ async function largestInArchive(opened: OpenedArchive, selection: Selection | un
 async function runChecks(
   req: RestoreRequest,
   db: string,
-  toc: string,
+  tables: ArchiveTables | null,
   selective: boolean,
   largest: InspectRequest['largest'],
   properties: Buffer | undefined,
   env: NodeJS.ProcessEnv,
   signal: AbortSignal,
 ): Promise<{ checks: RestoreChecks; stats: TableStats; propertiesApplied: boolean }> {
-  const entries = tocTables(toc);
+  const entries = tables?.keys ?? [];
   // A selection has fewer tables than the database had, by design.
-  const note = selective ? undefined : checkTableCount(req.source, entries.length, toc === '' ? 'sql' : 'custom');
+  const note = selective ? undefined : checkTableCount(req.source, entries.length, tables ? 'custom' : 'sql');
   if (note) req.log.warn(note);
   const target = { conn: req.conn, database: db, env };
   const statsNow = req.sanitize === undefined;
   const together = properties !== undefined && req.sanitize === undefined && req.smoke.length === 0;
-  const first = await inspectRestored(req.tools, target, { names: entries.length > 0, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal);
+  const first = await inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal);
   if (entries.length > 0) {
     const missing = missingTables(entries, first.names);
     if (missing.length > 0) {
-      throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(missing[0])}`);
+      const [schema = '', table = ''] = missing[0]!.split('\u0000').map((s) => decodeArchiveText(s, tables!.encoding));
+      throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(`${schema}.${table}`)}`);
     }
   }
   if (req.sanitize !== undefined) {
@@ -384,20 +400,12 @@ async function runChecks(
   }
   const stats = statsNow ? first.stats : (await inspectRestored(req.tools, target, { names: false, stats: true, largest }, signal)).stats;
   const sanitized = req.sanitize ?? null;
-  const checks = toc === '' ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
+  const checks = tables === null ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
   return { checks, stats, propertiesApplied: together };
 }
 
-/**
- * The TOC's tables ("schema name owner" strings) that are not among the database's ("schema
- * name"). Names may hold spaces, so each TOC line is tried at every space: a set lookup per
- * space, not a scan of the database's tables per entry.
- */
+/** The TOC's tables that are not among the database's (both {@link tableKey}s): a set lookup each. */
 export function missingTables(toc: string[], have: string[]): string[] {
   const present = new Set(have);
-  return toc.filter((e) => {
-    if (present.has(e)) return false;
-    for (let at = e.indexOf(' '); at >= 0; at = e.indexOf(' ', at + 1)) if (present.has(e.slice(0, at))) return false;
-    return true;
-  });
+  return toc.filter((e) => !present.has(e));
 }

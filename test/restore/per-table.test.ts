@@ -7,9 +7,11 @@
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { tableKey } from '../../src/pg/inspect.js';
 import { missingTables } from '../../src/pipeline/restore.js';
+import { errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
-import { createDatabase, uniqueDbName } from '../harness/pg.js';
+import { createDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
 
 const f = useFixture({ name: 'per-table' });
 const pg = f.pg;
@@ -76,14 +78,13 @@ describe('the checks and summary after a restore', () => {
     expect(few.summary.largestTables.map((t) => t.table).sort()).toEqual(['public.a', 'public.b', 'public.c']);
   });
 
-  it('still fail a restore whose archive names a table the database lacks, among hundreds', () => {
-    const have = Array.from({ length: 2000 }, (_, i) => `public t${i}`);
-    have.push('my schema my table', 'public with space');
-    const toc = [...have.map((h) => `${h} owner`), 'public t2000 owner', 'my schema my table other owner'];
-    // "my schema my table" exists; "my schema my table other" (a table named "my table other") does not,
-    // unless the owner is "other owner": both readings are accepted, as a name may hold spaces.
-    expect(missingTables(toc, have)).toEqual(['public t2000 owner']);
-    expect(missingTables(['public with space owner', 'public with'], have)).toEqual(['public with']);
+  it('still fail a restore whose archive names a table the database lacks, among thousands, names with spaces, tabs and newlines read whole', () => {
+    const have = Array.from({ length: 2000 }, (_, i) => tableKey('public', `t${i}`));
+    have.push(tableKey('my schema', 'my table'), tableKey('public', 'with space'), tableKey('public', 'tab\tand\nnewline'));
+    const toc = [...have, tableKey('public', 't2000'), tableKey('my', 'schema my table'), tableKey('public', 'tab\tand\nnewline')];
+    // "my"."schema my table" is another table than "my schema"."my table": the key keeps them apart.
+    expect(missingTables(toc, have)).toEqual([tableKey('public', 't2000'), tableKey('my', 'schema my table')]);
+    expect(missingTables([tableKey('public', 'with space')], have)).toEqual([]);
   });
 
   it('load the scratch database with asynchronous commits, keeping the connection\'s own options, and rename it with a synchronous commit', async () => {
@@ -111,4 +112,62 @@ describe('the checks and summary after a restore', () => {
       expect(await rec.sql()).toMatch(/SET synchronous_commit = on;\s*BEGIN;[^]*RENAME TO[^]*COMMIT;/);
     }
   });
+});
+
+describe('the table check against the archive', () => {
+  // Names as bytes in the archive's encoding, compared byte for byte with what the server has:
+  // a space, a tab or a newline in a name, "my schema"."my table" against "my"."schema my table",
+  // and non-ASCII names in a UTF8 and a LATIN1 database.
+  const names = [
+    ['public', 'sp ace'],
+    ['public', 'tab\there'],
+    ['public', 'new\nline'],
+    ['public', 'café'],
+    ['my schema', 'my table'],
+    ['my', 'schema my table'],
+  ] as const;
+  const q = (s: string): string => `"${s.replace(/"/g, '""')}"`;
+
+  for (const encoding of ['UTF8', 'LATIN1']) {
+    it(`passes for odd names in a ${encoding} database, and fails, leaving nothing, when pg_restore leaves one table out`, async () => {
+      const db = uniqueDbName(`odd_names_${encoding.toLowerCase()}`);
+      await pg.psql(`CREATE DATABASE ${db} TEMPLATE template0 ENCODING '${encoding}' LOCALE 'C';`);
+      f.dropAtEnd(db);
+      await pg.psql(`SET client_encoding = 'UTF8'; CREATE SCHEMA "my schema"; CREATE SCHEMA my; ${names.map(([s, t]) => `CREATE TABLE ${q(s)}.${q(t)} (id int); INSERT INTO ${q(s)}.${q(t)} VALUES (1);`).join(' ')}`, db);
+      const repo = f.path(`odd-names-${encoding}`);
+      const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient]);
+      expect(b.code, b.stderr).toBe(0);
+
+      const good = uniqueDbName('odd_names_r');
+      f.dropAtEnd(good);
+      const r = await f.run(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', good, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const summary = JSON.parse(r.stdout) as { tables: number; checks: { tocTables: number; tocTablesPresent: boolean } };
+      expect(summary.checks).toMatchObject({ tocTables: names.length, tocTablesPresent: true });
+      expect(summary.tables).toBe(names.length);
+
+      // A pg_restore that exits 0 but leaves one table out (dropped after it ran), three names
+      // in turn in each database (the non-ASCII one in both), so each odd name is looked for,
+      // not only found.
+      for (const i of encoding === 'UTF8' ? [2, 3, 5] : [0, 1, 3]) {
+        const [schema, table] = names[i]!;
+        const dir = f.path(`odd-names-${encoding}-drop-${i}`);
+        await fsp.mkdir(dir, { recursive: true });
+        const drop = path.join(dir, 'drop.sql');
+        await fsp.writeFile(drop, `SET client_encoding = 'UTF8';\nDROP TABLE ${q(schema)}.${q(table)};\n`);
+        const command = path.join(dir, 'pg-restore-drops.sh');
+        await fsp.writeFile(
+          command,
+          `#!/bin/bash\nprev=''\nci=''\nfor a in "$@"; do [ "$prev" = -d ] && ci="$a"; prev="$a"; done\n'${path.join(pg.binDir, 'pg_restore')}' "$@" || exit $?\n[ -n "$ci" ] || exit 0\nexec '${path.join(pg.binDir, 'psql')}' -X -q -v ON_ERROR_STOP=1 -d "$ci" -f '${drop}' </dev/null\n`,
+          { mode: 0o755 },
+        );
+        const target = uniqueDbName('odd_names_bad');
+        const bad = await f.run(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', target, '--pg-restore-command', command]);
+        expect(bad.code, bad.stderr).toBe(5);
+        expect(errorLine(bad.stderr)).toContain(`1 table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(`${schema}.${table}`)}`);
+        const left = (await listDatabases(pg)).filter((d) => d === target || d.startsWith(`${target}__restoring_`));
+        expect(left).toEqual([]);
+      }
+    });
+  }
 });

@@ -7,6 +7,7 @@ import { metricsFilePath, writeBackupMetrics, type BackupRunMetrics } from '../.
 import { Notifier } from '../../observe/notify.js';
 import { checkRecipientMix, readRecipientsFile } from '../../crypto/age.js';
 import { library } from '../../crypto/keys.js';
+import { isX25519Recipient } from '../../crypto/x25519.js';
 import { readSigningKeyFile } from '../../trust/signing-key.js';
 import { manifestSigner } from '../../trust/manifest-trust.js';
 import { runBackup, type BackupResult } from '../../pipeline/backup.js';
@@ -158,8 +159,9 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
   const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
 
-  // The age library (a good part of a start-up) is loaded while the databases are listed and locked.
-  library().catch(() => undefined);
+  // The age library (a good part of a start-up), when needed (X25519 recipients do without it:
+  // src/crypto/x25519.ts), is loaded while the databases are listed and locked.
+  if (!recipients.every(isX25519Recipient)) library().catch(() => undefined);
   const store = await openStore(flags.to, s3);
   notifier.start();
   const results: BackupResult[] = [];

@@ -4,6 +4,7 @@ import { hostname } from 'node:os';
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
 import { library } from '../../crypto/keys.js';
+import { isX25519Identity } from '../../crypto/x25519.js';
 import { readIdentityFile } from '../../crypto/age.js';
 import { CofferError, exitCodeOf, formatErrorLine, UsageError } from '../../errors.js';
 import { findBackup, listBackups, withoutReplaced, type BackupEntry, type BackupKind } from '../../catalog/catalog.js';
@@ -156,8 +157,9 @@ async function restoreCommand(flags: Values<typeof restoreOptions>, ctx: CliCont
   const selection = await selectionOf(flags, ctx);
   const sanitize = flags.sanitize === undefined ? undefined : await readableFile('--sanitize', path.resolve(ctx.cwd, flags.sanitize));
   const identities = await loadIdentities(flags);
-  // The age library is loaded while the repository is listed and the server asked (it opens the backup after them).
-  library().catch(() => undefined);
+  // The age library, when needed (X25519 identities do without it: src/crypto/x25519.ts), is
+  // loaded while the repository is listed and the server asked (it opens the backup after them).
+  if (!identities.every(isX25519Identity)) library().catch(() => undefined);
   if (flags.output !== undefined) {
     if (flags.targetDb !== undefined) throw new UsageError('--output and --target-db cannot be combined');
     if (isSelective(selection) || sanitize !== undefined) throw new UsageError('--output writes the whole archive; it cannot be combined with --table, --schema, --exclude-table, --list-file or --sanitize', { hint: 'pg_restore -L/-t on the written file selects from it' });
