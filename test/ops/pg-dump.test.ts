@@ -19,11 +19,10 @@ import { writeDumpWrapper } from './helpers.js';
 const f = useFixture({ name: 'pgdump-test', db: 'vault' });
 const pg = f.pg;
 
-// The groups below run at once (own repositories, targets and databases; the second cluster's
-// two cases one after the other): each repository has its own lock directory, so two cases
-// backing up f.db at once do not meet on its lock.
+// The groups below run at once: each has its own repositories (a backup's lock is per repository
+// and database), targets and databases; the second cluster's two cases run one after the other.
 function backupArgs(repo: string, ...more: string[]): string[] {
-  return ['backup', '--to', repo, '--recipient', f.recipient, '--lock-dir', f.path('locks', path.basename(repo)), '--json', ...more];
+  return ['backup', '--to', repo, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--json', ...more];
 }
 
 function manifests(stdout: string): BackupManifest[] {
