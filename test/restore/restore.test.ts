@@ -22,17 +22,24 @@ beforeAll(async () => {
   manifest = await f.backup(repoUrl(), f.db);
 });
 
-/** Scratch databases of restores into targets starting with `prefix` (other test files run restores concurrently). */
+/** Scratch databases of restores into targets starting with `prefix` (other restores run at the same time, in this file and others: each case looks at its own targets). */
 async function scratchLeft(prefix: string): Promise<string[]> {
   return (await listDatabases(pg)).filter((d) => d.startsWith(prefix) && d.includes('__restoring_'));
 }
 
-async function expectSameDatabase(a: string, b: string): Promise<void> {
-  expect(await schemaDump(pg, b)).toEqual(await schemaDump(pg, a));
-  expect(await dataFingerprint(pg, b)).toEqual(await dataFingerprint(pg, a));
+/** The source's schema and data, taken once (no case changes f.db). */
+let source: Promise<[string, Awaited<ReturnType<typeof dataFingerprint>>]> | undefined;
+
+async function expectSameAsSource(b: string): Promise<void> {
+  source ??= Promise.all([schemaDump(pg, f.db), dataFingerprint(pg, f.db)]);
+  const [schema, data] = await source;
+  expect(await schemaDump(pg, b)).toEqual(schema);
+  expect(await dataFingerprint(pg, b)).toEqual(data);
 }
 
-describe('restore round trip', () => {
+// Every case has its own targets (and checks the scratch databases of those), files and
+// repositories; f.db is only read: the cases run at once.
+describe.concurrent('restore round trip', () => {
   it('streamed restore equals the source: schema and per-table data', async () => {
     const target = `${f.db}_restored`;
     const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT count(*) FROM pg_class', '--json']);
@@ -41,8 +48,8 @@ describe('restore round trip', () => {
     expect(summary.target).toBe(target);
     expect(summary.checks.tocTables).toBeGreaterThan(5);
     expect(Number(summary.checks.smoke[0]!.output)).toBeGreaterThan(100);
-    await expectSameDatabase(f.db, target);
-    expect(await scratchLeft(f.db)).toEqual([]);
+    await expectSameAsSource(target);
+    expect(await scratchLeft(target)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
@@ -52,7 +59,7 @@ describe('restore round trip', () => {
     await fsp.mkdir(spoolDir);
     const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', spoolDir]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameDatabase(f.db, target);
+    await expectSameAsSource(target);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
     // A --jobs restore that fails AFTER its spool was written (and restored from) removes the
     // spool too: the failure is a smoke query, after pg_restore --jobs read the spooled archive.
@@ -64,7 +71,7 @@ describe('restore round trip', () => {
     expect(bad.stderr).toMatch(/pg_restore --jobs=2 finished/);
     expect(errorLine(bad.stderr)).toMatch(/^smoke check failed: SELECT 1\/0/);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
-    expect(await scratchLeft(f.db)).toEqual([]);
+    expect(await scratchLeft(target)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
@@ -74,7 +81,7 @@ describe('restore round trip', () => {
     const target = `${f.db}_agecli`;
     const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameDatabase(f.db, target);
+    await expectSameAsSource(target);
     await dropDatabase(pg, target);
   });
 
@@ -104,7 +111,7 @@ describe('restore round trip', () => {
   });
 });
 
-describe('a failed restore changes nothing', () => {
+describe.concurrent('a failed restore changes nothing', () => {
   it('wrong identity: clear error, exit 5, no database created', async () => {
     const other = await generateIdentity();
     const otherFile = f.path('wrong.txt');
@@ -154,7 +161,7 @@ describe('a failed restore changes nothing', () => {
     const good = await f.run(['verify', '--from', f.repo('tamper'), '--identity', f.identityFile]);
     expect(good.code, good.stderr).toBe(0);
     await dropDatabase(pg, big);
-  });
+  }, 300_000); // the heaviest case (two variants, each a backup's worth of restores), run beside the others
 
   it('an existing target is refused without --replace; with --replace it is kept aside', async () => {
     const target = await createDatabase(pg, undefined, 'vault');
@@ -169,7 +176,7 @@ describe('a failed restore changes nothing', () => {
     const aside = (JSON.parse(replaced.stdout) as { replacedAside: string }).replacedAside;
     expect(aside).toMatch(new RegExp(`^${target}__before_\\d{8}T\\d{6}Z$`));
     expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
-    await expectSameDatabase(f.db, target);
+    await expectSameAsSource(target);
     await dropDatabase(pg, aside);
     await dropDatabase(pg, target);
   });
@@ -180,11 +187,11 @@ describe('a failed restore changes nothing', () => {
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/smoke check failed.*no_such_table/);
     expect(await databaseExists(pg, target)).toBe(false);
-    expect(await scratchLeft(f.db)).toEqual([]);
+    expect(await scratchLeft(target)).toEqual([]);
   });
 });
 
-describe('verify and drill', () => {
+describe.concurrent('verify and drill', () => {
   it('verify passes on a good backup; drill restores, checks, records and drops', async () => {
     const v = await f.run(['verify', '--from', repoUrl(), '--identity', f.identityFile, '--backup', 'all', '--json']);
     expect(v.code, v.stderr).toBe(0);
@@ -211,7 +218,7 @@ describe('verify and drill', () => {
   });
 });
 
-describe('disaster recovery on a fresh host', () => {
+describe.concurrent('disaster recovery on a fresh host', () => {
   it('a second cluster, only the identity and a read-only S3 user: restore latest + smoke query', async () => {
     const vault = await createDatabase(pg, undefined, 'vault');
     const drBucket = await createTestBucket(f.s3);
