@@ -32,8 +32,7 @@ function sha256(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-// Every case has its own repository (prefix or directory) and databases: the cases run at once.
-describe.concurrent('backup of a varied database', () => {
+describe('backup of a varied database', () => {
   it('to RGW: a standard age file, readable by pg_restore, with a matching manifest', async () => {
     const prefix = 'varied';
     const r = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient, '--json']);
@@ -103,7 +102,7 @@ function execaSyncFind(dir: string): string[] {
   return out;
 }
 
-describe.concurrent('list', () => {
+describe('list', () => {
   it('shows every completed backup across more than 1,000 keys, newest first', async () => {
     const prefix = 'many';
     const db = await createDatabase(pg, undefined, 'vault');
@@ -176,7 +175,7 @@ async function runPool(jobs: Array<() => Promise<unknown>>, n: number): Promise<
   );
 }
 
-describe.concurrent('a failed backup leaves nothing that looks like a backup', () => {
+describe('a failed backup leaves nothing that looks like a backup', () => {
   it('pg_dump killed mid-stream: non-zero exit, no manifest, no multipart upload left', async () => {
     const db = await createDatabase(pg, undefined, 'empty');
     await fillLargeTable(pg, db, 160);
@@ -220,7 +219,7 @@ async function pgDumpPids(db: string): Promise<number[]> {
   return pids;
 }
 
-describe.concurrent('clear one-line errors, non-zero exits, nothing left behind', () => {
+describe('clear one-line errors, non-zero exits, nothing left behind', () => {
   it('wrong password, unknown database, unreachable endpoint, missing bucket, bad recipient', async () => {
     const role = `pwtest_${Date.now()}`;
     await pg.psql(`CREATE ROLE ${role} LOGIN PASSWORD 'right-secret'`);
@@ -292,7 +291,7 @@ function execaSyncWhich(cmd: string): string {
   throw new Error(`${cmd} not found on PATH`);
 }
 
-describe.concurrent('keygen', () => {
+describe('keygen', () => {
   it('writes a 0600 identity usable by age -d, prints a recipient usable by age -r, never overwrites', async () => {
     const out = f.path('keys', 'new-identity.txt');
     const r = await runCoffer(['keygen', '--out', out], { env: baseEnv() });

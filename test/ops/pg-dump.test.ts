@@ -19,8 +19,6 @@ import { writeDumpWrapper } from './helpers.js';
 const f = useFixture({ name: 'pgdump-test', db: 'vault' });
 const pg = f.pg;
 
-// The groups below run at once: each has its own repositories (a backup's lock is per repository
-// and database), targets and databases; the second cluster's two cases run one after the other.
 function backupArgs(repo: string, ...more: string[]): string[] {
   return ['backup', '--to', repo, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--json', ...more];
 }
@@ -35,7 +33,7 @@ async function listed(repo: string, e = f.env()): Promise<Array<{ database: stri
   return JSON.parse(r.stdout) as Array<{ database: string; kind: string }>;
 }
 
-describe.concurrent('pg_dump wrappers', () => {
+describe('pg_dump wrappers', () => {
   it('a pg_dump older than the server fails with both versions and the fix (exit 3), writing nothing', async () => {
     const repo = f.path('repo-old');
     const w = await writeDumpWrapper(f.path('w-old'), pg.binDir, { version: 'pg_dump (PostgreSQL) 13.0' });
@@ -65,7 +63,7 @@ describe.concurrent('pg_dump wrappers', () => {
   });
 });
 
-describe.concurrent('dump variants round trip through restore', () => {
+describe('dump variants round trip through restore', () => {
   it('--schema-only restores with coffer restore; --data-only loads into it with --output + psql', async () => {
     const repo = f.path('repo-variants');
     const s = await runCoffer(backupArgs(repo, '--db', f.db, '--schema-only'), { env: f.env() });
@@ -118,7 +116,7 @@ describe.concurrent('dump variants round trip through restore', () => {
   });
 });
 
-describe.concurrent('several databases per run', () => {
+describe('several databases per run', () => {
   it('--db a --db missing --db b: each its own backup, the failure does not stop the others, exit non-zero', async () => {
     const [a, b] = await Promise.all([createDatabase(pg, undefined, 'vault'), createDatabase(pg, undefined, 'vault')]);
     for (const d of [a!, b!]) f.dropAtEnd(d);
@@ -172,7 +170,7 @@ echo "no second dump started within 30 s" >&2; exit 1
   });
 });
 
-describe.concurrent('on a second cluster', () => {
+describe('on a second cluster', () => {
   let fresh: ThrowawayCluster;
   beforeAll(async () => {
     fresh = await startThrowawayCluster({ binDir: pg.binDir });
@@ -182,8 +180,7 @@ describe.concurrent('on a second cluster', () => {
   });
   const freshEnv = (): Record<string, string> => baseEnv({ ...fresh.env(), COFFER_PG_BIN: pg.binDir });
 
-  // One after the other: --all-databases lists the cluster's databases, the next case adds one.
-  it.sequential('--all-databases: every connectable non-template database; postgres only when it holds user objects', async () => {
+  it('--all-databases: every connectable non-template database; postgres only when it holds user objects', async () => {
     await fresh.psql('CREATE DATABASE app_one; CREATE DATABASE "App Two"; CREATE DATABASE closed; ALTER DATABASE closed WITH ALLOW_CONNECTIONS false;');
     const repo = f.path('repo-all');
     const r1 = await runCoffer(backupArgs(repo, '--all-databases'), { env: freshEnv() });
@@ -199,7 +196,7 @@ describe.concurrent('on a second cluster', () => {
     expect(both.code).toBe(2);
   });
 
-  it.sequential('--globals, restored --with-globals into a fresh cluster, recreates the roles', async () => {
+  it('--globals, restored --with-globals into a fresh cluster, recreates the roles', async () => {
     const role = uniqueDbName('coffer_role');
     const db = uniqueDbName('owned');
     await pg.psql(`CREATE ROLE ${quoteIdent(role)} LOGIN CONNECTION LIMIT 7;`);

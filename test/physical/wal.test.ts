@@ -67,9 +67,7 @@ async function fileKeys(prefix: string): Promise<string[]> {
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-// Every case below works in its own directories, spool, repository path and cluster name (and
-// the PostgreSQL case on its own throwaway cluster): they share no state, so they run at once.
-describe.concurrent.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
+describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
   const push = (cluster: string, file: string, extra: string[] = [], env: Record<string, string> = {}) =>
     f.run(['wal-push', '--cluster', cluster, '--to', repo.url(), '--recipient', f.recipient, ...extra, file], env);
   const fetch = (cluster: string, name: string, target: string, identity = f.identityFile) => f.run(['wal-fetch', '--cluster', cluster, '--from', repo.url(), '--identity', identity, name, target]);
@@ -243,7 +241,7 @@ describe.concurrent.each(repos)('wal-push / wal-fetch ($kind repository)', (repo
   });
 });
 
-describe.concurrent('wal-push --async (file repository)', () => {
+describe('wal-push --async (file repository)', () => {
   it('the worker stores announced segments ahead; each foreground call exits 0 once its own file is stored; a different copy fails through the worker', async () => {
     const walDir = f.path('async', 'pg_wal');
     await fsp.mkdir(path.join(walDir, 'archive_status'), { recursive: true });
@@ -275,7 +273,7 @@ describe.concurrent('wal-push --async (file repository)', () => {
   });
 });
 
-describe.concurrent('bin/coffer-wal-push-async, the shell front end (file repository)', () => {
+describe('bin/coffer-wal-push-async, the shell front end (file repository)', () => {
   const FRONT = path.resolve(path.dirname(COFFER_BIN), '../../bin/coffer-wal-push-async');
   it('answers from the worker without node when .ok names this very file; waits for a segment in flight; a stale .ok, a dead worker or an open spool go to node', async () => {
     const walDir = f.path('front', 'pg_wal');
@@ -383,7 +381,7 @@ describe.concurrent('bin/coffer-wal-push-async, the shell front end (file reposi
   });
 });
 
-describe.concurrent('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
+describe('a PostgreSQL 15 cluster archiving through coffer to S3', () => {
   it('archives switched segments through the async front end (failed_count 0); a recovery meeting a damaged segment stops with FATAL and never opens; status names a missing segment', async () => {
     const repo = f.repo('pitr');
     const rgw = f.rgw!;

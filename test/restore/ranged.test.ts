@@ -107,10 +107,11 @@ beforeAll(async () => {
     f.db,
   );
   await fillLargeTable(pg, f.db, 80);
+  source = await dataFingerprint(pg, f.db);
   s3Repo = f.repo('ranged');
   fileRepo = f.path('repo');
-  // The two backups (one per store) and the fingerprint only read f.db: at once.
-  [source, s3Manifest, fileManifest] = await Promise.all([dataFingerprint(pg, f.db), f.backup(s3Repo, f.db), f.backup(fileRepo, f.db)]);
+  s3Manifest = await f.backup(s3Repo, f.db);
+  fileManifest = await f.backup(fileRepo, f.db);
   const indexFile = path.join(fileRepo, fileManifest.index!.key);
   index = JSON.parse(execFileSync('age', ['-d', '-i', f.identityFile, indexFile], { encoding: 'utf8' })) as IndexJson;
   // The plain archive, by the standard tools (pg_restore -l names the dump ids).

@@ -22,24 +22,17 @@ beforeAll(async () => {
   manifest = await f.backup(repoUrl(), f.db);
 });
 
-/** Scratch databases of restores into targets starting with `prefix` (other restores run at the same time, in this file and others: each case looks at its own targets). */
+/** Scratch databases of restores into targets starting with `prefix` (other test files run restores concurrently). */
 async function scratchLeft(prefix: string): Promise<string[]> {
   return (await listDatabases(pg)).filter((d) => d.startsWith(prefix) && d.includes('__restoring_'));
 }
 
-/** The source's schema and data, taken once (no case changes f.db). */
-let source: Promise<[string, Awaited<ReturnType<typeof dataFingerprint>>]> | undefined;
-
-async function expectSameAsSource(b: string): Promise<void> {
-  source ??= Promise.all([schemaDump(pg, f.db), dataFingerprint(pg, f.db)]);
-  const [schema, data] = await source;
-  expect(await schemaDump(pg, b)).toEqual(schema);
-  expect(await dataFingerprint(pg, b)).toEqual(data);
+async function expectSameDatabase(a: string, b: string): Promise<void> {
+  expect(await schemaDump(pg, b)).toEqual(await schemaDump(pg, a));
+  expect(await dataFingerprint(pg, b)).toEqual(await dataFingerprint(pg, a));
 }
 
-// Every case has its own targets (and checks the scratch databases of those), files and
-// repositories; f.db is only read: the cases run at once.
-describe.concurrent('restore round trip', () => {
+describe('restore round trip', () => {
   it('streamed restore equals the source: schema and per-table data', async () => {
     const target = `${f.db}_restored`;
     const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--smoke', 'SELECT count(*) FROM pg_class', '--json']);
@@ -48,8 +41,8 @@ describe.concurrent('restore round trip', () => {
     expect(summary.target).toBe(target);
     expect(summary.checks.tocTables).toBeGreaterThan(5);
     expect(Number(summary.checks.smoke[0]!.output)).toBeGreaterThan(100);
-    await expectSameAsSource(target);
-    expect(await scratchLeft(target)).toEqual([]);
+    await expectSameDatabase(f.db, target);
+    expect(await scratchLeft(f.db)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
@@ -59,7 +52,7 @@ describe.concurrent('restore round trip', () => {
     await fsp.mkdir(spoolDir);
     const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--jobs', '2', '--spool-dir', spoolDir]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameAsSource(target);
+    await expectSameDatabase(f.db, target);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
     // A --jobs restore that fails AFTER its spool was written (and restored from) removes the
     // spool too: the failure is a smoke query, after pg_restore --jobs read the spooled archive.
@@ -71,7 +64,7 @@ describe.concurrent('restore round trip', () => {
     expect(bad.stderr).toMatch(/pg_restore --jobs=2 finished/);
     expect(errorLine(bad.stderr)).toMatch(/^smoke check failed: SELECT 1\/0/);
     expect(await fsp.readdir(spoolDir)).toEqual([]);
-    expect(await scratchLeft(target)).toEqual([]);
+    expect(await scratchLeft(f.db)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
@@ -81,7 +74,7 @@ describe.concurrent('restore round trip', () => {
     const target = `${f.db}_agecli`;
     const r = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', target]);
     expect(r.code, r.stderr).toBe(0);
-    await expectSameAsSource(target);
+    await expectSameDatabase(f.db, target);
     await dropDatabase(pg, target);
   });
 
@@ -111,7 +104,7 @@ describe.concurrent('restore round trip', () => {
   });
 });
 
-describe.concurrent('a failed restore changes nothing', () => {
+describe('a failed restore changes nothing', () => {
   it('wrong identity: clear error, exit 5, no database created', async () => {
     const other = await generateIdentity();
     const otherFile = f.path('wrong.txt');
@@ -161,7 +154,7 @@ describe.concurrent('a failed restore changes nothing', () => {
     const good = await f.run(['verify', '--from', f.repo('tamper'), '--identity', f.identityFile]);
     expect(good.code, good.stderr).toBe(0);
     await dropDatabase(pg, big);
-  }, 300_000); // the heaviest case (two variants, each a backup's worth of restores), run beside the others
+  });
 
   it('an existing target is refused without --replace; with --replace it is kept aside', async () => {
     const target = await createDatabase(pg, undefined, 'vault');
@@ -176,7 +169,7 @@ describe.concurrent('a failed restore changes nothing', () => {
     const aside = (JSON.parse(replaced.stdout) as { replacedAside: string }).replacedAside;
     expect(aside).toMatch(new RegExp(`^${target}__before_\\d{8}T\\d{6}Z$`));
     expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
-    await expectSameAsSource(target);
+    await expectSameDatabase(f.db, target);
     await dropDatabase(pg, aside);
     await dropDatabase(pg, target);
   });
@@ -187,11 +180,11 @@ describe.concurrent('a failed restore changes nothing', () => {
     expect(r.code).toBe(3);
     expect(errorLine(r.stderr)).toMatch(/smoke check failed.*no_such_table/);
     expect(await databaseExists(pg, target)).toBe(false);
-    expect(await scratchLeft(target)).toEqual([]);
+    expect(await scratchLeft(f.db)).toEqual([]);
   });
 });
 
-describe.concurrent('verify and drill', () => {
+describe('verify and drill', () => {
   it('verify passes on a good backup; drill restores, checks, records and drops', async () => {
     const v = await f.run(['verify', '--from', repoUrl(), '--identity', f.identityFile, '--backup', 'all', '--json']);
     expect(v.code, v.stderr).toBe(0);
@@ -218,7 +211,7 @@ describe.concurrent('verify and drill', () => {
   });
 });
 
-describe.concurrent('disaster recovery on a fresh host', () => {
+describe('disaster recovery on a fresh host', () => {
   it('a second cluster, only the identity and a read-only S3 user: restore latest + smoke query', async () => {
     const vault = await createDatabase(pg, undefined, 'vault');
     const drBucket = await createTestBucket(f.s3);
