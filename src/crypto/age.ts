@@ -197,6 +197,10 @@ function readPrefix(source: Readable): Promise<Prefix> {
   });
 }
 
+function headerAuthFailed(): IntegrityError {
+  return new IntegrityError('header authentication failed: the backup was modified or corrupted');
+}
+
 function noIdentityMatches(n: number): IntegrityError {
   return new IntegrityError("no identity matches this backup's recipients", {
     hint: `the ${n === 1 ? 'identity does' : `${n} identities do`} not belong to any recipient this backup was encrypted to; use the identity file whose public key (age-keygen -y <file>) was configured as a recipient when the backup was made`,
@@ -222,7 +226,7 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     try {
       fileKey = unwrapX25519(parsed, identities);
     } catch (err) {
-      if (err instanceof AgeMacError) throw new IntegrityError('header authentication failed: the backup was modified or corrupted');
+      if (err instanceof AgeMacError) throw headerAuthFailed();
       throw corruptHeader();
     }
     if (fileKey === null) throw noIdentityMatches(identities.length);
@@ -270,7 +274,7 @@ async function unwrapFileKey(header: Buffer, identities: string[]): Promise<{ fi
     if (noMatch && outcome.failures.length > 0) throw outcome.failures[0];
     if (noMatch) throw noIdentityMatches(identities.length);
     if (stanzaCount >= 0 && err instanceof Error && /HMAC/.test(err.message)) {
-      throw new IntegrityError('header authentication failed: the backup was modified or corrupted');
+      throw headerAuthFailed();
     }
     throw corruptHeader();
   }
