@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { ConnectionSpec } from './connection.js';
-import { psqlQuery } from './psql.js';
+import { PsqlSession, psqlQuery, type PreparedPsql } from './psql.js';
 import type { PgTools } from './tools.js';
 
 /** Quotes an SQL identifier: always, so case, spaces, quotes and unicode survive. */
@@ -37,6 +37,9 @@ export function scratchName(target: string): string {
 
 /** Administrative SQL runs in the maintenance database. */
 export class PgAdmin {
+  /** One psql kept connected to the maintenance database ({@link openSession}). */
+  private session: PsqlSession | undefined;
+
   constructor(
     readonly tools: PgTools,
     readonly conn: ConnectionSpec,
@@ -44,7 +47,23 @@ export class PgAdmin {
     readonly env: NodeJS.ProcessEnv,
   ) {}
 
+  /**
+   * From now on, the maintenance database's statements go through one psql kept connected
+   * (a restore asks it several times: no process and no connection each time). Once a statement
+   * failed (which ends that psql) or the session was closed, each statement has a psql of its own again.
+   */
+  openSession(signal: AbortSignal): void {
+    this.session ??= PsqlSession.open(this.tools, { conn: this.conn, database: this.maintenanceDb, env: this.env }, { what: `connect to database ${JSON.stringify(this.maintenanceDb)}`, signal });
+  }
+
+  async closeSession(): Promise<void> {
+    const s = this.session;
+    this.session = undefined;
+    await s?.close();
+  }
+
   query(sql: string, what: string, database = this.maintenanceDb, signal?: AbortSignal): Promise<string> {
+    if (database === this.maintenanceDb && this.session && !this.session.ended && !signal?.aborted) return this.session.query(sql, what);
     return psqlQuery(this.tools, this.conn, database, sql, { env: this.env, what, signal });
   }
 
@@ -73,7 +92,7 @@ export class PgAdmin {
    * Puts `scratch` in place of `target` in one transaction. With `asideName`, an existing
    * target is renamed aside first (its sessions are ended: a rename needs it idle).
    */
-  async swapIn(scratch: string, target: string, asideName?: string): Promise<void> {
+  async swapIn(scratch: string, target: string, asideName?: string, prepared?: PreparedPsql): Promise<void> {
     if (asideName) {
       const t = quoteLiteral(target);
       const others = `SELECT 1 FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid()`;
@@ -95,6 +114,7 @@ export class PgAdmin {
     const lines = ['SET synchronous_commit = on;', 'BEGIN;'];
     if (asideName) lines.push(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(asideName)};`);
     lines.push(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)};`, 'COMMIT;');
-    await this.query(lines.join('\n'), `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`);
+    const what = `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`;
+    await (prepared ? prepared.run(lines.join('\n'), what) : this.query(lines.join('\n'), what));
   }
 }

@@ -90,6 +90,12 @@ export interface ArchiveLayout {
   toc: TocOffset[];
   /** Start (type byte) of each data block, by dumpId, in file order. */
   blocks: Map<number, number>;
+  /**
+   * Rows of each table's data, by dumpId: the lines of its COPY data (COPY text ends every row
+   * with a newline and escapes those inside values). Only for uncompressed data blocks of TABLE
+   * DATA entries with a COPY statement (not --inserts dumps, not large objects).
+   */
+  rows: Map<number, number>;
 }
 
 export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reason: string };
@@ -132,6 +138,38 @@ export interface ArchiveHeaderStrings {
   dbname: string;
   serverVersion: string;
   pgDumpVersion: string;
+}
+
+/** An int at b[o]: a sign byte (0 or 1, else NaN) then 4 bytes, least significant first. */
+function readInt(b: Uint8Array, o: number): number {
+  const v = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
+  const sign = b[o]!;
+  return sign === 0 ? v : sign === 1 ? -v : Number.NaN;
+}
+
+/** Newlines in b[start..end). */
+function countNewlines(b: Uint8Array, start: number, end: number): number {
+  const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  let n = 0;
+  for (let j = buf.indexOf(10, start); j >= 0 && j < end; j = buf.indexOf(10, j + 1)) n++;
+  return n;
+}
+
+const TAIL = 16;
+
+/**
+ * The rows of a table's COPY data from its newlines and last bytes: every row ends with a
+ * newline (those inside values are escaped), and pg_dump ends the data with its end-of-data
+ * line `\.` and blank lines (`\.\n\n\n`), which are not rows. A row holding `\.` is
+ * written `\\.`, so only a `\.` at a line's start ends the data.
+ */
+function copyRows(newlines: number, tail: Uint8Array, tailLen: number, blockBytes: number): number {
+  let k = 0;
+  while (k < tailLen && tail[tailLen - 1 - k] === 10) k++;
+  const dot = tailLen - k - 2;
+  if (k === 0 || dot < 0 || tail[dot] !== 0x5c || tail[dot + 1] !== 0x2e) return newlines;
+  const lineStart = dot === 0 ? tailLen === blockBytes : tail[dot - 1] === 10;
+  return lineStart ? newlines - k : newlines;
 }
 
 /** Bytes start..end of b as a latin1 string (one character per byte), without copying them first. */
@@ -179,6 +217,21 @@ export class ArchiveOffsetScanner {
   private inLo = false;
   private readonly toc: TocOffset[] = [];
   private readonly blocks = new Map<number, number>();
+  private readonly rows = new Map<number, number>();
+  /** The archive's data blocks are not compressed by pg_dump (their COPY text can be read). */
+  private uncompressed = false;
+  /** TOC entries whose data is COPY text (a copy statement), by dumpId. */
+  private readonly copyIds = new Set<number>();
+  /** The entry being read has a copy statement. */
+  private hasCopy = false;
+  /** The data block being read, and whether (and how many) rows are counted in it. */
+  private blockId = 0;
+  private counting = false;
+  private blockRows = 0;
+  /** The last bytes of the COPY data being counted, and how many it had. */
+  private readonly tail = new Uint8Array(TAIL);
+  private tailLen = 0;
+  private blockBytes = 0;
   /** The string field being captured (instead of skipped), and its bytes so far. */
   private capField: CaptureField | undefined;
   private capBuf: Buffer[] = [];
@@ -251,7 +304,7 @@ export class ArchiveOffsetScanner {
             continue;
           }
           this.capBuf.push(Buffer.from(chunk.subarray(i, i + k)));
-        }
+        } else if (this.counting) this.countData(chunk, i, i + k);
         i += k;
         this.skip -= k;
         this.pos += k;
@@ -267,15 +320,23 @@ export class ArchiveOffsetScanner {
           i += INT_LEN;
           const avail = n - i;
           if (len <= avail) {
+            if (this.counting) this.countData(chunk, i, i + len);
             i += len;
             this.pos += INT_LEN + len;
           } else {
+            if (this.counting) this.countData(chunk, i, n);
             this.skip = len - avail;
             this.pos += INT_LEN + avail;
             i = n;
           }
         }
         if (i >= n || this.skip > 0) continue;
+      }
+      if (this.state === S_E_DUMPID && this.pendLen === 0) {
+        // Hot path of a long table of contents: whole entries within this chunk, parsed at once.
+        let next: number;
+        while (this.state === S_E_DUMPID && (next = this.entryFast(chunk, i, n)) >= 0) i = next;
+        if (i >= n) continue;
       }
       const need = this.need;
       if (this.pendLen === 0 && n - i >= need) {
@@ -305,7 +366,7 @@ export class ArchiveOffsetScanner {
       const where = this.state < S_TOC_COUNT ? 'the header' : this.state < S_BLOCK_TYPE ? 'the table of contents' : 'a data block';
       return { ok: false, reason: `archive ends inside ${where} (${this.pos} bytes)` };
     }
-    return { ok: true, layout: { version: this.version, size: this.pos, toc: this.toc, blocks: this.blocks } };
+    return { ok: true, layout: { version: this.version, size: this.pos, toc: this.toc, blocks: this.blocks, rows: this.rows } };
   }
 
   private fail(reason: string): void {
@@ -314,9 +375,7 @@ export class ArchiveOffsetScanner {
 
   /** Reads an int at b[o]; NaN when the sign byte is neither 0 nor 1. */
   private int(b: Uint8Array, o: number): number {
-    const v = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
-    const sign = b[o]!;
-    return sign === 0 ? v : sign === 1 ? -v : Number.NaN;
+    return readInt(b, o);
   }
 
   /**
@@ -380,6 +439,93 @@ export class ArchiveOffsetScanner {
     }
   }
 
+  /** COPY data bytes b[start..end) of the block being counted. */
+  private countData(b: Uint8Array, start: number, end: number): void {
+    this.blockRows += countNewlines(b, start, end);
+    this.blockBytes += end - start;
+    const n = end - start;
+    if (n >= TAIL) {
+      this.tail.set(b.subarray(end - TAIL, end));
+      this.tailLen = TAIL;
+    } else {
+      const keep = Math.min(this.tailLen, TAIL - n);
+      this.tail.copyWithin(0, this.tailLen - keep, this.tailLen);
+      this.tail.set(b.subarray(start, end), keep);
+      this.tailLen = keep + n;
+    }
+  }
+
+  /**
+   * Reads one whole TOC entry at b[o..n) at once (state S_E_DUMPID), with the same outcome as
+   * the field-by-field path, and returns where it ends; -1 when the entry does not lie whole in
+   * the chunk or holds anything that path must judge (a bad id, length or offset flag, a string
+   * too long to capture): that path then reads the same bytes, and reports any problem.
+   */
+  private entryFast(b: Uint8Array, o: number, n: number): number {
+    const start = o;
+    // dumpId, hadDumper
+    if (o + 2 * INT_LEN > n) return -1;
+    const id = readInt(b, o);
+    if (!(id > 0)) return -1;
+    o += 2 * INT_LEN;
+    let tag = '';
+    let desc = '';
+    let defn = '';
+    let namespace = '';
+    let owner = '';
+    let hasCopy = false;
+    // tableoid, oid, tag, desc; section; defn, dropStmt, copyStmt, namespace, tablespace, tableam; [relkind]; owner, with-oids
+    for (let k = 0; k < 14; k++) {
+      if (k === 4 || (k === 11 && this.minor >= 16)) {
+        if (o + INT_LEN > n) return -1;
+        o += INT_LEN;
+        if (k === 4) continue;
+      }
+      if (k === 11) continue;
+      if (o + INT_LEN > n) return -1;
+      const len = readInt(b, o);
+      o += INT_LEN;
+      if (len === -1) continue;
+      if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
+      if (k === 2) tag = latin1(b, o, o + len);
+      else if (k === 3) desc = latin1(b, o, o + len);
+      else if (k === 5 && isDatabaseEntry(desc, tag)) defn = latin1(b, o, o + len);
+      else if (k === 7) hasCopy = len > 0;
+      else if (k === 8) namespace = latin1(b, o, o + len);
+      else if (k === 12) owner = latin1(b, o, o + len);
+      o += len;
+    }
+    // dependencies, until a NULL string
+    const deps: number[] = [];
+    for (;;) {
+      if (o + INT_LEN > n) return -1;
+      const len = readInt(b, o);
+      o += INT_LEN;
+      if (len === -1) break;
+      if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
+      const dep = Number(latin1(b, o, o + len));
+      if (Number.isInteger(dep) && dep > 0) deps.push(dep);
+      o += len;
+    }
+    // the data offset
+    if (o + OFFSET_FIELD_LEN > n) return -1;
+    const state = b[o]!;
+    if (state !== K_OFFSET_POS_NOT_SET && state !== K_OFFSET_POS_SET && state !== K_OFFSET_NO_DATA) return -1;
+    const lo = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
+    const hi = b[o + 5]! + b[o + 6]! * 0x100 + b[o + 7]! * 0x10000 + b[o + 8]! * 0x1000000;
+    if (hi >= 0x200000) return -1;
+    const field = this.pos + (o - start);
+    o += OFFSET_FIELD_LEN;
+    this.pos += o - start;
+    this.dumpId = id;
+    this.toc.push({ dumpId: id, field, state, offset: hi * 0x100000000 + lo });
+    if (isDatabaseEntry(desc, tag)) this.dbEntries.push({ dumpId: id, desc, tag, defn, owner });
+    this.allEntries.push({ dumpId: id, desc, tag, namespace, owner, deps, dataState: state });
+    if (hasCopy) this.copyIds.add(id);
+    this.startEntry();
+    return o;
+  }
+
   private field(b: Uint8Array, o: number, at: number): void {
     switch (this.state) {
       case S_MAGIC:
@@ -395,6 +541,8 @@ export class ArchiveOffsetScanner {
         if (b[o + 2] !== FORMAT_CUSTOM) return this.fail(`not a custom-format archive (format ${b[o + 2]})`);
         return this.go(S_COMPRESSION, this.minor >= 15 ? 1 : INT_LEN);
       case S_COMPRESSION:
+        // 1.15+: the algorithm (0 none); before: the zlib level (0 none, -1 default).
+        this.uncompressed = this.minor >= 15 ? b[o] === 0 : this.int(b, o) === 0;
         this.count = 7;
         return this.go(S_HEAD_INT);
       case S_HEAD_INT:
@@ -423,6 +571,7 @@ export class ArchiveOffsetScanner {
         this.count = 4;
         this.entry = emptyEntry();
         this.deps = [];
+        this.hasCopy = false;
         return this.go(S_E_STR_A);
       case S_E_STR_A:
         // tableoid, oid, tag, desc
@@ -434,6 +583,7 @@ export class ArchiveOffsetScanner {
         return this.go(S_E_STR_B);
       case S_E_STR_B:
         // defn, dropStmt, copyStmt, namespace, tablespace, tableam
+        if (this.count === 4) this.hasCopy = this.int(b, o) > 0;
         this.str(b, o, this.count === 6 && this.databaseEntry() ? 'defn' : this.count === 3 ? 'namespace' : undefined);
         if (--this.count === 0) {
           if (this.minor >= 16) this.go(S_E_RELKIND);
@@ -464,6 +614,7 @@ export class ArchiveOffsetScanner {
         const { tag, desc, defn, owner, namespace } = this.entry;
         if (this.databaseEntry()) this.dbEntries.push({ dumpId: this.dumpId, desc, tag, defn, owner });
         this.allEntries.push({ dumpId: this.dumpId, desc, tag, namespace, owner, deps: this.deps, dataState: state });
+        if (this.hasCopy) this.copyIds.add(this.dumpId);
         return this.startEntry();
       }
       case S_BLOCK_TYPE: {
@@ -478,11 +629,20 @@ export class ArchiveOffsetScanner {
         if (!(id > 0)) return this.fail('bad data block id');
         if (this.blocks.has(id)) return this.fail(`second data block for entry ${id}`);
         this.blocks.set(id, this.blockStart);
+        this.blockId = id;
+        this.counting = !this.inLo && this.uncompressed && this.copyIds.has(id);
+        this.blockRows = 0;
+        this.tailLen = 0;
+        this.blockBytes = 0;
         return this.go(this.inLo ? S_LO_OID : S_CHUNK_LEN);
       }
       case S_CHUNK_LEN: {
         const len = this.int(b, o);
-        if (len === 0) return this.go(this.inLo ? S_LO_OID : S_BLOCK_TYPE, this.inLo ? INT_LEN : 1);
+        if (len === 0) {
+          if (this.counting) this.rows.set(this.blockId, copyRows(this.blockRows, this.tail, this.tailLen, this.blockBytes));
+          this.counting = false;
+          return this.go(this.inLo ? S_LO_OID : S_BLOCK_TYPE, this.inLo ? INT_LEN : 1);
+        }
         if (!(len > 0 && len <= MAX_STR)) return this.fail('bad chunk length');
         this.skip = len;
         return;

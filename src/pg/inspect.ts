@@ -5,7 +5,7 @@
 import { DatabaseError } from '../errors.js';
 import type { PgTarget } from './connection.js';
 import { quoteLiteral } from './admin.js';
-import { psqlQuery } from './psql.js';
+import { psqlQuery, type PreparedPsql } from './psql.js';
 import type { PgTools } from './tools.js';
 
 /** Runs one smoke query (a missing `;` added) and returns its output, trimmed. */
@@ -31,6 +31,12 @@ export interface TableStats {
 export interface ArchivedName {
   schema: string;
   table: string;
+  /**
+   * Its rows as the archive's COPY data holds them (counted as it streamed to pg_restore, which
+   * loads a table's rows all or none); unknown (the server counts them) for compressed data
+   * blocks or INSERT statements.
+   */
+  rows?: number | undefined;
 }
 
 export interface InspectRequest {
@@ -74,7 +80,7 @@ export function tableKey(schema: string, table: string): string {
  * a space reads back whole), how many the summary counts, and the row counts of the five
  * largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
  */
-export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTarget, want: InspectRequest, signal?: AbortSignal): Promise<Inspection> {
+export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTarget, want: InspectRequest, signal?: AbortSignal, prepared?: PreparedPsql): Promise<Inspection> {
   const sql: string[] = [];
   if (want.names) {
     const encoding = quoteLiteral(want.names.encoding);
@@ -92,19 +98,20 @@ export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTa
       ? want.largest.names.length === 0
         ? undefined
         : `SELECT * FROM (VALUES ${want.largest.names
-            .map((t, i) => `(${i}, ${fromArchive(t.schema, want.largest!.encoding)}, ${fromArchive(t.table, want.largest!.encoding)})`)
-            .join(', ')}) v(i, ns, rel)`
-      : `SELECT row_number() OVER () AS i, ns, rel FROM (SELECT n.nspname AS ns, c.relname AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND ${USER_SCHEMAS} AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_relation_size(c.oid) + COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0) DESC, 1, 2 LIMIT 5) s`;
+            .map((t, i) => `(${i}, ${fromArchive(t.schema, want.largest!.encoding)}, ${fromArchive(t.table, want.largest!.encoding)}, ${t.rows ?? 'NULL'}::bigint)`)
+            .join(', ')}) v(i, ns, rel, n)`
+      : `SELECT row_number() OVER () AS i, ns, rel, NULL::bigint AS n FROM (SELECT n.nspname AS ns, c.relname AS rel FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND ${USER_SCHEMAS} AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e') ORDER BY pg_relation_size(c.oid) + COALESCE(pg_relation_size(NULLIF(c.reltoastrelid, 0)), 0) DESC, 1, 2 LIMIT 5) s`;
     if (top) {
       sql.push(
-        `SELECT 'l' || E'\\t' || q || E'\\t' || substring(query_to_xml('SELECT count(*) AS c FROM ' || q, false, true, '')::text FROM '<c>([0-9]+)</c>') FROM (${top}) t, LATERAL (SELECT quote_ident(t.ns) || '.' || quote_ident(t.rel) AS q) x WHERE to_regclass(q) IS NOT NULL ORDER BY t.i;`,
+        // Rows the archive counted are not counted again: a count reads the whole table.
+        `SELECT 'l' || E'\\t' || q || E'\\t' || CASE WHEN t.n IS NOT NULL THEN t.n::text ELSE substring(query_to_xml('SELECT count(*) AS c FROM ' || q, false, true, '')::text FROM '<c>([0-9]+)</c>') END FROM (${top}) t, LATERAL (SELECT quote_ident(t.ns) || '.' || quote_ident(t.rel) AS q) x WHERE to_regclass(q) IS NOT NULL ORDER BY t.i;`,
       );
     }
   }
   // The inspection's SQL is ASCII (names travel hex-encoded), so the SQL after it keeps its own bytes and encoding.
   const input = want.then ? Buffer.concat([Buffer.from(`${sql.join('\n')}\n`, 'latin1'), want.then.sql]) : sql.join('\n');
   const what = want.then ? `inspect the restored tables and ${want.then.what}` : 'inspect the restored tables';
-  const out = sql.length === 0 && !want.then ? '' : await psqlQuery(tools, target.conn, target.database, input, { env: target.env, signal, what });
+  const out = sql.length === 0 && !want.then ? '' : prepared ? await prepared.run(input, what) : await psqlQuery(tools, target.conn, target.database, input, { env: target.env, signal, what });
   const names: string[] = [];
   const stats: TableStats = { tables: 0, largest: [] };
   for (const line of out.split('\n')) {

@@ -10,8 +10,9 @@
  * - {@link PsqlSession}: one connection kept open, asked one statement at a time (the advisory
  *   lock of a backup).
  */
+import { randomBytes } from 'node:crypto';
 import { DatabaseError } from '../errors.js';
-import { Supervisor, type Child, type SpawnSpec } from '../run/supervisor.js';
+import { Supervisor, defaultChildError, type Child, type SpawnSpec } from '../run/supervisor.js';
 import { conninfoFor, explainLibpqError, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
 import { runChild, type PgTools } from './tools.js';
 
@@ -77,20 +78,34 @@ export function spawnPsqlScript(
 export class PsqlSession {
   private out = '';
   private waiters: Array<() => void> = [];
+  /** The end of the last {@link query} (they run one after the other). */
+  private queue: Promise<unknown> = Promise.resolve();
+  /** psql's output ended: it has exited, even if what runs it (a --psql-command wrapper) still reads its input. */
+  private outEnded = false;
   private constructor(
     private readonly sup: Supervisor,
     private readonly child: Child,
-    private readonly what: string,
+    /** What the statement being run does, for its error message ({@link query}). */
+    private readonly current: { what: string },
   ) {
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (s: string) => {
       this.out += s;
       this.wake();
     });
+    child.stdout!.on('end', () => {
+      this.outEnded = true;
+      this.wake();
+    });
     child.done.then(
       () => this.wake(),
       () => this.wake(),
     );
+  }
+
+  /** psql has exited or is being stopped (an error ended it, the session was closed, the run stopped): it takes no more statements. */
+  get ended(): boolean {
+    return this.child.exited || this.outEnded || this.sup.signal.aborted;
   }
 
   private wake(): void {
@@ -100,13 +115,31 @@ export class PsqlSession {
   /** Starts the session; it owns its psql (a supervisor of one child, torn down by {@link close}). */
   static open(tools: Pick<PgTools, 'psql'>, target: PgTarget, opts: { what: string; signal: AbortSignal }): PsqlSession {
     const sup = new Supervisor(opts.signal);
+    const current = { what: opts.what };
     const child = sup.spawn({
       argv: psqlArgv(tools.psql, target, { rows: true, stopOnError: true }),
       stdin: 'pipe',
       env: libpqEnv(target.conn, target.env),
       what: opts.what,
+      // A failed statement ends psql (ON_ERROR_STOP): the error names what that statement did.
+      explain: (f) => defaultChildError({ ...f, what: current.what }),
     });
-    return new PsqlSession(sup, child, opts.what);
+    return new PsqlSession(sup, child, current);
+  }
+
+  /**
+   * Runs SQL (statements ending with `;`) and returns its unaligned, tuples-only output, as
+   * {@link psqlQuery} does in a psql of its own; its failure ends the session. Calls run one
+   * after the other.
+   */
+  query(sql: string, what: string): Promise<string> {
+    const run = async (): Promise<string> => {
+      this.current.what = what;
+      return this.ask(sql, `coffer:done:${randomBytes(8).toString('hex')}`);
+    };
+    const result = this.queue.then(run, run);
+    this.queue = result.catch(() => undefined);
+    return result;
   }
 
   /** Sends one statement that prints one line; returns the line. */
@@ -117,11 +150,12 @@ export class PsqlSession {
       const seen = this.out.slice(start);
       const at = seen.indexOf(`${marker}\n`);
       if (at >= 0) return seen.slice(0, at).trim();
-      if (this.child.exited) {
+      if (this.child.exited || this.outEnded) {
+        this.child.stdin!.end();
         await this.child.done.catch((e: unknown) => {
-          throw explainLibpqError(this.what, e);
+          throw explainLibpqError(this.current.what, e);
         });
-        throw new DatabaseError(`${this.what}: psql exited unexpectedly`);
+        throw new DatabaseError(`${this.current.what}: psql exited unexpectedly`);
       }
       await new Promise<void>((r) => this.waiters.push(r));
     }
@@ -133,6 +167,76 @@ export class PsqlSession {
     let t: NodeJS.Timeout | undefined;
     await Promise.race([this.child.done.catch(() => undefined), new Promise((r) => (t = setTimeout(r, 10_000)))]);
     clearTimeout(t);
+    await this.sup.teardown();
+  }
+}
+
+/** What libpq and psql say when the connection was lost (an idle session ended by the server, a network drop). */
+const CONNECTION_LOST = /server closed the connection|connection to server was lost|terminating connection|SSL SYSCALL error|could not receive data from server|no connection to the server/i;
+
+/**
+ * A psql started before its SQL is known: it connects now, while something else runs, and
+ * runs the SQL given to {@link run} later, as {@link psqlQuery} would (its output; stopping at
+ * the first error). For SQL that may run twice: when the connection was lost meanwhile (the
+ * server ends idle sessions, a network drops them), {@link run} runs it once more in a psql of
+ * its own. {@link cancel} ends it unused.
+ */
+export class PreparedPsql {
+  private readonly current: { what: string };
+  private readonly out: Buffer[] = [];
+  private readonly drained: Promise<unknown>;
+  private used = false;
+
+  private constructor(
+    private readonly sup: Supervisor,
+    private readonly child: Child,
+    private readonly query: (sql: string | Buffer, what: string) => Promise<string>,
+    current: { what: string },
+    /** The run was stopped (its signal): nothing runs again. */
+    private readonly stopped: () => boolean,
+  ) {
+    this.current = current;
+    child.stdout!.on('data', (b: Buffer) => this.out.push(b));
+    this.drained = new Promise((r) => child.stdout!.once('close', r));
+  }
+
+  static start(tools: Pick<PgTools, 'psql'>, conn: ConnectionSpec, database: string, opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what: string }): PreparedPsql {
+    const sup = new Supervisor(opts.signal);
+    const current = { what: opts.what };
+    const child = sup.spawn({
+      argv: psqlArgv(tools.psql, { conn, database }, { rows: true, stopOnError: true }),
+      stdin: 'pipe',
+      env: libpqEnv(conn, opts.env),
+      what: opts.what,
+      explain: (f) => defaultChildError({ ...f, what: current.what }),
+    });
+    const again = (sql: string | Buffer, what: string): Promise<string> => psqlQuery(tools, conn, database, sql, { env: opts.env, signal: opts.signal, what });
+    return new PreparedPsql(sup, child, again, current, () => opts.signal?.aborted === true);
+  }
+
+  async run(sql: string | Buffer, what: string): Promise<string> {
+    if (this.used) throw new Error(`internal: ${what}: a prepared psql runs once`);
+    this.used = true;
+    this.current.what = what;
+    try {
+      this.child.stdin!.end(sql);
+      await Promise.all([this.child.done, this.drained]);
+      return Buffer.concat(this.out).toString('utf8');
+    } catch (err) {
+      const lost = CONNECTION_LOST.test((err as Error).message) && !this.stopped();
+      if (lost) return this.query(sql, what);
+      throw explainLibpqError(what, err);
+    } finally {
+      await this.sup.teardown();
+    }
+  }
+
+  /** Ends it unused (or after {@link run}: nothing to do). */
+  async cancel(): Promise<void> {
+    if (!this.used) {
+      this.used = true;
+      this.child.stdin!.end();
+    }
     await this.sup.teardown();
   }
 }

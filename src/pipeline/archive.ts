@@ -10,6 +10,7 @@ import { PzstdFrameWalker } from '../catalog/archive-index.js';
 import { isAbortEcho } from '../run/abort.js';
 import { toolEnv, type Child, type Supervisor } from '../run/supervisor.js';
 import { readHead } from '../stream-head.js';
+import type { TocProgress } from './toc-gate.js';
 
 /** What the manifest says the object holds: checked over the whole stream, before the archive ends. */
 export interface ExpectedArchive {
@@ -73,6 +74,8 @@ export interface OpenedArchive {
   tocEntries(): Promise<ArchiveTocEntry[] | undefined>;
   /** Where each data block lies: known once the archive was read to its end (custom archives only). */
   layout(): ArchiveLayout | undefined;
+  /** How far the check has read a custom archive's table of contents (for pg_restore's gate, ./toc-gate.ts); absent when the stream is not the archive as stored. */
+  tocProgress?(): TocProgress;
   /** A compressed archive's pzstd frames (where each starts), once read to its end; why not, when it has none. */
   frames?(): ReturnType<PzstdFrameWalker['frames']>;
 }
@@ -241,7 +244,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   // An archive shorter than the read-ahead ended inside it: the stream can take nothing back
   // after its end, so its bytes are served from what was read.
   const archive = checked.readableEnded ? new PassThrough().end(head) : checked;
-  return { archive, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, creationEntries, header, tocEntries, layout: () => check.layout(), frames: () => walker.frames() };
+  return { archive, format, compressed, children, stats: () => ({ storedBytes, archiveBytes }), databaseEntries, creationEntries, header, tocEntries, layout: () => check.layout(), tocProgress: () => check.tocProgress(), frames: () => walker.frames() };
 }
 
 /**
@@ -271,6 +274,12 @@ export class ArchiveCheck {
   /** Every TOC entry, once the table of contents was read whole; undefined if it could not be. */
   tocEntries(): ArchiveTocEntry[] | undefined {
     return this.scanner && this.scanner.tocComplete && !this.scanner.failed ? this.scanner.entries() : undefined;
+  }
+
+  /** Where the table of contents ends, once read (a custom archive). */
+  tocProgress(): TocProgress {
+    const s = this.scanner;
+    return { end: s && s.tocComplete ? s.tocEndOffset : undefined, failed: s === undefined || s.failed };
   }
 
   /** Why the scan stopped (bad input), if it did. */

@@ -11,7 +11,7 @@ import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
 import { describeLocale } from '../pg/database-props.js';
 import { inspectRestored, smokeQuery, tableKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, type RestoreFlags } from '../pg/pg-restore.js';
-import { psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
+import { PreparedPsql, psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
 import { dataBlockSizes, decodeArchiveText, decodeToc } from '../pg/archive-toc.js';
 import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVersions } from '../pg/versions.js';
 import { clientVersion } from '../pg/server.js';
@@ -25,6 +25,7 @@ import { checkTableCount, openSource, readGlobals, type RestoreSource } from './
 import { openRangedSource } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 import { Spool } from './spool.js';
+import { TocGate } from './toc-gate.js';
 
 export interface RestoreChecks {
   /**
@@ -127,6 +128,11 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   const admin = new PgAdmin(req.tools, req.conn, req.maintenanceDb, env);
   const sup = new Supervisor(req.signal);
   let scratch: string | undefined;
+  /** The scratch database's creation (settled before it may be dropped). */
+  let creating: Promise<void> | undefined;
+  /** psql started ahead: the checks' (connected to the scratch database), the rename's. */
+  let inspector: PreparedPsql | undefined;
+  const prepared: PreparedPsql[] = [];
   let spool: Spool | undefined;
   let listDir: string | undefined;
   try {
@@ -144,6 +150,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     //    asks the server whether it exists, the server's version, and for scratch databases of
     //    earlier restores; the local pg_restore's version is read meanwhile.
     const manifest = req.source.kind === 'repository' ? req.source.entry.manifest : undefined;
+    // The survey and the scratch database's creation go through one psql (./pg/admin.ts).
+    admin.openSession(req.signal);
     const [survey, pgRestore] = await Promise.all([
       surveyTarget(admin, req.target, req.log, req.signal),
       manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
@@ -192,17 +200,33 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     // contents: the rest streams on to pg_restore meanwhile), owner, ACL and settings before the swap.
     const creation = await databaseDefinition(req.source, opened, req.log, true);
 
-    // 3. Globals first (roles the dump refers to), then a scratch database.
+    // 3. Globals first (roles the dump refers to), then a scratch database. A streamed custom
+    //    archive's pg_restore starts meanwhile and reads the table of contents (long, for many
+    //    tables) while the database is created: its input is held at the table of contents' last
+    //    byte until the database exists (./toc-gate.ts).
     if (req.withGlobals) await applyGlobals(admin, await readGlobals(req, sup, env), sup, req.log);
     throwIfFailed(sup);
-    scratch = scratchName(req.target);
-    await createScratch(admin, scratch, creation, req.log);
-    throwIfFailed(sup);
-    req.log.info('restoring into a scratch database', { scratch, database: describeLocale(creation) });
-    const createdAt = Date.now();
+    const name = scratchName(req.target);
+    scratch = name;
+    let createdAt = 0;
+    creating = createScratch(admin, name, creation, req.log)
+      .finally(() => admin.closeSession())
+      .then(() => {
+        createdAt = Date.now();
+        req.log.info('restoring into a scratch database', { scratch: name, database: describeLocale(creation) });
+      });
+    creating.catch(() => undefined);
+    const gated = spool === undefined && opened.format === 'custom' && opened.tocProgress !== undefined;
+    if (!gated) {
+      await creating;
+      throwIfFailed(sup);
+    }
 
-    // 4. The data.
-    const { inputEndedAt } = await restoreInto(req, flags, opened, scratch, spool, env, sup);
+    // 4. The data. Once pg_restore has all of it, the psql of the checks connects, while pg_restore finishes.
+    const startInspector = (): void => {
+      inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
+    };
+    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, startInspector);
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
     const definition = await databaseDefinition(req.source, opened, req.log);
@@ -210,13 +234,16 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
     //    table statistics, then the swap.
     const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
-    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, await archiveTables(opened, selection), selective, await largestInArchive(opened, selection), properties, env, sup.signal);
+    // The rename's psql connects during the checks (not during a --sanitize, which may take long).
+    const renamer = req.sanitize === undefined ? PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' }) : undefined;
+    if (renamer) prepared.push(renamer);
+    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, await archiveTables(opened, selection), selective, await largestInArchive(opened, selection), properties, env, sup.signal, inspector);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
     throwIfFailed(sup);
     const checkedAt = Date.now();
-    await admin.swapIn(scratch, req.target, aside ?? undefined);
+    await admin.swapIn(scratch, req.target, aside ?? undefined, renamer);
     scratch = undefined;
     const swappedAt = Date.now();
     if (aside) req.log.warn('the previous database was kept aside', { database: aside });
@@ -241,6 +268,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     throw explainExcludedData(req.source, explainRestoreError(sup.cause(), req));
   } finally {
     await sup.teardown();
+    for (const p of inspector ? [inspector, ...prepared] : prepared) await p.cancel();
+    await admin.closeSession();
+    // A CREATE DATABASE still running would otherwise finish after the DROP.
+    await creating?.catch(() => undefined);
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await spool.remove();
     if (listDir) await fsp.rm(listDir, { recursive: true, force: true });
@@ -258,13 +289,29 @@ function throwIfFailed(sup: Supervisor): void {
  * byte still fails the run, with pg_restore torn down by the supervisor. `inputEndedAt`: when the
  * whole archive had been read (and handed to pg_restore, or to the spool).
  */
-async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: OpenedArchive, scratch: string, spool: Spool | undefined, env: NodeJS.ProcessEnv, sup: Supervisor): Promise<{ inputEndedAt: number }> {
+async function restoreInto(
+  req: RestoreRequest,
+  flags: RestoreFlags,
+  opened: OpenedArchive,
+  scratch: string,
+  spool: Spool | undefined,
+  env: NodeJS.ProcessEnv,
+  sup: Supervisor,
+  creating: Promise<void> | undefined,
+  onInputEnd: () => void,
+): Promise<{ inputEndedAt: number }> {
   const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
   const waits: Promise<unknown>[] = opened.children.map((c) => c.done);
+  // The database's creation fails the run as itself, whatever it holds back meanwhile.
+  if (creating) waits.push(creating);
   let sqlFilter: PlainSqlFilter | undefined;
   if (spool) {
     targets.push(...spool.targets());
+  } else if (creating && opened.format === 'custom' && opened.tocProgress) {
+    const restore = spawnPgRestore(sup, req.tools, db, flags);
+    waits.push(restore.done);
+    targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, opened.tocProgress, creating), kind: 'child' });
   } else {
     const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, flags) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
     waits.push(restore.done);
@@ -280,7 +327,13 @@ async function restoreInto(req: RestoreRequest, flags: RestoreFlags, opened: Ope
 
   let inputEndedAt = 0;
   try {
-    await Promise.all([streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }).then(() => (inputEndedAt = Date.now())), ...waits]);
+    await Promise.all([
+      streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }).then(() => {
+        inputEndedAt = Date.now();
+        onInputEnd();
+      }),
+      ...waits,
+    ]);
   } catch (err) {
     throw spool ? spool.explain(err) : err;
   }
@@ -351,7 +404,7 @@ async function largestInArchive(opened: OpenedArchive, selection: Selection | un
     .filter((e) => e.desc === 'TABLE DATA' && sizes.has(e.dumpId) && (!chosen || chosen.has(e.dumpId)))
     .sort((a, b) => sizes.get(b.dumpId)! - sizes.get(a.dumpId)! || a.dumpId - b.dumpId)
     .slice(0, 5);
-  return { names: top.map((e) => ({ schema: e.namespace, table: e.tag })), encoding };
+  return { names: top.map((e) => ({ schema: e.namespace, table: e.tag, rows: layout.rows.get(e.dumpId) })), encoding };
 }
 
 /**
@@ -372,6 +425,7 @@ async function runChecks(
   properties: Buffer | undefined,
   env: NodeJS.ProcessEnv,
   signal: AbortSignal,
+  inspector: PreparedPsql | undefined,
 ): Promise<{ checks: RestoreChecks; stats: TableStats; propertiesApplied: boolean }> {
   const entries = tables?.keys ?? [];
   // A selection has fewer tables than the database had, by design.
@@ -380,7 +434,7 @@ async function runChecks(
   const target = { conn: req.conn, database: db, env };
   const statsNow = req.sanitize === undefined;
   const together = properties !== undefined && req.sanitize === undefined && req.smoke.length === 0;
-  const first = await inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal);
+  const first = await inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal, inspector);
   if (entries.length > 0) {
     const missing = missingTables(entries, first.names);
     if (missing.length > 0) {
@@ -398,7 +452,9 @@ async function runChecks(
     req.log.info('smoke check passed', { sql, output });
     smoke.push({ sql, output });
   }
-  const stats = statsNow ? first.stats : (await inspectRestored(req.tools, target, { names: false, stats: true, largest }, signal)).stats;
+  // After --sanitize the server counts the rows: the archive's counts are of the data before it.
+  const counted = largest && { ...largest, names: largest.names.map((t) => ({ schema: t.schema, table: t.table })) };
+  const stats = statsNow ? first.stats : (await inspectRestored(req.tools, target, { names: false, stats: true, largest: counted }, signal)).stats;
   const sanitized = req.sanitize ?? null;
   const checks = tables === null ? { tocTables: null, tocTablesPresent: null, smoke, sanitized } : { tocTables: entries.length, tocTablesPresent: true, smoke, sanitized };
   return { checks, stats, propertiesApplied: together };

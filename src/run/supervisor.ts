@@ -290,7 +290,7 @@ function childError(f: ChildFailure, explain: SpawnSpec['explain']): CofferError
  * `<what> exited with code N: <why>`: the first ERROR/FATAL line PostgreSQL's tools printed (the
  * cause; what follows it is context), with the statement as detail; else the last lines of stderr.
  */
-function defaultChildError(f: ChildFailure): DatabaseError {
+export function defaultChildError(f: ChildFailure): DatabaseError {
   const how = f.signal ? `was killed by ${f.signal}` : `exited with code ${f.code}`;
   const first = f.stderr.firstError();
   if (first) return new DatabaseError(`${f.what} ${how}: ${first.line}`, { detail: first.detail });

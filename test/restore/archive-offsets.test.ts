@@ -61,6 +61,16 @@ beforeAll(async () => {
   // a table of small rows gives many chunks per block (pg_dump -Z0 writes one per row).
   source = await createDatabase(pg, undefined, 'varied');
   await pg.psql('CREATE TABLE public.many_rows AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 30000) AS g;', source);
+  // Values COPY text must escape: newlines, backslashes, a value that is pg_dump's end-of-data
+  // line, tabs, carriage returns, bytes; and rows ending the data with what looks like its end.
+  await pg.psql(
+    String.raw`CREATE TABLE public.odd_values (id int, t text, b bytea);
+     INSERT INTO public.odd_values VALUES (1, E'line one\nline two\n', '\x0a0a5c2e0a'), (2, E'\\.', NULL), (3, E'\\.\n\n\n', E'\\x5c2e'),
+       (4, E'tab\there\r\n', ''), (5, '', NULL), (6, NULL, NULL), (7, E'\n', E'\\x0a');
+     INSERT INTO public.odd_values SELECT g, repeat(E'x\n', g % 7), NULL FROM generate_series(8, 5000) g;
+     CREATE TABLE public.ends_odd (t text); INSERT INTO public.ends_odd VALUES (E'\\.');`,
+    source,
+  );
   piped = path.join(tmp, 'piped.dump');
   seekable = path.join(tmp, 'seekable.dump');
   const env = childEnv(pg);
@@ -133,6 +143,52 @@ describe('archive data offsets', () => {
     const rand = (max: number) => () => (seed = (seed * 1103515245 + 12345) % 2147483648) % max;
     expect(layoutOf(scanInPieces(data, rand(11)))).toEqual(whole);
     expect(layoutOf(scanInPieces(data, rand(70000)))).toEqual(whole);
+  });
+
+  it('the rows of each table, counted in its COPY data as it streams by, are the server\'s count(*), in pieces of any size', async () => {
+    const data = fs.readFileSync(piped);
+    const whole = new ArchiveOffsetScanner();
+    whole.push(data);
+    const layout = layoutOf(whole.end());
+    const copies = whole.entries().filter((e) => e.desc === 'TABLE DATA');
+    expect(copies.length).toBeGreaterThan(5);
+    for (const e of copies) {
+      const counted = layout.rows.get(e.dumpId);
+      expect(counted, `${e.namespace}.${e.tag}`).toBeDefined();
+      // The scanner's strings hold the archive's bytes (latin1); this archive's text is UTF-8.
+      const utf8 = (x: string): string => Buffer.from(x, 'latin1').toString('utf8');
+      expect(String(counted), `${e.namespace}.${e.tag}`).toBe(await pg.psql(`SELECT count(*) FROM ${quoteIdent(utf8(e.namespace))}.${quoteIdent(utf8(e.tag))}`, source));
+    }
+    expect(layout.rows.get(copies.find((e) => e.tag === 'odd_values')!.dumpId)).toBe(5000);
+    expect(layout.rows.get(copies.find((e) => e.tag === 'ends_odd')!.dumpId)).toBe(1);
+    expect(layout.rows.get(copies.find((e) => e.tag === 'empty_table')!.dumpId)).toBe(0);
+    // The same entries, database entries, blocks and rows whatever the pieces (whole entries are
+    // read at once when a piece holds them, field by field otherwise).
+    let seed = 11;
+    const rand = (max: number) => () => (seed = (seed * 1103515245 + 12345) % 2147483648) % max;
+    for (const sizes of [() => 1, rand(7), rand(300), rand(5000), rand(70000)]) {
+      const s = new ArchiveOffsetScanner();
+      for (let i = 0; i < data.length; ) {
+        const n = Math.max(1, sizes());
+        s.push(data.subarray(i, i + n));
+        i += n;
+      }
+      expect(layoutOf(s.end())).toEqual(layout);
+      expect(s.entries()).toEqual(whole.entries());
+      expect(s.databaseEntries()).toEqual(whole.databaseEntries());
+    }
+    // Compressed data blocks and INSERT statements: no rows are counted (the server counts them).
+    const env = childEnv(pg);
+    for (const [name, args] of [
+      ['gzip.dump', ['-Fc']],
+      ['inserts.dump', ['-Fc', '-Z0', '--inserts', '--rows-per-insert=3']],
+    ] as const) {
+      const file = path.join(tmp, name);
+      await execa(pgBin('pg_dump'), [...args, '-d', source, '-f', file], { env, extendEnv: false });
+      const l = layoutOf(scanArchiveFile(file));
+      expect(l.blocks.size, name).toBeGreaterThan(5);
+      expect(l.rows.size, name).toBe(0);
+    }
   });
 
   it('truncated, garbage, plain-SQL and foreign inputs are left untouched', async () => {

@@ -6,12 +6,13 @@
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tableKey } from '../../src/pg/inspect.js';
 import { missingTables } from '../../src/pipeline/restore.js';
 import { errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
-import { createDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
+import { childEnv, createDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
 
 const f = useFixture({ name: 'per-table' });
 const pg = f.pg;
@@ -87,17 +88,113 @@ describe('the checks and summary after a restore', () => {
     expect(missingTables([tableKey('public', 'with space')], have)).toEqual([]);
   });
 
+  it('start pg_restore while the scratch database is created: it reads the table of contents, and connects once the database exists', async () => {
+    // A --psql-command that holds CREATE DATABASE back (line by line: the survey and the creation
+    // share one psql) and notes when it sent it; a --pg-restore-command that notes when it started.
+    // pg_restore reads a table of contents in milliseconds: had it been given it whole, it would
+    // have connected before the database existed, and failed.
+    const dir = f.path('toc-gate');
+    await fsp.mkdir(dir, { recursive: true });
+    const stamp = (name: string): string => path.join(dir, name);
+    for (const [db, delay] of [[small, '0'], [many, '0'], [small, '0.4'], [many, '1.5']] as const) {
+      await fsp.rm(stamp('restore-started'), { force: true });
+      await fsp.rm(stamp('create-sent'), { force: true });
+      const psqlCmd = path.join(dir, `slow-create-${delay}.sh`);
+      await fsp.writeFile(
+        psqlCmd,
+        `#!/bin/bash\nexec '${path.join(pg.binDir, 'psql')}' "$@" < <(while IFS= read -r line || [ -n "$line" ]; do\n  case "$line" in *'CREATE DATABASE'*) sleep ${delay}; date +%s%N > '${stamp('create-sent')}';; esac\n  printf '%s\\n' "$line"\ndone)\n`,
+        { mode: 0o755 },
+      );
+      const restoreCmd = path.join(dir, 'pg-restore-stamp.sh');
+      await fsp.writeFile(restoreCmd, `#!/bin/bash\n[ "$1" = --version ] || date +%s%N > '${stamp('restore-started')}'\nexec '${path.join(pg.binDir, 'pg_restore')}' "$@"\n`, { mode: 0o755 });
+      const target = uniqueDbName('toc_gate_r');
+      f.dropAtEnd(target);
+      const r = await f.run(['restore', '--from', f.path('repo'), '--db', db, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd, '--pg-restore-command', restoreCmd, '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout).tables, `${db} ${delay}`).toBe(db === many ? MANY : 3);
+      const started = BigInt((await fsp.readFile(stamp('restore-started'), 'utf8')).trim());
+      const sent = BigInt((await fsp.readFile(stamp('create-sent'), 'utf8')).trim());
+      expect(started < sent, `${db} ${delay}: pg_restore started before CREATE DATABASE was sent`).toBe(true);
+      expect(await pg.psql("SELECT count(*) FROM pg_class WHERE relname = 'aardvark'", target)).toBe(db === many ? '1' : '0');
+    }
+  });
+
+  it('fail as the creation of the scratch database failed, with pg_restore waiting for it: nothing left, no process left', async () => {
+    const dir = f.path('toc-gate-fail');
+    await fsp.mkdir(dir, { recursive: true });
+    // CREATE DATABASE replaced by a failing statement, after pg_restore started and read the table of contents.
+    const psqlCmd = path.join(dir, 'failing-create.sh');
+    await fsp.writeFile(
+      psqlCmd,
+      `#!/bin/bash\nexec '${path.join(pg.binDir, 'psql')}' "$@" < <(while IFS= read -r line || [ -n "$line" ]; do\n  case "$line" in *'CREATE DATABASE'*) sleep 0.5; line='SELECT 1/0;';; esac\n  printf '%s\\n' "$line"\ndone)\n`,
+      { mode: 0o755 },
+    );
+    const target = uniqueDbName('toc_gate_fail');
+    f.dropAtEnd(target);
+    const r = await f.run(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd]);
+    expect(r.code, r.stderr).toBe(3);
+    expect(errorLine(r.stderr)).toMatch(/^create database "toc_gate_fail[^"]*__restoring_[0-9a-f]{8}".*division by zero/);
+    expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
+    const ps = await execa('ps', ['-eo', 'args'], { reject: false });
+    expect(ps.stdout).not.toContain(`${target}__restoring_`);
+  });
+
+  it('count the rows of the summary in the archive (no scan of the restored tables); the server counts them after --sanitize, or when the archive\'s data is compressed', async () => {
+    // No scan after the restore: a table without an index that was counted would show a
+    // sequential scan (the statistics of the scratch database's sessions are written before the
+    // rename, which waits for those sessions to end). After --sanitize, the server counts.
+    const seqScans = (db: string): Promise<string> => pg.psql(`SELECT string_agg(relname || '=' || seq_scan, ',' ORDER BY relname) FROM pg_stat_user_tables WHERE relname IN ('aardvark', 'Zebra Wide')`, db);
+    const plain = uniqueDbName('rows_plain');
+    f.dropAtEnd(plain);
+    const p = await f.run(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', plain, '--json']);
+    expect(p.code, p.stderr).toBe(0);
+    expect((JSON.parse(p.stdout) as { largestTables: Array<{ table: string; rows: number }> }).largestTables.slice(0, 2)).toEqual([
+      { table: 'public."Zebra Wide"', rows: 900 },
+      { table: 'public.aardvark', rows: 2500 },
+    ]);
+    expect(await seqScans(plain)).toBe('Zebra Wide=0,aardvark=0');
+    const mask = f.path('delete-some.sql');
+    await fsp.writeFile(mask, 'DELETE FROM aardvark WHERE id <= 100;\n');
+    const sanitized = uniqueDbName('rows_sanitized');
+    f.dropAtEnd(sanitized);
+    const r = await f.run(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', sanitized, '--sanitize', mask, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { largestTables: Array<{ table: string; rows: number }> }).largestTables.slice(0, 2)).toEqual([
+      { table: 'public."Zebra Wide"', rows: 900 },
+      { table: 'public.aardvark', rows: 2400 },
+    ]);
+    expect(await seqScans(sanitized)).toMatch(/^Zebra Wide=[1-9]\d*,aardvark=[1-9]\d*$/);
+    // pg_dump's own compression (gzip inside the archive): the server counts.
+    const dump = f.path('gzip-inside.dump');
+    const file = `${dump}.age`;
+    await execa(path.join(pg.binDir, 'pg_dump'), ['-Fc', '-Z6', '-d', many, '-f', dump], { env: childEnv(pg), extendEnv: false });
+    await execa('age', ['-r', f.recipient, '-o', file, dump]);
+    const fromFile = uniqueDbName('rows_gzip');
+    f.dropAtEnd(fromFile);
+    const g = await f.run(['restore', '--file', file, '--identity', f.identityFile, '--target-db', fromFile, '--json']);
+    expect(g.code, g.stderr).toBe(0);
+    // Ranked by their compressed data, so in another order.
+    expect((JSON.parse(g.stdout) as { largestTables: Array<{ table: string; rows: number }> }).largestTables).toEqual(
+      expect.arrayContaining([
+        { table: 'public."Zebra Wide"', rows: 900 },
+        { table: 'public.aardvark', rows: 2500 },
+      ]),
+    );
+  });
+
   it('load the scratch database with asynchronous commits, keeping the connection\'s own options, and rename it with a synchronous commit', async () => {
     // A --pg-restore-command that asks the server, through the connection it was given, what the
     // session's settings are, then runs pg_restore. The test clusters commit asynchronously by
     // default: PGOPTIONS turns it on, as on a production server, and sets one more option.
+    // pg_restore starts while the scratch database is being created (it reads the table of
+    // contents first): the probe waits until it can connect.
     const dir = f.path('async-commit');
     await fsp.mkdir(dir, { recursive: true });
     const seen = path.join(dir, 'settings');
     const command = path.join(dir, 'pg-restore-probe.sh');
     await fsp.writeFile(
       command,
-      `#!/bin/bash\nprev=''\nfor a in "$@"; do [ "$prev" = -d ] && ci="$a"; prev="$a"; done\n[ -n "$ci" ] && '${path.join(pg.binDir, 'psql')}' -X -A -t -d "$ci" -c 'SHOW synchronous_commit' -c 'SHOW work_mem' </dev/null >> '${seen}'\nexec '${path.join(pg.binDir, 'pg_restore')}' "$@"\n`,
+      `#!/bin/bash\nprev=''\nfor a in "$@"; do [ "$prev" = -d ] && ci="$a"; prev="$a"; done\n[ -n "$ci" ] && for i in $(seq 100); do '${path.join(pg.binDir, 'psql')}' -X -A -t -d "$ci" -c 'SHOW synchronous_commit' -c 'SHOW work_mem' </dev/null > '${seen}.try' 2>/dev/null && break; sleep 0.1; done\n[ -n "$ci" ] && cat '${seen}.try' >> '${seen}'\nexec '${path.join(pg.binDir, 'pg_restore')}' "$@"\n`,
       { mode: 0o755 },
     );
     for (const jobs of [[], ['--jobs', '2']]) {
