@@ -150,30 +150,38 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     //    asks the server whether it exists, the server's version, and for scratch databases of
     //    earlier restores; the local pg_restore's version is read meanwhile.
     const manifest = req.source.kind === 'repository' ? req.source.entry.manifest : undefined;
+    const selective = req.selection !== undefined && isSelective(req.selection);
+    // A whole restore starts opening the backup (step 2) meanwhile: nothing touches a database
+    // before the survey's refusals, which are reported first.
+    const opening = selective ? undefined : openSource(req, sup, env);
+    opening?.catch(() => undefined);
     // The survey and the scratch database's creation go through one psql (./pg/admin.ts).
     admin.openSession(req.signal);
-    const [survey, pgRestore] = await Promise.all([
-      surveyTarget(admin, req.target, req.log, req.signal),
-      manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
-    ]);
-    const targetExists = survey.exists;
-    if (targetExists && !req.replace) {
-      throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
-        hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
-      });
-    }
-    const selective = req.selection !== undefined && isSelective(req.selection);
-    // Versions, from the manifest, before the download: the target server against the source
-    // server, the local pg_restore against the archive format pg_dump wrote.
-    if (selective && manifest && manifest.kind !== 'custom') {
-      throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
-    }
-    const local: LocalVersions = pgRestore ? { server: survey.server, pgRestore } : { server: survey.server };
-    if (manifest) checkManifestVersions(manifest, local);
+    const local = await refusals(
+      Promise.all([
+        surveyTarget(admin, req.target, req.log, req.signal),
+        manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
+      ]).then(([survey, pgRestore]): LocalVersions & { exists: boolean } => {
+        if (survey.exists && !req.replace) {
+          throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
+            hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
+          });
+        }
+        // Versions, from the manifest, before the download: the target server against the source
+        // server, the local pg_restore against the archive format pg_dump wrote.
+        if (selective && manifest && manifest.kind !== 'custom') {
+          throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
+        }
+        const versions: LocalVersions = pgRestore ? { server: survey.server, pgRestore } : { server: survey.server };
+        if (manifest) checkManifestVersions(manifest, versions);
+        return { ...versions, exists: survey.exists };
+      }),
+    );
+    const targetExists = local.exists;
     // 2. Open the backup: the age header is authenticated here, before any database exists. A
     //    selective restore of a backup with an archive index reads only what it needs.
     const ranged = selective && req.source.kind === 'repository' && !req.wholeDownload ? await openRangedSource({ ...req, store: req.source.store, entry: req.source.entry }, sup, env) : undefined;
-    const opened = ranged ?? (await openSource(req, sup, env));
+    const opened = ranged ?? (await (opening ?? openSource(req, sup, env)));
     req.log.info('backup opened', { format: opened.format, compressed: opened.compressed, target: req.target });
     if (opened.header) {
       local.pgRestore ??= await clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal });
@@ -210,7 +218,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     scratch = name;
     let createdAt = 0;
     creating = createScratch(admin, name, creation, req.log)
-      .finally(() => admin.closeSession())
+      .finally(() => void admin.closeSession())
       .then(() => {
         createdAt = Date.now();
         req.log.info('restoring into a scratch database', { scratch: name, database: describeLocale(creation) });
@@ -263,8 +271,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
-    // A version refusal is the cause even when the archive check, which cannot follow a newer format, failed meanwhile.
+    // A refusal is the cause even when opening the backup, which had started, failed meanwhile;
+    // a version refusal even when the archive check, which cannot follow a newer format, failed.
     if (err instanceof VersionError) throw err;
+    if (err instanceof Refusal) throw err.cause;
     throw explainExcludedData(req.source, explainRestoreError(sup.cause(), req));
   } finally {
     await sup.teardown();
@@ -275,6 +285,18 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await spool.remove();
     if (listDir) await fsp.rm(listDir, { recursive: true, force: true });
+  }
+}
+
+/** A refusal after the survey (the target exists, a version, a plain-SQL backup for a selection): reported before anything that failed meanwhile. */
+class Refusal extends Error {}
+
+/** The survey's outcome; a refusal it leads to is wrapped as a {@link Refusal}, anything else (the server unreachable, a stop) is not. */
+async function refusals<T>(p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (err) {
+    throw err instanceof UsageError || err instanceof VersionError ? new Refusal('refused', { cause: err }) : err;
   }
 }
 
