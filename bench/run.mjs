@@ -174,11 +174,14 @@ function run(script, { env, timeoutMs = 30 * 60_000, capture = false, rssOf } = 
         // gone
       }
     }, timeoutMs);
-    child.on('close', (code, signal) => {
+    child.on('close', async (code, signal) => {
       clearTimeout(timer);
       if (poll) clearInterval(poll);
       running.delete(child);
       const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+      // A backend's CPU reaches the postmaster's cutime when it is reaped, which can be after the
+      // client exited: wait for the run's backends to end, or the next run is charged for them.
+      await backendsGone();
       const serverCpu = serverCpuSeconds() - server0;
       let cpu = NaN;
       try {
@@ -217,6 +220,29 @@ function serverCpuSeconds() {
     }
   }
   return ticks / CLK_TCK;
+}
+
+/** Waits (at most 5 s) until the postmaster has no client backend or parallel worker left. */
+async function backendsGone() {
+  const postmaster = serverPids[0];
+  if (postmaster === undefined) return;
+  for (let i = 0; i < 500; i++) {
+    let busy = false;
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+        if (Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) !== postmaster) continue;
+        const title = readFileSync(`/proc/${name}/cmdline`, 'utf8').replace(/\0/g, ' ');
+        if (!/^postgres: (checkpointer|background writer|walwriter|autovacuum launcher|logical replication launcher|archiver|stats collector|autovacuum worker)/.test(title)) busy = true;
+      } catch {
+        // gone
+      }
+      if (busy) break;
+    }
+    if (!busy) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
 }
 
 /** The first process of process group `pgid` whose argv passes `test`. */

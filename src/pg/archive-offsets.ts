@@ -147,11 +147,11 @@ function readInt(b: Uint8Array, o: number): number {
   return sign === 0 ? v : sign === 1 ? -v : Number.NaN;
 }
 
-/** Newlines in b[start..end). */
+/** Newlines in b[start..end) (one search per newline: a COPY row of -Z0 data is usually a chunk of its own, ending with its newline). */
 function countNewlines(b: Uint8Array, start: number, end: number): number {
   const buf = Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   let n = 0;
-  for (let j = buf.indexOf(10, start); j >= 0 && j < end; j = buf.indexOf(10, j + 1)) n++;
+  for (let j = buf.indexOf(10, start); j >= 0 && j < end; j = j + 1 < end ? buf.indexOf(10, j + 1) : -1) n++;
   return n;
 }
 
@@ -228,10 +228,22 @@ export class ArchiveOffsetScanner {
   private blockId = 0;
   private counting = false;
   private blockRows = 0;
-  /** The last bytes of the COPY data being counted, and how many it had. */
+  /**
+   * The last bytes of the COPY data being counted: the end of the last piece of at least TAIL
+   * bytes (a reference, not a copy: a row is usually a piece of its own), then the bytes of
+   * shorter pieces after it.
+   */
+  private lastPiece: Uint8Array | undefined;
+  private lastPieceEnd = 0;
   private readonly tail = new Uint8Array(TAIL);
   private tailLen = 0;
   private blockBytes = 0;
+  private readonly countRows: boolean;
+
+  /** `countRows`: count the rows of each table's COPY data ({@link ArchiveLayout.rows}); a restore does, a backup does not. */
+  constructor(opts: { countRows?: boolean } = {}) {
+    this.countRows = opts.countRows === true;
+  }
   /** The string field being captured (instead of skipped), and its bytes so far. */
   private capField: CaptureField | undefined;
   private capBuf: Buffer[] = [];
@@ -443,16 +455,33 @@ export class ArchiveOffsetScanner {
   private countData(b: Uint8Array, start: number, end: number): void {
     this.blockRows += countNewlines(b, start, end);
     this.blockBytes += end - start;
-    const n = end - start;
-    if (n >= TAIL) {
-      this.tail.set(b.subarray(end - TAIL, end));
-      this.tailLen = TAIL;
-    } else {
-      const keep = Math.min(this.tailLen, TAIL - n);
-      this.tail.copyWithin(0, this.tailLen - keep, this.tailLen);
-      this.tail.set(b.subarray(start, end), keep);
-      this.tailLen = keep + n;
+    if (end - start >= TAIL) {
+      this.lastPiece = b;
+      this.lastPieceEnd = end;
+      this.tailLen = 0;
+      return;
     }
+    if (this.tailLen + end - start > TAIL) {
+      // Keep the last TAIL bytes, then this piece's.
+      const last = this.lastBytes();
+      const keep = Math.min(last.length, TAIL - (end - start));
+      this.tail.set(last.subarray(last.length - keep));
+      this.tailLen = keep;
+      this.lastPiece = undefined;
+    }
+    for (let i = start; i < end; i++) this.tail[this.tailLen++] = b[i]!;
+  }
+
+  /** The last (up to TAIL) bytes of the COPY data counted so far. */
+  private lastBytes(): Uint8Array {
+    const out = new Uint8Array(TAIL);
+    let n = 0;
+    if (this.lastPiece) {
+      const from = Math.max(0, this.lastPieceEnd - (TAIL - this.tailLen));
+      for (let i = from; i < this.lastPieceEnd; i++) out[n++] = this.lastPiece[i]!;
+    }
+    for (let i = 0; i < this.tailLen; i++) out[n++] = this.tail[i]!;
+    return out.subarray(0, n);
   }
 
   /**
@@ -630,8 +659,9 @@ export class ArchiveOffsetScanner {
         if (this.blocks.has(id)) return this.fail(`second data block for entry ${id}`);
         this.blocks.set(id, this.blockStart);
         this.blockId = id;
-        this.counting = !this.inLo && this.uncompressed && this.copyIds.has(id);
+        this.counting = this.countRows && !this.inLo && this.uncompressed && this.copyIds.has(id);
         this.blockRows = 0;
+        this.lastPiece = undefined;
         this.tailLen = 0;
         this.blockBytes = 0;
         return this.go(this.inLo ? S_LO_OID : S_CHUNK_LEN);
@@ -639,7 +669,10 @@ export class ArchiveOffsetScanner {
       case S_CHUNK_LEN: {
         const len = this.int(b, o);
         if (len === 0) {
-          if (this.counting) this.rows.set(this.blockId, copyRows(this.blockRows, this.tail, this.tailLen, this.blockBytes));
+          if (this.counting) {
+            const tail = this.lastBytes();
+            this.rows.set(this.blockId, copyRows(this.blockRows, tail, tail.length, this.blockBytes));
+          }
           this.counting = false;
           return this.go(this.inLo ? S_LO_OID : S_BLOCK_TYPE, this.inLo ? INT_LEN : 1);
         }
@@ -757,8 +790,8 @@ export function patchArchiveOffsets(file: string, scan: ScanResult): PatchOutcom
 }
 
 /** Scans a whole archive file (tests, diagnostics). */
-export function scanArchiveFile(file: string): ScanResult {
-  const s = new ArchiveOffsetScanner();
+export function scanArchiveFile(file: string, opts: { countRows?: boolean } = {}): ScanResult {
+  const s = new ArchiveOffsetScanner(opts);
   const fd = openSync(file, 'r');
   try {
     const buf = Buffer.alloc(1024 * 1024);

@@ -299,7 +299,7 @@ export class ArchiveCheck {
     if (this.format === undefined) {
       // openArchive reads ahead at least a tar block before the first push
       this.format = formatOf(chunk);
-      if (this.format === 'custom') this.scanner = new ArchiveOffsetScanner();
+      if (this.format === 'custom') this.scanner = new ArchiveOffsetScanner({ countRows: true });
     }
     this.bytes += chunk.length;
     if (this.scanner) this.scanner.push(chunk);

@@ -172,7 +172,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   let choose: (ids: number[]) => void = () => undefined;
   const chosen = new Promise<number[]>((resolve) => (choose = resolve));
   let archiveBytes = 0;
-  const out = new ArchiveOffsetScanner();
+  const out = new ArchiveOffsetScanner({ countRows: true });
   let layout: ReturnType<ArchiveOffsetScanner['end']> | undefined;
   async function* reduced(): AsyncGenerator<Buffer> {
     const emit = (b: Buffer): Buffer => {
