@@ -80,8 +80,6 @@ export class PsqlSession {
   private waiters: Array<() => void> = [];
   /** The end of the last {@link query} (they run one after the other). */
   private queue: Promise<unknown> = Promise.resolve();
-  /** psql's output ended: it has exited, even if what runs it (a --psql-command wrapper) still reads its input. */
-  private outEnded = false;
   private constructor(
     private readonly sup: Supervisor,
     private readonly child: Child,
@@ -93,10 +91,6 @@ export class PsqlSession {
       this.out += s;
       this.wake();
     });
-    child.stdout!.on('end', () => {
-      this.outEnded = true;
-      this.wake();
-    });
     child.done.then(
       () => this.wake(),
       () => this.wake(),
@@ -105,7 +99,7 @@ export class PsqlSession {
 
   /** psql has exited or is being stopped (an error ended it, the session was closed, the run stopped): it takes no more statements. */
   get ended(): boolean {
-    return this.child.exited || this.outEnded || this.sup.signal.aborted;
+    return this.child.exited || this.sup.signal.aborted;
   }
 
   private wake(): void {
@@ -150,8 +144,7 @@ export class PsqlSession {
       const seen = this.out.slice(start);
       const at = seen.indexOf(`${marker}\n`);
       if (at >= 0) return seen.slice(0, at).trim();
-      if (this.child.exited || this.outEnded) {
-        this.child.stdin!.end();
+      if (this.child.exited) {
         await this.child.done.catch((e: unknown) => {
           throw explainLibpqError(this.current.what, e);
         });

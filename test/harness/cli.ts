@@ -55,7 +55,10 @@ export function s3Env(rgw: RgwInfo, user?: string): Record<string, string> {
 }
 
 /** Starts coffer without waiting (for tests that kill or signal it). */
-export function startCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number }): ResultPromise<{ reject: false; all: false }> {
+export function startCoffer(
+  args: string[],
+  opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number; forceKillAfterMs?: number },
+): ResultPromise<{ reject: false; all: false }> {
   return execa(process.execPath, [COFFER_BIN, ...args], {
     env: { ...coverageEnv(), ...opts.env },
     extendEnv: false,
@@ -63,6 +66,8 @@ export function startCoffer(args: string[], opts: { env: Record<string, string>;
     reject: false,
     stdin: 'ignore',
     timeout: opts.timeoutMs ?? 120_000,
+    // execa's default: SIGKILL 5 s after a .kill(); a test that times the exit after a signal sets its own.
+    ...(opts.forceKillAfterMs !== undefined ? { forceKillAfterDelay: opts.forceKillAfterMs } : {}),
   }) as unknown as ResultPromise<{ reject: false; all: false }>;
 }
 

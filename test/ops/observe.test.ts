@@ -221,7 +221,12 @@ describe('notifications', () => {
       const { fillLargeTable } = await import('../harness/pg.js');
       await fillLargeTable(pg, big, 40);
       const { startCoffer } = await import('../harness/cli.js');
-      const child = startCoffer(['backup', '--to', f.path('repo-notify-stop'), '--db', big, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--compress', 'zstd:19', '--notify', `${base}/ping/s`, '--webhook', `${base}/hook`], { env: f.env() });
+      const child = startCoffer(['backup', '--to', f.path('repo-notify-stop'), '--db', big, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--compress', 'zstd:19', '--notify', `${base}/ping/s`, '--webhook', `${base}/hook`], {
+        env: f.env(),
+        // The exit is timed below (under 15 s); execa's SIGKILL 5 s after the SIGTERM would cut a
+        // slow exit short (a loaded machine, the coverage written at exit) and hide how long it took.
+        forceKillAfterMs: 30_000,
+      });
       // Stop it once the start ping hangs and the dump is under way.
       const until = Date.now() + 30_000;
       while (!seen.includes('/ping/s/start') && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
@@ -230,7 +235,7 @@ describe('notifications', () => {
       child.kill('SIGTERM');
       const res = await child;
       const took = Date.now() - stoppedAt;
-      expect(res.exitCode, String(res.stderr)).toBe(143);
+      expect(res.exitCode, `after ${took} ms: ${String(res.stderr)}`).toBe(143);
       // Before: 3 tries × 10 s plus backoff per notification (~65 s). Now: within a few seconds.
       expect(took).toBeLessThan(15_000);
       expect(seen.filter((u) => u === '/ping/s/fail').length).toBeLessThanOrEqual(1);
