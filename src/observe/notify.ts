@@ -16,6 +16,7 @@
  */
 import pRetry, { AbortError } from 'p-retry';
 import { UsageError } from '../errors.js';
+import { followAbort } from '../run/abort.js';
 import type { Logger } from './log.js';
 
 /** After a stop signal: the time all remaining notifications share. */
@@ -139,19 +140,39 @@ export class Notifier {
             last ||= 'not sent: the run was stopped and its notification time ran out';
             throw new AbortError(last);
           }
+          // One controller per try, aborted by a timer of its own and by a stop signal. Not
+          // AbortSignal.any([AbortSignal.timeout(…), …]): under Node 20 such a combined signal
+          // can be garbage-collected while fetch waits, its timeout never fires, and a request to
+          // an endpoint that never answers held the stopped run open (seen in 1 of ~4 stops).
+          const attempt = new AbortController();
+          let why: 'timeout' | 'stopped' | undefined;
+          const timer = setTimeout(() => {
+            why = 'timeout';
+            attempt.abort();
+          }, timeoutMs);
+          const onStop = (): void => {
+            why ??= 'stopped';
+            attempt.abort();
+          };
+          const unfollow = this.deadline === undefined ? followAbort(this.inFlight.signal, onStop) : () => undefined;
           let res: Response;
           try {
-            const signal = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(this.deadline === undefined ? [this.inFlight.signal] : [])]);
-            res = await fetch(url, { ...init, signal, redirect: 'follow' });
-          } catch (err) {
-            const e = err as Error & { cause?: { code?: string } };
-            // Never e.message: fetch's messages can quote the whole URL (a token in its path).
-            if (e.name === 'TimeoutError') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
-            else if (e.name === 'AbortError') last = 'abandoned: the run was stopped';
-            else last = e.cause?.code ?? e.name;
-            throw new Error(last);
+            try {
+              res = await fetch(url, { ...init, signal: attempt.signal, redirect: 'follow' });
+            } catch (err) {
+              const e = err as Error & { cause?: { code?: string } };
+              // Never e.message: fetch's messages can quote the whole URL (a token in its path).
+              if (why === 'timeout') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
+              else if (why === 'stopped') last = 'abandoned: the run was stopped';
+              else last = e.cause?.code ?? e.name;
+              throw new Error(last);
+            }
+            // The body under the same timer: an endpoint may send headers and then stall.
+            await res.arrayBuffer().catch(() => undefined);
+          } finally {
+            clearTimeout(timer);
+            unfollow();
           }
-          await res.arrayBuffer().catch(() => undefined);
           if (res.ok) return;
           last = `HTTP ${res.status}`;
           // A client error other than 429 will not get better.

@@ -14,6 +14,7 @@ import { commitFile } from '../atomic-write.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { Supervisor } from '../run/supervisor.js';
+import { anySignal } from '../run/abort.js';
 import { resumableGet } from '../store/resumable.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { logicalFormat, openArchive, type ExpectedArchive, type OpenedArchive } from './archive.js';
@@ -47,7 +48,7 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
   if (req.source.kind === 'repository') {
     const m = req.source.entry.manifest;
     expected = expectedArchive(m);
-    const signal = req.stopDownload ? AbortSignal.any([sup.signal, req.stopDownload]) : sup.signal;
+    const signal = req.stopDownload ? anySignal([sup.signal, req.stopDownload]) : sup.signal;
     ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress });
   } else {
     try {
@@ -55,7 +56,7 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
     } catch {
       throw new UsageError(`--file ${req.source.path}: no such file or not readable`);
     }
-    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal: req.stopDownload ? AbortSignal.any([sup.signal, req.stopDownload]) : sup.signal });
+    ciphertext = createReadStream(req.source.path, { highWaterMark: 1024 * 1024, signal: req.stopDownload ? anySignal([sup.signal, req.stopDownload]) : sup.signal });
     let n = 0;
     if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
   }

@@ -18,6 +18,27 @@ export function followAbort(signal: AbortSignal, onAbort: () => void): () => voi
   return () => signal.removeEventListener('abort', onAbort);
 }
 
+/**
+ * A signal that aborts when any of `signals` does, with the first one's reason. Unlike Node 20's
+ * `AbortSignal.any`, which its sources hold only weakly, this one is held by its sources'
+ * listeners: it cannot be garbage-collected while work still waits on it (a fetch whose combined
+ * timeout never fired held a stopped run open).
+ */
+export function anySignal(signals: AbortSignal[]): AbortSignal {
+  const ac = new AbortController();
+  const stops: Array<() => void> = [];
+  for (const s of signals) {
+    stops.push(
+      followAbort(s, () => {
+        if (!ac.signal.aborted) ac.abort(s.reason);
+        for (const stop of stops) stop();
+      }),
+    );
+    if (ac.signal.aborted) break;
+  }
+  return ac.signal;
+}
+
 /** The error for a stop signal: its reason when that is one of ours, else an {@link InterruptedError}. */
 export function interruptedBy(signal: AbortSignal, cause?: unknown): CofferError {
   const reason: unknown = signal.reason;

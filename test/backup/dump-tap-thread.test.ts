@@ -79,11 +79,25 @@ async function indexOf(repo: string, m: BackupManifest): Promise<ReturnType<type
   return decodeIndex(Buffer.concat(chunks), m.id, m.dump);
 }
 
-/** Nothing of a run is left: no pipe directory in TMPDIR, no pg_dump or pzstd of this database. */
+/**
+ * Nothing of a run is left: no pipe directory in TMPDIR, no pg_dump of this database, no pzstd of
+ * these runs. A pzstd is these runs' when its environment has their TMPDIR: other test files run
+ * backups with pzstd at the same time.
+ */
 async function expectNothingLeft(): Promise<void> {
   expect(await fsp.readdir(tmpdir)).toEqual([]);
-  const ps = await execa('ps', ['-eo', 'args'], { reject: false });
-  expect(ps.stdout.split('\n').filter((l) => (l.includes('pg_dump') && l.includes(f.db)) || l.startsWith('pzstd'))).toEqual([]);
+  const ps = await execa('ps', ['-eo', 'pid=,args='], { reject: false });
+  const left: string[] = [];
+  for (const line of ps.stdout.split('\n')) {
+    const [, pid, args] = /^\s*(\d+)\s+(.*)$/.exec(line) ?? [];
+    if (!pid || !args) continue;
+    if (args.includes('pg_dump') && args.includes(f.db)) left.push(args);
+    else if (args.startsWith('pzstd')) {
+      const environ = await fsp.readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+      if (environ.split('\0').includes(`TMPDIR=${tmpdir}`)) left.push(args);
+    }
+  }
+  expect(left).toEqual([]);
 }
 
 describe('the threaded dump tap', () => {
