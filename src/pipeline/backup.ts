@@ -120,6 +120,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   if (req.signal.aborted) throw interruptedBy(req.signal);
   const sup = new Supervisor(req.signal);
   let earlier: BackupKeyEntry[] = [];
+  /** Objects of this run already stored (globals, dump, index): without a manifest they are no backup. */
+  const written: string[] = [];
+  /** The manifest was sent: {@link commitManifest} decides what stays. */
+  let committing = false;
   try {
     // The objects' encryptors (a file key, its stanzas and header each) are made while the server
     // and the repository answer.
@@ -160,7 +164,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     const target: ObjectTarget = { req, sup, partSize, retention, tags, encryptors };
     let globals: StoredObject | null = null;
     const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
-    if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
+    if (req.globals) {
+      globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
+      written.push(keys.globals);
+    }
     let producer: Producer | undefined;
     const onDump = req.onDumpProgress && req.kind !== 'schema-only' ? (n: number) => req.onDumpProgress!(n, server.databaseSizeBytes) : undefined;
     // A large dump is carried by a worker thread between real pipes; they are made now (a
@@ -176,8 +183,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     } finally {
       if (pipes) closePipes(pipes);
     }
+    written.push(keys.dump);
     warnings.push(...dumpWarnings.end());
     const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
+    if (index) written.push(keys.index);
 
     if (sup.failed) throw sup.cause();
     const previousManifest = await previous;
@@ -218,6 +227,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     // must be known, because a manifest that reached the store is a backup (a stop now would
     // report a failure for a backup that exists, and remove its dump). It is one small request,
     // bounded by the S3 socket timeout and the SDK's retries.
+    committing = true;
     await commitManifest(req.store, req.log, keys.manifest, encodeManifest(manifest), { retention, tags, signer: req.signer }, [keys.dump, ...(globals ? [keys.globals] : []), ...(index ? [keys.index] : [])]);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { database: req.database, id });
     req.log.info('backup complete', { database: req.database, id, tier, bytes: dump.size, sha256: dump.sha256, seconds: manifest.durationMs / 1000, ...(warnings.length > 0 ? { warnings: warnings.length } : {}), ...(req.signer ? { signedBy: req.signer.fingerprint } : {}) });
@@ -225,6 +235,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   } catch (err) {
     sup.fail(err);
     await sup.teardown();
+    // Stopped or failed after an object was stored and before the manifest was sent (the index's
+    // upload, say): the stored objects go, as a failed upload's parts do. Best effort: the
+    // backup host may lack DeleteObject (then lifecycle rules expire them).
+    if (!committing && written.length > 0) await removeOrphans(req.store, req.log, written);
     if (faultNumber('delete-earlier-backup') > 0 && earlier[0]) await req.store.delete(earlier[0].manifestKey).catch(() => undefined);
     throw sup.cause();
   } finally {

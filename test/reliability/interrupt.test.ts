@@ -194,6 +194,47 @@ describe('coffer itself is stopped', () => {
     );
   });
 
+  it('SIGTERM once an object of the run is stored and before its manifest (the globals while the dump uploads; the dump while the archive index uploads): exit 143, no new object', { timeout: 480_000 }, async () => {
+    const cases = [
+      // --globals: the roles' object is stored first; stopped during the dump's upload.
+      { name: 'globals', args: [...ARGS, '--globals'], rules: [{ op: 'UploadPart' as const, times: Infinity, fault: { kind: 'latency' as const, ms: 300 } }], stored: /\.globals\.sql\.age$/, when: (p: FaultProxy) => p.requests('UploadPart').length >= 1 },
+      // The dump is stored whole (pzstd-compressed: the archive index is written); its index's upload never answers.
+      { name: 'index', args: ['--part-size', '5MiB'], rules: [{ path: /\.index\.json\.age/, times: Infinity, fault: { kind: 'stall' as const } }], stored: /\.dump(\.zst)?\.age$/, when: (p: FaultProxy) => p.requests('PutObject').some((e) => e.path.includes('.index.json.age')) || p.requests('CreateMultipartUpload').some((e) => e.path.includes('.index.json.age')) },
+    ];
+    const baselines: RepoBaseline[] = [];
+    for (const c of cases) {
+      const prefix = `sigterm-stored-${c.name}`;
+      const baseline = await seedRepository(f, golden, prefix);
+      baselines.push(baseline);
+      const p = await f.faultProxy();
+      p.script(c.rules);
+      const child = startCoffer(['backup', '--to', f.repo(prefix), '--db', mid, '--recipient', f.recipient, ...c.args], { env: f.env({}, p.endpoint) });
+      expect(await waitFor(() => c.when(p), 120_000), c.name).toBe(true);
+      // The object before it is stored (a PutObject or a completed upload answered 200).
+      expect(p.requests('PutObject').concat(p.requests('CompleteMultipartUpload')).some((e) => c.stored.test(e.path)), c.name).toBe(true);
+      await sleep(100);
+      process.kill(child.pid!, 'SIGTERM'); // not child.kill: execa adds a SIGKILL 5 s later
+      const r = await child;
+      const what = `${c.name}: ${String(r.stderr).slice(-1200)}`;
+      expect(r.exitCode, what).toBe(143);
+      expect(errorLine(String(r.stderr)), what).toMatch(/stopped by SIGTERM/);
+      expect(await listedIds(f, f.repo(prefix)), what).toEqual(baseline.backups.map((b) => b.id));
+      expect(await bucketState(f, prefix), what).toEqual({ keys: baseline.keys, uploads: 0 });
+      const next = await f.backup(f.repo(prefix), mid, c.args);
+      expect(await listedIds(f, f.repo(prefix))).toEqual([...baseline.backups.map((b) => b.id), next.id].sort());
+    }
+    recordMeasured(
+      {
+        id: 'int-07b',
+        area: 'interruption',
+        fault: 'SIGTERM to coffer after an object of the run was stored, before its manifest',
+        injected: 'backup --globals: kill -TERM during the dump upload (globals stored); backup: the archive index upload never answered (dump stored), kill -TERM',
+        outcome: 'exit 143 "stopped by SIGTERM"; the run\'s stored objects removed, nothing new listed, no object or upload left; the next backup succeeded',
+      },
+      await measure(baselines),
+    );
+  });
+
   it('SIGTERM at 5 random points of a restore --replace onto an existing database: exit 143 and the target untouched (or fully replaced, the old one aside); the next run succeeds', { timeout: 480_000 }, async () => {
     const source = await f.database({ fixture: 'varied', prefix: 'int_rsrc', fillMB: 6 });
     const fp = await dataFingerprint(pg, source);
