@@ -51,8 +51,11 @@ export class PgAdmin {
    * From now on, the maintenance database's statements go through one psql kept connected
    * (a restore asks it several times: no process and no connection each time). Once a statement
    * failed (which ends that psql) or the session was closed, each statement has a psql of its own again.
+   * Not through a `--psql-command` wrapper: one that outlives its psql (`tee log | psql`) would
+   * hold a session whose statement failed open until its input ends, and the run would wait.
    */
   openSession(signal: AbortSignal): void {
+    if (this.tools.psqlWrapped) return;
     this.session ??= PsqlSession.open(this.tools, { conn: this.conn, database: this.maintenanceDb, env: this.env }, { what: `connect to database ${JSON.stringify(this.maintenanceDb)}`, signal });
   }
 

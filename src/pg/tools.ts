@@ -11,6 +11,12 @@ export interface PgTools {
   pgDumpall: string[];
   pgRestore: string[];
   psql: string[];
+  /**
+   * psql runs through a command wrapper (`--psql-command`): each statement gets a psql of its own
+   * (no session kept open, ./admin.ts). A wrapper such as `tee log | psql` outlives a psql that
+   * stopped at an error until its input ends, so only the end of input ends it.
+   */
+  psqlWrapped?: boolean;
 }
 
 export interface PgToolsOptions {
@@ -97,6 +103,7 @@ export function resolvePgTools(opts: PgToolsOptions = {}): PgTools {
     pgDumpall: opts.pgDumpallCommand ? splitCommand(opts.pgDumpallCommand) : bin('pg_dumpall'),
     pgRestore: opts.pgRestoreCommand ? splitCommand(opts.pgRestoreCommand) : bin('pg_restore'),
     psql: opts.psqlCommand ? splitCommand(opts.psqlCommand) : bin('psql'),
+    psqlWrapped: opts.psqlCommand !== undefined && opts.psqlCommand !== '',
   };
 }
 

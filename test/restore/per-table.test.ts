@@ -89,8 +89,7 @@ describe('the checks and summary after a restore', () => {
   });
 
   it('start pg_restore while the scratch database is created: it reads the table of contents, and connects once the database exists', async () => {
-    // A --psql-command that holds CREATE DATABASE back (line by line: the survey and the creation
-    // share one psql) and notes when it sent it; a --pg-restore-command that notes when it started.
+    // A --psql-command that holds CREATE DATABASE back and notes when it sent it; a --pg-restore-command that notes when it started.
     // pg_restore reads a table of contents in milliseconds: had it been given it whole, it would
     // have connected before the database existed, and failed.
     const dir = f.path('toc-gate');
@@ -119,24 +118,82 @@ describe('the checks and summary after a restore', () => {
     }
   });
 
-  it('fail as the creation of the scratch database failed, with pg_restore waiting for it: nothing left, no process left', async () => {
+  it('fail as the creation of the scratch database failed, with pg_restore waiting for it (at swept points): nothing left, no process left', { timeout: 300_000 }, async () => {
     const dir = f.path('toc-gate-fail');
     await fsp.mkdir(dir, { recursive: true });
-    // CREATE DATABASE replaced by a failing statement, after pg_restore started and read the table of contents.
-    const psqlCmd = path.join(dir, 'failing-create.sh');
+    // CREATE DATABASE replaced by a failing statement, after pg_restore started and read the
+    // table of contents (or while it still reads it: no delay, the small archive).
+    for (const [db, delay] of [[many, '0.5'], [many, '0'], [small, '0'], [many, '0.05']] as const) {
+      const psqlCmd = path.join(dir, `failing-create-${delay}.sh`);
+      await fsp.writeFile(
+        psqlCmd,
+        `#!/bin/bash\nexec '${path.join(pg.binDir, 'psql')}' "$@" < <(while IFS= read -r line || [ -n "$line" ]; do\n  case "$line" in *'CREATE DATABASE'*) sleep ${delay}; line='SELECT 1/0;';; esac\n  printf '%s\\n' "$line"\ndone)\n`,
+        { mode: 0o755 },
+      );
+      const target = uniqueDbName('toc_gate_fail');
+      f.dropAtEnd(target);
+      const r = await f.run(['restore', '--from', f.path('repo'), '--db', db, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd]);
+      const what = `${db === many ? 'many' : 'small'}, ${delay} s: ${r.stderr.slice(-800)}`;
+      expect(r.code, what).toBe(3);
+      expect(errorLine(r.stderr), what).toMatch(/^create database "toc_gate_fail[^"]*__restoring_[0-9a-f]{8}".*division by zero/);
+      expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
+      const ps = await execa('ps', ['-eo', 'args'], { reject: false });
+      expect(ps.stdout, what).not.toContain(`${target}__restoring_`);
+    }
+    // A wrapper that pipes into psql (`filter | psql`): the filter reads on after psql stopped at
+    // the error, so the wrapper ends only with its input. Each statement has a psql of its own
+    // (and its input ended), not a session kept open: the run does not wait for ever.
+    const piped = path.join(dir, 'piped-failing-create.sh');
+    await fsp.writeFile(piped, `#!/bin/bash\nsed -u 's/CREATE DATABASE.*/SELECT 1\\/0;/' | '${path.join(pg.binDir, 'psql')}' "$@"\n`, { mode: 0o755 });
+    {
+      const target = uniqueDbName('toc_gate_fail');
+      f.dropAtEnd(target);
+      const r = await f.run(['--timeout', '2m', 'restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', target, '--psql-command', piped]);
+      const what = `piped wrapper: ${r.stderr.slice(-800)}`;
+      expect(r.code, what).toBe(3);
+      expect(errorLine(r.stderr), what).toMatch(/^create database "toc_gate_fail[^"]*__restoring_[0-9a-f]{8}".*division by zero/);
+      expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
+      const ps = await execa('ps', ['-eo', 'args'], { reject: false });
+      expect(ps.stdout, what).not.toContain(`${target}__restoring_`);
+    }
+  });
+
+  it('stopped by SIGTERM while pg_restore waits for the scratch database (before CREATE DATABASE is sent, while it runs, just after): exit 143, nothing left, no process left', { timeout: 300_000 }, async () => {
+    const dir = f.path('toc-gate-stop');
+    await fsp.mkdir(dir, { recursive: true });
+    const seen = path.join(dir, 'create-seen');
+    // The filter notes when the CREATE DATABASE line reaches it, holds it 0.4 s, then passes it on.
+    const psqlCmd = path.join(dir, 'slow-create.sh');
     await fsp.writeFile(
       psqlCmd,
-      `#!/bin/bash\nexec '${path.join(pg.binDir, 'psql')}' "$@" < <(while IFS= read -r line || [ -n "$line" ]; do\n  case "$line" in *'CREATE DATABASE'*) sleep 0.5; line='SELECT 1/0;';; esac\n  printf '%s\\n' "$line"\ndone)\n`,
+      `#!/bin/bash\nexec '${path.join(pg.binDir, 'psql')}' "$@" < <(while IFS= read -r line || [ -n "$line" ]; do\n  case "$line" in *'CREATE DATABASE'*) touch '${seen}'; sleep 0.4;; esac\n  printf '%s\\n' "$line"\ndone)\n`,
       { mode: 0o755 },
     );
-    const target = uniqueDbName('toc_gate_fail');
-    f.dropAtEnd(target);
-    const r = await f.run(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd]);
-    expect(r.code, r.stderr).toBe(3);
-    expect(errorLine(r.stderr)).toMatch(/^create database "toc_gate_fail[^"]*__restoring_[0-9a-f]{8}".*division by zero/);
-    expect((await listDatabases(pg)).filter((d) => d.startsWith(target))).toEqual([]);
-    const ps = await execa('ps', ['-eo', 'args'], { reject: false });
-    expect(ps.stdout).not.toContain(`${target}__restoring_`);
+    const { startCoffer } = await import('../harness/cli.js');
+    // Milliseconds after the line was seen: held back; about to be sent; CREATE under way; done or nearly.
+    for (const after of [0, 350, 430, 520, 700]) {
+      await fsp.rm(seen, { force: true });
+      const target = uniqueDbName('toc_gate_stop');
+      f.dropAtEnd(target);
+      const child = startCoffer(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd], { env: f.env(), forceKillAfterMs: 60_000 });
+      const until = Date.now() + 60_000;
+      while (!(await fsp.stat(seen).catch(() => undefined)) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      await new Promise((r) => setTimeout(r, after));
+      process.kill(child.pid!, 'SIGTERM');
+      const r = await child;
+      const what = `SIGTERM ${after} ms after CREATE DATABASE reached the filter: ${String(r.stderr).slice(-800)}`;
+      if (r.exitCode === 0) {
+        // Only when the stop came after the rename (not at these points with 400 tables): a complete restore.
+        expect(await pg.psql("SELECT count(*) FROM pg_class WHERE relname = 'aardvark'", target), what).toBe('1');
+      } else {
+        expect(r.exitCode, what).toBe(143);
+        expect(errorLine(String(r.stderr)), what).toMatch(/stopped by SIGTERM/);
+        expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
+      }
+      expect((await listDatabases(pg)).filter((d) => d.startsWith(`${target}__restoring_`)), what).toEqual([]);
+      const ps = await execa('ps', ['-eo', 'args'], { reject: false });
+      expect(ps.stdout, what).not.toContain(`${target}__restoring_`);
+    }
   });
 
   it('count the rows of the summary in the archive (no scan of the restored tables); the server counts them after --sanitize, or when the archive\'s data is compressed', async () => {
