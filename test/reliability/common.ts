@@ -137,11 +137,27 @@ export interface TargetBaseline {
 const sha256 = (b: Uint8Array): string => createHash('sha256').update(b).digest('hex');
 
 async function objectSha256(f: TestFixture, key: string): Promise<string | undefined> {
+  // A missing object is undefined; any other failure (a loaded machine's timeout) is tried again,
+  // then thrown: a download that failed is not a deleted object.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
+      return sha256(await out.Body!.transformToByteArray());
+    } catch (err) {
+      const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+      if (e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404) return undefined;
+      if (attempt >= 3) throw new Error(`could not be read (${e.name ?? 'error'}: ${(err as Error).message})`);
+      await new Promise((r) => setTimeout(r, 1000 * attempt));
+    }
+  }
+}
+
+/** {@link objectSha256}, with a read failure as the problem's text. */
+async function objectState(f: TestFixture, key: string): Promise<string | undefined | { error: string }> {
   try {
-    const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: key }));
-    return sha256(await out.Body!.transformToByteArray());
-  } catch {
-    return undefined;
+    return await objectSha256(f, key);
+  } catch (err) {
+    return { error: (err as Error).message };
   }
 }
 
@@ -224,11 +240,13 @@ export async function dataLoss(f: TestFixture, pg: PgLike, opts: { repo?: RepoBa
     for (const b of r.backups) {
       const problems: string[] = [];
       if (!listed.includes(b.id)) problems.push('no longer listed');
-      const manifestNow = await objectSha256(f, b.manifestKey);
+      const manifestNow = await objectState(f, b.manifestKey);
       if (manifestNow === undefined) problems.push('manifest deleted');
+      else if (typeof manifestNow !== 'string') problems.push(`manifest ${manifestNow.error}`);
       else if (manifestNow !== b.manifestSha256) problems.push('manifest changed');
-      const dumpNow = await objectSha256(f, b.dumpKey);
+      const dumpNow = await objectState(f, b.dumpKey);
       if (dumpNow === undefined) problems.push('dump object deleted');
+      else if (typeof dumpNow !== 'string') problems.push(`dump object ${dumpNow.error}`);
       else if (dumpNow !== b.dumpSha256) problems.push('dump object changed');
       if (problems.length === 0) {
         const v = await runCoffer(['verify', '--from', repo, '--db', r.database, '--backup', b.id, '--identity', f.identityFile], { env: f.env() });
