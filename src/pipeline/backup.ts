@@ -120,7 +120,7 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
   if (req.signal.aborted) throw interruptedBy(req.signal);
   const sup = new Supervisor(req.signal);
   let earlier: BackupKeyEntry[] = [];
-  /** Objects of this run already stored (globals, dump, index): without a manifest they are no backup. */
+  /** Objects of this run the store accepted (globals, dump, index; {@link ObjectTarget.stored}): without a manifest they are no backup. */
   const written: string[] = [];
   /** The manifest was sent: {@link commitManifest} decides what stays. */
   let committing = false;
@@ -161,13 +161,10 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     req.log.info('backup started', { database: req.database, id, tier, key: keys.dump, server: server.serverVersion, pg_dump: dumpVersion.major, partSize });
 
     // 3. Globals first (small), then the dump; the manifest last.
-    const target: ObjectTarget = { req, sup, partSize, retention, tags, encryptors };
+    const target: ObjectTarget = { req, sup, partSize, retention, tags, encryptors, stored: written };
     let globals: StoredObject | null = null;
     const dumpWarnings = new DumpWarnings((w) => req.log.warn(w, { database: req.database }));
-    if (req.globals) {
-      globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
-      written.push(keys.globals);
-    }
+    if (req.globals) globals = await streamObject(target, keys.globals, 'globals', () => startGlobalsDump(req, server, env, sup, dumpWarnings));
     let producer: Producer | undefined;
     const onDump = req.onDumpProgress && req.kind !== 'schema-only' ? (n: number) => req.onDumpProgress!(n, server.databaseSizeBytes) : undefined;
     // A large dump is carried by a worker thread between real pipes; they are made now (a
@@ -183,10 +180,8 @@ export async function runBackup(req: BackupRequest): Promise<BackupResult> {
     } finally {
       if (pipes) closePipes(pipes);
     }
-    written.push(keys.dump);
     warnings.push(...dumpWarnings.end());
     const index = await storeIndex(target, keys.index, id, dump, producer, warnings, req.log);
-    if (index) written.push(keys.index);
 
     if (sup.failed) throw sup.cause();
     const previousManifest = await previous;
@@ -737,6 +732,8 @@ export interface ObjectTarget {
   tags: Record<string, string>;
   /** Encryptors set up ahead (each a fresh file key and header), taken one per object before a new one is made. */
   encryptors?: Array<Promise<EncryptStream>>;
+  /** Keys of the objects the store has accepted, as soon as it has (also one whose check then fails). */
+  stored?: string[];
 }
 
 /**
@@ -806,6 +803,7 @@ export async function streamObject(t: ObjectTarget, key: string, what: string, s
       tags: t.tags,
       onProgress: req.onProgress,
     });
+    t.stored?.push(key);
     await childrenDone;
     if (size !== stored) throw new IntegrityError(`${what}: the store reports ${size} bytes but ${stored} were sent`);
     return { key, size, sha256: hash.digest('hex'), dumpBytes };
@@ -868,13 +866,25 @@ async function isListed(store: ObjectStore, key: string): Promise<boolean | unde
   }
 }
 
-/** Removes the objects of a failed run (best effort: the backup host may lack DeleteObject). */
+/** How long the removal of a failed run's objects may take in all (a store that stopped answering is often why the run failed). */
+const ORPHAN_REMOVAL_MS = 15_000;
+
+/**
+ * Removes the objects of a failed run (best effort: the backup host may lack DeleteObject, the
+ * store may not answer). At most {@link ORPHAN_REMOVAL_MS} in all: a stopped run must end.
+ */
 export async function removeOrphans(store: ObjectStore, log: Logger, keys: string[]): Promise<void> {
+  const deadline = Date.now() + ORPHAN_REMOVAL_MS;
   for (const k of keys) {
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await store.delete(k);
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error('out of time');
+      await Promise.race([store.delete(k), new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('out of time')), left)))]);
     } catch {
       log.warn('could not remove an object of the failed run (it has no manifest, so it is not a backup; lifecycle rules expire it)', { key: k });
+    } finally {
+      clearTimeout(timer);
     }
   }
 }
