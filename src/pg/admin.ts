@@ -65,8 +65,8 @@ export class PgAdmin {
     await s?.close();
   }
 
-  query(sql: string, what: string, database = this.maintenanceDb, signal?: AbortSignal): Promise<string> {
-    if (database === this.maintenanceDb && this.session && !this.session.ended && !signal?.aborted) return this.session.query(sql, what);
+  query(sql: string, what: string, database = this.maintenanceDb, signal?: AbortSignal, opts: { finishOnStop?: boolean } = {}): Promise<string> {
+    if (database === this.maintenanceDb && this.session && !this.session.ended && !signal?.aborted) return this.session.query(sql, what, opts);
     return psqlQuery(this.tools, this.conn, database, sql, { env: this.env, what, signal });
   }
 
@@ -77,7 +77,9 @@ export class PgAdmin {
 
   /** Creates `db` from template0, or with the given CREATE DATABASE statement. */
   async create(db: string, statement?: string): Promise<void> {
-    await this.query(statement ?? `CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`);
+    // Not stopped half-way by a stop signal (in a session or a psql of its own): a CREATE DATABASE
+    // whose psql was killed still commits on the server, perhaps after the run dropped its scratch.
+    await this.query(statement ?? `CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`, this.maintenanceDb, undefined, { finishOnStop: true });
   }
 
   /** The names of the server's roles. */

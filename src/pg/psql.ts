@@ -12,6 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DatabaseError } from '../errors.js';
+import { followAbort, interruptedBy } from '../run/abort.js';
 import { Supervisor, defaultChildError, type Child, type SpawnSpec } from '../run/supervisor.js';
 import { conninfoFor, explainLibpqError, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
 import { runChild, type PgTools } from './tools.js';
@@ -80,11 +81,17 @@ export class PsqlSession {
   private waiters: Array<() => void> = [];
   /** The end of the last {@link query} (they run one after the other). */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Statements in flight that a stop lets finish ({@link query}'s `finishOnStop`). */
+  private finishing = 0;
+  /** The run's stop, deferred while such a statement runs. */
+  private stopReason: { reason: unknown } | undefined;
   private constructor(
     private readonly sup: Supervisor,
     private readonly child: Child,
     /** What the statement being run does, for its error message ({@link query}). */
     private readonly current: { what: string },
+    /** Stops the session's psql (the run's stop signal, passed on by {@link stopped}). */
+    private readonly kill: AbortController,
   ) {
     child.stdout!.setEncoding('utf8');
     child.stdout!.on('data', (s: string) => {
@@ -108,17 +115,28 @@ export class PsqlSession {
 
   /** Starts the session; it owns its psql (a supervisor of one child, torn down by {@link close}). */
   static open(tools: Pick<PgTools, 'psql'>, target: PgTarget, opts: { what: string; signal: AbortSignal }): PsqlSession {
-    const sup = new Supervisor(opts.signal);
+    const kill = new AbortController();
+    const sup = new Supervisor(kill.signal);
     const current = { what: opts.what };
-    const child = sup.spawn({
+    // psql stops at the first error (ON_ERROR_STOP) or a failed connection. Its input ends then:
+    // a --psql-command wrapper such as `filter | psql` ends only once the filter's input does.
+    let errText = '';
+    const child: Child = sup.spawn({
       argv: psqlArgv(tools.psql, target, { rows: true, stopOnError: true }),
       stdin: 'pipe',
       env: libpqEnv(target.conn, target.env),
       what: opts.what,
       // A failed statement ends psql (ON_ERROR_STOP): the error names what that statement did.
       explain: (f) => defaultChildError({ ...f, what: current.what }),
+      onStderr: (b) => {
+        errText = (errText + b.toString('latin1')).slice(-4096);
+        if (PSQL_STOPPED.test(errText) && !child.stdin!.writableEnded) child.stdin!.end();
+      },
     });
-    return new PsqlSession(sup, child, current);
+    const session = new PsqlSession(sup, child, current, kill);
+    const unfollow = followAbort(opts.signal, () => session.stopped(opts.signal.reason));
+    child.done.then(unfollow, unfollow);
+    return session;
   }
 
   /**
@@ -126,10 +144,18 @@ export class PsqlSession {
    * {@link psqlQuery} does in a psql of its own; its failure ends the session. Calls run one
    * after the other.
    */
-  query(sql: string, what: string): Promise<string> {
+  query(sql: string, what: string, opts: { finishOnStop?: boolean } = {}): Promise<string> {
     const run = async (): Promise<string> => {
+      if (this.stopReason) throw interruptedBy(this.kill.signal.aborted ? this.kill.signal : AbortSignal.abort(this.stopReason.reason));
       this.current.what = what;
-      return this.ask(sql, `coffer:done:${randomBytes(8).toString('hex')}`);
+      if (!opts.finishOnStop) return this.ask(sql, `coffer:done:${randomBytes(8).toString('hex')}`);
+      this.finishing++;
+      try {
+        return await this.ask(sql, `coffer:done:${randomBytes(8).toString('hex')}`);
+      } finally {
+        this.finishing--;
+        this.applyStop();
+      }
     };
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);
@@ -154,15 +180,36 @@ export class PsqlSession {
     }
   }
 
+  /**
+   * The run was stopped: psql is stopped now, or, while a statement that must finish runs (a
+   * CREATE DATABASE: killed, its server session would still commit it, perhaps after the
+   * run's DROP of what it created), as soon as that statement has.
+   */
+  private stopped(reason: unknown): void {
+    this.stopReason ??= { reason };
+    this.applyStop();
+  }
+
+  private applyStop(): void {
+    if (this.finishing === 0 && this.stopReason && !this.kill.signal.aborted) this.kill.abort(this.stopReason.reason);
+  }
+
   /** Ends the session (end of input, then the teardown after at most 10 s). */
   async close(): Promise<void> {
-    this.child.stdin!.end();
+    if (!this.child.stdin!.writableEnded) this.child.stdin!.end();
     let t: NodeJS.Timeout | undefined;
     await Promise.race([this.child.done.catch(() => undefined), new Promise((r) => (t = setTimeout(r, 10_000)))]);
     clearTimeout(t);
     await this.sup.teardown();
   }
 }
+
+/**
+ * psql's own line for an error that stops it: `psql:<stdin>:3: ERROR:  …`, a FATAL, or
+ * `psql: error: connection … failed`. English (a server whose lc_messages translates the
+ * severity is not recognised: then only psql's exit ends the session, as without a wrapper).
+ */
+const PSQL_STOPPED = /(^|\n)psql:(?:<stdin>:\d+:)? (?:ERROR|FATAL|PANIC|error):/;
 
 /** What libpq and psql say when the connection was lost (an idle session ended by the server, a network drop). */
 const CONNECTION_LOST = /server closed the connection|connection to server was lost|terminating connection|SSL SYSCALL error|could not receive data from server|no connection to the server/i;

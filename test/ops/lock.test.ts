@@ -193,3 +193,17 @@ describe('--timeout', () => {
     expect((JSON.parse(next.stdout) as BackupManifest[])[0]!.database).toBe(s3f.db);
   });
 });
+
+describe('the advisory lock through a --psql-command wrapper that pipes into psql', () => {
+  it('a psql that stops at an error (here: the database does not exist) ends the wrapper: the run fails at once, naming the cause, and does not wait for ever', async () => {
+    // `filter | psql`: the filter reads on after psql has exited, so only the end of its input ends the wrapper.
+    const wrapper = f.path('piped-psql.sh');
+    await fsp.writeFile(wrapper, `#!/bin/bash\ncat | '${path.join(pg.binDir, 'psql')}' "$@"\n`, { mode: 0o755 });
+    const r = await runCoffer(['--timeout', '2m', 'backup', '--to', f.path('repo-piped'), '--db', 'no_such_db_piped', '--recipient', f.recipient, '--lock-dir', f.path('locks-piped'), '--psql-command', wrapper], { env: f.env() });
+    expect(r.code, r.stderr).toBe(3);
+    expect(errorLine(r.stderr)).toMatch(/no_such_db_piped.*does not exist/);
+    // The same wrapper works for a run that succeeds (the session ends with its input).
+    const ok = await runCoffer(['--timeout', '2m', 'backup', '--to', f.path('repo-piped'), '--db', f.db, '--recipient', f.recipient, '--lock-dir', f.path('locks-piped'), '--psql-command', wrapper], { env: f.env() });
+    expect(ok.code, ok.stderr).toBe(0);
+  });
+});

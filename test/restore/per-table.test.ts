@@ -178,6 +178,7 @@ describe('the checks and summary after a restore', () => {
       const child = startCoffer(['restore', '--from', f.path('repo'), '--db', many, '--identity', f.identityFile, '--target-db', target, '--psql-command', psqlCmd], { env: f.env(), forceKillAfterMs: 60_000 });
       const until = Date.now() + 60_000;
       while (!(await fsp.stat(seen).catch(() => undefined)) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      expect(await fsp.stat(seen).catch(() => undefined), 'CREATE DATABASE reached the filter').toBeDefined();
       await new Promise((r) => setTimeout(r, after));
       process.kill(child.pid!, 'SIGTERM');
       const r = await child;
@@ -194,6 +195,37 @@ describe('the checks and summary after a restore', () => {
       const ps = await execa('ps', ['-eo', 'args'], { reject: false });
       expect(ps.stdout, what).not.toContain(`${target}__restoring_`);
     }
+  });
+
+  it('stopped by SIGTERM at swept points around CREATE DATABASE in the shared psql session (no wrapper): exit 143, no scratch database left, ever', { timeout: 300_000 }, async () => {
+    const { startCoffer } = await import('../harness/cli.js');
+    // Every 30 ms from "backup opened" on: before the creation, while the server runs it (the
+    // session lets it finish, then the run drops it), and after it.
+    let during = 0;
+    for (let i = 0; i < 12; i++) {
+      const target = uniqueDbName('stop_create');
+      f.dropAtEnd(target);
+      const child = startCoffer(['restore', '--from', f.path('repo'), '--db', small, '--identity', f.identityFile, '--target-db', target], { env: f.env(), forceKillAfterMs: 60_000 });
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += String(d)));
+      const until = Date.now() + 60_000;
+      while (!stderr.includes('backup opened') && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
+      expect(stderr).toContain('backup opened');
+      await new Promise((r) => setTimeout(r, i * 30));
+      process.kill(child.pid!, 'SIGTERM');
+      const r = await child;
+      const what = `SIGTERM ${i * 30} ms after "backup opened": ${stderr.slice(-1000)}`;
+      const stopAt = stderr.indexOf('received SIGTERM');
+      const createdAt = stderr.indexOf('restoring into a scratch database');
+      if (stopAt >= 0 && createdAt > stopAt) during++;
+      if (r.exitCode === 0) expect(await pg.psql('SELECT count(*) FROM c', target), what).toBe('300');
+      else {
+        expect(r.exitCode, what).toBe(143);
+        expect((await listDatabases(pg)).filter((d) => d.startsWith(target)), what).toEqual([]);
+      }
+      expect((await listDatabases(pg)).filter((d) => d.startsWith(`${target}__restoring_`)), what).toEqual([]);
+    }
+    console.log(`stops that came while CREATE DATABASE ran: ${during} of 12`);
   });
 
   it('count the rows of the summary in the archive (no scan of the restored tables); the server counts them after --sanitize, or when the archive\'s data is compressed', async () => {
