@@ -183,11 +183,18 @@ export class PsqlSession {
   /**
    * The run was stopped: psql is stopped now, or, while a statement that must finish runs (a
    * CREATE DATABASE: killed, its server session would still commit it, perhaps after the
-   * run's DROP of what it created), as soon as that statement has.
+   * run's DROP of what it created), as soon as that statement has, or {@link STOP_GRACE_MS} later.
    */
   private stopped(reason: unknown): void {
     this.stopReason ??= { reason };
     this.applyStop();
+    if (this.kill.signal.aborted) return;
+    // A statement that does not come back (the server stopped answering) does not hold the stop.
+    const t = setTimeout(() => {
+      if (!this.kill.signal.aborted) this.kill.abort(reason);
+    }, STOP_GRACE_MS);
+    t.unref();
+    this.kill.signal.addEventListener('abort', () => clearTimeout(t), { once: true });
   }
 
   private applyStop(): void {
@@ -203,6 +210,9 @@ export class PsqlSession {
     await this.sup.teardown();
   }
 }
+
+/** How long a stop waits for a statement that must finish ({@link PsqlSession.query}'s `finishOnStop`). */
+const STOP_GRACE_MS = 10_000;
 
 /**
  * psql's own line for an error that stops it: `psql:<stdin>:3: ERROR:  …`, a FATAL, or
