@@ -344,6 +344,12 @@ export class ArchiveOffsetScanner {
         }
         if (i >= n || this.skip > 0) continue;
       }
+      if (this.state === S_E_DUMPID && this.pendLen === 0) {
+        // Hot path of a long table of contents: whole entries within this chunk, parsed at once.
+        let next: number;
+        while (this.state === S_E_DUMPID && (next = this.entryFast(chunk, i, n)) >= 0) i = next;
+        if (i >= n) continue;
+      }
       const need = this.need;
       if (this.pendLen === 0 && n - i >= need) {
         const at = this.pos;
@@ -476,6 +482,77 @@ export class ArchiveOffsetScanner {
     }
     for (let i = 0; i < this.tailLen; i++) out[n++] = this.tail[i]!;
     return out.subarray(0, n);
+  }
+
+  /**
+   * Reads one whole TOC entry at b[o..n) at once (state S_E_DUMPID), with the same outcome as
+   * the field-by-field path, and returns where it ends; -1 when the entry does not lie whole in
+   * the chunk or holds anything that path must judge (a bad id, length or offset flag, a string
+   * too long to capture): that path then reads the same bytes, and reports any problem.
+   */
+  private entryFast(b: Uint8Array, o: number, n: number): number {
+    const start = o;
+    // dumpId, hadDumper
+    if (o + 2 * INT_LEN > n) return -1;
+    const id = readInt(b, o);
+    if (!(id > 0)) return -1;
+    o += 2 * INT_LEN;
+    let tag = '';
+    let desc = '';
+    let defn = '';
+    let namespace = '';
+    let owner = '';
+    let hasCopy = false;
+    // tableoid, oid, tag, desc; section; defn, dropStmt, copyStmt, namespace, tablespace, tableam; [relkind]; owner, with-oids
+    for (let k = 0; k < 14; k++) {
+      if (k === 4 || (k === 11 && this.minor >= 16)) {
+        if (o + INT_LEN > n) return -1;
+        o += INT_LEN;
+        if (k === 4) continue;
+      }
+      if (k === 11) continue;
+      if (o + INT_LEN > n) return -1;
+      const len = readInt(b, o);
+      o += INT_LEN;
+      if (len === -1) continue;
+      if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
+      if (k === 2) tag = latin1(b, o, o + len);
+      else if (k === 3) desc = latin1(b, o, o + len);
+      else if (k === 5 && isDatabaseEntry(desc, tag)) defn = latin1(b, o, o + len);
+      else if (k === 7) hasCopy = len > 0;
+      else if (k === 8) namespace = latin1(b, o, o + len);
+      else if (k === 12) owner = latin1(b, o, o + len);
+      o += len;
+    }
+    // dependencies, until a NULL string
+    const deps: number[] = [];
+    for (;;) {
+      if (o + INT_LEN > n) return -1;
+      const len = readInt(b, o);
+      o += INT_LEN;
+      if (len === -1) break;
+      if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
+      const dep = Number(latin1(b, o, o + len));
+      if (Number.isInteger(dep) && dep > 0) deps.push(dep);
+      o += len;
+    }
+    // the data offset
+    if (o + OFFSET_FIELD_LEN > n) return -1;
+    const state = b[o]!;
+    if (state !== K_OFFSET_POS_NOT_SET && state !== K_OFFSET_POS_SET && state !== K_OFFSET_NO_DATA) return -1;
+    const lo = b[o + 1]! + b[o + 2]! * 0x100 + b[o + 3]! * 0x10000 + b[o + 4]! * 0x1000000;
+    const hi = b[o + 5]! + b[o + 6]! * 0x100 + b[o + 7]! * 0x10000 + b[o + 8]! * 0x1000000;
+    if (hi >= 0x200000) return -1;
+    const field = this.pos + (o - start);
+    o += OFFSET_FIELD_LEN;
+    this.pos += o - start;
+    this.dumpId = id;
+    this.toc.push({ dumpId: id, field, state, offset: hi * 0x100000000 + lo });
+    if (isDatabaseEntry(desc, tag)) this.dbEntries.push({ dumpId: id, desc, tag, defn, owner });
+    this.allEntries.push({ dumpId: id, desc, tag, namespace, owner, deps, dataState: state });
+    if (hasCopy) this.copyIds.add(id);
+    this.startEntry();
+    return o;
   }
 
   private field(b: Uint8Array, o: number, at: number): void {

@@ -162,7 +162,8 @@ describe('archive data offsets', () => {
     expect(layout.rows.get(copies.find((e) => e.tag === 'odd_values')!.dumpId)).toBe(5000);
     expect(layout.rows.get(copies.find((e) => e.tag === 'ends_odd')!.dumpId)).toBe(1);
     expect(layout.rows.get(copies.find((e) => e.tag === 'empty_table')!.dumpId)).toBe(0);
-    // The same entries, database entries, blocks and rows whatever the pieces.
+    // The same entries, database entries, blocks and rows whatever the pieces (whole entries are
+    // read at once when a piece holds them, field by field otherwise).
     let seed = 11;
     const rand = (max: number) => () => (seed = (seed * 1103515245 + 12345) % 2147483648) % max;
     for (const sizes of [() => 1, rand(7), rand(300), rand(5000), rand(70000)]) {
