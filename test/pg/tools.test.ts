@@ -66,7 +66,7 @@ describe('splitCommand', () => {
 
 describe('resolvePgTools', () => {
   it('takes the programs from PATH by default, from --pg-bin when given, and command prefixes over both', async () => {
-    expect(resolvePgTools()).toEqual({ pgDump: ['pg_dump'], pgDumpWrapped: false, pgDumpall: ['pg_dumpall'], pgRestore: ['pg_restore'], psql: ['psql'] });
+    expect(resolvePgTools()).toEqual({ pgDump: ['pg_dump'], pgDumpWrapped: false, pgDumpall: ['pg_dumpall'], pgRestore: ['pg_restore'], psql: ['psql'], psqlWrapped: false });
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'coffer-pgbin-'));
     try {
       for (const n of ['pg_dump', 'pg_dumpall', 'pg_restore', 'psql']) await fsp.writeFile(path.join(dir, n), '');
@@ -74,6 +74,9 @@ describe('resolvePgTools', () => {
       expect(tools.pgDump).toEqual(['docker', 'exec', '-i', 'db 1', 'pg_dump']);
       // Through a wrapper, the backup reads the whole compressed stream back.
       expect(tools.pgDumpWrapped).toBe(true);
+      expect(tools.psqlWrapped).toBe(false);
+      // A psql wrapper: a psql per statement, no session kept open (src/pg/admin.ts).
+      expect(resolvePgTools({ binDir: dir, psqlCommand: 'docker compose exec -T db psql' })).toMatchObject({ psql: ['docker', 'compose', 'exec', '-T', 'db', 'psql'], psqlWrapped: true });
       expect(tools.pgRestore).toEqual([path.join(dir, 'pg_restore')]);
       await fsp.rm(path.join(dir, 'psql'));
       expect(() => resolvePgTools({ binDir: dir })).toThrow(`--pg-bin ${dir}: psql not found there`);
