@@ -18,7 +18,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { generateIdentity } from '../../src/crypto/age.js';
 import { scanArchiveFile } from '../../src/pg/archive-offsets.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
-import { errorLine } from '../harness/cli.js';
+import { drillNames, errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { createDatabase, dataFingerprint, databaseExists, dropDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
 
@@ -297,7 +297,8 @@ describe('verify, restore and drill prove the archive is whole', () => {
     const d = await f.run(['drill', '--from', repo, '--identity', f.identityFile]);
     expect(d.code, d.stderr).toBe(5);
     expect(JSON.parse(d.stdout)).toMatchObject({ ok: false });
-    expect((await listDatabases(pg)).filter((x) => x.startsWith('coffer_drill_'))).toEqual([]);
+    const drills = drillNames(d.stderr);
+    expect((await listDatabases(pg)).filter((x) => drills.some((n) => x.startsWith(n)))).toEqual([]);
   }
 
   describe('a manifest that disagrees with its object', () => {

@@ -84,6 +84,14 @@ export async function runCoffer(args: string[], opts: { env: Record<string, stri
   return { code: r.exitCode ?? -1, stdout: String(r.stdout), stderr: String(r.stderr) };
 }
 
+/**
+ * The databases a `coffer drill` run made, by the name its log gives ('backup opened', before it
+ * makes any). Other test files share the cluster and may run drills at the same time.
+ */
+export function drillNames(stderr: string): string[] {
+  return [...new Set(stderr.match(/coffer_drill_[0-9a-f]{8}/g) ?? [])];
+}
+
 /** The `msg` of coffer's last JSON log line at level error (the one-line cause). */
 export function errorLine(stderr: string): string {
   const lines = stderr.trim().split('\n').filter(Boolean);

@@ -6,7 +6,7 @@ import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand } from '@aws
 import { beforeAll, describe, expect, it } from 'vitest';
 import { createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
 import { createTestBucket } from '../harness/rgw.js';
-import { baseEnv, errorLine, runCoffer, s3Env } from '../harness/cli.js';
+import { baseEnv, drillNames, errorLine, runCoffer, s3Env } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { generateIdentity } from '../../src/crypto/age.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
@@ -193,8 +193,12 @@ describe('verify and drill', () => {
     expect(results[0]!.tables).toBeGreaterThan(5);
 
     const resultFile = f.path('drill.json');
-    // Other test files share the cluster: look only at what a drill creates.
-    const drillLeft = async (): Promise<string[]> => (await listDatabases(pg)).filter((d) => d.startsWith('coffer_drill_'));
+    // Other test files share the cluster (and run drills too): look only at what this drill made.
+    const drillLeft = async (stderr: string): Promise<string[]> => {
+      const names = drillNames(stderr);
+      expect(names.length, stderr).toBe(1);
+      return (await listDatabases(pg)).filter((d) => names.some((n) => d.startsWith(n)));
+    };
     const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile, '--smoke', 'SELECT 1', '--result-file', resultFile]);
     expect(d.code, d.stderr).toBe(0);
     const rec = JSON.parse(await fsp.readFile(resultFile, 'utf8')) as { ok: boolean; tables: number; rows: unknown[]; backupId: string };
@@ -202,12 +206,12 @@ describe('verify and drill', () => {
     expect(rec.backupId).toBe(manifest.id);
     expect(rec.tables).toBeGreaterThan(5);
     expect(rec.rows.length).toBeGreaterThan(0);
-    expect(await drillLeft()).toEqual([]);
+    expect(await drillLeft(d.stderr)).toEqual([]);
 
     const bad = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile, '--smoke', 'SELECT * FROM missing_table']);
     expect(bad.code).toBe(3);
     expect((JSON.parse(bad.stdout) as { ok: boolean }).ok).toBe(false);
-    expect(await drillLeft()).toEqual([]);
+    expect(await drillLeft(bad.stderr)).toEqual([]);
   });
 });
 
