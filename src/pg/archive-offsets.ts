@@ -177,6 +177,46 @@ function latin1(b: Uint8Array, start: number, end: number): string {
   return (Buffer.isBuffer(b) ? b : Buffer.from(b.buffer, b.byteOffset, b.byteLength)).toString('latin1', start, end);
 }
 
+/**
+ * A dependency's dump id, as `Number()` reads its text: its digits without a string made of
+ * them (thousands of entries each have one or more); anything but plain digits goes through `Number()`.
+ */
+function decimal(b: Uint8Array, start: number, len: number): number {
+  if (len === 0 || len > 15) return Number(latin1(b, start, start + len));
+  let v = 0;
+  for (let i = start; i < start + len; i++) {
+    const c = b[i]! - 0x30;
+    if (c < 0 || c > 9) return Number(latin1(b, start, start + len));
+    v = v * 10 + c;
+  }
+  return v;
+}
+
+/**
+ * The latin1 text of a short field that repeats from entry to entry (desc, namespace, owner):
+ * the same string as last time when the bytes are the same, so a table of contents of
+ * thousands of entries does not make (and the collector then move) thousands of copies of "public".
+ */
+class RecentText {
+  private readonly bytes = new Uint8Array(64);
+  private len = -1;
+  private value = '';
+
+  text(b: Uint8Array, start: number, len: number): string {
+    if (len === this.len) {
+      let i = 0;
+      while (i < len && b[start + i] === this.bytes[i]) i++;
+      if (i === len) return this.value;
+    }
+    this.value = latin1(b, start, start + len);
+    if (len <= this.bytes.length) {
+      this.bytes.set(b.subarray(start, start + len));
+      this.len = len;
+    } else this.len = -1;
+    return this.value;
+  }
+}
+
 /** Longest tag/desc/owner/defn string kept for a database entry; longer ones are not captured. */
 const MAX_CAPTURE = 4 * 1024 * 1024;
 
@@ -237,6 +277,8 @@ export class ArchiveOffsetScanner {
   private lastPieceEnd = 0;
   private readonly tail = new Uint8Array(TAIL);
   private tailLen = 0;
+  /** What {@link lastBytes} returns (not {@link tail}, which it reads). */
+  private readonly scratch = new Uint8Array(TAIL);
   private blockBytes = 0;
   private readonly countRows: boolean;
 
@@ -253,6 +295,8 @@ export class ArchiveOffsetScanner {
   private readonly allEntries: ArchiveTocEntry[] = [];
   private readonly headStrings: string[] = [];
   private tocEnd = -1;
+  /** The last desc, namespace and owner read by {@link entryFast}: most entries repeat them, and get the same string. */
+  private readonly recent = { desc: new RecentText(), namespace: new RecentText(), owner: new RecentText() };
 
   /** Every TOC entry, in TOC order (complete once {@link tocComplete}). */
   entries(): ArchiveTocEntry[] {
@@ -472,9 +516,9 @@ export class ArchiveOffsetScanner {
     for (let i = start; i < end; i++) this.tail[this.tailLen++] = b[i]!;
   }
 
-  /** The last (up to TAIL) bytes of the COPY data counted so far. */
+  /** The last (up to TAIL) bytes of the COPY data counted so far, in a buffer reused by the next call (read them at once). */
   private lastBytes(): Uint8Array {
-    const out = new Uint8Array(TAIL);
+    const out = this.scratch;
     let n = 0;
     if (this.lastPiece) {
       const from = Math.max(0, this.lastPieceEnd - (TAIL - this.tailLen));
@@ -517,11 +561,11 @@ export class ArchiveOffsetScanner {
       if (len === -1) continue;
       if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
       if (k === 2) tag = latin1(b, o, o + len);
-      else if (k === 3) desc = latin1(b, o, o + len);
+      else if (k === 3) desc = this.recent.desc.text(b, o, len);
       else if (k === 5 && isDatabaseEntry(desc, tag)) defn = latin1(b, o, o + len);
       else if (k === 7) hasCopy = len > 0;
-      else if (k === 8) namespace = latin1(b, o, o + len);
-      else if (k === 12) owner = latin1(b, o, o + len);
+      else if (k === 8) namespace = this.recent.namespace.text(b, o, len);
+      else if (k === 12) owner = this.recent.owner.text(b, o, len);
       o += len;
     }
     // dependencies, until a NULL string
@@ -532,7 +576,7 @@ export class ArchiveOffsetScanner {
       o += INT_LEN;
       if (len === -1) break;
       if (!(len >= 0 && len <= MAX_CAPTURE) || o + len > n) return -1;
-      const dep = Number(latin1(b, o, o + len));
+      const dep = decimal(b, o, len);
       if (Number.isInteger(dep) && dep > 0) deps.push(dep);
       o += len;
     }
