@@ -116,7 +116,22 @@ export class PgAdmin {
     // Synchronous whatever the server's default: the restore into the scratch database committed
     // asynchronously ({@link scratchLoadTarget}), and this commit's WAL flush makes all of it
     // durable before the restore is reported done.
-    const lines = ['SET synchronous_commit = on;', 'BEGIN;'];
+    // The checks' psql has just disconnected from the scratch database, but its server process
+    // may not have exited yet: RENAME would then sleep 100 ms before it looks again (PostgreSQL's
+    // CountOtherDBBackends). Waiting for it here, 5 ms at a time (at most 2 s: after that RENAME
+    // waits, and fails, as it would have), saves that sleep.
+    const s = quoteLiteral(scratch);
+    const lines = [
+      `DO $coffer$ BEGIN
+         FOR i IN 1..400 LOOP
+           PERFORM pg_stat_clear_snapshot();
+           EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${s} AND pid <> pg_backend_pid());
+           PERFORM pg_sleep(0.005);
+         END LOOP;
+       END $coffer$;`,
+      'SET synchronous_commit = on;',
+      'BEGIN;',
+    ];
     if (asideName) lines.push(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(asideName)};`);
     lines.push(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)};`, 'COMMIT;');
     const what = `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`;
