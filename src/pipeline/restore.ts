@@ -8,7 +8,7 @@ import { DatabaseError, IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
-import { describeLocale } from '../pg/database-props.js';
+import { describeLocale, type DatabaseDefinition } from '../pg/database-props.js';
 import { inspectRestored, smokeQuery, tableKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, type RestoreFlags } from '../pg/pg-restore.js';
 import { PreparedPsql, psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
@@ -133,6 +133,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   /** psql started ahead: the checks' (connected to the scratch database), the rename's. */
   let inspector: PreparedPsql | undefined;
   const prepared: PreparedPsql[] = [];
+  /** What the checks need from the archive, read while pg_restore finishes (settled before the scratch database may be dropped). */
+  let preparing: Promise<CheckInputs> | undefined;
   let spool: Spool | undefined;
   let listDir: string | undefined;
   try {
@@ -230,22 +232,33 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       throwIfFailed(sup);
     }
 
-    // 4. The data. Once pg_restore has all of it, the psql of the checks connects, while pg_restore finishes.
-    const startInspector = (): void => {
-      inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
+    // 4. The data. Once pg_restore has all of it (the archive was read and checked whole), while
+    //    pg_restore finishes: the psql of the checks connects to the scratch database, the
+    //    rename's to the maintenance database (not with a --sanitize, which may take long), and
+    //    what the checks and the properties need is read from the archive.
+    let renamer: PreparedPsql | undefined;
+    const prepareChecks = async (): Promise<CheckInputs> => {
+      const definition = await databaseDefinition(req.source, opened, req.log);
+      const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
+      return { definition, properties, tables: await archiveTables(opened, selection), largest: await largestInArchive(opened, selection) };
     };
-    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, startInspector);
+    const onInputEnd = (): void => {
+      inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
+      if (req.sanitize === undefined) {
+        renamer = PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' });
+        prepared.push(renamer);
+      }
+      preparing = prepareChecks();
+      preparing.catch(() => undefined);
+    };
+    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd);
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
-    const definition = await databaseDefinition(req.source, opened, req.log);
 
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
     //    table statistics, then the swap.
-    const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
-    // The rename's psql connects during the checks (not during a --sanitize, which may take long).
-    const renamer = req.sanitize === undefined ? PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' }) : undefined;
-    if (renamer) prepared.push(renamer);
-    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, await archiveTables(opened, selection), selective, await largestInArchive(opened, selection), properties, env, sup.signal, inspector);
+    const { definition, properties, tables, largest } = await (preparing ?? prepareChecks());
+    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
@@ -282,10 +295,19 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     await admin.closeSession();
     // A CREATE DATABASE still running would otherwise finish after the DROP.
     await creating?.catch(() => undefined);
+    await preparing?.catch(() => undefined);
     if (scratch !== undefined) await dropScratch(admin, scratch, req.log);
     if (spool) await spool.remove();
     if (listDir) await fsp.rm(listDir, { recursive: true, force: true });
   }
+}
+
+/** What the checks and the database's properties need, read from the archive once it was read whole. */
+interface CheckInputs {
+  definition: DatabaseDefinition | undefined;
+  properties: Buffer | undefined;
+  tables: ArchiveTables | null;
+  largest: InspectRequest['largest'];
 }
 
 /** A refusal after the survey (the target exists, a version, a plain-SQL backup for a selection): reported before anything that failed meanwhile. */
