@@ -119,13 +119,14 @@ export class PgAdmin {
     // The checks' psql has just disconnected from the scratch database, but its server process
     // may not have exited yet: RENAME would then sleep 100 ms before it looks again (PostgreSQL's
     // CountOtherDBBackends). Waiting for it here, 5 ms at a time (at most 2 s: after that RENAME
-    // waits, and fails, as it would have), saves that sleep.
+    // waits, and fails, as it would have), saves that sleep. Not for an autovacuum worker, which
+    // RENAME ends itself.
     const s = quoteLiteral(scratch);
     const lines = [
       `DO $coffer$ BEGIN
          FOR i IN 1..400 LOOP
            PERFORM pg_stat_clear_snapshot();
-           EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${s} AND pid <> pg_backend_pid());
+           EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${s} AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker');
            PERFORM pg_sleep(0.005);
          END LOOP;
        END $coffer$;`,
