@@ -13,6 +13,11 @@ export function quoteLiteral(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
+/** A PL/pgSQL DO block, its body quoted as a string literal (a name in it cannot end a dollar quote). */
+function doBlock(body: string): string {
+  return `DO ${quoteLiteral(body)};`;
+}
+
 /** Cuts a name to at most `maxBytes` UTF-8 bytes without splitting a character. */
 export function truncateUtf8(s: string, maxBytes: number): string {
   let out = '';
@@ -98,41 +103,37 @@ export class PgAdmin {
    * target is renamed aside first (its sessions are ended: a rename needs it idle).
    */
   async swapIn(scratch: string, target: string, asideName?: string, prepared?: PreparedPsql): Promise<void> {
+    // The checks' psql has just disconnected from the scratch database, but its server process
+    // may not have exited yet: RENAME would then sleep 100 ms before it looks again (PostgreSQL's
+    // CountOtherDBBackends). Waiting for it here, 5 ms at a time, saves that sleep. At most 2 s,
+    // and a cancellation (statement_timeout) only ends the wait: RENAME then waits, and fails, as
+    // it would have. Not for an autovacuum worker, which RENAME ends itself.
+    const waitForScratch = doBlock(`BEGIN
+      FOR i IN 1..400 LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${quoteLiteral(scratch)} AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker');
+        PERFORM pg_sleep(0.005);
+      END LOOP;
+    EXCEPTION WHEN query_canceled THEN NULL;
+    END`);
     if (asideName) {
+      // The wait first: the target's sessions are ended right before it is renamed aside.
       const t = quoteLiteral(target);
       const others = `SELECT 1 FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid()`;
-      await this.query(
-        `DO $coffer$ BEGIN
-           PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid();
-           FOR i IN 1..100 LOOP
-             PERFORM pg_stat_clear_snapshot();
-             EXIT WHEN NOT EXISTS (${others});
-             PERFORM pg_sleep(0.1);
-           END LOOP;
-         END $coffer$;`,
-        `end the sessions of ${JSON.stringify(target)}`,
-      );
+      const endSessions = doBlock(`BEGIN
+        PERFORM pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid();
+        FOR i IN 1..100 LOOP
+          PERFORM pg_stat_clear_snapshot();
+          EXIT WHEN NOT EXISTS (${others});
+          PERFORM pg_sleep(0.1);
+        END LOOP;
+      END`);
+      await this.query(`${waitForScratch}\n${endSessions}`, `end the sessions of ${JSON.stringify(target)}`);
     }
     // Synchronous whatever the server's default: the restore into the scratch database committed
     // asynchronously ({@link scratchLoadTarget}), and this commit's WAL flush makes all of it
     // durable before the restore is reported done.
-    // The checks' psql has just disconnected from the scratch database, but its server process
-    // may not have exited yet: RENAME would then sleep 100 ms before it looks again (PostgreSQL's
-    // CountOtherDBBackends). Waiting for it here, 5 ms at a time (at most 2 s: after that RENAME
-    // waits, and fails, as it would have), saves that sleep. Not for an autovacuum worker, which
-    // RENAME ends itself.
-    const s = quoteLiteral(scratch);
-    const lines = [
-      `DO $coffer$ BEGIN
-         FOR i IN 1..400 LOOP
-           PERFORM pg_stat_clear_snapshot();
-           EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${s} AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker');
-           PERFORM pg_sleep(0.005);
-         END LOOP;
-       END $coffer$;`,
-      'SET synchronous_commit = on;',
-      'BEGIN;',
-    ];
+    const lines = [...(asideName ? [] : [waitForScratch]), 'SET synchronous_commit = on;', 'BEGIN;'];
     if (asideName) lines.push(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(asideName)};`);
     lines.push(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)};`, 'COMMIT;');
     const what = `rename ${JSON.stringify(scratch)} to ${JSON.stringify(target)}`;
