@@ -233,10 +233,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
 
     // 4. The data. Once pg_restore has all of it (the archive was read and checked whole), while
-    //    pg_restore finishes: the psql of the checks connects to the scratch database, the
-    //    rename's to the maintenance database (not with a --sanitize, which may take long), and
-    //    what the checks and the properties need is read from the archive.
-    let renamer: PreparedPsql | undefined;
+    //    pg_restore finishes: the psql of the checks connects to the scratch database, and what
+    //    the checks and the properties need is read from the archive.
     const prepareChecks = async (): Promise<CheckInputs> => {
       const definition = await databaseDefinition(req.source, opened, req.log);
       const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
@@ -244,10 +242,6 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     };
     const onInputEnd = (): void => {
       inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
-      if (req.sanitize === undefined) {
-        renamer = PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' });
-        prepared.push(renamer);
-      }
       preparing = prepareChecks();
       preparing.catch(() => undefined);
     };
@@ -256,7 +250,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     const archiveStats = opened.stats();
 
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
-    //    table statistics, then the swap.
+    //    table statistics, then the swap. The rename's psql connects during the checks (not
+    //    during a --sanitize, which may take long; nor during pg_restore, which may take hours).
+    const renamer = req.sanitize === undefined ? PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' }) : undefined;
+    if (renamer) prepared.push(renamer);
     const { definition, properties, tables, largest } = await (preparing ?? prepareChecks());
     const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
@@ -479,6 +476,9 @@ async function runChecks(
   const statsNow = req.sanitize === undefined;
   const together = properties !== undefined && req.sanitize === undefined && req.smoke.length === 0;
   const first = await inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal, inspector);
+  // With nothing to ask (plain SQL or no table, and --sanitize), the checks' psql was not used:
+  // it must leave the scratch database now, or RENAME finds it there.
+  await inspector?.cancel();
   if (entries.length > 0) {
     const missing = missingTables(entries, first.names);
     if (missing.length > 0) {

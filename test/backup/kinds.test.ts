@@ -3,6 +3,7 @@
  * backup unless `--kind` says otherwise; `drill` and `status` consider full backups only; tiers
  * are chosen among backups of the same kind; `list` shows the kind.
  */
+import * as fsp from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { errorLine } from '../harness/cli.js';
@@ -56,6 +57,35 @@ describe('kinds of backup in the catalog', () => {
     const bad = await f.run(['restore', '--from', repo, '--kind', 'everything', '--identity', f.identityFile, '--target-db', `${target}_x`]);
     expect(bad.code).toBe(2);
     expect(errorLine(bad.stderr)).toMatch(/--kind "everything": expected full, schema-only or data-only/);
+  });
+
+  it('a schema-only backup (plain SQL: nothing for the checks to ask) restores with --sanitize and --smoke', async () => {
+    // The checks' psql, connected to the scratch database ahead of time, had nothing to run: it
+    // stayed connected until the end, and RENAME failed ("being accessed by other users").
+    const repo = f.path('sanitize-plain');
+    const schemaOnly = await backup(repo, '--schema-only');
+    const mask = f.path('sanitize-plain.sql');
+    await fsp.writeFile(mask, "COMMENT ON TABLE vault_status IS 'sanitized';\n");
+    const target = uniqueDbName('kinds_san');
+    f.dropAtEnd(target);
+    const r = await f.run(['restore', '--from', repo, '--kind', 'schema-only', '--identity', f.identityFile, '--target-db', target, '--sanitize', mask, '--smoke', 'SELECT COUNT(*) FROM vault_status;', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(schemaOnly.id);
+    expect(JSON.parse(r.stdout).checks.sanitized).toBe(mask);
+    expect((await pg.psql("SELECT obj_description('vault_status'::regclass, 'pg_class')", target)).trim()).toBe('sanitized');
+    expect((await pg.psql(`SELECT count(*) FROM pg_database WHERE datname LIKE '${target}__restoring_%'`)).trim()).toBe('0');
+
+    // A target name that would end a $coffer$ dollar quote, with a quote in it: restored, then replaced (its sessions ended, renamed aside).
+    const odd = `${target}_$coffer$'x`;
+    f.dropAtEnd(odd);
+    for (const extra of [[], ['--replace']]) {
+      const o = await f.run(['restore', '--from', repo, '--kind', 'schema-only', '--identity', f.identityFile, '--target-db', odd, ...extra]);
+      expect(o.code, o.stderr).toBe(0);
+    }
+    const names = (await pg.psql(`SELECT datname FROM pg_database WHERE datname LIKE '${target}\\_$coffer$%' ORDER BY 1`)).trim().split('\n');
+    expect(names[0]).toBe(odd);
+    expect(names).toHaveLength(2);
+    f.dropAtEnd(names[1]!);
   });
 
   it('with only schema-only backups, latest finds no full backup and says how to choose one', async () => {
