@@ -107,11 +107,22 @@ export class PgAdmin {
     // may not have exited yet: RENAME would then sleep 100 ms before it looks again (PostgreSQL's
     // CountOtherDBBackends). Waiting for it here, 5 ms at a time, saves that sleep. At most 2 s,
     // and a cancellation (statement_timeout) only ends the wait: RENAME then waits, and fails, as
-    // it would have. Not for an autovacuum worker, which RENAME ends itself.
-    const waitForScratch = doBlock(`BEGIN
+    // it would have. An autovacuum worker (likely after a load of many tables) is ended here too,
+    // where the user may end it (a superuser): RENAME would end it itself, then sleep those 100 ms.
+    // Where the user may not, RENAME does as before. Sessions this user may not see (another
+    // user's: pg_stat_activity hides their backend_type) are not waited for either.
+    const onScratch = `FROM pg_stat_activity WHERE datname = ${quoteLiteral(scratch)} AND pid <> pg_backend_pid()`;
+    const waitForScratch = doBlock(`DECLARE may_end boolean := true;
+    BEGIN
       FOR i IN 1..400 LOOP
         PERFORM pg_stat_clear_snapshot();
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE datname = ${quoteLiteral(scratch)} AND pid <> pg_backend_pid() AND backend_type <> 'autovacuum worker');
+        EXIT WHEN NOT EXISTS (SELECT 1 ${onScratch} AND backend_type IS NOT NULL AND (may_end OR backend_type <> 'autovacuum worker'));
+        IF may_end THEN
+          BEGIN
+            PERFORM pg_terminate_backend(pid) ${onScratch} AND backend_type = 'autovacuum worker';
+          EXCEPTION WHEN insufficient_privilege THEN may_end := false;
+          END;
+        END IF;
         PERFORM pg_sleep(0.005);
       END LOOP;
     EXCEPTION WHEN query_canceled THEN NULL;
