@@ -264,6 +264,14 @@ export class PreparedPsql {
     return new PreparedPsql(sup, child, again, current, () => opts.signal?.aborted === true);
   }
 
+  /**
+   * Sends statements ahead of {@link run}, whose output nothing reads: they must print nothing
+   * (`\gset`). Their failure stops psql (ON_ERROR_STOP), which {@link run} then reports.
+   */
+  prime(sql: string): void {
+    if (!this.used) this.child.stdin!.write(sql);
+  }
+
   async run(sql: string | Buffer, what: string): Promise<string> {
     if (this.used) throw new Error(`internal: ${what}: a prepared psql runs once`);
     this.used = true;

@@ -9,7 +9,7 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
 import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
 import { describeLocale, type DatabaseDefinition } from '../pg/database-props.js';
-import { inspectRestored, smokeQuery, tableKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
+import { INSPECT_WARMUP, inspectRestored, smokeQuery, tableKey, tableOfKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
 import { explainRestoreError, spawnPgRestore, spawnPgRestoreJobs, type RestoreFlags } from '../pg/pg-restore.js';
 import { PreparedPsql, psqlQuery, runSqlFile, spawnPsqlScript } from '../pg/psql.js';
 import { dataBlockSizes, decodeArchiveText, decodeToc } from '../pg/archive-toc.js';
@@ -242,6 +242,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     };
     const onInputEnd = (): void => {
       inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
+      inspector.prime(INSPECT_WARMUP);
       preparing = prepareChecks();
       preparing.catch(() => undefined);
     };
@@ -252,10 +253,16 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     // 5. Checks on the scratch database (the TOC check, --sanitize, --smoke) and the summary's
     //    table statistics, then the swap. The rename's psql connects during the checks (not
     //    during a --sanitize, which may take long; nor during pg_restore, which may take hours).
-    const renamer = req.sanitize === undefined ? PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' }) : undefined;
-    if (renamer) prepared.push(renamer);
+    //    It is started once the first inspection was sent: starting a program holds node up for
+    //    ~10–25 ms, which the inspection's query then runs through.
+    let renamer: PreparedPsql | undefined;
+    const startRenamer = (): void => {
+      if (req.sanitize !== undefined) return;
+      renamer = PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' });
+      prepared.push(renamer);
+    };
     const { definition, properties, tables, largest } = await (preparing ?? prepareChecks());
-    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector);
+    const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector, startRenamer);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
     const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
@@ -467,6 +474,8 @@ async function runChecks(
   env: NodeJS.ProcessEnv,
   signal: AbortSignal,
   inspector: PreparedPsql | undefined,
+  /** Called once the first inspection was sent (its query runs meanwhile). */
+  whileInspecting: () => void,
 ): Promise<{ checks: RestoreChecks; stats: TableStats; propertiesApplied: boolean }> {
   const entries = tables?.keys ?? [];
   // A selection has fewer tables than the database had, by design.
@@ -475,15 +484,18 @@ async function runChecks(
   const target = { conn: req.conn, database: db, env };
   const statsNow = req.sanitize === undefined;
   const together = properties !== undefined && req.sanitize === undefined && req.smoke.length === 0;
-  const first = await inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal, inspector);
+  const inspecting = inspectRestored(req.tools, target, { names: entries.length > 0 && tables ? { encoding: tables.encoding } : false, stats: statsNow, largest, ...(together ? { then: { sql: properties, what: APPLY_PROPERTIES } } : {}) }, signal, inspector);
+  inspecting.catch(() => undefined);
+  whileInspecting();
+  const first = await inspecting;
   // With nothing to ask (plain SQL or no table, and --sanitize), the checks' psql was not used:
   // it must leave the scratch database now, or RENAME finds it there.
   await inspector?.cancel();
   if (entries.length > 0) {
     const missing = missingTables(entries, first.names);
     if (missing.length > 0) {
-      const [schema = '', table = ''] = missing[0]!.split('\u0000').map((s) => decodeArchiveText(s, tables!.encoding));
-      throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(`${schema}.${table}`)}`);
+      const { schema, table } = tableOfKey(missing[0]!);
+      throw new IntegrityError(`${missing.length} table(s) of the backup are missing after the restore, e.g. ${JSON.stringify(`${decodeArchiveText(schema, tables!.encoding)}.${decodeArchiveText(table, tables!.encoding)}`)}`);
     }
   }
   if (req.sanitize !== undefined) {
