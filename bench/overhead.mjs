@@ -131,6 +131,8 @@ async function main() {
   const restore = (db) => coffer(['restore', '--from', repo, '--db', 'many_tables', '--identity', keyFile, '--target-db', db, '--json'], env);
   const tables = { manual: [], coffer: [] };
   let seq = 0;
+  /** coffer's own phases (ms) per run, for the log: where a slow round spent its time. */
+  const phases = [];
   const one = async (which) => {
     const db = `r_${which}_${++seq}`;
     const r = which === 'manual' ? await manual(db) : await restore(db);
@@ -138,14 +140,16 @@ async function main() {
     if (n !== opts.tables) throw new Error(`${which} restore made ${n} tables, not ${opts.tables}`);
     await pg.psql(`DROP DATABASE ${db}`);
     await checkpoint();
+    if (which === 'coffer') phases.push(JSON.parse(r.stdout).phases);
     return r.seconds;
   };
+
   // One of each, not counted (warm cache).
   await one('manual');
   await one('coffer');
   for (let round = 0; round < opts.rounds; round++) {
     for (const which of round % 2 === 0 ? ['manual', 'coffer'] : ['coffer', 'manual']) tables[which].push(await one(which));
-    log(`many tables, round ${round + 1}: manual ${tables.manual.at(-1).toFixed(2)} s, coffer ${tables.coffer.at(-1).toFixed(2)} s`);
+    log(`many tables, round ${round + 1}: manual ${tables.manual.at(-1).toFixed(2)} s, coffer ${tables.coffer.at(-1).toFixed(2)} s (phases, ms: ${Object.entries(phases.at(-1) ?? {}).map(([k, v]) => `${k} ${v}`).join(', ')})`);
   }
 
   // --- report --------------------------------------------------------------------------------
