@@ -81,19 +81,19 @@ export function tableOfKey(key: string): { schema: string; table: string } {
 }
 
 /**
- * What a restore asks of the restored database, in one psql call with a fixed number of
- * catalog queries whatever the number of tables: their names (ordinary, partitioned and
- * foreign tables, hex-encoded bytes in the archive's encoding: a name with a tab, a newline or
- * a space reads back whole), how many the summary counts, and the row counts of the five
- * largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
- */
-/**
  * What {@link inspectRestored}'s queries read, read once ahead (while pg_restore finishes its
  * post-data): rows a load just committed are slow to read the first time (their visibility is
  * looked up and noted on the page), and a new session's catalog caches are empty. Prints nothing.
  */
 export const INSPECT_WARMUP = `SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e' \\gset coffer_warmup_\n`;
 
+/**
+ * What a restore asks of the restored database, in one psql call with a fixed number of
+ * catalog queries whatever the number of tables: their names (ordinary, partitioned and
+ * foreign tables, hex-encoded bytes in the archive's encoding: a name with a tab, a newline or
+ * a space reads back whole), how many the summary counts, and the row counts of the five
+ * largest. Rows come back tagged (`n`, `t`, `l`), tab-separated.
+ */
 export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTarget, want: InspectRequest, signal?: AbortSignal, prepared?: PreparedPsql): Promise<Inspection> {
   const sql: string[] = [];
   if (want.names) {
