@@ -42,8 +42,8 @@ export interface ArchivedName {
 export interface InspectRequest {
   /**
    * The tables' names, for the check against the archive's table of contents: converted by the
-   * server to the archive's encoding and returned as their bytes ({@link tableKey} of latin1
-   * strings, one character per byte), so they compare byte for byte with the archive's own.
+   * server to the archive's encoding and returned as the hex of their bytes ({@link tableKey}s),
+   * so they compare byte for byte with the archive's own.
    */
   names: { encoding: string } | false;
   /** The table count and the row counts of the largest tables. */
