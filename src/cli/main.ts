@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import './heap.js';
 // The AWS SDK warns on every start under Node 20 about its future Node 22 requirement: not
 // something a cron job's mail should carry. Set before the SDK is (lazily) loaded.
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
