@@ -58,7 +58,7 @@ describe('V8 heap settings of the CLI', () => {
     expect(withIt.bytes).toBe(4096 * 65534);
     expect(without.incremental).toBeGreaterThan(0);
     expect(withIt.incremental).toBe(0);
-    // Collections still happen: the old generation is collected whole, atomically, when needed.
+    // Garbage is still collected: scavenges, and the old generation whole and at once when it must be.
     expect(withIt.minor + withIt.major).toBeGreaterThan(0);
   }, 60_000);
 });
