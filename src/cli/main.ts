@@ -131,35 +131,11 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     if (timer) clearTimeout(timer);
     process.off('beforeExit', onDrained);
-    // The run is over and its outcome logged: a stop signal from now on must not kill the
-    // process (a restore whose swap committed would be reported as killed, 143). It is heard and
-    // ignored; the process exits with the run's code right after (exitWhenWritten). Installed
-    // before the run's own handlers go, so that no signal finds none (and its default action).
-    process.on('SIGINT', afterRun);
-    process.on('SIGTERM', afterRun);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     process.off('uncaughtException', onUncaught);
   }
   return exitCode;
-}
-
-/** A stop signal once the run is over: the process is exiting with the run's outcome already. */
-function afterRun(): void {}
-
-/**
- * Exits with the run's code as soon as stdout and stderr hold nothing unwritten, rather than
- * when the event loop drains: a drained loop first closes every handle, the stop signals' too,
- * and a SIGTERM during the ~60 ms of teardown that follow would kill a run that finished (a
- * restore whose swap committed, reported as killed). Everything else is closed by now; a stray
- * keep-alive socket does not hold a cron job open either way (2 s at most).
- */
-function exitWhenWritten(code: number): void {
-  const pending = [process.stdout, process.stderr].filter((s) => s.writableLength > 0);
-  let left = pending.length;
-  if (left === 0) process.exit(code);
-  for (const s of pending) s.once('drain', () => --left === 0 && process.exit(code));
-  setTimeout(() => process.exit(code), 2000).unref();
 }
 
 function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {
@@ -174,7 +150,8 @@ function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {
 main(process.argv).then(
   (code) => {
     process.exitCode = code;
-    exitWhenWritten(code);
+    // Everything is closed by now; a stray keep-alive socket must not hold a cron job open.
+    setTimeout(() => process.exit(code), 2000).unref();
   },
   (err: unknown) => {
     process.stderr.write(`coffer: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
