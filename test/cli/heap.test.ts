@@ -40,9 +40,17 @@ obs.disconnect();
 process.stdout.write(JSON.stringify({ bytes: n, ...kinds }));
 `;
 
-async function gcKinds(withHeapJs: boolean): Promise<{ bytes: number; incremental: number; major: number; minor: number }> {
+/** What {@link WORKLOAD} prints. */
+interface GcKinds {
+  bytes: number;
+  incremental: number;
+  major: number;
+  minor: number;
+}
+
+async function gcKinds(withHeapJs: boolean): Promise<GcKinds> {
   const r = await execa(process.execPath, ['--stress-incremental-marking', '--input-type=module', '-e', WORKLOAD], { env: withHeapJs ? { HEAP_JS: HEAP_JS } : {}, extendEnv: true });
-  return JSON.parse(r.stdout) as { bytes: number; incremental: number; major: number; minor: number };
+  return JSON.parse(r.stdout) as GcKinds;
 }
 
 describe('V8 heap settings of the CLI', () => {
