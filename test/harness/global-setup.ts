@@ -5,6 +5,8 @@ export interface RgwInfo {
   region: string;
   admin: { accessKeyId: string; secretAccessKey: string };
   users: Record<string, { accessKeyId: string; secretAccessKey: string }>;
+  /** The cluster's directory (ceph.conf), for radosgw-admin (see processLifecycle in rgw.ts). */
+  dir: string;
 }
 export interface PgInfo {
   host: string;
@@ -46,7 +48,7 @@ export async function setup(project: TestProject): Promise<void> {
   }
   const rgw = r.value;
   const pg = p.value;
-  project.provide('rgw', { endpoint: rgw.endpoint, region: rgw.region, admin: rgw.admin, users: rgw.users });
+  project.provide('rgw', { endpoint: rgw.endpoint, region: rgw.region, admin: rgw.admin, users: rgw.users, dir: rgw.dir });
   project.provide('pg', { host: pg.host, port: pg.port, user: pg.superuser, binDir: pg.binDir, dataDir: pg.dataDir });
 }
 
