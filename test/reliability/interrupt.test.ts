@@ -194,12 +194,14 @@ describe('coffer itself is stopped', () => {
     );
   });
 
-  it('SIGTERM once an object of the run is stored and before its manifest (the globals while the dump uploads; the dump while the archive index uploads): exit 143, no new object', { timeout: 480_000 }, async () => {
+  it('SIGTERM once an object of the run is stored and before its manifest (the globals while the dump uploads; the dump while the archive index uploads; the dump completed, its answer withheld): exit 143, no new object', { timeout: 480_000 }, async () => {
     const cases = [
       // --globals: the roles' object is stored first; stopped while the dump's parts never get an answer.
       { name: 'globals', args: [...ARGS, '--globals'], rules: [{ op: 'UploadPart' as const, times: Infinity, fault: { kind: 'stall' as const } }], stored: /\.globals\.sql\.age$/, when: (p: FaultProxy) => p.requests('UploadPart').length >= 1 },
       // The dump is stored whole (pzstd-compressed: the archive index is written); its index's upload never answers.
       { name: 'index', args: ['--part-size', '5MiB'], rules: [{ path: /\.index\.json\.age/, times: Infinity, fault: { kind: 'stall' as const } }], stored: /\.dump(\.zst)?\.age$/, when: (p: FaultProxy) => p.requests('PutObject').some((e) => e.path.includes('.index.json.age')) || p.requests('CreateMultipartUpload').some((e) => e.path.includes('.index.json.age')) },
+      // The dump's CompleteMultipartUpload reached the server, which completed the object; its answer is withheld.
+      { name: 'commit', args: ARGS, rules: [{ op: 'CompleteMultipartUpload' as const, path: /\.dump\.age$/, fault: { kind: 'lost-answer' as const, how: 'stall' as const } }], stored: /\.dump\.age$/, when: (p: FaultProxy) => p.fired(0) === 1 },
     ];
     const baselines: RepoBaseline[] = [];
     for (const c of cases) {
@@ -228,7 +230,7 @@ describe('coffer itself is stopped', () => {
         id: 'int-07b',
         area: 'interruption',
         fault: 'SIGTERM to coffer after an object of the run was stored, before its manifest',
-        injected: 'backup --globals: the dump\'s upload parts never answered (globals stored), kill -TERM; backup: the archive index upload never answered (dump stored), kill -TERM',
+        injected: 'backup --globals: the dump\'s upload parts never answered (globals stored), kill -TERM; backup: the archive index upload never answered (dump stored), kill -TERM; backup: the dump\'s CompleteMultipartUpload forwarded and its answer withheld (the server completed the object), kill -TERM',
         outcome: 'exit 143 "stopped by SIGTERM"; the run\'s stored objects removed, nothing new listed, no object or upload left; the next backup succeeded',
       },
       await measure(baselines),

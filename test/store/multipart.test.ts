@@ -8,6 +8,7 @@ import { Readable } from 'node:stream';
 import { HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { S3Store } from '../../src/store/s3/store.js';
+import { startFaultProxy, type S3Op } from '../harness/fault-proxy.js';
 import { createTestBucket, listMultipartUploads, s3ClientFor } from '../harness/rgw.js';
 
 const MiB = 1024 * 1024;
@@ -110,4 +111,37 @@ describe.concurrent('multipart upload at part boundaries', () => {
     expect(await store.head(key)).toBeUndefined();
     expect(await listMultipartUploads(admin, bucket, `mp/${key}`)).toEqual([]);
   });
+
+  // The request that makes the object (CompleteMultipartUpload, or the one PutObject of a small
+  // stream) reached the server, which stored the object, and its answer was withheld; then the
+  // run was stopped. A failed put must still leave nothing: the object it made is removed.
+  const cases: Array<{ name: string; op: S3Op; put: (s: S3Store, key: string, signal: AbortSignal) => Promise<unknown> }> = [
+    { name: 'putStream', op: 'CompleteMultipartUpload', put: (s, key, signal) => s.putStream(key, unevenStream(randomBytes(3 * PART + 77)), { signal, partSize: PART, queueSize: 2 }) },
+    { name: 'putStream', op: 'PutObject', put: (s, key, signal) => s.putStream(key, unevenStream(randomBytes(PART - 1)), { signal, partSize: PART, queueSize: 2 }) },
+    { name: 'putComposed', op: 'CompleteMultipartUpload', put: (s, key, signal) => s.putComposed(key, randomBytes(PART), { signal, source: { key: 'b/compose-source.bin', start: 1000, end: 2 * PART } }) },
+  ];
+  for (const c of cases) {
+    it(`${c.name}, aborted while its ${c.op} is in flight, after the server stored the object: nothing left`, async () => {
+      const key = `b/commit-${c.name}-${c.op}.bin`;
+      if (c.name === 'putComposed') await store.putBytes('b/compose-source.bin', randomBytes(2 * PART));
+      const proxy = await startFaultProxy(rgw.endpoint);
+      const viaProxy = new S3Store({ bucket, prefix: 'mp', endpoint: proxy.endpoint, region: rgw.region, credentials: rgw.admin });
+      try {
+        proxy.script([{ op: c.op, fault: { kind: 'lost-answer', how: 'stall' } }]);
+        const ac = new AbortController();
+        const put = c.put(viaProxy, key, ac.signal);
+        put.catch(() => undefined);
+        // The server has the object (its commit answered, the answer dropped by the proxy).
+        for (let i = 0; i < 600 && !(proxy.fired(0) === 1 && (await store.head(key)) !== undefined); i++) await new Promise((r) => setTimeout(r, 50));
+        expect(await store.head(key)).toMatchObject({ size: expect.any(Number) });
+        ac.abort();
+        await expect(put).rejects.toThrow(/aborted/);
+        expect(await store.head(key)).toBeUndefined();
+        expect(await listMultipartUploads(admin, bucket, `mp/${key}`)).toEqual([]);
+      } finally {
+        viaProxy.close();
+        await proxy.stop();
+      }
+    });
+  }
 });

@@ -1,5 +1,4 @@
 import {
-  AbortMultipartUploadCommand,
   CompleteMultipartUploadCommand,
   CreateMultipartUploadCommand,
   HeadObjectCommand,
@@ -10,8 +9,8 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { createHash } from 'node:crypto';
-import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
+import { abortUpload, removeIfCommitted } from './failed-put.js';
 
 /** S3's smallest part (every part of a multipart upload but the last). */
 export const MIN_PART = 5 * 1024 * 1024;
@@ -62,7 +61,8 @@ export function copySource(bucket: string, key: string): string {
  * Writes `head` followed by bytes `[start, end)` of an existing object as one new object, the
  * copied bytes never leaving the server: CreateMultipartUpload, UploadPart 1 (the head),
  * UploadPartCopy with CopySourceRange for the rest (up to 4 at a time), CompleteMultipartUpload.
- * Any failure aborts the multipart upload (nothing is left under `Key`).
+ * Any failure aborts the multipart upload, and removes the object if its completion may have
+ * reached the server (nothing is left under `Key`).
  *
  * @throws {RangeError} if a range follows a head shorter than {@link MIN_PART}.
  */
@@ -78,6 +78,7 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
   r.signal.addEventListener('abort', onAbort, { once: true });
   if (r.signal.aborted) onAbort();
   let done = 0;
+  let committing = false;
   const progress = (n: number): void => {
     done += n;
     r.onProgress?.(done);
@@ -128,23 +129,15 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
       throw failed.reason;
     }
     parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
+    committing = true;
     await r.client.send(new CompleteMultipartUploadCommand({ Bucket: r.Bucket, Key: r.Key, UploadId, MultipartUpload: { Parts: parts } }), { abortSignal: ac.signal });
     // The size the store holds (the caller compares it with what was composed).
     const stored = await r.client.send(new HeadObjectCommand({ Bucket: r.Bucket, Key: r.Key }), { abortSignal: ac.signal });
     return { size: Number(stored.ContentLength ?? -1) };
   } catch (err) {
     if (!ac.signal.aborted) ac.abort(err);
-    await pRetry(
-      async () => {
-        try {
-          await r.client.send(new AbortMultipartUploadCommand({ Bucket: r.Bucket, Key: r.Key, UploadId }), { abortSignal: AbortSignal.timeout(30_000) });
-        } catch (e) {
-          if ((e as { name?: string }).name === 'NoSuchUpload' || (e as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
-          throw e;
-        }
-      },
-      { retries: 4, minTimeout: 200, factor: 2 },
-    ).catch(() => undefined);
+    const aborted = await abortUpload(r.client, r.Bucket, r.Key, UploadId);
+    await removeIfCommitted(r.client, r.Bucket, r.Key, { committing, aborted, error: err });
     if (r.signal.aborted && !(err instanceof StorageError)) throw new StorageError('Aborted', `copy to s3://${r.Bucket}/${r.Key}: aborted`, { cause: err });
     throw err;
   } finally {

@@ -53,6 +53,8 @@ export class MultipartWriter extends Writable {
   uploadId: string | undefined;
   /** Settles (never rejects) when CreateMultipartUpload has answered, if it was sent. */
   creating: Promise<unknown> | undefined;
+  /** The request that makes the object (the one PutObject, or CompleteMultipartUpload) was sent: after a failure the object may exist. */
+  committing = false;
 
   readonly #o: MultipartOptions;
   /** Cancels our own requests in flight on failure, and follows the caller's signal. */
@@ -135,6 +137,7 @@ export class MultipartWriter extends Writable {
     if (this.#partNumber === 0) {
       // The whole stream fits in one part: a plain PutObject.
       const body = this.#cur ? this.#cur.subarray(0, this.#fill) : Buffer.alloc(0);
+      this.committing = true;
       await this.#o.client.send(
         new PutObjectCommand({ ...this.#o.objectParams, Bucket: this.#o.Bucket, Key: this.#o.Key, Body: body, ContentLength: body.length, ...this.#md5(body) }),
         { abortSignal: this.#ac.signal },
@@ -147,6 +150,7 @@ export class MultipartWriter extends Writable {
     if (this.#failure !== undefined) throw this.#failure;
     const UploadId = await this.#created!;
     this.#parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
+    this.committing = true;
     await this.#o.client.send(
       new CompleteMultipartUploadCommand({ Bucket: this.#o.Bucket, Key: this.#o.Key, UploadId, MultipartUpload: { Parts: this.#parts } }),
       { abortSignal: this.#ac.signal },

@@ -1,5 +1,4 @@
 import {
-  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadObjectCommand,
@@ -11,12 +10,12 @@ import {
 import { createHash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import pRetry from 'p-retry';
 import { StorageError } from '../../errors.js';
 import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { ComposeOptions, GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
 import { s3Error } from './errors.js';
+import { abortUpload, removeIfCommitted } from './failed-put.js';
 import { MultipartWriter } from './multipart.js';
 import { composeObject, MIN_PART } from './compose.js';
 
@@ -80,7 +79,8 @@ export class S3Store implements ObjectStore {
       if (!writer.closed) await new Promise((r) => writer.once('close', r));
       // Once CreateMultipartUpload has answered, an upload without an id cannot be aborted.
       await writer.creating;
-      if (writer.uploadId !== undefined) await this.abortMultipart(Key, writer.uploadId);
+      const aborted = writer.uploadId !== undefined && (await abortUpload(this.client, this.bucket, Key, writer.uploadId));
+      await removeIfCommitted(this.client, this.bucket, Key, { committing: writer.committing, aborted, error: writer.failure ?? err });
       // An error of the body (the producer: pg_dump, encryption…) is the real cause.
       const bodyErr = (body as unknown as { errored?: unknown }).errored ?? (writer.failure === undefined ? writer.errored : undefined);
       if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
@@ -90,27 +90,6 @@ export class S3Store implements ObjectStore {
     } finally {
       unfollow();
     }
-  }
-
-  /**
-   * Aborts the multipart upload of a failed put (after its parts in flight were cancelled and
-   * settled), with a fresh signal, tried up to 5 times (200 ms, then doubling, between tries). A
-   * failure here is dropped: it must not replace the original error, and the bucket's
-   * AbortIncompleteMultipartUpload rule is the last line of defence.
-   */
-  private async abortMultipart(Key: string, UploadId: string): Promise<void> {
-    await pRetry(
-      async () => {
-        try {
-          await this.client.send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key, UploadId }), { abortSignal: AbortSignal.timeout(30_000) });
-        } catch (err) {
-          // Already gone: done.
-          if ((err as { name?: string }).name === 'NoSuchUpload' || (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode === 404) return;
-          throw err;
-        }
-      },
-      { retries: 4, minTimeout: 200, factor: 2 },
-    ).catch(() => undefined);
   }
 
   readonly minComposeHead = MIN_PART;
@@ -252,3 +231,4 @@ function rangeHeader(options: GetOptions | undefined): { Range?: string } {
   if (options?.end !== undefined) return { Range: `bytes=${start}-${options.end - 1}` };
   return start > 0 ? { Range: `bytes=${start}-` } : {};
 }
+
