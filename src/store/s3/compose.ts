@@ -78,7 +78,9 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
   r.signal.addEventListener('abort', onAbort, { once: true });
   if (r.signal.aborted) onAbort();
   let done = 0;
+  /** CompleteMultipartUpload was sent (`committing`), and answered 200 (`completed`). */
   let committing = false;
+  let completed = false;
   const progress = (n: number): void => {
     done += n;
     r.onProgress?.(done);
@@ -131,13 +133,15 @@ export async function composeObject(r: ComposeRequest): Promise<{ size: number }
     parts.sort((a, b) => a.PartNumber! - b.PartNumber!);
     committing = true;
     await r.client.send(new CompleteMultipartUploadCommand({ Bucket: r.Bucket, Key: r.Key, UploadId, MultipartUpload: { Parts: parts } }), { abortSignal: ac.signal });
+    completed = true;
     // The size the store holds (the caller compares it with what was composed).
     const stored = await r.client.send(new HeadObjectCommand({ Bucket: r.Bucket, Key: r.Key }), { abortSignal: ac.signal });
     return { size: Number(stored.ContentLength ?? -1) };
   } catch (err) {
     if (!ac.signal.aborted) ac.abort(err);
     const aborted = await abortUpload(r.client, r.Bucket, r.Key, UploadId);
-    await removeIfCommitted(r.client, r.Bucket, r.Key, { committing, aborted, error: err });
+    // Completed, then the size check failed: the object exists whatever that failure was.
+    await removeIfCommitted(r.client, r.Bucket, r.Key, { committing, aborted, error: completed ? undefined : err });
     if (r.signal.aborted && !(err instanceof StorageError)) throw new StorageError('Aborted', `copy to s3://${r.Bucket}/${r.Key}: aborted`, { cause: err });
     throw err;
   } finally {

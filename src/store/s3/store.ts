@@ -231,4 +231,3 @@ function rangeHeader(options: GetOptions | undefined): { Range?: string } {
   if (options?.end !== undefined) return { Range: `bytes=${start}-${options.end - 1}` };
   return start > 0 ? { Range: `bytes=${start}-` } : {};
 }
-
