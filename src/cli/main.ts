@@ -131,11 +131,32 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     if (timer) clearTimeout(timer);
     process.off('beforeExit', onDrained);
+    // The run is over and its outcome logged: a stop signal from now on must not kill the
+    // process (a restore whose swap committed would be reported as killed, 143). It is heard and
+    // ignored; the process exits with the run's code right after (exitWhenIdle). Installed
+    // before the run's own handlers go, so that no signal finds none (and its default action).
+    process.on('SIGINT', afterRun);
+    process.on('SIGTERM', afterRun);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     process.off('uncaughtException', onUncaught);
   }
   return exitCode;
+}
+
+/** A stop signal once the run is over: the process is exiting with the run's outcome already. */
+function afterRun(): void {}
+
+/**
+ * Exits with the run's code once the event loop has nothing left to do (the run's last file
+ * operations done, its children exited), before node's own teardown: that teardown first closes
+ * every handle, the stop signals' too, and a SIGTERM during its ~60 ms would kill a run that had
+ * finished (a restore whose swap committed, reported as killed). `process.exit` keeps the signal
+ * handlers to the end. A stray keep-alive socket does not hold a cron job open (2 s at most).
+ */
+function exitWhenIdle(code: number): void {
+  process.once('beforeExit', () => process.exit(code));
+  setTimeout(() => process.exit(code), 2000).unref();
 }
 
 function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {
@@ -150,8 +171,7 @@ function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {
 main(process.argv).then(
   (code) => {
     process.exitCode = code;
-    // Everything is closed by now; a stray keep-alive socket must not hold a cron job open.
-    setTimeout(() => process.exit(code), 2000).unref();
+    exitWhenIdle(code);
   },
   (err: unknown) => {
     process.stderr.write(`coffer: unexpected error: ${err instanceof Error ? err.message : String(err)}\n`);
