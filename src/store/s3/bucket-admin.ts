@@ -12,7 +12,7 @@ import { StorageError } from '../../errors.js';
 import type { BucketAdmin, BucketObjectLock } from '../bucket-admin.js';
 import type { ObjectRetention } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
-import { s3Error } from './errors.js';
+import { httpStatus, s3Error } from './errors.js';
 
 type ObjectLockMode = ObjectRetention['mode'];
 
@@ -57,9 +57,6 @@ export class S3BucketAdmin implements BucketAdmin {
   }
 }
 
-function status(err: unknown): number | undefined {
-  return (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-}
 function errName(err: unknown): string {
   return (err as { name?: string; Code?: string }).name ?? (err as { Code?: string }).Code ?? '';
 }
@@ -70,7 +67,7 @@ async function bucketExists(client: S3Client, bucket: string, signal?: AbortSign
     await client.send(new HeadBucketCommand({ Bucket: bucket }), { abortSignal: signal });
     return true;
   } catch (err) {
-    if (status(err) === 404 || errName(err) === 'NotFound' || errName(err) === 'NoSuchBucket') return false;
+    if (httpStatus(err) === 404 || errName(err) === 'NotFound' || errName(err) === 'NoSuchBucket') return false;
     throw s3Error(err, `check bucket s3://${bucket}`);
   }
 }
@@ -129,7 +126,7 @@ async function getObjectLock(client: S3Client, bucket: string, signal?: AbortSig
   } catch (err) {
     const n = errName(err);
     if (n === 'ObjectLockConfigurationNotFoundError' || n === 'ObjectLockConfigurationNotFound' || n === 'InvalidRequest') return { enabled: false };
-    if (status(err) === 404 && n !== 'NoSuchBucket') return { enabled: false };
+    if (httpStatus(err) === 404 && n !== 'NoSuchBucket') return { enabled: false };
     throw s3Error(err, `read the object-lock configuration of s3://${bucket}`);
   }
 }

@@ -1,10 +1,15 @@
 import { StorageError } from '../../errors.js';
 
+/** The HTTP status of the server's answer to a failed request, if it answered. */
+export function httpStatus(err: unknown): number | undefined {
+  return (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+}
+
 /** Maps an AWS SDK / network error to the store contract's StorageError. */
 export function s3Error(err: unknown, what: string): StorageError {
   if (err instanceof StorageError) return err;
-  const e = err as { name?: string; code?: string; message?: string; $metadata?: { httpStatusCode?: number } };
-  const status = e?.$metadata?.httpStatusCode;
+  const e = err as { name?: string; code?: string; message?: string };
+  const status = httpStatus(err);
   const name = e?.name ?? '';
   const code = e?.code ?? '';
   const net = ['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE'];

@@ -9,6 +9,7 @@
  */
 import { AbortMultipartUploadCommand, DeleteObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import pRetry from 'p-retry';
+import { httpStatus } from './errors.js';
 
 /**
  * Aborts a multipart upload, tried up to 5 times (200 ms, then doubling, between tries). True
@@ -22,7 +23,7 @@ export async function abortUpload(client: S3Client, Bucket: string, Key: string,
         await client.send(new AbortMultipartUploadCommand({ Bucket, Key, UploadId }), { abortSignal: AbortSignal.timeout(30_000) });
         return true;
       } catch (err) {
-        if ((err as { name?: string }).name === 'NoSuchUpload' || refused(err, 404)) return false;
+        if ((err as { name?: string }).name === 'NoSuchUpload' || httpStatus(err) === 404) return false;
         throw err;
       }
     },
@@ -47,9 +48,8 @@ export async function removeIfCommitted(client: S3Client, Bucket: string, Key: s
   }).catch(() => undefined);
 }
 
-/** The server answered with a 4xx status (or exactly `status`): it refused the request. */
-function refused(err: unknown, status?: number): boolean {
-  const code = (err as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
-  if (code === undefined) return false;
-  return status !== undefined ? code === status : code >= 400 && code < 500;
+/** The server answered with a 4xx status: it refused the request. */
+function refused(err: unknown): boolean {
+  const status = httpStatus(err);
+  return status !== undefined && status >= 400 && status < 500;
 }

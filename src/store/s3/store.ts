@@ -14,7 +14,7 @@ import { StorageError } from '../../errors.js';
 import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { ComposeOptions, GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
-import { s3Error } from './errors.js';
+import { httpStatus, s3Error } from './errors.js';
 import { abortUpload, removeIfCommitted } from './failed-put.js';
 import { MultipartWriter } from './multipart.js';
 import { composeObject, MIN_PART } from './compose.js';
@@ -133,8 +133,7 @@ export class S3Store implements ObjectStore {
     try {
       await this.client.send(new PutObjectCommand(input), { abortSignal: options?.signal });
     } catch (err) {
-      const status = (err as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
-      if (status === 412) throw new StorageError('Exists', `${this.fullName(key)} already exists; refusing to overwrite`);
+      if (httpStatus(err) === 412) throw new StorageError('Exists', `${this.fullName(key)} already exists; refusing to overwrite`);
       throw s3Error(err, `upload ${this.fullName(key)}`);
     }
   }
