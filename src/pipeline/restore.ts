@@ -17,7 +17,7 @@ import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVers
 import { clientVersion } from '../pg/server.js';
 import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
 import type { PgTools } from '../pg/tools.js';
-import { Supervisor } from '../run/supervisor.js';
+import { Supervisor, type Child } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
 import { APPLY_PROPERTIES, applyGlobals, createScratch, databaseDefinition, databasePropertiesSql, dropScratch, logPropertiesApplied, surveyTarget } from './restore-database.js';
@@ -159,7 +159,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     opening?.catch(() => undefined);
     // The survey and the scratch database's creation go through one psql (./pg/admin.ts).
     admin.openSession(req.signal);
-    const local = await refusals(
+    const surveyed = refusals(
       Promise.all([
         surveyTarget(admin, req.target, req.log, req.signal),
         manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
@@ -179,6 +179,17 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
         return { ...versions, exists: survey.exists };
       }),
     );
+    surveyed.catch(() => undefined);
+    // A whole restore of a custom-format backup starts pg_restore now, on the scratch database's
+    // name: it loads its libraries and waits for its input while the survey and the opening run,
+    // not after them (on a loaded machine ~0.1 s before it reads its first byte, on the way to
+    // its first connection). It connects only once it has read the table of contents, which is
+    // held back until the database exists (step 3); a refusal or a failure before then ends it
+    // unread, like every child of the run.
+    const name = scratchName(req.target);
+    const flags: RestoreFlags = { noOwner: req.noOwner, noPrivileges: req.noPrivileges };
+    const waiting = !selective && req.jobs <= 1 && manifest?.kind === 'custom' ? spawnPgRestore(sup, req.tools, scratchLoadTarget({ conn: req.conn, database: name, env }), flags) : undefined;
+    const local = await surveyed;
     const targetExists = local.exists;
     // 2. Open the backup: the age header is authenticated here, before any database exists. A
     //    selective restore of a backup with an archive index reads only what it needs.
@@ -191,7 +202,6 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
     // A selection is decided from the table of contents (the head of the stream), before any database exists.
     let selection: Selection | undefined;
-    const flags: RestoreFlags = { noOwner: req.noOwner, noPrivileges: req.noPrivileges };
     if (selective) {
       if (opened.format !== 'custom') throw new UsageError('--table, --schema, --exclude-table and --list-file need a custom-format archive; this one is plain SQL', { hint: 'restore it whole' });
       const entries = (await opened.tocEntries())!;
@@ -216,7 +226,6 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     //    byte until the database exists (./toc-gate.ts).
     if (req.withGlobals) await applyGlobals(admin, await readGlobals(req, sup, env), sup, req.log);
     throwIfFailed(sup);
-    const name = scratchName(req.target);
     scratch = name;
     let createdAt = 0;
     creating = createScratch(admin, name, creation, req.log)
@@ -246,7 +255,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       preparing = prepareChecks();
       preparing.catch(() => undefined);
     };
-    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd);
+    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd, waiting);
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
 
@@ -347,6 +356,8 @@ async function restoreInto(
   sup: Supervisor,
   creating: Promise<void> | undefined,
   onInputEnd: () => void,
+  /** pg_restore started ahead on this scratch database, waiting for its input (custom format, streamed). */
+  waiting: Child | undefined,
 ): Promise<{ inputEndedAt: number }> {
   const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
@@ -354,12 +365,14 @@ async function restoreInto(
   // The database's creation fails the run as itself, whatever it holds back meanwhile.
   if (creating) waits.push(creating);
   let sqlFilter: PlainSqlFilter | undefined;
+  const gate = !spool && creating && opened.format === 'custom' && opened.tocProgress ? { progress: opened.tocProgress, open: creating } : undefined;
+  if (waiting && !gate) throw new Error('internal: pg_restore was started ahead for a restore that does not stream a custom archive to it');
   if (spool) {
     targets.push(...spool.targets());
-  } else if (creating && opened.format === 'custom' && opened.tocProgress) {
-    const restore = spawnPgRestore(sup, req.tools, db, flags);
+  } else if (gate) {
+    const restore = waiting ?? spawnPgRestore(sup, req.tools, db, flags);
     waits.push(restore.done);
-    targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, opened.tocProgress, creating), kind: 'child' });
+    targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, gate.progress, gate.open), kind: 'child' });
   } else {
     const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, flags) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
     waits.push(restore.done);

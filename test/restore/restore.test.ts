@@ -27,6 +27,17 @@ async function scratchLeft(prefix: string): Promise<string[]> {
   return (await listDatabases(pg)).filter((d) => d.startsWith(prefix) && d.includes('__restoring_'));
 }
 
+/** pg_restore processes still running on a scratch database of `target` (their command lines name it). */
+async function pgRestoresOf(target: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const argv = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').then((t) => t.split('\0'), () => []);
+    if (path.basename(argv[0] ?? '') === 'pg_restore' && argv.some((a) => a.includes(`${target}__restoring_`))) found.push(`${pid}: ${argv.join(' ')}`);
+  }
+  return found;
+}
+
 async function expectSameDatabase(a: string, b: string): Promise<void> {
   expect(await schemaDump(pg, b)).toEqual(await schemaDump(pg, a));
   expect(await dataFingerprint(pg, b)).toEqual(await dataFingerprint(pg, a));
@@ -171,6 +182,25 @@ describe('a failed restore changes nothing', () => {
     expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
     await expectSameDatabase(f.db, target);
     await dropDatabase(pg, aside);
+    await dropDatabase(pg, target);
+  });
+
+  it('a restore stopped before its data (target exists, wrong identity) leaves no pg_restore behind', async () => {
+    // A whole restore of a custom-format backup starts pg_restore before the survey and the
+    // opening of the backup are done: a refusal or a failure then must end it.
+    const target = await createDatabase(pg, undefined, 'vault');
+    const refused = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target]);
+    expect(refused.code, refused.stderr).toBe(2);
+    expect(await pgRestoresOf(target)).toEqual([]);
+    const other = f.path('other-identity.txt');
+    await fsp.writeFile(other, (await generateIdentity()).fileText, { mode: 0o600 });
+    const fresh = `${target}_new`;
+    const wrongKey = await f.run(['restore', '--from', repoUrl(), '--identity', other, '--target-db', fresh]);
+    expect(wrongKey.code, wrongKey.stderr).toBe(5);
+    expect(errorLine(wrongKey.stderr)).toMatch(/identit/i);
+    expect(await pgRestoresOf(fresh)).toEqual([]);
+    expect(await databaseExists(pg, fresh)).toBe(false);
+    expect(await scratchLeft(fresh)).toEqual([]);
     await dropDatabase(pg, target);
   });
 
