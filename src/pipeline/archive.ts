@@ -105,6 +105,16 @@ const SQL_TRAILER = /-- PostgreSQL database (cluster )?dump complete\n/;
 const SQL_TRAILER_WINDOW = 4096;
 
 /**
+ * How much of the checked archive may wait for its reader (here, and in each writable after it:
+ * ./fanout.ts, ./toc-gate.ts). The check walks every byte as it comes: with a MiB at each hop,
+ * node walked some 3 MiB ahead of pg_restore, which for an archive of many tables is the table
+ * of contents pg_restore must read before it connects, and that walk took CPU from pg_restore
+ * and CREATE DATABASE just then (on 2 cores, ~55 ms later to pg_restore's first connection for
+ * 4,000 tables). The bytes before the check (the decompressor's output) are still buffered.
+ */
+export const CHECKED_AHEAD = 64 * 1024;
+
+/**
  * ciphertext ─▶ sha256/size check ─▶ age decrypt ─▶ (zstd -d, detected by its magic) ─▶ whole-archive check ─▶ archive
  *
  * The age header is read and authenticated before this resolves, and the first bytes of the
@@ -188,7 +198,7 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
 
   const check = new ArchiveCheck(expected);
   const checked = new Transform({
-    highWaterMark: 1024 * 1024,
+    highWaterMark: CHECKED_AHEAD,
     transform(chunk: Buffer, _e, cb) {
       archiveBytes += chunk.length;
       check.push(chunk);

@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { CHECKED_AHEAD } from './archive.js';
 
 export interface FanOutTarget {
   name: string;
@@ -18,7 +19,7 @@ export interface FanOutTarget {
 export class FanOut extends Writable {
   private readonly live: Set<FanOutTarget>;
   constructor(targets: FanOutTarget[]) {
-    super({ highWaterMark: 1024 * 1024 });
+    super({ highWaterMark: CHECKED_AHEAD });
     this.live = new Set(targets);
     for (const t of targets) {
       t.stream.on('error', (err) => {

@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import { CHECKED_AHEAD } from './archive.js';
 
 /** How far the whole-archive check has read a custom archive's table of contents. */
 export interface TocProgress {
@@ -30,7 +31,7 @@ export class TocGate extends Writable {
     private readonly progress: () => TocProgress,
     open: Promise<unknown>,
   ) {
-    super({ highWaterMark: 1024 * 1024 });
+    super({ highWaterMark: CHECKED_AHEAD });
     open.then(
       () => {
         this.opened = true;
