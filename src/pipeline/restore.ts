@@ -365,14 +365,14 @@ async function restoreInto(
   // The database's creation fails the run as itself, whatever it holds back meanwhile.
   if (creating) waits.push(creating);
   let sqlFilter: PlainSqlFilter | undefined;
-  const gate = !spool && creating && opened.format === 'custom' && opened.tocProgress ? { progress: opened.tocProgress, open: creating } : undefined;
-  if (waiting && !gate) throw new Error('internal: pg_restore was started ahead for a restore that does not stream a custom archive to it');
+  // `creating` comes with a streamed custom archive only: the one pg_restore is started ahead for.
+  if (waiting && !creating) throw new Error('internal: pg_restore was started ahead for a restore that does not stream a custom archive to it');
   if (spool) {
     targets.push(...spool.targets());
-  } else if (gate) {
+  } else if (creating && opened.format === 'custom' && opened.tocProgress) {
     const restore = waiting ?? spawnPgRestore(sup, req.tools, db, flags);
     waits.push(restore.done);
-    targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, gate.progress, gate.open), kind: 'child' });
+    targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, opened.tocProgress, creating), kind: 'child' });
   } else {
     const restore = opened.format === 'custom' ? spawnPgRestore(sup, req.tools, db, flags) : spawnPsqlScript(sup, req.tools, db, { what: 'psql (restore)' });
     waits.push(restore.done);
