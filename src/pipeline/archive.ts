@@ -197,11 +197,14 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   upstreamDone.catch(() => undefined);
 
   const check = new ArchiveCheck(expected);
+  /** Called once the check has read a chunk: what waits for it while the archive is piped ({@link checkedUntil}). */
+  const onChecked = new Set<() => void>();
   const checked = new Transform({
     highWaterMark: CHECKED_AHEAD,
     transform(chunk: Buffer, _e, cb) {
       archiveBytes += chunk.length;
       check.push(chunk);
+      for (const f of onChecked) f();
       cb(null, chunk);
     },
     flush(cb) {
@@ -231,19 +234,23 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
     const what = (f: string): string => (f === 'custom' ? 'a pg_dump custom archive' : f === 'tar' ? 'a tar archive' : 'plain SQL');
     throw new IntegrityError(`the backup holds ${what(format)}, but its manifest says ${what(expected.format)}`, { hint: 'the object or the manifest was replaced; do not trust this backup' });
   }
+  // Until the check has read far enough: ahead of the consumer (the bytes put back) while nothing
+  // consumes the archive; once it is piped, as the bytes pass (reading ahead of a consumer
+  // would hand it the bytes read twice: a read emits them to it, then they are put back).
+  const checkedAhead = (done: () => boolean): Promise<unknown> => (checked.listenerCount('data') > 0 ? checkedUntil(checked, done, onChecked) : readAhead(checked, done));
   const databaseEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
     if (format !== 'custom') return undefined;
-    await readAhead(checked, () => check.tocRead);
+    await checkedAhead(() => check.tocRead);
     return check.databaseEntries();
   };
   const creationEntries = async (): Promise<DatabaseTocEntry[] | undefined> => {
     if (format !== 'custom') return undefined;
-    await readAhead(checked, () => check.tocRead || check.databaseEntries().some((e) => e.desc === 'DATABASE'));
+    await checkedAhead(() => check.tocRead || check.databaseEntries().some((e) => e.desc === 'DATABASE'));
     return [...check.databaseEntries()];
   };
   const tocEntries = async (): Promise<ArchiveTocEntry[] | undefined> => {
     if (format !== 'custom') return undefined;
-    await readAhead(checked, () => check.tocRead);
+    await checkedAhead(() => check.tocRead);
     const entries = check.tocEntries();
     if (entries === undefined) {
       throw new IntegrityError(`the archive's table of contents cannot be read (${check.scanFailure() ?? 'it ends early'})`, { hint: 'use another backup' });
@@ -341,6 +348,45 @@ export class ArchiveCheck {
     if (want > 0 && archiveBytes !== want) return damaged(`the archive has ${archiveBytes} bytes, its manifest says pg_dump wrote ${want}`);
     return null;
   }
+}
+
+/**
+ * Waits until `done()` holds (asked each time the check has read a chunk: `onChecked`) or the
+ * archive stream ends, while it flows to its consumer: nothing is read here.
+ */
+function checkedUntil(s: Readable, done: () => boolean, onChecked: Set<() => void>): Promise<void> {
+  if (done() || s.readableEnded) return Promise.resolve();
+  if (s.errored) return Promise.reject(s.errored);
+  if (s.destroyed) return Promise.reject(new Error('the archive stream was closed before it was read'));
+  return new Promise<void>((resolve, reject) => {
+    const off = (): void => {
+      onChecked.delete(onChunk);
+      s.off('end', onEnd);
+      s.off('error', onError);
+      s.off('close', onClose);
+    };
+    const onChunk = (): void => {
+      if (!done()) return;
+      off();
+      resolve();
+    };
+    const onEnd = (): void => {
+      off();
+      resolve();
+    };
+    const onError = (err: Error): void => {
+      off();
+      reject(err);
+    };
+    const onClose = (): void => {
+      off();
+      reject(s.errored ?? new Error('the archive stream was closed before it was read'));
+    };
+    onChecked.add(onChunk);
+    s.on('end', onEnd);
+    s.on('error', onError);
+    s.on('close', onClose);
+  });
 }
 
 /** The format of an archive opened for a logical restore (openArchive refuses a tar unless the manifest says tar). */
