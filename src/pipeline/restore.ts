@@ -130,6 +130,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   let scratch: string | undefined;
   /** The scratch database's creation (settled before it may be dropped). */
   let creating: Promise<void> | undefined;
+  /** Settled by `creating` (or the run's failure before it): what a pg_restore fed early waits for. */
+  let created: ReturnType<typeof deferred> | undefined;
   /** psql started ahead: the checks' (connected to the scratch database), the rename's. */
   let inspector: PreparedPsql | undefined;
   const prepared: PreparedPsql[] = [];
@@ -157,38 +159,69 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     // before the survey's refusals, which are reported first.
     const opening = selective ? undefined : openSource(req, sup, env);
     opening?.catch(() => undefined);
-    // The survey and the scratch database's creation go through one psql (./pg/admin.ts).
+    // The survey and the scratch database's creation go through one psql (./pg/admin.ts),
+    // started first: its connection takes the longest to be ready.
     admin.openSession(req.signal);
-    const surveyed = refusals(
-      Promise.all([
-        surveyTarget(admin, req.target, req.log, req.signal),
-        manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined,
-      ]).then(([survey, pgRestore]): LocalVersions & { exists: boolean } => {
-        if (survey.exists && !req.replace) {
-          throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
-            hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
-          });
-        }
-        // Versions, from the manifest, before the download: the target server against the source
-        // server, the local pg_restore against the archive format pg_dump wrote.
-        if (selective && manifest && manifest.kind !== 'custom') {
-          throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
-        }
-        const versions: LocalVersions = pgRestore ? { server: survey.server, pgRestore } : { server: survey.server };
-        if (manifest) checkManifestVersions(manifest, versions);
-        return { ...versions, exists: survey.exists };
-      }),
-    );
-    surveyed.catch(() => undefined);
-    // A whole restore of a custom-format backup starts pg_restore now, on the scratch database's
-    // name: it loads its libraries and waits for its input while the survey and the opening run,
-    // not after them (on a loaded machine ~0.1 s before it reads its first byte, on the way to
-    // its first connection). It connects only once it has read the table of contents, which is
-    // held back until the database exists (step 3); a refusal or a failure before then ends it
-    // unread, like every child of the run.
+    const survey = surveyTarget(admin, req.target, req.log, req.signal);
+    survey.catch(() => undefined);
+    // The local pg_restore's version meanwhile (it answers slowly while the table of contents streams).
+    const pgRestoreVersion = manifest?.kind === 'custom' ? clientVersion(req.tools.pgRestore, 'pg_restore', { env, signal: req.signal }) : undefined;
+    pgRestoreVersion?.catch(() => undefined);
     const name = scratchName(req.target);
     const flags: RestoreFlags = { noOwner: req.noOwner, noPrivileges: req.noPrivileges };
-    const waiting = !selective && req.jobs <= 1 && manifest?.kind === 'custom' ? spawnPgRestore(sup, req.tools, scratchLoadTarget({ conn: req.conn, database: name, env }), flags) : undefined;
+    // 4. (prepared here) Once pg_restore has all the data (the archive was read and checked
+    //    whole), while pg_restore finishes: the psql of the checks connects to the scratch
+    //    database, and what the checks and the properties need is read from the archive.
+    let selection: Selection | undefined;
+    const prepareChecks = async (archive: OpenedArchive): Promise<CheckInputs> => {
+      const definition = await databaseDefinition(req.source, archive, req.log);
+      const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
+      return { definition, properties, tables: await archiveTables(archive, selection), largest: await largestInArchive(archive, selection) };
+    };
+    const onInputEnd = (archive: OpenedArchive): void => {
+      inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
+      inspector.prime(INSPECT_WARMUP);
+      preparing = prepareChecks(archive);
+      preparing.catch(() => undefined);
+    };
+    // A whole restore of a custom-format backup starts pg_restore, on the scratch database's
+    // name, as soon as the backup is open, and feeds it during the survey: pg_restore reads the
+    // table of contents (2.7 MB for 4,000 tables, which the archive check parses too) while the
+    // survey runs and the database is created, not after them. It connects only once it has
+    // read the whole table of contents, whose last byte is held back until the database exists
+    // (`created`, step 3); a refusal or a failure before then ends it unread, like every child of the run.
+    let feeding: Promise<{ inputEndedAt: number } | undefined> | undefined;
+    if (!selective && req.jobs <= 1 && manifest?.kind === 'custom') {
+      const gate = (created = deferred()).promise;
+      feeding = opening!.then(
+        (early) => {
+          if (early.format !== 'custom' || !early.tocProgress || sup.failed) return undefined;
+          const waiting = spawnPgRestore(sup, req.tools, scratchLoadTarget({ conn: req.conn, database: name, env }), flags);
+          return restoreInto(req, flags, early, name, undefined, env, sup, gate, onInputEnd, waiting);
+        },
+        () => undefined, // reported at step 2, after the survey's refusals
+      );
+      feeding.catch(() => undefined);
+    }
+    const surveyed = refusals(
+      Promise.all([survey, pgRestoreVersion]).then(
+        ([found, pgRestore]): LocalVersions & { exists: boolean } => {
+          if (found.exists && !req.replace) {
+            throw new UsageError(`database ${JSON.stringify(req.target)} already exists; refusing to restore over it`, {
+              hint: 'choose another --target-db, or pass --replace to keep the old one aside as <name>__before_<time>',
+            });
+          }
+          // Versions, from the manifest, before the download: the target server against the source
+          // server, the local pg_restore against the archive format pg_dump wrote.
+          if (selective && manifest && manifest.kind !== 'custom') {
+            throw new UsageError(`--table, --schema, --exclude-table and --list-file need a custom-format backup; backup ${manifest.id} is plain SQL (${manifest.kind})`, { hint: 'restore it whole, or choose a full backup (--kind full)' });
+          }
+          const versions: LocalVersions = pgRestore ? { server: found.server, pgRestore } : { server: found.server };
+          if (manifest) checkManifestVersions(manifest, versions);
+          return { ...versions, exists: found.exists };
+        },
+      ),
+    );
     const local = await surveyed;
     const targetExists = local.exists;
     // 2. Open the backup: the age header is authenticated here, before any database exists. A
@@ -201,7 +234,6 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       checkArchiveHeader(opened.header, local, manifest ? `backup ${manifest.id}` : `--file ${req.source.kind === 'file' ? req.source.path : ''}`);
     }
     // A selection is decided from the table of contents (the head of the stream), before any database exists.
-    let selection: Selection | undefined;
     if (selective) {
       if (opened.format !== 'custom') throw new UsageError('--table, --schema, --exclude-table and --list-file need a custom-format archive; this one is plain SQL', { hint: 'restore it whole' });
       const entries = (await opened.tocEntries())!;
@@ -235,27 +267,15 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
         req.log.info('restoring into a scratch database', { scratch: name, database: describeLocale(creation) });
       });
     creating.catch(() => undefined);
+    created?.follow(creating);
     const gated = spool === undefined && opened.format === 'custom' && opened.tocProgress !== undefined;
     if (!gated) {
       await creating;
       throwIfFailed(sup);
     }
 
-    // 4. The data. Once pg_restore has all of it (the archive was read and checked whole), while
-    //    pg_restore finishes: the psql of the checks connects to the scratch database, and what
-    //    the checks and the properties need is read from the archive.
-    const prepareChecks = async (): Promise<CheckInputs> => {
-      const definition = await databaseDefinition(req.source, opened, req.log);
-      const properties = definition ? await databasePropertiesSql(admin, definition, req, req.log) : undefined;
-      return { definition, properties, tables: await archiveTables(opened, selection), largest: await largestInArchive(opened, selection) };
-    };
-    const onInputEnd = (): void => {
-      inspector = PreparedPsql.start(req.tools, req.conn, name, { env, signal: sup.signal, what: 'inspect the restored tables' });
-      inspector.prime(INSPECT_WARMUP);
-      preparing = prepareChecks();
-      preparing.catch(() => undefined);
-    };
-    const { inputEndedAt } = await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd, waiting);
+    // 4. The data (fed since the backup was opened, for a whole custom archive).
+    const { inputEndedAt } = (await feeding) ?? (await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd, undefined));
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
 
@@ -270,7 +290,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       renamer = PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' });
       prepared.push(renamer);
     };
-    const { definition, properties, tables, largest } = await (preparing ?? prepareChecks());
+    const { definition, properties, tables, largest } = await (preparing ?? prepareChecks(opened));
     const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector, startRenamer);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
@@ -295,6 +315,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       phases: { setup: createdAt - started, transfer: inputEndedAt - createdAt, restore: restoredAt - inputEndedAt, checks: checkedAt - restoredAt, swap: swappedAt - checkedAt },
     };
   } catch (err) {
+    created?.fail(err);
     sup.fail(err);
     await sup.teardown();
     // A refusal is the cause even when opening the backup, which had started, failed meanwhile;
@@ -321,6 +342,18 @@ interface CheckInputs {
   properties: Buffer | undefined;
   tables: ArchiveTables | null;
   largest: InspectRequest['largest'];
+}
+
+/** A promise settled from outside, later (the first settlement counts): as `follow`'s promise settles, or failed by `fail`. */
+function deferred(): { promise: Promise<void>; follow: (p: Promise<void>) => void; fail: (err: unknown) => void } {
+  let resolve!: () => void;
+  let reject!: (err: unknown) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  promise.catch(() => undefined); // nothing may be waiting for it
+  return { promise, follow: (p) => void p.then(resolve, reject), fail: reject };
 }
 
 /** A refusal after the survey (the target exists, a version, a plain-SQL backup for a selection): reported before anything that failed meanwhile. */
@@ -355,7 +388,7 @@ async function restoreInto(
   env: NodeJS.ProcessEnv,
   sup: Supervisor,
   creating: Promise<void> | undefined,
-  onInputEnd: () => void,
+  onInputEnd: (opened: OpenedArchive) => void,
   /** pg_restore started ahead on this scratch database, waiting for its input (custom format, streamed). */
   waiting: Child | undefined,
 ): Promise<{ inputEndedAt: number }> {
@@ -391,7 +424,7 @@ async function restoreInto(
     await Promise.all([
       streamPipeline(opened.archive, new FanOut(targets), { signal: sup.signal }).then(() => {
         inputEndedAt = Date.now();
-        onInputEnd();
+        onInputEnd(opened);
       }),
       ...waits,
     ]);
