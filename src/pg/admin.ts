@@ -40,6 +40,13 @@ export function scratchName(target: string): string {
   return derivedName(target, `__restoring_${randomBytes(4).toString('hex')}`);
 }
 
+/**
+ * What {@link PgAdmin.swapIn}'s first statement uses, loaded ahead by a psql started for it
+ * ({@link PreparedPsql.prime}) while the checks run: a session's first PL/pgSQL block loads the
+ * language (~5 ms), its first read of pg_stat_activity plans the view (~5 ms). Prints nothing.
+ */
+export const SWAP_WARMUP = `DO 'BEGIN END';\nSELECT count(*) AS n FROM pg_stat_activity \\gset coffer_warmup_\n`;
+
 /** Administrative SQL runs in the maintenance database. */
 export class PgAdmin {
   /** One psql kept connected to the maintenance database ({@link openSession}). */

@@ -6,7 +6,7 @@ import { pipeline as streamPipeline } from 'node:stream/promises';
 import { compactTimestamp } from '../catalog/layout.js';
 import { DatabaseError, IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { PgAdmin, derivedName, scratchName } from '../pg/admin.js';
+import { PgAdmin, SWAP_WARMUP, derivedName, scratchName } from '../pg/admin.js';
 import { scratchLoadTarget, type ConnectionSpec } from '../pg/connection.js';
 import { describeLocale, type DatabaseDefinition } from '../pg/database-props.js';
 import { INSPECT_WARMUP, inspectRestored, smokeQuery, tableKey, tableOfKey, type InspectRequest, type TableStats } from '../pg/inspect.js';
@@ -288,6 +288,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     const startRenamer = (): void => {
       if (req.sanitize !== undefined) return;
       renamer = PreparedPsql.start(req.tools, req.conn, req.maintenanceDb, { env, signal: sup.signal, what: 'rename the scratch database' });
+      renamer.prime(SWAP_WARMUP);
       prepared.push(renamer);
     };
     const { definition, properties, tables, largest } = await (preparing ?? prepareChecks(opened));
