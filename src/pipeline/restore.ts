@@ -17,7 +17,7 @@ import { checkArchiveHeader, checkManifestVersions, VersionError, type LocalVers
 import { clientVersion } from '../pg/server.js';
 import { isSelective, selectEntries, type Selection, type SelectionSpec } from './selection.js';
 import type { PgTools } from '../pg/tools.js';
-import { Supervisor, type Child } from '../run/supervisor.js';
+import { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
 import { APPLY_PROPERTIES, applyGlobals, createScratch, databaseDefinition, databasePropertiesSql, dropScratch, logPropertiesApplied, surveyTarget } from './restore-database.js';
@@ -196,8 +196,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       feeding = opening!.then(
         (early) => {
           if (early.format !== 'custom' || !early.tocProgress || sup.failed) return undefined;
-          const waiting = spawnPgRestore(sup, req.tools, scratchLoadTarget({ conn: req.conn, database: name, env }), flags);
-          return restoreInto(req, flags, early, name, undefined, env, sup, gate, onInputEnd, waiting);
+          return restoreInto(req, flags, early, name, undefined, env, sup, gate, onInputEnd);
         },
         () => undefined, // reported at step 2, after the survey's refusals
       );
@@ -275,7 +274,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
 
     // 4. The data (fed since the backup was opened, for a whole custom archive).
-    const { inputEndedAt } = (await feeding) ?? (await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd, undefined));
+    const { inputEndedAt } = (await feeding) ?? (await restoreInto(req, flags, opened, name, spool, env, sup, gated ? creating : undefined, onInputEnd));
     const restoredAt = Date.now();
     const archiveStats = opened.stats();
 
@@ -390,8 +389,6 @@ async function restoreInto(
   sup: Supervisor,
   creating: Promise<void> | undefined,
   onInputEnd: (opened: OpenedArchive) => void,
-  /** pg_restore started ahead on this scratch database, waiting for its input (custom format, streamed). */
-  waiting: Child | undefined,
 ): Promise<{ inputEndedAt: number }> {
   const db = scratchLoadTarget({ conn: req.conn, database: scratch, env });
   const targets: FanOutTarget[] = [];
@@ -399,12 +396,11 @@ async function restoreInto(
   // The database's creation fails the run as itself, whatever it holds back meanwhile.
   if (creating) waits.push(creating);
   let sqlFilter: PlainSqlFilter | undefined;
-  // `creating` comes with a streamed custom archive only: the one pg_restore is started ahead for.
-  if (waiting && !creating) throw new Error('internal: pg_restore was started ahead for a restore that does not stream a custom archive to it');
   if (spool) {
     targets.push(...spool.targets());
   } else if (creating && opened.format === 'custom' && opened.tocProgress) {
-    const restore = waiting ?? spawnPgRestore(sup, req.tools, db, flags);
+    // Spawned before this function first waits: for the early feed, as soon as the backup is open.
+    const restore = spawnPgRestore(sup, req.tools, db, flags);
     waits.push(restore.done);
     targets.push({ name: 'restore', stream: new TocGate(restore.stdin!, opened.tocProgress, creating), kind: 'child' });
   } else {
