@@ -71,6 +71,19 @@ export function startCoffer(
   }) as unknown as ResultPromise<{ reject: false; all: false }>;
 }
 
+/**
+ * Signals a run started by {@link startCoffer} that may already have ended (a quick run can
+ * finish before the moment a test picked): then nothing is sent, and the test sees its exit
+ * status. Not `child.kill`: execa adds a SIGKILL 5 s later.
+ */
+export function signalIfRunning(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
 /** Runs coffer to completion. */
 export async function runCoffer(args: string[], opts: { env: Record<string, string>; cwd?: string; timeoutMs?: number; input?: string }): Promise<CofferRun> {
   const r = await execa(process.execPath, [COFFER_BIN, ...args], {

@@ -10,22 +10,13 @@ import { execa } from 'execa';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { tableKey } from '../../src/pg/inspect.js';
 import { missingTables } from '../../src/pipeline/restore.js';
-import { errorLine } from '../harness/cli.js';
+import { errorLine, signalIfRunning } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { childEnv, createDatabase, listDatabases, uniqueDbName } from '../harness/pg.js';
 
 const f = useFixture({ name: 'per-table' });
 const pg = f.pg;
 const MANY = 400;
-
-/** SIGTERM to a run that may already have ended (a quick restore can finish before the chosen moment): the test then sees its exit 0. */
-function terminate(pid: number): void {
-  try {
-    process.kill(pid, 'SIGTERM');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
-}
 let small: string;
 let many: string;
 
@@ -191,7 +182,7 @@ describe('the checks and summary after a restore', () => {
       while (!(await fsp.stat(seen).catch(() => undefined)) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
       expect(await fsp.stat(seen).catch(() => undefined), 'CREATE DATABASE reached the filter').toBeDefined();
       await new Promise((r) => setTimeout(r, after));
-      terminate(child.pid!);
+      signalIfRunning(child.pid!, 'SIGTERM');
       const r = await child;
       const what = `SIGTERM ${after} ms after CREATE DATABASE reached the filter: ${String(r.stderr).slice(-800)}`;
       if (r.exitCode === 0) {
@@ -223,7 +214,7 @@ describe('the checks and summary after a restore', () => {
       while (!stderr.includes('backup opened') && Date.now() < until) await new Promise((r) => setTimeout(r, 2));
       expect(stderr).toContain('backup opened');
       await new Promise((r) => setTimeout(r, i * 30));
-      terminate(child.pid!);
+      signalIfRunning(child.pid!, 'SIGTERM');
       const r = await child;
       const what = `SIGTERM ${i * 30} ms after "backup opened": ${stderr.slice(-1000)}`;
       const stopAt = stderr.indexOf('received SIGTERM');
