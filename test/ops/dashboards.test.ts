@@ -239,11 +239,15 @@ describe('status --metrics-file and drill --metrics-file', () => {
 
     const b = await f.run(['backup', '--to', repo, '--db', db, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--metrics-file', metrics]);
     expect(b.code, b.stderr).toBe(0);
+    const backedUpAt = Date.now();
     const d = await f.run(['drill', '--from', repo, '--db', db, '--identity', f.identityFile, '--record', '--metrics-file', drillMetrics]);
     expect(d.code, d.stderr).toBe(0);
     const drill = JSON.parse(d.stdout) as { id: string; startedAt: string; ok: boolean };
 
-    // --rpo-target 1s: the backup is seconds old by now, so status exits 7, and writes the file.
+    // --rpo-target 1s: status rounds the recovery point's age to whole seconds, and a quick
+    // backup and drill can take under 1.5 s. The snapshot was taken before the backup ended: 2 s
+    // after that, it is at least 2 s old, so status exits 7, and writes the file.
+    await new Promise((r) => setTimeout(r, Math.max(0, backedUpAt + 2000 - Date.now())));
     const t0 = Math.floor(Date.now() / 1000);
     const s = await f.run(['status', '--from', repo, '--db', db, '--json', '--metrics-file', metrics, '--rpo-target', '1s', '--rto-target', '1h', '--max-drill-age', '1h']);
     expect(s.code, s.stderr).toBe(7);

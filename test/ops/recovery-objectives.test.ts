@@ -141,7 +141,8 @@ describe('drills and recovery objectives', () => {
     expect(s.rows[0]!.drill!.ok).toBe(false);
     expect(s.rows[0]!.predictedFrom!.drill).toBe(okId);
 
-    await new Promise((r) => setTimeout(r, 1100));
+    // status rounds ages to whole seconds: 1.6 s after the newest drill ended, its age rounds to 2 s or more.
+    await new Promise((r) => setTimeout(r, 1600));
     const old = await status('--max-drill-age', '1s', '--rpo-target', '1s');
     expect(old.code).toBe(7);
     expect(old.error).toMatch(/newest drill \d+s old \(over --max-drill-age 1s\)/);
