@@ -72,9 +72,9 @@ export function startCoffer(
 }
 
 /**
- * Signals a run started by {@link startCoffer} that may already have ended (a quick run can
- * finish before the moment a test picked): then nothing is sent, and the test sees its exit
- * status. Not `child.kill`: execa adds a SIGKILL 5 s later.
+ * Signals a process that may already have ended: a run started by {@link startCoffer}, or one of
+ * its children (a quick run can finish before the moment a test picked). Then nothing is sent,
+ * and the test sees the exit status. Not `child.kill`: execa adds a SIGKILL 5 s later.
  */
 export function signalIfRunning(pid: number, signal: NodeJS.Signals): void {
   try {

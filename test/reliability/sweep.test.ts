@@ -19,7 +19,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { startThrowawayCluster, type ThrowawayCluster } from '../../src/demo/throwaway-cluster.js';
-import { baseEnv, drillNames, errorLine, runCoffer, startCoffer } from '../harness/cli.js';
+import { baseEnv, drillNames, errorLine, runCoffer, signalIfRunning, startCoffer } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { COPY_STRATEGY, dataFingerprint, dropDatabase, listDatabases, quoteIdent, schemaDump, uniqueDbName } from '../harness/pg.js';
 import { dataLoss, databaseDiff, existingTarget, repoBaseline, seededRandom, sleep, waitFor, type RepoBaseline, type TargetBaseline } from './common.js';
@@ -227,16 +227,6 @@ async function childWith(ppid: number, match: (name: string, cmdline: string) =>
   return found;
 }
 
-
-/** SIGKILL, unless the process is already gone (it may finish first: that is a valid outcome). */
-function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
-  }
-}
-
 /**
  * `n` restores, each with the child that `match` picks (the restoring pg_restore, the loading
  * psql) SIGKILLed a seeded 0-`maxDelayMs` after it appeared: exit 3 naming it (`cause`), or the
@@ -249,7 +239,7 @@ async function killDuringRestores(n: number, prefix: string, source: string[], m
     const pid = await childWith(child.pid!, match, 20_000);
     const delay = Math.floor(rnd.next() * maxDelayMs);
     await sleep(delay);
-    if (pid) killQuietly(pid);
+    if (pid) signalIfRunning(pid, 'SIGKILL');
     const r = await child;
     const what = `kill after ${delay} ms: ${String(r.stderr).slice(-1200)}`;
     if (r.exitCode === 0) {
