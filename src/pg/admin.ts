@@ -13,9 +13,21 @@ export function quoteLiteral(value: string): string {
   return `'${value.replace(/'/g, "''")}'`;
 }
 
-/** A PL/pgSQL DO block, its body quoted as a string literal (a name in it cannot end a dollar quote). */
-function doBlock(body: string): string {
-  return `DO ${quoteLiteral(body)};`;
+/**
+ * A PL/pgSQL DO block (its body quoted as a string literal: a name in it cannot end a dollar
+ * quote), run by psql only where the database has PL/pgSQL; where it was dropped, `otherwise`
+ * (plain SQL that prints nothing) runs instead. PL/pgSQL is in every database created from an
+ * untouched template1, but an administrator may drop it from the maintenance database, and a
+ * restore must not fail at its rename for that.
+ */
+function doBlock(body: string, otherwise = ''): string {
+  return [
+    `SELECT EXISTS (SELECT 1 FROM pg_language WHERE lanname = 'plpgsql') AS coffer_plpgsql \\gset`,
+    '\\if :coffer_plpgsql',
+    `DO ${quoteLiteral(body)};`,
+    ...(otherwise ? ['\\else', otherwise] : []),
+    '\\endif',
+  ].join('\n');
 }
 
 /** Cuts a name to at most `maxBytes` UTF-8 bytes without splitting a character. */
@@ -45,7 +57,7 @@ export function scratchName(target: string): string {
  * ({@link PreparedPsql.prime}) while the checks run: a session's first PL/pgSQL block loads the
  * language (~5 ms), its first read of pg_stat_activity plans the view (~5 ms). Prints nothing.
  */
-export const SWAP_WARMUP = `DO 'BEGIN END';\nSELECT count(*) AS n FROM pg_stat_activity \\gset coffer_warmup_\n`;
+export const SWAP_WARMUP = `${doBlock('BEGIN END')}\nSELECT count(*) AS n FROM pg_stat_activity \\gset coffer_warmup_\n`;
 
 /** Administrative SQL runs in the maintenance database. */
 export class PgAdmin {
@@ -145,7 +157,7 @@ export class PgAdmin {
           EXIT WHEN NOT EXISTS (${others});
           PERFORM pg_sleep(0.1);
         END LOOP;
-      END`);
+      END`, `SELECT count(pg_terminate_backend(pid)) AS n FROM pg_stat_activity WHERE datname = ${t} AND pid <> pg_backend_pid() \\gset coffer_ended_`);
       await this.query(`${waitForScratch}\n${endSessions}`, `end the sessions of ${JSON.stringify(target)}`);
     }
     // Synchronous whatever the server's default: the restore into the scratch database committed

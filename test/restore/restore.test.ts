@@ -1,10 +1,12 @@
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { execa } from 'execa';
 import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable } from '../harness/pg.js';
+import { childEnv, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable, quoteLiteral, uniqueDbName } from '../harness/pg.js';
 import { createTestBucket } from '../harness/rgw.js';
 import { baseEnv, drillNames, errorLine, runCoffer, s3Env } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
@@ -183,6 +185,34 @@ describe('a failed restore changes nothing', () => {
     await expectSameDatabase(f.db, target);
     await dropDatabase(pg, aside);
     await dropDatabase(pg, target);
+  });
+
+  it('a maintenance database without PL/pgSQL: a restore, and a --replace that ends a session of the target, still rename', async () => {
+    // The waits around the rename are PL/pgSQL blocks; an administrator may have dropped the
+    // language from the maintenance database. The rename used to fail there, after all the work.
+    const maintenance = await createDatabase(pg);
+    await pg.psql('DROP EXTENSION plpgsql;', maintenance);
+    const target = uniqueDbName('noplpgsql');
+    const args = ['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--maintenance-db', maintenance, '--json'];
+    const first = await f.run(args);
+    expect(first.code, first.stderr).toBe(0);
+    await expectSameDatabase(f.db, target);
+    const fpBefore = await dataFingerprint(pg, target);
+
+    const session = spawn(path.join(pg.binDir, 'psql'), ['-X', '-qAt', '-d', target, '-c', 'SELECT pg_sleep(300);'], { env: childEnv(pg), stdio: 'ignore' });
+    const ended = once(session, 'exit');
+    const seen = `SELECT count(*) FROM pg_stat_activity WHERE datname = ${quoteLiteral(target)} AND query LIKE 'SELECT pg_sleep%';`;
+    for (let i = 0; i < 200 && (await pg.psql(seen)).trim() !== '1'; i++) await new Promise((r) => setTimeout(r, 50));
+    expect((await pg.psql(seen)).trim()).toBe('1');
+    const second = await f.run([...args, '--replace']);
+    session.kill();
+    await ended;
+    expect(second.code, second.stderr).toBe(0);
+    const aside = (JSON.parse(second.stdout) as { replacedAside: string }).replacedAside;
+    expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
+    await expectSameDatabase(f.db, target);
+    expect(await scratchLeft(target)).toEqual([]);
+    for (const d of [aside, target, maintenance]) await dropDatabase(pg, d);
   });
 
   it('a restore stopped before its data (target exists, wrong identity) leaves no pg_restore behind', async () => {
