@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { DatabaseError } from '../errors.js';
 import type { ConnectionSpec } from './connection.js';
 import { PsqlSession, psqlQuery, type PreparedPsql } from './psql.js';
 import type { PgTools } from './tools.js';
@@ -90,8 +91,16 @@ export class PgAdmin {
   }
 
   query(sql: string, what: string, database = this.maintenanceDb, signal?: AbortSignal, opts: { finishOnStop?: boolean } = {}): Promise<string> {
-    if (database === this.maintenanceDb && this.session && !this.session.ended && !signal?.aborted) return this.session.query(sql, what, opts);
-    return psqlQuery(this.tools, this.conn, database, sql, { env: this.env, what, signal });
+    const running = database === this.maintenanceDb && this.session && !this.session.ended && !signal?.aborted ? this.session.query(sql, what, opts) : psqlQuery(this.tools, this.conn, database, sql, { env: this.env, what, signal });
+    return running.catch((err: unknown) => {
+      throw database === this.maintenanceDb ? this.explainMissing(err) : err;
+    });
+  }
+
+  /** The maintenance database does not exist: the fix is --maintenance-db, not --db (psql's usual hint). */
+  private explainMissing(err: unknown): unknown {
+    if (!(err instanceof DatabaseError) || !err.message.includes(`database "${this.maintenanceDb}" does not exist`)) return err;
+    return new DatabaseError(err.message, { cause: err, detail: err.detail, hint: `coffer creates, renames and drops databases from the maintenance database ${JSON.stringify(this.maintenanceDb)}: pass --maintenance-db with one that exists (postgres, or template1)` });
   }
 
   async exists(db: string): Promise<boolean> {
