@@ -145,6 +145,8 @@ export async function runPsql(binDir: string, libpqEnv: Record<string, string>, 
   const out = await psqlQuery({ psql: [join(binDir, 'psql')] }, { params: {} }, db, sql, {
     env: { ...cleanEnv(), ...libpqEnv },
     what: `psql on database ${db}`,
+    // The demo's and the tests' own SQL, which names its tables as any session does.
+    userSql: true,
     explain: (f) => new DatabaseError(`psql on database ${db} failed: ${tailOneLine(f.stderr.text()) || (f.signal ? `killed by ${f.signal}` : `exit code ${f.code}`)}`),
   });
   return out.replace(/\r?\n$/, '');

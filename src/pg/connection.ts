@@ -132,6 +132,23 @@ export function scratchLoadTarget(target: PgTarget): PgTarget {
   return { ...target, conn: { ...target.conn, params: { ...target.conn.params, options } } };
 }
 
+/**
+ * The connection of coffer's own SQL (probes, locks, checks, creation, rename): its functions and
+ * operators resolve in pg_catalog only, and no server-side timeout cuts it short. A database's
+ * owner can set its search_path (`ALTER DATABASE … SET search_path = public, pg_catalog`) or
+ * create `public.quote_ident(name)`, a better match than pg_catalog's: coffer, running as a
+ * superuser, would call it. pg_dump pins its search_path the same way, and its timeouts to 0
+ * (a database's `statement_timeout = '1ms'` does not stop a dump, nor coffer's probe). The
+ * connection's own options (`options`, else PGOPTIONS) are kept: after the timeout, which they
+ * may set, before the search_path, which they may not. Not for the user's SQL (`--smoke`,
+ * `--sanitize`), which names its tables as the database's own sessions do.
+ */
+export function internalConnection(conn: ConnectionSpec, env: NodeJS.ProcessEnv): ConnectionSpec {
+  const own = (conn.params.options ?? env.PGOPTIONS ?? '').trim();
+  const options = ['-c statement_timeout=0', own, '-c search_path=pg_catalog'].filter(Boolean).join(' ');
+  return { ...conn, params: { ...conn.params, options } };
+}
+
 /** Adds the fix to the usual libpq failures (message is psql's own first error line). */
 export function explainLibpqError(what: string, err: unknown): DatabaseError {
   const msg = err instanceof Error ? err.message : String(err);

@@ -111,7 +111,9 @@ export async function resolveExclusions(
   opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal },
 ): Promise<ResolvedExclusions> {
   if (patterns.length === 0) return { partitions: [], references: [] };
-  const out = await psqlQuery(tools, conn, database, exclusionsQuery(patterns, database, serverVersionNum), { ...opts, what: 'resolve --exclude-table-data' });
+  // On the database's own search_path, as pg_dump matches patterns (it resets its secure one
+  // for that query): a pattern without a schema matches the tables visible on it.
+  const out = await psqlQuery(tools, conn, database, exclusionsQuery(patterns, database, serverVersionNum), { ...opts, what: 'resolve --exclude-table-data', userSql: true });
   const parsed = JSON.parse(out.trim()) as { partitions: Array<[number, string, string, string, string]>; references: Array<[string, string, string]> };
   return {
     partitions: parsed.partitions.map(([idx, parent, partition, schema, name]) => ({ pattern: patterns[idx]!, parent, partition, exact: exactTablePattern(schema, name) })),

@@ -11,7 +11,7 @@ import type { PgTools } from './tools.js';
 /** Runs one smoke query (a missing `;` added) and returns its output, trimmed. */
 export async function smokeQuery(tools: Pick<PgTools, 'psql'>, target: PgTarget, sql: string, signal?: AbortSignal): Promise<string> {
   try {
-    return (await psqlQuery(tools, target.conn, target.database, sql.trim().endsWith(';') ? sql : `${sql};`, { env: target.env, signal, what: 'smoke check' })).trim();
+    return (await psqlQuery(tools, target.conn, target.database, sql.trim().endsWith(';') ? sql : `${sql};`, { env: target.env, signal, what: 'smoke check', userSql: true })).trim();
   } catch (err) {
     throw new DatabaseError(`smoke check failed: ${sql}: ${(err as Error).message.replace(/^smoke check: /, '')}`, { cause: err });
   }

@@ -14,14 +14,16 @@ import { randomBytes } from 'node:crypto';
 import { DatabaseError } from '../errors.js';
 import { followAbort, interruptedBy } from '../run/abort.js';
 import { Supervisor, defaultChildError, type Child, type SpawnSpec } from '../run/supervisor.js';
-import { conninfoFor, explainLibpqError, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
+import { conninfoFor, explainLibpqError, internalConnection, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
 import { runChild, type PgTools } from './tools.js';
 
 /**
  * psql's argv. `rows`: output for a program to read (`-A -t`); `stopOnError`: the first failed
- * statement ends psql with exit 3 (`-v ON_ERROR_STOP=1`).
+ * statement ends psql with exit 3 (`-v ON_ERROR_STOP=1`); `userSql`: the SQL is the user's or a
+ * dump's, which runs as the database's own sessions do; else it is coffer's own, run on
+ * {@link internalConnection} (search_path pg_catalog, no statement timeout).
  */
-function psqlArgv(psql: string[], target: Pick<PgTarget, 'conn' | 'database'>, opts: { rows: boolean; stopOnError: boolean }): string[] {
+function psqlArgv(psql: string[], target: Pick<PgTarget, 'conn' | 'database' | 'env'>, opts: { rows: boolean; stopOnError: boolean; userSql?: boolean }): string[] {
   return [
     ...psql,
     '-X',
@@ -30,7 +32,7 @@ function psqlArgv(psql: string[], target: Pick<PgTarget, 'conn' | 'database'>, o
     ...(opts.stopOnError ? ['-v', 'ON_ERROR_STOP=1'] : []),
     '--no-password',
     '-d',
-    conninfoFor(target.conn, target.database),
+    conninfoFor(opts.userSql ? target.conn : internalConnection(target.conn, target.env), target.database),
     '-f',
     '-',
   ];
@@ -42,10 +44,10 @@ export async function psqlQuery(
   conn: ConnectionSpec,
   database: string | undefined,
   sql: string | Buffer,
-  opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string; explain?: SpawnSpec['explain'] },
+  opts: { env: NodeJS.ProcessEnv; signal?: AbortSignal; what?: string; explain?: SpawnSpec['explain']; userSql?: boolean },
 ): Promise<string> {
   const what = opts.what ?? 'psql';
-  const argv = psqlArgv(tools.psql, { conn, database }, { rows: true, stopOnError: true });
+  const argv = psqlArgv(tools.psql, { conn, database, env: opts.env }, { rows: true, stopOnError: true, userSql: opts.userSql });
   try {
     return await runChild(argv, { env: libpqEnv(conn, opts.env), signal: opts.signal, what, input: sql, explain: opts.explain });
   } catch (err) {
@@ -66,7 +68,7 @@ export function spawnPsqlScript(
   opts: { what: string; continueOnError?: boolean; explain?: SpawnSpec['explain'] },
 ): Child {
   return sup.spawn({
-    argv: psqlArgv(tools.psql, target, { rows: false, stopOnError: !opts.continueOnError }),
+    argv: psqlArgv(tools.psql, target, { rows: false, stopOnError: !opts.continueOnError, userSql: true }),
     stdin: 'pipe',
     stdout: 'ignore',
     env: libpqEnv(target.conn, target.env),
@@ -133,6 +135,9 @@ export class PsqlSession {
         if (PSQL_STOPPED.test(errText) && !child.stdin!.writableEnded) child.stdin!.end();
       },
     });
+    // A session waits idle between statements (the backup's advisory lock, for the whole dump):
+    // the server's idle timeouts, where it has them, must not end it (and its lock with it).
+    child.stdin!.write(`${SESSION_TIMEOUTS}\n`);
     const session = new PsqlSession(sup, child, current, kill);
     const unfollow = followAbort(opts.signal, () => session.stopped(opts.signal.reason));
     child.done.then(unfollow, unfollow);
@@ -211,6 +216,13 @@ export class PsqlSession {
   }
 }
 
+/**
+ * Turns off, for the session, the timeouts that end idle sessions and those that cut its
+ * statements short (a database may set them: `ALTER DATABASE … SET idle_session_timeout`), on
+ * servers that have them (idle_session_timeout since PostgreSQL 14). Prints nothing.
+ */
+const SESSION_TIMEOUTS = "SELECT count(set_config(name, '0', false)) AS n FROM pg_settings WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout', 'lock_timeout') \\gset coffer_timeouts_";
+
 /** How long a stop waits for a statement that must finish ({@link PsqlSession.query}'s `finishOnStop`). */
 const STOP_GRACE_MS = 10_000;
 
@@ -254,7 +266,7 @@ export class PreparedPsql {
     const sup = new Supervisor(opts.signal);
     const current = { what: opts.what };
     const child = sup.spawn({
-      argv: psqlArgv(tools.psql, { conn, database }, { rows: true, stopOnError: true }),
+      argv: psqlArgv(tools.psql, { conn, database, env: opts.env }, { rows: true, stopOnError: true }),
       stdin: 'pipe',
       env: libpqEnv(conn, opts.env),
       what: opts.what,
