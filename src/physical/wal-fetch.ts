@@ -55,6 +55,9 @@ export async function walFetch(req: WalFetchRequest): Promise<WalFetchResult> {
     throw new UsageError(`${JSON.stringify(req.name)} is not a WAL file name`, { hint: "restore_command = 'coffer wal-fetch --cluster NAME --from REPO --identity FILE %f %p'" });
   }
   const copies = await storedCopies(req.store, req.cluster, req.name, req.signal);
+  // Not archived, or a repository that is not there (an unmounted directory): only the first
+  // may end the recovery.
+  if (copies.length === 0) await req.store.assertPresent?.({ signal: req.signal });
   if (copies.length === 0) throw new NotArchivedError(`${req.name} is not in the archive of cluster ${JSON.stringify(req.cluster)} (${req.store.location})`);
   const hashes = [...new Set(copies.map((c) => c.sha256))];
   if (hashes.length > 1) {

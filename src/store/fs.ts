@@ -140,6 +140,18 @@ export class FsStore implements ObjectStore {
     }
   }
 
+  async assertPresent(): Promise<void> {
+    let st: import('node:fs').Stats;
+    try {
+      st = await fsp.stat(this.root);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError('NoSuchBucket', `the repository directory ${this.root} does not exist`, { cause: err });
+      throw fsError(err, `stat ${this.root}`);
+    }
+    if (!st.isDirectory()) throw new StorageError('NoSuchBucket', `the repository ${this.root} is not a directory`);
+  }
+
   async head(key: string): Promise<{ size: number } | undefined> {
     try {
       const st = await fsp.stat(this.pathOf(key));

@@ -121,6 +121,13 @@ export interface ObjectStore {
   putComposed?(key: string, head: Uint8Array, options: ComposeOptions): Promise<{ size: number }>;
   /** The smallest `head` {@link putComposed} accepts before a copied range (S3: 5 MiB, the smallest part). */
   readonly minComposeHead?: number;
+  /**
+   * Throws `NoSuchBucket` when the repository itself is not there, where {@link list} cannot
+   * tell (a file repository's directory: a listing under it is empty; S3's listing of a missing
+   * bucket throws already). For answers that "nothing is stored" must not be taken from a
+   * repository that is not mounted (wal-fetch's "not in the archive" ends a recovery).
+   */
+  assertPresent?(options?: { signal?: AbortSignal }): Promise<void>;
   /** Deletes an object; deleting a missing key is not an error. */
   delete(key: string): Promise<void>;
   /** Releases network resources. */

@@ -132,6 +132,10 @@ export class RateLimitedStore implements ObjectStore {
     return bytes;
   }
 
+  async assertPresent(options?: { signal?: AbortSignal }): Promise<void> {
+    await this.inner.assertPresent?.(options);
+  }
+
   head(key: string, options?: { signal?: AbortSignal }): Promise<{ size: number } | undefined> {
     return this.inner.head(key, options);
   }

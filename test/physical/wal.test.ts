@@ -132,6 +132,14 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
     expect(absent.code).toBe(1);
     expect(absent.stderr).not.toContain('"level":"error"');
     expect(absent.stderr).toContain('not in the archive');
+    // A repository that is not there (an unmounted directory, a missing bucket) is not "not in
+    // the archive": exit 1 would end a recovery early, on what was restored so far.
+    const gone = repo.kind === 'file' ? f.path('not-mounted', 'repo') : `s3://no-such-bucket-${randomBytes(4).toString('hex')}/wal`;
+    for (const name of [SEG1, '00000003.history']) {
+      const r = await f.run(['wal-fetch', '--cluster', 'c2', '--from', gone, '--identity', f.identityFile, name, path.join(out, 'z')]);
+      expect(r.code, r.stderr).toBe(200);
+    }
+    expect(await fsp.readdir(out)).not.toContain('z');
 
     const other = f.path(`${repo.kind}-other-id.txt`);
     const keygen = await f.run(['keygen', '--out', other]);
