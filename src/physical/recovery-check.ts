@@ -71,7 +71,12 @@ export async function checkRecovery(req: RecoveryCheckRequest): Promise<Recovery
     "-c listen_addresses=''",
     `-c unix_socket_directories=${sock}`,
     `-c hba_file=${hba}`,
-    '-c archive_mode=off',
+    // A recovery ends in a promotion: a new timeline, whose history file (and the old
+    // timeline's last segment, as .partial) must reach the archive once the server runs for
+    // real, or a later restore of this archive follows the abandoned timeline. PostgreSQL marks
+    // them for archiving (.ready) only while archiving is on: on, with no command yet (nothing
+    // leaves this check); the server's own archive_command sends them when it starts.
+    ...(req.recovery ? ['-c archive_mode=on', "-c archive_command=''"] : ['-c archive_mode=off']),
     '-c logging_collector=off',
     // a production shared_buffers may not fit the restore host; recovery does not need it
     '-c shared_buffers=128MB',

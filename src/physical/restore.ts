@@ -39,7 +39,7 @@ import { listWal } from './wal-catalog.js';
 import { checkRecovery, type RecoveryCheck } from './recovery-check.js';
 
 /** Where recovery stops (PostgreSQL's recovery_target_*). */
-export type RecoveryTarget = { kind: 'time'; time: Date } | { kind: 'lsn'; lsn: string; value: bigint } | { kind: 'name'; name: string } | { kind: 'immediate' };
+export type RecoveryTarget = { kind: 'time'; time: Date; /** As given (microseconds kept: a Date has milliseconds only). */ text: string } | { kind: 'lsn'; lsn: string; value: bigint } | { kind: 'name'; name: string } | { kind: 'immediate' };
 
 export type TargetAction = 'promote' | 'pause' | 'shutdown';
 
@@ -427,11 +427,22 @@ interface RecoveryPlan {
   describe: string | null;
 }
 
+/**
+ * recovery_target_time in UTC with a numeric offset (the server reads it at start, before it
+ * knows zone abbreviations such as `Z`), and every digit of the seconds' fraction as given:
+ * the Date holds milliseconds only, and a commit time printed to the microsecond, cut to the
+ * millisecond, would stop recovery before that very commit.
+ */
+export function targetTimeSetting(t: { time: Date; text: string }): string {
+  const fraction = /:\d{2}[.,](\d+)/.exec(t.text)?.[1];
+  return `${t.time.toISOString().slice(0, 19).replace('T', ' ')}${fraction ? `.${fraction}` : ''}+00`;
+}
+
 async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<RecoveryPlan | null> {
   const settings: Record<string, string> = { restore_command: req.restoreCommand, recovery_target_timeline: 'latest' };
   const t = req.target;
   if (t) {
-    if (t.kind === 'time') settings.recovery_target_time = t.time.toISOString().replace('T', ' ').replace('Z', '+00');
+    if (t.kind === 'time') settings.recovery_target_time = targetTimeSetting(t);
     else if (t.kind === 'lsn') settings.recovery_target_lsn = t.lsn;
     else if (t.kind === 'name') settings.recovery_target_name = t.name;
     else settings.recovery_target = 'immediate';

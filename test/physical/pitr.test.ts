@@ -137,6 +137,15 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
     expect(summary.verified.state).toBe('promoted');
     expect(summary.verified.manifestVerified).toBe(true);
     expect(summary.recovery.target).toContain('time');
+    // The target as given, to the microsecond (a commit at T.xxx500 is inside it).
+    expect(s.t).toMatch(/\.\d{6}Z$/);
+    expect(await fsp.readFile(path.join(to, 'postgresql.auto.conf'), 'utf8')).toContain(`recovery_target_time = '${s.t.replace('T', ' ').replace('Z', '+00')}'`);
+    // The promotion's new timeline history is marked for archiving, so that the server, started
+    // with its archive_command, sends it (else a later restore follows the abandoned timeline).
+    const histories = (await fsp.readdir(path.join(to, 'pg_wal'))).filter((n) => n.endsWith('.history'));
+    expect(histories.length).toBeGreaterThan(0);
+    const status = await fsp.readdir(path.join(to, 'pg_wal', 'archive_status'));
+    for (const h of histories) expect(status).toContain(`${h}.ready`);
     // the directory is left ready to start: recovery.signal consumed by the verification start
     expect(await fsp.readFile(path.join(to, 'PG_VERSION'), 'utf8')).toBe('15\n');
   });

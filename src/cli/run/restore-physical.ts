@@ -43,7 +43,7 @@ export function refuseWithoutPhysical(flags: PhysicalValues): void {
 function recoveryTarget(flags: PhysicalValues): RecoveryTarget | undefined {
   const given = [flags.targetTime, flags.targetLsn, flags.targetName].filter((v) => v !== undefined);
   if (given.length > 1) throw new UsageError('give at most one of --target-time, --target-lsn and --target-name');
-  if (flags.targetTime !== undefined) return { kind: 'time', time: parseTargetTime(flags.targetTime) };
+  if (flags.targetTime !== undefined) return { kind: 'time', time: parseTargetTime(flags.targetTime), text: flags.targetTime.trim() };
   if (flags.targetLsn !== undefined) return { kind: 'lsn', lsn: flags.targetLsn.trim().toUpperCase(), value: parseLsn(flags.targetLsn) };
   if (flags.targetName !== undefined) {
     if (flags.targetName === '') throw new UsageError('--target-name is empty');
