@@ -163,6 +163,22 @@ export function formatErrorLine(err: unknown): string {
   return text.replace(/\s*\n\s*/g, ' | ').trim();
 }
 
+/**
+ * A full disk is no bug: a raw ENOSPC/EDQUOT that reached the top (a stream of the run saw it
+ * before the store or the file writer could name it) is a storage failure, exit 4, with the fix.
+ * Anything else is returned as it is.
+ */
+export function classifySystemError(err: unknown): unknown {
+  if (err instanceof CofferError || !(err instanceof Error)) return err;
+  const e = err as NodeJS.ErrnoException;
+  if (e.code !== 'ENOSPC' && e.code !== 'EDQUOT') return err;
+  const where = e.path ? ` ${e.path}` : '';
+  return new StorageError('Failed', `${e.syscall ?? 'write'}${where}: ${e.code === 'ENOSPC' ? 'no space left on device' : 'disk quota exceeded'}`, {
+    cause: err,
+    hint: 'free disk space where this run writes (the repository directory, --output, the spool directory) and run it again',
+  });
+}
+
 /** Exit code for any thrown value. */
 export function exitCodeOf(err: unknown): ExitCodeValue {
   return err instanceof CofferError ? err.exitCode : ExitCode.unexpected;

@@ -6,7 +6,7 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 import { configurePluginClient } from '../crypto/plugin.js';
 import { Command, CommanderError } from 'commander';
-import { ExitCode, InterruptedError, UsageError, CofferError, exitCodeOf, formatErrorLine } from '../errors.js';
+import { ExitCode, InterruptedError, UsageError, CofferError, classifySystemError, exitCodeOf, formatErrorLine } from '../errors.js';
 import { createLogger, newRunId, type Logger } from '../observe/log.js';
 import { clearForLogLine } from '../observe/progress.js';
 import { resolveLogFormat } from '../config/settings.js';
@@ -114,7 +114,8 @@ export async function main(argv: string[]): Promise<number> {
 
   try {
     await program.parseAsync(argv, { from: 'node' });
-  } catch (err) {
+  } catch (thrown) {
+    const err = classifySystemError(thrown);
     if (err instanceof CommanderError) {
       exitCode = err.exitCode === 0 ? ExitCode.ok : (failureExitCode ?? ExitCode.usage);
     } else if (err instanceof CofferError && err.kind === 'absent') {
