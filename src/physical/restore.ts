@@ -35,7 +35,7 @@ import { commitFile, tempPathIn } from '../atomic-write.js';
 import { openDecryptStream } from '../crypto/age.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { findServerBinaries } from './server-version.js';
-import { listWal } from './wal-catalog.js';
+import { listWal, reachFrom, summarizeWal, type WalObject } from './wal-catalog.js';
 import { checkRecovery, type RecoveryCheck } from './recovery-check.js';
 
 /** Where recovery stops (PostgreSQL's recovery_target_*). */
@@ -452,7 +452,9 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
   // No target: a volume archive starts as it was stopped; a base backup replays the archived WAL
   // beyond it to its end, if there is any.
   if (m.kind !== 'basebackup') return null;
-  const after = await archivedWalAfter(req, m);
+  const wal = await listWal(req.store, req.cluster, req.signal);
+  const after = archivedWalAfter(wal, m);
+  if (after !== undefined) refuseGap(req, m, wal);
   if (after === undefined) {
     req.log.info('no archived WAL after this backup: the directory starts at the end of the backup');
     return null;
@@ -461,12 +463,37 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
   return { settings, describe: null };
 }
 
+/**
+ * A restore without a target replays the archived WAL "to its end": PostgreSQL stops at the
+ * first segment missing from the unbroken run after the backup, promotes, and reports success.
+ * Where the backup's timeline has segments stored after such a gap (and no later timeline, onto
+ * which recovery may have moved before it), that would silently drop what they hold: refused.
+ */
+function refuseGap(req: PhysicalRestoreRequest, m: PhysicalManifest, wal: WalObject[]): void {
+  const stop = m.wal?.stopSegment;
+  const timeline = stop === undefined ? undefined : parseSegmentName(stop)?.timeline;
+  if (stop === undefined || timeline === undefined) return;
+  if (wal.some((w) => w.file.endsWith('.history') && Number.parseInt(w.file.slice(0, 8), 16) > timeline)) return;
+  let reach: string;
+  try {
+    reach = reachFrom(summarizeWal(req.cluster, wal, new Date()), wal, stop).segment;
+  } catch {
+    return; // a segment size the summary does not know: recovery finds out
+  }
+  const beyond = wal.filter((w) => parseSegmentName(w.file)?.timeline === timeline && !w.file.includes('.') && w.file > reach).map((w) => w.file).sort();
+  if (beyond.length === 0) return;
+  throw new IntegrityError(
+    `the archived WAL of cluster ${JSON.stringify(req.cluster)} has a gap after ${reach}: recovery without a target would stop there and promote, and drop what ${beyond.length} later segment(s) up to ${beyond[beyond.length - 1]} hold`,
+    { hint: `put the missing segments back (coffer status --cluster ${req.cluster} names them), or accept the loss explicitly: --target-lsn or --target-time before the gap` },
+  );
+}
+
 /** The newest archived WAL segment after the backup (any timeline at or after its own), if any. */
-async function archivedWalAfter(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<string | undefined> {
+function archivedWalAfter(wal: WalObject[], m: PhysicalManifest): string | undefined {
   const from = m.wal?.stopSegment.slice(8);
   if (from === undefined) return undefined;
   let newest: string | undefined;
-  for (const w of await listWal(req.store, req.cluster, req.signal)) {
+  for (const w of wal) {
     if (!parseSegmentName(w.file)) continue;
     const position = w.file.slice(8);
     if (position <= from) continue;

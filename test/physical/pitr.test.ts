@@ -200,6 +200,27 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
     expect(await emptyOrGone(to)).toBe(true);
   });
 
+  it.runIf(kind === 'file')('without a target, a gap in the archived WAL with later segments stored is refused (exit 5): recovery would stop at the gap and report success', async () => {
+    const repo = path.join(shared, `${kind}-gap-repo`);
+    await fsp.cp(s.repo, repo, { recursive: true });
+    const wal = path.join(repo, 'cluster=main', 'wal');
+    const segs = (await fsp.readdir(wal)).filter((n) => /^[0-9A-F]{24}\.[0-9a-f]{64}\.zst\.age$/.test(n)).sort();
+    const newest = segs[segs.length - 1]!;
+    // A segment two on from the newest: the one between is missing (only the name matters here).
+    const later = `${newest.slice(0, 16)}${(Number.parseInt(newest.slice(16, 24), 16) + 2).toString(16).toUpperCase().padStart(8, '0')}`;
+    await fsp.copyFile(path.join(wal, newest), path.join(wal, `${later}${newest.slice(24)}`));
+    await giveToServer(repo);
+    const to = path.join(shared, `${kind}-gap`);
+    const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', s.identity, '--to-dir', to], s.env);
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(new RegExp(`has a gap after ${newest.slice(0, 24)}: recovery without a target would stop there .* up to ${later}`));
+    expect(await emptyOrGone(to)).toBe(true);
+    // Accepted explicitly, with a target before the gap, it restores.
+    const ok = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', s.identity, '--to-dir', to, '--target-time', s.t, '--verify', '--smoke', 'SELECT count(*) FROM t', '--json'], s.env);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect((JSON.parse(ok.stdout) as { verified: { smoke: Array<{ result: string }> } }).verified.smoke[0]!.result).toBe('150');
+  });
+
   // Last: it damages the archive. Through S3, test/physical/wal.test.ts has a recovery meet a damaged segment.
   it.runIf(kind === 'file')('damaged archived WAL stops recovery with a clear error (exit 5) and leaves nothing to start', async () => {
     const keys = await listKeys(s.repo);
