@@ -451,8 +451,18 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
   }
   // No target: a volume archive starts as it was stopped; a base backup replays the archived WAL
   // beyond it to its end, if there is any.
-  if (m.kind !== 'basebackup') return null;
   const wal = await listWal(req.store, req.cluster, req.signal);
+  if (m.kind !== 'basebackup') {
+    // It holds no WAL position to replay from: WAL stored since it was taken is named, not replayed.
+    const since = wal.filter((w) => w.lastModified.getTime() >= Date.parse(m.startedAt)).sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime());
+    const newest = since[since.length - 1];
+    if (newest) {
+      req.log.warn(
+        `archived WAL was stored after this volume archive (${since.length} file(s), the newest ${newest.file} at ${newest.lastModified.toISOString()}): without a target the directory starts as it was stopped, without what that WAL holds; to roll forward, restore with --target-time or --target-lsn after it`,
+      );
+    }
+    return null;
+  }
   const after = archivedWalAfter(wal, m);
   if (after !== undefined) refuseGap(req, m, wal);
   if (after === undefined) {

@@ -51,9 +51,15 @@ describe('a cold volume archive (the operations document, section 6)', () => {
     } finally {
       await execa(path.join(src.binDir, 'pg_ctl'), ['start', '-D', src.dataDir, '-l', `${src.dataDir}/../postgres.log`, '-w'], { ...asServer, cwd: '/', stdin: 'ignore' });
     }
+    // WAL archived after it (one file pushed here): named in a warning, not replayed without a target.
+    const walFile = f.path('000000010000000000000042');
+    await fsp.writeFile(walFile, Buffer.alloc(16 << 20));
+    const pushed = await runCoffer(['wal-push', '--cluster', 'vault', '--to', repo, '--recipient', f.recipient, walFile], { env });
+    expect(pushed.code, pushed.stderr).toBe(0);
     const to = f.path('vol-restored');
     const r = await runCoffer(['restore', '--physical', '--cluster', 'vault', '--from', repo, '--identity', f.identityFile, '--to-dir', to, '--verify', '--smoke', 'SELECT COUNT(*) FROM vault_status', '--attachments-dir', f.path('attached'), '--json'], { env: baseEnv() });
     expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/archived WAL was stored after this volume archive \(1 file\(s\), the newest 000000010000000000000042 .*restore with --target-time or --target-lsn/);
     const s = JSON.parse(r.stdout) as { kind: string; recovery: unknown; verified: { smoke: Array<{ result: string }>; state: string } };
     expect(s.kind).toBe('volume');
     expect(s.recovery).toBeNull();

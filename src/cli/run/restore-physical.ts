@@ -155,7 +155,9 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       `restored ${summary.kind === 'basebackup' ? 'base backup' : 'volume archive'} ${summary.backupId} of cluster ${JSON.stringify(summary.cluster)} into ${summary.dir} in ${(summary.durationMs / 1000).toFixed(1)}s (${formatBytes(summary.storedBytes)} stored, ${formatBytes(summary.tarBytes)} unpacked; PostgreSQL ${summary.majorVersion})`,
       summary.recovery
         ? `recovery: replays archived WAL ${summary.recovery.target ? `to ${summary.recovery.target}, then ${summary.recovery.action}` : 'to the end of the archive'} (restore_command and recovery.signal written)`
-        : 'recovery: none needed (no archived WAL after this backup); the directory starts at the end of the backup',
+        : summary.kind === 'basebackup'
+          ? 'recovery: none needed (no archived WAL after this backup); the directory starts at the end of the backup'
+          : 'recovery: none (a volume archive starts as it was stopped; archived WAL after it is replayed only with a target)',
       ...(v
         ? [
             `verified: ${v.manifestVerified ? 'pg_verifybackup ok; ' : ''}recovered and ${v.state}${v.lastReplayed ? `, last transaction replayed at ${v.lastReplayed}` : ''} (${v.seconds.toFixed(1)}s)`,
