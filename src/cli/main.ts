@@ -11,6 +11,7 @@ import { createLogger, newRunId, type Logger } from '../observe/log.js';
 import { clearForLogLine } from '../observe/progress.js';
 import { resolveLogFormat } from '../config/settings.js';
 import { COFFER_VERSION } from '../version.js';
+import { removePlaintextNow } from '../run/plaintext.js';
 import type { CliContext } from './context.js';
 import { COMMANDS, GLOBAL_OPTIONS, GROUPS, LAYOUT } from './registry.js';
 import { addOptions, registerCommands, resolveInvocation } from './program.js';
@@ -30,6 +31,8 @@ export async function main(argv: string[]): Promise<number> {
   const onSignal = (sig: NodeJS.Signals): void => {
     signals++;
     if (signals > 1) {
+      // No cleanup runs now: at least no decrypted data stays on disk (a --jobs spool, an --output being written).
+      removePlaintextNow();
       process.stderr.write(`coffer: second ${sig}, exiting now\n`);
       process.exit(sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
     }

@@ -11,6 +11,7 @@ import { finished as streamFinished, pipeline as streamPipeline } from 'node:str
 import type { BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest } from '../catalog/manifest.js';
 import { commitFile } from '../atomic-write.js';
+import { holdPlaintext, removeOrphans } from '../run/plaintext.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { Supervisor } from '../run/supervisor.js';
@@ -125,7 +126,13 @@ export async function restoreToFile(
     if (err instanceof UsageError) throw err;
   }
   const sup = new Supervisor(req.signal);
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.coffer-tmp-${process.pid}`);
+  const dir = path.dirname(file);
+  const temporary = `.${path.basename(file)}.coffer-tmp-`;
+  // The decrypted archive of a killed run (SIGKILL) that wrote this very --output: not left behind.
+  const escaped = temporary.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  for (const p of await removeOrphans(dir, new RegExp(`^${escaped}(\\d+)$`))) req.log.warn('removed the unfinished --output of an earlier run that was killed (a decrypted archive)', { file: p });
+  const tmp = path.join(dir, `${temporary}${process.pid}`);
+  const release = holdPlaintext(tmp);
   try {
     return await sup.run(async () => {
       const opened = await openSource(req, sup, req.env);
@@ -136,5 +143,6 @@ export async function restoreToFile(
     });
   } finally {
     await fsp.rm(tmp, { force: true });
+    release();
   }
 }

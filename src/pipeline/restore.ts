@@ -245,7 +245,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
       req.log.info('selective restore', { entries: selection.ids.length, of: entries.length, tables: selection.tables.length, download: ranged ? 'ranged (archive index)' : 'whole' });
       ranged?.select(selection.ids);
     }
-    if (req.jobs > 1) spool = await Spool.prepare(req.source, opened.format, req.spoolDir);
+    if (req.jobs > 1) spool = await Spool.prepare(req.source, opened.format, req.spoolDir, req.log);
 
     // The database as it was: encoding and locale now (from the first entries of the table of
     // contents: the rest streams on to pg_restore meanwhile), owner, ACL and settings before the swap.

@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { errnoWords, StorageError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets.js';
+import { holdPlaintext, removeOrphans } from '../run/plaintext.js';
 import type { FanOutTarget } from './fanout.js';
 import type { RestoreSource } from './restore-source.js';
 
@@ -20,25 +21,32 @@ export class Spool {
   private readonly offsets = new ArchiveOffsetScanner();
   private started = Date.now();
 
-  private constructor(readonly file: string) {}
+  private constructor(
+    readonly file: string,
+    private readonly release: () => void,
+  ) {}
 
   /** A private directory for the spool, free space checked against the manifest. */
-  static async prepare(source: RestoreSource, format: 'custom' | 'sql', spoolDir: string | undefined): Promise<Spool> {
+  static async prepare(source: RestoreSource, format: 'custom' | 'sql', spoolDir: string | undefined, log: Logger): Promise<Spool> {
     if (format !== 'custom') throw new UsageError('--jobs works with custom-format backups only (this one is plain SQL)');
     const base = spoolDir ?? tmpdir();
     await fsp.mkdir(base, { recursive: true });
-    const dir = await fsp.mkdtemp(path.join(base, 'coffer-spool-'));
+    // Decrypted archives of killed restores (SIGKILL): not left for anyone to read.
+    for (const p of await removeOrphans(base, /^coffer-spool-(\d+)-/)) log.warn('removed the spool of an earlier restore that was killed (a decrypted archive)', { spool: p });
+    const dir = await fsp.mkdtemp(path.join(base, `coffer-spool-${process.pid}-`));
+    const release = holdPlaintext(dir);
     await fsp.chmod(dir, 0o700);
     const need = source.kind === 'repository' ? source.entry.manifest.dump.dumpBytes : 0;
     const st = await fsp.statfs(dir);
     const free = Number(st.bavail) * Number(st.bsize);
     if (need > 0 && free < need * 1.05) {
       await fsp.rm(dir, { recursive: true, force: true });
+      release();
       throw new StorageError('Failed', `not enough free space in ${base} to spool the archive: ${free} bytes free, ${need} needed`, {
         hint: 'use --spool-dir on a larger filesystem, or restore without --jobs (streams, no spool)',
       });
     }
-    return new Spool(path.join(dir, 'archive.dump'));
+    return new Spool(path.join(dir, 'archive.dump'), release);
   }
 
   /** The fan-out's branches that write the spool: the file (created now) and the offset scanner. */
@@ -66,6 +74,7 @@ export class Spool {
   /** Removes the spool's directory (and the file). */
   async remove(): Promise<void> {
     await fsp.rm(path.dirname(this.file), { recursive: true, force: true });
+    this.release();
   }
 }
 
