@@ -113,6 +113,9 @@ export interface TargetSurvey {
  * SIGKILL (or whose server went away for longer than the cleanup waits) cannot drop its own:
  * they are named, not dropped (another restore of the same target may be running).
  */
+/** The name a drill restores into (src/cli/run/restore.ts). */
+const DRILL_TARGET = /^coffer_drill_[0-9a-f]{8}$/;
+
 export async function surveyTarget(admin: PgAdmin, target: string, log: Logger, signal?: AbortSignal): Promise<TargetSurvey> {
   const prefix = derivedName(target, `__restoring_${'0'.repeat(8)}`).slice(0, -8);
   const out = await admin.query(
@@ -120,6 +123,8 @@ export async function surveyTarget(admin: PgAdmin, target: string, log: Logger, 
       `SELECT 'e' || E'\\t' || count(*) FROM pg_database WHERE datname = ${quoteLiteral(target)};`,
       "SELECT 'v' || E'\\t' || current_setting('server_version_num') || ' ' || current_setting('server_version');",
       `SELECT 's' || E'\\t' || datname FROM pg_database WHERE left(datname, ${[...prefix].length}) = ${quoteLiteral(prefix)} AND datname ~ '__restoring_[0-9a-f]{8}$';`,
+      // A drill restores into a name of its own each time: what killed drills left has other names.
+      ...(DRILL_TARGET.test(target) ? [`SELECT 'd' || E'\\t' || datname FROM pg_database WHERE datname ~ '^coffer_drill_[0-9a-f]{8}(__restoring_[0-9a-f]{8})?$' AND datname <> ${quoteLiteral(target)};`] : []),
     ].join('\n'),
     'look up the target database and the server version',
     undefined,
@@ -133,6 +138,8 @@ export async function surveyTarget(admin: PgAdmin, target: string, log: Logger, 
     else if (kind === 'v') version = value;
     else if (kind === 's' && value === `${prefix}${value.slice(-8)}`) {
       log.warn(`a scratch database of an earlier restore of ${JSON.stringify(target)} is still there (that restore was killed before it could drop it); once no restore of it runs, drop it: DROP DATABASE ${quoteIdent(value)} WITH (FORCE);`, { database: value });
+    } else if (kind === 'd') {
+      log.warn(`a database of an earlier drill is still there (that drill was killed before it could drop it); once no drill runs, drop it: DROP DATABASE ${quoteIdent(value)} WITH (FORCE);`, { database: value });
     }
   }
   const at = version.indexOf(' ');

@@ -245,6 +245,18 @@ describe('a failed restore changes nothing', () => {
 });
 
 describe('verify and drill', () => {
+  it('a drill names the databases killed drills left (they have names of their own each time)', async () => {
+    const left = ['coffer_drill_0badc0de__restoring_0badf00d', 'coffer_drill_0badc0de'];
+    for (const d of left) await pg.psql(`CREATE DATABASE ${d};`);
+    try {
+      const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile]);
+      expect(d.code, d.stderr).toBe(0);
+      for (const name of left) expect(d.stderr).toContain(`a database of an earlier drill is still there (that drill was killed before it could drop it); once no drill runs, drop it: DROP DATABASE \\"${name}\\" WITH (FORCE);`);
+    } finally {
+      for (const d of left) await dropDatabase(pg, d);
+    }
+  });
+
   it('verify passes on a good backup; drill restores, checks, records and drops', async () => {
     const v = await f.run(['verify', '--from', repoUrl(), '--identity', f.identityFile, '--backup', 'all', '--json']);
     expect(v.code, v.stderr).toBe(0);
