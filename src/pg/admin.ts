@@ -115,10 +115,10 @@ export class PgAdmin {
     await this.query(statement ?? `CREATE DATABASE ${quoteIdent(db)} TEMPLATE template0;`, `create database ${JSON.stringify(db)}`, this.maintenanceDb, undefined, { finishOnStop: true });
   }
 
-  /** The names of the server's roles. */
+  /** The names of the server's roles (hex-encoded on the way: a name may hold a newline). */
   async roles(): Promise<Set<string>> {
-    const out = await this.query("SELECT rolname FROM pg_roles;", 'list roles');
-    return new Set(out.split('\n').filter(Boolean));
+    const out = await this.query("SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles;", 'list roles');
+    return new Set(out.split('\n').filter(Boolean).map((h) => Buffer.from(h.trim(), 'hex').toString('utf8')));
   }
 
   /** DROP … WITH (FORCE): also ends sessions still connected (PostgreSQL 13+). */

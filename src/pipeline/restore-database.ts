@@ -9,6 +9,7 @@ import type { Logger } from '../observe/log.js';
 import { PgAdmin, derivedName, quoteIdent, quoteLiteral } from '../pg/admin.js';
 import { archiveText, createStatement, isUtf8, definitionFromArchive, definitionFromManifest, describeLocale, propertiesScript, TARGET_DB_VAR, type DatabaseDefinition } from '../pg/database-props.js';
 import type { RestoreFlags } from '../pg/pg-restore.js';
+import { globalsScript } from '../pg/globals.js';
 import { spawnPsqlScript } from '../pg/psql.js';
 import type { Supervisor } from '../run/supervisor.js';
 import type { OpenedArchive } from './archive.js';
@@ -186,15 +187,30 @@ export async function dropScratch(admin: PgAdmin, scratch: string, log: Logger):
 }
 
 /**
- * Applies the backup's globals (roles, as SQL) to the server; existing roles are kept. Roles
- * that already exist (the superuser, at least) make CREATE ROLE fail: each statement runs on
- * its own, the rest go on, and what was skipped is reported.
+ * Applies the backup's globals (roles, as SQL) to the server. A role the server already has (the
+ * superuser, at least) is left exactly as it is: the backup's CREATE, ALTER (attributes, password,
+ * settings), COMMENT and privileges of it are left out, and one warning names these roles. Roles
+ * the server lacks are created with all of it, and their memberships ({@link globalsScript}).
+ * Each statement runs on its own, the rest go on, and what failed is reported.
  */
 export async function applyGlobals(admin: PgAdmin, sql: string, sup: Supervisor, log: Logger): Promise<void> {
+  const plan = globalsScript(sql, await admin.roles());
+  if (plan.kept.length > 0 || plan.membershipsLeftOut.length > 0) {
+    log.warn("globals: roles this server already has are kept as they are (the backup's attributes, password, settings and comment are not applied to them), and memberships between two of them are not added", {
+      roles: names(plan.kept),
+      ...(plan.membershipsLeftOut.length > 0 ? { membershipsLeftOut: names(plan.membershipsLeftOut) } : {}),
+    });
+  }
+  if (plan.leftOut.length > 0) log.warn('globals: statements left out', { statements: names(plan.leftOut) });
   const out = spawnPsqlScript(sup, admin.tools, { conn: admin.conn, database: admin.maintenanceDb, env: admin.env }, { what: 'psql (globals)', continueOnError: true });
-  out.stdin!.end(sql);
+  out.stdin!.end(plan.script);
   await out.done;
   const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
-  for (const e of errors) log.warn('globals: statement skipped', { error: e.replace(/^.*ERROR:\s*/, '') });
-  log.info('globals applied', { skipped: errors.length });
+  for (const e of errors) log.warn('globals: statement failed', { error: e.replace(/^.*ERROR:\s*/, '') });
+  log.info('globals applied', { created: plan.created.length, kept: plan.kept.length, failed: errors.length });
+}
+
+/** Names (or other text of the backup) for a log field: each JSON-quoted, so quotes, commas and newlines in them stay readable. */
+function names(list: string[]): string {
+  return list.map((n) => JSON.stringify(n)).join(', ');
 }
