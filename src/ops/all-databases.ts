@@ -2,15 +2,29 @@ import type { ConnectionSpec } from '../pg/connection.js';
 import { psqlQuery } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 
-/** Whether the database holds user objects (a table, view, sequence… outside the system schemas). */
-const POSTGRES_USED = "SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%');";
+/** Schemas that are not the user's. */
+const SYSTEM_NS = "n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'";
+
+/**
+ * Whether the database holds anything of the user's: a relation (table, view, sequence…), a
+ * function, a type, a schema other than public, a large object, an extension other than
+ * plpgsql, an event trigger or a publication.
+ */
+const POSTGRES_USED = `SELECT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ${SYSTEM_NS})
+  OR EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE ${SYSTEM_NS})
+  OR EXISTS (SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE ${SYSTEM_NS})
+  OR EXISTS (SELECT 1 FROM pg_namespace n WHERE ${SYSTEM_NS} AND n.nspname <> 'public')
+  OR EXISTS (SELECT 1 FROM pg_largeobject_metadata)
+  OR EXISTS (SELECT 1 FROM pg_extension WHERE extname <> 'plpgsql')
+  OR EXISTS (SELECT 1 FROM pg_event_trigger)
+  OR EXISTS (SELECT 1 FROM pg_publication);`;
 
 /**
  * The databases `backup --all-databases` covers: every database that accepts connections, is
  * not a template and that the backup role may connect to. `postgres` (the maintenance database
- * every cluster has) is included only when it holds user objects (a table, view, sequence… in a
- * schema other than pg_catalog and information_schema): an empty `postgres` is not worth a
- * backup, but one someone put tables in must not be skipped silently.
+ * every cluster has) is included only when it holds anything of the user's ({@link POSTGRES_USED}:
+ * a table, a function, a large object…): an empty `postgres` is not worth a backup, but one
+ * someone put data in must not be skipped silently.
  */
 export async function listAllDatabases(
   tools: PgTools,

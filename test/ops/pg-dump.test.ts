@@ -187,6 +187,21 @@ describe('on a second cluster', () => {
     expect(r1.code, r1.stderr).toBe(0);
     expect(manifests(r1.stdout).map((m) => m.database)).toEqual(['App Two', 'app_one']);
 
+    // Not only tables: anything of the user's in postgres makes it worth a backup.
+    const kinds: Array<[string, string, string]> = [
+      ['a large object', "SELECT lo_from_bytea(0, 'the only copy');", 'SELECT lo_unlink(oid) FROM pg_largeobject_metadata;'],
+      ['a function', 'CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS $$ SELECT 42 $$;', 'DROP FUNCTION public.answer();'],
+      ['a schema', 'CREATE SCHEMA ops;', 'DROP SCHEMA ops;'],
+      ['an enum type', "CREATE TYPE public.mood AS ENUM ('ok', 'not ok');", 'DROP TYPE public.mood;'],
+    ];
+    for (const [what, create, drop] of kinds) {
+      await fresh.psql(create, 'postgres');
+      const r = await runCoffer(backupArgs(repo, '--all-databases'), { env: freshEnv() });
+      await fresh.psql(drop, 'postgres');
+      expect(r.code, r.stderr).toBe(0);
+      expect(manifests(r.stdout).map((m) => m.database), what).toEqual(['App Two', 'app_one', 'postgres']);
+    }
+
     await fresh.psql('CREATE TABLE settings (k text PRIMARY KEY, v text);', 'postgres');
     const r2 = await runCoffer(backupArgs(repo, '--all-databases'), { env: freshEnv() });
     expect(r2.code, r2.stderr).toBe(0);
