@@ -9,10 +9,16 @@ import type { RetentionPolicy } from './policy.js';
  * `cluster=<name>/<tier>/<id>.<suffix>`, archived WAL `cluster=<name>/wal/…`: {@link planWalPrune});
  * anything else is never touched. The files of one run (same database, tier and id) form one backup. A backup
  * expires when its age (from the start time in its id) is more than its tier's retention. The
- * newest `minKeep` *good* backups of each database (manifest present and readable, dump present)
- * are kept whatever their age. Files of a run that never completed (no manifest) expire by the
- * same rule. Pure: `now` is passed in.
+ * newest `minKeep` *good* backups (manifest present and readable, dump present) of each database
+ * **and kind** are kept whatever their age: full backups (pg_dump custom archives) count only
+ * among full backups, schema-only ones among schema-only ones, data-only ones among data-only
+ * ones, so a partial backup never stands in for a full one (`restore` never takes one for
+ * `latest`, `status` never counts one). Files of a run that never completed (no manifest) expire
+ * by the same rule. Pure: `now` is passed in.
  */
+
+/** What a logical backup holds: the manifest's `kind` (`custom` = a full backup). */
+export type PruneKind = 'custom' | 'schema-only' | 'data-only';
 
 /** One backup (or the leftovers of an incomplete run) found in the repository. */
 export interface PruneCandidate {
@@ -21,6 +27,12 @@ export interface PruneCandidate {
   cluster?: string;
   tier: Tier;
   id: string;
+  /**
+   * A logical backup's kind: from its manifest when the caller read it, else a `.dump…` object
+   * says `custom`; unset when unknown (a plain-SQL dump without a readable manifest) and for
+   * physical backups (one track per cluster). `minKeep` counts per database and kind.
+   */
+  kind?: PruneKind;
   /** Every key of this run, manifest first (deleting it first makes the backup disappear at once). */
   keys: string[];
   complete: boolean;
@@ -41,9 +53,10 @@ export interface PrunePlan {
 
 /**
  * Groups listed keys into runs. `isGood(manifestKey)` says whether a complete run's manifest
- * could be read and its dump exists (decided by the caller, which reads the manifests).
+ * could be read and its dump exists (decided by the caller, which reads the manifests);
+ * `kindOf(manifestKey)` the kind its manifest says (a logical backup's), when it was read.
  */
-export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) => boolean): PruneCandidate[] {
+export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) => boolean, kindOf: (manifestKey: string) => PruneKind | undefined = () => undefined): PruneCandidate[] {
   const runs = new Map<string, { database: string; cluster?: string; tier: Tier; id: string; keys: string[] }>();
   for (const key of keys) {
     const k = parseKey(key);
@@ -59,11 +72,21 @@ export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) 
   return [...runs.values()].map((r) => {
     const manifest = r.keys.find((k) => k.endsWith(MANIFEST_SUFFIX));
     const keys = [...(manifest ? [manifest] : []), ...r.keys.filter((k) => k !== manifest).sort()];
-    return { ...r, keys, complete: manifest !== undefined, good: manifest !== undefined && isGood(manifest) };
+    const good = manifest !== undefined && isGood(manifest);
+    // The manifest says which kind; without it, a custom archive's suffix says full (a plain-SQL
+    // dump is schema-only or data-only: only its manifest tells which).
+    const kind = r.cluster !== undefined ? undefined : ((manifest !== undefined ? kindOf(manifest) : undefined) ?? (keys.some((k) => /\.dump(\.zst)?\.age$/.test(k)) ? 'custom' : undefined));
+    return { ...r, ...(kind !== undefined ? { kind } : {}), keys, complete: manifest !== undefined, good };
   });
 }
 
-/** Decides what to delete. `minKeep` (≥ 1) good backups per database (and per cluster) always stay. */
+/** What `minKeep` counts a backup among, in reasons: full, schema-only or data-only backups. */
+const KIND_WORDS: Record<PruneKind, string> = { custom: 'full', 'schema-only': 'schema-only', 'data-only': 'data-only' };
+
+/**
+ * Decides what to delete. The newest `minKeep` (≥ 1) good backups per database and kind (and per
+ * cluster) always stay: a schema-only or data-only backup never takes a full backup's place.
+ */
 export function planPrune(candidates: readonly PruneCandidate[], policy: RetentionPolicy, minKeep: number, now: Date): PrunePlan {
   if (!Number.isInteger(minKeep) || minKeep < 1) throw new RangeError(`minKeep must be a whole number ≥ 1 (got ${minKeep})`);
   const byDb = new Map<string, PruneCandidate[]>();
@@ -76,16 +99,19 @@ export function planPrune(candidates: readonly PruneCandidate[], policy: Retenti
   const decisions: PruneDecision[] = [];
   for (const db of [...byDb.keys()].sort()) {
     const list = byDb.get(db)!.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
-    let goodSeen = 0;
+    /** Good backups seen so far (newest first), per kind: each kind has its own min-keep. */
+    const goodSeen = new Map<string, number>();
     for (const c of list) {
       const ageDays = (now.getTime() - backupIdTime(c.id).getTime()) / 86_400_000;
       const limit = policy.days[c.tier];
-      if (c.good && goodSeen < minKeep) {
-        goodSeen++;
-        decisions.push({ ...c, action: 'keep', reason: ageDays > limit ? `one of the newest ${minKeep} good backups (min-keep)` : 'within retention' });
+      const track = c.cluster !== undefined ? 'cluster' : (c.kind ?? 'unknown');
+      const seen = goodSeen.get(track) ?? 0;
+      if (c.good) goodSeen.set(track, seen + 1);
+      if (c.good && seen < minKeep) {
+        const what = c.kind !== undefined ? `good ${KIND_WORDS[c.kind]} backups` : c.cluster !== undefined ? 'good backups' : 'good backups of an unknown kind';
+        decisions.push({ ...c, action: 'keep', reason: ageDays > limit ? `one of the newest ${minKeep} ${what} (min-keep)` : 'within retention' });
         continue;
       }
-      if (c.good) goodSeen++;
       if (ageDays > limit) {
         const what = c.complete ? (c.good ? 'backup' : 'backup with an unreadable manifest or missing dump') : 'incomplete run (no manifest)';
         decisions.push({ ...c, action: 'delete', reason: `${what} older than ${limit} days (${c.tier})` });

@@ -6,7 +6,7 @@ import { chooseTier } from '../../src/retention/tiers.js';
 import { parseRetentionPeriod, parseRetentionPolicy, retainUntil } from '../../src/retention/policy.js';
 import { canonicalRule, conflictingRules, desiredRules, isCofferRuleFor, objectLockDrift, planLifecycle } from '../../src/retention/lifecycle.js';
 import { groupRuns, planPrune, planWalPrune } from '../../src/retention/prune.js';
-import { compactTimestamp, type Tier } from '../../src/catalog/layout.js';
+import { backupIdTime, compactTimestamp, type Tier } from '../../src/catalog/layout.js';
 
 const DEFAULT = parseRetentionPolicy({});
 
@@ -163,6 +163,79 @@ describe('prune planning', () => {
     const keys = [...run('vault', 'daily', daysAgo(20), false), ...run('vault', 'daily', bad), ...run('vault', 'daily', daysAgo(40))];
     const plan = planPrune(groupRuns(keys, (k) => !k.includes(bad)), DEFAULT, 1, now);
     expect(plan.decisions.map((d) => `${d.id} ${d.action}`)).toEqual([`${daysAgo(20)} delete`, `${bad} delete`, `${daysAgo(40)} keep`]);
+  });
+
+  describe('min-keep counts full backups apart from schema-only and data-only ones', () => {
+    type Kind = 'custom' | 'schema-only' | 'data-only';
+    /** A run of `kind` (a custom archive or plain SQL, as backup writes them), and its manifest's kind. */
+    const logical = (db: string, tier: Tier, kind: Kind, n: number): { keys: string[]; kind: Kind } => {
+      const id = daysAgo(n);
+      const dump = kind === 'custom' ? 'dump.zst' : 'sql.zst';
+      return { keys: [`${db}/${tier}/${id}.${dump}.age`, `${db}/${tier}/${id}.manifest.json`], kind };
+    };
+    const plan = (runs: Array<{ keys: string[]; kind: Kind }>, minKeep: number) => {
+      const kinds = new Map(runs.map((r) => [r.keys[1]!, r.kind]));
+      const p = planPrune(
+        groupRuns(runs.flatMap((r) => r.keys), () => true, (k) => kinds.get(k)),
+        DEFAULT,
+        minKeep,
+        now,
+      );
+      return p.decisions.map((d) => `${d.database} ${kinds.get(d.keys[0]!)} ${ageOf(d.id)} ${d.action}`);
+    };
+    /** A backup's age in whole days (from the time in its id). */
+    const ageOf = (id: string): number => Math.round((now.getTime() - backupIdTime(id).getTime()) / 86_400_000);
+
+    it('one old full backup and recent schema-only ones: the full one stays (the only restorable backup)', () => {
+      const runs = [logical('vault', 'daily', 'custom', 32), ...[1, 2, 3].map((n) => logical('vault', 'daily', 'schema-only', n))];
+      for (const minKeep of [1, 3]) {
+        expect(plan(runs, minKeep), `min-keep ${minKeep}`).toEqual(['vault schema-only 1 keep', 'vault schema-only 2 keep', 'vault schema-only 3 keep', 'vault custom 32 keep']);
+      }
+      const p = planPrune(groupRuns(runs.flatMap((r) => r.keys), () => true, (k) => (k.includes(daysAgo(32)) ? 'custom' : 'schema-only')), DEFAULT, 3, now);
+      expect(p.deleteKeys).toEqual([]);
+      expect(p.decisions.find((d) => d.kind === 'custom')?.reason).toBe('one of the newest 3 good full backups (min-keep)');
+    });
+
+    it('several old full backups among recent schema-only and data-only ones: the newest min-keep full ones stay', () => {
+      const runs = [
+        ...[40, 50, 60, 70].map((n) => logical('vault', 'daily', 'custom', n)),
+        ...[1, 2, 3].map((n) => logical('vault', 'daily', 'schema-only', n)),
+        ...[1, 2, 3].map((n) => logical('vault', 'daily', 'data-only', n)),
+      ];
+      const decided = plan(runs, 2);
+      expect(decided.filter((d) => d.includes(' custom '))).toEqual(['vault custom 40 keep', 'vault custom 50 keep', 'vault custom 60 delete', 'vault custom 70 delete']);
+      expect(decided.filter((d) => !d.includes(' custom ')).every((d) => d.endsWith(' keep'))).toBe(true);
+      // Another database's backups count for that database only.
+      expect(plan([...runs, logical('other', 'weekly', 'custom', 100)], 2).filter((d) => d.startsWith('other '))).toEqual(['other custom 100 keep']);
+    });
+
+    it('old data-only and schema-only backups keep their own newest min-keep, apart from the full ones', () => {
+      const runs = [
+        ...[1, 2].map((n) => logical('vault', 'daily', 'custom', n)),
+        ...[30, 40].map((n) => logical('vault', 'daily', 'data-only', n)),
+        ...[35, 45].map((n) => logical('vault', 'weekly', 'schema-only', n)),
+      ];
+      const decided = plan(runs, 1);
+      expect(decided.sort()).toEqual(
+        ['vault custom 1 keep', 'vault custom 2 keep', 'vault data-only 30 keep', 'vault data-only 40 delete', 'vault schema-only 35 keep', 'vault schema-only 45 keep'].sort(),
+      );
+      // The weekly schema-only ones are within their tier's 56 days; at 1 day they expire but the newest stays.
+      const tight = planPrune(
+        groupRuns(runs.flatMap((r) => r.keys), () => true, (k) => runs.find((r) => r.keys[1] === k)?.kind),
+        parseRetentionPolicy({ keepDaily: '1d', keepWeekly: '1d' }),
+        1,
+        now,
+      );
+      expect(tight.decisions.map((d) => `${d.kind} ${ageOf(d.id)} ${d.action}`).sort()).toEqual(
+        ['custom 1 keep', 'custom 2 delete', 'data-only 30 keep', 'data-only 40 delete', 'schema-only 35 keep', 'schema-only 45 delete'].sort(),
+      );
+    });
+
+    it('a plain-SQL backup whose kind is not known never counts as a full one; a custom archive is full by its key', () => {
+      const keys = [...run('vault', 'daily', daysAgo(30)), `vault/daily/${daysAgo(1)}.sql.zst.age`, `vault/daily/${daysAgo(1)}.manifest.json`];
+      const p = planPrune(groupRuns(keys, () => true), DEFAULT, 1, now);
+      expect(p.decisions.map((d) => `${d.kind ?? '?'} ${ageOf(d.id)} ${d.action}`)).toEqual(['? 1 keep', 'custom 30 keep']);
+    });
   });
 
   it('never considers keys outside the layout', () => {

@@ -27,16 +27,22 @@ async function allFiles(dir: string, rel = ''): Promise<string[]> {
   return out.sort();
 }
 
-/** A copy of a real backup under another database/tier/time: a complete, readable backup. */
-async function fakeBackup(from: BackupManifest, database: string, tier: Tier, daysAgo: number, n: number, opts: { manifest?: boolean } = {}): Promise<string> {
+/**
+ * A copy of a real backup (any kind) under another database/tier/time: a complete, readable
+ * backup. `from` is read in `opts.source` and the copy written to `opts.into` (both `repo` unless given).
+ */
+async function fakeBackup(from: BackupManifest, database: string, tier: Tier, daysAgo: number, n: number, opts: { manifest?: boolean; source?: string; into?: string } = {}): Promise<string> {
+  const source = opts.source ?? repo;
+  const into = opts.into ?? repo;
   const id = `${compactTimestamp(new Date(Date.now() - daysAgo * 86_400_000))}-${n.toString(16).padStart(8, '0')}`;
-  const keys = backupKeys(database, tier, id, 'custom+zstd');
-  await fsp.mkdir(path.join(repo, encodeDbSegment(database), tier), { recursive: true, mode: 0o700 });
-  await fsp.copyFile(path.join(repo, from.dump.key), path.join(repo, keys.dump));
+  const keys = backupKeys(database, tier, id, from.kind === 'custom' ? 'custom+zstd' : 'sql+zstd');
+  expect(path.basename(from.dump.key).replace(from.id, id)).toBe(path.basename(keys.dump));
+  await fsp.mkdir(path.join(into, encodeDbSegment(database), tier), { recursive: true, mode: 0o700 });
+  await fsp.copyFile(path.join(source, from.dump.key), path.join(into, keys.dump));
   if (opts.manifest !== false) {
     // Without the archive index: it names the backup it belongs to (a copy would be refused by verify).
     const m: BackupManifest = { ...from, id, database, tier, dump: { ...from.dump, key: keys.dump }, index: undefined };
-    await fsp.writeFile(path.join(repo, keys.manifest), encodeManifest(m), { mode: 0o600 });
+    await fsp.writeFile(path.join(into, keys.manifest), encodeManifest(m), { mode: 0o600 });
   }
   return id;
 }
@@ -144,6 +150,59 @@ describe('coffer prune', () => {
     expect(before.filter((f) => !after.includes(f)).sort()).toEqual([...stale].sort());
     expect(after).toContain(fresh);
     await fsp.rm(path.join(repo, fresh));
+  });
+
+  it('--min-keep keeps full backups apart: schema-only and data-only backups never stand in for a full one', async () => {
+    // Real backups of each kind (in a repository of their own), copied under other databases and times.
+    const source = f.path('kinds-source');
+    const full = await f.backup(source, f.db);
+    const schema = await f.backup(source, f.db, ['--schema-only']);
+    const data = await f.backup(source, f.db, ['--data-only']);
+    expect([full.kind, schema.kind, data.kind]).toEqual(['custom', 'schema-only', 'data-only']);
+    const r = f.path('kinds');
+    const copy = (from: BackupManifest, db: string, tier: Tier, daysAgo: number, n: number) => fakeBackup(from, db, tier, daysAgo, n, { source, into: r });
+    // `ledger`: its only full backup is 32 days old (daily: 14 days), three schema-only ones are recent.
+    const ledgerFull = await copy(full, 'ledger', 'daily', 32, 1);
+    for (const n of [1, 2, 3]) await copy(schema, 'ledger', 'daily', n, 10 + n);
+    // `books`: four old full backups, three recent schema-only and three recent data-only ones.
+    const booksFull: string[] = [];
+    for (const [i, d] of [40, 50, 60, 70].entries()) booksFull.push(await copy(full, 'books', 'daily', d, 20 + i));
+    for (const n of [1, 2, 3]) await copy(schema, 'books', 'daily', n, 30 + n);
+    for (const n of [1, 2, 3]) await copy(data, 'books', 'daily', n, 40 + n);
+    // `crm`: a recent full backup; old partial ones keep their own newest one (min-keep 1).
+    await copy(full, 'crm', 'daily', 1, 50);
+    const crmData = [await copy(data, 'crm', 'daily', 30, 51), await copy(data, 'crm', 'daily', 40, 52)];
+    const crmSchema = [await copy(schema, 'crm', 'daily', 35, 53), await copy(schema, 'crm', 'daily', 45, 54)];
+
+    const deleted = (stdout: string): string[] => stdout.trim().split('\n').filter(Boolean).map((l) => l.replace(/^delete /, '')).sort();
+    const manifests = (keys: string[]): string[] => keys.filter((k) => k.endsWith('.manifest.json')).sort();
+    const dry = await f.run(['prune', '--from', r, '--dry-run', '--min-keep', '3']);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(manifests(deleted(dry.stdout))).toEqual([`books/daily/${booksFull[3]}.manifest.json`]);
+    const dryJson = await f.run(['prune', '--from', r, '--dry-run', '--min-keep', '3', '--json']);
+    expect(dryJson.code, dryJson.stderr).toBe(0);
+    const ledger = (JSON.parse(dryJson.stdout) as { decisions: Array<{ id: string; action: string; reason: string }> }).decisions.find((d) => d.id === ledgerFull);
+    expect(ledger).toMatchObject({ action: 'keep', reason: 'one of the newest 3 good full backups (min-keep)' });
+
+    const one = await f.run(['prune', '--from', r, '--min-keep', '1', '--json']);
+    expect(one.code, one.stderr).toBe(0);
+    const plan = JSON.parse(one.stdout) as { deleted: string[] };
+    expect(manifests(plan.deleted)).toEqual(
+      [...booksFull.slice(1).map((id) => `books/daily/${id}.manifest.json`), `crm/daily/${crmData[1]}.manifest.json`, `crm/daily/${crmSchema[1]}.manifest.json`].sort(),
+    );
+    // Every database still restores its newest full backup (`latest`), and the partial ones of each kind are there.
+    for (const db of ['ledger', 'books', 'crm']) {
+      const v = await f.run(['verify', '--from', r, '--db', db, '--identity', f.identityFile]);
+      expect(v.code, `${db}: ${v.stderr}`).toBe(0);
+    }
+    const list = await f.run(['list', '--from', r, '--json']);
+    expect(list.code, list.stderr).toBe(0);
+    const left = (JSON.parse(list.stdout) as Array<{ database: string; id: string }>).map((b) => `${b.database} ${b.id}`).sort();
+    expect(left.filter((b) => b.startsWith('ledger '))).toHaveLength(4);
+    expect(left.filter((b) => b.startsWith('books '))).toHaveLength(7);
+    expect(left).toContain(`books ${booksFull[0]}`);
+    expect(left.filter((b) => b.startsWith('crm '))).toHaveLength(3);
+    expect(left).toEqual(expect.arrayContaining([`crm ${crmData[0]}`, `crm ${crmSchema[0]}`]));
   });
 
   it('refuses S3 repositories and bad --min-keep with usage errors', async () => {

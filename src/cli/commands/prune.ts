@@ -6,7 +6,7 @@ import { REPOSITORY, keepOptions, keepWalOption } from '../option-groups.js';
 export const options = {
   from: value('--from <repository>', 'the repository directory', repository, { aliases: [REPOSITORY] }),
   dryRun: flag('--dry-run', 'print what would be deleted, delete nothing'),
-  minKeep: value('--min-keep <n>', 'always keep this many newest good backups per database and per cluster (default 3)', count(), { default: '3' }),
+  minKeep: value('--min-keep <n>', 'always keep this many newest good backups per database and kind (full, schema-only, data-only: each counts apart) and per cluster (default 3)', count(), { default: '3' }),
   json: flag('--json', 'print the plan as JSON on stdout'),
   ...keepOptions,
   ...keepWalOption,

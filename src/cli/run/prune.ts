@@ -4,7 +4,7 @@ import type { Values } from '../../config/options.js';
 import { decodeManifest } from '../../catalog/manifest.js';
 import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
-import { groupRuns, planPrune, planWalPrune, type PrunePlan, type WalNeeds, type WalPruneObject } from '../../retention/prune.js';
+import { groupRuns, planPrune, planWalPrune, type PruneKind, type PrunePlan, type WalNeeds, type WalPruneObject } from '../../retention/prune.js';
 import { parseClusterKey, parseWalKey } from '../../catalog/cluster-layout.js';
 import { MANIFEST_SUFFIX } from '../../catalog/layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from '../../catalog/physical-manifest.js';
@@ -21,7 +21,8 @@ export const STALE_TEMP_AGE_MS = 24 * 3600 * 1000;
 /**
  * `coffer prune --from DIR`: applies the retention policy to a local repository (S3 buckets
  * expire by their lifecycle rules, set by `coffer init`). Only keys in coffer's layout are
- * considered; the newest `--min-keep` good backups per database (and per cluster) are always
+ * considered; the newest `--min-keep` good backups per database and kind (full, schema-only,
+ * data-only: a partial backup never stands in for a full one) and per cluster are always
  * kept. Archived WAL expires after `--keep-wal`, except what the oldest kept base backup needs. Prints one
  * line per deleted key (`delete <key>`; with `--dry-run` the same lines, nothing deleted).
  * Temporaries left by killed runs (`.coffer-tmp-*`, untouched for a day) are removed too and
@@ -47,8 +48,9 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
     }
     const present = new Set(keys);
     // A backup is good when its manifest reads, names this run, and its dump (or archive and
-    // attachments) is there.
+    // attachments) is there. Its kind decides what it counts among for --min-keep.
     const good = new Map<string, boolean>();
+    const kinds = new Map<string, PruneKind>();
     const physical = new Map<string, PhysicalManifest>();
     const unreadable = new Set<string>();
     for (const k of keys) {
@@ -63,6 +65,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
         } else {
           const m = decodeManifest(bytes, k);
           good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
+          kinds.set(k, m.kind);
         }
       } catch (err) {
         // Only a manifest that is not one (or vanished) makes a backup bad; a read that failed
@@ -74,7 +77,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
       }
     }
     const now = new Date();
-    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true), policy, minKeep, now);
+    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true, (k) => kinds.get(k)), policy, minKeep, now);
     // Archived WAL: what the backups that stay need, and the --keep-wal window. A cluster with a
     // manifest that did not read keeps all of its WAL (what that backup needs is unknown).
     const needs = new Map<string, WalNeeds>();
