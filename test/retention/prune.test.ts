@@ -173,6 +173,11 @@ describe('coffer prune', () => {
     await copy(full, 'crm', 'daily', 1, 50);
     const crmData = [await copy(data, 'crm', 'daily', 30, 51), await copy(data, 'crm', 'daily', 40, 52)];
     const crmSchema = [await copy(schema, 'crm', 'daily', 35, 53), await copy(schema, 'crm', 'daily', 45, 54)];
+    // `mixed`: a recent manifest that says full over plain SQL (restore refuses it) is no full backup.
+    const mixedFull = await copy(full, 'mixed', 'daily', 30, 60);
+    const liar = await copy(schema, 'mixed', 'daily', 1, 61);
+    const liarKey = path.join(r, 'mixed', 'daily', `${liar}.manifest.json`);
+    await fsp.writeFile(liarKey, encodeManifest({ ...decodeManifest(await fsp.readFile(liarKey), liarKey), kind: 'custom' }));
 
     const deleted = (stdout: string): string[] => stdout.trim().split('\n').filter(Boolean).map((l) => l.replace(/^delete /, '')).sort();
     const manifests = (keys: string[]): string[] => keys.filter((k) => k.endsWith('.manifest.json')).sort();
@@ -191,7 +196,7 @@ describe('coffer prune', () => {
       [...booksFull.slice(1).map((id) => `books/daily/${id}.manifest.json`), `crm/daily/${crmData[1]}.manifest.json`, `crm/daily/${crmSchema[1]}.manifest.json`].sort(),
     );
     // Every database still restores its newest full backup (`latest`), and the partial ones of each kind are there.
-    for (const db of ['ledger', 'books', 'crm']) {
+    for (const db of ['ledger', 'books', 'crm', 'mixed']) {
       const v = await f.run(['verify', '--from', r, '--db', db, '--identity', f.identityFile]);
       expect(v.code, `${db}: ${v.stderr}`).toBe(0);
     }
@@ -203,6 +208,7 @@ describe('coffer prune', () => {
     expect(left).toContain(`books ${booksFull[0]}`);
     expect(left.filter((b) => b.startsWith('crm '))).toHaveLength(3);
     expect(left).toEqual(expect.arrayContaining([`crm ${crmData[0]}`, `crm ${crmSchema[0]}`]));
+    expect(left.filter((b) => b.startsWith('mixed '))).toEqual([`mixed ${mixedFull}`, `mixed ${liar}`].sort());
   });
 
   it('refuses S3 repositories and bad --min-keep with usage errors', async () => {

@@ -6,7 +6,7 @@ import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { groupRuns, planPrune, planWalPrune, type PruneKind, type PrunePlan, type WalNeeds, type WalPruneObject } from '../../retention/prune.js';
 import { parseClusterKey, parseWalKey } from '../../catalog/cluster-layout.js';
-import { MANIFEST_SUFFIX } from '../../catalog/layout.js';
+import { MANIFEST_SUFFIX, parseKey } from '../../catalog/layout.js';
 import { decodePhysicalManifest, type PhysicalManifest } from '../../catalog/physical-manifest.js';
 import type { CliContext } from '../context.js';
 import { retentionPolicy } from '../option-groups.js';
@@ -48,7 +48,8 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
     }
     const present = new Set(keys);
     // A backup is good when its manifest reads, names this run, and its dump (or archive and
-    // attachments) is there. Its kind decides what it counts among for --min-keep.
+    // attachments) is there: for a logical backup, this run's dump of the kind the manifest
+    // says (what restore accepts). Its kind decides what it counts among for --min-keep.
     const good = new Map<string, boolean>();
     const kinds = new Map<string, PruneKind>();
     const physical = new Map<string, PhysicalManifest>();
@@ -64,8 +65,12 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
           if (whole) physical.set(k, m);
         } else {
           const m = decodeManifest(bytes, k);
-          good.set(k, k.includes(`/${m.id}.`) && present.has(m.dump.key));
-          kinds.set(k, m.kind);
+          const run = parseKey(k);
+          const dump = parseKey(m.dump.key);
+          const ownDump = run !== undefined && dump !== undefined && dump.database === run.database && dump.tier === run.tier && dump.id === run.id && (m.kind === 'custom' ? /^\.dump(\.zst)?\.age$/ : /^\.sql(\.zst)?\.age$/).test(dump.rest);
+          const named = run !== undefined && m.id === run.id && m.database === run.database && m.tier === run.tier;
+          good.set(k, named && ownDump && present.has(m.dump.key));
+          if (named) kinds.set(k, m.kind);
         }
       } catch (err) {
         // Only a manifest that is not one (or vanished) makes a backup bad; a read that failed
