@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import * as fsp from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
@@ -147,6 +148,12 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
         hint: `restore the schema first (coffer restore --kind schema-only --target-db DB), then load this backup into it with coffer restore --backup ${req.source.entry.id} --into-existing DB`,
       });
     }
+    // The maintenance database is where the rename runs from: it cannot be renamed itself.
+    if (req.target === req.maintenanceDb) {
+      throw new UsageError(`--target-db ${JSON.stringify(req.target)} is the maintenance database coffer creates, renames and drops databases from`, {
+        hint: 'pass --maintenance-db with another database that exists (template1, for instance)',
+      });
+    }
     if (req.source.kind === 'repository') {
       for (const w of req.source.entry.manifest.warnings ?? []) req.log.warn(`the backup was taken with a warning: ${w}`, { backup: req.source.entry.id });
     }
@@ -294,7 +301,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     const { checks, stats, propertiesApplied } = await runChecks(req, scratch, tables, selective, largest, properties, env, sup.signal, inspector, startRenamer);
     if (properties && !propertiesApplied) await psqlQuery(req.tools, req.conn, scratch, properties, { env, what: APPLY_PROPERTIES });
     if (properties && definition) logPropertiesApplied(definition, req, req.log);
-    const aside = targetExists ? derivedName(req.target, `__before_${compactTimestamp(new Date())}`) : null;
+    const aside = targetExists ? await asideName(admin, req.target) : null;
     throwIfFailed(sup);
     const checkedAt = Date.now();
     await admin.swapIn(scratch, req.target, aside ?? undefined, renamer);
@@ -563,4 +570,15 @@ async function runChecks(
 export function missingTables(toc: string[], have: string[]): string[] {
   const present = new Set(have);
   return toc.filter((e) => !present.has(e));
+}
+
+/**
+ * The name the replaced database is kept under: `<target>__before_<time>`, or, when that is
+ * taken (a replace in the same second, or a long name cut to the same bytes), with a random
+ * suffix: the rename must not fail after the whole restore.
+ */
+async function asideName(admin: PgAdmin, target: string): Promise<string> {
+  const plain = derivedName(target, `__before_${compactTimestamp(new Date())}`);
+  if (!(await admin.exists(plain))) return plain;
+  return derivedName(target, `__before_${compactTimestamp(new Date())}_${randomBytes(3).toString('hex')}`);
 }

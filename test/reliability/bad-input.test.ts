@@ -139,6 +139,7 @@ const cases: Case[] = [
   { group: 'name', name: 'empty --target-db', args: () => restore().slice(0, -2).concat(['--target-db', '']), code: 2, msg: /--target-db/ },
   { group: 'name', name: '--target-db over 63 bytes', args: () => restore().slice(0, -2).concat(['--target-db', 'é'.repeat(32)]), code: 2, msg: /longer than 63 bytes/ },
   { group: 'name', name: '--maintenance-db that does not exist', args: () => restore('--maintenance-db', 'corpus_no_such_maintenance'), code: 3, msg: /database "corpus_no_such_maintenance" does not exist.*pass --maintenance-db with one that exists/ },
+  { group: 'name', name: '--target-db the maintenance database', args: () => restore().slice(0, -2).concat(['--target-db', 'postgres', '--replace']), code: 2, msg: /--target-db "postgres" is the maintenance database.*--maintenance-db/ },
   { group: 'name', name: 'existing --target-db (the sentinel)', args: () => restore().slice(0, -2).concat(['--target-db', sentinel]), code: 2, msg: /already exists; refusing to restore over it/ },
   // Options.
   { group: 'option', name: '--compress zstd:99', args: () => backup('--compress', 'zstd:99'), code: 2, msg: /zstd level/ },

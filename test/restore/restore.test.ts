@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { execa } from 'execa';
 import { PutBucketPolicyCommand, PutObjectCommand, GetObjectCommand } from '@aws-sdk/client-s3';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { childEnv, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable, quoteLiteral, uniqueDbName } from '../harness/pg.js';
+import { childEnv, createDatabase, dropDatabase, databaseExists, listDatabases, schemaDump, dataFingerprint, fillLargeTable, quoteIdent, quoteLiteral, uniqueDbName } from '../harness/pg.js';
 import { createTestBucket } from '../harness/rgw.js';
 import { baseEnv, drillNames, errorLine, runCoffer, s3Env } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
@@ -185,6 +185,25 @@ describe('a failed restore changes nothing', () => {
     await expectSameDatabase(f.db, target);
     await dropDatabase(pg, aside);
     await dropDatabase(pg, target);
+  });
+
+  it('--replace when <target>__before_<time> is taken already (a replace in the same second): kept aside under a name of its own, not failed after the restore', async () => {
+    const target = await createDatabase(pg, undefined, 'vault');
+    const fpBefore = await dataFingerprint(pg, target);
+    const stamp = (d: Date): string => d.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+    const taken = Array.from({ length: 20 }, (_, i) => `${target}__before_${stamp(new Date(Date.now() + i * 1000))}`);
+    for (const d of taken) await pg.psql(`CREATE DATABASE ${quoteIdent(d)};`);
+    try {
+      const r = await f.run(['restore', '--from', repoUrl(), '--identity', f.identityFile, '--target-db', target, '--replace', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const aside = (JSON.parse(r.stdout) as { replacedAside: string }).replacedAside;
+      expect(aside).toMatch(new RegExp(`^${target}__before_\\d{8}T\\d{6}Z_[0-9a-f]{6}$`));
+      expect(await dataFingerprint(pg, aside)).toEqual(fpBefore);
+      await expectSameDatabase(f.db, target);
+      await dropDatabase(pg, aside);
+    } finally {
+      for (const d of [...taken, target]) await dropDatabase(pg, d);
+    }
   });
 
   it('a maintenance database without PL/pgSQL: a restore, and a --replace that ends a session of the target, still rename', async () => {
