@@ -264,6 +264,14 @@ describe('a failed restore changes nothing', () => {
 });
 
 describe('verify and drill', () => {
+  it('a drill against a server it cannot reach: one error line, the cause (no false "could not drop")', async () => {
+    const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile], { PGHOST: '127.0.0.1', PGPORT: '1' });
+    expect(d.code, d.stderr).toBe(3);
+    const errors = d.stderr.split('\n').filter((l) => l.includes('"level":"error"'));
+    expect(errors.length, d.stderr).toBe(1);
+    expect(errors[0]).toMatch(/could not connect|Connection refused|check PGHOST/);
+  });
+
   it('a drill names the databases killed drills left (they have names of their own each time)', async () => {
     const left = ['coffer_drill_0badc0de__restoring_0badf00d', 'coffer_drill_0badc0de'];
     for (const d of left) await pg.psql(`CREATE DATABASE ${d};`);

@@ -402,7 +402,10 @@ export async function runDrillCommand(flags: Values<typeof drillOptions>, ctx: C
     try {
       await admin.drop(target);
     } catch (e) {
-      ctx.log.error(`could not drop the drill database ${target}; drop it by hand`, { error: (e as Error).message });
+      // Only a drill that restored made the database (a failed restore drops its own scratch
+      // database); otherwise a failed DROP is the failure itself again (a server not reached):
+      // one error line, the cause's. One that is left after all is named by the next drill.
+      if (restored) ctx.log.error(`could not drop the drill database ${target}; drop it by hand`, { error: (e as Error).message });
     }
     if (restored) result.phases = { select: selectMs, ...restored.phases, drop: Date.now() - dropStarted };
     result.durationMs = Date.now() - started.getTime();
