@@ -121,6 +121,20 @@ export class PgAdmin {
     return new Set(out.split('\n').filter(Boolean).map((h) => Buffer.from(h.trim(), 'hex').toString('utf8')));
   }
 
+  /**
+   * The roles whose per-database settings (`ALTER ROLE r IN DATABASE d SET …`) this user may
+   * change: any, as a superuser; else its own, and with CREATEROLE those of roles that are not
+   * superusers (from PostgreSQL 16 only those it has ADMIN OPTION on).
+   */
+  async settableRoles(): Promise<Set<string>> {
+    const out = await this.query(
+      `SELECT encode(convert_to(r.rolname, 'UTF8'), 'hex') FROM pg_roles r, pg_roles me WHERE me.rolname = current_user
+        AND (me.rolsuper OR r.rolname = current_user OR (me.rolcreaterole AND NOT r.rolsuper AND (current_setting('server_version_num')::int < 160000 OR pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION'))));`,
+      'list the roles whose settings this user may change',
+    );
+    return new Set(out.split('\n').filter(Boolean).map((h) => Buffer.from(h.trim(), 'hex').toString('utf8')));
+  }
+
   /** DROP … WITH (FORCE): also ends sessions still connected (PostgreSQL 13+). */
   async drop(db: string): Promise<void> {
     await this.query(`DROP DATABASE IF EXISTS ${quoteIdent(db)} WITH (FORCE);`, `drop database ${JSON.stringify(db)}`);

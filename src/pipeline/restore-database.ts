@@ -67,18 +67,21 @@ export async function databasePropertiesSql(admin: PgAdmin, def: DatabaseDefinit
   if (script === '') return undefined;
   const roleLines = script.split('\n').filter((l) => /^ALTER ROLE /.test(l));
   if (roleLines.length > 0) {
-    const roles = await admin.roles();
+    const [roles, settable] = await Promise.all([admin.roles(), admin.settableRoles()]);
     // Names in the archive's encoding; a non-ASCII name of a non-UTF8 archive is left to the server.
-    const lacks = (raw: string): boolean => {
-      const name = archiveText(raw, def.clientEncoding);
-      return (/^[\x00-\x7f]*$/.test(raw) || isUtf8(def.clientEncoding)) && !roles.has(name);
-    };
-    const missing = roleLines.filter((l) => {
-      const role = roleOfAlterRole(l);
-      return role !== undefined && lacks(role);
-    });
-    for (const l of missing) log.warn('a setting of a role this server does not have was not applied', { role: archiveText(roleOfAlterRole(l)!, def.clientEncoding) });
-    if (missing.length > 0) script = script.split('\n').filter((l) => !missing.includes(l)).join('\n');
+    const known = (raw: string): string | undefined => ((/^[\x00-\x7f]*$/.test(raw) || isUtf8(def.clientEncoding)) ? archiveText(raw, def.clientEncoding) : undefined);
+    const left: string[] = [];
+    for (const l of roleLines) {
+      const raw = roleOfAlterRole(l);
+      const name = raw === undefined ? undefined : known(raw);
+      if (name === undefined) continue;
+      if (!roles.has(name)) log.warn('a setting of a role this server does not have was not applied', { role: name });
+      // A restore by a role that may not change it (CREATEDB only, say) is not failed for it.
+      else if (!settable.has(name)) log.warn('a setting of a role was not applied: the restoring user may not change that role\'s settings (a superuser may apply it later)', { role: name });
+      else continue;
+      left.push(l);
+    }
+    if (left.length > 0) script = script.split('\n').filter((l) => !left.includes(l)).join('\n');
   }
   const sql = [`SET client_encoding = ${quoteLiteral(def.clientEncoding)};`, `SELECT quote_ident(current_database()) AS ${TARGET_DB_VAR} \\gset`, 'BEGIN;', script, 'COMMIT;', ''].join('\n');
   return Buffer.from(sql, 'latin1');

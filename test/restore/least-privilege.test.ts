@@ -17,7 +17,12 @@ const pg = f.pg;
 const role = uniqueDbName('coffer_np');
 let repo: string;
 
+const other = uniqueDbName('coffer_alice');
+
 beforeAll(async () => {
+  // A setting of another role in the database: this role may not apply it (no superuser, no CREATEROLE).
+  await pg.psql(`CREATE ROLE ${quoteIdent(other)}; ALTER ROLE ${quoteIdent(other)} IN DATABASE ${quoteIdent(f.db)} SET work_mem = '5MB';`);
+  f.dropRolesAtEnd(other);
   repo = f.path('repo');
   const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient]);
   expect(r.code, r.stderr).toBe(0);
@@ -38,6 +43,7 @@ describe('restore by a role with CREATEDB only', () => {
     const args = ['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, '--no-owner', '--no-privileges', '--json'];
     const first = await f.run(args, { PGUSER: role });
     expect(first.code, first.stderr).toBe(0);
+    expect(first.stderr).toMatch(new RegExp(`a setting of a role was not applied: the restoring user may not change that role's settings.*"role":"${other}"`));
     expect((await pg.psql(`SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = ${quoteLiteral(target)};`)).trim()).toBe(role);
     expect(Number((await pg.psql('SELECT count(*) FROM vault_status;', target)).trim())).toBeGreaterThan(0);
 
