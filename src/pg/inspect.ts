@@ -118,7 +118,7 @@ export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTa
     if (top) {
       sql.push(
         // Rows the archive counted are not counted again: a count reads the whole table.
-        `SELECT 'l' || E'\\t' || q || E'\\t' || CASE WHEN t.n IS NOT NULL THEN t.n::text ELSE substring(query_to_xml('SELECT count(*) AS c FROM ' || q, false, true, '')::text FROM '<c>([0-9]+)</c>') END FROM (${top}) t, LATERAL (SELECT quote_ident(t.ns) || '.' || quote_ident(t.rel) AS q) x WHERE to_regclass(q) IS NOT NULL ORDER BY t.i;`,
+        `SELECT 'l' || E'\\t' || encode(convert_to(q, 'UTF8'), 'hex') || E'\\t' || CASE WHEN t.n IS NOT NULL THEN t.n::text ELSE substring(query_to_xml('SELECT count(*) AS c FROM ' || q, false, true, '')::text FROM '<c>([0-9]+)</c>') END FROM (${top}) t, LATERAL (SELECT quote_ident(t.ns) || '.' || quote_ident(t.rel) AS q) x WHERE to_regclass(q) IS NOT NULL ORDER BY t.i;`,
       );
     }
   }
@@ -139,8 +139,9 @@ export async function inspectRestored(tools: Pick<PgTools, 'psql'>, target: PgTa
     const rest = line.slice(tab + 1);
     if (kind === 't') stats.tables = Number(rest);
     else if (kind === 'l') {
+      // The qualified name travels hex-encoded, as UTF-8: a newline or a tab in it, or a LATIN1 database's bytes, read back whole.
       const at = rest.lastIndexOf('\t');
-      stats.largest.push({ table: rest.slice(0, at), rows: Number(rest.slice(at + 1)) });
+      stats.largest.push({ table: Buffer.from(rest.slice(0, at), 'hex').toString('utf8'), rows: Number(rest.slice(at + 1)) });
     }
   }
   return { names, stats };

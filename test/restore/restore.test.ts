@@ -264,6 +264,18 @@ describe('a failed restore changes nothing', () => {
 });
 
 describe('verify and drill', () => {
+  it("the summary's largest tables read back whole: a name with a newline and a tab, in a LATIN1 database", async () => {
+    const db = f.dropAtEnd(uniqueDbName('latin_names'));
+    await pg.psql(`CREATE DATABASE ${quoteIdent(db)} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;`);
+    await pg.psql(`SET client_encoding = 'UTF8'; CREATE TABLE public."new\nline\tcafé" (id int); INSERT INTO public."new\nline\tcafé" SELECT generate_series(1, 5);`, db);
+    const repo = f.path('latin-names');
+    await f.backup(repo, db);
+    const target = f.dropAtEnd(uniqueDbName('latin_names_r'));
+    const r = await f.run(['restore', '--from', repo, '--db', db, '--identity', f.identityFile, '--target-db', target, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    expect((JSON.parse(r.stdout) as { largestTables: unknown }).largestTables).toEqual([{ table: 'public."new\nline\tcafé"', rows: 5 }]);
+  });
+
   it('a drill against a server it cannot reach: one error line, the cause (no false "could not drop")', async () => {
     const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile], { PGHOST: '127.0.0.1', PGPORT: '1' });
     expect(d.code, d.stderr).toBe(3);
