@@ -33,7 +33,8 @@ const EXIT_BOUND_MS = 5_000;
 const STDERR_BOUND_MS = 2_000;
 
 /** A line PostgreSQL's tools print for the server's (or libpq's) error: `…ERROR:  relation "x" already exists`. */
-const PG_ERROR_LINE = /\b(?:ERROR|FATAL|PANIC):\s/;
+// Also libpq's own words when the server went away mid-statement (pg_restore prints no ERROR: then).
+const PG_ERROR_LINE = /\b(?:ERROR|FATAL|PANIC):\s|server closed the connection unexpectedly|connection to server was lost|no connection to the server/;
 /** Longest line kept while looking for the first error line. */
 const LINE_MAX = 2048;
 /** Lines kept after the first error line (the statement pg_restore prints follows it). */

@@ -86,6 +86,10 @@ describe('TailBuffer.firstError', () => {
       expect(first.detail!.length).toBeLessThanOrEqual(240);
       expect(JSON.stringify(first)).not.toContain('hunter22');
     }
+    // The server went away mid-statement: libpq's words, not the sentence fragment after them.
+    const lost = new TailBuffer();
+    lost.push(Buffer.from('pg_restore: error: could not execute query: server closed the connection unexpectedly\n\tThis probably means the server terminated abnormally\n\tbefore or while processing the request.\nCommand was: ALTER TABLE ONLY public.t\n    ADD CONSTRAINT t_pkey PRIMARY KEY (id);\n'));
+    expect(lost.firstError()).toEqual({ line: 'pg_restore: error: could not execute query: server closed the connection unexpectedly', detail: 'Command was: ALTER TABLE ONLY public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id);' });
     const none = new TailBuffer();
     none.push(Buffer.from('zstd: /*stdin*\\: unexpected end of file\n'));
     expect(none.firstError()).toBeUndefined();
