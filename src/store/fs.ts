@@ -48,9 +48,30 @@ export class FsStore implements ObjectStore {
       throw fsError(err, `create directory ${dir}`);
     }
     if (first === undefined) return;
+    await this.inheritOwner(first, dir);
     const created: string[] = [];
     for (let d = dir; d !== path.dirname(first); d = path.dirname(d)) created.push(path.dirname(d));
     for (const d of created.reverse()) await syncDir(d);
+  }
+
+  /**
+   * Run as root, the directories just made (`first` down to `dir`) take the owner of the one they
+   * were made in: a repository owned by the server's user stays usable by it (a root-run
+   * `backup --physical` made `cluster=<name>/` root's, mode 0700, and the server's wal-push could
+   * no longer list its WAL). Not root: they are the user's own already. Best effort.
+   */
+  private async inheritOwner(first: string, dir: string): Promise<void> {
+    if (process.getuid?.() !== 0) return;
+    try {
+      const parent = await fsp.stat(path.dirname(first));
+      if (parent.uid === 0 && parent.gid === 0) return;
+      for (let d = dir; ; d = path.dirname(d)) {
+        await fsp.chown(d, parent.uid, parent.gid);
+        if (d === first) break;
+      }
+    } catch {
+      // Best effort (root squashed on NFS may not chown): the directory works for this run as it is.
+    }
   }
 
   async putStream(key: string, body: Readable, options: PutStreamOptions): Promise<{ size: number }> {

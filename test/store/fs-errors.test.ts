@@ -102,6 +102,22 @@ describe('FsStore', () => {
     expect(await names(root)).toEqual(['db']);
   });
 
+  it.runIf(process.getuid?.() === 0)('run as root, the directories it makes take the owner of the directory they are made in (a repository of the server\'s user stays usable by it)', async () => {
+    const root = path.join(tmp, 'owned');
+    await fsp.mkdir(root);
+    await fsp.chown(root, 4242, 4343);
+    const store = new FsStore(root);
+    await store.putBytes('cluster=main/monthly/20261203T000000Z-00000001.manifest.json', Buffer.from('{}'));
+    for (const d of ['cluster=main', 'cluster=main/monthly']) {
+      const st = await fsp.stat(path.join(root, d));
+      expect([st.uid, st.gid], d).toEqual([4242, 4343]);
+    }
+    // Made in a root-owned directory: root's, as before.
+    const mine = new FsStore(path.join(tmp, 'root-owned'));
+    await mine.putBytes('db/daily/20261203T000000Z-00000001.manifest.json', Buffer.from('{}'));
+    expect((await fsp.stat(path.join(tmp, 'root-owned', 'db'))).uid).toBe(0);
+  });
+
   it('removeTemporary refuses anything that is not a coffer temporary', async () => {
     const root = path.join(tmp, 'temps');
     const store = new FsStore(root);
