@@ -82,13 +82,18 @@ export async function storedCopies(store: ObjectStore, cluster: string, file: st
   return out;
 }
 
+/** A wal_segment_size PostgreSQL allows: a power of two from 1 MiB to 1 GiB. */
+function isSegmentSize(n: number): boolean {
+  return n >= 1 << 20 && n <= 1 << 30 && (n & (n - 1)) === 0;
+}
+
 /** The WAL file name of `%p` (and `%f`), checked. */
 export function walFileNameOf(file: string, name: string | undefined): string {
   const base = path.basename(file);
   if (name !== undefined && name !== base) {
     throw new UsageError(`the file name ${JSON.stringify(name)} (%f) is not the base name of ${JSON.stringify(file)} (%p)`, { hint: "archive_command = 'coffer wal-push … %p' (or … %p %f)" });
   }
-  if (!isWalFileName(base)) {
+  if (!isWalFileName(base) || base.startsWith('00000000')) {
     throw new UsageError(`${JSON.stringify(base)} is not a WAL file name (a segment, .partial, .history or .backup file)`, {
       hint: "wal-push archives what PostgreSQL's archive_command hands it: archive_command = 'coffer wal-push --cluster NAME --to REPO --recipient age1… %p'",
     });
@@ -119,6 +124,11 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
     const st = await fh.stat({ bigint: true }).catch(cannotRead);
     if (!st.isFile()) throw new UsageError(`${abs} is not a regular file`);
     if (st.size > BigInt(MAX_WAL_FILE_BYTES)) throw new UsageError(`${abs} is ${st.size} bytes, larger than any WAL file (1 GiB)`);
+    // A segment (and a .partial one) is exactly wal_segment_size bytes: a power of two from 1 MiB
+    // to 1 GiB. Anything else is not what PostgreSQL hands to archive_command.
+    if (/^[0-9A-F]{24}(\.partial)?$/.test(file) && !isSegmentSize(Number(st.size))) {
+      throw new UsageError(`${abs} is ${st.size} bytes: not a WAL segment (segments are a power of two from 1 MiB to 1 GiB); not archived`, { hint: 'archive only files PostgreSQL hands to archive_command (%p)' });
+    }
     identity = fileIdentity(st);
     encoded = await encodeWalFileFrom(fh, req.recipients, req.level, { env: req.env, signal: req.signal }).catch((err: unknown) => {
       if (err instanceof UsageError || !('code' in (err as object))) throw err;

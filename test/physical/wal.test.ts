@@ -107,6 +107,14 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
     expect(errorLine(bad.stderr)).toMatch(/not a WAL file name/);
     const mismatch = await f.run(['wal-push', '--cluster', 'c1', '--to', repo.url(), '--recipient', f.recipient, file, '000000010000000000000009']);
     expect(mismatch.code).toBe(2);
+    // Named as a segment, but not one: the wrong size (a segment is a power of two, 1 MiB–1 GiB), timeline 0.
+    const odd: Array<[string, number]> = [['00000001000000000000000A', 338], ['00000001000000000000000B', 3 << 20], ['00000001000000000000000C.partial', 1000], ['00000000000000000000000D', 2 << 20]];
+    for (const [name, size] of odd) {
+      await fsp.writeFile(path.join(dir, name), Buffer.alloc(size));
+      const r = await push('c1', path.join(dir, name));
+      expect(r.code, `${name}: ${r.stderr}`).toBe(2);
+      expect(await repo.keys(walPrefix('c1', name))).toEqual([]);
+    }
   });
 
   it('wal-fetch: byte-equal round trip (history files too); absent exits 1 quietly; wrong identity, damage and two copies exit 200 with one clear line', async () => {
