@@ -183,6 +183,8 @@ export async function findBackup(
   },
 ): Promise<BackupEntry> {
   const keys = await listBackupKeys(store, { database: opts.database, signal: opts.signal });
+  // Nothing at all: a repository that is not there (an unmounted directory) says so, not "no backup".
+  if (keys.length === 0) await store.assertPresent?.({ signal: opts.signal });
   const kind = opts.kind ?? 'custom';
   const of = opts.database !== undefined ? ` of database ${JSON.stringify(opts.database)}` : '';
   if (opts.selector !== 'latest') {

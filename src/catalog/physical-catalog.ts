@@ -78,6 +78,7 @@ export async function loadPhysicalEntry(store: ObjectStore, k: PhysicalKeyEntry,
  */
 export async function findPhysicalBackup(store: ObjectStore, opts: { cluster: string; selector: 'latest' | string; signal?: AbortSignal }): Promise<PhysicalEntry> {
   const keys = await listPhysicalKeys(store, { cluster: opts.cluster, signal: opts.signal });
+  if (keys.length === 0) await store.assertPresent?.({ signal: opts.signal });
   const of = `of cluster ${JSON.stringify(opts.cluster)} in ${store.location}`;
   if (opts.selector === 'latest') {
     const newest = keys[0];

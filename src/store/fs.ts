@@ -167,7 +167,7 @@ export class FsStore implements ObjectStore {
       st = await fsp.stat(this.root);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError('NoSuchBucket', `the repository directory ${this.root} does not exist`, { cause: err });
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw new StorageError('NoSuchBucket', `the repository directory ${this.root} does not exist`, { cause: err, hint: 'check the repository path (--from, --to, COFFER_REPOSITORY), and that the volume it is on is mounted' });
       throw fsError(err, `stat ${this.root}`);
     }
     if (!st.isDirectory()) throw new StorageError('NoSuchBucket', `the repository ${this.root} is not a directory`);

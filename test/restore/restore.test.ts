@@ -276,6 +276,15 @@ describe('verify and drill', () => {
     expect((JSON.parse(r.stdout) as { largestTables: unknown }).largestTables).toEqual([{ table: 'public."new\nline\tcafé"', rows: 5 }]);
   });
 
+  it('a file repository that is not there (an unmounted directory) is named as such, not taken for one without backups (exit 4)', async () => {
+    const missing = f.path('not-mounted', 'backups');
+    for (const args of [['restore', '--target-db', uniqueDbName('nowhere')], ['verify'], ['drill']]) {
+      const r = await f.run([args[0]!, '--from', missing, '--identity', f.identityFile, ...args.slice(1)]);
+      expect(r.code, r.stderr).toBe(4);
+      expect(errorLine(r.stderr)).toBe(`the repository directory ${missing} does not exist (check the repository path (--from, --to, COFFER_REPOSITORY), and that the volume it is on is mounted)`);
+    }
+  });
+
   it('a drill against a server it cannot reach: one error line, the cause (no false "could not drop")', async () => {
     const d = await f.run(['drill', '--from', repoUrl(), '--identity', f.identityFile], { PGHOST: '127.0.0.1', PGPORT: '1' });
     expect(d.code, d.stderr).toBe(3);
