@@ -211,6 +211,27 @@ describe('coffer prune', () => {
     expect(left.filter((b) => b.startsWith('mixed '))).toEqual([`mixed ${mixedFull}`, `mixed ${liar}`].sort());
   });
 
+  it('--min-keep does not count a backup that coffer rekey replaced (the same data as its replacement)', async () => {
+    const source = f.path('rekey-source');
+    const full = await f.backup(source, f.db);
+    const r = f.path('rekeyed');
+    const old = [40, 50, 60].map((d, i) => fakeBackup(full, 'ledger', 'daily', d, i + 1, { source, into: r }));
+    const [newest, middle, oldest] = await Promise.all(old);
+    // Its replacement: the same time part (rekey keeps it), another suffix, `replaces` naming it.
+    const replacement = `${newest!.slice(0, 16)}-000000ff`;
+    const keys = backupKeys('ledger', 'daily', replacement, 'custom+zstd');
+    await fsp.copyFile(path.join(r, 'ledger', 'daily', `${newest}${path.basename(full.dump.key).slice(full.id.length)}`), path.join(r, keys.dump));
+    const m: BackupManifest = { ...full, id: replacement, database: 'ledger', tier: 'daily', dump: { ...full.dump, key: keys.dump }, index: undefined, replaces: { id: newest!, manifestKey: `ledger/daily/${newest}.manifest.json`, sha256: 'a'.repeat(64), rekeyedAt: new Date().toISOString() } };
+    await fsp.writeFile(path.join(r, keys.manifest), encodeManifest(m), { mode: 0o600 });
+
+    const dry = await f.run(['prune', '--from', r, '--dry-run', '--min-keep', '2']);
+    expect(dry.code, dry.stderr).toBe(0);
+    const deleted = dry.stdout.trim().split('\n').map((l) => l.replace(/^delete /, '')).filter((k) => k.endsWith('.manifest.json')).sort();
+    // Kept: the replacement and the next distinct backup; the replaced one expires by its age.
+    expect(deleted).toEqual([`ledger/daily/${newest}.manifest.json`, `ledger/daily/${oldest}.manifest.json`].sort());
+    expect(deleted).not.toContain(`ledger/daily/${middle}.manifest.json`);
+  });
+
   it('refuses S3 repositories and bad --min-keep with usage errors', async () => {
     const s3 = await f.run(['prune', '--from', 's3://some-bucket/prod']);
     expect(s3.code).toBe(2);

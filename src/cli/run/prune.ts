@@ -2,6 +2,7 @@ import { IntegrityError, StorageError, UsageError } from '../../errors.js';
 import { requireRepository } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { decodeManifest } from '../../catalog/manifest.js';
+import { replacedIds } from '../../catalog/catalog.js';
 import { FsStore } from '../../store/fs.js';
 import type { ObjectStore } from '../../store/object-store.js';
 import { groupRuns, planPrune, planWalPrune, type PruneKind, type PrunePlan, type WalNeeds, type WalPruneObject } from '../../retention/prune.js';
@@ -54,6 +55,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
     const kinds = new Map<string, PruneKind>();
     const physical = new Map<string, PhysicalManifest>();
     const unreadable = new Set<string>();
+    const replaced = new Set<string>();
     for (const k of keys) {
       if (!k.endsWith(MANIFEST_SUFFIX)) continue;
       try {
@@ -71,6 +73,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
           const named = run !== undefined && m.id === run.id && m.database === run.database && m.tier === run.tier;
           good.set(k, named && ownDump && present.has(m.dump.key));
           if (named) kinds.set(k, m.kind);
+          if (named) for (const id of replacedIds(m)) replaced.add(`${m.database}\0${id}`);
         }
       } catch (err) {
         // Only a manifest that is not one (or vanished) makes a backup bad; a read that failed
@@ -80,6 +83,12 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
         const c = parseClusterKey(k);
         if (c) unreadable.add(c.cluster);
       }
+    }
+    // A backup that `coffer rekey` replaced holds the same data as its replacement: not a second
+    // one for --min-keep (it still expires by its age, as its replacement does).
+    for (const k of good.keys()) {
+      const run = parseClusterKey(k) ? undefined : parseKey(k);
+      if (run && replaced.has(`${run.database}\0${run.id}`)) good.set(k, false);
     }
     const now = new Date();
     const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true, (k) => kinds.get(k)), policy, minKeep, now);
