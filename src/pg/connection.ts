@@ -125,11 +125,31 @@ export function libpqEnv(conn: ConnectionSpec, env: NodeJS.ProcessEnv): NodeJS.P
  * keeps), so thousands of small objects do not wait for a WAL flush each. Nothing is lost by
  * it: a crash before the rename leaves only the scratch database, which is never used, and the
  * rename commits synchronously ({@link PgAdmin.swapIn}), which flushes every commit before it.
+ * Nor does a role's `statement_timeout` cancel pg_restore's first queries (it turns it off itself
+ * only after them), as for pg_dump ({@link dumpConnection}).
  */
 export function scratchLoadTarget(target: PgTarget): PgTarget {
-  const own = target.conn.params.options ?? target.env.PGOPTIONS ?? '';
-  const options = `${own}${own.trim() ? ' ' : ''}-c synchronous_commit=off`;
-  return { ...target, conn: { ...target.conn, params: { ...target.conn.params, options } } };
+  return { ...target, conn: withOptions(target.conn, target.env, ['-c statement_timeout=0'], ['-c synchronous_commit=off']) };
+}
+
+/**
+ * The connection with server options (`-c name=value`) set around its own (the `options`
+ * parameter, else PGOPTIONS, which a conninfo `options` replaces): `before` first (its own may
+ * override them), `after` last (they override its own).
+ */
+function withOptions(conn: ConnectionSpec, env: NodeJS.ProcessEnv, before: string[], after: string[]): ConnectionSpec {
+  const own = (conn.params.options ?? env.PGOPTIONS ?? '').trim();
+  const options = [...before, own, ...after].filter(Boolean).join(' ');
+  return { ...conn, params: { ...conn.params, options } };
+}
+
+/**
+ * pg_dump's and pg_dumpall's connection: no statement timeout from the first query on. pg_dump
+ * turns it off itself, but only after its first queries, which a database's
+ * `statement_timeout = '1ms'` then cancels on a loaded server.
+ */
+export function dumpConnection(conn: ConnectionSpec, env: NodeJS.ProcessEnv): ConnectionSpec {
+  return withOptions(conn, env, ['-c statement_timeout=0'], []);
 }
 
 /**
@@ -144,9 +164,7 @@ export function scratchLoadTarget(target: PgTarget): PgTarget {
  * `--sanitize`), which names its tables as the database's own sessions do.
  */
 export function internalConnection(conn: ConnectionSpec, env: NodeJS.ProcessEnv): ConnectionSpec {
-  const own = (conn.params.options ?? env.PGOPTIONS ?? '').trim();
-  const options = ['-c statement_timeout=0', own, '-c search_path=pg_catalog'].filter(Boolean).join(' ');
-  return { ...conn, params: { ...conn.params, options } };
+  return withOptions(conn, env, ['-c statement_timeout=0'], ['-c search_path=pg_catalog']);
 }
 
 /** Adds the fix to the usual libpq failures (message is psql's own first error line). */

@@ -10,7 +10,7 @@ import { listBackupKeys, type BackupKeyEntry } from '../catalog/catalog.js';
 import { previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
 import { encodeManifest, type BackupManifest, type Compression, type StoredObject } from '../catalog/manifest.js';
 import { formatErrorLine, IntegrityError, StorageError, type CofferError } from '../errors.js';
-import { libpqEnv, type ConnectionSpec } from '../pg/connection.js';
+import { dumpConnection, libpqEnv, type ConnectionSpec } from '../pg/connection.js';
 import { checkDumpVersion, clientVersion, probeServer, type ServerInfo } from '../pg/server.js';
 import { DumpWarnings } from '../pg/dump-warnings.js';
 import { resolveExclusions } from '../pg/exclusions.js';
@@ -323,7 +323,7 @@ async function expandExclusions(req: BackupRequest, server: ServerInfo, warnings
 }
 
 function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings, onDump?: (dumpBytes: number) => void, pipes?: DumpPipes): Producer {
-  const args = pgDumpArgv(req.tools, req.conn, req.database, {
+  const args = pgDumpArgv(req.tools, dumpConnection(req.conn, env), req.database, {
     kind: req.kind,
     gzipLevel: req.compression.kind === 'pgdump-gzip' ? req.compression.level : 0,
     disableTriggers: req.disableTriggers,
@@ -341,7 +341,7 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
 }
 
 function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
-  const args = pgDumpallGlobalsArgv(req.tools, req.conn, req.database, server.isSuperuser);
+  const args = pgDumpallGlobalsArgv(req.tools, dumpConnection(req.conn, env), req.database, server.isSuperuser);
   return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql');
 }
 
