@@ -16,6 +16,7 @@
 import { DatabaseError } from '../errors.js';
 import type { DatabaseTocEntry } from './archive-offsets.js';
 import { quoteIdent, quoteLiteral } from './admin.js';
+import { skipNonCode } from './sql-lex.js';
 
 /** The encoding and locale of a database, as its manifest records them. */
 export interface DatabaseLocale {
@@ -191,57 +192,10 @@ export function retargetDatabase(sql: string, from: string, replacement: string)
   while (i < n) {
     const c = sql[i]!;
     // Literals, quoted identifiers, dollar quotes and comments are copied as they are.
-    if (c === "'") {
-      const escapes = i > 0 && /[eE]/.test(sql[i - 1]!) && (i < 2 || !/[A-Za-z0-9_]/.test(sql[i - 2]!));
-      let j = i + 1;
-      while (j < n) {
-        if (escapes && sql[j] === '\\') j += 2;
-        else if (sql[j] === "'" && sql[j + 1] === "'") j += 2;
-        else if (sql[j] === "'") break;
-        else j++;
-      }
-      out += sql.slice(i, j + 1);
-      i = j + 1;
-      continue;
-    }
-    if (c === '"') {
-      let j = i + 1;
-      while (j < n && !(sql[j] === '"' && sql[j + 1] !== '"')) j += sql[j] === '"' ? 2 : 1;
-      out += sql.slice(i, j + 1);
-      i = j + 1;
-      continue;
-    }
-    if (c === '$') {
-      const m = /^\$([A-Za-z_][A-Za-z0-9_]*)?\$/.exec(sql.slice(i));
-      if (m && (i === 0 || !/[A-Za-z0-9_]/.test(sql[i - 1]!))) {
-        const end = sql.indexOf(m[0], i + m[0].length);
-        const stop = end < 0 ? n : end + m[0].length;
-        out += sql.slice(i, stop);
-        i = stop;
-        continue;
-      }
-    }
-    if (c === '-' && sql[i + 1] === '-') {
-      const end = sql.indexOf('\n', i);
-      const stop = end < 0 ? n : end;
-      out += sql.slice(i, stop);
-      i = stop;
-      continue;
-    }
-    if (c === '/' && sql[i + 1] === '*') {
-      let depth = 0;
-      let j = i;
-      do {
-        if (sql.startsWith('/*', j)) {
-          depth++;
-          j += 2;
-        } else if (sql.startsWith('*/', j)) {
-          depth--;
-          j += 2;
-        } else j++;
-      } while (depth > 0 && j < n);
-      out += sql.slice(i, j);
-      i = j;
+    const skipped = skipNonCode(sql, i);
+    if (skipped !== undefined) {
+      out += sql.slice(i, skipped);
+      i = skipped;
       continue;
     }
     // The keyword DATABASE (a whole word), whitespace, then the name as a whole token.
