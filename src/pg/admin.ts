@@ -116,9 +116,8 @@ export class PgAdmin {
   }
 
   /** The names of the server's roles (hex-encoded on the way: a name may hold a newline). */
-  async roles(): Promise<Set<string>> {
-    const out = await this.query("SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles;", 'list roles');
-    return new Set(out.split('\n').filter(Boolean).map((h) => Buffer.from(h.trim(), 'hex').toString('utf8')));
+  roles(): Promise<Set<string>> {
+    return this.roleNames("SELECT encode(convert_to(rolname, 'UTF8'), 'hex') FROM pg_roles;", 'list roles');
   }
 
   /**
@@ -126,12 +125,17 @@ export class PgAdmin {
    * change: any, as a superuser; else its own, and with CREATEROLE those of roles that are not
    * superusers (from PostgreSQL 16 only those it has ADMIN OPTION on).
    */
-  async settableRoles(): Promise<Set<string>> {
-    const out = await this.query(
+  settableRoles(): Promise<Set<string>> {
+    return this.roleNames(
       `SELECT encode(convert_to(r.rolname, 'UTF8'), 'hex') FROM pg_roles r, pg_roles me WHERE me.rolname = current_user
         AND (me.rolsuper OR r.rolname = current_user OR (me.rolcreaterole AND NOT r.rolsuper AND (current_setting('server_version_num')::int < 160000 OR pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION'))));`,
       'list the roles whose settings this user may change',
     );
+  }
+
+  /** Role names a query returns hex-encoded as UTF-8, one per line. */
+  private async roleNames(sql: string, what: string): Promise<Set<string>> {
+    const out = await this.query(sql, what);
     return new Set(out.split('\n').filter(Boolean).map((h) => Buffer.from(h.trim(), 'hex').toString('utf8')));
   }
 
