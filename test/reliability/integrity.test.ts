@@ -161,24 +161,27 @@ describe.concurrent('damaged or mismatched backups: detected, nothing restored, 
 describe('disk full', () => {
   it('a local repository, or a restore --output, runs out of space mid-stream: exit 4 with the fix, never "unexpected", nothing that looks like a backup', { timeout: 240_000 }, async () => {
     const m = await f.backup(f.repo('fullsrc'), source, ['--compress', 'none']);
-    const mnt = await fsp.mkdtemp(f.path('tmpfs-'));
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.max(64, Math.ceil(m.dump.dumpBytes / 2 / 1024))}k`, 'tmpfs', mnt]);
-    try {
-      const repo = path.join(mnt, 'repo');
-      const backup = await f.run(['backup', '--to', repo, '--db', source, '--recipient', f.recipient, '--compress', 'none']);
-      expect(backup.code, backup.stderr).toBe(4);
-      expect(errorLine(backup.stderr)).toMatch(/no space left on device.*free disk space/);
-      const list = await f.run(['list', '--from', repo, '--json']);
-      expect(list.code, list.stderr).toBe(0);
-      expect(JSON.parse(list.stdout)).toEqual([]);
-      const out = path.join(mnt, 'restored.dump');
-      const restore = await f.run(['restore', '--from', f.repo('fullsrc'), '--db', source, '--backup', m.id, '--identity', f.identityFile, '--output', out]);
-      expect(restore.code, restore.stderr).toBe(4);
-      expect(errorLine(restore.stderr)).toMatch(/no space left on device.*free disk space/);
-      expect(fs.readdirSync(mnt).filter((n) => n !== 'repo')).toEqual([]);
-    } finally {
-      execFileSync('umount', ['-l', mnt]);
-      await fsp.rm(mnt, { recursive: true, force: true });
+    // Space for a tenth, half, nine tenths of the archive: the disk fills early, midway, late.
+    for (const fraction of [0.1, 0.5, 0.9]) {
+      const mnt = await fsp.mkdtemp(f.path('tmpfs-'));
+      execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.max(64, Math.ceil((m.dump.dumpBytes * fraction) / 1024))}k`, 'tmpfs', mnt]);
+      try {
+        const repo = path.join(mnt, 'repo');
+        const backup = await f.run(['backup', '--to', repo, '--db', source, '--recipient', f.recipient, '--compress', 'none']);
+        expect(backup.code, `${fraction}: ${backup.stderr}`).toBe(4);
+        expect(errorLine(backup.stderr)).toMatch(/no space left on device.*free disk space/);
+        const list = await f.run(['list', '--from', repo, '--json']);
+        expect(list.code, list.stderr).toBe(0);
+        expect(JSON.parse(list.stdout)).toEqual([]);
+        const out = path.join(mnt, 'restored.dump');
+        const restore = await f.run(['restore', '--from', f.repo('fullsrc'), '--db', source, '--backup', m.id, '--identity', f.identityFile, '--output', out]);
+        expect(restore.code, `${fraction}: ${restore.stderr}`).toBe(4);
+        expect(errorLine(restore.stderr)).toMatch(/no space left on device.*free disk space/);
+        expect(fs.readdirSync(mnt).filter((n) => n !== 'repo')).toEqual([]);
+      } finally {
+        execFileSync('umount', ['-l', mnt]);
+        await fsp.rm(mnt, { recursive: true, force: true });
+      }
     }
   });
 
