@@ -1,12 +1,12 @@
 import * as path from 'node:path';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { UsageError, type CofferError } from '../errors.js';
 import { Supervisor, type SpawnSpec } from '../run/supervisor.js';
 
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
 export interface PgTools {
   pgDump: string[];
-  /** pg_dump runs through a command wrapper (`--pg-dump-command`): its output is read back whole. */
+  /** pg_dump runs through a command wrapper (`--pg-dump-command`; a script in `--pg-bin` counts too, ../pipeline/backup.ts): its output is read back whole. */
   pgDumpWrapped?: boolean;
   pgDumpall: string[];
   pgRestore: string[];
@@ -116,6 +116,36 @@ export function pgProgram(binDir: string | undefined, name: string): string[] {
   const p = path.join(binDir, name);
   if (!existsSync(p)) throw new UsageError(`--pg-bin ${binDir}: ${name} not found there`, { hint: 'point --pg-bin at a PostgreSQL bin directory, e.g. /usr/lib/postgresql/16/bin' });
   return [p];
+}
+
+const ELF_MAGIC = Buffer.from([0x7f, 0x45, 0x4c, 0x46]);
+
+/**
+ * Whether `program` (a path, or a name found on PATH) is a script rather than a compiled program:
+ * a wrapper put in `--pg-bin` (`docker compose exec -T db pg_dump "$@"`), which can lose the end of
+ * pg_dump's output and still exit 0, so the run reads its output back whole, as with
+ * `--pg-dump-command`. Debian's /usr/bin/pg_dump (pg_wrapper, a Perl script) counts as one too:
+ * that costs CPU, not correctness. A program that cannot be read is none (its spawn says why).
+ */
+export function isScriptProgram(program: string, env: NodeJS.ProcessEnv): boolean {
+  const candidates = program.includes('/') ? [program] : (env.PATH ?? '').split(':').filter(Boolean).map((d) => path.join(d, program));
+  for (const file of candidates) {
+    let fd: number;
+    try {
+      fd = openSync(file, 'r');
+    } catch {
+      continue;
+    }
+    try {
+      const head = Buffer.alloc(ELF_MAGIC.length);
+      return !(readSync(fd, head, 0, head.length, 0) === head.length && head.equals(ELF_MAGIC));
+    } catch {
+      return false;
+    } finally {
+      closeSync(fd);
+    }
+  }
+  return false;
 }
 
 /** The error for a missing system tool that is not part of PostgreSQL (zstd, dd). */

@@ -15,7 +15,7 @@ import { checkDumpVersion, clientVersion, probeServer, type ServerInfo } from '.
 import { DumpWarnings } from '../pg/dump-warnings.js';
 import { resolveExclusions } from '../pg/exclusions.js';
 import { pgDumpallGlobalsArgv, pgDumpArgv, type DumpKind } from '../pg/pg-dump.js';
-import { missingTool, type PgTools } from '../pg/tools.js';
+import { isScriptProgram, missingTool, type PgTools } from '../pg/tools.js';
 import { faultNumber } from '../run/faults.js';
 import { interruptedBy } from '../run/abort.js';
 import { Supervisor, toolEnv, type Child } from '../run/supervisor.js';
@@ -429,11 +429,12 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
     missing: missingTool('dd (counting the dump)', 'install coreutils (dd), or back up with --compress gzip:1 or none'),
   });
   const zstd = spawnCompressor(sup, zstdArgv, level, toolEnv(env), dd, missingZstd);
-  // Through a wrapper (docker compose exec, ssh), the whole stream is read back: a wrapper can
+  // Through a wrapper (docker compose exec, ssh; --pg-dump-command, or a script in --pg-bin),
+  // the whole stream is read back: a wrapper can
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
   // costs about a third more CPU).
-  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, req.tools.pgDumpWrapped ? (expectHead ? 'custom' : 'sql') : undefined);
+  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, dumpWrapped(req, env) ? (expectHead ? 'custom' : 'sql') : undefined);
   let received = 0;
   return {
     stdout: zstd.stdout!,
@@ -479,9 +480,9 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
  *   notes where each frame starts in pzstd's output ({@link PzstdFrameWalker}).
  *
  * pzstd's own counts (`N => M bytes`) must equal node's: what node wrote, what reached it.
- * Through a wrapper (docker compose exec) the whole archive is also walked ({@link ArchiveCheck}),
- * as in the other pipeline. Nothing of the index can fail the backup: an archive whose blocks
- * cannot be found is stored without an index (a warning says why).
+ * Node also walks the whole archive ({@link DumpTap}): one that ends before its last data block
+ * does (a wrapper cut it and exited 0) fails the run. The index itself fails nothing: an archive
+ * whose blocks cannot be found is stored without an index (a warning says why).
  */
 function indexedDump(req: BackupRequest, level: number, args: string[], env: NodeJS.ProcessEnv, sup: Supervisor, expectHead: string, onStderr: (b: Buffer) => void, onDump?: (dumpBytes: number) => void, pipes?: DumpPipes): Producer {
   // One compression thread at the fast levels: pzstd's reader and writer threads are work of
@@ -489,7 +490,7 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
   const threads = level <= 3 ? 1 : Math.max(1, availableParallelism());
   const pzArgv = [...(req.pzstdCommand ?? ['pzstd']), `-${level}`, '-p', String(threads), '-v', '-c'];
   const pzMissing = missingTool('pzstd', 'install zstd (apt-get install zstd; it ships pzstd), or back up with --no-index');
-  const wrapped = !!req.tools.pgDumpWrapped;
+  const wrapped = dumpWrapped(req, env);
   let tap: { bytes(): number; summary(): Promise<{ summary: DumpTapSummary; writeError?: string }> };
   let pgDump: Child;
   let pz: Child;
@@ -572,6 +573,11 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
       return { dumpBytes };
     },
   };
+}
+
+/** pg_dump runs through a wrapper: `--pg-dump-command`, or a script in its place (`--pg-bin`). */
+function dumpWrapped(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
+  return !!req.tools.pgDumpWrapped || isScriptProgram(req.tools.pgDump[0]!, env);
 }
 
 /** The two pipes of a threaded dump tap: pg_dump writes `dump`, pzstd reads `compress`. */
@@ -782,7 +788,7 @@ export async function streamObject(t: ObjectTarget, key: string, what: string, s
         .then(() => producer.settle())
         .then(
           (r) => {
-            if ('problem' in r) return cb(new IntegrityError(`${what}: ${r.problem}; nothing was stored`, { hint: producer.hint ?? 'check the pg_dump command (--pg-dump-command) and the tools on this host' }));
+            if ('problem' in r) return cb(new IntegrityError(`${what}: ${r.problem}; nothing was stored`, { hint: producer.hint ?? 'check the pg_dump command (--pg-dump-command, or a wrapper script in --pg-bin) and the tools on this host' }));
             dumpBytes = r.dumpBytes;
             cb();
           },

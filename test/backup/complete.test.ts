@@ -44,6 +44,15 @@ async function script(name: string, body: string): Promise<string> {
   return file;
 }
 
+/** A --pg-bin directory: links to the real client programs, and a pg_dump script running `body` (its `--version` is the real one's). */
+async function pgBinWith(name: string, body: string): Promise<string> {
+  const dir = f.path(name);
+  await fsp.mkdir(dir, { recursive: true });
+  for (const prog of await fsp.readdir(pg.binDir)) if (prog !== 'pg_dump') await fsp.symlink(path.join(pg.binDir, prog), path.join(dir, prog));
+  await fsp.writeFile(path.join(dir, 'pg_dump'), `#!/bin/sh\nif [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\n${body}\n`, { mode: 0o755 });
+  return dir;
+}
+
 async function listed(repo: string): Promise<string[]> {
   const r = await f.run(['list', '--from', repo, '--json']);
   expect(r.code, r.stderr).toBe(0);
@@ -190,6 +199,50 @@ describe('a wrapper that cuts the dump short and still exits 0: the backup fails
     const ok = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', whole]);
     expect(ok.code, ok.stderr).toBe(0);
     expect((await listed(repo)).length).toBe(1);
+  });
+
+  // The same wrapper put in a --pg-bin directory in pg_dump's place (a `docker compose exec`
+  // script beside links to the real programs): coffer is not told it is a wrapper. The default
+  // (indexed) pipeline walks every archive whole; --no-index and plain SQL read a script's output
+  // back whole.
+  it('the same cuts through a script in --pg-bin (no --pg-dump-command): default, --no-index, no compression, and SQL', async () => {
+    const archive = await fsp.readFile(readyDump);
+    const scan = scanArchiveFile(readyDump);
+    if (!scan.ok) throw new Error(scan.reason);
+    const blocks = [...scan.layout.blocks.values()].sort((a, b) => a - b);
+    const tocEnd = blocks[0]!;
+    const last = blocks[blocks.length - 1]!;
+    const cuts = [10, Math.floor(tocEnd / 2), tocEnd, blocks[1]!, last, last + 7, Math.floor((tocEnd + archive.length) / 2), archive.length - 5, archive.length - 1];
+    for (const cut of new Set(cuts)) {
+      const bin = await pgBinWith(`cut-bin-${cut}`, `exec head -c ${cut} '${readyDump}'`);
+      for (const extra of cut === tocEnd || cut === last ? [[], ['--no-index'], ['--compress', 'none']] : [[], ['--no-index']]) {
+        const repo = f.path(`cut-bin-${cut}-${extra.join('')}`);
+        const r = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-bin', bin, ...extra]);
+        const what = `cut at ${cut} of ${archive.length} ${extra.join(' ')}: ${r.stderr.slice(-600)}`;
+        expect(r.code, what).toBe(5);
+        expect(errorLine(r.stderr), what).toMatch(/not a whole dump.*nothing was stored/);
+        expect(await listed(repo), what).toEqual([]);
+      }
+    }
+    const sql = f.path('schema-bin.sql');
+    await execa(path.join(pg.binDir, 'pg_dump'), ['--schema-only', '-f', sql, '-d', f.db], { env: f.env(), extendEnv: false });
+    const text = await fsp.readFile(sql);
+    const sqlCut = text.indexOf(Buffer.from('-- PostgreSQL database dump complete')) - 5;
+    const sqlBin = await pgBinWith('cut-bin-sql', `exec head -c ${sqlCut} '${sql}'`);
+    const sqlRepo = f.path('cut-bin-sql');
+    const r = await f.run(['backup', '--to', sqlRepo, '--db', f.db, '--recipient', f.recipient, '--schema-only', '--pg-bin', sqlBin]);
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toMatch(/closing line.*nothing was stored/);
+    expect(await listed(sqlRepo)).toEqual([]);
+    // Control: a script that passes pg_dump's whole output on, in every mode, is stored and restores.
+    const faithful = await pgBinWith('faithful-bin', `exec '${pg.binDir}/pg_dump' "$@"`);
+    for (const extra of [[], ['--no-index'], ['--schema-only']]) {
+      const repo = f.path(`faithful-bin${extra.join('')}`);
+      const ok = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-bin', faithful, ...extra]);
+      expect(ok.code, ok.stderr).toBe(0);
+      expect((await listed(repo)).length).toBe(1);
+      if (extra.length === 0 || extra[0] === '--no-index') await expectRestoresWhole(repo);
+    }
   });
 
   it('plain SQL (schema-only) without pg_dump\'s closing line', async () => {
