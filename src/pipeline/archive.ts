@@ -3,7 +3,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveHeaderStrings, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { parseArchiveHeader, type ArchiveHeader } from '../pg/archive-toc.js';
 import { missingTool } from '../pg/tools.js';
 import { PzstdFrameWalker } from '../catalog/archive-index.js';
@@ -22,6 +22,18 @@ export interface ExpectedArchive {
   dumpBytes?: number;
   /** `custom`: a pg_dump custom archive; `sql`: plain SQL (schema-only, data-only, globals); `tar`: a physical backup. */
   format?: ArchiveFormat;
+  /** The database the archive must be a dump of (a custom archive's header names it). */
+  database?: string;
+}
+
+/**
+ * Why a custom archive's header (the database pg_dump connected to) shows that it is not a dump
+ * of `database`: a wrapper (`docker compose exec`, a script in `--pg-bin`) that dumped another
+ * database. Names are compared as the bytes libpq was given (UTF-8).
+ */
+export function otherDatabase(header: ArchiveHeaderStrings | undefined, database: string): string | undefined {
+  if (header === undefined || header.dbname === Buffer.from(database, 'utf8').toString('latin1')) return undefined;
+  return `the archive is a dump of database ${JSON.stringify(Buffer.from(header.dbname, 'latin1').toString('utf8'))}, not of ${JSON.stringify(database)}`;
 }
 
 export interface ArchiveInput {
@@ -277,7 +289,7 @@ export class ArchiveCheck {
   private bytes = 0;
   private tail = Buffer.alloc(0);
 
-  constructor(private readonly expected: Pick<ExpectedArchive, 'format' | 'dumpBytes'> | undefined) {}
+  constructor(private readonly expected: Pick<ExpectedArchive, 'format' | 'dumpBytes' | 'database'> | undefined) {}
 
   /** A custom archive's table of contents has been read whole (or cannot be: bad input). */
   get tocRead(): boolean {
@@ -334,6 +346,8 @@ export class ArchiveCheck {
       const scan = this.scanner.end();
       if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
       this.scanned = scan.layout;
+      const other = this.expected?.database === undefined ? undefined : otherDatabase(this.scanner.headerStrings(), this.expected.database);
+      if (other) return new IntegrityError(other, { hint: 'this backup is not a copy of the database; use another backup' });
       const missing = missingDataBlocks(scan.layout);
       if (missing.length > 0) return damaged(`the custom archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`);
     } else if (this.format === 'tar') {

@@ -25,7 +25,7 @@ import { TIER_TAG } from '../retention/lifecycle.js';
 import type { ObjectRetention, ObjectStore } from '../store/object-store.js';
 import { COFFER_VERSION } from '../version.js';
 import { chooseQueueSize, choosePartSize } from './part-size.js';
-import { ArchiveCheck } from './archive.js';
+import { ArchiveCheck, otherDatabase } from './archive.js';
 import { decodeIndex, encodeIndex, INDEX_FORMAT, PzstdFrameWalker, type ArchiveIndex } from '../catalog/archive-index.js';
 import { closeQuietly, openPipes, type OsPipe } from '../run/os-pipe.js';
 import { DumpTap, type DumpTapSummary } from './dump-tap.js';
@@ -333,7 +333,7 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
   const onStderr = (b: Buffer): void => warnings.push(b);
   if (req.compression.kind !== 'zstd') {
     if (pipes) closePipes(pipes);
-    return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql', req.compression.kind === 'none' ? onDump : undefined);
+    return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dump', onStderr }), expectHead, req.kind === 'custom' ? 'custom' : 'sql', req.database, req.compression.kind === 'none' ? onDump : undefined);
   }
   if (req.index !== false && req.kind === 'custom' && pzstdFound(req, env)) return indexedDump(req, req.compression.level, args, env, sup, expectHead, onStderr, onDump, pipes);
   if (pipes) closePipes(pipes);
@@ -342,7 +342,7 @@ function startDump(req: BackupRequest, excludeTableData: string[], env: NodeJS.P
 
 function startGlobalsDump(req: BackupRequest, server: ServerInfo, env: NodeJS.ProcessEnv, sup: Supervisor, warnings: DumpWarnings): Producer {
   const args = pgDumpallGlobalsArgv(req.tools, dumpConnection(req.conn, env), req.database, server.isSuperuser);
-  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql');
+  return countedOutput(sup.spawn({ argv: args, env: libpqEnv(req.conn, env), what: 'pg_dumpall --globals-only', onStderr: (b) => warnings.push(b) }), '', 'sql', undefined);
 }
 
 /**
@@ -369,10 +369,10 @@ function pzstdFound(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
  * first bytes, and walks it whole (a custom archive through every data block its table of
  * contents announces; plain SQL to pg_dump's closing line).
  */
-function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql', onBytes?: (n: number) => void): Producer {
+function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql', database: string | undefined, onBytes?: (n: number) => void): Producer {
   let n = 0;
   let head = Buffer.alloc(0);
-  const check = new ArchiveCheck({ format });
+  const check = new ArchiveCheck({ format, database });
   return {
     stdout: child.stdout!,
     children: [child],
@@ -389,10 +389,12 @@ function countedOutput(child: Child, expectHead: string, format: 'custom' | 'sql
   };
 }
 
-/** Why a dump that started well is not whole (cut short by a wrapper that still exited 0). */
+/** Why a dump that started well is not whole (cut short by a wrapper that still exited 0), or not of the database asked for. */
 function wholeProblem(what: string, check: ArchiveCheck, bytes: number): string | undefined {
   const err = check.end(bytes);
-  return err ? `${what}'s output is not a whole dump: ${err.message.replace(/^the backup is truncated or damaged: /, '')}` : undefined;
+  if (!err) return undefined;
+  const damaged = 'the backup is truncated or damaged: ';
+  return err.message.startsWith(damaged) ? `${what}'s output is not a whole dump: ${err.message.slice(damaged.length)}` : `${what}'s output is not a backup of the database: ${err.message}`;
 }
 
 /** Why a dump's first bytes (and size) cannot be what pg_dump writes; `undefined` when they can. */
@@ -434,7 +436,7 @@ function compressedDump(req: BackupRequest, level: number, args: string[], env: 
   // lose the end of pg_dump's output and still exit 0. pg_dump itself fails on a short write,
   // and dd's count must match what zstd read: its head is enough (a second full decompression
   // costs about a third more CPU).
-  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, dumpWrapped(req, env) ? (expectHead ? 'custom' : 'sql') : undefined);
+  const readBack = new ReadBack(sup, [...zstdArgv, '-d', '-q', '-c'], toolEnv(env), missingZstd, dumpWrapped(req, env) ? { format: expectHead ? 'custom' : 'sql', database: req.database } : undefined);
   let received = 0;
   return {
     stdout: zstd.stdout!,
@@ -567,7 +569,10 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
       if (!acct) return { problem: `pzstd did not report its byte counts (${pz.stderr.lastLines(1, 200)})` };
       if (acct.wrote !== received) return { problem: `pzstd wrote ${acct.wrote} bytes but ${received} reached coffer` };
       if (acct.read !== dumpBytes) return { problem: `pg_dump wrote ${dumpBytes} bytes but pzstd read ${acct.read}` };
-      const problem = headProblem('pg_dump', Buffer.from(r.summary.head), dumpBytes, expectHead) ?? (r.summary.wholeProblem !== undefined ? `pg_dump's output is not a whole dump: ${r.summary.wholeProblem}` : undefined);
+      const other = otherDatabase(r.summary.header, req.database);
+      const problem =
+        headProblem('pg_dump', Buffer.from(r.summary.head), dumpBytes, expectHead) ??
+        (r.summary.wholeProblem !== undefined ? `pg_dump's output is not a whole dump: ${r.summary.wholeProblem}` : other !== undefined ? `pg_dump's output is not a backup of the database: ${other}` : undefined);
       if (problem) return { problem };
       seen = r.summary;
       return { dumpBytes };
@@ -665,9 +670,9 @@ class ReadBack {
     private readonly argv: string[],
     private readonly env: NodeJS.ProcessEnv,
     private readonly missing: (cmd: string) => CofferError,
-    format?: 'custom' | 'sql',
+    expected?: { format: 'custom' | 'sql'; database: string },
   ) {
-    this.check = format ? new ArchiveCheck({ format }) : undefined;
+    this.check = expected ? new ArchiveCheck(expected) : undefined;
   }
 
   feed(chunk: Buffer): void | Promise<void> {

@@ -9,7 +9,7 @@
  * pipes ({@link ./dump-tap-thread.ts}).
  */
 import { DataBlockFinder } from '../catalog/archive-index.js';
-import { ArchiveOffsetScanner, hasDataBlock, missingDataBlocks } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, hasDataBlock, missingDataBlocks, type ArchiveHeaderStrings } from '../pg/archive-offsets.js';
 
 /** What a {@link DumpTap} saw, in a form a worker thread can post. */
 export interface DumpTapSummary {
@@ -18,6 +18,8 @@ export interface DumpTapSummary {
   head: Uint8Array;
   /** Why the archive is not whole; undefined when it is, or could not be walked (a format the reader does not know, unless strict). */
   wholeProblem?: string;
+  /** The database name, server and pg_dump versions in the archive's header (once it was read). */
+  header?: ArchiveHeaderStrings;
   /** Where the data begins and each data block starts, or why that is not known. */
   index: { dataStart: number; blocks: Array<[number, number]> } | { problem: string };
 }
@@ -73,6 +75,7 @@ export class DumpTap {
       const blocks = this.finder.blocks();
       index = Array.isArray(blocks) ? { dataStart: this.dataStart, blocks } : blocks;
     }
-    return { dumpBytes: this.dumpBytes, head: Uint8Array.from(this.head), ...(wholeProblem !== undefined ? { wholeProblem } : {}), index };
+    const header = this.toc.headerStrings();
+    return { dumpBytes: this.dumpBytes, head: Uint8Array.from(this.head), ...(wholeProblem !== undefined ? { wholeProblem } : {}), ...(header ? { header } : {}), index };
   }
 }

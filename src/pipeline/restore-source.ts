@@ -39,7 +39,7 @@ export interface SourceRequest {
 
 /** What the manifest promises about a backup's content, for the whole-archive check. */
 export function expectedArchive(m: BackupManifest): ExpectedArchive {
-  return { sha256: m.dump.sha256, size: m.dump.size, ...(m.dump.sha256Bytes !== undefined ? { sha256Bytes: m.dump.sha256Bytes } : {}), dumpBytes: m.dump.dumpBytes, format: m.kind === 'custom' ? 'custom' : 'sql' };
+  return { sha256: m.dump.sha256, size: m.dump.size, ...(m.dump.sha256Bytes !== undefined ? { sha256Bytes: m.dump.sha256Bytes } : {}), dumpBytes: m.dump.dumpBytes, format: m.kind === 'custom' ? 'custom' : 'sql', database: m.database };
 }
 
 /** Opens the encrypted source (repository object or local file) as a checked archive stream. */

@@ -392,6 +392,8 @@ describe('verify, restore and drill prove the archive is whole', () => {
     const bodies: Array<[string, () => Promise<Buffer>, RegExp]> = [
       ['an empty plaintext', async () => Buffer.alloc(0), /holds no data/],
       ['a custom archive truncated inside its data', async () => (await fsp.readFile(readyDump)).subarray(0, Math.floor((await fsp.stat(readyDump)).size * 0.7)), /truncated or damaged/],
+      // A whole archive, but of another database (its header names it): not a backup of this one.
+      ['a whole archive of the postgres database', async () => Buffer.from((await execa(path.join(pg.binDir, 'pg_dump'), ['-Fc', '-Z0', '-d', 'postgres'], { env: f.env(), extendEnv: false, encoding: 'buffer' })).stdout), /the archive is a dump of database "postgres", not of "vault_c/],
     ];
     it.each(bodies)('%s, with a manifest that matches the object: verify, restore and drill exit 5', async (name, body, cause) => {
       const dumpFile = path.join(repo, original.dump.key);
@@ -428,22 +430,21 @@ describe('verify, restore and drill prove the archive is whole', () => {
       }
     });
 
-    it('a backup of a database with tables whose archive has none: verify and drill say so (exit 5)', async () => {
+    it('a wrapper that dumps another database (a whole archive, with no tables): the backup fails, default, --no-index and uncompressed; the control of the empty database is whole', async () => {
       const emptyRepo = f.path('no-tables');
       const emptyDump = f.path('no-tables.dump');
       const empty = await createDatabase(pg, uniqueDbName('vault_c_empty'), 'empty');
       try {
         await execa(path.join(pg.binDir, 'pg_dump'), ['-Fc', '-Z0', '-f', emptyDump, '-d', empty], { env: f.env(), extendEnv: false });
-        // A wrapper that dumps another (empty) database: a complete archive, with no tables.
+        // A wrapper that dumps another (empty) database: a complete archive, whose header names it.
         const wrong = await script('wrong-db.sh', `if [ "$1" = "--version" ]; then exec '${pg.binDir}/pg_dump' --version; fi\nexec cat '${emptyDump}'\n`);
-        const b = await f.run(['backup', '--to', emptyRepo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', wrong]);
-        expect(b.code, b.stderr).toBe(0);
-        const v = await f.run(['verify', '--from', emptyRepo, '--identity', f.identityFile]);
-        expect(v.code, v.stderr).toBe(5);
-        expect(errorLine(v.stderr)).toMatch(/holds no tables, but database .* had \d+ when it was taken/);
-        const d = await f.run(['drill', '--from', emptyRepo, '--identity', f.identityFile]);
-        expect(d.code, d.stderr).toBe(5);
-        expect(JSON.parse(d.stdout)).toMatchObject({ ok: false, tables: 0 });
+        for (const extra of [[], ['--no-index'], ['--compress', 'none']]) {
+          const repo = `${emptyRepo}${extra.join('')}`;
+          const b = await f.run(['backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--pg-dump-command', wrong, ...extra]);
+          expect(b.code, b.stderr).toBe(5);
+          expect(errorLine(b.stderr)).toMatch(new RegExp(`not a backup of the database: the archive is a dump of database "${empty}", not of "${f.db}"; nothing was stored`));
+          expect(await listed(repo)).toEqual([]);
+        }
         // The control: a backup of the empty database itself is whole, verifies and drills.
         const ctl = f.path('empty-db');
         expect((await f.run(['backup', '--to', ctl, '--db', empty, '--recipient', f.recipient])).code).toBe(0);
