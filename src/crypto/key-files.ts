@@ -1,8 +1,8 @@
 /** Writing secret key files safely (`coffer keygen --out`). */
-import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { writeFileAtomic } from '../atomic-write.js';
 import { errnoWords, UsageError } from '../errors.js';
+import { makeDirs } from '../mkdirs.js';
 
 /**
  * Create `path` holding `text`, readable and writable by the owner only (mode 0600), and flush
@@ -15,7 +15,7 @@ import { errnoWords, UsageError } from '../errors.js';
 export async function writeSecretFileExclusive(path: string, text: string): Promise<void> {
   const dir = dirname(path);
   try {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDirs(dir, 0o700);
   } catch (err) {
     throw new UsageError(`cannot create directory ${dir} for key file ${path}: ${errnoWords(err)}`);
   }

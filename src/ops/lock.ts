@@ -23,6 +23,7 @@ import type { ConnectionSpec } from '../pg/connection.js';
 import { PsqlSession } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 import { interruptedBy } from '../run/abort.js';
+import { makeDirs } from '../mkdirs.js';
 
 /** What a lock file holds. */
 export interface LockOwner {
@@ -123,7 +124,7 @@ export function processAlive(pid: number): boolean {
 /** Creates the lock directory (0700) or checks that an existing one is ours and private. */
 async function ensureLockDir(dir: string): Promise<void> {
   try {
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    await makeDirs(dir, 0o700);
   } catch (err) {
     throw new UsageError(`--lock-dir ${dir}: cannot create it: ${errnoWords(err)}`, {
       hint: 'choose a writable directory with --lock-dir',

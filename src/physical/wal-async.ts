@@ -34,6 +34,7 @@ import { writeFileAtomic } from '../atomic-write.js';
 import { errnoWords, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { fileIdentity, walFileNameOf, walPush, type WalPushRequest } from './wal-push.js';
+import { makeDirs } from '../mkdirs.js';
 
 const LOCK = 'worker.pid';
 const IDLE_EXIT_MS = 10_000;
@@ -157,7 +158,7 @@ async function identityOf(abs: string): Promise<string> {
  * planted by another user would make archive_command report a file stored that is not.
  */
 async function ownSpool(spool: string): Promise<void> {
-  await fsp.mkdir(spool, { recursive: true, mode: 0o700 });
+  await makeDirs(spool, 0o700);
   const st = await fsp.lstat(spool);
   const uid = process.getuid?.();
   if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o022) !== 0) {

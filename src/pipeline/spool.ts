@@ -13,6 +13,7 @@ import { ArchiveOffsetScanner, patchArchiveOffsets } from '../pg/archive-offsets
 import { holdPlaintext, removeOrphans } from '../run/plaintext.js';
 import type { FanOutTarget } from './fanout.js';
 import type { RestoreSource } from './restore-source.js';
+import { makeDirs } from '../mkdirs.js';
 
 /** The spool file of one restore, in its own private directory. */
 export class Spool {
@@ -30,7 +31,7 @@ export class Spool {
   static async prepare(source: RestoreSource, format: 'custom' | 'sql', spoolDir: string | undefined, log: Logger): Promise<Spool> {
     if (format !== 'custom') throw new UsageError('--jobs works with custom-format backups only (this one is plain SQL)');
     const base = spoolDir ?? tmpdir();
-    await fsp.mkdir(base, { recursive: true });
+    await makeDirs(base);
     // Decrypted archives of killed restores (SIGKILL): not left for anyone to read.
     for (const p of await removeOrphans(base, /^coffer-spool-(\d+)-/)) log.warn('removed the spool of an earlier restore that was killed (a decrypted archive)', { spool: p });
     const dir = await fsp.mkdtemp(path.join(base, `coffer-spool-${process.pid}-`));

@@ -6,6 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import { commitFile, syncDir, TEMP_PREFIX, tempPathIn, writeFileAtomic } from '../atomic-write.js';
 import { errnoWords, StorageError } from '../errors.js';
 import type { GetOptions, ObjectInfo, ObjectStore, PutBytesOptions, PutStreamOptions } from './object-store.js';
+import { makeDirs } from '../mkdirs.js';
 
 const DIR_MODE = 0o700;
 const FILE_MODE = 0o600;
@@ -43,7 +44,7 @@ export class FsStore implements ObjectStore {
   private async ensureDir(dir: string): Promise<void> {
     let first: string | undefined;
     try {
-      first = await fsp.mkdir(dir, { recursive: true, mode: DIR_MODE });
+      first = await makeDirs(dir, DIR_MODE);
     } catch (err) {
       throw fsError(err, `create directory ${dir}`);
     }

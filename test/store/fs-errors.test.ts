@@ -70,6 +70,14 @@ describe('FsStore', () => {
     expect(await fsp.readFile(root, 'utf8')).toBe('not a directory');
   });
 
+  // Node's mkdir({ recursive: true }) never returns where mkdir fails with ENOENT under a parent
+  // that exists (procfs): `backup --to /proc/repo` hung forever. Each level is made on its own now.
+  it.each([['/proc/coffer-no-such-repo', 'one level'], ['/proc/coffer-no-such-repo/a/b', 'three levels'], ['/sys/coffer-no-such-repo', 'sysfs']])('a repository where no directory can be made (%s, %s) fails at once', async (root) => {
+    const store = new FsStore(root);
+    const e = await caught(Promise.race([store.putBytes('db/x', Buffer.from('x')), new Promise((_r, reject) => setTimeout(() => reject(new Error('still running after 10 s')), 10_000))]));
+    expect(e.message).toMatch(/^create directory \/(proc|sys)\/coffer-no-such-repo/);
+  });
+
   it('a write whose producer fails keeps the producer\'s error and leaves neither the temporary nor the object', async () => {
     const root = path.join(tmp, 'producer');
     const store = new FsStore(root);

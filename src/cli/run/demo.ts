@@ -13,6 +13,7 @@ import { resolveS3Settings } from '../../config/settings.js';
 import type { CliContext } from '../context.js';
 import { listRepository } from './list.js';
 import type { options } from '../commands/demo.js';
+import { makeDirs } from '../../mkdirs.js';
 
 /**
  * `coffer demo`: the whole job on an embedded default. Starts a throwaway PostgreSQL cluster,
@@ -25,7 +26,7 @@ import type { options } from '../commands/demo.js';
 export async function runDemoCommand(flags: Values<typeof options>, ctx: CliContext): Promise<void> {
   const repo = path.resolve(ctx.cwd, flags.dir);
   const say = (s: string): void => ctx.stdout(`${s}\n`);
-  await fsp.mkdir(repo, { recursive: true, mode: 0o700 });
+  await makeDirs(repo, 0o700);
   const keyFile = path.join(repo, 'demo-identity.txt');
   let recipient: string;
   let identity: string;
