@@ -45,6 +45,12 @@ export interface NotifierOptions {
   timeoutMs?: number;
   /** Tries per notification (default 3), with pauses of 500 ms, 1 s, 2 s… between them. */
   attempts?: number;
+  /**
+   * The run's signal (a stop signal or `--timeout`): once it is aborted the notifier is
+   * {@link Notifier.stopping}, so that a ping to an endpoint that never answers cannot hold the
+   * run past its `--timeout` by more than {@link STOP_BUDGET_MS}.
+   */
+  signal?: AbortSignal;
 }
 
 /** Checks a notification URL up front (exit 2 on a bad one). */
@@ -84,6 +90,7 @@ export class Notifier {
     this.log = opts.log;
     this.timeoutMs = opts.timeoutMs ?? 10_000;
     this.attempts = opts.attempts ?? 3;
+    if (opts.signal) followAbort(opts.signal, () => this.stopping());
   }
 
   /**
@@ -160,11 +167,10 @@ export class Notifier {
             try {
               res = await fetch(url, { ...init, signal: attempt.signal, redirect: 'follow' });
             } catch (err) {
-              const e = err as Error & { cause?: { code?: string } };
               // Never e.message: fetch's messages can quote the whole URL (a token in its path).
               if (why === 'timeout') last = `no answer within ${(timeoutMs / 1000).toFixed(1)} s`;
               else if (why === 'stopped') last = 'abandoned: the run was stopped';
-              else last = e.cause?.code ?? e.name;
+              else last = fetchFailure(err, url);
               throw new Error(last);
             }
             // The body under the same timer: an endpoint may send headers and then stall.
@@ -186,6 +192,19 @@ export class Notifier {
       this.log.warn(`notification failed (the backup itself is not affected): ${last}`, { notifier: flag, to: url.origin });
     }
   }
+}
+
+/**
+ * Why fetch failed, without the URL: the system's error code (ECONNREFUSED, ENOTFOUND…), else
+ * fetch's own short reason when it names nothing of the URL ("bad port": fetch refuses ports such
+ * as 1, 25 or 6000 before connecting), else the error's name.
+ */
+export function fetchFailure(err: unknown, url: URL): string {
+  const e = err as Error & { cause?: { code?: unknown; message?: unknown } };
+  if (typeof e.cause?.code === 'string' && e.cause.code !== '') return e.cause.code;
+  const m = e.cause?.message;
+  if (typeof m === 'string' && m !== '' && m.length <= 80 && !m.includes(url.hostname) && !m.includes('/')) return `${m} (${url.protocol}//${url.hostname}:${url.port || (url.protocol === 'https:' ? '443' : '80')})`;
+  return e.name;
 }
 
 function pingUrl(base: URL, suffix: string): URL {

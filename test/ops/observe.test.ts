@@ -205,6 +205,56 @@ describe('notifications', () => {
     expect(fs.existsSync(f.path('repo-notify-creds'))).toBe(false);
   });
 
+  it('--timeout bounds the notifications too: an endpoint that never answers holds a finished backup no longer than the timeout and the stop budget', async () => {
+    const sockets = new Set<import('node:net').Socket>();
+    const hang = createServer((req) => req.resume());
+    hang.on('connection', (s) => sockets.add(s));
+    await new Promise<void>((r) => hang.listen(0, '127.0.0.1', r));
+    const base = `http://127.0.0.1:${(hang.address() as AddressInfo).port}`;
+    try {
+      for (const timeout of [3, 6]) {
+        const repo = f.path(`repo-notify-timeout-${timeout}`);
+        const started = Date.now();
+        const r = await backup(repo, dbB, '--timeout', `${timeout}s`, '--notify', `${base}/ping/t`, '--webhook', `${base}/hook`);
+        const took = Date.now() - started;
+        // Before: 3 tries × 10 s for the start ping, then as much for the success ping (~65 s).
+        expect(took, r.stderr).toBeLessThan((timeout + 3) * 1000 + 4_000);
+        const listed = await f.run(['list', '--from', repo, '--json']);
+        const ids = (JSON.parse(listed.stdout) as Array<{ id: string }>).map((x) => x.id);
+        if (r.code === 0) {
+          // The backup was complete before the timeout: it stands, and the abandoned ping is a warning.
+          expect(ids).toEqual([r.manifest!.id]);
+          expect(logRecords(r.stderr).some((l) => l.level === 'warn' && /notification failed/.test(String(l.msg)))).toBe(true);
+        } else {
+          expect(r.code, r.stderr).toBe(124);
+          expect(ids).toEqual([]);
+        }
+      }
+    } finally {
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => hang.close(r));
+    }
+  }, 120_000);
+
+  it('a notification that cannot connect says why (the system\'s code, or fetch\'s own reason), never the URL', async () => {
+    const { fetchFailure } = await import('../../src/observe/notify.js');
+    const refused = createServer();
+    await new Promise<void>((r) => refused.listen(0, '127.0.0.1', r));
+    const port = (refused.address() as AddressInfo).port;
+    await new Promise((r) => refused.close(r));
+    for (const [href, want] of [
+      [`http://127.0.0.1:${port}/ping/tok3n`, /^ECONNREFUSED$/],
+      ['http://127.0.0.1:1/ping/tok3n', /^bad port \(http:\/\/127\.0\.0\.1:1\)$/],
+      ['http://no-such-host.invalid/ping/tok3n', /^(ENOTFOUND|EAI_AGAIN)$/],
+    ] as const) {
+      const url = new URL(href);
+      const err = await fetch(url).then(() => undefined, (e: unknown) => e);
+      const why = fetchFailure(err, url);
+      expect(why, href).toMatch(want);
+      expect(why).not.toContain('tok3n');
+    }
+  });
+
   it('a stop signal with an endpoint that never answers, at swept points of the run: one short failure ping, the run exits by itself', async () => {
     // Accepts connections, reads requests, never answers.
     const seen: string[] = [];

@@ -127,7 +127,7 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
     source = volumeSource({ dataDir: flags.dataDir === undefined ? undefined : path.resolve(ctx.cwd, flags.dataDir), tarCommand: flags.tarCommand, env });
   }
 
-  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
+  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log, signal: ctx.signal });
   const store = await openStore(flags.to, common.s3);
   notifier.start();
   const progress = new Progress(`backup cluster ${cluster}`, { tty: ctx.stderrIsTty, log: ctx.log, fields: { task: 'backup', cluster } });

@@ -157,7 +157,7 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
   const waitMs = flags.wait?.ms ?? 0;
   const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(env));
   const metricsFile = metricsFilePath(flags.metricsFile, ctx.cwd);
-  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log });
+  const notifier = new Notifier({ notifyUrl: flags.notify, webhookUrl: flags.webhook, log: ctx.log, signal: ctx.signal });
 
   // The age library (a good part of a start-up), when needed (X25519 recipients do without it:
   // src/crypto/x25519.ts), is loaded while the databases are listed and locked.
