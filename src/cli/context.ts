@@ -5,7 +5,7 @@ export interface CliContext {
   env: NodeJS.ProcessEnv;
   /** Machine output (`--json`, recipients, listings). */
   stdout: (text: string) => void;
-  /** Whether stderr is a terminal (progress bars, human log format). */
+  /** Whether a progress line is drawn on stderr: a terminal, and the log is not JSON lines. */
   stderrIsTty: boolean;
   stdoutIsTty: boolean;
   log: Logger;

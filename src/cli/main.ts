@@ -24,7 +24,11 @@ import type { Values } from '../config/options.js';
 export async function main(argv: string[]): Promise<number> {
   const env = process.env;
   const runId = newRunId();
-  let log: Logger = createLogger({ format: resolveLogFormatSafe(env), runId });
+  // Usage errors come before the options are resolved: JSON lines if asked for by flag or env.
+  const jsonLog = argvLogFormat(argv) === 'json' || (argvLogFormat(argv) === undefined && resolveLogFormatSafe(env) === 'json');
+  let log: Logger = createLogger({ format: jsonLog ? 'json' : resolveLogFormatSafe(env), runId });
+  // What commander says of a bad command line; in JSON mode it becomes one log line.
+  let usageText = '';
   const ac = new AbortController();
   let exitCode: number = ExitCode.ok;
   let signals = 0;
@@ -57,14 +61,18 @@ export async function main(argv: string[]): Promise<number> {
     .version(COFFER_VERSION)
     .showHelpAfterError('(run coffer --help for usage)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s), writeOut: (s) => process.stdout.write(s) });
+    .configureOutput({ writeErr: (s) => (jsonLog ? (usageText += s) : process.stderr.write(s)), writeOut: (s) => process.stdout.write(s) });
   addOptions(program, GLOBAL_OPTIONS);
 
   let timer: NodeJS.Timeout | undefined;
   const context = (g: Values<typeof GLOBAL_OPTIONS>, secrets: string[]): CliContext => {
+    // JSON lines are for a collector, also one reading a terminal (`docker run -t`): no progress
+    // line is drawn between them (progress goes into the log as JSON instead).
+    const format = resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY);
+    const drawsProgress = !!process.stderr.isTTY && format !== 'json';
     // On a terminal a log line first clears the progress line it would otherwise continue.
-    const write = process.stderr.isTTY ? (line: string) => process.stderr.write(`${clearForLogLine()}${line}\n`) : undefined;
-    log = createLogger({ format: resolveLogFormat(g.logFormat, env, !!process.stderr.isTTY), runId, secrets, ...(write ? { write } : {}) });
+    const write = drawsProgress ? (line: string) => process.stderr.write(`${clearForLogLine()}${line}\n`) : undefined;
+    log = createLogger({ format, runId, secrets, ...(write ? { write } : {}) });
     const timeout = g.timeout;
     if (timeout !== undefined) {
       timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${timeout.text}`, { exitCode: ExitCode.timeout })), timeout.ms);
@@ -77,7 +85,7 @@ export async function main(argv: string[]): Promise<number> {
       // Children (pg_dump, psql…) get the environment without coffer's and the SDK's secrets.
       env: childEnv,
       stdout: (t) => process.stdout.write(t),
-      stderrIsTty: !!process.stderr.isTTY,
+      stderrIsTty: drawsProgress,
       stdoutIsTty: !!process.stdout.isTTY,
       log,
       signal: ac.signal,
@@ -121,6 +129,8 @@ export async function main(argv: string[]): Promise<number> {
     const err = classifySystemError(thrown);
     if (err instanceof CommanderError) {
       exitCode = err.exitCode === 0 ? ExitCode.ok : (failureExitCode ?? ExitCode.usage);
+      const text = usageText.split('\n').map((l) => l.trim()).filter((l) => l !== '').join(' ').replace(/^error: /, '');
+      if (text !== '') log.error(text, { exit: exitCode });
     } else if (err instanceof CofferError && err.kind === 'absent') {
       // Not a failure worth an error line (wal-fetch: PostgreSQL asks for files that do not exist).
       exitCode = err.exitCode;
@@ -161,6 +171,18 @@ function afterRun(): void {}
 function exitWhenIdle(code: number): void {
   process.once('beforeExit', () => process.exit(code));
   setTimeout(() => process.exit(code), 2000).unref();
+}
+
+/** `--log-format X` or `--log-format=X` on the command line, before it is parsed; undefined when absent. */
+function argvLogFormat(argv: string[]): string | undefined {
+  let found: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--') break;
+    if (a === '--log-format') found = argv[i + 1];
+    else if (a.startsWith('--log-format=')) found = a.slice('--log-format='.length);
+  }
+  return found;
 }
 
 function resolveLogFormatSafe(env: NodeJS.ProcessEnv): 'text' | 'json' {

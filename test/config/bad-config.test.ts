@@ -238,6 +238,22 @@ const cases: Case[] = [
   {
     name: 'flag: unknown option (commander), with a suggestion',
     args: [...BACKUP, '--kep-daily', '3d'],
+    message: /^unknown option '--kep-daily' \(Did you mean --keep-daily\?\) \(run coffer --help for usage\)$/,
+  },
+  {
+    name: 'flag: unknown command (commander), as one JSON line with --log-format json',
+    args: ['--log-format', 'json', 'bakcup', '--to', '$REPO'],
+    message: /^unknown command 'bakcup' \(Did you mean backup\?\) \(run coffer --help for usage\)$/,
+  },
+  {
+    name: 'flag: a value missing (commander), as one JSON line with COFFER_LOG_FORMAT=json',
+    env: { COFFER_LOG_FORMAT: 'json' },
+    args: [...BACKUP, '--tier'],
+    message: /^option '--tier <tier>' argument missing \(run coffer --help for usage\)$/,
+  },
+  {
+    name: 'flag: unknown option (commander), as text lines with --log-format text',
+    args: ['--log-format', 'text', ...BACKUP, '--kep-daily', '3d'],
     message: /error: unknown option '--kep-daily'\n\(Did you mean --keep-daily\?\)/,
     commander: true,
   },

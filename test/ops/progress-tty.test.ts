@@ -55,10 +55,10 @@ for await (const chunk of process.stdin) {
 });
 
 /** Runs the built CLI with stderr (and stdout) on a pseudo-terminal: what the terminal showed, and the exit code. */
-async function onTerminal(args: string[]): Promise<{ code: number; screen: string }> {
+async function onTerminal(args: string[], logFormat = 'text'): Promise<{ code: number; screen: string }> {
   const command = [process.execPath, COFFER_BIN, ...args].map(q).join(' ');
   const r = await execa('script', ['-qfec', command, '/dev/null'], {
-    env: f.env({ COFFER_LOG_FORMAT: 'text' }),
+    env: f.env({ COFFER_LOG_FORMAT: logFormat }),
     extendEnv: false,
     reject: false,
     stdin: 'ignore',
@@ -104,5 +104,18 @@ describe('progress on a terminal (pseudo-terminal)', () => {
     expect(exact.length, r.join('\n')).toBeGreaterThan(0);
     expect(r.some((l) => l.includes('~')), r.join('\n')).toBe(false);
     expect(restore.screen).not.toMatch(/(ETA \S+|\d+s)coffer: /);
+  });
+
+  it('JSON log lines on a terminal (a collector reading `docker run -t`): no progress line is drawn between them, every line is JSON', async () => {
+    const repo = f.path('repo-json');
+    for (const how of [['--log-format', 'json'], []]) {
+      const backup = await onTerminal([...how, 'backup', '--to', repo, '--db', f.db, '--recipient', f.recipient, '--lock-dir', f.path('locks'), '--pg-dump-command', dumpWrapper], how.length === 0 ? 'json' : 'text');
+      expect(backup.code, backup.screen).toBe(0);
+      expect(backup.screen).not.toContain('\x1b[');
+      // stdout is the terminal too: its one summary line per backup ("<id>  <database>  <tier>  <size>") is not the log.
+      const lines = backup.screen.split(/\r?\n/).filter((l) => l.trim() !== '' && !/^\d{8}T\d{6}Z-\w+ {2}/.test(l));
+      expect(lines.length).toBeGreaterThan(1);
+      for (const l of lines) expect(() => JSON.parse(l), JSON.stringify(l)).not.toThrow();
+    }
   });
 });
