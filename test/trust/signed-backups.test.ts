@@ -17,7 +17,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { backupIdTime } from '../../src/catalog/layout.js';
 import { MANIFEST_NAMESPACE } from '../../src/trust/sshsig.js';
-import { runCoffer, s3Env, baseEnv, pgEnv } from '../harness/cli.js';
+import { errorLine, runCoffer, s3Env, baseEnv, pgEnv } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import { putBucketPolicy } from '../harness/rgw.js';
 
@@ -238,6 +238,18 @@ describe('the chain', () => {
     expect(list.code).toBe(5);
     expect(list.stderr).toContain(`chain broken: ${f.db}/${ms[2]!.id} names previous manifest ${f.db}/${ms[1]!.id} whose bytes no longer match the sha256 it recorded`);
     expect(list.stderr).toContain(`backup ${f.db}/${ms[1]!.id}: bad signature`);
+
+    // A signed manifest copied under another backup's key (replayed): skipped with a warning by a
+    // plain list, a problem (exit 5) for --verify-signatures, as for verify and restore.
+    const replayed = f.path('chain-replayed');
+    await fsp.cp(base, replayed, { recursive: true });
+    await fsp.copyFile(manifestFile(replayed, ms[0]!), manifestFile(replayed, ms[1]!));
+    const plain = await runCoffer(['list', '--from', replayed], { env });
+    expect(plain.code, plain.stderr).toBe(0);
+    expect(plain.stderr).toMatch(/skipping an unreadable manifest: .*describes another backup/);
+    const checked = await runCoffer(['list', '--from', replayed, '--verify-signatures'], { env });
+    expect(checked.code, checked.stderr).toBe(5);
+    expect(errorLine(checked.stderr)).toMatch(/signature, chain or manifest problem\(s\); the first: unreadable manifest .*describes another backup/);
   });
 });
 

@@ -146,7 +146,12 @@ export async function listRepository(
   const trusted = flags.verifySignatures ? await readTrustedSigners(path.resolve(ctx.cwd, flags.trustedSigners!)) : undefined;
   const store = await openStore(repo, s3);
   const problems: string[] = [];
-  const onInvalid = (key: string, err: Error): void => ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
+  // A manifest that cannot be read, or describes another backup (moved, swapped, replayed), is a
+  // problem of the kind --verify-signatures exists to find (restore and verify refuse it).
+  const onInvalid = (key: string, err: Error): void => {
+    if (trusted) problems.push(`unreadable manifest ${key}: ${err.message}`);
+    else ctx.log.warn(`skipping an unreadable manifest: ${err.message}`, { key });
+  };
   let entries: BackupEntry[] = [];
   let physical: PhysicalEntry[] = [];
   let reach: Array<PhysicalListRow['reach']> = [];
@@ -179,7 +184,7 @@ export async function listRepository(
   // Every problem on stderr (one line each), the listing on stdout, then exit 5.
   for (const p of problems) ctx.log.error(p);
   const failed = (): IntegrityError =>
-    new IntegrityError(`${problems.length} signature or chain problem(s); the first: ${problems[0]}`, { hint: 'do not restore the backups marked in the SIGNATURE column; find out who wrote or removed them' });
+    new IntegrityError(`${problems.length} signature, chain or manifest problem(s); the first: ${problems[0]}`, { hint: 'do not restore the backups marked in the SIGNATURE column; find out who wrote or removed them' });
   const physicalRows = physical.map((e, i) => (physicalSignatures ? { ...toPhysicalRow(e, reach[i] ?? null), signature: physicalSignatures[i]! } : toPhysicalRow(e, reach[i] ?? null)));
   if (flags.json) {
     const all = [...rows, ...physicalRows];
