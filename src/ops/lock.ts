@@ -234,13 +234,32 @@ function openAdvisorySession(req: LockRequest, advisory: NonNullable<LockRequest
 let markerSeq = 0;
 
 /**
+ * The repository as the locks know it: a directory repository by its real path, so that two runs
+ * reaching it through different names (a symlink, a bind mount's other path) take the same locks.
+ * The part of the path that does not exist yet is kept as given, under its nearest real ancestor.
+ */
+export async function canonicalRepository(repository: string): Promise<string> {
+  if (!repository.startsWith('file://')) return repository;
+  const rest: string[] = [];
+  for (let p = repository.slice('file://'.length); ; p = path.dirname(p)) {
+    try {
+      return `file://${path.join(await fsp.realpath(p), ...rest.reverse())}`;
+    } catch {
+      if (path.dirname(p) === p) return repository;
+      rest.push(path.basename(p));
+    }
+  }
+}
+
+/**
  * Takes both locks for (repository, database), waiting up to `waitMs`. Throws BusyError naming
  * the holder when they stay taken; InterruptedError when the run is stopped while waiting.
  */
 export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
   await ensureLockDir(req.lockDir);
-  const file = lockFilePath(req.lockDir, req.repository, req.database);
-  const key = advisoryKey(req.repository, req.database);
+  const repository = await canonicalRepository(req.repository);
+  const file = lockFilePath(req.lockDir, repository, req.database);
+  const key = advisoryKey(repository, req.database);
   const owner: LockOwner = {
     pid: process.pid,
     host: hostname(),

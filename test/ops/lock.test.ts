@@ -39,6 +39,16 @@ describe('one backup per (repository, database) at a time', () => {
       expect(second.code, second.stderr).toBe(6);
       expect(errorLine(second.stderr)).toMatch(new RegExp(`another backup of database "${f.db}" to this repository is running: coffer run \\w+ \\(pid \\d+ on `));
 
+      // The same repository through other names: a symlink to it, one to its parent, and the
+      // spelling with a trailing slash. The same locks.
+      await fsp.mkdir(repo, { recursive: true });
+      await fsp.symlink(repo, f.path('repo-concurrent-link'));
+      await fsp.symlink(path.dirname(repo), f.path('parent-link'));
+      for (const alias of [f.path('repo-concurrent-link'), path.join(f.path('parent-link'), path.basename(repo)), `${repo}/`]) {
+        const viaAlias = await runCoffer(backupArgs(alias, lockDir), { env: f.env() });
+        expect(viaAlias.code, `${alias}: ${viaAlias.stderr}`).toBe(6);
+      }
+
       // Another host (another lock directory): the PostgreSQL advisory lock still refuses.
       const otherHost = await runCoffer(backupArgs(repo, f.path('locks-other-host')), { env: f.env() });
       expect(otherHost.code, otherHost.stderr).toBe(6);
