@@ -6,7 +6,8 @@ process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 
 import { configurePluginClient } from '../crypto/plugin.js';
 import { Command, CommanderError } from 'commander';
-import { ExitCode, InterruptedError, UsageError, CofferError, classifySystemError, exitCodeOf, formatErrorLine } from '../errors.js';
+import { ExitCode, InterruptedError, UsageError, CofferError, StorageError, classifySystemError, exitCodeOf, formatErrorLine } from '../errors.js';
+import { interruptedBy, isAbortEcho } from '../run/abort.js';
 import { createLogger, newRunId, type Logger } from '../observe/log.js';
 import { clearForLogLine } from '../observe/progress.js';
 import { resolveLogFormat } from '../config/settings.js';
@@ -126,7 +127,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     await program.parseAsync(argv, { from: 'node' });
   } catch (thrown) {
-    const err = classifySystemError(thrown);
+    const err = stoppedOr(classifySystemError(thrown), ac.signal);
     if (err instanceof CommanderError) {
       exitCode = err.exitCode === 0 ? ExitCode.ok : (failureExitCode ?? ExitCode.usage);
       const text = usageText.split('\n').map((l) => l.trim()).filter((l) => l !== '').join(' ').replace(/^error: /, '');
@@ -156,6 +157,19 @@ export async function main(argv: string[]): Promise<number> {
     process.off('uncaughtException', onUncaught);
   }
   return exitCode;
+}
+
+/**
+ * The error a command ended with, or the stop's own when the run was stopped (a stop signal,
+ * `--timeout`) and the error is only what the stop made of the work in flight: a storage request
+ * aborted mid-way ("aborted"), or its socket torn down under it ("cannot reach the S3 endpoint
+ * (ECONNRESET)"), in whichever command and at whichever call site. The exit is then the stop's
+ * (130/143/124), as documented. Other errors (a damaged backup, a bad option) keep their own.
+ */
+function stoppedOr(err: unknown, signal: AbortSignal): unknown {
+  if (!signal.aborted || err instanceof InterruptedError) return err;
+  if (err instanceof StorageError || isAbortEcho(err)) return interruptedBy(signal, err);
+  return err;
 }
 
 /** A stop signal once the run is over: the process is exiting with the run's outcome already. */
