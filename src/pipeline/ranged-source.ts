@@ -21,7 +21,7 @@ import { blockRange, decodeIndex, planRanges, type ArchiveIndex, type FrameGroup
 import type { BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
 import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
-import { IntegrityError } from '../errors.js';
+import { IntegrityError, StorageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { ArchiveOffsetScanner } from '../pg/archive-offsets.js';
 import { parseArchiveHeader } from '../pg/archive-toc.js';
@@ -224,10 +224,20 @@ export class IndexProblem extends IntegrityError {}
 
 /**
  * Reads and checks a backup's index object (size and sha256 from the manifest), decrypts and
- * decodes it. IndexProblem when it is damaged or not this backup's.
+ * decodes it. IndexProblem when it is missing, damaged (truncated, resized, a flipped byte) or
+ * not this backup's; a StorageError when the store cannot be read (access denied, unreachable).
  */
 export async function readIndex(req: Pick<RangedRequest, 'store' | 'identities' | 'log'>, o: StoredObject, m: BackupManifest, signal: AbortSignal, progress?: (n: number) => void): Promise<ArchiveIndex> {
-  const bytes = await collect(resumableGet(req.store, o.key, o.size, { signal, log: req.log, onProgress: progress }));
+  let bytes: Buffer;
+  try {
+    bytes = await collect(resumableGet(req.store, o.key, o.size, { signal, log: req.log, onProgress: progress }));
+  } catch (err) {
+    if (signal.aborted) throw err;
+    // The object is not the size its manifest says (resumableGet's check): the same damage as a wrong sha256.
+    if (err instanceof IntegrityError) throw new IndexProblem(`the archive index of backup ${m.id} does not match its manifest (${err.message})`, { hint: 'run coffer verify on this backup', cause: err });
+    if (err instanceof StorageError && err.code === 'NotFound') throw new IndexProblem(`the archive index of backup ${m.id} is missing (${o.key}: deleted or expired?)`, { hint: 'run coffer verify on this backup', cause: err });
+    throw err;
+  }
   if (bytes.length !== o.size || createHash('sha256').update(bytes).digest('hex') !== o.sha256) {
     throw new IndexProblem(`the archive index of backup ${m.id} does not match its manifest (size or sha256)`, { hint: 'run coffer verify on this backup' });
   }
