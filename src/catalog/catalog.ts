@@ -99,7 +99,12 @@ export async function loadManifests<K extends { manifestKey: string }, E>(keys: 
   return results.filter((e): e is E => e !== undefined);
 }
 
-async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSignal): Promise<BackupEntry> {
+/**
+ * The one reader of a backup's manifest: decoded, and checked to be the manifest of the backup
+ * its key names (id, database, tier, and a dump object of that backup). IntegrityError when it is
+ * invalid, or moved or swapped from another backup's key.
+ */
+export async function loadEntry(store: ObjectStore, k: BackupKeyEntry, signal?: AbortSignal): Promise<BackupEntry> {
   const manifest = decodeManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);
   if (manifest.id !== k.id || manifest.database !== k.database || manifest.tier !== k.tier) {
     throw new IntegrityError(`manifest ${k.manifestKey} describes another backup (${manifest.database}/${manifest.tier}/${manifest.id})`, {

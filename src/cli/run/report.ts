@@ -1,8 +1,8 @@
 import * as path from 'node:path';
 import { writeFileAtomic } from '../../atomic-write.js';
-import { listBackupKeys, loadManifests, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
+import { listBackupKeys, loadEntry, loadManifests, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
 import { decodeDrillRecord, measuredRestoreSeconds, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
-import { decodeManifest, type BackupManifest } from '../../catalog/manifest.js';
+import type { BackupManifest } from '../../catalog/manifest.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
 import { formatErrorLine, IntegrityError, InterruptedError, StorageError } from '../../errors.js';
@@ -135,7 +135,7 @@ async function gather(flags: Values<typeof reportOptions>, ctx: CliContext, now:
     const databases: ReportDatabase[] = [];
     for (const database of dbs) {
       const all = (byDb.get(database) ?? []).sort(newestFirst);
-      const entries = await loadManifests(all.slice(0, flags.limit), async (k) => ({ k, m: decodeManifest(await store.getBytes(k.manifestKey, { signal: ctx.signal }), k.manifestKey) }), (key, err) =>
+      const entries = await loadManifests(all.slice(0, flags.limit), (k) => loadEntry(store, k, ctx.signal), (key, err) =>
         ctx.log.warn(`${err.message}: left out of the report`, { key }),
       );
       // The status row: the newest full backup, as status chooses it.
@@ -146,9 +146,9 @@ async function gather(flags: Values<typeof reportOptions>, ctx: CliContext, now:
       databases.push({
         database,
         status,
-        backups: entries.map(({ k, m }) => ({
+        backups: entries.map(({ tier, manifest: m }) => ({
           id: m.id,
-          tier: k.tier,
+          tier,
           kind: m.kind,
           startedAt: m.startedAt,
           finishedAt: m.finishedAt,

@@ -1,6 +1,5 @@
-import { listBackupKeys, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
+import { listBackupKeys, loadEntry, newestFirst, type BackupKeyEntry } from '../../catalog/catalog.js';
 import { backupIdTime } from '../../catalog/layout.js';
-import { decodeManifest } from '../../catalog/manifest.js';
 import { decodeDrillRecord, measuredRestoreSeconds, predictRestore, type DrillRecord } from '../../catalog/drill-record.js';
 import { resolveS3Settings } from '../../config/settings.js';
 import type { Values } from '../../config/options.js';
@@ -237,10 +236,7 @@ export function judge(row: StatusRow, flags: Pick<Values<typeof options>, 'rtoTa
 export async function statusOf(store: ObjectStore, database: string, k: BackupKeyEntry | undefined, maxAgeMs: number, now: Date, signal: AbortSignal): Promise<StatusRow> {
   const none = { recoveryPointAt: null, recoveryPointSeconds: null, drill: null, predictedRestoreSeconds: null, predictedFrom: null, problems: [] };
   if (!k) return { database, id: null, tier: null, finishedAt: null, ageSeconds: null, size: null, fresh: false, ...none };
-  const m = decodeManifest(await store.getBytes(k.manifestKey, { signal }), k.manifestKey);
-  if (m.id !== k.id || m.database !== k.database) {
-    throw new IntegrityError(`manifest ${k.manifestKey} describes another backup (${m.database}/${m.id})`, { hint: 'the manifest was moved or swapped; do not trust this backup' });
-  }
+  const m = (await loadEntry(store, k, signal)).manifest;
   const finished = Number.isNaN(Date.parse(m.finishedAt)) ? backupIdTime(m.id) : new Date(m.finishedAt);
   const snapshot = Number.isNaN(Date.parse(m.startedAt)) ? backupIdTime(m.id) : new Date(m.startedAt);
   const ageMs = Math.max(0, now.getTime() - finished.getTime());
