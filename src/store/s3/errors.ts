@@ -38,3 +38,21 @@ export function s3Error(err: unknown, what: string): StorageError {
   const brief = (e?.message ?? String(err)).split('\n')[0];
   return new StorageError('Failed', `${what}: ${name && name !== 'Error' ? `${name}: ` : ''}${brief}${status ? ` (HTTP ${status})` : ''}`, { cause: err });
 }
+
+/**
+ * {@link s3Error} for an upload: an upload with object-lock retention (`--object-lock-mode`) that
+ * the server refuses as an invalid request (400 InvalidRequest: AWS "Bucket is missing Object Lock
+ * Configuration", RGW "UnknownError") went to a bucket without object lock: said so, with what to do.
+ */
+export function s3UploadError(err: unknown, what: string, opts: { locked: boolean; bucket: string }): StorageError {
+  if (opts.locked && !(err instanceof StorageError) && httpStatus(err) === 400) {
+    const e = err as { name?: string; message?: string };
+    if (e?.name === 'InvalidRequest' || /object.?lock/i.test(e?.message ?? '')) {
+      return new StorageError('Failed', `${what}: the bucket s3://${opts.bucket} has no object lock, so --object-lock-mode cannot be applied (the server refused the retention: ${e?.name ?? 'HTTP 400'})`, {
+        cause: err,
+        hint: 'back up into a bucket created with object lock (`coffer init --to s3://BUCKET/PREFIX --create-bucket --object-lock governance|compliance`), or drop --object-lock-mode',
+      });
+    }
+  }
+  return s3Error(err, what);
+}

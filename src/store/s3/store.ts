@@ -14,7 +14,7 @@ import { StorageError } from '../../errors.js';
 import { followAbort, isAbortEcho } from '../../run/abort.js';
 import type { ComposeOptions, GetOptions, ObjectInfo, ObjectStore, ObjectRetention, PutBytesOptions, PutStreamOptions } from '../object-store.js';
 import { createS3Client, type S3StoreOptions } from './client.js';
-import { httpStatus, s3Error } from './errors.js';
+import { httpStatus, s3Error, s3UploadError } from './errors.js';
 import { abortUpload, removeIfCommitted } from './failed-put.js';
 import { MultipartWriter } from './multipart.js';
 import { composeObject, MIN_PART } from './compose.js';
@@ -86,7 +86,7 @@ export class S3Store implements ObjectStore {
       if (bodyErr && !isAbortEcho(bodyErr)) throw bodyErr;
       if (err instanceof StorageError) throw err;
       if (options.signal.aborted) throw new StorageError('Aborted', `upload ${this.fullName(key)}: aborted`, { cause: err });
-      throw s3Error(writer.failure ?? err, `upload ${this.fullName(key)}`);
+      throw s3UploadError(writer.failure ?? err, `upload ${this.fullName(key)}`, { locked: options.retention !== undefined, bucket: this.bucket });
     } finally {
       unfollow();
     }
@@ -112,7 +112,7 @@ export class S3Store implements ObjectStore {
       });
     } catch (err) {
       if (err instanceof RangeError) throw err;
-      throw s3Error(err, `copy ${this.fullName(options.source.key)} to ${this.fullName(key)}`);
+      throw s3UploadError(err, `copy ${this.fullName(options.source.key)} to ${this.fullName(key)}`, { locked: options.retention !== undefined, bucket: this.bucket });
     }
   }
 
@@ -134,7 +134,7 @@ export class S3Store implements ObjectStore {
       await this.client.send(new PutObjectCommand(input), { abortSignal: options?.signal });
     } catch (err) {
       if (httpStatus(err) === 412) throw new StorageError('Exists', `${this.fullName(key)} already exists; refusing to overwrite`);
-      throw s3Error(err, `upload ${this.fullName(key)}`);
+      throw s3UploadError(err, `upload ${this.fullName(key)}`, { locked: options?.retention !== undefined, bucket: this.bucket });
     }
   }
 
