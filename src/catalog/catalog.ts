@@ -246,3 +246,24 @@ export async function findBackup(
     hint: others > 0 ? `there are ${others} backup(s) of other kinds: choose one with --backup ID, or --kind schema-only|data-only` : 'run `coffer list` to see what is there',
   });
 }
+
+/**
+ * For a failed first read of a backup's dump object (NotFound, or AccessDenied: S3's answer for a
+ * missing key to a reader whose ListBucket is limited to a prefix): lists the exact key (which
+ * the reader may do where HeadObject would be 403 too) and, when it is not there, the error that
+ * says the dump is missing. `undefined` when it is there or the listing fails: the GET's own error
+ * stands.
+ */
+export function missingDump(store: ObjectStore, m: BackupManifest, signal?: AbortSignal): (err: StorageError) => Promise<StorageError | undefined> {
+  return async (err) => {
+    try {
+      for await (const o of store.list(m.dump.key, { signal })) if (o.key === m.dump.key) return undefined;
+    } catch {
+      return undefined;
+    }
+    return new StorageError('NotFound', `the dump object of backup ${m.id} is missing (deleted or expired?): ${store.location}/${m.dump.key}`, {
+      cause: err,
+      hint: "restore another backup with --backup ID (coffer list shows them); a bucket's lifecycle rules must not expire a dump before its manifest",
+    });
+  };
+}

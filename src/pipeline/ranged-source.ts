@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import { Readable, Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { blockRange, decodeIndex, planRanges, type ArchiveIndex, type FrameGroup } from '../catalog/archive-index.js';
-import type { BackupEntry } from '../catalog/catalog.js';
+import { missingDump, type BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
 import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
 import { IntegrityError, StorageError } from '../errors.js';
@@ -81,7 +81,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     };
   };
   const get = (start: number, end: number): Readable =>
-    resumableGet(req.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, start, end, onProgress: counted() });
+    resumableGet(req.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, start, end, onProgress: counted(), whenMissing: missingDump(req.store, m, sup.signal) });
 
   // 1. The index: its object checked against the manifest, then decrypted and checked against the dump it describes.
   // The head of the dump (its age header) is fetched meanwhile.

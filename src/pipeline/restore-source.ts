@@ -8,7 +8,7 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { finished as streamFinished, pipeline as streamPipeline } from 'node:stream/promises';
-import type { BackupEntry } from '../catalog/catalog.js';
+import { missingDump, type BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest } from '../catalog/manifest.js';
 import { commitFile } from '../atomic-write.js';
 import { holdPlaintext, removeOrphans } from '../run/plaintext.js';
@@ -50,7 +50,7 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
     const m = req.source.entry.manifest;
     expected = expectedArchive(m);
     const signal = req.stopDownload ? anySignal([sup.signal, req.stopDownload]) : sup.signal;
-    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress });
+    ciphertext = resumableGet(req.source.store, m.dump.key, m.dump.size, { signal, log: req.log, onProgress: req.onProgress, whenMissing: missingDump(req.source.store, m, signal) });
   } else {
     try {
       await fsp.access(req.source.path);

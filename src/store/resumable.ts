@@ -35,7 +35,20 @@ export function resumableGet(
   store: ObjectStore,
   key: string,
   size: number,
-  opts: { signal: AbortSignal; log: Logger; maxResumes?: number; onProgress?: (bytes: number) => void; start?: number; end?: number },
+  opts: {
+    signal: AbortSignal;
+    log: Logger;
+    maxResumes?: number;
+    onProgress?: (bytes: number) => void;
+    start?: number;
+    end?: number;
+    /**
+     * When the first GET fails with NotFound or AccessDenied (S3 answers 403 for a missing key to
+     * a reader without ListBucket on it): the error to report instead, e.g. after a listing shows
+     * the object is gone; `undefined` keeps the GET's own error.
+     */
+    whenMissing?: (err: StorageError) => Promise<Error | undefined>;
+  },
 ): Readable {
   const maxResumes = opts.maxResumes ?? 5;
   const first = opts.start ?? 0;
@@ -57,6 +70,9 @@ export function resumableGet(
         } catch (err) {
           // 416: the object ends before the offset we resume from.
           if ((err as { cause?: { $metadata?: { httpStatusCode?: number } } }).cause?.$metadata?.httpStatusCode === 416) throw shorter(key, offset, size);
+          if (opts.whenMissing && resumes === 0 && offset === first && err instanceof StorageError && (err.code === 'NotFound' || err.code === 'AccessDenied') && !opts.signal.aborted) {
+            throw (await opts.whenMissing(err)) ?? err;
+          }
           throw err;
         }
         try {
