@@ -13,7 +13,7 @@ import { pipeline } from 'node:stream';
 import type { Identity, Recipient, Stanza } from 'age-encryption';
 import { IntegrityError, UsageError } from '../errors.js';
 import { readHead } from '../stream-head.js';
-import { checkRecipientMix, library, parseIdentity, parseRecipient } from './keys.js';
+import { checkRecipientMix, library, parseIdentity, parseRecipient, recipientOf } from './keys.js';
 import { checkLabelSets, pluginIdentity, pluginRecipients, splitPluginIdentities, type PluginOutcome } from './plugin.js';
 import { PAYLOAD_NONCE_SIZE, PayloadDecrypter, PayloadEncrypter, payloadKey, payloadSize } from './stream.js';
 import { AgeMacError, isX25519Identity, isX25519Recipient, parseAgeHeader, unwrapX25519, x25519Header } from './x25519.js';
@@ -201,8 +201,11 @@ function headerAuthFailed(): IntegrityError {
   return new IntegrityError('header authentication failed: the backup was modified or corrupted');
 }
 
+/** No identity opens the header: a wrong key, unless the recipients are known to include one (see {@link explainNoMatch}). */
+export class NoIdentityMatchesError extends IntegrityError {}
+
 function noIdentityMatches(n: number): IntegrityError {
-  return new IntegrityError("no identity matches this backup's recipients", {
+  return new NoIdentityMatchesError("no identity matches this backup's recipients", {
     hint: `the ${n === 1 ? 'identity does' : `${n} identities do`} not belong to any recipient this backup was encrypted to; use the identity file whose public key (age-keygen -y <file>) was configured as a recipient when the backup was made`,
   });
 }
@@ -393,4 +396,30 @@ export async function openDecryptStream(
     if (!source.destroyed) source.destroy();
     throw err;
   }
+}
+
+/**
+ * `err` as it is, unless it is "no identity matches" while `recipients` (what the backup's
+ * manifest says it was encrypted to) include the public key of one of `identities`: then the
+ * header is not the one written to them, and the error says it was damaged or modified
+ * (IntegrityError, exit 5) instead of blaming the key.
+ */
+export async function explainNoMatch(err: unknown, identities: readonly string[], recipients: readonly string[] | undefined): Promise<unknown> {
+  if (!(err instanceof NoIdentityMatchesError) || !recipients || recipients.length === 0) return err;
+  const listed = new Set(recipients.map((r) => r.trim().toLowerCase()));
+  for (const identity of identities) {
+    let recipient: string;
+    try {
+      recipient = await recipientOf(identity);
+    } catch {
+      continue; // a plugin identity: its recipient is not known here
+    }
+    if (listed.has(recipient.toLowerCase())) {
+      return new IntegrityError(`the age header of this backup was damaged or modified: it does not open with the identity of ${recipient}, which its manifest lists among the recipients`, {
+        cause: err,
+        hint: 'do not trust this backup; restore another one with --backup ID (coffer list shows them)',
+      });
+    }
+  }
+  return err;
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
-import { openDecryptStream } from '../crypto/age.js';
+import { explainNoMatch, openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
 import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveHeaderStrings, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { parseArchiveHeader, type ArchiveHeader } from '../pg/archive-toc.js';
@@ -41,6 +41,8 @@ export interface ArchiveInput {
   ciphertext: Readable;
   expected?: ExpectedArchive;
   identities: string[];
+  /** The recipients the manifest says the object was encrypted to: a header they should open but do not is damaged, not a wrong key. */
+  recipients?: readonly string[];
   zstdCommand?: string[];
   /** Owns the decompressor and hears every failure of the stages. */
   sup: Supervisor;
@@ -171,7 +173,9 @@ export async function openArchive(input: ArchiveInput): Promise<OpenedArchive> {
   tap.on('error', failStage);
   input.ciphertext.on('error', failStage);
   pipeline(input.ciphertext, tap, () => undefined);
-  const { plaintext } = await openDecryptStream(tap, input.identities);
+  const { plaintext } = await openDecryptStream(tap, input.identities).catch(async (err: unknown) => {
+    throw await explainNoMatch(err, input.identities, input.recipients);
+  });
   plaintext.on('error', failStage);
 
   const first = await peek(plaintext);

@@ -20,7 +20,7 @@ import { pipeline } from 'node:stream';
 import { blockRange, decodeIndex, planRanges, type ArchiveIndex, type FrameGroup } from '../catalog/archive-index.js';
 import { missingDump, type BackupEntry } from '../catalog/catalog.js';
 import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
-import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, openDecryptStream, openPayloadKey } from '../crypto/age.js';
+import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, explainNoMatch, openDecryptStream, openPayloadKey } from '../crypto/age.js';
 import { IntegrityError, StorageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { ArchiveOffsetScanner } from '../pg/archive-offsets.js';
@@ -103,9 +103,12 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   if (m.dump.sha256Bytes !== undefined && createHash('sha256').update(headBytes).digest('hex') !== m.dump.sha256) {
     throw new IntegrityError("sha256 of the backup object's header does not match its manifest: it was modified or corrupted", { hint: 'the object was modified or swapped; do not trust this backup' });
   }
-  let access = await openPayloadKey(headBytes, req.identities, firstHead === m.dump.size);
+  const damaged = async (err: unknown): Promise<never> => {
+    throw await explainNoMatch(err, req.identities, m.encryption.recipients);
+  };
+  let access = await openPayloadKey(headBytes, req.identities, firstHead === m.dump.size).catch(damaged);
   // A header longer than the first read (many recipients): once more, up to the longest header there can be.
-  if (access === 'more') access = await openPayloadKey(await collect(get(0, Math.min(MAX_HEAD_READ, m.dump.size))), req.identities, true);
+  if (access === 'more') access = await openPayloadKey(await collect(get(0, Math.min(MAX_HEAD_READ, m.dump.size))), req.identities, true).catch(damaged);
   if (access === 'more') throw new IntegrityError('not an age file, or its header was modified or corrupted (the header is incomplete)');
   if (access.headerLength !== index.age.headerLength) {
     throw new IntegrityError(`the archive index does not match backup ${m.id} (its age header is ${access.headerLength} bytes, the index says ${index.age.headerLength})`, { hint: 'restore it whole, or run coffer verify on this backup' });

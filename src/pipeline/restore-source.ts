@@ -61,7 +61,8 @@ export async function openSource(req: SourceRequest, sup: Supervisor, env: NodeJ
     let n = 0;
     if (req.onProgress) ciphertext.on('data', (c: Buffer) => req.onProgress!((n += c.length)));
   }
-  const opened = await openArchive({ ciphertext, expected, identities: req.identities, zstdCommand: req.zstdCommand, sup, env });
+  const recipients = req.source.kind === 'repository' ? req.source.entry.manifest.encryption.recipients : undefined;
+  const opened = await openArchive({ ciphertext, expected, identities: req.identities, ...(recipients ? { recipients } : {}), zstdCommand: req.zstdCommand, sup, env });
   return { ...opened, format: logicalFormat(opened.format) };
 }
 
