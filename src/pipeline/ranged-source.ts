@@ -37,8 +37,8 @@ export interface RangedArchive extends OpenedArchive {
   format: 'custom';
   /** The dump ids pg_restore will be given (its -L list): their data blocks follow the table of contents. Call once, before reading `archive`. */
   select(ids: number[]): void;
-  /** Object bytes fetched so far, and the object's size. */
-  fetched(): { bytes: number; of: number; requests: number };
+  /** What was fetched: see {@link RangedDownload}. */
+  fetched(): RangedDownload;
   /** Each data block's size in the dump, by dump id, from the index. */
   blockSizes(): Map<number, number>;
 }
@@ -56,6 +56,33 @@ export interface RangedRequest {
 const HEAD_READ = 16 * 1024;
 const MAX_HEAD_READ = MAX_HEADER_SIZE + 16;
 
+/** What a selective restore fetched. */
+export interface RangedDownload {
+  /** Distinct bytes of the dump object fetched (a byte read twice counts once): at most `of`. */
+  bytes: number;
+  /** The dump object's size. */
+  of: number;
+  /** GET requests: the ranged reads of the dump object and the read of the index. */
+  requests: number;
+  /** The index object's bytes (a separate object, not part of `of`). */
+  indexBytes: number;
+  /** Every byte received, the index's and the bytes of overlapping reads (the header's read, frames shared by two reads) included. */
+  transferred: number;
+}
+
+/** Total length of the union of `spans` ([start, end) pairs). */
+function unionLength(spans: ReadonlyArray<readonly [number, number]>): number {
+  const sorted = [...spans].filter(([a, b]) => b > a).sort((x, y) => x[0] - y[0]);
+  let total = 0;
+  let end = -1;
+  for (const [a, b] of sorted) {
+    if (b <= end) continue;
+    total += b - Math.max(a, end);
+    end = b;
+  }
+  return total;
+}
+
 /** Whether this backup can be restored selectively with ranged reads. */
 export function hasIndex(m: BackupManifest): m is BackupManifest & { index: StoredObject } {
   return m.index !== undefined && m.kind === 'custom' && m.compression.kind === 'zstd';
@@ -69,19 +96,29 @@ export function hasIndex(m: BackupManifest): m is BackupManifest & { index: Stor
 export async function openRangedSource(req: RangedRequest, sup: Supervisor, env: NodeJS.ProcessEnv): Promise<RangedArchive | undefined> {
   const m = req.entry.manifest;
   if (!hasIndex(m)) return undefined;
-  let fetchedBytes = 0;
+  // The dump object's spans fetched (reads overlap: the header's read and the first frames', two
+  // groups sharing a chunk): the download is their union; what crossed the network is counted apart.
+  const spans: Array<[number, number]> = [];
+  let indexBytes = 0;
+  let transferred = 0;
   let requests = 0;
-  const counted = (): ((n: number) => void) => {
+  const fetchedBytes = (): number => unionLength(spans);
+  /** A progress callback for one GET: of the dump object from `start`, or of the index (`undefined`). */
+  const counted = (start?: number): ((n: number) => void) => {
     requests++;
+    const span: [number, number] = [start ?? 0, start ?? 0];
+    if (start !== undefined) spans.push(span);
     let seen = 0;
     return (n) => {
-      fetchedBytes += n - seen;
+      transferred += n - seen;
       seen = n;
-      req.onProgress?.(fetchedBytes);
+      if (start !== undefined) span[1] = start + n;
+      else indexBytes = n;
+      req.onProgress?.(fetchedBytes() + indexBytes);
     };
   };
   const get = (start: number, end: number): Readable =>
-    resumableGet(req.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, start, end, onProgress: counted(), whenMissing: missingDump(req.store, m, sup.signal) });
+    resumableGet(req.store, m.dump.key, m.dump.size, { signal: sup.signal, log: req.log, start, end, onProgress: counted(start), whenMissing: missingDump(req.store, m, sup.signal) });
 
   // 1. The index: its object checked against the manifest, then decrypted and checked against the dump it describes.
   // The head of the dump (its age header) is fetched meanwhile.
@@ -192,7 +229,8 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     const rest = ranges.filter(([, e]) => e > head.length);
     for (const [s, e] of inHead) yield emit(head.subarray(s, e));
     const plan = planRanges(index, rest);
-    req.log.info('selective restore: fetching the selected data', { blocks: wantBlocks.size, requests: plan.groups.length, bytes: plan.bytes, of: m.dump.size });
+    if (plan.groups.length === 0) req.log.info('selective restore: the selected data came with the table of contents (no further reads)', { blocks: wantBlocks.size });
+    else req.log.info('selective restore: fetching the selected data', { blocks: wantBlocks.size, ...(inHead.length > 0 ? { withTableOfContents: inHead.length } : {}), requests: plan.groups.length, bytes: plan.bytes, of: m.dump.size });
     for (const g of plan.groups) for await (const b of groupBytes(g, plan.finalChunk)) yield emit(b);
     layout = out.end();
     if (!layout.ok) throw new IntegrityError(`the selected data does not form a whole archive: it ${layout.reason}`, { hint: 'restore it whole, or run coffer verify on this backup' });
@@ -212,12 +250,13 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     compressed: true,
     children: [],
     header,
-    stats: () => ({ storedBytes: fetchedBytes, archiveBytes }),
+    // The backup's size, as for a whole restore: the bytes fetched are in fetched().
+    stats: () => ({ storedBytes: m.dump.size, archiveBytes }),
     databaseEntries: () => Promise.resolve(tocScan.databaseEntries()),
     tocEntries: () => Promise.resolve(entries),
     layout: () => (layout?.ok ? layout.layout : undefined),
     select: (ids) => choose(ids),
-    fetched: () => ({ bytes: fetchedBytes, of: m.dump.size, requests }),
+    fetched: () => ({ bytes: fetchedBytes(), of: m.dump.size, requests, indexBytes, transferred }),
     blockSizes: () => new Map(index.archive.blocks.map(([id]) => [id, blockRange(index, id)![1] - blockRange(index, id)![0]])),
   };
 }

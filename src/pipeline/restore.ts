@@ -23,7 +23,7 @@ import type { OpenedArchive } from './archive.js';
 import { FanOut, type FanOutTarget } from './fanout.js';
 import { APPLY_PROPERTIES, applyGlobals, createScratch, databaseDefinition, databasePropertiesSql, dropScratch, logPropertiesApplied, surveyTarget } from './restore-database.js';
 import { checkTableCount, openSource, readGlobals, type RestoreSource } from './restore-source.js';
-import { openRangedSource } from './ranged-source.js';
+import { openRangedSource, type RangedDownload } from './ranged-source.js';
 import { plainSqlFilter, type PlainSqlFilter } from './sql-filter.js';
 import { Spool } from './spool.js';
 import { TocGate } from './toc-gate.js';
@@ -57,7 +57,7 @@ export interface RestoreSummary {
   largestTables: Array<{ table: string; rows: number }>;
   checks: RestoreChecks;
   /** A selective restore: how many TOC entries were restored, and the tables among them (null: the whole archive). */
-  selection: { entries: number; tables: string[]; leftOut: string[]; download: { bytes: number; of: number; requests: number } | 'whole' } | null;
+  selection: { entries: number; tables: string[]; leftOut: string[]; download: RangedDownload | 'whole' } | null;
   /** Where the time went, in milliseconds, one phase after the other ({@link RestorePhases}). */
   phases: RestorePhases;
 }

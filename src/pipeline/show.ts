@@ -70,7 +70,8 @@ export async function showArchive(req: SourceRequest & { signal: AbortSignal; en
       backupId: req.source.kind === 'repository' ? req.source.entry.id : null,
       database: req.source.kind === 'repository' ? req.source.entry.database : (opened.header?.dbname ?? null),
       archive: { formatVersion: opened.header?.versionText ?? '?', serverVersion: opened.header?.serverVersion ?? null, pgDumpVersion: opened.header?.pgDumpVersion ?? null, entries: toc.length, compressed: opened.compressed },
-      storedBytesRead: stats.storedBytes,
+      // Ranged: the distinct bytes of the dump object fetched, and the index.
+      storedBytesRead: ranged ? ranged.fetched().bytes + ranged.fetched().indexBytes : stats.storedBytes,
       storedBytes: req.source.kind === 'repository' ? req.source.entry.manifest.dump.size : null,
     });
   });

@@ -44,7 +44,7 @@ let dumpFile: string;
 
 interface Summary {
   storedBytes: number;
-  selection: { tables: string[]; download: { bytes: number; of: number; requests: number } | 'whole' };
+  selection: { tables: string[]; download: { bytes: number; of: number; requests: number; indexBytes: number; transferred: number } | 'whole' };
 }
 
 function restore(target: string, args: string[], repo: string, env = f.env()) {
@@ -78,6 +78,18 @@ function framesToObject(f0: number, f1: number): [number, number] {
   const ce = f1 + 1 < c.frames.length ? c.frames[f1 + 1]! : c.bytes;
   const payload = index.age.headerLength + 16;
   return [payload + Math.floor(cs / CHUNK) * SEALED, Math.min(payload + (Math.floor((ce - 1) / CHUNK) + 1) * SEALED, fileManifest.dump.size)];
+}
+
+/** Length of the union of [start, end) spans. */
+function unionLength(spans: Array<[number, number]>): number {
+  let total = 0;
+  let end = -1;
+  for (const [a, b] of [...spans].sort((x, y) => x[0] - y[0])) {
+    if (b <= end) continue;
+    total += b - Math.max(a, end);
+    end = b;
+  }
+  return total;
 }
 
 async function flipByte(file: string, at: number): Promise<() => Promise<void>> {
@@ -173,9 +185,16 @@ describe('ranged selective restore', () => {
       if (d === 'whole') throw new Error('downloaded whole');
       // The backup's objects (the manifests were read to find the backup, as for any restore).
       const gets = proxy.events.slice(before).filter((e) => e.op === 'GetObject' && (e.path.endsWith(s3Manifest.dump.key) || e.path.endsWith(s3Manifest.index!.key)));
+      // Every byte received (overlapping reads included) at both ends; the download is the distinct bytes of the dump object.
       const proxied = gets.reduce((n, e) => n + e.responseBytes, 0);
-      expect(proxied).toBe(d.bytes);
-      expect(s.storedBytes).toBe(d.bytes);
+      expect(proxied).toBe(d.transferred);
+      const spans = gets.filter((e) => e.path.endsWith(s3Manifest.dump.key)).map((e): [number, number] => {
+        const start = Number(/^bytes=(\d+)-/.exec(e.range ?? '')?.[1] ?? 0);
+        return [start, start + e.responseBytes];
+      });
+      expect(d.bytes).toBe(unionLength(spans));
+      expect(d.indexBytes).toBe(s3Manifest.index!.size);
+      expect(s.storedBytes).toBe(s3Manifest.dump.size);
       // Every read of the dump object is ranged; together they are at most 5 % of it.
       const dumpGets = gets.filter((e) => e.path.endsWith(s3Manifest.dump.key));
       expect(dumpGets.length).toBeGreaterThan(0);

@@ -297,7 +297,7 @@ function report(s: RestoreSummary, json: boolean, ctx: CliContext): void {
   if (s.selection) {
     lines.splice(1, 1, `selective: ${s.selection.entries} entries of the archive, tables: ${s.selection.tables.join(', ') || '(none)'}; all present`);
     const d = s.selection.download;
-    lines.splice(2, 0, d === 'whole' ? 'downloaded: the whole backup' : `downloaded: ${formatBytes(d.bytes)} of ${formatBytes(d.of)} (${((100 * d.bytes) / Math.max(1, d.of)).toFixed(1)} %) in ${d.requests} ranged reads, by the archive index`);
+    lines.splice(2, 0, d === 'whole' ? 'downloaded: the whole backup' : `downloaded: ${formatBytes(d.bytes)} of ${formatBytes(d.of)} (${((100 * d.bytes) / Math.max(1, d.of)).toFixed(1)} %) in ${d.requests} ranged reads, by the archive index (${formatBytes(d.indexBytes)})`);
     for (const n of s.selection.leftOut) lines.push(`  ${n}`);
   }
   if (s.checks.sanitized) lines.push(`sanitized with ${s.checks.sanitized} before the rename`);
