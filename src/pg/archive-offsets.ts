@@ -98,6 +98,11 @@ export interface ArchiveLayout {
   rows: Map<number, number>;
 }
 
+/**
+ * The layout, or why the bytes are not a whole custom archive: `reason` is said of the archive
+ * and callers put it after their own name for it ("the custom archive ends inside a data block
+ * (… bytes)", "… bad TOC entry id at byte …").
+ */
 export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reason: string };
 
 /**
@@ -420,7 +425,7 @@ export class ArchiveOffsetScanner {
     if (this.failure !== undefined) return { ok: false, reason: this.failure };
     if (this.state !== S_BLOCK_TYPE || this.pendLen !== 0 || this.skip !== 0) {
       const where = this.state < S_TOC_COUNT ? 'the header' : this.state < S_BLOCK_TYPE ? 'the table of contents' : 'a data block';
-      return { ok: false, reason: `archive ends inside ${where} (${this.pos} bytes)` };
+      return { ok: false, reason: `ends inside ${where} (${this.pos} bytes)` };
     }
     return { ok: true, layout: { version: this.version, size: this.pos, toc: this.toc, blocks: this.blocks, rows: this.rows } };
   }
