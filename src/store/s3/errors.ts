@@ -20,6 +20,14 @@ export function s3Error(err: unknown, what: string): StorageError {
     });
   }
   if (name === 'AbortError') return new StorageError('Aborted', `${what}: aborted`, { cause: err });
+  // An https:// endpoint that answers in plain HTTP: OpenSSL's "wrong version number" (EPROTO).
+  const message = e?.message ?? '';
+  if (code === 'EPROTO' || code.startsWith('ERR_SSL_') || /wrong version number|packet length too long|SSL routines/i.test(message)) {
+    return new StorageError('Unavailable', `${what}: the TLS handshake with the S3 endpoint failed (${code || name || 'TLS'}${/wrong version number/i.test(message) ? ': wrong version number' : ''})`, {
+      cause: err,
+      hint: 'the endpoint may speak plain HTTP: give it as http://… (--s3-endpoint / AWS_ENDPOINT_URL), or check its port and certificate',
+    });
+  }
   if (name === 'NoSuchBucket') {
     return new StorageError('NoSuchBucket', `${what}: the bucket does not exist`, { cause: err, hint: 'create it, e.g. with `coffer init --create-bucket`' });
   }
