@@ -65,9 +65,9 @@ export class DumpTap {
     if (scan.ok) {
       const missing = missingDataBlocks(scan.layout);
       if (missing.length > 0) wholeProblem = `the archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`;
-    } else if (this.strict || this.toc.tocComplete || scan.reason.startsWith('archive ends inside')) {
+    } else if (this.strict || this.toc.tocComplete || scan.reason.startsWith('ends inside')) {
       // Cut short, or damaged after a table of contents that was read: not what pg_dump writes.
-      wholeProblem = scan.reason.replace(/^archive /, 'the archive ');
+      wholeProblem = scan.reason.startsWith('ends inside') ? `the archive ${scan.reason}` : scan.reason;
     }
     let index: DumpTapSummary['index'];
     if (!this.finder) index = { problem: `the table of contents could not be read${scan.ok ? '' : ` (${scan.reason})`}` };
