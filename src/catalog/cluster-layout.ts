@@ -172,3 +172,20 @@ export function parseLsn(lsn: string): bigint {
   if (!m) throw new UsageError(`invalid LSN ${JSON.stringify(lsn)}`, { hint: 'an LSN looks like 0/3000028 (as pg_current_wal_lsn() prints it)' });
   return (BigInt(`0x${m[1]}`) << 32n) | BigInt(`0x${m[2]}`);
 }
+
+/**
+ * Key of a timeline's begin marker (`cluster=<name>/timeline/<TTTTTTTT>.begins.<segment>`, empty):
+ * written by wal-push beside a `.history` file, it names the segment holding the switch point
+ * (named with the new timeline), where the timeline's WAL must begin. It lets `status`, which
+ * reads no object, see a timeline whose first segment is missing. Not secret: an LSN.
+ */
+export function timelineBeginKey(cluster: string, timeline: number, segment: string): string {
+  return `${clusterPrefix(cluster)}timeline/${timeline.toString(16).toUpperCase().padStart(8, '0')}.begins.${segment}`;
+}
+
+/** Parses a timeline begin marker's key; `undefined` for anything else. */
+export function parseTimelineBeginKey(key: string): { timeline: number; segment: string } | undefined {
+  const m = /\/timeline\/([0-9A-F]{8})\.begins\.([0-9A-F]{24})$/.exec(key);
+  if (!m || m[2]!.slice(0, 8) !== m[1]) return undefined;
+  return { timeline: Number.parseInt(m[1]!, 16), segment: m[2]! };
+}

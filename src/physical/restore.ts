@@ -35,13 +35,17 @@ import { commitFile, tempPathIn } from '../atomic-write.js';
 import { openDecryptStream } from '../crypto/age.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { findServerBinaries } from './server-version.js';
-import { listWal, reachFrom, summarizeWal, type WalObject } from './wal-catalog.js';
+import { decodeWalFile } from './wal-codec.js';
+import { chooseTimeline, listWal, parseHistory, timelineBegins, walkRecoveryPath, type HistoryEntry, type WalObject } from './wal-catalog.js';
 import { checkRecovery, type RecoveryCheck } from './recovery-check.js';
 
 /** Where recovery stops (PostgreSQL's recovery_target_*). */
 export type RecoveryTarget = { kind: 'time'; time: Date; /** As given (microseconds kept: a Date has milliseconds only). */ text: string } | { kind: 'lsn'; lsn: string; value: bigint } | { kind: 'name'; name: string } | { kind: 'immediate' };
 
 export type TargetAction = 'promote' | 'pause' | 'shutdown';
+
+/** `--target-timeline`: the backup's own (`current`), the newest archived (`latest`), or a number. */
+export type TargetTimeline = 'current' | 'latest' | number;
 
 export interface PhysicalRestoreRequest {
   store: ObjectStore;
@@ -54,6 +58,8 @@ export interface PhysicalRestoreRequest {
   toDir: string;
   target?: RecoveryTarget;
   targetAction: TargetAction;
+  /** `--target-timeline`: the timeline recovery follows (default: chosen from the archived history files, {@link chooseTimeline}). */
+  targetTimeline?: TargetTimeline;
   /** OS user to own the directory when coffer runs as root (default: the directory's owner, else `postgres`). */
   owner?: string;
   /** Directory of the server binaries (postgres, pg_ctl, pg_verifybackup). */
@@ -440,6 +446,11 @@ export function targetTimeSetting(t: { time: Date; text: string }): string {
 
 async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): Promise<RecoveryPlan | null> {
   const settings: Record<string, string> = { restore_command: req.restoreCommand, recovery_target_timeline: 'latest' };
+  const wal = await listWal(req.store, req.cluster, req.signal);
+  // A base backup: the timeline to follow, from the archived history files (not blindly 'latest').
+  const timelinePlan = m.kind === 'basebackup' && m.wal ? await planTimeline(req, m, wal) : undefined;
+  if (timelinePlan) settings.recovery_target_timeline = timelinePlan.setting;
+  else if (req.targetTimeline !== undefined) settings.recovery_target_timeline = String(req.targetTimeline);
   const t = req.target;
   if (t) {
     if (t.kind === 'time') settings.recovery_target_time = targetTimeSetting(t);
@@ -447,11 +458,11 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
     else if (t.kind === 'name') settings.recovery_target_name = t.name;
     else settings.recovery_target = 'immediate';
     settings.recovery_target_action = req.targetAction;
+    if (timelinePlan) refuseAmbiguousTarget(req, m, wal, timelinePlan, t);
     return { settings, describe: describeTarget(t) };
   }
   // No target: a volume archive starts as it was stopped; a base backup replays the archived WAL
   // beyond it to its end, if there is any.
-  const wal = await listWal(req.store, req.cluster, req.signal);
   if (m.kind !== 'basebackup') {
     // It holds no WAL position to replay from: WAL stored since it was taken is named, not replayed.
     const since = wal.filter((w) => w.lastModified.getTime() >= Date.parse(m.startedAt)).sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime());
@@ -464,37 +475,130 @@ async function planRecovery(req: PhysicalRestoreRequest, m: PhysicalManifest): P
     return null;
   }
   const after = archivedWalAfter(wal, m);
-  if (after !== undefined) refuseGap(req, m, wal);
+  if (after !== undefined && timelinePlan) refuseGap(req, m, wal, timelinePlan);
   if (after === undefined) {
     req.log.info('no archived WAL after this backup: the directory starts at the end of the backup');
     return null;
   }
-  req.log.info('archived WAL reaches past this backup: recovery replays it to its end', { newest: after });
+  req.log.info('archived WAL reaches past this backup: recovery replays it to its end', { newest: after, timeline: timelinePlan?.timeline });
   return { settings, describe: null };
+}
+
+/** The timeline recovery follows from a base backup, and the path to it. */
+interface TimelinePlan {
+  /** recovery_target_timeline. */
+  setting: string;
+  timeline: number;
+  /** Where each timeline of the path begins (segment numbers), from the backup's timeline on. */
+  begins: Array<{ timeline: number; fromSegNo: number }>;
+  /** The chosen timeline's history (empty for the backup's own). */
+  history: HistoryEntry[];
+}
+
+/**
+ * Reads the archived `.history` files (small; decrypted with the restore's identities) and
+ * chooses the timeline to follow: `--target-timeline` when given, else the newest timeline that
+ * descends from the backup's timeline at or after the backup's end ({@link chooseTimeline}) —
+ * not PostgreSQL's 'latest', which may be a timeline forked before the backup (a copy promoted
+ * elsewhere) that this backup cannot reach.
+ */
+async function planTimeline(req: PhysicalRestoreRequest, m: PhysicalManifest, wal: WalObject[]): Promise<TimelinePlan> {
+  const own = m.wal!.timeline;
+  const histories = new Map<number, HistoryEntry[]>();
+  for (const w of wal) {
+    if (!w.file.endsWith('.history')) continue;
+    const tl = Number.parseInt(w.file.slice(0, 8), 16);
+    if (tl <= own || histories.has(tl)) continue;
+    const plain = await decodeWalFile(await req.store.getBytes(w.key, { signal: req.signal }), req.identities, w.sha256, w.key, { env: req.env, signal: req.signal });
+    try {
+      histories.set(tl, parseHistory(plain.toString('utf8')));
+    } catch (err) {
+      throw new IntegrityError(`${w.key}: ${(err as Error).message}`, { hint: 'the archived timeline history file is damaged; do not trust this archive' });
+    }
+  }
+  const stop = parseLsn(m.wal!.stopLsn);
+  let timeline: number;
+  const asked = req.targetTimeline;
+  if (asked === undefined) timeline = chooseTimeline(own, stop, histories);
+  else if (asked === 'current') timeline = own;
+  else if (asked === 'latest') timeline = Math.max(own, ...histories.keys());
+  else timeline = asked;
+  if (timeline !== own) {
+    const h = histories.get(timeline);
+    const fork = h?.find((e) => e.timeline === own);
+    if (!h || !fork || fork.switchLsn < stop) {
+      throw new UsageError(
+        h ? `timeline ${timeline} does not descend from this backup's timeline ${own} after the backup's end (${m.wal!.stopLsn}): recovery cannot reach it from this backup` : `timeline ${timeline} has no history file in the archive of cluster ${JSON.stringify(req.cluster)}`,
+        { hint: `leave out --target-timeline (coffer chooses), pass --target-timeline current, or choose another backup (coffer list --cluster ${req.cluster})` },
+      );
+    }
+  }
+  const history = timeline === own ? [] : histories.get(timeline)!;
+  if (asked === undefined && timeline === own && histories.size > 0) {
+    const others = [...histories.keys()].sort((a, b) => a - b).join(', ');
+    req.log.info(`the archive holds timeline(s) ${others}, none forked from timeline ${own} after this backup's end: recovery stays on timeline ${own}`);
+  }
+  return { setting: timeline === own ? 'current' : String(timeline), timeline, begins: timelineBegins(own, timeline, history), history };
+}
+
+/**
+ * A target after the point where the followed timeline forked from the backup's is ambiguous
+ * when the parent timeline holds archived WAL past the fork: the parent's state at that time or
+ * LSN (the abandoned "mistake", or a split brain's other primary) is not the child's. Refused
+ * (exit 2) rather than silently restoring the child's state: `--target-timeline` says which.
+ * Not ambiguous: a target before the fork (a time before the parent's segment preceding the
+ * switch was stored, an LSN at or before the switch point), or a time after the child's history
+ * was archived (its promotion) when the parent archived nothing after that (it was retired).
+ */
+function refuseAmbiguousTarget(req: PhysicalRestoreRequest, m: PhysicalManifest, wal: WalObject[], plan: TimelinePlan, t: RecoveryTarget): void {
+  if (req.targetTimeline !== undefined || plan.timeline === m.wal!.timeline) return;
+  if (t.kind !== 'time' && t.kind !== 'lsn') return;
+  const own = m.wal!.timeline;
+  const fork = plan.history.find((e) => e.timeline === own)!;
+  const child = plan.begins[1]!.timeline;
+  const forkSeg = plan.begins[1]!.fromSegNo;
+  const per = 256; // 16 MiB segments (as the rest of restore assumes)
+  const parent = wal.filter((w) => parseSegmentName(w.file)?.timeline === own).map((w) => ({ w, no: parseSegmentName(w.file)!.log * per + parseSegmentName(w.file)!.seg }));
+  const beyond = parent.filter((p) => p.no >= forkSeg);
+  if (beyond.length === 0) return;
+  const hex8 = (n: number): string => n.toString(16).toUpperCase().padStart(8, '0');
+  const promotedAt = wal.filter((w) => w.file === `${hex8(child)}.history`).map((w) => w.lastModified.getTime()).sort((x, y) => x - y)[0];
+  let ambiguous: boolean;
+  if (t.kind === 'lsn') ambiguous = t.value > fork.switchLsn;
+  else {
+    const at = t.time.getTime();
+    const beforeFork = parent.filter((p) => p.no === forkSeg - 1).some((p) => at <= p.w.lastModified.getTime());
+    if (beforeFork) ambiguous = false;
+    else if (promotedAt !== undefined && at > promotedAt) ambiguous = beyond.some((p) => p.w.lastModified.getTime() > promotedAt);
+    else ambiguous = true;
+  }
+  if (!ambiguous) return;
+  const lsn = `${(fork.switchLsn >> 32n).toString(16).toUpperCase()}/${(fork.switchLsn & 0xffffffffn).toString(16).toUpperCase()}`;
+  const newest = beyond.map((p) => p.w).sort((x, y) => y.lastModified.getTime() - x.lastModified.getTime())[0]!;
+  throw new UsageError(
+    `the recovery target ${describeTarget(t)} may lie after timeline ${child} forked from timeline ${own} (at ${lsn}${promotedAt !== undefined ? `, promoted by ${new Date(promotedAt).toISOString()}` : ''}), and timeline ${own} has archived WAL past that point (up to ${newest.file}, stored ${newest.lastModified.toISOString()}): the two timelines hold different states there`,
+    { hint: `say which timeline to follow: --target-timeline current (timeline ${own}, the backup's) or --target-timeline ${plan.timeline}` },
+  );
 }
 
 /**
  * A restore without a target replays the archived WAL "to its end": PostgreSQL stops at the
  * first segment missing from the unbroken run after the backup, promotes, and reports success.
- * Where the backup's timeline has segments stored after such a gap (and no later timeline, onto
- * which recovery may have moved before it), that would silently drop what they hold: refused.
+ * Along the timeline path recovery follows (the backup's timeline, then each child from the
+ * segment holding its switch point), a segment missing while later ones of the path are stored
+ * would silently drop what they hold (or, at a switch segment, stay on the abandoned parent):
+ * refused.
  */
-function refuseGap(req: PhysicalRestoreRequest, m: PhysicalManifest, wal: WalObject[]): void {
-  const stop = m.wal?.stopSegment;
-  const timeline = stop === undefined ? undefined : parseSegmentName(stop)?.timeline;
-  if (stop === undefined || timeline === undefined) return;
-  if (wal.some((w) => w.file.endsWith('.history') && Number.parseInt(w.file.slice(0, 8), 16) > timeline)) return;
-  let reach: string;
-  try {
-    reach = reachFrom(summarizeWal(req.cluster, wal, new Date()), wal, stop).segment;
-  } catch {
-    return; // a segment size the summary does not know: recovery finds out
-  }
-  const beyond = wal.filter((w) => parseSegmentName(w.file)?.timeline === timeline && !w.file.includes('.') && w.file > reach).map((w) => w.file).sort();
-  if (beyond.length === 0) return;
+function refuseGap(req: PhysicalRestoreRequest, m: PhysicalManifest, wal: WalObject[], plan: TimelinePlan): void {
+  const stop = m.wal!.stopSegment;
+  const stored = new Set(wal.filter((w) => parseSegmentName(w.file) !== undefined).map((w) => w.file));
+  const walk = walkRecoveryPath(stop, plan.begins, stored);
+  if (walk.missing === undefined) return;
+  const beyond = walk.beyond;
+  const via = plan.begins.length > 1 ? ` on the timeline path ${plan.begins.map((b) => b.timeline).join('→')}` : '';
   throw new IntegrityError(
-    `the archived WAL of cluster ${JSON.stringify(req.cluster)} has a gap after ${reach}: recovery without a target would stop there and promote, and drop what ${beyond.length} later segment(s) up to ${beyond[beyond.length - 1]} hold`,
-    { hint: `put the missing segments back (coffer status --cluster ${req.cluster} names them), or accept the loss explicitly: --target-lsn or --target-time before the gap` },
+    `the archived WAL of cluster ${JSON.stringify(req.cluster)} has a gap after ${walk.reach}: segment ${walk.missing} is missing${via}; recovery without a target would stop there and promote, and drop what ${beyond.length} later segment(s) up to ${beyond[beyond.length - 1]} hold`,
+    { hint: `put ${walk.missing} back (coffer status --cluster ${req.cluster} names the gaps), or accept the loss explicitly: --target-lsn or --target-time before the gap` },
   );
 }
 

@@ -21,12 +21,13 @@
 import type { BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
-import { isWalFileName, parseWalKey, walKey, walPrefix, WAL_TIER } from '../catalog/cluster-layout.js';
+import { isWalFileName, parseWalKey, segmentOfLsn, timelineBeginKey, walKey, walPrefix, WAL_TIER } from '../catalog/cluster-layout.js';
 import { errnoWords, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
 import { stallAt } from '../run/faults.js';
 import { encodeWalFileFrom, type EncodedWalFile } from './wal-codec.js';
+import { parseHistory } from './wal-catalog.js';
 
 /** Largest WAL file read: PostgreSQL's largest segment size (initdb --wal-segsize 1024). */
 export const MAX_WAL_FILE_BYTES = 1024 * 1024 * 1024;
@@ -151,7 +152,11 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const before = await storedCopies(req.store, req.cluster, file, req.signal);
   const others = before.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
   if (others.length > 0) throw differentCopy(req, file, sha256, others);
-  if (before.length > 0) return { ...base, stored: 0, outcome: 'already' };
+  if (before.length > 0) {
+    // (a retried push of a .history file writes its marker, should the first have stopped before it)
+    if (file.endsWith('.history')) await writeTimelineBegin(req, file, abs);
+    return { ...base, stored: 0, outcome: 'already' };
+  }
   await stallAt('stall-wal-push', 'listed');
 
   let outcome: WalPushResult['outcome'] = 'stored';
@@ -166,5 +171,40 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const after = await storedCopies(req.store, req.cluster, file, req.signal);
   const raced = after.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
   if (raced.length > 0) throw differentCopy(req, file, sha256, raced);
+  if (file.endsWith('.history')) await writeTimelineBegin(req, file, path.resolve(req.cwd, req.file));
   return { ...base, stored: outcome === 'stored' ? bytes.length : 0, outcome };
+}
+
+/**
+ * Beside a timeline's `.history` file: the marker naming the segment where the new timeline's
+ * WAL begins (the one holding the switch point, {@link timelineBeginKey}), so that `status` sees
+ * a missing first segment. The segment size is that of the segments beside the file in pg_wal;
+ * with none there, no marker is written (status then cannot see that one gap; restore can).
+ */
+async function writeTimelineBegin(req: WalPushRequest, file: string, abs: string): Promise<void> {
+  const timeline = Number.parseInt(file.slice(0, 8), 16);
+  let segmentBytes: number | undefined;
+  for (const n of await fsp.readdir(path.dirname(abs)).catch(() => [] as string[])) {
+    if (!/^[0-9A-F]{24}$/.test(n)) continue;
+    const st = await fsp.stat(path.join(path.dirname(abs), n)).catch(() => undefined);
+    if (st?.isFile() && isSegmentSize(st.size)) {
+      segmentBytes = st.size;
+      break;
+    }
+  }
+  if (segmentBytes === undefined) return;
+  let entries;
+  try {
+    entries = parseHistory(await fsp.readFile(abs, 'utf8'));
+  } catch {
+    return; // not PostgreSQL's format: archived as it is, no marker
+  }
+  const last = entries[entries.length - 1];
+  if (!last) return;
+  const lsn = `${(last.switchLsn >> 32n).toString(16).toUpperCase()}/${(last.switchLsn & 0xffffffffn).toString(16).toUpperCase()}`;
+  try {
+    await req.store.putBytes(timelineBeginKey(req.cluster, timeline, segmentOfLsn(lsn, timeline, segmentBytes)), new Uint8Array(0), { signal: req.signal, tags: { [TIER_TAG]: WAL_TIER }, contentType: 'application/octet-stream' });
+  } catch (err) {
+    if (!(err instanceof StorageError && err.code === 'Exists')) throw err;
+  }
 }

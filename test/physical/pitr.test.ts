@@ -213,7 +213,7 @@ describe.each(['s3', 'file'] as const)('point-in-time recovery through a %s repo
     const to = path.join(shared, `${kind}-gap`);
     const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', s.identity, '--to-dir', to], s.env);
     expect(r.code, r.stderr).toBe(5);
-    expect(errorLine(r.stderr)).toMatch(new RegExp(`has a gap after ${newest.slice(0, 24)}: recovery without a target would stop there .* up to ${later}`));
+    expect(errorLine(r.stderr)).toMatch(new RegExp(`has a gap after ${newest.slice(0, 24)}: segment .* is missing; recovery without a target would stop there .* up to ${later}`));
     expect(await emptyOrGone(to)).toBe(true);
     // Accepted explicitly, with a target before the gap, it restores.
     const ok = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', s.identity, '--to-dir', to, '--target-time', s.t, '--verify', '--smoke', 'SELECT count(*) FROM t', '--json'], s.env);

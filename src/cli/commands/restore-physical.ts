@@ -10,6 +10,7 @@ export const physicalRestoreOptions = {
   targetTime: value('--target-time <time>', 'with --physical: replay archived WAL up to this time (ISO 8601 with a zone)', text),
   targetLsn: value('--target-lsn <lsn>', 'with --physical: replay archived WAL up to this LSN', text),
   targetName: value('--target-name <name>', 'with --physical: replay archived WAL up to this restore point (pg_create_restore_point)', text),
+  targetTimeline: value('--target-timeline <tl>', 'with --physical: the timeline to follow: current (the backup\'s), latest, or a number (default: the newest timeline forked from the backup\'s after its end, else its own)', text),
   targetAction: value('--target-action <action>', 'with --physical: at the target, promote (default), pause or shutdown', choice, { choices: ['promote', 'pause', 'shutdown'] }),
   verify: flag('--verify', 'with --physical: start the directory once on a private socket, wait for recovery, run --smoke, stop it'),
   // Not --owner: commander would read pg_restore's --no-owner as its negation.

@@ -8,7 +8,7 @@ import type { Values } from '../../config/options.js';
 import { UsageError } from '../../errors.js';
 import { formatBytes } from '../../observe/log.js';
 import { Progress } from '../../observe/progress.js';
-import type { PhysicalRestoreSummary, RecoveryTarget, TargetAction } from '../../physical/restore.js';
+import type { PhysicalRestoreSummary, RecoveryTarget, TargetAction, TargetTimeline } from '../../physical/restore.js';
 import { openStore } from '../../store/open.js';
 import { readTrustedSigners } from '../../trust/allowed-signers.js';
 import { RepositoryTrust } from '../../trust/manifest-trust.js';
@@ -30,6 +30,7 @@ export function refuseWithoutPhysical(flags: PhysicalValues): void {
       ['--target-lsn', flags.targetLsn],
       ['--target-name', flags.targetName],
       ['--target-action', flags.targetAction],
+      ['--target-timeline', flags.targetTimeline],
       ['--dir-owner', flags.dirOwner],
       ['--smoke-db', flags.smokeDb],
       ['--attachments-dir', flags.attachmentsDir],
@@ -128,6 +129,7 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
       toDir: path.resolve(ctx.cwd, flags.toDir),
       target,
       targetAction: (flags.targetAction ?? 'promote') as TargetAction,
+      ...(flags.targetTimeline !== undefined ? { targetTimeline: parseTargetTimeline(flags.targetTimeline) } : {}),
       owner: flags.dirOwner,
       binDir: flags.pgBin,
       verify: flags.verify,
@@ -170,6 +172,15 @@ export async function runPhysicalRestoreCommand(flags: Flags, identities: string
     ctx.stdout(`${lines.join('\n')}\n`);
   }
   return summary;
+}
+
+/** Parses `--target-timeline`: `current`, `latest`, or a timeline number (decimal, or hex as PostgreSQL names it with 0x). */
+export function parseTargetTimeline(s: string): TargetTimeline {
+  const t = s.trim().toLowerCase();
+  if (t === 'current' || t === 'latest') return t;
+  const n = /^\d+$/.test(t) ? Number(t) : /^0x[0-9a-f]+$/.test(t) ? Number.parseInt(t.slice(2), 16) : NaN;
+  if (!Number.isSafeInteger(n) || n < 1 || n > 0xffffffff) throw new UsageError(`--target-timeline ${JSON.stringify(s)} is not a timeline`, { hint: 'current (the backup\'s own), latest, or a timeline number such as 2' });
+  return n;
 }
 
 /** Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is refused (whose clock?). */

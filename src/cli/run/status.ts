@@ -11,7 +11,7 @@ import type { ObjectStore } from '../../store/object-store.js';
 import type { CliContext } from '../context.js';
 import type { LoadedConfig } from '../command.js';
 import { chooseSources, sourcesFailed } from '../sources.js';
-import { listWal, summarizeWal, type WalSummary } from '../../physical/wal-catalog.js';
+import { listTimelineBegins, listWal, summarizeWal, type WalSummary } from '../../physical/wal-catalog.js';
 import type { options } from '../commands/status.js';
 
 /** One row of `coffer status --json`. */
@@ -276,7 +276,7 @@ async function runClusterStatus(flags: Values<typeof options>, cluster: string, 
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let summary: WalSummary;
   try {
-    summary = summarizeWal(cluster, await listWal(store, cluster, ctx.signal), now, flags.walSegmentSize);
+    summary = summarizeWal(cluster, await listWal(store, cluster, ctx.signal), now, flags.walSegmentSize, await listTimelineBegins(store, cluster, ctx.signal));
   } finally {
     store.close();
   }
