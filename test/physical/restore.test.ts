@@ -104,6 +104,16 @@ describe('a damaged base backup', () => {
     }
   });
 
+  it('refuses an impossible --target-time (exit 2) before anything is unpacked', async () => {
+    for (const t of ['2026-11-31T10:33:14Z', '2026-02-30T00:00:00Z', '2027-02-29T00:00:00Z']) {
+      const to = f.path(`bad-date-${t.slice(0, 10)}`);
+      const r = await runCoffer(['restore', '--physical', '--cluster', 'main', '--from', repo(), '--identity', f.identityFile, '--to-dir', to, '--target-time', t], { env: baseEnv() });
+      expect(r.code, r.stderr).toBe(2);
+      expect(errorLine(r.stderr)).toMatch(/is not a time: .* has no day/);
+      expect(await gone(to)).toBe(true);
+    }
+  });
+
   it('refuses server binaries of another major version, naming both, and creates nothing', async () => {
     const fake = f.path('pg16');
     await fsp.mkdir(fake);

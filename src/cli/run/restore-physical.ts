@@ -183,13 +183,26 @@ export function parseTargetTimeline(s: string): TargetTimeline {
   return n;
 }
 
-/** Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is refused (whose clock?). */
+/**
+ * Parses `--target-time`: an ISO 8601 time with a zone (Z or ±hh:mm); a time without one is
+ * refused (whose clock?), and so is an impossible date or time of day (2026-11-31, 2027-02-29,
+ * 24:00, 10:60): `new Date` would roll them over into the next day or month.
+ */
 export function parseTargetTime(s: string): Date {
   const t = s.trim();
   if (!/(Z|[+-]\d{2}(:?\d{2})?)$/i.test(t)) {
     throw new UsageError(`--target-time ${JSON.stringify(s)} has no time zone`, { hint: 'write it with one, e.g. 2026-11-30T14:05:00Z or "2026-11-30 23:05:00+09:00"' });
   }
-  const d = new Date(t.replace(' ', 'T').replace(/([+-]\d{2})$/, '$1:00'));
-  if (Number.isNaN(d.getTime())) throw new UsageError(`--target-time ${JSON.stringify(s)} is not a time`, { hint: 'e.g. 2026-11-30T14:05:00Z' });
-  return d;
+  const notATime = (why: string): UsageError => new UsageError(`--target-time ${JSON.stringify(s)} is not a time${why}`, { hint: 'e.g. 2026-11-30T14:05:00Z' });
+  const m = /^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:[.,]\d+)?)?\s*(?:Z|([+-])(\d{2}):?(\d{2})?)$/i.exec(t);
+  if (!m) throw notATime('');
+  const [y, mo, d, h, mi, sec] = [m[1], m[2], m[3], m[4], m[5], m[6] ?? '0'].map(Number) as [number, number, number, number, number, number];
+  const daysIn = [31, y % 4 === 0 && (y % 100 !== 0 || y % 400 === 0) ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+  if (mo < 1 || mo > 12) throw notATime(`: month ${mo} does not exist`);
+  if (d < 1 || d > daysIn[mo - 1]!) throw notATime(`: ${y}-${m[2]} has no day ${d}`);
+  if (h > 23 || mi > 59 || sec > 59) throw notATime(`: ${m[4]}:${m[5]}${m[6] !== undefined ? `:${m[6]}` : ''} is not a time of day`);
+  if (m[8] !== undefined && (Number(m[8]) > 15 || Number(m[9] ?? '0') > 59)) throw notATime(`: the zone offset ${m[7]}${m[8]}${m[9] !== undefined ? `:${m[9]}` : ''} does not exist`);
+  const date = new Date(t.replace(' ', 'T').replace(/\s+(?=[Z+-][^-]*$)/i, '').replace(/([+-]\d{2})$/, '$1:00').replace(/([+-]\d{2})(\d{2})$/, '$1:$2'));
+  if (Number.isNaN(date.getTime())) throw notATime('');
+  return date;
 }
