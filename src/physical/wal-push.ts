@@ -16,7 +16,9 @@
  *   holds another file under this name (two clusters archiving under one `--cluster`, or a
  *   restored cluster that was not promoted to a new timeline). PostgreSQL keeps the file and
  *   retries; the log line says what to check. After a successful write the name is listed
- *   again, so a concurrent different push is caught too.
+ *   again, so a concurrent different push is caught too: of racing different copies the first
+ *   stored (earliest time, then smallest key) stays and succeeds, every other push removes the
+ *   copy it wrote and exits 5, so wal-fetch never meets two copies made by a race.
  */
 import type { BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -25,7 +27,7 @@ import { isWalFileName, parseWalKey, segmentOfLsn, timelineBeginKey, walKey, wal
 import { errnoWords, IntegrityError, StorageError, UsageError } from '../errors.js';
 import type { ObjectStore } from '../store/object-store.js';
 import { TIER_TAG } from '../retention/lifecycle.js';
-import { stallAt } from '../run/faults.js';
+import { holdAt, stallAt } from '../run/faults.js';
 import { encodeWalFileFrom, type EncodedWalFile } from './wal-codec.js';
 import { parseHistory } from './wal-catalog.js';
 
@@ -73,12 +75,12 @@ export function fileIdentity(st: BigIntStats): string {
 }
 
 /** The stored copies of one WAL file name: their plaintext hashes (from the keys). */
-export async function storedCopies(store: ObjectStore, cluster: string, file: string, signal?: AbortSignal): Promise<Array<{ key: string; sha256: string }>> {
-  const out: Array<{ key: string; sha256: string }> = [];
+export async function storedCopies(store: ObjectStore, cluster: string, file: string, signal?: AbortSignal): Promise<Array<{ key: string; sha256: string; lastModified: Date }>> {
+  const out: Array<{ key: string; sha256: string; lastModified: Date }> = [];
   // `<file>.` also lists `<file>.partial.…` and `<file>.<offset>.backup.…`: keep this name only.
   for await (const o of store.list(walPrefix(cluster, file), { signal })) {
     const p = parseWalKey(o.key);
-    if (p && p.file === file && p.cluster === cluster) out.push({ key: o.key, sha256: p.sha256 });
+    if (p && p.file === file && p.cluster === cluster) out.push({ key: o.key, sha256: p.sha256, lastModified: o.lastModified });
   }
   return out;
 }
@@ -158,6 +160,7 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
     return { ...base, stored: 0, outcome: 'already' };
   }
   await stallAt('stall-wal-push', 'listed');
+  await holdAt('hold-wal-push', 'listed');
 
   let outcome: WalPushResult['outcome'] = 'stored';
   try {
@@ -168,9 +171,26 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
     outcome = 'already';
   }
   await stallAt('stall-wal-push', 'stored');
+  await holdAt('hold-wal-push', 'stored');
   const after = await storedCopies(req.store, req.cluster, file, req.signal);
-  const raced = after.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);
-  if (raced.length > 0) throw differentCopy(req, file, sha256, raced);
+  const raced = after.filter((c) => c.sha256 !== sha256);
+  if (raced.length > 0) {
+    // A concurrent push of another copy under this name: exactly one copy may stay. Every racer
+    // sees the same listing once both are stored and agrees on the winner: the first stored
+    // (earliest time), on a tie the smallest key. A loser removes the copy it wrote itself.
+    const winner = [...after].sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime() || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))[0]!;
+    if (winner.sha256 !== sha256) {
+      let removal = '';
+      if (outcome === 'stored') {
+        await req.store.delete(key).then(
+          () => (removal = '; its own copy was removed'),
+          (err: unknown) => (removal = `; its own copy could not be removed (${err instanceof Error ? err.message : String(err)}): remove ${key}`),
+        );
+      }
+      const e = differentCopy(req, file, sha256, raced.map((c) => c.sha256));
+      throw new IntegrityError(`${e.message.replace(/; not archived, nothing overwritten$/, '; not archived (a concurrent push stored it first)')}${removal}`, { hint: e.hint ?? '' });
+    }
+  }
   if (file.endsWith('.history')) await writeTimelineBegin(req, file, path.resolve(req.cwd, req.file));
   return { ...base, stored: outcome === 'stored' ? bytes.length : 0, outcome };
 }

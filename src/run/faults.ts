@@ -19,6 +19,9 @@
  *   (until it is killed) at that stage: `listed` (the name was listed, nothing encoded yet),
  *   `encoded` (compressed and encrypted, not yet stored), `stored` (putBytes returned, before the
  *   re-listing and exit 0). test/physical/wal.test.ts kills it there with SIGKILL.
+ * - `hold-wal-push=<stage>[+<stage>…]`: as `stall-wal-push` (`listed`, `stored`), but it goes on
+ *   once the file `$COFFER_TEST_RELEASE.<stage>` exists: test/physical/wal.test.ts orders two
+ *   racing pushes with it.
  */
 const raw = process.env.COFFER_TEST_FAULTS ?? '';
 const points = new Map<string, string>();
@@ -38,4 +41,13 @@ export async function stallAt(name: string, stage: string): Promise<void> {
   if (points.get(name) !== stage) return;
   process.stderr.write(`fault: stalled at ${stage}\n`);
   await new Promise<never>(() => setInterval(() => undefined, 60_000));
+}
+
+/** Holds (polling) when the fault point `name` names `stage`, until the file `$COFFER_TEST_RELEASE.<stage>` exists; says so on stderr first. */
+export async function holdAt(name: string, stage: string): Promise<void> {
+  if (!(points.get(name) ?? '').split('+').includes(stage)) return;
+  const release = process.env.COFFER_TEST_RELEASE === undefined ? undefined : `${process.env.COFFER_TEST_RELEASE}.${stage}`;
+  process.stderr.write(`fault: held at ${stage}\n`);
+  const { existsSync } = await import('node:fs');
+  while (release === undefined || !existsSync(release)) await new Promise((r) => setTimeout(r, 20));
 }

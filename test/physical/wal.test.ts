@@ -255,6 +255,83 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
       expect((await repo.keys('cluster=k/wal/')).every((k) => parseWalKey(k) !== undefined)).toBe(true);
     }
   });
+  // Two pushes of one name racing, ordered by fault holds at every pair of positions: after the
+  // listing (nothing stored yet) and after the write (before the re-listing). Exactly one copy
+  // stays: the first stored; its push exits 0, the other exits 5 and removes what it wrote.
+  describe('racing pushes of one name leave exactly one copy, the first stored', () => {
+    type Step = ['start' | 'release', 'A' | 'B', string] | ['wait', 'A' | 'B', string] | ['exit', 'A' | 'B'];
+    const cases: Array<{ name: string; holds: Record<'A' | 'B', string>; steps: Step[]; winner: 'A' | 'B' | 'either' }> = [
+      { name: 'both listed, A writes first', holds: { A: 'listed', B: 'listed' }, steps: [['start', 'A', ''], ['wait', 'A', 'listed'], ['start', 'B', ''], ['wait', 'B', 'listed'], ['release', 'A', 'listed'], ['exit', 'A'], ['release', 'B', 'listed'], ['exit', 'B']], winner: 'A' },
+      { name: 'both listed, B writes first', holds: { A: 'listed', B: 'listed' }, steps: [['start', 'A', ''], ['wait', 'A', 'listed'], ['start', 'B', ''], ['wait', 'B', 'listed'], ['release', 'B', 'listed'], ['exit', 'B'], ['release', 'A', 'listed'], ['exit', 'A']], winner: 'B' },
+      { name: 'B stored and not yet re-listed when A writes and re-lists', holds: { A: 'listed', B: 'stored' }, steps: [['start', 'A', ''], ['wait', 'A', 'listed'], ['start', 'B', ''], ['wait', 'B', 'stored'], ['release', 'A', 'listed'], ['exit', 'A'], ['release', 'B', 'stored'], ['exit', 'B']], winner: 'B' },
+      { name: 'both stored before either re-lists (A re-lists first)', holds: { A: 'listed+stored', B: 'listed+stored' }, steps: [['start', 'A', ''], ['wait', 'A', 'listed'], ['start', 'B', ''], ['wait', 'B', 'listed'], ['release', 'A', 'listed'], ['wait', 'A', 'stored'], ['release', 'B', 'listed'], ['wait', 'B', 'stored'], ['release', 'A', 'stored'], ['exit', 'A'], ['release', 'B', 'stored'], ['exit', 'B']], winner: 'either' },
+      { name: 'both stored before either re-lists (B re-lists first)', holds: { A: 'listed+stored', B: 'listed+stored' }, steps: [['start', 'A', ''], ['wait', 'A', 'listed'], ['start', 'B', ''], ['wait', 'B', 'listed'], ['release', 'B', 'listed'], ['wait', 'B', 'stored'], ['release', 'A', 'listed'], ['wait', 'A', 'stored'], ['release', 'B', 'stored'], ['exit', 'B'], ['release', 'A', 'stored'], ['exit', 'A']], winner: 'either' },
+    ];
+    for (const [i, c] of cases.entries()) {
+      it(c.name, async () => {
+        const dir = f.path(`${repo.kind}-race-${i}`);
+        await fsp.mkdir(dir, { recursive: true });
+        const data = { A: walBytes(100 + i), B: walBytes(200 + i) };
+        const cluster = `race${i}`;
+        const procs: Partial<Record<'A' | 'B', ReturnType<typeof startCoffer>>> = {};
+        const stderr: Record<'A' | 'B', string> = { A: '', B: '' };
+        const codes: Partial<Record<'A' | 'B', number>> = {};
+        for (const step of c.steps) {
+          const who = step[1];
+          if (step[0] === 'start') {
+            await fsp.mkdir(path.join(dir, who), { recursive: true });
+            await fsp.writeFile(path.join(dir, who, SEG1), data[who]);
+            const p = startCoffer(['wal-push', '--cluster', cluster, '--to', repo.url(), '--recipient', f.recipient, path.join(dir, who, SEG1)], {
+              env: { ...f.env(), COFFER_TEST_FAULTS: `hold-wal-push=${c.holds[who]}`, COFFER_TEST_RELEASE: path.join(dir, `release-${who}`) },
+            });
+            p.stderr!.on('data', (b: Buffer) => (stderr[who] += b.toString()));
+            procs[who] = p;
+          } else if (step[0] === 'wait') {
+            for (let n = 0; !stderr[who].includes(`held at ${step[2]}`); n++) {
+              if (n > 3000) throw new Error(`${who} never held at ${step[2]}: ${stderr[who]}`);
+              await new Promise((r) => setTimeout(r, 20));
+            }
+          } else if (step[0] === 'release') await fsp.writeFile(path.join(dir, `release-${who}.${step[2]}`), '');
+          else codes[who] = (await procs[who]!).exitCode ?? -1;
+          // (a second apart on S3, whose listing times are whole seconds: "first stored" is then unambiguous)
+          if (step[0] === 'release' && repo.kind === 's3') await new Promise((r) => setTimeout(r, 1100));
+        }
+        const keys = await repo.keys(walPrefix(cluster, SEG1));
+        expect(keys, `${stderr.A}\n${stderr.B}`).toHaveLength(1);
+        const kept = parseWalKey(keys[0]!)!.sha256 === sha(data.A) ? 'A' : 'B';
+        if (c.winner !== 'either') expect(kept).toBe(c.winner);
+        const loser = kept === 'A' ? 'B' : 'A';
+        expect(codes[kept], stderr[kept]).toBe(0);
+        expect(codes[loser], stderr[loser]).toBe(5);
+        expect(errorLine(stderr[loser])).toMatch(/a concurrent push stored it first.*its own copy was removed/);
+        const back = await fetch(cluster, SEG1, path.join(dir, 'back'));
+        expect(back.code, back.stderr).toBe(0);
+        expect((await fsp.readFile(path.join(dir, 'back'))).equals(data[kept])).toBe(true);
+      });
+    }
+
+    it('identical copies racing both succeed, one object', async () => {
+      const dir = f.path(`${repo.kind}-race-same`);
+      await fsp.mkdir(dir, { recursive: true });
+      const data = walBytes(300);
+      for (const who of ['A', 'B']) {
+        await fsp.mkdir(path.join(dir, who), { recursive: true });
+        await fsp.writeFile(path.join(dir, who, SEG1), data);
+      }
+      const run = (who: string) =>
+        startCoffer(['wal-push', '--cluster', 'racesame', '--to', repo.url(), '--recipient', f.recipient, path.join(dir, who, SEG1)], { env: { ...f.env(), COFFER_TEST_FAULTS: 'hold-wal-push=listed', COFFER_TEST_RELEASE: path.join(dir, 'release') } });
+      const a = run('A');
+      const b = run('B');
+      let err = '';
+      a.stderr!.on('data', (x: Buffer) => (err += x.toString()));
+      b.stderr!.on('data', (x: Buffer) => (err += x.toString()));
+      while ((err.match(/held at listed/g) ?? []).length < 2) await new Promise((r) => setTimeout(r, 20));
+      await fsp.writeFile(path.join(dir, 'release.listed'), '');
+      const [ra, rb] = await Promise.all([a, b]);
+      expect([ra.exitCode, rb.exitCode], err).toEqual([0, 0]);
+      expect(await repo.keys(walPrefix('racesame', SEG1))).toHaveLength(1);
+    });
+  });
 });
 
 describe('wal-push --async (file repository)', () => {
