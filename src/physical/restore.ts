@@ -337,6 +337,14 @@ async function unpack(req: PhysicalRestoreRequest, m: PhysicalManifest, dir: str
       stdin: 'pipe',
       what: 'tar -x',
       missing: missingTool('tar', 'install GNU tar (apt-get install tar)'),
+      // a full disk (or quota) under --to-dir is a storage failure (exit 4), not tar's (exit 3)
+      explain: (f) => {
+        const full = /No space left on device|Disk quota exceeded/i.exec(f.stderr.text());
+        if (!full || f.killedByUs) return undefined;
+        return new StorageError('Failed', `unpack into ${dir}: ${full[0].toLowerCase()} (tar -x exited with code ${f.code ?? f.signal}: ${f.stderr.lastLines(1, 200)})`, {
+          hint: `free disk space under ${dir} (the restored directory needs about ${m.archive.plainBytes} bytes, the backup's size unpacked), or restore into a larger volume`,
+        });
+      },
     });
     await Promise.all([pipeline(opened.archive, intoTar(tar.stdin!, tar.done), { signal: sup.signal }), tar.done, ...opened.children.map((c) => c.done)]);
     const s = opened.stats();

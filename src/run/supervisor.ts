@@ -139,7 +139,7 @@ export interface SpawnSpec {
   /** The error when the program is not installed (default: the PostgreSQL client is missing). */
   missing?: (cmd: string) => CofferError;
   /** Turns a failed exit into the error to report (default: DatabaseError with the stderr tail). */
-  explain?: (failure: ChildFailure) => CofferError;
+  explain?: (failure: ChildFailure) => CofferError | undefined;
   /** Its failure is not the run's failure (a probe that is expected to be cut short). */
   expendable?: boolean;
   /** Sees every chunk of its stderr as it arrives (the tail is kept in {@link Child.stderr} either way). */

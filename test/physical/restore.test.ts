@@ -104,6 +104,27 @@ describe('a damaged base backup', () => {
     }
   });
 
+  it('a full disk while unpacking exits 4 (storage), saying so, and leaves the volume empty: space for a tenth, half and nine tenths of the directory', async () => {
+    const dir = path.join(repo(), 'cluster=main');
+    const tier = (await fsp.readdir(dir)).find((d) => d !== 'wal')!;
+    const manifest = (await fsp.readdir(path.join(dir, tier))).find((n) => n.endsWith('.manifest.json'))!;
+    const plainBytes = (JSON.parse(await fsp.readFile(path.join(dir, tier, manifest), 'utf8')) as { archive: { plainBytes: number } }).archive.plainBytes;
+    for (const fraction of [0.1, 0.5, 0.9]) {
+      const mnt = f.path(`full-${fraction}`);
+      await fsp.mkdir(mnt);
+      await execa('mount', ['-t', 'tmpfs', '-o', `size=${Math.ceil((plainBytes * fraction) / 4096) * 4}k,mode=0700`, 'tmpfs', mnt]);
+      try {
+        const r = await runCoffer(['restore', '--physical', '--cluster', 'main', '--from', repo(), '--identity', f.identityFile, '--to-dir', mnt], { env: baseEnv() });
+        expect({ fraction, code: r.code }, r.stderr).toEqual({ fraction, code: 4 });
+        expect(errorLine(r.stderr)).toMatch(/unpack into .*: no space left on device/);
+        expect(r.stderr).toMatch(/free disk space under/);
+        expect(await fsp.readdir(mnt)).toEqual([]);
+      } finally {
+        await execa('umount', [mnt]);
+      }
+    }
+  });
+
   it('refuses an impossible --target-time (exit 2) before anything is unpacked', async () => {
     for (const t of ['2026-11-31T10:33:14Z', '2026-02-30T00:00:00Z', '2027-02-29T00:00:00Z']) {
       const to = f.path(`bad-date-${t.slice(0, 10)}`);
