@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { pipeline, Transform } from 'node:stream';
 import { physicalKeys, type PhysicalKind } from '../catalog/cluster-layout.js';
 import { newBackupId } from '../catalog/layout.js';
-import { listPhysicalKeys } from '../catalog/physical-catalog.js';
+import { listPhysicalKeys, loadPhysicalEntry } from '../catalog/physical-catalog.js';
 import { encodePhysicalManifest, type Attachment, type PhysicalManifest, type PhysicalObject } from '../catalog/physical-manifest.js';
 import { errnoWords, IntegrityError, UsageError } from '../errors.js';
 import { missingTool } from '../pg/tools.js';
@@ -121,6 +121,7 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     if (sup.failed) throw sup.cause();
     if (!facts) throw new Error('internal: the source reported nothing');
     warnings.push(...facts.warnings);
+    await refuseOtherSystem(req, facts.postgres.systemIdentifier, sup.signal);
 
     const finishedAt = now();
     const manifest: PhysicalManifest = {
@@ -247,4 +248,33 @@ function fileProducer(sup: Supervisor, file: string, onSha256: (hex: string) => 
       return Promise.resolve({ dumpBytes: n });
     },
   };
+}
+
+/**
+ * One --cluster name holds one PostgreSQL system: a backup of a server whose system identifier
+ * differs from the one the name's newest backup recorded is refused before its manifest is
+ * written (the objects already stored are removed). Otherwise both would archive WAL under one
+ * name, and a restore would meet the other system's segments. The newest backup's manifest is
+ * read; where the credentials cannot read it (a backup host without GetObject), the check is
+ * skipped with a debug line.
+ */
+async function refuseOtherSystem(req: PhysicalBackupRequest, mine: string | undefined, signal: AbortSignal): Promise<void> {
+  if (mine === undefined) return;
+  const keys = await listPhysicalKeys(req.store, { cluster: req.cluster, signal });
+  for (const k of keys.slice(0, 3)) {
+    let theirs: string | undefined;
+    try {
+      theirs = (await loadPhysicalEntry(req.store, k, signal)).manifest.postgres.systemIdentifier;
+    } catch (err) {
+      req.log.debug(`could not read the manifest of backup ${k.id} to compare system identifiers: ${err instanceof Error ? err.message : String(err)}`);
+      continue;
+    }
+    if (theirs === undefined) continue;
+    if (theirs !== mine) {
+      throw new UsageError(`--cluster ${req.cluster} holds backups of another PostgreSQL system (system identifier ${theirs}, backup ${k.id}); this server is system ${mine}: not stored`, {
+        hint: 'each server needs its own --cluster name (for backups and wal-push alike): use another --cluster for this one',
+      });
+    }
+    return;
+  }
 }

@@ -141,6 +141,31 @@ describe('backup --physical', () => {
     expect(swapped.stderr).toContain('describes another backup');
   });
 
+  it('refuses a backup of another PostgreSQL system under a --cluster name that holds one (both identifiers named); nothing of it is stored; its own name works', async () => {
+    const repo = f.path('two-systems');
+    const first = await run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint', '--json']);
+    expect(first.code, first.stderr).toBe(0);
+    const [m] = JSON.parse(first.stdout) as PhysicalManifest[];
+    const other = await startCluster();
+    try {
+      const listing = async (): Promise<string[]> => (await fsp.readdir(path.join(repo, 'cluster=shared', m!.tier))).sort();
+      const before = await listing();
+      const r = await f.run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint'], other.env());
+      expect(r.code, r.stderr).toBe(2);
+      const sysid = (await other.psql('SELECT system_identifier FROM pg_control_system()')).trim();
+      expect(errorLine(r.stderr)).toContain(`--cluster shared holds backups of another PostgreSQL system (system identifier ${m!.postgres.systemIdentifier}, backup ${m!.id}); this server is system ${sysid}`);
+      expect(r.stderr).toContain('use another --cluster');
+      expect(await listing()).toEqual(before);
+      const own = await f.run(['backup', '--physical', '--cluster', 'other', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint'], other.env());
+      expect(own.code, own.stderr).toBe(0);
+      // the same system again under its name: accepted
+      const again = await run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint']);
+      expect(again.code, again.stderr).toBe(0);
+    } finally {
+      await other.stop();
+    }
+  });
+
   it('refuses a role without REPLICATION, naming ALTER ROLE and pg_hba.conf; nothing is stored', async () => {
     await c.psql('CREATE ROLE plain_reader LOGIN');
     const repo = f.path('norepl');
