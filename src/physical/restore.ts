@@ -168,6 +168,8 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
         recovery: recovery ? { action: req.targetAction } : null,
         log: req.log,
         signal: req.signal,
+      }).catch(async (err: unknown) => {
+        throw await restorePointHint(req, chosen, err);
       });
     }
     cleanupNeeded = false;
@@ -192,6 +194,21 @@ export async function runPhysicalRestore(req: PhysicalRestoreRequest): Promise<P
       req.log.warn(`restore failed: the partly restored directory was ${created ? 'removed' : 'emptied'}`, { dir });
     }
   }
+}
+
+/**
+ * A restore point cannot be placed before recovery: `latest` takes the newest backup, and a
+ * restore point created before that backup's end is unreachable from it (recovery ends without
+ * reaching the target). The failure then names the older backups to pass with `--backup`.
+ */
+async function restorePointHint(req: PhysicalRestoreRequest, chosen: PhysicalEntry, err: unknown): Promise<unknown> {
+  if (req.target?.kind !== 'name' || req.selector !== 'latest' || !(err instanceof IntegrityError) || !/recovery of the restored directory failed/.test(err.message)) return err;
+  const older = (await listPhysicalKeys(req.store, { cluster: req.cluster, signal: req.signal }).catch(() => [])).map((k) => k.id).filter((id) => id < chosen.id).sort().reverse();
+  if (older.length === 0) return err;
+  return new IntegrityError(`${err.message}; restore point ${JSON.stringify(req.target.name)} may have been created before backup ${chosen.id} (the newest, which coffer chose) ended, so recovery from it cannot reach it`, {
+    cause: err,
+    hint: `pass --backup with an older backup: ${older.slice(0, 3).join(', ')}${older.length > 3 ? ', …' : ''} (newest first; coffer list --cluster ${req.cluster})`,
+  });
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -147,6 +147,18 @@ describe('timelines', () => {
     await fsp.rm(to, { recursive: true, force: true });
   });
 
+  it('--target-name of a restore point older than the newest backup: the failure names the older backup to pass with --backup, which restores it', async () => {
+    const to = path.join(shared, 'r-name');
+    const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--target-name', 'before_mistake', '--verify']);
+    expect(r.code, r.stderr).toBe(5);
+    expect(errorLine(r.stderr)).toContain(`restore point "before_mistake" may have been created before backup ${backup2}`);
+    expect(r.stderr).toContain(`pass --backup with an older backup: ${backup1}`);
+    const ok = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--target-name', 'before_mistake', '--backup', backup1, '--target-timeline', 'current', '--verify', '--smoke', smokeIds, '--json']);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(restored(ok)).toBe('1,2,3');
+    await fsp.rm(to, { recursive: true, force: true });
+  });
+
   it('a timeline-2 segment missing (the switch segment, the next, a middle one) is refused by restore (exit 5) and named by status (exit 7), at each position', async () => {
     const tl2 = await segments(2);
     expect(tl2.length).toBeGreaterThanOrEqual(4);
