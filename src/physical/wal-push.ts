@@ -16,9 +16,10 @@
  *   holds another file under this name (two clusters archiving under one `--cluster`, or a
  *   restored cluster that was not promoted to a new timeline). PostgreSQL keeps the file and
  *   retries; the log line says what to check. After a successful write the name is listed
- *   again, so a concurrent different push is caught too: of racing different copies the first
- *   stored (earliest time, then smallest key) stays and succeeds, every other push removes the
- *   copy it wrote and exits 5, so wal-fetch never meets two copies made by a race.
+ *   again, so a concurrent different push is caught too: of racing different copies exactly one
+ *   stays: the first stored (earliest time, then smallest key) once the others removed theirs,
+ *   else the one whose push already exited 0 alone; every other push removes the copy it wrote
+ *   and exits 5, so wal-fetch never meets two copies made by a race.
  */
 import type { BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -30,6 +31,9 @@ import { TIER_TAG } from '../retention/lifecycle.js';
 import { holdAt, stallAt } from '../run/faults.js';
 import { encodeWalFileFrom, type EncodedWalFile } from './wal-codec.js';
 import { parseHistory } from './wal-catalog.js';
+
+/** How long the winner of a race of different copies waits for the others to remove theirs before it yields. */
+const RACE_WAIT_MS = 5_000;
 
 /** Largest WAL file read: PostgreSQL's largest segment size (initdb --wal-segsize 1024). */
 export const MAX_WAL_FILE_BYTES = 1024 * 1024 * 1024;
@@ -175,24 +179,41 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const after = await storedCopies(req.store, req.cluster, file, req.signal);
   const raced = after.filter((c) => c.sha256 !== sha256);
   if (raced.length > 0) {
-    // A concurrent push of another copy under this name: exactly one copy may stay. Every racer
-    // sees the same listing once both are stored and agrees on the winner: the first stored
-    // (earliest time), on a tie the smallest key. A loser removes the copy it wrote itself.
-    const winner = [...after].sort((a, b) => a.lastModified.getTime() - b.lastModified.getTime() || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))[0]!;
-    if (winner.sha256 !== sha256) {
-      let removal = '';
-      if (outcome === 'stored') {
-        await req.store.delete(key).then(
-          () => (removal = '; its own copy was removed'),
-          (err: unknown) => (removal = `; its own copy could not be removed (${err instanceof Error ? err.message : String(err)}): remove ${key}`),
-        );
+    // A concurrent push of another copy under this name: exactly one copy may stay. The racers
+    // agree on a winner from the same listing: the first stored (earliest stored time), on a tie
+    // the smallest key. But a stored time is not when a copy became visible (a file store's
+    // mtime is its write, before the exclusive link), and the other push may already have
+    // exited 0 having seen only its own copy: so the winner exits 0 only once the others'
+    // copies are gone (each loser removes its own); if they stay (that push succeeded alone,
+    // or died), it yields: removes its own and exits 5. Never two copies, never a removed
+    // copy whose push exited 0.
+    const order = (x: { key: string; lastModified: Date }, y: { key: string; lastModified: Date }): number => x.lastModified.getTime() - y.lastModified.getTime() || (x.key < y.key ? -1 : x.key > y.key ? 1 : 0);
+    const winner = [...after].sort(order)[0]!;
+    if (winner.sha256 === sha256) {
+      const deadline = Date.now() + RACE_WAIT_MS;
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 100));
+        const now = await storedCopies(req.store, req.cluster, file, req.signal);
+        if (!now.some((c) => c.sha256 !== sha256)) return finish();
+        if (Date.now() >= deadline) break;
       }
-      const e = differentCopy(req, file, sha256, raced.map((c) => c.sha256));
-      throw new IntegrityError(`${e.message.replace(/; not archived, nothing overwritten$/, '; not archived (a concurrent push stored it first)')}${removal}`, { hint: e.hint ?? '' });
     }
+    let removal = '';
+    if (outcome === 'stored') {
+      await req.store.delete(key).then(
+        () => (removal = '; its own copy was removed'),
+        (err: unknown) => (removal = `; its own copy could not be removed (${err instanceof Error ? err.message : String(err)}): remove ${key}`),
+      );
+    }
+    const e = differentCopy(req, file, sha256, raced.map((c) => c.sha256));
+    throw new IntegrityError(`${e.message.replace(/; not archived, nothing overwritten$/, '; not archived (a concurrent push stored another copy)')}${removal}`, { hint: e.hint ?? '' });
   }
-  if (file.endsWith('.history')) await writeTimelineBegin(req, file, path.resolve(req.cwd, req.file));
-  return { ...base, stored: outcome === 'stored' ? bytes.length : 0, outcome };
+  return finish();
+
+  async function finish(): Promise<WalPushResult> {
+    if (file.endsWith('.history')) await writeTimelineBegin(req, file, path.resolve(req.cwd, req.file));
+    return { ...base, stored: outcome === 'stored' ? bytes.length : 0, outcome };
+  }
 }
 
 /**

@@ -303,12 +303,41 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
         const loser = kept === 'A' ? 'B' : 'A';
         expect(codes[kept], stderr[kept]).toBe(0);
         expect(codes[loser], stderr[loser]).toBe(5);
-        expect(errorLine(stderr[loser])).toMatch(/a concurrent push stored it first.*its own copy was removed/);
+        expect(errorLine(stderr[loser])).toMatch(/a concurrent push stored another copy.*its own copy was removed/);
         const back = await fetch(cluster, SEG1, path.join(dir, 'back'));
         expect(back.code, back.stderr).toBe(0);
         expect((await fsp.readFile(path.join(dir, 'back'))).equals(data[kept])).toBe(true);
       });
     }
+
+    // The stored time is not when a copy became visible (a file's mtime is its write, before the
+    // exclusive link): A stores and exits 0 alone; B, listed before A stored, then stores a copy
+    // whose stored time is earlier than A's. B wins by the rule, but A's push has exited 0: B
+    // waits for A's copy to go, it stays, B yields and removes its own.
+    it.runIf(repo.kind === 'file')('a push that exited 0 alone keeps its copy even when the later copy carries the earlier stored time', async () => {
+      const dir = f.path(`${repo.kind}-race-alone`);
+      await fsp.mkdir(path.join(dir, 'A'), { recursive: true });
+      await fsp.mkdir(path.join(dir, 'B'), { recursive: true });
+      const data = { A: walBytes(400), B: walBytes(401) };
+      await fsp.writeFile(path.join(dir, 'A', SEG1), data.A);
+      await fsp.writeFile(path.join(dir, 'B', SEG1), data.B);
+      let errB = '';
+      const b = startCoffer(['wal-push', '--cluster', 'racealone', '--to', repo.url(), '--recipient', f.recipient, path.join(dir, 'B', SEG1)], {
+        env: { ...f.env(), COFFER_TEST_FAULTS: 'hold-wal-push=listed', COFFER_TEST_RELEASE: path.join(dir, 'release-B') },
+      });
+      b.stderr!.on('data', (x: Buffer) => (errB += x.toString()));
+      while (!errB.includes('held at listed')) await new Promise((r) => setTimeout(r, 20));
+      const a = await push('racealone', path.join(dir, 'A', SEG1));
+      expect(a.code, a.stderr).toBe(0);
+      const [keyA] = await repo.keys(walPrefix('racealone', SEG1));
+      const later = new Date(Date.now() + 60_000);
+      await fsp.utimes(f.path('repo', ...keyA!.split('/')), later, later);
+      await fsp.writeFile(path.join(dir, 'release-B.listed'), '');
+      const rb = await b;
+      expect(rb.exitCode, errB).toBe(5);
+      expect(errorLine(errB)).toMatch(/a concurrent push stored another copy.*its own copy was removed/);
+      expect(await repo.keys(walPrefix('racealone', SEG1))).toEqual([keyA]);
+    });
 
     it('identical copies racing both succeed, one object', async () => {
       const dir = f.path(`${repo.kind}-race-same`);
