@@ -221,6 +221,7 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
  * WAL begins (the one holding the switch point, {@link timelineBeginKey}), so that `status` sees
  * a missing first segment. The segment size is that of the segments beside the file in pg_wal;
  * with none there, no marker is written (status then cannot see that one gap; restore can).
+ * Nor is one when its write fails: said on stderr, the push still succeeds.
  */
 async function writeTimelineBegin(req: WalPushRequest, file: string, abs: string): Promise<void> {
   const timeline = Number.parseInt(file.slice(0, 8), 16);
@@ -246,6 +247,9 @@ async function writeTimelineBegin(req: WalPushRequest, file: string, abs: string
   try {
     await req.store.putBytes(timelineBeginKey(req.cluster, timeline, segmentOfLsn(lsn, timeline, segmentBytes)), new Uint8Array(0), { signal: req.signal, tags: { [TIER_TAG]: WAL_TIER }, contentType: 'application/octet-stream' });
   } catch (err) {
-    if (!(err instanceof StorageError && err.code === 'Exists')) throw err;
+    // Best effort: the .history file itself is stored; a marker that cannot be written (a
+    // narrower write policy) must not stop archiving: status then cannot see that one gap.
+    req.signal.throwIfAborted();
+    if (!(err instanceof StorageError && err.code === 'Exists')) process.stderr.write(`coffer wal-push: the timeline begin marker of ${file} was not stored (${err instanceof Error ? err.message : String(err)}); status cannot check where timeline ${timeline} begins\n`);
   }
 }
