@@ -132,8 +132,8 @@ const cases: Case[] = [
   { group: 'manifest', name: 'wrong version: restore', args: () => restore('--backup', BAD_IDS.wrongVersion), code: 5, msg: /manifest/ },
   { group: 'manifest', name: 'not JSON: restore', args: () => restore('--backup', BAD_IDS.notJson), code: 5, msg: /manifest/ },
   { group: 'manifest', name: 'not JSON: verify', args: () => ['verify', '--from', repo(), '--identity', f.identityFile, '--backup', BAD_IDS.notJson], code: 5, msg: /manifest/ },
-  { group: 'manifest', name: 'pointing at a missing object: restore', args: () => restore('--backup', BAD_IDS.missingObject), code: 4, msg: /no such object/ },
-  { group: 'manifest', name: 'pointing at a missing object: verify', args: () => ['verify', '--from', repo(), '--identity', f.identityFile, '--backup', BAD_IDS.missingObject], code: 4, msg: /no such object/ },
+  { group: 'manifest', name: 'pointing at a missing object: restore', args: () => restore('--backup', BAD_IDS.missingObject), code: 4, msg: /the dump object of backup \S+ is missing \(deleted or expired\?\)/ },
+  { group: 'manifest', name: 'pointing at a missing object: verify', args: () => ['verify', '--from', repo(), '--identity', f.identityFile, '--backup', BAD_IDS.missingObject], code: 4, msg: /the dump object of backup \S+ is missing \(deleted or expired\?\)/ },
   // Names.
   { group: 'name', name: 'hostile --db that does not exist', args: () => ['backup', '--to', repo(), '--db', `nope${hostileTarget}`, '--recipient', f.recipient], code: 3, msg: /does not exist/ },
   { group: 'name', name: 'empty --target-db', args: () => restore().slice(0, -2).concat(['--target-db', '']), code: 2, msg: /--target-db/ },

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { errorLine } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
+import { createDatabase, uniqueDbName } from '../harness/pg.js';
 import { decodeManifest, encodeManifest, type BackupManifest } from '../../src/catalog/manifest.js';
 import { backupKeys, compactTimestamp, encodeDbSegment, type Tier } from '../../src/catalog/layout.js';
 
@@ -51,6 +52,20 @@ beforeAll(() => {
   repo = f.path('repo');
 });
 
+/**
+ * A database of its own (an empty one, named `<prefix>_…`) and a real backup of it of each kind,
+ * in a repository of their own (`source`): copies of a backup under another database would not be
+ * backups of it (verify and restore refuse an archive whose header names another database).
+ */
+async function realDatabase(prefix: string): Promise<{ name: string; source: string; full: BackupManifest; schema: BackupManifest; data: BackupManifest }> {
+  const name = f.dropAtEnd(await createDatabase(f.pg, uniqueDbName(prefix), 'empty'));
+  const source = f.path(`real-${name}`);
+  const full = await f.backup(source, name);
+  const schema = await f.backup(source, name, ['--schema-only']);
+  const data = await f.backup(source, name, ['--data-only']);
+  return { name, source, full, schema, data };
+}
+
 describe('tier promotion through the CLI', () => {
   it('the first backup of the month is monthly, the next one daily', async () => {
     real = [await backup(), await backup()];
@@ -70,10 +85,11 @@ describe('coffer prune', () => {
     const d40 = await fakeBackup(recentDaily!, f.db, 'daily', 40, 3);
     const orphan = await fakeBackup(recentDaily!, f.db, 'daily', 45, 4, { manifest: false }); // a failed run's leftover
     // Database `archive`: every backup is older than the policy; min-keep 3 keeps both.
-    const a1 = await fakeBackup(recentDaily!, 'archive', 'daily', 100, 5);
-    const a2 = await fakeBackup(recentDaily!, 'archive', 'weekly', 200, 6);
+    const archive = await realDatabase('archive');
+    const a1 = await fakeBackup(archive.full, archive.name, 'daily', 100, 5, { source: archive.source });
+    const a2 = await fakeBackup(archive.full, archive.name, 'weekly', 200, 6, { source: archive.source });
     // Files that are not coffer's, some of them looking almost like it.
-    const unrelated = ['notes.txt', `${encodeDbSegment(f.db)}/daily/README`, `${encodeDbSegment(f.db)}/yearly/20200101T000000Z-00000001.dump.age`, 'other/20200101T000000Z-00000001.manifest.json', 'archive/daily/20200101T000000Z-zzzz.dump.age'];
+    const unrelated = ['notes.txt', `${encodeDbSegment(f.db)}/daily/README`, `${encodeDbSegment(f.db)}/yearly/20200101T000000Z-00000001.dump.age`, 'other/20200101T000000Z-00000001.manifest.json', `${encodeDbSegment(archive.name)}/daily/20200101T000000Z-zzzz.dump.age`];
     for (const f of unrelated) {
       await fsp.mkdir(path.dirname(path.join(repo, f)), { recursive: true });
       await fsp.writeFile(path.join(repo, f), `not coffer's: ${f}\n`);
@@ -108,7 +124,7 @@ describe('coffer prune', () => {
     const ids = (JSON.parse(list.stdout) as Array<{ id: string }>).map((b) => b.id).sort();
     expect(ids).toEqual([real[0]!.id, real[1]!.id, d20, a1, a2].sort());
     // The backups kept by min-keep are real, readable backups.
-    const v = await f.run(['verify', '--from', repo, '--db', 'archive', '--backup', a2, '--identity', f.identityFile]);
+    const v = await f.run(['verify', '--from', repo, '--db', archive.name, '--backup', a2, '--identity', f.identityFile]);
     expect(v.code, v.stderr).toBe(0);
 
     // A second prune has nothing left to do.
@@ -153,62 +169,61 @@ describe('coffer prune', () => {
   });
 
   it('--min-keep keeps full backups apart: schema-only and data-only backups never stand in for a full one', async () => {
-    // Real backups of each kind (in a repository of their own), copied under other databases and times.
-    const source = f.path('kinds-source');
-    const full = await f.backup(source, f.db);
-    const schema = await f.backup(source, f.db, ['--schema-only']);
-    const data = await f.backup(source, f.db, ['--data-only']);
-    expect([full.kind, schema.kind, data.kind]).toEqual(['custom', 'schema-only', 'data-only']);
+    // Real backups of each kind of four databases (each in a repository of its own), copied under other times.
+    const [ledgerDb, booksDb, crmDb, mixedDb] = await Promise.all(['ledger', 'books', 'crm', 'mixed'].map((p) => realDatabase(p)));
+    expect([ledgerDb!.full.kind, ledgerDb!.schema.kind, ledgerDb!.data.kind]).toEqual(['custom', 'schema-only', 'data-only']);
     const r = f.path('kinds');
-    const copy = (from: BackupManifest, db: string, tier: Tier, daysAgo: number, n: number) => fakeBackup(from, db, tier, daysAgo, n, { source, into: r });
+    const copy = (kind: 'full' | 'schema' | 'data', db: Awaited<ReturnType<typeof realDatabase>>, tier: Tier, daysAgo: number, n: number) => fakeBackup(db[kind], db.name, tier, daysAgo, n, { source: db.source, into: r });
+    const [ledger, books, crm, mixed] = [ledgerDb!, booksDb!, crmDb!, mixedDb!];
+    const seg = (db: { name: string }): string => encodeDbSegment(db.name);
     // `ledger`: its only full backup is 32 days old (daily: 14 days), three schema-only ones are recent.
-    const ledgerFull = await copy(full, 'ledger', 'daily', 32, 1);
-    for (const n of [1, 2, 3]) await copy(schema, 'ledger', 'daily', n, 10 + n);
+    const ledgerFull = await copy('full', ledger, 'daily', 32, 1);
+    for (const n of [1, 2, 3]) await copy('schema', ledger, 'daily', n, 10 + n);
     // `books`: four old full backups, three recent schema-only and three recent data-only ones.
     const booksFull: string[] = [];
-    for (const [i, d] of [40, 50, 60, 70].entries()) booksFull.push(await copy(full, 'books', 'daily', d, 20 + i));
-    for (const n of [1, 2, 3]) await copy(schema, 'books', 'daily', n, 30 + n);
-    for (const n of [1, 2, 3]) await copy(data, 'books', 'daily', n, 40 + n);
+    for (const [i, d] of [40, 50, 60, 70].entries()) booksFull.push(await copy('full', books, 'daily', d, 20 + i));
+    for (const n of [1, 2, 3]) await copy('schema', books, 'daily', n, 30 + n);
+    for (const n of [1, 2, 3]) await copy('data', books, 'daily', n, 40 + n);
     // `crm`: a recent full backup; old partial ones keep their own newest one (min-keep 1).
-    await copy(full, 'crm', 'daily', 1, 50);
-    const crmData = [await copy(data, 'crm', 'daily', 30, 51), await copy(data, 'crm', 'daily', 40, 52)];
-    const crmSchema = [await copy(schema, 'crm', 'daily', 35, 53), await copy(schema, 'crm', 'daily', 45, 54)];
+    await copy('full', crm, 'daily', 1, 50);
+    const crmData = [await copy('data', crm, 'daily', 30, 51), await copy('data', crm, 'daily', 40, 52)];
+    const crmSchema = [await copy('schema', crm, 'daily', 35, 53), await copy('schema', crm, 'daily', 45, 54)];
     // `mixed`: a recent manifest that says full over plain SQL (restore refuses it) is no full backup.
-    const mixedFull = await copy(full, 'mixed', 'daily', 30, 60);
-    const liar = await copy(schema, 'mixed', 'daily', 1, 61);
-    const liarKey = path.join(r, 'mixed', 'daily', `${liar}.manifest.json`);
+    const mixedFull = await copy('full', mixed, 'daily', 30, 60);
+    const liar = await copy('schema', mixed, 'daily', 1, 61);
+    const liarKey = path.join(r, seg(mixed), 'daily', `${liar}.manifest.json`);
     await fsp.writeFile(liarKey, encodeManifest({ ...decodeManifest(await fsp.readFile(liarKey), liarKey), kind: 'custom' }));
 
     const deleted = (stdout: string): string[] => stdout.trim().split('\n').filter(Boolean).map((l) => l.replace(/^delete /, '')).sort();
     const manifests = (keys: string[]): string[] => keys.filter((k) => k.endsWith('.manifest.json')).sort();
     const dry = await f.run(['prune', '--from', r, '--dry-run', '--min-keep', '3']);
     expect(dry.code, dry.stderr).toBe(0);
-    expect(manifests(deleted(dry.stdout))).toEqual([`books/daily/${booksFull[3]}.manifest.json`]);
+    expect(manifests(deleted(dry.stdout))).toEqual([`${seg(books)}/daily/${booksFull[3]}.manifest.json`]);
     const dryJson = await f.run(['prune', '--from', r, '--dry-run', '--min-keep', '3', '--json']);
     expect(dryJson.code, dryJson.stderr).toBe(0);
-    const ledger = (JSON.parse(dryJson.stdout) as { decisions: Array<{ id: string; action: string; reason: string }> }).decisions.find((d) => d.id === ledgerFull);
-    expect(ledger).toMatchObject({ action: 'keep', reason: 'one of the newest 3 good full backups (min-keep)' });
+    const ledgerDecision = (JSON.parse(dryJson.stdout) as { decisions: Array<{ id: string; action: string; reason: string }> }).decisions.find((d) => d.id === ledgerFull);
+    expect(ledgerDecision).toMatchObject({ action: 'keep', reason: 'one of the newest 3 good full backups (min-keep)' });
 
     const one = await f.run(['prune', '--from', r, '--min-keep', '1', '--json']);
     expect(one.code, one.stderr).toBe(0);
     const plan = JSON.parse(one.stdout) as { deleted: string[] };
     expect(manifests(plan.deleted)).toEqual(
-      [...booksFull.slice(1).map((id) => `books/daily/${id}.manifest.json`), `crm/daily/${crmData[1]}.manifest.json`, `crm/daily/${crmSchema[1]}.manifest.json`].sort(),
+      [...booksFull.slice(1).map((id) => `${seg(books)}/daily/${id}.manifest.json`), `${seg(crm)}/daily/${crmData[1]}.manifest.json`, `${seg(crm)}/daily/${crmSchema[1]}.manifest.json`].sort(),
     );
     // Every database still restores its newest full backup (`latest`), and the partial ones of each kind are there.
-    for (const db of ['ledger', 'books', 'crm', 'mixed']) {
+    for (const db of [ledger.name, books.name, crm.name, mixed.name]) {
       const v = await f.run(['verify', '--from', r, '--db', db, '--identity', f.identityFile]);
       expect(v.code, `${db}: ${v.stderr}`).toBe(0);
     }
     const list = await f.run(['list', '--from', r, '--json']);
     expect(list.code, list.stderr).toBe(0);
     const left = (JSON.parse(list.stdout) as Array<{ database: string; id: string }>).map((b) => `${b.database} ${b.id}`).sort();
-    expect(left.filter((b) => b.startsWith('ledger '))).toHaveLength(4);
-    expect(left.filter((b) => b.startsWith('books '))).toHaveLength(7);
-    expect(left).toContain(`books ${booksFull[0]}`);
-    expect(left.filter((b) => b.startsWith('crm '))).toHaveLength(3);
-    expect(left).toEqual(expect.arrayContaining([`crm ${crmData[0]}`, `crm ${crmSchema[0]}`]));
-    expect(left.filter((b) => b.startsWith('mixed '))).toEqual([`mixed ${mixedFull}`, `mixed ${liar}`].sort());
+    expect(left.filter((b) => b.startsWith(`${ledger.name} `))).toHaveLength(4);
+    expect(left.filter((b) => b.startsWith(`${books.name} `))).toHaveLength(7);
+    expect(left).toContain(`${books.name} ${booksFull[0]}`);
+    expect(left.filter((b) => b.startsWith(`${crm.name} `))).toHaveLength(3);
+    expect(left).toEqual(expect.arrayContaining([`${crm.name} ${crmData[0]}`, `${crm.name} ${crmSchema[0]}`]));
+    expect(left.filter((b) => b.startsWith(`${mixed.name} `))).toEqual([`${mixed.name} ${mixedFull}`, `${mixed.name} ${liar}`].sort());
   });
 
   it('--min-keep does not count a backup that coffer rekey replaced (the same data as its replacement)', async () => {
