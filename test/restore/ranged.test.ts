@@ -21,6 +21,7 @@ import type { BackupManifest } from '../../src/catalog/manifest.js';
 import { ArchiveOffsetScanner, hasDataBlock, scanArchiveFile } from '../../src/pg/archive-offsets.js';
 import { DataBlockFinder } from '../../src/catalog/archive-index.js';
 import { generateIdentity } from '../../src/crypto/age.js';
+import { unionLength } from '../harness/spans.js';
 
 const f = useFixture({ name: 'ranged', s3: true, db: 'empty' });
 const pg = f.pg;
@@ -80,17 +81,6 @@ function framesToObject(f0: number, f1: number): [number, number] {
   return [payload + Math.floor(cs / CHUNK) * SEALED, Math.min(payload + (Math.floor((ce - 1) / CHUNK) + 1) * SEALED, fileManifest.dump.size)];
 }
 
-/** Length of the union of [start, end) spans. */
-function unionLength(spans: Array<[number, number]>): number {
-  let total = 0;
-  let end = -1;
-  for (const [a, b] of [...spans].sort((x, y) => x[0] - y[0])) {
-    if (b <= end) continue;
-    total += b - Math.max(a, end);
-    end = b;
-  }
-  return total;
-}
 
 async function flipByte(file: string, at: number): Promise<() => Promise<void>> {
   const fh = await fsp.open(file, 'r+');
