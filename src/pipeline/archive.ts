@@ -351,7 +351,7 @@ export class ArchiveCheck {
       if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
       this.scanned = scan.layout;
       const other = this.expected?.database === undefined ? undefined : otherDatabase(this.scanner.headerStrings(), this.expected.database);
-      if (other) return new IntegrityError(other, { hint: 'this backup is not a copy of the database; use another backup' });
+      if (other) return new IntegrityError(other, { hint: 'this backup is not a copy of the database its manifest names; use another backup, or, if this archive is the one you want, restore its object by itself: coffer restore --file <object> (no manifest is checked)' });
       const missing = missingDataBlocks(scan.layout);
       if (missing.length > 0) return damaged(`the custom archive ends without the data of ${missing.length} of its table-of-contents entries (first: entry ${missing[0]})`);
     } else if (this.format === 'tar') {
