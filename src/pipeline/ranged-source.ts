@@ -70,17 +70,23 @@ export interface RangedDownload {
   transferred: number;
 }
 
-/** Total length of the union of `spans` ([start, end) pairs). */
+/** Total length of the union of `spans` ([start, end) pairs, sorted by start: no copy, no sort, as it runs on every chunk). */
 function unionLength(spans: ReadonlyArray<readonly [number, number]>): number {
-  const sorted = [...spans].filter(([a, b]) => b > a).sort((x, y) => x[0] - y[0]);
   let total = 0;
   let end = -1;
-  for (const [a, b] of sorted) {
+  for (const [a, b] of spans) {
     if (b <= end) continue;
     total += b - Math.max(a, end);
     end = b;
   }
   return total;
+}
+
+/** Inserts `span` into `spans`, which stay sorted by start. */
+function insertSorted(spans: Array<[number, number]>, span: [number, number]): void {
+  let i = spans.length;
+  while (i > 0 && spans[i - 1]![0] > span[0]) i--;
+  spans.splice(i, 0, span);
 }
 
 /** Whether this backup can be restored selectively with ranged reads. */
@@ -98,6 +104,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   if (!hasIndex(m)) return undefined;
   // The dump object's spans fetched (reads overlap: the header's read and the first frames', two
   // groups sharing a chunk): the download is their union; what crossed the network is counted apart.
+  // Kept sorted by start, so that the union is one pass on each progress callback.
   const spans: Array<[number, number]> = [];
   let indexBytes = 0;
   let transferred = 0;
@@ -107,7 +114,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
   const counted = (start?: number): ((n: number) => void) => {
     requests++;
     const span: [number, number] = [start ?? 0, start ?? 0];
-    if (start !== undefined) spans.push(span);
+    if (start !== undefined) insertSorted(spans, span);
     let seen = 0;
     return (n) => {
       transferred += n - seen;
