@@ -580,9 +580,15 @@ function indexedDump(req: BackupRequest, level: number, args: string[], env: Nod
   };
 }
 
+/** Per set of tools (one per run, shared by its databases): whether pg_dump is a script, read once. */
+const scriptDump = new WeakMap<PgTools, boolean>();
+
 /** pg_dump runs through a wrapper: `--pg-dump-command`, or a script in its place (`--pg-bin`). */
 function dumpWrapped(req: BackupRequest, env: NodeJS.ProcessEnv): boolean {
-  return !!req.tools.pgDumpWrapped || isScriptProgram(req.tools.pgDump[0]!, env);
+  if (req.tools.pgDumpWrapped) return true;
+  let script = scriptDump.get(req.tools);
+  if (script === undefined) scriptDump.set(req.tools, (script = isScriptProgram(req.tools.pgDump[0]!, env)));
+  return script;
 }
 
 /** The two pipes of a threaded dump tap: pg_dump writes `dump`, pzstd reads `compress`. */
