@@ -179,7 +179,6 @@ export async function runPhysicalBackupCommand(flags: PhysicalFlags, common: Phy
     });
   } catch (err) {
     failure = err;
-    if (ctx.signal.aborted) notifier.stopping();
     await notifier.failure(formatErrorLine(err));
     throw err;
   } finally {

@@ -273,11 +273,9 @@ async function backupCommand(flags: Values<typeof options>, ctx: CliContext): Pr
 
   const failed = outcomes.filter((o) => o.error !== undefined);
   const error = fatal ?? (failed.length === 0 ? undefined : failed.length === 1 && outcomes.length === 1 ? failed[0]!.error : summaryError(failed, outcomes.length));
-  if (ctx.signal.aborted) {
-    // Stopped: exit within seconds. The failure ping first (it is what alerts), then the rest.
-    notifier.stopping();
-    if (error !== undefined) await notifier.failure(formatErrorLine(error));
-  }
+  // Stopped: exit within seconds (the notifier follows the run's signal and keeps to its stop
+  // budget). The failure ping first (it is what alerts), then the rest.
+  if (ctx.signal.aborted && error !== undefined) await notifier.failure(formatErrorLine(error));
   await report(ctx, store.location, outcomes, notifier, metricsFile);
   // The backups that were made are reported even when others of the run failed.
   if (flags.json && (results.length > 0 || error === undefined)) ctx.stdout(`${JSON.stringify(results.map((r) => r.manifest), null, 2)}\n`);
