@@ -113,23 +113,24 @@ afterAll(async () => {
 const smokeIds = 'SELECT string_agg(id::text, \',\' ORDER BY id) FROM t';
 const restored = (r: { stdout: string }): string => (JSON.parse(r.stdout) as { verified: { smoke: Array<{ result: string }> } }).verified.smoke[0]!.result;
 
+/** Restores `backup` into a new directory with --verify, checks it exits 0 with `rows`, and returns the recovery settings it wrote. */
+async function restoreRows(dir: string, backup: string, extra: string[], rows: string): Promise<string> {
+  const to = path.join(shared, dir);
+  const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup, ...extra, '--verify', '--smoke', smokeIds, '--json']);
+  expect(r.code, r.stderr).toBe(0);
+  expect(restored(r)).toBe(rows);
+  const conf = await fsp.readFile(path.join(to, 'postgresql.auto.conf'), 'utf8');
+  await fsp.rm(to, { recursive: true, force: true });
+  return conf;
+}
+
 describe('timelines', () => {
   it('the first backup, restored without a target, follows timeline 2 (forked after its end): the promoted copy\'s rows', async () => {
-    const to = path.join(shared, 'r-tl2');
-    const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup1, '--verify', '--smoke', smokeIds, '--json']);
-    expect(r.code, r.stderr).toBe(0);
-    expect(restored(r)).toBe('1,2,3,100,101,102');
-    expect(await fsp.readFile(path.join(to, 'postgresql.auto.conf'), 'utf8')).toContain("recovery_target_timeline = '2'");
-    await fsp.rm(to, { recursive: true, force: true });
+    expect(await restoreRows('r-tl2', backup1, [], '1,2,3,100,101,102')).toContain("recovery_target_timeline = '2'");
   });
 
   it('a backup of timeline 1 taken after timeline 2 forked restores on timeline 1 (not \'latest\'), with every row of timeline 1', async () => {
-    const to = path.join(shared, 'r-tl1');
-    const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup2, '--verify', '--smoke', smokeIds, '--json']);
-    expect(r.code, r.stderr).toBe(0);
-    expect(restored(r)).toBe('1,2,3,4,5,6,7,8');
-    expect(await fsp.readFile(path.join(to, 'postgresql.auto.conf'), 'utf8')).toContain("recovery_target_timeline = 'current'");
-    await fsp.rm(to, { recursive: true, force: true });
+    expect(await restoreRows('r-tl1', backup2, [], '1,2,3,4,5,6,7,8')).toContain("recovery_target_timeline = 'current'");
   });
 
   it('a target time after the fork is refused (exit 2) while timeline 1 holds WAL past it; --target-timeline says which', async () => {
@@ -137,14 +138,8 @@ describe('timelines', () => {
     const r = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup1, '--target-time', t5]);
     expect(r.code, r.stderr).toBe(2);
     expect(errorLine(r.stderr)).toMatch(/may lie after timeline 2 forked from timeline 1 .* --target-timeline current .* --target-timeline 2/);
-    const one = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup1, '--target-time', t5, '--target-timeline', 'current', '--verify', '--smoke', smokeIds, '--json']);
-    expect(one.code, one.stderr).toBe(0);
-    expect(restored(one)).toBe('1,2,3,4,5');
-    await fsp.rm(to, { recursive: true, force: true });
-    const two = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--backup', backup1, '--target-time', t5, '--target-timeline', '2', '--verify', '--smoke', smokeIds, '--json']);
-    expect(two.code, two.stderr).toBe(0);
-    expect(restored(two)).toBe('1,2,3');
-    await fsp.rm(to, { recursive: true, force: true });
+    await restoreRows('r-t5', backup1, ['--target-time', t5, '--target-timeline', 'current'], '1,2,3,4,5');
+    await restoreRows('r-t5', backup1, ['--target-time', t5, '--target-timeline', '2'], '1,2,3');
   });
 
   it('--target-name of a restore point older than the newest backup: the failure names the older backup to pass with --backup, which restores it', async () => {
@@ -153,10 +148,7 @@ describe('timelines', () => {
     expect(r.code, r.stderr).toBe(5);
     expect(errorLine(r.stderr)).toContain(`restore point "before_mistake" may have been created before backup ${backup2}`);
     expect(r.stderr).toContain(`pass --backup with an older backup: ${backup1}`);
-    const ok = await coffer(['restore', '--physical', '--cluster', 'main', '--from', repo, '--identity', identity, '--to-dir', to, '--target-name', 'before_mistake', '--backup', backup1, '--target-timeline', 'current', '--verify', '--smoke', smokeIds, '--json']);
-    expect(ok.code, ok.stderr).toBe(0);
-    expect(restored(ok)).toBe('1,2,3');
-    await fsp.rm(to, { recursive: true, force: true });
+    await restoreRows('r-name', backup1, ['--target-name', 'before_mistake', '--target-timeline', 'current'], '1,2,3');
   });
 
   it('a timeline-2 segment missing (the switch segment, the next, a middle one) is refused by restore (exit 5) and named by status (exit 7), at each position', async () => {
