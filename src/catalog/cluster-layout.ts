@@ -183,6 +183,26 @@ export function timelineBeginKey(cluster: string, timeline: number, segment: str
   return `${clusterPrefix(cluster)}timeline/${timeline.toString(16).toUpperCase().padStart(8, '0')}.begins.${segment}`;
 }
 
+/**
+ * Key of a cluster's system marker (`cluster=<name>/system/<system identifier>`, empty): the
+ * PostgreSQL system whose WAL and backups the name holds, written by the first wal-push or
+ * physical backup. In the key, not the body, so that a backup host that may list but not read
+ * (the writer policy) can check it. Not secret: pg_control_system()'s system_identifier.
+ */
+export function systemMarkerKey(cluster: string, systemIdentifier: string): string {
+  return `${systemMarkerPrefix(cluster)}${systemIdentifier}`;
+}
+
+/** Prefix listing a cluster's system markers. */
+export function systemMarkerPrefix(cluster: string): string {
+  return `${clusterPrefix(cluster)}system/`;
+}
+
+/** The system identifier of a system marker's key; `undefined` for anything else. */
+export function parseSystemMarkerKey(key: string): string | undefined {
+  return /\/system\/(\d{1,20})$/.exec(key)?.[1];
+}
+
 /** Parses a timeline begin marker's key; `undefined` for anything else. */
 export function parseTimelineBeginKey(key: string): { timeline: number; segment: string } | undefined {
   const m = /\/timeline\/([0-9A-F]{8})\.begins\.([0-9A-F]{24})$/.exec(key);

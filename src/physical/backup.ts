@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { pipeline, Transform } from 'node:stream';
 import { physicalKeys, type PhysicalKind } from '../catalog/cluster-layout.js';
 import { newBackupId } from '../catalog/layout.js';
-import { listPhysicalKeys, loadPhysicalEntry } from '../catalog/physical-catalog.js';
+import { listPhysicalKeys } from '../catalog/physical-catalog.js';
 import { encodePhysicalManifest, type Attachment, type PhysicalManifest, type PhysicalObject } from '../catalog/physical-manifest.js';
 import { errnoWords, IntegrityError, UsageError } from '../errors.js';
 import { missingTool } from '../pg/tools.js';
@@ -33,6 +33,7 @@ import { interruptedBy } from '../run/abort.js';
 import { Supervisor, toolEnv, type Child } from '../run/supervisor.js';
 import { COFFER_VERSION } from '../version.js';
 import { TarWalk, type TarWalkOptions, type TarWalkResult } from './tar-walk.js';
+import { checkSystem, recordSystem } from './system-marker.js';
 
 /** What the manifest says of the cluster and its WAL, from the source and its walked tar. */
 export interface SourceFacts {
@@ -121,7 +122,11 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     if (sup.failed) throw sup.cause();
     if (!facts) throw new Error('internal: the source reported nothing');
     warnings.push(...facts.warnings);
-    await refuseOtherSystem(req, facts.postgres.systemIdentifier, sup.signal);
+    const system = facts.postgres.systemIdentifier === undefined ? undefined : { store: req.store, cluster: req.cluster, systemIdentifier: facts.postgres.systemIdentifier, what: 'this server', usage: true, signal: sup.signal };
+    // One --cluster name holds one PostgreSQL system (src/physical/system-marker.ts): another
+    // is refused before the manifest is written (the objects already stored are removed);
+    // otherwise both would archive WAL under one name. The first backup of a name records it.
+    const recordAfter = system !== undefined && (await checkSystem(system));
 
     const finishedAt = now();
     const manifest: PhysicalManifest = {
@@ -151,6 +156,11 @@ export async function runPhysicalBackup(req: PhysicalBackupRequest): Promise<Phy
     committing = true;
     await commitManifest(req.store, req.log, keys.manifest, encodePhysicalManifest(manifest), { retention, tags, signer: req.signer }, stored);
     if (req.signal.aborted) req.log.warn('the stop signal came after the backup was committed: the backup is complete', { cluster: req.cluster, id });
+    if (recordAfter && !req.signal.aborted) {
+      await recordSystem({ ...system!, signal: req.signal }, (line) => req.log.warn(line, { cluster: req.cluster })).catch((err: unknown) => {
+        req.log.warn(err instanceof Error ? err.message.replace(/; not stored$/, '') : String(err), { cluster: req.cluster });
+      });
+    }
     req.log.info('physical backup complete', {
       cluster: req.cluster,
       kind: manifest.kind,
@@ -248,33 +258,4 @@ function fileProducer(sup: Supervisor, file: string, onSha256: (hex: string) => 
       return Promise.resolve({ dumpBytes: n });
     },
   };
-}
-
-/**
- * One --cluster name holds one PostgreSQL system: a backup of a server whose system identifier
- * differs from the one the name's newest backup recorded is refused before its manifest is
- * written (the objects already stored are removed). Otherwise both would archive WAL under one
- * name, and a restore would meet the other system's segments. The newest backup's manifest is
- * read; where the credentials cannot read it (a backup host without GetObject), the check is
- * skipped with a debug line.
- */
-async function refuseOtherSystem(req: PhysicalBackupRequest, mine: string | undefined, signal: AbortSignal): Promise<void> {
-  if (mine === undefined) return;
-  const keys = await listPhysicalKeys(req.store, { cluster: req.cluster, signal });
-  for (const k of keys.slice(0, 3)) {
-    let theirs: string | undefined;
-    try {
-      theirs = (await loadPhysicalEntry(req.store, k, signal)).manifest.postgres.systemIdentifier;
-    } catch (err) {
-      req.log.debug(`could not read the manifest of backup ${k.id} to compare system identifiers: ${err instanceof Error ? err.message : String(err)}`);
-      continue;
-    }
-    if (theirs === undefined) continue;
-    if (theirs !== mine) {
-      throw new UsageError(`--cluster ${req.cluster} holds backups of another PostgreSQL system (system identifier ${theirs}, backup ${k.id}); this server is system ${mine}: not stored`, {
-        hint: 'each server needs its own --cluster name (for backups and wal-push alike): use another --cluster for this one',
-      });
-    }
-    return;
-  }
 }

@@ -20,6 +20,9 @@
  *   stays: the first stored (earliest time, then smallest key) once the others removed theirs,
  *   else the one whose push already exited 0 alone; every other push removes the copy it wrote
  *   and exits 5, so wal-fetch never meets two copies made by a race.
+ * - **A segment of another PostgreSQL system is a failure** (exit 5, nothing stored): the
+ *   system identifier in its first page must be the one the cluster name records
+ *   (src/physical/system-marker.ts); the first push records it.
  */
 import type { BigIntStats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
@@ -31,6 +34,7 @@ import { TIER_TAG } from '../retention/lifecycle.js';
 import { holdAt, stallAt } from '../run/faults.js';
 import { encodeWalFileFrom, type EncodedWalFile } from './wal-codec.js';
 import { parseHistory } from './wal-catalog.js';
+import { checkSystem, recordSystem, segmentSystemId, WAL_LONG_HEADER_BYTES } from './system-marker.js';
 
 /** How long the winner of a race of different copies waits for the others to remove theirs before it yields. */
 const RACE_WAIT_MS = 5_000;
@@ -127,6 +131,7 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const fh = await fsp.open(abs, 'r').catch(cannotRead);
   let encoded: EncodedWalFile;
   let identity: string;
+  let systemIdentifier: string | undefined;
   try {
     const st = await fh.stat({ bigint: true }).catch(cannotRead);
     if (!st.isFile()) throw new UsageError(`${abs} is not a regular file`);
@@ -137,6 +142,11 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
       throw new UsageError(`${abs} is ${st.size} bytes: not a WAL segment (segments are a power of two from 1 MiB to 1 GiB); not archived`, { hint: 'archive only files PostgreSQL hands to archive_command (%p)' });
     }
     identity = fileIdentity(st);
+    if (/^[0-9A-F]{24}(\.partial)?$/.test(file)) {
+      const head = Buffer.alloc(WAL_LONG_HEADER_BYTES);
+      const { bytesRead } = await fh.read(head, 0, head.length, 0).catch(cannotRead);
+      systemIdentifier = segmentSystemId(head.subarray(0, bytesRead), Number(st.size));
+    }
     encoded = await encodeWalFileFrom(fh, req.recipients, req.level, { env: req.env, signal: req.signal }).catch((err: unknown) => {
       if (err instanceof UsageError || !('code' in (err as object))) throw err;
       return cannotRead(err);
@@ -154,6 +164,10 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
   const key = walKey(req.cluster, file, sha256);
   const base = { file, key, sha256, size: encoded.size, identity };
   await stallAt('stall-wal-push', 'encoded');
+  if (systemIdentifier !== undefined) {
+    const c = { store: req.store, cluster: req.cluster, systemIdentifier, what: `WAL segment ${file}`, signal: req.signal };
+    if (await checkSystem(c)) await recordSystem(c, (line) => process.stderr.write(`coffer wal-push: ${line}\n`));
+  }
 
   const before = await storedCopies(req.store, req.cluster, file, req.signal);
   const others = before.filter((c) => c.sha256 !== sha256).map((c) => c.sha256);

@@ -54,7 +54,7 @@ describe('backup --physical', () => {
     expect(r.code, r.stderr).toBe(0);
     const [m] = JSON.parse(r.stdout) as PhysicalManifest[];
     const keys = (await listAllKeys(f.s3, f.bucket, 'phys/')).sort();
-    expect(keys).toEqual([`phys/${m!.archive.key}`, `phys/${m!.attachments[0]!.key}`, `phys/cluster=main/${m!.tier}/${m!.id}.manifest.json`].sort());
+    expect(keys).toEqual([`phys/${m!.archive.key}`, `phys/${m!.attachments[0]!.key}`, `phys/cluster=main/${m!.tier}/${m!.id}.manifest.json`, `phys/cluster=main/system/${m!.postgres.systemIdentifier}`].sort());
     expect(m!.archive.key).toBe(`cluster=main/monthly/${m!.id}.base.tar.zst.age`);
 
     // The stored manifest is the one printed, and it passes the shared decoder.
@@ -153,11 +153,42 @@ describe('backup --physical', () => {
       const r = await f.run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint'], other.env());
       expect(r.code, r.stderr).toBe(2);
       const sysid = (await other.psql('SELECT system_identifier FROM pg_control_system()')).trim();
-      expect(errorLine(r.stderr)).toContain(`--cluster shared holds backups of another PostgreSQL system (system identifier ${m!.postgres.systemIdentifier}, backup ${m!.id}); this server is system ${sysid}`);
-      expect(r.stderr).toContain('use another --cluster');
+      expect(errorLine(r.stderr)).toContain(`this server belongs to PostgreSQL system ${sysid}, but --cluster shared holds system ${m!.postgres.systemIdentifier}; not stored`);
+      expect(r.stderr).toContain('give it a --cluster name of its own');
       expect(await listing()).toEqual(before);
+      // The first backup recorded its system; the other system's real WAL segments are refused
+      // (exit 5, nothing stored), the first one's stored, as the marker says; without the marker
+      // (an archive from before markers) the newest backup's manifest says the same.
+      const marker = path.join(repo, 'cluster=shared', 'system');
+      expect(await fsp.readdir(marker)).toEqual([m!.postgres.systemIdentifier]);
+      // A copy of each server's current segment (a live one may change while it is read).
+      const segmentOf = async (cl: ThrowawayCluster): Promise<string> => {
+        const name = (await cl.psql('SELECT pg_walfile_name(pg_current_wal_lsn())')).trim();
+        const dir = f.path(`seg-${cl.port}`);
+        await fsp.mkdir(dir, { recursive: true });
+        await fsp.copyFile(path.join(cl.dataDir, 'pg_wal', name), path.join(dir, name));
+        return path.join(dir, name);
+      };
+      const theirs = await segmentOf(other);
+      const walDir = path.join(repo, 'cluster=shared', 'wal');
+      const stored = async (): Promise<string[]> => (await fsp.readdir(walDir).catch(() => [] as string[])).sort();
+      for (const withMarker of [true, false]) {
+        if (!withMarker) await fsp.rename(marker, `${marker}.aside`);
+        const push = await f.run(['wal-push', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, theirs]);
+        expect(push.code, push.stderr).toBe(5);
+        expect(errorLine(push.stderr)).toContain(`WAL segment ${path.basename(theirs)} belongs to PostgreSQL system ${sysid}, but --cluster shared holds system ${m!.postgres.systemIdentifier}${withMarker ? '' : ` (backup `}`);
+        expect(await stored()).toEqual([]);
+        const again = await f.run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint'], other.env());
+        expect(again.code, again.stderr).toBe(2);
+      }
+      await fsp.rename(`${marker}.aside`, marker);
+      const ours = await f.run(['wal-push', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, await segmentOf(c)]);
+      expect(ours.code, ours.stderr).toBe(0);
+      expect(await stored()).toHaveLength(1);
       const own = await f.run(['backup', '--physical', '--cluster', 'other', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint'], other.env());
       expect(own.code, own.stderr).toBe(0);
+      const theirsOwn = await f.run(['wal-push', '--cluster', 'other', '--to', repo, '--recipient', f.recipient, theirs]);
+      expect(theirsOwn.code, theirsOwn.stderr).toBe(0);
       // the same system again under its name: accepted
       const again = await run(['backup', '--physical', '--cluster', 'shared', '--to', repo, '--recipient', f.recipient, '--fast-checkpoint']);
       expect(again.code, again.stderr).toBe(0);

@@ -69,7 +69,7 @@ describe('backup --data-dir', () => {
     expect(m!.warnings).toEqual([]);
     expect(m!.attachments.map((a) => a.name)).toEqual(['migrate.sql']);
     expect((await listAllKeys(f.s3, f.bucket, 'vol/')).sort()).toEqual(
-      [m!.archive.key, m!.attachments[0]!.key, `cluster=db_data/monthly/${m!.id}.manifest.json`].map((k) => `vol/${k}`).sort(),
+      [m!.archive.key, m!.attachments[0]!.key, `cluster=db_data/monthly/${m!.id}.manifest.json`, `cluster=db_data/system/${m!.postgres.systemIdentifier}`].map((k) => `vol/${k}`).sort(),
     );
     const out = await f.s3.send(new GetObjectCommand({ Bucket: f.bucket, Key: `vol/${m!.archive.key}` }));
     const obj = Buffer.from(await out.Body!.transformToByteArray());

@@ -32,6 +32,18 @@ function walBytes(seed: number): Buffer {
   return b;
 }
 
+/** Writes a WAL segment's long page header naming `sysid` into `b` (its size as the segment size, 8 KiB pages), little-endian. */
+function withLongHeader(b: Buffer, sysid: bigint): Buffer {
+  b.fill(0, 0, 40);
+  b.writeUInt16LE(0xd110, 0); // xlp_magic (PostgreSQL 15)
+  b.writeUInt16LE(0x0002, 2); // xlp_info: XLP_LONG_HEADER
+  b.writeUInt32LE(1, 4); // xlp_tli
+  b.writeBigUInt64LE(sysid, 24); // xlp_sysid
+  b.writeUInt32LE(b.length, 32); // xlp_seg_size
+  b.writeUInt32LE(8192, 36); // xlp_xlog_blcksz
+  return b;
+}
+
 type Repo = { kind: 'file' | 's3'; url: () => string; keys: (prefix: string) => Promise<string[]>; read: (key: string) => Promise<Buffer>; write: (key: string, data: Buffer) => Promise<void> };
 
 const repos: Repo[] = [
@@ -209,6 +221,48 @@ describe.each(repos)('wal-push / wal-fetch ($kind repository)', (repo) => {
       }
     });
   }
+
+  it('one system per --cluster: a segment whose long header names another system is refused (exit 5, nothing stored) at each position; so is every push once two are recorded', async () => {
+    const dir = f.path(`${repo.kind}-systems`);
+    await fsp.mkdir(dir);
+    const A = 7441859105219391234n;
+    const B = 7441859105219391235n;
+    const seg = (n: number) => `0000000100000000000000${n.toString(16).toUpperCase().padStart(2, '0')}`;
+    const write = async (name: string, sysid: bigint | undefined, seed: number): Promise<string> => {
+      const b = walBytes(seed);
+      if (sysid !== undefined) withLongHeader(b, sysid);
+      await fsp.writeFile(path.join(dir, name), b);
+      return path.join(dir, name);
+    };
+    const markers = async (): Promise<string[]> => (await repo.keys('cluster=sys/system/')).map((k) => k.split('/').pop()!).sort();
+    const stored = async (name: string): Promise<number> => (await repo.keys(walPrefix('sys', name))).length;
+
+    expect((await push('sys', await write(seg(1), A, 1))).code).toBe(0);
+    expect(await markers()).toEqual([A.toString()]);
+    // Another system: first, next, later, and the .partial of a stored segment's name.
+    for (const name of [seg(2), seg(3), seg(9), `${seg(1)}.partial`]) {
+      const r = await push('sys', await write(name, B, 2));
+      expect(r.code, `${name}: ${r.stderr}`).toBe(5);
+      expect(errorLine(r.stderr)).toContain(`WAL segment ${name} belongs to PostgreSQL system ${B}, but --cluster sys holds system ${A}; not stored`);
+      expect(await stored(name), name).toBe(0);
+    }
+    // The recorded system goes on; files without a system identifier (history, backup history, no long header) are not checked.
+    expect((await push('sys', await write(seg(2), A, 3))).code).toBe(0);
+    await fsp.writeFile(path.join(dir, '00000002.history'), '1\t0/3000000\tno recovery target specified\n');
+    expect((await push('sys', path.join(dir, '00000002.history'))).code).toBe(0);
+    expect((await push('sys', await write(seg(4), undefined, 4))).code).toBe(0);
+    expect(await markers()).toEqual([A.toString()]);
+    // A name of its own takes the other system, and records it there.
+    expect((await push('sys-b', await write(seg(5), B, 5))).code).toBe(0);
+    // Two systems recorded (two first pushes racing): every push of either stops, naming both.
+    await repo.write(`cluster=sys/system/${B}`, Buffer.alloc(0));
+    for (const sysid of [A, B]) {
+      const r = await push('sys', await write(seg(6), sysid, 6));
+      expect(r.code, r.stderr).toBe(5);
+      expect(errorLine(r.stderr)).toContain(`--cluster sys records several systems (${A}, ${B})`);
+      expect(await stored(seg(6))).toBe(0);
+    }
+  });
 
   it('a SIGKILLed wal-push leaves nothing visible under the key, at every stage; the retried push then stores it once', async () => {
     const dir = f.path(`${repo.kind}-kill`);
