@@ -76,8 +76,15 @@ export async function main(argv: string[]): Promise<number> {
     log = createLogger({ format, runId, secrets, ...(write ? { write } : {}) });
     const timeout = g.timeout;
     if (timeout !== undefined) {
-      timer = setTimeout(() => ac.abort(new InterruptedError(`timed out after ${timeout.text}`, { exitCode: ExitCode.timeout })), timeout.ms);
-      timer.unref();
+      // Node's timers hold at most 2^31-1 ms (~24.8 days; a longer one fires at once): a longer
+      // --timeout is armed in steps.
+      const deadline = Date.now() + timeout.ms;
+      const arm = (): void => {
+        const left = deadline - Date.now();
+        timer = left > MAX_TIMER_MS ? setTimeout(arm, MAX_TIMER_MS) : setTimeout(() => ac.abort(new InterruptedError(`timed out after ${timeout.text}`, { exitCode: ExitCode.timeout })), Math.max(0, left));
+        timer.unref();
+      };
+      arm();
     }
     const childEnv = childSafeEnv(env, secretVariables(LAYOUT));
     // age plugins (restores with AGE-PLUGIN-… identities) log through the run, stop with it.
@@ -171,6 +178,9 @@ function stoppedOr(err: unknown, signal: AbortSignal): unknown {
   if (err instanceof StorageError || isAbortEcho(err)) return interruptedBy(signal, err);
   return err;
 }
+
+/** The longest delay a Node timer holds (2^31-1 ms); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** A stop signal once the run is over: the process is exiting with the run's outcome already. */
 function afterRun(): void {}

@@ -204,6 +204,16 @@ describe('--timeout', () => {
   });
 });
 
+describe('a --timeout longer than a Node timer holds (2^31-1 ms, ~24.8 days)', () => {
+  it('does not fire at once: backups under --timeout 24d, 25d, 30d and 52w complete with exit 0', async () => {
+    for (const t of ['24d', '25d', '30d', '52w']) {
+      const r = await runCoffer(['--timeout', t, 'backup', '--to', f.path('repo-long'), '--db', f.db, '--recipient', f.recipient, '--lock-dir', f.path('locks-long')], { env: f.env() });
+      expect(r.code, `${t}: ${r.stderr}`).toBe(0);
+      expect(r.stderr).not.toContain('TimeoutOverflowWarning');
+    }
+  });
+});
+
 describe('the advisory lock through a --psql-command wrapper that pipes into psql', () => {
   it('a psql that stops at an error (here: the database does not exist) ends the wrapper: the run fails at once, naming the cause, and does not wait for ever', async () => {
     // `filter | psql`: the filter reads on after psql has exited, so only the end of its input ends the wrapper.
