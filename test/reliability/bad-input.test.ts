@@ -93,6 +93,10 @@ const cases: Case[] = [
   { group: 'repository URL', name: 'unsupported scheme', args: () => ['list', '--from', 'ftp://host/backups'], code: 2, msg: /unsupported repository scheme "ftp:"/ },
   { group: 'repository URL', name: 'file URL with a host', args: () => ['list', '--from', 'file://server/backups'], code: 2, msg: /invalid file URL/ },
   { group: 'repository URL', name: 'missing bucket', args: () => ['list', '--from', `s3://no-such-bucket-${suffix}/x`], code: 4, msg: /bucket does not exist/ },
+  // A local repository that is not there (a typo, a volume not mounted) is no empty one, for every reading command.
+  ...[['list'], ['list', '--json'], ['status'], ['status', '--cluster', 'main'], ['report'], ['prune', '--dry-run', '--keep-daily', '7d']].map(
+    (cmd): Case => ({ group: 'repository URL', name: `missing directory: ${cmd.join(' ')}`, args: () => [...cmd.slice(0, 1), '--from', f.path(`no-such-dir-${suffix}`), ...cmd.slice(1)], code: 4, msg: /the repository directory .*no-such-dir-.* does not exist/ }),
+  ),
   {
     group: 'repository URL',
     name: 'endpoint URL with credentials',

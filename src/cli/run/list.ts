@@ -158,6 +158,8 @@ export async function listRepository(
   let signatures: Array<NonNullable<ListRow['signature']>> | undefined;
   let physicalSignatures: Array<NonNullable<ListRow['signature']>> | undefined;
   try {
+    // A local repository that is not there (a typo, a volume not mounted) is no empty one: exit 4.
+    await store.assertPresent?.({ signal: ctx.signal });
     if (cluster === undefined) entries = await listBackups(store, { database, signal: ctx.signal, onInvalid });
     if (database === undefined) physical = await listPhysicalBackups(store, { cluster, signal: ctx.signal, onInvalid });
     reach = await reaches(store, physical, ctx.signal);

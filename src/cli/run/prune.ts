@@ -41,6 +41,8 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
   const fsStore = new FsStore(repo.root);
   const store: ObjectStore = fsStore;
   try {
+    // A repository that is not there (a typo, a volume not mounted) is no empty one: exit 4.
+    await fsStore.assertPresent();
     const keys: string[] = [];
     const wal: WalPruneObject[] = [];
     for await (const o of store.list('', { signal: ctx.signal })) {

@@ -127,6 +127,8 @@ async function retentionOf(flags: Values<typeof reportOptions>, ctx: CliContext)
 async function gather(flags: Values<typeof reportOptions>, ctx: CliContext, now: () => Date): Promise<{ location: string; databases: ReportDatabase[] }> {
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   try {
+    // A local repository that is not there (a typo, a volume not mounted) is no empty one: exit 4.
+    await store.assertPresent?.({ signal: ctx.signal });
     const drillKeys = new Map<string, string[]>();
     const keys = await listBackupKeys(store, { signal: ctx.signal, drills: drillKeys, ...(flags.db.length === 1 ? { database: flags.db[0] } : {}) });
     const byDb = new Map<string, BackupKeyEntry[]>();

@@ -92,6 +92,8 @@ async function statusRows(flags: Values<typeof options>, ctx: CliContext, now: (
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let rows: StatusRow[];
   try {
+    // A local repository that is not there (a typo, a volume not mounted) is no empty one: exit 4.
+    await store.assertPresent?.({ signal: ctx.signal });
     // Full backups only: a schema-only or data-only backup is no copy of the database.
     const drills = new Map<string, string[]>();
     const keys = (await listBackupKeys(store, { signal: ctx.signal, drills, ...(wanted.length === 1 ? { database: wanted[0] } : {}) })).filter((k) => k.content !== 'partial');
@@ -276,6 +278,8 @@ async function runClusterStatus(flags: Values<typeof options>, cluster: string, 
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let summary: WalSummary;
   try {
+    // A local repository that is not there (a typo, a volume not mounted) is no empty one: exit 4.
+    await store.assertPresent?.({ signal: ctx.signal });
     summary = summarizeWal(cluster, await listWal(store, cluster, ctx.signal), now, flags.walSegmentSize, await listTimelineBegins(store, cluster, ctx.signal));
   } finally {
     store.close();
