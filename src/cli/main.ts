@@ -25,10 +25,10 @@ import type { Values } from '../config/options.js';
 export async function main(argv: string[]): Promise<number> {
   const env = process.env;
   const runId = newRunId();
-  // Usage errors come before the options are resolved: JSON lines if asked for by flag or env.
-  const jsonLog = argvLogFormat(argv) === 'json' || (argvLogFormat(argv) === undefined && resolveLogFormatSafe(env) === 'json');
-  let log: Logger = createLogger({ format: jsonLog ? 'json' : resolveLogFormatSafe(env), runId });
-  // What commander says of a bad command line; in JSON mode it becomes one log line.
+  // Usage errors come before the options are resolved: in the format asked for by flag, else env.
+  const asked = argvLogFormat(argv);
+  let log: Logger = createLogger({ format: asked === 'json' || asked === 'text' ? asked : resolveLogFormatSafe(env), runId });
+  // What commander says of a bad command line: it becomes one log line.
   let usageText = '';
   const ac = new AbortController();
   let exitCode: number = ExitCode.ok;
@@ -46,6 +46,12 @@ export async function main(argv: string[]): Promise<number> {
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // The reader of stdout went away (`coffer list | head -1`): what is left of the output goes
+  // nowhere, and the run ends as it would have (not node's unhandled EPIPE and exit 1).
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') return;
+    log.warn(`cannot write the output: ${err.message}`);
+  });
   // The event loop drained while the command is still waiting for something that can no longer
   // happen (a bug). Node would then exit 0: a false success for cron. Fail instead, and say so.
   const onDrained = (): void => {
@@ -62,7 +68,7 @@ export async function main(argv: string[]): Promise<number> {
     .version(COFFER_VERSION)
     .showHelpAfterError('(run coffer --help for usage)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => (jsonLog ? (usageText += s) : process.stderr.write(s)), writeOut: (s) => process.stdout.write(s) });
+    .configureOutput({ writeErr: (s) => void (usageText += s), writeOut: (s) => process.stdout.write(s) });
   addOptions(program, GLOBAL_OPTIONS);
 
   let timer: NodeJS.Timeout | undefined;
@@ -137,8 +143,14 @@ export async function main(argv: string[]): Promise<number> {
     const err = stoppedOr(classifySystemError(thrown), ac.signal);
     if (err instanceof CommanderError) {
       exitCode = err.exitCode === 0 ? ExitCode.ok : (failureExitCode ?? ExitCode.usage);
-      const text = usageText.split('\n').map((l) => l.trim()).filter((l) => l !== '').join(' ').replace(/^error: /, '');
-      if (text !== '') log.error(text, { exit: exitCode });
+      // A bad command line is one error line in either log format (cron mails the last line);
+      // help asked for by a bare `coffer` stays the help text, except in JSON mode.
+      const helpText = err.code === 'commander.help' || err.code === 'commander.helpDisplayed';
+      if (helpText && log.format !== 'json') process.stderr.write(usageText);
+      else {
+        const text = usageText.split('\n').map((l) => l.trim()).filter((l) => l !== '').join(' ').replace(/^error: /, '');
+        if (text !== '') log.error(text, { exit: exitCode });
+      }
     } else if (err instanceof CofferError && err.kind === 'absent') {
       // Not a failure worth an error line (wal-fetch: PostgreSQL asks for files that do not exist).
       exitCode = err.exitCode;
