@@ -1,4 +1,4 @@
-import { DatabaseError, UsageError } from '../errors.js';
+import { CofferError, DatabaseError, UsageError } from '../errors.js';
 
 /**
  * Where the database is. Everything except the password ends up in a libpq conninfo string
@@ -168,7 +168,9 @@ export function internalConnection(conn: ConnectionSpec, env: NodeJS.ProcessEnv)
 }
 
 /** Adds the fix to the usual libpq failures (message is psql's own first error line). */
-export function explainLibpqError(what: string, err: unknown): DatabaseError {
+export function explainLibpqError(what: string, err: unknown): CofferError {
+  // psql itself not installed (a spawn failure, already explained): not the database's.
+  if (err instanceof UsageError) return err;
   const msg = err instanceof Error ? err.message : String(err);
   let hint: string | undefined;
   if (/password authentication failed|no password supplied|authentication failed/i.test(msg)) {

@@ -219,7 +219,11 @@ export class Child {
         if (err.code === 'ENOENT') {
           reject(
             spec.missing?.(cmd) ??
-              new DatabaseError(`${spec.what}: ${cmd} not found`, { cause: err, hint: 'install the PostgreSQL client (apt-get install postgresql-client) or set --pg-bin' }),
+              // A program not installed: the setup, not the database (exit 2, as for zstd or dd).
+              new UsageError(`${spec.what}: ${cmd} not found`, {
+                cause: err,
+                hint: "install the PostgreSQL client of the server's major version (Debian: apt-get install postgresql-client-15) or point --pg-bin at its bin directory",
+              }),
           );
         } else reject(new DatabaseError(`${spec.what}: cannot start ${cmd}: ${err.message}`, { cause: err }));
       });

@@ -275,6 +275,12 @@ describe('clear one-line errors, non-zero exits, nothing left behind', () => {
       expect(r.code, r.stderr).toBe(2);
       expect(errorLine(r.stderr)).toMatch(tool);
     }
+    // A PostgreSQL client program missing (from PATH, or a command given that does not exist): exit 2 as well, naming what to install.
+    for (const flag of ['--pg-dump-command', '--psql-command']) {
+      const r = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient, flag, `/nonexistent/${flag.slice(2, -8).replace('-', '_')}`]);
+      expect(r.code, r.stderr).toBe(2);
+      expect(errorLine(r.stderr)).toMatch(/\/nonexistent\/(pg_dump|psql) not found.*install the PostgreSQL client/);
+    }
     // Without zstd, --compress none still works.
     const ok = await f.run(['backup', '--to', f.repo(prefix), '--db', f.db, '--recipient', f.recipient, '--compress', 'none'], { PATH: empty });
     expect(ok.code, ok.stderr).toBe(0);
