@@ -41,7 +41,7 @@ const MAX_MESSAGE = 300;
 export interface PluginClientOptions {
   log?: Logger | undefined;
   signal?: AbortSignal | undefined;
-  /** The plugin's environment (the CLI's child-safe one: no coffer or AWS secrets). */
+  /** The plugin's environment (the CLI's child-safe one: no coffer or AWS secrets; libpq's PG* variables are left out too, {@link pluginEnv}). */
   env?: NodeJS.ProcessEnv | undefined;
   /** Whether the user can be asked (a PIN, a confirmation). Default: stdin and stderr are terminals. */
   interactive?: boolean | undefined;
@@ -55,6 +55,15 @@ export function configurePluginClient(opts: PluginClientOptions): void {
 }
 
 const NAME = /^[a-z0-9_.+-]+$/;
+
+/**
+ * A plugin's environment: the run's child-safe one (no coffer or AWS secrets) without libpq's
+ * variables either: the database password reaches only PostgreSQL's own programs, and a
+ * third-party plugin needs none of them.
+ */
+export function pluginEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(env).filter(([k]) => !k.startsWith('PG')));
+}
 
 /**
  * The plugin name of a plugin identity (`AGE-PLUGIN-YUBIKEY-1…` → `yubikey`), or `undefined`
@@ -268,7 +277,7 @@ interface Conversation {
 async function converse(name: string, c: Conversation): Promise<{ needed: Needed | undefined }> {
   const bin = `age-plugin-${name}`;
   const { log, signal } = session;
-  const env = session.env ?? process.env;
+  const env = pluginEnv(session.env ?? process.env);
   signal?.throwIfAborted();
   const file = findPlugin(name, env);
   if (file === undefined) {

@@ -128,13 +128,21 @@ describe('backups to a plugin recipient (age1coffertest1…, recipient-v1)', () 
   it('coffer backs up to the plugin recipient; coffer and `age -d` read it with the plugin identity', async () => {
     const repo = f.path('repo-to-plugin');
     const seen = f.path('seen-wrap.txt');
+    const envFile = f.path('plugin-env.txt');
     const b = await execa(process.execPath, [COFFER_BIN, 'backup', '--to', repo, '--db', f.db, '--recipient', recipient, '--no-index', '--json'], {
-      env: pluginEnv({ COFFERTEST_SEEN: seen }),
+      // Secrets the run has (the database password: trust authentication ignores it here) never reach a plugin.
+      env: pluginEnv({ COFFERTEST_SEEN: seen, COFFERTEST_ENVFILE: envFile, PGPASSWORD: 'pg-secret-x', AWS_SECRET_ACCESS_KEY: 'aws-secret-x' }),
       extendEnv: false,
       reject: false,
       stdin: 'ignore',
     });
     expect(b.exitCode, String(b.stderr)).toBe(0);
+    const names = (await fsp.readFile(envFile, 'utf8')).trim().split('\n');
+    expect(names.length).toBeGreaterThan(0);
+    for (const line of names) {
+      expect(line.split(' ')).toContain('COFFERTEST_SEEN');
+      expect(line.split(' ').filter((n) => /^PG|SECRET/.test(n))).toEqual([]);
+    }
     // One plugin run per encrypted object, each offered age's labels extension.
     expect(await fsp.readFile(seen, 'utf8')).toMatch(/^(recipient-v1 recipients=1 files=1 labels=offered\n)+$/);
     const [m] = JSON.parse(String(b.stdout)) as Array<{ dump: { key: string }; encryption: { recipients: string[] } }>;
