@@ -197,6 +197,8 @@ describe('the built CLI', () => {
   const where = async (args: string[], env: Record<string, string>, yaml?: string): Promise<string> => {
     const dir = await fsp.mkdtemp(path.join(tmp, 'cli-'));
     if (yaml !== undefined) await fsp.writeFile(path.join(dir, 'coffer.yaml'), yaml);
+    // Every candidate exists (a missing repository directory is an error, exit 4).
+    for (const d of ['flag', 'env', 'section', 'top', 'backups']) await fsp.mkdir(path.join(dir, d));
     const r = await runCoffer(['list', ...args], { env: baseEnv(env), cwd: dir });
     expect(r.code, r.stderr).toBe(0);
     return r.stdout.trim().replace(`file://${dir}/`, './');
@@ -216,6 +218,7 @@ describe('the built CLI', () => {
   it('--config and COFFER_CONFIG name the file; a missing ./coffer.yaml is fine', async () => {
     const dir = await fsp.mkdtemp(path.join(tmp, 'cfg-'));
     await fsp.writeFile(path.join(dir, 'other.yaml'), 'repository: ./other\n');
+    await fsp.mkdir(path.join(dir, 'other'));
     const a = await runCoffer(['--config', 'other.yaml', 'list'], { env: baseEnv(), cwd: dir });
     const b = await runCoffer(['list'], { env: baseEnv({ COFFER_CONFIG: path.join(dir, 'other.yaml') }), cwd: dir });
     expect([a.code, b.code]).toEqual([0, 0]);
