@@ -29,22 +29,72 @@ export function parseConnectionString(input: string | undefined): ConnectionSpec
   return password === undefined ? { params: rest } : { params: rest, password };
 }
 
+/**
+ * A connection URI as libpq reads it (PostgreSQL 15 docs, 34.1.1.2):
+ * `postgresql://[user[:password]@][host][:port][,host[:port]…][/dbname][?param=value&…]`, every
+ * part percent-decoded. Not WHATWG's URL: libpq accepts an empty host after a user
+ * (`postgres@/db?host=/run/postgresql`), a percent-encoded socket directory as the host
+ * (`%2Fvar%2Frun%2Fpostgresql`), and several hosts.
+ */
 function parseUri(text: string): Record<string, string> {
-  let url: URL;
-  try {
-    // WHATWG URL does not know postgres://; parse it as http:// with the same authority rules.
-    url = new URL(text.replace(/^postgres(ql)?:/i, 'http:'));
-  } catch {
-    throw new UsageError('invalid PostgreSQL connection URI in --dbname', { hint: 'expected postgresql://user@host:port/dbname' });
-  }
+  const invalid = (why: string): never => {
+    throw new UsageError(`invalid PostgreSQL connection URI in --dbname: ${why}`, { hint: 'expected postgresql://user@host:port/dbname (percent-encode special characters; a socket directory as %2Fvar%2Frun%2Fpostgresql or ?host=/var/run/postgresql)' });
+  };
+  const decode = (t: string): string => {
+    try {
+      return decodeURIComponent(t);
+    } catch {
+      return invalid('a malformed percent-encoding');
+    }
+  };
+  let rest = text.replace(/^postgres(?:ql)?:\/\//i, '');
+  let query = '';
+  const q = rest.indexOf('?');
+  if (q >= 0) [rest, query] = [rest.slice(0, q), rest.slice(q + 1)];
+  let dbPart: string | undefined;
+  const slash = rest.indexOf('/');
+  if (slash >= 0) [rest, dbPart] = [rest.slice(0, slash), rest.slice(slash + 1)];
   const out: Record<string, string> = {};
-  if (url.username) out.user = decodeURIComponent(url.username);
-  if (url.password) out.password = decodeURIComponent(url.password);
-  if (url.hostname) out.host = decodeURIComponent(url.hostname.replace(/^\[|\]$/g, ''));
-  if (url.port) out.port = url.port;
-  const db = decodeURIComponent(url.pathname.replace(/^\//, ''));
-  if (db) out.dbname = db;
-  for (const [k, v] of url.searchParams) out[k] = v;
+  const at = rest.lastIndexOf('@');
+  if (at >= 0) {
+    const userinfo = rest.slice(0, at);
+    rest = rest.slice(at + 1);
+    const colon = userinfo.indexOf(':');
+    const user = decode(colon >= 0 ? userinfo.slice(0, colon) : userinfo);
+    if (user) out.user = user;
+    if (colon >= 0) out.password = decode(userinfo.slice(colon + 1));
+  }
+  const hosts: string[] = [];
+  const ports: string[] = [];
+  if (rest !== '') {
+    for (const spec of rest.split(',')) {
+      let host = spec;
+      let port = '';
+      if (spec.startsWith('[')) {
+        const end = spec.indexOf(']');
+        if (end < 0) invalid('an IPv6 address without its closing "]"');
+        host = spec.slice(1, end);
+        const after = spec.slice(end + 1);
+        if (after !== '' && !after.startsWith(':')) invalid(`unexpected ${JSON.stringify(after)} after an IPv6 address`);
+        port = after.slice(1);
+      } else {
+        const colon = spec.lastIndexOf(':');
+        if (colon >= 0) [host, port] = [spec.slice(0, colon), spec.slice(colon + 1)];
+      }
+      if (port !== '' && !/^\d{1,5}$/.test(port)) invalid(`port ${JSON.stringify(port)} is not a number`);
+      hosts.push(decode(host));
+      ports.push(port);
+    }
+  }
+  if (hosts.some((h) => h !== '')) out.host = hosts.join(',');
+  if (ports.some((p) => p !== '')) out.port = ports.join(',');
+  if (dbPart !== undefined && dbPart !== '') out.dbname = decode(dbPart);
+  for (const pair of query.split('&')) {
+    if (pair === '') continue;
+    const eq = pair.indexOf('=');
+    if (eq <= 0) invalid(`the parameter ${JSON.stringify(pair)} is not key=value`);
+    out[decode(pair.slice(0, eq))] = decode(pair.slice(eq + 1));
+  }
   return out;
 }
 
