@@ -15,6 +15,7 @@ import { DatabaseError } from '../errors.js';
 import { followAbort, interruptedBy } from '../run/abort.js';
 import { Supervisor, defaultChildError, type Child, type SpawnSpec } from '../run/supervisor.js';
 import { conninfoFor, explainLibpqError, internalConnection, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
+import { POPULATED_MATVIEWS_IN_ORDER } from './matviews.js';
 import { runChild, type PgTools } from './tools.js';
 
 /**
@@ -311,20 +312,113 @@ export class PreparedPsql {
   }
 }
 
-/** What the closing query of {@link runSqlFile} prints: the file ran to its end. */
-const SQL_FILE_DONE = 'coffer:sql-file:done';
+/** What {@link runSqlFile}'s closing script prints (`\echo`), as lines of psql's stdout. */
+const SQL_FILE = {
+  /** The file ran, in coffer's transaction, without an error. */
+  checked: 'coffer:sql-file:checked',
+  /** Before each refreshed materialized view (its name follows). */
+  refresh: 'coffer:sql-file:refresh:',
+  /** The refreshes are done; COMMIT follows. */
+  refreshed: 'coffer:sql-file:refreshed',
+  /** COMMIT succeeded. */
+  done: 'coffer:sql-file:done',
+  /** coffer's transaction was not the one open after the file. */
+  left: 'coffer:sql-file:left-transaction',
+  /** A statement of the file failed (psql's LAST_ERROR_SQLSTATE), even if the file recovered; its SQLSTATE and message follow. */
+  error: 'coffer:sql-file:error',
+} as const;
+
+/** The transaction-local setting that marks coffer's transaction: its txid. */
+const SQL_FILE_XACT = 'coffer.sql_file_xact';
 
 /**
- * Runs a user's SQL file (`restore --sanitize`) in `target.database`: one transaction, stopping
- * at the first error. The error names the file and PostgreSQL's message (with psql's line number).
- *
- * The file cannot turn that off: after it, psql sets ON_ERROR_STOP again and runs a closing query
- * in the same transaction, which fails when an earlier statement failed (the file said
- * `\set ON_ERROR_STOP off`), and whose output is missing when the file ended psql early (`\q`).
- * Either is a failure, like an error: a sanitize that did not run whole must not let the data
- * it was to mask reach the target name.
+ * What psql reads from stdin after the user's file, in the same session: undo what the file
+ * may have set (output redirected, ON_ERROR_STOP off, AUTOCOMMIT off, ...), check in the same
+ * transaction that it is still coffer's (the transaction-local mark is there and names the
+ * current txid: a COMMIT, ROLLBACK, END, ABORT or `\connect` in the file lost it) and that no
+ * statement of the file failed (LAST_ERROR_SQLSTATE, which an error caught by a SAVEPOINT or
+ * ON_ERROR_ROLLBACK sets too; a transaction left aborted fails the check query itself), then
+ * refresh the populated materialized views (pg_restore filled them with the data from before
+ * the file), and only then COMMIT. A failed check ends psql without COMMIT.
  */
-export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget, file: string, opts: { what: string; signal?: AbortSignal }): Promise<void> {
+const SQL_FILE_EPILOGUE = `\\o
+\\set QUIET on
+\\set ON_ERROR_STOP on
+\\set ON_ERROR_ROLLBACK off
+\\set AUTOCOMMIT on
+\\set ECHO none
+\\set SINGLESTEP off
+\\pset format unaligned
+\\pset tuples_only on
+SELECT pg_catalog.current_setting('${SQL_FILE_XACT}', true) IS NOT DISTINCT FROM pg_catalog.txid_current()::pg_catalog.text AND pg_catalog.current_database() OPERATOR(pg_catalog.=) :'coffer_db' AS coffer_same_xact, :'LAST_ERROR_SQLSTATE' OPERATOR(pg_catalog.=) '00000' AS coffer_no_error \\gset
+\\if :coffer_same_xact
+\\else
+\\echo ${SQL_FILE.left}
+\\q
+\\endif
+\\if :coffer_no_error
+\\else
+\\echo ${SQL_FILE.error} :LAST_ERROR_SQLSTATE :LAST_ERROR_MESSAGE
+\\q
+\\endif
+\\echo ${SQL_FILE.checked}
+SELECT '${SQL_FILE.refresh}' OPERATOR(pg_catalog.||) v FROM (${POPULATED_MATVIEWS_IN_ORDER}) AS mv(v);
+SELECT 'REFRESH MATERIALIZED VIEW ' OPERATOR(pg_catalog.||) v FROM (${POPULATED_MATVIEWS_IN_ORDER}) AS mv(v) \\gexec
+\\echo ${SQL_FILE.refreshed}
+COMMIT;
+\\echo ${SQL_FILE.done}
+`;
+
+/** psql's report of an error (the server's, or psql's own), with its origin when it has one. */
+const PSQL_ERROR_LINE = /^(?:psql(?::(.*?):(\d+))?: )?(?:ERROR|FATAL|PANIC|error|fatal):/;
+/** The server's warning for a BEGIN inside a transaction. */
+const NESTED_BEGIN = /^(?:psql:(.*?):(\d+): )?WARNING:\s+there is already a transaction in progress/;
+
+/** The first error line of psql's stderr, and the first nested-BEGIN warning, whatever its length. */
+class PsqlStderrScan {
+  firstError: { text: string; file: string | undefined } | undefined;
+  nestedBegin: string | undefined;
+  private partial = '';
+  push(b: Buffer): void {
+    const lines = (this.partial + b.toString('utf8')).split('\n');
+    this.partial = lines.pop()!.slice(0, 4096);
+    for (const l of lines) this.line(l);
+  }
+  end(): void {
+    if (this.partial) this.line(this.partial);
+    this.partial = '';
+  }
+  private line(raw: string): void {
+    const l = raw.trim();
+    const err = this.firstError === undefined ? PSQL_ERROR_LINE.exec(l) : null;
+    if (err) this.firstError = { text: l, file: err[1] };
+    const begin = this.nestedBegin === undefined ? NESTED_BEGIN.exec(l) : null;
+    if (begin) this.nestedBegin = begin[2] ?? '?';
+  }
+}
+
+/** psql:/path/file.sql:3: ERROR:  … → line 3: ERROR: … */
+function shortPsqlError(line: string): string {
+  return line.replace(/^psql:.*?:(\d+): /, 'line $1: ').replace(/\s+/g, ' ');
+}
+
+/**
+ * Runs a user's SQL file (`restore --sanitize`) in `target.database` in ONE transaction that
+ * coffer opens and closes (psql `-c BEGIN`, a transaction-local mark, `-f FILE`, then
+ * {@link SQL_FILE_EPILOGUE} on stdin), stopping at the first error. The error names the file
+ * and PostgreSQL's message (with psql's line number). Returns the materialized views refreshed
+ * after the file, in their order.
+ *
+ * The file cannot get around that; each of these fails like an error, and nothing of the file
+ * is committed: an error the file hid (`\set ON_ERROR_STOP off`, a SAVEPOINT it rolled back
+ * to, ON_ERROR_ROLLBACK), psql's own error (a missing `\i` file), a COMMIT/ROLLBACK/END/ABORT
+ * or `\connect` that ended coffer's transaction (its statements ran outside it), a BEGIN of its
+ * own (it meant to control the transaction), psql ending before coffer's COMMIT. A sanitize
+ * that did not run whole, in coffer's transaction, must not let the data it was to mask reach
+ * the target name; nor may a materialized view keep the rows from before it. (A `\q` in the
+ * file ends the file only, as with `psql -f FILE -c …`: what follows it in the file does not run.)
+ */
+export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget, file: string, opts: { what: string; signal?: AbortSignal }): Promise<{ refreshed: string[] }> {
   const argv = [
     ...tools.psql,
     '-X',
@@ -333,30 +427,68 @@ export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget,
     '-t',
     '-v',
     'ON_ERROR_STOP=1',
-    '--single-transaction',
+    '-v',
+    `coffer_db=${target.database}`,
     '--no-password',
     '-d',
     conninfoFor(target.conn, target.database),
+    '-c',
+    'BEGIN',
+    '-c',
+    `SELECT pg_catalog.set_config('${SQL_FILE_XACT}', pg_catalog.txid_current()::pg_catalog.text, true) IS NULL`,
     '-f',
     file,
-    '-c',
-    '\\set ON_ERROR_STOP on',
-    '-c',
-    `SELECT '${SQL_FILE_DONE}'`,
+    '-f',
+    '-',
   ];
-  const out = await runChild(argv, {
-    env: libpqEnv(target.conn, target.env),
-    signal: opts.signal,
-    what: opts.what,
-    explain: (f) => {
-      const lines = f.stderr.text().split('\n').map((l) => l.trim()).filter(Boolean);
-      const error = lines.find((l) => /\b(ERROR|FATAL):/.test(l)) ?? lines.at(-1) ?? `exit ${f.code ?? f.signal}`;
-      // psql:/path/file.sql:3: ERROR:  … → line 3: ERROR: …
-      const short = error.replace(/^psql:.*?:(\d+): /, 'line $1: ').replace(/\s+/g, ' ');
-      return new DatabaseError(`${opts.what} failed: ${short}`, { hint: 'fix the SQL and restore again; nothing was put under the target name' });
-    },
+  const scan = new PsqlStderrScan();
+  const failed = (message: string, hint = 'fix the SQL and restore again; nothing was put under the target name'): DatabaseError => new DatabaseError(message, { hint });
+  const sup = new Supervisor(opts.signal);
+  const chunks: Buffer[] = [];
+  /** psql's stdout so far. */
+  const out = (): string => Buffer.concat(chunks).toString('utf8');
+  /** The first error, said for the file's line, or for coffer's own step after it. */
+  const fromError = (text: string, origin: string | undefined): DatabaseError => {
+    if (origin !== '<stdin>') return failed(`${opts.what} failed: ${shortPsqlError(text)}`);
+    const short = text.replace(/^psql:.*?:\d+: /, '').replace(/\s+/g, ' ');
+    const lines = out().split('\n');
+    if (lines.includes(SQL_FILE.checked) && !lines.includes(SQL_FILE.refreshed)) {
+      const view = lines.filter((l) => l.startsWith(SQL_FILE.refresh)).at(-1)?.slice(SQL_FILE.refresh.length);
+      return failed(`${opts.what} ran, but refreshing its materialized views after it failed${view ? ` (last listed: ${view})` : ''}: ${short}`, 'a materialized view must be refreshable after the file (drop the ones it cannot refresh, in the file) and restore again; nothing was put under the target name');
+    }
+    return failed(`${opts.what} failed when coffer closed its transaction: ${short}`);
+  };
+  await sup.run(async () => {
+    const child = sup.spawn({
+      argv,
+      env: libpqEnv(target.conn, target.env),
+      stdin: 'pipe',
+      what: opts.what,
+      onStderr: (b) => scan.push(b),
+      explain: (f) => {
+        scan.end();
+        if (scan.firstError) return fromError(scan.firstError.text, scan.firstError.file);
+        const lines = f.stderr.text().split('\n').map((l) => l.trim()).filter(Boolean);
+        return failed(`${opts.what} failed: ${lines.at(-1) ?? `exit ${f.code ?? f.signal}`}`);
+      },
+    });
+    child.stdout!.on('data', (b: Buffer) => chunks.push(b));
+    const drained = new Promise((r) => child.stdout!.once('close', r));
+    child.stdin!.end(SQL_FILE_EPILOGUE);
+    await Promise.all([child.done, drained]);
   });
-  if (!out.split('\n').includes(SQL_FILE_DONE)) {
-    throw new DatabaseError(`${opts.what} did not run to its end (psql stopped early: \\q or \\quit in the file?)`, { hint: 'remove what ends psql from the file and restore again; nothing was put under the target name' });
+  scan.end();
+  const lines = out().split('\n');
+  const hint = "remove the file's own BEGIN, COMMIT, ROLLBACK, END, ABORT and \\connect (coffer runs the file in one transaction and commits it) and restore again; nothing was put under the target name";
+  if (scan.firstError) throw fromError(scan.firstError.text, scan.firstError.file);
+  if (lines.includes(SQL_FILE.left)) {
+    throw failed(`${opts.what} ended coffer's transaction (a COMMIT, ROLLBACK, END, ABORT or \\connect in the file${scan.nestedBegin ? `, after its own BEGIN on line ${scan.nestedBegin}` : ''}): what followed ran outside it`, hint);
   }
+  const error = lines.find((l) => l.startsWith(`${SQL_FILE.error} `));
+  if (error) throw failed(`${opts.what} failed: a statement of the file failed: ${error.slice(SQL_FILE.error.length + 1)}`);
+  if (!lines.includes(SQL_FILE.done)) {
+    throw failed(`${opts.what} did not run to its end (psql stopped before coffer's COMMIT)`);
+  }
+  if (scan.nestedBegin) throw failed(`${opts.what} has a BEGIN of its own on line ${scan.nestedBegin}: coffer runs the file in one transaction`, hint);
+  return { refreshed: lines.filter((l) => l.startsWith(SQL_FILE.refresh)).map((l) => l.slice(SQL_FILE.refresh.length)) };
 }

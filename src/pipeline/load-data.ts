@@ -4,6 +4,7 @@ import { DatabaseError, UsageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
 import { PgAdmin } from '../pg/admin.js';
 import type { ConnectionSpec } from '../pg/connection.js';
+import { MATVIEW_REFS_CTE } from '../pg/matviews.js';
 import { psqlQuery, spawnPsqlScript } from '../pg/psql.js';
 import type { PgTools } from '../pg/tools.js';
 import { checkManifestVersions, localVersions } from '../pg/versions.js';
@@ -118,20 +119,7 @@ async function materializedViewOrder(req: LoadRequest): Promise<string[]> {
     req.tools,
     req.conn,
     req.database,
-    `WITH RECURSIVE refs(mv, ref) AS (
-  SELECT r.ev_class, d.refobjid
-  FROM pg_catalog.pg_rewrite r
-  JOIN pg_catalog.pg_class m ON m.oid = r.ev_class AND m.relkind = 'm'
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-  WHERE d.refobjid <> r.ev_class
-  UNION
-  SELECT refs.mv, d.refobjid
-  FROM refs
-  JOIN pg_catalog.pg_class v ON v.oid = refs.ref AND v.relkind = 'v'
-  JOIN pg_catalog.pg_rewrite r ON r.ev_class = v.oid
-  JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-  WHERE d.refobjid <> v.oid
-)
+    `WITH RECURSIVE ${MATVIEW_REFS_CTE}
 SELECT pg_catalog.json_build_object(
   'views', (SELECT coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(c.oid, pg_catalog.format('%I.%I', n.nspname, c.relname)) ORDER BY n.nspname, c.relname), '[]')
             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

@@ -549,8 +549,11 @@ async function runChecks(
     }
   }
   if (req.sanitize !== undefined) {
-    await runSqlFile(req.tools, target, req.sanitize, { what: `--sanitize ${req.sanitize}`, signal });
-    req.log.info('sanitize SQL ran in the scratch database', { file: req.sanitize });
+    // The populated materialized views are refreshed after the file, in its transaction: they
+    // held the rows from before it.
+    const { refreshed } = await runSqlFile(req.tools, target, req.sanitize, { what: `--sanitize ${req.sanitize}`, signal });
+    req.log.info('sanitize SQL ran in the scratch database', { file: req.sanitize, materializedViewsRefreshed: refreshed.length });
+    if (refreshed.length > 0) req.log.info('materialized views refreshed after --sanitize', { views: refreshed.join(',') });
   }
   const smoke: RestoreChecks['smoke'] = [];
   for (const sql of req.smoke) {
