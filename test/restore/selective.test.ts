@@ -256,6 +256,82 @@ describe('sanitised restore', () => {
     expect(errorLine(missing.stderr)).toMatch(/^--sanitize .*nope\.sql: no such file or not readable/);
     expect(missing.stderr).not.toMatch(/backup selected/);
   });
+
+  it('a --sanitize file that ends coffer\'s transaction or hides an error fails the restore: no scratch left, the target untouched', async () => {
+    // Each ran, before, to exit 0 with the masking rolled back (psql's COMMIT of an aborted
+    // transaction is a ROLLBACK) or with statements outside the one transaction.
+    const replaced = f.dropAtEnd(`${f.db}_keep`);
+    await pg.psql(`CREATE DATABASE ${JSON.stringify(replaced)};`);
+    await pg.psql('CREATE TABLE marker (x int); INSERT INTO marker VALUES (1);', replaced);
+    const typo = 'UPDATE app.customers SET emial = 1;';
+    const ended = /ended coffer's transaction \(a COMMIT, ROLLBACK, END, ABORT or \\connect in the file/;
+    const cases: Array<[string, RegExp]> = [
+      [`\\set ON_ERROR_STOP off\nBEGIN;\n${mask}${typo}\nCOMMIT;\n`, /failed: line 4: ERROR: column "emial" of relation "customers" does not exist/],
+      [`\\set ON_ERROR_STOP off\n${mask}${typo}\nROLLBACK;\n`, /failed: line 3: ERROR: column "emial"/],
+      [`\\set ON_ERROR_STOP off\nSAVEPOINT s;\n${typo}\nROLLBACK TO SAVEPOINT s;\n${mask}`, /failed: line 3: ERROR: column "emial"/],
+      [`\\set ON_ERROR_ROLLBACK on\n\\set ON_ERROR_STOP off\n${typo}\n${mask}`, /failed: line 3: ERROR: column "emial"/],
+      [`\\set ON_ERROR_STOP off\n\\i ${f.path('nope.sql')}\n${mask}`, /failed: line 2: error: .*nope\.sql: No such file/],
+      [`${mask}ROLLBACK;\n`, ended],
+      [`${mask}SAVEPOINT s;\nROLLBACK;\n`, ended],
+      [`${mask}COMMIT;\n`, ended],
+      [`BEGIN;\n${mask}COMMIT;\n`, /ended coffer's transaction .*, after its own BEGIN on line 1\)/],
+      [`${mask}\\connect\n`, ended],
+      [`BEGIN;\n${mask}`, /has a BEGIN of its own on line 1/],
+    ];
+    for (const [i, [sql, line]] of cases.entries()) {
+      const file = f.path(`hiding-${i}.sql`);
+      await fsp.writeFile(file, sql);
+      // Every other one replaces an existing database: it stays as it was.
+      const target = i % 2 === 0 ? replaced : `${f.db}_hid${i}`;
+      const r = await restore(target, ['--table', 'customers', '--sanitize', file, ...(target === replaced ? ['--replace'] : [])], fileRepo);
+      expect(r.code, `${sql}: ${r.stderr}`).toBe(3);
+      expect(errorLine(r.stderr), sql).toMatch(new RegExp(`^--sanitize .*hiding-${i}\\.sql ${line.source}`));
+      expect(await databasesOf(target), sql).toEqual(target === replaced ? [replaced] : []);
+    }
+    expect(await pg.psql('SELECT x FROM marker;', replaced)).toBe('1');
+    expect(await relations(replaced)).toEqual(['public.marker:r']);
+  });
+
+  it('--sanitize refreshes the populated materialized views after the file (views over views after what they read); an unpopulated one stays so', async () => {
+    const source = f.dropAtEnd(`${f.db}_mv`);
+    await pg.psql(`CREATE DATABASE ${JSON.stringify(source)};`);
+    await pg.psql(
+      String.raw`
+CREATE TABLE customers (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO customers SELECT g, 'person' || g || '@real-customer.com' FROM generate_series(1, 50) g;
+CREATE SCHEMA "Re Ports";
+-- Names sort against the dependency order: the refresh must follow what each reads.
+CREATE MATERIALIZED VIEW "Re Ports".z_emails AS SELECT id, email FROM customers;
+CREATE VIEW "Re Ports".plain AS SELECT * FROM "Re Ports".z_emails;
+CREATE MATERIALIZED VIEW "Re Ports".a_domains AS SELECT split_part(email, '@', 2) AS domain, count(*) AS n FROM "Re Ports".plain GROUP BY 1;
+CREATE UNIQUE INDEX ON "Re Ports".z_emails (email);
+CREATE MATERIALIZED VIEW later AS SELECT * FROM customers WITH NO DATA;
+`,
+      source,
+    );
+    const repo = f.path('repo-mv');
+    await f.backup(repo, source);
+    const maskFile = f.path('mask-mv.sql');
+    await fsp.writeFile(maskFile, "UPDATE customers SET email = 'user' || id || '@example.invalid';\n");
+    const target = f.dropAtEnd(`${f.db}_mvs`);
+    const r = await restore(target, ['--sanitize', maskFile], repo);
+    expect(r.code, r.stderr).toBe(0);
+    expect(await pg.psql(`SELECT count(*) FROM "Re Ports".z_emails WHERE email LIKE '%@real-customer.com';`, target)).toBe('0');
+    expect(await pg.psql(`SELECT count(*) FROM "Re Ports".z_emails;`, target)).toBe('50');
+    expect(await pg.psql(`SELECT domain || '=' || n FROM "Re Ports".a_domains;`, target)).toBe('example.invalid=50');
+    expect(await pg.psql(`SELECT relispopulated FROM pg_class WHERE relname = 'later';`, target)).toBe('f');
+    const logged = r.stderr.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { msg: string; views?: string });
+    expect(logged.find((l) => l.msg === 'materialized views refreshed after --sanitize')?.views).toBe('"Re Ports".z_emails,"Re Ports".a_domains');
+
+    // A view that cannot be refreshed after the file fails the restore: the unique index on the
+    // emails does not hold once the mask gives everyone the same address.
+    const same = f.path('mask-same.sql');
+    await fsp.writeFile(same, "UPDATE customers SET email = 'x@example.invalid';\n");
+    const bad = await restore(`${f.db}_mvbad`, ['--sanitize', same], repo);
+    expect(bad.code, bad.stderr).toBe(3);
+    expect(errorLine(bad.stderr)).toMatch(/^--sanitize .*mask-same\.sql ran, but refreshing its materialized views after it failed \(last listed: .*\): ERROR: could not create unique index/);
+    expect(await databasesOf(`${f.db}_mvbad`)).toEqual([]);
+  });
 });
 
 interface Contents {
