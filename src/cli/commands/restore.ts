@@ -25,7 +25,7 @@ export const restoreOptions = {
   excludeTable: list('--exclude-table <name>', 'leave out this table (exact name) and what depends on it; repeatable', text, { configurable: false }),
   listFile: value('--list-file <file>', 'restore only the entries of this pg_restore --list file (pg_restore -L), in archive order', text, { configurable: false }),
   downloadWhole: flag('--download-whole', 'a selective restore of a backup with an archive index downloads the whole backup anyway (checked end to end) instead of only the selected data'),
-  sanitize: value('--sanitize <file.sql>', 'run this SQL (one transaction) in the scratch database before the rename: masking, truncating, dropping; a failure fails the restore', text, { configurable: false }),
+  sanitize: value('--sanitize <file.sql>', 'run this SQL (in one transaction of coffer\'s: no BEGIN/COMMIT in it) in the scratch database before the rename: masking, truncating, dropping; then the materialized views are refreshed; a failure fails the restore', text, { configurable: false }),
   ...physicalRestoreOptions,
   ...hookOptions,
 };
