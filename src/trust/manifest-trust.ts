@@ -207,9 +207,23 @@ export class RepositoryTrust {
       replaced.add(`${r.manifestKey}\0${r.sha256}`);
       for (const id of r.earlier ?? []) replacedIds.add(id);
     }
+    // Seconds of an id (`20261201T101010Z`): backups started in the same second are not ordered.
+    const second = (id: string): string => id.slice(0, id.indexOf('-'));
     for (const [m, mm] of decoded) {
       const prev = mm.previousManifest;
-      if (prev === undefined) continue; // the first signed backup of the database
+      if (prev === undefined) {
+        // Only the first signed backup of the database names none: every later one chains to the
+        // newest signed manifest there. So no trusted backup may be older than it, unless made
+        // later than its id says (a rekeyed replacement). One that is was not written here (a
+        // signed backup of another repository, copied in) or the repository's chain was cut; a
+        // copied chain of several has such a root too. Expiry removes older ones only.
+        const older = [...decoded.keys()].find((q) => q !== m && !rekeyed.has(q.key) && second(q.id) < second(m.id));
+        if (older) {
+          m.chain = `chain broken: ${named(database, m.id)} names no previous manifest, but the older signed backup ${named(database, older.id)} is in this repository (only the first signed backup of a database has none: was it copied in from another repository?)`;
+          chainBreaks.push(m.chain);
+        }
+        continue;
+      }
       const p = parseKey(prev.key);
       const pName = p ? named(p.database, p.id) : JSON.stringify(prev.key);
       const broken = (what: string): void => {

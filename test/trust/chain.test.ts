@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto';
  * PostgreSQL): what the writer chains to (listing only), and when a missing predecessor is a break
  * (an older trusted backup of ITS tier remains) or an expiry (none does), across tiers.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -156,5 +156,54 @@ describe('the chain', () => {
     const t = await new RepositoryTrust(store, trusted).database(DB);
     expect(t.chainBreaks).toEqual([`chain broken: ${DB}/${ids[1]} names previous manifest ${DB}/${ids[0]} whose bytes no longer match the sha256 it recorded`]);
     expect(t.manifests.find((m) => m.key === keys[0])?.signature).toMatchObject({ state: 'bad-signature' });
+  });
+
+  describe('a signed backup copied in from another repository (same key, same database name)', () => {
+    /** prod: signed backups of `prodTiers` at 00:00:0i; staging (another directory): `staging` signed backups at 00:01:0i, then copied into prod. */
+    async function replay(prodTiers: Tier[], staging: Tier[]): Promise<{ store: FsStore; prodIds: string[]; stagingIds: string[] }> {
+      const { store, ids } = await repo(prodTiers.map((t) => [t]));
+      const dir = join(root, `staging${n++}`);
+      const other = new FsStore(dir);
+      const stagingIds: string[] = [];
+      for (const [i, t] of staging.entries()) {
+        const id = `20261101T0001${String(i).padStart(2, '0')}Z-0000001${i}`;
+        stagingIds.push(id);
+        await write(other, id, t);
+      }
+      await cp(dir, join(root, `r${n - 2}`), { recursive: true });
+      return { store, prodIds: ids, stagingIds };
+    }
+
+    it('one copied backup (it names no predecessor) is a break while older signed backups are there, in any tier', async () => {
+      for (const [prod, staged] of [[['daily', 'daily'], ['daily']], [['monthly'], ['daily']], [['daily', 'weekly'], ['manual']]] as Array<[Tier[], Tier[]]>) {
+        const { store, prodIds, stagingIds } = await replay(prod, staged);
+        const b = await breaks(store);
+        expect(b, `${prod} + ${staged}`).toEqual([`chain broken: ${DB}/${stagingIds[0]} names no previous manifest, but the older signed backup ${DB}/${prodIds.at(-1)} is in this repository (only the first signed backup of a database has none: was it copied in from another repository?)`]);
+      }
+    });
+
+    it('a copied chain of two (its root names no predecessor) is a break', async () => {
+      const { store, stagingIds } = await replay(['weekly', 'daily', 'daily'], ['daily', 'daily']);
+      const b = await breaks(store);
+      expect(b).toHaveLength(1);
+      expect(b[0]).toMatch(new RegExp(`^chain broken: ${DB}/${stagingIds[0]} names no previous manifest, but the older signed backup `));
+      // A later genuine backup of prod chains to the copied one, and the break stays.
+      await write(store, '20261101T000200Z-00000099', 'daily');
+      expect(await breaks(store)).toHaveLength(1);
+    });
+
+    it('the first signed backup after unsigned ones, and a root whose older backups expired, are no break', async () => {
+      const { store } = await repo([['daily', false], ['daily', false], ['daily'], ['daily']]);
+      expect(await breaks(store)).toEqual([]);
+      // The chain's root expired: the next one names a missing predecessor (the oldest of its tier).
+      const r = await repo([['daily'], ['daily'], ['daily']]);
+      await r.store.delete(r.keys[0]!);
+      expect(await breaks(r.store)).toEqual([]);
+      // A root alone after its older backups expired (the chain started anew): none is older.
+      const lone = await repo([['daily']]);
+      await lone.store.delete(lone.keys[0]!);
+      await write(lone.store, '20261101T000100Z-00000077', 'daily');
+      expect(await breaks(lone.store)).toEqual([]);
+    });
   });
 });
