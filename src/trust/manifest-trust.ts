@@ -294,7 +294,7 @@ export class RepositoryTrust {
 /** The error for a database's chain breaks: the first, and how many more. */
 export function chainError(breaks: string[]): IntegrityError {
   const more = breaks.length > 1 ? ` (and ${breaks.length - 1} more)` : '';
-  return new IntegrityError(`${breaks[0]}${more}`, { hint: 'a backup was removed or changed out of turn; run coffer list --verify-signatures to see every problem' });
+  return new IntegrityError(`${breaks[0]}${more}`, { hint: 'a backup was removed, changed or copied in out of turn; run coffer list --verify-signatures to see every problem' });
 }
 
 /** The error for one untrusted backup. */

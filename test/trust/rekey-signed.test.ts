@@ -134,3 +134,42 @@ describe('rekey of signed backups', () => {
   });
 });
 
+
+describe('a signed backup copied in from another repository (same signing key, same database name)', () => {
+  // prod holds two signed backups; staging (another repository, the same host's key) one or two
+  // newer ones, copied into prod file by file under the same names, as a writer could.
+  for (const staged of [1, 2]) {
+    it(`${staged === 1 ? 'one copied backup' : 'a copied chain of two'}: list --verify-signatures, verify and restore latest refuse (chain broken, exit 5)`, async () => {
+      const prod = f.path(`replay-prod-${staged}`);
+      const staging = f.path(`replay-staging-${staged}`);
+      await backup(prod, 40);
+      await backup(prod, 41);
+      const copied: BackupManifest[] = [];
+      for (let i = 0; i < staged; i++) copied.push(await backup(staging, 50 + i));
+      await fsp.cp(staging, prod, { recursive: true });
+      const l = await verifiedList(prod);
+      expect(l.code, l.stderr).toBe(5);
+      const rows = JSON.parse(l.stdout) as Array<{ id: string; signature: { state: string } }>;
+      expect(rows.find((x) => x.id === copied[0]!.id)?.signature.state).toBe('chain-broken');
+      expect(l.stderr).toMatch(new RegExp(`chain broken: ${f.db}/${copied[0]!.id} names no previous manifest, but the older signed backup ${f.db}/\\S+ is in this repository`));
+      const v = await runCoffer(['verify', '--from', prod, '--identity', f.identityFile, '--backup', 'latest', '--trusted-signers', trusted], { env: f.env() });
+      expect(v.code, v.stderr).toBe(5);
+      expect(v.stderr).toMatch(/names no previous manifest/);
+      const restored = await restoreLatest(prod, f.identityFile);
+      expect(restored.code, restored.stderr).toBe(5);
+      expect(restored.stderr).toMatch(/names no previous manifest/);
+      expect(restored.marker).toBeUndefined();
+    });
+  }
+
+  it('the same backups in their own repository are trusted (the first signed backup names no predecessor)', async () => {
+    const staging = f.path('replay-staging-alone');
+    await backup(staging, 60);
+    await backup(staging, 61);
+    const l = await verifiedList(staging);
+    expect(l.code, l.stderr).toBe(0);
+    const restored = await restoreLatest(staging, f.identityFile);
+    expect(restored.code, restored.stderr).toBe(0);
+    expect(restored.marker).toBe('61');
+  });
+});
