@@ -449,6 +449,10 @@ async function rekeyOne(req: RekeyRequest, e: BackupEntry, p: RekeyPlanItem, now
     try {
       await store.delete(e.manifestKey);
       for (const k of [m.dump.key, ...(m.globals ? [m.globals.key] : []), ...(m.index ? [m.index.key] : [])]) await store.delete(k);
+      // Then its signature sidecars (signed before the manifest was written; without it, leftovers).
+      const sigs: string[] = [];
+      for await (const o of store.list(`${e.manifestKey}.`, { signal })) if (parseSignatureKey(o.key)?.manifestKey === e.manifestKey) sigs.push(o.key);
+      for (const k of sigs) await store.delete(k);
       result.oldDeleted = true;
     } catch (err) {
       throw deniedHint(err);

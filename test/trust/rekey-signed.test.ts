@@ -85,6 +85,9 @@ describe('rekey of signed backups', () => {
       const ms = [await backup(repo, 10), await backup(repo, 11), await backup(repo, 12)];
       const r = await rekey(repo, ms[pos]!.id, ['--signing-key', keyFile, '--delete-old']);
       expect(r.code, `position ${pos}: ${r.stderr}`).toBe(0);
+      // Nothing of the deleted backup is left: manifest, objects and its signature sidecar.
+      const left = (await fsp.readdir(repo, { recursive: true })).filter((p) => p.split('/').pop()!.startsWith(`${ms[pos]!.id}.`));
+      expect(left, `position ${pos}`).toEqual([]);
       // verify --backup all reads every listed backup: the two not rekeyed need identity A, the replacement B.
       const v = await runCoffer(['verify', '--from', repo, '--identity', f.identityFile, '--identity', b.file, '--backup', 'all', '--trusted-signers', trusted], { env: f.env() });
       expect(v.code, `position ${pos}: ${v.stderr}`).toBe(0);
