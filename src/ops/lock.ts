@@ -34,6 +34,8 @@ export interface LockOwner {
   startedAt: string;
   repository: string;
   database: string;
+  /** The command holding it, when not a backup (`rekey`). */
+  command?: string;
 }
 
 export interface LockRequest {
@@ -43,6 +45,8 @@ export interface LockRequest {
   database: string;
   /** How messages name it (default: `database "<database>"`). */
   subject?: string;
+  /** The command taking it, when not a backup (`rekey`): recorded in the lock file, named in messages. */
+  command?: string;
   lockDir: string;
   runId: string;
   /**
@@ -168,7 +172,7 @@ function staleReason(owner: LockOwner | undefined, st: fs.Stats | undefined): st
 
 function describeOwner(o: LockOwner | undefined): string {
   if (!o) return 'another coffer run (lock file being written)';
-  return `coffer run ${o.runId} (pid ${o.pid} on ${o.host}, started ${o.startedAt})`;
+  return `coffer ${o.command ? `${o.command} ` : ''}run ${o.runId} (pid ${o.pid} on ${o.host}, started ${o.startedAt})`;
 }
 
 async function readOwner(file: string): Promise<{ owner?: LockOwner; st?: fs.Stats; text?: string }> {
@@ -268,6 +272,7 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
     startedAt: new Date().toISOString(),
     repository: req.repository,
     database: req.database,
+    ...(req.command ? { command: req.command } : {}),
   };
   const deadline = Date.now() + req.waitMs;
   const poll = req.pollMs ?? 1000;
@@ -313,7 +318,8 @@ export async function acquireBackupLock(req: LockRequest): Promise<HeldLock> {
         await releaseAll();
       }
       if (Date.now() + poll > deadline) {
-        throw new BusyError(`another backup of ${req.subject ?? `database ${JSON.stringify(req.database)}`} to this repository is running: ${holder}`, {
+        const subject = req.subject ?? `database ${JSON.stringify(req.database)}`;
+        throw new BusyError(req.command ? `${req.command}: another run holds the lock of ${subject} in this repository: ${holder}` : `another backup of ${subject} to this repository is running: ${holder}`, {
           hint: req.waitMs > 0 ? 'it did not finish within --wait; try later or raise --wait' : 'wait for it, or pass --wait DURATION to queue behind it',
         });
       }

@@ -32,6 +32,7 @@ import { commitManifest } from './backup.js';
 import { checkRecipientMix } from '../crypto/keys.js';
 import { pluginRecipientName } from '../crypto/plugin.js';
 import { parseSignatureKey, previousSignedManifest, type ManifestSigner } from '../trust/manifest-trust.js';
+import { holdAt } from '../run/faults.js';
 
 /** Objects smaller than this are rewritten through coffer (header + payload), not composed server-side: a padded 5 MiB header would cost more than the copy saves. */
 export const SERVER_COPY_MIN = 10 * 1024 * 1024;
@@ -57,6 +58,12 @@ export interface RekeyRequest {
   now?: () => Date;
   /** Signs the replacement's manifest and chains it to the newest signed manifest of its database (as a backup does). */
   signer?: ManifestSigner;
+  /**
+   * Takes the lock a backup of (repository, `database`) takes (src/ops/lock.ts), so that rekeys
+   * of one database (and a backup of it on this host) run one at a time; throws BusyError when
+   * it is held. Absent: no lock (tests of the pipeline alone).
+   */
+  lock?: (database: string) => Promise<{ release(): Promise<void> }>;
 }
 
 /** One backup in the plan. */
@@ -352,7 +359,24 @@ function deniedHint(err: unknown): CofferError | unknown {
 /** Selects, plans and (unless dry-run) rekeys. */
 export async function runRekey(req: RekeyRequest): Promise<RekeyResult> {
   const now = req.now ?? (() => new Date());
-  const entries = await selectBackups(req.store, req.database, req.selector, req.signal);
+  let entries = await selectBackups(req.store, req.database, req.selector, req.signal);
+  await holdAt('hold-rekey', 'selected');
+  if (req.dryRun || !req.lock) return rekeySelected(req, entries, now);
+  // Under the lock of each database involved, one at a time; then selected again: a rekey that
+  // committed meanwhile has replaced the backup (`--backup ID` of it is refused as already
+  // replaced; `latest` and `all` now name the replacement).
+  const held: Array<{ release(): Promise<void> }> = [];
+  try {
+    for (const database of [...new Set(entries.map((e) => e.database))].sort()) held.push(await req.lock(database));
+    await holdAt('hold-rekey', 'locked');
+    entries = await selectBackups(req.store, req.database, req.selector, req.signal);
+    return await rekeySelected(req, entries, now);
+  } finally {
+    for (const h of held.reverse()) await h.release();
+  }
+}
+
+async function rekeySelected(req: RekeyRequest, entries: BackupEntry[], now: () => Date): Promise<RekeyResult> {
   const plan = planRekey(entries, req.add, req.remove);
   const items: RekeyItemResult[] = [];
   for (const [i, p] of plan.entries()) {

@@ -22,6 +22,9 @@
  * - `hold-wal-push=<stage>[+<stage>…]`: as `stall-wal-push` (`listed`, `stored`), but it goes on
  *   once the file `$COFFER_TEST_RELEASE.<stage>` exists: test/physical/wal.test.ts orders two
  *   racing pushes with it.
+ * - `hold-rekey=<stage>[+<stage>…]`: rekey holds as `hold-wal-push` at `selected` (the backups
+ *   chosen, no lock taken yet) or `locked` (the database's lock held, before selecting again):
+ *   test/rekey/rekey-file.test.ts ("concurrent rekeys of one backup") orders two rekeys with it.
  */
 const raw = process.env.COFFER_TEST_FAULTS ?? '';
 const points = new Map<string, string>();

@@ -7,13 +7,17 @@
  *   backup's files are gone, `list` shows one backup naming what it replaced;
  * - `age -d -i B` reads the dump and the globals, and their plaintext is the original's;
  * - `--dry-run` leaves the directory as it was; `verify` passes with B.
+ * - two rekeys of one backup at once are serialised by the backup lock (fault point
+ *   `hold-rekey`): the second exits 6 naming the holder while the first holds it; one selected
+ *   before the other committed is refused as already replaced (exit 2) once it has the lock (or,
+ *   with `latest`, rekeys the replacement); one replacement either way.
  */
 import { spawnSync } from 'node:child_process';
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { dataFingerprint, dropDatabase, type Fingerprint } from '../harness/pg.js';
-import { errorLine, runCoffer, writeIdentityFile } from '../harness/cli.js';
+import { errorLine, runCoffer, startCoffer, writeIdentityFile } from '../harness/cli.js';
 import { useFixture } from '../harness/fixture.js';
 import type { BackupManifest } from '../../src/catalog/manifest.js';
 import type { RekeyResult } from '../../src/pipeline/rekey.js';
@@ -145,4 +149,79 @@ describe('coffer rekey (file repository)', () => {
       expect(plaintextSha(f.identityFile, path.join(repo, now)).code).not.toBe(0);
     }
   }, 300_000);
+});
+
+describe('concurrent rekeys of one backup', () => {
+  let c: { identityFile: string; recipient: string };
+  beforeAll(async () => {
+    c = await writeIdentityFile(f.tmp, 'c.txt');
+  });
+
+  /** A fresh repository with one backup of the database (A's). */
+  async function fresh(name: string): Promise<{ dir: string; id: string }> {
+    const dir = f.path(name);
+    return { dir, id: (await f.backup(dir, f.db)).id };
+  }
+
+  /** Starts rekey held at `stage` (fault point hold-rekey) and waits until it is held there. */
+  async function held(dir: string, stage: string, args: string[]) {
+    const release = path.join(dir, '..', `${path.basename(dir)}-release`);
+    const p = startCoffer(['rekey', '--from', dir, '--db', f.db, ...args], { env: { ...f.env(), COFFER_TEST_FAULTS: `hold-rekey=${stage}`, COFFER_TEST_RELEASE: release } });
+    let err = '';
+    p.stderr!.on('data', (x: Buffer) => (err += x.toString()));
+    for (let n = 0; !err.includes(`held at ${stage}`); n++) {
+      if (n > 3000) throw new Error(`never held at ${stage}: ${err}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return {
+      go: async () => {
+        await fsp.writeFile(`${release}.${stage}`, '');
+        const r = await p;
+        return { code: r.exitCode, stderr: err };
+      },
+    };
+  }
+
+  async function current(dir: string): Promise<Array<{ id: string; replaces: string | null }>> {
+    const l = await runCoffer(['list', '--from', dir, '--db', f.db, '--json'], { env: f.env() });
+    expect(l.code, l.stderr).toBe(0);
+    return JSON.parse(l.stdout) as Array<{ id: string; replaces: string | null }>;
+  }
+
+  it('while one holds the lock, the other exits 6 naming it; one replacement', async () => {
+    const { dir, id } = await fresh('concurrent-locked');
+    const first = await held(dir, 'locked', ['--backup', id, '--add-recipient', b.recipient, '--remove-recipient', f.recipient, '-i', f.identityFile]);
+    const second = await runCoffer(['rekey', '--from', dir, '--db', f.db, '--backup', id, '--add-recipient', c.recipient, '-i', f.identityFile], { env: f.env() });
+    expect(second.code, second.stderr).toBe(6);
+    expect(errorLine(second.stderr)).toMatch(new RegExp(`rekey: another run holds the lock of database "${f.db}" in this repository: coffer rekey run \\w+ \\(pid \\d+ `));
+    const r = await first.go();
+    expect(r.code, r.stderr).toBe(0);
+    const rows = await current(dir);
+    expect(rows).toHaveLength(1);
+    expect(rows[0]!.replaces).toBe(id);
+  }, 120_000);
+
+  for (const selector of ['id', 'latest'] as const) {
+    it(`one that selected --backup ${selector} before the other committed ${selector === 'id' ? 'is refused as already replaced (exit 2)' : 'rekeys the replacement'}`, async () => {
+      const { dir, id } = await fresh(`concurrent-selected-${selector}`);
+      const first = await held(dir, 'selected', ['--backup', selector === 'id' ? id : 'latest', '--add-recipient', b.recipient, '--remove-recipient', f.recipient, '-i', f.identityFile]);
+      const second = await runCoffer(['rekey', '--from', dir, '--db', f.db, '--backup', id, '--add-recipient', c.recipient, '-i', f.identityFile, '--json'], { env: f.env() });
+      expect(second.code, second.stderr).toBe(0);
+      const replacement = (JSON.parse(second.stdout) as RekeyResult).items[0]!.newId!;
+      const r = await first.go();
+      const rows = await current(dir);
+      expect(rows).toHaveLength(1);
+      if (selector === 'id') {
+        expect(r.code, r.stderr).toBe(2);
+        expect(errorLine(r.stderr)).toMatch(new RegExp(`backup ${id} was already replaced by ${replacement} \\(coffer rekey\\); rekey that one`));
+        expect(rows[0]!.id).toBe(replacement);
+      } else {
+        expect(r.code, r.stderr).toBe(0);
+        expect(rows[0]!.replaces).toBe(replacement);
+        // A was removed from the replacement of the replacement: it no longer opens what is listed.
+        const v = await runCoffer(['verify', '--from', dir, '--db', f.db, '--backup', rows[0]!.id, '--identity', f.identityFile], { env: f.env() });
+        expect(v.code, v.stderr).toBe(5);
+      }
+    }, 120_000);
+  }
 });

@@ -1,4 +1,4 @@
-import { database, objectLockMode, recipient, repository, text } from '../../config/parsers.js';
+import { database, duration, objectLockMode, recipient, repository, text } from '../../config/parsers.js';
 import { flag, list, value } from '../../config/options.js';
 import { defineCommand } from '../command.js';
 import { DEFAULT_REPOSITORY, REPOSITORY, keepOptions, s3Options, signingKeyOption } from '../option-groups.js';
@@ -14,7 +14,9 @@ export const rekeyOptions = {
   identity: list('-i, --identity <file>', 'age identity file (private key) of a current recipient, to unwrap the file key; repeatable', text, { aliases: [{ key: '', env: 'COFFER_IDENTITY_FILE' }] }),
   identityFile: list('--identity-file <file>', 'the same as --identity', text, { configurable: false }),
   dryRun: flag('--dry-run', 'print which backups would change and their recipients before and after; write nothing'),
-  deleteOld: flag('--delete-old', 'delete the replaced backup (manifest, then objects) once its replacement is committed; needs delete permission (admin credentials)'),
+  deleteOld: flag('--delete-old', 'delete the replaced backup (manifest, then objects and signature) once its replacement is committed; needs delete permission (admin credentials)'),
+  wait: value('--wait <duration>', 'if another run holds the lock of the database (a rekey or a backup on this host), wait up to this long (default: exit 6 at once)', duration),
+  lockDir: value('--lock-dir <dir>', 'host lock directory, the one backups use (default $XDG_RUNTIME_DIR/coffer, /run/lock/coffer-<uid> or TMPDIR/coffer-locks-<uid>)', text),
   objectLockMode: value('--object-lock-mode <mode>', "write the new objects with S3 object-lock retention (governance or compliance) until the end of the tier's keep period, counted from the backup's original time", objectLockMode),
   ...keepOptions,
   json: flag('--json', 'print the result as JSON on stdout'),

@@ -8,6 +8,7 @@ import { formatBytes } from '../../observe/log.js';
 import { runRekey, type RekeyResult } from '../../pipeline/rekey.js';
 import { retainUntil } from '../../retention/policy.js';
 import { openStore } from '../../store/open.js';
+import { acquireBackupLock, defaultLockDir } from '../../ops/lock.js';
 import type { CliContext } from '../context.js';
 import { retentionPolicy } from '../option-groups.js';
 import type { rekeyOptions } from '../commands/rekey.js';
@@ -32,6 +33,7 @@ export async function runRekeyCommand(flags: Values<typeof rekeyOptions>, ctx: C
   const policy = retentionPolicy(flags);
   const lockMode = flags.objectLockMode;
   const signer = flags.signingKey !== undefined ? manifestSigner(await readSigningKeyFile(path.resolve(ctx.cwd, flags.signingKey))) : undefined;
+  const lockDir = path.resolve(ctx.cwd, flags.lockDir ?? defaultLockDir(ctx.env));
   const store = await openStore(flags.from, resolveS3Settings(flags, ctx.env));
   let result: RekeyResult;
   try {
@@ -45,6 +47,7 @@ export async function runRekeyCommand(flags: Values<typeof rekeyOptions>, ctx: C
       dryRun: flags.dryRun,
       deleteOld: flags.deleteOld,
       signer,
+      lock: (database) => acquireBackupLock({ repository: store.location, database, command: 'rekey', lockDir, runId: ctx.log.runId, env: ctx.env, waitMs: flags.wait?.ms ?? 0, signal: ctx.signal, log: ctx.log }),
       retentionFor: lockMode ? (tier, startedAt) => ({ mode: lockMode, retainUntil: retainUntil(policy, tier, startedAt) }) : undefined,
       log: ctx.log,
       signal: ctx.signal,
