@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { UsageError, type CofferError } from '../errors.js';
+import { followAbort } from '../run/abort.js';
 import { Supervisor, type SpawnSpec } from '../run/supervisor.js';
 
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
@@ -154,8 +155,10 @@ export function missingTool(what: string, hint: string): (cmd: string) => Coffer
 }
 
 /**
- * Runs one short child to completion (its own supervisor: attached at spawn, killed on abort,
- * awaited) and returns its stdout (small outputs only).
+ * Runs one child to completion (its own supervisor: attached at spawn, killed on abort,
+ * awaited) and returns its stdout (small outputs only). A stop of `signal` ends the wait at once
+ * and kills the child (the supervisor does not kill on abort by itself: a user's `--smoke
+ * 'SELECT pg_sleep(600)'` would otherwise hold a stopped run for as long).
  */
 export async function runChild(
   argv: string[],
@@ -168,7 +171,13 @@ export async function runChild(
     child.stdout!.on('data', (b: Buffer) => out.push(b));
     const drained = new Promise((r) => child.stdout!.once('close', r));
     if (opts.input !== undefined) child.stdin!.end(opts.input);
-    await Promise.all([child.done, drained]);
+    let unfollow = (): void => undefined;
+    const stopped = new Promise<never>((_, reject) => (unfollow = followAbort(sup.signal, () => reject(sup.signal.reason))));
+    try {
+      await Promise.race([Promise.all([child.done, drained]), stopped]);
+    } finally {
+      unfollow();
+    }
     return Buffer.concat(out).toString('utf8');
   });
 }
