@@ -14,8 +14,13 @@
  * - Both are stopped with the run (SIGINT, SIGTERM, --timeout): the run's signal kills them. A
  *   run that was stopped does not run its `--after` hook (it must exit within seconds): the log
  *   says so. A `--before` hook that failed has no `--after` (nothing was done to undo).
+ * - A stop during the `--after` hook of a run that succeeded kills the hook, but what the run
+ *   made is committed and complete: the run succeeds (exit 0) with a warning that names it and
+ *   says the hook was stopped, as a stop after a backup's commit does (not 124/130/143, which
+ *   say that everything was aborted).
  */
 import { exitCodeOf, formatErrorLine, HookError, UsageError } from '../errors.js';
+import { interruptedBy } from '../run/abort.js';
 import type { Logger } from '../observe/log.js';
 import { splitCommand } from '../pg/tools.js';
 import { Supervisor, toolEnv } from '../run/supervisor.js';
@@ -78,9 +83,17 @@ export interface Hooks {
  * Runs `run` between the hooks. `vars` describe the run for both (`COMMAND`, `REPOSITORY`,
  * `DATABASES`, `RUN_ID`…); `outcome` adds, for `--after`, what a successful run made. After a
  * failure the hook gets `RESULT=failure`, `EXIT_CODE` and `ERROR` (the error's one line, which
- * never holds a secret).
+ * never holds a secret). `committed` says what a successful run made, for the warning when a
+ * stop kills its `--after` hook (the run still resolves: its work is complete).
  */
-export async function withHooks<T>(hooks: Hooks, vars: Record<string, string>, opts: { env: NodeJS.ProcessEnv; signal: AbortSignal; log: Logger }, run: () => Promise<T>, outcome: (r: T) => Record<string, string>): Promise<T> {
+export async function withHooks<T>(
+  hooks: Hooks,
+  vars: Record<string, string>,
+  opts: { env: NodeJS.ProcessEnv; signal: AbortSignal; log: Logger },
+  run: () => Promise<T>,
+  outcome: (r: T) => Record<string, string>,
+  committed: (r: T) => string,
+): Promise<T> {
   if (hooks.before) await runHook('before', hooks.before, vars, opts);
   let result: T;
   try {
@@ -102,6 +115,11 @@ export async function withHooks<T>(hooks: Hooks, vars: Record<string, string>, o
     try {
       await runHook('after', hooks.after, { ...vars, RESULT: 'success', EXIT_CODE: '0', ...outcome(result) }, opts);
     } catch (err) {
+      if (opts.signal.aborted) {
+        // The stop came after the commit: it ends the hook, not what was made (exit 0).
+        opts.log.warn(`${committed(result)}; the --after hook was stopped (${formatErrorLine(interruptedBy(opts.signal))}) before it finished`);
+        return result;
+      }
       if (err instanceof HookError) throw new HookError(`the run succeeded, but ${err.message}`, { cause: err, hint: 'what the run made is stored and committed; see the hook\'s output in the log' });
       throw err;
     }

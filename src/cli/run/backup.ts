@@ -64,7 +64,10 @@ export async function runBackupCommand(flags: Values<typeof options>, ctx: CliCo
   return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => (sources ? backupSources(sources, ctx) : backupCommand(flags, ctx)), (r) => ({
     BACKUPS: r.map((x) => x.manifest.id).join(','),
     DATABASES_BACKED_UP: r.map((x) => ('database' in x.manifest ? x.manifest.database : x.manifest.cluster)).join(','),
-  }));
+  }), (r) => {
+    const made = r.map((x) => `${x.manifest.id} (${'database' in x.manifest ? `database ${x.manifest.database}` : `cluster ${x.manifest.cluster}`})`).join(', ');
+    return `${r.length === 1 ? `the backup ${made} is` : `the backups ${made} are`} committed and complete`;
+  });
 }
 
 /** The sources asked for, resolved ({@link chooseSources}); two may not share a ping URL. */

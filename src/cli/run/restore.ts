@@ -140,7 +140,7 @@ export async function runRestoreCommand(flags: Values<typeof restoreOptions>, ct
   return withHooks({ before: flags.before, after: flags.after }, vars, { env: ctx.env, signal: ctx.signal, log: ctx.log }, () => restoreCommand(flags, ctx), (r) => ({
     ...('backupId' in r && r.backupId ? { BACKUP: r.backupId } : {}),
     ...('target' in r && typeof r.target === 'string' ? { TARGET: r.target } : {}),
-  }));
+  }), (r) => ('output' in r ? `the restore to ${r.output} is complete` : 'target' in r && typeof r.target === 'string' ? `the restore into ${JSON.stringify(r.target)} is complete` : 'the restore is complete'));
 }
 
 /** `coffer restore`: into a fresh database (atomically), or `--output` to a file. */
