@@ -38,8 +38,11 @@ export async function main(argv: string[]): Promise<number> {
     if (signals > 1) {
       // No cleanup runs now: at least no decrypted data stays on disk (a --jobs spool, an --output being written).
       removePlaintextNow();
-      process.stderr.write(`coffer: second ${sig}, exiting now\n`);
-      process.exit(sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated);
+      const code = sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated;
+      // One JSON line in JSON log mode (a collector reads nothing else); the plain line otherwise.
+      if (log.format === 'json') log.error(`second ${sig}, exiting now`, { exit: code });
+      else process.stderr.write(`coffer: second ${sig}, exiting now\n`);
+      process.exit(code);
     }
     log.warn(`received ${sig}: stopping (work not yet committed is torn down and not stored; a backup already committed stays complete)`);
     ac.abort(new InterruptedError(`stopped by ${sig}`, { exitCode: sig === 'SIGINT' ? ExitCode.interrupted : ExitCode.terminated }));

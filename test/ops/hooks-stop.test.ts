@@ -162,3 +162,29 @@ describe('a stop during the --before hook: 143/124, nothing stored', () => {
   });
 });
 
+
+describe('a second signal while the first stop waits for a hook that ignores SIGTERM', () => {
+  it('exits 143 at once; in JSON log mode its line is JSON too', async () => {
+    const pidFile = path.join(dir, 'stubborn.pid');
+    const file = path.join(dir, 'stubborn.sh');
+    // The sleep inherits the ignored SIGTERM: the teardown waits its grace period before SIGKILL.
+    await fsp.writeFile(file, `#!/bin/bash\ntrap '' TERM\necho $$ > '${pidFile}'\nexec sleep 60\n`, { mode: 0o755 });
+    const run = startCoffer(['--log-format', 'json', 'backup', '--to', f.path('repo-second'), '--db', db, '--recipient', f.recipient, '--before', `'${file}'`], { env: f.env(), timeoutMs: 30_000, forceKillAfterMs: 1_000 });
+    let stderr = '';
+    run.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+    let pid = 0;
+    try {
+      expect(await waitFor(async () => (pid = await pidIn(pidFile)) > 0, 20_000)).toBe(true);
+      signalIfRunning(run.pid!, 'SIGTERM');
+      expect(await waitFor(() => stderr.includes('received SIGTERM'), 5_000)).toBe(true);
+      signalIfRunning(run.pid!, 'SIGTERM');
+      const r = await run;
+      expect(r.exitCode, stderr).toBe(143);
+      const lines = String(r.stderr).trim().split('\n');
+      for (const l of lines) expect(() => JSON.parse(l), l).not.toThrow();
+      expect(JSON.parse(lines.at(-1)!)).toMatchObject({ level: 'error', msg: 'second SIGTERM, exiting now', exit: 143 });
+    } finally {
+      if (pid) signalIfRunning(pid, 'SIGKILL');
+    }
+  });
+});
