@@ -3,7 +3,7 @@
  * committed: the hook is killed, the run exits 0 with a warning that names the committed backup
  * and says the hook was stopped (not 124/143, "everything was aborted cleanly"); the backup is
  * listed and restorable and the metrics file says success. During `--before`: 124/143, nothing
- * stored. Logical and physical (`--physical`) backups.
+ * stored. Logical and physical (`--physical`) backups, and a restore (exit 0, its target there).
  */
 import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
@@ -136,6 +136,19 @@ describe('a stop during the --after hook of a committed backup: exit 0, the back
       expect(back.code, back.stderr).toBe(0);
     });
   }
+});
+
+describe('a stop during the --after hook of a restore that swapped in: exit 0, the target named and there', () => {
+  it('SIGTERM', async () => {
+    const repo = f.path('repo-restore-after');
+    await f.backup(repo, db);
+    const target = f.dropAtEnd(uniqueDbName('hookstop_ra'));
+    const hook = await slowHook();
+    const r = await stopDuringHook(['restore', '--from', repo, '--identity', f.identityFile, '--target-db', target, '--after', hook.argv], hook, 'SIGTERM', f.env());
+    expect(r.code, r.stderr).toBe(0);
+    expect(stoppedHookWarning(r.stderr)?.msg, r.stderr).toBe(`the restore into ${JSON.stringify(target)} is complete; the --after hook was stopped (stopped by SIGTERM) before it finished`);
+    expect((await pg.psql('SELECT count(*) FROM hook_rows;', target)).trim()).toBe('321');
+  });
 });
 
 describe('a stop during the --before hook: 143/124, nothing stored', () => {
