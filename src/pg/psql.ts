@@ -475,7 +475,14 @@ export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget,
     child.stdout!.on('data', (b: Buffer) => chunks.push(b));
     const drained = new Promise((r) => child.stdout!.once('close', r));
     child.stdin!.end(SQL_FILE_EPILOGUE);
-    await Promise.all([child.done, drained]);
+    // A stop of the run ends the wait at once (the teardown then kills psql, as runChild's does).
+    let unfollow = (): void => undefined;
+    const stopped = new Promise<never>((_, reject) => (unfollow = followAbort(sup.signal, () => reject(sup.signal.reason))));
+    try {
+      await Promise.race([Promise.all([child.done, drained]), stopped]);
+    } finally {
+      unfollow();
+    }
   });
   scan.end();
   const lines = out().split('\n');
