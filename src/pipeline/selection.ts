@@ -17,7 +17,12 @@
  * without that table's rows) and logged. A selected relation that needs another relation (a
  * view on a table, a partition of a parent, an owned sequence its table) that is not selected is
  * refused: select both.
- * An excluded relation takes with it everything that depends on it (logged).
+ * `--schema` alone chooses everything in the schemas, the schemas' own comments and grants (also
+ * public's, which pg_dump 15 writes without a SCHEMA entry), and the partitions of their
+ * partitioned tables in any schema.
+ * An excluded relation takes with it everything that depends on it; each entry so left out is
+ * logged, except what belongs only to what is excluded. Excluding a sequence that a column of a
+ * restored table draws from (serial, identity, DEFAULT nextval) is refused.
  * `--list-file` is exact: the entries listed, nothing added, in archive order (a streamed
  * archive cannot be read out of order).
  */
@@ -78,6 +83,55 @@ const RELATION_BOUND = new Set([
 ]);
 /** Processed by pg_restore whatever the list says; kept in it for clarity. */
 const SPECIAL = new Set(['ENCODING', 'STDSTRINGS', 'SEARCHPATH']);
+/** Entries that only exist for a relation or sequence: left out with it without a word. */
+const ATTACHED = new Set([...[...RELATION_BOUND].filter((d) => !HOLDS_ROWS.has(d)), 'SEQUENCE', 'SEQUENCE SET', 'SEQUENCE OWNED BY']);
+
+/** An identifier as pg_dump's fmtId writes it in a tag ("SCHEMA public", "SCHEMA \"Mixed Case\""). */
+function quoteIdent(name: string): string {
+  return /^[a-z_][a-z0-9_]*$/.test(name) ? name : `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * An excluded sequence that a column of a restored table draws its values from (a serial or
+ * other DEFAULT nextval, an identity column) is refused: without it the column loses its default
+ * or its identity and every insert that relies on it fails later, with nothing said now.
+ */
+function refuseColumnSequences(toc: TocObject[], byId: Map<number, TocObject>, excluded: Set<number>, chosen: Set<number>): void {
+  for (const id of excluded) {
+    const seq = byId.get(id)!;
+    if (seq.desc !== 'SEQUENCE') continue;
+    const users: string[] = [];
+    const tables: TocObject[] = [];
+    // An identity column's sequence (and pg_dump's owned sequences) depend on their table.
+    for (const d of seq.deps) {
+      const t = byId.get(d);
+      if (t && HOLDS_ROWS.has(t.desc) && chosen.has(d)) {
+        users.push(`a serial or identity column of TABLE ${qualified(t)}`);
+        tables.push(t);
+      }
+    }
+    // A column DEFAULT nextval(...): in the table's own entry (a sequence not owned by it), or
+    // an entry of its own that depends on the sequence and on the table.
+    for (const x of toc) {
+      if (x.desc === 'TABLE' && chosen.has(x.dumpId) && x.deps.includes(id) && !tables.includes(x)) {
+        users.push(`a column DEFAULT of TABLE ${qualified(x)}`);
+        tables.push(x);
+      }
+      if (x.desc !== 'DEFAULT' || !x.deps.includes(id)) continue;
+      for (const d of x.deps) {
+        const t = byId.get(d);
+        if (!t || !HOLDS_ROWS.has(t.desc) || !chosen.has(d) || tables.includes(t)) continue;
+        const column = x.tag.startsWith(`${t.tag} `) ? x.tag.slice(t.tag.length + 1) : x.tag;
+        users.push(`the DEFAULT of column ${qualified(t)}.${column}`);
+        tables.push(t);
+      }
+    }
+    if (users.length === 0) continue;
+    throw new UsageError(`--exclude-table ${JSON.stringify(seq.tag)}: ${what(seq)} gives the values of ${users.join(' and of ')}, which is restored; without the sequence, inserts relying on it would fail`, {
+      hint: `exclude the table too: ${tables.map((t) => `--exclude-table ${JSON.stringify(t.tag)}`).join(' ')}; or keep the sequence`,
+    });
+  }
+}
 
 /** The dump ids of a pg_restore -L list: each line's leading number; ';' starts a comment. */
 export function parseListFile(text: string, file: string): number[] {
@@ -140,14 +194,25 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
     else roots = [...toc];
     const excluded = new Set(spec.excludeTables.flatMap((t) => relationNamed(t, '--exclude-table')).map((e) => e.dumpId));
     chosen = new Set(roots.map((e) => e.dumpId).filter((id) => !excluded.has(id)));
+    refuseColumnSequences(toc, byId, excluded, chosen);
     // A chosen schema's own grants, comment and security label (their entries have no namespace).
-    for (const e of toc) if (DESCRIBES.has(e.desc) && e.deps.length > 0 && e.deps.every((d) => chosen.has(d) && byId.get(d)?.desc === 'SCHEMA')) chosen.add(e.dumpId);
+    // pg_dump 15 writes no SCHEMA entry for an unchanged public schema, only its COMMENT and ACL
+    // (their dependency is on an object not in the archive): those go by their tag.
+    const schemaTags = spec.tables.length === 0 ? new Set(spec.schemas.map((s) => `SCHEMA ${quoteIdent(s)}`)) : new Set<string>();
+    for (const e of toc) {
+      if (!DESCRIBES.has(e.desc) || e.deps.length === 0 || e.namespace !== '') continue;
+      if (e.deps.every((d) => chosen.has(d) && byId.get(d)?.desc === 'SCHEMA')) chosen.add(e.dumpId);
+      else if (schemaTags.has(e.tag) && e.deps.every((d) => !byId.has(d) || (chosen.has(d) && byId.get(d)?.desc === 'SCHEMA'))) chosen.add(e.dumpId);
+    }
 
     // What belongs to the chosen relations (data, indexes, constraints, owned sequences, and
     // what belongs to those: comments, sequence values), to a fixed point. Other relations are
     // never pulled in this way (a view over a chosen table is not restored unless chosen).
+    // With --schema alone, everything in the schema is chosen already; what is pulled in is a
+    // partitioned table's partitions in other schemas, and what belongs to them.
     const anchors = new Set([...chosen].filter((id) => RELATION_KINDS.has(byId.get(id)!.desc)));
-    if (spec.tables.length > 0) {
+    const pulled = spec.tables.length > 0 ? anchors : new Set<number>();
+    if (spec.tables.length > 0 || spec.schemas.length > 0) {
       for (let grew = true; grew; ) {
         grew = false;
         for (const e of toc) {
@@ -161,22 +226,27 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
               for (const id of [e.dumpId, partition.dumpId]) {
                 chosen.add(id);
                 anchors.add(id);
+                pulled.add(id);
               }
               grew = true;
             }
             continue;
           }
-          if (e.deps.some((d) => anchors.has(d))) {
+          if (e.deps.some((d) => pulled.has(d))) {
             chosen.add(e.dumpId);
             anchors.add(e.dumpId);
+            pulled.add(e.dumpId);
             grew = true;
           }
         }
       }
     }
 
-    // Exclusions take everything that depends on them, to a fixed point.
+    // Exclusions take everything that depends on them, to a fixed point; each entry so left out
+    // is named, except what only belongs to what is left out (an excluded table's data, indexes,
+    // constraints, own sequences, comments).
     const gone = new Set(excluded);
+    const dropped: TocObject[] = [];
     for (let grew = true; grew; ) {
       grew = false;
       for (const id of chosen) {
@@ -184,10 +254,21 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
         if (e.deps.some((d) => gone.has(d))) {
           chosen.delete(id);
           gone.add(id);
+          dropped.push(e);
           grew = true;
-          if (HOLDS_ROWS.has(e.desc) || e.desc === 'FK CONSTRAINT') notes.push(`${what(e)} left out: it depends on an excluded table`);
         }
       }
+    }
+    for (const e of dropped) {
+      if (DESCRIBES.has(e.desc) || SPECIAL.has(e.desc)) continue;
+      // Its own relation (an entry tagged "table name", or the relation itself) is left out: it goes with it.
+      const own = e.deps.map((d) => byId.get(d)).find((r) => r && RELATION_KINDS.has(r.desc) && r.namespace === e.namespace && (e.tag === r.tag || e.tag.startsWith(`${r.tag} `)));
+      if (own && gone.has(own.dumpId)) continue;
+      // An index, constraint, sequence value… of nothing restored goes with what it belongs to.
+      const ofRestored = e.deps.some((d) => chosen.has(d) && (RELATION_BOUND.has(byId.get(d)!.desc) || byId.get(d)!.desc === 'SEQUENCE'));
+      if (ATTACHED.has(e.desc) && !ofRestored) continue;
+      const need = byId.get(e.deps.find((d) => excluded.has(d)) ?? e.deps.find((d) => gone.has(d))!)!;
+      notes.push(`${what(e)} left out: it needs ${what(need)}, which is ${excluded.has(need.dumpId) ? 'excluded' : 'not restored'}`);
     }
 
     // Prerequisites: definitions without rows are added (recursively); an entry that belongs to
