@@ -32,8 +32,16 @@ export interface ArchiveContents {
   objects: Record<string, string[]>;
   /** Whether data sizes were read (from the archive index, or by reading the whole archive). */
   sizes: boolean;
-  /** Stored bytes read, and the object's size (null: unknown, a --file). */
+  /**
+   * What was read: `index`, the archive index and the head of the backup (sizes from the index;
+   * the chunks read were authenticated, the rest was neither read nor checked); `whole`, the whole
+   * backup, read and checked to its end; `head`, the head only (--toc-only).
+   */
+  read: 'index' | 'whole' | 'head';
+  /** Stored bytes read (with `read: 'index'`, the dump's and the index's), and the object's size (null: unknown, a --file). */
   storedBytesRead: number;
+  /** With `read: 'index'`: the bytes of the dump object read (from its start). */
+  dumpBytesRead: number | null;
   storedBytes: number | null;
 }
 
@@ -71,13 +79,15 @@ export async function showArchive(req: SourceRequest & { signal: AbortSignal; en
       database: req.source.kind === 'repository' ? req.source.entry.database : (opened.header?.dbname ?? null),
       archive: { formatVersion: opened.header?.versionText ?? '?', serverVersion: opened.header?.serverVersion ?? null, pgDumpVersion: opened.header?.pgDumpVersion ?? null, entries: toc.length, compressed: opened.compressed },
       // Ranged: the distinct bytes of the dump object fetched, and the index.
+      read: ranged ? 'index' : req.tocOnly ? 'head' : 'whole',
       storedBytesRead: ranged ? ranged.fetched().bytes + ranged.fetched().indexBytes : stats.storedBytes,
+      dumpBytesRead: ranged ? ranged.fetched().bytes : null,
       storedBytes: req.source.kind === 'repository' ? req.source.entry.manifest.dump.size : null,
     });
   });
 }
 
-function contents(toc: TocObject[], sizes: Map<number, number> | undefined, base: Pick<ArchiveContents, 'backupId' | 'database' | 'archive' | 'storedBytesRead' | 'storedBytes'>): ArchiveContents {
+function contents(toc: TocObject[], sizes: Map<number, number> | undefined, base: Pick<ArchiveContents, 'backupId' | 'database' | 'archive' | 'read' | 'storedBytesRead' | 'dumpBytesRead' | 'storedBytes'>): ArchiveContents {
   const dataOf = (desc: string, e: TocObject): number | null => {
     if (!sizes) return null;
     const d = toc.find((x) => x.desc === desc && x.namespace === e.namespace && x.tag === e.tag);

@@ -451,6 +451,7 @@ interface Contents {
   objects: Record<string, string[]>;
   sizes: boolean;
   storedBytesRead: number;
+  read: 'index' | 'whole' | 'head';
   archive: { formatVersion: string; serverVersion: string };
 }
 
@@ -483,6 +484,9 @@ describe('show', () => {
     expect(t.stdout).toMatch(/^table +app +orders +\d+(\.\d+)? KiB$/m);
     expect(t.stdout).toMatch(/^schemas: Mixed Case, app, audit, public$/m);
     expect(t.stdout).toMatch(/other objects: .*VIEW 1/);
+    // It says what it read: the index and the head, not a whole check.
+    expect(t.stdout).toMatch(/^read the archive index and the first \d+(\.\d+)? KiB of \d+(\.\d+)? KiB of the backup \(data sizes from the index\): only that was checked; run coffer verify to check the whole backup$/m);
+    expect(t.stdout).not.toMatch(/whole backup \(|checked out whole/);
 
     // --toc-only on a backup whose table of contents is a small part of it (12 MB of incompressible
     // rows): it stops the download after the head, which is not a failure (nothing retried or warned).
@@ -501,6 +505,27 @@ describe('show', () => {
     const hsc = JSON.parse(hs.stdout) as Contents;
     expect(hsc.sizes).toBe(true);
     expect(hsc.storedBytesRead).toBeLessThan(bigManifest.dump.size / 4);
+    expect(hsc.read).toBe('index');
+    expect(hc.read).toBe('head');
+    // Damaged late (a byte flipped at 1/2, 2/3 and near the end of a copy in a file repository):
+    // show reads only the head, so it cannot tell, and must not claim the backup checked out whole.
+    const bigFile = f.path('bigfile');
+    await f.backup(bigFile, big);
+    const [dumpObject] = (await fsp.readdir(bigFile, { recursive: true })).filter((n) => n.endsWith('.dump.zst.age'));
+    const dumpPath = path.join(bigFile, dumpObject!);
+    const original = await fsp.readFile(dumpPath);
+    for (const at of [Math.floor(original.length / 2), Math.floor((original.length * 2) / 3), original.length - 100]) {
+      const damaged = Buffer.from(original);
+      damaged[at] = damaged[at]! ^ 0xff;
+      await fsp.writeFile(dumpPath, damaged);
+      const ds = await f.run(['show', '--from', bigFile, '--identity', f.identityFile]);
+      expect(ds.code, ds.stderr).toBe(0);
+      expect(ds.stdout).toMatch(/^read the archive index and the first \d+(\.\d+)? (KiB|MiB) of \d+(\.\d+)? MiB of the backup \(data sizes from the index\): only that was checked; run coffer verify to check the whole backup$/m);
+      expect(ds.stdout).not.toMatch(/checked out whole/);
+    }
+    const dv = await f.run(['verify', '--from', bigFile, '--identity', f.identityFile]);
+    expect(dv.code, dv.stderr).toBe(5);
+    await fsp.writeFile(dumpPath, original);
     const wr = await f.run(['restore', '--from', f.repo('big'), '--identity', f.identityFile, '--output', f.path('big.dump')]);
     expect(wr.code, wr.stderr).toBe(0);
     const scanned = scanArchiveFile(f.path('big.dump'));
@@ -518,6 +543,11 @@ describe('show', () => {
     expect(fc.backupId).toBeNull();
     expect(fc.tables.map((t) => t.name).sort()).toEqual(c.tables.map((t) => t.name).sort());
     expect(fc.tables.find((t) => t.name === 'orders')!.dataBytes).toBeGreaterThan(0);
+    // Without an index the whole file is read and checked, and only then is that said.
+    expect(fc.read).toBe('whole');
+    const ft = await f.run(['show', '--file', file, '--identity', f.identityFile]);
+    expect(ft.code, ft.stderr).toBe(0);
+    expect(ft.stdout).toMatch(/^read the whole backup \(\d+(\.\d+)? KiB\): data sizes are known only at the end of the archive; it checked out whole$/m);
   });
 });
 

@@ -23,9 +23,17 @@ function text(c: ArchiveContents): string {
     `${'kind'.padEnd(w[0]!)}  ${'schema'.padEnd(w[1]!)}  ${'name'.padEnd(w[2]!)}  data`,
     ...rows.map((r) => `${r[0]!.padEnd(w[0]!)}  ${r[1]!.padEnd(w[1]!)}  ${r[2]!.padEnd(w[2]!)}  ${r[3]}`),
     `other objects: ${Object.entries(c.objects).map(([k, v]) => `${k} ${v.length}`).join(', ') || 'none'}`,
-    c.sizes
-      ? `read the whole backup (${formatBytes(c.storedBytesRead)}): data sizes are known only at the end of the archive; it checked out whole`
-      : `read ${formatBytes(c.storedBytesRead)}${c.storedBytes !== null ? ` of ${formatBytes(c.storedBytes)}` : ''}: the table of contents only (no data sizes)`,
+    readLine(c),
   ];
   return `${out.join('\n')}\n`;
+}
+
+/** What was read and what was checked: a whole check is claimed only when the whole backup was read. */
+function readLine(c: ArchiveContents): string {
+  const of = c.storedBytes !== null ? ` of ${formatBytes(c.storedBytes)}` : '';
+  if (c.read === 'index') {
+    return `read the archive index and the first ${formatBytes(c.dumpBytesRead ?? c.storedBytesRead)}${of} of the backup (data sizes from the index): only that was checked; run coffer verify to check the whole backup`;
+  }
+  if (c.read === 'whole') return `read the whole backup (${formatBytes(c.storedBytesRead)}): data sizes are known only at the end of the archive; it checked out whole`;
+  return `read ${formatBytes(c.storedBytesRead)}${of}: the table of contents only (no data sizes); run coffer verify to check the whole backup`;
 }
