@@ -99,11 +99,19 @@ export interface ArchiveLayout {
 }
 
 /**
- * The layout, or why the bytes are not a whole custom archive: `reason` is said of the archive
- * and callers put it after their own name for it ("the custom archive ends inside a data block
- * (… bytes)", "… bad TOC entry id at byte …").
+ * The layout, or why the bytes are not a whole custom archive: `reason` is either said of the
+ * archive ("ends inside a data block (… bytes)") or names the fault ("unknown data block type 7",
+ * "bad TOC entry id"); {@link scanProblem} puts it in a sentence.
  */
 export type ScanResult = { ok: true; layout: ArchiveLayout } | { ok: false; reason: string };
+
+/**
+ * A scan's `reason` said of `archive` (what the caller calls it): "the custom archive ends inside
+ * a data block (… bytes)", "unknown data block type 7 in the custom archive".
+ */
+export function scanProblem(archive: string, reason: string): string {
+  return /^ends /.test(reason) ? `${archive} ${reason}` : `${reason} in ${archive}`;
+}
 
 /**
  * A TOC entry about the database itself: `DATABASE` (its CREATE DATABASE statement, with

@@ -3,7 +3,7 @@ import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream';
 import { explainNoMatch, openDecryptStream } from '../crypto/age.js';
 import { IntegrityError } from '../errors.js';
-import { ArchiveOffsetScanner, missingDataBlocks, type ArchiveHeaderStrings, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, missingDataBlocks, scanProblem, type ArchiveHeaderStrings, type ArchiveLayout, type ArchiveTocEntry, type DatabaseTocEntry } from '../pg/archive-offsets.js';
 import { parseArchiveHeader, type ArchiveHeader } from '../pg/archive-toc.js';
 import { missingTool } from '../pg/tools.js';
 import { PzstdFrameWalker } from '../catalog/archive-index.js';
@@ -348,7 +348,7 @@ export class ArchiveCheck {
     if (archiveBytes === 0) return new IntegrityError('the backup holds no data: the archive is empty', { hint: 'this backup stored nothing; use another backup' });
     if (this.scanner) {
       const scan = this.scanner.end();
-      if (!scan.ok) return damaged(`the custom archive ${scan.reason}`);
+      if (!scan.ok) return damaged(scanProblem('the custom archive', scan.reason));
       this.scanned = scan.layout;
       const other = this.expected?.database === undefined ? undefined : otherDatabase(this.scanner.headerStrings(), this.expected.database);
       if (other) return new IntegrityError(other, { hint: 'this backup is not a copy of the database its manifest names; use another backup, or, if this archive is the one you want, restore its object by itself: coffer restore --file <object> (no manifest is checked)' });

@@ -23,7 +23,7 @@ import type { BackupManifest, StoredObject } from '../catalog/manifest.js';
 import { ChunkRangeDecrypter, CHUNK_SIZE, MAX_HEADER_SIZE, explainNoMatch, openDecryptStream, openPayloadKey } from '../crypto/age.js';
 import { IntegrityError, StorageError } from '../errors.js';
 import type { Logger } from '../observe/log.js';
-import { ArchiveOffsetScanner } from '../pg/archive-offsets.js';
+import { ArchiveOffsetScanner, scanProblem } from '../pg/archive-offsets.js';
 import { parseArchiveHeader } from '../pg/archive-toc.js';
 import { missingTool } from '../pg/tools.js';
 import { isAbortEcho } from '../run/abort.js';
@@ -240,7 +240,7 @@ export async function openRangedSource(req: RangedRequest, sup: Supervisor, env:
     else req.log.info('selective restore: fetching the selected data', { blocks: wantBlocks.size, ...(inHead.length > 0 ? { withTableOfContents: inHead.length } : {}), requests: plan.groups.length, bytes: plan.bytes, of: m.dump.size });
     for (const g of plan.groups) for await (const b of groupBytes(g, plan.finalChunk)) yield emit(b);
     layout = out.end();
-    if (!layout.ok) throw new IntegrityError(`the selected data does not form a whole archive: it ${layout.reason}`, { hint: 'restore it whole, or run coffer verify on this backup' });
+    if (!layout.ok) throw new IntegrityError(`the selected data does not form a whole archive: ${scanProblem('the archive', layout.reason)}`, { hint: 'restore it whole, or run coffer verify on this backup' });
     const got = [...layout.layout.blocks.keys()];
     if (got.length !== wantBlocks.size || got.some((id) => !wantBlocks.has(id))) {
       throw new IntegrityError(`the selected data holds the blocks of entries ${got.join(',') || 'none'}, not those selected (${[...wantBlocks].join(',') || 'none'})`, { hint: 'restore it whole, or run coffer verify on this backup' });

@@ -7,6 +7,7 @@ import { archiveMinorOf, parseArchiveHeader, pgMajorReading, type TocObject } fr
 import { parseListFile, selectEntries, type SelectionSpec } from '../../src/pipeline/selection.js';
 import { majorOf } from '../../src/pg/versions.js';
 import { UsageError } from '../../src/errors.js';
+import { ArchiveOffsetScanner, scanProblem } from '../../src/pg/archive-offsets.js';
 
 let next = 1;
 function e(desc: string, namespace: string, tag: string, deps: TocObject[] = []): TocObject {
@@ -81,6 +82,22 @@ describe('selectEntries', () => {
     expect(() => selectEntries(TOC, spec({ listIds: [], listFile: 'l.txt' }))).toThrow(/selects nothing/);
     expect(() => parseListFile('TABLE items\n', 'l.txt')).toThrow(/line 1 is not a pg_restore --list entry/);
     expect(() => selectEntries(TOC, spec({ listIds: list, tables: ['items'] }))).toThrow(/cannot be combined/);
+  });
+});
+
+describe('why bytes are not a whole archive, in a sentence', () => {
+  it('a reason said of the archive follows its name; one that names a fault is said to be in it', () => {
+    const reason = (bytes: Buffer): string => {
+      const s = new ArchiveOffsetScanner();
+      s.push(bytes);
+      const r = s.end();
+      if (r.ok) throw new Error('scanned whole');
+      return r.reason;
+    };
+    // "…: it unknown data block type 7" was said.
+    expect(scanProblem('the archive', 'unknown data block type 7')).toBe('unknown data block type 7 in the archive');
+    expect(scanProblem('the custom archive', reason(Buffer.from('PGDMX garbage')))).toMatch(/^not a custom-format archive \(no PGDMP magic\) at byte \d+ in the custom archive$/);
+    expect(scanProblem('the custom archive', reason(Buffer.from('PGDMP')))).toMatch(/^the custom archive ends inside /);
   });
 });
 
