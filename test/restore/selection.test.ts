@@ -85,6 +85,94 @@ describe('selectEntries', () => {
   });
 });
 
+describe('selectEntries: what --schema brings and --exclude-table takes', () => {
+  // app.events partitioned; app.events_a in app, parts.events_b in parts, sub-partitioned, with
+  // leaf.events_b_rest (a default partition) in a third schema; public without a SCHEMA entry
+  // (pg_dump 15) but with its COMMENT and ACL; a policy and a rule reading owners; columns drawing
+  // from sequences: serial (DEFAULT entry), identity (the sequence depends on its table), shared
+  // (the table's own entry depends on it).
+  const app = e('SCHEMA', '', 'app');
+  const parts = e('SCHEMA', '', 'parts');
+  const leaf = e('SCHEMA', '', 'leaf');
+  const ghost: TocObject = { dumpId: 900000, desc: 'SCHEMA', namespace: '', tag: 'public', owner: 'o', deps: [], hasData: false }; // not in the archive
+  const pubComment = e('COMMENT', '', 'SCHEMA public', [ghost]);
+  const pubAcl = e('ACL', '', 'SCHEMA public', [ghost]);
+  const events = e('TABLE', 'app', 'events', [app]);
+  const evA = e('TABLE', 'app', 'events_a', [app, events]);
+  const evAAttach = e('TABLE ATTACH', 'app', 'events_a', [events, evA]);
+  const evAData = e('TABLE DATA', 'app', 'events_a', [evA]);
+  const evB = e('TABLE', 'parts', 'events_b', [parts, events]);
+  const evBAttach = e('TABLE ATTACH', 'parts', 'events_b', [events, evB]);
+  const evRest = e('TABLE', 'leaf', 'events_b_rest', [leaf, evB]);
+  const evRestAttach = e('TABLE ATTACH', 'leaf', 'events_b_rest', [evB, evRest]);
+  const evRestData = e('TABLE DATA', 'leaf', 'events_b_rest', [evRest]);
+  const evIdx = e('INDEX', 'app', 'events_at_idx', [events]);
+  const evRestIdx = e('INDEX', 'leaf', 'events_b_rest_at_idx', [evRest]);
+  const evRestIdxAttach = e('INDEX ATTACH', 'leaf', 'events_b_rest_at_idx', [evIdx, evRestIdx]);
+  const owners = e('TABLE', 'public', 'owners', []);
+  const ownersData = e('TABLE DATA', 'public', 'owners', [owners]);
+  const ownersPk = e('CONSTRAINT', 'public', 'owners owners_pkey', [owners]);
+  const docs = e('TABLE', 'public', 'docs', []);
+  const docsRls = e('ROW SECURITY', 'public', 'docs', [docs]);
+  const policy = e('POLICY', 'public', 'docs p_own', [docs, owners]);
+  const queue = e('TABLE', 'public', 'queue', []);
+  const rule = e('RULE', 'public', 'queue r_copy', [queue, owners]);
+  const items = e('TABLE', 'public', 'items', []);
+  const itemsSeq = e('SEQUENCE', 'public', 'items_id_seq', [items]);
+  const itemsOwned = e('SEQUENCE OWNED BY', 'public', 'items_id_seq', [itemsSeq]);
+  const itemsDefault = e('DEFAULT', 'public', 'items id', [items, itemsSeq]);
+  const idents = e('TABLE', 'public', 'idents', []);
+  const identSeq = e('SEQUENCE', 'public', 'idents_id_seq', [idents]);
+  const shared = e('SEQUENCE', 'public', 'shared_no', []);
+  const tickets = e('TABLE', 'public', 'tickets', [shared]);
+  const T = [enc, app, parts, leaf, pubComment, pubAcl, events, evA, evAAttach, evAData, evB, evBAttach, evRest, evRestAttach, evRestData, evIdx, evRestIdx, evRestIdxAttach, owners, ownersData, ownersPk, docs, docsRls, policy, queue, rule, items, itemsSeq, itemsOwned, itemsDefault, idents, identSeq, shared, tickets];
+
+  it('--schema: a partitioned table brings its partitions at every level, whatever their schema, with their schemas', () => {
+    const s = selectEntries(T, spec({ schemas: ['app'] }));
+    expect(s.ids).toEqual(expect.arrayContaining(ids([events, evA, evAAttach, evAData, evB, evBAttach, evRest, evRestAttach, evRestData, evIdx, evRestIdx, evRestIdxAttach, parts, leaf])));
+    expect(s.tables).toEqual(['app.events', 'app.events_a', 'parts.events_b', 'leaf.events_b_rest']);
+    expect(s.notes).toEqual([]);
+    // As with --table; and an excluded partition stays out with what is under it.
+    expect(selectEntries(T, spec({ tables: ['events'] })).tables).toEqual(s.tables);
+    const without = selectEntries(T, spec({ tables: ['events'], excludeTables: ['events_b'] }));
+    for (const gone of [evB, evBAttach, evRest, evRestAttach, evRestData, evRestIdxAttach]) expect(without.ids).not.toContain(gone.dumpId);
+    const withoutA = selectEntries(T, spec({ schemas: ['app'], excludeTables: ['events_a'] }));
+    for (const gone of [evA, evAAttach, evAData]) expect(withoutA.ids).not.toContain(gone.dumpId);
+    expect(withoutA.ids).toContain(evRestData.dumpId);
+    // Nothing else of other schemas comes along.
+    expect(s.ids).not.toContain(owners.dumpId);
+  });
+
+  it('--schema public brings its COMMENT and ACL, which hang on no SCHEMA entry', () => {
+    const s = selectEntries(T, spec({ schemas: ['public'] }));
+    expect(s.ids).toEqual(expect.arrayContaining(ids([pubComment, pubAcl, owners, docs])));
+    expect(selectEntries(T, spec({ schemas: ['app'] })).ids).not.toContain(pubComment.dumpId);
+    expect(selectEntries(T, spec({ tables: ['docs'] })).ids).not.toContain(pubAcl.dumpId);
+  });
+
+  it('--exclude-table names what it takes from restored tables (a policy, a rule), not what belonged to the excluded one', () => {
+    for (const extra of [{}, { schemas: ['public'] }]) {
+      const s = selectEntries(T, spec({ excludeTables: ['owners'], ...extra }));
+      expect(s.notes.sort()).toEqual([
+        'POLICY public.docs p_own left out: it needs TABLE public.owners, which is excluded',
+        'RULE public.queue r_copy left out: it needs TABLE public.owners, which is excluded',
+      ]);
+      for (const gone of [owners, ownersData, ownersPk, policy, rule]) expect(s.ids).not.toContain(gone.dumpId);
+      expect(s.ids).toEqual(expect.arrayContaining(ids([docs, docsRls, queue])));
+    }
+  });
+
+  it('--exclude-table of a sequence a restored column draws from is refused (serial, identity, shared default); with its table, it goes quietly', () => {
+    expect(() => selectEntries(T, spec({ excludeTables: ['items_id_seq'] }))).toThrow(/^--exclude-table "items_id_seq": SEQUENCE public\.items_id_seq gives the values of a serial or identity column of TABLE public\.items, which is restored; without the sequence, inserts relying on it would fail$/);
+    expect(() => selectEntries(T, spec({ excludeTables: ['idents_id_seq'] }))).toThrow(/of a serial or identity column of TABLE public\.idents, which is restored/);
+    expect(() => selectEntries(T, spec({ excludeTables: ['shared_no'] }))).toThrow(/gives the values of a column DEFAULT of TABLE public\.tickets, which is restored/);
+    expect(() => selectEntries(T, spec({ tables: ['items'], excludeTables: ['items_id_seq'] }))).toThrow(UsageError);
+    const both = selectEntries(T, spec({ excludeTables: ['items', 'items_id_seq', 'tickets', 'shared_no'] }));
+    expect(both.notes).toEqual([]);
+    for (const gone of [items, itemsSeq, itemsOwned, itemsDefault, tickets, shared]) expect(both.ids).not.toContain(gone.dumpId);
+  });
+});
+
 describe('why bytes are not a whole archive, in a sentence', () => {
   it('a reason said of the archive follows its name; one that names a fault is said to be in it', () => {
     const reason = (bytes: Buffer): string => {
