@@ -175,22 +175,89 @@ export function planLifecycle(existing: readonly LifecycleRule[], policy: Retent
   };
 }
 
+/** What coffer stores under a tier (or `wal`): the key shapes below the repository prefix. */
+type Track = Tier | typeof WAL;
+
 /**
- * Foreign enabled rules that could expire objects of the repository earlier than the policy:
- * their prefix filter covers (or lies inside) the repository prefix, they carry no tag filter
- * other than coffer's own, and they expire current versions after fewer days than the shortest tier.
+ * The tracks (tiers, `wal`) whose objects a key prefix `rest` (below the repository prefix) can
+ * match. coffer's keys are `<db>/<tier>/<id>.…` (database segments never contain `=`),
+ * `cluster=<name>/<tier>/<id>.…`, and WAL-tagged `cluster=<name>/wal/…` and
+ * `cluster=<name>/timeline/…`. Conservative: a prefix that could begin some database's or
+ * cluster's segment matches every track that segment has.
+ */
+function tracksUnder(rest: string): Track[] {
+  const all: Track[] = [...TIERS, WAL];
+  const slash = rest.indexOf('/');
+  if (slash < 0) {
+    // Inside the first segment: a database segment or `cluster=<name>`.
+    const clusterPossible = CLUSTER_SEGMENT.startsWith(rest) || rest.startsWith(CLUSTER_SEGMENT);
+    return clusterPossible ? all : [...TIERS];
+  }
+  const seg = rest.slice(0, slash);
+  const isCluster = seg.startsWith(CLUSTER_SEGMENT);
+  if (seg === '' || (!isCluster && seg.includes('='))) return [];
+  const after = rest.slice(slash + 1);
+  const slash2 = after.indexOf('/');
+  const dir = slash2 < 0 ? after : after.slice(0, slash2);
+  const dirs: Array<[string, Track]> = [...TIERS.map((t): [string, Track] => [t, t]), ...(isCluster ? ([[WAL, WAL], ['timeline', WAL]] as Array<[string, Track]>) : [])];
+  const hit = dirs.filter(([d]) => (slash2 < 0 ? d.startsWith(dir) : d === dir)).map(([, t]) => t);
+  return [...new Set(hit)];
+}
+
+/** The segment every cluster's keys begin with (see catalog/cluster-layout). */
+const CLUSTER_SEGMENT = 'cluster=';
+
+/**
+ * The tracks of the repository at key prefix `kp` whose objects a rule with key prefix
+ * `rulePrefix` and tag filters `tags` (`key=value`) can match.
+ */
+export function tracksMatched(rulePrefix: string, tags: readonly string[], kp: string): Track[] {
+  let tracks: Track[];
+  if (kp.startsWith(rulePrefix)) tracks = [...TIERS, WAL];
+  else if (rulePrefix.startsWith(kp)) tracks = tracksUnder(rulePrefix.slice(kp.length));
+  else return [];
+  for (const t of tags) {
+    const eq = t.indexOf('=');
+    const key = t.slice(0, eq);
+    const value = t.slice(eq + 1);
+    // coffer tags its objects with coffer-tier only: any other tag matches none of them.
+    if (key !== TIER_TAG) return [];
+    tracks = tracks.filter((tr) => tr === value);
+  }
+  return tracks;
+}
+
+/** The days the policy keeps a track; `undefined` when it does not say (WAL without --keep-wal). */
+function trackDays(policy: RetentionPolicy, track: Track): number | undefined {
+  return track === WAL ? policy.walDays : policy.days[track];
+}
+
+/**
+ * Foreign enabled rules that could expire objects of the repository earlier than the policy, one
+ * line each per tier (or WAL) they hit: for each rule, the tiers whose keys
+ * (`<prefix>/<db>/<tier>/…`, `<prefix>/cluster=<name>/<tier>/…`, WAL under `cluster=<name>/wal/`)
+ * its prefix can match and whose tag `coffer-tier=<tier>` its tag filters allow (an `And` filter
+ * must match all its parts; a rule without a filter matches everything), whose current versions it
+ * expires after fewer days than that tier's retention, or on a fixed date. Size filters are not
+ * considered narrowing: coffer's objects come in every size, and losing any one loses the backup.
  */
 export function conflictingRules(existing: readonly LifecycleRule[], policy: RetentionPolicy, prefix: string): string[] {
   const kp = keyPrefix(prefix);
-  const shortest = Math.min(...TIERS.map((t) => policy.days[t]), ...(policy.walDays !== undefined ? [policy.walDays] : []));
   const out: string[] = [];
   for (const r of existing) {
     if (isCofferRuleFor(r.ID, prefix)) continue;
     const c = canonicalRule(r);
-    if (!c.enabled || c.expirationDays === undefined || c.expirationDays >= shortest) continue;
-    const overlaps = kp.startsWith(c.prefix) || c.prefix.startsWith(kp);
-    const foreignTags = c.tags.filter((t) => !t.startsWith(`${TIER_TAG}=`));
-    if (overlaps && foreignTags.length === 0) out.push(`${r.ID ?? '(no id)'} (${describeRule(r)})`);
+    const date = r.Expiration?.Date;
+    if (!c.enabled || (c.expirationDays === undefined && date === undefined)) continue;
+    const hits: string[] = [];
+    for (const track of tracksMatched(c.prefix, c.tags, kp)) {
+      const keep = trackDays(policy, track);
+      if (keep === undefined) continue;
+      const what = track === WAL ? 'archived WAL' : `${track} backups`;
+      if (date !== undefined) hits.push(`${what} (kept ${keep} days) on ${new Date(date).toISOString().slice(0, 10)}`);
+      else if (c.expirationDays! < keep) hits.push(`${what} after ${c.expirationDays} days (policy: ${keep})`);
+    }
+    if (hits.length > 0) out.push(`lifecycle rule ${r.ID ?? '(no id)'} (${describeRule(r)}) expires the repository's ${hits.join(', ')}: earlier than the policy`);
   }
   return out;
 }

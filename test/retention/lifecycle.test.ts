@@ -83,6 +83,12 @@ describe('coffer init', () => {
     expect(upd.stdout).toMatch(/^update\s+lifecycle rule coffer-daily@prod/m);
     expect(upd.stdout.match(/^update /gm)).toHaveLength(1);
     expect(canonicalSet((await rulesOf(bucket)).filter((r) => r.ID === FOREIGN.ID))).toEqual(canonicalSet([FOREIGN]));
+    // A foreign rule on coffer's monthly tag, shorter than monthly but longer than daily, is drift too.
+    const tagRule: LifecycleRule = { ID: 'other-tag', Status: 'Enabled', Filter: { Tag: { Key: 'coffer-tier', Value: 'monthly' } }, Expiration: { Days: 30 } };
+    await f.s3.send(new PutBucketLifecycleConfigurationCommand({ Bucket: bucket, LifecycleConfiguration: { Rules: [...(await rulesOf(bucket)), tagRule] } }));
+    const early = await f.run(['retention', 'check', '--from', repo, '--keep-daily', '7d']);
+    expect(early.code, early.stderr).toBe(7);
+    expect(early.stdout).toMatch(/^drift: lifecycle rule other-tag .*monthly backups after 30 days \(policy: 372\)/m);
   });
 
   it('refuses a missing bucket without --create-bucket, and local repositories', async () => {

@@ -104,6 +104,55 @@ describe('lifecycle planning', () => {
     expect(conflictingRules([foreign, early], DEFAULT, 'prod')).toEqual([expect.stringContaining('wipe')]);
   });
 
+  it('compares each foreign rule with the retention of every tier it can hit (prefix, tag, And, no filter), not just the shortest', () => {
+    const rule = (id: string, filter: LifecycleRule['Filter'] | undefined, days: number, status: 'Enabled' | 'Disabled' = 'Enabled'): LifecycleRule => ({ ID: id, Status: status, ...(filter ? { Filter: filter } : {}), Expiration: { Days: days } });
+    const tag = (v: string) => ({ Key: 'coffer-tier', Value: v });
+    const hits = (r: LifecycleRule, prefix = 'prod') => {
+      const out = conflictingRules([r], DEFAULT, prefix);
+      return out.length === 0 ? [] : [...out[0]!.matchAll(/(daily|weekly|monthly|manual) backups|archived WAL/g)].map((m) => m[1] ?? 'wal');
+    };
+    // Tag only, per tier: drift exactly when the rule is shorter than that tier (daily 14, weekly 56, monthly 372, manual 90).
+    for (const [tier, keep] of Object.entries(DEFAULT.days)) {
+      expect(hits(rule(`t-${tier}`, { Tag: tag(tier) }, keep - 1)), tier).toEqual([tier]);
+      expect(hits(rule(`t-${tier}`, { Tag: tag(tier) }, keep)), tier).toEqual([]);
+    }
+    expect(hits(rule('t-wal', { Tag: tag('wal') }, 13))).toEqual(['wal']);
+    // Prefix AND tag.
+    expect(hits(rule('and', { And: { Prefix: 'prod/', Tags: [tag('monthly')] } }, 30))).toEqual(['monthly']);
+    expect(hits(rule('and-other-tag', { And: { Prefix: 'prod/', Tags: [tag('monthly'), { Key: 'team', Value: 'x' }] } }, 30))).toEqual([]);
+    expect(hits(rule('foreign-tag', { Tag: { Key: 'team', Value: 'x' } }, 1))).toEqual([]);
+    // Prefix into a tier directory of one database (or of a cluster), or of a database only.
+    expect(hits(rule('pfx', { Prefix: 'prod/app/monthly/' }, 100))).toEqual(['monthly']);
+    expect(hits(rule('pfx-part', { Prefix: 'prod/app/m' }, 80))).toEqual(['monthly', 'manual']);
+    expect(hits(rule('pfx-db', { Prefix: 'prod/other/' }, 60))).toEqual(['monthly', 'manual']);
+    expect(hits(rule('pfx-db-daily', { Prefix: 'prod/other/daily/' }, 30))).toEqual([]);
+    expect(hits(rule('pfx-drills', { Prefix: 'prod/app/drills/' }, 1))).toEqual([]);
+    expect(hits(rule('pfx-cluster-wal', { Prefix: 'prod/cluster=main/wal/' }, 3))).toEqual(['wal']);
+    expect(hits(rule('pfx-cluster', { Prefix: 'prod/cluster=main/' }, 20))).toEqual(['weekly', 'monthly', 'manual']);
+    expect(hits(rule('pfx-db-wal', { Prefix: 'prod/app/wal/' }, 1))).toEqual([]);
+    // Prefix outside the repository (a sibling with a common start, another repository): no drift.
+    expect(hits(rule('outside', { Prefix: 'prodx/' }, 1))).toEqual([]);
+    expect(hits(rule('outside2', { Prefix: 'staging/prod/' }, 1))).toEqual([]);
+    // A prefix covering the repository, an empty filter, no filter at all, a legacy top-level Prefix.
+    expect(hits(rule('cover', { Prefix: 'pr' }, 20))).toEqual(['weekly', 'monthly', 'manual']);
+    expect(hits(rule('empty', {}, 20))).toEqual(['weekly', 'monthly', 'manual']);
+    expect(hits(rule('nofilter', undefined, 10))).toEqual(['daily', 'weekly', 'monthly', 'manual', 'wal']);
+    expect(hits({ ID: 'legacy', Status: 'Enabled', Prefix: 'prod/', Expiration: { Days: 10 } })).toEqual(['daily', 'weekly', 'monthly', 'manual', 'wal']);
+    // Size filters do not narrow it (a manifest or a dump of any size lost is a backup lost).
+    expect(hits(rule('size', { And: { Prefix: 'prod/', ObjectSizeGreaterThan: 1_000_000 } }, 20))).toEqual(['weekly', 'monthly', 'manual']);
+    expect(hits(rule('size-tag', { And: { ObjectSizeLessThan: 4096, Tags: [tag('weekly')] } }, 20))).toEqual(['weekly']);
+    // Disabled rules, and rules that expire nothing current: no drift.
+    expect(hits(rule('off', { Tag: tag('monthly') }, 1, 'Disabled'))).toEqual([]);
+    expect(conflictingRules([{ ID: 'nc', Status: 'Enabled', Filter: { Prefix: '' }, NoncurrentVersionExpiration: { NoncurrentDays: 1 } }], DEFAULT, 'prod')).toEqual([]);
+    // A fixed expiry date expires everything it matches.
+    expect(hits({ ID: 'date', Status: 'Enabled', Filter: { Tag: tag('manual') }, Expiration: { Date: new Date('2027-01-01T00:00:00Z') } })).toEqual(['manual']);
+    // At the bucket root every key is the repository's; the line names the rule.
+    expect(hits(rule('root', { Prefix: 'app/monthly/' }, 30), '')).toEqual(['monthly']);
+    expect(conflictingRules([rule('other-tag', { Tag: tag('monthly') }, 30)], DEFAULT, 'prod')).toEqual([expect.stringMatching(/^lifecycle rule other-tag .*monthly backups after 30 days \(policy: 372\)/)]);
+    // Without walDays (commands without --keep-wal) WAL is not compared.
+    expect(conflictingRules([rule('w', { Tag: tag('wal') }, 1)], { days: DEFAULT.days }, 'prod')).toEqual([]);
+  });
+
   it('reports object-lock drift', () => {
     expect(objectLockDrift({ enabled: false }, DEFAULT, 'GOVERNANCE')[0]).toMatch(/not enabled/);
     expect(objectLockDrift({ enabled: true, defaultMode: 'GOVERNANCE', defaultDays: 14 }, DEFAULT, 'GOVERNANCE')).toEqual([]);

@@ -33,7 +33,7 @@ export async function retentionDrift(admin: BucketAdmin, policy: RetentionPolicy
     if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
     if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
   }
-  for (const r of conflictingRules(rules, policy, prefix)) drift.push(`lifecycle rule ${r} expires the repository's objects earlier than the policy`);
+  drift.push(...conflictingRules(rules, policy, prefix));
   const objectLock = await admin.objectLock(signal);
   if (mode) drift.push(...objectLockDrift(objectLock, policy, mode).map((d) => `object lock: ${d}`));
   return { drift, objectLock };
