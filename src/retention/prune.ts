@@ -36,7 +36,13 @@ export interface PruneCandidate {
   /** Every key of this run, manifest first (deleting it first makes the backup disappear at once). */
   keys: string[];
   complete: boolean;
+  /** Manifest readable and naming the run, its dump present (regardless of {@link replacedBy}). */
   good: boolean;
+  /**
+   * The id of a good backup that `coffer rekey` wrote to replace this one: then this one does not
+   * count for `minKeep` (the replacement holds the same data).
+   */
+  replacedBy?: string;
 }
 
 export interface PruneDecision extends PruneCandidate {
@@ -56,7 +62,12 @@ export interface PrunePlan {
  * could be read and its dump exists (decided by the caller, which reads the manifests);
  * `kindOf(manifestKey)` the kind its manifest says (a logical backup's), when it was read.
  */
-export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) => boolean, kindOf: (manifestKey: string) => PruneKind | undefined = () => undefined): PruneCandidate[] {
+export function groupRuns(
+  keys: Iterable<string>,
+  isGood: (manifestKey: string) => boolean,
+  kindOf: (manifestKey: string) => PruneKind | undefined = () => undefined,
+  replacedByOf: (manifestKey: string) => string | undefined = () => undefined,
+): PruneCandidate[] {
   const runs = new Map<string, { database: string; cluster?: string; tier: Tier; id: string; keys: string[] }>();
   for (const key of keys) {
     const k = parseKey(key);
@@ -76,7 +87,8 @@ export function groupRuns(keys: Iterable<string>, isGood: (manifestKey: string) 
     // The manifest says which kind; without it, a custom archive's suffix says full (a plain-SQL
     // dump is schema-only or data-only: only its manifest tells which).
     const kind = r.cluster !== undefined ? undefined : ((manifest !== undefined ? kindOf(manifest) : undefined) ?? (keys.some((k) => /\.dump(\.zst)?\.age$/.test(k)) ? 'custom' : undefined));
-    return { ...r, ...(kind !== undefined ? { kind } : {}), keys, complete: manifest !== undefined, good };
+    const replacedBy = manifest !== undefined && good ? replacedByOf(manifest) : undefined;
+    return { ...r, ...(kind !== undefined ? { kind } : {}), keys, complete: manifest !== undefined, good, ...(replacedBy !== undefined ? { replacedBy } : {}) };
   });
 }
 
@@ -106,17 +118,18 @@ export function planPrune(candidates: readonly PruneCandidate[], policy: Retenti
       const limit = policy.days[c.tier];
       const track = c.cluster !== undefined ? 'cluster' : (c.kind ?? 'unknown');
       const seen = goodSeen.get(track) ?? 0;
-      if (c.good) goodSeen.set(track, seen + 1);
-      if (c.good && seen < minKeep) {
+      const counts = c.good && c.replacedBy === undefined;
+      if (counts) goodSeen.set(track, seen + 1);
+      if (counts && seen < minKeep) {
         const what = c.kind !== undefined ? `good ${KIND_WORDS[c.kind]} backups` : c.cluster !== undefined ? 'good backups' : 'good backups of an unknown kind';
         decisions.push({ ...c, action: 'keep', reason: ageDays > limit ? `one of the newest ${minKeep} ${what} (min-keep)` : 'within retention' });
         continue;
       }
       if (ageDays > limit) {
-        const what = c.complete ? (c.good ? 'backup' : 'backup with an unreadable manifest or missing dump') : 'incomplete run (no manifest)';
+        const what = !c.complete ? 'incomplete run (no manifest)' : c.replacedBy !== undefined ? `backup replaced by rekey (backup ${c.replacedBy})` : c.good ? 'backup' : 'backup with an unreadable manifest or missing dump';
         decisions.push({ ...c, action: 'delete', reason: `${what} older than ${limit} days (${c.tier})` });
       } else {
-        decisions.push({ ...c, action: 'keep', reason: c.complete ? 'within retention' : 'incomplete run, within retention' });
+        decisions.push({ ...c, action: 'keep', reason: !c.complete ? 'incomplete run, within retention' : c.replacedBy !== undefined ? `within retention (replaced by rekey: backup ${c.replacedBy})` : 'within retention' });
       }
     }
   }

@@ -247,6 +247,40 @@ describe('coffer prune', () => {
     expect(deleted).not.toContain(`ledger/daily/${middle}.manifest.json`);
   });
 
+  it('a rekeyed backup counts for --min-keep (and stays) while its replacement is damaged; with a good replacement it goes, named as replaced', async () => {
+    const source = f.path('rekey-damaged-source');
+    const full = await f.backup(source, f.db);
+    const r = f.path('rekey-damaged');
+    const suffix = path.basename(full.dump.key).slice(full.id.length);
+    /** One full backup 20 days old and its rekeyed replacement, damaged as `damage` says. */
+    const pair = async (database: string, n: number, damage: 'none' | 'dump' | 'manifest'): Promise<{ original: string; replacement: string }> => {
+      const original = await fakeBackup(full, database, 'daily', 20, n, { source, into: r });
+      const replacement = `${original.slice(0, 16)}-0000ff0${n}`;
+      const keys = backupKeys(database, 'daily', replacement, 'custom+zstd');
+      if (damage !== 'dump') await fsp.copyFile(path.join(r, database, 'daily', `${original}${suffix}`), path.join(r, keys.dump));
+      const m: BackupManifest = { ...full, id: replacement, database, tier: 'daily', dump: { ...full.dump, key: keys.dump }, index: undefined, replaces: { id: original, manifestKey: `${database}/daily/${original}.manifest.json`, sha256: 'a'.repeat(64), rekeyedAt: new Date().toISOString() } };
+      await fsp.writeFile(path.join(r, keys.manifest), damage === 'manifest' ? encodeManifest(m).subarray(0, 40) : encodeManifest(m), { mode: 0o600 });
+      return { original, replacement };
+    };
+    const good = await pair('good', 1, 'none');
+    const noDump = await pair('nodump', 2, 'dump');
+    const badManifest = await pair('badmanifest', 3, 'manifest');
+
+    const run = await f.run(['prune', '--from', r, '--keep-daily', '1d', '--min-keep', '1', '--json']);
+    expect(run.code, run.stderr).toBe(0);
+    const decisions = (JSON.parse(run.stdout) as { decisions: Array<{ database: string; id: string; action: string; reason: string }> }).decisions;
+    const of = (database: string, id: string) => decisions.find((d) => d.database === database && d.id === id);
+    // A good replacement: it stays (min-keep), the replaced backup goes, named as replaced (not as damaged).
+    expect(of('good', good.replacement)).toMatchObject({ action: 'keep', reason: 'one of the newest 1 good full backups (min-keep)' });
+    expect(of('good', good.original)).toMatchObject({ action: 'delete', reason: `backup replaced by rekey (backup ${good.replacement}) older than 1 days (daily)` });
+    // A damaged replacement (dump missing, manifest unreadable): the original is the good backup and stays.
+    for (const [db, p] of [['nodump', noDump], ['badmanifest', badManifest]] as const) {
+      expect(of(db, p.original), db).toMatchObject({ action: 'keep', reason: 'one of the newest 1 good full backups (min-keep)' });
+      expect(of(db, p.replacement), db).toMatchObject({ action: 'delete', reason: 'backup with an unreadable manifest or missing dump older than 1 days (daily)' });
+      for (const file of [`${p.original}.manifest.json`, `${p.original}${suffix}`]) await expect(fsp.stat(path.join(r, db, 'daily', file)), `${db} ${file}`).resolves.toBeTruthy();
+    }
+  });
+
   it('refuses S3 repositories and bad --min-keep with usage errors', async () => {
     const s3 = await f.run(['prune', '--from', 's3://some-bucket/prod']);
     expect(s3.code).toBe(2);

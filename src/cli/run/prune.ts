@@ -57,7 +57,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
     const kinds = new Map<string, PruneKind>();
     const physical = new Map<string, PhysicalManifest>();
     const unreadable = new Set<string>();
-    const replaced = new Set<string>();
+    const replacing: Array<{ manifest: string; database: string; id: string; replaced: string[] }> = [];
     for (const k of keys) {
       if (!k.endsWith(MANIFEST_SUFFIX)) continue;
       try {
@@ -75,7 +75,7 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
           const named = run !== undefined && m.id === run.id && m.database === run.database && m.tier === run.tier;
           good.set(k, named && ownDump && present.has(m.dump.key));
           if (named) kinds.set(k, m.kind);
-          if (named) for (const id of replacedIds(m)) replaced.add(`${m.database}\0${id}`);
+          if (named && m.replaces) replacing.push({ manifest: k, database: m.database, id: m.id, replaced: replacedIds(m) });
         }
       } catch (err) {
         // Only a manifest that is not one (or vanished) makes a backup bad; a read that failed
@@ -87,13 +87,20 @@ export async function runPruneCommand(flags: Values<typeof options>, ctx: CliCon
       }
     }
     // A backup that `coffer rekey` replaced holds the same data as its replacement: not a second
-    // one for --min-keep (it still expires by its age, as its replacement does).
-    for (const k of good.keys()) {
-      const run = parseClusterKey(k) ? undefined : parseKey(k);
-      if (run && replaced.has(`${run.database}\0${run.id}`)) good.set(k, false);
+    // one for --min-keep (it still expires by its age, as its replacement does). Only a good
+    // replacement stands in for it: when the replacement is damaged (dump missing, manifest
+    // unreadable) the replaced backup is still the good one and counts (and stays by --min-keep).
+    const replacedBy = new Map<string, string>();
+    for (const r of replacing) {
+      if (good.get(r.manifest) !== true) continue;
+      for (const id of r.replaced) if (id !== r.id) replacedBy.set(`${r.database}\0${id}`, r.id);
     }
+    const replacementOf = (k: string): string | undefined => {
+      const run = parseClusterKey(k) ? undefined : parseKey(k);
+      return run ? replacedBy.get(`${run.database}\0${run.id}`) : undefined;
+    };
     const now = new Date();
-    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true, (k) => kinds.get(k)), policy, minKeep, now);
+    const plan = planPrune(groupRuns(keys, (k) => good.get(k) === true, (k) => kinds.get(k), replacementOf), policy, minKeep, now);
     // Archived WAL: what the backups that stay need, and the --keep-wal window. A cluster with a
     // manifest that did not read keeps all of its WAL (what that backup needs is unknown).
     const needs = new Map<string, WalNeeds>();
