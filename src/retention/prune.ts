@@ -57,8 +57,15 @@ export interface PrunePlan {
   deleteKeys: string[];
 }
 
+/** The suffixes (after `<id>`) coffer writes for a logical backup: dump, globals, index, manifest, its signatures. */
+const LOGICAL_SUFFIX = /^\.(?:(?:dump|sql)(?:\.zst)?\.age|globals\.sql\.age|index\.json\.age|manifest\.json(?:\.[0-9a-f]{64}\.sig)?)$/;
+/** The suffixes coffer writes for a physical backup: archive, attachments, manifest (not signed). */
+const PHYSICAL_SUFFIX = /^\.(?:(?:base|volume)\.tar\.zst\.age|attach-\d+\.age|manifest\.json)$/;
+
 /**
- * Groups listed keys into runs. `isGood(manifestKey)` says whether a complete run's manifest
+ * Groups listed keys into runs. Only the exact files coffer writes are taken (see
+ * {@link LOGICAL_SUFFIX}, {@link PHYSICAL_SUFFIX}): anything else beside them — `<id>.dump.zst.age.bak`,
+ * `<id>.txt`, notes named like a run — is no part of a run and never deleted. `isGood(manifestKey)` says whether a complete run's manifest
  * could be read and its dump exists (decided by the caller, which reads the manifests);
  * `kindOf(manifestKey)` the kind its manifest says (a logical backup's), when it was read.
  */
@@ -73,6 +80,7 @@ export function groupRuns(
     const k = parseKey(key);
     const c = k ? undefined : parseClusterKey(key);
     if (!k && !c) continue;
+    if (!(k ? LOGICAL_SUFFIX : PHYSICAL_SUFFIX).test((k ?? c)!.rest)) continue;
     const who = k ? { database: k.database } : { database: '', cluster: c!.cluster };
     const { tier, id } = (k ?? c)!;
     const runKey = `${who.cluster !== undefined ? `cluster\0${who.cluster}` : who.database}\0${tier}\0${id}`;

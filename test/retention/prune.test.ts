@@ -90,6 +90,23 @@ describe('coffer prune', () => {
     const a2 = await fakeBackup(archive.full, archive.name, 'weekly', 200, 6, { source: archive.source });
     // Files that are not coffer's, some of them looking almost like it.
     const unrelated = ['notes.txt', `${encodeDbSegment(f.db)}/daily/README`, `${encodeDbSegment(f.db)}/yearly/20200101T000000Z-00000001.dump.age`, 'other/20200101T000000Z-00000001.manifest.json', `${encodeDbSegment(archive.name)}/daily/20200101T000000Z-zzzz.dump.age`];
+    // Beside expiring backups: names that begin like a run but end in something coffer never writes.
+    const beside = (id: string, rest: string): string => `${encodeDbSegment(f.db)}/daily/${id}${rest}`;
+    unrelated.push(
+      beside(d30, '.dump.zst.age.bak'),
+      beside(d40, '.txt'),
+      beside(d40, '.manifest.json.bak'),
+      beside(d30, '.manifest.json.abc.sig'),
+      beside(orphan, '.dump.zst.age~'),
+      beside('20200101T000000Z-deadbeef', '.notes'),
+      beside('20200101T000000Z-deadbeef', '.dump.zst'),
+      `cluster=main/daily/20200101T000000Z-deadbeef.base.tar.zst.age.old`,
+      `cluster=main/daily/20200101T000000Z-deadbeef.manifest.json.${'ab'.repeat(32)}.sig`,
+      `cluster=main/daily/20200101T000000Z-deadbeef.attach-x.age`,
+    );
+    // A manifest's signature is coffer's: it goes with its backup.
+    const sig = beside(d30, `.manifest.json.${'cd'.repeat(32)}.sig`);
+    await fsp.writeFile(path.join(repo, sig), 'signature\n');
     for (const f of unrelated) {
       await fsp.mkdir(path.dirname(path.join(repo, f)), { recursive: true });
       await fsp.writeFile(path.join(repo, f), `not coffer's: ${f}\n`);
@@ -105,6 +122,7 @@ describe('coffer prune', () => {
       [
         `${seg}/daily/${d30}.manifest.json`,
         `${seg}/daily/${d30}.dump.zst.age`,
+        sig,
         `${seg}/daily/${d40}.manifest.json`,
         `${seg}/daily/${d40}.dump.zst.age`,
         `${seg}/daily/${orphan}.dump.zst.age`,
