@@ -123,6 +123,29 @@ describe('coffer status', () => {
   });
 });
 
+describe('coffer status over the whole repository', () => {
+  it('names a database that has only schema-only or only data-only backups as having no completed backup (exit 7), with its metrics series', async () => {
+    for (const partial of ['--schema-only', '--data-only']) {
+      const repo = f.path(`repo-status-partial${partial}`);
+      const metrics = f.path(`metrics-partial${partial}.prom`);
+      expect((await backup(repo, dbA)).code).toBe(0);
+      expect((await backup(repo, dbB, partial)).code).toBe(0);
+      const all = await f.run(['status', '--from', repo, '--json', '--metrics-file', metrics]);
+      expect(all.code, `${partial}: ${all.stderr}`).toBe(7);
+      const rows = JSON.parse(all.stdout) as Array<{ database: string; id: string | null; fresh: boolean }>;
+      expect(rows.map((r) => [r.database, r.id === null, r.fresh]).sort(), partial).toEqual([[dbA, false, true], [dbB, true, false]].sort());
+      expect(errorLine(all.stderr)).toContain(`1 of 2 database(s) have no backup newer than 26h: ${dbB} (none)`);
+      const text = await f.run(['status', '--from', repo]);
+      expect(text.code).toBe(7);
+      expect(text.stdout).toMatch(new RegExp(`^STALE +${dbB} +no completed backup`, 'm'));
+      const { samples } = parsePrometheusText(await fsp.readFile(metrics, 'utf8'));
+      expect(valueOf(samples, 'coffer_status_last_run_timestamp_seconds', dbB), partial).toBeGreaterThan(0);
+      expect(valueOf(samples, 'coffer_recovery_point_timestamp_seconds', dbB), partial).toBeUndefined();
+      expect(valueOf(samples, 'coffer_recovery_point_timestamp_seconds', dbA), partial).toBeGreaterThan(0);
+    }
+  });
+});
+
 // ---------------------------------------------------------------------------------------------
 
 interface Received {

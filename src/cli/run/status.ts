@@ -48,7 +48,8 @@ const DRILLS_LOOKED_BACK = 10;
 
 /**
  * `coffer status`: the newest completed full backup (one with a manifest; schema-only and
- * data-only backups do not count) per database, and whether it is younger than `--max-age`
+ * data-only backups do not count) per database (every database with a backup of any kind: one
+ * with only schema-only or data-only backups has no completed backup), and whether it is younger than `--max-age`
  * (default 26h: a daily job plus slack); the recovery point; the newest drill and the restore
  * time it predicts for the newest backup. Exits 7 (StaleError) naming every database whose
  * newest backup is too old or missing, whose predicted restore exceeds `--rto-target`, whose
@@ -96,10 +97,13 @@ async function statusRows(flags: Values<typeof options>, ctx: CliContext, now: (
     await store.assertPresent?.({ signal: ctx.signal });
     // Full backups only: a schema-only or data-only backup is no copy of the database.
     const drills = new Map<string, string[]>();
-    const keys = (await listBackupKeys(store, { signal: ctx.signal, drills, ...(wanted.length === 1 ? { database: wanted[0] } : {}) })).filter((k) => k.content !== 'partial');
+    const all = await listBackupKeys(store, { signal: ctx.signal, drills, ...(wanted.length === 1 ? { database: wanted[0] } : {}) });
+    const keys = all.filter((k) => k.content !== 'partial');
     const newest = new Map<string, BackupKeyEntry>();
     for (const k of [...keys].sort(newestFirst)) if (!newest.has(k.database)) newest.set(k.database, k);
-    const dbs = wanted.length > 0 ? wanted : [...newest.keys()].sort();
+    // Every database with a backup of any kind: one with only schema-only or data-only backups
+    // is shown (and judged) as having no completed backup, as `status --db` shows it.
+    const dbs = wanted.length > 0 ? wanted : [...new Set(all.map((k) => k.database))].sort();
     rows = await Promise.all(
       dbs.map(async (d) => {
         const row = await statusOf(store, d, newest.get(d), maxAgeMs, now(), ctx.signal);
