@@ -222,8 +222,11 @@ export class FsStore implements ObjectStore {
 
   async delete(key: string): Promise<void> {
     try {
-      await fsp.rm(this.pathOf(key), { force: true });
+      // unlink, not rm: rm takes a file it cannot unlink (EPERM: immutable, a sticky directory)
+      // for a directory and reports its scandir's ENOTDIR instead of the real reason.
+      await fsp.unlink(this.pathOf(key));
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw fsError(err, `delete ${key}`);
     }
   }
@@ -262,8 +265,9 @@ export class FsStore implements ObjectStore {
   async removeTemporary(rel: string): Promise<void> {
     if (!path.basename(rel).startsWith(TEMP_PREFIX)) throw new Error(`internal: ${rel} is not a temporary`);
     try {
-      await fsp.rm(path.join(this.root, ...rel.split('/')), { force: true });
+      await fsp.unlink(path.join(this.root, ...rel.split('/')));
     } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw fsError(err, `delete ${rel}`);
     }
   }
@@ -290,8 +294,9 @@ function fsError(err: unknown, what: string): StorageError {
     case 'ENOENT':
       return new StorageError('NotFound', `${what}: ${errnoWords(err)}`, { cause: err });
     case 'EACCES':
-    case 'EPERM':
       return new StorageError('AccessDenied', `${what}: ${errnoWords(err)}`, { cause: err, hint: 'check the directory owner and mode' });
+    case 'EPERM':
+      return new StorageError('AccessDenied', `${what}: ${errnoWords(err)}`, { cause: err, hint: 'check the directory owner and mode, and the file\'s attributes (lsattr: immutable, append-only)' });
     case 'ENOSPC':
       return new StorageError('Failed', `${what}: ${errnoWords(err)}`, { cause: err, hint: 'free disk space or use another repository' });
     case 'EROFS':

@@ -2,12 +2,14 @@
  * The file repository's refusals and clean-ups (src/store/fs.ts) that the CLI tests do not reach:
  * invalid keys, a repository path that is not a directory, missing objects, and a write whose
  * producer fails or is aborted (its temporary is removed, the target never appears).
- * Permission errors are not tested here: the suite runs as root, which ignores file modes.
+ * Permission errors from file modes are not tested here (the suite runs as root, which ignores
+ * them); an immutable file (chattr +i, where the file system has attributes) stands in for EPERM.
  */
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
+import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StorageError } from '../../src/errors.js';
 import { TEMP_PREFIX } from '../../src/atomic-write.js';
@@ -124,6 +126,33 @@ describe('FsStore', () => {
     const mine = new FsStore(path.join(tmp, 'root-owned'));
     await mine.putBytes('db/daily/20261203T000000Z-00000001.manifest.json', Buffer.from('{}'));
     expect((await fsp.stat(path.join(tmp, 'root-owned', 'db'))).uid).toBe(0);
+  });
+
+  it('a file that cannot be unlinked (immutable: EPERM) is reported with the unlink\'s reason, not as a directory; a missing one is no error', async () => {
+    const root = path.join(tmp, 'immutable');
+    const store = new FsStore(root);
+    const keys = ['db/daily/20200101T000000Z-00000001.dump.zst.age', 'db/daily/20200101T000000Z-00000001.manifest.json', `db/daily/${TEMP_PREFIX}a1b2c3`];
+    for (const k of keys) {
+      await fsp.mkdir(path.dirname(path.join(root, k)), { recursive: true });
+      await fsp.writeFile(path.join(root, k), 'x');
+    }
+    await store.delete('db/daily/20200101T000000Z-00000002.dump.zst.age'); // missing: nothing to do
+    await store.removeTemporary(`db/daily/${TEMP_PREFIX}gone`);
+    // chattr +i needs root and a file system with attributes (ext4, xfs; not tmpfs): skipped elsewhere.
+    const locked = keys.filter((k) => spawnSync('chattr', ['+i', path.join(root, k)]).status === 0);
+    if (locked.length === 0) return;
+    try {
+      for (const k of locked) {
+        const e = await caught(path.basename(k).startsWith(TEMP_PREFIX) ? store.removeTemporary(k) : store.delete(k));
+        expect(e.code, k).toBe('AccessDenied');
+        expect(e.message, k).toBe(`delete ${k}: permission denied`);
+        expect(e.message).not.toMatch(/ENOTDIR|scandir|directory/);
+        expect(e.hint).toMatch(/lsattr/);
+      }
+    } finally {
+      for (const k of locked) spawnSync('chattr', ['-i', path.join(root, k)]);
+    }
+    expect(await names(root)).toEqual(['db', 'db/daily', ...keys.map((k) => k)].sort());
   });
 
   it('removeTemporary refuses anything that is not a coffer temporary', async () => {
