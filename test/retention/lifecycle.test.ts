@@ -89,6 +89,7 @@ describe('coffer init', () => {
     const early = await f.run(['retention', 'check', '--from', repo, '--keep-daily', '7d']);
     expect(early.code, early.stderr).toBe(7);
     expect(early.stdout).toMatch(/^drift: lifecycle rule other-tag .*monthly backups after 30 days \(policy: 372\)/m);
+    expect(errorLine(early.stderr)).toMatch(/remove or narrow the other lifecycle rule named/);
   });
 
   it('refuses a missing bucket without --create-bucket, and local repositories', async () => {

@@ -23,7 +23,7 @@ export interface RetentionCheckResult {
  * line per difference; none when they match). Needs the bucket configuration's read rights
  * (the admin's): `retention check`, and `report` when its credentials have them.
  */
-export async function retentionDrift(admin: BucketAdmin, policy: RetentionPolicy, mode: ObjectLockMode | undefined, signal: AbortSignal): Promise<{ drift: string[]; objectLock: RetentionCheckResult['objectLock'] }> {
+export async function retentionDrift(admin: BucketAdmin, policy: RetentionPolicy, mode: ObjectLockMode | undefined, signal: AbortSignal): Promise<{ drift: string[]; objectLock: RetentionCheckResult['objectLock']; foreign: Set<string> }> {
   const prefix = admin.prefix;
   const rules = await admin.lifecycleRules(signal);
   const plan = planLifecycle(rules, policy, prefix);
@@ -33,10 +33,11 @@ export async function retentionDrift(admin: BucketAdmin, policy: RetentionPolicy
     if (c.action === 'update') drift.push(`lifecycle rule ${c.id} differs (wanted: ${c.description})`);
     if (c.action === 'remove') drift.push(`lifecycle rule ${c.id} is not part of the policy (${c.description})`);
   }
-  drift.push(...conflictingRules(rules, policy, prefix));
+  const foreign = new Set(conflictingRules(rules, policy, prefix));
+  drift.push(...foreign);
   const objectLock = await admin.objectLock(signal);
   if (mode) drift.push(...objectLockDrift(objectLock, policy, mode).map((d) => `object lock: ${d}`));
-  return { drift, objectLock };
+  return { drift, objectLock, foreign };
 }
 
 /**
@@ -58,7 +59,7 @@ export async function runRetentionCheckCommand(flags: Values<typeof options>, ct
     if (!(await admin.exists(ctx.signal))) {
       throw new UsageError(`bucket s3://${bucket} does not exist`, { hint: 'create it with `coffer init --create-bucket`' });
     }
-    const { drift, objectLock: lock } = await retentionDrift(admin, policy, mode, ctx.signal);
+    const { drift, objectLock: lock, foreign } = await retentionDrift(admin, policy, mode, ctx.signal);
     const result: RetentionCheckResult = { bucket, prefix, drift, objectLock: lock };
     if (flags.json) ctx.stdout(`${JSON.stringify(result, null, 2)}\n`);
     else {
@@ -67,7 +68,9 @@ export async function runRetentionCheckCommand(flags: Values<typeof options>, ct
     }
     if (drift.length > 0) {
       throw new StaleError(`retention drift on s3://${bucket}${prefix ? `/${prefix}` : ''}: ${drift.length} difference${drift.length === 1 ? '' : 's'} (${drift[0]})`, {
-        hint: 'run `coffer init` with the same policy to fix it',
+        hint: drift.some((d) => foreign.has(d))
+          ? 'remove or narrow the other lifecycle rule named (coffer init never changes rules that are not its own); run `coffer init` with the same policy for the rest'
+          : 'run `coffer init` with the same policy to fix it',
       });
     }
     return result;
