@@ -193,6 +193,22 @@ describe('prune planning', () => {
     ...(complete ? [`${db}/${tier}/${id}.manifest.json`] : []),
   ];
 
+  it('takes only the exact files coffer writes into a run, logical and physical; anything else beside them is never planned', () => {
+    const old = daysAgo(40);
+    const ours = [
+      ...['.dump.zst.age', '.dump.age', '.sql.zst.age', '.sql.age', '.globals.sql.age', '.index.json.age', '.manifest.json', `.manifest.json.${'0f'.repeat(32)}.sig`].map((x) => `vault/daily/${old}${x}`),
+      ...['.base.tar.zst.age', '.volume.tar.zst.age', '.attach-0.age', '.attach-12.age', '.manifest.json'].map((x) => `cluster=main/daily/${old}${x}`),
+    ];
+    const foreign = [
+      ...['.dump.zst.age.bak', '.txt', '.manifest.json.bak', '.manifest.json.sig', `.manifest.json.${'0F'.repeat(32)}.sig`, '.dump.zst', '.age', '.globals.sql', '.dump.zst.age~'].map((x) => `vault/daily/${old}${x}`),
+      `vault/daily/20200101T000000Z-deadbeef.notes`,
+      ...['.base.tar.zst.age.old', '.attach-x.age', '.attach-.age', `.manifest.json.${'0f'.repeat(32)}.sig`, '.dump.zst.age'].map((x) => `cluster=main/daily/${old}${x}`),
+    ];
+    const candidates = groupRuns([...ours, ...foreign], () => true);
+    expect(candidates.flatMap((c) => c.keys).sort()).toEqual([...ours].sort());
+    expect(planPrune(candidates, DEFAULT, 1, now).decisions.map((d) => d.id)).toEqual([old, old]);
+  });
+
   it('deletes expired backups whole, manifest first; keeps what is within retention', () => {
     const keys = [...run('vault', 'daily', daysAgo(20)), ...run('vault', 'daily', daysAgo(1)), ...run('vault', 'monthly', daysAgo(20)), ...run('vault', 'daily', daysAgo(2)), ...run('vault', 'daily', daysAgo(3))];
     const plan = planPrune(groupRuns(keys, () => true), DEFAULT, 3, now);
