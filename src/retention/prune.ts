@@ -59,8 +59,8 @@ export interface PrunePlan {
 
 /** The suffixes (after `<id>`) coffer writes for a logical backup: dump, globals, index, manifest, its signatures. */
 const LOGICAL_SUFFIX = /^\.(?:(?:dump|sql)(?:\.zst)?\.age|globals\.sql\.age|index\.json\.age|manifest\.json(?:\.[0-9a-f]{64}\.sig)?)$/;
-/** The suffixes coffer writes for a physical backup: archive, attachments, manifest (not signed). */
-const PHYSICAL_SUFFIX = /^\.(?:(?:base|volume)\.tar\.zst\.age|attach-\d+\.age|manifest\.json)$/;
+/** The suffixes coffer writes for a physical backup: archive, attachments, manifest, its signatures (`backup --physical --signing-key`). */
+const PHYSICAL_SUFFIX = /^\.(?:(?:base|volume)\.tar\.zst\.age|attach-\d+\.age|manifest\.json(?:\.[0-9a-f]{64}\.sig)?)$/;
 
 /**
  * Groups listed keys into runs. Only the exact files coffer writes are taken (see

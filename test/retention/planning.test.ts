@@ -197,12 +197,12 @@ describe('prune planning', () => {
     const old = daysAgo(40);
     const ours = [
       ...['.dump.zst.age', '.dump.age', '.sql.zst.age', '.sql.age', '.globals.sql.age', '.index.json.age', '.manifest.json', `.manifest.json.${'0f'.repeat(32)}.sig`].map((x) => `vault/daily/${old}${x}`),
-      ...['.base.tar.zst.age', '.volume.tar.zst.age', '.attach-0.age', '.attach-12.age', '.manifest.json'].map((x) => `cluster=main/daily/${old}${x}`),
+      ...['.base.tar.zst.age', '.volume.tar.zst.age', '.attach-0.age', '.attach-12.age', '.manifest.json', `.manifest.json.${'0f'.repeat(32)}.sig`].map((x) => `cluster=main/daily/${old}${x}`),
     ];
     const foreign = [
       ...['.dump.zst.age.bak', '.txt', '.manifest.json.bak', '.manifest.json.sig', `.manifest.json.${'0F'.repeat(32)}.sig`, '.dump.zst', '.age', '.globals.sql', '.dump.zst.age~'].map((x) => `vault/daily/${old}${x}`),
       `vault/daily/20200101T000000Z-deadbeef.notes`,
-      ...['.base.tar.zst.age.old', '.attach-x.age', '.attach-.age', `.manifest.json.${'0f'.repeat(32)}.sig`, '.dump.zst.age'].map((x) => `cluster=main/daily/${old}${x}`),
+      ...['.base.tar.zst.age.old', '.attach-x.age', '.attach-.age', `.manifest.json.${'0F'.repeat(32)}.sig`, '.dump.zst.age'].map((x) => `cluster=main/daily/${old}${x}`),
     ];
     const candidates = groupRuns([...ours, ...foreign], () => true);
     expect(candidates.flatMap((c) => c.keys).sort()).toEqual([...ours].sort());
