@@ -114,6 +114,7 @@ describe('coffer status', () => {
     expect(errorLine(stale.stderr)).toContain(dbA);
     expect((JSON.parse(stale.stdout) as Array<{ fresh: boolean }>).every((r) => !r.fresh)).toBe(true);
 
+    await fsp.mkdir(f.path('repo-empty'), { recursive: true }); // an empty repository (a missing one is exit 4)
     const empty = await f.run(['status', '--from', f.path('repo-empty')]);
     expect(empty.code).toBe(7);
     expect(errorLine(empty.stderr)).toContain('no completed backup in');

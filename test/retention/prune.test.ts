@@ -101,7 +101,7 @@ describe('coffer prune', () => {
       beside('20200101T000000Z-deadbeef', '.notes'),
       beside('20200101T000000Z-deadbeef', '.dump.zst'),
       `cluster=main/daily/20200101T000000Z-deadbeef.base.tar.zst.age.old`,
-      `cluster=main/daily/20200101T000000Z-deadbeef.manifest.json.${'ab'.repeat(32)}.sig`,
+      `cluster=main/daily/20200101T000000Z-deadbeef.manifest.json.${'AB'.repeat(32)}.sig`,
       `cluster=main/daily/20200101T000000Z-deadbeef.attach-x.age`,
     );
     // A manifest's signature is coffer's: it goes with its backup.
