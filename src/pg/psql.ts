@@ -12,7 +12,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DatabaseError } from '../errors.js';
-import { followAbort, interruptedBy } from '../run/abort.js';
+import { followAbort, interruptedBy, untilAborted } from '../run/abort.js';
 import { Supervisor, defaultChildError, type Child, type SpawnSpec } from '../run/supervisor.js';
 import { conninfoFor, explainLibpqError, internalConnection, libpqEnv, type ConnectionSpec, type PgTarget } from './connection.js';
 import { POPULATED_MATVIEWS_IN_ORDER } from './matviews.js';
@@ -476,13 +476,7 @@ export async function runSqlFile(tools: Pick<PgTools, 'psql'>, target: PgTarget,
     const drained = new Promise((r) => child.stdout!.once('close', r));
     child.stdin!.end(SQL_FILE_EPILOGUE);
     // A stop of the run ends the wait at once (the teardown then kills psql, as runChild's does).
-    let unfollow = (): void => undefined;
-    const stopped = new Promise<never>((_, reject) => (unfollow = followAbort(sup.signal, () => reject(sup.signal.reason))));
-    try {
-      await Promise.race([Promise.all([child.done, drained]), stopped]);
-    } finally {
-      unfollow();
-    }
+    await untilAborted(Promise.all([child.done, drained]), sup.signal);
   });
   scan.end();
   const lines = out().split('\n');

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { closeSync, existsSync, openSync, readSync } from 'node:fs';
 import { UsageError, type CofferError } from '../errors.js';
-import { followAbort } from '../run/abort.js';
+import { untilAborted } from '../run/abort.js';
 import { Supervisor, type SpawnSpec } from '../run/supervisor.js';
 
 /** Command prefixes for the PostgreSQL client programs (a binary, or a wrapper + binary). */
@@ -171,13 +171,7 @@ export async function runChild(
     child.stdout!.on('data', (b: Buffer) => out.push(b));
     const drained = new Promise((r) => child.stdout!.once('close', r));
     if (opts.input !== undefined) child.stdin!.end(opts.input);
-    let unfollow = (): void => undefined;
-    const stopped = new Promise<never>((_, reject) => (unfollow = followAbort(sup.signal, () => reject(sup.signal.reason))));
-    try {
-      await Promise.race([Promise.all([child.done, drained]), stopped]);
-    } finally {
-      unfollow();
-    }
+    await untilAborted(Promise.all([child.done, drained]), sup.signal);
     return Buffer.concat(out).toString('utf8');
   });
 }

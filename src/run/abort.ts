@@ -19,6 +19,20 @@ export function followAbort(signal: AbortSignal, onAbort: () => void): () => voi
 }
 
 /**
+ * `work`, or the abort of `signal` (rejected with its reason), whichever comes first: a wait
+ * for a child that a stop must end at once (its supervisor's teardown then kills the child).
+ */
+export async function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  let unfollow = (): void => undefined;
+  const stopped = new Promise<never>((_, reject) => (unfollow = followAbort(signal, () => reject(signal.reason))));
+  try {
+    return await Promise.race([work, stopped]);
+  } finally {
+    unfollow();
+  }
+}
+
+/**
  * A signal that aborts when any of `signals` does, with the first one's reason. Unlike Node 20's
  * `AbortSignal.any`, which its sources hold only weakly, this one is held by its sources'
  * listeners: it cannot be garbage-collected while work still waits on it (a fetch whose combined
