@@ -156,6 +156,11 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     }
     if (req.source.kind === 'repository') {
       for (const w of req.source.entry.manifest.warnings ?? []) req.log.warn(`the backup was taken with a warning: ${w}`, { backup: req.source.entry.id });
+      // A full backup that left rows out on purpose: the restored tables are there, empty.
+      const excluded = req.source.entry.manifest.dumpOptions?.excludeTableData ?? [];
+      if (excluded.length > 0) {
+        req.log.warn(`the backup was taken with --exclude-table-data: the rows of ${excluded.length === 1 ? 'this table are' : `these ${excluded.length} tables are`} not in it, so they are restored empty: ${excluded.join(', ')}`, { backup: req.source.entry.id });
+      }
     }
     // 1. Refuse an existing target before anything else, unless asked to replace it. One query
     //    asks the server whether it exists, the server's version, and for scratch databases of
