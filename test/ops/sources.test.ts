@@ -81,6 +81,14 @@ sources:
     expect((await listed(repoMain)).filter((b) => b.database === dbA)).toHaveLength(2);
     expect((await listed(repoMain)).filter((b) => b.database === dbB)).toHaveLength(1);
 
+    // A source whose repository directory does not exist (never written, not mounted) fails as
+    // such (exit 4), the others are reported.
+    const gone = await f.run(['--config', config, 'status', '--all-sources', '--json']);
+    expect(gone.code, gone.stderr).toBe(4);
+    expect(errorLine(gone.stderr)).toMatch(/^1 of 2 sources failed: "down" \(the repository directory .*repo-down does not exist/);
+    expect((JSON.parse(gone.stdout) as Array<{ source: string }>).map((x) => x.source)).toEqual(['main', 'main']);
+    await fsp.mkdir(repoDown);
+
     // status and report walk the same sources: every row names its source.
     const st = await f.run(['--config', config, 'status', '--all-sources', '--json']);
     expect(st.code).toBe(7);
