@@ -196,7 +196,7 @@ export async function dropScratch(admin: PgAdmin, scratch: string, log: Logger):
  * the server lacks are created with all of it, and their memberships ({@link globalsScript}).
  * Each statement runs on its own, the rest go on, and what failed is reported.
  */
-export async function applyGlobals(admin: PgAdmin, sql: string, sup: Supervisor, log: Logger): Promise<void> {
+export async function applyGlobals(admin: PgAdmin, sql: string, sup: Supervisor, log: Logger): Promise<{ created: string[] }> {
   const plan = globalsScript(sql, await admin.roles());
   if (plan.kept.length > 0 || plan.membershipsLeftOut.length > 0) {
     log.warn("globals: roles this server already has are kept as they are (the backup's attributes, password, settings and comment are not applied to them), and memberships between two of them are not added", {
@@ -211,6 +211,7 @@ export async function applyGlobals(admin: PgAdmin, sql: string, sup: Supervisor,
   const errors = out.stderr.text().split('\n').filter((l) => /ERROR:/.test(l));
   for (const e of errors) log.warn('globals: statement failed', { error: e.replace(/^.*ERROR:\s*/, '') });
   log.info('globals applied', { created: plan.created.length, kept: plan.kept.length, failed: errors.length });
+  return { created: plan.created };
 }
 
 /** Names (or other text of the backup) for a log field: each JSON-quoted, so quotes, commas and newlines in them stay readable. */

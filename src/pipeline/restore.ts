@@ -129,6 +129,8 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
   const admin = new PgAdmin(req.tools, req.conn, req.maintenanceDb, env);
   const sup = new Supervisor(req.signal);
   let scratch: string | undefined;
+  /** Roles created by --with-globals (named if the restore then fails: they stay on the server). */
+  let rolesCreated: string[] = [];
   /** The scratch database's creation (settled before it may be dropped). */
   let creating: Promise<void> | undefined;
   /** Settled by `creating` (or the run's failure before it): what a pg_restore fed early waits for. */
@@ -267,7 +269,7 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     //    archive's pg_restore starts meanwhile and reads the table of contents (long, for many
     //    tables) while the database is created: its input is held at the table of contents' last
     //    byte until the database exists (./toc-gate.ts).
-    if (req.withGlobals) await applyGlobals(admin, await readGlobals(req, sup, env), sup, req.log);
+    if (req.withGlobals) rolesCreated = (await applyGlobals(admin, await readGlobals(req, sup, env), sup, req.log)).created;
     throwIfFailed(sup);
     scratch = name;
     let createdAt = 0;
@@ -330,6 +332,10 @@ export async function runRestore(req: RestoreRequest): Promise<RestoreSummary> {
     created?.fail(err);
     sup.fail(err);
     await sup.teardown();
+    // Roles are the server's, not the scratch database's: those --with-globals created stay.
+    if (rolesCreated.length > 0) {
+      req.log.warn(`the restore failed, but the roles --with-globals created stay on the server (roles belong to the cluster, not the database): ${rolesCreated.map((n) => JSON.stringify(n)).join(', ')}; a restore again keeps them as they are, or drop them with DROP ROLE`);
+    }
     // A refusal is the cause even when opening the backup, which had started, failed meanwhile;
     // a version refusal even when the archive check, which cannot follow a newer format, failed.
     if (err instanceof VersionError) throw err;

@@ -87,5 +87,17 @@ describe('restore --with-globals onto a server that has roles', () => {
     expect(String(kept[0]!.roles)).not.toContain(JSON.stringify(hostile));
     expect(String(kept[0]!.membershipsLeftOut)).toContain(JSON.stringify(`${keeper} to ${other}`));
     expect(r.stderr).not.toMatch(/globals: statement (failed|skipped)/);
+
+    // A restore that fails after its globals (here: its smoke check) names the roles it created:
+    // roles are the cluster's, so they stay when the scratch database is dropped.
+    await pg.psql(`DROP ROLE ${quoteIdent(hostile)};`);
+    const failing = f.dropAtEnd(uniqueDbName('globex_f'));
+    const bad = await f.run(['--log-format', 'json', 'restore', '--from', repo, '--identity', f.identityFile, '--target-db', failing, '--with-globals', '--smoke', 'SELECT 1/0']);
+    expect(bad.code, bad.stderr).not.toBe(0);
+    const warned = bad.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => l.level === 'warn' && /the roles --with-globals created stay on the server/.test(String(l.msg)));
+    expect(warned, bad.stderr).toHaveLength(1);
+    expect(String(warned[0]!.msg)).toContain(JSON.stringify(hostile));
+    expect(String(warned[0]!.msg)).not.toContain(JSON.stringify(keeper));
+    expect(await roleState(hostile)).toBe(hostileAtBackup);
   });
 });
