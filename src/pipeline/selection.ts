@@ -13,7 +13,7 @@
  * table is usable and checkable): its data, indexes, constraints, defaults, triggers, rules,
  * policies, owned sequences (and their values), comments, grants, statistics; and with the
  * definitions it needs that hold no rows (its schema, types, functions, non-owned sequences,
- * extensions). A foreign key to a table not restored is left out (it could not be created
+ * extensions, a foreign table's server with its user mappings). A foreign key to a table not restored is left out (it could not be created
  * without that table's rows) and logged. A selected relation that needs another relation (a
  * view on a table, a partition of a parent, an owned sequence its table) that is not selected is
  * refused: select both.
@@ -306,6 +306,17 @@ export function selectEntries(toc: TocObject[], spec: SelectionSpec): Selection 
     // A sequence pulled in as a prerequisite (a default's nextval) keeps its value: without its
     // SEQUENCE SET it would start again at 1 and hand out numbers the restored rows hold.
     for (const e of toc) if (e.desc === 'SEQUENCE SET' && !gone.has(e.dumpId) && e.deps.length > 0 && e.deps.every((d) => chosen.has(d))) chosen.add(e.dumpId);
+    // A foreign server pulled in (a foreign table's) comes with its user mappings: without one,
+    // the restored foreign table cannot be read ("user mapping not found"). pg_dump 15 gives a
+    // mapping no dependency: its tag names the server (`USER MAPPING <user> SERVER <server>`,
+    // both quoted as identifiers).
+    // (A keyword is quoted by pg_dump though plain: both spellings are taken.)
+    const servers = new Set(toc.filter((x) => x.desc === 'SERVER' && chosen.has(x.dumpId)).flatMap((x) => [` SERVER ${quoteIdent(x.tag)}`, ` SERVER "${x.tag.replace(/"/g, '""')}"`]));
+    for (const e of toc) {
+      if (e.desc !== 'USER MAPPING' || gone.has(e.dumpId)) continue;
+      const server = e.tag.slice(e.tag.lastIndexOf(' SERVER '));
+      if (e.deps.length > 0 ? e.deps.every((d) => chosen.has(d) && byId.get(d)?.desc === 'SERVER') : servers.has(server)) chosen.add(e.dumpId);
+    }
     for (const e of toc) if (SPECIAL.has(e.desc)) chosen.add(e.dumpId);
   }
 

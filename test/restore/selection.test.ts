@@ -38,6 +38,28 @@ const spec = (s: Partial<SelectionSpec>): SelectionSpec => ({ tables: [], schema
 const ids = (xs: TocObject[]): number[] => xs.map((x) => x.dumpId).sort((a, b) => a - b);
 
 describe('selectEntries', () => {
+  it('a foreign table comes with its server and the server\'s user mappings; another server\'s mappings stay out', () => {
+    const pub = e('SCHEMA', '', 'ext');
+    const fdw = e('FOREIGN DATA WRAPPER', '', 'postgres_fdw');
+    const server = e('SERVER', '', 'remote', [fdw]);
+    const other = e('SERVER', '', 'unused', [fdw]);
+    // pg_dump 15 gives a mapping no dependency: its tag names the server, quoted as an identifier.
+    const quoted = e('SERVER', '', 'Remote "x"', [fdw]);
+    const mapping = e('USER MAPPING', '', 'USER MAPPING app SERVER remote');
+    const mappingPublic = e('USER MAPPING', '', 'USER MAPPING public SERVER remote');
+    const otherMapping = e('USER MAPPING', '', 'USER MAPPING app SERVER unused');
+    const quotedMapping = e('USER MAPPING', '', 'USER MAPPING "we ird" SERVER "Remote ""x"""');
+    const withDep = e('USER MAPPING', '', 'USER MAPPING x SERVER remote', [server]);
+    const ft = e('FOREIGN TABLE', 'ext', 'ft', [pub, server]);
+    const plain = e('TABLE', 'ext', 'plain', [pub]);
+    const ft2 = e('FOREIGN TABLE', 'ext', 'ft2', [pub, quoted]);
+    const toc = [enc, pub, fdw, server, other, quoted, mapping, mappingPublic, otherMapping, quotedMapping, withDep, ft, ft2, plain];
+    expect(selectEntries(toc, spec({ tables: ['ft'] })).ids).toEqual(ids([enc, pub, fdw, server, mapping, mappingPublic, withDep, ft]));
+    expect(selectEntries(toc, spec({ tables: ['ft2'] })).ids).toEqual(ids([enc, pub, fdw, quoted, quotedMapping, ft2]));
+    // No foreign table selected: no server, no mapping.
+    expect(selectEntries(toc, spec({ tables: ['plain'] })).ids).toEqual(ids([enc, pub, plain]));
+  });
+
   it('--table: the table, its data and default, the definitions it needs without rows; a foreign key to an unselected table is left out and said', () => {
     const s = selectEntries(TOC, spec({ tables: ['items'] }));
     expect([...s.ids].sort((a, b) => a - b)).toEqual(ids([enc, sales, fn, shared, items, itemsData, itemsDefault, sharedSet]));
