@@ -138,11 +138,12 @@ export async function walPush(req: WalPushRequest): Promise<WalPushResult> {
     if (st.size > BigInt(MAX_WAL_FILE_BYTES)) throw new UsageError(`${abs} is ${st.size} bytes, larger than any WAL file (1 GiB)`);
     // A segment (and a .partial one) is exactly wal_segment_size bytes: a power of two from 1 MiB
     // to 1 GiB. Anything else is not what PostgreSQL hands to archive_command.
-    if (/^[0-9A-F]{24}(\.partial)?$/.test(file) && !isSegmentSize(Number(st.size))) {
+    const segment = /^[0-9A-F]{24}(\.partial)?$/.test(file);
+    if (segment && !isSegmentSize(Number(st.size))) {
       throw new UsageError(`${abs} is ${st.size} bytes: not a WAL segment (segments are a power of two from 1 MiB to 1 GiB); not archived`, { hint: 'archive only files PostgreSQL hands to archive_command (%p)' });
     }
     identity = fileIdentity(st);
-    if (/^[0-9A-F]{24}(\.partial)?$/.test(file)) {
+    if (segment) {
       const head = Buffer.alloc(WAL_LONG_HEADER_BYTES);
       const { bytesRead } = await fh.read(head, 0, head.length, 0).catch(cannotRead);
       systemIdentifier = segmentSystemId(head.subarray(0, bytesRead), Number(st.size));
